@@ -1,0 +1,357 @@
+//! Runbook manifests: the YAML a team writes next to its step components, parsed, validated and
+//! resolved into a [`Runbook`].
+//!
+//! ```yaml
+//! id: restart-consumer-group
+//! version: 1.0.0
+//! domain: kafka
+//! description: What the selector reads to decide whether this runbook fits.
+//! parameters:
+//!   - { name: group, type: string, description: "consumer group" }
+//!   - { name: max_lag, type: integer, required: false, default: 10000 }
+//! steps:
+//!   - id: check-lag
+//!     component: components/check-lag.wasm
+//!     capabilities: [kafka.consumer-lag]
+//!     timeout: 5s
+//!     on: { next: restart }          # branch label -> step id or `end`
+//!   - id: restart
+//!     component: components/restart.wasm
+//!     capabilities: [kafka.describe-consumers, kafka.restart-consumers]
+//! ```
+//!
+//! A step without `on` has the single branch `next` leading to `end`. Component paths resolve
+//! inside the runbook's own folder, through cap-std: absolute paths and `..` are refused.
+
+mod params;
+
+pub use params::{ParamType, Parameter, ParameterError, bind as bind_params, parse_text as parse_param_text};
+
+use crate::capability::{self, Domain};
+use crate::graph::{self, Graph};
+use cap_std::ambient_authority;
+use cap_std::fs::Dir;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Component as PathComponent, Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const MANIFEST_FILE: &str = "manifest.yaml";
+/// The label an action takes unless it names another (the SDK's `DEFAULT_BRANCH`).
+pub const DEFAULT_BRANCH: &str = "next";
+pub const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_STEP_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// A manifest problem: which file, which field, what is wrong and what to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestError {
+    pub file: PathBuf,
+    pub field: String,
+    pub problem: String,
+    pub fix: String,
+}
+
+impl fmt::Display for ManifestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if !self.field.is_empty() {
+            write!(f, ": {}", self.field)?;
+        }
+        write!(f, ": {}", self.problem)?;
+        if !self.fix.is_empty() {
+            write!(f, " ({})", self.fix)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ManifestError {}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawManifest {
+    id: String,
+    version: String,
+    domain: String,
+    description: String,
+    #[serde(default)]
+    parameters: Vec<params::RawParameter>,
+    steps: Vec<RawStep>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStep {
+    id: String,
+    component: String,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    capabilities: Vec<String>,
+    #[serde(default)]
+    on: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    timeout: Option<String>,
+}
+
+/// One step of a validated runbook.
+#[derive(Debug, Clone)]
+pub struct StepDef {
+    pub id: String,
+    pub description: Option<String>,
+    /// The component path as written in the manifest (relative to the runbook folder).
+    pub component: String,
+    pub component_digest: String,
+    pub component_bytes: Arc<[u8]>,
+    pub capabilities: BTreeSet<String>,
+    pub timeout: Duration,
+}
+
+/// A validated runbook: manifest, graph, and the bytes of every component it names.
+#[derive(Debug, Clone)]
+pub struct Runbook {
+    pub id: String,
+    pub version: semver::Version,
+    pub domain: Domain,
+    pub description: String,
+    pub parameters: Vec<Parameter>,
+    pub steps: Vec<StepDef>,
+    pub graph: Graph,
+    pub dir: PathBuf,
+    pub manifest_bytes: Arc<[u8]>,
+    /// `sha256:` over the manifest bytes and every step's id and component digest: what an
+    /// approval and the audit bind to.
+    pub digest: String,
+}
+
+impl Runbook {
+    /// Load and validate the runbook in `dir` (which holds `manifest.yaml`).
+    pub fn load(dir: &Path) -> Result<Runbook, ManifestError> {
+        let file = dir.join(MANIFEST_FILE);
+        let err = |field: &str, problem: String, fix: &str| ManifestError {
+            file: file.clone(),
+            field: field.into(),
+            problem,
+            fix: fix.into(),
+        };
+        let root = Dir::open_ambient_dir(dir, ambient_authority()).map_err(|e| {
+            err(
+                "",
+                format!("cannot open the runbook folder: {e}"),
+                "pass the folder that holds manifest.yaml",
+            )
+        })?;
+        let bytes = root.read(MANIFEST_FILE).map_err(|e| {
+            err(
+                "",
+                format!("cannot read: {e}"),
+                "every runbook folder needs a manifest.yaml",
+            )
+        })?;
+        let text = std::str::from_utf8(&bytes)
+            .map_err(|e| err("", format!("not UTF-8: {e}"), "save the manifest as UTF-8"))?;
+        let raw: RawManifest = crate::yaml::from_str(text).map_err(|e| {
+            err(
+                "",
+                format!("not a valid manifest: {e}"),
+                "see the manifest format in docs/ARCHITECTURE.md",
+            )
+        })?;
+        Self::validate(raw, &root, dir, &file, Arc::from(bytes))
+    }
+
+    fn validate(
+        raw: RawManifest,
+        root: &Dir,
+        dir: &Path,
+        file: &Path,
+        manifest_bytes: Arc<[u8]>,
+    ) -> Result<Runbook, ManifestError> {
+        let err = |field: String, problem: String, fix: String| ManifestError {
+            file: file.to_path_buf(),
+            field,
+            problem,
+            fix,
+        };
+        if !is_identifier(&raw.id) {
+            return Err(err(
+                "id".into(),
+                format!("`{}` is not a valid runbook id", raw.id),
+                "use lowercase letters, digits and dashes, e.g. restart-consumer-group".into(),
+            ));
+        }
+        let version = semver::Version::parse(&raw.version).map_err(|e| {
+            err(
+                "version".into(),
+                format!("`{}` is not a semantic version: {e}", raw.version),
+                "write it as MAJOR.MINOR.PATCH, e.g. 1.0.0".into(),
+            )
+        })?;
+        let domain = match raw.domain.as_str() {
+            "kafka" => Domain::Kafka,
+            "kubernetes" => Domain::Kubernetes,
+            "postgres" => Domain::Postgres,
+            other => {
+                return Err(err(
+                    "domain".into(),
+                    format!("unknown domain `{other}`"),
+                    "use kafka, kubernetes or postgres".into(),
+                ));
+            }
+        };
+        if raw.description.trim().is_empty() {
+            return Err(err(
+                "description".into(),
+                "is empty".into(),
+                "say what situation this runbook fixes: the selector chooses on it".into(),
+            ));
+        }
+        let parameters = params::validate(&raw.parameters)
+            .map_err(|(field, problem, fix)| err(field, problem, fix))?;
+
+        let mut steps = Vec::with_capacity(raw.steps.len());
+        let mut shape = Vec::with_capacity(raw.steps.len());
+        for (i, step) in raw.steps.iter().enumerate() {
+            let field = |name: &str| format!("steps[{i}].{name}");
+            if !is_identifier(&step.id) {
+                return Err(err(
+                    field("id"),
+                    format!("`{}` is not a valid step id", step.id),
+                    "use lowercase letters, digits and dashes".into(),
+                ));
+            }
+            let mut capabilities = BTreeSet::new();
+            for (j, name) in step.capabilities.iter().enumerate() {
+                let Some(cap) = capability::lookup(name) else {
+                    return Err(err(
+                        format!("steps[{i}].capabilities[{j}]"),
+                        format!("unknown capability `{name}`"),
+                        format!(
+                            "a {domain} step may be granted: {}",
+                            capability::names_for(domain).join(", ")
+                        ),
+                    ));
+                };
+                if !cap.allowed_in(domain) {
+                    return Err(err(
+                        format!("steps[{i}].capabilities[{j}]"),
+                        format!("`{name}` is not a capability of the {domain} domain"),
+                        format!(
+                            "a {domain} runbook may be granted only: {}",
+                            capability::names_for(domain).join(", ")
+                        ),
+                    ));
+                }
+                capabilities.insert(name.clone());
+            }
+            let timeout = match &step.timeout {
+                None => DEFAULT_STEP_TIMEOUT,
+                Some(text) => humantime::parse_duration(text)
+                    .ok()
+                    .filter(|d| !d.is_zero() && *d <= MAX_STEP_TIMEOUT)
+                    .ok_or_else(|| {
+                        err(
+                            field("timeout"),
+                            format!("`{text}` is not a duration between 1ms and 10m"),
+                            "write e.g. 500ms, 5s or 2m".into(),
+                        )
+                    })?,
+            };
+            let component_bytes = read_component(root, &step.component).map_err(|problem| {
+                err(
+                    field("component"),
+                    problem,
+                    "name a .wasm file inside this runbook's folder (build it with scripts/build-runbooks)"
+                        .into(),
+                )
+            })?;
+            let branches = match &step.on {
+                Some(on) if on.is_empty() => {
+                    return Err(err(
+                        field("on"),
+                        "declares no branch".into(),
+                        "leave `on` out for a single `next` branch to the end".into(),
+                    ));
+                }
+                Some(on) => on.iter().map(|(l, t)| (l.clone(), t.clone())).collect(),
+                None => vec![(DEFAULT_BRANCH.to_owned(), graph::END.to_owned())],
+            };
+            shape.push((step.id.clone(), branches));
+            steps.push(StepDef {
+                id: step.id.clone(),
+                description: step.description.clone(),
+                component: step.component.clone(),
+                component_digest: crate::sandbox::digest(&component_bytes),
+                component_bytes: Arc::from(component_bytes),
+                capabilities,
+                timeout,
+            });
+        }
+        let graph = Graph::build(&shape).map_err(|e| {
+            err(
+                "steps".into(),
+                e.to_string(),
+                "a runbook is an acyclic graph entered at its first step; branch targets are step ids or `end`"
+                    .into(),
+            )
+        })?;
+        let digest = runbook_digest(&manifest_bytes, &steps);
+        Ok(Runbook {
+            id: raw.id,
+            version,
+            domain,
+            description: raw.description,
+            parameters,
+            steps,
+            graph,
+            dir: dir.to_path_buf(),
+            manifest_bytes,
+            digest,
+        })
+    }
+
+    /// Find a step by id.
+    pub fn step(&self, id: &str) -> Option<&StepDef> {
+        self.steps.iter().find(|s| s.id == id)
+    }
+}
+
+
+fn is_identifier(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.starts_with(|c: char| c.is_ascii_lowercase())
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+fn read_component(root: &Dir, path: &str) -> Result<Vec<u8>, String> {
+    let p = Path::new(path);
+    if p.is_absolute()
+        || p.components()
+            .any(|c| matches!(c, PathComponent::ParentDir | PathComponent::Prefix(_)))
+    {
+        return Err(format!(
+            "`{path}` leaves the runbook's folder; components must live inside it"
+        ));
+    }
+    // cap-std also refuses symlinks that lead outside the folder.
+    root.read(p).map_err(|e| format!("cannot read `{path}`: {e}"))
+}
+
+fn runbook_digest(manifest: &[u8], steps: &[StepDef]) -> String {
+    let mut h = Sha256::new();
+    h.update(b"themis-runbook-digest-v1\n");
+    h.update((manifest.len() as u64).to_be_bytes());
+    h.update(manifest);
+    for step in steps {
+        h.update(step.id.as_bytes());
+        h.update(b"\n");
+        h.update(step.component_digest.as_bytes());
+        h.update(b"\n");
+    }
+    format!("sha256:{}", hex::encode(h.finalize()))
+}

@@ -1,0 +1,363 @@
+//! The WebAssembly sandbox: one wasmtime `Engine` per process, each component compiled once per
+//! digest and pre-instantiated against its domain's linker, a fresh `Store` per phase call with a
+//! memory limit, an epoch deadline and an empty WASI context.
+
+mod epoch;
+mod host_impl;
+pub mod imports;
+mod state;
+
+pub use state::{CallMode, CallOutcome, CapabilityCall, LogLine, MemoryLimitHit};
+
+use crate::capability::Domain;
+use crate::caps::Backends;
+use crate::grant::Grant;
+use crate::wit::types::{ActionResult, CheckResult, StepContext};
+use crate::wit::{RunbookHostPre, k8s, kafka, log, metrics, postgres, types};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use state::StepState;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
+
+/// Limits and sizes of the sandbox.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// Linear memory a step may grow to, per call.
+    pub memory_limit: usize,
+    /// How long one capability call may take before the guest gets `unavailable`.
+    pub call_timeout: Duration,
+    /// Granularity of wall-clock deadlines.
+    pub epoch_tick: Duration,
+    /// Step instances alive at once (pooling allocator slots).
+    pub max_instances: u32,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig {
+            memory_limit: 64 << 20,
+            call_timeout: Duration::from_secs(10),
+            epoch_tick: Duration::from_millis(5),
+            max_instances: 64,
+        }
+    }
+}
+
+/// The four phases of a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    Precondition,
+    Action,
+    Postcondition,
+    Rollback,
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Phase::Precondition => "precondition",
+            Phase::Action => "action",
+            Phase::Postcondition => "postcondition",
+            Phase::Rollback => "rollback",
+        })
+    }
+}
+
+/// Why a component could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{component}: not a valid WebAssembly component: {message}")]
+    Compile { component: String, message: String },
+    #[error("{component}: {refused}")]
+    ImportRefused {
+        component: String,
+        refused: imports::RefusedImport,
+    },
+    #[error("{component}: cannot be linked: {message}")]
+    Link { component: String, message: String },
+}
+
+/// Why a phase call produced no verdict. The host survives every one of these.
+#[derive(Debug, Clone, PartialEq, Serialize, thiserror::Error)]
+#[serde(rename_all = "kebab-case", tag = "fault")]
+pub enum Fault {
+    #[error("deadline hit: the step ran longer than {limit_ms} ms and was stopped")]
+    DeadlineExceeded { limit_ms: u64 },
+    #[error(
+        "memory limit hit: the step asked for {desired} bytes of linear memory, the limit is {limit}"
+    )]
+    MemoryLimit { desired: usize, limit: usize },
+    #[error("the step trapped: {message}")]
+    Trap { message: String },
+    #[error("the step could not be instantiated: {message}")]
+    Instantiate { message: String },
+}
+
+/// What the phase returned, when it returned.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Verdict {
+    Check(CheckResult),
+    Action(ActionResult),
+}
+
+/// Everything one phase call produced: the verdict or fault, the capability calls it made, its
+/// log lines and whatever it wrote to stderr (a panic message, typically).
+#[derive(Debug, Clone)]
+pub struct PhaseCall {
+    pub result: Result<Verdict, Fault>,
+    pub calls: Vec<CapabilityCall>,
+    pub logs: Vec<LogLine>,
+    pub stderr: String,
+    pub duration: Duration,
+}
+
+/// A loaded, checked, pre-instantiated step component.
+#[derive(Clone)]
+pub struct StepComponent {
+    pub digest: String,
+    pub domain: Domain,
+    pre: RunbookHostPre<StepState>,
+}
+
+impl std::fmt::Debug for StepComponent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StepComponent")
+            .field("digest", &self.digest)
+            .field("domain", &self.domain)
+            .finish()
+    }
+}
+
+pub struct Sandbox {
+    engine: Engine,
+    linkers: BTreeMap<Domain, Linker<StepState>>,
+    compiled: Mutex<HashMap<String, Component>>,
+    config: SandboxConfig,
+    _ticker: epoch::Ticker,
+}
+
+/// `sha256:<hex>` of a component's bytes.
+pub fn digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+impl Sandbox {
+    pub fn new(config: SandboxConfig) -> Result<Self, wasmtime::Error> {
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(config.max_instances)
+            .total_core_instances(config.max_instances * 8)
+            .total_memories(config.max_instances * 2)
+            .total_tables(config.max_instances * 4)
+            .max_memory_size(config.memory_limit);
+        let mut wasm = Config::new();
+        wasm.wasm_component_model(true)
+            .epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&wasm)?;
+        let mut linkers = BTreeMap::new();
+        for domain in Domain::ALL {
+            linkers.insert(domain, domain_linker(&engine, domain)?);
+        }
+        let ticker = epoch::Ticker::start(engine.clone(), config.epoch_tick);
+        Ok(Sandbox {
+            engine,
+            linkers,
+            compiled: Mutex::new(HashMap::new()),
+            config,
+            _ticker: ticker,
+        })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub fn config(&self) -> &SandboxConfig {
+        &self.config
+    }
+
+    /// Compile (or reuse by digest), check imports against `domain`'s world, pre-instantiate.
+    /// `name` identifies the component in errors (its path in the runbook).
+    pub fn load(&self, domain: Domain, name: &str, bytes: &[u8]) -> Result<StepComponent, LoadError> {
+        let digest = digest(bytes);
+        let component = self.compile(&digest, name, bytes)?;
+        let imports: Vec<String> = component
+            .component_type()
+            .imports(&self.engine)
+            .map(|(import, _)| import.to_owned())
+            .collect();
+        imports::check(domain, &imports).map_err(|refused| LoadError::ImportRefused {
+            component: name.into(),
+            refused,
+        })?;
+        let linker = self.linkers.get(&domain).ok_or_else(|| LoadError::Link {
+            component: name.into(),
+            message: format!("no linker for domain {domain}"),
+        })?;
+        let link_error = |e: wasmtime::Error| LoadError::Link {
+            component: name.into(),
+            message: format!("{e:#}"),
+        };
+        let instance_pre = linker.instantiate_pre(&component).map_err(link_error)?;
+        let pre = RunbookHostPre::new(instance_pre).map_err(link_error)?;
+        Ok(StepComponent {
+            digest,
+            domain,
+            pre,
+        })
+    }
+
+    fn compile(&self, digest: &str, name: &str, bytes: &[u8]) -> Result<Component, LoadError> {
+        let mut compiled = self
+            .compiled
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(component) = compiled.get(digest) {
+            return Ok(component.clone());
+        }
+        let component = Component::new(&self.engine, bytes).map_err(|e| LoadError::Compile {
+            component: name.into(),
+            message: format!("{e:#}"),
+        })?;
+        compiled.insert(digest.to_owned(), component.clone());
+        Ok(component)
+    }
+
+    /// Run one phase of a step in a fresh store. Never fails: a fault is part of the result.
+    pub async fn call(
+        &self,
+        step: &StepComponent,
+        phase: Phase,
+        ctx: &StepContext,
+        grant: Grant,
+        backends: Backends,
+        deadline: Duration,
+    ) -> PhaseCall {
+        let started = Instant::now();
+        let state = StepState::new(
+            grant,
+            backends,
+            self.config.memory_limit,
+            self.config.call_timeout,
+        );
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        let ticks = deadline
+            .as_nanos()
+            .div_ceil(self.config.epoch_tick.as_nanos().max(1));
+        store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX).max(1));
+        store.epoch_deadline_trap();
+
+        // Host calls do not tick the epoch; this backstop bounds a phase that waits in them.
+        let backstop = deadline + self.config.call_timeout;
+        let outcome = tokio::time::timeout(backstop, run_phase(&mut store, step, phase, ctx)).await;
+        let result = match outcome {
+            Ok(Ok(verdict)) => Ok(verdict),
+            Ok(Err(error)) => Err(classify(&error, store.data(), deadline)),
+            Err(_) => Err(Fault::DeadlineExceeded {
+                limit_ms: millis(backstop),
+            }),
+        };
+        let state = store.into_data();
+        PhaseCall {
+            result,
+            calls: state.calls,
+            logs: state.logs,
+            stderr: String::from_utf8_lossy(&state.stderr.contents()).into_owned(),
+            duration: started.elapsed(),
+        }
+    }
+}
+
+enum RunError {
+    Instantiate(wasmtime::Error),
+    Call(wasmtime::Error),
+}
+
+async fn run_phase(
+    store: &mut Store<StepState>,
+    step: &StepComponent,
+    phase: Phase,
+    ctx: &StepContext,
+) -> Result<Verdict, RunError> {
+    let bindings = step
+        .pre
+        .instantiate_async(&mut *store)
+        .await
+        .map_err(RunError::Instantiate)?;
+    let guest = bindings.themis_runbook_step();
+    let verdict = match phase {
+        Phase::Precondition => guest.call_precondition(&mut *store, ctx).await.map(Verdict::Check),
+        Phase::Action => guest.call_action(&mut *store, ctx).await.map(Verdict::Action),
+        Phase::Postcondition => guest
+            .call_postcondition(&mut *store, ctx)
+            .await
+            .map(Verdict::Check),
+        Phase::Rollback => guest.call_rollback(&mut *store, ctx).await.map(Verdict::Check),
+    };
+    verdict.map_err(RunError::Call)
+}
+
+fn classify(error: &RunError, state: &StepState, deadline: Duration) -> Fault {
+    let (error, instantiating) = match error {
+        RunError::Instantiate(e) => (e, true),
+        RunError::Call(e) => (e, false),
+    };
+    if let Some(desired) = state.limiter.hit {
+        return Fault::MemoryLimit {
+            desired,
+            limit: state.limiter.limit,
+        };
+    }
+    if let Some(hit) = error.downcast_ref::<MemoryLimitHit>() {
+        return Fault::MemoryLimit {
+            desired: hit.desired,
+            limit: hit.limit,
+        };
+    }
+    if error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+        return Fault::DeadlineExceeded {
+            limit_ms: millis(deadline),
+        };
+    }
+    let message = match error.downcast_ref::<Trap>() {
+        Some(Trap::UnreachableCodeReached) => {
+            "wasm `unreachable` executed (a Rust step panicked or aborted)".to_string()
+        }
+        _ => format!("{error:#}"),
+    };
+    if instantiating {
+        Fault::Instantiate { message }
+    } else {
+        Fault::Trap { message }
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A linker with the sandboxed WASI subset, the shared interfaces and `domain`'s capabilities —
+/// and no other domain's: even a component that slipped past the import check could not link.
+fn domain_linker(engine: &Engine, domain: Domain) -> Result<Linker<StepState>, wasmtime::Error> {
+    let mut linker = Linker::<StepState>::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    types::add_to_linker::<_, HasSelf<StepState>>(&mut linker, |s| s)?;
+    log::add_to_linker::<_, HasSelf<StepState>>(&mut linker, |s| s)?;
+    metrics::add_to_linker::<_, HasSelf<StepState>>(&mut linker, |s| s)?;
+    match domain {
+        Domain::Kafka => kafka::add_to_linker::<_, HasSelf<StepState>>(&mut linker, |s| s)?,
+        Domain::Kubernetes => k8s::add_to_linker::<_, HasSelf<StepState>>(&mut linker, |s| s)?,
+        Domain::Postgres => postgres::add_to_linker::<_, HasSelf<StepState>>(&mut linker, |s| s)?,
+    }
+    Ok(linker)
+}
+
+/// Shared so executors and the CLI can hold one sandbox.
+pub type SharedSandbox = Arc<Sandbox>;

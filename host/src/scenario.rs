@@ -1,0 +1,324 @@
+//! Scenario files: one runbook run against mocked capabilities, with what must come of it.
+//! They drive `themis run --scenario` and the data-driven test suite alike.
+//!
+//! ```yaml
+//! name: broker with a long GC pause
+//! runbook: ../../runbooks/kafka/check-broker-health   # relative to this file
+//! alert:
+//!   name: KafkaConsumerLag
+//!   labels: { topic: orders, severity: critical }
+//! params: { gc_pause_threshold_ms: 1000 }
+//! dry_run: false          # true: mutations are recorded, not sent to the mocks
+//! approved_by: alice      # optional: a human approval bound to this execution
+//! destructive: [...]      # optional: defaults to capability::DEFAULT_DESTRUCTIVE
+//! mocks: { ... }          # see caps::scenario
+//! expect:
+//!   outcome: rolled-back  # succeeded | precondition-failed | rolled-back | rollback-failed
+//!   step: gc-pause        # the step the outcome names
+//!   path: [brokers-up, gc-pause]       # steps whose action ran, in order
+//!   called: [metrics.query]            # capabilities that must be called (and not denied)
+//!   not_called: [kafka.broker-restart] # capabilities that must never reach a backend
+//!   denied: []                         # capabilities the host must refuse
+//!   outputs: { gc-pause.broker: "1" }  # step.key: value
+//! ```
+
+use crate::capability::DEFAULT_DESTRUCTIVE;
+use crate::caps::Backends;
+use crate::caps::scenario::{Mocks, ScenarioMock};
+use crate::executor::{self, ExecutionReport, ExecutionRequest, LoadedRunbook, Outcome, PhaseStatus};
+use crate::grant::Approval;
+use crate::manifest::bind_params;
+use crate::sandbox::{CallMode, Phase, Sandbox};
+use crate::wit::types::{Alert, Pair};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub runbook: PathBuf,
+    pub alert: AlertSpec,
+    #[serde(default)]
+    pub params: BTreeMap<String, Value>,
+    #[serde(default)]
+    pub dry_run: bool,
+    #[serde(default)]
+    pub approved_by: Option<String>,
+    #[serde(default)]
+    pub destructive: Option<Vec<String>>,
+    #[serde(default)]
+    pub mocks: Mocks,
+    #[serde(default)]
+    pub expect: Option<Expect>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertSpec {
+    pub name: String,
+    #[serde(default)]
+    pub fingerprint: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl AlertSpec {
+    pub fn to_alert(&self) -> Alert {
+        let pairs = |m: &BTreeMap<String, String>| {
+            m.iter()
+                .map(|(k, v)| Pair {
+                    key: k.clone(),
+                    value: v.clone(),
+                })
+                .collect()
+        };
+        Alert {
+            name: self.name.clone(),
+            fingerprint: self
+                .fingerprint
+                .clone()
+                .unwrap_or_else(|| fingerprint(&self.name, &self.labels)),
+            labels: pairs(&self.labels),
+            annotations: pairs(&self.annotations),
+        }
+    }
+}
+
+/// A stable fingerprint of an alert's identity: its name and labels (annotations excluded).
+pub fn fingerprint(name: &str, labels: &BTreeMap<String, String>) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(name.as_bytes());
+    for (k, v) in labels {
+        h.update([0]);
+        h.update(k.as_bytes());
+        h.update([0]);
+        h.update(v.as_bytes());
+    }
+    hex::encode(&h.finalize()[..8])
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expect {
+    #[serde(default)]
+    pub outcome: Option<String>,
+    #[serde(default)]
+    pub step: Option<String>,
+    #[serde(default)]
+    pub path: Option<Vec<String>>,
+    #[serde(default)]
+    pub called: Vec<String>,
+    #[serde(default)]
+    pub not_called: Vec<String>,
+    #[serde(default)]
+    pub denied: Vec<String>,
+    #[serde(default)]
+    pub outputs: BTreeMap<String, String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{file}: not a valid scenario: {message}")]
+    Parse { file: PathBuf, message: String },
+    #[error("{file}: {message}")]
+    Invalid { file: PathBuf, message: String },
+    #[error("{file}: runbook: {source}")]
+    Runbook {
+        file: PathBuf,
+        source: executor::RunbookLoadError,
+    },
+}
+
+/// A scenario run: the report, every call the mocks saw, and the expectations that failed.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScenarioRun {
+    pub scenario: String,
+    pub file: PathBuf,
+    pub report: ExecutionReport,
+    /// Mutations a dry run recorded instead of sending to the mocks.
+    pub would_do: Vec<crate::caps::dry_run::WouldDo>,
+    pub expectations_checked: usize,
+    pub failures: Vec<String>,
+}
+
+impl ScenarioRun {
+    pub fn passed(&self) -> bool {
+        self.failures.is_empty()
+    }
+}
+
+pub fn load(file: &Path) -> Result<Scenario, ScenarioError> {
+    let text = std::fs::read_to_string(file).map_err(|source| ScenarioError::Read {
+        file: file.into(),
+        source,
+    })?;
+    crate::yaml::from_str(&text).map_err(|e| ScenarioError::Parse {
+        file: file.into(),
+        message: e.to_string(),
+    })
+}
+
+/// Load the scenario's runbook, run it against the scenario's mocks, check its expectations.
+pub async fn run(sandbox: &Sandbox, file: &Path) -> Result<ScenarioRun, ScenarioError> {
+    let scenario = load(file)?;
+    let invalid = |message: String| ScenarioError::Invalid {
+        file: file.into(),
+        message,
+    };
+    let base = file.parent().unwrap_or(Path::new("."));
+    let loaded = LoadedRunbook::load(sandbox, &base.join(&scenario.runbook)).map_err(|source| {
+        ScenarioError::Runbook {
+            file: file.into(),
+            source,
+        }
+    })?;
+    let params = bind_params(&loaded.runbook.parameters, &scenario.params)
+        .map_err(|e| invalid(format!("params: {e}")))?;
+    let mock = Arc::new(
+        ScenarioMock::new(scenario.mocks.clone()).map_err(|e| invalid(e.to_string()))?,
+    );
+    let mut backends = Backends::all(mock.clone(), false);
+    let mut recorder = None;
+    if scenario.dry_run {
+        let (wrapped, r) = backends.into_dry_run();
+        backends = wrapped;
+        recorder = Some(r);
+    }
+    let execution_id = format!("scenario-{}", slug(&scenario.name));
+    let destructive = scenario
+        .destructive
+        .clone()
+        .unwrap_or_else(|| DEFAULT_DESTRUCTIVE.iter().map(|s| s.to_string()).collect());
+    let request = ExecutionRequest {
+        execution_id: execution_id.clone(),
+        alert: scenario.alert.to_alert(),
+        params,
+        backends,
+        destructive: Arc::new(destructive.into_iter().collect()),
+        approval: scenario.approved_by.clone().map(|who| Approval {
+            execution_id: execution_id.clone(),
+            approved_by: who,
+        }),
+    };
+    let report = executor::execute(sandbox, &loaded, &request).await;
+    let expect = scenario.expect.clone().unwrap_or_default();
+    let (checked, failures) = check(&expect, &report);
+    Ok(ScenarioRun {
+        scenario: scenario.name,
+        file: file.into(),
+        report,
+        would_do: recorder.map(|r| r.would_do()).unwrap_or_default(),
+        expectations_checked: checked,
+        failures,
+    })
+}
+
+fn slug(name: &str) -> String {
+    name.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .collect()
+}
+
+/// Compare a report with what the scenario expects. Pure. Returns (checked, failures).
+pub fn check(expect: &Expect, report: &ExecutionReport) -> (usize, Vec<String>) {
+    let mut checked = 0;
+    let mut failures = Vec::new();
+    let (status, step) = outcome_parts(&report.outcome);
+    if let Some(want) = &expect.outcome {
+        checked += 1;
+        if want != status {
+            failures.push(format!("outcome: expected {want}, got {status}"));
+        }
+    }
+    if let Some(want) = &expect.step {
+        checked += 1;
+        if Some(want.as_str()) != step {
+            failures.push(format!(
+                "step: expected the outcome to name `{want}`, it names {}",
+                step.map(|s| format!("`{s}`")).unwrap_or_else(|| "no step".into())
+            ));
+        }
+    }
+    if let Some(want) = &expect.path {
+        checked += 1;
+        let acted: Vec<&str> = report
+            .phases
+            .iter()
+            .filter(|p| p.phase == Phase::Action)
+            .map(|p| p.step.as_str())
+            .collect();
+        if acted != want.iter().map(String::as_str).collect::<Vec<_>>() {
+            failures.push(format!("path: expected {want:?}, the steps that acted were {acted:?}"));
+        }
+    }
+    let reached = |cap: &str| {
+        report
+            .calls()
+            .any(|c| c.capability == cap && c.mode != CallMode::Refused)
+    };
+    let performed = |cap: &str| {
+        report
+            .calls()
+            .any(|c| c.capability == cap && c.mode == CallMode::Performed)
+    };
+    for cap in &expect.called {
+        checked += 1;
+        if !reached(cap) {
+            failures.push(format!("called: {cap} was never called (or was refused)"));
+        }
+    }
+    for cap in &expect.not_called {
+        checked += 1;
+        if performed(cap) {
+            failures.push(format!("not_called: {cap} reached a backend"));
+        }
+    }
+    for cap in &expect.denied {
+        checked += 1;
+        if !report
+            .calls()
+            .any(|c| c.capability == *cap && c.mode == CallMode::Refused)
+        {
+            failures.push(format!("denied: {cap} was not refused by the host"));
+        }
+    }
+    for (key, want) in &expect.outputs {
+        checked += 1;
+        let (step, name) = key.split_once('.').unwrap_or((key.as_str(), ""));
+        let got = report
+            .phases
+            .iter()
+            .filter(|p| p.step == step && p.status == PhaseStatus::Passed)
+            .flat_map(|p| p.outputs.iter())
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str());
+        if got != Some(want.as_str()) {
+            failures.push(format!("outputs: {key} expected {want:?}, got {got:?}"));
+        }
+    }
+    (checked, failures)
+}
+
+/// The outcome's status word and the step it names.
+pub fn outcome_parts(outcome: &Outcome) -> (&'static str, Option<&str>) {
+    match outcome {
+        Outcome::Succeeded => ("succeeded", None),
+        Outcome::PreconditionFailed { step } => ("precondition-failed", Some(step)),
+        Outcome::RolledBack { step, .. } => ("rolled-back", Some(step)),
+        Outcome::RollbackFailed { step, .. } => ("rollback-failed", Some(step)),
+    }
+}
