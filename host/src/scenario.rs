@@ -20,6 +20,7 @@
 //!   not_called: [kafka.broker-restart] # capabilities that must never reach a backend
 //!   denied: []                         # capabilities the host must refuse
 //!   outputs: { gc-pause.broker: "1" }  # step.key: value
+//!   phases: ["gc-pause action passed"]  # every phase in order: step phase status
 //! ```
 
 use crate::capability::DEFAULT_DESTRUCTIVE;
@@ -123,6 +124,9 @@ pub struct Expect {
     pub denied: Vec<String>,
     #[serde(default)]
     pub outputs: BTreeMap<String, String>,
+    /// Every phase in the order it ran, as `<step> <phase> <passed|failed|fault|refused>`.
+    #[serde(default)]
+    pub phases: Option<Vec<String>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -265,6 +269,17 @@ pub fn check(expect: &Expect, report: &ExecutionReport) -> (usize, Vec<String>) 
             failures.push(format!("path: expected {want:?}, the steps that acted were {acted:?}"));
         }
     }
+    if let Some(want) = &expect.phases {
+        checked += 1;
+        let ran: Vec<String> = report
+            .phases
+            .iter()
+            .map(|p| format!("{} {} {}", p.step, p.phase, status_word(p.status)))
+            .collect();
+        if &ran != want {
+            failures.push(format!("phases: expected {want:?}, ran {ran:?}"));
+        }
+    }
     let reached = |cap: &str| {
         report
             .calls()
@@ -311,6 +326,15 @@ pub fn check(expect: &Expect, report: &ExecutionReport) -> (usize, Vec<String>) 
         }
     }
     (checked, failures)
+}
+
+fn status_word(status: PhaseStatus) -> &'static str {
+    match status {
+        PhaseStatus::Passed => "passed",
+        PhaseStatus::Failed => "failed",
+        PhaseStatus::Fault => "fault",
+        PhaseStatus::Refused => "refused",
+    }
 }
 
 /// The outcome's status word and the step it names.

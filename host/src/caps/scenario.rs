@@ -31,15 +31,52 @@ use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-/// How a mocked call fails.
+/// How a mocked call fails, written `{ <kind>: <message> }` (a one-key map: YAML tags are not
+/// something an SRE should have to write).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+#[serde(
+    try_from = "BTreeMap<String, String>",
+    into = "BTreeMap<String, String>"
+)]
 pub enum MockError {
     Denied(String),
     NotFound(String),
     InvalidArgument(String),
     Unavailable(String),
     Failed(String),
+}
+
+const ERROR_KINDS: &str = "denied, not-found, invalid-argument, unavailable, failed";
+
+impl TryFrom<BTreeMap<String, String>> for MockError {
+    type Error = String;
+    fn try_from(map: BTreeMap<String, String>) -> Result<Self, String> {
+        let mut entries = map.into_iter();
+        let (Some((kind, message)), None) = (entries.next(), entries.next()) else {
+            return Err(format!("an error is one `kind: message` pair; kinds: {ERROR_KINDS}"));
+        };
+        Ok(match kind.as_str() {
+            "denied" => MockError::Denied(message),
+            "not-found" => MockError::NotFound(message),
+            "invalid-argument" => MockError::InvalidArgument(message),
+            "unavailable" => MockError::Unavailable(message),
+            "failed" => MockError::Failed(message),
+            other => return Err(format!("unknown error kind `{other}`; kinds: {ERROR_KINDS}")),
+        })
+    }
+}
+
+impl From<MockError> for BTreeMap<String, String> {
+    fn from(e: MockError) -> Self {
+        let (kind, message) = match e {
+            MockError::Denied(m) => ("denied", m),
+            MockError::NotFound(m) => ("not-found", m),
+            MockError::InvalidArgument(m) => ("invalid-argument", m),
+            MockError::Unavailable(m) => ("unavailable", m),
+            MockError::Failed(m) => ("failed", m),
+        };
+        BTreeMap::from([(kind.to_owned(), message)])
+    }
 }
 
 impl From<MockError> for CapError {

@@ -33,7 +33,9 @@ enum Command {
     ///
     /// Nothing real is touched: every capability is answered by the scenario's `mocks:`. With
     /// `dry_run: true` in the scenario, mutations are recorded as "would do" and not even sent to
-    /// the mocks. Exit status: 0 when the scenario's expectations hold (or, if it has none, when
+    /// the mocks.
+    ///
+    /// Exit status: 0 when the scenario's expectations hold (or, if it has none, when
     /// the runbook succeeded), 1 otherwise, 2 when the scenario or runbook cannot be loaded.
     Run {
         /// The scenario file (YAML).

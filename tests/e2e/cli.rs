@@ -1,0 +1,91 @@
+//! The `themis` binary as a user runs it.
+
+use crate::common::repo;
+use std::process::{Command, Output};
+
+fn themis(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_themis"))
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .expect("themis runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn validate_accepts_the_shipped_runbooks() {
+    let out = themis(&[
+        "runbook",
+        "validate",
+        "runbooks/kafka/check-broker-health",
+        "runbooks/kafka/restart-consumer-group",
+        "runbooks/kafka/scale-consumer",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert_eq!(stdout.lines().filter(|l| l.starts_with("ok  ")).count(), 3, "{stdout}");
+    assert!(stdout.contains("check-broker-health 1.0.0 (kafka) sha256:"));
+}
+
+#[test]
+fn validate_names_the_refused_import_and_exits_1() {
+    let out = themis(&["runbook", "validate", "tests/runbooks/bad-import-sockets"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("imports `wasi:sockets/"), "{stderr}");
+    assert!(stderr.contains("step `imports-sockets`"), "{stderr}");
+}
+
+#[test]
+fn run_json_reports_every_phase() {
+    let out = themis(&["run", "--scenario", "tests/scenarios/kafka-gc-pause.yaml", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(v["report"]["outcome"]["status"], "succeeded");
+    assert_eq!(v["report"]["runbook_id"], "check-broker-health");
+    let phases = v["report"]["phases"].as_array().expect("phases");
+    assert_eq!(phases.len(), 6);
+    assert_eq!(phases[4]["branch"], "gc-pause-high");
+    assert_eq!(phases[4]["evidence"][1], serde_json::json!(["gc_pause_ms", "2500"]));
+    assert_eq!(v["failures"], serde_json::json!([]));
+}
+
+#[test]
+fn run_human_output_shows_refusals_and_faults() {
+    let out = themis(&["run", "--scenario", "tests/scenarios/executor-trap-in-action.yaml"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("FAULT    the step trapped"), "{stdout}");
+    assert!(stdout.contains("outcome   rolled-back at step s2"), "{stdout}");
+}
+
+#[test]
+fn run_exits_1_when_expectations_fail_and_2_when_the_file_is_bad() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let file = tmp.path().join("s.yaml");
+    let scenario = std::fs::read_to_string(repo().join("tests/scenarios/kafka-no-controller.yaml"))
+        .expect("read")
+        .replace("../../runbooks", &repo().join("runbooks").display().to_string())
+        .replace("precondition-failed", "succeeded");
+    std::fs::write(&file, scenario).expect("write");
+    let out = themis(&["run", "--scenario", file.to_str().expect("utf-8 path")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stdout).contains("expectations FAILED"));
+
+    let out = themis(&["run", "--scenario", "does/not/exist.yaml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("does/not/exist.yaml: cannot read"));
+}
+
+#[test]
+fn help_explains_the_commands() {
+    let out = themis(&["--help"]);
+    assert!(out.status.success());
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("runbook") && stdout.contains("run"), "{stdout}");
+    let out = themis(&["run", "--help"]);
+    assert!(text(&out.stdout).contains("expectations hold"));
+}

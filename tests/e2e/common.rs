@@ -1,0 +1,38 @@
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use themis::caps::Backends;
+use themis::caps::scenario::{Mocks, ScenarioMock};
+use themis::executor::LoadedRunbook;
+use themis::sandbox::{Sandbox, SandboxConfig};
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("host/ has a parent")
+        .to_path_buf()
+}
+
+/// One sandbox for the whole test binary: one engine, components compiled once by digest.
+pub fn sandbox() -> &'static Sandbox {
+    static SANDBOX: OnceLock<Sandbox> = OnceLock::new();
+    SANDBOX.get_or_init(|| Sandbox::new(SandboxConfig::default()).expect("sandbox starts"))
+}
+
+pub fn runbook(relative: &str) -> LoadedRunbook {
+    let dir = repo().join(relative);
+    assert!(
+        dir.join("components").is_dir(),
+        "{} has no components/: run scripts/build-runbooks first",
+        dir.display()
+    );
+    LoadedRunbook::load(sandbox(), &dir).unwrap_or_else(|e| panic!("{relative} loads: {e}"))
+}
+
+pub fn mock(yaml: &str) -> Arc<ScenarioMock> {
+    let rules: Mocks = themis::yaml::from_str(yaml).expect("mock yaml");
+    Arc::new(ScenarioMock::new(rules).expect("mock rules"))
+}
+
+pub fn backends(mock: &Arc<ScenarioMock>) -> Backends {
+    Backends::all(mock.clone(), false)
+}

@@ -1,0 +1,8 @@
+//! End-to-end tests: real step components in the real sandbox, real manifests, the real CLI.
+//! Components are built by `scripts/build-runbooks` (the test command runs it first).
+
+mod cli;
+mod common;
+mod manifests;
+mod sandbox;
+mod scenarios;

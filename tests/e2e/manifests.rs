@@ -1,0 +1,134 @@
+//! Manifest validation: every error names the file, the field and what is wrong.
+
+use crate::common::{repo, sandbox};
+use themis::executor::LoadedRunbook;
+use themis::manifest::Runbook;
+
+/// A runbook folder with `manifest` and a real component at components/ok.wasm.
+fn folder(manifest: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("components")).expect("mkdir");
+    std::fs::copy(
+        repo().join("tests/runbooks/misbehaving/components/trivial.wasm"),
+        dir.path().join("components/ok.wasm"),
+    )
+    .expect("copy the trivial component (run scripts/build-runbooks first)");
+    std::fs::write(dir.path().join("manifest.yaml"), manifest).expect("write");
+    dir
+}
+
+const HEAD: &str = "id: t\nversion: 1.0.0\ndomain: kafka\ndescription: test\n";
+
+#[test]
+fn invalid_manifests_are_refused_with_field_and_reason() {
+    let one_step = |extra: &str| format!("{HEAD}steps:\n  - id: a\n    component: components/ok.wasm\n{extra}");
+    let cases: Vec<(String, &str, &str)> = vec![
+        (
+            format!("{HEAD}steps:\n  - {{ id: a, component: components/ok.wasm, on: {{ next: zz }} }}\n"),
+            "steps",
+            "step `a` branch `next` leads to `zz`, which is not a step",
+        ),
+        (
+            format!(
+                "{HEAD}steps:\n  - {{ id: a, component: components/ok.wasm, on: {{ next: b }} }}\n  - {{ id: b, component: components/ok.wasm, on: {{ next: a }} }}\n"
+            ),
+            "steps",
+            "the steps form a cycle: a -> b -> a",
+        ),
+        (
+            format!("{HEAD}steps:\n  - {{ id: a, component: components/ok.wasm }}\n  - {{ id: b, component: components/ok.wasm }}\n"),
+            "steps",
+            "step `b` cannot be reached from the first step",
+        ),
+        (
+            one_step("    capabilities: [k8s.rollout-restart]\n"),
+            "steps[0].capabilities[0]",
+            "`k8s.rollout-restart` is not a capability of the kafka domain",
+        ),
+        (
+            one_step("    capabilities: [kafka.launch-missiles]\n"),
+            "steps[0].capabilities[0]",
+            "unknown capability `kafka.launch-missiles`",
+        ),
+        (
+            format!("{HEAD}steps:\n  - {{ id: a, component: ../outside.wasm }}\n"),
+            "steps[0].component",
+            "`../outside.wasm` leaves the runbook's folder",
+        ),
+        (
+            format!("{HEAD}steps:\n  - {{ id: a, component: /etc/passwd }}\n"),
+            "steps[0].component",
+            "`/etc/passwd` leaves the runbook's folder",
+        ),
+        (
+            format!("{HEAD}steps:\n  - {{ id: a, component: components/missing.wasm }}\n"),
+            "steps[0].component",
+            "cannot read `components/missing.wasm`",
+        ),
+        (
+            format!("{HEAD}parameters:\n  - {{ name: n, type: float }}\nsteps:\n  - {{ id: a, component: components/ok.wasm }}\n"),
+            "parameters[0].type",
+            "unknown parameter type `float`",
+        ),
+        (
+            format!("{HEAD}parameters:\n  - {{ name: n, type: integer, default: lots }}\nsteps:\n  - {{ id: a, component: components/ok.wasm }}\n"),
+            "parameters[0].default",
+            "the default must be a integer",
+        ),
+        (
+            "id: t\nversion: 1.0.0\ndomain: mainframe\ndescription: x\nsteps: []\n".into(),
+            "domain",
+            "unknown domain `mainframe`",
+        ),
+        (
+            "id: t\nversion: one\ndomain: kafka\ndescription: x\nsteps: []\n".into(),
+            "version",
+            "`one` is not a semantic version",
+        ),
+        (one_step("    timeout: forever\n"), "steps[0].timeout", "`forever` is not a duration"),
+        (one_step("    on: {}\n"), "steps[0].on", "declares no branch"),
+        (format!("{HEAD}steps: []\n"), "steps", "the runbook has no steps"),
+        (one_step("    retries: 3\n"), "", "unknown field `retries`"),
+    ];
+    for (manifest, field, problem) in cases {
+        let dir = folder(&manifest);
+        let err = Runbook::load(dir.path()).expect_err(&manifest);
+        assert_eq!(err.file, dir.path().join("manifest.yaml"));
+        assert_eq!(err.field, field, "{err}");
+        assert!(err.problem.contains(problem), "expected {problem:?} in {err}");
+        assert!(!err.fix.is_empty(), "every error says what to do: {err}");
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn a_symlink_out_of_the_runbook_folder_is_refused() {
+    let outside = tempfile::tempdir().expect("tempdir");
+    let target = outside.path().join("evil.wasm");
+    std::fs::copy(repo().join("tests/runbooks/misbehaving/components/trivial.wasm"), &target).expect("copy");
+    let dir = folder(&format!("{HEAD}steps:\n  - {{ id: a, component: components/link.wasm }}\n"));
+    std::os::unix::fs::symlink(&target, dir.path().join("components/link.wasm")).expect("symlink");
+    let err = Runbook::load(dir.path()).expect_err("refused");
+    assert_eq!(err.field, "steps[0].component");
+    assert!(err.problem.contains("cannot read `components/link.wasm`"), "{err}");
+}
+
+#[test]
+fn a_valid_runbook_loads_with_a_stable_digest_and_shared_compilation() {
+    let dir = folder(&format!(
+        "{HEAD}parameters:\n  - {{ name: n, type: integer, required: false, default: 3 }}\nsteps:\n  - {{ id: a, component: components/ok.wasm, on: {{ next: b, other: end }} }}\n  - {{ id: b, component: components/ok.wasm, capabilities: [metrics.query] }}\n"
+    ));
+    let first = LoadedRunbook::load(sandbox(), dir.path()).expect("loads");
+    let second = LoadedRunbook::load(sandbox(), dir.path()).expect("loads");
+    assert_eq!(first.runbook.digest, second.runbook.digest);
+    assert!(first.runbook.digest.starts_with("sha256:"));
+    assert_eq!(first.components[0].digest, first.components[1].digest);
+    // Any byte of the manifest changes the digest.
+    std::fs::write(
+        dir.path().join("manifest.yaml"),
+        std::fs::read_to_string(dir.path().join("manifest.yaml")).expect("read").replace("test", "tesT"),
+    )
+    .expect("write");
+    let changed = Runbook::load(dir.path()).expect("loads");
+    assert_ne!(changed.digest, first.runbook.digest);
+}

@@ -1,0 +1,320 @@
+//! Misbehaving components are stopped and reported precisely, and the host keeps serving.
+
+use crate::common::{backends, mock, runbook, sandbox};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+use themis::executor::LoadedRunbook;
+use themis::executor::RunbookLoadError;
+use themis::grant::{Approval, Grant};
+use themis::sandbox::{CallMode, CallOutcome, Fault, LoadError, Phase, PhaseCall, Verdict};
+use themis::wit::types::{Alert, CapError, StepContext};
+
+const EXECUTION: &str = "exec-sandbox-test";
+
+fn ctx(step: &str) -> StepContext {
+    StepContext {
+        execution_id: EXECUTION.into(),
+        runbook_id: "misbehaving".into(),
+        runbook_version: "0.1.0".into(),
+        step_id: step.into(),
+        alert: Alert {
+            name: "Test".into(),
+            fingerprint: "f".into(),
+            labels: vec![],
+            annotations: vec![],
+        },
+        params: vec![],
+        outputs: vec![],
+        dry_run: false,
+    }
+}
+
+struct Call<'a> {
+    loaded: &'a LoadedRunbook,
+    destructive: &'a [&'a str],
+    approval: Option<&'a str>,
+    mock: &'a str,
+}
+
+impl Call<'_> {
+    async fn phase(&self, step: &str, phase: Phase) -> (PhaseCall, Arc<themis::caps::scenario::ScenarioMock>) {
+        let index = self
+            .loaded
+            .runbook
+            .steps
+            .iter()
+            .position(|s| s.id == step)
+            .expect("step exists");
+        let def = &self.loaded.runbook.steps[index];
+        let grant = Grant {
+            runbook_id: "misbehaving".into(),
+            step_id: step.into(),
+            execution_id: EXECUTION.into(),
+            capabilities: def.capabilities.clone(),
+            destructive: Arc::new(self.destructive.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>()),
+            approval: self.approval.map(|e| Approval {
+                execution_id: e.into(),
+                approved_by: "alice".into(),
+            }),
+        };
+        let mock = mock(self.mock);
+        let call = sandbox()
+            .call(&self.loaded.components[index], phase, &ctx(step), grant, backends(&mock), def.timeout)
+            .await;
+        (call, mock)
+    }
+}
+
+fn misbehaving() -> LoadedRunbook {
+    runbook("tests/runbooks/misbehaving")
+}
+
+fn plain(loaded: &LoadedRunbook) -> Call<'_> {
+    Call {
+        loaded,
+        destructive: &[],
+        approval: None,
+        mock: "{}",
+    }
+}
+
+/// After any fault, the same sandbox still runs a well-behaved step.
+async fn still_serving(loaded: &LoadedRunbook) {
+    let (call, _) = plain(loaded).phase("trivial", Phase::Precondition).await;
+    match call.result {
+        Ok(Verdict::Check(c)) => assert!(c.passed, "trivial precondition passes: {c:?}"),
+        other => panic!("the host stopped serving: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn an_infinite_loop_hits_the_deadline() {
+    let loaded = misbehaving();
+    let (call, _) = plain(&loaded).phase("infinite-loop", Phase::Precondition).await;
+    assert_eq!(call.result, Err(Fault::DeadlineExceeded { limit_ms: 200 }));
+    assert!(call.duration < Duration::from_secs(5), "stopped promptly: {:?}", call.duration);
+    still_serving(&loaded).await;
+}
+
+#[tokio::test]
+async fn a_memory_bomb_hits_the_memory_limit() {
+    let loaded = misbehaving();
+    let (call, _) = plain(&loaded).phase("memory-bomb", Phase::Precondition).await;
+    let limit = sandbox().config().memory_limit;
+    match call.result {
+        Err(Fault::MemoryLimit { desired, limit: l }) => {
+            assert_eq!(l, limit);
+            assert!(desired > limit);
+        }
+        other => panic!("expected the memory limit, got {other:?}"),
+    }
+    still_serving(&loaded).await;
+}
+
+#[tokio::test]
+async fn a_panic_is_a_trap_with_the_panic_message() {
+    let loaded = misbehaving();
+    let (call, _) = plain(&loaded).phase("panic", Phase::Action).await;
+    match &call.result {
+        Err(Fault::Trap { message }) => assert!(message.contains("unreachable"), "{message}"),
+        other => panic!("expected a trap, got {other:?}"),
+    }
+    assert!(call.stderr.contains("deliberate test panic"), "stderr: {}", call.stderr);
+    still_serving(&loaded).await;
+}
+
+#[tokio::test]
+async fn a_call_outside_the_grant_is_denied_named_and_never_reaches_the_backend() {
+    let loaded = misbehaving();
+    let (call, mock) = plain(&loaded).phase("outside-grant", Phase::Precondition).await;
+    let Ok(Verdict::Check(check)) = &call.result else {
+        panic!("the step returns a verdict: {:?}", call.result);
+    };
+    assert!(!check.passed);
+    let denied = check
+        .evidence
+        .iter()
+        .find(|p| p.key == "denied")
+        .map(|p| p.value.as_str())
+        .unwrap_or("");
+    assert!(
+        denied.starts_with("kafka.list-topics is not granted to step `outside-grant`"),
+        "{denied}"
+    );
+    assert_eq!(call.calls.len(), 1);
+    assert_eq!(call.calls[0].capability, "kafka.list-topics");
+    assert_eq!(call.calls[0].mode, CallMode::Refused);
+    assert!(matches!(call.calls[0].outcome, CallOutcome::Denied { .. }));
+    assert!(mock.calls().is_empty(), "the backend was asked: {:?}", mock.calls());
+    still_serving(&loaded).await;
+}
+
+const RESTART_MOCK: &str = "kafka.broker-restart: [ { ok: null } ]";
+
+#[tokio::test]
+async fn a_destructive_call_without_approval_is_refused() {
+    let loaded = misbehaving();
+    let call = Call {
+        loaded: &loaded,
+        destructive: &["kafka.broker-restart"],
+        approval: None,
+        mock: RESTART_MOCK,
+    };
+    let (result, mock) = call.phase("destructive", Phase::Action).await;
+    let Ok(Verdict::Action(action)) = &result.result else {
+        panic!("a verdict: {:?}", result.result);
+    };
+    assert!(!action.ok);
+    let reason = match &result.calls[0].outcome {
+        CallOutcome::Denied { reason } => reason.clone(),
+        other => panic!("denied, got {other:?}"),
+    };
+    assert!(
+        reason.contains("kafka.broker-restart is on the destructive list and needs a human approval bound to execution exec-sandbox-test"),
+        "{reason}"
+    );
+    assert!(mock.calls().is_empty());
+    still_serving(&loaded).await;
+}
+
+#[tokio::test]
+async fn an_approval_for_another_execution_does_not_count() {
+    let loaded = misbehaving();
+    let call = Call {
+        loaded: &loaded,
+        destructive: &["kafka.broker-restart"],
+        approval: Some("exec-some-other"),
+        mock: RESTART_MOCK,
+    };
+    let (result, mock) = call.phase("destructive", Phase::Action).await;
+    assert_eq!(result.calls[0].mode, CallMode::Refused);
+    assert!(mock.calls().is_empty());
+}
+
+#[tokio::test]
+async fn a_destructive_call_with_an_approval_for_this_execution_goes_through() {
+    let loaded = misbehaving();
+    let call = Call {
+        loaded: &loaded,
+        destructive: &["kafka.broker-restart"],
+        approval: Some(EXECUTION),
+        mock: RESTART_MOCK,
+    };
+    let (result, mock) = call.phase("destructive", Phase::Action).await;
+    let Ok(Verdict::Action(action)) = &result.result else {
+        panic!("a verdict: {:?}", result.result);
+    };
+    assert!(action.ok, "{action:?}");
+    assert_eq!(result.calls[0].mode, CallMode::Performed);
+    assert_eq!(mock.calls().len(), 1);
+    assert_eq!(mock.calls()[0].capability, "kafka.broker-restart");
+}
+
+#[tokio::test]
+async fn a_guest_sees_no_environment_arguments_files_or_stdout() {
+    // Give the host process an environment variable the guest must not see.
+    let loaded = misbehaving();
+    let (call, _) = plain(&loaded).phase("ambient", Phase::Precondition).await;
+    let Ok(Verdict::Check(check)) = &call.result else {
+        panic!("a verdict: {:?}", call.result);
+    };
+    let ev = |k: &str| {
+        check
+            .evidence
+            .iter()
+            .find(|p| p.key == k)
+            .map(|p| p.value.clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(ev("env_vars"), "0");
+    assert_eq!(ev("args"), "0");
+    assert!(ev("read_dir_root").starts_with("denied"), "{}", ev("read_dir_root"));
+    assert!(ev("read_etc_passwd").starts_with("denied"), "{}", ev("read_etc_passwd"));
+    assert!(call.stderr.is_empty());
+}
+
+#[test]
+fn a_socket_import_is_refused_at_load_naming_the_import() {
+    let dir = crate::common::repo().join("tests/runbooks/bad-import-sockets");
+    let err = LoadedRunbook::load(sandbox(), &dir).expect_err("refused");
+    match err {
+        RunbookLoadError::Component {
+            source: LoadError::ImportRefused { refused, .. },
+            ..
+        } => assert!(refused.import.starts_with("wasi:sockets/"), "{}", refused.import),
+        other => panic!("expected an import refusal, got {other}"),
+    }
+}
+
+#[test]
+fn a_kafka_step_importing_kubernetes_is_refused_at_load() {
+    let dir = crate::common::repo().join("tests/runbooks/bad-import-k8s");
+    let err = LoadedRunbook::load(sandbox(), &dir).expect_err("refused");
+    let text = err.to_string();
+    match err {
+        RunbookLoadError::Component {
+            source: LoadError::ImportRefused { refused, .. },
+            ..
+        } => assert_eq!(refused.import, "themis:runbook/k8s@0.1.0"),
+        other => panic!("expected an import refusal, got {other}"),
+    }
+    assert!(text.contains("kafka-step world does not provide"), "{text}");
+}
+
+#[test]
+fn a_component_that_is_not_wasm_is_refused() {
+    let err = sandbox()
+        .load(themis::capability::Domain::Kafka, "junk.wasm", b"not wasm at all")
+        .expect_err("refused");
+    assert!(matches!(err, LoadError::Compile { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn a_slow_capability_times_out_as_unavailable() {
+    use async_trait::async_trait;
+    use themis::caps::{CapResult, MetricsCaps};
+
+    // A backend that never answers: the host's call timeout must turn it into `unavailable`.
+    struct Hangs;
+    #[async_trait]
+    impl MetricsCaps for Hangs {
+        async fn query(&self, _: &str) -> CapResult<Vec<themis::wit::metrics::Sample>> {
+            std::future::pending().await
+        }
+    }
+    let config = themis::sandbox::SandboxConfig {
+        call_timeout: Duration::from_millis(100),
+        ..Default::default()
+    };
+    let sandbox = themis::sandbox::Sandbox::new(config).expect("sandbox");
+    let loaded = LoadedRunbook::load(&sandbox, &crate::common::repo().join("runbooks/kafka/check-broker-health"))
+        .expect("loads");
+    let m = mock("{}");
+    let mut b = backends(&m);
+    b.metrics = Arc::new(Hangs);
+    let grant = Grant {
+        runbook_id: "check-broker-health".into(),
+        step_id: "gc-pause".into(),
+        execution_id: EXECUTION.into(),
+        capabilities: ["metrics.query".to_string()].into(),
+        destructive: Arc::new(BTreeSet::new()),
+        approval: None,
+    };
+    let mut c = ctx("gc-pause");
+    c.params = themis::manifest::bind_params(&loaded.runbook.parameters, &Default::default()).expect("defaults");
+    let call = sandbox
+        .call(&loaded.components[1], Phase::Precondition, &c, grant, b, Duration::from_secs(5))
+        .await;
+    let Ok(Verdict::Check(check)) = &call.result else {
+        panic!("a verdict: {:?}", call.result);
+    };
+    assert!(!check.passed);
+    match &call.calls[0].outcome {
+        CallOutcome::Error { error } => {
+            let e: CapError = serde_json::from_value(error.clone()).expect("a cap error");
+            assert!(matches!(e, CapError::Unavailable(ref m) if m.contains("did not answer within 100 ms")), "{e:?}");
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
