@@ -159,10 +159,10 @@ mod tests {
                     interface = rest.split_whitespace().next().map(str::to_owned);
                 } else if let (Some(iface), Some((name, _))) =
                     (&interface, line.split_once(": func("))
+                    && iface != "step"
+                    && iface != "log"
                 {
-                    if iface != "step" && iface != "log" {
-                        from_wit.push(format!("{iface}.{name}"));
-                    }
+                    from_wit.push(format!("{iface}.{name}"));
                 }
             }
         }
@@ -177,7 +177,11 @@ mod tests {
         let restart = lookup("k8s.rollout-restart").expect("known");
         assert!(restart.allowed_in(Domain::Kubernetes));
         assert!(!restart.allowed_in(Domain::Kafka));
-        assert!(lookup("metrics.query").expect("known").allowed_in(Domain::Postgres));
+        assert!(
+            lookup("metrics.query")
+                .expect("known")
+                .allowed_in(Domain::Postgres)
+        );
         assert!(lookup("kafka.nope").is_none());
     }
 }

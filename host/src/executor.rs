@@ -244,7 +244,13 @@ impl Walk<'_> {
         }
     }
 
-    async fn roll_back(&mut self, acted: &[usize], step: String, phase: Phase, reason: String) -> Outcome {
+    async fn roll_back(
+        &mut self,
+        acted: &[usize],
+        step: String,
+        phase: Phase,
+        reason: String,
+    ) -> Outcome {
         for &i in acted.iter().rev() {
             let record = self.phase(i, Phase::Rollback).await;
             if record.status != PhaseStatus::Passed {

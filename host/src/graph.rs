@@ -115,15 +115,18 @@ impl Graph {
                 continue;
             }
             // Iterative DFS; `path` is the chain of open steps, for the error message.
-            let mut stack: Vec<(usize, Vec<usize>)> = vec![(start, self.successors(start).collect())];
+            let mut stack: Vec<(usize, Vec<usize>)> =
+                vec![(start, self.successors(start).collect())];
             marks[start] = Mark::Open;
             while let Some((node, pending)) = stack.last_mut() {
                 let node = *node;
                 match pending.pop() {
                     Some(next) if marks[next] == Mark::Open => {
                         let from = stack.iter().position(|(n, _)| *n == next).unwrap_or(0);
-                        let mut cycle: Vec<String> =
-                            stack[from..].iter().map(|(n, _)| self.ids[*n].clone()).collect();
+                        let mut cycle: Vec<String> = stack[from..]
+                            .iter()
+                            .map(|(n, _)| self.ids[*n].clone())
+                            .collect();
                         cycle.push(self.ids[next].clone());
                         return Err(GraphError::Cycle(cycle));
                     }
@@ -168,7 +171,9 @@ mod tests {
             .map(|(id, e)| {
                 (
                     id.to_string(),
-                    e.iter().map(|(l, t)| (l.to_string(), t.to_string())).collect(),
+                    e.iter()
+                        .map(|(l, t)| (l.to_string(), t.to_string()))
+                        .collect(),
                 )
             })
             .collect();

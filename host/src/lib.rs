@@ -1,8 +1,8 @@
 //! Themis: an agentic SRE runbook engine. See `docs/ARCHITECTURE.md` for the map.
 
 pub mod capability;
-pub mod cli;
 pub mod caps;
+pub mod cli;
 pub mod executor;
 pub mod grant;
 pub mod graph;

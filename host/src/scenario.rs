@@ -26,7 +26,9 @@
 use crate::capability::DEFAULT_DESTRUCTIVE;
 use crate::caps::Backends;
 use crate::caps::scenario::{Mocks, ScenarioMock};
-use crate::executor::{self, ExecutionReport, ExecutionRequest, LoadedRunbook, Outcome, PhaseStatus};
+use crate::executor::{
+    self, ExecutionReport, ExecutionRequest, LoadedRunbook, Outcome, PhaseStatus,
+};
 use crate::grant::Approval;
 use crate::manifest::bind_params;
 use crate::sandbox::{CallMode, Phase, Sandbox};
@@ -143,7 +145,7 @@ pub enum ScenarioError {
     #[error("{file}: runbook: {source}")]
     Runbook {
         file: PathBuf,
-        source: executor::RunbookLoadError,
+        source: Box<executor::RunbookLoadError>,
     },
 }
 
@@ -187,14 +189,13 @@ pub async fn run(sandbox: &Sandbox, file: &Path) -> Result<ScenarioRun, Scenario
     let loaded = LoadedRunbook::load(sandbox, &base.join(&scenario.runbook)).map_err(|source| {
         ScenarioError::Runbook {
             file: file.into(),
-            source,
+            source: Box::new(source),
         }
     })?;
     let params = bind_params(&loaded.runbook.parameters, &scenario.params)
         .map_err(|e| invalid(format!("params: {e}")))?;
-    let mock = Arc::new(
-        ScenarioMock::new(scenario.mocks.clone()).map_err(|e| invalid(e.to_string()))?,
-    );
+    let mock =
+        Arc::new(ScenarioMock::new(scenario.mocks.clone()).map_err(|e| invalid(e.to_string()))?);
     let mut backends = Backends::all(mock.clone(), false);
     let mut recorder = None;
     if scenario.dry_run {
@@ -233,7 +234,13 @@ pub async fn run(sandbox: &Sandbox, file: &Path) -> Result<ScenarioRun, Scenario
 
 fn slug(name: &str) -> String {
     name.chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
         .collect()
 }
 
@@ -253,7 +260,8 @@ pub fn check(expect: &Expect, report: &ExecutionReport) -> (usize, Vec<String>) 
         if Some(want.as_str()) != step {
             failures.push(format!(
                 "step: expected the outcome to name `{want}`, it names {}",
-                step.map(|s| format!("`{s}`")).unwrap_or_else(|| "no step".into())
+                step.map(|s| format!("`{s}`"))
+                    .unwrap_or_else(|| "no step".into())
             ));
         }
     }
@@ -266,7 +274,9 @@ pub fn check(expect: &Expect, report: &ExecutionReport) -> (usize, Vec<String>) 
             .map(|p| p.step.as_str())
             .collect();
         if acted != want.iter().map(String::as_str).collect::<Vec<_>>() {
-            failures.push(format!("path: expected {want:?}, the steps that acted were {acted:?}"));
+            failures.push(format!(
+                "path: expected {want:?}, the steps that acted were {acted:?}"
+            ));
         }
     }
     if let Some(want) = &expect.phases {

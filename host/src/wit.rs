@@ -12,5 +12,5 @@ wasmtime::component::bindgen!({
     additional_derives: [serde::Serialize, serde::Deserialize, PartialEq],
 });
 
-pub use exports::themis::runbook::step as step_export;
-pub use themis::runbook::{k8s, kafka, log, metrics, postgres, types};
+pub use self::exports::themis::runbook::step as step_export;
+pub use self::themis::runbook::{k8s, kafka, log, metrics, postgres, types};

@@ -110,6 +110,9 @@ macro_rules! __export_step {
             }
         }
 
+        // Only components export: a native build (the step's unit tests) has no host to call it,
+        // and its linker would reject the component-model symbol names.
+        #[cfg(target_family = "wasm")]
         $crate::bindings::common::__export_step_world!(
             __ThemisStepExport with_types_in $crate::bindings::common
         );

@@ -74,7 +74,10 @@ impl MockCaps {
     }
 
     pub fn called(&self, capability: &str) -> bool {
-        self.calls.borrow().iter().any(|c| c.capability == capability)
+        self.calls
+            .borrow()
+            .iter()
+            .any(|c| c.capability == capability)
     }
 
     fn respond<T: Clone + 'static>(&self, capability: &str, args: String) -> CapResult<T> {
@@ -132,10 +135,7 @@ impl Kafka for MockCaps {
         self.respond("kafka.describe-consumer-group", format!("group={group}"))
     }
     fn consumer_lag(&self, group: &str, topic: &str) -> CapResult<Vec<PartitionLag>> {
-        self.respond(
-            "kafka.consumer-lag",
-            format!("group={group} topic={topic}"),
-        )
+        self.respond("kafka.consumer-lag", format!("group={group} topic={topic}"))
     }
     fn list_topics(&self) -> CapResult<Vec<TopicInfo>> {
         self.respond("kafka.list-topics", String::new())
@@ -198,7 +198,10 @@ impl Kubernetes for MockCaps {
         )
     }
     fn delete_pod(&self, namespace: &str, name: &str) -> CapResult<()> {
-        self.respond("k8s.delete-pod", format!("namespace={namespace} name={name}"))
+        self.respond(
+            "k8s.delete-pod",
+            format!("namespace={namespace} name={name}"),
+        )
     }
 }
 

@@ -26,7 +26,11 @@ fn validate_accepts_the_shipped_runbooks() {
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
-    assert_eq!(stdout.lines().filter(|l| l.starts_with("ok  ")).count(), 3, "{stdout}");
+    assert_eq!(
+        stdout.lines().filter(|l| l.starts_with("ok  ")).count(),
+        3,
+        "{stdout}"
+    );
     assert!(stdout.contains("check-broker-health 1.0.0 (kafka) sha256:"));
 }
 
@@ -41,7 +45,12 @@ fn validate_names_the_refused_import_and_exits_1() {
 
 #[test]
 fn run_json_reports_every_phase() {
-    let out = themis(&["run", "--scenario", "tests/scenarios/kafka-gc-pause.yaml", "--json"]);
+    let out = themis(&[
+        "run",
+        "--scenario",
+        "tests/scenarios/kafka-gc-pause.yaml",
+        "--json",
+    ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
     assert_eq!(v["report"]["outcome"]["status"], "succeeded");
@@ -49,17 +58,27 @@ fn run_json_reports_every_phase() {
     let phases = v["report"]["phases"].as_array().expect("phases");
     assert_eq!(phases.len(), 6);
     assert_eq!(phases[4]["branch"], "gc-pause-high");
-    assert_eq!(phases[4]["evidence"][1], serde_json::json!(["gc_pause_ms", "2500"]));
+    assert_eq!(
+        phases[4]["evidence"][1],
+        serde_json::json!(["gc_pause_ms", "2500"])
+    );
     assert_eq!(v["failures"], serde_json::json!([]));
 }
 
 #[test]
 fn run_human_output_shows_refusals_and_faults() {
-    let out = themis(&["run", "--scenario", "tests/scenarios/executor-trap-in-action.yaml"]);
+    let out = themis(&[
+        "run",
+        "--scenario",
+        "tests/scenarios/executor-trap-in-action.yaml",
+    ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
     assert!(stdout.contains("FAULT    the step trapped"), "{stdout}");
-    assert!(stdout.contains("outcome   rolled-back at step s2"), "{stdout}");
+    assert!(
+        stdout.contains("outcome   rolled-back at step s2"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -68,7 +87,10 @@ fn run_exits_1_when_expectations_fail_and_2_when_the_file_is_bad() {
     let file = tmp.path().join("s.yaml");
     let scenario = std::fs::read_to_string(repo().join("tests/scenarios/kafka-no-controller.yaml"))
         .expect("read")
-        .replace("../../runbooks", &repo().join("runbooks").display().to_string())
+        .replace(
+            "../../runbooks",
+            &repo().join("runbooks").display().to_string(),
+        )
         .replace("precondition-failed", "succeeded");
     std::fs::write(&file, scenario).expect("write");
     let out = themis(&["run", "--scenario", file.to_str().expect("utf-8 path")]);
@@ -85,7 +107,10 @@ fn help_explains_the_commands() {
     let out = themis(&["--help"]);
     assert!(out.status.success());
     let stdout = text(&out.stdout);
-    assert!(stdout.contains("runbook") && stdout.contains("run"), "{stdout}");
+    assert!(
+        stdout.contains("runbook") && stdout.contains("run"),
+        "{stdout}"
+    );
     let out = themis(&["run", "--help"]);
     assert!(text(&out.stdout).contains("expectations hold"));
 }

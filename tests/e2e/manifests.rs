@@ -21,10 +21,14 @@ const HEAD: &str = "id: t\nversion: 1.0.0\ndomain: kafka\ndescription: test\n";
 
 #[test]
 fn invalid_manifests_are_refused_with_field_and_reason() {
-    let one_step = |extra: &str| format!("{HEAD}steps:\n  - id: a\n    component: components/ok.wasm\n{extra}");
+    let one_step = |extra: &str| {
+        format!("{HEAD}steps:\n  - id: a\n    component: components/ok.wasm\n{extra}")
+    };
     let cases: Vec<(String, &str, &str)> = vec![
         (
-            format!("{HEAD}steps:\n  - {{ id: a, component: components/ok.wasm, on: {{ next: zz }} }}\n"),
+            format!(
+                "{HEAD}steps:\n  - {{ id: a, component: components/ok.wasm, on: {{ next: zz }} }}\n"
+            ),
             "steps",
             "step `a` branch `next` leads to `zz`, which is not a step",
         ),
@@ -36,7 +40,9 @@ fn invalid_manifests_are_refused_with_field_and_reason() {
             "the steps form a cycle: a -> b -> a",
         ),
         (
-            format!("{HEAD}steps:\n  - {{ id: a, component: components/ok.wasm }}\n  - {{ id: b, component: components/ok.wasm }}\n"),
+            format!(
+                "{HEAD}steps:\n  - {{ id: a, component: components/ok.wasm }}\n  - {{ id: b, component: components/ok.wasm }}\n"
+            ),
             "steps",
             "step `b` cannot be reached from the first step",
         ),
@@ -66,12 +72,16 @@ fn invalid_manifests_are_refused_with_field_and_reason() {
             "cannot read `components/missing.wasm`",
         ),
         (
-            format!("{HEAD}parameters:\n  - {{ name: n, type: float }}\nsteps:\n  - {{ id: a, component: components/ok.wasm }}\n"),
+            format!(
+                "{HEAD}parameters:\n  - {{ name: n, type: float }}\nsteps:\n  - {{ id: a, component: components/ok.wasm }}\n"
+            ),
             "parameters[0].type",
             "unknown parameter type `float`",
         ),
         (
-            format!("{HEAD}parameters:\n  - {{ name: n, type: integer, default: lots }}\nsteps:\n  - {{ id: a, component: components/ok.wasm }}\n"),
+            format!(
+                "{HEAD}parameters:\n  - {{ name: n, type: integer, default: lots }}\nsteps:\n  - {{ id: a, component: components/ok.wasm }}\n"
+            ),
             "parameters[0].default",
             "the default must be a integer",
         ),
@@ -85,9 +95,21 @@ fn invalid_manifests_are_refused_with_field_and_reason() {
             "version",
             "`one` is not a semantic version",
         ),
-        (one_step("    timeout: forever\n"), "steps[0].timeout", "`forever` is not a duration"),
-        (one_step("    on: {}\n"), "steps[0].on", "declares no branch"),
-        (format!("{HEAD}steps: []\n"), "steps", "the runbook has no steps"),
+        (
+            one_step("    timeout: forever\n"),
+            "steps[0].timeout",
+            "`forever` is not a duration",
+        ),
+        (
+            one_step("    on: {}\n"),
+            "steps[0].on",
+            "declares no branch",
+        ),
+        (
+            format!("{HEAD}steps: []\n"),
+            "steps",
+            "the runbook has no steps",
+        ),
         (one_step("    retries: 3\n"), "", "unknown field `retries`"),
     ];
     for (manifest, field, problem) in cases {
@@ -95,7 +117,10 @@ fn invalid_manifests_are_refused_with_field_and_reason() {
         let err = Runbook::load(dir.path()).expect_err(&manifest);
         assert_eq!(err.file, dir.path().join("manifest.yaml"));
         assert_eq!(err.field, field, "{err}");
-        assert!(err.problem.contains(problem), "expected {problem:?} in {err}");
+        assert!(
+            err.problem.contains(problem),
+            "expected {problem:?} in {err}"
+        );
         assert!(!err.fix.is_empty(), "every error says what to do: {err}");
     }
 }
@@ -105,12 +130,21 @@ fn invalid_manifests_are_refused_with_field_and_reason() {
 fn a_symlink_out_of_the_runbook_folder_is_refused() {
     let outside = tempfile::tempdir().expect("tempdir");
     let target = outside.path().join("evil.wasm");
-    std::fs::copy(repo().join("tests/runbooks/misbehaving/components/trivial.wasm"), &target).expect("copy");
-    let dir = folder(&format!("{HEAD}steps:\n  - {{ id: a, component: components/link.wasm }}\n"));
+    std::fs::copy(
+        repo().join("tests/runbooks/misbehaving/components/trivial.wasm"),
+        &target,
+    )
+    .expect("copy");
+    let dir = folder(&format!(
+        "{HEAD}steps:\n  - {{ id: a, component: components/link.wasm }}\n"
+    ));
     std::os::unix::fs::symlink(&target, dir.path().join("components/link.wasm")).expect("symlink");
     let err = Runbook::load(dir.path()).expect_err("refused");
     assert_eq!(err.field, "steps[0].component");
-    assert!(err.problem.contains("cannot read `components/link.wasm`"), "{err}");
+    assert!(
+        err.problem.contains("cannot read `components/link.wasm`"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -126,7 +160,9 @@ fn a_valid_runbook_loads_with_a_stable_digest_and_shared_compilation() {
     // Any byte of the manifest changes the digest.
     std::fs::write(
         dir.path().join("manifest.yaml"),
-        std::fs::read_to_string(dir.path().join("manifest.yaml")).expect("read").replace("test", "tesT"),
+        std::fs::read_to_string(dir.path().join("manifest.yaml"))
+            .expect("read")
+            .replace("test", "tesT"),
     )
     .expect("write");
     let changed = Runbook::load(dir.path()).expect("loads");

@@ -38,7 +38,11 @@ struct Call<'a> {
 }
 
 impl Call<'_> {
-    async fn phase(&self, step: &str, phase: Phase) -> (PhaseCall, Arc<themis::caps::scenario::ScenarioMock>) {
+    async fn phase(
+        &self,
+        step: &str,
+        phase: Phase,
+    ) -> (PhaseCall, Arc<themis::caps::scenario::ScenarioMock>) {
         let index = self
             .loaded
             .runbook
@@ -52,7 +56,12 @@ impl Call<'_> {
             step_id: step.into(),
             execution_id: EXECUTION.into(),
             capabilities: def.capabilities.clone(),
-            destructive: Arc::new(self.destructive.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>()),
+            destructive: Arc::new(
+                self.destructive
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect::<BTreeSet<_>>(),
+            ),
             approval: self.approval.map(|e| Approval {
                 execution_id: e.into(),
                 approved_by: "alice".into(),
@@ -60,7 +69,14 @@ impl Call<'_> {
         };
         let mock = mock(self.mock);
         let call = sandbox()
-            .call(&self.loaded.components[index], phase, &ctx(step), grant, backends(&mock), def.timeout)
+            .call(
+                &self.loaded.components[index],
+                phase,
+                &ctx(step),
+                grant,
+                backends(&mock),
+                def.timeout,
+            )
             .await;
         (call, mock)
     }
@@ -91,16 +107,24 @@ async fn still_serving(loaded: &LoadedRunbook) {
 #[tokio::test]
 async fn an_infinite_loop_hits_the_deadline() {
     let loaded = misbehaving();
-    let (call, _) = plain(&loaded).phase("infinite-loop", Phase::Precondition).await;
+    let (call, _) = plain(&loaded)
+        .phase("infinite-loop", Phase::Precondition)
+        .await;
     assert_eq!(call.result, Err(Fault::DeadlineExceeded { limit_ms: 200 }));
-    assert!(call.duration < Duration::from_secs(5), "stopped promptly: {:?}", call.duration);
+    assert!(
+        call.duration < Duration::from_secs(5),
+        "stopped promptly: {:?}",
+        call.duration
+    );
     still_serving(&loaded).await;
 }
 
 #[tokio::test]
 async fn a_memory_bomb_hits_the_memory_limit() {
     let loaded = misbehaving();
-    let (call, _) = plain(&loaded).phase("memory-bomb", Phase::Precondition).await;
+    let (call, _) = plain(&loaded)
+        .phase("memory-bomb", Phase::Precondition)
+        .await;
     let limit = sandbox().config().memory_limit;
     match call.result {
         Err(Fault::MemoryLimit { desired, limit: l }) => {
@@ -120,14 +144,20 @@ async fn a_panic_is_a_trap_with_the_panic_message() {
         Err(Fault::Trap { message }) => assert!(message.contains("unreachable"), "{message}"),
         other => panic!("expected a trap, got {other:?}"),
     }
-    assert!(call.stderr.contains("deliberate test panic"), "stderr: {}", call.stderr);
+    assert!(
+        call.stderr.contains("deliberate test panic"),
+        "stderr: {}",
+        call.stderr
+    );
     still_serving(&loaded).await;
 }
 
 #[tokio::test]
 async fn a_call_outside_the_grant_is_denied_named_and_never_reaches_the_backend() {
     let loaded = misbehaving();
-    let (call, mock) = plain(&loaded).phase("outside-grant", Phase::Precondition).await;
+    let (call, mock) = plain(&loaded)
+        .phase("outside-grant", Phase::Precondition)
+        .await;
     let Ok(Verdict::Check(check)) = &call.result else {
         panic!("the step returns a verdict: {:?}", call.result);
     };
@@ -146,7 +176,11 @@ async fn a_call_outside_the_grant_is_denied_named_and_never_reaches_the_backend(
     assert_eq!(call.calls[0].capability, "kafka.list-topics");
     assert_eq!(call.calls[0].mode, CallMode::Refused);
     assert!(matches!(call.calls[0].outcome, CallOutcome::Denied { .. }));
-    assert!(mock.calls().is_empty(), "the backend was asked: {:?}", mock.calls());
+    assert!(
+        mock.calls().is_empty(),
+        "the backend was asked: {:?}",
+        mock.calls()
+    );
     still_serving(&loaded).await;
 }
 
@@ -229,8 +263,16 @@ async fn a_guest_sees_no_environment_arguments_files_or_stdout() {
     };
     assert_eq!(ev("env_vars"), "0");
     assert_eq!(ev("args"), "0");
-    assert!(ev("read_dir_root").starts_with("denied"), "{}", ev("read_dir_root"));
-    assert!(ev("read_etc_passwd").starts_with("denied"), "{}", ev("read_etc_passwd"));
+    assert!(
+        ev("read_dir_root").starts_with("denied"),
+        "{}",
+        ev("read_dir_root")
+    );
+    assert!(
+        ev("read_etc_passwd").starts_with("denied"),
+        "{}",
+        ev("read_etc_passwd")
+    );
     assert!(call.stderr.is_empty());
 }
 
@@ -242,7 +284,11 @@ fn a_socket_import_is_refused_at_load_naming_the_import() {
         RunbookLoadError::Component {
             source: LoadError::ImportRefused { refused, .. },
             ..
-        } => assert!(refused.import.starts_with("wasi:sockets/"), "{}", refused.import),
+        } => assert!(
+            refused.import.starts_with("wasi:sockets/"),
+            "{}",
+            refused.import
+        ),
         other => panic!("expected an import refusal, got {other}"),
     }
 }
@@ -265,7 +311,11 @@ fn a_kafka_step_importing_kubernetes_is_refused_at_load() {
 #[test]
 fn a_component_that_is_not_wasm_is_refused() {
     let err = sandbox()
-        .load(themis::capability::Domain::Kafka, "junk.wasm", b"not wasm at all")
+        .load(
+            themis::capability::Domain::Kafka,
+            "junk.wasm",
+            b"not wasm at all",
+        )
         .expect_err("refused");
     assert!(matches!(err, LoadError::Compile { .. }), "{err}");
 }
@@ -288,8 +338,11 @@ async fn a_slow_capability_times_out_as_unavailable() {
         ..Default::default()
     };
     let sandbox = themis::sandbox::Sandbox::new(config).expect("sandbox");
-    let loaded = LoadedRunbook::load(&sandbox, &crate::common::repo().join("runbooks/kafka/check-broker-health"))
-        .expect("loads");
+    let loaded = LoadedRunbook::load(
+        &sandbox,
+        &crate::common::repo().join("runbooks/kafka/check-broker-health"),
+    )
+    .expect("loads");
     let m = mock("{}");
     let mut b = backends(&m);
     b.metrics = Arc::new(Hangs);
@@ -302,9 +355,17 @@ async fn a_slow_capability_times_out_as_unavailable() {
         approval: None,
     };
     let mut c = ctx("gc-pause");
-    c.params = themis::manifest::bind_params(&loaded.runbook.parameters, &Default::default()).expect("defaults");
+    c.params = themis::manifest::bind_params(&loaded.runbook.parameters, &Default::default())
+        .expect("defaults");
     let call = sandbox
-        .call(&loaded.components[1], Phase::Precondition, &c, grant, b, Duration::from_secs(5))
+        .call(
+            &loaded.components[1],
+            Phase::Precondition,
+            &c,
+            grant,
+            b,
+            Duration::from_secs(5),
+        )
         .await;
     let Ok(Verdict::Check(check)) = &call.result else {
         panic!("a verdict: {:?}", call.result);
@@ -313,7 +374,10 @@ async fn a_slow_capability_times_out_as_unavailable() {
     match &call.calls[0].outcome {
         CallOutcome::Error { error } => {
             let e: CapError = serde_json::from_value(error.clone()).expect("a cap error");
-            assert!(matches!(e, CapError::Unavailable(ref m) if m.contains("did not answer within 100 ms")), "{e:?}");
+            assert!(
+                matches!(e, CapError::Unavailable(ref m) if m.contains("did not answer within 100 ms")),
+                "{e:?}"
+            );
         }
         other => panic!("expected an error, got {other:?}"),
     }

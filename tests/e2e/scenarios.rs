@@ -11,27 +11,43 @@ async fn every_scenario_meets_its_expectations() {
         .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
         .collect();
     files.sort();
-    assert!(files.len() >= 15, "expected the scenario corpus, found {}", files.len());
+    assert!(
+        files.len() >= 15,
+        "expected the scenario corpus, found {}",
+        files.len()
+    );
     let mut failed = Vec::new();
     for file in &files {
         let run = themis::scenario::run(sandbox(), file)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
-        assert!(run.expectations_checked > 0, "{} expects nothing", file.display());
+        assert!(
+            run.expectations_checked > 0,
+            "{} expects nothing",
+            file.display()
+        );
         if !run.passed() {
             failed.push(format!("{}: {:?}", file.display(), run.failures));
         }
     }
-    assert!(failed.is_empty(), "scenarios failed:\n{}", failed.join("\n"));
+    assert!(
+        failed.is_empty(),
+        "scenarios failed:\n{}",
+        failed.join("\n")
+    );
 }
 
 #[tokio::test]
 async fn a_wrong_expectation_is_caught() {
     // The checker must be able to fail: flip one expectation of a passing scenario.
-    let src = std::fs::read_to_string(repo().join("tests/scenarios/kafka-gc-pause.yaml")).expect("read");
+    let src =
+        std::fs::read_to_string(repo().join("tests/scenarios/kafka-gc-pause.yaml")).expect("read");
     let tmp = tempfile::tempdir().expect("tempdir");
     let edited = src
-        .replace("../../runbooks", &repo().join("runbooks").display().to_string())
+        .replace(
+            "../../runbooks",
+            &repo().join("runbooks").display().to_string(),
+        )
         .replace("gc-pause.broker: \"1\"", "gc-pause.broker: \"2\"")
         .replace("outcome: succeeded", "outcome: rolled-back");
     let file = tmp.path().join("s.yaml");

@@ -10,9 +10,7 @@ pub mod dry_run;
 pub mod scenario;
 
 use crate::wit::k8s::{Deployment, Pod};
-use crate::wit::kafka::{
-    ClusterInfo, ConsumerGroup, ConsumerWorkload, PartitionLag, TopicInfo,
-};
+use crate::wit::kafka::{ClusterInfo, ConsumerGroup, ConsumerWorkload, PartitionLag, TopicInfo};
 use crate::wit::metrics::Sample;
 use crate::wit::postgres::{Backend, LockWait, Replica};
 use crate::wit::types::{CapError, Pair};
@@ -47,8 +45,7 @@ pub trait KubernetesCaps: Send + Sync {
     async fn pod_logs(&self, namespace: &str, pod: &str, tail_lines: u32)
     -> CapResult<Vec<String>>;
     async fn rollout_restart(&self, namespace: &str, name: &str) -> CapResult<()>;
-    async fn scale_deployment(&self, namespace: &str, name: &str, replicas: u32)
-    -> CapResult<()>;
+    async fn scale_deployment(&self, namespace: &str, name: &str, replicas: u32) -> CapResult<()>;
     async fn delete_pod(&self, namespace: &str, name: &str) -> CapResult<()>;
 }
 

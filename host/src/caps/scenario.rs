@@ -53,7 +53,9 @@ impl TryFrom<BTreeMap<String, String>> for MockError {
     fn try_from(map: BTreeMap<String, String>) -> Result<Self, String> {
         let mut entries = map.into_iter();
         let (Some((kind, message)), None) = (entries.next(), entries.next()) else {
-            return Err(format!("an error is one `kind: message` pair; kinds: {ERROR_KINDS}"));
+            return Err(format!(
+                "an error is one `kind: message` pair; kinds: {ERROR_KINDS}"
+            ));
         };
         Ok(match kind.as_str() {
             "denied" => MockError::Denied(message),
@@ -61,7 +63,11 @@ impl TryFrom<BTreeMap<String, String>> for MockError {
             "invalid-argument" => MockError::InvalidArgument(message),
             "unavailable" => MockError::Unavailable(message),
             "failed" => MockError::Failed(message),
-            other => return Err(format!("unknown error kind `{other}`; kinds: {ERROR_KINDS}")),
+            other => {
+                return Err(format!(
+                    "unknown error kind `{other}`; kinds: {ERROR_KINDS}"
+                ));
+            }
         })
     }
 }
@@ -153,8 +159,9 @@ impl ScenarioMock {
                 return Err(MockRuleError {
                     capability: capability.clone(),
                     rule: 0,
-                    problem: "not a capability; see the names in wit/*.wit (e.g. kafka.consumer-lag)"
-                        .into(),
+                    problem:
+                        "not a capability; see the names in wit/*.wit (e.g. kafka.consumer-lag)"
+                            .into(),
                 });
             }
             for (i, rule) in list.iter().enumerate() {

@@ -30,13 +30,27 @@ pub fn scenario_run(run: &ScenarioRun) -> String {
         r.runbook_id,
         r.runbook_version,
         r.runbook_digest,
-        if r.dry_run { "  (dry run: mutations recorded, not performed)" } else { "" }
+        if r.dry_run {
+            "  (dry run: mutations recorded, not performed)"
+        } else {
+            ""
+        }
     );
     let _ = writeln!(out);
-    let width = r.phases.iter().map(|p| p.step.len()).max().unwrap_or(4).max(4);
+    let width = r
+        .phases
+        .iter()
+        .map(|p| p.step.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
     let mut last_step = "";
     for p in &r.phases {
-        let step = if p.step == last_step && p.phase != Phase::Rollback { "" } else { p.step.as_str() };
+        let step = if p.step == last_step && p.phase != Phase::Rollback {
+            ""
+        } else {
+            p.step.as_str()
+        };
         last_step = &p.step;
         let _ = writeln!(
             out,
@@ -48,7 +62,14 @@ pub fn scenario_run(run: &ScenarioRun) -> String {
         );
         if !p.evidence.is_empty() {
             let ev: Vec<String> = p.evidence.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            let _ = writeln!(out, "  {:width$}  {:13}  {:7}  evidence: {}", "", "", "", ev.join(" "));
+            let _ = writeln!(
+                out,
+                "  {:width$}  {:13}  {:7}  evidence: {}",
+                "",
+                "",
+                "",
+                ev.join(" ")
+            );
         }
         for c in &p.calls {
             let mark = match c.mode {
@@ -56,10 +77,21 @@ pub fn scenario_run(run: &ScenarioRun) -> String {
                 CallMode::WouldDo => "would do",
                 CallMode::Refused => "REFUSED",
             };
-            let _ = writeln!(out, "  {:width$}  {:13}  {:7}  {mark}: {} {}", "", "", "", c.capability, c.args);
+            let _ = writeln!(
+                out,
+                "  {:width$}  {:13}  {:7}  {mark}: {} {}",
+                "", "", "", c.capability, c.args
+            );
         }
         if !p.stderr.trim().is_empty() {
-            let _ = writeln!(out, "  {:width$}  {:13}  {:7}  stderr: {}", "", "", "", p.stderr.trim());
+            let _ = writeln!(
+                out,
+                "  {:width$}  {:13}  {:7}  stderr: {}",
+                "",
+                "",
+                "",
+                p.stderr.trim()
+            );
         }
     }
     let (status, step) = outcome_parts(&r.outcome);
@@ -72,10 +104,18 @@ pub fn scenario_run(run: &ScenarioRun) -> String {
     let calls: Vec<_> = r.calls().collect();
     let refused = calls.iter().filter(|c| c.mode == CallMode::Refused).count();
     let would = calls.iter().filter(|c| c.mode == CallMode::WouldDo).count();
-    let _ = writeln!(out, "calls     {} ({refused} refused, {would} would-do)", calls.len());
+    let _ = writeln!(
+        out,
+        "calls     {} ({refused} refused, {would} would-do)",
+        calls.len()
+    );
     if run.expectations_checked > 0 {
         if run.failures.is_empty() {
-            let _ = writeln!(out, "expect    all {} expectations met", run.expectations_checked);
+            let _ = writeln!(
+                out,
+                "expect    all {} expectations met",
+                run.expectations_checked
+            );
         } else {
             let _ = writeln!(
                 out,

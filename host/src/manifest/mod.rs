@@ -25,7 +25,9 @@
 
 mod params;
 
-pub use params::{ParamType, Parameter, ParameterError, bind as bind_params, parse_text as parse_param_text};
+pub use params::{
+    ParamType, Parameter, ParameterError, bind as bind_params, parse_text as parse_param_text,
+};
 
 use crate::capability::{self, Domain};
 use crate::graph::{self, Graph};
@@ -319,7 +321,6 @@ impl Runbook {
     }
 }
 
-
 fn is_identifier(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
@@ -339,7 +340,8 @@ fn read_component(root: &Dir, path: &str) -> Result<Vec<u8>, String> {
         ));
     }
     // cap-std also refuses symlinks that lead outside the folder.
-    root.read(p).map_err(|e| format!("cannot read `{path}`: {e}"))
+    root.read(p)
+        .map_err(|e| format!("cannot read `{path}`: {e}"))
 }
 
 fn runbook_digest(manifest: &[u8], steps: &[StepDef]) -> String {

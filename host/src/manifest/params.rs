@@ -106,14 +106,12 @@ pub(super) fn validate(raw: &[RawParameter]) -> Result<Vec<Parameter>, FieldErro
                 ));
             }
         };
-        if let Some(default) = &p.default {
-            if let Err(got) = convert(kind, default) {
-                return Err((
-                    field("default"),
-                    format!("the default must be a {kind}, got {got}"),
-                    "fix the default or the type".into(),
-                ));
-            }
+        if let Some(Err(got)) = p.default.as_ref().map(|d| convert(kind, d)) {
+            return Err((
+                field("default"),
+                format!("the default must be a {kind}, got {got}"),
+                "fix the default or the type".into(),
+            ));
         }
         out.push(Parameter {
             name: p.name.clone(),
@@ -128,8 +126,14 @@ pub(super) fn validate(raw: &[RawParameter]) -> Result<Vec<Parameter>, FieldErro
 
 /// Bind untyped values to the declared parameters: unknown names, missing required ones and
 /// wrong types are refused; defaults fill the rest.
-pub fn bind(declared: &[Parameter], given: &BTreeMap<String, Value>) -> Result<Vec<Param>, ParameterError> {
-    if let Some(unknown) = given.keys().find(|k| !declared.iter().any(|p| &p.name == *k)) {
+pub fn bind(
+    declared: &[Parameter],
+    given: &BTreeMap<String, Value>,
+) -> Result<Vec<Param>, ParameterError> {
+    if let Some(unknown) = given
+        .keys()
+        .find(|k| !declared.iter().any(|p| &p.name == *k))
+    {
         return Err(ParameterError::Unknown(unknown.clone()));
     }
     let mut out = Vec::new();
@@ -169,7 +173,9 @@ fn convert(kind: ParamType, value: &Value) -> Result<ParamValue, String> {
     };
     match (kind, value) {
         (ParamType::String, Value::String(s)) => Ok(ParamValue::Text(s.clone())),
-        (ParamType::Integer, Value::Number(n)) => n.as_i64().map(ParamValue::Integer).ok_or_else(got),
+        (ParamType::Integer, Value::Number(n)) => {
+            n.as_i64().map(ParamValue::Integer).ok_or_else(got)
+        }
         (ParamType::Number, Value::Number(n)) => n.as_f64().map(ParamValue::Number).ok_or_else(got),
         (ParamType::Boolean, Value::Bool(b)) => Ok(ParamValue::Boolean(*b)),
         _ => Err(got()),

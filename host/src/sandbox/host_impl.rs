@@ -11,7 +11,12 @@ use std::time::Instant;
 use types::{CapError, Pair};
 
 impl StepState {
-    async fn invoke<T, F>(&mut self, capability: &'static str, args: Value, call: F) -> Result<T, CapError>
+    async fn invoke<T, F>(
+        &mut self,
+        capability: &'static str,
+        args: Value,
+        call: F,
+    ) -> Result<T, CapError>
     where
         T: Serialize,
         F: Future<Output = Result<T, CapError>> + Send,
@@ -135,14 +140,24 @@ impl kafka::Host for StepState {
         &mut self,
         group: String,
     ) -> Result<kafka::ConsumerGroup, CapError> {
-        call!(self, "kafka.describe-consumer-group", kafka, describe_consumer_group(group))
+        call!(
+            self,
+            "kafka.describe-consumer-group",
+            kafka,
+            describe_consumer_group(group)
+        )
     }
     async fn consumer_lag(
         &mut self,
         group: String,
         topic: String,
     ) -> Result<Vec<kafka::PartitionLag>, CapError> {
-        call!(self, "kafka.consumer-lag", kafka, consumer_lag(group, topic))
+        call!(
+            self,
+            "kafka.consumer-lag",
+            kafka,
+            consumer_lag(group, topic)
+        )
     }
     async fn list_topics(&mut self) -> Result<Vec<kafka::TopicInfo>, CapError> {
         call!(self, "kafka.list-topics", kafka, list_topics())
@@ -151,7 +166,12 @@ impl kafka::Host for StepState {
         &mut self,
         group: String,
     ) -> Result<kafka::ConsumerWorkload, CapError> {
-        call!(self, "kafka.describe-consumers", kafka, describe_consumers(group))
+        call!(
+            self,
+            "kafka.describe-consumers",
+            kafka,
+            describe_consumers(group)
+        )
     }
     async fn broker_config(&mut self, broker_id: i32) -> Result<Vec<Pair>, CapError> {
         call!(self, "kafka.broker-config", kafka, broker_config(broker_id))
@@ -160,14 +180,24 @@ impl kafka::Host for StepState {
         &mut self,
         group: String,
     ) -> Result<kafka::ConsumerWorkload, CapError> {
-        call!(self, "kafka.restart-consumers", kafka, restart_consumers(group))
+        call!(
+            self,
+            "kafka.restart-consumers",
+            kafka,
+            restart_consumers(group)
+        )
     }
     async fn scale_consumers(
         &mut self,
         group: String,
         replicas: u32,
     ) -> Result<kafka::ConsumerWorkload, CapError> {
-        call!(self, "kafka.scale-consumers", kafka, scale_consumers(group, replicas))
+        call!(
+            self,
+            "kafka.scale-consumers",
+            kafka,
+            scale_consumers(group, replicas)
+        )
     }
     async fn set_broker_config(
         &mut self,
@@ -175,10 +205,20 @@ impl kafka::Host for StepState {
         key: String,
         value: String,
     ) -> Result<(), CapError> {
-        call!(self, "kafka.set-broker-config", kafka, set_broker_config(broker_id, key, value))
+        call!(
+            self,
+            "kafka.set-broker-config",
+            kafka,
+            set_broker_config(broker_id, key, value)
+        )
     }
     async fn broker_restart(&mut self, broker_id: i32) -> Result<(), CapError> {
-        call!(self, "kafka.broker-restart", kafka, broker_restart(broker_id))
+        call!(
+            self,
+            "kafka.broker-restart",
+            kafka,
+            broker_restart(broker_id)
+        )
     }
 }
 
@@ -188,14 +228,24 @@ impl k8s::Host for StepState {
         namespace: String,
         name: String,
     ) -> Result<k8s::Deployment, CapError> {
-        call!(self, "k8s.get-deployment", kubernetes, get_deployment(namespace, name))
+        call!(
+            self,
+            "k8s.get-deployment",
+            kubernetes,
+            get_deployment(namespace, name)
+        )
     }
     async fn list_pods(
         &mut self,
         namespace: String,
         selector: String,
     ) -> Result<Vec<k8s::Pod>, CapError> {
-        call!(self, "k8s.list-pods", kubernetes, list_pods(namespace, selector))
+        call!(
+            self,
+            "k8s.list-pods",
+            kubernetes,
+            list_pods(namespace, selector)
+        )
     }
     async fn pod_logs(
         &mut self,
@@ -203,10 +253,20 @@ impl k8s::Host for StepState {
         pod: String,
         tail_lines: u32,
     ) -> Result<Vec<String>, CapError> {
-        call!(self, "k8s.pod-logs", kubernetes, pod_logs(namespace, pod, tail_lines))
+        call!(
+            self,
+            "k8s.pod-logs",
+            kubernetes,
+            pod_logs(namespace, pod, tail_lines)
+        )
     }
     async fn rollout_restart(&mut self, namespace: String, name: String) -> Result<(), CapError> {
-        call!(self, "k8s.rollout-restart", kubernetes, rollout_restart(namespace, name))
+        call!(
+            self,
+            "k8s.rollout-restart",
+            kubernetes,
+            rollout_restart(namespace, name)
+        )
     }
     async fn scale_deployment(
         &mut self,
@@ -214,27 +274,60 @@ impl k8s::Host for StepState {
         name: String,
         replicas: u32,
     ) -> Result<(), CapError> {
-        call!(self, "k8s.scale-deployment", kubernetes, scale_deployment(namespace, name, replicas))
+        call!(
+            self,
+            "k8s.scale-deployment",
+            kubernetes,
+            scale_deployment(namespace, name, replicas)
+        )
     }
     async fn delete_pod(&mut self, namespace: String, name: String) -> Result<(), CapError> {
-        call!(self, "k8s.delete-pod", kubernetes, delete_pod(namespace, name))
+        call!(
+            self,
+            "k8s.delete-pod",
+            kubernetes,
+            delete_pod(namespace, name)
+        )
     }
 }
 
 impl postgres::Host for StepState {
-    async fn activity(&mut self, min_query_seconds: f64) -> Result<Vec<postgres::Backend>, CapError> {
-        call!(self, "postgres.activity", postgres, activity(min_query_seconds))
+    async fn activity(
+        &mut self,
+        min_query_seconds: f64,
+    ) -> Result<Vec<postgres::Backend>, CapError> {
+        call!(
+            self,
+            "postgres.activity",
+            postgres,
+            activity(min_query_seconds)
+        )
     }
     async fn blockers(&mut self) -> Result<Vec<postgres::LockWait>, CapError> {
         call!(self, "postgres.blockers", postgres, blockers())
     }
     async fn replication_lag(&mut self) -> Result<Vec<postgres::Replica>, CapError> {
-        call!(self, "postgres.replication-lag", postgres, replication_lag())
+        call!(
+            self,
+            "postgres.replication-lag",
+            postgres,
+            replication_lag()
+        )
     }
     async fn cancel_backend(&mut self, pid: i32) -> Result<bool, CapError> {
-        call!(self, "postgres.cancel-backend", postgres, cancel_backend(pid))
+        call!(
+            self,
+            "postgres.cancel-backend",
+            postgres,
+            cancel_backend(pid)
+        )
     }
     async fn terminate_backend(&mut self, pid: i32) -> Result<bool, CapError> {
-        call!(self, "postgres.terminate-backend", postgres, terminate_backend(pid))
+        call!(
+            self,
+            "postgres.terminate-backend",
+            postgres,
+            terminate_backend(pid)
+        )
     }
 }

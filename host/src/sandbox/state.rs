@@ -59,7 +59,9 @@ pub struct MemoryLimiter {
 
 /// The error a refused `memory.grow` traps with.
 #[derive(Debug, thiserror::Error)]
-#[error("memory limit hit: the step asked for {desired} bytes of linear memory, the limit is {limit}")]
+#[error(
+    "memory limit hit: the step asked for {desired} bytes of linear memory, the limit is {limit}"
+)]
 pub struct MemoryLimitHit {
     pub desired: usize,
     pub limit: usize,

@@ -48,7 +48,9 @@ impl Step<dyn Kafka> for BrokersUp {
     fn postcondition(&self, _ctx: &Context, kafka: &dyn Kafka) -> Check {
         // The measurement is only meaningful if the cluster still answers.
         match kafka.describe_cluster() {
-            Ok(c) => Check::pass("the cluster still answers").evidence("controller", c.controller_id),
+            Ok(c) => {
+                Check::pass("the cluster still answers").evidence("controller", c.controller_id)
+            }
             Err(e) => Check::fail(format!("the cluster stopped answering: {e:?}")),
         }
     }
@@ -72,7 +74,12 @@ mod tests {
             cluster_id: "c".into(),
             controller_id: controller,
             brokers: (1..=3)
-                .map(|id| Broker { id, host: format!("b{id}"), port: 9092, rack: None })
+                .map(|id| Broker {
+                    id,
+                    host: format!("b{id}"),
+                    port: 9092,
+                    rack: None,
+                })
                 .collect(),
         }
     }
@@ -97,7 +104,10 @@ mod tests {
     fn a_down_broker_takes_the_broker_down_branch() {
         let caps = MockCaps::new().on(
             "metrics.query",
-            Ok(vec![sample(&[("broker", "1")], 1.0), sample(&[("broker", "2")], 0.0)]),
+            Ok(vec![
+                sample(&[("broker", "1")], 1.0),
+                sample(&[("broker", "2")], 0.0),
+            ]),
         );
         let out = BrokersUp.action(&ctx(), &caps);
         assert_eq!(out.branch_label(), "broker-down");

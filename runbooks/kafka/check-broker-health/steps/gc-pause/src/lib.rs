@@ -9,7 +9,10 @@ pub struct GcPause;
 
 impl Step<dyn Kafka> for GcPause {
     fn precondition(&self, ctx: &Context, kafka: &dyn Kafka) -> Check {
-        let (query, threshold) = match (ctx.param_str("gc_pause_query"), ctx.param_i64("gc_pause_threshold_ms")) {
+        let (query, threshold) = match (
+            ctx.param_str("gc_pause_query"),
+            ctx.param_i64("gc_pause_threshold_ms"),
+        ) {
             (Ok(q), Ok(t)) => (q, t),
             (Err(e), _) | (_, Err(e)) => return Check::fail(e.to_string()),
         };
@@ -17,14 +20,21 @@ impl Step<dyn Kafka> for GcPause {
             return Check::fail("gc_pause_threshold_ms must be positive");
         }
         match kafka.query(query) {
-            Ok(s) if !s.is_empty() => Check::pass("GC pause metrics are available").evidence("brokers_reporting", s.len()),
-            Ok(_) => Check::fail("the GC pause query returned no samples: check gc_pause_query against your metric names"),
+            Ok(s) if !s.is_empty() => {
+                Check::pass("GC pause metrics are available").evidence("brokers_reporting", s.len())
+            }
+            Ok(_) => Check::fail(
+                "the GC pause query returned no samples: check gc_pause_query against your metric names",
+            ),
             Err(e) => Check::fail(format!("cannot query GC pauses: {e:?}")),
         }
     }
 
     fn action(&self, ctx: &Context, kafka: &dyn Kafka) -> Outcome {
-        let (Ok(query), Ok(threshold_ms)) = (ctx.param_str("gc_pause_query"), ctx.param_i64("gc_pause_threshold_ms")) else {
+        let (Ok(query), Ok(threshold_ms)) = (
+            ctx.param_str("gc_pause_query"),
+            ctx.param_i64("gc_pause_threshold_ms"),
+        ) else {
             return Outcome::failed("gc_pause_query and gc_pause_threshold_ms are required");
         };
         let pauses = match kafka.query(query) {
@@ -41,10 +51,17 @@ impl Step<dyn Kafka> for GcPause {
             .param_str("cpu_query")
             .ok()
             .and_then(|q| kafka.query(q).ok())
-            .and_then(|s| s.into_iter().find(|s| samples::label(s, "broker") == Some(broker.as_str())))
+            .and_then(|s| {
+                s.into_iter()
+                    .find(|s| samples::label(s, "broker") == Some(broker.as_str()))
+            })
             .map(|s| format!("{:.0}%", s.value * 100.0))
             .unwrap_or_else(|| "unknown".into());
-        kafka.log(Level::Info, "longest GC pause", &[("broker", &broker), ("pause_ms", &pause_ms.to_string())]);
+        kafka.log(
+            Level::Info,
+            "longest GC pause",
+            &[("broker", &broker), ("pause_ms", &pause_ms.to_string())],
+        );
         let out = if pause_ms >= threshold_ms {
             Outcome::ok(format!(
                 "broker {broker}: {pause_ms} ms GC pause (threshold {threshold_ms} ms), CPU {cpu}"
@@ -54,7 +71,9 @@ impl Step<dyn Kafka> for GcPause {
             .output("broker", &broker)
             .output("gc_pause_ms", pause_ms)
         } else {
-            Outcome::ok(format!("longest GC pause {pause_ms} ms on broker {broker}, under {threshold_ms} ms"))
+            Outcome::ok(format!(
+                "longest GC pause {pause_ms} ms on broker {broker}, under {threshold_ms} ms"
+            ))
         };
         out.evidence("broker", &broker)
             .evidence("gc_pause_ms", pause_ms)
@@ -90,8 +109,19 @@ mod tests {
     #[test]
     fn a_long_pause_is_a_finding_with_the_broker_and_its_cpu() {
         let caps = MockCaps::new()
-            .on_args("metrics.query", "gc_pause", Ok(vec![sample(&[("broker", "1")], 2.5), sample(&[("broker", "2")], 0.1)]))
-            .on_args("metrics.query", "cpu", Ok(vec![sample(&[("broker", "1")], 0.95)]));
+            .on_args(
+                "metrics.query",
+                "gc_pause",
+                Ok(vec![
+                    sample(&[("broker", "1")], 2.5),
+                    sample(&[("broker", "2")], 0.1),
+                ]),
+            )
+            .on_args(
+                "metrics.query",
+                "cpu",
+                Ok(vec![sample(&[("broker", "1")], 0.95)]),
+            );
         let out = GcPause.action(&ctx(), &caps);
         assert!(out.is_ok());
         assert_eq!(out.branch_label(), "gc-pause-high");
@@ -102,7 +132,12 @@ mod tests {
 
     #[test]
     fn short_pauses_take_the_default_branch() {
-        let caps = MockCaps::new().on("metrics.query", Ok(vec![sample(&[("broker", "1")], 0.2)]));
+        // No CPU metric: the step still decides, and says the CPU is unknown.
+        let caps = MockCaps::new().on_args(
+            "metrics.query",
+            "gc_pause",
+            Ok(vec![sample(&[("broker", "1")], 0.2)]),
+        );
         let out = GcPause.action(&ctx(), &caps);
         assert_eq!(out.branch_label(), "next");
         assert_eq!(out.evidence_value("cpu"), Some("unknown"));

@@ -24,7 +24,10 @@ impl Step<dyn Kafka> for Replication {
             .filter(|t| t.under_replicated_partitions > 0)
             .map(|t| format!("{}({})", t.name, t.under_replicated_partitions))
             .collect();
-        let urp: i64 = topics.iter().map(|t| i64::from(t.under_replicated_partitions)).sum();
+        let urp: i64 = topics
+            .iter()
+            .map(|t| i64::from(t.under_replicated_partitions))
+            .sum();
         let net_errors = ctx
             .param_str("network_errors_query")
             .ok()
@@ -32,9 +35,12 @@ impl Step<dyn Kafka> for Replication {
             .and_then(|s| samples::max(&s).map(|m| format!("{:.2}/s", m.value)))
             .unwrap_or_else(|| "unknown".into());
         let out = if urp > 0 {
-            Outcome::ok(format!("{urp} under-replicated partition(s): {}", under.join(", ")))
-                .branch("under-replicated")
-                .output("finding", "under-replicated")
+            Outcome::ok(format!(
+                "{urp} under-replicated partition(s): {}",
+                under.join(", ")
+            ))
+            .branch("under-replicated")
+            .output("finding", "under-replicated")
         } else {
             Outcome::ok("every partition is fully replicated")
         };
@@ -60,13 +66,22 @@ mod tests {
     use themis_runbook_sdk::mock::MockCaps;
 
     fn topic(name: &str, urp: i32) -> TopicInfo {
-        TopicInfo { name: name.into(), partitions: 6, replication_factor: 3, under_replicated_partitions: urp, internal: false }
+        TopicInfo {
+            name: name.into(),
+            partitions: 6,
+            replication_factor: 3,
+            under_replicated_partitions: urp,
+            internal: false,
+        }
     }
 
     #[test]
     fn under_replication_is_a_finding() {
         let ctx = Context::builder("x").build();
-        let caps = MockCaps::new().on("kafka.list-topics", Ok(vec![topic("orders", 2), topic("payments", 0)]));
+        let caps = MockCaps::new().on(
+            "kafka.list-topics",
+            Ok(vec![topic("orders", 2), topic("payments", 0)]),
+        );
         let out = Replication.action(&ctx, &caps);
         assert_eq!(out.branch_label(), "under-replicated");
         assert_eq!(out.evidence_value("under_replicated_partitions"), Some("2"));

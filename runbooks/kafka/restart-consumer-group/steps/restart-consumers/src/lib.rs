@@ -15,9 +15,11 @@ fn total_lag(kafka: &dyn Kafka, group: &str, topic: &str) -> Result<i64, String>
 
 impl Step<dyn Kafka> for RestartConsumers {
     fn precondition(&self, ctx: &Context, kafka: &dyn Kafka) -> Check {
-        let (Ok(group), Ok(topic), Ok(max_lag)) =
-            (ctx.param_str("group"), ctx.param_str("topic"), ctx.param_i64("max_lag"))
-        else {
+        let (Ok(group), Ok(topic), Ok(max_lag)) = (
+            ctx.param_str("group"),
+            ctx.param_str("topic"),
+            ctx.param_i64("max_lag"),
+        ) else {
             return Check::fail("group, topic and max_lag are required");
         };
         let lag = match total_lag(kafka, group, topic) {
@@ -26,14 +28,23 @@ impl Step<dyn Kafka> for RestartConsumers {
         };
         let workload = match kafka.describe_consumers(group) {
             Ok(w) => w,
-            Err(e) => return Check::fail(format!("no consumer workload is bound to {group}: {e:?}")),
+            Err(e) => {
+                return Check::fail(format!("no consumer workload is bound to {group}: {e:?}"));
+            }
         };
         let check = if lag <= max_lag {
-            Check::fail(format!("lag {lag} is not above {max_lag}: a restart is not warranted"))
+            Check::fail(format!(
+                "lag {lag} is not above {max_lag}: a restart is not warranted"
+            ))
         } else if workload.replicas_desired == 0 {
-            Check::fail(format!("{group}'s workload is scaled to zero: restarting it does nothing"))
+            Check::fail(format!(
+                "{group}'s workload is scaled to zero: restarting it does nothing"
+            ))
         } else {
-            Check::pass(format!("lag {lag} > {max_lag} with {} consumer(s)", workload.replicas_desired))
+            Check::pass(format!(
+                "lag {lag} > {max_lag} with {} consumer(s)",
+                workload.replicas_desired
+            ))
         };
         check
             .evidence("lag", lag)
@@ -69,19 +80,27 @@ impl Step<dyn Kafka> for RestartConsumers {
         let check = if ctx.dry_run() {
             Check::pass("dry run: the restart was not performed, so it is not verified")
         } else if !restarted {
-            Check::fail(format!("the workload revision is still {before}: the restart did not happen"))
+            Check::fail(format!(
+                "the workload revision is still {before}: the restart did not happen"
+            ))
         } else if !ready {
             Check::fail(format!(
                 "{} of {} consumers ready after the restart",
                 workload.replicas_ready, workload.replicas_desired
             ))
         } else {
-            Check::pass(format!("{} consumers restarted and ready", workload.replicas_ready))
+            Check::pass(format!(
+                "{} consumers restarted and ready",
+                workload.replicas_ready
+            ))
         };
         check
             .evidence("revision_before", before)
             .evidence("revision_now", &workload.revision)
-            .evidence("ready", format!("{}/{}", workload.replicas_ready, workload.replicas_desired))
+            .evidence(
+                "ready",
+                format!("{}/{}", workload.replicas_ready, workload.replicas_desired),
+            )
     }
 
     fn rollback(&self, ctx: &Context, kafka: &dyn Kafka) -> Check {
@@ -91,8 +110,10 @@ impl Step<dyn Kafka> for RestartConsumers {
         // A restart is not reversible; what rollback can promise is consumers that serve.
         match kafka.describe_consumers(group) {
             Ok(w) if w.replicas_ready >= w.replicas_desired => {
-                Check::pass("a restart cannot be undone; the consumers are serving")
-                    .evidence("ready", format!("{}/{}", w.replicas_ready, w.replicas_desired))
+                Check::pass("a restart cannot be undone; the consumers are serving").evidence(
+                    "ready",
+                    format!("{}/{}", w.replicas_ready, w.replicas_desired),
+                )
             }
             Ok(w) => Check::fail(format!(
                 "a restart cannot be undone and only {} of {} consumers are ready: a human must look",
@@ -112,11 +133,22 @@ mod tests {
     use themis_runbook_sdk::mock::MockCaps;
 
     fn workload(revision: &str, ready: u32) -> ConsumerWorkload {
-        ConsumerWorkload { group_id: "orders".into(), replicas_desired: 3, replicas_ready: ready, revision: revision.into() }
+        ConsumerWorkload {
+            group_id: "orders".into(),
+            replicas_desired: 3,
+            replicas_ready: ready,
+            revision: revision.into(),
+        }
     }
 
     fn lag(l: i64) -> Vec<PartitionLag> {
-        vec![PartitionLag { topic: "orders".into(), partition: 0, committed_offset: 0, end_offset: l, lag: l }]
+        vec![PartitionLag {
+            topic: "orders".into(),
+            partition: 0,
+            committed_offset: 0,
+            end_offset: l,
+            lag: l,
+        }]
     }
 
     fn ctx() -> themis_runbook_sdk::ContextBuilder {
@@ -128,9 +160,17 @@ mod tests {
 
     #[test]
     fn restarts_only_above_the_lag_threshold() {
-        let caps = MockCaps::new().on("kafka.consumer-lag", Ok(lag(50))).on("kafka.describe-consumers", Ok(workload("7", 3)));
-        assert!(!RestartConsumers.precondition(&ctx().build(), &caps).passed());
-        let caps = MockCaps::new().on("kafka.consumer-lag", Ok(lag(5000))).on("kafka.describe-consumers", Ok(workload("7", 3)));
+        let caps = MockCaps::new()
+            .on("kafka.consumer-lag", Ok(lag(50)))
+            .on("kafka.describe-consumers", Ok(workload("7", 3)));
+        assert!(
+            !RestartConsumers
+                .precondition(&ctx().build(), &caps)
+                .passed()
+        );
+        let caps = MockCaps::new()
+            .on("kafka.consumer-lag", Ok(lag(5000)))
+            .on("kafka.describe-consumers", Ok(workload("7", 3)));
         let check = RestartConsumers.precondition(&ctx().build(), &caps);
         assert!(check.passed());
         assert_eq!(check.output_value("revision_before"), Some("7"));

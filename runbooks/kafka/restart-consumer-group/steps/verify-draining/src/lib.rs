@@ -16,7 +16,8 @@ impl Step<dyn Kafka> for VerifyDraining {
             return Check::fail("no lag was measured before the restart");
         }
         match kafka.describe_consumer_group(group) {
-            Ok(g) => Check::pass(format!("group {group} is {:?}", g.state)).evidence("state", format!("{:?}", g.state)),
+            Ok(g) => Check::pass(format!("group {group} is {:?}", g.state))
+                .evidence("state", format!("{:?}", g.state)),
             Err(e) => Check::fail(format!("cannot describe group {group}: {e:?}")),
         }
     }
@@ -28,15 +29,21 @@ impl Step<dyn Kafka> for VerifyDraining {
         match kafka.consumer_lag(group, topic) {
             Ok(parts) => {
                 let lag: i64 = parts.iter().map(|p| p.lag.max(0)).sum();
-                Outcome::ok(format!("lag is now {lag}")).evidence("lag", lag).output("lag_after", lag)
+                Outcome::ok(format!("lag is now {lag}"))
+                    .evidence("lag", lag)
+                    .output("lag_after", lag)
             }
             Err(e) => Outcome::failed(format!("cannot read the lag: {e:?}")),
         }
     }
 
     fn postcondition(&self, ctx: &Context, _kafka: &dyn Kafka) -> Check {
-        let before: Option<i64> = ctx.output(RESTART_STEP, "lag_before").and_then(|v| v.parse().ok());
-        let after: Option<i64> = ctx.output(ctx.step_id(), "lag_after").and_then(|v| v.parse().ok());
+        let before: Option<i64> = ctx
+            .output(RESTART_STEP, "lag_before")
+            .and_then(|v| v.parse().ok());
+        let after: Option<i64> = ctx
+            .output(ctx.step_id(), "lag_after")
+            .and_then(|v| v.parse().ok());
         let (Some(before), Some(after)) = (before, after) else {
             return Check::fail("the lag before or after the restart is missing");
         };
@@ -45,9 +52,13 @@ impl Step<dyn Kafka> for VerifyDraining {
         } else if after < before {
             Check::pass(format!("lag went from {before} to {after}"))
         } else {
-            Check::fail(format!("lag did not go down: {before} before, {after} after"))
+            Check::fail(format!(
+                "lag did not go down: {before} before, {after} after"
+            ))
         };
-        check.evidence("lag_before", before).evidence("lag_after", after)
+        check
+            .evidence("lag_before", before)
+            .evidence("lag_after", after)
     }
 
     fn rollback(&self, _ctx: &Context, _kafka: &dyn Kafka) -> Check {
@@ -66,8 +77,32 @@ mod tests {
     fn lag_must_go_down() {
         let base = || Context::builder("x").output(RESTART_STEP, "lag_before", "5000");
         let caps = MockCaps::new();
-        assert!(VerifyDraining.postcondition(&base().output("test-step", "lag_after", "100").build(), &caps).passed());
-        assert!(!VerifyDraining.postcondition(&base().output("test-step", "lag_after", "6000").build(), &caps).passed());
-        assert!(VerifyDraining.postcondition(&base().output("test-step", "lag_after", "6000").dry_run(true).build(), &caps).passed());
+        assert!(
+            VerifyDraining
+                .postcondition(
+                    &base().output("test-step", "lag_after", "100").build(),
+                    &caps
+                )
+                .passed()
+        );
+        assert!(
+            !VerifyDraining
+                .postcondition(
+                    &base().output("test-step", "lag_after", "6000").build(),
+                    &caps
+                )
+                .passed()
+        );
+        assert!(
+            VerifyDraining
+                .postcondition(
+                    &base()
+                        .output("test-step", "lag_after", "6000")
+                        .dry_run(true)
+                        .build(),
+                    &caps
+                )
+                .passed()
+        );
     }
 }

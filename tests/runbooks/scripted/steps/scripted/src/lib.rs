@@ -9,7 +9,11 @@ struct Scripted;
 
 fn run(ctx: &Context, kafka: &dyn Kafka, phase: &str) -> bool {
     let step = ctx.step_id();
-    kafka.log(Level::Info, &format!("{step} {phase}"), &[("step", step), ("phase", phase)]);
+    kafka.log(
+        Level::Info,
+        &format!("{step} {phase}"),
+        &[("step", step), ("phase", phase)],
+    );
     if ctx.label(&format!("trap.{step}")) == Some(phase) {
         panic!("scripted trap in {step} {phase}");
     }
@@ -18,9 +22,16 @@ fn run(ctx: &Context, kafka: &dyn Kafka, phase: &str) -> bool {
 
 fn check(ctx: &Context, kafka: &dyn Kafka, phase: &str) -> Check {
     let passed = run(ctx, kafka, phase);
-    Check::from_bool(passed, format!("{} {phase} {}", ctx.step_id(), if passed { "passed" } else { "failed" }))
-        .evidence("phase", phase)
-        .output(format!("{phase}-ran"), "yes")
+    Check::from_bool(
+        passed,
+        format!(
+            "{} {phase} {}",
+            ctx.step_id(),
+            if passed { "passed" } else { "failed" }
+        ),
+    )
+    .evidence("phase", phase)
+    .output(format!("{phase}-ran"), "yes")
 }
 
 impl Step<dyn Kafka> for Scripted {
@@ -29,11 +40,25 @@ impl Step<dyn Kafka> for Scripted {
     }
     fn action(&self, ctx: &Context, kafka: &dyn Kafka) -> Outcome {
         let ok = run(ctx, kafka, "action");
-        let branch = ctx.label(&format!("branch.{}", ctx.step_id())).unwrap_or("next").to_owned();
-        let out = if ok { Outcome::ok(format!("{} acted", ctx.step_id())) } else { Outcome::failed(format!("{} action failed", ctx.step_id())) };
+        let branch = ctx
+            .label(&format!("branch.{}", ctx.step_id()))
+            .unwrap_or("next")
+            .to_owned();
+        let out = if ok {
+            Outcome::ok(format!("{} acted", ctx.step_id()))
+        } else {
+            Outcome::failed(format!("{} action failed", ctx.step_id()))
+        };
         // Proves outputs of earlier steps reach later ones.
-        let seen: Vec<String> = ctx.raw().outputs.iter().map(|o| format!("{}.{}", o.step, o.key)).collect();
-        out.branch(branch).evidence("seen_outputs", seen.join(",")).output("acted", "yes")
+        let seen: Vec<String> = ctx
+            .raw()
+            .outputs
+            .iter()
+            .map(|o| format!("{}.{}", o.step, o.key))
+            .collect();
+        out.branch(branch)
+            .evidence("seen_outputs", seen.join(","))
+            .output("acted", "yes")
     }
     fn postcondition(&self, ctx: &Context, kafka: &dyn Kafka) -> Check {
         check(ctx, kafka, "postcondition")
