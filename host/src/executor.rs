@@ -160,7 +160,18 @@ impl ExecutionReport {
     }
 }
 
+/// Told about every phase as the walk goes: the agent moves its state machine and audits here.
+pub trait PhaseObserver: Send + Sync {
+    fn phase_started(&self, _step: &str, _phase: Phase) {}
+    fn phase_finished(&self, _record: &PhaseRecord) {}
+}
+
+/// Observes nothing.
+pub struct Unobserved;
+impl PhaseObserver for Unobserved {}
+
 struct Walk<'a> {
+    observer: &'a dyn PhaseObserver,
     sandbox: &'a Sandbox,
     loaded: &'a LoadedRunbook,
     request: &'a ExecutionRequest,
@@ -174,7 +185,18 @@ pub async fn execute(
     loaded: &LoadedRunbook,
     request: &ExecutionRequest,
 ) -> ExecutionReport {
+    execute_observed(sandbox, loaded, request, &Unobserved).await
+}
+
+/// [`execute`], telling `observer` about every phase.
+pub async fn execute_observed(
+    sandbox: &Sandbox,
+    loaded: &LoadedRunbook,
+    request: &ExecutionRequest,
+    observer: &dyn PhaseObserver,
+) -> ExecutionReport {
     let mut walk = Walk {
+        observer,
         sandbox,
         loaded,
         request,
@@ -290,6 +312,7 @@ impl Walk<'_> {
             destructive: self.request.destructive.clone(),
             approval: self.request.approval.clone(),
         };
+        self.observer.phase_started(&step.id, phase);
         let call = self
             .sandbox
             .call(
@@ -363,6 +386,7 @@ impl Walk<'_> {
             calls = record.calls.len(),
             "phase finished"
         );
+        self.observer.phase_finished(&record);
         self.phases.push(record.clone());
         record
     }

@@ -45,8 +45,16 @@ pub struct Scenario {
     pub name: String,
     #[serde(default)]
     pub description: String,
-    pub runbook: PathBuf,
+    /// Run this one runbook (relative to the scenario file)…
+    #[serde(default)]
+    pub runbook: Option<PathBuf>,
+    /// …or hand the alert to this agent (its definition file), from triage to the end.
+    #[serde(default)]
+    pub agent: Option<PathBuf>,
     pub alert: AlertSpec,
+    /// Agent scenarios: what the human answers when the agent escalates.
+    #[serde(default)]
+    pub human: Option<Human>,
     #[serde(default)]
     pub params: BTreeMap<String, Value>,
     #[serde(default)]
@@ -59,6 +67,32 @@ pub struct Scenario {
     pub mocks: Mocks,
     #[serde(default)]
     pub expect: Option<Expect>,
+}
+
+/// A human's answer to an escalation, for agent scenarios: exactly one of
+/// `approve: { as }`, `reject: { as, reason }`, `adjust: { as, runbook, params }`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Human {
+    #[serde(default)]
+    pub approve: Option<HumanAnswer>,
+    #[serde(default)]
+    pub reject: Option<HumanAnswer>,
+    #[serde(default)]
+    pub adjust: Option<HumanAnswer>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HumanAnswer {
+    #[serde(rename = "as")]
+    pub who: String,
+    #[serde(default)]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub runbook: Option<String>,
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -129,6 +163,21 @@ pub struct Expect {
     /// Every phase in the order it ran, as `<step> <phase> <passed|failed|fault|refused>`.
     #[serde(default)]
     pub phases: Option<Vec<String>>,
+    /// Agent scenarios: the runbook triage chose, or `escalate`.
+    #[serde(default)]
+    pub decision: Option<String>,
+    /// Agent scenarios: the runbook proposed to a human (first escalation with a plan).
+    #[serde(default)]
+    pub proposal: Option<String>,
+    /// Agent scenarios: the states the agent went through, consecutive repeats folded.
+    #[serde(default)]
+    pub states: Option<Vec<String>>,
+    /// Agent scenarios: the agent's state at the end (`idle`, …).
+    #[serde(default)]
+    pub final_state: Option<String>,
+    /// Agent scenarios: the incident's status at the end.
+    #[serde(default)]
+    pub incident_status: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -149,12 +198,32 @@ pub enum ScenarioError {
     },
 }
 
-/// A scenario run: the report, every call the mocks saw, and the expectations that failed.
+/// What an agent scenario went through.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct AgentRun {
+    pub agent: String,
+    pub incident: String,
+    pub decision: String,
+    pub proposals: Vec<String>,
+    pub states: Vec<String>,
+    pub final_state: String,
+    pub incident_status: String,
+    pub audit_records: u64,
+    pub escalations: Vec<String>,
+}
+
+/// A scenario run: the report(s), and the expectations that failed.
 #[derive(Debug, Clone, Serialize)]
 pub struct ScenarioRun {
     pub scenario: String,
     pub file: PathBuf,
-    pub report: ExecutionReport,
+    /// The runbook's report (runbook scenarios) or the last execution's (agent scenarios).
+    pub report: Option<ExecutionReport>,
+    /// Every execution, probes included (agent scenarios).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub reports: Vec<ExecutionReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentRun>,
     /// Mutations a dry run recorded instead of sending to the mocks.
     pub would_do: Vec<crate::caps::dry_run::WouldDo>,
     pub expectations_checked: usize,
@@ -178,15 +247,31 @@ pub fn load(file: &Path) -> Result<Scenario, ScenarioError> {
     })
 }
 
-/// Load the scenario's runbook, run it against the scenario's mocks, check its expectations.
-pub async fn run(sandbox: &Sandbox, file: &Path) -> Result<ScenarioRun, ScenarioError> {
+/// Run a scenario: a runbook against its mocks, or an agent from alert to the end.
+pub async fn run(sandbox: &Arc<Sandbox>, file: &Path) -> Result<ScenarioRun, ScenarioError> {
     let scenario = load(file)?;
+    match (&scenario.runbook, &scenario.agent) {
+        (Some(runbook), None) => run_runbook(sandbox, file, &scenario, runbook.clone()).await,
+        (None, Some(agent)) => crate::scenario_agent::run(sandbox, file, &scenario, agent.clone()).await,
+        _ => Err(ScenarioError::Invalid {
+            file: file.into(),
+            message: "give exactly one of `runbook:` (run one runbook) or `agent:` (hand the alert to an agent)".into(),
+        }),
+    }
+}
+
+async fn run_runbook(
+    sandbox: &Sandbox,
+    file: &Path,
+    scenario: &Scenario,
+    runbook: PathBuf,
+) -> Result<ScenarioRun, ScenarioError> {
     let invalid = |message: String| ScenarioError::Invalid {
         file: file.into(),
         message,
     };
     let base = file.parent().unwrap_or(Path::new("."));
-    let loaded = LoadedRunbook::load(sandbox, &base.join(&scenario.runbook)).map_err(|source| {
+    let loaded = LoadedRunbook::load(sandbox, &base.join(&runbook)).map_err(|source| {
         ScenarioError::Runbook {
             file: file.into(),
             source: Box::new(source),
@@ -221,11 +306,13 @@ pub async fn run(sandbox: &Sandbox, file: &Path) -> Result<ScenarioRun, Scenario
     };
     let report = executor::execute(sandbox, &loaded, &request).await;
     let expect = scenario.expect.clone().unwrap_or_default();
-    let (checked, failures) = check(&expect, &report);
+    let (checked, failures) = check(&expect, std::slice::from_ref(&report));
     Ok(ScenarioRun {
-        scenario: scenario.name,
+        scenario: scenario.name.clone(),
         file: file.into(),
-        report,
+        report: Some(report),
+        reports: Vec::new(),
+        agent: None,
         would_do: recorder.map(|r| r.would_do()).unwrap_or_default(),
         expectations_checked: checked,
         failures,
@@ -244,10 +331,21 @@ fn slug(name: &str) -> String {
         .collect()
 }
 
-/// Compare a report with what the scenario expects. Pure. Returns (checked, failures).
-pub fn check(expect: &Expect, report: &ExecutionReport) -> (usize, Vec<String>) {
+/// Compare reports (the last one is "the" report) with what the scenario expects. Pure.
+/// Returns (checked, failures).
+pub fn check(expect: &Expect, reports: &[ExecutionReport]) -> (usize, Vec<String>) {
     let mut checked = 0;
     let mut failures = Vec::new();
+    let calls: Vec<&crate::sandbox::CapabilityCall> =
+        reports.iter().flat_map(|r| r.calls()).collect();
+    let Some(report) = reports.last() else {
+        for cap in &expect.called {
+            checked += 1;
+            failures.push(format!("called: {cap} was never called (nothing ran)"));
+        }
+        checked += expect.not_called.len();
+        return (checked, failures);
+    };
     let (status, step) = outcome_parts(&report.outcome);
     if let Some(want) = &expect.outcome {
         checked += 1;
@@ -291,13 +389,13 @@ pub fn check(expect: &Expect, report: &ExecutionReport) -> (usize, Vec<String>) 
         }
     }
     let reached = |cap: &str| {
-        report
-            .calls()
+        calls
+            .iter()
             .any(|c| c.capability == cap && c.mode != CallMode::Refused)
     };
     let performed = |cap: &str| {
-        report
-            .calls()
+        calls
+            .iter()
             .any(|c| c.capability == cap && c.mode == CallMode::Performed)
     };
     for cap in &expect.called {
@@ -314,8 +412,8 @@ pub fn check(expect: &Expect, report: &ExecutionReport) -> (usize, Vec<String>) 
     }
     for cap in &expect.denied {
         checked += 1;
-        if !report
-            .calls()
+        if !calls
+            .iter()
             .any(|c| c.capability == *cap && c.mode == CallMode::Refused)
         {
             failures.push(format!("denied: {cap} was not refused by the host"));

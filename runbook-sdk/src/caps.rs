@@ -19,6 +19,19 @@ pub mod kafka_types {
         Broker, ClusterInfo, ConsumerGroup, ConsumerWorkload, GroupMember, GroupState,
         PartitionLag, TopicInfo, TopicPartition,
     };
+
+    /// The WIT name of a group state (`stable`, `preparing-rebalance`, …): what outputs,
+    /// evidence and agent rules use.
+    pub fn group_state_name(state: GroupState) -> &'static str {
+        match state {
+            GroupState::Unknown => "unknown",
+            GroupState::PreparingRebalance => "preparing-rebalance",
+            GroupState::CompletingRebalance => "completing-rebalance",
+            GroupState::Stable => "stable",
+            GroupState::Dead => "dead",
+            GroupState::Empty => "empty",
+        }
+    }
 }
 
 /// Kubernetes domain types.

@@ -13,9 +13,10 @@ pub fn repo() -> PathBuf {
 }
 
 /// One sandbox for the whole test binary: one engine, components compiled once by digest.
-pub fn sandbox() -> &'static Sandbox {
-    static SANDBOX: OnceLock<Sandbox> = OnceLock::new();
-    SANDBOX.get_or_init(|| Sandbox::new(SandboxConfig::default()).expect("sandbox starts"))
+pub fn sandbox() -> &'static Arc<Sandbox> {
+    static SANDBOX: OnceLock<Arc<Sandbox>> = OnceLock::new();
+    SANDBOX
+        .get_or_init(|| Arc::new(Sandbox::new(SandboxConfig::default()).expect("sandbox starts")))
 }
 
 pub fn runbook(relative: &str) -> LoadedRunbook {

@@ -1,6 +1,7 @@
 //! End-to-end tests: real step components in the real sandbox, real manifests, the real CLI.
 //! Components are built by `scripts/build-runbooks` (the test command runs it first).
 
+mod agents;
 mod cli;
 mod common;
 mod manifests;

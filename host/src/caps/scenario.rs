@@ -195,6 +195,26 @@ impl ScenarioMock {
         })
     }
 
+    /// How far every sequence has walked, to carry the mocked world over to another process.
+    pub fn cursors(&self) -> BTreeMap<String, usize> {
+        lock(&self.cursors)
+            .iter()
+            .map(|((cap, rule), n)| (format!("{cap}#{rule}"), *n))
+            .collect()
+    }
+
+    /// Continue sequences where [`ScenarioMock::cursors`] left them.
+    pub fn resume(&self, cursors: &BTreeMap<String, usize>) {
+        let mut mine = lock(&self.cursors);
+        for (key, n) in cursors {
+            if let Some((cap, rule)) = key.rsplit_once('#')
+                && let Ok(rule) = rule.parse()
+            {
+                mine.insert((cap.to_owned(), rule), *n);
+            }
+        }
+    }
+
     /// Every call made so far, in order.
     pub fn calls(&self) -> Vec<MockCall> {
         lock(&self.calls).clone()

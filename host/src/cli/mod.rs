@@ -1,13 +1,21 @@
-//! The `themis` command line: argument parsing and dispatch. Output formatting is in `render`.
+//! The `themis` command line: argument parsing and dispatch. Output formatting is in `render`,
+//! the demo in `demo`.
 
+mod demo;
 mod render;
 
+use crate::agent::store::Store;
+use crate::agent::{Quiet, Runtime};
+use crate::audit::{AuditLog, Redactor};
+use crate::escalation::Channels;
 use crate::executor::LoadedRunbook;
 use crate::sandbox::{Sandbox, SandboxConfig};
 use crate::scenario;
-use clap::{Parser, Subcommand};
-use std::path::PathBuf;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -16,12 +24,34 @@ use std::process::ExitCode;
     about = "Agentic SRE runbook engine: sandboxed WebAssembly runbook steps, audited",
     long_about = "Themis runs runbooks whose steps are sandboxed WebAssembly components, each with a \
 precondition, an action, a postcondition and a rollback, calling only the capabilities its \
-manifest grants.\n\nStart with `themis runbook validate runbooks/kafka/check-broker-health` and \
-`themis run --scenario tests/scenarios/kafka-gc-pause.yaml`."
+manifest grants. One agent per domain triages alerts, chooses a runbook and runs it, or asks a \
+human.\n\nStart with `themis demo`, `themis runbook validate runbooks/kafka/check-broker-health` \
+and `themis run --scenario tests/scenarios/kafka-gc-pause.yaml`."
 )]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Debug, Args, Clone)]
+struct Place {
+    /// Where agent state and incidents are kept.
+    #[arg(long, value_name = "DIR", default_value = ".themis")]
+    state_dir: PathBuf,
+    /// The folder of agent definitions (*.yaml).
+    #[arg(long, value_name = "DIR", default_value = "agents")]
+    agents: PathBuf,
+    /// The audit log [default: <state-dir>/audit.jsonl].
+    #[arg(long, value_name = "FILE")]
+    audit: Option<PathBuf>,
+}
+
+impl Place {
+    fn audit_path(&self) -> PathBuf {
+        self.audit
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("audit.jsonl"))
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -29,14 +59,14 @@ enum Command {
     /// Work with runbook bundles (a folder with manifest.yaml and components/).
     #[command(subcommand)]
     Runbook(RunbookCommand),
-    /// Run one runbook against a scenario's mocked capabilities and print each step's phases.
+    /// Run a scenario: one runbook, or an agent from alert to the end, against mocked capabilities.
     ///
     /// Nothing real is touched: every capability is answered by the scenario's `mocks:`. With
     /// `dry_run: true` in the scenario, mutations are recorded as "would do" and not even sent to
     /// the mocks.
     ///
-    /// Exit status: 0 when the scenario's expectations hold (or, if it has none, when
-    /// the runbook succeeded), 1 otherwise, 2 when the scenario or runbook cannot be loaded.
+    /// Exit status: 0 when the scenario's expectations hold (or, if it has none, when the runbook
+    /// succeeded), 1 otherwise, 2 when the scenario or runbook cannot be loaded.
     Run {
         /// The scenario file (YAML).
         #[arg(long, value_name = "FILE")]
@@ -45,6 +75,76 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The playbook's use case end to end on mocked capabilities: a consumer-lag alert, triage,
+    /// broker diagnosis, a 2.5 s GC pause, a proposed broker change that needs a human, the
+    /// approval, the change, idle again.
+    Demo(demo::DemoArgs),
+    /// Hand a scenario's alert to the agents, its mocks standing in for the systems. State and
+    /// audit persist in --state-dir, so `themis approve|reject|adjust` can answer later.
+    Alert {
+        /// A scenario file with `alert:` and `mocks:` (its `expect:` is ignored).
+        #[arg(long, value_name = "FILE")]
+        scenario: PathBuf,
+        #[command(flatten)]
+        place: Place,
+    },
+    /// Each agent's current state and its pending approvals.
+    Agents {
+        #[command(flatten)]
+        place: Place,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a pending plan; its runbook then runs, preconditions re-checked first.
+    Approve {
+        /// The approval id (apr-…) from the escalation.
+        id: String,
+        /// Who approves [default: $USER].
+        #[arg(long = "as", value_name = "NAME")]
+        who: Option<String>,
+        #[command(flatten)]
+        place: Place,
+    },
+    /// Reject a pending plan: nothing runs.
+    Reject {
+        id: String,
+        #[arg(long, default_value = "rejected by a human")]
+        reason: String,
+        #[arg(long = "as", value_name = "NAME")]
+        who: Option<String>,
+        #[command(flatten)]
+        place: Place,
+    },
+    /// Replace a pending plan (or give an escalated incident one): another runbook of the
+    /// catalog and/or other parameters. The adjusted plan goes through the same policy.
+    Adjust {
+        /// The approval id (apr-…) or incident id (inc-…).
+        id: String,
+        #[arg(long)]
+        runbook: String,
+        /// A parameter, `name=value`; repeat for more.
+        #[arg(long = "param", value_name = "NAME=VALUE")]
+        params: Vec<String>,
+        #[arg(long = "as", value_name = "NAME")]
+        who: Option<String>,
+        #[command(flatten)]
+        place: Place,
+    },
+    /// Read and check the audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Print the agent state machine's transition table (or Mermaid / DOT).
+    Fsm {
+        #[arg(long, value_enum, default_value = "table")]
+        format: FsmFormat,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum FsmFormat {
+    Table,
+    Mermaid,
+    Dot,
 }
 
 #[derive(Debug, Subcommand)]
@@ -55,6 +155,23 @@ enum RunbookCommand {
         /// Runbook folders (each holds manifest.yaml).
         #[arg(required = true, value_name = "DIR")]
         dirs: Vec<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain. Exit 0 when intact; otherwise name the first bad record, exit 1.
+    Verify {
+        /// The audit log (JSON lines).
+        file: PathBuf,
+    },
+    /// An incident's timeline, as a human reads it.
+    Show {
+        /// The incident id (inc-…).
+        incident: String,
+        /// The audit log.
+        #[arg(long, value_name = "FILE", default_value = ".themis/audit.jsonl")]
+        audit: PathBuf,
     },
 }
 
@@ -83,20 +200,70 @@ fn init_tracing() {
         .try_init();
 }
 
-fn sandbox() -> Result<Sandbox, ExitCode> {
-    Sandbox::new(SandboxConfig::default()).map_err(|e| {
-        eprintln!("error: cannot start the WebAssembly sandbox: {e:#}");
-        ExitCode::from(2)
-    })
+fn sandbox() -> Result<Arc<Sandbox>, ExitCode> {
+    Sandbox::new(SandboxConfig::default())
+        .map(Arc::new)
+        .map_err(|e| {
+            eprintln!("error: cannot start the WebAssembly sandbox: {e:#}");
+            ExitCode::from(2)
+        })
+}
+
+fn fail(code: u8, message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::from(code)
+}
+
+/// Every `*.yaml` in the agents folder, sorted.
+pub fn agent_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
+    let entries = std::fs::read_dir(dir).map_err(|e| {
+        format!(
+            "{}: cannot read the agents folder: {e} (pass --agents DIR)",
+            dir.display()
+        )
+    })?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(format!("{}: no agent definitions (*.yaml)", dir.display()));
+    }
+    Ok(files)
+}
+
+fn whoami(who: Option<String>) -> String {
+    who.or_else(|| std::env::var("USER").ok())
+        .filter(|w| !w.is_empty())
+        .unwrap_or_else(|| "oncall".into())
+}
+
+fn runtime(place: &Place) -> Result<Runtime, ExitCode> {
+    let sandbox = sandbox()?;
+    let files = agent_files(&place.agents).map_err(|e| fail(2, e))?;
+    let channels = Channels::from_env();
+    let redactor = Redactor::with_values(channels.slack_webhook.clone());
+    let audit = AuditLog::open(&place.audit_path(), redactor).map_err(|e| fail(2, e))?;
+    let store = Store::open(&place.state_dir).map_err(|e| fail(2, e))?;
+    Runtime::new(
+        sandbox,
+        &files,
+        Arc::new(audit),
+        store,
+        channels,
+        Arc::new(Quiet),
+    )
+    .map_err(|e| fail(2, e))
 }
 
 async fn dispatch(cli: Cli) -> ExitCode {
-    let sandbox = match sandbox() {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
     match cli.command {
         Command::Runbook(RunbookCommand::Validate { dirs }) => {
+            let sandbox = match sandbox() {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
             let mut failed = false;
             for dir in dirs {
                 match LoadedRunbook::load(&sandbox, &dir) {
@@ -113,34 +280,227 @@ async fn dispatch(cli: Cli) -> ExitCode {
                 ExitCode::SUCCESS
             }
         }
-        Command::Run { scenario, json } => match scenario::run(&sandbox, &scenario).await {
-            Ok(run) => {
-                if json {
-                    match serde_json::to_string_pretty(&run) {
-                        Ok(text) => println!("{text}"),
-                        Err(e) => {
-                            eprintln!("error: cannot render JSON: {e}");
-                            return ExitCode::from(2);
+        Command::Run { scenario, json } => {
+            let sandbox = match sandbox() {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            match scenario::run(&sandbox, &scenario).await {
+                Ok(run) => {
+                    if json {
+                        match serde_json::to_string_pretty(&run) {
+                            Ok(text) => println!("{text}"),
+                            Err(e) => return fail(2, format!("cannot render JSON: {e}")),
                         }
+                    } else {
+                        print!("{}", render::scenario_run(&run));
                     }
-                } else {
-                    print!("{}", render::scenario_run(&run));
+                    let ok = if run.expectations_checked > 0 {
+                        run.passed()
+                    } else {
+                        run.report
+                            .as_ref()
+                            .is_some_and(|r| r.outcome == crate::executor::Outcome::Succeeded)
+                    };
+                    if ok {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(1)
+                    }
                 }
-                let ok = if run.expectations_checked > 0 {
-                    run.passed()
-                } else {
-                    run.report.outcome == crate::executor::Outcome::Succeeded
-                };
-                if ok {
+                Err(e) => fail(2, e),
+            }
+        }
+        Command::Demo(args) => demo::run(args).await,
+        Command::Agents { place, json } => agents(&place, json),
+        Command::Alert { scenario, place } => {
+            let world = match crate::scenario::load(&scenario) {
+                Ok(w) => w,
+                Err(e) => return fail(2, e),
+            };
+            let rt = match runtime(&place) {
+                Ok(rt) => rt,
+                Err(code) => return code,
+            };
+            let spec = crate::agent::store::BackendSpec::Scenario {
+                file: std::path::absolute(&scenario).unwrap_or(scenario.clone()),
+                dry_run: world.dry_run,
+            };
+            match rt.handle_alert(world.alert.to_alert(), spec).await {
+                Ok(crate::agent::AlertOutcome::Handled(i)) => {
+                    println!("{}", render::incident_line(&i));
                     ExitCode::SUCCESS
-                } else {
-                    ExitCode::from(1)
                 }
+                Ok(crate::agent::AlertOutcome::Attached(i)) => {
+                    println!("attached to the open {}", render::incident_line(&i));
+                    ExitCode::SUCCESS
+                }
+                Ok(crate::agent::AlertOutcome::Unrouted) => {
+                    fail(1, format!("no agent owns alert {}", world.alert.name))
+                }
+                Err(e) => fail(1, e),
             }
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::from(2)
+        }
+        Command::Approve { id, who, place } => {
+            let rt = match runtime(&place) {
+                Ok(rt) => rt,
+                Err(code) => return code,
+            };
+            match rt.approve(&id, &whoami(who)).await {
+                Ok(incident) => {
+                    println!("{}", render::incident_line(&incident));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(1, e),
             }
-        },
+        }
+        Command::Reject {
+            id,
+            reason,
+            who,
+            place,
+        } => {
+            let rt = match runtime(&place) {
+                Ok(rt) => rt,
+                Err(code) => return code,
+            };
+            match rt.reject(&id, &whoami(who), &reason).await {
+                Ok(incident) => {
+                    println!("{}", render::incident_line(&incident));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(1, e),
+            }
+        }
+        Command::Adjust {
+            id,
+            runbook,
+            params,
+            who,
+            place,
+        } => {
+            let mut map = BTreeMap::new();
+            for p in &params {
+                let Some((k, v)) = p.split_once('=') else {
+                    return fail(2, format!("--param {p}: write it as name=value"));
+                };
+                map.insert(k.trim().to_owned(), v.to_owned());
+            }
+            let rt = match runtime(&place) {
+                Ok(rt) => rt,
+                Err(code) => return code,
+            };
+            match rt.adjust(&id, &whoami(who), &runbook, &map).await {
+                Ok(incident) => {
+                    println!("{}", render::incident_line(&incident));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(1, e),
+            }
+        }
+        Command::Audit(AuditCommand::Verify { file }) => {
+            match crate::audit::verify::verify(&file) {
+                Ok(Ok(intact)) => {
+                    println!(
+                        "ok  {}: {} records, chain intact, last hash {}",
+                        file.display(),
+                        intact.records,
+                        intact.last_hash
+                    );
+                    ExitCode::SUCCESS
+                }
+                Ok(Err(broken)) => fail(1, format!("{}: {broken}", file.display())),
+                Err(e) => fail(2, format!("{}: cannot read: {e}", file.display())),
+            }
+        }
+        Command::Audit(AuditCommand::Show { incident, audit }) => {
+            match crate::audit::read_all(&audit) {
+                Ok((records, unreadable)) => {
+                    let mine: Vec<_> = records
+                        .iter()
+                        .filter(|r| r.incident.as_deref() == Some(incident.as_str()))
+                        .collect();
+                    if mine.is_empty() {
+                        return fail(
+                            1,
+                            format!("{}: no records for incident {incident}", audit.display()),
+                        );
+                    }
+                    print!("{}", render::timeline(&mine));
+                    if unreadable > 0 {
+                        eprintln!(
+                            "warning: {unreadable} unreadable line(s) skipped: run `themis audit verify {}`",
+                            audit.display()
+                        );
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(2, format!("{}: cannot read: {e}", audit.display())),
+            }
+        }
+        Command::Fsm { format } => {
+            print!(
+                "{}",
+                match format {
+                    FsmFormat::Table => crate::fsm::table_text(),
+                    FsmFormat::Mermaid => crate::fsm::mermaid(),
+                    FsmFormat::Dot => crate::fsm::dot(),
+                }
+            );
+            ExitCode::SUCCESS
+        }
     }
+}
+
+fn agents(place: &Place, json: bool) -> ExitCode {
+    let files = match agent_files(&place.agents) {
+        Ok(f) => f,
+        Err(e) => return fail(2, e),
+    };
+    let store = match Store::open(&place.state_dir) {
+        Ok(s) => s,
+        Err(e) => return fail(2, e),
+    };
+    let incidents = store.incidents().unwrap_or_default();
+    let mut rows = Vec::new();
+    for file in files {
+        let def = match crate::agent::AgentDef::load(&file) {
+            Ok(d) => d,
+            Err(e) => return fail(2, e),
+        };
+        let state = store
+            .agent_state(&def.name)
+            .unwrap_or(crate::fsm::AgentState::Idle);
+        let pending: Vec<String> = incidents
+            .iter()
+            .filter(|i| i.agent == def.name)
+            .filter_map(|i| {
+                i.proposal
+                    .as_ref()
+                    .map(|p| format!("{} ({})", p.id, p.plan.runbook_id))
+            })
+            .collect();
+        rows.push((def.name.clone(), def.domain.to_string(), state, pending));
+    }
+    if json {
+        let v: Vec<_> = rows
+            .iter()
+            .map(|(n, d, s, p)| serde_json::json!({ "agent": n, "domain": d, "state": s, "pending_approvals": p }))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    } else {
+        println!("{:<12} {:<12} {:<60} PENDING", "AGENT", "DOMAIN", "STATE");
+        for (n, d, s, p) in rows {
+            println!(
+                "{n:<12} {d:<12} {:<60} {}",
+                s.to_string(),
+                if p.is_empty() {
+                    "-".into()
+                } else {
+                    p.join(", ")
+                }
+            );
+        }
+    }
+    ExitCode::SUCCESS
 }

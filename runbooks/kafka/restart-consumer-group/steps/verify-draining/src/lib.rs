@@ -1,5 +1,6 @@
 //! After a restart, the lag must be lower than before it. Read-only.
 
+use themis_runbook_sdk::caps::kafka_types::group_state_name;
 use themis_runbook_sdk::prelude::*;
 
 #[derive(Default)]
@@ -16,8 +17,8 @@ impl Step<dyn Kafka> for VerifyDraining {
             return Check::fail("no lag was measured before the restart");
         }
         match kafka.describe_consumer_group(group) {
-            Ok(g) => Check::pass(format!("group {group} is {:?}", g.state))
-                .evidence("state", format!("{:?}", g.state)),
+            Ok(g) => Check::pass(format!("group {group} is {}", group_state_name(g.state)))
+                .evidence("state", group_state_name(g.state)),
             Err(e) => Check::fail(format!("cannot describe group {group}: {e:?}")),
         }
     }

@@ -1,0 +1,201 @@
+//! Agent definitions (`agents/*.yaml`): name, domain, the runbooks it may choose from, the probes
+//! it runs first, the alerts it owns, its policy and its rules.
+//!
+//! ```yaml
+//! name: kafka
+//! domain: kafka
+//! description: Kafka brokers and consumer groups.
+//! runbooks: [../runbooks/kafka/check-broker-health, ...]   # relative to this file
+//! probes: [../runbooks/kafka/triage-probe]                   # read-only runbooks run first
+//! routes:
+//!   - alert: KafkaConsumerLag                               # alert name
+//!     labels: { severity: critical }                        # optional label conditions
+//! policy:
+//!   min_confidence: 0.8
+//!   destructive: [kafka.broker-restart]
+//!   approvers: []                                           # empty: anyone but the requester
+//!   approval_ttl: 30m
+//! rules: [ { runbook: ..., when: {...}, params: {...}, confidence: 0.9, reasoning: ... } ]
+//! follow_ups:                                               # after a runbook, propose another
+//!   - { after: check-broker-health, runbook: adjust-broker-gc, when: {...}, ... }
+//! ```
+
+use crate::capability::{self, Domain, Effect};
+use crate::policy::{DEFAULT_APPROVAL_TTL, Policy};
+use crate::triage::conditions;
+use crate::triage::rules::Rule;
+use serde::Deserialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    pub alert: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    min_confidence: f64,
+    #[serde(default)]
+    destructive: Vec<String>,
+    #[serde(default)]
+    approvers: Vec<String>,
+    #[serde(default)]
+    approval_ttl: Option<String>,
+}
+
+/// After runbook `after` finishes, propose `rule.runbook` when `rule.when` holds over its outputs
+/// (`outputs.<step>.<key>`) and the alert's facts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FollowUp {
+    pub after: String,
+    #[serde(flatten)]
+    pub rule: Rule,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgent {
+    name: String,
+    domain: Domain,
+    #[serde(default)]
+    description: String,
+    runbooks: Vec<PathBuf>,
+    #[serde(default)]
+    probes: Vec<PathBuf>,
+    routes: Vec<Route>,
+    policy: RawPolicy,
+    #[serde(default)]
+    rules: Vec<Rule>,
+    #[serde(default)]
+    follow_ups: Vec<FollowUp>,
+}
+
+/// A validated agent definition; runbook paths are resolved against the file's folder.
+#[derive(Debug, Clone)]
+pub struct AgentDef {
+    pub name: String,
+    pub domain: Domain,
+    pub description: String,
+    pub file: PathBuf,
+    pub runbooks: Vec<PathBuf>,
+    pub probes: Vec<PathBuf>,
+    pub routes: Vec<Route>,
+    pub policy: Policy,
+    pub rules: Vec<Rule>,
+    pub follow_ups: Vec<FollowUp>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {field}: {problem}")]
+pub struct AgentDefError {
+    pub file: PathBuf,
+    pub field: String,
+    pub problem: String,
+}
+
+impl AgentDef {
+    pub fn load(file: &Path) -> Result<AgentDef, AgentDefError> {
+        let err = |field: &str, problem: String| AgentDefError {
+            file: file.to_path_buf(),
+            field: field.into(),
+            problem,
+        };
+        let text =
+            std::fs::read_to_string(file).map_err(|e| err("", format!("cannot read: {e}")))?;
+        let raw: RawAgent = crate::yaml::from_str(&text)
+            .map_err(|e| err("", format!("not a valid agent definition: {e}")))?;
+        let base = file.parent().unwrap_or(Path::new("."));
+        if !(0.0..=1.0).contains(&raw.policy.min_confidence) {
+            return Err(err(
+                "policy.min_confidence",
+                "must be between 0 and 1".into(),
+            ));
+        }
+        for (i, cap) in raw.policy.destructive.iter().enumerate() {
+            if capability::lookup(cap).is_none() {
+                return Err(err(
+                    &format!("policy.destructive[{i}]"),
+                    format!("unknown capability `{cap}`"),
+                ));
+            }
+        }
+        let ttl = match &raw.policy.approval_ttl {
+            None => DEFAULT_APPROVAL_TTL,
+            Some(t) => humantime::parse_duration(t).map_err(|e| {
+                err(
+                    "policy.approval_ttl",
+                    format!("`{t}` is not a duration: {e}"),
+                )
+            })?,
+        };
+        if raw.routes.is_empty() {
+            return Err(err("routes", "an agent must own at least one alert".into()));
+        }
+        let all_rules = raw
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (format!("rules[{i}]"), r))
+            .chain(
+                raw.follow_ups
+                    .iter()
+                    .enumerate()
+                    .map(|(i, f)| (format!("follow_ups[{i}]"), &f.rule)),
+            );
+        for (field, rule) in all_rules {
+            if !(0.0..=1.0).contains(&rule.confidence) {
+                return Err(err(
+                    &format!("{field}.confidence"),
+                    "must be between 0 and 1".into(),
+                ));
+            }
+            for (fact, cond) in &rule.when {
+                conditions::check(cond).map_err(|p| err(&format!("{field}.when.{fact}"), p))?;
+            }
+        }
+        Ok(AgentDef {
+            name: raw.name,
+            domain: raw.domain,
+            description: raw.description,
+            file: file.to_path_buf(),
+            runbooks: raw.runbooks.iter().map(|p| base.join(p)).collect(),
+            probes: raw.probes.iter().map(|p| base.join(p)).collect(),
+            routes: raw.routes,
+            policy: Policy {
+                min_confidence: raw.policy.min_confidence,
+                destructive: raw.policy.destructive.into_iter().collect(),
+                approvers: raw.policy.approvers.into_iter().collect::<BTreeSet<_>>(),
+                approval_ttl: ttl,
+            },
+            rules: raw.rules,
+            follow_ups: raw.follow_ups,
+        })
+    }
+
+    /// Does this agent own the alert?
+    pub fn routes(&self, alert_name: &str, labels: &BTreeMap<String, String>) -> bool {
+        self.routes.iter().any(|r| {
+            r.alert == alert_name
+                && r.labels
+                    .iter()
+                    .all(|(k, cond)| labels.get(k).is_some_and(|v| conditions::holds(cond, v)))
+        })
+    }
+}
+
+/// Every capability granted to any step of a runbook that mutates: a probe must have none.
+pub fn mutating_grants(runbook: &crate::manifest::Runbook) -> Vec<String> {
+    runbook
+        .steps
+        .iter()
+        .flat_map(|s| s.capabilities.iter())
+        .filter(|c| capability::lookup(c).is_some_and(|c| c.effect == Effect::Mutate))
+        .cloned()
+        .collect()
+}

@@ -1,0 +1,359 @@
+//! Agents end to end: the demo, approvals across processes, the audit chain, illegal moves,
+//! Slack delivery over real HTTP, secrets kept out of the audit.
+
+use crate::common::{repo, sandbox};
+use std::process::{Command, Output};
+use std::sync::{Arc, Mutex};
+use themis::agent::store::{BackendSpec, IncidentStatus, Store};
+use themis::agent::{AlertOutcome, Quiet, Runtime, RuntimeError};
+use themis::audit::{AuditLog, Redactor};
+use themis::escalation::Channels;
+use themis::fsm::AgentState;
+
+fn themis(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_themis"))
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .expect("themis runs")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Positions of `needles` in `hay`, each searched after the previous one.
+fn in_order(hay: &str, needles: &[&str]) -> Result<(), String> {
+    let mut at = 0;
+    for n in needles {
+        match hay[at..].find(n) {
+            Some(i) => at += i + n.len(),
+            None => return Err(format!("`{n}` missing after byte {at}")),
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn demo_yes_walks_the_playbook_and_its_audit_is_tamper_evident() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let audit = dir.path().join("audit.jsonl");
+    let out = themis(&["demo", "--yes", "--audit", audit.to_str().expect("utf-8")]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    in_order(
+        &stdout,
+        &[
+            "[kafka] triaging",
+            "[kafka] executing-runbook: check-broker-health / brokers-up / precondition",
+            "gc-pause action: broker 1: 2500 ms GC pause (threshold 1000 ms), CPU 95%",
+            "[kafka] escalating-human: the runbook is granted kafka.broker-restart",
+            "proposed   adjust-broker-gc",
+            "[kafka] idle",
+            "approved apr-",
+            "[kafka] executing-runbook: adjust-broker-gc / set-gc-target / precondition",
+            "restart-broker postcondition: broker 1 is back",
+            "[kafka] idle",
+            "resolved",
+            "alert → proposal",
+            "audit verify     ok:",
+        ],
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{stdout}"));
+
+    let ok = themis(&["audit", "verify", audit.to_str().expect("utf-8")]);
+    assert!(ok.status.success(), "{}", text(&ok.stderr));
+
+    // Change one byte inside a record's data: verify names that record and fails.
+    let original = std::fs::read_to_string(&audit).expect("read");
+    let line_no = 10;
+    let target = original.lines().nth(line_no - 1).expect("10 lines");
+    let changed_line = target.replacen("\"kafka\"", "\"kafkb\"", 1);
+    assert_ne!(changed_line, target);
+    let tampered: String = original
+        .lines()
+        .enumerate()
+        .map(|(i, l)| {
+            if i == line_no - 1 {
+                format!("{changed_line}\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    std::fs::write(&audit, tampered).expect("write");
+    let bad = themis(&["audit", "verify", audit.to_str().expect("utf-8")]);
+    assert_eq!(bad.status.code(), Some(1));
+    let stderr = text(&bad.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "line {line_no}: record {line_no} does not match its hash"
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn demo_no_rejects_and_nothing_destructive_is_called() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let audit = dir.path().join("audit.jsonl");
+    let out = themis(&["demo", "--no", "--audit", audit.to_str().expect("utf-8")]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    assert!(stdout.contains("rejected apr-"), "{stdout}");
+    assert!(stdout.contains(": rejected"), "{stdout}");
+    let (records, _) = themis::audit::read_all(&audit).expect("read");
+    let destructive_calls = records
+        .iter()
+        .filter(|r| r.kind == "phase")
+        .flat_map(|r| {
+            r.data["record"]["calls"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .filter(|c| {
+            c["capability"] == "kafka.broker-restart"
+                || c["capability"] == "kafka.set-broker-config"
+        })
+        .count();
+    assert_eq!(destructive_calls, 0);
+    assert!(records.iter().any(|r| r.kind == "rejection"));
+}
+
+#[test]
+fn demo_without_a_terminal_or_a_flag_says_what_to_pass() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let audit = dir.path().join("audit.jsonl");
+    let out = Command::new(env!("CARGO_BIN_EXE_themis"))
+        .args(["demo", "--audit", audit.to_str().expect("utf-8")])
+        .current_dir(repo())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("pass --yes or --no"));
+}
+
+#[test]
+fn approvals_work_across_processes_and_refuse_self_approval() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().to_str().expect("utf-8");
+    let out = themis(&[
+        "alert",
+        "--scenario",
+        "tests/scenarios/agent-postgres-lock-waits.yaml",
+        "--state-dir",
+        state,
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let line = text(&out.stdout);
+    let apr = line
+        .split_whitespace()
+        .find(|w| w.starts_with("apr-"))
+        .expect("an approval id")
+        .to_owned();
+
+    let agents = text(&themis(&["agents", "--state-dir", state]).stdout);
+    assert!(
+        agents.contains(&format!("{apr} (terminate-blocker)")),
+        "{agents}"
+    );
+
+    let own = themis(&[
+        "approve",
+        &apr,
+        "--as",
+        "themis:postgres",
+        "--state-dir",
+        state,
+    ]);
+    assert_eq!(own.status.code(), Some(1));
+    assert!(text(&own.stderr).contains("cannot approve it: another person must"));
+
+    let ok = themis(&["approve", &apr, "--as", "dave", "--state-dir", state]);
+    assert!(ok.status.success(), "{}", text(&ok.stderr));
+    assert!(
+        text(&ok.stdout).contains(": resolved"),
+        "{}",
+        text(&ok.stdout)
+    );
+
+    let again = themis(&["approve", &apr, "--as", "dave", "--state-dir", state]);
+    assert_eq!(again.status.code(), Some(1), "an approval is used once");
+
+    let verify = themis(&["audit", "verify", &format!("{state}/audit.jsonl")]);
+    assert!(verify.status.success());
+}
+
+fn runtime(dir: &std::path::Path, channels: Channels) -> Runtime {
+    let audit = AuditLog::open(
+        &dir.join("audit.jsonl"),
+        Redactor::with_values(channels.slack_webhook.clone()),
+    )
+    .expect("audit");
+    let store = Store::open(dir).expect("store");
+    Runtime::new(
+        sandbox().clone(),
+        &[repo().join("agents/postgres.yaml")],
+        Arc::new(audit),
+        store,
+        channels,
+        Arc::new(Quiet),
+    )
+    .expect("runtime")
+}
+
+fn world(name: &str) -> (themis::wit::types::Alert, BackendSpec) {
+    let file = repo().join("tests/scenarios").join(name);
+    let s = themis::scenario::load(&file).expect("scenario");
+    (
+        s.alert.to_alert(),
+        BackendSpec::Scenario {
+            file,
+            dry_run: false,
+        },
+    )
+}
+
+#[tokio::test]
+async fn an_illegal_transition_is_refused_and_audited() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = runtime(dir.path(), Channels::default());
+    let (alert, backend) = world("agent-postgres-lock-waits.yaml");
+    let AlertOutcome::Handled(incident) = rt.handle_alert(alert, backend).await.expect("handled")
+    else {
+        panic!("a new incident");
+    };
+    let apr = incident.proposal.expect("a proposal").id;
+    // Pretend the agent is busy with something else: an approval cannot start a second run.
+    rt.store()
+        .save_agent_state(
+            "postgres",
+            &AgentState::Triaging {
+                incident: "inc-other".into(),
+            },
+        )
+        .expect("save");
+    let err = rt.approve(&apr, "dave").await.expect_err("illegal");
+    assert!(matches!(err, RuntimeError::Illegal { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .contains("illegal transition: `approval-granted` in state `triaging`"),
+        "{err}"
+    );
+    let (records, _) = themis::audit::read_all(&dir.path().join("audit.jsonl")).expect("read");
+    let illegal = records
+        .iter()
+        .find(|r| r.kind == "illegal-transition")
+        .expect("audited");
+    assert_eq!(illegal.data["event"]["event"], "approval-granted");
+    // Nothing ran.
+    assert_eq!(
+        rt.store().incident(&incident.id).expect("incident").status,
+        IncidentStatus::PendingApproval
+    );
+}
+
+#[tokio::test]
+async fn a_second_alert_with_the_same_fingerprint_attaches_to_the_open_incident() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = runtime(dir.path(), Channels::default());
+    let (alert, backend) = world("agent-postgres-lock-waits.yaml");
+    let AlertOutcome::Handled(first) = rt
+        .handle_alert(alert.clone(), backend.clone())
+        .await
+        .expect("handled")
+    else {
+        panic!("new");
+    };
+    let AlertOutcome::Attached(second) = rt.handle_alert(alert, backend).await.expect("handled")
+    else {
+        panic!("attached");
+    };
+    assert_eq!(first.id, second.id);
+    assert_eq!(second.attached_alerts, 1);
+    assert_eq!(rt.store().incidents().expect("list").len(), 1);
+}
+
+#[tokio::test]
+async fn escalations_reach_slack_over_http_and_the_webhook_never_reaches_the_audit() {
+    use axum::{Json, Router, extract::State, routing::post};
+    let received: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+    let app = Router::new()
+        .route(
+            "/services/T000/B000/SECRETTOKEN",
+            post(
+                |State(r): State<Arc<Mutex<Vec<serde_json::Value>>>>,
+                 Json(body): Json<serde_json::Value>| async move {
+                    r.lock().expect("lock").push(body);
+                    "ok"
+                },
+            ),
+        )
+        .with_state(received.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let url = format!("http://{addr}/services/T000/B000/SECRETTOKEN");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = runtime(
+        dir.path(),
+        Channels {
+            slack_webhook: Some(url.clone()),
+        },
+    );
+    let (alert, backend) = world("agent-postgres-lock-waits.yaml");
+    rt.handle_alert(alert, backend).await.expect("handled");
+
+    let posts = received.lock().expect("lock").clone();
+    assert_eq!(posts.len(), 1);
+    let body = posts[0].to_string();
+    assert!(
+        posts[0]["text"]
+            .as_str()
+            .unwrap_or("")
+            .contains("PostgresLockWaits")
+    );
+    assert!(
+        body.contains("terminate-blocker") && body.contains("themis approve apr-"),
+        "{body}"
+    );
+    assert_eq!(posts[0]["blocks"][0]["type"], "header");
+
+    let audit = std::fs::read_to_string(dir.path().join("audit.jsonl")).expect("read");
+    assert!(
+        !audit.contains("SECRETTOKEN"),
+        "the webhook URL leaked into the audit"
+    );
+    assert!(audit.contains("\"kind\":\"escalation-delivery\""));
+    assert!(audit.contains("\"ok\":true"));
+}
+
+#[test]
+fn fsm_prints_every_transition_of_the_table() {
+    let out = themis(&["fsm"]);
+    assert!(out.status.success());
+    let stdout = text(&out.stdout);
+    assert_eq!(stdout.lines().count(), themis::fsm::TABLE.len());
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("escalating-human") && l.ends_with("--parked-->  idle")),
+        "{stdout}"
+    );
+    let mermaid = text(&themis(&["fsm", "--format", "mermaid"]).stdout);
+    assert!(mermaid.starts_with("stateDiagram-v2"));
+}
+
+#[test]
+fn the_architecture_doc_shows_the_fsm_table_as_the_code_has_it() {
+    let doc = std::fs::read_to_string(repo().join("docs/ARCHITECTURE.md")).expect("read doc");
+    assert!(
+        doc.contains(&themis::fsm::table_text()),
+        "docs/ARCHITECTURE.md is out of date: paste the output of `themis fsm` into it"
+    );
+}
