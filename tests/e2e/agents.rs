@@ -1,26 +1,14 @@
 //! Agents end to end: the demo, approvals across processes, the audit chain, illegal moves,
 //! Slack delivery over real HTTP, secrets kept out of the audit.
 
-use crate::common::{repo, sandbox};
-use std::process::{Command, Output};
+use crate::common::{repo, sandbox, text, themis};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use themis::agent::store::{BackendSpec, IncidentStatus, Store};
 use themis::agent::{AlertOutcome, Quiet, Runtime, RuntimeError};
 use themis::audit::{AuditLog, Redactor};
 use themis::escalation::Channels;
 use themis::fsm::AgentState;
-
-fn themis(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_themis"))
-        .args(args)
-        .current_dir(repo())
-        .output()
-        .expect("themis runs")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
 
 /// Positions of `needles` in `hay`, each searched after the previous one.
 fn in_order(hay: &str, needles: &[&str]) -> Result<(), String> {

@@ -1,19 +1,6 @@
 //! The `themis` binary as a user runs it.
 
-use crate::common::repo;
-use std::process::{Command, Output};
-
-fn themis(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_themis"))
-        .args(args)
-        .current_dir(repo())
-        .output()
-        .expect("themis runs")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
+use crate::common::{repo, text, themis};
 
 #[test]
 fn validate_accepts_the_shipped_runbooks() {

@@ -37,3 +37,16 @@ pub fn mock(yaml: &str) -> Arc<ScenarioMock> {
 pub fn backends(mock: &Arc<ScenarioMock>) -> Backends {
     Backends::all(mock.clone(), false)
 }
+
+/// Run the `themis` binary from the repository root.
+pub fn themis(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_themis"))
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .expect("themis runs")
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}

@@ -405,27 +405,20 @@ impl Runtime {
                 })?;
                 Box::pin(self.run_plan(agent, fsm, incident, plan, None, backends, facts)).await
             }
-            Verdict::ConfidenceTooLow { .. } | Verdict::SelectorEscalated { .. } => {
+            Verdict::ConfidenceTooLow { .. }
+            | Verdict::SelectorEscalated { .. }
+            | Verdict::NeedsApproval { .. } => {
                 let reason = verdict.reason();
-                fsm.fire(Event::ConfidenceTooLow {
-                    reason: reason.clone(),
-                })?;
-                self.escalate(
-                    agent,
-                    fsm,
-                    incident,
-                    &reason,
-                    &selection,
-                    evidence,
-                    Some(plan),
-                )
-                .await
-            }
-            Verdict::NeedsApproval { .. } => {
-                let reason = verdict.reason();
-                fsm.fire(Event::ApprovalRequired {
-                    reason: reason.clone(),
-                })?;
+                let event = if matches!(verdict, Verdict::NeedsApproval { .. }) {
+                    Event::ApprovalRequired {
+                        reason: reason.clone(),
+                    }
+                } else {
+                    Event::ConfidenceTooLow {
+                        reason: reason.clone(),
+                    }
+                };
+                fsm.fire(event)?;
                 self.escalate(
                     agent,
                     fsm,

@@ -23,7 +23,8 @@ pub struct DemoArgs {
     /// Reject the proposed change without asking.
     #[arg(long)]
     no: bool,
-    /// Where the audit file goes (replaced if it exists).
+    /// Where the audit file goes. An existing log is continued, never replaced: audit logs are
+    /// append-only.
     #[arg(long, value_name = "FILE", default_value = ".themis/demo-audit.jsonl")]
     audit: PathBuf,
     /// Who approves or rejects.
@@ -109,11 +110,6 @@ pub async fn run(args: DemoArgs) -> ExitCode {
         Ok(w) => w,
         Err(e) => return fail(2, format!("{e} (the demo runs from the repository root)")),
     };
-    if args.audit.exists()
-        && let Err(e) = std::fs::remove_file(&args.audit)
-    {
-        return fail(2, format!("{}: cannot replace: {e}", args.audit.display()));
-    }
     let state = match tempfile::tempdir() {
         Ok(d) => d,
         Err(e) => return fail(2, format!("cannot make a state directory: {e}")),
