@@ -518,11 +518,10 @@ impl Runtime {
                     "runbook {} stopped: the precondition of step `{step}` did not hold",
                     plan.runbook_id
                 );
-                fsm.fire(Event::RunbookStopped {
+                let event = Event::RunbookStopped {
                     reason: reason.clone(),
-                })?;
-                let sel = Selection::escalate("runtime", reason.clone());
-                self.escalate(agent, fsm, incident, &reason, &sel, Vec::new(), None)
+                };
+                self.stop_and_escalate(agent, fsm, incident, event, reason)
                     .await
             }
             Outcome::RolledBack { step, reason, .. } => {
@@ -544,18 +543,31 @@ impl Runtime {
                     "runbook {} failed at `{step}` and the rollback of `{rollback_step}` failed too: {reason}",
                     plan.runbook_id
                 );
-                fsm.fire(Event::RollbackFailed {
+                let event = Event::RollbackFailed {
                     reason: why.clone(),
-                })?;
-                incident.status = IncidentStatus::Failed;
-                let sel = Selection::escalate("runtime", why.clone());
-                self.escalate(agent, fsm, incident, &why, &sel, Vec::new(), None)
+                };
+                self.stop_and_escalate(agent, fsm, incident, event, why)
                     .await?;
                 incident.status = IncidentStatus::Failed;
                 self.store.save_incident(incident)?;
                 Ok(())
             }
         }
+    }
+
+    /// A runbook ended without resolving the alert: move the FSM and tell a human, no plan.
+    async fn stop_and_escalate(
+        &self,
+        agent: &Agent,
+        fsm: &Fsm<'_>,
+        incident: &mut Incident,
+        event: Event,
+        reason: String,
+    ) -> Result<(), RuntimeError> {
+        fsm.fire(event)?;
+        let selection = Selection::escalate("runtime", reason.clone());
+        self.escalate(agent, fsm, incident, &reason, &selection, Vec::new(), None)
+            .await
     }
 
     /// Tell a human (console, Slack), park the incident, send the agent back to idle.
