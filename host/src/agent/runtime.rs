@@ -350,38 +350,10 @@ impl Runtime {
         facts: &Facts,
     ) -> Result<(), RuntimeError> {
         let name = &agent.def.name;
-        let Some(runbook_id) = selection.runbook.clone() else {
-            fsm.fire(Event::ConfidenceTooLow {
-                reason: selection.reasoning.clone(),
-            })?;
-            return self
-                .escalate(
-                    agent,
-                    fsm,
-                    incident,
-                    &selection.reasoning,
-                    &selection,
-                    evidence,
-                    None,
-                )
-                .await;
-        };
-        let Some(loaded) = agent.catalog.get(&runbook_id) else {
-            let reason = format!(
-                "the selector named `{runbook_id}`, which is not in the catalog; nothing runs that is not a signed, loaded runbook"
-            );
-            fsm.fire(Event::ConfidenceTooLow {
-                reason: reason.clone(),
-            })?;
-            return self
-                .escalate(agent, fsm, incident, &reason, &selection, evidence, None)
-                .await;
-        };
-        let params = match typed_params(loaded, &selection.params) {
-            Ok(p) => p,
-            Err(why) => {
-                let reason =
-                    format!("the selector chose {runbook_id} but its parameters do not fit: {why}");
+        let (loaded, params) = match catalog_plan(agent, &selection) {
+            Ok(found) => found,
+            Err(reason) => {
+                // The selector's answer cannot become a plan: escalate, never guess.
                 fsm.fire(Event::ConfidenceTooLow {
                     reason: reason.clone(),
                 })?;
@@ -400,7 +372,7 @@ impl Runtime {
             Verdict::Execute => {
                 let first = loaded.runbook.steps[0].id.clone();
                 fsm.fire(Event::RunbookChosen {
-                    runbook: runbook_id,
+                    runbook: loaded.runbook.id.clone(),
                     step: first,
                 })?;
                 Box::pin(self.run_plan(agent, fsm, incident, plan, None, backends, facts)).await
@@ -947,6 +919,25 @@ fn granted(loaded: &LoadedRunbook) -> BTreeSet<String> {
         .iter()
         .flat_map(|s| s.capabilities.iter().cloned())
         .collect()
+}
+
+/// The catalog runbook a selection names and its typed parameters, or why there is none.
+fn catalog_plan<'a>(
+    agent: &'a Agent,
+    selection: &Selection,
+) -> Result<(&'a LoadedRunbook, BTreeMap<String, Value>), String> {
+    let Some(runbook_id) = &selection.runbook else {
+        return Err(selection.reasoning.clone());
+    };
+    let Some(loaded) = agent.catalog.get(runbook_id) else {
+        return Err(format!(
+            "the selector named `{runbook_id}`, which is not in the catalog; nothing runs that is not a loaded runbook of the agent"
+        ));
+    };
+    let params = typed_params(loaded, &selection.params).map_err(|why| {
+        format!("the selector chose {runbook_id} but its parameters do not fit: {why}")
+    })?;
+    Ok((loaded, params))
 }
 
 /// Convert template output (strings) to the runbook's declared parameter types.
