@@ -34,8 +34,9 @@ fn main() {
     std::fs::write(
         &agent,
         format!(
-            "name: postgres\ndomain: postgres\nrunbooks: [{}]\nroutes: [ {{ alert: PostgresLockWaits }} ]\npolicy: {{ min_confidence: 0.8, destructive: [postgres.terminate-backend] }}\nrules:\n  - {{ runbook: terminate-blocker, params: {{ pid: \"{{labels.pid}}\" }}, confidence: 0.9, reasoning: bench }}\n",
-            repo.join("runbooks/postgres/terminate-blocker").display()
+            "name: postgres\ndomain: postgres\nrunbooks: [{}]\ntrust: {{ keys: [{}] }}\nroutes: [ {{ alert: PostgresLockWaits }} ]\npolicy: {{ min_confidence: 0.8, destructive: [postgres.terminate-backend] }}\nrules:\n  - {{ runbook: terminate-blocker, params: {{ pid: \"{{labels.pid}}\" }}, confidence: 0.9, reasoning: bench }}\n",
+            repo.join("runbooks/postgres/terminate-blocker").display(),
+            repo.join("keys/demo/demo-postgres-team.pub").display()
         ),
     )
     .expect("write agent");
@@ -57,6 +58,7 @@ fn main() {
         store,
         Channels::default(),
         Arc::new(Quiet),
+        false,
     )
     .expect("runtime");
 

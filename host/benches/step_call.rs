@@ -15,6 +15,8 @@ use themis::caps::scenario::ScenarioMock;
 use themis::executor::LoadedRunbook;
 use themis::grant::Grant;
 use themis::sandbox::{Phase, Sandbox, SandboxConfig, Verdict};
+use themis::trust::TrustPolicy;
+use themis::trust::keys::read_public_keys;
 use themis::wit::types::{Alert, StepContext};
 
 fn repo() -> PathBuf {
@@ -83,8 +85,11 @@ fn main() {
         .build()
         .expect("tokio runtime");
     let sandbox = Sandbox::new(SandboxConfig::default()).expect("sandbox");
-    let loaded = LoadedRunbook::load(&sandbox, &repo().join("tests/runbooks/misbehaving"))
-        .expect("components built: run scripts/build-runbooks");
+    let trust = TrustPolicy::trusting(
+        read_public_keys(&repo().join("keys/demo/demo-test-fixtures.pub")).expect("demo key"),
+    );
+    let loaded = LoadedRunbook::load(&sandbox, &repo().join("tests/runbooks/misbehaving"), &trust)
+        .expect("components built and signed: run scripts/build-runbooks");
     let trivial = loaded.components[0].clone();
     let mock = Arc::new(ScenarioMock::new(Default::default()).expect("mock"));
     let backends = Backends::all(mock, false);

@@ -16,24 +16,28 @@ use crate::manifest::{ManifestError, Runbook};
 use crate::sandbox::{
     CapabilityCall, Fault, LoadError, LogLine, Phase, Sandbox, StepComponent, Verdict,
 };
+use crate::trust::{self, Provenance, Refusal, Signer, TrustPolicy};
 use crate::wit::types::{Alert, Pair, Param, StepContext, StepOutput};
 use serde::Serialize;
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// A runbook with every component checked and pre-instantiated.
+/// A runbook whose bundle was verified, with every component checked and pre-instantiated.
 #[derive(Debug, Clone)]
 pub struct LoadedRunbook {
     pub runbook: Runbook,
     /// Aligned with `runbook.steps`.
     pub components: Vec<StepComponent>,
+    pub signer: Signer,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunbookLoadError {
     #[error(transparent)]
     Manifest(#[from] ManifestError),
+    #[error("runbook bundle {}: refused: {reason}", bundle.display())]
+    Refused { bundle: PathBuf, reason: Refusal },
     #[error("runbook `{runbook}` step `{step}`: {source}")]
     Component {
         runbook: String,
@@ -43,12 +47,34 @@ pub enum RunbookLoadError {
 }
 
 impl LoadedRunbook {
-    pub fn load(sandbox: &Sandbox, dir: &Path) -> Result<Self, RunbookLoadError> {
+    /// Verify the bundle in `dir` against `trust`, then compile. Nothing of a refused bundle
+    /// reaches the compiler.
+    pub fn load(
+        sandbox: &Sandbox,
+        dir: &Path,
+        trust: &TrustPolicy,
+    ) -> Result<Self, RunbookLoadError> {
+        let refused = |reason| RunbookLoadError::Refused {
+            bundle: dir.to_path_buf(),
+            reason,
+        };
+        let signature = trust::check_signature(dir, trust).map_err(refused)?;
         let runbook = Runbook::load(dir)?;
-        Self::from_runbook(sandbox, runbook)
+        let signer = trust::check_bundle(&runbook, signature.as_ref(), trust).map_err(refused)?;
+        Self::compile(sandbox, runbook, signer)
     }
 
-    pub fn from_runbook(sandbox: &Sandbox, runbook: Runbook) -> Result<Self, RunbookLoadError> {
+    /// Load without any signature check: for authoring tools (`themis runbook validate`), never
+    /// for running.
+    pub fn load_unverified(sandbox: &Sandbox, dir: &Path) -> Result<Self, RunbookLoadError> {
+        Self::compile(sandbox, Runbook::load(dir)?, Signer::Unsigned)
+    }
+
+    fn compile(
+        sandbox: &Sandbox,
+        runbook: Runbook,
+        signer: Signer,
+    ) -> Result<Self, RunbookLoadError> {
         let components = runbook
             .steps
             .iter()
@@ -66,11 +92,22 @@ impl LoadedRunbook {
         Ok(LoadedRunbook {
             runbook,
             components,
+            signer,
         })
     }
 
     pub fn domain(&self) -> Domain {
         self.runbook.domain
+    }
+
+    /// Id, version, digest and signer: what every audit record about this runbook carries.
+    pub fn provenance(&self) -> Provenance {
+        Provenance {
+            runbook: self.runbook.id.clone(),
+            version: self.runbook.version.to_string(),
+            digest: self.runbook.digest.clone(),
+            signer: self.signer.to_string(),
+        }
     }
 }
 

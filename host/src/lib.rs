@@ -16,5 +16,6 @@ pub mod sandbox;
 pub mod scenario;
 pub mod scenario_agent;
 pub mod triage;
+pub mod trust;
 pub mod wit;
 pub mod yaml;

@@ -4,6 +4,7 @@
 //! ```yaml
 //! name: broker with a long GC pause
 //! runbook: ../../runbooks/kafka/check-broker-health   # relative to this file
+//! trust: [../../keys/demo/kafka-team.pub]   # publisher keys the runbook must be signed by
 //! alert:
 //!   name: KafkaConsumerLag
 //!   labels: { topic: orders, severity: critical }
@@ -32,6 +33,8 @@ use crate::executor::{
 use crate::grant::Approval;
 use crate::manifest::bind_params;
 use crate::sandbox::{CallMode, Phase, Sandbox};
+use crate::trust::TrustPolicy;
+use crate::trust::keys::read_public_keys;
 use crate::wit::types::{Alert, Pair};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -51,6 +54,10 @@ pub struct Scenario {
     /// …or hand the alert to this agent (its definition file), from triage to the end.
     #[serde(default)]
     pub agent: Option<PathBuf>,
+    /// Runbook scenarios: the publisher keys (`.pub` files or folders, relative to this file)
+    /// the runbook must be signed by. Agent scenarios use the agent's `trust:`.
+    #[serde(default)]
+    pub trust: Vec<PathBuf>,
     pub alert: AlertSpec,
     /// Agent scenarios: what the human answers when the agent escalates.
     #[serde(default)]
@@ -248,11 +255,18 @@ pub fn load(file: &Path) -> Result<Scenario, ScenarioError> {
 }
 
 /// Run a scenario: a runbook against its mocks, or an agent from alert to the end.
-pub async fn run(sandbox: &Arc<Sandbox>, file: &Path) -> Result<ScenarioRun, ScenarioError> {
+/// Run a scenario. `allow_unsigned` is the development flag: bundles without a signature load.
+pub async fn run(
+    sandbox: &Arc<Sandbox>,
+    file: &Path,
+    allow_unsigned: bool,
+) -> Result<ScenarioRun, ScenarioError> {
     let scenario = load(file)?;
     match (&scenario.runbook, &scenario.agent) {
-        (Some(runbook), None) => run_runbook(sandbox, file, &scenario, runbook.clone()).await,
-        (None, Some(agent)) => crate::scenario_agent::run(sandbox, file, &scenario, agent.clone()).await,
+        (Some(runbook), None) => {
+            run_runbook(sandbox, file, &scenario, runbook.clone(), allow_unsigned).await
+        }
+        (None, Some(agent)) => crate::scenario_agent::run(sandbox, file, &scenario, agent.clone(), allow_unsigned).await,
         _ => Err(ScenarioError::Invalid {
             file: file.into(),
             message: "give exactly one of `runbook:` (run one runbook) or `agent:` (hand the alert to an agent)".into(),
@@ -265,13 +279,23 @@ async fn run_runbook(
     file: &Path,
     scenario: &Scenario,
     runbook: PathBuf,
+    allow_unsigned: bool,
 ) -> Result<ScenarioRun, ScenarioError> {
     let invalid = |message: String| ScenarioError::Invalid {
         file: file.into(),
         message,
     };
     let base = file.parent().unwrap_or(Path::new("."));
-    let loaded = LoadedRunbook::load(sandbox, &base.join(&runbook)).map_err(|source| {
+    let mut trust = TrustPolicy {
+        allow_unsigned,
+        ..TrustPolicy::default()
+    };
+    for path in &scenario.trust {
+        for key in read_public_keys(&base.join(path)).map_err(|e| invalid(format!("trust: {e}")))? {
+            trust.keys.insert(key.id.clone(), key);
+        }
+    }
+    let loaded = LoadedRunbook::load(sandbox, &base.join(&runbook), &trust).map_err(|source| {
         ScenarioError::Runbook {
             file: file.into(),
             source: Box::new(source),

@@ -43,6 +43,7 @@ pub async fn run(
     file: &Path,
     scenario: &Scenario,
     agent: PathBuf,
+    allow_unsigned: bool,
 ) -> Result<ScenarioRun, ScenarioError> {
     let invalid = |message: String| ScenarioError::Invalid {
         file: file.into(),
@@ -64,6 +65,7 @@ pub async fn run(
         store,
         Channels::default(),
         recorder.clone(),
+        allow_unsigned,
     )
     .map_err(|e| invalid(e.to_string()))?;
     let backend = BackendSpec::Scenario {

@@ -188,6 +188,7 @@ fn runtime(dir: &std::path::Path, channels: Channels) -> Runtime {
         store,
         channels,
         Arc::new(Quiet),
+        false,
     )
     .expect("runtime")
 }

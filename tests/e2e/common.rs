@@ -4,6 +4,8 @@ use themis::caps::Backends;
 use themis::caps::scenario::{Mocks, ScenarioMock};
 use themis::executor::LoadedRunbook;
 use themis::sandbox::{Sandbox, SandboxConfig};
+use themis::trust::TrustPolicy;
+use themis::trust::keys::read_public_keys;
 
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -26,7 +28,26 @@ pub fn runbook(relative: &str) -> LoadedRunbook {
         "{} has no components/: run scripts/build-runbooks first",
         dir.display()
     );
-    LoadedRunbook::load(sandbox(), &dir).unwrap_or_else(|e| panic!("{relative} loads: {e}"))
+    LoadedRunbook::load(sandbox(), &dir, &demo_trust(relative))
+        .unwrap_or_else(|e| panic!("{relative} loads: {e}"))
+}
+
+/// The demo key that signs the bundle at `relative` (see keys/demo/README.md).
+pub fn demo_key_name(relative: &str) -> &'static str {
+    ["kafka", "kubernetes", "postgres"]
+        .into_iter()
+        .find(|d| relative.starts_with(&format!("runbooks/{d}/")))
+        .map(|d| match d {
+            "kafka" => "demo-kafka-team",
+            "kubernetes" => "demo-kubernetes-team",
+            _ => "demo-postgres-team",
+        })
+        .unwrap_or("demo-test-fixtures")
+}
+
+pub fn demo_trust(relative: &str) -> TrustPolicy {
+    let key = repo().join(format!("keys/demo/{}.pub", demo_key_name(relative)));
+    TrustPolicy::trusting(read_public_keys(&key).expect("demo public key"))
 }
 
 pub fn mock(yaml: &str) -> Arc<ScenarioMock> {

@@ -7,3 +7,4 @@ mod common;
 mod manifests;
 mod sandbox;
 mod scenarios;
+mod trust;

@@ -1,6 +1,6 @@
 //! Misbehaving components are stopped and reported precisely, and the host keeps serving.
 
-use crate::common::{backends, mock, runbook, sandbox};
+use crate::common::{backends, demo_trust, mock, runbook, sandbox};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -279,7 +279,8 @@ async fn a_guest_sees_no_environment_arguments_files_or_stdout() {
 #[test]
 fn a_socket_import_is_refused_at_load_naming_the_import() {
     let dir = crate::common::repo().join("tests/runbooks/bad-import-sockets");
-    let err = LoadedRunbook::load(sandbox(), &dir).expect_err("refused");
+    let err =
+        LoadedRunbook::load(sandbox(), &dir, &demo_trust("tests/runbooks/x")).expect_err("refused");
     match err {
         RunbookLoadError::Component {
             source: LoadError::ImportRefused { refused, .. },
@@ -296,7 +297,8 @@ fn a_socket_import_is_refused_at_load_naming_the_import() {
 #[test]
 fn a_kafka_step_importing_kubernetes_is_refused_at_load() {
     let dir = crate::common::repo().join("tests/runbooks/bad-import-k8s");
-    let err = LoadedRunbook::load(sandbox(), &dir).expect_err("refused");
+    let err =
+        LoadedRunbook::load(sandbox(), &dir, &demo_trust("tests/runbooks/x")).expect_err("refused");
     let text = err.to_string();
     match err {
         RunbookLoadError::Component {
@@ -341,6 +343,7 @@ async fn a_slow_capability_times_out_as_unavailable() {
     let loaded = LoadedRunbook::load(
         &sandbox,
         &crate::common::repo().join("runbooks/kafka/check-broker-health"),
+        &demo_trust("runbooks/kafka/check-broker-health"),
     )
     .expect("loads");
     let m = mock("{}");

@@ -7,6 +7,9 @@
 //! description: Kafka brokers and consumer groups.
 //! runbooks: [../runbooks/kafka/check-broker-health, ...]   # relative to this file
 //! probes: [../runbooks/kafka/triage-probe]                   # read-only runbooks run first
+//! trust:                                                    # who may publish to this agent
+//!   keys: [../keys/demo/kafka-team.pub]                     # .pub files or folders of them
+//!   min_versions: { restart-consumer-group: 1.0.0 }         # older signed bundles are refused
 //! routes:
 //!   - alert: KafkaConsumerLag                               # alert name
 //!     labels: { severity: critical }                        # optional label conditions
@@ -24,6 +27,8 @@ use crate::capability::{self, Domain, Effect};
 use crate::policy::{DEFAULT_APPROVAL_TTL, Policy};
 use crate::triage::conditions;
 use crate::triage::rules::Rule;
+use crate::trust::TrustPolicy;
+use crate::trust::keys::read_public_keys;
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -58,6 +63,15 @@ pub struct FollowUp {
     pub rule: Rule,
 }
 
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTrust {
+    #[serde(default)]
+    keys: Vec<PathBuf>,
+    #[serde(default)]
+    min_versions: BTreeMap<String, String>,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawAgent {
@@ -68,6 +82,8 @@ struct RawAgent {
     runbooks: Vec<PathBuf>,
     #[serde(default)]
     probes: Vec<PathBuf>,
+    #[serde(default)]
+    trust: RawTrust,
     routes: Vec<Route>,
     policy: RawPolicy,
     #[serde(default)]
@@ -85,6 +101,8 @@ pub struct AgentDef {
     pub file: PathBuf,
     pub runbooks: Vec<PathBuf>,
     pub probes: Vec<PathBuf>,
+    /// The publishers this agent trusts; `allow_unsigned` is set by the caller, never by a file.
+    pub trust: TrustPolicy,
     pub routes: Vec<Route>,
     pub policy: Policy,
     pub rules: Vec<Rule>,
@@ -159,6 +177,23 @@ impl AgentDef {
                 conditions::check(cond).map_err(|p| err(&format!("{field}.when.{fact}"), p))?;
             }
         }
+        let mut trust = TrustPolicy::default();
+        for (i, path) in raw.trust.keys.iter().enumerate() {
+            for key in read_public_keys(&base.join(path))
+                .map_err(|e| err(&format!("trust.keys[{i}]"), e.to_string()))?
+            {
+                trust.keys.insert(key.id.clone(), key);
+            }
+        }
+        for (runbook, version) in &raw.trust.min_versions {
+            let v = semver::Version::parse(version).map_err(|e| {
+                err(
+                    &format!("trust.min_versions.{runbook}"),
+                    format!("`{version}` is not a semantic version: {e}"),
+                )
+            })?;
+            trust.min_versions.insert(runbook.clone(), v);
+        }
         Ok(AgentDef {
             name: raw.name,
             domain: raw.domain,
@@ -166,6 +201,7 @@ impl AgentDef {
             file: file.to_path_buf(),
             runbooks: raw.runbooks.iter().map(|p| base.join(p)).collect(),
             probes: raw.probes.iter().map(|p| base.join(p)).collect(),
+            trust,
             routes: raw.routes,
             policy: Policy {
                 min_confidence: raw.policy.min_confidence,

@@ -12,7 +12,7 @@ use crate::caps::scenario::ScenarioMock;
 use crate::escalation::{Channels, Escalation};
 use crate::executor::{
     self, ExecutionReport, ExecutionRequest, LoadedRunbook, Outcome, PhaseObserver, PhaseRecord,
-    PhaseStatus,
+    PhaseStatus, RunbookLoadError,
 };
 use crate::fsm::{self, AgentState, Event, IllegalTransition};
 use crate::grant::Approval;
@@ -29,6 +29,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
+
+/// How the audit marks every record of a runtime started with `--allow-unsigned`.
+pub const UNSIGNED_MODE: &str = "allow-unsigned";
 
 /// A loaded agent.
 pub struct Agent {
@@ -87,7 +90,12 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// Load agent definitions and their runbooks (refusing probes that can mutate).
+    /// Load agent definitions and verify and load their runbooks, refusing bundles the agent's
+    /// trust policy does not accept (each refusal audited) and probes that can mutate.
+    ///
+    /// `allow_unsigned` is the development escape hatch: bundles without a signature load, a
+    /// warning goes out on every start and every audit record this runtime writes is marked.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         sandbox: Arc<Sandbox>,
         agent_files: &[std::path::PathBuf],
@@ -95,15 +103,31 @@ impl Runtime {
         store: Store,
         channels: Channels,
         observer: Arc<dyn RuntimeObserver>,
+        allow_unsigned: bool,
     ) -> Result<Self, RuntimeError> {
+        if allow_unsigned {
+            audit.set_mode(UNSIGNED_MODE);
+            tracing::warn!(
+                mode = UNSIGNED_MODE,
+                "--allow-unsigned: runbook bundles without a signature will be loaded and run; never use this outside development"
+            );
+            audit.append("host", None, "unsigned-mode", json!({ "warning": "bundles without a signature are accepted; every record of this run is marked" }))?;
+        }
         let mut agents = Vec::new();
         for file in agent_files {
-            let def = AgentDef::load(file)?;
-            let load = |dir: &Path| {
-                LoadedRunbook::load(&sandbox, dir).map_err(|e| RuntimeError::Agent {
-                    agent: def.name.clone(),
-                    message: e.to_string(),
-                })
+            let mut def = AgentDef::load(file)?;
+            def.trust.allow_unsigned = allow_unsigned;
+            let load = |dir: &Path| match LoadedRunbook::load(&sandbox, dir, &def.trust) {
+                Ok(loaded) => Ok(loaded),
+                Err(e) => {
+                    if let RunbookLoadError::Refused { bundle, reason } = &e {
+                        audit.append(&def.name, None, "bundle-refused", json!({ "bundle": bundle, "reason": reason.code(), "message": reason.to_string() }))?;
+                    }
+                    Err(RuntimeError::Agent {
+                        agent: def.name.clone(),
+                        message: e.to_string(),
+                    })
+                }
             };
             let mut catalog = BTreeMap::new();
             for dir in &def.runbooks {
@@ -282,14 +306,14 @@ impl Runtime {
                     rt: self,
                     agent: &name,
                     incident: &id,
-                    runbook: &probe.runbook.id,
+                    runbook: probe,
                     fsm: None,
                     failure: Mutex::new(None),
                 },
             )
             .await;
             probe_results.push(probe_result(&report));
-            self.audit.append(&name, Some(&id), "probe", json!({ "runbook": probe.runbook.id, "digest": probe.runbook.digest, "outcome": report.outcome, "outputs": probe_results.last().map(|p| &p.outputs) }))?;
+            self.audit.append(&name, Some(&id), "probe", json!({ "runbook": probe.runbook.id, "provenance": probe.provenance(), "outcome": report.outcome, "outputs": probe_results.last().map(|p| &p.outputs) }))?;
             self.keep(report);
         }
         let input = SelectionInput {
@@ -367,7 +391,7 @@ impl Runtime {
             .def
             .policy
             .judge(selection.confidence, &granted(loaded));
-        self.audit.append(name, Some(&incident.id), "decision", json!({ "plan": plan, "plan_digest": plan.digest(), "runbook_version": loaded.runbook.version.to_string(), "verdict": verdict, "reason": verdict.reason(), "confidence": selection.confidence }))?;
+        self.audit.append(name, Some(&incident.id), "decision", json!({ "plan": plan, "plan_digest": plan.digest(), "provenance": loaded.provenance(), "verdict": verdict, "reason": verdict.reason(), "confidence": selection.confidence }))?;
         match verdict {
             Verdict::Execute => {
                 let first = loaded.runbook.steps[0].id.clone();
@@ -432,7 +456,7 @@ impl Runtime {
         incident.reason = None;
         incident.executed = Some(plan.clone());
         self.store.save_incident(incident)?;
-        self.audit.append(name, Some(&incident.id), "execution-start", json!({ "execution_id": execution_id, "runbook_id": plan.runbook_id, "runbook_version": loaded.runbook.version.to_string(), "runbook_digest": loaded.runbook.digest, "params": plan.params, "approval": approval }))?;
+        self.audit.append(name, Some(&incident.id), "execution-start", json!({ "execution_id": execution_id, "runbook_id": plan.runbook_id, "runbook_version": loaded.runbook.version.to_string(), "runbook_digest": loaded.runbook.digest, "provenance": loaded.provenance(), "params": plan.params, "approval": approval }))?;
         let request = self.request(
             agent,
             &execution_id,
@@ -446,14 +470,14 @@ impl Runtime {
             rt: self,
             agent: name,
             incident: &incident.id,
-            runbook: &plan.runbook_id,
+            runbook: loaded,
             fsm: Some(fsm),
             failure: Mutex::new(None),
         };
         let report = executor::execute_observed(&self.sandbox, loaded, &request, &observer).await;
         let outcome = report.outcome.clone();
         let outputs = probe_result(&report).outputs;
-        self.audit.append(name, Some(&incident.id), "result", json!({ "execution_id": execution_id, "runbook_id": plan.runbook_id, "runbook_digest": loaded.runbook.digest, "outcome": outcome, "dry_run": report.dry_run }))?;
+        self.audit.append(name, Some(&incident.id), "result", json!({ "execution_id": execution_id, "runbook_id": plan.runbook_id, "runbook_digest": loaded.runbook.digest, "provenance": loaded.provenance(), "outcome": outcome, "dry_run": report.dry_run }))?;
         self.keep(report);
         match outcome {
             Outcome::Succeeded => {
@@ -470,7 +494,7 @@ impl Runtime {
                     .collect::<Vec<_>>();
                 let next = RuleSelector::choose(&follow, &facts);
                 if next.runbook.is_some() {
-                    self.audit.append(name, Some(&incident.id), "selection", json!({ "selector": "rules", "follow_up_of": plan.runbook_id, "output": next }))?;
+                    self.audit.append(name, Some(&incident.id), "selection", json!({ "selector": "rules", "follow_up_of": plan.runbook_id, "output": next, "provenance": next.runbook.as_ref().and_then(|r| agent.catalog.get(r)).map(LoadedRunbook::provenance) }))?;
                     let evidence = outputs
                         .iter()
                         .map(|(k, v)| format!("{}: {k}={v}", plan.runbook_id))
@@ -579,7 +603,7 @@ impl Runtime {
             &agent.def.name,
             Some(&incident.id),
             "escalation",
-            json!({ "escalation": escalation, "message": escalation.to_text() }),
+            json!({ "escalation": escalation, "message": escalation.to_text(), "provenance": escalation.proposal.as_ref().and_then(|p| agent.catalog.get(&p.plan.runbook_id)).map(LoadedRunbook::provenance) }),
         )?;
         incident.status = if proposal.is_some() {
             IncidentStatus::PendingApproval
@@ -741,7 +765,7 @@ impl Runtime {
             execution_id: approval_id.into(),
             approved_by: approver.into(),
         };
-        self.audit.append(&name, Some(&incident.id), "approval", json!({ "approval": approval_id, "approver": approver, "plan": request.plan, "plan_digest": request.plan_digest, "bound_to_execution": approval_id }))?;
+        self.audit.append(&name, Some(&incident.id), "approval", json!({ "approval": approval_id, "approver": approver, "plan": request.plan, "plan_digest": request.plan_digest, "bound_to_execution": approval_id, "provenance": agent.catalog.get(&request.plan.runbook_id).map(LoadedRunbook::provenance) }))?;
         let fsm = self.fsm(agent, &incident.id)?;
         let first = agent
             .catalog
@@ -851,7 +875,7 @@ impl Runtime {
         })?;
         let plan = plan_for(loaded, typed, &incident.fingerprint);
         let verdict = agent.def.policy.judge(1.0, &granted(loaded));
-        self.audit.append(&name, Some(&incident.id), "adjustment", json!({ "by": who, "plan": plan, "plan_digest": plan.digest(), "verdict": verdict, "reason": verdict.reason() }))?;
+        self.audit.append(&name, Some(&incident.id), "adjustment", json!({ "by": who, "plan": plan, "plan_digest": plan.digest(), "provenance": loaded.provenance(), "verdict": verdict, "reason": verdict.reason() }))?;
         match verdict {
             Verdict::Execute => {
                 let fsm = self.fsm(agent, &incident.id)?;
@@ -875,7 +899,7 @@ impl Runtime {
                     now,
                     agent.def.policy.approval_ttl,
                 );
-                self.audit.append(&name, Some(&incident.id), "escalation", json!({ "reason": format!("adjusted by {who}: {}", verdict.reason()), "proposal": request }))?;
+                self.audit.append(&name, Some(&incident.id), "escalation", json!({ "reason": format!("adjusted by {who}: {}", verdict.reason()), "proposal": request, "provenance": loaded.provenance() }))?;
                 incident.proposal = Some(request);
                 incident.status = IncidentStatus::PendingApproval;
                 self.store.save_incident(&incident)?;
@@ -1058,7 +1082,7 @@ struct AuditPhases<'a> {
     rt: &'a Runtime,
     agent: &'a str,
     incident: &'a str,
-    runbook: &'a str,
+    runbook: &'a LoadedRunbook,
     fsm: Option<&'a Fsm<'a>>,
     /// The last phase that did not pass: why the rollback starts.
     failure: Mutex<Option<(String, String)>>,
@@ -1100,10 +1124,12 @@ impl PhaseObserver for AuditPhases<'_> {
             self.agent,
             Some(self.incident),
             "phase",
-            json!({ "runbook": self.runbook, "record": record }),
+            json!({ "runbook": self.runbook.runbook.id, "provenance": self.runbook.provenance(), "record": record }),
         ) {
             tracing::error!(error = %e, "could not audit a phase");
         }
-        self.rt.observer.phase(self.agent, self.runbook, record);
+        self.rt
+            .observer
+            .phase(self.agent, &self.runbook.runbook.id, record);
     }
 }

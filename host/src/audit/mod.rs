@@ -32,6 +32,9 @@ pub struct Record {
     /// `phase`, `capability-call`, `escalation`, `approval`, `result`, …
     pub kind: String,
     pub data: Value,
+    /// Set on every record of a host running in a development mode (`allow-unsigned`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
     pub prev: String,
     pub hash: String,
 }
@@ -70,6 +73,7 @@ struct Tail {
     file: File,
     seq: u64,
     prev: String,
+    mode: Option<String>,
 }
 
 /// An open audit log. Appends are serialised; each returns after the record is on disk.
@@ -104,13 +108,24 @@ impl AuditLog {
             .map_err(io)?;
         Ok(AuditLog {
             path: path.to_path_buf(),
-            tail: Mutex::new(Tail { file, seq, prev }),
+            tail: Mutex::new(Tail {
+                file,
+                seq,
+                prev,
+                mode: None,
+            }),
             redactor,
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Mark every record appended from now on with a development mode (`allow-unsigned`).
+    pub fn set_mode(&self, mode: &str) {
+        let mut tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
+        tail.mode = Some(mode.to_owned());
     }
 
     /// Append one record and fsync it. Returns the record as written.
@@ -129,6 +144,7 @@ impl AuditLog {
             incident: incident.map(str::to_owned),
             kind: kind.to_owned(),
             data: self.redactor.redact(data),
+            mode: tail.mode.clone(),
             prev: tail.prev.clone(),
             hash: String::new(),
         };
@@ -149,6 +165,7 @@ impl AuditLog {
             kind = %record.kind,
             agent = %record.agent,
             incident = record.incident.as_deref().unwrap_or(""),
+            mode = record.mode.as_deref().unwrap_or(""),
             hash = %record.hash,
             prev = %record.prev,
             data = %record.data,

@@ -10,7 +10,7 @@ use crate::fsm::{AgentState, Event};
 use crate::sandbox::{Sandbox, SandboxConfig};
 use clap::Args;
 use std::io::{BufRead, IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -40,6 +40,8 @@ pub struct DemoArgs {
         default_value = "tests/scenarios/agent-kafka-gc-pause.yaml"
     )]
     world: PathBuf,
+    #[command(flatten)]
+    unsigned: super::Unsigned,
 }
 
 struct Printer {
@@ -97,8 +99,12 @@ impl RuntimeObserver for Printer {
     }
 }
 
-pub async fn run(args: DemoArgs) -> ExitCode {
-    let sandbox = match Sandbox::new(SandboxConfig::default()) {
+pub async fn run(args: DemoArgs, cache_dir: &Path) -> ExitCode {
+    args.unsigned.warn();
+    let sandbox = match Sandbox::new(SandboxConfig {
+        cache_dir: Some(cache_dir.to_path_buf()),
+        ..SandboxConfig::default()
+    }) {
         Ok(s) => Arc::new(s),
         Err(e) => return fail(2, format!("cannot start the WebAssembly sandbox: {e:#}")),
     };
@@ -129,7 +135,15 @@ pub async fn run(args: DemoArgs) -> ExitCode {
     let printer = Arc::new(Printer {
         start: std::sync::Mutex::new(Instant::now()),
     });
-    let runtime = match Runtime::new(sandbox, &files, audit, store, channels, printer.clone()) {
+    let runtime = match Runtime::new(
+        sandbox,
+        &files,
+        audit,
+        store,
+        channels,
+        printer.clone(),
+        args.unsigned.allow_unsigned,
+    ) {
         Ok(r) => r,
         Err(e) => return fail(2, e),
     };

@@ -3,6 +3,7 @@
 
 mod demo;
 mod render;
+mod signing;
 
 use crate::agent::store::Store;
 use crate::agent::{Quiet, Runtime};
@@ -29,8 +30,39 @@ human.\n\nStart with `themis demo`, `themis runbook validate runbooks/kafka/chec
 and `themis run --scenario tests/scenarios/kafka-gc-pause.yaml`."
 )]
 pub struct Cli {
+    /// Where compiled components are cached between starts (created if missing; entries this
+    /// host did not write are never loaded).
+    #[arg(
+        long,
+        global = true,
+        value_name = "DIR",
+        env = "THEMIS_CACHE_DIR",
+        default_value = ".themis/cache"
+    )]
+    cache_dir: PathBuf,
     #[command(subcommand)]
     command: Command,
+}
+
+/// The development escape hatch, shared by every command that loads runbooks to run them.
+#[derive(Debug, Args, Clone, Copy)]
+pub struct Unsigned {
+    /// DEVELOPMENT ONLY: load runbook bundles that carry no signature. Warns on every start and
+    /// marks every audit record of the run. A present signature is still checked.
+    #[arg(long)]
+    pub allow_unsigned: bool,
+}
+
+impl Unsigned {
+    /// The loud warning, on stderr, every time the flag is used.
+    pub fn warn(self) {
+        if self.allow_unsigned {
+            eprintln!(
+                "WARNING: --allow-unsigned: runbook bundles without a signature will be loaded and run.\n\
+                 WARNING: this is for development only; every audit record of this run is marked `mode: allow-unsigned`."
+            );
+        }
+    }
 }
 
 #[derive(Debug, Args, Clone)]
@@ -44,6 +76,8 @@ struct Place {
     /// The audit log [default: <state-dir>/audit.jsonl].
     #[arg(long, value_name = "FILE")]
     audit: Option<PathBuf>,
+    #[command(flatten)]
+    unsigned: Unsigned,
 }
 
 impl Place {
@@ -74,6 +108,15 @@ enum Command {
         /// Print one JSON object instead of the human-readable table.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        unsigned: Unsigned,
+    },
+    /// Make an Ed25519 key pair for signing runbook bundles: <NAME>.key (private, mode 0600)
+    /// and <NAME>.pub (give it to the agents that should trust you).
+    Keygen {
+        /// Path and name stem of the pair, e.g. keys/kafka-team.
+        #[arg(long, value_name = "NAME")]
+        out: PathBuf,
     },
     /// The playbook's use case end to end on mocked capabilities: a consumer-lag alert, triage,
     /// broker diagnosis, a 2.5 s GC pause, a proposed broker change that needs a human, the
@@ -156,6 +199,35 @@ enum RunbookCommand {
         #[arg(required = true, value_name = "DIR")]
         dirs: Vec<PathBuf>,
     },
+    /// Sign runbook bundles: write runbook.sig next to each manifest, covering the manifest
+    /// bytes, every component's sha256, the runbook id and version and the signer's key id.
+    Sign {
+        #[arg(required = true, value_name = "DIR")]
+        dirs: Vec<PathBuf>,
+        /// The private key (<name>.key from `themis keygen`).
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+    },
+    /// Check bundles' signatures against trusted keys, without compiling anything. Exit 0 when
+    /// every bundle is intact and signed by a trusted key; 1 with the reason otherwise.
+    Verify {
+        #[arg(required = true, value_name = "DIR")]
+        dirs: Vec<PathBuf>,
+        /// A trusted .pub file, or a folder of them; repeat for more.
+        #[arg(long, required = true, value_name = "FILE_OR_DIR")]
+        trust: Vec<PathBuf>,
+    },
+    /// The catalog each agent loads: id, version, digest and signer of every runbook, verified
+    /// against the agent's trust policy. Exit 1 if any bundle is refused.
+    List {
+        /// The folder of agent definitions.
+        #[arg(long, value_name = "DIR", default_value = "agents")]
+        agents: PathBuf,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        unsigned: Unsigned,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -200,13 +272,16 @@ fn init_tracing() {
         .try_init();
 }
 
-fn sandbox() -> Result<Arc<Sandbox>, ExitCode> {
-    Sandbox::new(SandboxConfig::default())
-        .map(Arc::new)
-        .map_err(|e| {
-            eprintln!("error: cannot start the WebAssembly sandbox: {e:#}");
-            ExitCode::from(2)
-        })
+fn sandbox(cache_dir: Option<PathBuf>) -> Result<Arc<Sandbox>, ExitCode> {
+    Sandbox::new(SandboxConfig {
+        cache_dir,
+        ..SandboxConfig::default()
+    })
+    .map(Arc::new)
+    .map_err(|e| {
+        eprintln!("error: cannot start the WebAssembly sandbox: {e:#}");
+        ExitCode::from(2)
+    })
 }
 
 fn fail(code: u8, message: impl std::fmt::Display) -> ExitCode {
@@ -239,8 +314,9 @@ fn whoami(who: Option<String>) -> String {
         .unwrap_or_else(|| "oncall".into())
 }
 
-fn runtime(place: &Place) -> Result<Runtime, ExitCode> {
-    let sandbox = sandbox()?;
+fn runtime(place: &Place, cache_dir: &Path) -> Result<Runtime, ExitCode> {
+    place.unsigned.warn();
+    let sandbox = sandbox(Some(cache_dir.to_path_buf()))?;
     let files = agent_files(&place.agents).map_err(|e| fail(2, e))?;
     let channels = Channels::from_env();
     let redactor = Redactor::with_values(channels.slack_webhook.clone());
@@ -253,11 +329,14 @@ fn runtime(place: &Place) -> Result<Runtime, ExitCode> {
         store,
         channels,
         Arc::new(Quiet),
+        place.unsigned.allow_unsigned,
     )
     .map_err(|e| fail(2, e))
 }
 
 async fn dispatch(cli: Cli) -> ExitCode {
+    let cache = Some(cli.cache_dir.clone());
+    let sandbox = || sandbox(cache.clone());
     match cli.command {
         Command::Runbook(RunbookCommand::Validate { dirs }) => {
             let sandbox = match sandbox() {
@@ -266,7 +345,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
             };
             let mut failed = false;
             for dir in dirs {
-                match LoadedRunbook::load(&sandbox, &dir) {
+                match LoadedRunbook::load_unverified(&sandbox, &dir) {
                     Ok(loaded) => println!("{}", render::validated(&loaded)),
                     Err(e) => {
                         failed = true;
@@ -280,12 +359,17 @@ async fn dispatch(cli: Cli) -> ExitCode {
                 ExitCode::SUCCESS
             }
         }
-        Command::Run { scenario, json } => {
+        Command::Run {
+            scenario,
+            json,
+            unsigned,
+        } => {
+            unsigned.warn();
             let sandbox = match sandbox() {
                 Ok(s) => s,
                 Err(code) => return code,
             };
-            match scenario::run(&sandbox, &scenario).await {
+            match scenario::run(&sandbox, &scenario, unsigned.allow_unsigned).await {
                 Ok(run) => {
                     if json {
                         match serde_json::to_string_pretty(&run) {
@@ -311,14 +395,29 @@ async fn dispatch(cli: Cli) -> ExitCode {
                 Err(e) => fail(2, e),
             }
         }
-        Command::Demo(args) => demo::run(args).await,
+        Command::Demo(args) => demo::run(args, &cli.cache_dir).await,
+        Command::Keygen { out } => signing::keygen(&out),
+        Command::Runbook(RunbookCommand::Sign { dirs, key }) => signing::sign(&dirs, &key),
+        Command::Runbook(RunbookCommand::Verify { dirs, trust }) => signing::verify(&dirs, &trust),
+        Command::Runbook(RunbookCommand::List {
+            agents,
+            json,
+            unsigned,
+        }) => {
+            unsigned.warn();
+            let sandbox = match sandbox() {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            signing::list(&sandbox, &agents, json, unsigned.allow_unsigned)
+        }
         Command::Agents { place, json } => agents(&place, json),
         Command::Alert { scenario, place } => {
             let world = match crate::scenario::load(&scenario) {
                 Ok(w) => w,
                 Err(e) => return fail(2, e),
             };
-            let rt = match runtime(&place) {
+            let rt = match runtime(&place, &cli.cache_dir) {
                 Ok(rt) => rt,
                 Err(code) => return code,
             };
@@ -342,7 +441,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
             }
         }
         Command::Approve { id, who, place } => {
-            let rt = match runtime(&place) {
+            let rt = match runtime(&place, &cli.cache_dir) {
                 Ok(rt) => rt,
                 Err(code) => return code,
             };
@@ -360,7 +459,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
             who,
             place,
         } => {
-            let rt = match runtime(&place) {
+            let rt = match runtime(&place, &cli.cache_dir) {
                 Ok(rt) => rt,
                 Err(code) => return code,
             };
@@ -386,7 +485,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
                 };
                 map.insert(k.trim().to_owned(), v.to_owned());
             }
-            let rt = match runtime(&place) {
+            let rt = match runtime(&place, &cli.cache_dir) {
                 Ok(rt) => rt,
                 Err(code) => return code,
             };

@@ -100,7 +100,7 @@ struct RawStep {
 }
 
 /// One step of a validated runbook.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct StepDef {
     pub id: String,
     pub description: Option<String>,
@@ -113,7 +113,7 @@ pub struct StepDef {
 }
 
 /// A validated runbook: manifest, graph, and the bytes of every component it names.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Runbook {
     pub id: String,
     pub version: semver::Version,
@@ -127,6 +127,33 @@ pub struct Runbook {
     /// `sha256:` over the manifest bytes and every step's id and component digest: what an
     /// approval and the audit bind to.
     pub digest: String,
+}
+
+// Hand-written so a debug print shows digests and sizes, not megabytes of component bytes.
+impl fmt::Debug for StepDef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StepDef")
+            .field("id", &self.id)
+            .field("component", &self.component)
+            .field("component_digest", &self.component_digest)
+            .field("component_len", &self.component_bytes.len())
+            .field("capabilities", &self.capabilities)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for Runbook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Runbook")
+            .field("id", &self.id)
+            .field("version", &self.version.to_string())
+            .field("domain", &self.domain)
+            .field("dir", &self.dir)
+            .field("digest", &self.digest)
+            .field("steps", &self.steps)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Runbook {

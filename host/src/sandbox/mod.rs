@@ -2,6 +2,7 @@
 //! digest and pre-instantiated against its domain's linker, a fresh `Store` per phase call with a
 //! memory limit, an epoch deadline and an empty WASI context.
 
+pub mod cache;
 mod epoch;
 mod host_impl;
 pub mod imports;
@@ -18,6 +19,8 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use state::StepState;
 use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use wasmtime::component::{Component, HasSelf, Linker};
@@ -34,6 +37,8 @@ pub struct SandboxConfig {
     pub epoch_tick: Duration,
     /// Step instances alive at once (pooling allocator slots).
     pub max_instances: u32,
+    /// Where compiled components are cached across starts; `None` compiles on every start.
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl Default for SandboxConfig {
@@ -43,6 +48,7 @@ impl Default for SandboxConfig {
             call_timeout: Duration::from_secs(10),
             epoch_tick: Duration::from_millis(5),
             max_instances: 64,
+            cache_dir: None,
         }
     }
 }
@@ -138,8 +144,28 @@ pub struct Sandbox {
     engine: Engine,
     linkers: BTreeMap<Domain, Linker<StepState>>,
     compiled: Mutex<HashMap<String, Component>>,
+    cache: Option<cache::CompiledCache>,
+    counters: Counters,
     config: SandboxConfig,
     _ticker: epoch::Ticker,
+}
+
+#[derive(Default)]
+struct Counters {
+    compiles: AtomicU64,
+    cache_hits: AtomicU64,
+    cache_rejected: AtomicU64,
+}
+
+/// How components reached native code since the sandbox started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct SandboxStats {
+    /// Calls into the compiler (`Component::new`).
+    pub compiles: u64,
+    /// Components loaded from the on-disk cache.
+    pub cache_hits: u64,
+    /// Cache entries refused (not written by this host, corrupted, stale) and recompiled.
+    pub cache_rejected: u64,
 }
 
 /// `sha256:<hex>` of a component's bytes.
@@ -167,11 +193,23 @@ impl Sandbox {
         for domain in Domain::ALL {
             linkers.insert(domain, domain_linker(&engine, domain)?);
         }
+        // A cache that cannot be opened costs start-up time, not safety: run without it.
+        let cache = config.cache_dir.as_ref().and_then(|dir| {
+            match cache::CompiledCache::open(dir, &engine) {
+                Ok(cache) => Some(cache),
+                Err(e) => {
+                    tracing::warn!("{e}; compiling every component on this start");
+                    None
+                }
+            }
+        });
         let ticker = epoch::Ticker::start(engine.clone(), config.epoch_tick);
         Ok(Sandbox {
             engine,
             linkers,
             compiled: Mutex::new(HashMap::new()),
+            cache,
+            counters: Counters::default(),
             config,
             _ticker: ticker,
         })
@@ -183,6 +221,14 @@ impl Sandbox {
 
     pub fn config(&self) -> &SandboxConfig {
         &self.config
+    }
+
+    pub fn stats(&self) -> SandboxStats {
+        SandboxStats {
+            compiles: self.counters.compiles.load(Ordering::Relaxed),
+            cache_hits: self.counters.cache_hits.load(Ordering::Relaxed),
+            cache_rejected: self.counters.cache_rejected.load(Ordering::Relaxed),
+        }
     }
 
     /// Compile (or reuse by digest), check imports against `domain`'s world, pre-instantiate.
@@ -229,10 +275,30 @@ impl Sandbox {
         if let Some(component) = compiled.get(digest) {
             return Ok(component.clone());
         }
+        if let Some(cache) = &self.cache {
+            match cache.get(&self.engine, digest) {
+                cache::Lookup::Hit(component) => {
+                    self.counters.cache_hits.fetch_add(1, Ordering::Relaxed);
+                    compiled.insert(digest.to_owned(), component.clone());
+                    return Ok(component);
+                }
+                cache::Lookup::Rejected(why) => {
+                    self.counters.cache_rejected.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(component = name, digest, cache = %cache.path().display(), "compiled-component cache entry refused ({why}); compiling again");
+                }
+                cache::Lookup::Miss => {}
+            }
+        }
+        self.counters.compiles.fetch_add(1, Ordering::Relaxed);
         let component = Component::new(&self.engine, bytes).map_err(|e| LoadError::Compile {
             component: name.into(),
             message: format!("{e:#}"),
         })?;
+        if let Some(cache) = &self.cache
+            && let Err(why) = cache.put(digest, &component)
+        {
+            tracing::warn!(component = name, digest, cache = %cache.path().display(), "cannot cache the compiled component: {why}");
+        }
         compiled.insert(digest.to_owned(), component.clone());
         Ok(component)
     }
