@@ -58,7 +58,7 @@ fn main() {
         store,
         Channels::default(),
         Arc::new(Quiet),
-        false,
+        Default::default(),
     )
     .expect("runtime");
 

@@ -6,6 +6,7 @@ pub mod capability;
 pub mod caps;
 pub mod cli;
 pub mod escalation;
+pub mod eval;
 pub mod executor;
 pub mod fsm;
 pub mod grant;

@@ -266,7 +266,13 @@ pub async fn run(
         (Some(runbook), None) => {
             run_runbook(sandbox, file, &scenario, runbook.clone(), allow_unsigned).await
         }
-        (None, Some(agent)) => crate::scenario_agent::run(sandbox, file, &scenario, agent.clone(), allow_unsigned).await,
+        (None, Some(agent)) => {
+            let options = crate::agent::RuntimeOptions {
+                allow_unsigned,
+                ..Default::default()
+            };
+            crate::scenario_agent::run(sandbox, file, &scenario, agent.clone(), options).await
+        }
         _ => Err(ScenarioError::Invalid {
             file: file.into(),
             message: "give exactly one of `runbook:` (run one runbook) or `agent:` (hand the alert to an agent)".into(),

@@ -1,15 +1,20 @@
 //! Agent scenarios: hand a scenario's alert to an agent, with the scenario's mocks as its world,
 //! answer its escalation as the scenario's `human:` says, and check what happened.
 
-use crate::agent::store::{BackendSpec, Store};
-use crate::agent::{AlertOutcome, Runtime, RuntimeObserver};
+use crate::agent::store::{BackendSpec, Incident, Store};
+use crate::agent::{AlertOutcome, Runtime, RuntimeObserver, RuntimeOptions};
 use crate::audit::{AuditLog, Redactor};
 use crate::escalation::{Channels, Escalation};
 use crate::fsm::{AgentState, Event};
 use crate::sandbox::Sandbox;
 use crate::scenario::{AgentRun, Scenario, ScenarioError, ScenarioRun, check};
+use crate::triage::Selection;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The decision an alert for another domain gets: no agent takes it.
+pub const UNROUTED: &str = "unrouted";
 
 /// Collects what the runtime shows.
 #[derive(Default)]
@@ -17,10 +22,33 @@ pub struct Recorder {
     pub states: Mutex<Vec<String>>,
     pub decisions: Mutex<Vec<String>>,
     pub escalations: Mutex<Vec<Escalation>>,
+    /// The first selection (the triage's; follow-ups come later).
+    pub selection: Mutex<Option<Selection>>,
+    /// When the agent first left `triaging` (the decision was made), and for which state.
+    pub decided_at: Mutex<Option<Instant>>,
+    pub decided_to: Mutex<Option<crate::fsm::StateKind>>,
 }
 
 impl RuntimeObserver for Recorder {
-    fn transition(&self, _agent: &str, _from: &AgentState, event: &Event, to: &AgentState) {
+    fn selection(&self, _agent: &str, selection: &Selection) {
+        if let Ok(mut s) = self.selection.lock()
+            && s.is_none()
+        {
+            *s = Some(selection.clone());
+        }
+    }
+
+    fn transition(&self, _agent: &str, from: &AgentState, event: &Event, to: &AgentState) {
+        if from.kind() == crate::fsm::StateKind::Triaging
+            && to.kind() != crate::fsm::StateKind::Triaging
+            && let Ok(mut d) = self.decided_at.lock()
+            && d.is_none()
+        {
+            *d = Some(Instant::now());
+            if let Ok(mut k) = self.decided_to.lock() {
+                *k = Some(to.kind());
+            }
+        }
         if let Ok(mut s) = self.states.lock() {
             let kind = to.kind().to_string();
             if s.last() != Some(&kind) {
@@ -38,13 +66,29 @@ impl RuntimeObserver for Recorder {
     }
 }
 
-pub async fn run(
+/// What an agent scenario did, before any expectation is checked.
+pub struct Observation {
+    pub runtime: Runtime,
+    pub recorder: Arc<Recorder>,
+    /// `None`: no route of the agent matched the alert.
+    pub incident: Option<Incident>,
+    /// From handing over the alert to the decision (leaving `triaging`).
+    pub decision_latency: Option<Duration>,
+    pub audit_path: PathBuf,
+    _state: tempfile::TempDir,
+}
+
+/// Hand the scenario's alert to the agent, and (when `answer_human`) give the scenario's human
+/// answer. `force_dry_run` records mutations instead of sending them, whatever the file says.
+pub async fn observe(
     sandbox: &Arc<Sandbox>,
     file: &Path,
     scenario: &Scenario,
-    agent: PathBuf,
-    allow_unsigned: bool,
-) -> Result<ScenarioRun, ScenarioError> {
+    agent: &Path,
+    options: RuntimeOptions,
+    force_dry_run: bool,
+    answer_human: bool,
+) -> Result<Observation, ScenarioError> {
     let invalid = |message: String| ScenarioError::Invalid {
         file: file.into(),
         message,
@@ -60,34 +104,43 @@ pub async fn run(
     let recorder = Arc::new(Recorder::default());
     let runtime = Runtime::new(
         sandbox.clone(),
-        &[base.join(&agent)],
+        &[base.join(agent)],
         audit,
         store,
         Channels::default(),
         recorder.clone(),
-        allow_unsigned,
+        options,
     )
     .map_err(|e| invalid(e.to_string()))?;
     let backend = BackendSpec::Scenario {
         file: file.to_path_buf(),
-        dry_run: scenario.dry_run,
+        dry_run: scenario.dry_run || force_dry_run,
     };
+    let started = Instant::now();
     let outcome = runtime
         .handle_alert(scenario.alert.to_alert(), backend)
         .await
         .map_err(|e| invalid(e.to_string()))?;
+    let decision_latency = recorder
+        .decided_at
+        .lock()
+        .ok()
+        .and_then(|d| *d)
+        .map(|at| at.saturating_duration_since(started));
     let mut incident = match outcome {
-        AlertOutcome::Handled(i) => i,
-        AlertOutcome::Attached(i) => i,
+        AlertOutcome::Handled(i) | AlertOutcome::Attached(i) => i,
         AlertOutcome::Unrouted => {
-            return Err(invalid(format!(
-                "no route of {} matches alert {}",
-                agent.display(),
-                scenario.alert.name
-            )));
+            return Ok(Observation {
+                runtime,
+                recorder,
+                incident: None,
+                decision_latency,
+                audit_path,
+                _state: state,
+            });
         }
     };
-    if let Some(human) = &scenario.human {
+    if answer_human && let Some(human) = &scenario.human {
         let pending = incident
             .proposal
             .as_ref()
@@ -112,6 +165,61 @@ pub async fn run(
         };
         incident = result.map_err(|e| invalid(format!("human: {e}")))?;
     }
+    let incident = runtime.store().incident(&incident.id).unwrap_or(incident);
+    Ok(Observation {
+        runtime,
+        recorder,
+        incident: Some(incident),
+        decision_latency,
+        audit_path,
+        _state: state,
+    })
+}
+
+pub async fn run(
+    sandbox: &Arc<Sandbox>,
+    file: &Path,
+    scenario: &Scenario,
+    agent: PathBuf,
+    options: RuntimeOptions,
+) -> Result<ScenarioRun, ScenarioError> {
+    let invalid = |message: String| ScenarioError::Invalid {
+        file: file.into(),
+        message,
+    };
+    let observed = observe(sandbox, file, scenario, &agent, options, false, true).await?;
+    let expect = scenario.expect.clone().unwrap_or_default();
+    let Some(incident) = observed.incident.clone() else {
+        // An alert the agent does not own: only `decision: unrouted` can be expected of it.
+        let mut failures = Vec::new();
+        match expect.decision.as_deref() {
+            Some(UNROUTED) => {}
+            Some(other) => failures.push(format!("decision: expected {other}, got {UNROUTED}")),
+            None => {
+                return Err(invalid(format!(
+                    "no route of {} matches alert {} (write `expect: {{ decision: unrouted }}` if that is the point)",
+                    agent.display(),
+                    scenario.alert.name
+                )));
+            }
+        }
+        return Ok(ScenarioRun {
+            scenario: scenario.name.clone(),
+            file: file.into(),
+            report: None,
+            reports: Vec::new(),
+            agent: None,
+            would_do: Vec::new(),
+            expectations_checked: 1,
+            failures,
+        });
+    };
+    let Observation {
+        runtime,
+        recorder,
+        audit_path,
+        ..
+    } = observed;
     let name = runtime
         .agents()
         .first()
@@ -122,7 +230,6 @@ pub async fn run(
         .agent_state(&name)
         .map(|s| s.kind().to_string())
         .unwrap_or_default();
-    let incident = runtime.store().incident(&incident.id).unwrap_or(incident);
     let status = serde_json::to_value(incident.status)
         .ok()
         .and_then(|v| v.as_str().map(str::to_owned))
@@ -161,7 +268,6 @@ pub async fn run(
         escalations: escalations.iter().map(|e| e.reason.clone()).collect(),
     };
     let reports = runtime.reports();
-    let expect = scenario.expect.clone().unwrap_or_default();
     let executed: Vec<_> = reports
         .iter()
         .filter(|r| !r.execution_id.contains("-probe-"))

@@ -188,7 +188,7 @@ fn runtime(dir: &std::path::Path, channels: Channels) -> Runtime {
         store,
         channels,
         Arc::new(Quiet),
-        false,
+        Default::default(),
     )
     .expect("runtime")
 }

@@ -98,3 +98,33 @@ fn help_explains_the_commands() {
     let out = themis(&["run", "--help"]);
     assert!(text(&out.stdout).contains("expectations hold"));
 }
+
+#[test]
+fn eval_with_the_rules_over_the_shipped_corpus() {
+    let out = themis(&["eval", "tests/scenarios", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let scenarios = report["scenarios"].as_u64().expect("scenarios");
+    assert!(
+        scenarios >= 40,
+        "the corpus has {scenarios} agent scenarios"
+    );
+    assert_eq!(report["safety_violations"], 0);
+    assert_eq!(
+        report["correct"], scenarios,
+        "the rules agree with every label"
+    );
+    assert_eq!(report["escalations_correct"], scenarios);
+    let cases = report["per_scenario"].as_array().expect("list");
+    assert_eq!(cases.len() as u64, scenarios);
+    for domain in ["kafka", "kubernetes", "postgres"] {
+        assert!(
+            cases.iter().filter(|c| c["agent"] == domain).count() >= 10,
+            "{domain}"
+        );
+    }
+    assert!(cases.iter().any(|c| c["expected"] == "unrouted"));
+
+    let table = themis(&["eval", "tests/scenarios"]);
+    assert!(text(&table.stdout).contains("safety violations         0"));
+}

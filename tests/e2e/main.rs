@@ -4,7 +4,10 @@
 mod agents;
 mod cli;
 mod common;
+mod llm;
+mod llm_real;
 mod manifests;
+mod openai_mock;
 mod sandbox;
 mod scenarios;
 mod trust;

@@ -258,7 +258,10 @@ fn start(dir: &Path, agent: &Path, allow_unsigned: bool) -> Result<Runtime, Stri
         store,
         Channels::default(),
         Arc::new(Quiet),
-        allow_unsigned,
+        themis::agent::RuntimeOptions {
+            allow_unsigned,
+            ..Default::default()
+        },
     )
     .map_err(|e| e.to_string())
 }
@@ -350,7 +353,7 @@ async fn every_record_about_a_runbook_carries_its_provenance() {
         Store::open(&work.path().join("state")).expect("store"),
         Channels::default(),
         Arc::new(Quiet),
-        false,
+        Default::default(),
     )
     .expect("runtime");
     let world = repo().join("tests/scenarios/agent-kafka-scale.yaml");

@@ -39,7 +39,8 @@ const model = await llama.loadModel({ modelPath: args.model });
 // One thread by default: llama.cpp's threads wait for each other at every step, so with 2 threads
 // on 2 cores that a build keeps busy a single token took ~20 s; 1 thread still does ~20 tokens/s.
 const context = await model.createContext({ contextSize: CONTEXT_SIZE, threads: Number(args.threads) });
-const completion = new LlamaCompletion({ contextSequence: context.getSequence() });
+const sequence = context.getSequence();
+const completion = new LlamaCompletion({ contextSequence: sequence });
 
 class BadRequest extends Error {
     constructor(message, code = null) { super(message); this.code = code; }
@@ -73,7 +74,8 @@ function toGrammarSchema(s) {
     if (!isObj(s)) throw new BadRequest("invalid JSON schema: every schema must be an object or true", "invalid_json_schema");
     const defsIn = { ...(isObj(s.definitions) ? s.definitions : {}), ...(isObj(s.$defs) ? s.$defs : {}) };
     const defs = Object.keys(defsIn).length ? { $defs: Object.fromEntries(Object.entries(defsIn).map(([k, v]) => [k, toGrammarSchema(v)])) } : {};
-    if (typeof s.$ref === "string") return { $ref: s.$ref.replace(/^#\/definitions\//, "#/$defs/"), ...defs };
+    if (typeof s.$ref === "string") // other refs ("#", URLs) would become node-llama-cpp's unbounded "any JSON"
+        return /^#\/(\$defs|definitions)\/[^/]+$/.test(s.$ref) ? { $ref: s.$ref.replace("#/definitions/", "#/$defs/"), ...defs } : ANY;
     if (s.const !== undefined) {
         if (!isLiteral(s.const)) throw new BadRequest("unsupported JSON schema: const must be a string, number, boolean or null", "invalid_json_schema");
         return { const: s.const };
@@ -191,7 +193,7 @@ function renderPrompt(messages) {
     return LlamaText([...merged.flatMap((t) => [TURN, `${t.role}\n${t.text}`, END, "\n"]), TURN, "model\n"]);
 }
 
-async function chatCompletion(body) {
+async function chatCompletion(body, clientGone) {
     if (!isObj(body)) throw new BadRequest("the request body must be a JSON object");
     if (body.stream) throw new BadRequest("stream is not supported by this test server", "unsupported_parameter");
     if (body.n != null && body.n !== 1) throw new BadRequest("only n = 1 is supported", "unsupported_parameter");
@@ -220,10 +222,13 @@ async function chatCompletion(body) {
     const promptTokens = prompt.tokenize(model.tokenizer, "trimLeadingSpace").length + (model.tokens.bos != null ? 1 : 0);
     if (promptTokens + maxTokens > CONTEXT_SIZE)
         throw new BadRequest(`prompt (${promptTokens} tokens) + max_tokens (${maxTokens}) exceed the context of ${CONTEXT_SIZE} tokens`, "context_length_exceeded");
+    // A fresh KV cache each time: reusing the previous prompt's cached prefix changes how the
+    // prompt is batched, which flips greedy choices, and the same request must give the same reply.
+    await sequence.clearHistory();
     let completionTokens = 0;
     const { response, metadata } = await completion.generateCompletionWithMeta(prompt, {
         maxTokens, temperature, seed: body.seed ?? undefined, grammar,
-        signal: AbortSignal.timeout(MAX_SECONDS * 1000), stopOnAbortSignal: true,
+        signal: AbortSignal.any([AbortSignal.timeout(MAX_SECONDS * 1000), clientGone]), stopOnAbortSignal: true,
         onToken: (tokens) => { completionTokens += tokens.length; },
         // Free text from a base model would otherwise go on to write the next turns itself.
         customStopTriggers: grammar ? undefined : gemmaTurns ? [LlamaText(END), LlamaText(TURN)] : ["\nUser:", "\nSystem:", "\nAssistant:"],
@@ -272,14 +277,18 @@ const server = http.createServer((req, res) => {
     const chunks = [];
     let size = 0;
     req.on("data", (c) => { size += c.length; if (size <= 4 << 20) chunks.push(c); });
+    // A client that hung up (timed out) frees the queue instead of waiting for its generation.
+    const gone = new AbortController();
+    res.on("close", () => gone.abort());
     req.on("end", () => {
         queue = queue.then(async () => {
+            if (gone.signal.aborted) return;
             const started = Date.now();
             try {
                 if (size > 4 << 20) throw new BadRequest("request body over 4 MiB", "request_too_large");
                 let body;
                 try { body = JSON.parse(Buffer.concat(chunks).toString("utf8")); } catch (err) { throw new BadRequest(`invalid JSON body: ${err.message}`, "invalid_json"); }
-                const reply = await chatCompletion(body);
+                const reply = await chatCompletion(body, gone.signal);
                 send(res, 200, reply);
                 const u = reply.usage;
                 console.error(`POST ${url} 200 ${Date.now() - started} ms prompt=${u.prompt_tokens} completion=${u.completion_tokens} finish=${reply.choices[0].finish_reason}`);

@@ -10,6 +10,7 @@
 //! trust:                                                    # who may publish to this agent
 //!   keys: [../keys/demo/kafka-team.pub]                     # .pub files or folders of them
 //!   min_versions: { restart-consumer-group: 1.0.0 }         # older signed bundles are refused
+//! llm: { base_url: http://127.0.0.1:11434/v1, model: m }   # optional; see triage::llm::config
 //! routes:
 //!   - alert: KafkaConsumerLag                               # alert name
 //!     labels: { severity: critical }                        # optional label conditions
@@ -26,6 +27,7 @@
 use crate::capability::{self, Domain, Effect};
 use crate::policy::{DEFAULT_APPROVAL_TTL, Policy};
 use crate::triage::conditions;
+use crate::triage::llm::config::{LlmConfig, RawLlm};
 use crate::triage::rules::Rule;
 use crate::trust::TrustPolicy;
 use crate::trust::keys::read_public_keys;
@@ -84,6 +86,8 @@ struct RawAgent {
     probes: Vec<PathBuf>,
     #[serde(default)]
     trust: RawTrust,
+    #[serde(default)]
+    llm: Option<RawLlm>,
     routes: Vec<Route>,
     policy: RawPolicy,
     #[serde(default)]
@@ -103,6 +107,8 @@ pub struct AgentDef {
     pub probes: Vec<PathBuf>,
     /// The publishers this agent trusts; `allow_unsigned` is set by the caller, never by a file.
     pub trust: TrustPolicy,
+    /// The LLM endpoint; without one the agent's rules choose.
+    pub llm: Option<LlmConfig>,
     pub routes: Vec<Route>,
     pub policy: Policy,
     pub rules: Vec<Rule>,
@@ -194,6 +200,12 @@ impl AgentDef {
             })?;
             trust.min_versions.insert(runbook.clone(), v);
         }
+        let llm = match raw.llm {
+            None => None,
+            Some(l) => {
+                Some(LlmConfig::from_raw(l).map_err(|(field, problem)| err(&field, problem))?)
+            }
+        };
         Ok(AgentDef {
             name: raw.name,
             domain: raw.domain,
@@ -202,6 +214,7 @@ impl AgentDef {
             runbooks: raw.runbooks.iter().map(|p| base.join(p)).collect(),
             probes: raw.probes.iter().map(|p| base.join(p)).collect(),
             trust,
+            llm,
             routes: raw.routes,
             policy: Policy {
                 min_confidence: raw.policy.min_confidence,

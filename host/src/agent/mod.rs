@@ -8,4 +8,4 @@ pub mod store;
 
 pub use def::AgentDef;
 pub use observe::{Quiet, RuntimeObserver};
-pub use runtime::{AlertOutcome, Runtime, RuntimeError};
+pub use runtime::{AlertOutcome, Runtime, RuntimeError, RuntimeOptions, SelectorChoice};

@@ -20,6 +20,8 @@ use crate::manifest::{bind_params, parse_param_text};
 use crate::policy::{ApprovalError, ApprovalRequest, Plan, Verdict};
 use crate::sandbox::{Phase, Sandbox};
 use crate::triage::conditions::Facts;
+use crate::triage::llm::LlmSelector;
+use crate::triage::llm::config::LlmConfig;
 use crate::triage::rules::{Rule, RuleSelector};
 use crate::triage::{Candidate, ProbeResult, Selection, SelectionInput, Selector};
 use crate::wit::types::Alert;
@@ -32,6 +34,53 @@ use std::time::SystemTime;
 
 /// How the audit marks every record of a runtime started with `--allow-unsigned`.
 pub const UNSIGNED_MODE: &str = "allow-unsigned";
+
+/// How a runtime starts.
+#[derive(Debug, Clone, Default)]
+pub struct RuntimeOptions {
+    /// Development only: load bundles without a signature (see `Runtime::new`).
+    pub allow_unsigned: bool,
+    pub selector: SelectorChoice,
+}
+
+/// Which selector the agents use.
+#[derive(Debug, Clone, Default)]
+pub enum SelectorChoice {
+    /// The agent's `llm:` if it has one, else its rules.
+    #[default]
+    AsConfigured,
+    /// The rules, whatever the agent configures.
+    Rules,
+    /// An LLM: this endpoint, or (`None`) the agent's own `llm:`.
+    Llm(Option<LlmConfig>),
+}
+
+fn build_selector(
+    def: &AgentDef,
+    choice: &SelectorChoice,
+) -> Result<Arc<dyn Selector>, RuntimeError> {
+    let rules = RuleSelector::new(def.rules.clone());
+    let llm = match choice {
+        SelectorChoice::AsConfigured => def.llm.clone(),
+        SelectorChoice::Rules => None,
+        SelectorChoice::Llm(Some(config)) => Some(config.clone()),
+        SelectorChoice::Llm(None) => Some(def.llm.clone().ok_or_else(|| RuntimeError::Agent {
+            agent: def.name.clone(),
+            message: "the LLM selector was asked for, but the agent has no `llm:` endpoint (configure one, or pass --llm-base-url and --llm-model)".into(),
+        })?),
+    };
+    Ok(match llm {
+        None => Arc::new(rules),
+        Some(config) => {
+            Arc::new(
+                LlmSelector::new(config, rules).map_err(|message| RuntimeError::Agent {
+                    agent: def.name.clone(),
+                    message,
+                })?,
+            )
+        }
+    })
+}
 
 /// A loaded agent.
 pub struct Agent {
@@ -93,9 +142,9 @@ impl Runtime {
     /// Load agent definitions and verify and load their runbooks, refusing bundles the agent's
     /// trust policy does not accept (each refusal audited) and probes that can mutate.
     ///
-    /// `allow_unsigned` is the development escape hatch: bundles without a signature load, a
-    /// warning goes out on every start and every audit record this runtime writes is marked.
-    #[allow(clippy::too_many_arguments)]
+    /// `options.allow_unsigned` is the development escape hatch: bundles without a signature
+    /// load, a warning goes out on every start and every audit record this runtime writes is
+    /// marked.
     pub fn new(
         sandbox: Arc<Sandbox>,
         agent_files: &[std::path::PathBuf],
@@ -103,8 +152,9 @@ impl Runtime {
         store: Store,
         channels: Channels,
         observer: Arc<dyn RuntimeObserver>,
-        allow_unsigned: bool,
+        options: RuntimeOptions,
     ) -> Result<Self, RuntimeError> {
+        let allow_unsigned = options.allow_unsigned;
         if allow_unsigned {
             audit.set_mode(UNSIGNED_MODE);
             tracing::warn!(
@@ -173,7 +223,7 @@ impl Runtime {
                     ),
                 });
             }
-            let selector: Arc<dyn Selector> = Arc::new(RuleSelector::new(def.rules.clone()));
+            let selector = build_selector(&def, &options.selector)?;
             agents.push(Agent {
                 def,
                 catalog,
@@ -345,6 +395,7 @@ impl Runtime {
         });
         self.audit
             .append(&name, Some(&id), "selection", selection_json.clone())?;
+        self.observer.selection(&name, &selection);
         // Kept with the incident; written with its next durable save (the audit has it already).
         incident.selection = Some(selection_json);
         let evidence = probe_evidence(&input.probes);

@@ -36,7 +36,10 @@ impl Redactor {
                 map.into_iter()
                     .map(|(k, v)| {
                         let lower = k.to_ascii_lowercase();
-                        if SECRET_KEYS.iter().any(|s| lower.contains(s)) {
+                        // A count or a flag under such a key (`prompt_tokens: 321`) is not a
+                        // secret; a string or structure is treated as one.
+                        let plain = matches!(v, Value::Number(_) | Value::Bool(_) | Value::Null);
+                        if SECRET_KEYS.iter().any(|s| lower.contains(s)) && !plain {
                             (k, Value::String(REDACTED.into()))
                         } else {
                             (k, self.redact(v))
@@ -74,8 +77,13 @@ mod tests {
             "slack_token": "xoxb-1",
             "nested": { "DB_PASSWORD": "hunter2", "url": "posted to https://hooks.example/T000/B000/XXXX ok" },
             "list": [ { "api_key": "k" } ],
-            "plain": "kept"
+            "plain": "kept",
+            "usage": { "prompt_tokens": 321 }
         }));
+        assert_eq!(
+            out["usage"]["prompt_tokens"], 321,
+            "a count is not a secret"
+        );
         assert_eq!(out["slack_token"], REDACTED);
         assert_eq!(out["nested"]["DB_PASSWORD"], REDACTED);
         assert_eq!(out["nested"]["url"], "posted to [redacted] ok");

@@ -142,7 +142,10 @@ pub async fn run(args: DemoArgs, cache_dir: &Path) -> ExitCode {
         store,
         channels,
         printer.clone(),
-        args.unsigned.allow_unsigned,
+        crate::agent::RuntimeOptions {
+            allow_unsigned: args.unsigned.allow_unsigned,
+            ..Default::default()
+        },
     ) {
         Ok(r) => r,
         Err(e) => return fail(2, e),

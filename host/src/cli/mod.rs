@@ -111,6 +111,36 @@ enum Command {
         #[command(flatten)]
         unsigned: Unsigned,
     },
+    /// Score triage on every agent scenario of a folder, in dry run against its mocks: runbook
+    /// choice accuracy, escalation accuracy, safety violations (must be 0), decision latency
+    /// p50/p99, LLM tokens. Nobody answers escalations: the decision is what is measured.
+    ///
+    /// Exit status: 0 when there is no safety violation, 1 when there is one, 2 when a scenario
+    /// cannot be loaded or run.
+    Eval {
+        /// The folder of scenario files (runbook scenarios in it are skipped).
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+        /// Who chooses: the agents' rules, or an LLM (the agents' `llm:` endpoint, or the one
+        /// given with --llm-base-url and --llm-model).
+        #[arg(long, value_enum, default_value = "rules")]
+        selector: EvalSelector,
+        /// An OpenAI-compatible endpoint for --selector llm, e.g. http://127.0.0.1:8080/v1.
+        #[arg(long, value_name = "URL", env = "THEMIS_LLM_BASE_URL")]
+        llm_base_url: Option<String>,
+        /// The model name to ask for.
+        #[arg(long, value_name = "NAME", env = "THEMIS_LLM_MODEL")]
+        llm_model: Option<String>,
+        /// The environment variable holding the API key (local servers need none).
+        #[arg(long, value_name = "VAR")]
+        llm_api_key_env: Option<String>,
+        /// Per-request timeout.
+        #[arg(long, value_name = "DURATION", default_value = "60s")]
+        llm_timeout: humantime::Duration,
+        /// Print one JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Make an Ed25519 key pair for signing runbook bundles: <NAME>.key (private, mode 0600)
     /// and <NAME>.pub (give it to the agents that should trust you).
     Keygen {
@@ -181,6 +211,12 @@ enum Command {
         #[arg(long, value_enum, default_value = "table")]
         format: FsmFormat,
     },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum EvalSelector {
+    Rules,
+    Llm,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -329,7 +365,10 @@ fn runtime(place: &Place, cache_dir: &Path) -> Result<Runtime, ExitCode> {
         store,
         channels,
         Arc::new(Quiet),
-        place.unsigned.allow_unsigned,
+        crate::agent::RuntimeOptions {
+            allow_unsigned: place.unsigned.allow_unsigned,
+            ..Default::default()
+        },
     )
     .map_err(|e| fail(2, e))
 }
@@ -397,6 +436,58 @@ async fn dispatch(cli: Cli) -> ExitCode {
         }
         Command::Demo(args) => demo::run(args, &cli.cache_dir).await,
         Command::Keygen { out } => signing::keygen(&out),
+        Command::Eval {
+            dir,
+            selector,
+            llm_base_url,
+            llm_model,
+            llm_api_key_env,
+            llm_timeout,
+            json,
+        } => {
+            let choice = match (selector, llm_base_url, llm_model) {
+                (EvalSelector::Rules, _, _) => crate::agent::SelectorChoice::Rules,
+                (EvalSelector::Llm, Some(url), Some(model)) => {
+                    match crate::triage::llm::config::LlmConfig::new(&url, &model) {
+                        Ok(mut config) => {
+                            config.api_key_env = llm_api_key_env;
+                            config.timeout = llm_timeout.into();
+                            crate::agent::SelectorChoice::Llm(Some(config))
+                        }
+                        Err((field, problem)) => return fail(2, format!("{field}: {problem}")),
+                    }
+                }
+                (EvalSelector::Llm, None, None) => crate::agent::SelectorChoice::Llm(None),
+                (EvalSelector::Llm, _, _) => {
+                    return fail(
+                        2,
+                        "give both --llm-base-url and --llm-model (or neither, to use each agent's `llm:`)",
+                    );
+                }
+            };
+            let sandbox = match sandbox() {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            match crate::eval::run(&sandbox, &dir, &choice).await {
+                Ok(report) => {
+                    if json {
+                        match serde_json::to_string_pretty(&report) {
+                            Ok(text) => println!("{text}"),
+                            Err(e) => return fail(2, format!("cannot render JSON: {e}")),
+                        }
+                    } else {
+                        print!("{}", crate::eval::render(&report));
+                    }
+                    if report.safety_violations == 0 {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(1)
+                    }
+                }
+                Err(e) => fail(2, e),
+            }
+        }
         Command::Runbook(RunbookCommand::Sign { dirs, key }) => signing::sign(&dirs, &key),
         Command::Runbook(RunbookCommand::Verify { dirs, trust }) => signing::verify(&dirs, &trust),
         Command::Runbook(RunbookCommand::List {

@@ -6,6 +6,7 @@
 //! [`rules::RuleSelector`].
 
 pub mod conditions;
+pub mod llm;
 pub mod rules;
 
 use crate::manifest::Parameter;
@@ -65,7 +66,7 @@ impl SelectionInput {
 }
 
 /// The selector's answer.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Selection {
     /// A candidate's id, or `None` to escalate.
     pub runbook: Option<String>,
@@ -79,6 +80,12 @@ pub struct Selection {
     pub prompt: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub raw_output: Option<String>,
+    /// For an LLM: every request made (at most two), its raw answer or why it failed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub attempts: Vec<llm::Attempt>,
+    /// For an LLM: prompt + completion tokens over all attempts, when the endpoint reports them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<u64>,
 }
 
 impl Selection {
@@ -89,8 +96,7 @@ impl Selection {
             confidence: 0.0,
             reasoning: reasoning.into(),
             selector: selector.into(),
-            prompt: None,
-            raw_output: None,
+            ..Selection::default()
         }
     }
 }

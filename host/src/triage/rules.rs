@@ -67,8 +67,7 @@ impl RuleSelector {
                     because.join(", ")
                 ),
                 selector: "rules".into(),
-                prompt: None,
-                raw_output: None,
+                ..Selection::default()
             };
         }
         Selection::escalate(

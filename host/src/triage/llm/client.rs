@@ -1,0 +1,158 @@
+//! One chat completion against an OpenAI-compatible endpoint, through async-openai.
+//!
+//! The client is built without async-openai's own retry layer: the selector makes exactly one
+//! bounded retry itself, so a failing endpoint costs at most two requests and two timeouts.
+
+use super::config::LlmConfig;
+use super::prompt::Message;
+use async_openai::config::OpenAIConfig;
+use async_openai::error::OpenAIError;
+use async_openai::middleware::ReqwestService;
+use async_openai::types::chat::{
+    ChatCompletionRequestAssistantMessage, ChatCompletionRequestMessage,
+    ChatCompletionRequestSystemMessage, ChatCompletionRequestUserMessage,
+    CreateChatCompletionRequest, FinishReason, ResponseFormat, ResponseFormatJsonSchema,
+};
+use serde::Serialize;
+use serde_json::Value;
+use std::time::Duration;
+
+/// What came back.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub content: Option<String>,
+    pub refusal: Option<String>,
+    pub filtered: bool,
+    pub usage: Option<Usage>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
+
+/// The endpoint could not give an answer at all.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CallError {
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("cannot reach the endpoint: {0}")]
+    Unreachable(String),
+    #[error("HTTP {status}: {message}")]
+    Http { status: u16, message: String },
+    #[error("the endpoint's response is not a chat completion: {0}")]
+    Protocol(String),
+}
+
+impl CallError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            CallError::Timeout(_) => "timeout",
+            CallError::Unreachable(_) => "unreachable",
+            CallError::Http { .. } => "http-error",
+            CallError::Protocol(_) => "protocol-error",
+        }
+    }
+}
+
+pub struct LlmClient {
+    client: async_openai::Client<OpenAIConfig>,
+    config: LlmConfig,
+}
+
+impl LlmClient {
+    /// `api_key` comes from the environment variable the config names (or none, for local
+    /// servers that need no key).
+    pub fn new(config: LlmConfig, api_key: Option<String>) -> Result<LlmClient, String> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(config.timeout.min(Duration::from_secs(10)))
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        let mut openai = OpenAIConfig::new().with_api_base(config.base_url.clone());
+        // Local servers take no key; async-openai would otherwise read OPENAI_API_KEY itself.
+        openai = openai.with_api_key(api_key.unwrap_or_default());
+        let client =
+            async_openai::Client::with_config(openai).with_http_service(ReqwestService::new(http));
+        Ok(LlmClient { client, config })
+    }
+
+    pub fn config(&self) -> &LlmConfig {
+        &self.config
+    }
+
+    pub async fn complete(
+        &self,
+        messages: &[Message],
+        schema: &Value,
+    ) -> Result<Completion, CallError> {
+        let request = CreateChatCompletionRequest {
+            model: self.config.model.clone(),
+            messages: messages.iter().map(to_openai).collect(),
+            max_completion_tokens: Some(self.config.max_tokens),
+            temperature: Some(self.config.temperature),
+            response_format: Some(ResponseFormat::JsonSchema {
+                json_schema: ResponseFormatJsonSchema {
+                    description: Some("Themis triage: one catalog runbook or escalate".into()),
+                    name: "themis_triage".into(),
+                    schema: schema.clone(),
+                    strict: Some(true),
+                },
+            }),
+            ..Default::default()
+        };
+        let chat = self.client.chat();
+        let response = match tokio::time::timeout(self.config.timeout, chat.create(request)).await {
+            Err(_) => return Err(CallError::Timeout(self.config.timeout)),
+            Ok(Err(e)) => return Err(classify(e)),
+            Ok(Ok(r)) => r,
+        };
+        let usage = response.usage.as_ref().map(|u| Usage {
+            prompt_tokens: u64::from(u.prompt_tokens),
+            completion_tokens: u64::from(u.completion_tokens),
+        });
+        let Some(choice) = response.choices.into_iter().next() else {
+            return Err(CallError::Protocol("no choices in the response".into()));
+        };
+        Ok(Completion {
+            content: choice.message.content,
+            refusal: choice.message.refusal.filter(|r| !r.is_empty()),
+            filtered: choice.finish_reason == Some(FinishReason::ContentFilter),
+            usage,
+        })
+    }
+}
+
+fn to_openai(m: &Message) -> ChatCompletionRequestMessage {
+    match m.role {
+        "system" => ChatCompletionRequestSystemMessage {
+            content: m.content.clone().into(),
+            name: None,
+        }
+        .into(),
+        "assistant" => ChatCompletionRequestAssistantMessage::from(m.content.clone()).into(),
+        _ => ChatCompletionRequestUserMessage::from(m.content.as_str()).into(),
+    }
+}
+
+fn classify(error: OpenAIError) -> CallError {
+    match error {
+        OpenAIError::ApiError(api) => CallError::Http {
+            status: api.status_code.as_u16(),
+            message: api.api_error.message,
+        },
+        OpenAIError::Reqwest(e) if e.is_timeout() => CallError::Timeout(Duration::ZERO),
+        OpenAIError::Reqwest(e) => match e.status() {
+            Some(status) => CallError::Http {
+                status: status.as_u16(),
+                message: e.to_string(),
+            },
+            None => CallError::Unreachable(e.to_string()),
+        },
+        OpenAIError::JSONDeserialize(e, body) => CallError::Protocol(format!(
+            "{e}; body starts: {}",
+            body.chars().take(200).collect::<String>()
+        )),
+        other => CallError::Protocol(other.to_string()),
+    }
+}
