@@ -78,13 +78,8 @@ pub async fn run(
     dir: &Path,
     selector: &SelectorChoice,
 ) -> Result<Report, String> {
-    let entries = std::fs::read_dir(dir)
+    let files = crate::yaml::files_in(dir)
         .map_err(|e| format!("{}: cannot read the folder: {e}", dir.display()))?;
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
-        .collect();
-    files.sort();
     if files.is_empty() {
         return Err(format!("{}: no scenario files (*.yaml)", dir.display()));
     }

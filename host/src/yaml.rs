@@ -36,3 +36,13 @@ pub fn to_string<T: serde::Serialize>(value: &T) -> Result<String, YamlError> {
         message: e.to_string(),
     })
 }
+
+/// Every `*.yaml` / `*.yml` file directly in `dir`, sorted by name.
+pub fn files_in(dir: &std::path::Path) -> std::io::Result<Vec<std::path::PathBuf>> {
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+        .collect();
+    files.sort();
+    Ok(files)
+}

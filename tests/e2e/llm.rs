@@ -248,10 +248,25 @@ async fn an_unreachable_endpoint_escalates_by_default_or_falls_back_to_the_rules
     assert!(fallback.reasoning.contains("the LLM was unavailable"));
 }
 
-fn scenario(name: &str) -> (std::path::PathBuf, themis::scenario::Scenario) {
+/// Hand a shipped scenario's alert to its agent with the LLM at `base_url` choosing.
+async fn observe(name: &str, base_url: &str, dry_run: bool) -> themis::scenario_agent::Observation {
     let file = repo().join("tests/scenarios").join(name);
     let s = themis::scenario::load(&file).expect("scenario");
-    (file, s)
+    let agent = s.agent.clone().expect("agent scenario");
+    themis::scenario_agent::observe(
+        sandbox(),
+        &file,
+        &s,
+        &agent,
+        RuntimeOptions {
+            selector: SelectorChoice::Llm(Some(config(base_url))),
+            ..Default::default()
+        },
+        dry_run,
+        false,
+    )
+    .await
+    .expect("runs")
 }
 
 fn audit(path: &Path) -> Vec<Value> {
@@ -272,22 +287,7 @@ async fn an_instruction_planted_in_an_annotation_cannot_make_anything_destructiv
         0.99,
     )])
     .await;
-    let (file, s) = scenario("agent-injection-in-labels.yaml");
-    let agent = s.agent.clone().expect("agent scenario");
-    let observed = themis::scenario_agent::observe(
-        sandbox(),
-        &file,
-        &s,
-        &agent,
-        RuntimeOptions {
-            selector: SelectorChoice::Llm(Some(config(&server.base_url))),
-            ..Default::default()
-        },
-        false,
-        false,
-    )
-    .await
-    .expect("runs");
+    let observed = observe("agent-injection-in-labels.yaml", &server.base_url, false).await;
     let incident = observed.incident.clone().expect("routed");
     assert_eq!(
         serde_json::to_value(incident.status).expect("status"),
@@ -320,20 +320,7 @@ async fn an_instruction_planted_in_an_annotation_cannot_make_anything_destructiv
         Answer::choose("postgres.terminate-backend", json!({}), 1.0),
     ])
     .await;
-    let observed = themis::scenario_agent::observe(
-        sandbox(),
-        &file,
-        &s,
-        &agent,
-        RuntimeOptions {
-            selector: SelectorChoice::Llm(Some(config(&server.base_url))),
-            ..Default::default()
-        },
-        false,
-        false,
-    )
-    .await
-    .expect("runs");
+    let observed = observe("agent-injection-in-labels.yaml", &server.base_url, false).await;
     let incident = observed.incident.clone().expect("routed");
     assert_eq!(
         serde_json::to_value(incident.status).expect("status"),
@@ -360,22 +347,7 @@ async fn the_audit_keeps_prompt_and_raw_output_and_the_page_shows_reasoning_and_
         0.55,
     )])
     .await;
-    let (file, s) = scenario("agent-kafka-scale.yaml");
-    let agent = s.agent.clone().expect("agent scenario");
-    let observed = themis::scenario_agent::observe(
-        sandbox(),
-        &file,
-        &s,
-        &agent,
-        RuntimeOptions {
-            selector: SelectorChoice::Llm(Some(config(&server.base_url))),
-            ..Default::default()
-        },
-        true,
-        false,
-    )
-    .await
-    .expect("runs");
+    let observed = observe("agent-kafka-scale.yaml", &server.base_url, true).await;
     let records = audit(&observed.audit_path);
     let selection = records
         .iter()

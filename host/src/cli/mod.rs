@@ -327,17 +327,12 @@ fn fail(code: u8, message: impl std::fmt::Display) -> ExitCode {
 
 /// Every `*.yaml` in the agents folder, sorted.
 pub fn agent_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
-    let entries = std::fs::read_dir(dir).map_err(|e| {
+    let files = crate::yaml::files_in(dir).map_err(|e| {
         format!(
             "{}: cannot read the agents folder: {e} (pass --agents DIR)",
             dir.display()
         )
     })?;
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
-        .collect();
-    files.sort();
     if files.is_empty() {
         return Err(format!("{}: no agent definitions (*.yaml)", dir.display()));
     }

@@ -11,25 +11,53 @@ impl Step<dyn Postgres> for Activity {
     }
 
     fn action(&self, _ctx: &Context, pg: &dyn Postgres) -> Outcome {
-        let long = pg.activity(60.0).unwrap_or_default();
-        let blockers = pg.blockers().unwrap_or_default();
-        let lag = pg.replication_lag().unwrap_or_default();
-        let max_lag = lag.iter().map(|r| r.replay_lag_seconds).fold(0.0, f64::max);
-        let top_blocker = blockers
-            .first()
-            .map(|b| b.blocking_pid.to_string())
-            .unwrap_or_default();
-        Outcome::ok(format!(
-            "{} long queries, {} lock waits, max replica lag {max_lag:.0}s",
-            long.len(),
-            blockers.len()
-        ))
-        .output("long_queries", long.len())
-        .output("lock_waits", blockers.len())
-        .output("top_blocker", top_blocker)
-        .output("max_replica_lag_s", format!("{max_lag:.0}"))
-        .evidence("long_queries", long.len())
-        .evidence("lock_waits", blockers.len())
+        // A read that fails leaves its output out (rules over it then do not hold, so triage
+        // escalates) and says so in the evidence: "0 lock waits" must mean zero, not unknown.
+        let long = pg.activity(60.0);
+        let blockers = pg.blockers();
+        let lag = pg.replication_lag();
+        let count = |r: &Result<usize, String>| match r {
+            Ok(n) => n.to_string(),
+            Err(_) => "unknown".to_string(),
+        };
+        let long_n = long.as_ref().map(Vec::len).map_err(|e| format!("{e:?}"));
+        let blockers_n = blockers
+            .as_ref()
+            .map(Vec::len)
+            .map_err(|e| format!("{e:?}"));
+        let mut out = Outcome::ok(format!(
+            "{} long queries, {} lock waits",
+            count(&long_n),
+            count(&blockers_n)
+        ));
+        match &long_n {
+            Ok(n) => out = out.output("long_queries", n).evidence("long_queries", n),
+            Err(e) => out = out.evidence("long_queries", format!("unknown: {e}")),
+        }
+        match &blockers {
+            Ok(list) => {
+                let top = list
+                    .first()
+                    .map(|b| b.blocking_pid.to_string())
+                    .unwrap_or_default();
+                out = out
+                    .output("lock_waits", list.len())
+                    .output("top_blocker", top)
+                    .evidence("lock_waits", list.len());
+            }
+            Err(e) => out = out.evidence("lock_waits", format!("unknown: {e:?}")),
+        }
+        match &lag {
+            Ok(rows) => {
+                let max = rows
+                    .iter()
+                    .map(|r| r.replay_lag_seconds)
+                    .fold(0.0, f64::max);
+                out = out.output("max_replica_lag_s", format!("{max:.0}"));
+            }
+            Err(e) => out = out.evidence("replica_lag", format!("unknown: {e:?}")),
+        }
+        out
     }
 
     fn postcondition(&self, _ctx: &Context, _pg: &dyn Postgres) -> Check {
