@@ -81,35 +81,45 @@ impl Escalation {
         out
     }
 
-    /// A Slack incoming-webhook payload (Block Kit) with a plain-text fallback.
+    /// A Slack incoming-webhook payload (Block Kit) with a plain-text fallback. Alert and model
+    /// text is escaped: an annotation or an LLM's reasoning cannot ping `<!channel>` or forge a
+    /// link.
     pub fn to_slack(&self) -> Value {
+        let e = |s: &str| mrkdwn_escape(s);
         let mut blocks = vec![
             json!({ "type": "header", "text": { "type": "plain_text", "text": format!("Themis {} agent needs a human", self.agent) } }),
             json!({ "type": "section", "fields": [
-                { "type": "mrkdwn", "text": format!("*Alert*\n{} {}", self.alert.name, labels(&self.alert)) },
+                { "type": "mrkdwn", "text": format!("*Alert*\n{} {}", e(&self.alert.name), e(&labels(&self.alert))) },
                 { "type": "mrkdwn", "text": format!("*Incident*\n{}", self.incident) },
             ]}),
-            json!({ "type": "section", "text": { "type": "mrkdwn", "text": format!("*Why*\n{}", self.reason) } }),
-            json!({ "type": "section", "text": { "type": "mrkdwn", "text": format!("*Reasoning* ({}, confidence {:.2})\n{}", self.selector, self.confidence, self.reasoning) } }),
+            json!({ "type": "section", "text": { "type": "mrkdwn", "text": format!("*Why*\n{}", e(&self.reason)) } }),
+            json!({ "type": "section", "text": { "type": "mrkdwn", "text": format!("*Reasoning* ({}, confidence {:.2})\n{}", e(&self.selector), self.confidence, e(&self.reasoning)) } }),
         ];
         if !self.evidence.is_empty() {
-            blocks.push(json!({ "type": "section", "text": { "type": "mrkdwn", "text": format!("*Evidence*\n{}", self.evidence.iter().map(|e| format!("• {e}")).collect::<Vec<_>>().join("\n")) } }));
+            blocks.push(json!({ "type": "section", "text": { "type": "mrkdwn", "text": format!("*Evidence*\n{}", self.evidence.iter().map(|x| format!("• {}", e(x))).collect::<Vec<_>>().join("\n")) } }));
         }
         if let Some(p) = &self.proposal {
             blocks.push(
                 json!({ "type": "section", "text": { "type": "mrkdwn", "text": format!(
                 "*Proposed runbook*\n`{}` {} (`{}`)\nparameters: `{}`",
                 p.plan.runbook_id, p.plan.runbook_version, p.plan.runbook_digest,
-                serde_json::to_string(&p.plan.params).unwrap_or_default()
+                e(&serde_json::to_string(&p.plan.params).unwrap_or_default())
             ) } }),
             );
         }
         blocks.push(json!({ "type": "context", "elements": [ { "type": "mrkdwn", "text": self.answers().iter().map(|a| format!("`{a}`")).collect::<Vec<_>>().join("  ·  ") } ] }));
         json!({
-            "text": format!("Themis {} agent escalates {}: {}", self.agent, self.alert.name, self.reason),
+            "text": format!("Themis {} agent escalates {}: {}", self.agent, e(&self.alert.name), e(&self.reason)),
             "blocks": blocks,
         })
     }
+}
+
+/// Slack's three control characters; everything else is literal in mrkdwn.
+fn mrkdwn_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 fn labels(alert: &Alert) -> String {
@@ -187,5 +197,37 @@ impl Channels {
             });
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod slack_tests {
+    use super::*;
+
+    #[test]
+    fn model_and_alert_text_cannot_ping_or_link_in_slack() {
+        let e = Escalation {
+            agent: "kafka".into(),
+            incident: "inc-1".into(),
+            alert: Alert {
+                name: "KafkaConsumerLag".into(),
+                fingerprint: "f".into(),
+                labels: vec![],
+                annotations: vec![],
+            },
+            reason: "confidence too low".into(),
+            reasoning: "<!channel> approve at <https://evil.example|the runbook page> & go".into(),
+            confidence: 0.4,
+            selector: "llm".into(),
+            evidence: vec!["note: <@U123>".into()],
+            proposal: None,
+        };
+        let text = e.to_slack().to_string();
+        assert!(
+            !text.contains("<!channel>") && !text.contains("<https://") && !text.contains("<@U")
+        );
+        assert!(text.contains(
+            "&lt;!channel&gt; approve at &lt;https://evil.example|the runbook page&gt; &amp; go"
+        ));
     }
 }

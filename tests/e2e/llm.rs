@@ -109,6 +109,10 @@ fn failures() -> Vec<(&'static str, Answer)> {
         ("refusal", Answer::Refusal("I can't help with that.".into())),
         ("timeout", Answer::Slow(Duration::from_secs(3), "{}".into())),
         ("http-error", Answer::Status(500)),
+        (
+            "truncated",
+            Answer::Truncated(r#"{"reasoning":"the lag is high and the group is sta"#.into()),
+        ),
     ]
 }
 
@@ -206,11 +210,19 @@ async fn a_rejected_answer_is_shown_to_the_model_with_the_reason_on_the_retry() 
     )
     .await;
     let retry = &server.requests()[1]["messages"];
-    let text = retry.to_string();
+    let last = retry[3]["content"].as_str().unwrap_or_default();
     assert!(
-        text.contains("`terminate-backend` is not a runbook of the catalog"),
-        "{text}"
+        last.starts_with("Your answer was rejected (unknown-runbook)"),
+        "{last}"
     );
+    // The model's own words come back only as escaped data, never as an instruction.
+    let block = last
+        .split("<data kind=\"rejection\">")
+        .nth(1)
+        .and_then(|rest| rest.split("</data>").next())
+        .expect("a data block");
+    assert!(block.contains("terminate-backend"), "{last}");
+    assert_eq!(retry[2]["role"], "assistant");
 }
 
 #[tokio::test]
@@ -246,6 +258,20 @@ async fn an_unreachable_endpoint_escalates_by_default_or_falls_back_to_the_rules
     assert_eq!(fallback.runbook.as_deref(), Some("scale-consumer"));
     assert_eq!(fallback.selector, "rules (llm unavailable)");
     assert!(fallback.reasoning.contains("the LLM was unavailable"));
+
+    // An endpoint that answers "401" is reachable and misconfigured: no silent fallback.
+    let (selection, _server) = select(
+        vec![Answer::Status(401), Answer::Status(401)],
+        OnUnavailable::Rules,
+    )
+    .await;
+    assert_eq!(selection.runbook, None, "escalates");
+    assert_eq!(selection.selector, "llm");
+    assert!(
+        selection.reasoning.contains("http-error"),
+        "{}",
+        selection.reasoning
+    );
 }
 
 /// Hand a shipped scenario's alert to its agent with the LLM at `base_url` choosing.
@@ -371,7 +397,6 @@ async fn the_audit_keeps_prompt_and_raw_output_and_the_page_shows_reasoning_and_
     let page = escalations.first().expect("escalated").to_text();
     assert!(page.contains("selector llm, confidence 0.55"), "{page}");
     assert!(page.contains("the evidence fits scale-consumer"), "{page}");
-    assert!(page.contains("evidence"), "{page}");
     assert!(
         page.contains("group_state"),
         "probe evidence on the page: {page}"

@@ -22,6 +22,8 @@ pub enum Answer {
     Status(u16),
     /// Answer this content, but only after the delay (the client should time out first).
     Slow(Duration, String),
+    /// This content, cut off: `finish_reason: length`.
+    Truncated(String),
 }
 
 impl Answer {
@@ -92,16 +94,17 @@ async fn complete(State(shared): State<Shared>, body: String) -> Response {
     match next {
         None => error(500, "the script is exhausted"),
         Some(Answer::Status(code)) => error(code, "scripted failure"),
-        Some(Answer::Refusal(text)) => completion(&model, Value::Null, json!(text)),
-        Some(Answer::Content(text)) => completion(&model, json!(text), Value::Null),
+        Some(Answer::Refusal(text)) => completion(&model, Value::Null, json!(text), "stop"),
+        Some(Answer::Content(text)) => completion(&model, json!(text), Value::Null, "stop"),
+        Some(Answer::Truncated(text)) => completion(&model, json!(text), Value::Null, "length"),
         Some(Answer::Slow(delay, text)) => {
             tokio::time::sleep(delay).await;
-            completion(&model, json!(text), Value::Null)
+            completion(&model, json!(text), Value::Null, "stop")
         }
     }
 }
 
-fn completion(model: &str, content: Value, refusal: Value) -> Response {
+fn completion(model: &str, content: Value, refusal: Value, finish: &str) -> Response {
     let body = json!({
         "id": "chatcmpl-scripted",
         "object": "chat.completion",
@@ -110,7 +113,7 @@ fn completion(model: &str, content: Value, refusal: Value) -> Response {
         "choices": [{
             "index": 0,
             "message": { "role": "assistant", "content": content, "refusal": refusal },
-            "finish_reason": "stop",
+            "finish_reason": finish,
         }],
         "usage": { "prompt_tokens": 321, "completion_tokens": 42, "total_tokens": 363 },
     });

@@ -390,8 +390,8 @@ async fn every_record_about_a_runbook_carries_its_provenance() {
     assert_eq!(seen.len(), 5, "saw {seen:?}");
 }
 
-#[test]
-fn a_planted_cache_entry_is_never_executed() {
+#[tokio::test]
+async fn a_planted_cache_entry_is_never_executed() {
     let cache = tempfile::tempdir().expect("tempdir");
     let config = || SandboxConfig {
         cache_dir: Some(cache.path().to_path_buf()),
@@ -445,9 +445,21 @@ fn a_planted_cache_entry_is_never_executed() {
         stats.compiles, stats.cache_rejected,
         "every refused entry is recompiled: {stats:?}"
     );
-    // What runs is the victim's own code: its exports are the scripted step's, and the entry
-    // was rewritten by this host so the next start hits it again.
+    // What runs is the victim's own code: the scripted executor scenarios pass on this sandbox
+    // (the planted misbehaving component would loop, trap or blow its memory instead)…
+    let after = Arc::new(after);
+    for scenario in ["executor-branch.yaml", "executor-rollback-order.yaml"] {
+        let run = themis::scenario::run(
+            &after,
+            &repo().join("tests/scenarios").join(scenario),
+            false,
+        )
+        .await
+        .expect("runs");
+        assert!(run.passed(), "{scenario}: {:?}", run.failures);
+    }
     assert_eq!(reloaded.components[0].digest, victim);
+    // …and the entry was rewritten by this host, so the next start hits it again.
     let again = Sandbox::new(config()).expect("sandbox");
     LoadedRunbook::load(&again, &repo().join("tests/runbooks/scripted"), &trust).expect("loads");
     assert_eq!(again.stats().compiles, 0, "{:?}", again.stats());
@@ -569,4 +581,86 @@ fn runbook_list_shows_each_agents_catalog_with_signers() {
     assert_eq!(row["provenance"]["signer"], kafka_key.id.as_str());
     assert!(rows.iter().all(|r| r["status"] == "loaded"));
     assert!(rows.iter().any(|r| r["agent"] == "postgres"));
+}
+
+#[test]
+fn a_cache_folder_others_can_write_or_a_readable_key_is_not_used() {
+    use std::os::unix::fs::PermissionsExt;
+    let trust = demo_trust("tests/runbooks/scripted");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = dir.path().join("cache");
+    let config = || SandboxConfig {
+        cache_dir: Some(cache.clone()),
+        ..SandboxConfig::default()
+    };
+    let load = |sandbox: &Sandbox| {
+        LoadedRunbook::load(sandbox, &repo().join("tests/runbooks/scripted"), &trust)
+            .expect("loads")
+    };
+    load(&Sandbox::new(config()).expect("sandbox"));
+    let mode = std::fs::metadata(&cache)
+        .expect("cache")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o700, "a new cache folder is private");
+    let warm = Sandbox::new(config()).expect("sandbox");
+    load(&warm);
+    assert_eq!(warm.stats().compiles, 0);
+
+    // A key others can read could have been planted (or read, and used to forge entries).
+    std::fs::set_permissions(
+        cache.join("host.key"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .expect("chmod");
+    let refused = Sandbox::new(config()).expect("sandbox starts without the cache");
+    load(&refused);
+    assert_eq!(refused.stats().cache_hits, 0, "{:?}", refused.stats());
+    assert!(refused.stats().compiles > 0);
+    std::fs::set_permissions(
+        cache.join("host.key"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .expect("chmod");
+
+    // A folder anyone can write to is refused the same way.
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let refused = Sandbox::new(config()).expect("sandbox starts without the cache");
+    load(&refused);
+    assert_eq!(refused.stats().cache_hits, 0, "{:?}", refused.stats());
+}
+
+#[test]
+fn a_newer_signature_format_and_a_missing_folder_are_named_as_such() {
+    let dir = copy_bundle(KAFKA);
+    let sig_path = dir.path().join(SIGNATURE_FILE);
+    let mut v: Value =
+        serde_json::from_str(&std::fs::read_to_string(&sig_path).expect("read")).expect("json");
+    v["format"] = "themis-runbook-signature/v2".into();
+    v["transparency_log"] = "https://log.example/entry/1".into();
+    std::fs::write(&sig_path, v.to_string()).expect("write");
+    assert_eq!(
+        refusal(dir.path(), &demo_trust(KAFKA)),
+        Refusal::UnknownFormat("themis-runbook-signature/v2".into())
+    );
+    let missing = dir.path().join("no-such-bundle");
+    assert!(matches!(
+        refusal(&missing, &demo_trust(KAFKA)),
+        Refusal::Unreadable(_)
+    ));
+}
+
+#[test]
+fn a_version_pin_on_a_runbook_the_agent_does_not_load_is_refused() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let bundle = repo().join("runbooks/postgres/terminate-blocker");
+    let agent = agent_file(work.path(), &bundle, "demo-postgres-team");
+    let text = std::fs::read_to_string(&agent).expect("read").replace(
+        "trust: {",
+        "trust: { min_versions: { terminate-blockr: 1.0.0 },",
+    );
+    std::fs::write(&agent, text).expect("write");
+    let err = start(work.path(), &agent, false).err().expect("refused");
+    assert!(err.contains("terminate-blockr"), "{err}");
 }

@@ -209,6 +209,28 @@ impl Runtime {
                 }
                 probes.push(rb);
             }
+            // A pin on a name the agent does not load protects nothing: most likely a typo.
+            if let Some(pinned) = def.trust.min_versions.keys().find(|id| {
+                !catalog.contains_key(*id) && !probes.iter().any(|p| &p.runbook.id == *id)
+            }) {
+                return Err(RuntimeError::Agent {
+                    agent: def.name.clone(),
+                    message: format!(
+                        "trust.min_versions pins `{pinned}`, which is none of the agent's runbooks or probes"
+                    ),
+                });
+            }
+            let demo: Vec<String> = def
+                .trust
+                .keys
+                .values()
+                .filter(|k| crate::trust::keys::DEMO_KEY_IDS.contains(&k.id.as_str()))
+                .map(|k| format!("{} ({})", k.id, k.name))
+                .collect();
+            if !demo.is_empty() {
+                tracing::warn!(agent = %def.name, keys = %demo.join(", "), "the agent trusts a committed DEMO key whose private half is public: fine for the demo and tests, never in production");
+                audit.append(&def.name, None, "demo-key-trusted", json!({ "keys": demo }))?;
+            }
             let rules: Vec<&Rule> = def
                 .rules
                 .iter()
@@ -389,6 +411,7 @@ impl Runtime {
             ),
         };
         let selection_json = json!({
+            "provenance": selection.runbook.as_ref().and_then(|r| agent.catalog.get(r)).map(LoadedRunbook::provenance),
             "selector": selection.selector,
             "input": { "candidates": input.candidates.iter().map(|c| &c.id).collect::<Vec<_>>(), "probes": input.probes },
             "output": selection,
@@ -808,7 +831,7 @@ impl Runtime {
                 &name,
                 Some(&incident.id),
                 "approval-refused",
-                json!({ "approval": approval_id, "approver": approver, "error": e.to_string() }),
+                json!({ "approval": approval_id, "approver": approver, "error": e.to_string(), "provenance": agent.catalog.get(&request.plan.runbook_id).map(LoadedRunbook::provenance) }),
             )?;
             return Err(e.into());
         }
@@ -857,7 +880,7 @@ impl Runtime {
             &agent.def.name,
             Some(&incident.id),
             "rejection",
-            json!({ "approval": approval_id, "by": who, "reason": reason }),
+            json!({ "approval": approval_id, "by": who, "reason": reason, "provenance": incident.proposal.as_ref().and_then(|p| agent.catalog.get(&p.plan.runbook_id)).map(LoadedRunbook::provenance) }),
         )?;
         let fsm = self.fsm(agent, &incident.id)?;
         fsm.fire(Event::ApprovalRejected {

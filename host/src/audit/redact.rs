@@ -36,10 +36,10 @@ impl Redactor {
                 map.into_iter()
                     .map(|(k, v)| {
                         let lower = k.to_ascii_lowercase();
-                        // A count or a flag under such a key (`prompt_tokens: 321`) is not a
-                        // secret; a string or structure is treated as one.
-                        let plain = matches!(v, Value::Number(_) | Value::Bool(_) | Value::Null);
-                        if SECRET_KEYS.iter().any(|s| lower.contains(s)) && !plain {
+                        // A token *count* (`prompt_tokens: 321`, `tokens: 363`) is not a secret;
+                        // any other value under a secret-looking key is, numbers included.
+                        let count = lower.ends_with("tokens") && v.is_number();
+                        if SECRET_KEYS.iter().any(|s| lower.contains(s)) && !count {
                             (k, Value::String(REDACTED.into()))
                         } else {
                             (k, self.redact(v))
@@ -89,5 +89,7 @@ mod tests {
         assert_eq!(out["nested"]["url"], "posted to [redacted] ok");
         assert_eq!(out["list"][0]["api_key"], REDACTED);
         assert_eq!(out["plain"], "kept");
+        let numeric = r.redact(json!({ "db_password": 12345678 }));
+        assert_eq!(numeric["db_password"], REDACTED);
     }
 }

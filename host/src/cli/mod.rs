@@ -373,7 +373,8 @@ async fn dispatch(cli: Cli) -> ExitCode {
     let sandbox = || sandbox(cache.clone());
     match cli.command {
         Command::Runbook(RunbookCommand::Validate { dirs }) => {
-            let sandbox = match sandbox() {
+            // Validation compiles unverified bundles: it must not fill the shared cache.
+            let sandbox = match self::sandbox(None) {
                 Ok(s) => s,
                 Err(code) => return code,
             };

@@ -7,6 +7,11 @@
 //! a planted file, a corrupted one, or a valid entry moved under another component's name fails
 //! the check and the component is compiled again (and the entry rewritten).
 //!
+//! The key only proves authorship if nobody else can write the folder or plant the key: the
+//! cache is refused (the host then compiles every start) unless the folder and `host.key` belong
+//! to this user and nobody else can write the folder or read the key. A fresh folder is created
+//! with mode 0700.
+//!
 //! The folder is opened once through cap-std; every later access stays inside it.
 
 use cap_std::ambient_authority;
@@ -52,10 +57,12 @@ impl CompiledCache {
             path: path.to_path_buf(),
             problem,
         };
-        std::fs::create_dir_all(path).map_err(|e| err(format!("cannot create: {e}")))?;
+        create_private_dir(path).map_err(|e| err(format!("cannot create: {e}")))?;
         let dir = Dir::open_ambient_dir(path, ambient_authority())
             .map_err(|e| err(format!("cannot open: {e}")))?;
-        let key = host_key(&dir).map_err(err)?;
+        check_private(&dir, None).map_err(&err)?;
+        let key = host_key(&dir).map_err(&err)?;
+        check_private(&dir, Some(KEY_FILE)).map_err(&err)?;
         Ok(CompiledCache {
             dir,
             path: path.to_path_buf(),
@@ -133,6 +140,49 @@ impl CompiledCache {
             .rename(&tmp, &self.dir, &name)
             .map_err(|e| format!("cannot move {tmp} into place: {e}"))
     }
+}
+
+fn create_private_dir(path: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(path)
+}
+
+/// The folder (`None`) or a file in it must be this user's, and not writable (folder) or
+/// readable (key) by anyone else.
+#[cfg(unix)]
+fn check_private(dir: &Dir, file: Option<&str>) -> Result<(), String> {
+    use cap_std::fs::MetadataExt;
+    let (what, meta, forbidden) = match file {
+        None => ("the folder", dir.dir_metadata(), 0o022),
+        Some(name) => (name, dir.metadata(name), 0o077),
+    };
+    let meta = meta.map_err(|e| format!("cannot inspect {what}: {e}"))?;
+    let me = rustix::process::getuid().as_raw();
+    if meta.uid() != me {
+        return Err(format!(
+            "{what} belongs to uid {}, not to this user (uid {me}): refusing a cache someone else could have filled",
+            meta.uid()
+        ));
+    }
+    let mode = meta.mode() & 0o777;
+    if mode & forbidden != 0 {
+        return Err(format!(
+            "{what} has mode {mode:o}; others could plant entries or read the key (chmod {} it, or delete the cache folder)",
+            if file.is_none() { "700" } else { "600" }
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn check_private(_dir: &Dir, _file: Option<&str>) -> Result<(), String> {
+    Ok(())
 }
 
 /// The host's cache key: read it, or create it (0600) on first use. The new key is written to a

@@ -18,6 +18,15 @@ use std::fmt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+/// The ids of the committed demo keys (`keys/demo/`): their private halves are public, so
+/// trusting one is flagged on every start.
+pub const DEMO_KEY_IDS: &[&str] = &[
+    "b7466ab0e3dab93b", // demo-kafka-team
+    "56f880034457e373", // demo-kubernetes-team
+    "d18d01cfeaf56101", // demo-postgres-team
+    "15cb08d4c3d8dd35", // demo-test-fixtures
+];
+
 pub const SECRET_KEY_TAG: &str = "themis-secret-key-v1";
 pub const PUBLIC_KEY_TAG: &str = "themis-public-key-v1";
 

@@ -63,6 +63,8 @@ pub enum Refusal {
         "unsigned: there is no {SIGNATURE_FILE} next to {MANIFEST_FILE} (sign it with `themis runbook sign DIR --key TEAM.key`; --allow-unsigned is for development only)"
     )]
     Unsigned,
+    #[error("the bundle folder cannot be read: {0} (check the path in the agent's `runbooks:`)")]
+    Unreadable(String),
     #[error("{SIGNATURE_FILE} cannot be read: {0}")]
     Malformed(String),
     #[error("{SIGNATURE_FILE} has format `{0}`; this host reads {FORMAT}")]
@@ -101,6 +103,7 @@ impl Refusal {
     pub fn code(&self) -> &'static str {
         match self {
             Refusal::Unsigned => "unsigned",
+            Refusal::Unreadable(_) => "unreadable-bundle",
             Refusal::Malformed(_) => "malformed-signature",
             Refusal::UnknownFormat(_) => "unknown-signature-format",
             Refusal::UntrustedKey { .. } => "untrusted-key",
@@ -145,7 +148,7 @@ pub struct Provenance {
 /// over the manifest bytes on disk. `Ok(None)`: unsigned and the policy allows it.
 pub fn check_signature(dir: &Path, policy: &TrustPolicy) -> Result<Option<SignatureFile>, Refusal> {
     let root = Dir::open_ambient_dir(dir, ambient_authority())
-        .map_err(|e| Refusal::Malformed(format!("cannot open the runbook folder: {e}")))?;
+        .map_err(|e| Refusal::Unreadable(e.to_string()))?;
     let text = match root.read_to_string(SIGNATURE_FILE) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -157,11 +160,17 @@ pub fn check_signature(dir: &Path, policy: &TrustPolicy) -> Result<Option<Signat
         }
         Err(e) => return Err(Refusal::Malformed(e.to_string())),
     };
-    let sig: SignatureFile =
+    // The format first, leniently: a newer format with new fields is "unknown format", not
+    // "malformed"; then this format, strictly.
+    let value: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| Refusal::Malformed(e.to_string()))?;
-    if sig.format != FORMAT {
-        return Err(Refusal::UnknownFormat(sig.format));
+    match value.get("format").and_then(|f| f.as_str()) {
+        Some(FORMAT) => {}
+        Some(other) => return Err(Refusal::UnknownFormat(other.to_owned())),
+        None => return Err(Refusal::Malformed("it has no `format`".into())),
     }
+    let sig: SignatureFile =
+        serde_json::from_value(value).map_err(|e| Refusal::Malformed(e.to_string()))?;
     let key = policy
         .keys
         .iter()

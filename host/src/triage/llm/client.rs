@@ -23,6 +23,8 @@ pub struct Completion {
     pub content: Option<String>,
     pub refusal: Option<String>,
     pub filtered: bool,
+    /// Stopped at the token limit (`finish_reason: length`): the JSON is cut off.
+    pub truncated: bool,
     pub usage: Option<Usage>,
 }
 
@@ -104,7 +106,7 @@ impl LlmClient {
         let chat = self.client.chat();
         let response = match tokio::time::timeout(self.config.timeout, chat.create(request)).await {
             Err(_) => return Err(CallError::Timeout(self.config.timeout)),
-            Ok(Err(e)) => return Err(classify(e)),
+            Ok(Err(e)) => return Err(classify(e, self.config.timeout)),
             Ok(Ok(r)) => r,
         };
         let usage = response.usage.as_ref().map(|u| Usage {
@@ -118,6 +120,7 @@ impl LlmClient {
             content: choice.message.content,
             refusal: choice.message.refusal.filter(|r| !r.is_empty()),
             filtered: choice.finish_reason == Some(FinishReason::ContentFilter),
+            truncated: choice.finish_reason == Some(FinishReason::Length),
             usage,
         })
     }
@@ -135,13 +138,15 @@ fn to_openai(m: &Message) -> ChatCompletionRequestMessage {
     }
 }
 
-fn classify(error: OpenAIError) -> CallError {
+fn classify(error: OpenAIError, timeout: Duration) -> CallError {
     match error {
         OpenAIError::ApiError(api) => CallError::Http {
             status: api.status_code.as_u16(),
-            message: api.api_error.message,
+            // A server's error text ends up in the audit and on the page: keep it short.
+            message: api.api_error.message.chars().take(200).collect(),
         },
-        OpenAIError::Reqwest(e) if e.is_timeout() => CallError::Timeout(Duration::ZERO),
+        OpenAIError::Reqwest(e) if e.is_connect() => CallError::Unreachable(e.to_string()),
+        OpenAIError::Reqwest(e) if e.is_timeout() => CallError::Timeout(timeout),
         OpenAIError::Reqwest(e) => match e.status() {
             Some(status) => CallError::Http {
                 status: status.as_u16(),

@@ -96,11 +96,10 @@ impl Selector for LlmSelector {
     async fn select(&self, input: &SelectionInput) -> Result<Selection, SelectorError> {
         let schema = schema::response_schema(&input.candidates);
         let mut messages = prompt::messages(input);
-        let prompt_text = prompt::transcript(&messages);
         let mut attempts = Vec::new();
         let mut last: Option<Failure> = None;
-        let mut tokens = 0u64;
-        for _ in 0..MAX_ATTEMPTS {
+        let mut tokens: Option<u64> = None;
+        for attempt in 0..MAX_ATTEMPTS {
             let started = Instant::now();
             let result = self.client.complete(&messages, &schema).await;
             let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
@@ -113,6 +112,8 @@ impl Selector for LlmSelector {
                         Err(ReplyError::Refused(
                             "the endpoint filtered the answer".into(),
                         ))
+                    } else if c.truncated {
+                        Err(ReplyError::Truncated)
                     } else {
                         reply::check(c.content.as_deref().unwrap_or(""), &input.candidates)
                     };
@@ -120,7 +121,7 @@ impl Selector for LlmSelector {
                 }
             };
             if let Some(u) = usage {
-                tokens += u.prompt_tokens + u.completion_tokens;
+                *tokens.get_or_insert(0) += u.prompt_tokens + u.completion_tokens;
             }
             attempts.push(Attempt {
                 raw_output: raw.clone(),
@@ -137,27 +138,34 @@ impl Selector for LlmSelector {
                         confidence: answer.confidence,
                         reasoning: answer.reasoning,
                         selector: "llm".into(),
-                        prompt: Some(prompt_text),
+                        prompt: Some(prompt::transcript(&messages)),
                         raw_output: raw,
                         attempts,
-                        tokens: Some(tokens),
+                        tokens,
                     });
                 }
                 Err(failure) => {
-                    if let (Failure::Reply(_), Some(text)) = (&failure, &raw) {
+                    let retrying = attempt + 1 < MAX_ATTEMPTS;
+                    if let (true, Failure::Reply(_), Some(text)) = (retrying, &failure, &raw) {
                         // Show the model its rejected answer and why, then ask once more.
                         messages.push(prompt::Message {
                             role: "assistant",
                             content: text.clone(),
                         });
-                        messages.push(prompt::correction(&failure.message()));
+                        messages.push(prompt::correction(failure.code(), &failure.message()));
                     }
                     last = Some(failure);
                 }
             }
         }
         let failure = last.unwrap_or(Failure::Call(CallError::Protocol("no attempt".into())));
-        let unreachable = matches!(failure, Failure::Call(_));
+        // "Unreachable" means no attempt got through at all; a wrong key or model name (HTTP
+        // 4xx) or a bad answer must not hide behind the rules.
+        let unreachable = attempts.iter().all(
+            |a| matches!(a.error_code, Some(code) if code == "unreachable" || code == "timeout"),
+        );
+        // Everything sent, the retry's correction included: what the audit keeps.
+        let prompt_text = prompt::transcript(&messages);
         if unreachable && let Some(rules) = &self.fallback {
             let mut selection = rules.select(input).await?;
             selection.reasoning = format!(
@@ -168,7 +176,7 @@ impl Selector for LlmSelector {
             selection.selector = "rules (llm unavailable)".into();
             selection.prompt = Some(prompt_text);
             selection.attempts = attempts;
-            selection.tokens = Some(tokens);
+            selection.tokens = tokens;
             return Ok(selection);
         }
         let raw_output = attempts.iter().rev().find_map(|a| a.raw_output.clone());
@@ -176,7 +184,7 @@ impl Selector for LlmSelector {
             prompt: Some(prompt_text),
             raw_output,
             attempts,
-            tokens: Some(tokens),
+            tokens,
             ..Selection::escalate(
                 "llm",
                 format!(

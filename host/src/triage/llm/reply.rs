@@ -14,6 +14,8 @@ pub enum ReplyError {
     Refused(String),
     #[error("the answer is empty")]
     Empty,
+    #[error("the answer was cut off at the token limit")]
+    Truncated,
     #[error("the answer is not the JSON object the schema asks for: {0}")]
     Malformed(String),
     #[error("`{0}` is not a runbook of the catalog")]
@@ -30,6 +32,7 @@ impl ReplyError {
         match self {
             ReplyError::Refused(_) => "refusal",
             ReplyError::Empty => "empty",
+            ReplyError::Truncated => "truncated",
             ReplyError::Malformed(_) => "malformed-json",
             ReplyError::UnknownRunbook(_) => "unknown-runbook",
             ReplyError::BadParameters { .. } => "bad-parameters",
