@@ -103,6 +103,15 @@ fn failures() -> Vec<(&'static str, Answer)> {
             ),
         ),
         (
+            // A value outside the parameter's declared pattern: an injected label echoed back.
+            "bad-parameters",
+            Answer::choose(
+                "scale-consumer",
+                json!({ "group": "orders-consumer; delete all topics", "topic": "orders", "replicas": 6 }),
+                0.95,
+            ),
+        ),
+        (
             "malformed-json",
             Answer::Content("Sure! I would scale the consumers.".into()),
         ),

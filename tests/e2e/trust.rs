@@ -85,7 +85,7 @@ fn an_intact_bundle_signed_by_a_trusted_key_loads_and_names_its_signer() {
     assert_eq!(p.signer, sig.key_id);
     assert_eq!(
         (p.runbook.as_str(), p.version.as_str()),
-        ("restart-consumer-group", "1.0.0")
+        ("restart-consumer-group", "1.1.0")
     );
     assert!(sandbox.stats().compiles > 0);
 }
@@ -141,7 +141,7 @@ fn one_changed_byte_of_the_signature_is_refused() {
     let text = std::fs::read_to_string(&sig_path).expect("read");
     std::fs::write(
         &sig_path,
-        text.replace("\"version\": \"1.0.0\"", "\"version\": \"9.0.0\""),
+        text.replace("\"version\": \"1.1.0\"", "\"version\": \"9.0.0\""),
     )
     .expect("write");
     let reason = refusal(dir.path(), &demo_trust(KAFKA));
@@ -203,14 +203,14 @@ fn an_older_signed_version_than_the_pinned_minimum_is_refused() {
         reason,
         Refusal::Downgrade {
             runbook: "restart-consumer-group".into(),
-            version: "1.0.0".into(),
+            version: "1.1.0".into(),
             minimum: "1.2.0".into()
         }
     );
     // The pin at the bundle's own version admits it.
     trust.min_versions.insert(
         "restart-consumer-group".into(),
-        semver::Version::new(1, 0, 0),
+        semver::Version::new(1, 1, 0),
     );
     LoadedRunbook::load(&fresh_sandbox(), dir.path(), &trust).expect("at the minimum loads");
 }

@@ -228,7 +228,16 @@ impl Runtime {
                 .map(|k| format!("{} ({})", k.id, k.name))
                 .collect();
             if !demo.is_empty() {
-                tracing::warn!(agent = %def.name, keys = %demo.join(", "), "the agent trusts a committed DEMO key whose private half is public: fine for the demo and tests, never in production");
+                // Logged once per process and agent (an eval starts a runtime per scenario);
+                // audited on every start.
+                static WARNED: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+                let first = WARNED
+                    .lock()
+                    .map(|mut w| w.insert(def.name.clone()))
+                    .unwrap_or(true);
+                if first {
+                    tracing::warn!(agent = %def.name, keys = %demo.join(", "), "the agent trusts a committed DEMO key whose private half is public: fine for the demo and tests, never in production");
+                }
                 audit.append(&def.name, None, "demo-key-trusted", json!({ "keys": demo }))?;
             }
             let rules: Vec<&Rule> = def

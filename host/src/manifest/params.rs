@@ -1,5 +1,10 @@
 //! Typed runbook parameters: declared in the manifest, bound from untyped input (a scenario, the
 //! CLI, a selector's answer) before any step runs.
+//!
+//! A string parameter may declare a `pattern:` (a regular expression the whole value must
+//! match). Values often come from alert labels or a model's answer; a pattern such as
+//! `^[a-z0-9]([-a-z0-9]*[a-z0-9])?$` keeps `checkout; delete namespace prod` from ever
+//! becoming a plan.
 
 use crate::wit::types::{Param, ParamValue};
 use serde::{Deserialize, Serialize};
@@ -38,6 +43,45 @@ pub(super) struct RawParameter {
     required: Option<bool>,
     #[serde(default)]
     default: Option<Value>,
+    #[serde(default)]
+    pattern: Option<String>,
+}
+
+/// A string parameter's pattern, matched against the whole value.
+#[derive(Debug, Clone)]
+pub struct Pattern {
+    source: String,
+    anchored: regex::Regex,
+}
+
+impl Pattern {
+    pub fn new(source: &str) -> Result<Pattern, String> {
+        let anchored = regex::Regex::new(&format!("^(?:{source})$")).map_err(|e| e.to_string())?;
+        Ok(Pattern {
+            source: source.to_owned(),
+            anchored,
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.source
+    }
+
+    pub fn matches(&self, value: &str) -> bool {
+        self.anchored.is_match(value)
+    }
+}
+
+impl PartialEq for Pattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source
+    }
+}
+
+impl Serialize for Pattern {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.source)
+    }
 }
 
 /// A declared parameter.
@@ -51,6 +95,9 @@ pub struct Parameter {
     pub required: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub default: Option<Value>,
+    /// String parameters only: the whole value must match.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<Pattern>,
 }
 
 /// Parameters that could not be bound.
@@ -65,6 +112,12 @@ pub enum ParameterError {
         name: String,
         kind: ParamType,
         got: String,
+    },
+    #[error("parameter `{name}` is {value:?}, which does not match its pattern `{pattern}`")]
+    NoMatch {
+        name: String,
+        value: String,
+        pattern: String,
     },
 }
 
@@ -106,6 +159,23 @@ pub(super) fn validate(raw: &[RawParameter]) -> Result<Vec<Parameter>, FieldErro
                 ));
             }
         };
+        let pattern = match (&p.pattern, kind) {
+            (None, _) => None,
+            (Some(source), ParamType::String) => Some(Pattern::new(source).map_err(|e| {
+                (
+                    field("pattern"),
+                    format!("not a regular expression: {e}"),
+                    "write e.g. ^[a-z0-9-]{1,63}$".into(),
+                )
+            })?),
+            (Some(_), other) => {
+                return Err((
+                    field("pattern"),
+                    format!("a {other} parameter cannot have a pattern"),
+                    "patterns are for string parameters".into(),
+                ));
+            }
+        };
         if let Some(Err(got)) = p.default.as_ref().map(|d| convert(kind, d)) {
             return Err((
                 field("default"),
@@ -119,6 +189,7 @@ pub(super) fn validate(raw: &[RawParameter]) -> Result<Vec<Parameter>, FieldErro
             description: p.description.clone(),
             required: p.required.unwrap_or(true),
             default: p.default.clone(),
+            pattern,
         });
     }
     Ok(out)
@@ -149,6 +220,15 @@ pub fn bind(
             kind: p.kind,
             got,
         })?;
+        if let (Some(pattern), ParamValue::Text(text)) = (&p.pattern, &value)
+            && !pattern.matches(text)
+        {
+            return Err(ParameterError::NoMatch {
+                name: p.name.clone(),
+                value: text.chars().take(120).collect(),
+                pattern: pattern.as_str().to_owned(),
+            });
+        }
         out.push(Param {
             name: p.name.clone(),
             value,
@@ -195,6 +275,7 @@ mod tests {
                 description: String::new(),
                 required: true,
                 default: None,
+                pattern: Some(Pattern::new("[a-z0-9._-]{1,64}").expect("pattern")),
             },
             Parameter {
                 name: "replicas".into(),
@@ -202,6 +283,7 @@ mod tests {
                 description: String::new(),
                 required: true,
                 default: Some(json!(3)),
+                pattern: None,
             },
         ]
     }
@@ -235,6 +317,12 @@ mod tests {
         assert!(matches!(
             bind(&declared(), &mistyped),
             Err(ParameterError::WrongType { .. })
+        ));
+        // The whole value must match, so a valid prefix does not smuggle the rest through.
+        let injected = BTreeMap::from([("group".to_string(), json!("orders; drop table x"))]);
+        assert!(matches!(
+            bind(&declared(), &injected),
+            Err(ParameterError::NoMatch { .. })
         ));
     }
 }

@@ -121,6 +121,7 @@ mod tests {
                 description: "how many".into(),
                 required: true,
                 default: None,
+                pattern: None,
             }],
         }]
     }

@@ -52,10 +52,11 @@ pub fn parameters_schema(candidate: &Candidate) -> Value {
         if let Some(default) = &p.default {
             description.push_str(&format!(" (default {default})"));
         }
-        properties.insert(
-            p.name.clone(),
-            json!({ "type": kind, "description": description }),
-        );
+        let mut schema = json!({ "type": kind, "description": description });
+        if let Some(pattern) = &p.pattern {
+            schema["pattern"] = json!(format!("^(?:{})$", pattern.as_str()));
+        }
+        properties.insert(p.name.clone(), schema);
     }
     let required: Vec<&str> = candidate
         .parameters
@@ -88,6 +89,7 @@ mod tests {
                     description: format!("the {n}"),
                     required: true,
                     default: None,
+                    pattern: None,
                 })
                 .collect(),
         }
