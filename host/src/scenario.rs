@@ -34,7 +34,6 @@ use crate::grant::Approval;
 use crate::manifest::bind_params;
 use crate::sandbox::{CallMode, Phase, Sandbox};
 use crate::trust::TrustPolicy;
-use crate::trust::keys::read_public_keys;
 use crate::wit::types::{Alert, Pair};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -297,9 +296,9 @@ async fn run_runbook(
         ..TrustPolicy::default()
     };
     for path in &scenario.trust {
-        for key in read_public_keys(&base.join(path)).map_err(|e| invalid(format!("trust: {e}")))? {
-            trust.keys.insert(key.id.clone(), key);
-        }
+        trust
+            .trust_keys_at(&base.join(path))
+            .map_err(|e| invalid(format!("trust: {e}")))?;
     }
     let loaded = LoadedRunbook::load(sandbox, &base.join(&runbook), &trust).map_err(|source| {
         ScenarioError::Runbook {

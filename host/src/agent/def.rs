@@ -30,7 +30,6 @@ use crate::triage::conditions;
 use crate::triage::llm::config::{LlmConfig, RawLlm};
 use crate::triage::rules::Rule;
 use crate::trust::TrustPolicy;
-use crate::trust::keys::read_public_keys;
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -185,11 +184,9 @@ impl AgentDef {
         }
         let mut trust = TrustPolicy::default();
         for (i, path) in raw.trust.keys.iter().enumerate() {
-            for key in read_public_keys(&base.join(path))
-                .map_err(|e| err(&format!("trust.keys[{i}]"), e.to_string()))?
-            {
-                trust.keys.insert(key.id.clone(), key);
-            }
+            trust
+                .trust_keys_at(&base.join(path))
+                .map_err(|e| err(&format!("trust.keys[{i}]"), e.to_string()))?;
         }
         for (runbook, version) in &raw.trust.min_versions {
             let v = semver::Version::parse(version).map_err(|e| {

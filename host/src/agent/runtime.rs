@@ -35,6 +35,15 @@ use std::time::SystemTime;
 /// How the audit marks every record of a runtime started with `--allow-unsigned`.
 pub const UNSIGNED_MODE: &str = "allow-unsigned";
 
+impl Agent {
+    /// The provenance of a catalog runbook, for audit records that name one.
+    fn provenance(&self, runbook: Option<&str>) -> Option<crate::trust::Provenance> {
+        runbook
+            .and_then(|id| self.catalog.get(id))
+            .map(LoadedRunbook::provenance)
+    }
+}
+
 /// How a runtime starts.
 #[derive(Debug, Clone, Default)]
 pub struct RuntimeOptions {
@@ -420,7 +429,7 @@ impl Runtime {
             ),
         };
         let selection_json = json!({
-            "provenance": selection.runbook.as_ref().and_then(|r| agent.catalog.get(r)).map(LoadedRunbook::provenance),
+            "provenance": agent.provenance(selection.runbook.as_deref()),
             "selector": selection.selector,
             "input": { "candidates": input.candidates.iter().map(|c| &c.id).collect::<Vec<_>>(), "probes": input.probes },
             "output": selection,
@@ -577,7 +586,7 @@ impl Runtime {
                     .collect::<Vec<_>>();
                 let next = RuleSelector::choose(&follow, &facts);
                 if next.runbook.is_some() {
-                    self.audit.append(name, Some(&incident.id), "selection", json!({ "selector": "rules", "follow_up_of": plan.runbook_id, "output": next, "provenance": next.runbook.as_ref().and_then(|r| agent.catalog.get(r)).map(LoadedRunbook::provenance) }))?;
+                    self.audit.append(name, Some(&incident.id), "selection", json!({ "selector": "rules", "follow_up_of": plan.runbook_id, "output": next, "provenance": agent.provenance(next.runbook.as_deref()) }))?;
                     let evidence = outputs
                         .iter()
                         .map(|(k, v)| format!("{}: {k}={v}", plan.runbook_id))
@@ -686,7 +695,7 @@ impl Runtime {
             &agent.def.name,
             Some(&incident.id),
             "escalation",
-            json!({ "escalation": escalation, "message": escalation.to_text(), "provenance": escalation.proposal.as_ref().and_then(|p| agent.catalog.get(&p.plan.runbook_id)).map(LoadedRunbook::provenance) }),
+            json!({ "escalation": escalation, "message": escalation.to_text(), "provenance": agent.provenance(escalation.proposal.as_ref().map(|p| p.plan.runbook_id.as_str())) }),
         )?;
         incident.status = if proposal.is_some() {
             IncidentStatus::PendingApproval
@@ -840,7 +849,7 @@ impl Runtime {
                 &name,
                 Some(&incident.id),
                 "approval-refused",
-                json!({ "approval": approval_id, "approver": approver, "error": e.to_string(), "provenance": agent.catalog.get(&request.plan.runbook_id).map(LoadedRunbook::provenance) }),
+                json!({ "approval": approval_id, "approver": approver, "error": e.to_string(), "provenance": agent.provenance(Some(&request.plan.runbook_id)) }),
             )?;
             return Err(e.into());
         }
@@ -848,7 +857,7 @@ impl Runtime {
             execution_id: approval_id.into(),
             approved_by: approver.into(),
         };
-        self.audit.append(&name, Some(&incident.id), "approval", json!({ "approval": approval_id, "approver": approver, "plan": request.plan, "plan_digest": request.plan_digest, "bound_to_execution": approval_id, "provenance": agent.catalog.get(&request.plan.runbook_id).map(LoadedRunbook::provenance) }))?;
+        self.audit.append(&name, Some(&incident.id), "approval", json!({ "approval": approval_id, "approver": approver, "plan": request.plan, "plan_digest": request.plan_digest, "bound_to_execution": approval_id, "provenance": agent.provenance(Some(&request.plan.runbook_id)) }))?;
         let fsm = self.fsm(agent, &incident.id)?;
         let first = agent
             .catalog
@@ -889,7 +898,7 @@ impl Runtime {
             &agent.def.name,
             Some(&incident.id),
             "rejection",
-            json!({ "approval": approval_id, "by": who, "reason": reason, "provenance": incident.proposal.as_ref().and_then(|p| agent.catalog.get(&p.plan.runbook_id)).map(LoadedRunbook::provenance) }),
+            json!({ "approval": approval_id, "by": who, "reason": reason, "provenance": agent.provenance(incident.proposal.as_ref().map(|p| p.plan.runbook_id.as_str())) }),
         )?;
         let fsm = self.fsm(agent, &incident.id)?;
         fsm.fire(Event::ApprovalRejected {

@@ -7,7 +7,7 @@ use crate::executor::LoadedRunbook;
 use crate::manifest::Runbook;
 use crate::sandbox::Sandbox;
 use crate::trust::bundle::{SIGNATURE_FILE, SignatureFile};
-use crate::trust::keys::{SecretKey, read_public_keys};
+use crate::trust::keys::SecretKey;
 use crate::trust::{self, TrustPolicy};
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -74,14 +74,12 @@ pub fn sign(dirs: &[PathBuf], key: &Path) -> ExitCode {
 }
 
 pub fn verify(dirs: &[PathBuf], trust_paths: &[PathBuf]) -> ExitCode {
-    let mut keys = Vec::new();
+    let mut policy = TrustPolicy::default();
     for path in trust_paths {
-        match read_public_keys(path) {
-            Ok(k) => keys.extend(k),
-            Err(e) => return fail(2, e),
+        if let Err(e) = policy.trust_keys_at(path) {
+            return fail(2, e);
         }
     }
-    let policy = TrustPolicy::trusting(keys);
     let mut failed = false;
     for dir in dirs {
         // The same two checks the host makes before compiling, and nothing more.

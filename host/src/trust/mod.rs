@@ -38,6 +38,14 @@ impl TrustPolicy {
         }
     }
 
+    /// Trust the key in a `.pub` file, or every `*.pub` in a folder.
+    pub fn trust_keys_at(&mut self, path: &Path) -> Result<(), keys::KeyError> {
+        for key in keys::read_public_keys(path)? {
+            self.keys.insert(key.id.clone(), key);
+        }
+        Ok(())
+    }
+
     fn trusted_list(&self) -> String {
         if self.keys.is_empty() {
             return "no keys".into();
