@@ -103,6 +103,29 @@ impl Context {
         }
     }
 
+    /// An integer parameter the step passes where WIT wants an `s32` (a broker id, a pid): the
+    /// value must fit, or this is an error — never a silent truncation (4294967297 is not 1).
+    /// Declare the range in the manifest (`minimum`/`maximum`) so the host refuses it first.
+    pub fn param_i32(&self, name: &str) -> Result<i32, ParamError> {
+        self.param_i64(name).and_then(|v| {
+            i32::try_from(v).map_err(|_| ParamError {
+                name: name.into(),
+                wanted: "an integer that fits in 32 bits (declare minimum/maximum in the manifest)",
+            })
+        })
+    }
+
+    /// An integer parameter the step passes where WIT wants a `u32` (replicas, lines): the value
+    /// must fit, or this is an error.
+    pub fn param_u32(&self, name: &str) -> Result<u32, ParamError> {
+        self.param_i64(name).and_then(|v| {
+            u32::try_from(v).map_err(|_| ParamError {
+                name: name.into(),
+                wanted: "a non-negative integer that fits in 32 bits (declare minimum/maximum in the manifest)",
+            })
+        })
+    }
+
     /// A number parameter; integers are accepted too.
     pub fn param_f64(&self, name: &str) -> Result<f64, ParamError> {
         match self.param(name) {

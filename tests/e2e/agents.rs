@@ -1,14 +1,12 @@
 //! Agents end to end: the demo, approvals across processes, the audit chain, illegal moves,
 //! Slack delivery over real HTTP, secrets kept out of the audit.
 
-use crate::common::{repo, sandbox, text, themis};
+use crate::common::{HostSpec, repo, text, themis, world_alert};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
-use themis::agent::store::{BackendSpec, IncidentStatus, Store};
-use themis::agent::{AlertOutcome, Quiet, Runtime, RuntimeError};
-use themis::audit::{AuditLog, Redactor};
-use themis::escalation::Channels;
-use themis::fsm::AgentState;
+use themis_agent::AlertOutcome;
+use themis_agent::escalation::Channels;
+use themis_agent::store::IncidentStore;
 
 /// Positions of `needles` in `hay`, each searched after the previous one.
 fn in_order(hay: &str, needles: &[&str]) -> Result<(), String> {
@@ -90,7 +88,7 @@ fn demo_no_rejects_and_nothing_destructive_is_called() {
     assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
     assert!(stdout.contains("rejected apr-"), "{stdout}");
     assert!(stdout.contains(": rejected"), "{stdout}");
-    let (records, _) = themis::audit::read_all(&audit).expect("read");
+    let (records, _) = themis_agent::audit::read_all(&audit).expect("read");
     let destructive_calls = records
         .iter()
         .filter(|r| r.kind == "phase")
@@ -123,8 +121,33 @@ fn demo_without_a_terminal_or_a_flag_says_what_to_pass() {
     assert!(text(&out.stderr).contains("pass --yes or --no"));
 }
 
+/// The approval id and plan digest an escalation printed.
+pub fn proposal_of(stdout: &str, state: &str) -> (String, String) {
+    let apr = stdout
+        .split_whitespace()
+        .find(|w| w.starts_with("apr-"))
+        .expect("an approval id")
+        .trim_end_matches([',', ')', ':'])
+        .to_owned();
+    let out = themis(&["agents", "--state-dir", state, "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let dir = std::path::Path::new(state);
+    let incident = std::fs::read_dir(dir.join("incidents"))
+        .expect("incidents")
+        .filter_map(|e| e.ok())
+        .map(|e| std::fs::read_to_string(e.path()).expect("read"))
+        .map(|t| serde_json::from_str::<serde_json::Value>(&t).expect("json"))
+        .find(|i| i["data"]["proposal"]["id"] == apr.as_str())
+        .expect("the incident of the proposal");
+    let digest = incident["data"]["proposal"]["plan_digest"]
+        .as_str()
+        .expect("a digest")
+        .to_owned();
+    (apr, digest)
+}
+
 #[test]
-fn approvals_work_across_processes_and_refuse_self_approval() {
+fn approvals_work_across_processes_for_the_plan_shown_and_only_once() {
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().to_str().expect("utf-8");
     let out = themis(&[
@@ -135,12 +158,7 @@ fn approvals_work_across_processes_and_refuse_self_approval() {
         state,
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let line = text(&out.stdout);
-    let apr = line
-        .split_whitespace()
-        .find(|w| w.starts_with("apr-"))
-        .expect("an approval id")
-        .to_owned();
+    let (apr, digest) = proposal_of(&text(&out.stdout), state);
 
     let agents = text(&themis(&["agents", "--state-dir", state]).stdout);
     assert!(
@@ -148,18 +166,31 @@ fn approvals_work_across_processes_and_refuse_self_approval() {
         "{agents}"
     );
 
-    let own = themis(&[
+    // Not on a terminal and no digest: the host will not guess what the human saw.
+    let blind = themis(&["approve", &apr, "--state-dir", state]);
+    assert_eq!(blind.status.code(), Some(2));
+    assert!(
+        text(&blind.stderr).contains("--digest"),
+        "{}",
+        text(&blind.stderr)
+    );
+
+    let wrong = themis(&[
         "approve",
         &apr,
-        "--as",
-        "themis:postgres",
+        "--digest",
+        "sha256:0000000000000000000000000000000000000000000000000000000000000000",
         "--state-dir",
         state,
     ]);
-    assert_eq!(own.status.code(), Some(1));
-    assert!(text(&own.stderr).contains("cannot approve it: another person must"));
+    assert_eq!(wrong.status.code(), Some(1));
+    assert!(
+        text(&wrong.stderr).contains("is not the digest of the plan on the table"),
+        "{}",
+        text(&wrong.stderr)
+    );
 
-    let ok = themis(&["approve", &apr, "--as", "dave", "--state-dir", state]);
+    let ok = themis(&["approve", &apr, "--digest", &digest, "--state-dir", state]);
     assert!(ok.status.success(), "{}", text(&ok.stderr));
     assert!(
         text(&ok.stdout).contains(": resolved"),
@@ -167,102 +198,55 @@ fn approvals_work_across_processes_and_refuse_self_approval() {
         text(&ok.stdout)
     );
 
-    let again = themis(&["approve", &apr, "--as", "dave", "--state-dir", state]);
+    let again = themis(&["approve", &apr, "--digest", &digest, "--state-dir", state]);
     assert_eq!(again.status.code(), Some(1), "an approval is used once");
+    assert!(
+        text(&again.stderr).contains("already answered"),
+        "{}",
+        text(&again.stderr)
+    );
+
+    // Who approved, and how the host knew: the OS user running the command.
+    let records = crate::common::records(&dir.path().join("audit.jsonl"));
+    let approval = records
+        .iter()
+        .find(|r| r["kind"] == "approval")
+        .expect("the approval is audited");
+    assert_eq!(approval["data"]["approver"]["via"], "os-user");
+    assert!(approval["data"]["approver"]["uid"].is_u64());
+    let bound = approval["data"]["bound_to_execution"]
+        .as_str()
+        .expect("bound");
+    assert!(bound.starts_with("exe-") && bound != apr, "{bound}");
 
     let verify = themis(&["audit", "verify", &format!("{state}/audit.jsonl")]);
     assert!(verify.status.success());
 }
 
-fn runtime(dir: &std::path::Path, channels: Channels) -> Runtime {
-    let audit = AuditLog::open(
-        &dir.join("audit.jsonl"),
-        Redactor::with_values(channels.slack_webhook.clone()),
-    )
-    .expect("audit");
-    let store = Store::open(dir).expect("store");
-    Runtime::new(
-        sandbox().clone(),
-        &[repo().join("agents/postgres.yaml")],
-        Arc::new(audit),
-        store,
-        channels,
-        Arc::new(Quiet),
-        Default::default(),
-    )
-    .expect("runtime")
-}
-
-fn world(name: &str) -> (themis::wit::types::Alert, BackendSpec) {
-    let file = repo().join("tests/scenarios").join(name);
-    let s = themis::scenario::load(&file).expect("scenario");
-    (
-        s.alert.to_alert(),
-        BackendSpec::Scenario {
-            file,
-            dry_run: false,
-        },
-    )
-}
-
-#[tokio::test]
-async fn an_illegal_transition_is_refused_and_audited() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let rt = runtime(dir.path(), Channels::default());
-    let (alert, backend) = world("agent-postgres-lock-waits.yaml");
-    let AlertOutcome::Handled(incident) = rt.handle_alert(alert, backend).await.expect("handled")
-    else {
-        panic!("a new incident");
-    };
-    let apr = incident.proposal.expect("a proposal").id;
-    // Pretend the agent is busy with something else: an approval cannot start a second run.
-    rt.store()
-        .save_agent_state(
-            "postgres",
-            &AgentState::Triaging {
-                incident: "inc-other".into(),
-            },
-        )
-        .expect("save");
-    let err = rt.approve(&apr, "dave").await.expect_err("illegal");
-    assert!(matches!(err, RuntimeError::Illegal { .. }), "{err}");
-    assert!(
-        err.to_string()
-            .contains("illegal transition: `approval-granted` in state `triaging`"),
-        "{err}"
-    );
-    let (records, _) = themis::audit::read_all(&dir.path().join("audit.jsonl")).expect("read");
-    let illegal = records
-        .iter()
-        .find(|r| r.kind == "illegal-transition")
-        .expect("audited");
-    assert_eq!(illegal.data["event"]["event"], "approval-granted");
-    // Nothing ran.
-    assert_eq!(
-        rt.store().incident(&incident.id).expect("incident").status,
-        IncidentStatus::PendingApproval
-    );
-}
-
 #[tokio::test]
 async fn a_second_alert_with_the_same_fingerprint_attaches_to_the_open_incident() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let rt = runtime(dir.path(), Channels::default());
-    let (alert, backend) = world("agent-postgres-lock-waits.yaml");
-    let AlertOutcome::Handled(first) = rt
-        .handle_alert(alert.clone(), backend.clone())
+    let world = "agent-postgres-lock-waits.yaml";
+    let host = HostSpec::new(dir.path(), "agents/postgres.yaml", world)
+        .start()
+        .await
+        .expect("runtime");
+    let alert = world_alert(world);
+    let AlertOutcome::Handled(first) = host
+        .runtime
+        .handle_alert(alert.clone())
         .await
         .expect("handled")
     else {
         panic!("new");
     };
-    let AlertOutcome::Attached(second) = rt.handle_alert(alert, backend).await.expect("handled")
+    let AlertOutcome::Attached(second) = host.runtime.handle_alert(alert).await.expect("handled")
     else {
         panic!("attached");
     };
     assert_eq!(first.id, second.id);
     assert_eq!(second.attached_alerts, 1);
-    assert_eq!(rt.store().incidents().expect("list").len(), 1);
+    assert_eq!(host.store.list().await.expect("list").len(), 1);
 }
 
 #[tokio::test]
@@ -289,14 +273,20 @@ async fn escalations_reach_slack_over_http_and_the_webhook_never_reaches_the_aud
     let url = format!("http://{addr}/services/T000/B000/SECRETTOKEN");
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let rt = runtime(
-        dir.path(),
-        Channels {
+    let world = "agent-postgres-lock-waits.yaml";
+    let host = HostSpec {
+        channels: Channels {
             slack_webhook: Some(url.clone()),
         },
-    );
-    let (alert, backend) = world("agent-postgres-lock-waits.yaml");
-    rt.handle_alert(alert, backend).await.expect("handled");
+        ..HostSpec::new(dir.path(), "agents/postgres.yaml", world)
+    }
+    .start()
+    .await
+    .expect("runtime");
+    host.runtime
+        .handle_alert(world_alert(world))
+        .await
+        .expect("handled");
 
     let posts = received.lock().expect("lock").clone();
     assert_eq!(posts.len(), 1);
@@ -308,7 +298,9 @@ async fn escalations_reach_slack_over_http_and_the_webhook_never_reaches_the_aud
             .contains("PostgresLockWaits")
     );
     assert!(
-        body.contains("terminate-blocker") && body.contains("themis approve apr-"),
+        body.contains("terminate-blocker")
+            && body.contains("themis approve apr-")
+            && body.contains("--digest sha256:"),
         "{body}"
     );
     assert_eq!(posts[0]["blocks"][0]["type"], "header");
@@ -327,7 +319,7 @@ fn fsm_prints_every_transition_of_the_table() {
     let out = themis(&["fsm"]);
     assert!(out.status.success());
     let stdout = text(&out.stdout);
-    assert_eq!(stdout.lines().count(), themis::fsm::TABLE.len());
+    assert_eq!(stdout.lines().count(), themis_core::fsm::TABLE.len());
     assert!(
         stdout
             .lines()
@@ -342,7 +334,7 @@ fn fsm_prints_every_transition_of_the_table() {
 fn the_architecture_doc_shows_the_fsm_table_as_the_code_has_it() {
     let doc = std::fs::read_to_string(repo().join("docs/ARCHITECTURE.md")).expect("read doc");
     assert!(
-        doc.contains(&themis::fsm::table_text()),
+        doc.contains(&themis_core::fsm::table_text()),
         "docs/ARCHITECTURE.md is out of date: paste the output of `themis fsm` into it"
     );
 }

@@ -1,16 +1,23 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
-use themis::caps::Backends;
-use themis::caps::scenario::{Mocks, ScenarioMock};
-use themis::executor::LoadedRunbook;
-use themis::sandbox::{Sandbox, SandboxConfig};
-use themis::trust::TrustPolicy;
-use themis::trust::keys::read_public_keys;
+use themis_agent::audit::{AuditLog, Redactor};
+use themis_agent::escalation::Channels;
+use themis_agent::store::JsonStore;
+use themis_agent::{Runtime, RuntimeError, RuntimeOptions, RuntimeParts};
+use themis_caps::Backends;
+use themis_core::trust::TrustPolicy;
+use themis_core::trust::keys::read_public_keys;
+use themis_sandbox::loaded::LoadedRunbook;
+use themis_sandbox::{Sandbox, SandboxConfig};
+use themis_testkit::mock::{Mocks, ScenarioMock};
+use themis_testkit::provider::ScenarioProvider;
+use themis_testkit::scenario_agent::Recorder;
 
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("host/ has a parent")
+        .ancestors()
+        .nth(2)
+        .expect("host/cli/ is two folders down")
         .to_path_buf()
 }
 
@@ -51,12 +58,100 @@ pub fn demo_trust(relative: &str) -> TrustPolicy {
 }
 
 pub fn mock(yaml: &str) -> Arc<ScenarioMock> {
-    let rules: Mocks = themis::yaml::from_str(yaml).expect("mock yaml");
+    let rules: Mocks = themis_core::yaml::from_str(yaml).expect("mock yaml");
     Arc::new(ScenarioMock::new(rules).expect("mock rules"))
 }
 
 pub fn backends(mock: &Arc<ScenarioMock>) -> Backends {
-    Backends::all(mock.clone(), false)
+    Backends::all(mock.clone())
+}
+
+/// A runtime in this process, for tests that drive it directly: `agents` (paths from the repo
+/// root), a scenario's mocks as every agent's backends, state and audit in `dir`.
+pub struct TestHost {
+    pub runtime: Runtime,
+    pub store: Arc<JsonStore>,
+    pub audit_path: PathBuf,
+    pub recorder: Arc<Recorder>,
+    pub mock: Arc<ScenarioMock>,
+}
+
+pub struct HostSpec<'a> {
+    pub dir: &'a Path,
+    pub agents: Vec<PathBuf>,
+    /// A scenario file under tests/scenarios whose `mocks:` are the world.
+    pub world: &'a str,
+    pub dry_run: bool,
+    pub channels: Channels,
+    pub options: RuntimeOptions,
+    pub sandbox: Arc<Sandbox>,
+}
+
+impl<'a> HostSpec<'a> {
+    pub fn new(dir: &'a Path, agent: &str, world: &'a str) -> Self {
+        HostSpec {
+            dir,
+            agents: vec![repo().join(agent)],
+            world,
+            dry_run: false,
+            channels: Channels::default(),
+            options: RuntimeOptions::default(),
+            sandbox: sandbox().clone(),
+        }
+    }
+
+    pub async fn start(self) -> Result<TestHost, RuntimeError> {
+        let audit_path = self.dir.join("audit.jsonl");
+        let audit = AuditLog::open(
+            &audit_path,
+            Redactor::with_values(self.channels.slack_webhook.clone()),
+        )?;
+        let store = Arc::new(JsonStore::open(&self.dir.join("state"))?);
+        let scenario = themis_testkit::scenario::load(&world_file(self.world)).expect("scenario");
+        let mock = Arc::new(ScenarioMock::new(scenario.mocks).expect("mocks"));
+        let recorder = Arc::new(Recorder::default());
+        let runtime = Runtime::start(
+            RuntimeParts {
+                sandbox: self.sandbox,
+                agent_files: self.agents,
+                audit: Arc::new(audit),
+                store: store.clone(),
+                channels: self.channels,
+                observer: recorder.clone(),
+                provider: Arc::new(ScenarioProvider::new(mock.clone(), self.dry_run)),
+            },
+            self.options,
+        )
+        .await?;
+        Ok(TestHost {
+            runtime,
+            store,
+            audit_path,
+            recorder,
+            mock,
+        })
+    }
+}
+
+pub fn world_file(name: &str) -> PathBuf {
+    repo().join("tests/scenarios").join(name)
+}
+
+/// The alert of a scenario file under tests/scenarios.
+pub fn world_alert(name: &str) -> themis_core::types::Alert {
+    themis_testkit::scenario::load(&world_file(name))
+        .expect("scenario")
+        .alert
+        .to_alert()
+}
+
+/// Every audit record of a log, as JSON.
+pub fn records(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .expect("audit")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("record"))
+        .collect()
 }
 
 /// Run the `themis` binary from the repository root.

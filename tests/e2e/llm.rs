@@ -9,12 +9,12 @@ use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
-use themis::agent::{RuntimeOptions, SelectorChoice};
-use themis::triage::llm::LlmSelector;
-use themis::triage::llm::config::{LlmConfig, OnUnavailable};
-use themis::triage::rules::RuleSelector;
-use themis::triage::{Candidate, ProbeResult, Selection, SelectionInput, Selector};
-use themis::wit::types::{Alert, Pair};
+use themis_agent::triage::llm::LlmSelector;
+use themis_agent::triage::llm::config::{LlmConfig, OnUnavailable};
+use themis_agent::triage::rules::RuleSelector;
+use themis_agent::triage::{Candidate, ProbeResult, Selection, SelectionInput, Selector};
+use themis_agent::{RuntimeOptions, SelectorChoice};
+use themis_core::types::{Alert, Pair};
 
 fn config(base_url: &str) -> LlmConfig {
     let mut c = LlmConfig::new(base_url, "scripted-model").expect("config");
@@ -253,7 +253,7 @@ async fn an_unreachable_endpoint_escalates_by_default_or_falls_back_to_the_rules
         escalate.reasoning
     );
 
-    let rules: Vec<themis::triage::rules::Rule> = themis::yaml::from_str(
+    let rules: Vec<themis_agent::triage::rules::Rule> = themis_core::yaml::from_str(
         "- { runbook: scale-consumer, when: { probe.lag-and-cpu.group_state: '== stable' }, params: { group: '{labels.group}', topic: '{labels.topic}', replicas: 6 }, confidence: 0.8, reasoning: stable group }",
     )
     .expect("rules");
@@ -284,11 +284,15 @@ async fn an_unreachable_endpoint_escalates_by_default_or_falls_back_to_the_rules
 }
 
 /// Hand a shipped scenario's alert to its agent with the LLM at `base_url` choosing.
-async fn observe(name: &str, base_url: &str, dry_run: bool) -> themis::scenario_agent::Observation {
+async fn observe(
+    name: &str,
+    base_url: &str,
+    dry_run: bool,
+) -> themis_testkit::scenario_agent::Observation {
     let file = repo().join("tests/scenarios").join(name);
-    let s = themis::scenario::load(&file).expect("scenario");
+    let s = themis_testkit::scenario::load(&file).expect("scenario");
     let agent = s.agent.clone().expect("agent scenario");
-    themis::scenario_agent::observe(
+    themis_testkit::scenario_agent::observe(
         sandbox(),
         &file,
         &s,
@@ -328,7 +332,7 @@ async fn an_instruction_planted_in_an_annotation_cannot_make_anything_destructiv
         serde_json::to_value(incident.status).expect("status"),
         "pending-approval"
     );
-    for report in observed.runtime.reports() {
+    for report in observed.recorder.reports() {
         assert!(
             report
                 .calls()
@@ -364,7 +368,7 @@ async fn an_instruction_planted_in_an_annotation_cannot_make_anything_destructiv
     assert!(incident.proposal.is_none());
     assert!(
         observed
-            .runtime
+            .recorder
             .reports()
             .iter()
             .all(|r| r.runbook_id == "activity-probe"),
@@ -437,7 +441,7 @@ async fn eval_scores_an_llm_and_counts_no_safety_violation_even_when_it_is_wrong
         ),
     ])
     .await;
-    let report = themis::eval::run(
+    let report = themis_testkit::eval::run(
         sandbox(),
         dir.path(),
         &SelectorChoice::Llm(Some(config(&server.base_url))),

@@ -11,8 +11,8 @@ use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-use themis::agent::{RuntimeOptions, SelectorChoice};
-use themis::triage::llm::config::LlmConfig;
+use themis_agent::triage::llm::config::LlmConfig;
+use themis_agent::{RuntimeOptions, SelectorChoice};
 
 struct Server(Child);
 
@@ -62,9 +62,9 @@ async fn real_model_answers_under_the_schema_and_every_answer_is_checked() {
     config.max_tokens = 300;
 
     let file = repo().join("tests/scenarios/agent-kafka-scale.yaml");
-    let scenario = themis::scenario::load(&file).expect("scenario");
+    let scenario = themis_testkit::scenario::load(&file).expect("scenario");
     let agent = scenario.agent.clone().expect("agent scenario");
-    let observed = themis::scenario_agent::observe(
+    let observed = themis_testkit::scenario_agent::observe(
         sandbox(),
         &file,
         &scenario,
@@ -131,7 +131,7 @@ async fn real_model_answers_under_the_schema_and_every_answer_is_checked() {
     match &selection.runbook {
         Some(id) => {
             let rb = &observed.runtime.agents()[0].catalog[id];
-            themis::manifest::bind_params(&rb.runbook.parameters, &selection.params)
+            themis_core::manifest::bind_params(&rb.runbook.parameters, &selection.params)
                 .expect("accepted parameters bind");
             assert!((0.0..=1.0).contains(&selection.confidence));
         }
@@ -146,11 +146,11 @@ async fn real_model_answers_under_the_schema_and_every_answer_is_checked() {
         .expect("selection audited");
     assert!(record["data"]["output"]["prompt"].as_str().is_some());
     assert!(record["data"]["output"]["raw_output"].as_str().is_some());
-    for report in observed.runtime.reports() {
+    for report in observed.recorder.reports() {
         for call in report.calls() {
             assert!(
                 call.capability != "kafka.broker-restart"
-                    || matches!(call.outcome, themis::sandbox::CallOutcome::Denied { .. }),
+                    || matches!(call.outcome, themis_sandbox::CallOutcome::Denied { .. }),
                 "destructive call without approval"
             );
         }

@@ -1,8 +1,8 @@
 //! Manifest validation: every error names the file, the field and what is wrong.
 
 use crate::common::{repo, sandbox};
-use themis::executor::LoadedRunbook;
-use themis::manifest::Runbook;
+use themis_core::manifest::Runbook;
+use themis_sandbox::loaded::LoadedRunbook;
 
 /// A runbook folder with `manifest` and a real component at components/ok.wasm.
 fn folder(manifest: &str) -> tempfile::TempDir {

@@ -1,19 +1,23 @@
 //! Misbehaving components are stopped and reported precisely, and the host keeps serving.
 
 use crate::common::{backends, demo_trust, mock, runbook, sandbox};
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
-use themis::executor::LoadedRunbook;
-use themis::executor::RunbookLoadError;
-use themis::grant::{Approval, Grant};
-use themis::sandbox::{CallMode, CallOutcome, Fault, LoadError, Phase, PhaseCall, Verdict};
-use themis::wit::types::{Alert, CapError, StepContext};
+use themis_caps::CapError;
+use themis_core::grant::{Approval, Grant};
+use themis_core::identity::Identity;
+use themis_core::policy::DestructiveList;
+use themis_core::types::{Alert, Phase};
+use themis_sandbox::journal::{CallJournal, MemoryJournal};
+use themis_sandbox::loaded::{LoadedRunbook, RunbookLoadError};
+use themis_sandbox::{
+    CallMode, CallOutcome, Fault, LoadError, PhaseCall, PhaseContext, PhaseEnv, Verdict,
+};
 
 const EXECUTION: &str = "exec-sandbox-test";
 
-fn ctx(step: &str) -> StepContext {
-    StepContext {
+fn ctx(step: &str) -> PhaseContext {
+    PhaseContext {
         execution_id: EXECUTION.into(),
         runbook_id: "misbehaving".into(),
         runbook_version: "0.1.0".into(),
@@ -35,6 +39,8 @@ struct Call<'a> {
     destructive: &'a [&'a str],
     approval: Option<&'a str>,
     mock: &'a str,
+    journal: Arc<dyn CallJournal>,
+    dry_run: bool,
 }
 
 impl Call<'_> {
@@ -42,7 +48,7 @@ impl Call<'_> {
         &self,
         step: &str,
         phase: Phase,
-    ) -> (PhaseCall, Arc<themis::caps::scenario::ScenarioMock>) {
+    ) -> (PhaseCall, Arc<themis_testkit::mock::ScenarioMock>) {
         let index = self
             .loaded
             .runbook
@@ -51,30 +57,43 @@ impl Call<'_> {
             .position(|s| s.id == step)
             .expect("step exists");
         let def = &self.loaded.runbook.steps[index];
+        let mut context = ctx(step);
+        context.params = themis_core::manifest::bind_params(
+            &self.loaded.runbook.parameters,
+            &Default::default(),
+        )
+        .expect("defaults bind");
         let grant = Grant {
             runbook_id: "misbehaving".into(),
             step_id: step.into(),
             execution_id: EXECUTION.into(),
+            phase,
             capabilities: def.capabilities.clone(),
-            destructive: Arc::new(
-                self.destructive
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect::<BTreeSet<_>>(),
-            ),
+            scopes: def.scopes(&context.params),
+            destructive: Arc::new(DestructiveList::adding(
+                self.destructive.iter().map(|s| s.to_string()),
+            )),
             approval: self.approval.map(|e| Approval {
+                approval_id: "apr-test".into(),
                 execution_id: e.into(),
-                approved_by: "alice".into(),
+                approved_by: Identity::scenario("alice"),
+                plan_digest: "sha256:test".into(),
             }),
         };
         let mock = mock(self.mock);
+        let live = backends(&mock);
+        let env = PhaseEnv {
+            grant,
+            backends: if self.dry_run { live.dry_run() } else { live },
+            journal: self.journal.clone(),
+            counts: Arc::default(),
+        };
         let call = sandbox()
             .call(
                 &self.loaded.components[index],
                 phase,
-                &ctx(step),
-                grant,
-                backends(&mock),
+                &context,
+                env,
                 def.timeout,
             )
             .await;
@@ -92,6 +111,8 @@ fn plain(loaded: &LoadedRunbook) -> Call<'_> {
         destructive: &[],
         approval: None,
         mock: "{}",
+        journal: Arc::new(MemoryJournal::default()),
+        dry_run: false,
     }
 }
 
@@ -194,6 +215,7 @@ async fn a_destructive_call_without_approval_is_refused() {
         destructive: &["kafka.broker-restart"],
         approval: None,
         mock: RESTART_MOCK,
+        ..plain(&loaded)
     };
     let (result, mock) = call.phase("destructive", Phase::Action).await;
     let Ok(Verdict::Action(action)) = &result.result else {
@@ -220,6 +242,7 @@ async fn an_approval_for_another_execution_does_not_count() {
         destructive: &["kafka.broker-restart"],
         approval: Some("exec-some-other"),
         mock: RESTART_MOCK,
+        ..plain(&loaded)
     };
     let (result, mock) = call.phase("destructive", Phase::Action).await;
     assert_eq!(result.calls[0].mode, CallMode::Refused);
@@ -234,6 +257,7 @@ async fn a_destructive_call_with_an_approval_for_this_execution_goes_through() {
         destructive: &["kafka.broker-restart"],
         approval: Some(EXECUTION),
         mock: RESTART_MOCK,
+        ..plain(&loaded)
     };
     let (result, mock) = call.phase("destructive", Phase::Action).await;
     let Ok(Verdict::Action(action)) = &result.result else {
@@ -243,6 +267,99 @@ async fn a_destructive_call_with_an_approval_for_this_execution_goes_through() {
     assert_eq!(result.calls[0].mode, CallMode::Performed);
     assert_eq!(mock.calls().len(), 1);
     assert_eq!(mock.calls()[0].capability, "kafka.broker-restart");
+}
+
+/// Intent before action: the intent of a mutating call is journalled before the call, and a
+/// journal that cannot write stops the step before the backend is asked.
+#[tokio::test]
+async fn a_mutation_is_journalled_first_and_never_made_unjournalled() {
+    use async_trait::async_trait;
+    let loaded = misbehaving();
+    let journal = Arc::new(MemoryJournal::default());
+    let call = Call {
+        loaded: &loaded,
+        approval: Some(EXECUTION),
+        mock: RESTART_MOCK,
+        journal: journal.clone(),
+        ..plain(&loaded)
+    };
+    let (result, mock) = call.phase("destructive", Phase::Action).await;
+    assert_eq!(mock.calls().len(), 1);
+    let intents = journal.intents();
+    assert_eq!(intents.len(), 1);
+    assert_eq!(intents[0].capability, "kafka.broker-restart");
+    assert_eq!(intents[0].args, serde_json::json!({ "broker_id": 1 }));
+    assert!(intents[0].destructive);
+    assert_eq!(
+        intents[0]
+            .approval
+            .as_ref()
+            .map(|a| a.execution_id.as_str()),
+        Some(EXECUTION)
+    );
+    assert!(result.result.is_ok());
+
+    struct Refuses;
+    #[async_trait]
+    impl CallJournal for Refuses {
+        async fn intent(&self, _: &themis_sandbox::journal::CallIntent) -> Result<(), String> {
+            Err("disk full".into())
+        }
+        async fn outcome(
+            &self,
+            _: &themis_sandbox::journal::CallIntent,
+            _: &themis_sandbox::CapabilityCall,
+        ) -> Result<(), String> {
+            Ok(())
+        }
+    }
+    let call = Call {
+        loaded: &loaded,
+        approval: Some(EXECUTION),
+        mock: RESTART_MOCK,
+        journal: Arc::new(Refuses),
+        ..plain(&loaded)
+    };
+    let (result, mock) = call.phase("destructive", Phase::Action).await;
+    assert!(
+        mock.calls().is_empty(),
+        "an unjournalled mutation reached the backend"
+    );
+    match &result.result {
+        Err(Fault::Journal { message }) => assert!(
+            message.contains("could not record kafka.broker-restart (disk full)"),
+            "{message}"
+        ),
+        other => panic!("the step must stop, got {other:?}"),
+    }
+    assert_eq!(result.calls[0].mode, CallMode::Refused);
+    still_serving(&loaded).await;
+}
+
+/// "Would do" comes from the dry-run wrapper alone: a live backend's mutation is performed and
+/// labelled so; behind the wrapper it is recorded, labelled `would-do`, and never reaches it.
+#[tokio::test]
+async fn only_the_dry_run_wrapper_labels_a_call_would_do() {
+    let loaded = misbehaving();
+    let live = Call {
+        loaded: &loaded,
+        approval: Some(EXECUTION),
+        mock: RESTART_MOCK,
+        ..plain(&loaded)
+    };
+    let (result, mock) = live.phase("destructive", Phase::Action).await;
+    assert_eq!(result.calls[0].mode, CallMode::Performed);
+    assert_eq!(mock.calls().len(), 1);
+    let dry = Call {
+        loaded: &loaded,
+        approval: Some(EXECUTION),
+        mock: RESTART_MOCK,
+        dry_run: true,
+        ..plain(&loaded)
+    };
+    let (result, mock) = dry.phase("destructive", Phase::Action).await;
+    assert_eq!(result.calls[0].mode, CallMode::WouldDo);
+    assert!(mock.calls().is_empty(), "a dry run reached the backend");
 }
 
 #[tokio::test]
@@ -314,7 +431,7 @@ fn a_kafka_step_importing_kubernetes_is_refused_at_load() {
 fn a_component_that_is_not_wasm_is_refused() {
     let err = sandbox()
         .load(
-            themis::capability::Domain::Kafka,
+            themis_core::capability::Domain::Kafka,
             "junk.wasm",
             b"not wasm at all",
         )
@@ -325,21 +442,21 @@ fn a_component_that_is_not_wasm_is_refused() {
 #[tokio::test]
 async fn a_slow_capability_times_out_as_unavailable() {
     use async_trait::async_trait;
-    use themis::caps::{CapResult, MetricsCaps};
+    use themis_caps::{CapResult, MetricsCaps};
 
     // A backend that never answers: the host's call timeout must turn it into `unavailable`.
     struct Hangs;
     #[async_trait]
     impl MetricsCaps for Hangs {
-        async fn query(&self, _: &str) -> CapResult<Vec<themis::wit::metrics::Sample>> {
+        async fn query(&self, _: &str) -> CapResult<Vec<themis_caps::Sample>> {
             std::future::pending().await
         }
     }
-    let config = themis::sandbox::SandboxConfig {
+    let config = themis_sandbox::SandboxConfig {
         call_timeout: Duration::from_millis(100),
         ..Default::default()
     };
-    let sandbox = themis::sandbox::Sandbox::new(config).expect("sandbox");
+    let sandbox = themis_sandbox::Sandbox::new(config).expect("sandbox");
     let loaded = LoadedRunbook::load(
         &sandbox,
         &crate::common::repo().join("runbooks/kafka/check-broker-health"),
@@ -347,26 +464,31 @@ async fn a_slow_capability_times_out_as_unavailable() {
     )
     .expect("loads");
     let m = mock("{}");
-    let mut b = backends(&m);
-    b.metrics = Arc::new(Hangs);
+    let b = themis_caps::Backends::live(Arc::new(Hangs), m.clone(), m.clone(), m.clone());
     let grant = Grant {
         runbook_id: "check-broker-health".into(),
         step_id: "gc-pause".into(),
         execution_id: EXECUTION.into(),
+        phase: Phase::Precondition,
         capabilities: ["metrics.query".to_string()].into(),
-        destructive: Arc::new(BTreeSet::new()),
+        scopes: Default::default(),
+        destructive: Arc::new(DestructiveList::catalogue()),
         approval: None,
     };
     let mut c = ctx("gc-pause");
-    c.params = themis::manifest::bind_params(&loaded.runbook.parameters, &Default::default())
+    c.params = themis_core::manifest::bind_params(&loaded.runbook.parameters, &Default::default())
         .expect("defaults");
     let call = sandbox
         .call(
             &loaded.components[1],
             Phase::Precondition,
             &c,
-            grant,
-            b,
+            PhaseEnv {
+                grant,
+                backends: b,
+                journal: Arc::new(MemoryJournal::default()),
+                counts: Arc::default(),
+            },
             Duration::from_secs(5),
         )
         .await;

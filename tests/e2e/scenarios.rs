@@ -18,7 +18,7 @@ async fn every_scenario_meets_its_expectations() {
     );
     let mut failed = Vec::new();
     for file in &files {
-        let run = themis::scenario::run(sandbox(), file, false)
+        let run = themis_testkit::scenario::run(sandbox(), file, false)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(
@@ -49,7 +49,7 @@ async fn a_wrong_expectation_is_caught() {
         .replace("outcome: succeeded", "outcome: rolled-back");
     let file = tmp.path().join("s.yaml");
     std::fs::write(&file, edited).expect("write");
-    let run = themis::scenario::run(sandbox(), &file, false)
+    let run = themis_testkit::scenario::run(sandbox(), &file, false)
         .await
         .expect("runs");
     assert_eq!(run.failures.len(), 2, "{:?}", run.failures);

@@ -2,19 +2,15 @@
 //! ever reaching the compiler, the audit of refusals and of unsigned mode, provenance on every
 //! runbook record, and the compiled-component cache refusing entries it did not write.
 
-use crate::common::{demo_trust, repo, text, themis};
+use crate::common::{HostSpec, TestHost, demo_trust, repo, text, themis, world_alert};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use themis::agent::store::{BackendSpec, Store};
-use themis::agent::{Quiet, Runtime};
-use themis::audit::{AuditLog, Redactor};
-use themis::escalation::Channels;
-use themis::executor::{LoadedRunbook, RunbookLoadError};
-use themis::sandbox::{Sandbox, SandboxConfig};
-use themis::trust::bundle::{SIGNATURE_FILE, SignatureFile};
-use themis::trust::keys::SecretKey;
-use themis::trust::{Refusal, TrustPolicy};
+use themis_core::trust::bundle::{SIGNATURE_FILE, SignatureFile};
+use themis_core::trust::keys::SecretKey;
+use themis_core::trust::{Refusal, TrustPolicy};
+use themis_sandbox::loaded::{LoadedRunbook, RunbookLoadError};
+use themis_sandbox::{Sandbox, SandboxConfig};
 
 /// A copy of a shipped (built and signed) bundle in a temporary folder, to tamper with.
 fn copy_bundle(relative: &str) -> tempfile::TempDir {
@@ -85,7 +81,7 @@ fn an_intact_bundle_signed_by_a_trusted_key_loads_and_names_its_signer() {
     assert_eq!(p.signer, sig.key_id);
     assert_eq!(
         (p.runbook.as_str(), p.version.as_str()),
-        ("restart-consumer-group", "1.1.0")
+        ("restart-consumer-group", "1.2.0")
     );
     assert!(sandbox.stats().compiles > 0);
 }
@@ -141,7 +137,7 @@ fn one_changed_byte_of_the_signature_is_refused() {
     let text = std::fs::read_to_string(&sig_path).expect("read");
     std::fs::write(
         &sig_path,
-        text.replace("\"version\": \"1.1.0\"", "\"version\": \"9.0.0\""),
+        text.replace("\"version\": \"1.2.0\"", "\"version\": \"9.0.0\""),
     )
     .expect("write");
     let reason = refusal(dir.path(), &demo_trust(KAFKA));
@@ -196,21 +192,21 @@ fn an_older_signed_version_than_the_pinned_minimum_is_refused() {
     let mut trust = demo_trust(KAFKA);
     trust.min_versions.insert(
         "restart-consumer-group".into(),
-        semver::Version::new(1, 2, 0),
+        semver::Version::new(1, 3, 0),
     );
     let reason = refusal(dir.path(), &trust);
     assert_eq!(
         reason,
         Refusal::Downgrade {
             runbook: "restart-consumer-group".into(),
-            version: "1.1.0".into(),
-            minimum: "1.2.0".into()
+            version: "1.2.0".into(),
+            minimum: "1.3.0".into()
         }
     );
     // The pin at the bundle's own version admits it.
     trust.min_versions.insert(
         "restart-consumer-group".into(),
-        semver::Version::new(1, 1, 0),
+        semver::Version::new(1, 2, 0),
     );
     LoadedRunbook::load(&fresh_sandbox(), dir.path(), &trust).expect("at the minimum loads");
 }
@@ -247,22 +243,24 @@ fn agent_file(dir: &Path, bundle: &Path, key: &str) -> PathBuf {
     file
 }
 
-fn start(dir: &Path, agent: &Path, allow_unsigned: bool) -> Result<Runtime, String> {
-    let audit =
-        AuditLog::open(&dir.join("audit.jsonl"), Redactor::default()).expect("audit log opens");
-    let store = Store::open(&dir.join("state")).expect("store");
-    Runtime::new(
-        Arc::new(fresh_sandbox()),
-        &[agent.to_path_buf()],
-        Arc::new(audit),
-        store,
-        Channels::default(),
-        Arc::new(Quiet),
-        themis::agent::RuntimeOptions {
+async fn start(
+    dir: &Path,
+    agent: &Path,
+    allow_unsigned: bool,
+    world: &str,
+) -> Result<TestHost, String> {
+    HostSpec {
+        agents: vec![agent.to_path_buf()],
+        sandbox: Arc::new(fresh_sandbox()),
+        dry_run: true,
+        options: themis_agent::RuntimeOptions {
             allow_unsigned,
             ..Default::default()
         },
-    )
+        ..HostSpec::new(dir, "agents/postgres.yaml", world)
+    }
+    .start()
+    .await
     .map_err(|e| e.to_string())
 }
 
@@ -274,12 +272,15 @@ fn audit_records(dir: &Path) -> Vec<Value> {
         .collect()
 }
 
-#[test]
-fn a_refused_bundle_stops_the_agent_and_the_refusal_is_audited() {
+#[tokio::test]
+async fn a_refused_bundle_stops_the_agent_and_the_refusal_is_audited() {
     let work = tempfile::tempdir().expect("tempdir");
     let bundle = repo().join("runbooks/postgres/terminate-blocker");
     let agent = agent_file(work.path(), &bundle, "demo-kafka-team");
-    let err = start(work.path(), &agent, false).err().expect("refused");
+    let err = start(work.path(), &agent, false, "agent-postgres-lock-waits.yaml")
+        .await
+        .err()
+        .expect("refused");
     assert!(err.contains("terminate-blocker"), "{err}");
     assert!(err.contains("not trusted"), "{err}");
     let records = audit_records(work.path());
@@ -290,7 +291,7 @@ fn a_refused_bundle_stops_the_agent_and_the_refusal_is_audited() {
     assert_eq!(refusal["data"]["reason"], "untrusted-key");
     assert_eq!(refusal["agent"], "postgres");
     assert!(
-        themis::audit::verify::verify(&work.path().join("audit.jsonl"))
+        themis_agent::audit::verify::verify(&work.path().join("audit.jsonl"))
             .expect("reads")
             .is_ok()
     );
@@ -302,29 +303,23 @@ async fn unsigned_mode_marks_every_record_and_provenance_says_unsigned() {
     let bundle = copy_bundle("runbooks/postgres/terminate-blocker");
     std::fs::remove_file(bundle.path().join(SIGNATURE_FILE)).expect("rm");
     let agent = agent_file(work.path(), bundle.path(), "demo-postgres-team");
+    let world = "agent-postgres-lock-waits.yaml";
     assert!(
-        start(work.path(), &agent, false)
+        start(work.path(), &agent, false, world)
+            .await
             .err()
             .expect("refused without the flag")
             .contains("unsigned")
     );
-    let rt = start(work.path(), &agent, true).expect("starts with --allow-unsigned");
-    let world = repo().join("tests/scenarios/agent-postgres-lock-waits.yaml");
-    let scenario = themis::scenario::load(&world).expect("scenario");
-    let mut alert = scenario.alert.to_alert();
-    alert.labels.push(themis::wit::types::Pair {
+    let host = start(work.path(), &agent, true, world)
+        .await
+        .expect("starts with --allow-unsigned");
+    let mut alert = world_alert(world);
+    alert.labels.push(themis_core::types::Pair {
         key: "pid".into(),
         value: "4242".into(),
     });
-    rt.handle_alert(
-        alert,
-        BackendSpec::Scenario {
-            file: world,
-            dry_run: true,
-        },
-    )
-    .await
-    .expect("handled");
+    host.runtime.handle_alert(alert).await.expect("handled");
     let records = audit_records(work.path());
     let since_flag: Vec<&Value> = records
         .iter()
@@ -344,31 +339,20 @@ async fn unsigned_mode_marks_every_record_and_provenance_says_unsigned() {
 #[tokio::test]
 async fn every_record_about_a_runbook_carries_its_provenance() {
     let work = tempfile::tempdir().expect("tempdir");
-    let audit =
-        AuditLog::open(&work.path().join("audit.jsonl"), Redactor::default()).expect("audit");
-    let rt = Runtime::new(
-        Arc::new(fresh_sandbox()),
-        &[repo().join("agents/kafka.yaml")],
-        Arc::new(audit),
-        Store::open(&work.path().join("state")).expect("store"),
-        Channels::default(),
-        Arc::new(Quiet),
-        Default::default(),
-    )
-    .expect("runtime");
-    let world = repo().join("tests/scenarios/agent-kafka-scale.yaml");
-    let scenario = themis::scenario::load(&world).expect("scenario");
-    rt.handle_alert(
-        scenario.alert.to_alert(),
-        BackendSpec::Scenario {
-            file: world,
-            dry_run: false,
-        },
-    )
+    let world = "agent-kafka-scale.yaml";
+    let host = HostSpec {
+        sandbox: Arc::new(fresh_sandbox()),
+        ..HostSpec::new(work.path(), "agents/kafka.yaml", world)
+    }
+    .start()
     .await
-    .expect("handled");
+    .expect("runtime");
+    host.runtime
+        .handle_alert(world_alert(world))
+        .await
+        .expect("handled");
     let kafka_key =
-        themis::trust::keys::PublicKey::read(&repo().join("keys/demo/demo-kafka-team.pub"))
+        themis_core::trust::keys::PublicKey::read(&repo().join("keys/demo/demo-kafka-team.pub"))
             .expect("key");
     let records = audit_records(work.path());
     let mut seen = std::collections::BTreeSet::new();
@@ -421,7 +405,7 @@ async fn a_planted_cache_entry_is_never_executed() {
 
     // Plant: a genuine entry this host wrote — for another component — under the victim's name,
     // and junk under the name of every other scripted component.
-    let namer = themis::sandbox::cache::CompiledCache::open(
+    let namer = themis_sandbox::cache::CompiledCache::open(
         cache.path(),
         Sandbox::new(SandboxConfig::default())
             .expect("sandbox")
@@ -449,7 +433,7 @@ async fn a_planted_cache_entry_is_never_executed() {
     // (the planted misbehaving component would loop, trap or blow its memory instead)…
     let after = Arc::new(after);
     for scenario in ["executor-branch.yaml", "executor-rollback-order.yaml"] {
-        let run = themis::scenario::run(
+        let run = themis_testkit::scenario::run(
             &after,
             &repo().join("tests/scenarios").join(scenario),
             false,
@@ -571,7 +555,7 @@ fn runbook_list_shows_each_agents_catalog_with_signers() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let rows: Vec<Value> = serde_json::from_slice(&out.stdout).expect("json");
     let kafka_key =
-        themis::trust::keys::PublicKey::read(&repo().join("keys/demo/demo-kafka-team.pub"))
+        themis_core::trust::keys::PublicKey::read(&repo().join("keys/demo/demo-kafka-team.pub"))
             .expect("key");
     let row = rows
         .iter()
@@ -651,8 +635,8 @@ fn a_newer_signature_format_and_a_missing_folder_are_named_as_such() {
     ));
 }
 
-#[test]
-fn a_version_pin_on_a_runbook_the_agent_does_not_load_is_refused() {
+#[tokio::test]
+async fn a_version_pin_on_a_runbook_the_agent_does_not_load_is_refused() {
     let work = tempfile::tempdir().expect("tempdir");
     let bundle = repo().join("runbooks/postgres/terminate-blocker");
     let agent = agent_file(work.path(), &bundle, "demo-postgres-team");
@@ -661,6 +645,9 @@ fn a_version_pin_on_a_runbook_the_agent_does_not_load_is_refused() {
         "trust: { min_versions: { terminate-blockr: 1.0.0 },",
     );
     std::fs::write(&agent, text).expect("write");
-    let err = start(work.path(), &agent, false).err().expect("refused");
+    let err = start(work.path(), &agent, false, "agent-postgres-lock-waits.yaml")
+        .await
+        .err()
+        .expect("refused");
     assert!(err.contains("terminate-blockr"), "{err}");
 }

@@ -19,14 +19,14 @@ fn urp(kafka: &dyn Kafka) -> Result<i64, String> {
 
 impl Step<dyn Kafka> for RestartBroker {
     fn precondition(&self, ctx: &Context, kafka: &dyn Kafka) -> Check {
-        let Ok(broker) = ctx.param_i64("broker_id") else {
-            return Check::fail("broker_id is required");
+        let Ok(broker) = ctx.param_i32("broker_id") else {
+            return Check::fail("broker_id (a 32-bit broker id) is required");
         };
         let cluster = match kafka.describe_cluster() {
             Ok(c) => c,
             Err(e) => return Check::fail(format!("cannot describe the cluster: {e:?}")),
         };
-        if !cluster.brokers.iter().any(|b| i64::from(b.id) == broker) {
+        if !cluster.brokers.iter().any(|b| b.id == broker) {
             return Check::fail(format!("broker {broker} is not in the cluster"));
         }
         if cluster.brokers.len() < 3 {
@@ -48,10 +48,10 @@ impl Step<dyn Kafka> for RestartBroker {
     }
 
     fn action(&self, ctx: &Context, kafka: &dyn Kafka) -> Outcome {
-        let Ok(broker) = ctx.param_i64("broker_id") else {
-            return Outcome::failed("broker_id is required");
+        let Ok(broker) = ctx.param_i32("broker_id") else {
+            return Outcome::failed("broker_id (a 32-bit broker id) is required");
         };
-        match kafka.broker_restart(broker as i32) {
+        match kafka.broker_restart(broker) {
             Ok(()) => Outcome::ok(format!("broker {broker} restarted")),
             Err(CapError::Denied(why)) => {
                 Outcome::failed(format!("the host refused the restart: {why}"))
@@ -61,12 +61,12 @@ impl Step<dyn Kafka> for RestartBroker {
     }
 
     fn postcondition(&self, ctx: &Context, kafka: &dyn Kafka) -> Check {
-        let Ok(broker) = ctx.param_i64("broker_id") else {
-            return Check::fail("broker_id is required");
+        let Ok(broker) = ctx.param_i32("broker_id") else {
+            return Check::fail("broker_id (a 32-bit broker id) is required");
         };
         let back = kafka
             .describe_cluster()
-            .map(|c| c.controller_id >= 0 && c.brokers.iter().any(|b| i64::from(b.id) == broker))
+            .map(|c| c.controller_id >= 0 && c.brokers.iter().any(|b| b.id == broker))
             .unwrap_or(false);
         match (back, urp(kafka)) {
             (true, Ok(0)) => Check::pass(format!(

@@ -17,16 +17,16 @@ fn current(kafka: &dyn Kafka, broker: i32) -> Result<Option<String>, String> {
 impl Step<dyn Kafka> for SetGcTarget {
     fn precondition(&self, ctx: &Context, kafka: &dyn Kafka) -> Check {
         let (Ok(broker), Ok(target)) =
-            (ctx.param_i64("broker_id"), ctx.param_i64("max_gc_pause_ms"))
+            (ctx.param_i32("broker_id"), ctx.param_i64("max_gc_pause_ms"))
         else {
-            return Check::fail("broker_id and max_gc_pause_ms are required");
+            return Check::fail("broker_id (a 32-bit broker id) and max_gc_pause_ms are required");
         };
         if !(20..=10_000).contains(&target) {
             return Check::fail(format!(
                 "a {target} ms pause target is outside 20..10000 ms"
             ));
         }
-        match current(kafka, broker as i32) {
+        match current(kafka, broker) {
             Ok(now) => {
                 let now = now.unwrap_or_else(|| "unset".into());
                 Check::pass(format!("broker {broker}: pause target {now} → {target} ms"))
@@ -39,11 +39,11 @@ impl Step<dyn Kafka> for SetGcTarget {
 
     fn action(&self, ctx: &Context, kafka: &dyn Kafka) -> Outcome {
         let (Ok(broker), Ok(target)) =
-            (ctx.param_i64("broker_id"), ctx.param_i64("max_gc_pause_ms"))
+            (ctx.param_i32("broker_id"), ctx.param_i64("max_gc_pause_ms"))
         else {
             return Outcome::failed("broker_id and max_gc_pause_ms are required");
         };
-        match kafka.set_broker_config(broker as i32, KEY, &target.to_string()) {
+        match kafka.set_broker_config(broker, KEY, &target.to_string()) {
             Ok(()) => Outcome::ok(format!("broker {broker}: {KEY}={target}")),
             Err(e) => Outcome::failed(format!("could not set {KEY}: {e:?}")),
         }
@@ -51,11 +51,11 @@ impl Step<dyn Kafka> for SetGcTarget {
 
     fn postcondition(&self, ctx: &Context, kafka: &dyn Kafka) -> Check {
         let (Ok(broker), Ok(target)) =
-            (ctx.param_i64("broker_id"), ctx.param_i64("max_gc_pause_ms"))
+            (ctx.param_i32("broker_id"), ctx.param_i64("max_gc_pause_ms"))
         else {
-            return Check::fail("broker_id and max_gc_pause_ms are required");
+            return Check::fail("broker_id (a 32-bit broker id) and max_gc_pause_ms are required");
         };
-        match current(kafka, broker as i32) {
+        match current(kafka, broker) {
             Ok(Some(v)) if v == target.to_string() => Check::pass(format!("{KEY} is {v}")),
             _ if ctx.dry_run() => {
                 Check::pass("dry run: the setting was not changed, so it is not verified")
@@ -66,7 +66,7 @@ impl Step<dyn Kafka> for SetGcTarget {
     }
 
     fn rollback(&self, ctx: &Context, kafka: &dyn Kafka) -> Check {
-        let Ok(broker) = ctx.param_i64("broker_id") else {
+        let Ok(broker) = ctx.param_i32("broker_id") else {
             return Check::fail("broker_id is required");
         };
         let Some(previous) = ctx.output(ctx.step_id(), "previous") else {
@@ -78,7 +78,7 @@ impl Step<dyn Kafka> for SetGcTarget {
             )
             .evidence("previous", previous);
         }
-        match kafka.set_broker_config(broker as i32, KEY, previous) {
+        match kafka.set_broker_config(broker, KEY, previous) {
             Ok(()) => Check::pass(format!("restored {KEY}={previous}")),
             Err(e) => Check::fail(format!("could not restore {KEY}={previous}: {e:?}")),
         }

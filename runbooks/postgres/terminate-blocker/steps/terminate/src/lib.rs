@@ -7,15 +7,12 @@ pub struct Terminate;
 
 impl Step<dyn Postgres> for Terminate {
     fn precondition(&self, ctx: &Context, pg: &dyn Postgres) -> Check {
-        let Ok(pid) = ctx.param_i64("pid") else {
-            return Check::fail("pid is required");
+        let Ok(pid) = ctx.param_i32("pid") else {
+            return Check::fail("pid (a 32-bit backend pid) is required");
         };
         match pg.blockers() {
             Ok(w) => {
-                let blocked = w
-                    .iter()
-                    .filter(|l| i64::from(l.blocking_pid) == pid)
-                    .count();
+                let blocked = w.iter().filter(|l| l.blocking_pid == pid).count();
                 Check::from_bool(
                     blocked > 0,
                     format!("pid {pid} blocks {blocked} session(s)"),
@@ -27,10 +24,10 @@ impl Step<dyn Postgres> for Terminate {
     }
 
     fn action(&self, ctx: &Context, pg: &dyn Postgres) -> Outcome {
-        let Ok(pid) = ctx.param_i64("pid") else {
-            return Outcome::failed("pid is required");
+        let Ok(pid) = ctx.param_i32("pid") else {
+            return Outcome::failed("pid (a 32-bit backend pid) is required");
         };
-        match pg.terminate_backend(pid as i32) {
+        match pg.terminate_backend(pid) {
             Ok(true) => Outcome::ok(format!("terminated {pid}")),
             Ok(false) => Outcome::failed(format!("{pid} was already gone")),
             Err(e) => Outcome::failed(format!("terminate refused or failed: {e:?}")),
@@ -38,13 +35,13 @@ impl Step<dyn Postgres> for Terminate {
     }
 
     fn postcondition(&self, ctx: &Context, pg: &dyn Postgres) -> Check {
-        let Ok(pid) = ctx.param_i64("pid") else {
-            return Check::fail("pid is required");
+        let Ok(pid) = ctx.param_i32("pid") else {
+            return Check::fail("pid (a 32-bit backend pid) is required");
         };
         match pg.blockers() {
             Ok(_) if ctx.dry_run() => Check::pass("dry run: nothing was terminated"),
             Ok(w) => Check::from_bool(
-                !w.iter().any(|l| i64::from(l.blocking_pid) == pid),
+                !w.iter().any(|l| l.blocking_pid == pid),
                 format!("nobody waits on {pid} any more"),
             ),
             Err(e) => Check::fail(format!("cannot read lock waits: {e:?}")),

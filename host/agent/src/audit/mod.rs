@@ -1,0 +1,337 @@
+//! The audit log: append-only JSON lines, each record carrying the hash of the one before it,
+//! fsynced before the action it announces is taken, and emitted as a `tracing` event with stable
+//! field names so it lands in the normal observability pipeline.
+//!
+//! One writer per file: the log holds an exclusive lock on the file for as long as it is open,
+//! so two processes can never continue the same chain from the same tail (a fork). Every record
+//! is redacted, then bounded in size (large values become a digest) before it is hashed.
+
+pub mod verify;
+
+pub use themis_core::redact::Redactor;
+
+use crate::lock::{self, Held, LockError};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// The largest record the log keeps; a larger one has its data summarised with a digest.
+pub const MAX_RECORD_BYTES: usize = 256 << 10;
+
+/// The `prev` of the first record.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// One audited action.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Record {
+    pub seq: u64,
+    /// RFC 3339, UTC, milliseconds.
+    pub ts: String,
+    pub agent: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incident: Option<String>,
+    /// What happened: `alert`, `transition`, `illegal-transition`, `selection`, `decision`,
+    /// `phase`, `capability-call`, `escalation`, `approval`, `result`, …
+    pub kind: String,
+    pub data: Value,
+    /// Set on every record of a host running in a development mode (`allow-unsigned`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    pub prev: String,
+    pub hash: String,
+}
+
+impl Record {
+    /// sha256 over `prev` and the record's canonical JSON without its `hash`.
+    pub fn compute_hash(&self) -> String {
+        let mut body = serde_json::to_value(self).unwrap_or(Value::Null);
+        if let Value::Object(map) = &mut body {
+            map.remove("hash");
+        }
+        // serde_json's map is ordered by key, so this rendering is canonical.
+        let bytes = serde_json::to_vec(&body).unwrap_or_default();
+        let mut h = Sha256::new();
+        h.update(self.prev.as_bytes());
+        h.update(b"\n");
+        h.update(&bytes);
+        hex::encode(h.finalize())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("audit log {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "audit log {path}: the existing chain is broken ({problem}); run `themis audit verify {path}` and move the file aside before writing to it"
+    )]
+    BrokenTail { path: PathBuf, problem: String },
+    #[error(transparent)]
+    Locked(#[from] LockError),
+    #[error("audit log {path}: no record {seq} with hash {hash}: {problem}")]
+    Missing {
+        path: PathBuf,
+        seq: u64,
+        hash: String,
+        problem: String,
+    },
+}
+
+/// Where a record sits in the chain: enough to find it again and know it is the same one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordRef {
+    pub seq: u64,
+    pub hash: String,
+}
+
+struct Tail {
+    file: File,
+    seq: u64,
+    prev: String,
+    mode: Option<String>,
+}
+
+/// An open audit log. Appends are serialised; each returns after the record is on disk.
+pub struct AuditLog {
+    path: PathBuf,
+    tail: Mutex<Tail>,
+    redactor: Redactor,
+    _lock: Held,
+}
+
+impl AuditLog {
+    /// Open (creating if needed) and continue the chain at its end, waiting up to `wait` for
+    /// another process that has it open.
+    pub fn open(path: &Path, redactor: Redactor) -> Result<Self, AuditError> {
+        Self::open_waiting(path, redactor, lock::DEFAULT_WAIT)
+    }
+
+    pub fn open_waiting(
+        path: &Path,
+        redactor: Redactor,
+        wait: Duration,
+    ) -> Result<Self, AuditError> {
+        let io = |source| AuditError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        // The lock first: the tail read below must be the tail this process continues.
+        let held = lock::acquire(&lock::sidecar(path), wait)?;
+        let (seq, prev) = match File::open(path) {
+            Ok(f) => last_link(BufReader::new(f)).map_err(|problem| AuditError::BrokenTail {
+                path: path.to_path_buf(),
+                problem,
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (0, GENESIS.to_string()),
+            Err(e) => return Err(io(e)),
+        };
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(io)?;
+        Ok(AuditLog {
+            path: path.to_path_buf(),
+            tail: Mutex::new(Tail {
+                file,
+                seq,
+                prev,
+                mode: None,
+            }),
+            redactor,
+            _lock: held,
+        })
+    }
+
+    pub fn redactor(&self) -> &Redactor {
+        &self.redactor
+    }
+
+    /// The record at `at`, read back from the file and checked against its hash: what the host
+    /// acts on when it must not trust a state file (an approval re-reads its proposal here).
+    pub fn record(&self, at: &RecordRef) -> Result<Record, AuditError> {
+        let missing = |problem: String| AuditError::Missing {
+            path: self.path.clone(),
+            seq: at.seq,
+            hash: at.hash.clone(),
+            problem,
+        };
+        // Appends hold this lock; reading under it sees whole lines only.
+        let _tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
+        let file = File::open(&self.path).map_err(|e| missing(e.to_string()))?;
+        for line in BufReader::new(file).lines() {
+            let line = line.map_err(|e| missing(e.to_string()))?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let Ok(record) = serde_json::from_str::<Record>(&line) else {
+                continue;
+            };
+            if record.seq != at.seq {
+                continue;
+            }
+            if record.hash != at.hash || record.compute_hash() != at.hash {
+                return Err(missing(
+                    "the record there was changed after it was written".into(),
+                ));
+            }
+            return Ok(record);
+        }
+        Err(missing("not in the log".into()))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Mark every record appended from now on with a development mode (`allow-unsigned`).
+    pub fn set_mode(&self, mode: &str) {
+        let mut tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
+        tail.mode = Some(mode.to_owned());
+    }
+
+    /// Append one record and fsync it. Returns the record as written. An error means the record
+    /// is not on disk: the caller must not take the action it announces.
+    pub fn append(
+        &self,
+        agent: &str,
+        incident: Option<&str>,
+        kind: &str,
+        data: Value,
+    ) -> Result<Record, AuditError> {
+        let mut tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
+        let data = themis_core::bounded::bound(self.redactor.redact(data), MAX_RECORD_BYTES);
+        let mut record = Record {
+            seq: tail.seq + 1,
+            ts: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            agent: agent.to_owned(),
+            incident: incident.map(str::to_owned),
+            kind: kind.to_owned(),
+            data,
+            mode: tail.mode.clone(),
+            prev: tail.prev.clone(),
+            hash: String::new(),
+        };
+        record.hash = record.compute_hash();
+        let mut line = serde_json::to_vec(&record).unwrap_or_default();
+        line.push(b'\n');
+        let io = |source| AuditError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let before = tail.file.metadata().map_err(io)?.len();
+        if let Err(e) = tail
+            .file
+            .write_all(&line)
+            .and_then(|()| tail.file.sync_data())
+        {
+            // Leave no half line behind: the chain must stay readable for the next append.
+            let _ = tail.file.set_len(before);
+            return Err(io(e));
+        }
+        tail.seq = record.seq;
+        tail.prev = record.hash.clone();
+        tracing::info!(
+            target: "themis::audit",
+            seq = record.seq,
+            kind = %record.kind,
+            agent = %record.agent,
+            incident = record.incident.as_deref().unwrap_or(""),
+            mode = record.mode.as_deref().unwrap_or(""),
+            hash = %record.hash,
+            prev = %record.prev,
+            data = %record.data,
+            "audit"
+        );
+        Ok(record)
+    }
+}
+
+impl Record {
+    pub fn at(&self) -> RecordRef {
+        RecordRef {
+            seq: self.seq,
+            hash: self.hash.clone(),
+        }
+    }
+}
+
+/// The seq and hash of the last record, checking only that the last line is a record.
+fn last_link(reader: impl BufRead) -> Result<(u64, String), String> {
+    let mut last = None;
+    for (i, line) in reader.lines().enumerate() {
+        let line = line.map_err(|e| format!("line {}: {e}", i + 1))?;
+        if !line.trim().is_empty() {
+            last = Some((i + 1, line));
+        }
+    }
+    match last {
+        None => Ok((0, GENESIS.to_string())),
+        Some((n, line)) => {
+            let r: Record = serde_json::from_str(&line)
+                .map_err(|e| format!("line {n} is not a record: {e}"))?;
+            if r.compute_hash() != r.hash {
+                return Err(format!("record {} does not match its hash", r.seq));
+            }
+            Ok((r.seq, r.hash))
+        }
+    }
+}
+
+/// Read every record of a log (for `audit show`); lines that do not parse are skipped and counted.
+pub fn read_all(path: &Path) -> Result<(Vec<Record>, usize), std::io::Error> {
+    let reader = BufReader::new(File::open(path)?);
+    let mut records = Vec::new();
+    let mut unreadable = 0;
+    for line in reader.lines() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str(&line) {
+            Ok(r) => records.push(r),
+            Err(_) => unreadable += 1,
+        }
+    }
+    Ok((records, unreadable))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn records_chain_and_reopening_continues_the_chain() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.jsonl");
+        let log = AuditLog::open(&path, Redactor::default()).expect("open");
+        let a = log
+            .append("kafka", Some("inc-1"), "alert", json!({"name": "x"}))
+            .expect("append");
+        let b = log
+            .append("kafka", Some("inc-1"), "transition", json!({}))
+            .expect("append");
+        assert_eq!(a.prev, GENESIS);
+        assert_eq!(b.prev, a.hash);
+        drop(log);
+        let log = AuditLog::open(&path, Redactor::default()).expect("reopen");
+        let c = log
+            .append("kafka", None, "result", json!({}))
+            .expect("append");
+        assert_eq!((c.seq, c.prev.as_str()), (3, b.hash.as_str()));
+        assert!(verify::verify(&path).expect("reads").is_ok());
+    }
+}

@@ -1,0 +1,291 @@
+//! Agent definitions (`agents/*.yaml`): name, domain, the runbooks it may choose from, the probes
+//! it runs first, the alerts it owns, its policy and its rules.
+//!
+//! ```yaml
+//! name: kafka
+//! domain: kafka
+//! description: Kafka brokers and consumer groups.
+//! runbooks: [../runbooks/kafka/check-broker-health, ...]   # relative to this file
+//! probes: [../runbooks/kafka/triage-probe]                   # read-only runbooks run first
+//! trust:                                                    # who may publish to this agent
+//!   keys: [../keys/demo/kafka-team.pub]                     # .pub files or folders of them
+//!   min_versions: { restart-consumer-group: 1.0.0 }         # older signed bundles are refused
+//! llm: { base_url: http://127.0.0.1:11434/v1, model: m }   # optional; see triage::llm::config
+//! routes:
+//!   - alert: KafkaConsumerLag                               # alert name
+//!     labels: { severity: critical }                        # optional label conditions
+//! policy:
+//!   min_confidence: 0.8
+//!   destructive: [kafka.set-broker-config]                  # adds to the catalogue's list
+//!   destructive_opt_out:                                    # removes one, by name, with why
+//!     k8s.rollout-restart: "stateless tier behind a load balancer"
+//!   approvers: []                                           # empty: anyone but the requester
+//!   approval_ttl: 30m
+//!   follow_up_depth: 3                                      # follow-ups chained per incident
+//! rules: [ { runbook: ..., when: {...}, params: {...}, confidence: 0.9, reasoning: ... } ]
+//! follow_ups:                                               # after a runbook, propose another
+//!   - { after: check-broker-health, runbook: adjust-broker-gc, when: {...}, ... }
+//! ```
+
+use crate::triage::llm::config::{LlmConfig, RawLlm};
+use serde::Deserialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use themis_core::capability::{self, Destructive, Domain, Effect};
+use themis_core::conditions;
+use themis_core::policy::{DEFAULT_APPROVAL_TTL, DEFAULT_FOLLOW_UP_DEPTH, DestructiveList, Policy};
+use themis_core::rules::Rule;
+use themis_core::trust::TrustPolicy;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    pub alert: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    min_confidence: f64,
+    #[serde(default)]
+    destructive: Vec<String>,
+    #[serde(default)]
+    destructive_opt_out: BTreeMap<String, String>,
+    #[serde(default)]
+    approvers: Vec<String>,
+    #[serde(default)]
+    approval_ttl: Option<String>,
+    #[serde(default)]
+    follow_up_depth: Option<usize>,
+}
+
+/// After runbook `after` finishes, propose `rule.runbook` when `rule.when` holds over its outputs
+/// (`outputs.<step>.<key>`) and the alert's facts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FollowUp {
+    pub after: String,
+    #[serde(flatten)]
+    pub rule: Rule,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTrust {
+    #[serde(default)]
+    keys: Vec<PathBuf>,
+    #[serde(default)]
+    min_versions: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgent {
+    name: String,
+    domain: Domain,
+    #[serde(default)]
+    description: String,
+    runbooks: Vec<PathBuf>,
+    #[serde(default)]
+    probes: Vec<PathBuf>,
+    #[serde(default)]
+    trust: RawTrust,
+    #[serde(default)]
+    llm: Option<RawLlm>,
+    routes: Vec<Route>,
+    policy: RawPolicy,
+    #[serde(default)]
+    rules: Vec<Rule>,
+    #[serde(default)]
+    follow_ups: Vec<FollowUp>,
+}
+
+/// A validated agent definition; runbook paths are resolved against the file's folder.
+#[derive(Debug, Clone)]
+pub struct AgentDef {
+    pub name: String,
+    pub domain: Domain,
+    pub description: String,
+    pub file: PathBuf,
+    pub runbooks: Vec<PathBuf>,
+    pub probes: Vec<PathBuf>,
+    /// The publishers this agent trusts; `allow_unsigned` is set by the caller, never by a file.
+    pub trust: TrustPolicy,
+    /// The LLM endpoint; without one the agent's rules choose.
+    pub llm: Option<LlmConfig>,
+    pub routes: Vec<Route>,
+    pub policy: Policy,
+    pub rules: Vec<Rule>,
+    pub follow_ups: Vec<FollowUp>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {field}: {problem}")]
+pub struct AgentDefError {
+    pub file: PathBuf,
+    pub field: String,
+    pub problem: String,
+}
+
+impl AgentDef {
+    pub fn load(file: &Path) -> Result<AgentDef, AgentDefError> {
+        let err = |field: &str, problem: String| AgentDefError {
+            file: file.to_path_buf(),
+            field: field.into(),
+            problem,
+        };
+        let text = themis_core::files::read_text(file, themis_core::files::limits::DEFINITION)
+            .map_err(|e| err("", e.to_string()))?;
+        let raw: RawAgent = themis_core::yaml::from_str(&text)
+            .map_err(|e| err("", format!("not a valid agent definition: {e}")))?;
+        let base = file.parent().unwrap_or(Path::new("."));
+        if !(0.0..=1.0).contains(&raw.policy.min_confidence) {
+            return Err(err(
+                "policy.min_confidence",
+                "must be between 0 and 1".into(),
+            ));
+        }
+        for (i, cap) in raw.policy.destructive.iter().enumerate() {
+            if !capability::lookup(cap).is_some_and(|c| c.effect == Effect::Mutate) {
+                return Err(err(
+                    &format!("policy.destructive[{i}]"),
+                    format!("`{cap}` is not a capability that changes anything"),
+                ));
+            }
+        }
+        for (cap, why) in &raw.policy.destructive_opt_out {
+            let field = format!("policy.destructive_opt_out.{cap}");
+            if !capability::lookup(cap).is_some_and(|c| c.destructive != Destructive::No) {
+                return Err(err(
+                    &field,
+                    format!(
+                        "`{cap}` is not on the catalogue's destructive list: there is nothing to opt out of"
+                    ),
+                ));
+            }
+            if why.trim().is_empty() {
+                return Err(err(
+                    &field,
+                    "say why this agent may run it without a human (the reason is audited)".into(),
+                ));
+            }
+            if raw.policy.destructive.contains(cap) {
+                return Err(err(
+                    &field,
+                    format!("`{cap}` is also listed under policy.destructive: choose one"),
+                ));
+            }
+        }
+        let follow_up_depth = raw
+            .policy
+            .follow_up_depth
+            .unwrap_or(DEFAULT_FOLLOW_UP_DEPTH);
+        if follow_up_depth > 10 {
+            return Err(err(
+                "policy.follow_up_depth",
+                "at most 10 follow-ups per incident".into(),
+            ));
+        }
+        let ttl = match &raw.policy.approval_ttl {
+            None => DEFAULT_APPROVAL_TTL,
+            Some(t) => humantime::parse_duration(t).map_err(|e| {
+                err(
+                    "policy.approval_ttl",
+                    format!("`{t}` is not a duration: {e}"),
+                )
+            })?,
+        };
+        if raw.routes.is_empty() {
+            return Err(err("routes", "an agent must own at least one alert".into()));
+        }
+        let all_rules = raw
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (format!("rules[{i}]"), r))
+            .chain(
+                raw.follow_ups
+                    .iter()
+                    .enumerate()
+                    .map(|(i, f)| (format!("follow_ups[{i}]"), &f.rule)),
+            );
+        for (field, rule) in all_rules {
+            if !(0.0..=1.0).contains(&rule.confidence) {
+                return Err(err(
+                    &format!("{field}.confidence"),
+                    "must be between 0 and 1".into(),
+                ));
+            }
+            for (fact, cond) in &rule.when {
+                conditions::check(cond).map_err(|p| err(&format!("{field}.when.{fact}"), p))?;
+            }
+        }
+        let mut trust = TrustPolicy::default();
+        for (i, path) in raw.trust.keys.iter().enumerate() {
+            trust
+                .trust_keys_at(&base.join(path))
+                .map_err(|e| err(&format!("trust.keys[{i}]"), e.to_string()))?;
+        }
+        for (runbook, version) in &raw.trust.min_versions {
+            let v = semver::Version::parse(version).map_err(|e| {
+                err(
+                    &format!("trust.min_versions.{runbook}"),
+                    format!("`{version}` is not a semantic version: {e}"),
+                )
+            })?;
+            trust.min_versions.insert(runbook.clone(), v);
+        }
+        let llm = match raw.llm {
+            None => None,
+            Some(l) => {
+                Some(LlmConfig::from_raw(l).map_err(|(field, problem)| err(&field, problem))?)
+            }
+        };
+        Ok(AgentDef {
+            name: raw.name,
+            domain: raw.domain,
+            description: raw.description,
+            file: file.to_path_buf(),
+            runbooks: raw.runbooks.iter().map(|p| base.join(p)).collect(),
+            probes: raw.probes.iter().map(|p| base.join(p)).collect(),
+            trust,
+            llm,
+            routes: raw.routes,
+            policy: Policy {
+                min_confidence: raw.policy.min_confidence,
+                destructive: DestructiveList {
+                    added: raw.policy.destructive.into_iter().collect(),
+                    opted_out: raw.policy.destructive_opt_out,
+                },
+                approvers: raw.policy.approvers.into_iter().collect::<BTreeSet<_>>(),
+                approval_ttl: ttl,
+                follow_up_depth,
+            },
+            rules: raw.rules,
+            follow_ups: raw.follow_ups,
+        })
+    }
+
+    /// Does this agent own the alert?
+    pub fn routes(&self, alert_name: &str, labels: &BTreeMap<String, String>) -> bool {
+        self.routes.iter().any(|r| {
+            r.alert == alert_name
+                && r.labels
+                    .iter()
+                    .all(|(k, cond)| labels.get(k).is_some_and(|v| conditions::holds(cond, v)))
+        })
+    }
+}
+
+/// Every capability granted to any step of a runbook that mutates: a probe must have none.
+pub fn mutating_grants(runbook: &themis_core::manifest::Runbook) -> Vec<String> {
+    runbook
+        .steps
+        .iter()
+        .flat_map(|s| s.capabilities.iter())
+        .filter(|c| capability::lookup(c).is_some_and(|c| c.effect == Effect::Mutate))
+        .cloned()
+        .collect()
+}

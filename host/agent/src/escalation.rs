@@ -1,0 +1,244 @@
+//! Escalation: the message a human gets — the alert, the reasoning, the evidence, the proposed
+//! runbook with its parameters, and how to answer — on the console and, when configured, in
+//! Slack (incoming webhook, Block Kit).
+
+use serde::Serialize;
+use serde_json::{Value, json};
+use std::time::Duration;
+use themis_core::policy::ApprovalRequest;
+use themis_core::types::Alert;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Escalation {
+    pub agent: String,
+    pub incident: String,
+    pub alert: Alert,
+    /// Why a human is needed.
+    pub reason: String,
+    /// The selector's reasoning and confidence.
+    pub reasoning: String,
+    pub confidence: f64,
+    pub selector: String,
+    /// What the probes and the runbooks found, `source: key=value`.
+    pub evidence: Vec<String>,
+    /// The plan to approve, if there is one.
+    pub proposal: Option<ApprovalRequest>,
+}
+
+impl Escalation {
+    /// The escalation as it may leave the host: alert, reasons and evidence redacted.
+    pub fn redacted(&self, r: &themis_core::redact::Redactor) -> Escalation {
+        Escalation {
+            alert: r.redact_alert(self.alert.clone()),
+            reason: r.redact_text(&self.reason),
+            reasoning: r.redact_text(&self.reasoning),
+            evidence: self.evidence.iter().map(|e| r.redact_text(e)).collect(),
+            ..self.clone()
+        }
+    }
+
+    /// The ways to answer, as commands.
+    pub fn answers(&self) -> Vec<String> {
+        match &self.proposal {
+            Some(p) => vec![
+                format!("themis approve {} --digest {}", p.id, p.plan_digest),
+                format!("themis reject {} --reason \"...\"", p.id),
+                format!("themis adjust {} --runbook <id> --param key=value", p.id),
+            ],
+            None => vec![format!(
+                "themis adjust {} --runbook <id> --param key=value",
+                self.incident
+            )],
+        }
+    }
+
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        out.push_str(&format!(
+            "ESCALATION  agent {} · incident {}\n",
+            self.agent, self.incident
+        ));
+        out.push_str(&format!(
+            "  alert      {} {}\n",
+            self.alert.name,
+            labels(&self.alert)
+        ));
+        out.push_str(&format!("  why        {}\n", self.reason));
+        out.push_str(&format!(
+            "  reasoning  {} (selector {}, confidence {:.2})\n",
+            self.reasoning, self.selector, self.confidence
+        ));
+        for e in &self.evidence {
+            out.push_str(&format!("  evidence   {e}\n"));
+        }
+        if let Some(p) = &self.proposal {
+            out.push_str(&format!(
+                "  proposed   {} {} {} params {}\n",
+                p.plan.runbook_id,
+                p.plan.runbook_version,
+                p.plan.runbook_digest,
+                serde_json::to_string(&p.plan.params).unwrap_or_default()
+            ));
+            out.push_str(&format!(
+                "  approval   {} (plan {}), expires {}\n",
+                p.id,
+                p.plan_digest,
+                humantime::format_rfc3339_seconds(p.expires_at)
+            ));
+        }
+        for a in self.answers() {
+            out.push_str(&format!("  answer     {a}\n"));
+        }
+        out
+    }
+
+    /// A Slack incoming-webhook payload (Block Kit) with a plain-text fallback. Alert and model
+    /// text is escaped: an annotation or an LLM's reasoning cannot ping `<!channel>` or forge a
+    /// link.
+    pub fn to_slack(&self) -> Value {
+        let e = |s: &str| mrkdwn_escape(s);
+        let mut blocks = vec![
+            json!({ "type": "header", "text": { "type": "plain_text", "text": format!("Themis {} agent needs a human", self.agent) } }),
+            json!({ "type": "section", "fields": [
+                { "type": "mrkdwn", "text": format!("*Alert*\n{} {}", e(&self.alert.name), e(&labels(&self.alert))) },
+                { "type": "mrkdwn", "text": format!("*Incident*\n{}", self.incident) },
+            ]}),
+            json!({ "type": "section", "text": { "type": "mrkdwn", "text": format!("*Why*\n{}", e(&self.reason)) } }),
+            json!({ "type": "section", "text": { "type": "mrkdwn", "text": format!("*Reasoning* ({}, confidence {:.2})\n{}", e(&self.selector), self.confidence, e(&self.reasoning)) } }),
+        ];
+        if !self.evidence.is_empty() {
+            blocks.push(json!({ "type": "section", "text": { "type": "mrkdwn", "text": format!("*Evidence*\n{}", self.evidence.iter().map(|x| format!("• {}", e(x))).collect::<Vec<_>>().join("\n")) } }));
+        }
+        if let Some(p) = &self.proposal {
+            blocks.push(
+                json!({ "type": "section", "text": { "type": "mrkdwn", "text": format!(
+                "*Proposed runbook*\n`{}` {} (`{}`)\nparameters: `{}`",
+                p.plan.runbook_id, p.plan.runbook_version, p.plan.runbook_digest,
+                e(&serde_json::to_string(&p.plan.params).unwrap_or_default())
+            ) } }),
+            );
+        }
+        blocks.push(json!({ "type": "context", "elements": [ { "type": "mrkdwn", "text": self.answers().iter().map(|a| format!("`{a}`")).collect::<Vec<_>>().join("  ·  ") } ] }));
+        json!({
+            "text": format!("Themis {} agent escalates {}: {}", self.agent, e(&self.alert.name), e(&self.reason)),
+            "blocks": blocks,
+        })
+    }
+}
+
+/// Slack's three control characters; everything else is literal in mrkdwn.
+fn mrkdwn_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+fn labels(alert: &Alert) -> String {
+    let l: Vec<String> = alert
+        .labels
+        .iter()
+        .map(|p| format!("{}={}", p.key, p.value))
+        .collect();
+    if l.is_empty() {
+        String::new()
+    } else {
+        format!("{{{}}}", l.join(", "))
+    }
+}
+
+/// Where escalations go besides the console.
+#[derive(Clone, Default)]
+pub struct Channels {
+    /// A Slack incoming webhook URL (a secret: never audited).
+    pub slack_webhook: Option<String>,
+}
+
+/// The outcome of delivering one escalation.
+#[derive(Debug, Clone, Serialize)]
+pub struct Delivery {
+    pub channel: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+impl Channels {
+    pub fn from_env() -> Self {
+        Channels {
+            slack_webhook: std::env::var("THEMIS_SLACK_WEBHOOK_URL")
+                .ok()
+                .filter(|u| !u.is_empty()),
+        }
+    }
+
+    /// Deliver to every configured channel. A failed delivery is reported, never fatal: the
+    /// console and the audit always have the message.
+    pub async fn deliver(&self, escalation: &Escalation) -> Vec<Delivery> {
+        let mut out = Vec::new();
+        if let Some(url) = &self.slack_webhook {
+            let client = reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build();
+            let result = match client {
+                Ok(c) => c.post(url).json(&escalation.to_slack()).send().await,
+                Err(e) => Err(e),
+            };
+            out.push(match result {
+                Ok(resp) if resp.status().is_success() => Delivery {
+                    channel: "slack".into(),
+                    ok: true,
+                    detail: format!("HTTP {}", resp.status().as_u16()),
+                },
+                Ok(resp) => Delivery {
+                    channel: "slack".into(),
+                    ok: false,
+                    detail: format!("HTTP {}", resp.status().as_u16()),
+                },
+                Err(e) => Delivery {
+                    channel: "slack".into(),
+                    ok: false,
+                    // reqwest errors can carry the URL: keep only the kind.
+                    detail: if e.is_timeout() {
+                        "timed out".into()
+                    } else if e.is_connect() {
+                        "could not connect".into()
+                    } else {
+                        "request failed".into()
+                    },
+                },
+            });
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod slack_tests {
+    use super::*;
+
+    #[test]
+    fn model_and_alert_text_cannot_ping_or_link_in_slack() {
+        let e = Escalation {
+            agent: "kafka".into(),
+            incident: "inc-1".into(),
+            alert: Alert {
+                name: "KafkaConsumerLag".into(),
+                fingerprint: "f".into(),
+                labels: vec![],
+                annotations: vec![],
+            },
+            reason: "confidence too low".into(),
+            reasoning: "<!channel> approve at <https://evil.example|the runbook page> & go".into(),
+            confidence: 0.4,
+            selector: "llm".into(),
+            evidence: vec!["note: <@U123>".into()],
+            proposal: None,
+        };
+        let text = e.to_slack().to_string();
+        assert!(
+            !text.contains("<!channel>") && !text.contains("<https://") && !text.contains("<@U")
+        );
+        assert!(text.contains(
+            "&lt;!channel&gt; approve at &lt;https://evil.example|the runbook page&gt; &amp; go"
+        ));
+    }
+}

@@ -1,0 +1,20 @@
+//! What a runtime tells the person watching it (the CLI prints, the test kit records).
+
+use crate::escalation::Escalation;
+use crate::triage::Selection;
+use themis_core::fsm::{AgentState, Event};
+use themis_sandbox::executor::{ExecutionReport, PhaseRecord};
+
+pub trait RuntimeObserver: Send + Sync {
+    fn transition(&self, _agent: &str, _from: &AgentState, _event: &Event, _to: &AgentState) {}
+    fn phase(&self, _agent: &str, _runbook: &str, _record: &PhaseRecord) {}
+    fn escalation(&self, _escalation: &Escalation) {}
+    /// The selector's answer for a new incident (before policy judges it).
+    fn selection(&self, _agent: &str, _selection: &Selection) {}
+    /// An execution (a probe or a runbook) finished.
+    fn execution(&self, _agent: &str, _report: &ExecutionReport) {}
+}
+
+/// Tells nobody.
+pub struct Quiet;
+impl RuntimeObserver for Quiet {}

@@ -1,0 +1,358 @@
+//! Human answers: approve, reject, adjust. Each is checked by policy against the proposal *as
+//! the audit recorded it* (what the human was shown; the state file's copy is never trusted),
+//! and claims the proposal exactly once through the store's compare-and-swap. An approval mints
+//! a new execution id and is bound to that one execution.
+
+use super::plan::{granted, plan_for, typed_params};
+use super::worker::Worker;
+use super::{RuntimeError, new_id, provenance};
+use crate::store::{Answer, AnswerKind, ClaimError, Incident, IncidentStatus, StoreError};
+use crate::triage::Selection;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+use themis_core::fsm::Event;
+use themis_core::grant::Approval;
+use themis_core::identity::Identity;
+use themis_core::policy::{ApprovalError, ApprovalRequest, Verdict};
+
+impl Worker {
+    async fn incident_for(&self, id: &str) -> Result<Incident, RuntimeError> {
+        let store = &self.ctx.store;
+        if id.starts_with("inc-") {
+            return Ok(store.get(id).await?);
+        }
+        Ok(store
+            .by_approval(id)
+            .await?
+            .ok_or_else(|| StoreError::UnknownIncident(id.into()))?)
+    }
+
+    /// The proposal the escalation record carries: read back from the audit and checked against
+    /// the record's hash.
+    fn recorded_proposal(
+        &self,
+        incident: &Incident,
+    ) -> Result<Option<ApprovalRequest>, RuntimeError> {
+        let Some(at) = &incident.proposal_record else {
+            return Ok(None);
+        };
+        let record = self.ctx.audit.record(at)?;
+        let unusable = |why: &str| RuntimeError::Agent {
+            agent: self.ctx.agent.def.name.clone(),
+            message: format!(
+                "the proposal of incident {} cannot be read back from audit record {}: {why}; propose again",
+                incident.id, at.seq
+            ),
+        };
+        if record.kind != "escalation" || record.incident.as_deref() != Some(incident.id.as_str()) {
+            return Err(unusable("that record is not this incident's escalation"));
+        }
+        let proposal = record.data["escalation"]["proposal"].clone();
+        if proposal.is_null() {
+            return Ok(None);
+        }
+        serde_json::from_value(proposal)
+            .map(Some)
+            .map_err(|e| unusable(&e.to_string()))
+    }
+
+    /// Not waiting for this answer: say who answered, if someone did.
+    fn not_pending(incident: &Incident, approval_id: &str) -> RuntimeError {
+        match incident
+            .answer
+            .as_ref()
+            .filter(|a| a.approval_id == approval_id)
+        {
+            Some(previous) => ClaimError::AlreadyAnswered {
+                approval_id: approval_id.into(),
+                kind: previous.kind,
+                by: previous.by.to_string(),
+            }
+            .into(),
+            None => ClaimError::NotPending {
+                approval_id: approval_id.into(),
+                incident: incident.id.clone(),
+                status: incident.status,
+            }
+            .into(),
+        }
+    }
+
+    fn refused(
+        &self,
+        incident: &Incident,
+        approval_id: &str,
+        by: &Identity,
+        error: &dyn std::fmt::Display,
+        runbook: Option<&str>,
+    ) -> Result<(), RuntimeError> {
+        self.ctx.audit.append(
+            &self.ctx.agent.def.name,
+            Some(&incident.id),
+            "approval-refused",
+            json!({ "approval": approval_id, "by": by, "error": error.to_string(), "provenance": provenance(&self.ctx.agent, runbook) }),
+        )?;
+        Ok(())
+    }
+
+    pub(crate) async fn approve(
+        &mut self,
+        approval_id: &str,
+        by: Identity,
+        shown: Option<String>,
+    ) -> Result<Incident, RuntimeError> {
+        let ctx = self.ctx.clone();
+        let agent = &ctx.agent;
+        let name = agent.def.name.clone();
+        let incident = self.incident_for(approval_id).await?;
+        let pending = incident.status == IncidentStatus::PendingApproval
+            && incident
+                .proposal
+                .as_ref()
+                .is_some_and(|p| p.id == approval_id);
+        if !pending {
+            let e = Self::not_pending(&incident, approval_id);
+            self.refused(&incident, approval_id, &by, &e, None)?;
+            return Err(e);
+        }
+        let request = match self.recorded_proposal(&incident)? {
+            Some(r) if r.id == approval_id => r,
+            _ => {
+                let e = RuntimeError::Approval(ApprovalError::PlanChanged);
+                self.refused(&incident, approval_id, &by, &e, None)?;
+                return Err(e);
+            }
+        };
+        let runbook = request.plan.runbook_id.clone();
+        let checked = match agent.catalog.get(&runbook) {
+            Some(loaded) => {
+                let current = plan_for(loaded, request.plan.params.clone(), &request.plan.target);
+                agent.def.policy.check_approval(
+                    &request,
+                    &by,
+                    SystemTime::now(),
+                    &current,
+                    shown.as_deref(),
+                )
+            }
+            None => Err(ApprovalError::PlanChanged),
+        };
+        if let Err(e) = checked {
+            self.refused(&incident, approval_id, &by, &e, Some(&runbook))?;
+            return Err(e.into());
+        }
+        let execution_id = new_id("exe");
+        let answer = Answer {
+            approval_id: approval_id.into(),
+            kind: AnswerKind::Approved,
+            by: by.clone(),
+            at: SystemTime::now(),
+            execution_id: Some(execution_id.clone()),
+        };
+        let mut incident = match ctx.store.claim(answer, IncidentStatus::Executing).await {
+            Ok(i) => i,
+            Err(e) => {
+                self.refused(&incident, approval_id, &by, &e, Some(&runbook))?;
+                return Err(e.into());
+            }
+        };
+        let approval = Approval {
+            approval_id: approval_id.into(),
+            execution_id: execution_id.clone(),
+            approved_by: by.clone(),
+            plan_digest: request.plan_digest.clone(),
+        };
+        ctx.audit.append(&name, Some(&incident.id), "approval", json!({ "approval": approval_id, "approver": by, "plan": request.plan, "plan_digest": request.plan_digest, "shown_digest": shown, "bound_to_execution": execution_id, "provenance": provenance(agent, Some(&runbook)) }))?;
+        let first = agent
+            .catalog
+            .get(&runbook)
+            .map(|l| l.runbook.steps[0].id.clone())
+            .unwrap_or_default();
+        self.fsm
+            .fire(
+                &ctx,
+                &incident.id,
+                Event::ApprovalGranted {
+                    incident: incident.id.clone(),
+                    runbook: runbook.clone(),
+                    step: first,
+                },
+            )
+            .await?;
+        incident.proposal = None;
+        self.resume_plan(&mut incident, request.plan, Some(approval))
+            .await?;
+        Ok(incident)
+    }
+
+    pub(crate) async fn reject(
+        &mut self,
+        id: &str,
+        by: Identity,
+        reason: &str,
+    ) -> Result<Incident, RuntimeError> {
+        let ctx = self.ctx.clone();
+        let agent = &ctx.agent;
+        let incident = self.incident_for(id).await?;
+        let policy = &agent.def.policy;
+        if !policy.approvers.is_empty() && !policy.approvers.contains(&by.name) {
+            let e = ApprovalError::NotAnApprover {
+                who: by.name.clone(),
+                approvers: policy.approvers.iter().cloned().collect(),
+            };
+            self.refused(&incident, id, &by, &e, None)?;
+            return Err(e.into());
+        }
+        let runbook = incident
+            .proposal
+            .as_ref()
+            .map(|p| p.plan.runbook_id.clone());
+        let mut incident = match incident.proposal.as_ref().map(|p| p.id.clone()) {
+            Some(approval_id) if incident.status == IncidentStatus::PendingApproval => {
+                let answer = Answer {
+                    approval_id,
+                    kind: AnswerKind::Rejected,
+                    by: by.clone(),
+                    at: SystemTime::now(),
+                    execution_id: None,
+                };
+                match ctx.store.claim(answer, IncidentStatus::Rejected).await {
+                    Ok(i) => i,
+                    Err(e) => {
+                        self.refused(&incident, id, &by, &e, runbook.as_deref())?;
+                        return Err(e.into());
+                    }
+                }
+            }
+            _ if incident.status.awaits_human() => incident,
+            _ => {
+                let e = Self::not_pending(&incident, id);
+                self.refused(&incident, id, &by, &e, None)?;
+                return Err(e);
+            }
+        };
+        ctx.audit.append(
+            &agent.def.name,
+            Some(&incident.id),
+            "rejection",
+            json!({ "approval": id, "by": by, "reason": reason, "provenance": provenance(agent, runbook.as_deref()) }),
+        )?;
+        self.fsm
+            .fire(
+                &ctx,
+                &incident.id,
+                Event::ApprovalRejected {
+                    incident: incident.id.clone(),
+                },
+            )
+            .await?;
+        incident.status = IncidentStatus::Rejected;
+        incident.reason = Some(format!("rejected by {}: {reason}", by.name));
+        incident.proposal = None;
+        ctx.store.save(&incident).await?;
+        Ok(incident)
+    }
+
+    pub(crate) async fn adjust(
+        &mut self,
+        id: &str,
+        by: Identity,
+        runbook: &str,
+        params: &BTreeMap<String, String>,
+    ) -> Result<Incident, RuntimeError> {
+        let ctx = self.ctx.clone();
+        let agent = &ctx.agent;
+        let name = agent.def.name.clone();
+        let incident = self.incident_for(id).await?;
+        if !incident.status.awaits_human() {
+            return Err(RuntimeError::Agent {
+                agent: name,
+                message: format!(
+                    "incident {} is {:?}, not waiting for a human",
+                    incident.id, incident.status
+                ),
+            });
+        }
+        let on_table = if incident.status == IncidentStatus::PendingApproval {
+            self.recorded_proposal(&incident)?
+        } else {
+            None
+        };
+        if let Err(e) = agent.def.policy.check_answerer(&by, on_table.as_ref()) {
+            self.refused(&incident, id, &by, &e, None)?;
+            return Err(e.into());
+        }
+        let Some(loaded) = agent.catalog.get(runbook) else {
+            return Err(RuntimeError::Agent {
+                agent: name,
+                message: format!(
+                    "`{runbook}` is not in the catalog; choose one of: {}",
+                    agent.catalog.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            });
+        };
+        let given: BTreeMap<String, Value> = params
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect();
+        let typed = typed_params(loaded, &given).map_err(|e| RuntimeError::Agent {
+            agent: name.clone(),
+            message: e,
+        })?;
+        let plan = plan_for(loaded, typed, &incident.fingerprint);
+        let verdict = agent.def.policy.judge(1.0, &granted(loaded));
+        let mut incident = match &on_table {
+            Some(request) => {
+                let answer = Answer {
+                    approval_id: request.id.clone(),
+                    kind: AnswerKind::Adjusted,
+                    by: by.clone(),
+                    at: SystemTime::now(),
+                    execution_id: None,
+                };
+                match ctx.store.claim(answer, IncidentStatus::Executing).await {
+                    Ok(i) => i,
+                    Err(e) => {
+                        self.refused(&incident, id, &by, &e, None)?;
+                        return Err(e.into());
+                    }
+                }
+            }
+            None => incident,
+        };
+        ctx.audit.append(&name, Some(&incident.id), "adjustment", json!({ "by": by, "plan": plan, "plan_digest": plan.digest(), "provenance": loaded.provenance(), "verdict": verdict, "reason": verdict.reason() }))?;
+        incident.proposal = None;
+        match verdict {
+            Verdict::Execute => {
+                self.fsm
+                    .fire(
+                        &ctx,
+                        &incident.id,
+                        Event::ApprovalAdjusted {
+                            incident: incident.id.clone(),
+                            runbook: runbook.into(),
+                            step: loaded.runbook.steps[0].id.clone(),
+                        },
+                    )
+                    .await?;
+                self.resume_plan(&mut incident, plan, None).await?;
+            }
+            _ => {
+                // Another human must approve what this one proposed.
+                let reason = format!("adjusted by {}: {}", by.name, verdict.reason());
+                let selection = Selection::escalate("human", reason.clone());
+                self.propose(
+                    &mut incident,
+                    &reason,
+                    &selection,
+                    Vec::new(),
+                    Some(plan),
+                    by,
+                )
+                .await?;
+            }
+        }
+        Ok(incident)
+    }
+}

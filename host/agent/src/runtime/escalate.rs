@@ -1,0 +1,109 @@
+//! Escalation: a human is told — the alert, why, the reasoning, the evidence and, when there is
+//! one, the proposed plan with its digest and how to answer — on the console, in Slack when
+//! configured, and in the audit. The record carrying the proposal is what an approval re-reads.
+//! Then the incident is parked and the agent is idle again.
+
+use super::worker::Worker;
+use super::{RuntimeError, new_id};
+use crate::escalation::Escalation;
+use crate::store::{Incident, IncidentStatus};
+use crate::triage::Selection;
+use serde_json::json;
+use std::time::SystemTime;
+use themis_core::fsm::Event;
+use themis_core::identity::Identity;
+use themis_core::policy::{ApprovalRequest, Plan};
+
+impl Worker {
+    /// Tell a human, park the incident, send the agent back to idle. With a plan, the request
+    /// is made as the agent itself.
+    pub(crate) async fn escalate(
+        &mut self,
+        incident: &mut Incident,
+        reason: &str,
+        selection: &Selection,
+        evidence: Vec<String>,
+        plan: Option<Plan>,
+    ) -> Result<(), RuntimeError> {
+        let requester = Identity::agent(&self.ctx.agent.def.name);
+        self.propose(incident, reason, selection, evidence, plan, requester)
+            .await?;
+        let ctx = self.ctx.clone();
+        self.fsm.fire(&ctx, &incident.id, Event::Parked).await?;
+        Ok(())
+    }
+
+    /// Record the escalation (with its proposal, requested by `requester`) and deliver it. The
+    /// agent's state is the caller's to move.
+    pub(crate) async fn propose(
+        &mut self,
+        incident: &mut Incident,
+        reason: &str,
+        selection: &Selection,
+        evidence: Vec<String>,
+        plan: Option<Plan>,
+        requester: Identity,
+    ) -> Result<(), RuntimeError> {
+        let ctx = self.ctx.clone();
+        let agent = &ctx.agent;
+        let now = SystemTime::now();
+        let proposal = plan.map(|plan| {
+            ApprovalRequest::new(
+                new_id("apr"),
+                plan,
+                requester,
+                now,
+                agent.def.policy.approval_ttl,
+            )
+        });
+        let escalation = Escalation {
+            agent: agent.def.name.clone(),
+            incident: incident.id.clone(),
+            alert: incident.alert.clone(),
+            reason: reason.into(),
+            reasoning: selection.reasoning.clone(),
+            confidence: selection.confidence,
+            selector: selection.selector.clone(),
+            evidence,
+            proposal: proposal.clone(),
+        };
+        let record = ctx.audit.append(
+            &agent.def.name,
+            Some(&incident.id),
+            "escalation",
+            json!({ "escalation": escalation, "message": escalation.to_text(), "provenance": super::provenance(agent, escalation.proposal.as_ref().map(|p| p.plan.runbook_id.as_str())) }),
+        )?;
+        incident.status = if proposal.is_some() {
+            IncidentStatus::PendingApproval
+        } else {
+            IncidentStatus::Escalated
+        };
+        incident.proposal_record = proposal.as_ref().map(|_| record.at());
+        incident.proposal = proposal;
+        incident.reason = Some(reason.into());
+        incident.proposed_at = Some(now);
+        ctx.store.save(incident).await?;
+        self.deliver(&escalation, &incident.id).await
+    }
+
+    /// Show the escalation and send it to every configured channel; deliveries are audited.
+    pub(crate) async fn deliver(
+        &self,
+        escalation: &Escalation,
+        incident: &str,
+    ) -> Result<(), RuntimeError> {
+        let ctx = &self.ctx;
+        let escalation = &escalation.redacted(ctx.audit.redactor());
+        ctx.observer.escalation(escalation);
+        let deliveries = ctx.channels.deliver(escalation).await;
+        if !deliveries.is_empty() {
+            ctx.audit.append(
+                &ctx.agent.def.name,
+                Some(incident),
+                "escalation-delivery",
+                json!({ "deliveries": deliveries }),
+            )?;
+        }
+        Ok(())
+    }
+}

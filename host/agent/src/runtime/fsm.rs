@@ -1,0 +1,57 @@
+//! The agent's state machine as its worker drives it: every move is checked by the pure
+//! transition function, audited before it takes effect, saved, shown to the observer and
+//! published to whoever watches the agent. An illegal move is audited and refused.
+
+use super::RuntimeError;
+use super::worker::AgentCtx;
+use serde_json::json;
+use themis_core::fsm::{self, AgentState, Event};
+use tokio::sync::watch;
+
+pub(crate) struct Fsm {
+    pub(crate) state: AgentState,
+    tx: watch::Sender<AgentState>,
+}
+
+impl Fsm {
+    pub(crate) fn new(state: AgentState) -> (Fsm, watch::Receiver<AgentState>) {
+        let (tx, rx) = watch::channel(state.clone());
+        (Fsm { state, tx }, rx)
+    }
+
+    pub(crate) async fn fire(
+        &mut self,
+        ctx: &AgentCtx,
+        incident: &str,
+        event: Event,
+    ) -> Result<AgentState, RuntimeError> {
+        let agent = &ctx.agent.def.name;
+        match fsm::transition(&self.state, &event) {
+            Ok(next) => {
+                ctx.audit.append(
+                    agent,
+                    Some(incident),
+                    "transition",
+                    json!({ "from": self.state, "event": event, "to": next }),
+                )?;
+                ctx.store.save_agent_state(agent, &next).await?;
+                ctx.observer.transition(agent, &self.state, &event, &next);
+                self.state = next.clone();
+                self.tx.send_replace(next.clone());
+                Ok(next)
+            }
+            Err(illegal) => {
+                ctx.audit.append(
+                    agent,
+                    Some(incident),
+                    "illegal-transition",
+                    json!({ "from": self.state, "event": event, "error": illegal.to_string() }),
+                )?;
+                Err(RuntimeError::Illegal {
+                    agent: agent.clone(),
+                    source: illegal,
+                })
+            }
+        }
+    }
+}

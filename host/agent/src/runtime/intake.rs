@@ -1,0 +1,75 @@
+//! Intake: an alert becomes an incident (or joins the open one with its fingerprint), and the
+//! agent starts triaging. The agent is idle here (the worker made sure), so `alert-received` is
+//! legal; it is still checked before anything is saved, so an incident never exists that the
+//! state machine did not take up.
+
+use super::worker::Worker;
+use super::{AlertOutcome, RuntimeError, new_id};
+use crate::store::{Incident, IncidentStatus};
+use serde_json::json;
+use std::time::SystemTime;
+use themis_core::fsm::{self, Event};
+use themis_core::types::Alert;
+
+impl Worker {
+    pub(crate) async fn alert(&mut self, alert: Alert) -> Result<AlertOutcome, RuntimeError> {
+        let ctx = self.ctx.clone();
+        let name = ctx.agent.def.name.clone();
+        if let Some(mut open) = ctx.store.open_for(&name, &alert.fingerprint).await? {
+            open.attached_alerts += 1;
+            ctx.audit.append(
+                &name,
+                Some(&open.id),
+                "alert-attached",
+                json!({ "alert": alert, "attached_alerts": open.attached_alerts }),
+            )?;
+            ctx.store.save(&open).await?;
+            return Ok(AlertOutcome::Attached(open));
+        }
+        let id = new_id("inc");
+        let received = Event::AlertReceived {
+            incident: id.clone(),
+        };
+        if let Err(illegal) = fsm::transition(&self.fsm.state, &received) {
+            // Not reachable while the worker keeps the agent idle between commands; refused, on
+            // the record, and no incident is left behind.
+            ctx.audit.append(
+                &name,
+                None,
+                "illegal-transition",
+                json!({ "from": self.fsm.state, "event": received, "error": illegal.to_string(), "alert": alert }),
+            )?;
+            return Err(RuntimeError::Illegal {
+                agent: name,
+                source: illegal,
+            });
+        }
+        ctx.audit.append(
+            &name,
+            Some(&id),
+            "alert",
+            json!({ "alert": alert, "fingerprint": alert.fingerprint }),
+        )?;
+        let mut incident = Incident {
+            id: id.clone(),
+            agent: name.clone(),
+            fingerprint: alert.fingerprint.clone(),
+            alert,
+            status: IncidentStatus::Triaging,
+            opened_at: SystemTime::now(),
+            attached_alerts: 0,
+            selection: None,
+            proposal: None,
+            proposal_record: None,
+            answer: None,
+            chain: Vec::new(),
+            executed: None,
+            reason: None,
+            proposed_at: None,
+        };
+        ctx.store.save(&incident).await?;
+        self.fsm.fire(&ctx, &id, received).await?;
+        self.triage(&mut incident).await?;
+        Ok(AlertOutcome::Handled(incident))
+    }
+}

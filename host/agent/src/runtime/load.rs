@@ -1,0 +1,250 @@
+//! Loading agents: definitions, then every runbook and probe verified against the agent's trust
+//! policy and compiled, then the checks that make a definition coherent (domains, read-only
+//! probes, pins, rules naming loaded runbooks, destructive grants declaring their targets).
+
+use super::{RuntimeError, RuntimeOptions, RuntimeParts, UNSIGNED_MODE};
+use crate::def::{AgentDef, mutating_grants};
+use crate::triage::Selector;
+use crate::triage::llm::LlmSelector;
+use crate::triage::llm::config::LlmConfig;
+use crate::triage::rules::RuleSelector;
+use serde_json::json;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use themis_core::capability;
+use themis_core::rules::Rule;
+use themis_core::trust::Provenance;
+use themis_sandbox::loaded::{LoadedRunbook, RunbookLoadError};
+
+/// Which selector the agents use.
+#[derive(Debug, Clone, Default)]
+pub enum SelectorChoice {
+    /// The agent's `llm:` if it has one, else its rules.
+    #[default]
+    AsConfigured,
+    /// The rules, whatever the agent configures.
+    Rules,
+    /// An LLM: this endpoint, or (`None`) the agent's own `llm:`.
+    Llm(Option<LlmConfig>),
+}
+
+/// A loaded agent: its definition, its verified catalog and probes, its selector.
+pub struct Agent {
+    pub def: AgentDef,
+    pub catalog: BTreeMap<String, LoadedRunbook>,
+    pub probes: Vec<LoadedRunbook>,
+    pub selector: Arc<dyn Selector>,
+}
+
+impl Agent {
+    /// The provenance of a catalog runbook, for audit records that name one.
+    pub fn provenance(&self, runbook: Option<&str>) -> Option<Provenance> {
+        runbook
+            .and_then(|id| self.catalog.get(id))
+            .map(LoadedRunbook::provenance)
+    }
+}
+
+fn build_selector(
+    def: &AgentDef,
+    choice: &SelectorChoice,
+) -> Result<Arc<dyn Selector>, RuntimeError> {
+    let rules = RuleSelector::new(def.rules.clone());
+    let llm = match choice {
+        SelectorChoice::AsConfigured => def.llm.clone(),
+        SelectorChoice::Rules => None,
+        SelectorChoice::Llm(Some(config)) => Some(config.clone()),
+        SelectorChoice::Llm(None) => Some(def.llm.clone().ok_or_else(|| RuntimeError::Agent {
+            agent: def.name.clone(),
+            message: "the LLM selector was asked for, but the agent has no `llm:` endpoint (configure one, or pass --llm-base-url and --llm-model)".into(),
+        })?),
+    };
+    Ok(match llm {
+        None => Arc::new(rules),
+        Some(config) => {
+            Arc::new(
+                LlmSelector::new(config, rules).map_err(|message| RuntimeError::Agent {
+                    agent: def.name.clone(),
+                    message,
+                })?,
+            )
+        }
+    })
+}
+
+pub(super) fn load_agents(
+    parts: &RuntimeParts,
+    options: &RuntimeOptions,
+) -> Result<Vec<Agent>, RuntimeError> {
+    let audit = &parts.audit;
+    let allow_unsigned = options.allow_unsigned;
+    if allow_unsigned {
+        audit.set_mode(UNSIGNED_MODE);
+        tracing::warn!(
+            mode = UNSIGNED_MODE,
+            "--allow-unsigned: runbook bundles without a signature will be loaded and run; never use this outside development"
+        );
+        audit.append("host", None, "unsigned-mode", json!({ "warning": "bundles without a signature are accepted; every record of this run is marked" }))?;
+    }
+    let mut agents: Vec<Agent> = Vec::new();
+    for file in &parts.agent_files {
+        let mut def = AgentDef::load(file)?;
+        if agents.iter().any(|a| a.def.name == def.name) {
+            return Err(RuntimeError::Agent {
+                agent: def.name.clone(),
+                message: format!(
+                    "{} defines an agent of the same name as another file",
+                    file.display()
+                ),
+            });
+        }
+        def.trust.allow_unsigned = allow_unsigned;
+        let fail = |message: String| RuntimeError::Agent {
+            agent: def.name.clone(),
+            message,
+        };
+        let load = |dir: &Path| match LoadedRunbook::load(&parts.sandbox, dir, &def.trust) {
+            Ok(loaded) => Ok(loaded),
+            Err(e) => {
+                if let RunbookLoadError::Refused { bundle, reason } = &e {
+                    audit.append(&def.name, None, "bundle-refused", json!({ "bundle": bundle, "reason": reason.code(), "message": reason.to_string() }))?;
+                }
+                Err(fail(e.to_string()))
+            }
+        };
+        let mut catalog = BTreeMap::new();
+        for dir in &def.runbooks {
+            let rb = load(dir)?;
+            if rb.runbook.domain != def.domain {
+                return Err(fail(format!(
+                    "runbook `{}` is a {} runbook; a {} agent can only run its own domain's",
+                    rb.runbook.id, rb.runbook.domain, def.domain
+                )));
+            }
+            check_destructive_targets(&def, &rb).map_err(fail)?;
+            catalog.insert(rb.runbook.id.clone(), rb);
+        }
+        let mut probes = Vec::new();
+        for dir in &def.probes {
+            let rb = load(dir)?;
+            let mutating = mutating_grants(&rb.runbook);
+            if !mutating.is_empty() {
+                return Err(fail(format!(
+                    "probe `{}` is granted {}: probes must be read-only",
+                    rb.runbook.id,
+                    mutating.join(", ")
+                )));
+            }
+            probes.push(rb);
+        }
+        // A pin on a name the agent does not load protects nothing: most likely a typo.
+        if let Some(pinned) =
+            def.trust.min_versions.keys().find(|id| {
+                !catalog.contains_key(*id) && !probes.iter().any(|p| &p.runbook.id == *id)
+            })
+        {
+            return Err(fail(format!(
+                "trust.min_versions pins `{pinned}`, which is none of the agent's runbooks or probes"
+            )));
+        }
+        warn_demo_keys(&def, audit)?;
+        warn_opt_outs(&def, audit)?;
+        let rules: Vec<&Rule> = def
+            .rules
+            .iter()
+            .chain(def.follow_ups.iter().map(|f| &f.rule))
+            .collect();
+        if let Some(r) = rules.iter().find(|r| !catalog.contains_key(&r.runbook)) {
+            return Err(fail(format!(
+                "a rule names runbook `{}`, which is not in the agent's runbooks",
+                r.runbook
+            )));
+        }
+        let selector = build_selector(&def, &options.selector)?;
+        agents.push(Agent {
+            def,
+            catalog,
+            probes,
+            selector,
+        });
+    }
+    Ok(agents)
+}
+
+/// A capability the agent adds to the destructive list must, like the catalogue's own, be
+/// declared with its target in every runbook that is granted it: an approval then covers
+/// exactly that target.
+fn check_destructive_targets(def: &AgentDef, rb: &LoadedRunbook) -> Result<(), String> {
+    for step in &rb.runbook.steps {
+        for cap in step
+            .capabilities
+            .intersection(&def.policy.destructive.added)
+        {
+            let bound: BTreeSet<&str> = step
+                .mutations
+                .get(cap)
+                .map(|m| m.args.keys().map(String::as_str).collect())
+                .unwrap_or_default();
+            let targets: Vec<&str> = capability::args_of(cap)
+                .iter()
+                .map(|(name, kind)| (*name, *kind))
+                .filter(|(_, kind)| !matches!(kind, capability::ArgKind::Count(_)))
+                .map(|(name, _)| name)
+                .filter(|name| !bound.contains(name))
+                .collect();
+            if !targets.is_empty() {
+                return Err(format!(
+                    "runbook `{}` step `{}` is granted {cap}, which this agent marks destructive, without binding {} under `mutations:`; an approval could not say what it covers",
+                    rb.runbook.id,
+                    step.id,
+                    targets.join(", ")
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Demo keys: logged once per process and agent (an eval starts a runtime per scenario),
+/// audited on every start.
+fn warn_demo_keys(def: &AgentDef, audit: &crate::audit::AuditLog) -> Result<(), RuntimeError> {
+    let demo: Vec<String> = def
+        .trust
+        .keys
+        .values()
+        .filter(|k| themis_core::trust::keys::DEMO_KEY_IDS.contains(&k.id.as_str()))
+        .map(|k| format!("{} ({})", k.id, k.name))
+        .collect();
+    if demo.is_empty() {
+        return Ok(());
+    }
+    static WARNED: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+    let first = WARNED
+        .lock()
+        .map(|mut w| w.insert(def.name.clone()))
+        .unwrap_or(true);
+    if first {
+        tracing::warn!(agent = %def.name, keys = %demo.join(", "), "the agent trusts a committed DEMO key whose private half is public: fine for the demo and tests, never in production");
+    }
+    audit.append(&def.name, None, "demo-key-trusted", json!({ "keys": demo }))?;
+    Ok(())
+}
+
+/// A destructive capability this agent runs without a human: warned and audited on every start.
+fn warn_opt_outs(def: &AgentDef, audit: &crate::audit::AuditLog) -> Result<(), RuntimeError> {
+    let opted = &def.policy.destructive.opted_out;
+    if opted.is_empty() {
+        return Ok(());
+    }
+    for (cap, why) in opted {
+        tracing::warn!(agent = %def.name, capability = %cap, reason = %why, "destructive capability opted out of human approval by the agent file");
+    }
+    audit.append(
+        &def.name,
+        None,
+        "destructive-opt-out",
+        json!({ "opted_out": opted, "file": def.file }),
+    )?;
+    Ok(())
+}

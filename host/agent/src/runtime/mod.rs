@@ -1,0 +1,356 @@
+//! The agent runtime: a small facade over one serial worker per agent.
+//!
+//! [`Runtime::start`] loads and verifies every agent's catalog, asks the backend provider for each
+//! agent's backends, recovers what a crash left unfinished, and starts the workers. Alerts are
+//! routed to the agent that owns them and queued (bounded); approve, reject and adjust are
+//! messages to the owning agent's worker, which claims the approval exactly once. Only a worker
+//! changes its agent's state machine and incidents.
+//!
+//! The worker's code is split by phase: `intake` (alert → incident), `triage` (probes and the
+//! selector), `plan` (a selection becomes a plan; policy judges it), `execute` (the runbook and
+//! its follow-ups), `escalate` (a human is told), `answers` (approve, reject, adjust),
+//! `recovery` (at start and after a failed command), `fsm` (every move audited), `journal`
+//! (intents of mutating calls), `load` (agent definitions and catalogs).
+
+mod answers;
+mod escalate;
+mod execute;
+mod fsm;
+mod intake;
+mod journal;
+mod load;
+mod plan;
+mod recovery;
+mod triage;
+mod worker;
+
+pub use load::{Agent, SelectorChoice};
+
+use crate::audit::{AuditError, AuditLog};
+use crate::def::AgentDef;
+use crate::escalation::Channels;
+use crate::observe::RuntimeObserver;
+use crate::store::{ClaimError, Incident, IncidentStore, StoreError};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use themis_caps::provider::{BackendProvider, ProviderError};
+use themis_core::fsm::{AgentState, IllegalTransition};
+use themis_core::identity::Identity;
+use themis_core::policy::ApprovalError;
+use themis_core::types::Alert;
+use themis_sandbox::Sandbox;
+use tokio::sync::{mpsc, oneshot, watch};
+use worker::{Command, Worker};
+
+/// How the audit marks every record of a runtime started with `--allow-unsigned`.
+pub const UNSIGNED_MODE: &str = "allow-unsigned";
+/// Alerts waiting for a busy agent, per agent, before new ones are refused.
+pub const DEFAULT_QUEUE_CAPACITY: usize = 64;
+
+/// How a runtime starts.
+#[derive(Debug, Clone)]
+pub struct RuntimeOptions {
+    /// Development only: load bundles without a signature (warned, and marked on every record).
+    pub allow_unsigned: bool,
+    pub selector: SelectorChoice,
+    /// Alerts queued per agent while it is busy.
+    pub queue_capacity: usize,
+}
+
+impl Default for RuntimeOptions {
+    fn default() -> Self {
+        RuntimeOptions {
+            allow_unsigned: false,
+            selector: SelectorChoice::default(),
+            queue_capacity: DEFAULT_QUEUE_CAPACITY,
+        }
+    }
+}
+
+/// What a runtime is built from.
+pub struct RuntimeParts {
+    pub sandbox: Arc<Sandbox>,
+    pub agent_files: Vec<PathBuf>,
+    pub audit: Arc<AuditLog>,
+    pub store: Arc<dyn IncidentStore>,
+    pub channels: Channels,
+    pub observer: Arc<dyn RuntimeObserver>,
+    /// Where each agent's backends come from (real, mocked, dry-run): configuration, not code.
+    pub provider: Arc<dyn BackendProvider>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(transparent)]
+    Definition(#[from] crate::def::AgentDefError),
+    #[error("agent `{agent}`: {message}")]
+    Agent { agent: String, message: String },
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Claim(#[from] ClaimError),
+    #[error("agent `{agent}`: {source}; the move was audited and refused")]
+    Illegal {
+        agent: String,
+        source: IllegalTransition,
+    },
+    #[error("approval refused: {0}")]
+    Approval(#[from] ApprovalError),
+    #[error(transparent)]
+    Backend(#[from] ProviderError),
+    #[error("agent `{0}` has stopped; restart the host")]
+    Stopped(String),
+}
+
+/// What became of an alert.
+#[derive(Debug, Clone)]
+pub enum AlertOutcome {
+    /// No agent owns this alert (recorded).
+    Unrouted,
+    /// The owning agent's queue was full: refused (recorded), the sender should retry.
+    QueueFull { agent: String },
+    /// An open incident with the same fingerprint absorbed it.
+    Attached(Incident),
+    /// A new incident, in the state the alert left it.
+    Handled(Incident),
+}
+
+/// One agent as the facade sees it.
+struct Handle {
+    def: Arc<AgentDef>,
+    tx: mpsc::Sender<Command>,
+    state: watch::Receiver<AgentState>,
+}
+
+/// An agent's name, domain and what it is doing now.
+#[derive(Debug, Clone)]
+pub struct AgentView {
+    pub name: String,
+    pub domain: String,
+    pub state: AgentState,
+}
+
+pub struct Runtime {
+    handles: Vec<Handle>,
+    agents: Vec<Arc<Agent>>,
+    audit: Arc<AuditLog>,
+    store: Arc<dyn IncidentStore>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Runtime {
+    /// Load every agent, verify its catalog (each refused bundle audited), get its backends,
+    /// recover what a previous run left unfinished, and start its worker.
+    pub async fn start(
+        parts: RuntimeParts,
+        options: RuntimeOptions,
+    ) -> Result<Runtime, RuntimeError> {
+        let agents = load::load_agents(&parts, &options)?;
+        let mut handles = Vec::new();
+        let mut tasks = Vec::new();
+        let mut loaded = Vec::new();
+        for agent in agents {
+            let agent = Arc::new(agent);
+            let backends = parts.provider.backends(&agent.def.name, agent.def.domain)?;
+            let (mut worker, state) = Worker::new(&parts, agent.clone(), backends).await?;
+            worker.recover().await?;
+            let (tx, rx) = mpsc::channel(options.queue_capacity.max(1));
+            handles.push(Handle {
+                def: Arc::new(agent.def.clone()),
+                tx,
+                state,
+            });
+            loaded.push(agent);
+            tasks.push(tokio::spawn(worker.run(rx)));
+        }
+        Ok(Runtime {
+            handles,
+            agents: loaded,
+            audit: parts.audit,
+            store: parts.store,
+            tasks,
+        })
+    }
+
+    pub fn agents(&self) -> &[Arc<Agent>] {
+        &self.agents
+    }
+
+    /// Each agent and what it is doing now.
+    pub fn states(&self) -> Vec<AgentView> {
+        self.handles
+            .iter()
+            .map(|h| AgentView {
+                name: h.def.name.clone(),
+                domain: h.def.domain.to_string(),
+                state: h.state.borrow().clone(),
+            })
+            .collect()
+    }
+
+    pub fn store(&self) -> &Arc<dyn IncidentStore> {
+        &self.store
+    }
+
+    /// Route an alert to its agent and wait until the agent has handled it (triaged, executed
+    /// or escalated). Alerts for a busy agent wait in its queue.
+    pub async fn handle_alert(&self, alert: Alert) -> Result<AlertOutcome, RuntimeError> {
+        // Secrets in labels and annotations are scrubbed once, here, before anything keeps them.
+        let alert = self.audit.redactor().redact_alert(alert);
+        let labels: BTreeMap<String, String> = alert
+            .labels
+            .iter()
+            .map(|p| (p.key.clone(), p.value.clone()))
+            .collect();
+        let Some(handle) = self
+            .handles
+            .iter()
+            .find(|h| h.def.routes(&alert.name, &labels))
+        else {
+            self.audit
+                .append("intake", None, "alert-unrouted", json!({ "alert": alert }))?;
+            return Ok(AlertOutcome::Unrouted);
+        };
+        let (reply, answer) = oneshot::channel();
+        let name = handle.def.name.clone();
+        match handle.tx.try_send(Command::Alert {
+            alert: alert.clone(),
+            reply,
+        }) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.audit.append(
+                    &name,
+                    None,
+                    "alert-refused",
+                    json!({ "alert": alert, "reason": "queue-full", "message": "the agent's queue of waiting alerts is full; the sender should retry" }),
+                )?;
+                return Ok(AlertOutcome::QueueFull { agent: name });
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(RuntimeError::Stopped(name)),
+        }
+        answer.await.map_err(|_| RuntimeError::Stopped(name))?
+    }
+
+    /// A human approves a pending plan. `shown` is the plan digest the human was shown; the host
+    /// refuses if it is not the digest of the plan as proposed.
+    pub async fn approve(
+        &self,
+        approval_id: &str,
+        by: Identity,
+        shown: Option<String>,
+    ) -> Result<Incident, RuntimeError> {
+        let handle = self.owner(approval_id).await?;
+        self.ask(handle, |reply| Command::Approve {
+            id: approval_id.into(),
+            by,
+            shown,
+            reply,
+        })
+        .await
+    }
+
+    /// A human rejects a pending plan: nothing runs.
+    pub async fn reject(
+        &self,
+        approval_id: &str,
+        by: Identity,
+        reason: &str,
+    ) -> Result<Incident, RuntimeError> {
+        let handle = self.owner(approval_id).await?;
+        self.ask(handle, |reply| Command::Reject {
+            id: approval_id.into(),
+            by,
+            reason: reason.into(),
+            reply,
+        })
+        .await
+    }
+
+    /// A human picks another runbook of the catalog or other parameters; the adjusted plan goes
+    /// through the same policy (the adjuster becomes its requester).
+    pub async fn adjust(
+        &self,
+        id: &str,
+        by: Identity,
+        runbook: &str,
+        params: &BTreeMap<String, String>,
+    ) -> Result<Incident, RuntimeError> {
+        let handle = self.owner(id).await?;
+        self.ask(handle, |reply| Command::Adjust {
+            id: id.into(),
+            by,
+            runbook: runbook.into(),
+            params: params.clone(),
+            reply,
+        })
+        .await
+    }
+
+    /// The agent that owns an approval (`apr-…`) or incident (`inc-…`).
+    async fn owner(&self, id: &str) -> Result<&Handle, RuntimeError> {
+        let incident = if id.starts_with("inc-") {
+            self.store.get(id).await?
+        } else {
+            self.store
+                .by_approval(id)
+                .await?
+                .ok_or_else(|| StoreError::UnknownIncident(id.into()))?
+        };
+        self.handles
+            .iter()
+            .find(|h| h.def.name == incident.agent)
+            .ok_or_else(|| RuntimeError::Agent {
+                agent: incident.agent.clone(),
+                message: "no such agent is loaded".into(),
+            })
+    }
+
+    async fn ask(
+        &self,
+        handle: &Handle,
+        command: impl FnOnce(oneshot::Sender<Result<Incident, RuntimeError>>) -> Command,
+    ) -> Result<Incident, RuntimeError> {
+        let (reply, answer) = oneshot::channel();
+        // A human's answer is never dropped for a full queue: it waits its turn.
+        handle
+            .tx
+            .send(command(reply))
+            .await
+            .map_err(|_| RuntimeError::Stopped(handle.def.name.clone()))?;
+        answer
+            .await
+            .map_err(|_| RuntimeError::Stopped(handle.def.name.clone()))?
+    }
+
+    /// Stop taking work; let every worker finish what it is doing.
+    pub async fn shutdown(self) {
+        drop(self.handles);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// A new id: `<prefix>-` and 16 random hex digits, unique across processes and restarts.
+fn new_id(prefix: &str) -> String {
+    let mut bytes = [0u8; 8];
+    if getrandom::fill(&mut bytes).is_err() {
+        // No randomness: fall back to the clock and pid, still unique in practice.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        bytes = ((nanos as u64) ^ u64::from(std::process::id()).rotate_left(40)).to_be_bytes();
+    }
+    format!("{prefix}-{}", hex::encode(bytes))
+}
+
+/// A provenance value for audit records (null when the runbook is unknown).
+fn provenance(agent: &Agent, runbook: Option<&str>) -> Value {
+    serde_json::to_value(agent.provenance(runbook)).unwrap_or(Value::Null)
+}

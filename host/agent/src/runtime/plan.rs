@@ -1,0 +1,165 @@
+//! From a selection to a plan, and policy's verdict on it: within policy it runs; below the
+//! agent's confidence, or granted a destructive capability, a human is asked. A selection that
+//! cannot become a plan (no runbook, one outside the catalog, parameters that do not bind)
+//! escalates: never a guess.
+
+use super::RuntimeError;
+use super::load::Agent;
+use super::worker::Worker;
+use crate::store::Incident;
+use crate::triage::Selection;
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet};
+use themis_core::conditions::Facts;
+use themis_core::fsm::Event;
+use themis_core::manifest::{bind_params, parse_param_text};
+use themis_core::policy::{Plan, Verdict};
+use themis_sandbox::loaded::LoadedRunbook;
+
+impl Worker {
+    /// Judge a selection and act on the verdict.
+    pub(crate) async fn decide(
+        &mut self,
+        incident: &mut Incident,
+        selection: Selection,
+        evidence: Vec<String>,
+        facts: &Facts,
+    ) -> Result<(), RuntimeError> {
+        let ctx = self.ctx.clone();
+        let agent = &ctx.agent;
+        let name = &agent.def.name;
+        let (loaded, params) = match catalog_plan(agent, &selection) {
+            Ok(found) => found,
+            Err(reason) => {
+                self.fsm
+                    .fire(
+                        &ctx,
+                        &incident.id,
+                        Event::ConfidenceTooLow {
+                            reason: reason.clone(),
+                        },
+                    )
+                    .await?;
+                return self
+                    .escalate(incident, &reason, &selection, evidence, None)
+                    .await;
+            }
+        };
+        let plan = plan_for(loaded, params, &incident.fingerprint);
+        let granted = granted(loaded);
+        let verdict = agent.def.policy.judge(selection.confidence, &granted);
+        let opted_out = ctx.destructive.opt_outs_among(&granted);
+        ctx.audit.append(name, Some(&incident.id), "decision", json!({ "plan": plan, "plan_digest": plan.digest(), "provenance": loaded.provenance(), "verdict": verdict, "reason": verdict.reason(), "confidence": selection.confidence, "destructive_opt_out": opted_out }))?;
+        match verdict {
+            Verdict::Execute => {
+                let first = loaded.runbook.steps[0].id.clone();
+                self.fsm
+                    .fire(
+                        &ctx,
+                        &incident.id,
+                        Event::RunbookChosen {
+                            runbook: loaded.runbook.id.clone(),
+                            step: first,
+                        },
+                    )
+                    .await?;
+                Box::pin(self.run_plan(incident, plan, None, facts)).await
+            }
+            Verdict::ConfidenceTooLow { .. }
+            | Verdict::SelectorEscalated { .. }
+            | Verdict::NeedsApproval { .. } => {
+                let reason = verdict.reason();
+                let event = if matches!(verdict, Verdict::NeedsApproval { .. }) {
+                    Event::ApprovalRequired {
+                        reason: reason.clone(),
+                    }
+                } else {
+                    Event::ConfidenceTooLow {
+                        reason: reason.clone(),
+                    }
+                };
+                self.fsm.fire(&ctx, &incident.id, event).await?;
+                self.escalate(incident, &reason, &selection, evidence, Some(plan))
+                    .await
+            }
+        }
+    }
+}
+
+/// Every capability a runbook's steps are granted.
+pub(crate) fn granted(loaded: &LoadedRunbook) -> BTreeSet<String> {
+    loaded
+        .runbook
+        .steps
+        .iter()
+        .flat_map(|s| s.capabilities.iter().cloned())
+        .collect()
+}
+
+/// The catalog runbook a selection names and its typed parameters, or why there is none.
+pub(crate) fn catalog_plan<'a>(
+    agent: &'a Agent,
+    selection: &Selection,
+) -> Result<(&'a LoadedRunbook, BTreeMap<String, Value>), String> {
+    let Some(runbook_id) = &selection.runbook else {
+        return Err(selection.reasoning.clone());
+    };
+    let Some(loaded) = agent.catalog.get(runbook_id) else {
+        return Err(format!(
+            "the selector named `{runbook_id}`, which is not in the catalog; nothing runs that is not a loaded runbook of the agent"
+        ));
+    };
+    let params = typed_params(loaded, &selection.params).map_err(|why| {
+        format!("the selector chose {runbook_id} but its parameters do not fit: {why}")
+    })?;
+    Ok((loaded, params))
+}
+
+/// Convert template output (strings) to the runbook's declared parameter types, and check they
+/// bind (declared, typed, in range, matching their patterns).
+pub(crate) fn typed_params(
+    loaded: &LoadedRunbook,
+    given: &BTreeMap<String, Value>,
+) -> Result<BTreeMap<String, Value>, String> {
+    let mut out = BTreeMap::new();
+    for (name, value) in given {
+        let decl = loaded
+            .runbook
+            .parameters
+            .iter()
+            .find(|p| &p.name == name)
+            .ok_or_else(|| format!("`{name}` is not a parameter of {}", loaded.runbook.id))?;
+        let v = match value {
+            Value::String(s) => parse_param_text(decl.kind, s),
+            other => other.clone(),
+        };
+        out.insert(name.clone(), v);
+    }
+    bind_params(&loaded.runbook.parameters, &out).map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+pub(crate) fn plan_for(
+    loaded: &LoadedRunbook,
+    params: BTreeMap<String, Value>,
+    target: &str,
+) -> Plan {
+    Plan {
+        runbook_id: loaded.runbook.id.clone(),
+        runbook_version: loaded.runbook.version.to_string(),
+        runbook_digest: loaded.runbook.digest.clone(),
+        params,
+        target: target.into(),
+    }
+}
+
+/// The facts of an alert alone (approvals resume without the probes' outputs).
+pub(crate) fn alert_facts(alert: &themis_core::types::Alert) -> Facts {
+    crate::triage::SelectionInput {
+        agent: String::new(),
+        alert: alert.clone(),
+        candidates: Vec::new(),
+        probes: Vec::new(),
+    }
+    .facts()
+}

@@ -1,0 +1,133 @@
+//! Recovery: what the host does with work it finds unfinished — at start (a crash or a kill
+//! mid-incident) and before each command (a command that failed half-way). It never guesses
+//! where a runbook stood and never resumes one blindly: every unfinished incident becomes
+//! `interrupted`, a human is told what was running, and the agent returns to `idle` through legal
+//! moves. (Resuming with postcondition checks is the durability work's.)
+
+use super::RuntimeError;
+use super::worker::Worker;
+use crate::escalation::Escalation;
+use crate::store::{Incident, IncidentStatus};
+use serde_json::json;
+use themis_core::fsm::{AgentState, Event};
+
+impl Worker {
+    /// At start: every incident of this agent still `triaging` or `executing`, and whatever
+    /// the saved state names, was interrupted.
+    pub(crate) async fn recover(&mut self) -> Result<(), RuntimeError> {
+        let ctx = self.ctx.clone();
+        let agent = &ctx.agent.def.name;
+        let unfinished: Vec<Incident> = ctx
+            .store
+            .list()
+            .await?
+            .into_iter()
+            .filter(|i| &i.agent == agent)
+            .filter(|i| {
+                matches!(
+                    i.status,
+                    IncidentStatus::Triaging | IncidentStatus::Executing
+                )
+            })
+            .collect();
+        let was = self.fsm.state.clone();
+        for incident in unfinished {
+            self.interrupt(incident, &was).await?;
+        }
+        self.ensure_idle().await
+    }
+
+    /// Before a command: the agent must be idle; if not, the state names the incident a failed
+    /// command left behind.
+    pub(crate) async fn ensure_idle(&mut self) -> Result<(), RuntimeError> {
+        let was = self.fsm.state.clone();
+        if was == AgentState::Idle {
+            return Ok(());
+        }
+        let ctx = self.ctx.clone();
+        let named = was.incident().unwrap_or_default().to_owned();
+        match ctx.store.get(&named).await {
+            Ok(incident)
+                if matches!(
+                    incident.status,
+                    IncidentStatus::Triaging | IncidentStatus::Executing
+                ) =>
+            {
+                self.interrupt(incident, &was).await
+            }
+            _ => {
+                // Nothing unfinished under that name (it was saved as answered, or never saved):
+                // still walk the machine back to idle, on the record.
+                let reason = format!(
+                    "the agent was left `{was}` with nothing unfinished to show for it; back to idle"
+                );
+                self.fsm
+                    .fire(
+                        &ctx,
+                        &named,
+                        Event::Interrupted {
+                            incident: named.clone(),
+                            reason,
+                        },
+                    )
+                    .await?;
+                self.fsm.fire(&ctx, &named, Event::Parked).await?;
+                Ok(())
+            }
+        }
+    }
+
+    async fn interrupt(
+        &mut self,
+        mut incident: Incident,
+        was: &AgentState,
+    ) -> Result<(), RuntimeError> {
+        let ctx = self.ctx.clone();
+        let agent = ctx.agent.def.name.clone();
+        let what = match (&incident.status, &incident.executed) {
+            (IncidentStatus::Executing, Some(plan)) => format!(
+                "while running {} {} (last known state: {was})",
+                plan.runbook_id, plan.runbook_version
+            ),
+            _ => format!("while {:?} (last known state: {was})", incident.status).to_lowercase(),
+        };
+        let reason = format!(
+            "the host stopped {what}; nothing was resumed or repeated. Check the system by hand: what ran is in `themis audit show {}`",
+            incident.id
+        );
+        ctx.audit.append(
+            &agent,
+            Some(&incident.id),
+            "interrupted",
+            json!({ "status": incident.status, "state": was, "executed": incident.executed, "reason": reason }),
+        )?;
+        self.fsm
+            .fire(
+                &ctx,
+                &incident.id,
+                Event::Interrupted {
+                    incident: incident.id.clone(),
+                    reason: reason.clone(),
+                },
+            )
+            .await?;
+        incident.status = IncidentStatus::Interrupted;
+        incident.reason = Some(reason.clone());
+        incident.proposal = None;
+        ctx.store.save(&incident).await?;
+        let escalation = Escalation {
+            agent: agent.clone(),
+            incident: incident.id.clone(),
+            alert: incident.alert.clone(),
+            reason,
+            reasoning: "recovery after the host stopped mid-incident".into(),
+            confidence: 0.0,
+            selector: "runtime".into(),
+            evidence: Vec::new(),
+            proposal: None,
+        };
+        self.deliver(&escalation, &incident.id).await?;
+        self.fsm.fire(&ctx, &incident.id, Event::Parked).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,162 @@
+//! Triage: the agent's read-only probes run first, then its selector chooses one runbook of the
+//! catalog (or escalates). A selector that fails escalates; it never guesses.
+
+use super::execute::PhaseAudit;
+use super::journal::AuditJournal;
+use super::worker::Worker;
+use super::{RuntimeError, new_id, provenance};
+use crate::store::Incident;
+use crate::triage::{Candidate, ProbeResult, Selection, SelectionInput};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use themis_core::types::Phase;
+use themis_sandbox::executor::{self, ExecutionReport, ExecutionRequest, Outcome, PhaseStatus};
+use themis_sandbox::loaded::LoadedRunbook;
+
+impl Worker {
+    pub(crate) async fn triage(&mut self, incident: &mut Incident) -> Result<(), RuntimeError> {
+        let ctx = self.ctx.clone();
+        let agent = &ctx.agent;
+        let name = agent.def.name.clone();
+        let mut probes = Vec::new();
+        for probe in &agent.probes {
+            let request = self.request(incident, probe, BTreeMap::new(), None)?;
+            let mut observer = PhaseAudit::new(&ctx, None, &incident.id, probe);
+            let report =
+                executor::execute_observed(&ctx.sandbox, probe, &request, &mut observer).await;
+            ctx.observer.execution(&name, &report);
+            if let Outcome::Halted { reason, .. } = &report.outcome {
+                return Err(RuntimeError::Agent {
+                    agent: name,
+                    message: format!("probe {} halted: {reason}", probe.runbook.id),
+                });
+            }
+            let result = redacted(&ctx.audit, probe_result(&report));
+            ctx.audit.append(&name, Some(&incident.id), "probe", json!({ "runbook": probe.runbook.id, "provenance": probe.provenance(), "execution_id": report.execution_id, "outcome": report.outcome, "outputs": result.outputs }))?;
+            probes.push(result);
+        }
+        let input = SelectionInput {
+            agent: name.clone(),
+            alert: incident.alert.clone(),
+            candidates: agent
+                .catalog
+                .values()
+                .map(|rb| Candidate {
+                    id: rb.runbook.id.clone(),
+                    version: rb.runbook.version.to_string(),
+                    description: rb.runbook.description.clone(),
+                    parameters: rb.runbook.parameters.clone(),
+                })
+                .collect(),
+            probes,
+        };
+        let selection = match agent.selector.select(&input).await {
+            Ok(s) => s,
+            Err(e) => Selection::escalate(
+                agent.selector.name(),
+                format!("the selector failed, so the agent does not guess: {e}"),
+            ),
+        };
+        let selection_json = json!({
+            "provenance": provenance(agent, selection.runbook.as_deref()),
+            "selector": selection.selector,
+            "input": { "candidates": input.candidates.iter().map(|c| &c.id).collect::<Vec<_>>(), "probes": input.probes },
+            "output": selection,
+        });
+        ctx.audit.append(
+            &name,
+            Some(&incident.id),
+            "selection",
+            selection_json.clone(),
+        )?;
+        ctx.observer.selection(&name, &selection);
+        incident.selection = Some(selection_json);
+        let evidence = probe_evidence(&input.probes);
+        self.decide(incident, selection, evidence, &input.facts())
+            .await
+    }
+
+    /// An execution request for `loaded` in `incident`, with a fresh execution id.
+    pub(crate) fn request(
+        &self,
+        incident: &Incident,
+        loaded: &LoadedRunbook,
+        params: BTreeMap<String, serde_json::Value>,
+        approval: Option<themis_core::grant::Approval>,
+    ) -> Result<ExecutionRequest, RuntimeError> {
+        let ctx = &self.ctx;
+        let params = themis_core::manifest::bind_params(&loaded.runbook.parameters, &params)
+            .map_err(|e| RuntimeError::Agent {
+                agent: ctx.agent.def.name.clone(),
+                message: format!("runbook {}: {e}", loaded.runbook.id),
+            })?;
+        let execution_id = approval
+            .as_ref()
+            .map(|a| a.execution_id.clone())
+            .unwrap_or_else(|| new_id("exe"));
+        Ok(ExecutionRequest {
+            execution_id,
+            alert: incident.alert.clone(),
+            params,
+            backends: ctx.backends.clone(),
+            destructive: ctx.destructive.clone(),
+            approval,
+            journal: Arc::new(AuditJournal {
+                audit: ctx.audit.clone(),
+                agent: ctx.agent.def.name.clone(),
+                incident: incident.id.clone(),
+                opted_out: ctx.destructive.opted_out.clone(),
+            }),
+        })
+    }
+}
+
+/// What a probe (or a finished runbook) found: outputs of passing phases, evidence of actions.
+pub(crate) fn probe_result(report: &ExecutionReport) -> ProbeResult {
+    let mut outputs = BTreeMap::new();
+    let mut evidence = Vec::new();
+    for p in &report.phases {
+        if p.status == PhaseStatus::Passed {
+            for (k, v) in &p.outputs {
+                outputs.insert(format!("{}.{k}", p.step), v.clone());
+            }
+        }
+        if p.phase == Phase::Action {
+            evidence.extend(
+                p.evidence
+                    .iter()
+                    .map(|(k, v)| (format!("{}.{k}", p.step), v.clone())),
+            );
+        }
+    }
+    ProbeResult {
+        runbook: report.runbook_id.clone(),
+        outcome: report.outcome.status().to_string(),
+        outputs,
+        evidence,
+    }
+}
+
+/// What a probe found, as it may be shown to a model or a human.
+fn redacted(audit: &crate::audit::AuditLog, mut result: ProbeResult) -> ProbeResult {
+    let r = audit.redactor();
+    for (k, v) in result.outputs.iter_mut() {
+        *v = r.redact_pair(k, v);
+    }
+    for (k, v) in result.evidence.iter_mut() {
+        *v = r.redact_pair(k, v);
+    }
+    result
+}
+
+fn probe_evidence(probes: &[ProbeResult]) -> Vec<String> {
+    probes
+        .iter()
+        .flat_map(|p| {
+            p.evidence
+                .iter()
+                .map(move |(k, v)| format!("{}: {k}={v}", p.runbook))
+        })
+        .collect()
+}

@@ -1,0 +1,166 @@
+//! One agent's serial worker: the only code that changes the agent's state machine and
+//! incidents. It takes one command at a time from its bounded queue, so an alert for a busy
+//! agent waits instead of failing a transition, and two answers to one approval are handled one
+//! after the other (the second finds it claimed).
+
+use super::fsm::Fsm;
+use super::load::Agent;
+use super::{AlertOutcome, RuntimeError, RuntimeParts};
+use crate::audit::AuditLog;
+use crate::escalation::Channels;
+use crate::observe::RuntimeObserver;
+use crate::store::{Incident, IncidentStore};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use themis_caps::Backends;
+use themis_core::fsm::AgentState;
+use themis_core::identity::Identity;
+use themis_core::policy::DestructiveList;
+use themis_core::types::Alert;
+use themis_sandbox::Sandbox;
+use tokio::sync::{mpsc, oneshot, watch};
+
+type Reply<T> = oneshot::Sender<Result<T, RuntimeError>>;
+
+pub(crate) enum Command {
+    Alert {
+        alert: Alert,
+        reply: Reply<AlertOutcome>,
+    },
+    Approve {
+        id: String,
+        by: Identity,
+        shown: Option<String>,
+        reply: Reply<Incident>,
+    },
+    Reject {
+        id: String,
+        by: Identity,
+        reason: String,
+        reply: Reply<Incident>,
+    },
+    Adjust {
+        id: String,
+        by: Identity,
+        runbook: String,
+        params: BTreeMap<String, String>,
+        reply: Reply<Incident>,
+    },
+}
+
+/// What a worker acts with: shared, read-only while it runs.
+pub(crate) struct AgentCtx {
+    pub(crate) agent: Arc<Agent>,
+    pub(crate) sandbox: Arc<Sandbox>,
+    pub(crate) audit: Arc<AuditLog>,
+    pub(crate) store: Arc<dyn IncidentStore>,
+    pub(crate) channels: Channels,
+    pub(crate) observer: Arc<dyn RuntimeObserver>,
+    pub(crate) backends: Backends,
+    pub(crate) destructive: Arc<DestructiveList>,
+}
+
+pub(crate) struct Worker {
+    pub(crate) ctx: Arc<AgentCtx>,
+    pub(crate) fsm: Fsm,
+}
+
+impl Worker {
+    pub(crate) async fn new(
+        parts: &RuntimeParts,
+        agent: Arc<Agent>,
+        backends: Backends,
+    ) -> Result<(Worker, watch::Receiver<AgentState>), RuntimeError> {
+        // The saved state is a hint for recovery; a tampered or unreadable one counts as
+        // "unknown", and recovery treats every unfinished incident as interrupted anyway.
+        let saved = match parts.store.agent_state(&agent.def.name).await {
+            Ok(state) => state,
+            Err(e) => {
+                tracing::warn!(agent = %agent.def.name, error = %e, "the saved agent state is unusable; recovering from the incidents");
+                parts.audit.append(
+                    &agent.def.name,
+                    None,
+                    "state-unusable",
+                    serde_json::json!({ "error": e.to_string() }),
+                )?;
+                AgentState::EscalatingHuman {
+                    incident: String::new(),
+                    reason: "unknown state at start".into(),
+                }
+            }
+        };
+        let (fsm, rx) = Fsm::new(saved);
+        let destructive = Arc::new(agent.def.policy.destructive.clone());
+        let ctx = AgentCtx {
+            agent,
+            sandbox: parts.sandbox.clone(),
+            audit: parts.audit.clone(),
+            store: parts.store.clone(),
+            channels: parts.channels.clone(),
+            observer: parts.observer.clone(),
+            backends,
+            destructive,
+        };
+        Ok((
+            Worker {
+                ctx: Arc::new(ctx),
+                fsm,
+            },
+            rx,
+        ))
+    }
+
+    pub(crate) async fn run(mut self, mut queue: mpsc::Receiver<Command>) {
+        while let Some(command) = queue.recv().await {
+            // A command that failed half-way (a store or audit error) can leave the agent
+            // mid-move: say so and return to idle before taking the next one. Never wedge.
+            if let Err(e) = self.ensure_idle().await {
+                reply_error(command, e);
+                continue;
+            }
+            match command {
+                Command::Alert { alert, reply } => {
+                    let _ = reply.send(self.alert(alert).await);
+                }
+                Command::Approve {
+                    id,
+                    by,
+                    shown,
+                    reply,
+                } => {
+                    let _ = reply.send(self.approve(&id, by, shown).await);
+                }
+                Command::Reject {
+                    id,
+                    by,
+                    reason,
+                    reply,
+                } => {
+                    let _ = reply.send(self.reject(&id, by, &reason).await);
+                }
+                Command::Adjust {
+                    id,
+                    by,
+                    runbook,
+                    params,
+                    reply,
+                } => {
+                    let _ = reply.send(self.adjust(&id, by, &runbook, &params).await);
+                }
+            }
+        }
+    }
+}
+
+fn reply_error(command: Command, e: RuntimeError) {
+    match command {
+        Command::Alert { reply, .. } => {
+            let _ = reply.send(Err(e));
+        }
+        Command::Approve { reply, .. }
+        | Command::Reject { reply, .. }
+        | Command::Adjust { reply, .. } => {
+            let _ = reply.send(Err(e));
+        }
+    }
+}

@@ -1,0 +1,299 @@
+//! The JSON-file store: each incident and each agent's state as a JSON file in the state
+//! directory, replaced atomically (unique temp file, fsync, rename) so a crash never leaves half a
+//! file, and carrying a MAC under the host key so a file changed by hand is refused. The
+//! directory is locked for the life of the store: one process acts on it at a time.
+
+use super::mac::HostKey;
+use super::{Answer, ClaimError, Incident, IncidentStatus, IncidentStore, StoreError};
+use crate::lock::{self, Held};
+use async_trait::async_trait;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use themis_core::fsm::AgentState;
+
+pub struct JsonStore {
+    dir: PathBuf,
+    key: HostKey,
+    /// Serialises read-modify-write sequences (the claim) within the process.
+    writes: Mutex<()>,
+    temp_counter: AtomicU64,
+    /// `None`: opened to read only (`themis agents` next to a running host).
+    lock: Option<Held>,
+}
+
+impl JsonStore {
+    /// Open (creating) the state directory, waiting up to [`lock::DEFAULT_WAIT`] for another
+    /// process that holds it.
+    pub fn open(dir: &Path) -> Result<JsonStore, StoreError> {
+        Self::open_waiting(dir, lock::DEFAULT_WAIT)
+    }
+
+    pub fn open_waiting(dir: &Path, wait: Duration) -> Result<JsonStore, StoreError> {
+        for sub in ["incidents", "agents", "open", "approvals"] {
+            let path = dir.join(sub);
+            std::fs::create_dir_all(&path).map_err(|source| StoreError::Io { path, source })?;
+        }
+        let held = lock::acquire(&dir.join("state.lock"), wait)?;
+        let key = HostKey::load_or_create(&dir.join("host.key"))?;
+        Ok(JsonStore {
+            dir: dir.to_path_buf(),
+            key,
+            writes: Mutex::new(()),
+            temp_counter: AtomicU64::new(0),
+            lock: Some(held),
+        })
+    }
+
+    /// Open to read without taking the directory's lock: every write is refused.
+    pub fn open_read_only(dir: &Path) -> Result<JsonStore, StoreError> {
+        let key = HostKey::load_or_create(&dir.join("host.key"))?;
+        Ok(JsonStore {
+            dir: dir.to_path_buf(),
+            key,
+            writes: Mutex::new(()),
+            temp_counter: AtomicU64::new(0),
+            lock: None,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Write `value` with its MAC. `durable`: fsync before the rename; without it the replace is
+    /// still atomic, but a crash may lose the newest version.
+    fn write<T: Serialize>(&self, path: &Path, value: &T, durable: bool) -> Result<(), StoreError> {
+        let io = |source| StoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        if self.lock.is_none() {
+            return Err(io(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                "the store was opened read-only",
+            )));
+        }
+        let data = serde_json::to_value(value).map_err(|e| StoreError::Corrupt {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let canonical = serde_json::to_vec(&data).unwrap_or_default();
+        let file = json!({ "mac": self.key.tag(&canonical), "data": data });
+        let bytes = serde_json::to_vec_pretty(&file).unwrap_or_default();
+        // Unique per process and write: two writers never share a temp file.
+        let n = self.temp_counter.fetch_add(1, Ordering::Relaxed);
+        let tmp = path.with_extension(format!("{}.{n}.tmp", std::process::id()));
+        let mut f = std::fs::File::create(&tmp).map_err(io)?;
+        f.write_all(&bytes).map_err(io)?;
+        if durable {
+            f.sync_data().map_err(io)?;
+        }
+        std::fs::rename(&tmp, path).map_err(io)
+    }
+
+    fn read<T: DeserializeOwned>(&self, path: &Path) -> Result<Option<T>, StoreError> {
+        let bytes = match themis_core::files::read(path, themis_core::files::limits::DEFINITION) {
+            Ok(bytes) => bytes,
+            Err(themis_core::files::FileError::NotFound) => return Ok(None),
+            Err(e) => {
+                return Err(StoreError::Corrupt {
+                    path: path.to_path_buf(),
+                    message: e.to_string(),
+                });
+            }
+        };
+        let corrupt = |message: String| StoreError::Corrupt {
+            path: path.to_path_buf(),
+            message,
+        };
+        let mut file: Value = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+        let (Some(Value::String(mac)), Some(data)) = (
+            file.get("mac").cloned(),
+            file.as_object_mut().and_then(|o| o.remove("data")),
+        ) else {
+            return Err(StoreError::Tampered {
+                path: path.to_path_buf(),
+            });
+        };
+        let canonical = serde_json::to_vec(&data).unwrap_or_default();
+        if !self.key.verify(&canonical, &mac) {
+            return Err(StoreError::Tampered {
+                path: path.to_path_buf(),
+            });
+        }
+        serde_json::from_value(data)
+            .map(Some)
+            .map_err(|e| corrupt(e.to_string()))
+    }
+
+    fn incident_path(&self, id: &str) -> Result<PathBuf, StoreError> {
+        if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+            return Err(StoreError::UnknownIncident(id.into()));
+        }
+        Ok(self.dir.join("incidents").join(format!("{id}.json")))
+    }
+
+    fn open_marker(&self, agent: &str, fingerprint: &str) -> PathBuf {
+        use sha2::{Digest, Sha256};
+        let key = hex::encode(&Sha256::digest(format!("{agent}\0{fingerprint}"))[..12]);
+        self.dir.join("open").join(format!("{key}.json"))
+    }
+
+    fn approval_marker(&self, approval_id: &str) -> Result<PathBuf, StoreError> {
+        if !approval_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-')
+        {
+            return Err(StoreError::UnknownIncident(approval_id.into()));
+        }
+        Ok(self
+            .dir
+            .join("approvals")
+            .join(format!("{approval_id}.json")))
+    }
+
+    fn save_sync(&self, incident: &Incident) -> Result<(), StoreError> {
+        self.write(&self.incident_path(&incident.id)?, incident, true)?;
+        // The open-incident index: one small file per (agent, fingerprint) while open, so a new
+        // alert finds its incident without reading every incident.
+        let marker = self.open_marker(&incident.agent, &incident.fingerprint);
+        if incident.status.is_open() {
+            if !marker.exists() {
+                self.write(&marker, &incident.id, false)?;
+            }
+        } else if let Err(e) = std::fs::remove_file(&marker)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            return Err(StoreError::Io {
+                path: marker,
+                source: e,
+            });
+        }
+        if let Some(p) = &incident.proposal {
+            let marker = self.approval_marker(&p.id)?;
+            if !marker.exists() {
+                self.write(&marker, &incident.id, true)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn get_sync(&self, id: &str) -> Result<Incident, StoreError> {
+        self.read(&self.incident_path(id)?)?
+            .ok_or_else(|| StoreError::UnknownIncident(id.into()))
+    }
+
+    fn by_approval_sync(&self, approval_id: &str) -> Result<Option<Incident>, StoreError> {
+        let Some(id) = self.read::<String>(&self.approval_marker(approval_id)?)? else {
+            return Ok(None);
+        };
+        Ok(Some(self.get_sync(&id)?))
+    }
+}
+
+#[async_trait]
+impl IncidentStore for JsonStore {
+    async fn save(&self, incident: &Incident) -> Result<(), StoreError> {
+        let _w = self.writes.lock().unwrap_or_else(|p| p.into_inner());
+        self.save_sync(incident)
+    }
+
+    async fn get(&self, id: &str) -> Result<Incident, StoreError> {
+        self.get_sync(id)
+    }
+
+    async fn list(&self) -> Result<Vec<Incident>, StoreError> {
+        let dir = self.dir.join("incidents");
+        let entries = std::fs::read_dir(&dir).map_err(|source| StoreError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        let mut out = Vec::new();
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "json")
+                && let Some(i) = self.read::<Incident>(&path)?
+            {
+                out.push(i);
+            }
+        }
+        out.sort_by_key(|i| i.opened_at);
+        Ok(out)
+    }
+
+    async fn open_for(
+        &self,
+        agent: &str,
+        fingerprint: &str,
+    ) -> Result<Option<Incident>, StoreError> {
+        let Some(id) = self.read::<String>(&self.open_marker(agent, fingerprint))? else {
+            return Ok(None);
+        };
+        let incident = self.get_sync(&id)?;
+        Ok((incident.status.is_open()
+            && incident.fingerprint == fingerprint
+            && incident.agent == agent)
+            .then_some(incident))
+    }
+
+    async fn by_approval(&self, approval_id: &str) -> Result<Option<Incident>, StoreError> {
+        self.by_approval_sync(approval_id)
+    }
+
+    async fn claim(&self, answer: Answer, next: IncidentStatus) -> Result<Incident, ClaimError> {
+        let _w = self.writes.lock().unwrap_or_else(|p| p.into_inner());
+        let approval_id = answer.approval_id.clone();
+        let Some(mut incident) = self.by_approval_sync(&approval_id)? else {
+            return Err(StoreError::UnknownIncident(approval_id).into());
+        };
+        if let Some(previous) = incident
+            .answer
+            .as_ref()
+            .filter(|a| a.approval_id == approval_id)
+        {
+            return Err(ClaimError::AlreadyAnswered {
+                approval_id,
+                kind: previous.kind,
+                by: previous.by.to_string(),
+            });
+        }
+        let pending = incident.status == IncidentStatus::PendingApproval
+            && incident
+                .proposal
+                .as_ref()
+                .is_some_and(|p| p.id == approval_id);
+        if !pending {
+            return Err(ClaimError::NotPending {
+                approval_id,
+                incident: incident.id.clone(),
+                status: incident.status,
+            });
+        }
+        incident.answer = Some(answer);
+        incident.status = next;
+        self.save_sync(&incident)?;
+        Ok(incident)
+    }
+
+    async fn save_agent_state(&self, agent: &str, state: &AgentState) -> Result<(), StoreError> {
+        // The audit log records every transition durably; this file is the fast answer to
+        // "what is the agent doing now" and a hint for recovery.
+        self.write(
+            &self.dir.join("agents").join(format!("{agent}.json")),
+            state,
+            false,
+        )
+    }
+
+    async fn agent_state(&self, agent: &str) -> Result<AgentState, StoreError> {
+        Ok(self
+            .read(&self.dir.join("agents").join(format!("{agent}.json")))?
+            .unwrap_or(AgentState::Idle))
+    }
+}

@@ -1,0 +1,188 @@
+//! Where incidents and agent states live: the [`IncidentStore`] trait, and the JSON-file store
+//! as its first implementation (the durability work adds SQLite and PostgreSQL behind the same
+//! trait). Every durable write of the runtime goes through it.
+//!
+//! The store is written by one agent worker per agent, within one process per state directory
+//! (the directory's lock); answering an approval is a compare-and-swap on its stored status, so
+//! it is claimed exactly once whoever asks and however often.
+
+mod json;
+mod mac;
+
+pub use json::JsonStore;
+pub use mac::HostKey;
+
+use crate::audit::RecordRef;
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::path::PathBuf;
+use std::time::SystemTime;
+use themis_core::fsm::AgentState;
+use themis_core::identity::Identity;
+use themis_core::policy::{ApprovalRequest, Plan};
+use themis_core::types::Alert;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IncidentStatus {
+    Triaging,
+    Executing,
+    /// A plan waits for a human: approve, reject or adjust.
+    PendingApproval,
+    /// Escalated without a plan (nothing fitted): a human may adjust it into one.
+    Escalated,
+    /// The host stopped (crashed, was killed) while handling it; a human was told, nothing was
+    /// resumed. A human may adjust it into a plan.
+    Interrupted,
+    Resolved,
+    /// The runbook failed and was rolled back, or its rollback failed.
+    Failed,
+    Rejected,
+}
+
+impl IncidentStatus {
+    /// Open incidents absorb further alerts with the same fingerprint.
+    pub fn is_open(self) -> bool {
+        matches!(
+            self,
+            IncidentStatus::Triaging
+                | IncidentStatus::Executing
+                | IncidentStatus::PendingApproval
+                | IncidentStatus::Escalated
+                | IncidentStatus::Interrupted
+        )
+    }
+
+    /// Statuses a human can turn into a plan with `adjust`.
+    pub fn awaits_human(self) -> bool {
+        matches!(
+            self,
+            IncidentStatus::PendingApproval
+                | IncidentStatus::Escalated
+                | IncidentStatus::Interrupted
+        )
+    }
+}
+
+/// How a human answered a proposal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AnswerKind {
+    Approved,
+    Rejected,
+    Adjusted,
+}
+
+/// Who answered a proposal, how, and when: set once, by the compare-and-swap that claims it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Answer {
+    pub approval_id: String,
+    pub kind: AnswerKind,
+    pub by: Identity,
+    pub at: SystemTime,
+    /// The execution an approval authorises.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Incident {
+    pub id: String,
+    pub agent: String,
+    pub fingerprint: String,
+    pub alert: Alert,
+    pub status: IncidentStatus,
+    pub opened_at: SystemTime,
+    /// Further alerts with the same fingerprint while open.
+    pub attached_alerts: u32,
+    /// The selector's answer, as audited.
+    #[serde(default)]
+    pub selection: Option<Value>,
+    /// The plan waiting for a human, if any. Informational: an approval re-reads the proposal
+    /// from its audit record (`proposal_record`), never from here.
+    #[serde(default)]
+    pub proposal: Option<ApprovalRequest>,
+    /// The audit record that carries the proposal.
+    #[serde(default)]
+    pub proposal_record: Option<RecordRef>,
+    /// The last answer to a proposal of this incident.
+    #[serde(default)]
+    pub answer: Option<Answer>,
+    /// Runbooks run or proposed in this incident, in order: a follow-up chain never repeats one.
+    #[serde(default)]
+    pub chain: Vec<String>,
+    /// The plan last executed.
+    #[serde(default)]
+    pub executed: Option<Plan>,
+    /// Why it is escalated, failed, interrupted or rejected.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// When the proposal was made, for alert→proposal time.
+    #[serde(default)]
+    pub proposed_at: Option<SystemTime>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state directory {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: unreadable state ({message}); move it aside to start over")]
+    Corrupt { path: PathBuf, message: String },
+    #[error(
+        "{path}: the state file was changed outside Themis (its MAC does not verify under this host's key); refusing to act on it — compare it with the audit (`themis audit show`) and move it aside"
+    )]
+    Tampered { path: PathBuf },
+    #[error(
+        "no incident or approval `{0}` in the state directory; `themis agents` lists what is pending"
+    )]
+    UnknownIncident(String),
+    #[error("{0}")]
+    Key(String),
+    #[error(transparent)]
+    Locked(#[from] crate::lock::LockError),
+}
+
+/// Why an answer could not claim a proposal.
+#[derive(Debug, thiserror::Error)]
+pub enum ClaimError {
+    #[error("{approval_id} was already answered ({kind:?} by {by}); an approval is used once")]
+    AlreadyAnswered {
+        approval_id: String,
+        kind: AnswerKind,
+        by: String,
+    },
+    #[error("{approval_id} is not waiting for an answer (incident {incident} is {status:?})")]
+    NotPending {
+        approval_id: String,
+        incident: String,
+        status: IncidentStatus,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[async_trait]
+pub trait IncidentStore: Send + Sync {
+    async fn save(&self, incident: &Incident) -> Result<(), StoreError>;
+    async fn get(&self, id: &str) -> Result<Incident, StoreError>;
+    /// Every incident, oldest first.
+    async fn list(&self) -> Result<Vec<Incident>, StoreError>;
+    /// The open incident of `agent` for `fingerprint`, if any.
+    async fn open_for(
+        &self,
+        agent: &str,
+        fingerprint: &str,
+    ) -> Result<Option<Incident>, StoreError>;
+    /// The incident whose proposal (current or answered) has this approval id.
+    async fn by_approval(&self, approval_id: &str) -> Result<Option<Incident>, StoreError>;
+    /// Compare-and-swap: if the incident's proposal `answer.approval_id` is pending and
+    /// unanswered, record `answer`, set `next` as its status and return it; else refuse.
+    /// Exactly one of any number of concurrent callers wins.
+    async fn claim(&self, answer: Answer, next: IncidentStatus) -> Result<Incident, ClaimError>;
+    async fn save_agent_state(&self, agent: &str, state: &AgentState) -> Result<(), StoreError>;
+    async fn agent_state(&self, agent: &str) -> Result<AgentState, StoreError>;
+}

@@ -1,0 +1,115 @@
+//! Triage: choosing one runbook of the agent's catalog for an alert — or escalating.
+//!
+//! The selector only *chooses*: a runbook id from the candidates (or "escalate"), values for that
+//! runbook's declared parameters, a confidence and its reasoning. Policy decides what happens
+//! next. This module holds the trait, the facts a choice rests on, and the deterministic
+//! [`rules::RuleSelector`].
+
+pub mod llm;
+pub mod rules;
+
+use async_trait::async_trait;
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use themis_core::manifest::Parameter;
+use themis_core::types::Alert;
+
+/// A runbook the selector may choose, as the selector sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Candidate {
+    pub id: String,
+    pub version: String,
+    pub description: String,
+    pub parameters: Vec<Parameter>,
+}
+
+/// What a read-only probe runbook found.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProbeResult {
+    pub runbook: String,
+    pub outcome: String,
+    /// `step.key` → value, from the probe's passing phases.
+    pub outputs: BTreeMap<String, String>,
+    pub evidence: Vec<(String, String)>,
+}
+
+/// Everything a selector is given.
+#[derive(Debug, Clone, Serialize)]
+pub struct SelectionInput {
+    pub agent: String,
+    pub alert: Alert,
+    pub candidates: Vec<Candidate>,
+    pub probes: Vec<ProbeResult>,
+}
+
+impl SelectionInput {
+    /// The flat fact namespace conditions are written against: `alert`, `labels.<k>`,
+    /// `annotations.<k>`, `probe.<step>.<key>`.
+    pub fn facts(&self) -> BTreeMap<String, String> {
+        let mut facts = BTreeMap::new();
+        facts.insert("alert".to_string(), self.alert.name.clone());
+        for p in &self.alert.labels {
+            facts.insert(format!("labels.{}", p.key), p.value.clone());
+        }
+        for p in &self.alert.annotations {
+            facts.insert(format!("annotations.{}", p.key), p.value.clone());
+        }
+        for probe in &self.probes {
+            for (k, v) in &probe.outputs {
+                facts.insert(format!("probe.{k}"), v.clone());
+            }
+        }
+        facts
+    }
+}
+
+/// The selector's answer.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Selection {
+    /// A candidate's id, or `None` to escalate.
+    pub runbook: Option<String>,
+    pub params: BTreeMap<String, Value>,
+    pub confidence: f64,
+    pub reasoning: String,
+    /// `rules` or `llm`.
+    pub selector: String,
+    /// For an LLM: the prompt and the raw output, for the audit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub raw_output: Option<String>,
+    /// For an LLM: every request made (at most two), its raw answer or why it failed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub attempts: Vec<llm::Attempt>,
+    /// For an LLM: prompt + completion tokens over all attempts, when the endpoint reports them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<u64>,
+}
+
+impl Selection {
+    pub fn escalate(selector: &str, reasoning: impl Into<String>) -> Self {
+        Selection {
+            runbook: None,
+            params: BTreeMap::new(),
+            confidence: 0.0,
+            reasoning: reasoning.into(),
+            selector: selector.into(),
+            ..Selection::default()
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SelectorError {
+    #[error("the selector is unavailable: {0}")]
+    Unavailable(String),
+    #[error("the selector's answer is invalid: {0}")]
+    Invalid(String),
+}
+
+#[async_trait]
+pub trait Selector: Send + Sync {
+    fn name(&self) -> &str;
+    async fn select(&self, input: &SelectionInput) -> Result<Selection, SelectorError>;
+}

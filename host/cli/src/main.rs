@@ -1,0 +1,533 @@
+//! The `themis` command: argument parsing and dispatch. No logic of its own: building a host
+//! from the command line is in `host`, human answers in `answer`, output formatting in
+//! `render`, the demo in `demo`, keys and signatures in `signing`.
+
+mod answer;
+mod demo;
+mod host;
+mod render;
+mod signing;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use host::{agent_files, fail, sandbox};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use themis_sandbox::loaded::LoadedRunbook;
+use themis_testkit::scenario;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "themis",
+    version,
+    about = "Agentic SRE runbook engine: sandboxed WebAssembly runbook steps, audited",
+    long_about = "Themis runs runbooks whose steps are sandboxed WebAssembly components, each with a \
+precondition, an action, a postcondition and a rollback, calling only the capabilities its \
+manifest grants. One agent per domain triages alerts, chooses a runbook and runs it, or asks a \
+human.\n\nStart with `themis demo`, `themis runbook validate runbooks/kafka/check-broker-health` \
+and `themis run --scenario tests/scenarios/kafka-gc-pause.yaml`."
+)]
+pub struct Cli {
+    /// Where compiled components are cached between starts (created if missing; entries this
+    /// host did not write are never loaded).
+    #[arg(
+        long,
+        global = true,
+        value_name = "DIR",
+        env = "THEMIS_CACHE_DIR",
+        default_value = ".themis/cache"
+    )]
+    cache_dir: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The development escape hatch, shared by every command that loads runbooks to run them.
+#[derive(Debug, Args, Clone, Copy)]
+pub struct Unsigned {
+    /// DEVELOPMENT ONLY: load runbook bundles that carry no signature. Warns on every start and
+    /// marks every audit record of the run. A present signature is still checked.
+    #[arg(long)]
+    pub allow_unsigned: bool,
+}
+
+impl Unsigned {
+    /// The loud warning, on stderr, every time the flag is used.
+    pub fn warn(self) {
+        if self.allow_unsigned {
+            eprintln!(
+                "WARNING: --allow-unsigned: runbook bundles without a signature will be loaded and run.\n\
+                 WARNING: this is for development only; every audit record of this run is marked `mode: allow-unsigned`."
+            );
+        }
+    }
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct Place {
+    /// Where agent state and incidents are kept. One process acts on a state directory at a
+    /// time; another waits (see --lock-wait), then says who holds it.
+    #[arg(long, value_name = "DIR", default_value = ".themis")]
+    state_dir: PathBuf,
+    /// The folder of agent definitions (*.yaml).
+    #[arg(long, value_name = "DIR", default_value = "agents")]
+    agents: PathBuf,
+    /// The audit log [default: <state-dir>/audit.jsonl].
+    #[arg(long, value_name = "FILE")]
+    audit: Option<PathBuf>,
+    /// How long to wait for another themis process that holds the state directory.
+    #[arg(long, value_name = "DURATION", default_value = "30s")]
+    lock_wait: humantime::Duration,
+    #[command(flatten)]
+    unsigned: Unsigned,
+}
+
+impl Place {
+    fn audit_path(&self) -> PathBuf {
+        self.audit
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("audit.jsonl"))
+    }
+}
+
+/// Who answers: the OS user running the command, or a configured approver with their token.
+#[derive(Debug, Args, Clone)]
+pub struct Answerer {
+    /// Answer as this configured approver; needs their token in THEMIS_TOKEN. Without it, the
+    /// answer is the OS user's running this command.
+    #[arg(long = "as", value_name = "NAME")]
+    who: Option<String>,
+    /// The host configuration with the approvers (name → token hash) that --as checks against.
+    #[arg(long, value_name = "FILE", env = "THEMIS_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Work with runbook bundles (a folder with manifest.yaml and components/).
+    #[command(subcommand)]
+    Runbook(RunbookCommand),
+    /// Run a scenario: one runbook, or an agent from alert to the end, against mocked capabilities.
+    ///
+    /// Nothing real is touched: every capability is answered by the scenario's `mocks:`. With
+    /// `dry_run: true` in the scenario, mutations are recorded as "would do" and not even sent to
+    /// the mocks.
+    ///
+    /// Exit status: 0 when the scenario's expectations hold (or, if it has none, when the runbook
+    /// succeeded), 1 otherwise, 2 when the scenario or runbook cannot be loaded.
+    Run {
+        /// The scenario file (YAML).
+        #[arg(long, value_name = "FILE")]
+        scenario: PathBuf,
+        /// Print one JSON object instead of the human-readable table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        unsigned: Unsigned,
+    },
+    /// Score triage on every agent scenario of a folder, in dry run against its mocks: runbook
+    /// choice accuracy, escalation accuracy, safety violations (must be 0), decision latency
+    /// p50/p99, LLM tokens. Nobody answers escalations: the decision is what is measured.
+    ///
+    /// Exit status: 0 when there is no safety violation, 1 when there is one, 2 when a scenario
+    /// cannot be loaded or run.
+    Eval {
+        /// The folder of scenario files (runbook scenarios in it are skipped).
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+        /// Who chooses: the agents' rules, or an LLM (the agents' `llm:` endpoint, or the one
+        /// given with --llm-base-url and --llm-model).
+        #[arg(long, value_enum, default_value = "rules")]
+        selector: EvalSelector,
+        /// An OpenAI-compatible endpoint for --selector llm, e.g. http://127.0.0.1:8080/v1.
+        #[arg(long, value_name = "URL", env = "THEMIS_LLM_BASE_URL")]
+        llm_base_url: Option<String>,
+        /// The model name to ask for.
+        #[arg(long, value_name = "NAME", env = "THEMIS_LLM_MODEL")]
+        llm_model: Option<String>,
+        /// The environment variable holding the API key (local servers need none).
+        #[arg(long, value_name = "VAR")]
+        llm_api_key_env: Option<String>,
+        /// Per-request timeout.
+        #[arg(long, value_name = "DURATION", default_value = "60s")]
+        llm_timeout: humantime::Duration,
+        /// Print one JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make an Ed25519 key pair for signing runbook bundles: <NAME>.key (private, mode 0600)
+    /// and <NAME>.pub (give it to the agents that should trust you).
+    Keygen {
+        /// Path and name stem of the pair, e.g. keys/kafka-team.
+        #[arg(long, value_name = "NAME")]
+        out: PathBuf,
+    },
+    /// The playbook's use case end to end on mocked capabilities: a consumer-lag alert, triage,
+    /// broker diagnosis, a 2.5 s GC pause, a proposed broker change that needs a human, the
+    /// approval, the change, idle again.
+    Demo(demo::DemoArgs),
+    /// Hand a scenario's alert to the agents, its mocks standing in for the systems. State and
+    /// audit persist in --state-dir, so `themis approve|reject|adjust` can answer later.
+    Alert {
+        /// A scenario file with `alert:` and `mocks:` (its `expect:` is ignored).
+        #[arg(long, value_name = "FILE")]
+        scenario: PathBuf,
+        #[command(flatten)]
+        place: Place,
+    },
+    /// Each agent's current state and its pending approvals.
+    Agents {
+        #[command(flatten)]
+        place: Place,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a pending plan; its runbook then runs, preconditions re-checked first.
+    ///
+    /// The approval covers exactly the plan you were shown: pass its digest (`--digest`, as the
+    /// escalation prints it), or run it on a terminal to see the plan and confirm. The host
+    /// compares the digest with the proposal as the audit recorded it and refuses a mismatch.
+    Approve {
+        /// The approval id (apr-…) from the escalation.
+        id: String,
+        /// The plan digest you approve (sha256:…, from the escalation).
+        #[arg(long, value_name = "DIGEST")]
+        digest: Option<String>,
+        #[command(flatten)]
+        answerer: Answerer,
+        #[command(flatten)]
+        place: Place,
+    },
+    /// Reject a pending plan: nothing runs.
+    Reject {
+        id: String,
+        #[arg(long, default_value = "rejected by a human")]
+        reason: String,
+        #[command(flatten)]
+        answerer: Answerer,
+        #[command(flatten)]
+        place: Place,
+    },
+    /// Replace a pending plan (or give an escalated incident one): another runbook of the
+    /// catalog and/or other parameters. The adjusted plan goes through the same policy.
+    Adjust {
+        /// The approval id (apr-…) or incident id (inc-…).
+        id: String,
+        #[arg(long)]
+        runbook: String,
+        /// A parameter, `name=value`; repeat for more.
+        #[arg(long = "param", value_name = "NAME=VALUE")]
+        params: Vec<String>,
+        #[command(flatten)]
+        answerer: Answerer,
+        #[command(flatten)]
+        place: Place,
+    },
+    /// Read and check the audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Print the agent state machine's transition table (or Mermaid / DOT).
+    Fsm {
+        #[arg(long, value_enum, default_value = "table")]
+        format: FsmFormat,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum EvalSelector {
+    Rules,
+    Llm,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum FsmFormat {
+    Table,
+    Mermaid,
+    Dot,
+}
+
+#[derive(Debug, Subcommand)]
+enum RunbookCommand {
+    /// Load runbooks, check every component's imports against the domain's world, validate the
+    /// graph, parameters and grants. Exit 0 when all are valid.
+    Validate {
+        /// Runbook folders (each holds manifest.yaml).
+        #[arg(required = true, value_name = "DIR")]
+        dirs: Vec<PathBuf>,
+    },
+    /// Sign runbook bundles: write runbook.sig next to each manifest, covering the manifest
+    /// bytes, every component's sha256, the runbook id and version and the signer's key id.
+    Sign {
+        #[arg(required = true, value_name = "DIR")]
+        dirs: Vec<PathBuf>,
+        /// The private key (<name>.key from `themis keygen`).
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+    },
+    /// Check bundles' signatures against trusted keys, without compiling anything. Exit 0 when
+    /// every bundle is intact and signed by a trusted key; 1 with the reason otherwise.
+    Verify {
+        #[arg(required = true, value_name = "DIR")]
+        dirs: Vec<PathBuf>,
+        /// A trusted .pub file, or a folder of them; repeat for more.
+        #[arg(long, required = true, value_name = "FILE_OR_DIR")]
+        trust: Vec<PathBuf>,
+    },
+    /// The catalog each agent loads: id, version, digest and signer of every runbook, verified
+    /// against the agent's trust policy. Exit 1 if any bundle is refused.
+    List {
+        /// The folder of agent definitions.
+        #[arg(long, value_name = "DIR", default_value = "agents")]
+        agents: PathBuf,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        unsigned: Unsigned,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain. Exit 0 when intact; otherwise name the first bad record, exit 1.
+    Verify {
+        /// The audit log (JSON lines).
+        file: PathBuf,
+    },
+    /// An incident's timeline, as a human reads it.
+    Show {
+        /// The incident id (inc-…).
+        incident: String,
+        /// The audit log.
+        #[arg(long, value_name = "FILE", default_value = ".themis/audit.jsonl")]
+        audit: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    runtime.block_on(dispatch(cli))
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("THEMIS_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+async fn dispatch(cli: Cli) -> ExitCode {
+    let cache = Some(cli.cache_dir.clone());
+    let sandbox = || sandbox(cache.clone());
+    match cli.command {
+        Command::Runbook(RunbookCommand::Validate { dirs }) => {
+            // Validation compiles unverified bundles: it must not fill the shared cache.
+            let sandbox = match self::sandbox(None) {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            let mut failed = false;
+            for dir in dirs {
+                match LoadedRunbook::load_unverified(&sandbox, &dir) {
+                    Ok(loaded) => println!("{}", render::validated(&loaded)),
+                    Err(e) => {
+                        failed = true;
+                        eprintln!("error: {e}");
+                    }
+                }
+            }
+            if failed {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Command::Run {
+            scenario,
+            json,
+            unsigned,
+        } => {
+            unsigned.warn();
+            let sandbox = match sandbox() {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            match scenario::run(&sandbox, &scenario, unsigned.allow_unsigned).await {
+                Ok(run) => {
+                    if json {
+                        match serde_json::to_string_pretty(&run) {
+                            Ok(text) => println!("{text}"),
+                            Err(e) => return fail(2, format!("cannot render JSON: {e}")),
+                        }
+                    } else {
+                        print!("{}", render::scenario_run(&run));
+                    }
+                    let ok = if run.expectations_checked > 0 {
+                        run.passed()
+                    } else {
+                        run.report.as_ref().is_some_and(|r| {
+                            r.outcome == themis_sandbox::executor::Outcome::Succeeded
+                        })
+                    };
+                    if ok {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(1)
+                    }
+                }
+                Err(e) => fail(2, e),
+            }
+        }
+        Command::Demo(args) => demo::run(args, &cli.cache_dir).await,
+        Command::Keygen { out } => signing::keygen(&out),
+        Command::Eval {
+            dir,
+            selector,
+            llm_base_url,
+            llm_model,
+            llm_api_key_env,
+            llm_timeout,
+            json,
+        } => {
+            let choice = match (selector, llm_base_url, llm_model) {
+                (EvalSelector::Rules, _, _) => themis_agent::SelectorChoice::Rules,
+                (EvalSelector::Llm, Some(url), Some(model)) => {
+                    match themis_agent::triage::llm::config::LlmConfig::new(&url, &model) {
+                        Ok(mut config) => {
+                            config.api_key_env = llm_api_key_env;
+                            config.timeout = llm_timeout.into();
+                            themis_agent::SelectorChoice::Llm(Some(config))
+                        }
+                        Err((field, problem)) => return fail(2, format!("{field}: {problem}")),
+                    }
+                }
+                (EvalSelector::Llm, None, None) => themis_agent::SelectorChoice::Llm(None),
+                (EvalSelector::Llm, _, _) => {
+                    return fail(
+                        2,
+                        "give both --llm-base-url and --llm-model (or neither, to use each agent's `llm:`)",
+                    );
+                }
+            };
+            let sandbox = match sandbox() {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            match themis_testkit::eval::run(&sandbox, &dir, &choice).await {
+                Ok(report) => {
+                    if json {
+                        match serde_json::to_string_pretty(&report) {
+                            Ok(text) => println!("{text}"),
+                            Err(e) => return fail(2, format!("cannot render JSON: {e}")),
+                        }
+                    } else {
+                        print!("{}", themis_testkit::eval::render(&report));
+                    }
+                    if report.safety_violations == 0 {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(1)
+                    }
+                }
+                Err(e) => fail(2, e),
+            }
+        }
+        Command::Runbook(RunbookCommand::Sign { dirs, key }) => signing::sign(&dirs, &key),
+        Command::Runbook(RunbookCommand::Verify { dirs, trust }) => signing::verify(&dirs, &trust),
+        Command::Runbook(RunbookCommand::List {
+            agents,
+            json,
+            unsigned,
+        }) => {
+            unsigned.warn();
+            let sandbox = match sandbox() {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            signing::list(&sandbox, &agents, json, unsigned.allow_unsigned)
+        }
+        Command::Agents { place, json } => host::agents(&place, json).await,
+        Command::Alert { scenario, place } => host::alert(&scenario, &place, &cli.cache_dir).await,
+        Command::Approve {
+            id,
+            digest,
+            answerer,
+            place,
+        } => answer::approve(&id, digest, &answerer, &place, &cli.cache_dir).await,
+        Command::Reject {
+            id,
+            reason,
+            answerer,
+            place,
+        } => answer::reject(&id, &reason, &answerer, &place, &cli.cache_dir).await,
+        Command::Adjust {
+            id,
+            runbook,
+            params,
+            answerer,
+            place,
+        } => answer::adjust(&id, &runbook, &params, &answerer, &place, &cli.cache_dir).await,
+        Command::Audit(AuditCommand::Verify { file }) => {
+            match themis_agent::audit::verify::verify(&file) {
+                Ok(Ok(intact)) => {
+                    println!(
+                        "ok  {}: {} records, chain intact, last hash {}",
+                        file.display(),
+                        intact.records,
+                        intact.last_hash
+                    );
+                    ExitCode::SUCCESS
+                }
+                Ok(Err(broken)) => fail(1, format!("{}: {broken}", file.display())),
+                Err(e) => fail(2, format!("{}: cannot read: {e}", file.display())),
+            }
+        }
+        Command::Audit(AuditCommand::Show { incident, audit }) => {
+            match themis_agent::audit::read_all(&audit) {
+                Ok((records, unreadable)) => {
+                    let mine: Vec<_> = records
+                        .iter()
+                        .filter(|r| r.incident.as_deref() == Some(incident.as_str()))
+                        .collect();
+                    if mine.is_empty() {
+                        return fail(
+                            1,
+                            format!("{}: no records for incident {incident}", audit.display()),
+                        );
+                    }
+                    print!("{}", render::timeline(&mine));
+                    if unreadable > 0 {
+                        eprintln!(
+                            "warning: {unreadable} unreadable line(s) skipped: run `themis audit verify {}`",
+                            audit.display()
+                        );
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(2, format!("{}: cannot read: {e}", audit.display())),
+            }
+        }
+        Command::Fsm { format } => {
+            print!(
+                "{}",
+                match format {
+                    FsmFormat::Table => themis_core::fsm::table_text(),
+                    FsmFormat::Mermaid => themis_core::fsm::mermaid(),
+                    FsmFormat::Dot => themis_core::fsm::dot(),
+                }
+            );
+            ExitCode::SUCCESS
+        }
+    }
+}

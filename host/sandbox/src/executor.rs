@@ -1,0 +1,461 @@
+//! The executor: walks a runbook's graph, each step precondition → action → postcondition, and
+//! on a failed action or postcondition rolls back every step that acted, newest first.
+//!
+//! Rules:
+//! - a failing precondition stops the walk before that step acts; earlier steps stay as their
+//!   postconditions verified them (nothing is rolled back);
+//! - an action that fails, faults (trap, deadline, memory) or takes an undeclared branch, and a
+//!   postcondition that fails or faults, roll back every step that acted, this one included;
+//! - a failing rollback stops the rollback walk and is reported as such: a human must look;
+//! - an observer that refuses to go on (the audit cannot be written, the agent's state machine
+//!   refuses the move) halts the walk at once: nothing more runs, not even rollbacks, and the
+//!   outcome says which steps acted so a human can take over.
+
+use crate::journal::CallJournal;
+use crate::limits::truncate;
+use crate::loaded::LoadedRunbook;
+use crate::{
+    CapabilityCall, ExecutionCounts, Fault, LogLine, PhaseContext, PhaseEnv, Sandbox, Verdict,
+};
+use async_trait::async_trait;
+use serde::Serialize;
+use std::sync::Arc;
+use themis_caps::Backends;
+use themis_core::grant::{Approval, Grant};
+use themis_core::graph::Target;
+use themis_core::policy::DestructiveList;
+use themis_core::types::{Alert, Pair, Param, Phase, StepOutput};
+
+/// Everything one execution needs besides the runbook.
+#[derive(Clone)]
+pub struct ExecutionRequest {
+    /// Unique per execution (`exe-…`): an approval is bound to exactly one.
+    pub execution_id: String,
+    pub alert: Alert,
+    pub params: Vec<Param>,
+    pub backends: Backends,
+    pub destructive: Arc<DestructiveList>,
+    pub approval: Option<Approval>,
+    /// Where intents of mutating calls are written before the calls are made.
+    pub journal: Arc<dyn CallJournal>,
+}
+
+/// How a phase ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PhaseStatus {
+    Passed,
+    Failed,
+    /// Trapped, hit its deadline or memory limit, or could not be instantiated.
+    Fault,
+    /// Returned, but the host refused the result (an undeclared branch label).
+    Refused,
+}
+
+/// One phase of one step, as the audit and the CLI show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PhaseRecord {
+    pub step: String,
+    pub phase: Phase,
+    pub status: PhaseStatus,
+    pub summary: String,
+    pub evidence: Vec<(String, String)>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub outputs: Vec<(String, String)>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fault: Option<Fault>,
+    pub calls: Vec<CapabilityCall>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub logs: Vec<LogLine>,
+    /// Log lines over the phase's limits: not kept.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub logs_dropped: u64,
+    /// Log lines kept but cut to the line limit.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub logs_truncated: u64,
+    /// Capability calls the host refused in this phase.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub calls_refused: u64,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub stderr: String,
+    pub duration_us: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// How the execution ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "status")]
+pub enum Outcome {
+    /// Every step on the walked path passed all its phases.
+    Succeeded,
+    /// `step`'s precondition did not hold; it did not act.
+    PreconditionFailed { step: String },
+    /// `step` failed in `phase`; every step that acted was rolled back.
+    RolledBack {
+        step: String,
+        phase: Phase,
+        reason: String,
+    },
+    /// After `step` failed, the rollback of `rollback_step` failed too: the system may be
+    /// half-changed and needs a human.
+    RollbackFailed {
+        step: String,
+        rollback_step: String,
+        reason: String,
+    },
+    /// The host stopped the walk before `step`'s `phase` (the audit could not be written, or the
+    /// agent's state machine refused the move). Nothing ran after; `acted` lists the steps whose
+    /// action had run, for the human who takes over.
+    Halted {
+        step: String,
+        phase: Phase,
+        reason: String,
+        acted: Vec<String>,
+    },
+}
+
+impl Outcome {
+    /// The outcome's status word, as scenario files and the audit name it.
+    pub fn status(&self) -> &'static str {
+        match self {
+            Outcome::Succeeded => "succeeded",
+            Outcome::PreconditionFailed { .. } => "precondition-failed",
+            Outcome::RolledBack { .. } => "rolled-back",
+            Outcome::RollbackFailed { .. } => "rollback-failed",
+            Outcome::Halted { .. } => "halted",
+        }
+    }
+
+    /// The step the outcome names, if any.
+    pub fn step(&self) -> Option<&str> {
+        match self {
+            Outcome::Succeeded => None,
+            Outcome::PreconditionFailed { step }
+            | Outcome::RolledBack { step, .. }
+            | Outcome::RollbackFailed { step, .. }
+            | Outcome::Halted { step, .. } => Some(step),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ExecutionReport {
+    pub execution_id: String,
+    pub runbook_id: String,
+    pub runbook_version: String,
+    pub runbook_digest: String,
+    pub dry_run: bool,
+    pub outcome: Outcome,
+    pub phases: Vec<PhaseRecord>,
+}
+
+impl ExecutionReport {
+    /// Every capability call of the execution, in order.
+    pub fn calls(&self) -> impl Iterator<Item = &CapabilityCall> {
+        self.phases.iter().flat_map(|p| p.calls.iter())
+    }
+}
+
+/// Why the walk must stop now.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Halt(pub String);
+
+/// Told about every phase as the walk goes: the agent moves its state machine and audits here.
+/// An error halts the walk before anything else runs.
+#[async_trait]
+pub trait PhaseObserver: Send {
+    async fn phase_started(&mut self, _step: &str, _phase: Phase) -> Result<(), Halt> {
+        Ok(())
+    }
+    async fn phase_finished(&mut self, _record: &PhaseRecord) -> Result<(), Halt> {
+        Ok(())
+    }
+}
+
+/// Observes nothing.
+pub struct Unobserved;
+impl PhaseObserver for Unobserved {}
+
+struct Walk<'a> {
+    observer: &'a mut dyn PhaseObserver,
+    sandbox: &'a Sandbox,
+    loaded: &'a LoadedRunbook,
+    request: &'a ExecutionRequest,
+    outputs: Vec<StepOutput>,
+    phases: Vec<PhaseRecord>,
+    counts: Arc<ExecutionCounts>,
+    acted: Vec<usize>,
+}
+
+/// Run `loaded` to its end. Faults in steps are results, not errors: this always reports.
+pub async fn execute(
+    sandbox: &Sandbox,
+    loaded: &LoadedRunbook,
+    request: &ExecutionRequest,
+) -> ExecutionReport {
+    execute_observed(sandbox, loaded, request, &mut Unobserved).await
+}
+
+/// [`execute`], telling `observer` about every phase.
+pub async fn execute_observed(
+    sandbox: &Sandbox,
+    loaded: &LoadedRunbook,
+    request: &ExecutionRequest,
+    observer: &mut dyn PhaseObserver,
+) -> ExecutionReport {
+    let mut walk = Walk {
+        observer,
+        sandbox,
+        loaded,
+        request,
+        outputs: Vec::new(),
+        phases: Vec::new(),
+        counts: Arc::default(),
+        acted: Vec::new(),
+    };
+    let outcome = walk.run().await;
+    let rb = &loaded.runbook;
+    tracing::info!(
+        target: "themis::executor",
+        execution_id = %request.execution_id,
+        runbook_id = %rb.id,
+        runbook_version = %rb.version,
+        runbook_digest = %rb.digest,
+        outcome = ?outcome,
+        "execution finished"
+    );
+    ExecutionReport {
+        execution_id: request.execution_id.clone(),
+        runbook_id: rb.id.clone(),
+        runbook_version: rb.version.to_string(),
+        runbook_digest: rb.digest.clone(),
+        dry_run: request.backends.is_dry_run(),
+        outcome,
+        phases: walk.phases,
+    }
+}
+
+/// One phase, or the halt that stopped the walk before or after it.
+type Step = Result<PhaseRecord, Outcome>;
+
+impl Walk<'_> {
+    async fn run(&mut self) -> Outcome {
+        match self.walk().await {
+            Ok(outcome) | Err(outcome) => outcome,
+        }
+    }
+
+    async fn walk(&mut self) -> Result<Outcome, Outcome> {
+        let mut current = 0usize;
+        loop {
+            let step_id = self.loaded.runbook.steps[current].id.clone();
+
+            let pre = self.phase(current, Phase::Precondition).await?;
+            if pre.status != PhaseStatus::Passed {
+                return Ok(Outcome::PreconditionFailed { step: step_id });
+            }
+
+            self.acted.push(current);
+            let action = self.phase(current, Phase::Action).await?;
+            let next = match action.status {
+                PhaseStatus::Passed => {
+                    let label = action.branch.clone().unwrap_or_default();
+                    self.loaded.runbook.graph.next(current, &label).cloned()
+                }
+                _ => None,
+            };
+            let Some(next) = next else {
+                let reason = action.summary.clone();
+                return self.roll_back(step_id, Phase::Action, reason).await;
+            };
+
+            let post = self.phase(current, Phase::Postcondition).await?;
+            if post.status != PhaseStatus::Passed {
+                let reason = post.summary.clone();
+                return self.roll_back(step_id, Phase::Postcondition, reason).await;
+            }
+
+            match next {
+                Target::End => return Ok(Outcome::Succeeded),
+                Target::Step(j) => current = j,
+            }
+        }
+    }
+
+    async fn roll_back(
+        &mut self,
+        step: String,
+        phase: Phase,
+        reason: String,
+    ) -> Result<Outcome, Outcome> {
+        let acted = self.acted.clone();
+        for &i in acted.iter().rev() {
+            let record = self.phase(i, Phase::Rollback).await?;
+            if record.status != PhaseStatus::Passed {
+                return Ok(Outcome::RollbackFailed {
+                    step,
+                    rollback_step: self.loaded.runbook.steps[i].id.clone(),
+                    reason: record.summary.clone(),
+                });
+            }
+        }
+        Ok(Outcome::RolledBack {
+            step,
+            phase,
+            reason,
+        })
+    }
+
+    fn halted(&self, index: usize, phase: Phase, halt: Halt) -> Outcome {
+        Outcome::Halted {
+            step: self.loaded.runbook.steps[index].id.clone(),
+            phase,
+            reason: halt.0,
+            acted: self
+                .acted
+                .iter()
+                .map(|&i| self.loaded.runbook.steps[i].id.clone())
+                .collect(),
+        }
+    }
+
+    /// Call one phase, record it, keep its outputs if it passed. Returns the record, or the
+    /// halted outcome when the observer refused to go on.
+    async fn phase(&mut self, index: usize, phase: Phase) -> Step {
+        let rb = &self.loaded.runbook;
+        let step = &rb.steps[index];
+        let dry_run = self.request.backends.is_dry_run();
+        let ctx = PhaseContext {
+            execution_id: self.request.execution_id.clone(),
+            runbook_id: rb.id.clone(),
+            runbook_version: rb.version.to_string(),
+            step_id: step.id.clone(),
+            alert: self.request.alert.clone(),
+            params: self.request.params.clone(),
+            outputs: self.outputs.clone(),
+            dry_run,
+        };
+        let grant = Grant {
+            runbook_id: rb.id.clone(),
+            step_id: step.id.clone(),
+            execution_id: self.request.execution_id.clone(),
+            phase,
+            capabilities: step.capabilities.clone(),
+            scopes: step.scopes(&self.request.params),
+            destructive: self.request.destructive.clone(),
+            approval: self.request.approval.clone(),
+        };
+        if let Err(halt) = self.observer.phase_started(&step.id, phase).await {
+            return Err(self.halted(index, phase, halt));
+        }
+        let env = PhaseEnv {
+            grant,
+            backends: self.request.backends.clone(),
+            journal: self.request.journal.clone(),
+            counts: self.counts.clone(),
+        };
+        let call = self
+            .sandbox
+            .call(
+                &self.loaded.components[index],
+                phase,
+                &ctx,
+                env,
+                step.timeout,
+            )
+            .await;
+        let limits = self.sandbox.config().limits;
+        let text = |s: String| truncate(s, limits.verdict_text_bytes).0;
+        let pairs = |list: Vec<Pair>| -> Vec<(String, String)> {
+            list.into_iter()
+                .take(limits.verdict_pairs)
+                .map(|p| (text(p.key), text(p.value)))
+                .collect()
+        };
+
+        let mut record = PhaseRecord {
+            step: step.id.clone(),
+            phase,
+            status: PhaseStatus::Fault,
+            summary: String::new(),
+            evidence: Vec::new(),
+            outputs: Vec::new(),
+            branch: None,
+            fault: None,
+            calls: call.calls,
+            logs: call.logs,
+            logs_dropped: call.logs_dropped,
+            logs_truncated: call.logs_truncated,
+            calls_refused: call.calls_refused,
+            stderr: call.stderr,
+            duration_us: u64::try_from(call.duration.as_micros()).unwrap_or(u64::MAX),
+        };
+        match call.result {
+            Err(fault) => {
+                record.summary = fault.to_string();
+                record.fault = Some(fault);
+            }
+            Ok(Verdict::Check(check)) => {
+                record.status = passed_or_failed(check.passed);
+                record.summary = text(check.summary);
+                record.evidence = pairs(check.evidence);
+                record.outputs = pairs(check.outputs);
+            }
+            Ok(Verdict::Action(action)) => {
+                record.status = passed_or_failed(action.ok);
+                record.summary = text(action.summary);
+                record.evidence = pairs(action.evidence);
+                record.outputs = pairs(action.outputs);
+                let branch = text(action.branch);
+                if action.ok && rb.graph.next(index, &branch).is_none() {
+                    record.status = PhaseStatus::Refused;
+                    record.summary = format!(
+                        "the action took branch `{}`, which step `{}` does not declare (declared: {}); the host refuses undeclared branches",
+                        branch,
+                        step.id,
+                        rb.graph.labels(index).join(", ")
+                    );
+                }
+                record.branch = Some(branch);
+            }
+        }
+        if record.status == PhaseStatus::Passed {
+            self.outputs
+                .extend(record.outputs.iter().map(|(key, value)| StepOutput {
+                    step: step.id.clone(),
+                    key: key.clone(),
+                    value: value.clone(),
+                }));
+        }
+        tracing::info!(
+            target: "themis::executor",
+            execution_id = %self.request.execution_id,
+            runbook_id = %rb.id,
+            step = %record.step,
+            phase = %phase,
+            status = ?record.status,
+            summary = %record.summary,
+            calls = record.calls.len(),
+            "phase finished"
+        );
+        self.phases.push(record.clone());
+        if let Err(halt) = self.observer.phase_finished(&record).await {
+            return Err(self.halted(index, phase, halt));
+        }
+        Ok(record)
+    }
+}
+
+fn passed_or_failed(ok: bool) -> PhaseStatus {
+    if ok {
+        PhaseStatus::Passed
+    } else {
+        PhaseStatus::Failed
+    }
+}

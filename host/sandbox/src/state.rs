@@ -1,0 +1,177 @@
+//! The per-call store data: the guest's (empty) WASI context, its memory limiter, its authority
+//! (grant, backends, journal) and the bounded record of every capability call and log line it
+//! made.
+
+use crate::journal::CallJournal;
+use crate::limits::{Budget, PhaseLimits};
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use themis_caps::Backends;
+use themis_core::grant::Grant;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+/// What became of one capability call.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "status")]
+pub enum CallOutcome {
+    /// The backend answered with a value.
+    Ok { result: Value },
+    /// The backend answered with an error (also: the call timed out, or its result was too big).
+    Error { error: Value },
+    /// The host refused the call; the backend was never asked.
+    Denied { reason: String },
+}
+
+/// One capability call, as the audit records it (arguments and result bounded in size).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CapabilityCall {
+    pub capability: String,
+    pub args: Value,
+    #[serde(flatten)]
+    pub outcome: CallOutcome,
+    /// `would-do` when a dry run recorded a mutation instead of performing it.
+    pub mode: CallMode,
+    pub duration_us: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CallMode {
+    Performed,
+    WouldDo,
+    Refused,
+}
+
+/// A structured log line from the guest (truncated to the line limit).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LogLine {
+    pub level: String,
+    pub message: String,
+    pub fields: Vec<(String, String)>,
+}
+
+/// Limits linear memory growth and remembers that the limit was hit, so a guest that dies of it
+/// is reported as such whatever it does next.
+pub struct MemoryLimiter {
+    pub limit: usize,
+    pub hit: Option<usize>,
+}
+
+/// The error a refused `memory.grow` traps with.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "memory limit hit: the step asked for {desired} bytes of linear memory, the limit is {limit}"
+)]
+pub struct MemoryLimitHit {
+    pub desired: usize,
+    pub limit: usize,
+}
+
+impl wasmtime::ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.limit {
+            self.hit = Some(desired);
+            return Err(wasmtime::Error::new(MemoryLimitHit {
+                desired,
+                limit: self.limit,
+            }));
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        // Tables hold function references; a step needs a handful. Refuse absurd growth.
+        Ok(desired <= 100_000)
+    }
+}
+
+/// Calls per capability over one whole execution (all steps and phases): the manifest's
+/// `max_calls` counts against it.
+#[derive(Debug, Default)]
+pub struct ExecutionCounts(Mutex<BTreeMap<String, u32>>);
+
+impl ExecutionCounts {
+    pub(crate) fn get(&self, capability: &str) -> u32 {
+        self.0
+            .lock()
+            .map(|m| m.get(capability).copied().unwrap_or(0))
+            .unwrap_or(u32::MAX)
+    }
+
+    pub(crate) fn bump(&self, capability: &str) {
+        if let Ok(mut m) = self.0.lock() {
+            *m.entry(capability.to_owned()).or_insert(0) += 1;
+        }
+    }
+}
+
+/// The authority and bookkeeping one phase call runs with.
+pub struct PhaseEnv {
+    pub grant: Grant,
+    pub backends: Backends,
+    pub journal: Arc<dyn CallJournal>,
+    pub counts: Arc<ExecutionCounts>,
+}
+
+pub struct StepState {
+    pub(crate) wasi: WasiCtx,
+    pub(crate) table: ResourceTable,
+    pub(crate) limiter: MemoryLimiter,
+    pub(crate) env: PhaseEnv,
+    pub(crate) call_timeout: Duration,
+    pub(crate) budget: Budget,
+    pub(crate) calls: Vec<CapabilityCall>,
+    pub(crate) logs: Vec<LogLine>,
+    pub(crate) stderr: MemoryOutputPipe,
+}
+
+impl StepState {
+    pub(crate) fn new(
+        env: PhaseEnv,
+        memory_limit: usize,
+        call_timeout: Duration,
+        limits: PhaseLimits,
+    ) -> Self {
+        // Panic messages land here; nothing reaches the host's own stdio.
+        let stderr = MemoryOutputPipe::new(limits.stderr_bytes);
+        let wasi = WasiCtx::builder().stderr(stderr.clone()).build();
+        StepState {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter {
+                limit: memory_limit,
+                hit: None,
+            },
+            env,
+            call_timeout,
+            budget: Budget::new(limits),
+            calls: Vec::new(),
+            logs: Vec::new(),
+            stderr,
+        }
+    }
+}
+
+impl WasiView for StepState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}

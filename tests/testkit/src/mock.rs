@@ -1,0 +1,475 @@
+//! The scenario mock: every capability answered from a scenario file's `mocks:` section, every
+//! call recorded. It stands for the systems a runbook acts on in CI and in `themis run`.
+//!
+//! ```yaml
+//! mocks:
+//!   kafka.describe-consumers:
+//!     - when: { group: orders }          # optional; strings match as substrings
+//!       sequence:                        # answered in order, the last one repeats
+//!         - ok: { group_id: orders, replicas_desired: 3, replicas_ready: 3, revision: "7" }
+//!         - ok: { group_id: orders, replicas_desired: 3, replicas_ready: 3, revision: "8" }
+//!   metrics.query:
+//!     - when: { promql: jvm_gc_pause }
+//!       ok: [ { labels: [ { key: broker, value: "1" } ], value: 2.5 } ]
+//!   kafka.broker-restart:
+//!     - error: { unavailable: "broker 1 did not answer" }
+//! ```
+//!
+//! Values use the WIT records' field names in snake_case; enum cases are CamelCase
+//! (`state: Stable`). A unit result is `ok: null`.
+
+use async_trait::async_trait;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use themis_caps::{
+    Backend, CapError, CapResult, ClusterInfo, ConsumerGroup, ConsumerWorkload, Deployment,
+    KafkaCaps, KubernetesCaps, LockWait, MetricsCaps, PartitionLag, Pod, PostgresCaps, Replica,
+    Sample, TopicInfo,
+};
+use themis_core::types::Pair;
+
+/// How a mocked call fails, written `{ <kind>: <message> }` (a one-key map: YAML tags are not
+/// something an SRE should have to write).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(
+    try_from = "BTreeMap<String, String>",
+    into = "BTreeMap<String, String>"
+)]
+pub enum MockError {
+    Denied(String),
+    NotFound(String),
+    InvalidArgument(String),
+    Unavailable(String),
+    Failed(String),
+}
+
+const ERROR_KINDS: &str = "denied, not-found, invalid-argument, unavailable, failed";
+
+impl TryFrom<BTreeMap<String, String>> for MockError {
+    type Error = String;
+    fn try_from(map: BTreeMap<String, String>) -> Result<Self, String> {
+        let mut entries = map.into_iter();
+        let (Some((kind, message)), None) = (entries.next(), entries.next()) else {
+            return Err(format!(
+                "an error is one `kind: message` pair; kinds: {ERROR_KINDS}"
+            ));
+        };
+        Ok(match kind.as_str() {
+            "denied" => MockError::Denied(message),
+            "not-found" => MockError::NotFound(message),
+            "invalid-argument" => MockError::InvalidArgument(message),
+            "unavailable" => MockError::Unavailable(message),
+            "failed" => MockError::Failed(message),
+            other => {
+                return Err(format!(
+                    "unknown error kind `{other}`; kinds: {ERROR_KINDS}"
+                ));
+            }
+        })
+    }
+}
+
+impl From<MockError> for BTreeMap<String, String> {
+    fn from(e: MockError) -> Self {
+        let (kind, message) = match e {
+            MockError::Denied(m) => ("denied", m),
+            MockError::NotFound(m) => ("not-found", m),
+            MockError::InvalidArgument(m) => ("invalid-argument", m),
+            MockError::Unavailable(m) => ("unavailable", m),
+            MockError::Failed(m) => ("failed", m),
+        };
+        BTreeMap::from([(kind.to_owned(), message)])
+    }
+}
+
+impl From<MockError> for CapError {
+    fn from(e: MockError) -> Self {
+        match e {
+            MockError::Denied(m) => CapError::Denied(m),
+            MockError::NotFound(m) => CapError::NotFound(m),
+            MockError::InvalidArgument(m) => CapError::InvalidArgument(m),
+            MockError::Unavailable(m) => CapError::Unavailable(m),
+            MockError::Failed(m) => CapError::Failed(m),
+        }
+    }
+}
+
+/// One answer: `ok: <value>` or `error: { <kind>: <message> }`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MockResponse {
+    #[serde(default, deserialize_with = "present")]
+    pub ok: Option<Value>,
+    #[serde(default)]
+    pub error: Option<MockError>,
+}
+
+/// A rule for one capability: when the arguments match, answer `ok`/`error`, or walk `sequence`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MockRule {
+    #[serde(default)]
+    pub when: BTreeMap<String, Value>,
+    #[serde(default, deserialize_with = "present")]
+    pub ok: Option<Value>,
+    #[serde(default)]
+    pub error: Option<MockError>,
+    #[serde(default)]
+    pub sequence: Vec<MockResponse>,
+}
+
+/// `ok: null` means "succeeded with no value", which is not the same as no `ok` at all.
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
+}
+
+/// The `mocks:` section: capability name → rules, first match wins.
+pub type Mocks = BTreeMap<String, Vec<MockRule>>;
+
+/// One call a step made through the mock.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MockCall {
+    pub capability: String,
+    pub args: Value,
+}
+
+pub struct ScenarioMock {
+    rules: Mocks,
+    /// How far each (capability, rule index) has walked its sequence.
+    cursors: Mutex<BTreeMap<(String, usize), usize>>,
+    calls: Mutex<Vec<MockCall>>,
+    /// Where the sequences' positions are kept, so another process continues the same world.
+    persist: Option<PathBuf>,
+}
+
+/// A scenario's mocks that cannot be used, found before anything runs.
+#[derive(Debug, thiserror::Error)]
+#[error("mocks.{capability}[{rule}]: {problem}")]
+pub struct MockRuleError {
+    pub capability: String,
+    pub rule: usize,
+    pub problem: String,
+}
+
+impl ScenarioMock {
+    pub fn new(rules: Mocks) -> Result<Self, MockRuleError> {
+        for (capability, list) in &rules {
+            if themis_core::capability::lookup(capability).is_none() {
+                return Err(MockRuleError {
+                    capability: capability.clone(),
+                    rule: 0,
+                    problem:
+                        "not a capability; see the names in wit/*.wit (e.g. kafka.consumer-lag)"
+                            .into(),
+                });
+            }
+            for (i, rule) in list.iter().enumerate() {
+                let forms = usize::from(rule.ok.is_some())
+                    + usize::from(rule.error.is_some())
+                    + usize::from(!rule.sequence.is_empty());
+                if forms != 1 {
+                    return Err(MockRuleError {
+                        capability: capability.clone(),
+                        rule: i,
+                        problem: "give exactly one of `ok`, `error` or `sequence`".into(),
+                    });
+                }
+                if let Some(j) = rule
+                    .sequence
+                    .iter()
+                    .position(|r| r.ok.is_some() == r.error.is_some())
+                {
+                    return Err(MockRuleError {
+                        capability: capability.clone(),
+                        rule: i,
+                        problem: format!("sequence[{j}] must have exactly one of `ok` or `error`"),
+                    });
+                }
+            }
+        }
+        Ok(ScenarioMock {
+            rules,
+            cursors: Mutex::new(BTreeMap::new()),
+            calls: Mutex::new(Vec::new()),
+            persist: None,
+        })
+    }
+
+    /// Keep the sequences' positions in `file` (continuing from it if it exists).
+    pub fn persisted(mut self, file: PathBuf) -> Self {
+        if let Ok(text) = std::fs::read_to_string(&file)
+            && let Ok(cursors) = serde_json::from_str::<BTreeMap<String, usize>>(&text)
+        {
+            self.resume(&cursors);
+        }
+        self.persist = Some(file);
+        self
+    }
+
+    /// How far every sequence has walked, to carry the mocked world over to another process.
+    pub fn cursors(&self) -> BTreeMap<String, usize> {
+        lock(&self.cursors)
+            .iter()
+            .map(|((cap, rule), n)| (format!("{cap}#{rule}"), *n))
+            .collect()
+    }
+
+    /// Continue sequences where [`ScenarioMock::cursors`] left them.
+    pub fn resume(&self, cursors: &BTreeMap<String, usize>) {
+        let mut mine = lock(&self.cursors);
+        for (key, n) in cursors {
+            if let Some((cap, rule)) = key.rsplit_once('#')
+                && let Ok(rule) = rule.parse()
+            {
+                mine.insert((cap.to_owned(), rule), *n);
+            }
+        }
+    }
+
+    /// Every call made so far, in order.
+    pub fn calls(&self) -> Vec<MockCall> {
+        lock(&self.calls).clone()
+    }
+
+    fn answer<T: DeserializeOwned>(&self, capability: &str, args: Value) -> CapResult<T> {
+        lock(&self.calls).push(MockCall {
+            capability: capability.into(),
+            args: args.clone(),
+        });
+        let rules = self.rules.get(capability).map(Vec::as_slice).unwrap_or(&[]);
+        let Some((index, rule)) = rules
+            .iter()
+            .enumerate()
+            .find(|(_, r)| matches(&r.when, &args))
+        else {
+            return Err(CapError::Unavailable(format!(
+                "the scenario has no mock for {capability} with arguments {args}: add a rule under mocks.{capability}"
+            )));
+        };
+        let response = if rule.sequence.is_empty() {
+            MockResponse {
+                ok: rule.ok.clone(),
+                error: rule.error.clone(),
+            }
+        } else {
+            let at = {
+                let mut cursors = lock(&self.cursors);
+                let cursor = cursors.entry((capability.to_owned(), index)).or_insert(0);
+                let at = (*cursor).min(rule.sequence.len() - 1);
+                *cursor += 1;
+                at
+            };
+            if let Some(file) = &self.persist
+                && let Ok(text) = serde_json::to_string(&self.cursors())
+                && let Err(e) = std::fs::write(file, text)
+            {
+                tracing::warn!(file = %file.display(), error = %e, "could not save the mocked world's position");
+            }
+            rule.sequence[at].clone()
+        };
+        match (response.ok, response.error) {
+            (_, Some(error)) => Err(error.into()),
+            (Some(value), None) => serde_json::from_value(value).map_err(|e| {
+                CapError::Failed(format!(
+                    "the scenario's mock for {capability} does not fit the capability's result type: {e}"
+                ))
+            }),
+            (None, None) => Err(CapError::Failed(format!(
+                "the scenario's mock for {capability} has neither ok nor error"
+            ))),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Every `when` key must match the argument of that name: strings by substring, else equality.
+fn matches(when: &BTreeMap<String, Value>, args: &Value) -> bool {
+    when.iter().all(|(key, want)| match (args.get(key), want) {
+        (Some(Value::String(have)), Value::String(want)) => have.contains(want.as_str()),
+        (Some(have), want) => have == want,
+        (None, _) => false,
+    })
+}
+
+#[async_trait]
+impl MetricsCaps for ScenarioMock {
+    async fn query(&self, promql: &str) -> CapResult<Vec<Sample>> {
+        self.answer("metrics.query", json!({ "promql": promql }))
+    }
+}
+
+#[async_trait]
+impl KafkaCaps for ScenarioMock {
+    async fn describe_cluster(&self) -> CapResult<ClusterInfo> {
+        self.answer("kafka.describe-cluster", json!({}))
+    }
+    async fn describe_consumer_group(&self, group: &str) -> CapResult<ConsumerGroup> {
+        self.answer("kafka.describe-consumer-group", json!({ "group": group }))
+    }
+    async fn consumer_lag(&self, group: &str, topic: &str) -> CapResult<Vec<PartitionLag>> {
+        self.answer(
+            "kafka.consumer-lag",
+            json!({ "group": group, "topic": topic }),
+        )
+    }
+    async fn list_topics(&self) -> CapResult<Vec<TopicInfo>> {
+        self.answer("kafka.list-topics", json!({}))
+    }
+    async fn describe_consumers(&self, group: &str) -> CapResult<ConsumerWorkload> {
+        self.answer("kafka.describe-consumers", json!({ "group": group }))
+    }
+    async fn broker_config(&self, broker_id: i32) -> CapResult<Vec<Pair>> {
+        self.answer("kafka.broker-config", json!({ "broker_id": broker_id }))
+    }
+    async fn restart_consumers(&self, group: &str) -> CapResult<ConsumerWorkload> {
+        self.answer("kafka.restart-consumers", json!({ "group": group }))
+    }
+    async fn scale_consumers(&self, group: &str, replicas: u32) -> CapResult<ConsumerWorkload> {
+        self.answer(
+            "kafka.scale-consumers",
+            json!({ "group": group, "replicas": replicas }),
+        )
+    }
+    async fn set_broker_config(&self, broker_id: i32, key: &str, value: &str) -> CapResult<()> {
+        self.answer(
+            "kafka.set-broker-config",
+            json!({ "broker_id": broker_id, "key": key, "value": value }),
+        )
+    }
+    async fn broker_restart(&self, broker_id: i32) -> CapResult<()> {
+        self.answer("kafka.broker-restart", json!({ "broker_id": broker_id }))
+    }
+}
+
+#[async_trait]
+impl KubernetesCaps for ScenarioMock {
+    async fn get_deployment(&self, namespace: &str, name: &str) -> CapResult<Deployment> {
+        self.answer(
+            "k8s.get-deployment",
+            json!({ "namespace": namespace, "name": name }),
+        )
+    }
+    async fn list_pods(&self, namespace: &str, selector: &str) -> CapResult<Vec<Pod>> {
+        self.answer(
+            "k8s.list-pods",
+            json!({ "namespace": namespace, "selector": selector }),
+        )
+    }
+    async fn pod_logs(&self, namespace: &str, pod: &str, tail: u32) -> CapResult<Vec<String>> {
+        self.answer(
+            "k8s.pod-logs",
+            json!({ "namespace": namespace, "pod": pod, "tail_lines": tail }),
+        )
+    }
+    async fn rollout_restart(&self, namespace: &str, name: &str) -> CapResult<()> {
+        self.answer(
+            "k8s.rollout-restart",
+            json!({ "namespace": namespace, "name": name }),
+        )
+    }
+    async fn scale_deployment(&self, namespace: &str, name: &str, replicas: u32) -> CapResult<()> {
+        self.answer(
+            "k8s.scale-deployment",
+            json!({ "namespace": namespace, "name": name, "replicas": replicas }),
+        )
+    }
+    async fn delete_pod(&self, namespace: &str, name: &str) -> CapResult<()> {
+        self.answer(
+            "k8s.delete-pod",
+            json!({ "namespace": namespace, "name": name }),
+        )
+    }
+}
+
+#[async_trait]
+impl PostgresCaps for ScenarioMock {
+    async fn activity(&self, min_query_seconds: f64) -> CapResult<Vec<Backend>> {
+        self.answer(
+            "postgres.activity",
+            json!({ "min_query_seconds": min_query_seconds }),
+        )
+    }
+    async fn blockers(&self) -> CapResult<Vec<LockWait>> {
+        self.answer("postgres.blockers", json!({}))
+    }
+    async fn replication_lag(&self) -> CapResult<Vec<Replica>> {
+        self.answer("postgres.replication-lag", json!({}))
+    }
+    async fn cancel_backend(&self, pid: i32) -> CapResult<bool> {
+        self.answer("postgres.cancel-backend", json!({ "pid": pid }))
+    }
+    async fn terminate_backend(&self, pid: i32) -> CapResult<bool> {
+        self.answer("postgres.terminate-backend", json!({ "pid": pid }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mock(yaml: &str) -> ScenarioMock {
+        let rules: Mocks = themis_core::yaml::from_str(yaml).expect("valid yaml");
+        ScenarioMock::new(rules).expect("valid rules")
+    }
+
+    #[tokio::test]
+    async fn sequences_advance_and_repeat_their_last_answer() {
+        let m = mock(
+            r#"
+kafka.broker-restart:
+  - sequence:
+      - error: { unavailable: "down" }
+      - ok: null
+"#,
+        );
+        assert_eq!(
+            m.broker_restart(1).await,
+            Err(CapError::Unavailable("down".into()))
+        );
+        assert_eq!(m.broker_restart(1).await, Ok(()));
+        assert_eq!(m.broker_restart(1).await, Ok(()));
+        assert_eq!(m.calls().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn when_matches_substrings_and_first_rule_wins() {
+        let m = mock(
+            r#"
+metrics.query:
+  - when: { promql: gc_pause }
+    ok: [ { labels: [], value: 2.5 } ]
+  - ok: []
+"#,
+        );
+        let gc = m.query("max(jvm_gc_pause_seconds)").await.expect("ok");
+        assert_eq!(gc[0].value, 2.5);
+        assert!(m.query("up").await.expect("ok").is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_missing_mock_is_unavailable_and_says_where_to_add_it() {
+        let m = mock("{}");
+        let Err(CapError::Unavailable(msg)) = m.list_topics().await else {
+            panic!("expected unavailable");
+        };
+        assert!(msg.contains("mocks.kafka.list-topics"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_capabilities_and_ambiguous_rules_are_refused() {
+        let rules: Mocks = themis_core::yaml::from_str("kafka.nope: [ { ok: 1 } ]").expect("yaml");
+        assert!(ScenarioMock::new(rules).is_err());
+        let rules: Mocks =
+            themis_core::yaml::from_str("kafka.list-topics: [ { ok: [], error: { failed: x } } ]")
+                .expect("yaml");
+        let err = ScenarioMock::new(rules).err().expect("refused");
+        assert!(err.to_string().contains("exactly one"), "{err}");
+    }
+}
