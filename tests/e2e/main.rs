@@ -4,6 +4,7 @@
 mod agents;
 mod cli;
 mod common;
+mod foundations;
 mod llm;
 mod llm_real;
 mod manifests;

@@ -261,8 +261,9 @@ impl Walk<'_> {
                 return Ok(Outcome::PreconditionFailed { step: step_id });
             }
 
-            self.acted.push(current);
+            // A step counts as having acted once its action ran, whatever it returned.
             let action = self.phase(current, Phase::Action).await?;
+            self.acted.push(current);
             let next = match action.status {
                 PhaseStatus::Passed => {
                     let label = action.branch.clone().unwrap_or_default();

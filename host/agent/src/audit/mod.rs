@@ -129,12 +129,12 @@ impl AuditLog {
         }
         // The lock first: the tail read below must be the tail this process continues.
         let held = lock::acquire(&lock::sidecar(path), wait)?;
-        let (seq, prev) = match File::open(path) {
+        let (seq, prev, torn) = match File::open(path) {
             Ok(f) => last_link(BufReader::new(f)).map_err(|problem| AuditError::BrokenTail {
                 path: path.to_path_buf(),
                 problem,
             })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (0, GENESIS.to_string()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (0, GENESIS.to_string(), None),
             Err(e) => return Err(io(e)),
         };
         let file = OpenOptions::new()
@@ -142,7 +142,7 @@ impl AuditLog {
             .append(true)
             .open(path)
             .map_err(io)?;
-        Ok(AuditLog {
+        let log = AuditLog {
             path: path.to_path_buf(),
             tail: Mutex::new(Tail {
                 file,
@@ -152,7 +152,21 @@ impl AuditLog {
             }),
             redactor,
             _lock: held,
-        })
+        };
+        if let Some(torn) = torn {
+            // A writer killed mid-append leaves a last line with no newline: that record's
+            // append never returned, so nothing acted on it. Cut it off, and say so on the chain.
+            let tail = log.tail.lock().unwrap_or_else(|p| p.into_inner());
+            tail.file.set_len(torn.at).map_err(io)?;
+            drop(tail);
+            log.append(
+                "host",
+                None,
+                "torn-record-discarded",
+                serde_json::json!({ "bytes": torn.bytes, "sha256": torn.sha256, "reason": "the last append was cut off by a crash before it completed; nothing acted on it" }),
+            )?;
+        }
+        Ok(log)
     }
 
     pub fn redactor(&self) -> &Redactor {
@@ -268,24 +282,51 @@ impl Record {
     }
 }
 
-/// The seq and hash of the last record, checking only that the last line is a record.
-fn last_link(reader: impl BufRead) -> Result<(u64, String), String> {
-    let mut last = None;
-    for (i, line) in reader.lines().enumerate() {
-        let line = line.map_err(|e| format!("line {}: {e}", i + 1))?;
-        if !line.trim().is_empty() {
-            last = Some((i + 1, line));
+/// An unfinished last line: where it starts, its size and digest.
+struct Torn {
+    at: u64,
+    bytes: usize,
+    sha256: String,
+}
+
+/// The seq and hash of the last complete record, checking only that it is a record; and the
+/// unfinished line after it, if a crash left one (no newline at the end of the file).
+fn last_link(mut reader: impl BufRead) -> Result<(u64, String, Option<Torn>), String> {
+    let mut last: Option<(usize, Vec<u8>)> = None;
+    let mut offset = 0u64;
+    let mut torn = None;
+    let mut n = 0usize;
+    loop {
+        let mut line = Vec::new();
+        let read = reader
+            .read_until(b'\n', &mut line)
+            .map_err(|e| format!("line {}: {e}", n + 1))?;
+        if read == 0 {
+            break;
+        }
+        n += 1;
+        if line.last() != Some(&b'\n') {
+            torn = Some(Torn {
+                at: offset,
+                bytes: line.len(),
+                sha256: hex::encode(Sha256::digest(&line)),
+            });
+            break;
+        }
+        offset += read as u64;
+        if !line.iter().all(u8::is_ascii_whitespace) {
+            last = Some((n, line));
         }
     }
     match last {
-        None => Ok((0, GENESIS.to_string())),
+        None => Ok((0, GENESIS.to_string(), torn)),
         Some((n, line)) => {
-            let r: Record = serde_json::from_str(&line)
+            let r: Record = serde_json::from_slice(&line)
                 .map_err(|e| format!("line {n} is not a record: {e}"))?;
             if r.compute_hash() != r.hash {
                 return Err(format!("record {} does not match its hash", r.seq));
             }
-            Ok((r.seq, r.hash))
+            Ok((r.seq, r.hash, torn))
         }
     }
 }
@@ -333,5 +374,37 @@ mod tests {
             .expect("append");
         assert_eq!((c.seq, c.prev.as_str()), (3, b.hash.as_str()));
         assert!(verify::verify(&path).expect("reads").is_ok());
+    }
+
+    #[test]
+    fn a_record_cut_off_by_a_crash_is_discarded_on_the_record() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.jsonl");
+        let log = AuditLog::open(&path, Redactor::default()).expect("open");
+        let a = log
+            .append("kafka", None, "alert", json!({}))
+            .expect("append");
+        drop(log);
+        // A kill -9 mid-write: half a record, no newline.
+        let mut f = OpenOptions::new().append(true).open(&path).expect("open");
+        f.write_all(b"{\"seq\":2,\"ts\":\"2026").expect("write");
+        drop(f);
+        let log = AuditLog::open(&path, Redactor::default()).expect("reopens");
+        let b = log
+            .append("kafka", None, "result", json!({}))
+            .expect("append");
+        assert_eq!(b.seq, 3);
+        let (records, unreadable) = read_all(&path).expect("read");
+        assert_eq!(unreadable, 0);
+        assert_eq!(records[0].hash, a.hash);
+        assert_eq!(records[1].kind, "torn-record-discarded");
+        assert_eq!(records[1].data["bytes"], 19);
+        assert!(verify::verify(&path).expect("reads").is_ok());
+        // A broken line that did end (changed, not cut off) is still refused.
+        std::fs::write(&path, b"{not a record}\n").expect("write");
+        assert!(matches!(
+            AuditLog::open(&path, Redactor::default()),
+            Err(AuditError::BrokenTail { .. })
+        ));
     }
 }

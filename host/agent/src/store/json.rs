@@ -41,6 +41,19 @@ impl JsonStore {
         }
         let held = lock::acquire(&dir.join("state.lock"), wait)?;
         let key = HostKey::load_or_create(&dir.join("host.key"))?;
+        // A writer killed between writing a temp file and renaming it leaves the temp file
+        // behind; the rename never happened, so it holds nothing that counts. Only the lock
+        // holder writes here, so whatever is left now is such a leftover.
+        for sub in ["incidents", "agents", "open", "approvals"] {
+            let Ok(entries) = std::fs::read_dir(dir.join(sub)) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                if entry.path().extension().is_some_and(|e| e == "tmp") {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
         Ok(JsonStore {
             dir: dir.to_path_buf(),
             key,
