@@ -401,6 +401,7 @@ mod tests {
         assert_eq!(records[1].data["bytes"], 19);
         assert!(verify::verify(&path).expect("reads").is_ok());
         // A broken line that did end (changed, not cut off) is still refused.
+        drop(log);
         std::fs::write(&path, b"{not a record}\n").expect("write");
         assert!(matches!(
             AuditLog::open(&path, Redactor::default()),
