@@ -13,6 +13,9 @@ use serde_json::{Value, json};
 use std::sync::Mutex;
 use themis_core::types::Pair;
 
+/// How many "would do" entries the recorder keeps.
+pub const MAX_KEPT: usize = 1024;
+
 /// A mutation a dry run did not perform.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct WouldDo {
@@ -47,10 +50,15 @@ impl DryRun {
             capability: capability.into(),
             args,
         };
-        match self.would_do.lock() {
-            Ok(mut w) => w.push(entry),
-            Err(poisoned) => poisoned.into_inner().push(entry),
+        let mut w = self
+            .would_do
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // A long-running dry-run host keeps the most recent ones only: the audit has them all.
+        if w.len() >= MAX_KEPT {
+            w.remove(0);
         }
+        w.push(entry);
     }
 }
 

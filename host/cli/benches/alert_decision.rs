@@ -8,12 +8,13 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use themis::agent::store::{BackendSpec, Store};
-use themis::agent::{AlertOutcome, Quiet, Runtime};
-use themis::audit::{AuditLog, Redactor};
-use themis::escalation::Channels;
-use themis::sandbox::{Sandbox, SandboxConfig};
-use themis::wit::types::{Alert, Pair};
+use themis_agent::audit::{AuditLog, Redactor};
+use themis_agent::escalation::Channels;
+use themis_agent::store::JsonStore;
+use themis_agent::{AlertOutcome, Quiet, Runtime, RuntimeParts};
+use themis_core::types::{Alert, Pair};
+use themis_sandbox::{Sandbox, SandboxConfig};
+use themis_testkit::provider::ScenarioProvider;
 
 const N: usize = 400;
 
@@ -27,7 +28,7 @@ fn ms(d: Duration) -> f64 {
 }
 
 fn main() {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let dir = tempfile::tempdir().expect("tempdir");
     // An agent with no probes: the decision itself is what is measured.
     let agent = dir.path().join("bench-agent.yaml");
@@ -50,17 +51,22 @@ fn main() {
     let audit = Arc::new(
         AuditLog::open(&dir.path().join("audit.jsonl"), Redactor::default()).expect("audit"),
     );
-    let store = Store::open(&dir.path().join("state")).expect("store");
-    let runtime = Runtime::new(
-        sandbox,
-        &[agent],
-        audit,
-        store,
-        Channels::default(),
-        Arc::new(Quiet),
-        Default::default(),
-    )
-    .expect("runtime");
+    let store = Arc::new(JsonStore::open(&dir.path().join("state")).expect("store"));
+    let provider = Arc::new(ScenarioProvider::from_file(&world, false).expect("world"));
+    let runtime = rt
+        .block_on(Runtime::start(
+            RuntimeParts {
+                sandbox,
+                agent_files: vec![agent],
+                audit,
+                store,
+                channels: Channels::default(),
+                observer: Arc::new(Quiet),
+                provider,
+            },
+            Default::default(),
+        ))
+        .expect("runtime");
 
     let mut decisions = Vec::with_capacity(N);
     for i in 0..N {
@@ -73,14 +79,8 @@ fn main() {
             }],
             annotations: vec![],
         };
-        let spec = BackendSpec::Scenario {
-            file: world.clone(),
-            dry_run: false,
-        };
         let t = Instant::now();
-        let outcome = rt
-            .block_on(runtime.handle_alert(alert, spec))
-            .expect("handled");
+        let outcome = rt.block_on(runtime.handle_alert(alert)).expect("handled");
         decisions.push(t.elapsed());
         let AlertOutcome::Handled(incident) = outcome else {
             panic!("a new incident")
@@ -108,7 +108,7 @@ fn main() {
         .collect();
     fsyncs.sort();
 
-    let records = themis::audit::verify::verify(&dir.path().join("audit.jsonl"))
+    let records = themis_agent::audit::verify::verify(&dir.path().join("audit.jsonl"))
         .expect("read")
         .expect("intact")
         .records;

@@ -10,18 +10,18 @@
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use themis::executor::LoadedRunbook;
-use themis::sandbox::{Sandbox, SandboxConfig};
-use themis::trust::TrustPolicy;
-use themis::trust::bundle::{SIGNATURE_FILE, SignatureFile};
-use themis::trust::keys::SecretKey;
+use themis_core::trust::TrustPolicy;
+use themis_core::trust::bundle::{SIGNATURE_FILE, SignatureFile};
+use themis_core::trust::keys::SecretKey;
+use themis_sandbox::loaded::LoadedRunbook;
+use themis_sandbox::{Sandbox, SandboxConfig};
 
 const BUNDLES: usize = 10;
 const STEPS: usize = 3;
 const ROUNDS: usize = 3;
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
 /// A component with a custom section `themis-bench` holding `tag`: same code, new digest.
@@ -76,7 +76,7 @@ fn make_bundles(root: &Path, key: &SecretKey) -> Vec<PathBuf> {
                 ));
             }
             std::fs::write(dir.join("manifest.yaml"), manifest).expect("write manifest");
-            let runbook = themis::manifest::Runbook::load(&dir).expect("valid bundle");
+            let runbook = themis_core::manifest::Runbook::load(&dir).expect("valid bundle");
             std::fs::write(
                 dir.join(SIGNATURE_FILE),
                 SignatureFile::sign(&runbook, key).to_json(),

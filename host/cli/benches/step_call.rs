@@ -5,26 +5,27 @@
 //! a live instance holds.
 
 use criterion::Criterion;
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use themis::capability::Domain;
-use themis::caps::Backends;
-use themis::caps::scenario::ScenarioMock;
-use themis::executor::LoadedRunbook;
-use themis::grant::Grant;
-use themis::sandbox::{Phase, Sandbox, SandboxConfig, Verdict};
-use themis::trust::TrustPolicy;
-use themis::trust::keys::read_public_keys;
-use themis::wit::types::{Alert, StepContext};
+use themis_caps::Backends;
+use themis_core::capability::Domain;
+use themis_core::grant::Grant;
+use themis_core::policy::DestructiveList;
+use themis_core::trust::TrustPolicy;
+use themis_core::trust::keys::read_public_keys;
+use themis_core::types::{Alert, Phase};
+use themis_sandbox::journal::MemoryJournal;
+use themis_sandbox::loaded::LoadedRunbook;
+use themis_sandbox::{PhaseContext, PhaseEnv, Sandbox, SandboxConfig, Verdict};
+use themis_testkit::mock::ScenarioMock;
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-fn ctx() -> StepContext {
-    StepContext {
+fn ctx() -> PhaseContext {
+    PhaseContext {
         execution_id: "bench".into(),
         runbook_id: "misbehaving".into(),
         runbook_version: "0.1.0".into(),
@@ -41,14 +42,21 @@ fn ctx() -> StepContext {
     }
 }
 
-fn grant() -> Grant {
-    Grant {
-        runbook_id: "misbehaving".into(),
-        step_id: "trivial".into(),
-        execution_id: "bench".into(),
-        capabilities: BTreeSet::new(),
-        destructive: Arc::new(BTreeSet::new()),
-        approval: None,
+fn env(backends: &Backends, journal: &Arc<MemoryJournal>) -> PhaseEnv {
+    PhaseEnv {
+        grant: Grant {
+            runbook_id: "misbehaving".into(),
+            step_id: "trivial".into(),
+            execution_id: "bench".into(),
+            phase: Phase::Precondition,
+            capabilities: Default::default(),
+            scopes: Default::default(),
+            destructive: Arc::new(DestructiveList::catalogue()),
+            approval: None,
+        },
+        backends: backends.clone(),
+        journal: journal.clone(),
+        counts: Arc::default(),
     }
 }
 
@@ -92,7 +100,8 @@ fn main() {
         .expect("components built and signed: run scripts/build-runbooks");
     let trivial = loaded.components[0].clone();
     let mock = Arc::new(ScenarioMock::new(Default::default()).expect("mock"));
-    let backends = Backends::all(mock, false);
+    let backends = Backends::all(mock);
+    let journal = Arc::new(MemoryJournal::default());
     let context = ctx();
 
     let mut c = Criterion::default()
@@ -106,8 +115,7 @@ fn main() {
                     &trivial,
                     Phase::Precondition,
                     &context,
-                    grant(),
-                    backends.clone(),
+                    env(&backends, &journal),
                     Duration::from_secs(5),
                 )
                 .await;

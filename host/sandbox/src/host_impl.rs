@@ -45,6 +45,12 @@ impl StepState {
             self.refuse(capability, args, exceeded.to_string(), started);
             return Err(wasmtime::Error::new(exceeded));
         }
+        // Arguments often come from alert labels or a model: each must be what its kind allows
+        // (a Kubernetes name, a Kafka name, an id) before any backend sees it.
+        if let Err(reason) = themis_core::capability::check_args(capability, &args) {
+            self.refuse(capability, args, reason.clone(), started);
+            return Ok(Err(types::CapError::InvalidArgument(reason)));
+        }
         let grant = &self.env.grant;
         let allowed = match grant.check(capability, &args, self.env.counts.get(capability)) {
             Ok(allowed) => allowed,
@@ -144,7 +150,7 @@ impl StepState {
 
     /// Record a call the host refused. Only the first refusals of a phase are kept one by one.
     fn refuse(&mut self, capability: &str, args: Value, reason: String, started: Instant) {
-        if self.calls.len() >= self.budget.limits.calls_per_phase as usize + 1 {
+        if self.calls.len() > self.budget.limits.calls_per_phase as usize {
             return;
         }
         self.calls.push(CapabilityCall {

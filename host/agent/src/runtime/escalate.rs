@@ -5,6 +5,17 @@
 
 use super::worker::Worker;
 use super::{RuntimeError, new_id};
+
+/// `apr-<incident>-<random>`: an approval names its incident, so the store finds it without an
+/// index of its own, and no two proposals share an id.
+fn approval_id(incident: &str) -> String {
+    let suffix = new_id("x");
+    format!(
+        "apr-{}-{}",
+        incident.trim_start_matches("inc-"),
+        &suffix[2..10]
+    )
+}
 use crate::escalation::Escalation;
 use crate::store::{Incident, IncidentStatus};
 use crate::triage::Selection;
@@ -49,7 +60,7 @@ impl Worker {
         let now = SystemTime::now();
         let proposal = plan.map(|plan| {
             ApprovalRequest::new(
-                new_id("apr"),
+                approval_id(&incident.id),
                 plan,
                 requester,
                 now,

@@ -53,7 +53,7 @@ impl Worker {
         ctx.observer.execution(name, &report);
         let outcome = report.outcome.clone();
         let outputs = probe_result(&report).outputs;
-        ctx.audit.append(name, Some(&incident.id), "result", json!({ "execution_id": execution_id, "runbook_id": plan.runbook_id, "runbook_digest": loaded.runbook.digest, "provenance": loaded.provenance(), "outcome": outcome, "dry_run": report.dry_run, "would_do": request.backends.would_do() }))?;
+        ctx.audit.append(name, Some(&incident.id), "result", json!({ "execution_id": execution_id, "runbook_id": plan.runbook_id, "runbook_digest": loaded.runbook.digest, "provenance": loaded.provenance(), "outcome": outcome, "dry_run": report.dry_run, "would_do": would_do(&report) }))?;
         match outcome {
             Outcome::Succeeded => {
                 let mut facts = facts.clone();
@@ -199,6 +199,15 @@ impl Worker {
         let facts = alert_facts(&incident.alert);
         self.run_plan(incident, plan, approval, &facts).await
     }
+}
+
+/// The mutations this execution recorded instead of making (a dry run).
+fn would_do(report: &themis_sandbox::executor::ExecutionReport) -> Vec<serde_json::Value> {
+    report
+        .calls()
+        .filter(|c| c.mode == themis_sandbox::CallMode::WouldDo)
+        .map(|c| json!({ "capability": c.capability, "args": c.args }))
+        .collect()
 }
 
 /// Audits every phase (with its capability calls) and moves the FSM during execution. A record

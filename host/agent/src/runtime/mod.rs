@@ -293,13 +293,27 @@ impl Runtime {
 
     /// The agent that owns an approval (`apr-…`) or incident (`inc-…`).
     async fn owner(&self, id: &str) -> Result<&Handle, RuntimeError> {
-        let incident = if id.starts_with("inc-") {
-            self.store.get(id).await?
+        let found = if id.starts_with("inc-") {
+            self.store.get(id).await
         } else {
             self.store
                 .by_approval(id)
-                .await?
-                .ok_or_else(|| StoreError::UnknownIncident(id.into()))?
+                .await
+                .and_then(|i| i.ok_or_else(|| StoreError::UnknownIncident(id.into())))
+        };
+        let incident = match found {
+            Ok(i) => i,
+            Err(e @ StoreError::Tampered { .. }) => {
+                // Refused, and on the record: someone changed what this host wrote.
+                self.audit.append(
+                    "host",
+                    None,
+                    "state-tampered",
+                    json!({ "answer_for": id, "error": e.to_string() }),
+                )?;
+                return Err(e.into());
+            }
+            Err(e) => return Err(e.into()),
         };
         self.handles
             .iter()

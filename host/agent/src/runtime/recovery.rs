@@ -17,10 +17,18 @@ impl Worker {
     pub(crate) async fn recover(&mut self) -> Result<(), RuntimeError> {
         let ctx = self.ctx.clone();
         let agent = &ctx.agent.def.name;
-        let unfinished: Vec<Incident> = ctx
-            .store
-            .list()
-            .await?
+        let (incidents, problems) = ctx.store.scan().await?;
+        for problem in problems {
+            // A state file this host cannot trust is reported, never acted on.
+            tracing::error!(agent = %agent, error = %problem, "a state file cannot be trusted");
+            ctx.audit.append(
+                agent,
+                None,
+                "state-tampered",
+                serde_json::json!({ "error": problem.to_string() }),
+            )?;
+        }
+        let unfinished: Vec<Incident> = incidents
             .into_iter()
             .filter(|i| &i.agent == agent)
             .filter(|i| {

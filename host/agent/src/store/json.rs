@@ -35,7 +35,7 @@ impl JsonStore {
     }
 
     pub fn open_waiting(dir: &Path, wait: Duration) -> Result<JsonStore, StoreError> {
-        for sub in ["incidents", "agents", "open", "approvals"] {
+        for sub in ["incidents", "agents", "open"] {
             let path = dir.join(sub);
             std::fs::create_dir_all(&path).map_err(|source| StoreError::Io { path, source })?;
         }
@@ -44,7 +44,7 @@ impl JsonStore {
         // A writer killed between writing a temp file and renaming it leaves the temp file
         // behind; the rename never happened, so it holds nothing that counts. Only the lock
         // holder writes here, so whatever is left now is such a leftover.
-        for sub in ["incidents", "agents", "open", "approvals"] {
+        for sub in ["incidents", "agents", "open"] {
             let Ok(entries) = std::fs::read_dir(dir.join(sub)) else {
                 continue;
             };
@@ -158,17 +158,12 @@ impl JsonStore {
         self.dir.join("open").join(format!("{key}.json"))
     }
 
-    fn approval_marker(&self, approval_id: &str) -> Result<PathBuf, StoreError> {
-        if !approval_id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-')
-        {
-            return Err(StoreError::UnknownIncident(approval_id.into()));
-        }
-        Ok(self
-            .dir
-            .join("approvals")
-            .join(format!("{approval_id}.json")))
+    /// The incident an approval id names (`apr-<incident>-<suffix>`).
+    fn approval_incident(approval_id: &str) -> Option<String> {
+        let rest = approval_id.strip_prefix("apr-")?;
+        let (incident, suffix) = rest.rsplit_once('-')?;
+        let hex = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_hexdigit());
+        (hex(incident) && hex(suffix)).then(|| format!("inc-{incident}"))
     }
 
     fn save_sync(&self, incident: &Incident) -> Result<(), StoreError> {
@@ -188,12 +183,6 @@ impl JsonStore {
                 source: e,
             });
         }
-        if let Some(p) = &incident.proposal {
-            let marker = self.approval_marker(&p.id)?;
-            if !marker.exists() {
-                self.write(&marker, &incident.id, true)?;
-            }
-        }
         Ok(())
     }
 
@@ -203,10 +192,23 @@ impl JsonStore {
     }
 
     fn by_approval_sync(&self, approval_id: &str) -> Result<Option<Incident>, StoreError> {
-        let Some(id) = self.read::<String>(&self.approval_marker(approval_id)?)? else {
+        let Some(id) = Self::approval_incident(approval_id) else {
             return Ok(None);
         };
-        Ok(Some(self.get_sync(&id)?))
+        let incident = match self.get_sync(&id) {
+            Ok(i) => i,
+            Err(StoreError::UnknownIncident(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let names_it = incident
+            .proposal
+            .as_ref()
+            .is_some_and(|p| p.id == approval_id)
+            || incident
+                .answer
+                .as_ref()
+                .is_some_and(|a| a.approval_id == approval_id);
+        Ok(names_it.then_some(incident))
     }
 }
 
@@ -221,23 +223,26 @@ impl IncidentStore for JsonStore {
         self.get_sync(id)
     }
 
-    async fn list(&self) -> Result<Vec<Incident>, StoreError> {
+    async fn scan(&self) -> Result<(Vec<Incident>, Vec<StoreError>), StoreError> {
         let dir = self.dir.join("incidents");
         let entries = std::fs::read_dir(&dir).map_err(|source| StoreError::Io {
             path: dir.clone(),
             source,
         })?;
         let mut out = Vec::new();
+        let mut problems = Vec::new();
         for entry in entries.flatten() {
             let path = entry.path();
-            if path.extension().is_some_and(|e| e == "json")
-                && let Some(i) = self.read::<Incident>(&path)?
-            {
-                out.push(i);
+            if path.extension().is_some_and(|e| e == "json") {
+                match self.read::<Incident>(&path) {
+                    Ok(Some(i)) => out.push(i),
+                    Ok(None) => {}
+                    Err(e) => problems.push(e),
+                }
             }
         }
         out.sort_by_key(|i| i.opened_at);
-        Ok(out)
+        Ok((out, problems))
     }
 
     async fn open_for(

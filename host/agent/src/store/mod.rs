@@ -169,8 +169,17 @@ pub enum ClaimError {
 pub trait IncidentStore: Send + Sync {
     async fn save(&self, incident: &Incident) -> Result<(), StoreError>;
     async fn get(&self, id: &str) -> Result<Incident, StoreError>;
-    /// Every incident, oldest first.
-    async fn list(&self) -> Result<Vec<Incident>, StoreError>;
+    /// Every incident, oldest first; the first unreadable or tampered one is an error.
+    async fn list(&self) -> Result<Vec<Incident>, StoreError> {
+        let (incidents, mut problems) = self.scan().await?;
+        match problems.pop() {
+            Some(problem) => Err(problem),
+            None => Ok(incidents),
+        }
+    }
+    /// Every readable incident, oldest first, and every one that could not be trusted (changed
+    /// outside Themis, unreadable): recovery reports those and carries on with the rest.
+    async fn scan(&self) -> Result<(Vec<Incident>, Vec<StoreError>), StoreError>;
     /// The open incident of `agent` for `fingerprint`, if any.
     async fn open_for(
         &self,
