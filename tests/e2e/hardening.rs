@@ -583,7 +583,7 @@ fn oversized_or_strange_inputs_are_refused_before_they_are_read() {
     std::fs::remove_file(dir.path().join("runbook.sig")).expect("rm");
     rustix::fs::mkfifoat(
         rustix::fs::CWD,
-        &dir.path().join("runbook.sig"),
+        dir.path().join("runbook.sig"),
         rustix::fs::Mode::from_raw_mode(0o600),
     )
     .expect("mkfifo");
@@ -663,4 +663,54 @@ fn a_trusted_key_folder_others_can_write_is_refused() {
         "{}",
         text(&allowed.stderr)
     );
+}
+
+/// On a terminal, `themis approve ID` shows the plan — runbook, parameters, target, digest — and
+/// approves only what the human confirmed.
+#[test]
+fn approving_on_a_terminal_shows_the_plan_first() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().to_str().expect("utf-8");
+    let out = themis(&[
+        "alert",
+        "--scenario",
+        "tests/scenarios/agent-postgres-lock-waits.yaml",
+        "--state-dir",
+        state,
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let (apr, digest) = proposal_of(&text(&out.stdout), state);
+    // `script` gives the command a terminal; "n" then "y" are the human's answers.
+    let on_terminal = |answer: &str| {
+        let mut child = Command::new("script")
+            .args(["-qec"])
+            .arg(format!(
+                "{} approve {apr} --state-dir {state}",
+                env!("CARGO_BIN_EXE_themis")
+            ))
+            .arg("/dev/null")
+            .current_dir(repo())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("script runs");
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(answer.as_bytes())
+            .expect("answer");
+        child.wait_with_output().expect("waits")
+    };
+    let declined = on_terminal("n\n");
+    let shown = text(&declined.stdout);
+    assert!(shown.contains("runbook    terminate-blocker"), "{shown}");
+    assert!(shown.contains(&format!("plan       {digest}")), "{shown}");
+    assert!(shown.contains("Approve exactly this plan?"), "{shown}");
+    assert!(!shown.contains(": resolved"), "{shown}");
+    let confirmed = on_terminal("y\n");
+    let shown = text(&confirmed.stdout);
+    assert!(shown.contains(": resolved"), "{shown}");
 }

@@ -95,6 +95,8 @@ pub struct RecordRef {
 
 struct Tail {
     file: File,
+    /// Where the next record starts (the file's length).
+    len: u64,
     seq: u64,
     prev: String,
     mode: Option<String>,
@@ -142,10 +144,12 @@ impl AuditLog {
             .append(true)
             .open(path)
             .map_err(io)?;
+        let len = file.metadata().map_err(io)?.len();
         let log = AuditLog {
             path: path.to_path_buf(),
             tail: Mutex::new(Tail {
                 file,
+                len,
                 seq,
                 prev,
                 mode: None,
@@ -156,8 +160,9 @@ impl AuditLog {
         if let Some(torn) = torn {
             // A writer killed mid-append leaves a last line with no newline: that record's
             // append never returned, so nothing acted on it. Cut it off, and say so on the chain.
-            let tail = log.tail.lock().unwrap_or_else(|p| p.into_inner());
+            let mut tail = log.tail.lock().unwrap_or_else(|p| p.into_inner());
             tail.file.set_len(torn.at).map_err(io)?;
+            tail.len = torn.at;
             drop(tail);
             log.append(
                 "host",
@@ -245,7 +250,7 @@ impl AuditLog {
             path: self.path.clone(),
             source,
         };
-        let before = tail.file.metadata().map_err(io)?.len();
+        let before = tail.len;
         if let Err(e) = tail
             .file
             .write_all(&line)
@@ -255,6 +260,7 @@ impl AuditLog {
             let _ = tail.file.set_len(before);
             return Err(io(e));
         }
+        tail.len = before + line.len() as u64;
         tail.seq = record.seq;
         tail.prev = record.hash.clone();
         tracing::info!(

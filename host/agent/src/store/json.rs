@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -25,6 +26,9 @@ pub struct JsonStore {
     temp_counter: AtomicU64,
     /// `None`: opened to read only (`themis agents` next to a running host).
     lock: Option<Held>,
+    /// Agent state files, kept open and rewritten in place: a state changes on every move of
+    /// every agent, and creating a new file each time costs more than the move itself.
+    state_files: Mutex<BTreeMap<String, std::fs::File>>,
 }
 
 impl JsonStore {
@@ -60,6 +64,7 @@ impl JsonStore {
             writes: Mutex::new(()),
             temp_counter: AtomicU64::new(0),
             lock: Some(held),
+            state_files: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -72,11 +77,32 @@ impl JsonStore {
             writes: Mutex::new(()),
             temp_counter: AtomicU64::new(0),
             lock: None,
+            state_files: Mutex::new(BTreeMap::new()),
         })
     }
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// `value` with its MAC, as the bytes of a state file.
+    fn sealed<T: Serialize>(&self, path: &Path, value: &T) -> Result<Vec<u8>, StoreError> {
+        if self.lock.is_none() {
+            return Err(StoreError::Io {
+                path: path.to_path_buf(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    "the store was opened read-only",
+                ),
+            });
+        }
+        let data = serde_json::to_value(value).map_err(|e| StoreError::Corrupt {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let canonical = serde_json::to_vec(&data).unwrap_or_default();
+        let file = json!({ "mac": self.key.tag(&canonical), "data": data });
+        Ok(serde_json::to_vec_pretty(&file).unwrap_or_default())
     }
 
     /// Write `value` with its MAC. `durable`: fsync before the rename; without it the replace is
@@ -86,19 +112,7 @@ impl JsonStore {
             path: path.to_path_buf(),
             source,
         };
-        if self.lock.is_none() {
-            return Err(io(std::io::Error::new(
-                std::io::ErrorKind::PermissionDenied,
-                "the store was opened read-only",
-            )));
-        }
-        let data = serde_json::to_value(value).map_err(|e| StoreError::Corrupt {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
-        let canonical = serde_json::to_vec(&data).unwrap_or_default();
-        let file = json!({ "mac": self.key.tag(&canonical), "data": data });
-        let bytes = serde_json::to_vec_pretty(&file).unwrap_or_default();
+        let bytes = self.sealed(path, value)?;
         // Unique per process and write: two writers never share a temp file.
         let n = self.temp_counter.fetch_add(1, Ordering::Relaxed);
         let tmp = path.with_extension(format!("{}.{n}.tmp", std::process::id()));
@@ -301,17 +315,47 @@ impl IncidentStore for JsonStore {
 
     async fn save_agent_state(&self, agent: &str, state: &AgentState) -> Result<(), StoreError> {
         // The audit log records every transition durably; this file is the fast answer to
-        // "what is the agent doing now" and a hint for recovery.
-        self.write(
-            &self.dir.join("agents").join(format!("{agent}.json")),
-            state,
-            false,
-        )
+        // "what is the agent doing now" for other processes, and a hint for recovery. It is
+        // rewritten in place: a reader that catches it half-written sees a MAC that does not
+        // verify and reads again; a crash mid-write leaves a state recovery treats as unknown.
+        use std::os::unix::fs::FileExt;
+        let path = self.dir.join("agents").join(format!("{agent}.json"));
+        let bytes = self.sealed(&path, state)?;
+        let io = |source| StoreError::Io {
+            path: path.clone(),
+            source,
+        };
+        let mut files = self.state_files.lock().unwrap_or_else(|p| p.into_inner());
+        if !files.contains_key(agent) {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .map_err(io)?;
+            files.insert(agent.to_owned(), file);
+        }
+        let Some(file) = files.get(agent) else {
+            return Ok(());
+        };
+        file.write_all_at(&bytes, 0).map_err(io)?;
+        file.set_len(bytes.len() as u64).map_err(io)
     }
 
     async fn agent_state(&self, agent: &str) -> Result<AgentState, StoreError> {
-        Ok(self
-            .read(&self.dir.join("agents").join(format!("{agent}.json")))?
-            .unwrap_or(AgentState::Idle))
+        let path = self.dir.join("agents").join(format!("{agent}.json"));
+        // Another process may be rewriting it this instant: a torn read gets a second look.
+        let mut last = None;
+        for _ in 0..3 {
+            match self.read(&path) {
+                Ok(state) => return Ok(state.unwrap_or(AgentState::Idle)),
+                Err(e) if self.lock.is_none() => {
+                    last = Some(e);
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or(StoreError::Tampered { path }))
     }
 }
