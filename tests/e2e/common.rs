@@ -76,6 +76,19 @@ pub struct TestHost {
     pub mock: Arc<ScenarioMock>,
 }
 
+impl TestHost {
+    /// Hand an alert to the runtime; it must open a new incident.
+    pub async fn new_incident(
+        &self,
+        alert: themis_core::types::Alert,
+    ) -> themis_agent::store::Incident {
+        match self.runtime.handle_alert(alert).await.expect("handled") {
+            themis_agent::AlertOutcome::Handled(incident) => incident,
+            other => panic!("expected a new incident, got {other:?}"),
+        }
+    }
+}
+
 pub struct HostSpec<'a> {
     pub dir: &'a Path,
     pub agents: Vec<PathBuf>,
@@ -165,4 +178,47 @@ pub fn themis(args: &[&str]) -> std::process::Output {
 
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A copy of a shipped agent definition in `dir`, its relative paths made absolute and `edits`
+/// (`from` → `to`) applied, each of which must apply.
+pub fn patched_agent(dir: &Path, agent: &str, edits: &[(&str, &str)]) -> PathBuf {
+    let mut text = std::fs::read_to_string(repo().join(agent))
+        .expect("read agent")
+        .replace("../", &format!("{}/", repo().display()));
+    for (from, to) in edits {
+        assert!(text.contains(from), "{agent} has no {from:?}");
+        text = text.replace(from, to);
+    }
+    let file = dir.join(Path::new(agent).file_name().expect("a file name"));
+    std::fs::write(&file, text).expect("write agent");
+    file
+}
+
+/// Hand a scenario's alert to the agents from the command line, in state directory `state`:
+/// the approval id and plan digest it proposes.
+pub fn alert_with_proposal(state: &str, scenario: &str) -> (String, String) {
+    let out = themis(&[
+        "alert",
+        "--scenario",
+        &format!("tests/scenarios/{scenario}"),
+        "--state-dir",
+        state,
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    crate::agents::proposal_of(&text(&out.stdout), state)
+}
+
+/// A host configuration in `dir` naming one approver, alice, whose token is `alice-token`.
+pub fn approvers_config(dir: &Path) -> PathBuf {
+    let config = dir.join("themis.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "approvers:\n  alice: {{ token_sha256: \"{}\" }}\n",
+            themis_agent::approvers::token_hash("alice-token")
+        ),
+    )
+    .expect("config");
+    config
 }

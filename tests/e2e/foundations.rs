@@ -4,8 +4,10 @@
 //! are bounded, "would do" comes only from the dry-run wrapper, and every answer says who gave
 //! it and how the host knew.
 
-use crate::agents::proposal_of;
-use crate::common::{HostSpec, records, repo, text, themis, world_alert};
+use crate::common::{
+    HostSpec, alert_with_proposal, approvers_config, patched_agent, records, repo, text, themis,
+    world_alert,
+};
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -38,9 +40,7 @@ fn alert_into(state: &str, scenario: &str) -> std::process::Output {
 fn five_concurrent_approvals_run_the_plan_exactly_once() {
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().to_str().expect("utf-8");
-    let out = alert_into(state, "agent-postgres-lock-waits.yaml");
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let (apr, digest) = proposal_of(&text(&out.stdout), state);
+    let (apr, digest) = alert_with_proposal(state, "agent-postgres-lock-waits.yaml");
     let children: Vec<_> = (0..5)
         .map(|_| {
             themis_cmd()
@@ -391,17 +391,14 @@ fn a_kill_at_any_moment_never_wedges_the_agent() {
 }
 
 fn agent_without_destructive_list(dir: &std::path::Path, extra_policy: &str) -> std::path::PathBuf {
-    let text = std::fs::read_to_string(repo().join("agents/kubernetes.yaml"))
-        .expect("read")
-        .replace("../", &format!("{}/", repo().display()))
-        .replace(
+    patched_agent(
+        dir,
+        "agents/kubernetes.yaml",
+        &[(
             "  destructive: [k8s.rollout-restart, k8s.delete-pod]\n",
             extra_policy,
-        );
-    assert!(!text.contains("destructive: ["), "the list is gone: {text}");
-    let file = dir.join("kubernetes.yaml");
-    std::fs::write(&file, text).expect("write");
-    file
+        )],
+    )
 }
 
 /// Defect 4: an agent file that says nothing about destructive capabilities still asks a human
@@ -418,14 +415,7 @@ async fn agents_fail_closed_without_a_destructive_list() {
     .start()
     .await
     .expect("runtime");
-    let AlertOutcome::Handled(incident) = host
-        .runtime
-        .handle_alert(world_alert(world))
-        .await
-        .expect("handled")
-    else {
-        panic!("handled");
-    };
+    let incident = host.new_incident(world_alert(world)).await;
     assert_eq!(incident.status, IncidentStatus::PendingApproval);
     assert!(
         host.mock
@@ -447,14 +437,7 @@ async fn agents_fail_closed_without_a_destructive_list() {
     .start()
     .await
     .expect("runtime");
-    let AlertOutcome::Handled(incident) = host
-        .runtime
-        .handle_alert(world_alert(world))
-        .await
-        .expect("handled")
-    else {
-        panic!("handled");
-    };
+    let incident = host.new_incident(world_alert(world)).await;
     assert_eq!(incident.status, IncidentStatus::Resolved);
     let records = records(&host.audit_path);
     let warned = records
@@ -617,15 +600,14 @@ async fn follow_ups_are_bounded_and_every_execution_has_its_own_id() {
     let dir = tempfile::tempdir().expect("tempdir");
     let world = "agent-kafka-gc-pause.yaml";
     // The diagnosis proposes itself again: a loop the old runtime would follow forever.
-    let text = std::fs::read_to_string(repo().join("agents/kafka.yaml"))
-        .expect("read")
-        .replace("../", &format!("{}/", repo().display()))
-        .replace(
+    let looping = patched_agent(
+        dir.path(),
+        "agents/kafka.yaml",
+        &[(
             "follow_ups:\n  - after: check-broker-health\n",
             "follow_ups:\n  - after: check-broker-health\n    when: { outputs.gc-pause.finding: gc-pause-high }\n    runbook: check-broker-health\n    confidence: 0.95\n    reasoning: look again\n  - after: check-broker-health\n",
-        );
-    let looping = dir.path().join("kafka.yaml");
-    std::fs::write(&looping, text).expect("write");
+        )],
+    );
     let host = HostSpec {
         agents: vec![looping],
         ..HostSpec::new(dir.path(), "agents/kafka.yaml", world)
@@ -633,14 +615,7 @@ async fn follow_ups_are_bounded_and_every_execution_has_its_own_id() {
     .start()
     .await
     .expect("runtime");
-    let AlertOutcome::Handled(incident) = host
-        .runtime
-        .handle_alert(world_alert(world))
-        .await
-        .expect("handled")
-    else {
-        panic!("handled");
-    };
+    let incident = host.new_incident(world_alert(world)).await;
     assert_eq!(incident.status, IncidentStatus::Escalated);
     assert!(
         incident
@@ -654,15 +629,14 @@ async fn follow_ups_are_bounded_and_every_execution_has_its_own_id() {
 
     // Depth 0: the diagnosis' fix is not proposed as a follow-up at all.
     let dir = tempfile::tempdir().expect("tempdir");
-    let text = std::fs::read_to_string(repo().join("agents/kafka.yaml"))
-        .expect("read")
-        .replace("../", &format!("{}/", repo().display()))
-        .replace(
+    let shallow = patched_agent(
+        dir.path(),
+        "agents/kafka.yaml",
+        &[(
             "  approval_ttl: 30m\n",
             "  approval_ttl: 30m\n  follow_up_depth: 0\n",
-        );
-    let shallow = dir.path().join("kafka.yaml");
-    std::fs::write(&shallow, text).expect("write");
+        )],
+    );
     let host = HostSpec {
         agents: vec![shallow],
         ..HostSpec::new(dir.path(), "agents/kafka.yaml", world)
@@ -670,14 +644,7 @@ async fn follow_ups_are_bounded_and_every_execution_has_its_own_id() {
     .start()
     .await
     .expect("runtime");
-    let AlertOutcome::Handled(incident) = host
-        .runtime
-        .handle_alert(world_alert(world))
-        .await
-        .expect("handled")
-    else {
-        panic!("handled");
-    };
+    let incident = host.new_incident(world_alert(world)).await;
     assert!(
         incident
             .reason
@@ -705,19 +672,9 @@ async fn follow_ups_are_bounded_and_every_execution_has_its_own_id() {
 fn an_answer_says_who_gave_it_and_how_the_host_knew() {
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().to_str().expect("utf-8");
-    let out = alert_into(state, "agent-postgres-lock-waits.yaml");
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let (apr, digest) = proposal_of(&text(&out.stdout), state);
+    let (apr, digest) = alert_with_proposal(state, "agent-postgres-lock-waits.yaml");
 
-    let config = dir.path().join("themis.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "approvers:\n  alice: {{ token_sha256: \"{}\" }}\n",
-            themis_agent::approvers::token_hash("alice-token")
-        ),
-    )
-    .expect("config");
+    let config = approvers_config(dir.path());
     let config = config.to_str().expect("utf-8");
 
     let unproven = themis_cmd()

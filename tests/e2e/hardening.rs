@@ -4,7 +4,10 @@
 //! scenario file `tests/scenarios/hostile-*.yaml` (which the data-driven suite also runs).
 
 use crate::agents::proposal_of;
-use crate::common::{HostSpec, demo_trust, records, repo, sandbox, text, themis};
+use crate::common::{
+    HostSpec, alert_with_proposal, approvers_config, demo_trust, patched_agent, records, repo,
+    sandbox, text, themis,
+};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -289,15 +292,7 @@ fn host_mac(state: &Path, data: &Value) -> String {
 fn an_approval_runs_the_plan_that_was_shown_not_the_state_file() {
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().to_str().expect("utf-8");
-    let out = themis(&[
-        "alert",
-        "--scenario",
-        "tests/scenarios/agent-postgres-lock-waits.yaml",
-        "--state-dir",
-        state,
-    ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let (apr, digest) = proposal_of(&text(&out.stdout), state);
+    let (apr, digest) = alert_with_proposal(state, "agent-postgres-lock-waits.yaml");
     let file = incident_file(dir.path(), &apr);
     let original = std::fs::read_to_string(&file).expect("read");
     let mut edited: Value = serde_json::from_str(&original).expect("json");
@@ -339,19 +334,6 @@ fn an_approval_runs_the_plan_that_was_shown_not_the_state_file() {
     );
 }
 
-fn approvers_config(dir: &Path) -> PathBuf {
-    let config = dir.join("themis.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "approvers:\n  alice: {{ token_sha256: \"{}\" }}\n",
-            themis_agent::approvers::token_hash("alice-token")
-        ),
-    )
-    .expect("config");
-    config
-}
-
 /// The requester never approves their own plan, and who they are is not up to a flag: the OS
 /// user who adjusted a plan into a destructive one cannot approve it too; a second, proven
 /// approver can.
@@ -359,15 +341,7 @@ fn approvers_config(dir: &Path) -> PathBuf {
 fn an_approver_is_who_they_say_and_never_the_requester() {
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().to_str().expect("utf-8");
-    let out = themis(&[
-        "alert",
-        "--scenario",
-        "tests/scenarios/agent-postgres-lock-waits.yaml",
-        "--state-dir",
-        state,
-    ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let (apr, _) = proposal_of(&text(&out.stdout), state);
+    let (apr, _) = alert_with_proposal(state, "agent-postgres-lock-waits.yaml");
     let adjusted = themis(&[
         "adjust",
         &apr,
@@ -410,15 +384,7 @@ fn an_approver_is_who_they_say_and_never_the_requester() {
 fn integer_parameters_are_never_truncated() {
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().to_str().expect("utf-8");
-    let out = themis(&[
-        "alert",
-        "--scenario",
-        "tests/scenarios/agent-postgres-lock-waits.yaml",
-        "--state-dir",
-        state,
-    ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let (apr, _) = proposal_of(&text(&out.stdout), state);
+    let (apr, _) = alert_with_proposal(state, "agent-postgres-lock-waits.yaml");
     let wide = themis(&[
         "adjust",
         &apr,
@@ -626,14 +592,14 @@ fn a_trusted_key_folder_others_can_write_is_refused() {
     std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o777)).expect("chmod");
     let agents = dir.path().join("agents");
     std::fs::create_dir(&agents).expect("mkdir");
-    let text_in = std::fs::read_to_string(repo().join("agents/postgres.yaml"))
-        .expect("read")
-        .replace("../", &format!("{}/", repo().display()))
-        .replace(
+    patched_agent(
+        &agents,
+        "agents/postgres.yaml",
+        &[(
             &format!("{}/keys/demo/demo-postgres-team.pub", repo().display()),
             keys.to_str().expect("utf-8"),
-        );
-    std::fs::write(agents.join("postgres.yaml"), text_in).expect("write");
+        )],
+    );
     let list = |insecure: bool| {
         let mut c = Command::new(env!("CARGO_BIN_EXE_themis"));
         c.args([
@@ -671,15 +637,7 @@ fn a_trusted_key_folder_others_can_write_is_refused() {
 fn approving_on_a_terminal_shows_the_plan_first() {
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().to_str().expect("utf-8");
-    let out = themis(&[
-        "alert",
-        "--scenario",
-        "tests/scenarios/agent-postgres-lock-waits.yaml",
-        "--state-dir",
-        state,
-    ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let (apr, digest) = proposal_of(&text(&out.stdout), state);
+    let (apr, digest) = alert_with_proposal(state, "agent-postgres-lock-waits.yaml");
     // `script` gives the command a terminal; "n" then "y" are the human's answers.
     let on_terminal = |answer: &str| {
         let mut child = Command::new("script")

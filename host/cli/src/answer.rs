@@ -9,7 +9,8 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::path::Path;
 use std::process::ExitCode;
 use themis_agent::approvers::Approvers;
-use themis_agent::store::{IncidentStore, JsonStore};
+use themis_agent::store::{Incident, IncidentStore, JsonStore};
+use themis_agent::{Runtime, RuntimeError};
 use themis_core::identity::{Identity, Via};
 
 /// The OS user running this process (uid → name).
@@ -129,11 +130,23 @@ pub async fn approve(
         Ok(d) => d,
         Err(code) => return code,
     };
+    answer(place, cache_dir, async |rt| {
+        rt.approve(id, who, Some(shown)).await
+    })
+    .await
+}
+
+/// Start a runtime over `place`, give it the answer, print the incident it leaves.
+async fn answer(
+    place: &Place,
+    cache_dir: &Path,
+    give: impl AsyncFnOnce(&Runtime) -> Result<Incident, RuntimeError>,
+) -> ExitCode {
     let rt = match host::runtime(place, cache_dir).await {
         Ok(rt) => rt,
         Err(code) => return code,
     };
-    let code = match rt.approve(id, who, Some(shown)).await {
+    let code = match give(&rt).await {
         Ok(incident) => {
             println!("{}", render::incident_line(&incident));
             ExitCode::SUCCESS
@@ -155,19 +168,10 @@ pub async fn reject(
         Ok(who) => who,
         Err(e) => return fail(2, e),
     };
-    let rt = match host::runtime(place, cache_dir).await {
-        Ok(rt) => rt,
-        Err(code) => return code,
-    };
-    let code = match rt.reject(id, who, reason).await {
-        Ok(incident) => {
-            println!("{}", render::incident_line(&incident));
-            ExitCode::SUCCESS
-        }
-        Err(e) => fail(1, e),
-    };
-    rt.shutdown().await;
-    code
+    answer(place, cache_dir, async |rt| {
+        rt.reject(id, who, reason).await
+    })
+    .await
 }
 
 pub async fn adjust(
@@ -189,17 +193,8 @@ pub async fn adjust(
         Ok(who) => who,
         Err(e) => return fail(2, e),
     };
-    let rt = match host::runtime(place, cache_dir).await {
-        Ok(rt) => rt,
-        Err(code) => return code,
-    };
-    let code = match rt.adjust(id, who, runbook, &map).await {
-        Ok(incident) => {
-            println!("{}", render::incident_line(&incident));
-            ExitCode::SUCCESS
-        }
-        Err(e) => fail(1, e),
-    };
-    rt.shutdown().await;
-    code
+    answer(place, cache_dir, async |rt| {
+        rt.adjust(id, who, runbook, &map).await
+    })
+    .await
 }

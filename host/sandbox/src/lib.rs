@@ -350,6 +350,20 @@ impl Sandbox {
         Ok(component)
     }
 
+    /// A fresh store for one phase: the step's authority, this sandbox's memory limit and
+    /// phase limits.
+    fn store(&self, env: PhaseEnv) -> Store<StepState> {
+        let state = StepState::new(
+            env,
+            self.config.memory_limit,
+            self.config.call_timeout,
+            self.config.limits,
+        );
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        store
+    }
+
     /// Run one phase of a step in a fresh store. Never fails: a fault is part of the result.
     pub async fn call(
         &self,
@@ -360,14 +374,7 @@ impl Sandbox {
         deadline: Duration,
     ) -> PhaseCall {
         let started = Instant::now();
-        let state = StepState::new(
-            env,
-            self.config.memory_limit,
-            self.config.call_timeout,
-            self.config.limits,
-        );
-        let mut store = Store::new(&self.engine, state);
-        store.limiter(|s| &mut s.limiter);
+        let mut store = self.store(env);
         let ticks = deadline
             .as_nanos()
             .div_ceil(self.config.epoch_tick.as_nanos().max(1));
@@ -434,14 +441,7 @@ impl Sandbox {
             journal: Arc::new(journal::MemoryJournal::default()),
             counts: Arc::default(),
         };
-        let state = StepState::new(
-            env,
-            self.config.memory_limit,
-            self.config.call_timeout,
-            self.config.limits,
-        );
-        let mut store = Store::new(&self.engine, state);
-        store.limiter(|s| &mut s.limiter);
+        let mut store = self.store(env);
         store.set_epoch_deadline(u64::MAX / 2);
         let bindings = step.pre.instantiate_async(&mut store).await?;
         let ctx = types::StepContext {

@@ -6,7 +6,7 @@
 use super::plan::{granted, plan_for, typed_params};
 use super::worker::Worker;
 use super::{RuntimeError, new_id, provenance};
-use crate::store::{Answer, AnswerKind, ClaimError, Incident, IncidentStatus, StoreError};
+use crate::store::{Answer, AnswerKind, Incident, IncidentStatus, StoreError};
 use crate::triage::Selection;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -57,28 +57,6 @@ impl Worker {
             .map_err(|e| unusable(&e.to_string()))
     }
 
-    /// Not waiting for this answer: say who answered, if someone did.
-    fn not_pending(incident: &Incident, approval_id: &str) -> RuntimeError {
-        match incident
-            .answer
-            .as_ref()
-            .filter(|a| a.approval_id == approval_id)
-        {
-            Some(previous) => ClaimError::AlreadyAnswered {
-                approval_id: approval_id.into(),
-                kind: previous.kind,
-                by: previous.by.to_string(),
-            }
-            .into(),
-            None => ClaimError::NotPending {
-                approval_id: approval_id.into(),
-                incident: incident.id.clone(),
-                status: incident.status,
-            }
-            .into(),
-        }
-    }
-
     fn refused(
         &self,
         incident: &Incident,
@@ -106,15 +84,9 @@ impl Worker {
         let agent = &ctx.agent;
         let name = agent.def.name.clone();
         let incident = self.incident_for(approval_id).await?;
-        let pending = incident.status == IncidentStatus::PendingApproval
-            && incident
-                .proposal
-                .as_ref()
-                .is_some_and(|p| p.id == approval_id);
-        if !pending {
-            let e = Self::not_pending(&incident, approval_id);
+        if let Some(e) = incident.refuses_answer(approval_id) {
             self.refused(&incident, approval_id, &by, &e, None)?;
-            return Err(e);
+            return Err(e.into());
         }
         let request = match self.recorded_proposal(&incident)? {
             Some(r) if r.id == approval_id => r,
@@ -227,7 +199,14 @@ impl Worker {
             }
             _ if incident.status.awaits_human() => incident,
             _ => {
-                let e = Self::not_pending(&incident, id);
+                let e: RuntimeError =
+                    incident
+                        .refuses_answer(id)
+                        .map(Into::into)
+                        .unwrap_or_else(|| RuntimeError::Agent {
+                            agent: agent.def.name.clone(),
+                            message: format!("{id} is not waiting for an answer"),
+                        });
                 self.refused(&incident, id, &by, &e, None)?;
                 return Err(e);
             }

@@ -284,28 +284,8 @@ impl IncidentStore for JsonStore {
         let Some(mut incident) = self.by_approval_sync(&approval_id)? else {
             return Err(StoreError::UnknownIncident(approval_id).into());
         };
-        if let Some(previous) = incident
-            .answer
-            .as_ref()
-            .filter(|a| a.approval_id == approval_id)
-        {
-            return Err(ClaimError::AlreadyAnswered {
-                approval_id,
-                kind: previous.kind,
-                by: previous.by.to_string(),
-            });
-        }
-        let pending = incident.status == IncidentStatus::PendingApproval
-            && incident
-                .proposal
-                .as_ref()
-                .is_some_and(|p| p.id == approval_id);
-        if !pending {
-            return Err(ClaimError::NotPending {
-                approval_id,
-                incident: incident.id.clone(),
-                status: incident.status,
-            });
+        if let Some(refusal) = incident.refuses_answer(&approval_id) {
+            return Err(refusal);
         }
         incident.answer = Some(answer);
         incident.status = next;

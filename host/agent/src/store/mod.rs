@@ -123,6 +123,31 @@ pub struct Incident {
     pub proposed_at: Option<SystemTime>,
 }
 
+impl Incident {
+    /// Why an answer to `approval_id` cannot claim this incident's proposal now, if it cannot:
+    /// someone answered it already, or it is not waiting for an answer.
+    pub fn refuses_answer(&self, approval_id: &str) -> Option<ClaimError> {
+        if let Some(previous) = self
+            .answer
+            .as_ref()
+            .filter(|a| a.approval_id == approval_id)
+        {
+            return Some(ClaimError::AlreadyAnswered {
+                approval_id: approval_id.into(),
+                kind: previous.kind,
+                by: previous.by.to_string(),
+            });
+        }
+        let pending = self.status == IncidentStatus::PendingApproval
+            && self.proposal.as_ref().is_some_and(|p| p.id == approval_id);
+        (!pending).then(|| ClaimError::NotPending {
+            approval_id: approval_id.into(),
+            incident: self.id.clone(),
+            status: self.status,
+        })
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("state directory {path}: {source}")]
