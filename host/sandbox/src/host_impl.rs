@@ -7,7 +7,8 @@
 use crate::convert::{Conv, to_guest};
 use crate::journal::CallIntent;
 use crate::limits::{LogAdmit, truncate};
-use crate::state::{CallMode, CallOutcome, CapabilityCall, LogLine, StepState};
+use crate::record::{CallMode, CallOutcome, CapabilityCall, LogLine};
+use crate::state::StepState;
 use crate::wit::{k8s, kafka, log, metrics, postgres, types};
 use serde::Serialize;
 use serde_json::{Value, json};

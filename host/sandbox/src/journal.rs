@@ -2,7 +2,7 @@
 //! record naming the capability, its arguments and the approval must be durable; after it, the
 //! result. A journal that cannot write refuses, and the call does not happen.
 
-use crate::state::CapabilityCall;
+use crate::record::CapabilityCall;
 use async_trait::async_trait;
 use serde::Serialize;
 use serde_json::Value;

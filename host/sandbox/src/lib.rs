@@ -16,14 +16,14 @@ pub mod imports;
 pub mod journal;
 pub mod limits;
 pub mod loaded;
+mod record;
 mod state;
 mod wit;
 
 pub use host_impl::JournalFailed;
 pub use limits::{LimitExceeded, PhaseLimits};
-pub use state::{
-    CallMode, CallOutcome, CapabilityCall, ExecutionCounts, LogLine, MemoryLimitHit, PhaseEnv,
-};
+pub use record::{CallMode, CallOutcome, CapabilityCall, LogLine};
+pub use state::{ExecutionCounts, MemoryLimitHit, PhaseEnv};
 
 use convert::Conv;
 use serde::Serialize;

@@ -4,8 +4,7 @@
 
 use crate::journal::CallJournal;
 use crate::limits::{Budget, PhaseLimits};
-use serde::Serialize;
-use serde_json::Value;
+use crate::record::{CapabilityCall, LogLine};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,46 +13,6 @@ use themis_core::grant::Grant;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
-
-/// What became of one capability call.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "kebab-case", tag = "status")]
-pub enum CallOutcome {
-    /// The backend answered with a value.
-    Ok { result: Value },
-    /// The backend answered with an error (also: the call timed out, or its result was too big).
-    Error { error: Value },
-    /// The host refused the call; the backend was never asked.
-    Denied { reason: String },
-}
-
-/// One capability call, as the audit records it (arguments and result bounded in size).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct CapabilityCall {
-    pub capability: String,
-    pub args: Value,
-    #[serde(flatten)]
-    pub outcome: CallOutcome,
-    /// `would-do` when a dry run recorded a mutation instead of performing it.
-    pub mode: CallMode,
-    pub duration_us: u64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum CallMode {
-    Performed,
-    WouldDo,
-    Refused,
-}
-
-/// A structured log line from the guest (truncated to the line limit).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct LogLine {
-    pub level: String,
-    pub message: String,
-    pub fields: Vec<(String, String)>,
-}
 
 /// Limits linear memory growth and remembers that the limit was hit, so a guest that dies of it
 /// is reported as such whatever it does next.

@@ -3,22 +3,25 @@
 //! anything else runs); on success a follow-up rule may propose the next runbook, within the
 //! agent's depth limit and never a runbook already run in this incident.
 
+use super::ctx::AgentCtx;
 use super::fsm::Fsm;
 use super::plan::alert_facts;
-use super::triage::probe_result;
-use super::worker::{AgentCtx, Worker};
+use super::worker::Worker;
 use super::{RuntimeError, provenance};
 use crate::store::{Incident, IncidentStatus};
-use crate::triage::Selection;
 use crate::triage::rules::RuleSelector;
+use crate::triage::{ProbeResult, Selection};
 use async_trait::async_trait;
 use serde_json::json;
+use std::collections::BTreeMap;
 use themis_core::conditions::Facts;
 use themis_core::fsm::{Event, StateKind};
 use themis_core::grant::Approval;
 use themis_core::policy::Plan;
 use themis_core::types::Phase;
-use themis_sandbox::executor::{self, Halt, Outcome, PhaseObserver, PhaseRecord, PhaseStatus};
+use themis_sandbox::executor::{
+    self, ExecutionReport, Halt, Outcome, PhaseObserver, PhaseRecord, PhaseStatus,
+};
 use themis_sandbox::loaded::LoadedRunbook;
 
 impl Worker {
@@ -201,8 +204,34 @@ impl Worker {
     }
 }
 
+/// What a probe (or a finished runbook) found: outputs of passing phases, evidence of actions.
+pub(crate) fn probe_result(report: &ExecutionReport) -> ProbeResult {
+    let mut outputs = BTreeMap::new();
+    let mut evidence = Vec::new();
+    for p in &report.phases {
+        if p.status == PhaseStatus::Passed {
+            for (k, v) in &p.outputs {
+                outputs.insert(format!("{}.{k}", p.step), v.clone());
+            }
+        }
+        if p.phase == Phase::Action {
+            evidence.extend(
+                p.evidence
+                    .iter()
+                    .map(|(k, v)| (format!("{}.{k}", p.step), v.clone())),
+            );
+        }
+    }
+    ProbeResult {
+        runbook: report.runbook_id.clone(),
+        outcome: report.outcome.status().to_string(),
+        outputs,
+        evidence,
+    }
+}
+
 /// The mutations this execution recorded instead of making (a dry run).
-fn would_do(report: &themis_sandbox::executor::ExecutionReport) -> Vec<serde_json::Value> {
+fn would_do(report: &ExecutionReport) -> Vec<serde_json::Value> {
     report
         .calls()
         .filter(|c| c.mode == themis_sandbox::CallMode::WouldDo)

@@ -3,7 +3,7 @@
 //! published to whoever watches the agent. An illegal move is audited and refused.
 
 use super::RuntimeError;
-use super::worker::AgentCtx;
+use super::ctx::AgentCtx;
 use serde_json::json;
 use themis_core::fsm::{self, AgentState, Event};
 use tokio::sync::watch;

@@ -13,6 +13,7 @@
 //! (intents of mutating calls), `load` (agent definitions and catalogs).
 
 mod answers;
+mod ctx;
 mod escalate;
 mod execute;
 mod fsm;

@@ -1,7 +1,7 @@
 //! Triage: the agent's read-only probes run first, then its selector chooses one runbook of the
 //! catalog (or escalates). A selector that fails escalates; it never guesses.
 
-use super::execute::PhaseAudit;
+use super::execute::{PhaseAudit, probe_result};
 use super::journal::AuditJournal;
 use super::worker::Worker;
 use super::{RuntimeError, new_id, provenance};
@@ -10,8 +10,7 @@ use crate::triage::{Candidate, ProbeResult, Selection, SelectionInput};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use themis_core::types::Phase;
-use themis_sandbox::executor::{self, ExecutionReport, ExecutionRequest, Outcome, PhaseStatus};
+use themis_sandbox::executor::{self, ExecutionRequest, Outcome};
 use themis_sandbox::loaded::LoadedRunbook;
 
 impl Worker {
@@ -109,32 +108,6 @@ impl Worker {
                 opted_out: ctx.destructive.opted_out.clone(),
             }),
         })
-    }
-}
-
-/// What a probe (or a finished runbook) found: outputs of passing phases, evidence of actions.
-pub(crate) fn probe_result(report: &ExecutionReport) -> ProbeResult {
-    let mut outputs = BTreeMap::new();
-    let mut evidence = Vec::new();
-    for p in &report.phases {
-        if p.status == PhaseStatus::Passed {
-            for (k, v) in &p.outputs {
-                outputs.insert(format!("{}.{k}", p.step), v.clone());
-            }
-        }
-        if p.phase == Phase::Action {
-            evidence.extend(
-                p.evidence
-                    .iter()
-                    .map(|(k, v)| (format!("{}.{k}", p.step), v.clone())),
-            );
-        }
-    }
-    ProbeResult {
-        runbook: report.runbook_id.clone(),
-        outcome: report.outcome.status().to_string(),
-        outputs,
-        evidence,
     }
 }
 

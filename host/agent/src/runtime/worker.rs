@@ -3,21 +3,17 @@
 //! agent waits instead of failing a transition, and two answers to one approval are handled one
 //! after the other (the second finds it claimed).
 
+use super::ctx::AgentCtx;
 use super::fsm::Fsm;
 use super::load::Agent;
 use super::{AlertOutcome, RuntimeError, RuntimeParts};
-use crate::audit::AuditLog;
-use crate::escalation::Channels;
-use crate::observe::RuntimeObserver;
-use crate::store::{Incident, IncidentStore};
+use crate::store::Incident;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use themis_caps::Backends;
 use themis_core::fsm::AgentState;
 use themis_core::identity::Identity;
-use themis_core::policy::DestructiveList;
 use themis_core::types::Alert;
-use themis_sandbox::Sandbox;
 use tokio::sync::{mpsc, oneshot, watch};
 
 type Reply<T> = oneshot::Sender<Result<T, RuntimeError>>;
@@ -46,18 +42,6 @@ pub(crate) enum Command {
         params: BTreeMap<String, String>,
         reply: Reply<Incident>,
     },
-}
-
-/// What a worker acts with: shared, read-only while it runs.
-pub(crate) struct AgentCtx {
-    pub(crate) agent: Arc<Agent>,
-    pub(crate) sandbox: Arc<Sandbox>,
-    pub(crate) audit: Arc<AuditLog>,
-    pub(crate) store: Arc<dyn IncidentStore>,
-    pub(crate) channels: Channels,
-    pub(crate) observer: Arc<dyn RuntimeObserver>,
-    pub(crate) backends: Backends,
-    pub(crate) destructive: Arc<DestructiveList>,
 }
 
 pub(crate) struct Worker {
