@@ -24,6 +24,10 @@ validate *dirs="runbooks/kafka/check-broker-health runbooks/kafka/restart-consum
 run scenario:
     cargo run --quiet --bin themis -- run --scenario {{scenario}}
 
+# The long kill -9 trial (default 200 kills; CI runs one per audited point).
+kill-loop trials="200":
+    scripts/kill-loop {{trials}}
+
 # Benchmarks: one step call against fork+exec of /bin/true, compile time, memory per instance.
 bench: runbooks
     cargo bench -p themis --bench step_call

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -190,12 +190,26 @@ impl AuditLog {
         // Appends hold this lock; reading under it sees whole lines only.
         let _tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
         let file = File::open(&self.path).map_err(|e| missing(e.to_string()))?;
-        for line in BufReader::new(file).lines() {
-            let line = line.map_err(|e| missing(e.to_string()))?;
-            if line.trim().is_empty() {
+        let mut reader = BufReader::new(file);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            // No record this log writes is longer than MAX_RECORD_BYTES and its envelope; a
+            // longer line was not written here and is not read whole.
+            let read = (&mut reader)
+                .take(MAX_RECORD_BYTES as u64 * 2)
+                .read_until(b'\n', &mut line)
+                .map_err(|e| missing(e.to_string()))?;
+            if read == 0 {
+                break;
+            }
+            if line.last() != Some(&b'\n') {
+                // Too long (or the unfinished last line): skip to the next line.
+                let mut rest = Vec::new();
+                let _ = reader.read_until(b'\n', &mut rest);
                 continue;
             }
-            let Ok(record) = serde_json::from_str::<Record>(&line) else {
+            let Ok(record) = serde_json::from_slice::<Record>(&line) else {
                 continue;
             };
             if record.seq != at.seq {
