@@ -12,4 +12,5 @@ mod manifests;
 mod openai_mock;
 mod sandbox;
 mod scenarios;
+mod serve;
 mod trust;

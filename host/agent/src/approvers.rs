@@ -13,6 +13,10 @@ pub struct Approver {
     /// `sha256:<hex>` of the approver's token (`printf %s TOKEN | sha256sum`).
     #[serde(default)]
     pub token_sha256: Option<String>,
+    /// Or: the environment variable that holds the approver's token (read when the host
+    /// starts; the token itself is never in the file).
+    #[serde(default)]
+    pub token_env: Option<String>,
     /// The approver's Slack user id, for signed interactive answers.
     #[serde(default)]
     pub slack_user: Option<String>,
@@ -32,10 +36,83 @@ pub enum AuthError {
     Unknown(String),
     #[error("the token given is not {0}'s")]
     WrongToken(String),
+    #[error("the bearer token is no configured approver's")]
+    UnknownToken,
+    #[error("Slack user {0} is no configured approver's `slack_user`")]
+    UnknownSlackUser(String),
+}
+
+impl Approver {
+    /// The SHA-256 this approver's token must have: the configured hash, or (`from_env`: only
+    /// in the service, whose environment is the host's) the hash of the token in `token_env`;
+    /// an unset or empty variable matches nothing.
+    fn expected_hash(&self, from_env: bool) -> Option<Vec<u8>> {
+        if let Some(h) = self
+            .token_sha256
+            .as_deref()
+            .and_then(|h| h.strip_prefix("sha256:"))
+        {
+            return hex::decode(h).ok();
+        }
+        if !from_env {
+            return None;
+        }
+        let token = std::env::var(self.token_env.as_deref()?).ok()?;
+        (!token.is_empty()).then(|| Sha256::digest(token.as_bytes()).to_vec())
+    }
+}
+
+/// Constant time: compare every byte whatever the first difference.
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b.iter())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
 }
 
 impl Approvers {
-    /// `name`, authenticated by `token`.
+    /// The approver a bearer token belongs to (the service: identity from the token alone).
+    /// Every approver is compared, so the time taken does not say which one matched.
+    pub fn identify(&self, token: &str) -> Result<Identity, AuthError> {
+        if token.is_empty() {
+            return Err(AuthError::UnknownToken);
+        }
+        let got = Sha256::digest(token.as_bytes());
+        let mut found = None;
+        for (name, approver) in &self.0 {
+            if approver
+                .expected_hash(true)
+                .is_some_and(|want| same_bytes(&want, &got))
+                && found.is_none()
+            {
+                found = Some(name.clone());
+            }
+        }
+        found
+            .map(|name| Identity {
+                name,
+                via: Via::Token,
+            })
+            .ok_or(AuthError::UnknownToken)
+    }
+
+    /// The approver a verified Slack user is.
+    pub fn by_slack_user(&self, user: &str) -> Result<Identity, AuthError> {
+        self.0
+            .iter()
+            .find(|(_, a)| a.slack_user.as_deref() == Some(user))
+            .map(|(name, _)| Identity {
+                name: name.clone(),
+                via: Via::Slack {
+                    user: user.to_owned(),
+                },
+            })
+            .ok_or_else(|| AuthError::UnknownSlackUser(user.into()))
+    }
+
+    /// `name`, authenticated by `token` against the configured `token_sha256` (the local
+    /// command line path).
     pub fn authenticate(&self, name: &str, token: Option<&str>) -> Result<Identity, AuthError> {
         let token = token
             .filter(|t| !t.is_empty())
@@ -44,23 +121,12 @@ impl Approvers {
             .0
             .get(name)
             .ok_or_else(|| AuthError::Unknown(name.into()))?;
-        let Some(want) = approver
-            .token_sha256
-            .as_deref()
-            .and_then(|h| h.strip_prefix("sha256:"))
-            .and_then(|h| hex::decode(h).ok())
-        else {
+        // A local command's environment is the caller's: a token_env there proves nothing.
+        let Some(want) = approver.expected_hash(false) else {
             return Err(AuthError::WrongToken(name.into()));
         };
         let got = Sha256::digest(token.as_bytes());
-        // Constant time: compare every byte whatever the first difference.
-        let same = want.len() == got.len()
-            && want
-                .iter()
-                .zip(got.iter())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0;
-        if !same {
+        if !same_bytes(&want, &got) {
             return Err(AuthError::WrongToken(name.into()));
         }
         Ok(Identity {
@@ -85,7 +151,8 @@ mod tests {
             "alice".to_string(),
             Approver {
                 token_sha256: Some(token_hash("alice-secret")),
-                slack_user: None,
+                token_env: None,
+                slack_user: Some("U0ALICE".into()),
             },
         )]));
         assert_eq!(
@@ -106,5 +173,19 @@ mod tests {
             approvers.authenticate("mallory", Some("x")),
             Err(AuthError::Unknown("mallory".into()))
         );
+        assert_eq!(
+            approvers.identify("alice-secret").map(|i| i.name),
+            Ok("alice".into())
+        );
+        assert_eq!(
+            approvers.identify("bob-secret"),
+            Err(AuthError::UnknownToken)
+        );
+        assert_eq!(approvers.identify(""), Err(AuthError::UnknownToken));
+        assert_eq!(
+            approvers.by_slack_user("U0ALICE").map(|i| i.name),
+            Ok("alice".into())
+        );
+        assert!(approvers.by_slack_user("U0MALLORY").is_err());
     }
 }

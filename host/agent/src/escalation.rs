@@ -117,6 +117,18 @@ impl Escalation {
                 e(&serde_json::to_string(&p.plan.params).unwrap_or_default())
             ) } }),
             );
+            // The buttons `themis serve` answers (/api/v1/slack/interactions): the approve
+            // button carries the digest of exactly the plan this message shows.
+            blocks.push(
+                json!({ "type": "actions", "block_id": "themis-answer", "elements": [
+                    { "type": "button", "action_id": APPROVE_ACTION, "style": "primary",
+                      "text": { "type": "plain_text", "text": "Approve" },
+                      "value": format!("{} {}", p.id, p.plan_digest) },
+                    { "type": "button", "action_id": REJECT_ACTION, "style": "danger",
+                      "text": { "type": "plain_text", "text": "Reject" },
+                      "value": p.id },
+                ]}),
+            );
         }
         blocks.push(json!({ "type": "context", "elements": [ { "type": "mrkdwn", "text": self.answers().iter().map(|a| format!("`{a}`")).collect::<Vec<_>>().join("  ·  ") } ] }));
         json!({
@@ -125,6 +137,10 @@ impl Escalation {
         })
     }
 }
+
+/// The `action_id`s of the escalation's buttons.
+pub const APPROVE_ACTION: &str = "themis-approve";
+pub const REJECT_ACTION: &str = "themis-reject";
 
 /// Slack's three control characters; everything else is literal in mrkdwn.
 fn mrkdwn_escape(s: &str) -> String {

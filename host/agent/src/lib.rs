@@ -20,5 +20,6 @@ pub mod triage;
 pub use def::AgentDef;
 pub use observe::{Quiet, RuntimeObserver};
 pub use runtime::{
-    AlertOutcome, Runtime, RuntimeError, RuntimeOptions, RuntimeParts, SelectorChoice,
+    AlertOutcome, AlertStatus, Runtime, RuntimeError, RuntimeOptions, RuntimeParts, SelectorChoice,
+    Submitted,
 };

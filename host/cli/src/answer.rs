@@ -182,13 +182,10 @@ pub async fn adjust(
     place: &Place,
     cache_dir: &Path,
 ) -> ExitCode {
-    let mut map = BTreeMap::new();
-    for p in params {
-        let Some((k, v)) = p.split_once('=') else {
-            return fail(2, format!("--param {p}: write it as name=value"));
-        };
-        map.insert(k.trim().to_owned(), v.to_owned());
-    }
+    let map = match self::params(params) {
+        Ok(m) => m,
+        Err(code) => return code,
+    };
     let who = match identity(answerer) {
         Ok(who) => who,
         Err(e) => return fail(2, e),
@@ -197,4 +194,16 @@ pub async fn adjust(
         rt.adjust(id, who, runbook, &map).await
     })
     .await
+}
+
+/// `--param name=value`, repeated.
+pub fn params(params: &[String]) -> Result<BTreeMap<String, String>, ExitCode> {
+    let mut map = BTreeMap::new();
+    for p in params {
+        let Some((k, v)) = p.split_once('=') else {
+            return Err(fail(2, format!("--param {p}: write it as name=value")));
+        };
+        map.insert(k.trim().to_owned(), v.to_owned());
+    }
+    Ok(map)
 }

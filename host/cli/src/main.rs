@@ -5,7 +5,9 @@
 mod answer;
 mod demo;
 mod host;
+mod remote;
 mod render;
+mod serve;
 mod signing;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -99,6 +101,13 @@ pub struct Answerer {
     /// The host configuration with the approvers (name → token hash) that --as checks against.
     #[arg(long, value_name = "FILE", env = "THEMIS_CONFIG")]
     config: Option<PathBuf>,
+    /// Answer through a running `themis serve` at this URL (e.g. http://127.0.0.1:9464): you
+    /// are the approver whose token you send (THEMIS_TOKEN or --token-file).
+    #[arg(long, value_name = "URL", env = "THEMIS_SERVER")]
+    server: Option<String>,
+    /// With --server: a file whose first line is your approver token.
+    #[arg(long, value_name = "FILE", requires = "server")]
+    token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -174,6 +183,13 @@ enum Command {
         #[command(flatten)]
         place: Place,
     },
+    /// Run the sidecar service: Alertmanager's webhook and Themis' alert JSON in, approvals
+    /// over HTTP and Slack, a JSON read API and an event stream; configured by one themis.yaml.
+    ///
+    /// Stops on SIGTERM or SIGINT: new alerts get 503, requests in flight finish, every agent
+    /// finishes its current command and the alerts already queued, then it exits 0. The
+    /// compiled-component cache is the file's `cache_dir:` (or THEMIS_CACHE_DIR).
+    Serve(serve::ServeArgs),
     /// Each agent's current state and its pending approvals.
     Agents {
         #[command(flatten)]
@@ -464,20 +480,40 @@ async fn dispatch(cli: Cli) -> ExitCode {
             digest,
             answerer,
             place,
-        } => answer::approve(&id, digest, &answerer, &place, &cli.cache_dir).await,
+        } => match &answerer.server {
+            Some(server) => {
+                remote::approve(server, answerer.token_file.as_deref(), &id, digest).await
+            }
+            None => answer::approve(&id, digest, &answerer, &place, &cli.cache_dir).await,
+        },
         Command::Reject {
             id,
             reason,
             answerer,
             place,
-        } => answer::reject(&id, &reason, &answerer, &place, &cli.cache_dir).await,
+        } => match &answerer.server {
+            Some(server) => {
+                remote::reject(server, answerer.token_file.as_deref(), &id, &reason).await
+            }
+            None => answer::reject(&id, &reason, &answerer, &place, &cli.cache_dir).await,
+        },
         Command::Adjust {
             id,
             runbook,
             params,
             answerer,
             place,
-        } => answer::adjust(&id, &runbook, &params, &answerer, &place, &cli.cache_dir).await,
+        } => match &answerer.server {
+            Some(server) => match answer::params(&params) {
+                Ok(map) => {
+                    remote::adjust(server, answerer.token_file.as_deref(), &id, &runbook, &map)
+                        .await
+                }
+                Err(code) => code,
+            },
+            None => answer::adjust(&id, &runbook, &params, &answerer, &place, &cli.cache_dir).await,
+        },
+        Command::Serve(args) => serve::run(args, None).await,
         Command::Audit(AuditCommand::Verify { file }) => {
             match themis_agent::audit::verify::verify(&file) {
                 Ok(Ok(intact)) => {

@@ -21,6 +21,9 @@ pub enum Via {
     OsUser { uid: u32 },
     /// A configured approver's token: the name is the approver the token's hash belongs to.
     Token,
+    /// A Slack user whose interactive answer carried a valid Slack request signature, mapped
+    /// to a configured approver by `slack_user`.
+    Slack { user: String },
     /// The host acting for an agent (`themis:<agent>`): the requester of its own proposals.
     Agent,
     /// A scripted human in a scenario file (tests, `themis run`, `themis eval`).
@@ -48,6 +51,7 @@ impl Identity {
         match &self.via {
             Via::OsUser { uid } => format!("OS user, uid {uid}"),
             Via::Token => "approver token".into(),
+            Via::Slack { user } => format!("Slack user {user}, signed request"),
             Via::Agent => "the host itself".into(),
             Via::Scenario => "scenario file".into(),
         }

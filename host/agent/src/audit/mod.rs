@@ -189,32 +189,16 @@ impl AuditLog {
         };
         // Appends hold this lock; reading under it sees whole lines only.
         let _tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
-        let file = File::open(&self.path).map_err(|e| missing(e.to_string()))?;
-        let mut reader = BufReader::new(file);
-        let mut line = Vec::new();
-        loop {
-            line.clear();
-            // No record this log writes is longer than MAX_RECORD_BYTES and its envelope; a
-            // longer line was not written here and is not read whole.
-            let read = (&mut reader)
-                .take(MAX_RECORD_BYTES as u64 * 2)
-                .read_until(b'\n', &mut line)
-                .map_err(|e| missing(e.to_string()))?;
-            if read == 0 {
-                break;
-            }
-            if line.last() != Some(&b'\n') {
-                // Too long (or the unfinished last line): skip to the next line.
-                let mut rest = Vec::new();
-                let _ = reader.read_until(b'\n', &mut rest);
-                continue;
-            }
-            let Ok(record) = serde_json::from_slice::<Record>(&line) else {
-                continue;
-            };
+        let mut found = None;
+        each_record(&self.path, |record| {
             if record.seq != at.seq {
-                continue;
+                return true;
             }
+            found = Some(record);
+            false
+        })
+        .map_err(|e| missing(e.to_string()))?;
+        if let Some(record) = found {
             if record.hash != at.hash || record.compute_hash() != at.hash {
                 return Err(missing(
                     "the record there was changed after it was written".into(),
@@ -227,6 +211,36 @@ impl AuditLog {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The last `limit` records `keep` selects, oldest first, each checked against its own hash
+    /// (a record that does not match is left out and counted). Reads without blocking appends:
+    /// an unfinished last line is skipped.
+    pub fn find(
+        &self,
+        keep: impl Fn(&Record) -> bool,
+        limit: usize,
+    ) -> Result<(Vec<Record>, usize), AuditError> {
+        let mut out = std::collections::VecDeque::new();
+        let mut altered = 0;
+        each_record(&self.path, |record| {
+            if keep(&record) {
+                if record.compute_hash() != record.hash {
+                    altered += 1;
+                    return true;
+                }
+                if out.len() == limit {
+                    out.pop_front();
+                }
+                out.push_back(record);
+            }
+            true
+        })
+        .map_err(|source| AuditError::Io {
+            path: self.path.clone(),
+            source,
+        })?;
+        Ok((out.into(), altered))
     }
 
     /// Mark every record appended from now on with a development mode (`allow-unsigned`).
@@ -298,6 +312,34 @@ impl Record {
         RecordRef {
             seq: self.seq,
             hash: self.hash.clone(),
+        }
+    }
+}
+
+/// Every whole, parseable record of the file in order, until `visit` returns false. No record
+/// this log writes is longer than MAX_RECORD_BYTES and its envelope: a longer line was not
+/// written here and is never read whole; nor is an unfinished last line.
+fn each_record(path: &Path, mut visit: impl FnMut(Record) -> bool) -> std::io::Result<()> {
+    let mut reader = BufReader::new(File::open(path)?);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let read = (&mut reader)
+            .take(MAX_RECORD_BYTES as u64 * 2)
+            .read_until(b'\n', &mut line)?;
+        if read == 0 {
+            return Ok(());
+        }
+        if line.last() != Some(&b'\n') {
+            let mut rest = Vec::new();
+            let _ = reader.read_until(b'\n', &mut rest);
+            continue;
+        }
+        let Ok(record) = serde_json::from_slice::<Record>(&line) else {
+            continue;
+        };
+        if !visit(record) {
+            return Ok(());
         }
     }
 }

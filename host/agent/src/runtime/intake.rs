@@ -66,10 +66,34 @@ impl Worker {
             executed: None,
             reason: None,
             proposed_at: None,
+            source_resolved_at: None,
         };
         ctx.store.save(&incident).await?;
         self.fsm.fire(&ctx, &id, received).await?;
         self.triage(&mut incident).await?;
         Ok(AlertOutcome::Handled(incident))
+    }
+
+    /// The alert source says an alert stopped firing: recorded on its open incident (or on the
+    /// record alone when none is open), never a reason to triage or act.
+    pub(crate) async fn resolved(
+        &mut self,
+        alert: Alert,
+    ) -> Result<Option<Incident>, RuntimeError> {
+        let ctx = self.ctx.clone();
+        let name = ctx.agent.def.name.clone();
+        let open = ctx.store.open_for(&name, &alert.fingerprint).await?;
+        ctx.audit.append(
+            &name,
+            open.as_ref().map(|i| i.id.as_str()),
+            "alert-resolved",
+            json!({ "alert": alert, "fingerprint": alert.fingerprint, "open_incident": open.is_some() }),
+        )?;
+        let Some(mut incident) = open else {
+            return Ok(None);
+        };
+        incident.source_resolved_at = Some(SystemTime::now());
+        ctx.store.save(&incident).await?;
+        Ok(Some(incident))
     }
 }

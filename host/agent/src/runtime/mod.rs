@@ -120,6 +120,25 @@ pub enum AlertOutcome {
     Handled(Incident),
 }
 
+/// Whether the source says an alert is firing or has stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AlertStatus {
+    Firing,
+    Resolved,
+}
+
+/// What became of an alert handed over without waiting for its handling.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Submitted {
+    /// On the record and in the owning agent's queue.
+    Queued { agent: String },
+    /// No agent owns it (recorded).
+    Unrouted,
+    /// The owning agent's queue is full: refused (recorded); the sender should retry.
+    QueueFull { agent: String },
+}
+
 /// One agent as the facade sees it.
 struct Handle {
     def: Arc<AgentDef>,
@@ -197,21 +216,85 @@ impl Runtime {
         &self.store
     }
 
-    /// Route an alert to its agent and wait until the agent has handled it (triaged, executed
-    /// or escalated). Alerts for a busy agent wait in its queue.
-    pub async fn handle_alert(&self, alert: Alert) -> Result<AlertOutcome, RuntimeError> {
-        // Secrets in labels and annotations are scrubbed once, here, before anything keeps them.
-        let alert = self.audit.redactor().redact_alert(alert);
+    pub fn audit(&self) -> &Arc<AuditLog> {
+        &self.audit
+    }
+
+    /// The agent that owns an alert, if any.
+    fn route(&self, alert: &Alert) -> Option<&Handle> {
         let labels: BTreeMap<String, String> = alert
             .labels
             .iter()
             .map(|p| (p.key.clone(), p.value.clone()))
             .collect();
-        let Some(handle) = self
-            .handles
+        self.handles
             .iter()
             .find(|h| h.def.routes(&alert.name, &labels))
-        else {
+    }
+
+    /// Hand an alert to its agent without waiting for its handling (the service's intake): it is
+    /// on the record (fsynced) before this returns `Queued`, and refused, on the record, when the
+    /// agent's queue is full. A `resolved` alert is recorded on its open incident and never
+    /// starts triage. `source` says where it came from (e.g. Alertmanager's group key).
+    pub fn submit(
+        &self,
+        alert: Alert,
+        status: AlertStatus,
+        source: Value,
+    ) -> Result<Submitted, RuntimeError> {
+        let alert = self.audit.redactor().redact_alert(alert);
+        let Some(handle) = self.route(&alert) else {
+            self.audit.append(
+                "intake",
+                None,
+                "alert-unrouted",
+                json!({ "alert": alert, "status": status, "source": source }),
+            )?;
+            return Ok(Submitted::Unrouted);
+        };
+        let name = handle.def.name.clone();
+        // A place in the queue first, then the record, then the command: an alert is never
+        // queued without its record, nor recorded as accepted without its place.
+        let permit = match handle.tx.try_reserve() {
+            Ok(permit) => permit,
+            Err(mpsc::error::TrySendError::Full(())) => {
+                self.audit.append(
+                    &name,
+                    None,
+                    "alert-refused",
+                    json!({ "alert": alert, "status": status, "source": source, "reason": "queue-full", "message": "the agent's queue of waiting alerts is full; the sender should retry" }),
+                )?;
+                return Ok(Submitted::QueueFull { agent: name });
+            }
+            Err(mpsc::error::TrySendError::Closed(())) => return Err(RuntimeError::Stopped(name)),
+        };
+        self.audit.append(
+            &name,
+            None,
+            "alert-accepted",
+            json!({ "alert": alert, "status": status, "source": source }),
+        )?;
+        match status {
+            AlertStatus::Firing => {
+                let (reply, answer) = oneshot::channel();
+                permit.send(Command::Alert { alert, reply });
+                tokio::spawn(report_failure(name.clone(), answer));
+            }
+            AlertStatus::Resolved => {
+                let (reply, answer) = oneshot::channel();
+                permit.send(Command::Resolved { alert, reply });
+                tokio::spawn(report_failure(name.clone(), answer));
+            }
+        }
+        Ok(Submitted::Queued { agent: name })
+    }
+
+    /// Route an alert to its agent and wait until the agent has handled it (triaged, executed
+    /// or escalated). Alerts for a busy agent wait in its queue.
+    pub async fn handle_alert(&self, alert: Alert) -> Result<AlertOutcome, RuntimeError> {
+        // Secrets in labels and annotations are scrubbed once, here, before anything keeps them.
+        let alert = self.audit.redactor().redact_alert(alert);
+        let Some(handle) = self.route(&alert) else {
             self.audit
                 .append("intake", None, "alert-unrouted", json!({ "alert": alert }))?;
             return Ok(AlertOutcome::Unrouted);
@@ -347,6 +430,20 @@ impl Runtime {
         drop(self.handles);
         for task in self.tasks {
             let _ = task.await;
+        }
+    }
+}
+
+/// Nobody waits for a submitted alert's handling; a failure still reaches the log (the worker
+/// has audited what it could).
+async fn report_failure<T>(agent: String, answer: oneshot::Receiver<Result<T, RuntimeError>>) {
+    match answer.await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            tracing::error!(agent = %agent, error = %e, "a submitted alert could not be handled")
+        }
+        Err(_) => {
+            tracing::error!(agent = %agent, "the agent stopped before handling a submitted alert")
         }
     }
 }

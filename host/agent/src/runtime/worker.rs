@@ -23,6 +23,11 @@ pub(crate) enum Command {
         alert: Alert,
         reply: Reply<AlertOutcome>,
     },
+    /// The source says this alert stopped firing.
+    Resolved {
+        alert: Alert,
+        reply: Reply<Option<Incident>>,
+    },
     Approve {
         id: String,
         by: Identity,
@@ -106,6 +111,9 @@ impl Worker {
                 Command::Alert { alert, reply } => {
                     let _ = reply.send(self.alert(alert).await);
                 }
+                Command::Resolved { alert, reply } => {
+                    let _ = reply.send(self.resolved(alert).await);
+                }
                 Command::Approve {
                     id,
                     by,
@@ -139,6 +147,9 @@ impl Worker {
 fn reply_error(command: Command, e: RuntimeError) {
     match command {
         Command::Alert { reply, .. } => {
+            let _ = reply.send(Err(e));
+        }
+        Command::Resolved { reply, .. } => {
             let _ = reply.send(Err(e));
         }
         Command::Approve { reply, .. }

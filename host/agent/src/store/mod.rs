@@ -121,6 +121,10 @@ pub struct Incident {
     /// When the proposal was made, for alert→proposal time.
     #[serde(default)]
     pub proposed_at: Option<SystemTime>,
+    /// When the alert source said the alert stopped firing (Alertmanager's `resolved`), if it
+    /// did: recorded only, never a reason to act.
+    #[serde(default)]
+    pub source_resolved_at: Option<SystemTime>,
 }
 
 impl Incident {

@@ -1,0 +1,119 @@
+//! Human answers over HTTP: `POST /api/v1/approvals/{id}/approve | reject | adjust`. The
+//! approver is the owner of the bearer token; the policy rules (no self-approval, approvers
+//! list, expiry, the digest of the plan shown, a second human for a destructive adjusted plan)
+//! apply unchanged, in the agent's worker, which claims an approval exactly once: a replayed or
+//! concurrent second answer is a 409 and changes nothing.
+
+use crate::app::{AppState, runtime_error};
+use crate::auth;
+use crate::error::{ApiError, parse_json};
+use crate::intake::body;
+use crate::views::IncidentView;
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Approve {
+    /// The digest of the plan the approver was shown (`GET /api/v1/approvals`).
+    plan_digest: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Reject {
+    reason: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Adjust {
+    runbook: String,
+    #[serde(default)]
+    params: BTreeMap<String, String>,
+}
+
+fn check_id(id: &str) -> Result<(), ApiError> {
+    let ok = id.len() <= 128
+        && (id.starts_with("apr-") || id.starts_with("inc-"))
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::not_found(format!(
+            "`{id}` is not an approval (apr-…) or incident (inc-…) id"
+        )))
+    }
+}
+
+pub async fn approve(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Json<IncidentView>, ApiError> {
+    let by = auth::approver(&state, &headers)?;
+    check_id(&id)?;
+    let answer: Approve = parse_json(&body(raw)?)?;
+    if !answer.plan_digest.starts_with("sha256:") {
+        return Err(ApiError::bad_request(
+            "plan_digest",
+            "the `sha256:…` digest of the plan you were shown",
+        ));
+    }
+    let incident = state
+        .runtime
+        .approve(&id, by, Some(answer.plan_digest))
+        .await
+        .map_err(runtime_error)?;
+    Ok(Json(IncidentView::of(&incident)))
+}
+
+pub async fn reject(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Json<IncidentView>, ApiError> {
+    let by = auth::approver(&state, &headers)?;
+    check_id(&id)?;
+    let answer: Reject = parse_json(&body(raw)?)?;
+    if answer.reason.trim().is_empty() {
+        return Err(ApiError::bad_request("reason", "say why, for the record"));
+    }
+    let incident = state
+        .runtime
+        .reject(&id, by, &answer.reason)
+        .await
+        .map_err(runtime_error)?;
+    Ok(Json(IncidentView::of(&incident)))
+}
+
+pub async fn adjust(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Json<IncidentView>, ApiError> {
+    let by = auth::approver(&state, &headers)?;
+    check_id(&id)?;
+    let answer: Adjust = parse_json(&body(raw)?)?;
+    if answer.runbook.is_empty() {
+        return Err(ApiError::bad_request(
+            "runbook",
+            "a runbook id of the agent's catalog",
+        ));
+    }
+    let incident = state
+        .runtime
+        .adjust(&id, by, &answer.runbook, &answer.params)
+        .await
+        .map_err(runtime_error)?;
+    Ok(Json(IncidentView::of(&incident)))
+}

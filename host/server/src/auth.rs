@@ -1,0 +1,60 @@
+//! Who is calling: the bearer token of `Authorization: Bearer …` (what Alertmanager's
+//! `http_config.authorization` sends), checked against the intake tokens or the approvers'.
+//! The identity of an answer comes from the token, never from the body.
+
+use crate::app::AppState;
+use crate::error::ApiError;
+use axum::http::{HeaderMap, header};
+use themis_core::identity::Identity;
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// An alert source: one of the intake tokens.
+pub fn intake(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    match bearer(headers) {
+        Some(token) if state.config.intake_token_ok(token) => Ok(()),
+        Some(_) => Err(ApiError::unauthorized(
+            "the bearer token is not an intake token",
+        )),
+        None => Err(ApiError::unauthorized(
+            "missing `Authorization: Bearer <intake token>`",
+        )),
+    }
+}
+
+/// A human: the approver the token belongs to.
+pub fn approver(state: &AppState, headers: &HeaderMap) -> Result<Identity, ApiError> {
+    let token = bearer(headers).ok_or_else(|| {
+        ApiError::unauthorized("missing `Authorization: Bearer <approver token>`")
+    })?;
+    state
+        .config
+        .approvers
+        .identify(token)
+        .map_err(|e| ApiError::unauthorized(e.to_string()))
+}
+
+/// A reader of the read API: an approver or an alert source.
+pub fn reader(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    match bearer(headers) {
+        Some(token)
+            if state.config.intake_token_ok(token)
+                || state.config.approvers.identify(token).is_ok() =>
+        {
+            Ok(())
+        }
+        Some(_) => Err(ApiError::unauthorized(
+            "the bearer token is neither an approver's nor an intake token",
+        )),
+        None => Err(ApiError::unauthorized(
+            "missing `Authorization: Bearer <token>`",
+        )),
+    }
+}

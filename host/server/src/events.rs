@@ -1,0 +1,118 @@
+//! What the service tells watchers: every transition, phase and escalation of every agent as a
+//! bounded broadcast (the `/api/v1/events` stream), and each agent's state with the time it
+//! entered it (`/api/v1/agents`). A watcher that falls behind loses events (it is told how
+//! many), never the host's memory.
+
+use serde::Serialize;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::SystemTime;
+use themis_agent::RuntimeObserver;
+use themis_agent::escalation::Escalation;
+use themis_core::fsm::{AgentState, Event};
+use themis_core::redact::Redactor;
+use themis_sandbox::executor::PhaseRecord;
+use tokio::sync::broadcast;
+
+/// Events kept for watchers that are behind.
+pub const EVENT_BUFFER: usize = 1024;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StreamEvent {
+    /// `transition`, `phase` or `escalation`.
+    pub kind: &'static str,
+    pub agent: String,
+    /// RFC 3339, UTC, milliseconds.
+    pub at: String,
+    pub data: Value,
+}
+
+/// An agent's state and when it entered it.
+#[derive(Debug, Clone)]
+pub struct Since {
+    pub state: AgentState,
+    pub since: SystemTime,
+}
+
+pub struct Events {
+    tx: broadcast::Sender<StreamEvent>,
+    since: Mutex<BTreeMap<String, Since>>,
+    redactor: Redactor,
+}
+
+fn now_text() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+impl Events {
+    pub fn new(redactor: Redactor) -> Events {
+        let (tx, _) = broadcast::channel(EVENT_BUFFER);
+        Events {
+            tx,
+            since: Mutex::new(BTreeMap::new()),
+            redactor,
+        }
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<StreamEvent> {
+        self.tx.subscribe()
+    }
+
+    /// When `agent` entered its current state, if it moved since the service started.
+    pub fn since(&self, agent: &str) -> Option<Since> {
+        self.since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(agent)
+            .cloned()
+    }
+
+    fn send(&self, kind: &'static str, agent: &str, data: Value) {
+        // No watcher is fine: the event is on the audit anyway.
+        let _ = self.tx.send(StreamEvent {
+            kind,
+            agent: agent.to_owned(),
+            at: now_text(),
+            data: self.redactor.redact(data),
+        });
+    }
+}
+
+impl RuntimeObserver for Events {
+    fn transition(&self, agent: &str, from: &AgentState, event: &Event, to: &AgentState) {
+        self.since.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            agent.to_owned(),
+            Since {
+                state: to.clone(),
+                since: SystemTime::now(),
+            },
+        );
+        self.send(
+            "transition",
+            agent,
+            json!({ "from": from, "event": event, "to": to }),
+        );
+    }
+
+    fn phase(&self, agent: &str, runbook: &str, record: &PhaseRecord) {
+        self.send(
+            "phase",
+            agent,
+            json!({ "runbook": runbook, "step": record.step, "phase": record.phase, "status": record.status, "summary": record.summary }),
+        );
+    }
+
+    fn escalation(&self, escalation: &Escalation) {
+        self.send(
+            "escalation",
+            &escalation.agent,
+            json!({
+                "incident": escalation.incident,
+                "reason": escalation.reason,
+                "approval": escalation.proposal.as_ref().map(|p| &p.id),
+                "plan_digest": escalation.proposal.as_ref().map(|p| &p.plan_digest),
+            }),
+        );
+    }
+}

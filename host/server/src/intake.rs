@@ -1,0 +1,137 @@
+//! Alert intake: Alertmanager's webhook and Themis' own JSON. Authenticated before anything is
+//! read; every accepted alert is on the audit (fsynced) before the 200; a full agent queue is a
+//! 429 with `Retry-After` (Alertmanager retries the whole notification, and deduplication by
+//! fingerprint absorbs the alerts of it that were already taken).
+
+use crate::alertmanager::{Incoming, Notification, OwnAlert};
+use crate::app::{AppState, runtime_error};
+use crate::auth;
+use crate::error::{ApiError, parse_json};
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderMap, StatusCode};
+use serde::Serialize;
+use std::sync::Arc;
+use themis_agent::Submitted;
+
+#[derive(Debug, Serialize)]
+pub struct Taken {
+    pub fingerprint: String,
+    pub alertname: String,
+    /// `queued` (on the record, in its agent's queue) or `unrouted` (on the record; no agent
+    /// owns it).
+    pub outcome: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct IntakeResponse {
+    pub accepted: usize,
+    pub unrouted: usize,
+    pub alerts: Vec<Taken>,
+}
+
+/// The body, or the reason it cannot be read (413 over the limit) as a JSON error.
+pub fn body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|r| {
+        let status = r.status();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                status,
+                "payload-too-large",
+                "the body is over the configured limit (limits.body_bytes); lower the receiver's max_alerts",
+            )
+        } else {
+            ApiError::new(status, "bad-body", r.body_text())
+        }
+    })
+}
+
+fn open(state: &AppState) -> Result<(), ApiError> {
+    if state.draining() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting-down",
+            "the host is shutting down; retry against its replacement",
+        )
+        .retry_after(5));
+    }
+    Ok(())
+}
+
+async fn take(state: &AppState, incoming: Vec<Incoming>) -> Result<IntakeResponse, ApiError> {
+    let runtime = state.runtime.clone();
+    // The audit fsyncs: off the async threads.
+    tokio::task::spawn_blocking(move || {
+        let mut response = IntakeResponse {
+            accepted: 0,
+            unrouted: 0,
+            alerts: Vec::with_capacity(incoming.len()),
+        };
+        for i in incoming {
+            let fingerprint = i.alert.fingerprint.clone();
+            let alertname = i.alert.name.clone();
+            match runtime.submit(i.alert, i.status, i.source) {
+                Ok(Submitted::Queued { agent }) => {
+                    response.accepted += 1;
+                    response.alerts.push(Taken {
+                        fingerprint,
+                        alertname,
+                        outcome: "queued",
+                        agent: Some(agent),
+                    });
+                }
+                Ok(Submitted::Unrouted) => {
+                    response.unrouted += 1;
+                    response.alerts.push(Taken {
+                        fingerprint,
+                        alertname,
+                        outcome: "unrouted",
+                        agent: None,
+                    });
+                }
+                Ok(Submitted::QueueFull { agent }) => {
+                    return Err(ApiError::new(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "queue-full",
+                        format!(
+                            "agent `{agent}`'s queue of waiting alerts is full; {} alerts of this notification were taken before it filled; retry (duplicates are absorbed)",
+                            response.accepted + response.unrouted
+                        ),
+                    )
+                    .retry_after(5));
+                }
+                Err(e) => return Err(runtime_error(e)),
+            }
+        }
+        Ok(response)
+    })
+    .await
+    .map_err(|_| ApiError::unavailable("the intake task failed; nothing after the failure was taken"))?
+}
+
+pub async fn alertmanager(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Json<IntakeResponse>, ApiError> {
+    auth::intake(&state, &headers)?;
+    open(&state)?;
+    let notification: Notification = parse_json(&body(raw)?)?;
+    let incoming = notification.into_incoming(crate::config::MAX_ALERTS_PER_NOTIFICATION)?;
+    Ok(Json(take(&state, incoming).await?))
+}
+
+pub async fn own(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Json<IntakeResponse>, ApiError> {
+    auth::intake(&state, &headers)?;
+    open(&state)?;
+    let alert: OwnAlert = parse_json(&body(raw)?)?;
+    Ok(Json(take(&state, vec![alert.into_incoming()?]).await?))
+}

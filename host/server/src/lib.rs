@@ -1,0 +1,25 @@
+//! `themis serve`: the sidecar. An axum service over the agent runtime — Alertmanager's webhook
+//! and Themis' own alert JSON in, approvals over HTTP and Slack, a read API with an event
+//! stream — configured by one `themis.yaml`.
+//!
+//! Invariants: every request is authenticated before its body is read (except the probes);
+//! an accepted alert is on the audit before the response; the service never holds more than
+//! its bounds (body size, alerts per notification, queued alerts per agent, buffered events,
+//! remembered Slack requests); an answer's identity comes from a token or a verified Slack
+//! signature, never from the request body.
+
+pub mod alertmanager;
+pub mod app;
+mod approvals;
+mod auth;
+pub mod config;
+pub mod error;
+pub mod events;
+mod intake;
+mod read;
+pub mod slack;
+mod views;
+
+pub use app::{serve, signal};
+pub use config::{Overrides, ServeConfig};
+pub use events::Events;

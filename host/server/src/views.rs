@@ -1,0 +1,104 @@
+//! What the read API returns: incidents, approvals and agents as plain JSON with RFC 3339
+//! times (the store's own types are for the store).
+
+use serde::Serialize;
+use serde_json::Value;
+use std::time::SystemTime;
+use themis_agent::store::{Incident, IncidentStatus};
+use themis_core::types::Pair;
+
+pub fn time(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+#[derive(Debug, Serialize)]
+pub struct ApprovalView {
+    pub id: String,
+    pub incident: String,
+    pub agent: String,
+    pub runbook: String,
+    pub runbook_version: String,
+    pub params: Value,
+    pub target: String,
+    pub plan_digest: String,
+    pub requested_by: String,
+    pub requested_at: String,
+    pub expires_at: String,
+}
+
+impl ApprovalView {
+    pub fn of(incident: &Incident) -> Option<ApprovalView> {
+        let p = incident.proposal.as_ref()?;
+        Some(ApprovalView {
+            id: p.id.clone(),
+            incident: incident.id.clone(),
+            agent: incident.agent.clone(),
+            runbook: p.plan.runbook_id.clone(),
+            runbook_version: p.plan.runbook_version.clone(),
+            params: serde_json::to_value(&p.plan.params).unwrap_or(Value::Null),
+            target: p.plan.target.clone(),
+            plan_digest: p.plan_digest.clone(),
+            requested_by: p.requested_by.name.clone(),
+            requested_at: time(p.requested_at),
+            expires_at: time(p.expires_at),
+        })
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct AnswerView {
+    pub approval_id: String,
+    pub kind: Value,
+    pub by: String,
+    pub via: String,
+    pub at: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct IncidentView {
+    pub id: String,
+    pub agent: String,
+    pub status: IncidentStatus,
+    pub alertname: String,
+    pub fingerprint: String,
+    pub labels: Vec<Pair>,
+    pub opened_at: String,
+    /// Later notifications of the same alert while it was open.
+    pub attached_alerts: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// When the source said the alert stopped firing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_resolved_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval: Option<ApprovalView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub answer: Option<AnswerView>,
+    pub runbooks: Vec<String>,
+}
+
+impl IncidentView {
+    pub fn of(i: &Incident) -> IncidentView {
+        IncidentView {
+            id: i.id.clone(),
+            agent: i.agent.clone(),
+            status: i.status,
+            alertname: i.alert.name.clone(),
+            fingerprint: i.fingerprint.clone(),
+            labels: i.alert.labels.clone(),
+            opened_at: time(i.opened_at),
+            attached_alerts: i.attached_alerts,
+            reason: i.reason.clone(),
+            source_resolved_at: i.source_resolved_at.map(time),
+            approval: ApprovalView::of(i),
+            answer: i.answer.as_ref().map(|a| AnswerView {
+                approval_id: a.approval_id.clone(),
+                kind: serde_json::to_value(a.kind).unwrap_or(Value::Null),
+                by: a.by.name.clone(),
+                via: a.by.how(),
+                at: time(a.at),
+            }),
+            runbooks: i.chain.clone(),
+        }
+    }
+}

@@ -1,0 +1,919 @@
+//! `themis serve` end to end: the real binary, real HTTP on loopback, the real agents and
+//! sandbox over the scenario worlds named in the configuration.
+
+use crate::common::{records, repo, text, themis};
+use hmac::{Hmac, Mac};
+use serde_json::{Value, json};
+use sha2::Sha256;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+pub const INTAKE: &str = "intake-token-for-tests";
+pub const ONCALL: &str = "oncall-token-for-tests";
+pub const BOB: &str = "bob-token-for-tests";
+pub const SLACK_SECRET: &str = "slack-signing-secret-for-tests";
+
+/// A running `themis serve`, killed when dropped.
+pub struct Served {
+    pub child: Child,
+    pub url: String,
+    pub state: PathBuf,
+    pub http: reqwest::Client,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What a test configures on top of the shipped agents.
+pub struct ServeSpec<'a> {
+    pub dir: &'a Path,
+    /// `agent: scenario file under tests/scenarios` for the backends section.
+    pub backends: &'a [(&'a str, &'a str)],
+    pub queue: usize,
+    pub body_bytes: usize,
+    /// The loopback URL prefix Slack's response_url may have (Slack on).
+    pub slack: Option<&'a str>,
+}
+
+impl<'a> ServeSpec<'a> {
+    pub fn new(dir: &'a Path) -> Self {
+        ServeSpec {
+            dir,
+            backends: &[("kafka", "agent-kafka-gc-pause.yaml")],
+            queue: 64,
+            body_bytes: 1 << 20,
+            slack: None,
+        }
+    }
+
+    pub fn config(&self) -> PathBuf {
+        let mut backends = String::new();
+        for (agent, scenario) in self.backends {
+            backends.push_str(&format!(
+                "  {agent}: {{ scenario: {} }}\n",
+                repo().join("tests/scenarios").join(scenario).display()
+            ));
+        }
+        let slack = match self.slack {
+            Some(prefix) => format!(
+                "slack:\n  signing_secret: {{ env: TEST_SLACK_SECRET }}\n  response_url_prefix: \"{prefix}\"\n"
+            ),
+            None => String::new(),
+        };
+        let text = format!(
+            "listen: 127.0.0.1:0\nagents: {agents}\nstate_dir: state\n\
+             intake:\n  tokens: [ {{ env: TEST_INTAKE_TOKEN }} ]\n\
+             approvers:\n  oncall: {{ token_env: TEST_ONCALL_TOKEN, slack_user: U0ONCALL }}\n  bob: {{ token_sha256: \"{bob}\" }}\n\
+             {slack}backends:\n{backends}limits: {{ queue: {queue}, body_bytes: {body} }}\n",
+            agents = repo().join("agents").display(),
+            bob = themis_agent::approvers::token_hash(BOB),
+            queue = self.queue,
+            body = self.body_bytes,
+        );
+        let file = self.dir.join("themis.yaml");
+        std::fs::write(&file, text).expect("config");
+        file
+    }
+
+    pub fn start(&self) -> Served {
+        let config = self.config();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_themis"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("TEST_INTAKE_TOKEN", INTAKE)
+            .env("TEST_ONCALL_TOKEN", ONCALL)
+            .env("TEST_SLACK_SECRET", SLACK_SECRET)
+            .env("THEMIS_CACHE_DIR", repo().join("target/e2e-cache"))
+            .env_remove("THEMIS_LISTEN")
+            .env_remove("THEMIS_STATE_DIR")
+            .current_dir(self.dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("themis serve starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let url = loop {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(url) = line.strip_prefix("themis serve: listening on ") {
+                        break url.to_owned();
+                    }
+                }
+                _ => panic!("themis serve exited before listening"),
+            }
+        };
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Served {
+            child,
+            url,
+            state: self.dir.join("state"),
+            http: reqwest::Client::new(),
+        }
+    }
+}
+
+impl Served {
+    pub async fn post(&self, path: &str, token: &str, body: &Value) -> (u16, Value) {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .expect("request");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> (u16, Value) {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub fn audit(&self) -> Vec<Value> {
+        records(&self.state.join("audit.jsonl"))
+    }
+
+    pub fn kinds(&self, kind: &str) -> Vec<Value> {
+        self.audit()
+            .into_iter()
+            .filter(|r| r["kind"] == kind)
+            .collect()
+    }
+
+    /// Wait until `check` holds for the incidents list (the agents work after the 200).
+    pub async fn incidents_until(
+        &self,
+        what: &str,
+        check: impl Fn(&[Value]) -> bool,
+    ) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (status, body) = self.get("/api/v1/incidents?limit=1000", ONCALL).await;
+            assert_eq!(status, 200, "{body}");
+            let list = body["incidents"].as_array().cloned().unwrap_or_default();
+            if check(&list) {
+                return list;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {list:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// An Alertmanager webhook v4 notification, as Alertmanager 0.25 sends it.
+pub fn notification(status: &str, alerts: &[(&str, &str, &[(&str, &str)])]) -> Value {
+    let alerts: Vec<Value> = alerts
+        .iter()
+        .map(|(name, fingerprint, labels)| {
+            let mut l = serde_json::Map::new();
+            l.insert("alertname".into(), json!(name));
+            for (k, v) in *labels {
+                l.insert((*k).into(), json!(v));
+            }
+            json!({
+                "status": status, "labels": l, "annotations": { "summary": "test" },
+                "startsAt": "2026-11-30T10:00:00.000Z", "endsAt": "0001-01-01T00:00:00Z",
+                "generatorURL": "http://prometheus/graph", "fingerprint": fingerprint,
+            })
+        })
+        .collect();
+    json!({
+        "version": "4", "groupKey": "{}:{alertname=\"test\"}", "truncatedAlerts": 0,
+        "status": status, "receiver": "themis", "groupLabels": {}, "commonLabels": {},
+        "commonAnnotations": {}, "externalURL": "http://alertmanager", "alerts": alerts,
+    })
+}
+
+const LAG: &[(&str, &str)] = &[
+    ("topic", "orders"),
+    ("group", "orders-consumer"),
+    ("severity", "critical"),
+];
+
+const AM: &str = "/api/v1/alerts/alertmanager";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn intake_authenticates_checks_by_field_and_records_before_the_200() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = ServeSpec {
+        body_bytes: 4096,
+        ..ServeSpec::new(dir.path())
+    }
+    .start();
+    let n = notification("firing", &[("KafkaConsumerLag", "fp-1", LAG)]);
+
+    // Unknown or missing token: 401, nothing recorded.
+    let before = s.audit().len();
+    let (status, body) = s.post(AM, "not-a-token", &n).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("unauthorized"))
+    );
+    let r = s
+        .http
+        .post(format!("{}{AM}", s.url))
+        .json(&n)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status().as_u16(), 401);
+    // An approver's token is not an intake token.
+    assert_eq!(s.post(AM, ONCALL, &n).await.0, 401);
+    assert_eq!(
+        s.audit().len(),
+        before,
+        "a refused request leaves no record"
+    );
+
+    // Malformed JSON, a wrong version, a missing alertname: 400 naming the field.
+    let r = s
+        .http
+        .post(format!("{}{AM}", s.url))
+        .bearer_auth(INTAKE)
+        .body("{\"version\":")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status().as_u16(), 400);
+    let mut v3 = n.clone();
+    v3["version"] = json!("3");
+    let (status, body) = s.post(AM, INTAKE, &v3).await;
+    assert_eq!(
+        (status, body["field"].as_str()),
+        (400, Some("version")),
+        "{body}"
+    );
+    let mut nameless = n.clone();
+    nameless["alerts"][0]["labels"]
+        .as_object_mut()
+        .expect("labels")
+        .remove("alertname");
+    let (status, body) = s.post(AM, INTAKE, &nameless).await;
+    assert_eq!(
+        (status, body["field"].as_str()),
+        (400, Some("alerts[0].labels.alertname")),
+        "{body}"
+    );
+    let mut wrong_type = n.clone();
+    wrong_type["alerts"][0]["labels"]["severity"] = json!(3);
+    let (status, body) = s.post(AM, INTAKE, &wrong_type).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["field"]
+            .as_str()
+            .is_some_and(|f| f.contains("alerts[0].labels")),
+        "{body}"
+    );
+    // Over the body limit: 413 as JSON.
+    let big = notification(
+        "firing",
+        &[("KafkaConsumerLag", "fp-big", &[("note", &"x".repeat(5000))])],
+    );
+    let (status, body) = s.post(AM, INTAKE, &big).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (413, Some("payload-too-large"))
+    );
+    assert_eq!(s.audit().len(), before, "a refused body leaves no record");
+
+    // Accepted: on the record by the time the 200 arrives; an unowned alert is recorded too.
+    let both = notification(
+        "firing",
+        &[
+            ("KafkaConsumerLag", "fp-1", LAG),
+            ("NobodyOwnsThis", "fp-x", &[("severity", "page")]),
+        ],
+    );
+    let (status, body) = s.post(AM, INTAKE, &both).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (body["accepted"].as_u64(), body["unrouted"].as_u64()),
+        (Some(1), Some(1))
+    );
+    let accepted = s.kinds("alert-accepted");
+    assert_eq!(accepted.len(), 1);
+    assert_eq!(accepted[0]["data"]["alert"]["fingerprint"], "fp-1");
+    assert_eq!(accepted[0]["data"]["source"]["via"], "alertmanager");
+    assert_eq!(s.kinds("alert-unrouted").len(), 1);
+
+    // The same fingerprint again is counted on the open incident, not a second incident.
+    s.incidents_until("the proposal", |l| {
+        l.iter().any(|i| i["status"] == "pending-approval")
+    })
+    .await;
+    let (status, _) = s.post(AM, INTAKE, &n).await;
+    assert_eq!(status, 200);
+    let list = s
+        .incidents_until("the attached alert", |l| {
+            l.iter().any(|i| i["attached_alerts"] == 1)
+        })
+        .await;
+    assert_eq!(list.len(), 1, "one open incident per fingerprint: {list:?}");
+
+    // Resolved: recorded on the incident, never triaged.
+    let triaged_before = s.kinds("selection").len();
+    let (status, _) = s
+        .post(
+            AM,
+            INTAKE,
+            &notification("resolved", &[("KafkaConsumerLag", "fp-1", LAG)]),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let list = s
+        .incidents_until("the resolved notice", |l| {
+            l.iter().any(|i| i["source_resolved_at"].is_string())
+        })
+        .await;
+    assert_eq!(list.len(), 1);
+    assert_eq!(s.kinds("selection").len(), triaged_before);
+    assert_eq!(s.kinds("alert-resolved").len(), 1);
+
+    // Themis' own JSON for other sources.
+    let (status, body) = s
+        .post(
+            "/api/v1/alerts",
+            INTAKE,
+            &json!({ "name": "NobodyOwnsThis", "labels": { "a": "b" } }),
+        )
+        .await;
+    assert_eq!(
+        (status, body["unrouted"].as_u64()),
+        (200, Some(1)),
+        "{body}"
+    );
+    let (status, body) = s
+        .post(
+            "/api/v1/alerts",
+            INTAKE,
+            &json!({ "name": "X", "colour": "red" }),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_queue_is_a_429_with_retry_after_and_every_taken_alert_is_on_the_record() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = ServeSpec {
+        queue: 1,
+        ..ServeSpec::new(dir.path())
+    }
+    .start();
+    // Each alert costs the agent a triage in the sandbox; taking one costs an fsync: with room
+    // for one waiting alert, a burst of distinct alerts overflows.
+    let fingerprints: Vec<String> = (0..200).map(|i| format!("burst-{i}")).collect();
+    let alerts: Vec<(&str, &str, &[(&str, &str)])> = fingerprints
+        .iter()
+        .map(|f| ("KafkaConsumerLag", f.as_str(), LAG))
+        .collect();
+    let r = s
+        .http
+        .post(format!("{}{AM}", s.url))
+        .bearer_auth(INTAKE)
+        .json(&notification("firing", &alerts))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status().as_u16(), 429);
+    assert_eq!(
+        r.headers().get("retry-after").and_then(|v| v.to_str().ok()),
+        Some("5")
+    );
+    let body: Value = r.json().await.expect("json");
+    assert_eq!(body["error"], "queue-full");
+    // Everything taken is on the record, the refusal too; nothing else.
+    let accepted = s.kinds("alert-accepted").len();
+    assert!(accepted >= 1 && accepted < 200, "{accepted}");
+    assert_eq!(s.kinds("alert-refused").len(), 1);
+    // And every taken alert becomes an incident: nothing lost.
+    s.incidents_until("every taken alert handled", |l| {
+        l.len() == accepted && l.iter().all(|i| i["status"] != "triaging")
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn approvals_over_http_identify_by_token_and_run_the_plan_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = ServeSpec::new(dir.path()).start();
+    let (status, _) = s
+        .post(
+            AM,
+            INTAKE,
+            &notification("firing", &[("KafkaConsumerLag", "fp-a", LAG)]),
+        )
+        .await;
+    assert_eq!(status, 200);
+    s.incidents_until("the proposal", |l| {
+        l.iter().any(|i| i["status"] == "pending-approval")
+    })
+    .await;
+    let (status, approvals) = s.get("/api/v1/approvals", ONCALL).await;
+    assert_eq!(status, 200);
+    let id = approvals[0]["id"].as_str().expect("id").to_owned();
+    let digest = approvals[0]["plan_digest"]
+        .as_str()
+        .expect("digest")
+        .to_owned();
+    let approve = format!("/api/v1/approvals/{id}/approve");
+
+    // Identity from the token only: an unknown token is refused; a name in the body is not
+    // a field the API takes.
+    assert_eq!(
+        s.post(&approve, "nobody", &json!({ "plan_digest": digest }))
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        s.post(&approve, INTAKE, &json!({ "plan_digest": digest }))
+            .await
+            .0,
+        401
+    );
+    let (status, body) = s
+        .post(
+            &approve,
+            BOB,
+            &json!({ "plan_digest": digest, "as": "oncall" }),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    // The digest of another plan: refused by policy, nothing claimed.
+    let (status, body) = s
+        .post(&approve, BOB, &json!({ "plan_digest": "sha256:00" }))
+        .await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(s.post(&approve, BOB, &json!({})).await.0, 400);
+    assert_eq!(
+        s.post(
+            "/api/v1/approvals/apr-0000-0000/approve",
+            BOB,
+            &json!({ "plan_digest": digest })
+        )
+        .await
+        .0,
+        404
+    );
+
+    // Two approvers at once: exactly one runs the plan, the other gets 409.
+    let body = json!({ "plan_digest": digest });
+    let (a, b) = tokio::join!(
+        s.post(&approve, BOB, &body),
+        s.post(&approve, ONCALL, &body)
+    );
+    let mut statuses = [a.0, b.0];
+    statuses.sort();
+    assert_eq!(statuses, [200, 409], "{a:?} {b:?}");
+    let winner = if a.0 == 200 { &a.1 } else { &b.1 };
+    assert_eq!(winner["status"], "resolved", "{winner}");
+    let runs: Vec<Value> = s
+        .kinds("execution-start")
+        .into_iter()
+        .filter(|r| r["data"]["runbook_id"] == "adjust-broker-gc")
+        .collect();
+    assert_eq!(runs.len(), 1, "the approved plan ran exactly once");
+    // A replay after the fact changes nothing either.
+    assert_eq!(s.post(&approve, BOB, &body).await.0, 409);
+    let reject = format!("/api/v1/approvals/{id}/reject");
+    assert_eq!(
+        s.post(&reject, BOB, &json!({ "reason": "late" })).await.0,
+        409
+    );
+
+    // The read API: the incident's timeline from the audit, the agent back to idle.
+    let incident = winner["id"].as_str().expect("incident id");
+    let (status, detail) = s.get(&format!("/api/v1/incidents/{incident}"), BOB).await;
+    assert_eq!(status, 200);
+    let kinds: Vec<&str> = detail["timeline"]
+        .as_array()
+        .expect("timeline")
+        .iter()
+        .filter_map(|r| r["kind"].as_str())
+        .collect();
+    assert!(
+        kinds.contains(&"approval") && kinds.contains(&"alert"),
+        "{kinds:?}"
+    );
+    assert_eq!(detail["answer"]["via"], "approver token");
+    let (status, agents) = s.get("/api/v1/agents", ONCALL).await;
+    assert_eq!(status, 200);
+    assert!(
+        agents
+            .as_array()
+            .expect("agents")
+            .iter()
+            .all(|a| a["state"]["state"] == "idle")
+    );
+    assert_eq!(s.get("/api/v1/agents", "nobody").await.0, 401);
+    assert_eq!(s.get("/api/v1/incidents/inc-nope", BOB).await.0, 404);
+    assert_eq!(s.get("/api/v1/incidents?status=bogus", BOB).await.0, 400);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cli_answers_through_the_server() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = ServeSpec::new(dir.path()).start();
+    s.post(
+        AM,
+        INTAKE,
+        &notification("firing", &[("KafkaConsumerLag", "fp-c", LAG)]),
+    )
+    .await;
+    s.incidents_until("the proposal", |l| {
+        l.iter().any(|i| i["status"] == "pending-approval")
+    })
+    .await;
+    let (_, approvals) = s.get("/api/v1/approvals", ONCALL).await;
+    let id = approvals[0]["id"].as_str().expect("id").to_owned();
+    let digest = approvals[0]["plan_digest"]
+        .as_str()
+        .expect("digest")
+        .to_owned();
+    let token = dir.path().join("token");
+    std::fs::write(&token, format!("{BOB}\n")).expect("token file");
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_themis"))
+            .args(args)
+            .env_remove("THEMIS_TOKEN")
+            .output()
+            .expect("themis runs")
+    };
+    let out = run(&["approve", &id, "--server", &s.url]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "no token: {}",
+        text(&out.stderr)
+    );
+    let token = token.to_str().expect("utf-8 path");
+    let out = run(&[
+        "approve",
+        &id,
+        "--server",
+        &s.url,
+        "--token-file",
+        token,
+        "--digest",
+        &digest,
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("resolved"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = run(&[
+        "approve",
+        &id,
+        "--server",
+        &s.url,
+        "--token-file",
+        token,
+        "--digest",
+        &digest,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("409"), "{}", text(&out.stderr));
+}
+
+/// A loopback stand-in for Slack's response_url: records what the host posts.
+async fn response_url_recorder() -> (String, Arc<Mutex<Vec<Value>>>) {
+    use axum::{Json, Router, extract::State, routing::post};
+    let got: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let app = Router::new()
+        .route(
+            "/response/{n}",
+            post(
+                |State(got): State<Arc<Mutex<Vec<Value>>>>, Json(body): Json<Value>| async move {
+                    got.lock().expect("lock").push(body);
+                    "ok"
+                },
+            ),
+        )
+        .with_state(got.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}/response/"), got)
+}
+
+/// A request signed as Slack signs it: `v0=` HMAC-SHA256 over `v0:<ts>:<body>`.
+fn slack_request(
+    s: &Served,
+    secret: &str,
+    ts: u64,
+    user: &str,
+    action: &str,
+    value: &str,
+    response_url: &str,
+) -> reqwest::RequestBuilder {
+    let payload = json!({
+        "type": "block_actions", "user": { "id": user, "username": "someone" },
+        "actions": [ { "action_id": action, "value": value, "type": "button" } ],
+        "response_url": response_url,
+    });
+    let body = format!("payload={}", url_encode(&payload.to_string()));
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("hmac");
+    mac.update(format!("v0:{ts}:{body}").as_bytes());
+    let signature = format!("v0={}", hex::encode(mac.finalize().into_bytes()));
+    s.http
+        .post(format!("{}/api/v1/slack/interactions", s.url))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("x-slack-request-timestamp", ts.to_string())
+        .header("x-slack-signature", signature)
+        .body(body)
+}
+
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slack_answers_are_verified_used_once_even_across_a_restart_and_update_the_message() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (prefix, posted) = response_url_recorder().await;
+    let spec = ServeSpec {
+        slack: Some(&prefix),
+        ..ServeSpec::new(dir.path())
+    };
+    let s = spec.start();
+    s.post(
+        AM,
+        INTAKE,
+        &notification("firing", &[("KafkaConsumerLag", "fp-s", LAG)]),
+    )
+    .await;
+    s.incidents_until("the proposal", |l| {
+        l.iter().any(|i| i["status"] == "pending-approval")
+    })
+    .await;
+    let (_, approvals) = s.get("/api/v1/approvals", ONCALL).await;
+    let id = approvals[0]["id"].as_str().expect("id").to_owned();
+    let digest = approvals[0]["plan_digest"]
+        .as_str()
+        .expect("digest")
+        .to_owned();
+    let value = format!("{id} {digest}");
+    let url = format!("{prefix}1");
+
+    // A bad signature, an old timestamp: 401, nothing done.
+    let r = slack_request(
+        &s,
+        "not-the-secret",
+        now(),
+        "U0ONCALL",
+        "themis-approve",
+        &value,
+        &url,
+    )
+    .send()
+    .await
+    .expect("request");
+    assert_eq!(r.status().as_u16(), 401);
+    let r = slack_request(
+        &s,
+        SLACK_SECRET,
+        now() - 600,
+        "U0ONCALL",
+        "themis-approve",
+        &value,
+        &url,
+    )
+    .send()
+    .await
+    .expect("request");
+    assert_eq!(r.status().as_u16(), 401);
+    // A Slack user who is no approver: refused, recorded, told.
+    let r = slack_request(
+        &s,
+        SLACK_SECRET,
+        now(),
+        "U0MALLORY",
+        "themis-approve",
+        &value,
+        &url,
+    )
+    .send()
+    .await
+    .expect("request");
+    assert_eq!(r.status().as_u16(), 403);
+    let refused = s.kinds("slack-refused");
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0]["data"]["reason"], "unknown-user");
+    let (_, still) = s.get("/api/v1/approvals", ONCALL).await;
+    assert_eq!(still.as_array().map(Vec::len), Some(1), "still pending");
+
+    // The approver's signed click: accepted at once, applied, the message updated.
+    let ts = now();
+    let click = || {
+        slack_request(
+            &s,
+            SLACK_SECRET,
+            ts,
+            "U0ONCALL",
+            "themis-approve",
+            &value,
+            &url,
+        )
+    };
+    let r = click().send().await.expect("request");
+    assert_eq!(r.status().as_u16(), 200);
+    let list = s
+        .incidents_until("the approval applied", |l| {
+            l.iter().any(|i| i["status"] == "resolved")
+        })
+        .await;
+    assert_eq!(list[0]["answer"]["by"], "oncall");
+    assert_eq!(
+        list[0]["answer"]["via"],
+        "Slack user U0ONCALL, signed request"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while posted.lock().expect("lock").len() < 2 {
+        assert!(Instant::now() < deadline, "no message update");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let updates = posted.lock().expect("lock").clone();
+    assert!(
+        updates[0]["text"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("Refused")),
+        "{updates:?}"
+    );
+    assert!(
+        updates[1]["text"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("approved by <@U0ONCALL>")),
+        "{updates:?}"
+    );
+
+    // The same request again: a replay, refused — and after a restart too.
+    assert_eq!(
+        click().send().await.expect("request").status().as_u16(),
+        409
+    );
+    let state = s.state.clone();
+    drop(s);
+    let s = spec.start();
+    assert_eq!(s.state, state);
+    let replay = slack_request(
+        &s,
+        SLACK_SECRET,
+        ts,
+        "U0ONCALL",
+        "themis-approve",
+        &value,
+        &url,
+    );
+    assert_eq!(replay.send().await.expect("request").status().as_u16(), 409);
+    let runs = s
+        .kinds("execution-start")
+        .into_iter()
+        .filter(|r| r["data"]["runbook_id"] == "adjust-broker-gc")
+        .count();
+    assert_eq!(runs, 1, "the approved plan ran once");
+    assert_eq!(s.kinds("approval").len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_stops_cleanly_and_the_event_stream_shows_transitions() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut s = ServeSpec::new(dir.path()).start();
+    let mut events = s
+        .http
+        .get(format!("{}/api/v1/events", s.url))
+        .bearer_auth(ONCALL)
+        .send()
+        .await
+        .expect("events");
+    assert_eq!(events.status().as_u16(), 200);
+    s.post(
+        AM,
+        INTAKE,
+        &notification("firing", &[("KafkaConsumerLag", "fp-e", LAG)]),
+    )
+    .await;
+    let mut seen = String::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !seen.contains("event: escalation") {
+        assert!(Instant::now() < deadline, "no escalation event: {seen}");
+        match tokio::time::timeout(Duration::from_secs(5), events.chunk()).await {
+            Ok(Ok(Some(chunk))) => seen.push_str(&String::from_utf8_lossy(&chunk)),
+            other => panic!("event stream ended: {other:?} after {seen}"),
+        }
+    }
+    assert!(seen.contains("event: transition"), "{seen}");
+    assert!(seen.contains("\"alert-received\""), "{seen}");
+
+    // SIGTERM: the service ends its streams, stops and exits 0; the audit is whole.
+    let pid = nix::unistd::Pid::from_raw(s.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("signal");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = s.child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "still running after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+    let out = themis(&[
+        "audit",
+        "verify",
+        s.state.join("audit.jsonl").to_str().expect("utf-8"),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+#[test]
+fn check_names_file_field_and_fix() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = ServeSpec::new(dir.path());
+    let config = spec.config();
+    let config = config.to_str().expect("utf-8");
+    let out = Command::new(env!("CARGO_BIN_EXE_themis"))
+        .args(["serve", "--config", config, "--check"])
+        .env_remove("TEST_INTAKE_TOKEN")
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(
+            "themis.yaml: intake.tokens[0]: the environment variable TEST_INTAKE_TOKEN is not set"
+        ),
+        "{err}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_themis"))
+        .args(["serve", "--config", config, "--check"])
+        .env("TEST_INTAKE_TOKEN", INTAKE)
+        .env("TEST_ONCALL_TOKEN", ONCALL)
+        .output()
+        .expect("runs");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("agent      kafka"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    // A backend for an agent that does not exist is a typo, not silence.
+    std::fs::write(
+        dir.path().join("themis.yaml"),
+        std::fs::read_to_string(dir.path().join("themis.yaml"))
+            .expect("read")
+            .replace("  kafka: {", "  kafak: {"),
+    )
+    .expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_themis"))
+        .args(["serve", "--config", config, "--check"])
+        .env("TEST_INTAKE_TOKEN", INTAKE)
+        .env("TEST_ONCALL_TOKEN", ONCALL)
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("backends.kafak: no agent named `kafak`"),
+        "{}",
+        text(&out.stderr)
+    );
+}
