@@ -181,8 +181,11 @@ impl Served {
     }
 }
 
+/// One alert of a test notification: name, fingerprint, labels.
+pub type TestAlert<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)]);
+
 /// An Alertmanager webhook v4 notification, as Alertmanager 0.25 sends it.
-pub fn notification(status: &str, alerts: &[(&str, &str, &[(&str, &str)])]) -> Value {
+pub fn notification(status: &str, alerts: &[TestAlert]) -> Value {
     let alerts: Vec<Value> = alerts
         .iter()
         .map(|(name, fingerprint, labels)| {
@@ -384,7 +387,7 @@ async fn a_full_queue_is_a_429_with_retry_after_and_every_taken_alert_is_on_the_
     // Each alert costs the agent a triage in the sandbox; taking one costs an fsync: with room
     // for one waiting alert, a burst of distinct alerts overflows.
     let fingerprints: Vec<String> = (0..200).map(|i| format!("burst-{i}")).collect();
-    let alerts: Vec<(&str, &str, &[(&str, &str)])> = fingerprints
+    let alerts: Vec<TestAlert> = fingerprints
         .iter()
         .map(|f| ("KafkaConsumerLag", f.as_str(), LAG))
         .collect();
@@ -405,7 +408,7 @@ async fn a_full_queue_is_a_429_with_retry_after_and_every_taken_alert_is_on_the_
     assert_eq!(body["error"], "queue-full");
     // Everything taken is on the record, the refusal too; nothing else.
     let accepted = s.kinds("alert-accepted").len();
-    assert!(accepted >= 1 && accepted < 200, "{accepted}");
+    assert!((1..200).contains(&accepted), "{accepted}");
     assert_eq!(s.kinds("alert-refused").len(), 1);
     // And every taken alert becomes an incident: nothing lost.
     s.incidents_until("every taken alert handled", |l| {
@@ -916,4 +919,172 @@ fn check_names_file_field_and_fix() {
         "{}",
         text(&out.stderr)
     );
+}
+
+/// A real Alertmanager on loopback whose webhook receiver is the service.
+struct Alertmanager {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Alertmanager {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// `None` when Alertmanager is not installed and the run does not require it (CI does:
+/// THEMIS_REQUIRE_ALERTMANAGER=1, and scripts/test installs it).
+async fn alertmanager(receiver: &str) -> Option<Alertmanager> {
+    let binary = "prometheus-alertmanager";
+    if Command::new(binary).arg("--version").output().is_err() {
+        assert!(
+            std::env::var("THEMIS_REQUIRE_ALERTMANAGER").as_deref() != Ok("1"),
+            "{binary} is not installed (apt-get install prometheus-alertmanager)"
+        );
+        eprintln!("skipped: {binary} is not installed");
+        return None;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("alertmanager.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "route:\n  receiver: themis\n  group_by: [alertname]\n  group_wait: 1s\n  group_interval: 1s\n  repeat_interval: 1h\n\
+             receivers:\n  - name: themis\n    webhook_configs:\n      - url: {receiver}/api/v1/alerts/alertmanager\n        send_resolved: true\n        \
+             http_config:\n          authorization: {{ type: Bearer, credentials: {INTAKE} }}\n"
+        ),
+    )
+    .expect("config");
+    let port = free_port();
+    let child = Command::new(binary)
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .arg("--cluster.listen-address=")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("alertmanager starts");
+    let am = Alertmanager {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+        _dir: dir,
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = reqwest::get(format!("{}/-/ready", am.url)).await
+            && r.status().is_success()
+        {
+            return Some(am);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Alertmanager did not become ready"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+impl Alertmanager {
+    /// Fire (or, with `ended`, resolve) an alert through Alertmanager's own API.
+    async fn post(&self, labels: &[(&str, &str)], ended: bool) {
+        let labels: serde_json::Map<String, Value> = labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), json!(v)))
+            .collect();
+        let mut alert =
+            json!({ "labels": labels, "annotations": { "summary": "from a real Alertmanager" } });
+        if ended {
+            let past = SystemTime::now() - Duration::from_secs(1);
+            alert["endsAt"] = json!(humantime::format_rfc3339_millis(past).to_string());
+        }
+        let r = reqwest::Client::new()
+            .post(format!("{}/api/v2/alerts", self.url))
+            .json(&json!([alert]))
+            .send()
+            .await
+            .expect("alertmanager answers");
+        assert!(r.status().is_success(), "{}", r.status());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_real_alertmanager_groups_deduplicates_and_resolves_through_the_service() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = ServeSpec::new(dir.path()).start();
+    let Some(am) = alertmanager(&s.url).await else {
+        return;
+    };
+    let orders = [
+        ("alertname", "KafkaConsumerLag"),
+        ("topic", "orders"),
+        ("group", "orders-consumer"),
+        ("severity", "critical"),
+    ];
+    let payments = [
+        ("alertname", "KafkaConsumerLag"),
+        ("topic", "payments"),
+        ("group", "payments-consumer"),
+        ("severity", "critical"),
+    ];
+    am.post(&orders, false).await;
+    let first = s
+        .incidents_until("the first alert's incident", |l| {
+            l.len() == 1 && l[0]["status"] != "triaging"
+        })
+        .await;
+    let fingerprint = first[0]["fingerprint"]
+        .as_str()
+        .expect("fingerprint")
+        .to_owned();
+
+    // A second alert of the same group: Alertmanager sends the group again, both alerts. The
+    // first is counted on its open incident, the second opens its own.
+    am.post(&payments, false).await;
+    let list = s
+        .incidents_until("the second incident and the attached repeat", |l| {
+            l.len() == 2 && l.iter().any(|i| i["attached_alerts"].as_u64() >= Some(1))
+        })
+        .await;
+    let attached = list
+        .iter()
+        .find(|i| i["fingerprint"] == fingerprint.as_str())
+        .expect("the first incident");
+    assert!(attached["attached_alerts"].as_u64() >= Some(1), "{list:?}");
+    let groups: Vec<Value> = s
+        .kinds("alert-accepted")
+        .iter()
+        .map(|r| r["data"]["source"]["group_key"].clone())
+        .collect();
+    assert!(
+        groups.iter().all(|g| g == &groups[0] && g.is_string()),
+        "{groups:?}"
+    );
+    assert!(groups.len() >= 3, "{groups:?}");
+
+    // Resolved in Alertmanager: the notification reaches the incident, nothing is triaged.
+    let selections = s.kinds("selection").len();
+    am.post(&orders, true).await;
+    let list = s
+        .incidents_until("the resolved notice", |l| {
+            l.iter().any(|i| {
+                i["fingerprint"] == fingerprint.as_str() && i["source_resolved_at"].is_string()
+            })
+        })
+        .await;
+    assert_eq!(list.len(), 2);
+    assert_eq!(s.kinds("selection").len(), selections);
 }
