@@ -1,0 +1,193 @@
+//! Intake throughput of `themis serve`: Alertmanager notifications (one alert each) posted from
+//! a loopback client over keep-alive connections, at 1 %, 50 % and 99 % duplicate alerts, and
+//! the service's RSS afterwards. The baseline, measured in the same run with the same client,
+//! is an axum endpoint that parses the same payload and answers 200 without recording it: the
+//! ratio is what recording, routing and queueing cost over HTTP and JSON alone.
+//!
+//! `cargo bench -p themis --bench intake --profile dev` (the dev profile optimises every
+//! dependency; add `--profile bench` for a release build). THEMIS_BENCH_ALERTS sets the alerts
+//! per mix (default 20 000), THEMIS_BENCH_CLIENTS the concurrent connections (default 8).
+
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+const INTAKE: &str = "bench-intake-token";
+
+fn notification(fingerprint: &str) -> Value {
+    json!({
+        "version": "4", "groupKey": "{}:{alertname=\"KafkaConsumerLag\"}", "truncatedAlerts": 0,
+        "status": "firing", "receiver": "themis", "groupLabels": {}, "commonLabels": {},
+        "commonAnnotations": {}, "externalURL": "http://alertmanager",
+        "alerts": [ {
+            "status": "firing",
+            "labels": { "alertname": "KafkaConsumerLag", "topic": "orders", "group": "orders-consumer", "severity": "critical" },
+            "annotations": { "summary": "lag" }, "startsAt": "2026-11-30T10:00:00Z",
+            "endsAt": "0001-01-01T00:00:00Z", "generatorURL": "http://prometheus", "fingerprint": fingerprint,
+        } ],
+    })
+}
+
+struct Run {
+    accepted: usize,
+    refused: usize,
+    seconds: f64,
+}
+
+/// Post `total` notifications from `clients` keep-alive connections; `duplicate` of them (a
+/// fraction) repeat one fingerprint, the rest are new.
+async fn load(url: &str, total: usize, clients: usize, duplicate: f64) -> Run {
+    let next = Arc::new(AtomicUsize::new(0));
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let refused = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (next, accepted, refused) = (next.clone(), accepted.clone(), refused.clone());
+        let url = url.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let http = reqwest::Client::builder()
+                .pool_max_idle_per_host(1)
+                .build()
+                .expect("client");
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total {
+                    break;
+                }
+                // Deterministic mix: every i whose fraction falls under `duplicate` repeats.
+                let dup = ((i as f64 * 0.618_033_988_7) % 1.0) < duplicate;
+                let fp = if dup { "dup-0".to_owned() } else { format!("new-{i}") };
+                let r = http
+                    .post(&url)
+                    .bearer_auth(INTAKE)
+                    .json(&notification(&fp))
+                    .send()
+                    .await;
+                match r.map(|r| r.status().as_u16()) {
+                    Ok(200) => accepted.fetch_add(1, Ordering::Relaxed),
+                    _ => refused.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    Run {
+        accepted: accepted.load(Ordering::Relaxed),
+        refused: refused.load(Ordering::Relaxed),
+        seconds: start.elapsed().as_secs_f64(),
+    }
+}
+
+/// The baseline: same route shape, same parse, no recording.
+async fn baseline() -> String {
+    use axum::{Router, body::Bytes, routing::post};
+    let app = Router::new().route(
+        "/api/v1/alerts/alertmanager",
+        post(|body: Bytes| async move {
+            let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            if v["version"] == "4" { "ok" } else { "bad" }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}/api/v1/alerts/alertmanager")
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn main() {
+    let total: usize = std::env::var("THEMIS_BENCH_ALERTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let clients: usize = std::env::var("THEMIS_BENCH_CLIENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8);
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("themis.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen: 127.0.0.1:0\nagents: {agents}\nstate_dir: state\n\
+             intake: {{ tokens: [ {{ env: BENCH_INTAKE }} ] }}\n\
+             backends:\n  kafka: {{ scenario: {world} }}\nlimits: {{ queue: 1024 }}\n",
+            agents = repo.join("agents").display(),
+            world = repo
+                .join("tests/scenarios/agent-kafka-gc-pause.yaml")
+                .display(),
+        ),
+    )
+    .expect("config");
+    let rt = tokio::runtime::Runtime::new().expect("tokio");
+    println!("intake: {total} notifications of one alert per mix, {clients} keep-alive clients");
+    println!(
+        "{:<28} {:>10} {:>10} {:>12} {:>14}",
+        "subject", "accepted", "refused", "accepted/s", "vs baseline"
+    );
+    let base_url = rt.block_on(baseline());
+    let base = rt.block_on(load(&base_url, total, clients, 0.5));
+    let base_rate = base.accepted as f64 / base.seconds;
+    println!(
+        "{:<28} {:>10} {:>10} {:>12.0} {:>14}",
+        "baseline (parse, 200)", base.accepted, base.refused, base_rate, "1.00"
+    );
+    for duplicate in [0.01, 0.5, 0.99] {
+        let state = dir.path().join("state");
+        let _ = std::fs::remove_dir_all(&state);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_themis"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("BENCH_INTAKE", INTAKE)
+            .env("THEMIS_CACHE_DIR", repo.join("target/bench-cache"))
+            .current_dir(dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("themis serve");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let url = loop {
+            match lines.next() {
+                Some(Ok(l)) => {
+                    if let Some(u) = l.strip_prefix("themis serve: listening on ") {
+                        break format!("{u}/api/v1/alerts/alertmanager");
+                    }
+                }
+                _ => panic!("themis serve did not start"),
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        let run = rt.block_on(load(&url, total, clients, duplicate));
+        let rate = run.accepted as f64 / run.seconds;
+        std::thread::sleep(Duration::from_millis(200));
+        let rss = rss_kib(child.id());
+        println!(
+            "{:<28} {:>10} {:>10} {:>12.0} {:>14.3}   RSS after: {} MiB",
+            format!("themis serve, {:.0} % dup", duplicate * 100.0),
+            run.accepted,
+            run.refused,
+            rate,
+            rate / base_rate,
+            rss / 1024
+        );
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
