@@ -533,6 +533,42 @@ async fn approvals_over_http_identify_by_token_and_run_the_plan_once() {
     assert_eq!(s.get("/api/v1/agents", "nobody").await.0, 401);
     assert_eq!(s.get("/api/v1/incidents/inc-nope", BOB).await.0, 404);
     assert_eq!(s.get("/api/v1/incidents?status=bogus", BOB).await.0, 400);
+    assert_eq!(s.get("/api/v1/incidents?limit=0", BOB).await.0, 400);
+
+    // The OpenAPI document is generated from the handlers and covers every route.
+    let r = s
+        .http
+        .get(format!("{}/api/v1/openapi.json", s.url))
+        .send()
+        .await
+        .expect("openapi");
+    assert_eq!(r.status().as_u16(), 200);
+    let doc: Value = r.json().await.expect("json");
+    let mut paths: Vec<&str> = doc["paths"]
+        .as_object()
+        .expect("paths")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    paths.sort();
+    assert_eq!(
+        paths,
+        [
+            "/api/v1/agents",
+            "/api/v1/alerts",
+            "/api/v1/alerts/alertmanager",
+            "/api/v1/approvals",
+            "/api/v1/approvals/{id}/adjust",
+            "/api/v1/approvals/{id}/approve",
+            "/api/v1/approvals/{id}/reject",
+            "/api/v1/events",
+            "/api/v1/incidents",
+            "/api/v1/incidents/{id}",
+            "/api/v1/slack/interactions",
+            "/healthz",
+            "/readyz",
+        ]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -60,7 +60,11 @@ async fn load(url: &str, total: usize, clients: usize, duplicate: f64) -> Run {
                 }
                 // Deterministic mix: every i whose fraction falls under `duplicate` repeats.
                 let dup = ((i as f64 * 0.618_033_988_7) % 1.0) < duplicate;
-                let fp = if dup { "dup-0".to_owned() } else { format!("new-{i}") };
+                let fp = if dup {
+                    "dup-0".to_owned()
+                } else {
+                    format!("new-{i}")
+                };
                 let r = http
                     .post(&url)
                     .bearer_auth(INTAKE)

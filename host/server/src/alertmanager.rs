@@ -8,20 +8,72 @@ use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use themis_agent::AlertStatus;
 use themis_core::types::{Alert, Pair};
+use utoipa::ToSchema;
 
-/// The largest label or annotation set one alert may carry, and the longest value.
+/// `firing` or `resolved` (the schema of `themis_agent::AlertStatus`).
+#[derive(serde::Serialize, ToSchema)]
+#[schema(as = AlertStatus)]
+#[serde(rename_all = "kebab-case")]
+#[allow(dead_code)]
+pub enum AlertStatusDoc {
+    Firing,
+    Resolved,
+}
+
+/// The largest label or annotation set one alert may carry, the longest name and value (in
+/// characters, as the OpenAPI document says).
 pub const MAX_PAIRS: usize = 256;
-pub const MAX_VALUE_BYTES: usize = 16 << 10;
+pub const MAX_KEY_CHARS: usize = 256;
+pub const MAX_VALUE_CHARS: usize = 2048;
+
+/// The documented shape of a label or annotation set: string values, bounded.
+fn pairs_schema(required_name: bool) -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    let value = || {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .max_length(Some(MAX_VALUE_CHARS))
+    };
+    let mut b = ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .description(Some(format!(
+            "string values; names up to {MAX_KEY_CHARS} characters"
+        )))
+        .max_properties(Some(MAX_PAIRS))
+        .additional_properties(Some(value()));
+    if required_name {
+        b = b
+            .property(
+                "alertname",
+                value().min_length(Some(1)).max_length(Some(256)),
+            )
+            .required("alertname");
+    }
+    b.build()
+}
+
+fn labels_schema() -> utoipa::openapi::schema::Object {
+    pairs_schema(true)
+}
+
+fn annotations_schema() -> utoipa::openapi::schema::Object {
+    pairs_schema(false)
+}
 
 /// `POST /api/v1/alerts/alertmanager`: one notification for one group of alerts.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Notification {
+    /// Always "4".
+    #[schema(pattern = "^4$", example = "4")]
     pub version: String,
     #[serde(default)]
     pub group_key: String,
-    #[serde(default)]
-    pub truncated_alerts: u64,
+    // JSON Schema counts `5.0` as an integer: take any number, check it is a whole count.
+    #[serde(default = "zero")]
+    #[schema(value_type = i64, minimum = 0)]
+    pub truncated_alerts: serde_json::Number,
+    #[schema(value_type = AlertStatusDoc)]
     pub status: AlertStatus,
     #[serde(default)]
     pub receiver: String,
@@ -33,15 +85,20 @@ pub struct Notification {
     pub common_annotations: BTreeMap<String, String>,
     #[serde(default, rename = "externalURL")]
     pub external_url: String,
+    #[schema(max_items = 1000)]
     pub alerts: Vec<AmAlert>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AmAlert {
+    #[schema(value_type = AlertStatusDoc)]
     pub status: AlertStatus,
+    /// Must carry `alertname`.
+    #[schema(schema_with = labels_schema)]
     pub labels: BTreeMap<String, String>,
     #[serde(default)]
+    #[schema(schema_with = annotations_schema)]
     pub annotations: BTreeMap<String, String>,
     #[serde(default)]
     pub starts_at: String,
@@ -49,6 +106,7 @@ pub struct AmAlert {
     pub ends_at: String,
     #[serde(default, rename = "generatorURL")]
     pub generator_url: String,
+    #[schema(min_length = 1, max_length = 128)]
     pub fingerprint: String,
 }
 
@@ -69,10 +127,12 @@ fn pairs(field: &str, map: &BTreeMap<String, String>) -> Result<Vec<Pair>, ApiEr
     }
     map.iter()
         .map(|(k, v)| {
-            if k.len() + v.len() > MAX_VALUE_BYTES {
+            if k.chars().count() > MAX_KEY_CHARS || v.chars().count() > MAX_VALUE_CHARS {
                 Err(ApiError::bad_request(
-                    format!("{field}.{k}"),
-                    format!("longer than {MAX_VALUE_BYTES} bytes"),
+                    format!("{field}.{}", k.chars().take(64).collect::<String>()),
+                    format!(
+                        "names up to {MAX_KEY_CHARS} characters, values up to {MAX_VALUE_CHARS}"
+                    ),
                 ))
             } else {
                 Ok(Pair::new(k, v))
@@ -93,6 +153,19 @@ impl Notification {
                 ),
             ));
         }
+        // A whole count within the documented int64 range (2^63 is the first value past it).
+        let n = &self.truncated_alerts;
+        let whole = match (n.as_u64(), n.as_f64()) {
+            (Some(u), _) => u <= i64::MAX as u64,
+            (None, Some(f)) => f >= 0.0 && f.fract() == 0.0 && f < 9_223_372_036_854_775_808.0,
+            (None, None) => false,
+        };
+        if !whole {
+            return Err(ApiError::bad_request(
+                "truncatedAlerts",
+                "a count: 0 or more",
+            ));
+        }
         if self.alerts.len() > max_alerts {
             return Err(ApiError::bad_request(
                 "alerts",
@@ -107,15 +180,15 @@ impl Notification {
             let name = a
                 .labels
                 .get("alertname")
-                .filter(|n| !n.is_empty())
+                .filter(|n| !n.is_empty() && n.chars().count() <= 256)
                 .cloned()
                 .ok_or_else(|| {
                     ApiError::bad_request(
                         format!("alerts[{i}].labels.alertname"),
-                        "every alert needs its `alertname` label",
+                        "every alert needs its `alertname` label, 1 to 256 characters",
                     )
                 })?;
-            if a.fingerprint.is_empty() || a.fingerprint.len() > 128 {
+            if a.fingerprint.is_empty() || a.fingerprint.chars().count() > 128 {
                 return Err(ApiError::bad_request(
                     format!("alerts[{i}].fingerprint"),
                     "Alertmanager's fingerprint is required (1 to 128 characters)",
@@ -147,22 +220,31 @@ impl Notification {
 }
 
 /// `POST /api/v1/alerts`: one alert in Themis' own JSON, for sources other than Alertmanager.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OwnAlert {
+    #[schema(min_length = 1, max_length = 256)]
     pub name: String,
     /// Its identity for deduplication [default: derived from name and labels].
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 128)]
     pub fingerprint: Option<String>,
     #[serde(default)]
+    #[schema(schema_with = annotations_schema)]
     pub labels: BTreeMap<String, String>,
     #[serde(default)]
+    #[schema(schema_with = annotations_schema)]
     pub annotations: BTreeMap<String, String>,
     #[serde(default = "firing")]
+    #[schema(value_type = AlertStatusDoc)]
     pub status: AlertStatus,
     /// Where it came from, free text (recorded).
     #[serde(default)]
     pub source: Option<String>,
+}
+
+fn zero() -> serde_json::Number {
+    0.into()
 }
 
 fn firing() -> AlertStatus {
@@ -171,11 +253,11 @@ fn firing() -> AlertStatus {
 
 impl OwnAlert {
     pub fn into_incoming(self) -> Result<Incoming, ApiError> {
-        if self.name.is_empty() || self.name.len() > 256 {
+        if self.name.is_empty() || self.name.chars().count() > 256 {
             return Err(ApiError::bad_request("name", "1 to 256 characters"));
         }
         let fingerprint = match self.fingerprint {
-            Some(f) if !f.is_empty() && f.len() <= 128 => f,
+            Some(f) if !f.is_empty() && f.chars().count() <= 128 => f,
             Some(_) => {
                 return Err(ApiError::bad_request("fingerprint", "1 to 128 characters"));
             }
@@ -219,7 +301,7 @@ mod tests {
         Notification {
             version: version.into(),
             group_key: "{}:{alertname=\"X\"}".into(),
-            truncated_alerts: 0,
+            truncated_alerts: 0.into(),
             status: AlertStatus::Firing,
             receiver: "themis".into(),
             group_labels: BTreeMap::new(),

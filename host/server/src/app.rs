@@ -47,6 +47,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/incidents", get(read::incidents))
         .route("/api/v1/incidents/{id}", get(read::incident))
         .route("/api/v1/events", get(read::events))
+        .route(
+            "/api/v1/openapi.json",
+            get(|| async { axum::Json(crate::openapi::document()) }),
+        )
         .route("/healthz", get(read::healthz))
         .route("/readyz", get(read::readyz))
         .fallback(|| async {

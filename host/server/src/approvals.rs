@@ -18,22 +18,22 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct Approve {
+pub struct Approve {
     /// The digest of the plan the approver was shown (`GET /api/v1/approvals`).
     plan_digest: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct Reject {
+pub struct Reject {
     reason: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct Adjust {
+pub struct Adjust {
     runbook: String,
     #[serde(default)]
     params: BTreeMap<String, String>,
@@ -52,6 +52,19 @@ fn check_id(id: &str) -> Result<(), ApiError> {
     }
 }
 
+/// Approve exactly the plan shown (its digest); the runbook runs before the answer returns.
+#[utoipa::path(post, path = "/api/v1/approvals/{id}/approve", tag = "approvals",
+    params(("id" = String, Path, description = "approval id, apr-…")),
+    request_body = Approve, security(("approver_token" = [])),
+    responses((status = 200, description = "the incident after the answer", body = IncidentView),
+        (status = 400, description = "malformed body; `field` names what", body = ApiError),
+        (status = 401, description = "no or unknown approver token", body = ApiError),
+        (status = 403, description = "policy refuses this answer (self-approval, not an approver, expired, another plan)", body = ApiError),
+        (status = 404, description = "no such approval or incident", body = ApiError),
+        (status = 409, description = "already answered, or not waiting for an answer", body = ApiError),
+        (status = 413, description = "body over the limit", body = ApiError),
+        (status = 503, description = "the record could not be written: nothing was done", body = ApiError),
+    ))]
 pub async fn approve(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
@@ -75,6 +88,19 @@ pub async fn approve(
     Ok(Json(IncidentView::of(&incident)))
 }
 
+/// Reject a pending plan: nothing runs.
+#[utoipa::path(post, path = "/api/v1/approvals/{id}/reject", tag = "approvals",
+    params(("id" = String, Path, description = "approval id, apr-…")),
+    request_body = Reject, security(("approver_token" = [])),
+    responses((status = 200, description = "the incident after the answer", body = IncidentView),
+        (status = 400, description = "malformed body; `field` names what", body = ApiError),
+        (status = 401, description = "no or unknown approver token", body = ApiError),
+        (status = 403, description = "policy refuses this answer (self-approval, not an approver, expired, another plan)", body = ApiError),
+        (status = 404, description = "no such approval or incident", body = ApiError),
+        (status = 409, description = "already answered, or not waiting for an answer", body = ApiError),
+        (status = 413, description = "body over the limit", body = ApiError),
+        (status = 503, description = "the record could not be written: nothing was done", body = ApiError),
+    ))]
 pub async fn reject(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
@@ -95,6 +121,19 @@ pub async fn reject(
     Ok(Json(IncidentView::of(&incident)))
 }
 
+/// Another runbook of the catalog and/or other parameters; the same policy judges it.
+#[utoipa::path(post, path = "/api/v1/approvals/{id}/adjust", tag = "approvals",
+    params(("id" = String, Path, description = "approval id (apr-…) or incident id (inc-…)")),
+    request_body = Adjust, security(("approver_token" = [])),
+    responses((status = 200, description = "the incident after the answer", body = IncidentView),
+        (status = 400, description = "malformed body; `field` names what", body = ApiError),
+        (status = 401, description = "no or unknown approver token", body = ApiError),
+        (status = 403, description = "policy refuses this answer (self-approval, not an approver, expired, another plan)", body = ApiError),
+        (status = 404, description = "no such approval or incident", body = ApiError),
+        (status = 409, description = "already answered, or not waiting for an answer", body = ApiError),
+        (status = 413, description = "body over the limit", body = ApiError),
+        (status = 503, description = "the record could not be written: nothing was done", body = ApiError),
+    ))]
 pub async fn adjust(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,

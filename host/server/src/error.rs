@@ -6,11 +6,12 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ApiError {
     #[serde(skip)]
     pub status: StatusCode,
     /// A stable code, e.g. `unauthorized`, `bad-request`, `queue-full`.
+    #[schema(value_type = String, example = "bad-request")]
     pub error: &'static str,
     pub message: String,
     /// The offending field of the request body, as a path (`alerts[3].labels`).

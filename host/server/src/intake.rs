@@ -16,18 +16,19 @@ use serde::Serialize;
 use std::sync::Arc;
 use themis_agent::Submitted;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Taken {
     pub fingerprint: String,
     pub alertname: String,
     /// `queued` (on the record, in its agent's queue) or `unrouted` (on the record; no agent
     /// owns it).
+    #[schema(value_type = String, example = "queued")]
     pub outcome: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub agent: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct IntakeResponse {
     pub accepted: usize,
     pub unrouted: usize,
@@ -113,6 +114,18 @@ async fn take(state: &AppState, incoming: Vec<Incoming>) -> Result<IntakeRespons
     .map_err(|_| ApiError::unavailable("the intake task failed; nothing after the failure was taken"))?
 }
 
+/// Alertmanager's webhook (payload version 4).
+#[utoipa::path(post, path = "/api/v1/alerts/alertmanager", tag = "intake",
+    request_body = crate::alertmanager::Notification,
+    security(("intake_token" = [])),
+    responses(
+        (status = 200, description = "every alert on the record (queued or unrouted)", body = IntakeResponse),
+        (status = 400, description = "malformed body; `field` names what", body = ApiError),
+        (status = 401, description = "no or unknown bearer token", body = ApiError),
+        (status = 413, description = "body over the limit", body = ApiError),
+        (status = 429, description = "an agent's queue is full; retry after `Retry-After` seconds", body = ApiError),
+        (status = 503, description = "shutting down, or the record could not be written", body = ApiError),
+    ))]
 pub async fn alertmanager(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -125,6 +138,18 @@ pub async fn alertmanager(
     Ok(Json(take(&state, incoming).await?))
 }
 
+/// One alert in Themis' own JSON.
+#[utoipa::path(post, path = "/api/v1/alerts", tag = "intake",
+    request_body = crate::alertmanager::OwnAlert,
+    security(("intake_token" = [])),
+    responses(
+        (status = 200, description = "the alert is on the record", body = IntakeResponse),
+        (status = 400, description = "malformed body; `field` names what", body = ApiError),
+        (status = 401, description = "no or unknown bearer token", body = ApiError),
+        (status = 413, description = "body over the limit", body = ApiError),
+        (status = 429, description = "an agent's queue is full; retry after `Retry-After` seconds", body = ApiError),
+        (status = 503, description = "shutting down, or the record could not be written", body = ApiError),
+    ))]
 pub async fn own(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,

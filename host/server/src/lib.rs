@@ -16,6 +16,7 @@ pub mod config;
 pub mod error;
 pub mod events;
 mod intake;
+pub mod openapi;
 mod read;
 pub mod slack;
 mod views;

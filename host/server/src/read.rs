@@ -18,22 +18,29 @@ use std::sync::Arc;
 use themis_agent::audit::Record;
 use themis_agent::store::IncidentStatus;
 use tokio::sync::broadcast::error::RecvError;
+use utoipa::{IntoParams, ToSchema};
 
 /// The most incidents one list returns, and the most timeline records.
 pub const MAX_LIST: usize = 1000;
 pub const DEFAULT_LIST: usize = 100;
 pub const MAX_TIMELINE: usize = 2000;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct AgentStatus {
     pub name: String,
     pub domain: String,
+    /// The state machine's state: `{"state": "idle"}`, `{"state": "executing-runbook", "incident": …, "runbook": …, "step": …, "phase": …}`, …
+    #[schema(value_type = Object)]
     pub state: Value,
     /// When it entered this state, if it moved since the service started.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub since: Option<String>,
 }
 
+/// Each agent's state now and since when.
+#[utoipa::path(get, path = "/api/v1/agents", tag = "read",
+    security(("approver_token" = []), ("intake_token" = [])),
+    responses((status = 200, body = Vec<AgentStatus>), (status = 401, description = "no or unknown token", body = ApiError),))]
 pub async fn agents(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -62,24 +69,36 @@ pub async fn agents(
     ))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct IncidentQuery {
+    /// Only incidents in this status.
     #[serde(default)]
+    #[param(value_type = Option<crate::views::IncidentStatusDoc>)]
     status: Option<IncidentStatus>,
+    /// Only this agent's incidents.
     #[serde(default)]
     agent: Option<String>,
+    /// At most this many, newest first (default 100, at most 1000).
     #[serde(default)]
-    limit: Option<usize>,
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<u64>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct IncidentList {
     pub incidents: Vec<IncidentView>,
     /// Incidents the store could not trust (changed outside Themis, unreadable).
     pub unreadable: usize,
 }
 
+/// Incidents, newest first.
+#[utoipa::path(get, path = "/api/v1/incidents", tag = "read", params(IncidentQuery),
+    security(("approver_token" = []), ("intake_token" = [])),
+    responses((status = 200, body = IncidentList),
+        (status = 400, description = "a query parameter does not fit", body = ApiError), (status = 401, description = "no or unknown token", body = ApiError),
+        (status = 503, description = "the store could not be read", body = ApiError)))]
 pub async fn incidents(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -87,7 +106,16 @@ pub async fn incidents(
 ) -> Result<Json<IncidentList>, ApiError> {
     auth::reader(&state, &headers)?;
     let Query(q) = query.map_err(|e| ApiError::bad_request("query", e.body_text()))?;
-    let limit = q.limit.unwrap_or(DEFAULT_LIST).clamp(1, MAX_LIST);
+    let limit = match q.limit {
+        None => DEFAULT_LIST,
+        Some(n) if (1..=MAX_LIST as u64).contains(&n) => n as usize,
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "limit",
+                format!("between 1 and {MAX_LIST}"),
+            ));
+        }
+    };
     let (all, problems) = state.runtime.store().scan().await.map_err(store_error)?;
     let incidents = all
         .iter()
@@ -103,16 +131,25 @@ pub async fn incidents(
     }))
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct IncidentDetail {
     #[serde(flatten)]
     pub incident: IncidentView,
     /// The incident's audit records, oldest first (the last MAX_TIMELINE).
+    #[schema(value_type = Vec<Object>)]
     pub timeline: Vec<Record>,
     /// Records of this incident whose hash did not verify: left out, counted.
     pub altered_records: usize,
 }
 
+/// One incident and its timeline from the audit.
+#[utoipa::path(get, path = "/api/v1/incidents/{id}", tag = "read",
+    params(("id" = String, Path, description = "incident id, inc-…")),
+    security(("approver_token" = []), ("intake_token" = [])),
+    responses((status = 200, body = IncidentDetail), (status = 401, description = "no or unknown token", body = ApiError),
+        (status = 404, description = "no such incident", body = ApiError),
+        (status = 409, description = "the incident's state file was changed outside Themis", body = ApiError),
+        (status = 503, description = "the store or the audit could not be read", body = ApiError)))]
 pub async fn incident(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
@@ -146,6 +183,11 @@ pub async fn incident(
     }))
 }
 
+/// Plans waiting for a human, with the digest to approve.
+#[utoipa::path(get, path = "/api/v1/approvals", tag = "read",
+    security(("approver_token" = []), ("intake_token" = [])),
+    responses((status = 200, body = Vec<ApprovalView>), (status = 401, description = "no or unknown token", body = ApiError),
+        (status = 503, description = "the store could not be read", body = ApiError)))]
 pub async fn approvals(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -162,6 +204,9 @@ pub async fn approvals(
 }
 
 /// Server-Sent Events: every transition, phase and escalation. Ends when the host shuts down.
+#[utoipa::path(get, path = "/api/v1/events", tag = "read",
+    security(("approver_token" = []), ("intake_token" = [])),
+    responses((status = 200, description = "`event: transition|phase|escalation|lagged`, `data:` one JSON object", content_type = "text/event-stream", body = String), (status = 401, description = "no or unknown token", body = ApiError)))]
 pub async fn events(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -193,13 +238,27 @@ fn sse(e: &StreamEvent) -> Event {
         .data(serde_json::to_string(e).unwrap_or_default())
 }
 
+/// Alive.
+#[utoipa::path(get, path = "/healthz", tag = "probes",
+    responses((status = 200, description = "alive", content_type = "text/plain", body = String)))]
 pub async fn healthz() -> &'static str {
     "ok\n"
 }
 
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Ready {
+    pub ready: bool,
+    pub agents: usize,
+    pub audit_writable: bool,
+    pub shutting_down: bool,
+}
+
 /// Ready when the agents are loaded, the host is not shutting down, and the audit log can be
 /// written to.
-pub async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Value>) {
+#[utoipa::path(get, path = "/readyz", tag = "probes",
+    responses((status = 200, description = "ready", body = Ready),
+        (status = 503, description = "not ready: see the fields", body = Ready)))]
+pub async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Ready>) {
     let path = state.runtime.audit().path().to_path_buf();
     let writable = std::fs::OpenOptions::new().append(true).open(&path).is_ok();
     let draining = state.draining();
@@ -210,11 +269,11 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Val
         } else {
             StatusCode::SERVICE_UNAVAILABLE
         },
-        Json(serde_json::json!({
-            "ready": ok,
-            "agents": state.runtime.states().len(),
-            "audit_writable": writable,
-            "shutting_down": draining,
-        })),
+        Json(Ready {
+            ready: ok,
+            agents: state.runtime.states().len(),
+            audit_writable: writable,
+            shutting_down: draining,
+        }),
     )
 }

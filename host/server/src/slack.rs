@@ -233,14 +233,32 @@ fn answer_of(action: &Action) -> Result<Answer, ApiError> {
     }
 }
 
+/// Slack's interactivity requests (the escalation's Approve / Reject buttons), form-encoded
+/// `payload=<JSON>`, signed by Slack.
+#[utoipa::path(post, path = "/api/v1/slack/interactions", tag = "approvals",
+    request_body(content = String, content_type = "application/x-www-form-urlencoded",
+        description = "`payload=<JSON>` as Slack sends it"),
+    params(
+        ("x-slack-request-timestamp" = String, Header, description = "seconds since the epoch"),
+        ("x-slack-signature" = String, Header, description = "`v0=` HMAC-SHA256 hex"),
+    ),
+    responses(
+        (status = 200, description = "taken; the answer is applied and reported through response_url", body = Object),
+        (status = 400, description = "not a Themis button", body = ApiError),
+        (status = 401, description = "bad signature, more than five minutes old, or Slack not configured", body = ApiError),
+        (status = 403, description = "the Slack user is no approver", body = ApiError),
+        (status = 409, description = "a replay", body = ApiError),
+        (status = 413, description = "body over the limit", body = ApiError),
+        (status = 503, description = "the request could not be recorded", body = ApiError)))]
 pub async fn interactions(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    // Without a signing secret no request can verify: unauthenticated, like a bad signature.
     let Some(slack) = &state.slack else {
-        return Err(ApiError::not_found(
-            "Slack is not configured on this host (`slack:` in themis.yaml)",
+        return Err(ApiError::unauthorized(
+            "Slack is not configured on this host (`slack:` in themis.yaml): no request can verify",
         ));
     };
     let raw = body(raw)?;

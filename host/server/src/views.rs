@@ -6,18 +6,45 @@ use serde_json::Value;
 use std::time::SystemTime;
 use themis_agent::store::{Incident, IncidentStatus};
 use themis_core::types::Pair;
+use utoipa::ToSchema;
+
+/// A label or annotation (the schema of `themis_core::types::Pair`).
+#[derive(Serialize, ToSchema)]
+#[schema(as = Pair)]
+#[allow(dead_code)]
+pub struct PairDoc {
+    pub key: String,
+    pub value: String,
+}
+
+/// An incident's status (the schema of `IncidentStatus`).
+#[derive(Serialize, ToSchema)]
+#[schema(as = IncidentStatus)]
+#[serde(rename_all = "kebab-case")]
+#[allow(dead_code)]
+pub enum IncidentStatusDoc {
+    Triaging,
+    Executing,
+    PendingApproval,
+    Escalated,
+    Interrupted,
+    Resolved,
+    Failed,
+    Rejected,
+}
 
 pub fn time(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ApprovalView {
     pub id: String,
     pub incident: String,
     pub agent: String,
     pub runbook: String,
     pub runbook_version: String,
+    #[schema(value_type = Object)]
     pub params: Value,
     pub target: String,
     pub plan_digest: String,
@@ -45,22 +72,25 @@ impl ApprovalView {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct AnswerView {
     pub approval_id: String,
+    #[schema(value_type = String, example = "approved")]
     pub kind: Value,
     pub by: String,
     pub via: String,
     pub at: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct IncidentView {
     pub id: String,
     pub agent: String,
+    #[schema(value_type = IncidentStatusDoc)]
     pub status: IncidentStatus,
     pub alertname: String,
     pub fingerprint: String,
+    #[schema(value_type = Vec<PairDoc>)]
     pub labels: Vec<Pair>,
     pub opened_at: String,
     /// Later notifications of the same alert while it was open.
