@@ -865,6 +865,28 @@ async fn sigterm_stops_cleanly_and_the_event_stream_shows_transitions() {
         .await
         .expect("events");
     assert_eq!(events.status().as_u16(), 200);
+    // And a terminal watching: `themis agents --watch` over the same stream.
+    let mut watcher = Command::new(env!("CARGO_BIN_EXE_themis"))
+        .args(["agents", "--watch", "--server", &s.url])
+        .env("THEMIS_TOKEN", ONCALL)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("watcher");
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel::<String>();
+    let watcher_out = watcher.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in BufReader::new(watcher_out).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let mut watched = Vec::new();
+    while !watched.iter().any(|l: &String| l.starts_with("watching ")) {
+        let line = lines_rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("the watcher did not subscribe: {watched:?}"));
+        watched.push(line);
+    }
     s.post(
         AM,
         INTAKE,
@@ -895,6 +917,20 @@ async fn sigterm_stops_cleanly_and_the_event_stream_shows_transitions() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "{status:?}");
+    let ended = watcher.wait().expect("the watcher ends with the stream");
+    assert!(ended.success(), "{ended:?}");
+    // The reader ends at the watcher's end of output: every line is in.
+    watched.extend(lines_rx.iter());
+    let watched = watched.join("\n");
+    assert!(watched.starts_with("AGENT"), "{watched}");
+    assert!(
+        watched.contains("kafka        idle → triaging"),
+        "{watched}"
+    );
+    assert!(
+        watched.contains("(the service closed the event stream)"),
+        "{watched}"
+    );
     let out = themis(&[
         "audit",
         "verify",

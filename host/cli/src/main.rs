@@ -196,6 +196,17 @@ enum Command {
         place: Place,
         #[arg(long)]
         json: bool,
+        /// Ask a running `themis serve` at this URL instead of reading the state directory
+        /// (token in THEMIS_TOKEN or --token-file).
+        #[arg(long, value_name = "URL", env = "THEMIS_SERVER")]
+        server: Option<String>,
+        /// With --server: a file whose first line is your token.
+        #[arg(long, value_name = "FILE", requires = "server")]
+        token_file: Option<PathBuf>,
+        /// With --server: after the states, print every transition, phase and escalation as it
+        /// happens, until the service stops or Ctrl-C.
+        #[arg(long, requires = "server")]
+        watch: bool,
     },
     /// Approve a pending plan; its runbook then runs, preconditions re-checked first.
     ///
@@ -473,7 +484,16 @@ async fn dispatch(cli: Cli) -> ExitCode {
             };
             signing::list(&sandbox, &agents, json, unsigned.allow_unsigned)
         }
-        Command::Agents { place, json } => host::agents(&place, json).await,
+        Command::Agents {
+            place,
+            json,
+            server,
+            token_file,
+            watch,
+        } => match server {
+            Some(server) => remote::agents(&server, token_file.as_deref(), json, watch).await,
+            None => host::agents(&place, json).await,
+        },
         Command::Alert { scenario, place } => host::alert(&scenario, &place, &cli.cache_dir).await,
         Command::Approve {
             id,

@@ -277,10 +277,11 @@ pub async fn interactions(
         h.update(&raw);
         hex::encode(h.finalize())
     };
-    let first = {
+    // An fsync: off the async threads' hands.
+    let first = tokio::task::block_in_place(|| {
         let mut seen = slack.seen.lock().unwrap_or_else(|p| p.into_inner());
-        seen.first_time(&request_id, ts)?
-    };
+        seen.first_time(&request_id, ts)
+    })?;
     if !first {
         let _ = state.runtime.audit().append(
             "slack",

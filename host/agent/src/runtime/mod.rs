@@ -185,7 +185,13 @@ impl Runtime {
                 state,
             });
             loaded.push(agent);
-            tasks.push(tokio::spawn(worker.run(rx)));
+            // A worker writes the audit and the store synchronously (each record fsynced): it
+            // runs on a thread of its own, never on the async runtime's threads, so a slow disk
+            // never stalls the service's intake, answers or event streams.
+            let runtime = tokio::runtime::Handle::current();
+            tasks.push(tokio::task::spawn_blocking(move || {
+                runtime.block_on(worker.run(rx))
+            }));
         }
         Ok(Runtime {
             handles,
