@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
 /// The largest record the log keeps; a larger one has its data summarised with a digest.
@@ -102,10 +102,27 @@ struct Tail {
     mode: Option<String>,
 }
 
+/// What has reached the disk. Appends are written in chain order under the tail's lock and made
+/// durable together: whoever finds its record not yet synced either syncs everything written so
+/// far (and wakes the others) or waits for the sync under way — group commit, so concurrent
+/// appenders share fsyncs instead of queueing one each.
+struct Durable {
+    /// Bytes of the file known to be on disk.
+    synced: u64,
+    syncing: bool,
+    /// An fsync failed: what was written since cannot be known durable, so no later append is
+    /// either. The log refuses every append from then on (fail closed) until the host restarts.
+    failed: Option<String>,
+}
+
 /// An open audit log. Appends are serialised; each returns after the record is on disk.
 pub struct AuditLog {
     path: PathBuf,
     tail: Mutex<Tail>,
+    durable: Mutex<Durable>,
+    synced: Condvar,
+    /// The same open file, for fsync without holding the tail's lock.
+    sync_file: File,
     redactor: Redactor,
     _lock: Held,
 }
@@ -145,8 +162,16 @@ impl AuditLog {
             .open(path)
             .map_err(io)?;
         let len = file.metadata().map_err(io)?.len();
+        let sync_file = file.try_clone().map_err(io)?;
         let log = AuditLog {
             path: path.to_path_buf(),
+            durable: Mutex::new(Durable {
+                synced: len,
+                syncing: false,
+                failed: None,
+            }),
+            synced: Condvar::new(),
+            sync_file,
             tail: Mutex::new(Tail {
                 file,
                 len,
@@ -163,6 +188,7 @@ impl AuditLog {
             let mut tail = log.tail.lock().unwrap_or_else(|p| p.into_inner());
             tail.file.set_len(torn.at).map_err(io)?;
             tail.len = torn.at;
+            log.durable.lock().unwrap_or_else(|p| p.into_inner()).synced = torn.at;
             drop(tail);
             log.append(
                 "host",
@@ -172,6 +198,48 @@ impl AuditLog {
             )?;
         }
         Ok(log)
+    }
+
+    fn failed(&self) -> Option<String> {
+        self.durable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .failed
+            .clone()
+    }
+
+    /// Return once the file is on disk up to `end`: sync it (everything written so far) or wait
+    /// for the sync another appender started.
+    fn wait_durable(&self, end: u64) -> std::io::Result<()> {
+        let mut d = self.durable.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(problem) = &d.failed {
+                return Err(std::io::Error::other(problem.clone()));
+            }
+            if d.synced >= end {
+                return Ok(());
+            }
+            if d.syncing {
+                d = self.synced.wait(d).unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            d.syncing = true;
+            drop(d);
+            // Everything written before this point is covered by the fsync below.
+            let upto = self.tail.lock().unwrap_or_else(|p| p.into_inner()).len;
+            let result = self.sync_file.sync_data();
+            d = self.durable.lock().unwrap_or_else(|p| p.into_inner());
+            d.syncing = false;
+            match result {
+                Ok(()) => d.synced = d.synced.max(upto),
+                Err(e) => {
+                    d.failed = Some(format!(
+                        "an fsync of the audit log failed ({e}); no record since can be trusted to be on disk, so the log takes no more: restart the host"
+                    ));
+                }
+            }
+            self.synced.notify_all();
+        }
     }
 
     pub fn redactor(&self) -> &Redactor {
@@ -249,8 +317,10 @@ impl AuditLog {
         tail.mode = Some(mode.to_owned());
     }
 
-    /// Append one record and fsync it. Returns the record as written. An error means the record
-    /// is not on disk: the caller must not take the action it announces.
+    /// Append one record; return once it is on disk (its fsync shared with concurrent appends).
+    /// An error means the record cannot be trusted to be on disk: the caller must not take the
+    /// action it announces. (After a failed fsync the record may still be found in the file; the
+    /// action it announced was not taken, and the log takes no more records.)
     pub fn append(
         &self,
         agent: &str,
@@ -278,19 +348,22 @@ impl AuditLog {
             path: self.path.clone(),
             source,
         };
+        if let Some(problem) = self.failed() {
+            return Err(io(std::io::Error::other(problem)));
+        }
         let before = tail.len;
-        if let Err(e) = tail
-            .file
-            .write_all(&line)
-            .and_then(|()| tail.file.sync_data())
-        {
+        if let Err(e) = tail.file.write_all(&line) {
             // Leave no half line behind: the chain must stay readable for the next append.
+            // Nothing was chained on this record yet (we hold the tail), so it can go.
             let _ = tail.file.set_len(before);
             return Err(io(e));
         }
         tail.len = before + line.len() as u64;
         tail.seq = record.seq;
         tail.prev = record.hash.clone();
+        let end = tail.len;
+        drop(tail);
+        self.wait_durable(end).map_err(io)?;
         tracing::info!(
             target: "themis::audit",
             seq = record.seq,
@@ -436,6 +509,35 @@ mod tests {
             .expect("append");
         assert_eq!((c.seq, c.prev.as_str()), (3, b.hash.as_str()));
         assert!(verify::verify(&path).expect("reads").is_ok());
+    }
+
+    #[test]
+    fn concurrent_appends_share_fsyncs_and_keep_one_chain() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.jsonl");
+        let log = std::sync::Arc::new(AuditLog::open(&path, Redactor::default()).expect("open"));
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    for i in 0..50 {
+                        log.append("kafka", None, "alert", json!({ "t": t, "i": i }))
+                            .expect("append");
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("thread");
+        }
+        // Every append returned, so everything written is covered by a sync.
+        let written = log.tail.lock().expect("lock").len;
+        assert_eq!(log.durable.lock().expect("lock").synced, written);
+        let (records, unreadable) = read_all(&path).expect("read");
+        assert_eq!((records.len(), unreadable), (400, 0));
+        assert!(verify::verify(&path).expect("reads").is_ok());
+        let seqs: Vec<u64> = records.iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, (1..=400).collect::<Vec<_>>());
     }
 
     #[test]
