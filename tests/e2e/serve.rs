@@ -147,6 +147,30 @@ impl Served {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    /// Fire the lag alert with `fingerprint` and wait for its proposal: (approval id, digest).
+    pub async fn proposal(&self, fingerprint: &str) -> (String, String) {
+        let (status, body) = self
+            .post(
+                AM,
+                INTAKE,
+                &notification("firing", &[("KafkaConsumerLag", fingerprint, LAG)]),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        self.incidents_until("the proposal", |l| {
+            l.iter().any(|i| i["status"] == "pending-approval")
+        })
+        .await;
+        let (status, approvals) = self.get("/api/v1/approvals", ONCALL).await;
+        assert_eq!(status, 200, "{approvals}");
+        let id = approvals[0]["id"].as_str().expect("id").to_owned();
+        let digest = approvals[0]["plan_digest"]
+            .as_str()
+            .expect("digest")
+            .to_owned();
+        (id, digest)
+    }
+
     pub fn audit(&self) -> Vec<Value> {
         records(&self.state.join("audit.jsonl"))
     }
@@ -421,25 +445,7 @@ async fn a_full_queue_is_a_429_with_retry_after_and_every_taken_alert_is_on_the_
 async fn approvals_over_http_identify_by_token_and_run_the_plan_once() {
     let dir = tempfile::tempdir().expect("tempdir");
     let s = ServeSpec::new(dir.path()).start();
-    let (status, _) = s
-        .post(
-            AM,
-            INTAKE,
-            &notification("firing", &[("KafkaConsumerLag", "fp-a", LAG)]),
-        )
-        .await;
-    assert_eq!(status, 200);
-    s.incidents_until("the proposal", |l| {
-        l.iter().any(|i| i["status"] == "pending-approval")
-    })
-    .await;
-    let (status, approvals) = s.get("/api/v1/approvals", ONCALL).await;
-    assert_eq!(status, 200);
-    let id = approvals[0]["id"].as_str().expect("id").to_owned();
-    let digest = approvals[0]["plan_digest"]
-        .as_str()
-        .expect("digest")
-        .to_owned();
+    let (id, digest) = s.proposal("fp-a").await;
     let approve = format!("/api/v1/approvals/{id}/approve");
 
     // Identity from the token only: an unknown token is refused; a name in the body is not
@@ -575,22 +581,7 @@ async fn approvals_over_http_identify_by_token_and_run_the_plan_once() {
 async fn the_cli_answers_through_the_server() {
     let dir = tempfile::tempdir().expect("tempdir");
     let s = ServeSpec::new(dir.path()).start();
-    s.post(
-        AM,
-        INTAKE,
-        &notification("firing", &[("KafkaConsumerLag", "fp-c", LAG)]),
-    )
-    .await;
-    s.incidents_until("the proposal", |l| {
-        l.iter().any(|i| i["status"] == "pending-approval")
-    })
-    .await;
-    let (_, approvals) = s.get("/api/v1/approvals", ONCALL).await;
-    let id = approvals[0]["id"].as_str().expect("id").to_owned();
-    let digest = approvals[0]["plan_digest"]
-        .as_str()
-        .expect("digest")
-        .to_owned();
+    let (id, digest) = s.proposal("fp-c").await;
     let token = dir.path().join("token");
     std::fs::write(&token, format!("{BOB}\n")).expect("token file");
     let run = |args: &[&str]| {
@@ -715,22 +706,7 @@ async fn slack_answers_are_verified_used_once_even_across_a_restart_and_update_t
         ..ServeSpec::new(dir.path())
     };
     let s = spec.start();
-    s.post(
-        AM,
-        INTAKE,
-        &notification("firing", &[("KafkaConsumerLag", "fp-s", LAG)]),
-    )
-    .await;
-    s.incidents_until("the proposal", |l| {
-        l.iter().any(|i| i["status"] == "pending-approval")
-    })
-    .await;
-    let (_, approvals) = s.get("/api/v1/approvals", ONCALL).await;
-    let id = approvals[0]["id"].as_str().expect("id").to_owned();
-    let digest = approvals[0]["plan_digest"]
-        .as_str()
-        .expect("digest")
-        .to_owned();
+    let (id, digest) = s.proposal("fp-s").await;
     let value = format!("{id} {digest}");
     let url = format!("{prefix}1");
 

@@ -17,6 +17,9 @@ use axum::http::HeaderMap;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use themis_agent::RuntimeError;
+use themis_agent::store::Incident;
+use themis_core::identity::Identity;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -37,6 +40,25 @@ pub struct Adjust {
     runbook: String,
     #[serde(default)]
     params: BTreeMap<String, String>,
+}
+
+/// Who answers (from the token), which approval (checked), and what (the body).
+fn answer<T: serde::de::DeserializeOwned>(
+    state: &AppState,
+    id: &str,
+    headers: &HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<(Identity, T), ApiError> {
+    let by = auth::approver(state, headers)?;
+    check_id(id)?;
+    Ok((by, parse_json(&body(raw)?)?))
+}
+
+/// The incident an answer leaves, or why it was refused.
+fn answered(result: Result<Incident, RuntimeError>) -> Result<Json<IncidentView>, ApiError> {
+    result
+        .map(|incident| Json(IncidentView::of(&incident)))
+        .map_err(runtime_error)
 }
 
 fn check_id(id: &str) -> Result<(), ApiError> {
@@ -71,21 +93,19 @@ pub async fn approve(
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Json<IncidentView>, ApiError> {
-    let by = auth::approver(&state, &headers)?;
-    check_id(&id)?;
-    let answer: Approve = parse_json(&body(raw)?)?;
+    let (by, answer): (_, Approve) = self::answer(&state, &id, &headers, raw)?;
     if !answer.plan_digest.starts_with("sha256:") {
         return Err(ApiError::bad_request(
             "plan_digest",
             "the `sha256:…` digest of the plan you were shown",
         ));
     }
-    let incident = state
-        .runtime
-        .approve(&id, by, Some(answer.plan_digest))
-        .await
-        .map_err(runtime_error)?;
-    Ok(Json(IncidentView::of(&incident)))
+    answered(
+        state
+            .runtime
+            .approve(&id, by, Some(answer.plan_digest))
+            .await,
+    )
 }
 
 /// Reject a pending plan: nothing runs.
@@ -107,18 +127,11 @@ pub async fn reject(
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Json<IncidentView>, ApiError> {
-    let by = auth::approver(&state, &headers)?;
-    check_id(&id)?;
-    let answer: Reject = parse_json(&body(raw)?)?;
+    let (by, answer): (_, Reject) = self::answer(&state, &id, &headers, raw)?;
     if answer.reason.trim().is_empty() {
         return Err(ApiError::bad_request("reason", "say why, for the record"));
     }
-    let incident = state
-        .runtime
-        .reject(&id, by, &answer.reason)
-        .await
-        .map_err(runtime_error)?;
-    Ok(Json(IncidentView::of(&incident)))
+    answered(state.runtime.reject(&id, by, &answer.reason).await)
 }
 
 /// Another runbook of the catalog and/or other parameters; the same policy judges it.
@@ -140,19 +153,17 @@ pub async fn adjust(
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Json<IncidentView>, ApiError> {
-    let by = auth::approver(&state, &headers)?;
-    check_id(&id)?;
-    let answer: Adjust = parse_json(&body(raw)?)?;
+    let (by, answer): (_, Adjust) = self::answer(&state, &id, &headers, raw)?;
     if answer.runbook.is_empty() {
         return Err(ApiError::bad_request(
             "runbook",
             "a runbook id of the agent's catalog",
         ));
     }
-    let incident = state
-        .runtime
-        .adjust(&id, by, &answer.runbook, &answer.params)
-        .await
-        .map_err(runtime_error)?;
-    Ok(Json(IncidentView::of(&incident)))
+    answered(
+        state
+            .runtime
+            .adjust(&id, by, &answer.runbook, &answer.params)
+            .await,
+    )
 }

@@ -63,6 +63,19 @@ fn open(state: &AppState) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Authenticated, open, parsed, checked, taken: every intake endpoint's path.
+async fn receive<T: serde::de::DeserializeOwned>(
+    state: &AppState,
+    headers: &HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+    alerts: impl FnOnce(T) -> Result<Vec<Incoming>, ApiError>,
+) -> Result<Json<IntakeResponse>, ApiError> {
+    auth::intake(state, headers)?;
+    open(state)?;
+    let parsed: T = parse_json(&body(raw)?)?;
+    Ok(Json(take(state, alerts(parsed)?).await?))
+}
+
 async fn take(state: &AppState, incoming: Vec<Incoming>) -> Result<IntakeResponse, ApiError> {
     let runtime = state.runtime.clone();
     // The audit fsyncs: off the async threads.
@@ -131,11 +144,10 @@ pub async fn alertmanager(
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Json<IntakeResponse>, ApiError> {
-    auth::intake(&state, &headers)?;
-    open(&state)?;
-    let notification: Notification = parse_json(&body(raw)?)?;
-    let incoming = notification.into_incoming(crate::config::MAX_ALERTS_PER_NOTIFICATION)?;
-    Ok(Json(take(&state, incoming).await?))
+    receive(&state, &headers, raw, |n: Notification| {
+        n.into_incoming(crate::config::MAX_ALERTS_PER_NOTIFICATION)
+    })
+    .await
 }
 
 /// One alert in Themis' own JSON.
@@ -155,8 +167,8 @@ pub async fn own(
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Json<IntakeResponse>, ApiError> {
-    auth::intake(&state, &headers)?;
-    open(&state)?;
-    let alert: OwnAlert = parse_json(&body(raw)?)?;
-    Ok(Json(take(&state, vec![alert.into_incoming()?]).await?))
+    receive(&state, &headers, raw, |a: OwnAlert| {
+        Ok(vec![a.into_incoming()?])
+    })
+    .await
 }
