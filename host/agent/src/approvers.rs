@@ -36,6 +36,10 @@ pub enum AuthError {
     Unknown(String),
     #[error("the token given is not {0}'s")]
     WrongToken(String),
+    #[error(
+        "{0}'s token is configured by `token_env`, which only the service reads: answer through it with `--server URL` (or configure `token_sha256`)"
+    )]
+    ServiceOnly(String),
     #[error("the bearer token is no configured approver's")]
     UnknownToken,
     #[error("Slack user {0} is no configured approver's `slack_user`")]
@@ -123,6 +127,9 @@ impl Approvers {
             .ok_or_else(|| AuthError::Unknown(name.into()))?;
         // A local command's environment is the caller's: a token_env there proves nothing.
         let Some(want) = approver.expected_hash(false) else {
+            if approver.token_env.is_some() {
+                return Err(AuthError::ServiceOnly(name.into()));
+            }
             return Err(AuthError::WrongToken(name.into()));
         };
         let got = Sha256::digest(token.as_bytes());
@@ -187,5 +194,28 @@ mod tests {
             Ok("alice".into())
         );
         assert!(approvers.by_slack_user("U0MALLORY").is_err());
+    }
+
+    #[test]
+    fn a_token_env_approver_is_never_proven_by_the_callers_environment() {
+        let approvers = Approvers(BTreeMap::from([(
+            "carol".to_string(),
+            Approver {
+                token_sha256: None,
+                token_env: Some("PATH".into()),
+                slack_user: None,
+            },
+        )]));
+        // PATH is set in every test environment: a local command must still not accept it.
+        let path = std::env::var("PATH").unwrap_or_default();
+        assert_eq!(
+            approvers.authenticate("carol", Some(&path)),
+            Err(AuthError::ServiceOnly("carol".into()))
+        );
+        // The service reads the variable from its own environment.
+        assert_eq!(
+            approvers.identify(&path).map(|i| i.name),
+            Ok("carol".into())
+        );
     }
 }
