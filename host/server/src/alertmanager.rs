@@ -10,16 +10,6 @@ use themis_agent::AlertStatus;
 use themis_core::types::{Alert, Pair};
 use utoipa::ToSchema;
 
-/// `firing` or `resolved` (the schema of `themis_agent::AlertStatus`).
-#[derive(serde::Serialize, ToSchema)]
-#[schema(as = AlertStatus)]
-#[serde(rename_all = "kebab-case")]
-#[allow(dead_code)]
-pub enum AlertStatusDoc {
-    Firing,
-    Resolved,
-}
-
 /// The largest label or annotation set one alert may carry, the longest name and value (in
 /// characters, as the OpenAPI document says).
 pub const MAX_PAIRS: usize = 256;
@@ -73,7 +63,6 @@ pub struct Notification {
     #[serde(default = "zero")]
     #[schema(value_type = i64, minimum = 0)]
     pub truncated_alerts: serde_json::Number,
-    #[schema(value_type = AlertStatusDoc)]
     pub status: AlertStatus,
     #[serde(default)]
     pub receiver: String,
@@ -92,7 +81,6 @@ pub struct Notification {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AmAlert {
-    #[schema(value_type = AlertStatusDoc)]
     pub status: AlertStatus,
     /// Must carry `alertname`.
     #[schema(schema_with = labels_schema)]
@@ -236,7 +224,6 @@ pub struct OwnAlert {
     #[schema(schema_with = annotations_schema)]
     pub annotations: BTreeMap<String, String>,
     #[serde(default = "firing")]
-    #[schema(value_type = AlertStatusDoc)]
     pub status: AlertStatus,
     /// Where it came from, free text (recorded).
     #[serde(default)]

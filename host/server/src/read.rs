@@ -75,7 +75,6 @@ pub async fn agents(
 pub struct IncidentQuery {
     /// Only incidents in this status.
     #[serde(default)]
-    #[param(value_type = Option<crate::views::IncidentStatusDoc>)]
     status: Option<IncidentStatus>,
     /// Only this agent's incidents.
     #[serde(default)]

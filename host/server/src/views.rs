@@ -17,22 +17,6 @@ pub struct PairDoc {
     pub value: String,
 }
 
-/// An incident's status (the schema of `IncidentStatus`).
-#[derive(Serialize, ToSchema)]
-#[schema(as = IncidentStatus)]
-#[serde(rename_all = "kebab-case")]
-#[allow(dead_code)]
-pub enum IncidentStatusDoc {
-    Triaging,
-    Executing,
-    PendingApproval,
-    Escalated,
-    Interrupted,
-    Resolved,
-    Failed,
-    Rejected,
-}
-
 pub fn time(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
@@ -86,7 +70,6 @@ pub struct AnswerView {
 pub struct IncidentView {
     pub id: String,
     pub agent: String,
-    #[schema(value_type = IncidentStatusDoc)]
     pub status: IncidentStatus,
     pub alertname: String,
     pub fingerprint: String,

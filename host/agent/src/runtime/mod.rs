@@ -121,7 +121,9 @@ pub enum AlertOutcome {
 }
 
 /// Whether the source says an alert is firing or has stopped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum AlertStatus {
     Firing,

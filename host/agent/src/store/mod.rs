@@ -23,7 +23,7 @@ use themis_core::identity::Identity;
 use themis_core::policy::{ApprovalRequest, Plan};
 use themis_core::types::Alert;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum IncidentStatus {
     Triaging,
