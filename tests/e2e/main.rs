@@ -10,6 +10,7 @@ mod llm;
 mod llm_real;
 mod manifests;
 mod openai_mock;
+mod playbook;
 mod sandbox;
 mod scenarios;
 mod serve;

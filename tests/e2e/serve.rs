@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use themis_testkit::services::{self, Service};
 
 pub const INTAKE: &str = "intake-token-for-tests";
 pub const ONCALL: &str = "oncall-token-for-tests";
@@ -36,6 +37,8 @@ pub struct ServeSpec<'a> {
     pub dir: &'a Path,
     /// `agent: scenario file under tests/scenarios` for the backends section.
     pub backends: &'a [(&'a str, &'a str)],
+    /// Further `backends:` entries as YAML (real systems), indented two spaces.
+    pub real_backends: String,
     pub queue: usize,
     pub body_bytes: usize,
     /// The loopback URL prefix Slack's response_url may have (Slack on).
@@ -47,6 +50,7 @@ impl<'a> ServeSpec<'a> {
         ServeSpec {
             dir,
             backends: &[("kafka", "agent-kafka-gc-pause.yaml")],
+            real_backends: String::new(),
             queue: 64,
             body_bytes: 1 << 20,
             slack: None,
@@ -61,6 +65,7 @@ impl<'a> ServeSpec<'a> {
                 repo().join("tests/scenarios").join(scenario).display()
             ));
         }
+        backends.push_str(&self.real_backends);
         let slack = match self.slack {
             Some(prefix) => format!(
                 "slack:\n  signing_secret: {{ env: TEST_SLACK_SECRET }}\n  response_url_prefix: \"{prefix}\"\n"
@@ -969,104 +974,36 @@ fn check_names_file_field_and_fix() {
     );
 }
 
-/// A real Alertmanager on loopback whose webhook receiver is the service.
-struct Alertmanager {
-    child: Child,
-    url: String,
-    _dir: tempfile::TempDir,
+/// A real Alertmanager on loopback whose webhook receiver is the service (`None`: not
+/// installed, and the run does not require it).
+async fn alertmanager(receiver: &str) -> Option<Service> {
+    services::alertmanager(&format!(
+        "route:\n  receiver: themis\n  group_by: [alertname]\n  group_wait: 1s\n  group_interval: 1s\n  repeat_interval: 1h\n\
+         receivers:\n  - name: themis\n    webhook_configs:\n      - url: {receiver}/api/v1/alerts/alertmanager\n        send_resolved: true\n        \
+         http_config:\n          authorization: {{ type: Bearer, credentials: {INTAKE} }}\n"
+    ))
+    .await
 }
 
-impl Drop for Alertmanager {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+/// Fire (or, with `ended`, resolve) an alert through Alertmanager's own API.
+async fn am_post(am: &Service, labels: &[(&str, &str)], ended: bool) {
+    let labels: serde_json::Map<String, Value> = labels
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), json!(v)))
+        .collect();
+    let mut alert =
+        json!({ "labels": labels, "annotations": { "summary": "from a real Alertmanager" } });
+    if ended {
+        let past = SystemTime::now() - Duration::from_secs(1);
+        alert["endsAt"] = json!(humantime::format_rfc3339_millis(past).to_string());
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
-/// `None` when Alertmanager is not installed and the run does not require it (CI does:
-/// THEMIS_REQUIRE_ALERTMANAGER=1, and scripts/test installs it).
-async fn alertmanager(receiver: &str) -> Option<Alertmanager> {
-    let binary = "prometheus-alertmanager";
-    if Command::new(binary).arg("--version").output().is_err() {
-        assert!(
-            std::env::var("THEMIS_REQUIRE_ALERTMANAGER").as_deref() != Ok("1"),
-            "{binary} is not installed (apt-get install prometheus-alertmanager)"
-        );
-        eprintln!("skipped: {binary} is not installed");
-        return None;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("alertmanager.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "route:\n  receiver: themis\n  group_by: [alertname]\n  group_wait: 1s\n  group_interval: 1s\n  repeat_interval: 1h\n\
-             receivers:\n  - name: themis\n    webhook_configs:\n      - url: {receiver}/api/v1/alerts/alertmanager\n        send_resolved: true\n        \
-             http_config:\n          authorization: {{ type: Bearer, credentials: {INTAKE} }}\n"
-        ),
-    )
-    .expect("config");
-    let port = free_port();
-    let child = Command::new(binary)
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!(
-            "--storage.path={}",
-            dir.path().join("data").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .arg("--cluster.listen-address=")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("alertmanager starts");
-    let am = Alertmanager {
-        child,
-        url: format!("http://127.0.0.1:{port}"),
-        _dir: dir,
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(r) = reqwest::get(format!("{}/-/ready", am.url)).await
-            && r.status().is_success()
-        {
-            return Some(am);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "Alertmanager did not become ready"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-impl Alertmanager {
-    /// Fire (or, with `ended`, resolve) an alert through Alertmanager's own API.
-    async fn post(&self, labels: &[(&str, &str)], ended: bool) {
-        let labels: serde_json::Map<String, Value> = labels
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), json!(v)))
-            .collect();
-        let mut alert =
-            json!({ "labels": labels, "annotations": { "summary": "from a real Alertmanager" } });
-        if ended {
-            let past = SystemTime::now() - Duration::from_secs(1);
-            alert["endsAt"] = json!(humantime::format_rfc3339_millis(past).to_string());
-        }
-        let r = reqwest::Client::new()
-            .post(format!("{}/api/v2/alerts", self.url))
-            .json(&json!([alert]))
-            .send()
-            .await
-            .expect("alertmanager answers");
-        assert!(r.status().is_success(), "{}", r.status());
-    }
+    let r = reqwest::Client::new()
+        .post(format!("{}/api/v2/alerts", am.url))
+        .json(&json!([alert]))
+        .send()
+        .await
+        .expect("alertmanager answers");
+    assert!(r.status().is_success(), "{}", r.status());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1088,7 +1025,7 @@ async fn a_real_alertmanager_groups_deduplicates_and_resolves_through_the_servic
         ("group", "payments-consumer"),
         ("severity", "critical"),
     ];
-    am.post(&orders, false).await;
+    am_post(&am, &orders, false).await;
     let first = s
         .incidents_until("the first alert's incident", |l| {
             l.len() == 1 && l[0]["status"] != "triaging"
@@ -1101,7 +1038,7 @@ async fn a_real_alertmanager_groups_deduplicates_and_resolves_through_the_servic
 
     // A second alert of the same group: Alertmanager sends the group again, both alerts. The
     // first is counted on its open incident, the second opens its own.
-    am.post(&payments, false).await;
+    am_post(&am, &payments, false).await;
     let list = s
         .incidents_until("the second incident and the attached repeat", |l| {
             l.len() == 2 && l.iter().any(|i| i["attached_alerts"].as_u64() >= Some(1))
@@ -1138,7 +1075,7 @@ async fn a_real_alertmanager_groups_deduplicates_and_resolves_through_the_servic
     })
     .await;
     let selections = selections_of(&s);
-    am.post(&orders, true).await;
+    am_post(&am, &orders, true).await;
     let list = s
         .incidents_until("the resolved notice", |l| {
             l.iter().any(|i| {

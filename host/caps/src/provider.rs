@@ -31,14 +31,21 @@ pub struct Unconfigured;
 
 impl BackendProvider for Unconfigured {
     fn backends(&self, agent: &str, _domain: Domain) -> Result<Backends, ProviderError> {
-        Ok(Backends::all(Arc::new(NoBackend {
-            agent: agent.to_owned(),
-        })))
+        Ok(Backends::all(NoBackend::for_agent(agent)))
     }
 }
 
-struct NoBackend {
+/// The backend of a domain nothing is configured for: every call fails closed.
+pub struct NoBackend {
     agent: String,
+}
+
+impl NoBackend {
+    pub fn for_agent(agent: &str) -> Arc<NoBackend> {
+        Arc::new(NoBackend {
+            agent: agent.to_owned(),
+        })
+    }
 }
 
 impl NoBackend {

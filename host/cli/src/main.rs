@@ -3,6 +3,7 @@
 //! `render`, the demo in `demo`, keys and signatures in `signing`.
 
 mod answer;
+mod backends;
 mod demo;
 mod host;
 mod remote;
@@ -190,6 +191,14 @@ enum Command {
     /// finishes its current command and the alerts already queued, then it exits 0. The
     /// compiled-component cache is the file's `cache_dir:` (or THEMIS_CACHE_DIR).
     Serve(serve::ServeArgs),
+    /// Connect to every agent's real backends as themis.yaml configures them and say, per
+    /// agent, what is reachable and which privileges are missing (PostgreSQL: pg_monitor and
+    /// pg_signal_backend, nothing else). Exit 0 when all is well, 1 naming each problem.
+    Doctor {
+        /// The service configuration (see examples/themis.yaml).
+        #[arg(long, value_name = "FILE", env = "THEMIS_CONFIG")]
+        config: PathBuf,
+    },
     /// Each agent's current state and its pending approvals.
     Agents {
         #[command(flatten)]
@@ -534,6 +543,18 @@ async fn dispatch(cli: Cli) -> ExitCode {
             None => answer::adjust(&id, &runbook, &params, &answerer, &place, &cli.cache_dir).await,
         },
         Command::Serve(args) => serve::run(args, None).await,
+        Command::Doctor { config } => {
+            let loaded = match serve::load(&config, &themis_server::Overrides::default()) {
+                Ok(l) => l,
+                Err(code) => return code,
+            };
+            println!("themis doctor: {}", loaded.config.file.display());
+            if serve::report(&backends::doctor(&loaded.provider, &loaded.names).await) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
         Command::Audit(AuditCommand::Verify { file }) => {
             match themis_agent::audit::verify::verify(&file) {
                 Ok(Ok(intact)) => {

@@ -3,8 +3,8 @@
 //! service's event observer, and serve until SIGTERM/SIGINT.
 
 use crate::Unsigned;
+use crate::backends::{self, Configured};
 use crate::host::{agent_files, fail, sandbox};
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -12,12 +12,8 @@ use themis_agent::audit::{AuditLog, Redactor};
 use themis_agent::escalation::Channels;
 use themis_agent::store::JsonStore;
 use themis_agent::{Runtime, RuntimeOptions, RuntimeParts};
-use themis_caps::Backends;
-use themis_caps::provider::{BackendProvider, ProviderError, Unconfigured};
-use themis_core::capability::Domain;
-use themis_server::config::{BackendSpec, ServeConfig, process_env};
+use themis_server::config::{BackendSource, BackendSpec, ServeConfig, process_env};
 use themis_server::{Events, Overrides};
-use themis_testkit::provider::ScenarioProvider;
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
@@ -31,35 +27,16 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
     /// Check the configuration and the agent definitions it names, print what would run, and
-    /// exit: 0 when it would start, 2 naming the file, field and fix when not.
+    /// exit: 0 when it would start, 2 naming the file, field and fix when not. Real backends
+    /// are connected to and reported on (as `themis doctor` does), without changing the code.
     #[arg(long)]
     check: bool,
+    /// Shadow mode for every agent: read the real systems, record every mutating capability
+    /// call as "would do" (in the audit and the API) and change nothing.
+    #[arg(long, env = "THEMIS_DRY_RUN")]
+    dry_run: bool,
     #[command(flatten)]
     unsigned: Unsigned,
-}
-
-/// Each agent's backends as the configuration says: its scenario world, or none at all.
-struct Configured {
-    scenarios: BTreeMap<String, ScenarioProvider>,
-}
-
-impl BackendProvider for Configured {
-    fn backends(&self, agent: &str, domain: Domain) -> Result<Backends, ProviderError> {
-        match self.scenarios.get(agent) {
-            Some(p) => p.backends(agent, domain),
-            None => Unconfigured.backends(agent, domain),
-        }
-    }
-}
-
-fn provider(backends: &BTreeMap<String, BackendSpec>) -> Result<Configured, String> {
-    let mut scenarios = BTreeMap::new();
-    for (agent, spec) in backends {
-        let p = ScenarioProvider::from_file(&spec.scenario, spec.dry_run)
-            .map_err(|e| format!("backends.{agent}.scenario: {e}"))?;
-        scenarios.insert(agent.clone(), p);
-    }
-    Ok(Configured { scenarios })
 }
 
 /// Agent names the backends section names but no agent file defines: a typo would otherwise
@@ -76,32 +53,62 @@ fn unknown_backends(config: &ServeConfig, agents: &[String]) -> Result<(), Strin
     }
 }
 
+/// What `themis serve` and `themis doctor` both start from: the configuration, the agent
+/// definitions it names and each agent's backends.
+pub struct Loaded {
+    pub config: ServeConfig,
+    pub files: Vec<PathBuf>,
+    pub names: Vec<String>,
+    pub provider: Configured,
+}
+
+pub fn load(file: &std::path::Path, overrides: &Overrides) -> Result<Loaded, ExitCode> {
+    let config = ServeConfig::load(file, overrides, &process_env()).map_err(|e| fail(2, e))?;
+    let files = agent_files(&config.agents).map_err(|e| fail(2, e))?;
+    let mut names = Vec::new();
+    for file in &files {
+        let def = themis_agent::AgentDef::load(file).map_err(|e| fail(2, e))?;
+        names.push(def.name);
+    }
+    unknown_backends(&config, &names).map_err(|e| fail(2, e))?;
+    let provider = backends::provider(&config.backends)
+        .map_err(|e| fail(2, format!("{}: {e}", config.file.display())))?;
+    Ok(Loaded {
+        config,
+        files,
+        names,
+        provider,
+    })
+}
+
+/// Print the doctor's findings; true when nothing is wrong.
+pub fn report(findings: &[backends::Finding]) -> bool {
+    for f in findings {
+        println!(
+            "    {}  {:<12} {:<9} {}",
+            if f.ok { "ok " } else { "BAD" },
+            f.agent,
+            f.what,
+            f.says
+        );
+    }
+    findings.iter().all(|f| f.ok)
+}
+
 pub async fn run(args: ServeArgs, cache_dir_flag: Option<PathBuf>) -> ExitCode {
     let overrides = Overrides {
         listen: args.listen.clone(),
         state_dir: args.state_dir.clone(),
+        dry_run: args.dry_run,
     };
-    let config = match ServeConfig::load(&args.config, &overrides, &process_env()) {
-        Ok(c) => c,
-        Err(e) => return fail(2, e),
-    };
-    let files = match agent_files(&config.agents) {
-        Ok(f) => f,
-        Err(e) => return fail(2, e),
-    };
-    let mut names = Vec::new();
-    for file in &files {
-        match themis_agent::AgentDef::load(file) {
-            Ok(def) => names.push(def.name),
-            Err(e) => return fail(2, e),
-        }
-    }
-    if let Err(e) = unknown_backends(&config, &names) {
-        return fail(2, e);
-    }
-    let provider = match provider(&config.backends) {
-        Ok(p) => p,
-        Err(e) => return fail(2, format!("{}: {e}", config.file.display())),
+    let Loaded {
+        config,
+        files,
+        names,
+        provider,
+    } = match load(&args.config, &overrides) {
+        Ok(l) => l,
+        Err(code) => return code,
     };
     if args.check {
         println!("ok  {}", config.file.display());
@@ -110,11 +117,31 @@ pub async fn run(args: ServeArgs, cache_dir_flag: Option<PathBuf>) -> ExitCode {
         println!("    audit      {}", config.audit.display());
         for name in &names {
             let backend = match config.backends.get(name) {
-                Some(b) => format!(
+                Some(BackendSpec {
+                    source: BackendSource::Scenario(file),
+                    dry_run,
+                }) => format!(
                     "scenario {}{}",
-                    b.scenario.display(),
-                    if b.dry_run { " (dry run)" } else { "" }
+                    file.display(),
+                    if *dry_run { " (dry run)" } else { "" }
                 ),
+                Some(BackendSpec {
+                    source: BackendSource::Real { postgres, metrics },
+                    dry_run,
+                }) => {
+                    let mut parts = Vec::new();
+                    if let Some(pg) = postgres {
+                        parts.push(format!("postgres {}", pg.url));
+                    }
+                    if let Some(m) = metrics {
+                        parts.push(format!("metrics {}", m.url));
+                    }
+                    format!(
+                        "{}{}",
+                        parts.join(", "),
+                        if *dry_run { " (dry run)" } else { "" }
+                    )
+                }
                 None => "none: every capability call fails closed".into(),
             };
             println!("    agent      {name:<12} {backend}");
@@ -137,6 +164,9 @@ pub async fn run(args: ServeArgs, cache_dir_flag: Option<PathBuf>) -> ExitCode {
                 "off"
             }
         );
+        println!("    backends");
+        // Reported, not fatal: the service starts with a system down and fails its calls closed.
+        report(&backends::doctor(&provider, &names).await);
         return ExitCode::SUCCESS;
     }
 

@@ -17,7 +17,21 @@
 //!   webhook_url: { env: THEMIS_SLACK_WEBHOOK_URL }
 //!   response_url_prefix: https://hooks.slack.com/   # the default
 //! backends:                            # per agent; an agent with none fails every call closed
-//!   kafka: { scenario: ../tests/scenarios/usecase-consumer-lag-gc.yaml, dry_run: false }
+//!   kafka: { scenario: ../tests/scenarios/usecase-consumer-lag-gc.yaml }   # a mocked world
+//!   postgres:                          # the real systems
+//!     mode: dry-run                    # or live (default); THEMIS_DRY_RUN=1 / --dry-run: all
+//!     postgres:
+//!       url: postgres://themis@db.internal:5432/app     # no password in the URL
+//!       password: { env: THEMIS_PG_PASSWORD }           # or { file: PATH }
+//!       pool: 4
+//!       statement_timeout: 5s
+//!       connect_timeout: 5s
+//!       tls: verify-full               # disable | prefer (default) | require | verify-ca
+//!       refuse_superuser_sessions: true
+//!     metrics:
+//!       url: http://prometheus.internal:9090
+//!       token: { env: THEMIS_PROMETHEUS_TOKEN }         # optional bearer token
+//!       timeout: 10s
 //! limits:
 //!   body_bytes: 1048576                # THEMIS_BODY_LIMIT_BYTES
 //!   queue: 64                          # THEMIS_QUEUE_CAPACITY (alerts waiting per agent)
@@ -31,7 +45,10 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 use themis_agent::approvers::Approvers;
+use themis_backend_postgres::{PostgresSettings, TlsMode, url_has_password};
+use themis_backend_prometheus::PrometheusSettings;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
 pub const DEFAULT_BODY_LIMIT: usize = 1 << 20;
@@ -166,15 +183,94 @@ struct RawLimits {
     queue: Option<usize>,
 }
 
-/// Where one agent's capabilities are served from. Today: a scenario file's mocked world
-/// (optionally dry-run); the real backends (sqlx, rdkafka, kube) come as their own kinds.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// Where one agent's capabilities are served from: a scenario file's mocked world, or the real
+/// systems (each domain its own section; a domain without one fails its calls closed).
+#[derive(Debug, Clone)]
+pub enum BackendSource {
+    Scenario(PathBuf),
+    Real {
+        postgres: Option<PostgresSettings>,
+        metrics: Option<PrometheusSettings>,
+    },
+}
+
+#[derive(Debug, Clone)]
 pub struct BackendSpec {
-    pub scenario: PathBuf,
-    #[serde(default)]
+    pub source: BackendSource,
+    /// Shadow mode: read the systems, record every mutation as "would do", change nothing.
     pub dry_run: bool,
 }
+
+/// `mode:` of an agent's backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum Mode {
+    Live,
+    DryRun,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackend {
+    #[serde(default)]
+    scenario: Option<PathBuf>,
+    #[serde(default)]
+    mode: Option<Mode>,
+    /// The older spelling of `mode: dry-run`.
+    #[serde(default)]
+    dry_run: Option<bool>,
+    #[serde(default)]
+    postgres: Option<RawPostgres>,
+    #[serde(default)]
+    metrics: Option<RawMetrics>,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPostgres {
+    url: String,
+    #[serde(default)]
+    password: Option<SecretSource>,
+    #[serde(default)]
+    pool: Option<u32>,
+    #[serde(default)]
+    statement_timeout: Option<String>,
+    #[serde(default)]
+    connect_timeout: Option<String>,
+    #[serde(default)]
+    tls: Option<TlsMode>,
+    #[serde(default)]
+    refuse_superuser_sessions: Option<bool>,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    url: String,
+    #[serde(default)]
+    token: Option<SecretSource>,
+    #[serde(default)]
+    timeout: Option<String>,
+}
+
+impl fmt::Debug for RawPostgres {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RawPostgres")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for RawMetrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RawMetrics")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The longest statement timeout a backend may be given: a capability call is not a batch job.
+const MAX_STATEMENT_TIMEOUT: Duration = Duration::from_secs(600);
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -196,7 +292,7 @@ struct RawConfig {
     #[serde(default)]
     slack: Option<RawSlack>,
     #[serde(default)]
-    backends: BTreeMap<String, BackendSpec>,
+    backends: BTreeMap<String, RawBackend>,
     #[serde(default)]
     limits: RawLimits,
 }
@@ -230,6 +326,8 @@ pub struct ServeConfig {
 pub struct Overrides {
     pub listen: Option<String>,
     pub state_dir: Option<PathBuf>,
+    /// `--dry-run`: every agent in shadow mode, whatever the file says.
+    pub dry_run: bool,
 }
 
 /// The environment the configuration is read in (a map, so tests need not touch the process').
@@ -436,22 +534,133 @@ impl ServeConfig {
             DEFAULT_QUEUE,
         )?;
 
+        let duration = |field: String, text: Option<&String>, default: Duration| {
+            let Some(text) = text else {
+                return Ok(default);
+            };
+            match humantime::parse_duration(text) {
+                Ok(d) if !d.is_zero() && d <= MAX_STATEMENT_TIMEOUT => Ok(d),
+                Ok(_) => Err(err(
+                    &field,
+                    format!("`{text}` must be more than 0 and at most 10m"),
+                )),
+                Err(e) => Err(err(&field, format!("`{text}`: {e} (e.g. 5s, 500ms)"))),
+            }
+        };
         let mut backends = BTreeMap::new();
         for (agent, spec) in raw.backends {
-            let scenario = in_file(&spec.scenario);
-            if !scenario.is_file() {
-                return Err(err(
-                    &format!("backends.{agent}.scenario"),
-                    format!("{} is not a file", scenario.display()),
-                ));
-            }
-            backends.insert(
-                agent,
-                BackendSpec {
-                    scenario,
-                    dry_run: spec.dry_run,
-                },
-            );
+            let field = |name: &str| format!("backends.{agent}.{name}");
+            let dry_run = match (spec.mode, spec.dry_run) {
+                (Some(mode), Some(flag)) if (mode == Mode::DryRun) != flag => {
+                    return Err(err(
+                        &field("mode"),
+                        "`mode:` and `dry_run:` disagree: keep `mode:` only".into(),
+                    ));
+                }
+                (Some(mode), _) => mode == Mode::DryRun,
+                (None, flag) => flag.unwrap_or(false),
+            } || overrides.dry_run;
+            let real = spec.postgres.is_some() || spec.metrics.is_some();
+            let source = match (spec.scenario, real) {
+                (Some(_), true) => {
+                    return Err(err(
+                        &field("scenario"),
+                        "a scenario serves every capability itself: give either `scenario:` or `postgres:`/`metrics:`".into(),
+                    ));
+                }
+                (None, false) => {
+                    return Err(err(
+                        &format!("backends.{agent}"),
+                        "empty: give `scenario: FILE`, or `postgres:` and/or `metrics:` (see examples/themis.yaml)".into(),
+                    ));
+                }
+                (Some(scenario), false) => {
+                    let scenario = in_file(&scenario);
+                    if !scenario.is_file() {
+                        return Err(err(
+                            &field("scenario"),
+                            format!("{} is not a file", scenario.display()),
+                        ));
+                    }
+                    BackendSource::Scenario(scenario)
+                }
+                (None, true) => {
+                    let postgres = match spec.postgres {
+                        None => None,
+                        Some(pg) => {
+                            if url_has_password(&pg.url) {
+                                return Err(err(
+                                    &field("postgres.url"),
+                                    "holds a password: move it to `password: { env: VAR }` or `{ file: PATH }` (never written in the file)".into(),
+                                ));
+                            }
+                            if !(pg.url.starts_with("postgres://")
+                                || pg.url.starts_with("postgresql://"))
+                            {
+                                return Err(err(
+                                    &field("postgres.url"),
+                                    format!(
+                                        "`{}` is not a postgres://user@host:port/database URL",
+                                        pg.url
+                                    ),
+                                ));
+                            }
+                            let mut settings = PostgresSettings::new(pg.url.clone());
+                            if let Some(source) = &pg.password {
+                                settings.password =
+                                    Some(resolve(field("postgres.password"), source)?);
+                            }
+                            if let Some(pool) = pg.pool {
+                                if !(1..=64).contains(&pool) {
+                                    return Err(err(
+                                        &field("postgres.pool"),
+                                        format!("{pool}: give 1 to 64 connections"),
+                                    ));
+                                }
+                                settings.pool = pool;
+                            }
+                            settings.statement_timeout = duration(
+                                field("postgres.statement_timeout"),
+                                pg.statement_timeout.as_ref(),
+                                settings.statement_timeout,
+                            )?;
+                            settings.connect_timeout = duration(
+                                field("postgres.connect_timeout"),
+                                pg.connect_timeout.as_ref(),
+                                settings.connect_timeout,
+                            )?;
+                            settings.tls = pg.tls.unwrap_or_default();
+                            settings.refuse_superuser_sessions =
+                                pg.refuse_superuser_sessions.unwrap_or(true);
+                            Some(settings)
+                        }
+                    };
+                    let metrics = match spec.metrics {
+                        None => None,
+                        Some(m) => {
+                            if !(m.url.starts_with("http://") || m.url.starts_with("https://")) {
+                                return Err(err(
+                                    &field("metrics.url"),
+                                    format!("`{}` is not an http(s):// Prometheus base URL", m.url),
+                                ));
+                            }
+                            let mut settings = PrometheusSettings::new(m.url.clone());
+                            if let Some(source) = &m.token {
+                                settings.bearer_token =
+                                    Some(resolve(field("metrics.token"), source)?);
+                            }
+                            settings.timeout = duration(
+                                field("metrics.timeout"),
+                                m.timeout.as_ref(),
+                                settings.timeout,
+                            )?;
+                            Some(settings)
+                        }
+                    };
+                    BackendSource::Real { postgres, metrics }
+                }
+            };
+            backends.insert(agent, BackendSpec { source, dry_run });
         }
 
         Ok(ServeConfig {
@@ -477,6 +686,12 @@ impl ServeConfig {
             out.push(s.signing_secret.expose().to_owned());
             if let Some(w) = &s.webhook_url {
                 out.push(w.expose().to_owned());
+            }
+        }
+        for spec in self.backends.values() {
+            if let BackendSource::Real { postgres, metrics } = &spec.source {
+                out.extend(postgres.as_ref().and_then(|p| p.password.clone()));
+                out.extend(metrics.as_ref().and_then(|m| m.bearer_token.clone()));
             }
         }
         out
@@ -550,7 +765,7 @@ mod tests {
         assert_eq!(c.listen.port(), 2);
         let flags = Overrides {
             listen: Some("127.0.0.1:3".into()),
-            state_dir: None,
+            ..Overrides::default()
         };
         assert_eq!(
             ServeConfig::load(&file, &flags, &e2)
@@ -576,5 +791,123 @@ mod tests {
         assert!(e.problem.contains("value"), "{e}");
         let secret = Secret("hunter22".into());
         assert_eq!(format!("{secret:?}"), "***");
+    }
+
+    /// A configuration whose backends section is `backends`, loaded with `vars`.
+    fn with_backends(
+        backends: &str,
+        vars: &[(&str, &str)],
+        overrides: &Overrides,
+    ) -> Result<ServeConfig, ConfigError> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = write(
+            dir.path(),
+            &format!(
+                "agents: agents\nstate_dir: state\nintake: {{ tokens: [ {{ env: T }} ] }}\nbackends:\n{backends}"
+            ),
+        );
+        let mut vars = vars.to_vec();
+        vars.push(("T", "t0k3n"));
+        ServeConfig::load(&file, overrides, &env(&vars))
+    }
+
+    #[test]
+    fn real_backends_resolve_their_secrets_and_refuse_what_would_leak_or_mislead() {
+        let ok = with_backends(
+            "  postgres:\n    mode: dry-run\n    postgres: { url: \"postgres://themis@db:5432/app\", password: { env: PGPW }, pool: 2, statement_timeout: 2s, tls: verify-full }\n    metrics: { url: \"http://prom:9090\", token: { env: PROMTOKEN } }\n",
+            &[("PGPW", "pg-secret"), ("PROMTOKEN", "prom-secret")],
+            &Overrides::default(),
+        )
+        .expect("loads");
+        let spec = &ok.backends["postgres"];
+        assert!(spec.dry_run);
+        let BackendSource::Real {
+            postgres: Some(pg),
+            metrics: Some(m),
+        } = &spec.source
+        else {
+            panic!("{spec:?}");
+        };
+        assert_eq!(pg.password.as_deref(), Some("pg-secret"));
+        assert_eq!(
+            (pg.pool, pg.statement_timeout, pg.tls),
+            (2, Duration::from_secs(2), TlsMode::VerifyFull)
+        );
+        assert_eq!(m.bearer_token.as_deref(), Some("prom-secret"));
+        let secrets = ok.secret_values();
+        assert!(
+            secrets.contains(&"pg-secret".to_owned())
+                && secrets.contains(&"prom-secret".to_owned())
+        );
+        assert!(
+            !format!("{ok:?}").contains("pg-secret"),
+            "Debug never shows a password"
+        );
+
+        for (backends, field, says) in [
+            (
+                "  postgres:\n    postgres: { url: \"postgres://themis:hunter2@db/app\" }\n",
+                "backends.postgres.postgres.url",
+                "holds a password",
+            ),
+            (
+                "  postgres:\n    postgres: { url: \"mysql://db/app\" }\n",
+                "backends.postgres.postgres.url",
+                "is not a postgres://",
+            ),
+            (
+                "  postgres:\n    postgres: { url: \"postgres://db/app\", password: { env: NOPE } }\n",
+                "backends.postgres.postgres.password",
+                "NOPE is not set",
+            ),
+            (
+                "  postgres:\n    postgres: { url: \"postgres://db/app\", pool: 0 }\n",
+                "backends.postgres.postgres.pool",
+                "1 to 64",
+            ),
+            (
+                "  postgres:\n    postgres: { url: \"postgres://db/app\", statement_timeout: forever }\n",
+                "backends.postgres.postgres.statement_timeout",
+                "e.g. 5s",
+            ),
+            (
+                "  postgres:\n    postgres: { url: \"postgres://db/app\", statement_timeout: 1h }\n",
+                "backends.postgres.postgres.statement_timeout",
+                "at most 10m",
+            ),
+            (
+                "  postgres:\n    metrics: { url: \"prom:9090\" }\n",
+                "backends.postgres.metrics.url",
+                "http(s)://",
+            ),
+            (
+                "  postgres:\n    mode: live\n    dry_run: true\n    metrics: { url: \"http://p\" }\n",
+                "backends.postgres.mode",
+                "disagree",
+            ),
+            ("  postgres: {}\n", "backends.postgres", "empty"),
+            (
+                "  postgres:\n    scenario: x.yaml\n    metrics: { url: \"http://p\" }\n",
+                "backends.postgres.scenario",
+                "either",
+            ),
+        ] {
+            let e = with_backends(backends, &[], &Overrides::default()).expect_err(backends);
+            assert_eq!(e.field, field, "{e}");
+            assert!(e.problem.contains(says), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_dry_run_flag_puts_every_configured_agent_in_shadow_mode() {
+        let backends = "  postgres:\n    postgres: { url: \"postgres://db/app\" }\n";
+        let live = with_backends(backends, &[], &Overrides::default()).expect("loads");
+        assert!(!live.backends["postgres"].dry_run);
+        let flag = Overrides {
+            dry_run: true,
+            ..Overrides::default()
+        };
+        let shadow = with_backends(backends, &[], &flag).expect("loads");
+        assert!(shadow.backends["postgres"].dry_run);
     }
 }

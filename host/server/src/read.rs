@@ -29,6 +29,8 @@ pub const MAX_TIMELINE: usize = 2000;
 pub struct AgentStatus {
     pub name: String,
     pub domain: String,
+    /// `live`, or `dry-run`: shadow mode, every mutation recorded as "would do" and not done.
+    pub mode: &'static str,
     /// The state machine's state: `{"state": "idle"}`, `{"state": "executing-runbook", "incident": …, "runbook": …, "step": …, "phase": …}`, …
     #[schema(value_type = Object)]
     pub state: Value,
@@ -62,6 +64,7 @@ pub async fn agents(
                     state: serde_json::to_value(&a.state).unwrap_or(Value::Null),
                     name: a.name,
                     domain: a.domain,
+                    mode: if a.dry_run { "dry-run" } else { "live" },
                     since,
                 }
             })

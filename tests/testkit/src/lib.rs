@@ -5,6 +5,8 @@
 
 pub mod eval;
 pub mod mock;
+pub mod postgres;
 pub mod provider;
 pub mod scenario;
 pub mod scenario_agent;
+pub mod services;

@@ -83,13 +83,25 @@ impl Worker {
         let ctx = self.ctx.clone();
         let name = ctx.agent.def.name.clone();
         let open = ctx.store.open_for(&name, &alert.fingerprint).await?;
+        let open_incident = open.is_some();
+        // Themis may have closed the incident before the source saw the alert end (it often
+        // has: the fix works, the next evaluation resolves it). The newest incident of the
+        // fingerprint still learns when the source said so, once.
+        let target = match open {
+            Some(i) => Some(i),
+            None => ctx
+                .store
+                .latest_for(&name, &alert.fingerprint)
+                .await?
+                .filter(|i| i.source_resolved_at.is_none()),
+        };
         ctx.audit.append(
             &name,
-            open.as_ref().map(|i| i.id.as_str()),
+            target.as_ref().map(|i| i.id.as_str()),
             "alert-resolved",
-            json!({ "alert": alert, "fingerprint": alert.fingerprint, "open_incident": open.is_some() }),
+            json!({ "alert": alert, "fingerprint": alert.fingerprint, "open_incident": open_incident }),
         )?;
-        let Some(mut incident) = open else {
+        let Some(mut incident) = target else {
             return Ok(None);
         };
         incident.source_resolved_at = Some(SystemTime::now());

@@ -144,6 +144,7 @@ pub enum Submitted {
 /// One agent as the facade sees it.
 struct Handle {
     def: Arc<AgentDef>,
+    dry_run: bool,
     tx: mpsc::Sender<Command>,
     state: watch::Receiver<AgentState>,
 }
@@ -154,6 +155,8 @@ pub struct AgentView {
     pub name: String,
     pub domain: String,
     pub state: AgentState,
+    /// Shadow mode: its mutations are recorded as "would do", never performed.
+    pub dry_run: bool,
 }
 
 pub struct Runtime {
@@ -178,11 +181,13 @@ impl Runtime {
         for agent in agents {
             let agent = Arc::new(agent);
             let backends = parts.provider.backends(&agent.def.name, agent.def.domain)?;
+            let dry_run = backends.is_dry_run();
             let (mut worker, state) = Worker::new(&parts, agent.clone(), backends).await?;
             worker.recover().await?;
             let (tx, rx) = mpsc::channel(options.queue_capacity.max(1));
             handles.push(Handle {
                 def: Arc::new(agent.def.clone()),
+                dry_run,
                 tx,
                 state,
             });
@@ -216,6 +221,7 @@ impl Runtime {
                 name: h.def.name.clone(),
                 domain: h.def.domain.to_string(),
                 state: h.state.borrow().clone(),
+                dry_run: h.dry_run,
             })
             .collect()
     }

@@ -39,7 +39,7 @@ impl JsonStore {
     }
 
     pub fn open_waiting(dir: &Path, wait: Duration) -> Result<JsonStore, StoreError> {
-        for sub in ["incidents", "agents", "open"] {
+        for sub in ["incidents", "agents", "open", "latest"] {
             let path = dir.join(sub);
             std::fs::create_dir_all(&path).map_err(|source| StoreError::Io { path, source })?;
         }
@@ -48,7 +48,7 @@ impl JsonStore {
         // A writer killed between writing a temp file and renaming it leaves the temp file
         // behind; the rename never happened, so it holds nothing that counts. Only the lock
         // holder writes here, so whatever is left now is such a leftover.
-        for sub in ["incidents", "agents", "open"] {
+        for sub in ["incidents", "agents", "open", "latest"] {
             let Ok(entries) = std::fs::read_dir(dir.join(sub)) else {
                 continue;
             };
@@ -167,9 +167,19 @@ impl JsonStore {
     }
 
     fn open_marker(&self, agent: &str, fingerprint: &str) -> PathBuf {
+        self.marker("open", agent, fingerprint)
+    }
+
+    /// Names the newest incident of (agent, fingerprint), open or not: a source's `resolved`
+    /// that arrives after Themis closed the incident still reaches it.
+    fn latest_marker(&self, agent: &str, fingerprint: &str) -> PathBuf {
+        self.marker("latest", agent, fingerprint)
+    }
+
+    fn marker(&self, index: &str, agent: &str, fingerprint: &str) -> PathBuf {
         use sha2::{Digest, Sha256};
         let key = hex::encode(&Sha256::digest(format!("{agent}\0{fingerprint}"))[..12]);
-        self.dir.join("open").join(format!("{key}.json"))
+        self.dir.join(index).join(format!("{key}.json"))
     }
 
     /// The incident an approval id names (`apr-<incident>-<suffix>`).
@@ -188,6 +198,11 @@ impl JsonStore {
         if incident.status.is_open() {
             if !marker.exists() {
                 self.write(&marker, &incident.id, false)?;
+                self.write(
+                    &self.latest_marker(&incident.agent, &incident.fingerprint),
+                    &incident.id,
+                    false,
+                )?;
             }
         } else if let Err(e) = std::fs::remove_file(&marker)
             && e.kind() != std::io::ErrorKind::NotFound
@@ -272,6 +287,18 @@ impl IncidentStore for JsonStore {
             && incident.fingerprint == fingerprint
             && incident.agent == agent)
             .then_some(incident))
+    }
+
+    async fn latest_for(
+        &self,
+        agent: &str,
+        fingerprint: &str,
+    ) -> Result<Option<Incident>, StoreError> {
+        let Some(id) = self.read::<String>(&self.latest_marker(agent, fingerprint))? else {
+            return Ok(None);
+        };
+        let incident = self.get_sync(&id)?;
+        Ok((incident.fingerprint == fingerprint && incident.agent == agent).then_some(incident))
     }
 
     async fn by_approval(&self, approval_id: &str) -> Result<Option<Incident>, StoreError> {

@@ -215,6 +215,12 @@ pub trait IncidentStore: Send + Sync {
         agent: &str,
         fingerprint: &str,
     ) -> Result<Option<Incident>, StoreError>;
+    /// The newest incident of `agent` for `fingerprint`, open or closed.
+    async fn latest_for(
+        &self,
+        agent: &str,
+        fingerprint: &str,
+    ) -> Result<Option<Incident>, StoreError>;
     /// The incident whose proposal (current or answered) has this approval id.
     async fn by_approval(&self, approval_id: &str) -> Result<Option<Incident>, StoreError>;
     /// Compare-and-swap: if the incident's proposal `answer.approval_id` is pending and

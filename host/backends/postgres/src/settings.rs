@@ -1,0 +1,103 @@
+//! How to reach one agent's PostgreSQL. The configuration file resolves the password from an
+//! environment variable or a file; it never appears in the URL, a log line or `Debug`.
+
+use serde::Deserialize;
+use sqlx::postgres::PgSslMode;
+use std::fmt;
+use std::time::Duration;
+
+pub const DEFAULT_POOL: u32 = 4;
+pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// libpq's `sslmode`, as written in the configuration (`verify-full`, …).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsMode {
+    Disable,
+    #[default]
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+impl From<TlsMode> for PgSslMode {
+    fn from(mode: TlsMode) -> Self {
+        match mode {
+            TlsMode::Disable => PgSslMode::Disable,
+            TlsMode::Prefer => PgSslMode::Prefer,
+            TlsMode::Require => PgSslMode::Require,
+            TlsMode::VerifyCa => PgSslMode::VerifyCa,
+            TlsMode::VerifyFull => PgSslMode::VerifyFull,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct PostgresSettings {
+    /// `postgres://user@host:port/database`, without a password.
+    pub url: String,
+    pub password: Option<String>,
+    pub pool: u32,
+    /// Every statement's server-side limit (and, with a margin, the client's).
+    pub statement_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub tls: TlsMode,
+    /// Refuse to cancel or terminate a superuser's session (default: refuse).
+    pub refuse_superuser_sessions: bool,
+}
+
+impl PostgresSettings {
+    pub fn new(url: impl Into<String>) -> Self {
+        PostgresSettings {
+            url: url.into(),
+            password: None,
+            pool: DEFAULT_POOL,
+            statement_timeout: DEFAULT_STATEMENT_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            tls: TlsMode::default(),
+            refuse_superuser_sessions: true,
+        }
+    }
+}
+
+impl fmt::Debug for PostgresSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresSettings")
+            .field("url", &self.url)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("pool", &self.pool)
+            .field("statement_timeout", &self.statement_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("tls", &self.tls)
+            .field("refuse_superuser_sessions", &self.refuse_superuser_sessions)
+            .finish()
+    }
+}
+
+/// A URL that carries a password is refused: the password belongs in `password:` (an env var or
+/// a file), where it is never echoed or audited.
+pub fn url_has_password(url: &str) -> bool {
+    let Some(rest) = url.split_once("://").map(|(_, r)| r) else {
+        return false;
+    };
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    match authority.rsplit_once('@') {
+        Some((userinfo, _)) => userinfo.contains(':'),
+        None => url.contains("password="),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::url_has_password;
+
+    #[test]
+    fn passwords_in_urls_are_found() {
+        assert!(url_has_password("postgres://u:secret@h/db"));
+        assert!(url_has_password("postgres://h/db?password=secret"));
+        assert!(!url_has_password("postgres://u@h:5432/db"));
+        assert!(!url_has_password("postgres://h/db?sslmode=require"));
+    }
+}

@@ -1,0 +1,182 @@
+//! Each agent's backends as `themis.yaml` says — a scenario's mocked world, or the real systems
+//! (PostgreSQL through sqlx, metrics through Prometheus), optionally in shadow mode — and the
+//! doctor that connects to them and says what is reachable and which privileges are missing.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use themis_backend_postgres::PostgresBackend;
+use themis_backend_prometheus::PrometheusBackend;
+use themis_caps::Backends;
+use themis_caps::provider::{BackendProvider, NoBackend, ProviderError, Unconfigured};
+use themis_core::capability::Domain;
+use themis_server::config::{BackendSource, BackendSpec};
+use themis_testkit::provider::ScenarioProvider;
+
+enum AgentBackends {
+    Scenario(ScenarioProvider),
+    Real {
+        postgres: Option<Arc<PostgresBackend>>,
+        metrics: Option<Arc<PrometheusBackend>>,
+        dry_run: bool,
+    },
+}
+
+/// The provider `themis serve` hands the runtime.
+pub struct Configured {
+    agents: BTreeMap<String, AgentBackends>,
+}
+
+impl BackendProvider for Configured {
+    fn backends(&self, agent: &str, domain: Domain) -> Result<Backends, ProviderError> {
+        match self.agents.get(agent) {
+            Some(AgentBackends::Scenario(p)) => p.backends(agent, domain),
+            Some(AgentBackends::Real {
+                postgres,
+                metrics,
+                dry_run,
+            }) => {
+                let none = NoBackend::for_agent(agent);
+                let live = Backends::live(
+                    match metrics {
+                        Some(m) => m.clone(),
+                        None => none.clone(),
+                    },
+                    none.clone(),
+                    none.clone(),
+                    match postgres {
+                        Some(p) => p.clone(),
+                        None => none,
+                    },
+                );
+                Ok(if *dry_run { live.dry_run() } else { live })
+            }
+            None => Unconfigured.backends(agent, domain),
+        }
+    }
+}
+
+/// Build every agent's backends. Real ones connect lazily: an unreachable system fails calls
+/// (closed), not the start.
+pub fn provider(backends: &BTreeMap<String, BackendSpec>) -> Result<Configured, String> {
+    let mut agents = BTreeMap::new();
+    for (agent, spec) in backends {
+        let built = match &spec.source {
+            BackendSource::Scenario(file) => AgentBackends::Scenario(
+                ScenarioProvider::from_file(file, spec.dry_run)
+                    .map_err(|e| format!("backends.{agent}.scenario: {e}"))?,
+            ),
+            BackendSource::Real { postgres, metrics } => AgentBackends::Real {
+                postgres: match postgres {
+                    Some(settings) => Some(Arc::new(
+                        PostgresBackend::new(agent, settings.clone())
+                            .map_err(|e| format!("backends.{agent}.postgres: {e}"))?,
+                    )),
+                    None => None,
+                },
+                metrics: match metrics {
+                    Some(settings) => Some(Arc::new(
+                        PrometheusBackend::new(settings.clone())
+                            .map_err(|e| format!("backends.{agent}.metrics: {e}"))?,
+                    )),
+                    None => None,
+                },
+                dry_run: spec.dry_run,
+            },
+        };
+        agents.insert(agent.clone(), built);
+    }
+    Ok(Configured { agents })
+}
+
+/// One line of the doctor's report.
+pub struct Finding {
+    pub agent: String,
+    pub what: &'static str,
+    pub ok: bool,
+    pub says: String,
+}
+
+/// Connect to every real backend and report, per agent and system, what is reachable and which
+/// privileges are missing. Scenario worlds and unconfigured agents are reported as such.
+pub async fn doctor(provider: &Configured, agents: &[String]) -> Vec<Finding> {
+    let mut out = Vec::new();
+    for agent in agents {
+        let finding = |what, ok, says: String| Finding {
+            agent: agent.clone(),
+            what,
+            ok,
+            says,
+        };
+        match provider.agents.get(agent) {
+            None => out.push(finding(
+                "backends",
+                true,
+                "none configured: every capability call fails closed".into(),
+            )),
+            Some(AgentBackends::Scenario(_)) => out.push(finding(
+                "backends",
+                true,
+                "a scenario's mocked world (nothing real is reached)".into(),
+            )),
+            Some(AgentBackends::Real {
+                postgres,
+                metrics,
+                dry_run,
+            }) => {
+                if *dry_run {
+                    out.push(finding(
+                        "mode",
+                        true,
+                        "dry run: reads the real systems, records every mutation as \"would do\""
+                            .into(),
+                    ));
+                }
+                if let Some(pg) = postgres {
+                    out.push(match pg.doctor().await {
+                        Err(e) => finding("postgres", false, format!("unreachable: {e}")),
+                        Ok(d) if d.superuser => finding(
+                            "postgres",
+                            true,
+                            format!(
+                                "reachable: PostgreSQL {} as `{}` on `{}` — a superuser, more than Themis needs (use a role with pg_monitor and pg_signal_backend only)",
+                                d.server_version, d.user, d.database
+                            ),
+                        ),
+                        Ok(d) if !d.missing.is_empty() => finding(
+                            "postgres",
+                            false,
+                            format!(
+                                "reachable: PostgreSQL {} as `{}` on `{}`; missing {}: GRANT {} TO {}",
+                                d.server_version,
+                                d.user,
+                                d.database,
+                                d.missing.join(", "),
+                                d.missing.join(", "),
+                                d.user
+                            ),
+                        ),
+                        Ok(d) => finding(
+                            "postgres",
+                            true,
+                            format!(
+                                "reachable: PostgreSQL {} as `{}` on `{}`; privileges ok (pg_monitor, pg_signal_backend)",
+                                d.server_version, d.user, d.database
+                            ),
+                        ),
+                    });
+                }
+                if let Some(m) = metrics {
+                    out.push(match m.doctor().await {
+                        Ok(d) => finding(
+                            "metrics",
+                            true,
+                            format!("reachable: Prometheus {}", d.version),
+                        ),
+                        Err(e) => finding("metrics", false, format!("unreachable: {e}")),
+                    });
+                }
+            }
+        }
+    }
+    out
+}
