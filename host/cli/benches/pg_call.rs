@@ -129,7 +129,13 @@ fn main() {
         for round in 0..rounds + 20 {
             let t = Instant::now();
             let call = sandbox
-                .call(&component, Phase::Action, &context, env(&backends), Duration::from_secs(5))
+                .call(
+                    &component,
+                    Phase::Action,
+                    &context,
+                    env(&backends),
+                    Duration::from_secs(5),
+                )
                 .await;
             let sandboxed = t.elapsed();
             assert!(
@@ -140,7 +146,13 @@ fn main() {
 
             let t = Instant::now();
             let call = sandbox
-                .call(&component, Phase::Action, &context, env(&instant), Duration::from_secs(5))
+                .call(
+                    &component,
+                    Phase::Action,
+                    &context,
+                    env(&instant),
+                    Duration::from_secs(5),
+                )
                 .await;
             let own = t.elapsed();
             assert!(matches!(call.result, Ok(Verdict::Action(ref o)) if o.ok));
