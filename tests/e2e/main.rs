@@ -9,6 +9,7 @@ mod hardening;
 mod llm;
 mod llm_real;
 mod manifests;
+mod metrics;
 mod openai_mock;
 mod playbook;
 mod sandbox;

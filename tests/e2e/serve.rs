@@ -577,6 +577,7 @@ async fn approvals_over_http_identify_by_token_and_run_the_plan_once() {
             "/api/v1/incidents/{id}",
             "/api/v1/slack/interactions",
             "/healthz",
+            "/metrics",
             "/readyz",
         ]
     );

@@ -18,7 +18,7 @@ pub mod store;
 pub mod triage;
 
 pub use def::AgentDef;
-pub use observe::{Quiet, RuntimeObserver};
+pub use observe::{Fanout, Quiet, RuntimeObserver};
 pub use runtime::{
     AlertOutcome, AlertStatus, Runtime, RuntimeError, RuntimeOptions, RuntimeParts, SelectorChoice,
     Submitted,

@@ -18,3 +18,34 @@ pub trait RuntimeObserver: Send + Sync {
 /// Tells nobody.
 pub struct Quiet;
 impl RuntimeObserver for Quiet {}
+
+/// Tells every observer it holds, in order (the service: its event stream and its metrics).
+pub struct Fanout(pub Vec<std::sync::Arc<dyn RuntimeObserver>>);
+
+impl RuntimeObserver for Fanout {
+    fn transition(&self, agent: &str, from: &AgentState, event: &Event, to: &AgentState) {
+        for o in &self.0 {
+            o.transition(agent, from, event, to);
+        }
+    }
+    fn phase(&self, agent: &str, runbook: &str, record: &PhaseRecord) {
+        for o in &self.0 {
+            o.phase(agent, runbook, record);
+        }
+    }
+    fn escalation(&self, escalation: &Escalation) {
+        for o in &self.0 {
+            o.escalation(escalation);
+        }
+    }
+    fn selection(&self, agent: &str, selection: &Selection) {
+        for o in &self.0 {
+            o.selection(agent, selection);
+        }
+    }
+    fn execution(&self, agent: &str, report: &ExecutionReport) {
+        for o in &self.0 {
+            o.execution(agent, report);
+        }
+    }
+}

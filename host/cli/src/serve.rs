@@ -8,12 +8,13 @@ use crate::host::{agent_files, fail, sandbox};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use themis_agent::Fanout;
 use themis_agent::audit::{AuditLog, Redactor};
 use themis_agent::escalation::Channels;
 use themis_agent::store::JsonStore;
 use themis_agent::{Runtime, RuntimeOptions, RuntimeParts};
 use themis_server::config::{BackendSource, BackendSpec, ServeConfig, process_env};
-use themis_server::{Events, Overrides};
+use themis_server::{Events, Metrics, Overrides};
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
@@ -192,6 +193,14 @@ pub async fn run(args: ServeArgs, cache_dir_flag: Option<PathBuf>) -> ExitCode {
         Err(e) => return fail(2, e),
     };
     let events = Arc::new(Events::new(redactor));
+    let metrics = Arc::new(Metrics::new(&names));
+    let watching = metrics.clone();
+    if audit
+        .observe_appends(Box::new(move |took, ok| watching.audit_append(took, ok)))
+        .is_err()
+    {
+        return fail(2, "the audit log already has an observer");
+    }
     let runtime = match Runtime::start(
         RuntimeParts {
             sandbox,
@@ -199,7 +208,7 @@ pub async fn run(args: ServeArgs, cache_dir_flag: Option<PathBuf>) -> ExitCode {
             audit,
             store,
             channels,
-            observer: events.clone(),
+            observer: Arc::new(Fanout(vec![events.clone(), metrics.clone()])),
             provider: Arc::new(provider),
         },
         RuntimeOptions {
@@ -230,7 +239,16 @@ pub async fn run(args: ServeArgs, cache_dir_flag: Option<PathBuf>) -> ExitCode {
     // Scripts and tests read this line to learn the port when listening on :0.
     println!("themis serve: listening on http://{addr}");
     tracing::info!(%addr, agents = names.len(), "listening");
-    match themis_server::serve(config, runtime, events, listener, themis_server::signal()).await {
+    match themis_server::serve(
+        config,
+        runtime,
+        events,
+        metrics,
+        listener,
+        themis_server::signal(),
+    )
+    .await
+    {
         Ok(()) => {
             println!("themis serve: stopped");
             ExitCode::SUCCESS

@@ -21,6 +21,7 @@ pub struct AppState {
     pub runtime: Arc<Runtime>,
     pub config: Arc<ServeConfig>,
     pub events: Arc<Events>,
+    pub metrics: Arc<crate::metrics::Metrics>,
     pub started: SystemTime,
     pub slack: Option<slack::SlackState>,
     draining: AtomicBool,
@@ -52,6 +53,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(|| async { axum::Json(crate::openapi::document()) }),
         )
         .route("/healthz", get(read::healthz))
+        .route("/metrics", get(crate::metrics::scrape))
         .route("/readyz", get(read::readyz))
         .fallback(|| async {
             ApiError::not_found("no such endpoint; the API is under /api/v1 (see the README)")
@@ -95,6 +97,7 @@ pub async fn serve(
     config: ServeConfig,
     runtime: Runtime,
     events: Arc<Events>,
+    metrics: Arc<crate::metrics::Metrics>,
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
@@ -111,6 +114,7 @@ pub async fn serve(
         runtime: Arc::new(runtime),
         config: Arc::new(config),
         events,
+        metrics,
         started: SystemTime::now(),
         slack,
         draining: AtomicBool::new(false),

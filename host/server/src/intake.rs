@@ -7,6 +7,7 @@ use crate::alertmanager::{Incoming, Notification, OwnAlert};
 use crate::app::{AppState, runtime_error};
 use crate::auth;
 use crate::error::{ApiError, parse_json};
+use crate::metrics::AlertOutcome;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -14,7 +15,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode};
 use serde::Serialize;
 use std::sync::Arc;
-use themis_agent::Submitted;
+use themis_agent::{AlertStatus, Submitted};
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Taken {
@@ -78,6 +79,7 @@ async fn receive<T: serde::de::DeserializeOwned>(
 
 async fn take(state: &AppState, incoming: Vec<Incoming>) -> Result<IntakeResponse, ApiError> {
     let runtime = state.runtime.clone();
+    let metrics = state.metrics.clone();
     // The audit fsyncs: off the async threads.
     tokio::task::spawn_blocking(move || {
         let mut response = IntakeResponse {
@@ -88,8 +90,14 @@ async fn take(state: &AppState, incoming: Vec<Incoming>) -> Result<IntakeRespons
         for i in incoming {
             let fingerprint = i.alert.fingerprint.clone();
             let alertname = i.alert.name.clone();
+            let taken = if i.status == AlertStatus::Resolved {
+                AlertOutcome::Resolved
+            } else {
+                AlertOutcome::Accepted
+            };
             match runtime.submit(i.alert, i.status, i.source) {
                 Ok(Submitted::Queued { agent }) => {
+                    metrics.alert(Some(&agent), taken);
                     response.accepted += 1;
                     response.alerts.push(Taken {
                         fingerprint,
@@ -99,6 +107,7 @@ async fn take(state: &AppState, incoming: Vec<Incoming>) -> Result<IntakeRespons
                     });
                 }
                 Ok(Submitted::Unrouted) => {
+                    metrics.alert(None, AlertOutcome::Unrouted);
                     response.unrouted += 1;
                     response.alerts.push(Taken {
                         fingerprint,
@@ -108,6 +117,7 @@ async fn take(state: &AppState, incoming: Vec<Incoming>) -> Result<IntakeRespons
                     });
                 }
                 Ok(Submitted::QueueFull { agent }) => {
+                    metrics.alert(Some(&agent), AlertOutcome::QueueFull);
                     return Err(ApiError::new(
                         StatusCode::TOO_MANY_REQUESTS,
                         "queue-full",

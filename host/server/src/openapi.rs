@@ -1,7 +1,7 @@
 //! The OpenAPI document of the whole API, generated from the handlers' annotations and the
 //! request and response types (utoipa), served at `/api/v1/openapi.json`.
 
-use crate::{alertmanager, approvals, error, intake, read, slack, views};
+use crate::{alertmanager, approvals, error, intake, metrics, read, slack, views};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
@@ -13,7 +13,7 @@ use utoipa::{Modify, OpenApi};
         read::approvals, approvals::approve, approvals::reject, approvals::adjust,
         slack::interactions,
         read::agents, read::incidents, read::incident, read::events,
-        read::healthz, read::readyz,
+        read::healthz, read::readyz, metrics::scrape,
     ),
     components(schemas(
         error::ApiError, alertmanager::Notification, alertmanager::AmAlert, alertmanager::OwnAlert,

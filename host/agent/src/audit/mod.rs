@@ -124,8 +124,13 @@ pub struct AuditLog {
     /// The same open file, for fsync without holding the tail's lock.
     sync_file: File,
     redactor: Redactor,
+    /// Told how long each append took and whether it was written (metrics); set once.
+    on_append: std::sync::OnceLock<AppendObserver>,
     _lock: Held,
 }
+
+/// Called after every append with its duration (fsync included) and whether it succeeded.
+pub type AppendObserver = Box<dyn Fn(Duration, bool) + Send + Sync>;
 
 impl AuditLog {
     /// Open (creating if needed) and continue the chain at its end, waiting up to `wait` for
@@ -180,6 +185,7 @@ impl AuditLog {
                 mode: None,
             }),
             redactor,
+            on_append: std::sync::OnceLock::new(),
             _lock: held,
         };
         if let Some(torn) = torn {
@@ -321,7 +327,27 @@ impl AuditLog {
     /// An error means the record cannot be trusted to be on disk: the caller must not take the
     /// action it announces. (After a failed fsync the record may still be found in the file; the
     /// action it announced was not taken, and the log takes no more records.)
+    /// Watch every append from now on (the service's metrics); a second observer is refused.
+    pub fn observe_appends(&self, observer: AppendObserver) -> Result<(), AppendObserver> {
+        self.on_append.set(observer)
+    }
+
     pub fn append(
+        &self,
+        agent: &str,
+        incident: Option<&str>,
+        kind: &str,
+        data: Value,
+    ) -> Result<Record, AuditError> {
+        let started = std::time::Instant::now();
+        let result = self.append_unobserved(agent, incident, kind, data);
+        if let Some(observe) = self.on_append.get() {
+            observe(started.elapsed(), result.is_ok());
+        }
+        result
+    }
+
+    fn append_unobserved(
         &self,
         agent: &str,
         incident: Option<&str>,
