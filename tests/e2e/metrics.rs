@@ -150,76 +150,62 @@ async fn a_real_prometheus_scrapes_what_an_incident_did() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let one = |samples: Vec<(Value, f64)>| samples.first().map(|(_, v)| *v);
-    assert_eq!(
-        one(query(&prom, r#"themis_agent_state{agent="kafka",state="idle"}"#).await),
-        Some(1.0)
-    );
-    assert_eq!(
-        one(query(&prom, r#"sum(themis_agent_state{agent="kafka"})"#).await),
-        Some(1.0),
-        "exactly one state at a time"
-    );
-    assert_eq!(
-        one(query(
-            &prom,
-            r#"themis_alerts_total{agent="kafka",outcome="accepted"}"#
-        )
-        .await),
-        Some(1.0)
-    );
-    assert_eq!(
-        one(query(
-            &prom,
-            r#"themis_alerts_total{agent="none",outcome="unrouted"}"#
-        )
-        .await),
-        Some(1.0)
-    );
-    assert_eq!(
-        one(
-            query(
-                &prom,
-                r#"themis_runbook_runs_total{agent="kafka",runbook="adjust-broker-gc",result="succeeded",mode="live"}"#
-            )
-            .await
+    // (query, expected value, or the least it may be when `at_least`).
+    let expected: &[(&str, f64, bool)] = &[
+        (
+            r#"themis_agent_state{agent="kafka",state="idle"}"#,
+            1.0,
+            false,
         ),
-        Some(1.0)
-    );
-    assert!(
-        one(query(
-            &prom,
-            r#"sum(themis_decisions_total{agent="kafka",selector="rules"})"#
-        )
-        .await)
-        .is_some_and(|v| v >= 1.0)
-    );
-    assert_eq!(
-        one(query(&prom, r#"themis_escalations_total{agent="kafka"}"#).await),
-        Some(1.0),
-        "the destructive plan went to a human once"
-    );
-    assert!(
-        one(query(&prom, r#"sum(themis_capability_calls_total{outcome="ok"})"#).await)
-            .is_some_and(|v| v >= 1.0)
-    );
-    assert!(
-        one(query(&prom, r#"themis_audit_appends_total{result="ok"}"#).await)
-            .is_some_and(|v| v >= 5.0)
-    );
-    assert!(one(query(&prom, "themis_audit_append_seconds_count").await).is_some_and(|v| v >= 5.0));
-    assert!(
-        one(query(
-            &prom,
-            r#"sum(themis_step_phase_seconds_count{runbook="adjust-broker-gc"})"#
-        )
-        .await)
-        .is_some_and(|v| v >= 1.0)
-    );
-    assert_eq!(
-        one(query(&prom, "count(themis_build_info)").await),
-        Some(1.0)
-    );
+        // Exactly one state at a time.
+        (r#"sum(themis_agent_state{agent="kafka"})"#, 1.0, false),
+        (
+            r#"themis_alerts_total{agent="kafka",outcome="accepted"}"#,
+            1.0,
+            false,
+        ),
+        (
+            r#"themis_alerts_total{agent="none",outcome="unrouted"}"#,
+            1.0,
+            false,
+        ),
+        (
+            r#"themis_runbook_runs_total{agent="kafka",runbook="adjust-broker-gc",result="succeeded",mode="live"}"#,
+            1.0,
+            false,
+        ),
+        (
+            r#"sum(themis_decisions_total{agent="kafka",selector="rules"})"#,
+            1.0,
+            true,
+        ),
+        // The destructive plan went to a human once, who answered it.
+        (r#"themis_escalations_total{agent="kafka"}"#, 1.0, false),
+        ("themis_approvals_pending", 0.0, false),
+        ("themis_approval_wait_seconds_count", 1.0, false),
+        (
+            r#"sum(themis_capability_calls_total{outcome="ok"})"#,
+            1.0,
+            true,
+        ),
+        (r#"themis_audit_appends_total{result="ok"}"#, 5.0, true),
+        ("themis_audit_append_seconds_count", 5.0, true),
+        (
+            r#"sum(themis_step_phase_seconds_count{runbook="adjust-broker-gc"})"#,
+            1.0,
+            true,
+        ),
+        ("count(themis_build_info)", 1.0, false),
+    ];
+    for (promql, value, at_least) in expected {
+        let got = query(&prom, promql).await.first().map(|(_, v)| *v);
+        let ok = got.is_some_and(|v| if *at_least { v >= *value } else { v == *value });
+        assert!(
+            ok,
+            "{promql}: {got:?}, expected {}{value}",
+            if *at_least { "≥ " } else { "" }
+        );
+    }
 
     // Every query of the shipped Grafana dashboard is PromQL Prometheus accepts.
     let dashboard: Value = serde_json::from_str(

@@ -7,7 +7,7 @@
 //! `resolved` reaching the incident.
 
 use crate::common::repo;
-use crate::serve::{INTAKE, ONCALL, ServeSpec};
+use crate::serve::{INTAKE, ONCALL, ServeSpec, Served};
 use serde_json::{Value, json};
 use sqlx::Executor;
 use std::time::{Duration, Instant};
@@ -33,6 +33,32 @@ where
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The PostgreSQL agent's incident once it waits for an approval.
+async fn proposed(s: &Served, started: Instant) -> Value {
+    until("the PostgreSQL agent's proposal", started, || async {
+        let (_, body) = s.get("/api/v1/incidents?agent=postgres", ONCALL).await;
+        body["incidents"].as_array().and_then(|l| {
+            l.iter()
+                .find(|i| i["status"] == "pending-approval")
+                .cloned()
+        })
+    })
+    .await
+}
+
+/// Approve `approval` over HTTP as the on-call approver, with the digest it shows.
+async fn approve(s: &Served, approval: &Value) {
+    let id = approval["id"].as_str().expect("approval id");
+    let (status, body) = s
+        .post(
+            &format!("/api/v1/approvals/{id}/approve"),
+            ONCALL,
+            &json!({ "plan_digest": approval["plan_digest"] }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
 }
 
 /// When Prometheus started firing `alertname`, as it says (`activeAt`).
@@ -74,14 +100,7 @@ async fn the_lock_wait_playbook_runs_on_real_parts() {
         db.url(THEMIS_ROLE)
     );
     let s = spec.start();
-    let Some(am) = services::alertmanager(&format!(
-        "route:\n  receiver: themis\n  group_by: [alertname]\n  group_wait: 1s\n  group_interval: 1s\n  repeat_interval: 1h\n\
-         receivers:\n  - name: themis\n    webhook_configs:\n      - url: {}/api/v1/alerts/alertmanager\n        send_resolved: true\n        \
-         http_config:\n          authorization: {{ type: Bearer, credentials: {INTAKE} }}\n",
-        s.url
-    ))
-    .await
-    else {
+    let Some(am) = crate::serve::alertmanager(&s.url).await else {
         return;
     };
     let host = |url: &str| url.trim_start_matches("http://").to_owned();
@@ -107,15 +126,7 @@ async fn the_lock_wait_playbook_runs_on_real_parts() {
     let started = Instant::now();
 
     // Prometheus fires, Alertmanager notifies, the agent probes and proposes.
-    let incident = until("the PostgreSQL agent's proposal", started, || async {
-        let (_, body) = s.get("/api/v1/incidents?agent=postgres", ONCALL).await;
-        body["incidents"].as_array().and_then(|l| {
-            l.iter()
-                .find(|i| i["status"] == "pending-approval")
-                .cloned()
-        })
-    })
-    .await;
+    let incident = proposed(&s, started).await;
     let proposed_after = started.elapsed();
     let fired = fired_at(&prom, "PostgresLockWaits").await;
     let seconds = |t: Option<&str>| {
@@ -144,15 +155,7 @@ async fn the_lock_wait_playbook_runs_on_real_parts() {
     );
 
     // A human approves over HTTP; the blocker is terminated; the waiter's update completes.
-    let id = approval["id"].as_str().expect("approval id");
-    let (status, body) = s
-        .post(
-            &format!("/api/v1/approvals/{id}/approve"),
-            ONCALL,
-            &json!({ "plan_digest": approval["plan_digest"] }),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    approve(&s, approval).await;
     let done = tokio::time::timeout(BUDGET.saturating_sub(started.elapsed()), waiting)
         .await
         .expect("the waiting update completes once its blocker is gone");
@@ -268,26 +271,10 @@ async fn shadow_mode_reads_the_real_database_and_changes_nothing() {
         )
         .await;
     assert_eq!(status, 200, "{body}");
-    let incident = until("the proposal", started, || async {
-        let (_, body) = s.get("/api/v1/incidents?agent=postgres", ONCALL).await;
-        body["incidents"].as_array().and_then(|l| {
-            l.iter()
-                .find(|i| i["status"] == "pending-approval")
-                .cloned()
-        })
-    })
-    .await;
+    let incident = proposed(&s, started).await;
     let approval = &incident["approval"];
     assert_eq!(approval["params"]["pid"], json!(holder_pid), "{incident}");
-    let id = approval["id"].as_str().expect("approval id");
-    let (status, body) = s
-        .post(
-            &format!("/api/v1/approvals/{id}/approve"),
-            ONCALL,
-            &json!({ "plan_digest": approval["plan_digest"] }),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    approve(&s, approval).await;
     let incident_id = incident["id"].as_str().expect("id").to_owned();
     until("the dry run to finish", started, || async {
         let (_, i) = s

@@ -977,7 +977,7 @@ fn check_names_file_field_and_fix() {
 
 /// A real Alertmanager on loopback whose webhook receiver is the service (`None`: not
 /// installed, and the run does not require it).
-async fn alertmanager(receiver: &str) -> Option<Service> {
+pub async fn alertmanager(receiver: &str) -> Option<Service> {
     services::alertmanager(&format!(
         "route:\n  receiver: themis\n  group_by: [alertname]\n  group_wait: 1s\n  group_interval: 1s\n  repeat_interval: 1h\n\
          receivers:\n  - name: themis\n    webhook_configs:\n      - url: {receiver}/api/v1/alerts/alertmanager\n        send_resolved: true\n        \

@@ -8,6 +8,7 @@
 //!
 //!     eval "$(scripts/postgres start)"
 //!     cargo bench -p themis --bench pg_call --profile dev     # PG_CALL_ROUNDS=400
+//!     PG_CALL_RUNTIME=current cargo bench -p themis --bench pg_call --profile dev
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -56,10 +57,17 @@ fn main() {
         eprintln!("set THEMIS_TEST_POSTGRES: eval \"$(scripts/postgres start)\"");
         std::process::exit(2);
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    // PG_CALL_RUNTIME=current: everything on one thread, no cross-thread wake-ups, to tell the
+    // sandbox's cost from the scheduler's.
+    let current = std::env::var("PG_CALL_RUNTIME").as_deref() == Ok("current");
+    let rt = if current {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    }
+    .enable_all()
+    .build()
+    .expect("tokio runtime");
     let _runtime = rt.enter();
     let mut settings = PostgresSettings::new(url);
     settings.tls = TlsMode::Disable;
@@ -125,37 +133,34 @@ fn main() {
         .and_then(|n| n.parse().ok())
         .unwrap_or(400);
     let mut times: [Vec<Duration>; 4] = Default::default();
-    rt.block_on(async {
-        for round in 0..rounds + 20 {
+    // The probe's action in the sandbox against `backends`; it must succeed.
+    let probe = |backends: &Backends| {
+        let env = env(backends);
+        let (sandbox, component, context) = (&sandbox, &component, &context);
+        async move {
             let t = Instant::now();
             let call = sandbox
                 .call(
-                    &component,
+                    component,
                     Phase::Action,
-                    &context,
-                    env(&backends),
+                    context,
+                    env,
                     Duration::from_secs(5),
                 )
                 .await;
-            let sandboxed = t.elapsed();
+            let took = t.elapsed();
             assert!(
                 matches!(call.result, Ok(Verdict::Action(ref o)) if o.ok),
                 "{:?}",
                 call.result
             );
-
-            let t = Instant::now();
-            let call = sandbox
-                .call(
-                    &component,
-                    Phase::Action,
-                    &context,
-                    env(&instant),
-                    Duration::from_secs(5),
-                )
-                .await;
-            let own = t.elapsed();
-            assert!(matches!(call.result, Ok(Verdict::Action(ref o)) if o.ok));
+            took
+        }
+    };
+    rt.block_on(async {
+        for round in 0..rounds + 20 {
+            let sandboxed = probe(&backends).await;
+            let own = probe(&instant).await;
 
             let t = Instant::now();
             {
@@ -200,7 +205,14 @@ fn main() {
         (v[v.len() / 2], v[v.len() * 9 / 10])
     });
     let us = |d: Duration| d.as_secs_f64() * 1e6;
-    println!("| measurement ({rounds} interleaved rounds) | median | p90 |");
+    println!(
+        "| measurement ({rounds} interleaved rounds, {} tokio runtime) | median | p90 |",
+        if current {
+            "current-thread"
+        } else {
+            "multi-thread"
+        }
+    );
     println!("|---|---|---|");
     println!(
         "| sqlx, the three statements (baseline) | {:.0} µs | {:.0} µs |",

@@ -222,6 +222,11 @@ pub async fn run(args: ServeArgs, cache_dir_flag: Option<PathBuf>) -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(2, e),
     };
+    // Proposals already waiting from before this start count as pending.
+    match runtime.store().scan().await {
+        Ok((incidents, _)) => metrics.pending_at_start(&incidents),
+        Err(e) => tracing::warn!("pending approvals not counted at start: {e}"),
+    }
     let listener = match tokio::net::TcpListener::bind(config.listen).await {
         Ok(l) => l,
         Err(e) => {

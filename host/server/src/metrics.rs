@@ -14,6 +14,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use std::collections::BTreeMap;
+use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use themis_agent::RuntimeObserver;
@@ -141,7 +143,15 @@ pub struct Metrics {
     llm_seconds: Histogram,
     audit_appends: Family<ResultLabel, Counter>,
     audit_append_seconds: Histogram,
+    approvals_pending: Gauge,
+    oldest_pending: Gauge<f64, AtomicU64>,
+    approval_wait_seconds: Histogram,
+    /// Pending proposals by incident: when requested, when they expire. Bounded.
+    pending: Mutex<BTreeMap<String, (SystemTime, SystemTime)>>,
 }
+
+/// The most pending approvals the metrics remember (the oldest are forgotten past it).
+const MAX_PENDING: usize = 10_000;
 
 fn seconds_histogram() -> Histogram {
     // 0.1 ms … ~3.3 s: an fsynced append to a long runbook phase.
@@ -246,6 +256,24 @@ impl Metrics {
             })
             .set(1);
         registry.register("build_info", "The running build (always 1)", build);
+        let approvals_pending = Gauge::default();
+        registry.register(
+            "approvals_pending",
+            "Proposals waiting for a human answer (not yet answered, not expired)",
+            approvals_pending.clone(),
+        );
+        let oldest_pending = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "approval_oldest_pending_seconds",
+            "How long the oldest pending proposal has waited (0: none waits)",
+            oldest_pending.clone(),
+        );
+        let approval_wait_seconds = Histogram::new(exponential_buckets(1.0, 2.0, 14));
+        registry.register(
+            "approval_wait_seconds",
+            "How long an answered proposal waited for its human answer",
+            approval_wait_seconds.clone(),
+        );
         let metrics = Metrics {
             registry,
             agent_state,
@@ -261,6 +289,10 @@ impl Metrics {
             llm_seconds,
             audit_appends,
             audit_append_seconds,
+            approvals_pending,
+            oldest_pending,
+            approval_wait_seconds,
+            pending: Mutex::new(BTreeMap::new()),
         };
         for agent in agents {
             metrics.set_state(agent, StateKind::Idle);
@@ -304,8 +336,50 @@ impl Metrics {
         self.audit_append_seconds.observe(took.as_secs_f64());
     }
 
+    /// Proposals already waiting when the service started (read once from the store).
+    pub fn pending_at_start(&self, incidents: &[themis_agent::store::Incident]) {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        for i in incidents {
+            if let (Some(p), None) = (&i.proposal, &i.answer)
+                && i.status.awaits_human()
+            {
+                pending.insert(i.id.clone(), (p.requested_at, p.expires_at));
+            }
+        }
+        self.approvals_pending
+            .set(i64::try_from(pending.len()).unwrap_or(i64::MAX));
+    }
+
+    /// A proposal was answered: it is no longer pending, and how long it waited is observed.
+    fn answered(&self, incident: &str) {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((requested, _)) = pending.remove(incident) {
+            let waited = SystemTime::now()
+                .duration_since(requested)
+                .unwrap_or_default();
+            self.approval_wait_seconds.observe(waited.as_secs_f64());
+        }
+        self.approvals_pending
+            .set(i64::try_from(pending.len()).unwrap_or(i64::MAX));
+    }
+
     /// The OpenMetrics text of every metric.
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        {
+            // An expired proposal can no longer be answered: it is not pending.
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            let now = SystemTime::now();
+            pending.retain(|_, (_, expires)| *expires > now);
+            self.approvals_pending
+                .set(i64::try_from(pending.len()).unwrap_or(i64::MAX));
+            let oldest = pending.values().map(|(requested, _)| *requested).min();
+            self.oldest_pending.set(
+                oldest
+                    .and_then(|t| now.duration_since(t).ok())
+                    .map(|d| d.as_secs_f64())
+                    .unwrap_or(0.0),
+            );
+        }
         let mut text = String::new();
         encode(&mut text, &self.registry)?;
         Ok(text)
@@ -389,8 +463,14 @@ fn call_outcome(mode: CallMode, outcome: &CallOutcome) -> &'static str {
 }
 
 impl RuntimeObserver for Metrics {
-    fn transition(&self, agent: &str, _from: &AgentState, _event: &Event, to: &AgentState) {
+    fn transition(&self, agent: &str, _from: &AgentState, event: &Event, to: &AgentState) {
         self.set_state(agent, to.kind());
+        match event {
+            Event::ApprovalGranted { incident, .. }
+            | Event::ApprovalAdjusted { incident, .. }
+            | Event::ApprovalRejected { incident } => self.answered(incident),
+            _ => {}
+        }
     }
 
     fn phase(&self, _agent: &str, runbook: &str, record: &PhaseRecord) {
@@ -412,6 +492,23 @@ impl RuntimeObserver for Metrics {
     }
 
     fn escalation(&self, escalation: &Escalation) {
+        if let Some(proposal) = &escalation.proposal {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            if pending.len() >= MAX_PENDING
+                && let Some(oldest) = pending
+                    .iter()
+                    .min_by_key(|(_, (requested, _))| *requested)
+                    .map(|(id, _)| id.clone())
+            {
+                pending.remove(&oldest);
+            }
+            pending.insert(
+                escalation.incident.clone(),
+                (proposal.requested_at, proposal.expires_at),
+            );
+            self.approvals_pending
+                .set(i64::try_from(pending.len()).unwrap_or(i64::MAX));
+        }
         self.escalations
             .get_or_create(&AgentLabel {
                 agent: escalation.agent.clone(),

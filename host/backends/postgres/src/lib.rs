@@ -197,16 +197,21 @@ impl PostgresBackend {
 
     /// Signal `pid` with `statement` once (never retried); the statement repeats the target's
     /// conditions so a pid that changed hands between the check and the signal is not touched.
-    async fn signal(&self, pid: i32, statement: &str, what: &str) -> CapResult<bool> {
+    async fn signal(
+        &self,
+        pid: i32,
+        statement: &'static str,
+        wait: Option<Duration>,
+        what: &str,
+    ) -> CapResult<bool> {
         match self.target(pid, what).await? {
             Target::Gone => return Ok(false),
             Target::Refused(why) => return Err(CapError::Denied(why)),
             Target::Allowed => {}
         }
         let mut query = sqlx::query_scalar(statement).bind(pid);
-        if statement == queries::TERMINATE {
-            query =
-                query.bind(i64::try_from(self.terminate_wait().as_millis()).unwrap_or(i64::MAX));
+        if let Some(wait) = wait {
+            query = query.bind(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX));
         }
         let answered: Option<bool> = self
             .bounded(query.fetch_optional(&self.pool))
@@ -384,13 +389,15 @@ impl PostgresCaps for PostgresBackend {
     }
 
     async fn cancel_backend(&self, pid: i32) -> CapResult<bool> {
-        self.signal(pid, queries::CANCEL, "postgres.cancel-backend")
+        self.signal(pid, queries::CANCEL, None, "postgres.cancel-backend")
             .await
     }
 
     async fn terminate_backend(&self, pid: i32) -> CapResult<bool> {
         let what = "postgres.terminate-backend";
-        let signalled = self.signal(pid, queries::TERMINATE, what).await?;
+        let signalled = self
+            .signal(pid, queries::TERMINATE, Some(self.terminate_wait()), what)
+            .await?;
         if !signalled {
             return Ok(false);
         }

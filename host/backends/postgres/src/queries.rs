@@ -71,25 +71,26 @@ SELECT a.backend_type, a.datname::text, a.application_name,
  WHERE a.pid = $1
 "#;
 
-/// Cancel `$1`'s current query, if it still is a client backend of this database.
-pub const CANCEL: &str = r#"
-SELECT pg_cancel_backend(a.pid)
+/// The rows a signal may reach: `$1`, if it still is a client backend of this database and not
+/// a Themis session (repeated in the signalling statement, so a pid that changed hands between
+/// the check and the signal is not touched).
+macro_rules! signal_target {
+    () => {
+        r#"
   FROM pg_stat_activity a
  WHERE a.pid = $1
    AND a.backend_type = 'client backend'
    AND a.datname = current_database()
    AND a.application_name NOT LIKE 'themis:%'
-"#;
+"#
+    };
+}
 
-/// Terminate `$1` and wait up to `$2` ms for it to exit, under the same conditions.
-pub const TERMINATE: &str = r#"
-SELECT pg_terminate_backend(a.pid, $2)
-  FROM pg_stat_activity a
- WHERE a.pid = $1
-   AND a.backend_type = 'client backend'
-   AND a.datname = current_database()
-   AND a.application_name NOT LIKE 'themis:%'
-"#;
+/// Cancel `$1`'s current query.
+pub const CANCEL: &str = concat!("SELECT pg_cancel_backend(a.pid)", signal_target!());
+
+/// Terminate `$1` and wait up to `$2` ms for it to exit.
+pub const TERMINATE: &str = concat!("SELECT pg_terminate_backend(a.pid, $2)", signal_target!());
 
 /// Is `$1` still connected?
 pub const STILL_THERE: &str = "SELECT pid FROM pg_stat_activity WHERE pid = $1";
