@@ -14,6 +14,7 @@
 //! routes:
 //!   - alert: KafkaConsumerLag                               # alert name
 //!     labels: { severity: critical }                        # optional label conditions
+//!   - matchers: ['alertname=~"KubePod(CrashLooping|NotReady)"', 'namespace!~"kube-.*"']
 //! policy:
 //!   min_confidence: 0.8
 //!   destructive: [kafka.set-broker-config]                  # adds to the catalogue's list
@@ -33,6 +34,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use themis_core::capability::{self, Destructive, Domain, Effect};
 use themis_core::conditions;
+use themis_core::matchers::Matcher;
 use themis_core::policy::{DEFAULT_APPROVAL_TTL, DEFAULT_FOLLOW_UP_DEPTH, DestructiveList, Policy};
 use themis_core::rules::Rule;
 use themis_core::trust::TrustPolicy;
@@ -40,9 +42,30 @@ use themis_core::trust::TrustPolicy;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Route {
-    pub alert: String,
+    /// The alert's name exactly (`alertname`).
+    #[serde(default)]
+    pub alert: Option<String>,
+    /// Conditions on label values (`severity: critical`, `"> 0"`).
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Alertmanager's matchers over the labels and `alertname`: `alertname=~"KubePod.*"`.
+    #[serde(default)]
+    pub matchers: Vec<Matcher>,
+}
+
+impl Route {
+    /// Does this route own an alert named `alert_name` with these labels? The alert's name and
+    /// its `alertname` label are one thing.
+    pub fn owns(&self, alert_name: &str, labels: &BTreeMap<String, String>) -> bool {
+        let mut with_name = labels.clone();
+        with_name.insert("alertname".into(), alert_name.to_owned());
+        self.alert.as_deref().is_none_or(|a| a == alert_name)
+            && self
+                .labels
+                .iter()
+                .all(|(k, cond)| with_name.get(k).is_some_and(|v| conditions::holds(cond, v)))
+            && self.matchers.iter().all(|m| m.matches(&with_name))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -200,6 +223,16 @@ impl AgentDef {
         if raw.routes.is_empty() {
             return Err(err("routes", "an agent must own at least one alert".into()));
         }
+        if let Some(i) = raw
+            .routes
+            .iter()
+            .position(|r| r.alert.is_none() && r.matchers.is_empty())
+        {
+            return Err(err(
+                &format!("routes[{i}]"),
+                "owns every alert: give `alert: NAME` or `matchers: ['alertname=~\"...\"']`".into(),
+            ));
+        }
         let all_rules = raw
             .rules
             .iter()
@@ -270,12 +303,7 @@ impl AgentDef {
 
     /// Does this agent own the alert?
     pub fn routes(&self, alert_name: &str, labels: &BTreeMap<String, String>) -> bool {
-        self.routes.iter().any(|r| {
-            r.alert == alert_name
-                && r.labels
-                    .iter()
-                    .all(|(k, cond)| labels.get(k).is_some_and(|v| conditions::holds(cond, v)))
-        })
+        self.routes.iter().any(|r| r.owns(alert_name, labels))
     }
 }
 
@@ -288,4 +316,46 @@ pub fn mutating_grants(runbook: &themis_core::manifest::Runbook) -> Vec<String> 
         .filter(|c| capability::lookup(c).is_some_and(|c| c.effect == Effect::Mutate))
         .cloned()
         .collect()
+}
+
+#[cfg(test)]
+mod route_tests {
+    use super::Route;
+    use std::collections::BTreeMap;
+
+    fn route(yaml: &str) -> Route {
+        themis_core::yaml::from_str(yaml).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn a_route_owns_by_name_conditions_and_matchers_with_alertname_as_a_label() {
+        let labels: BTreeMap<String, String> = [("namespace".to_owned(), "shop".to_owned())].into();
+        let family = route(
+            "matchers: ['alertname=~\"KubePod(CrashLooping|NotReady)\"', 'namespace!~\"kube-.*\"']",
+        );
+        assert!(family.owns("KubePodCrashLooping", &labels));
+        assert!(family.owns("KubePodNotReady", &labels));
+        assert!(!family.owns("KubeNodeNotReady", &labels));
+        let system: BTreeMap<String, String> =
+            [("namespace".to_owned(), "kube-system".to_owned())].into();
+        assert!(!family.owns("KubePodCrashLooping", &system));
+        let exact = route("alert: PostgresLockWaits\nlabels: { severity: critical }");
+        let critical: BTreeMap<String, String> =
+            [("severity".to_owned(), "critical".to_owned())].into();
+        assert!(exact.owns("PostgresLockWaits", &critical));
+        assert!(!exact.owns("PostgresLockWaits", &labels));
+        // `alertname` in a condition is the alert's name.
+        let by_label =
+            route("labels: { alertname: PostgresLockWaits }\nmatchers: ['severity=\"critical\"']");
+        assert!(by_label.owns("PostgresLockWaits", &critical));
+    }
+
+    #[test]
+    fn a_bad_matcher_is_refused_when_the_agent_file_is_read() {
+        let e = themis_core::yaml::from_str::<Route>("matchers: ['alertname=~\"(\"']")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("not a regular expression"), "{e}");
+    }
 }

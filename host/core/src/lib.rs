@@ -14,6 +14,7 @@ pub mod grant;
 pub mod graph;
 pub mod identity;
 pub mod manifest;
+pub mod matchers;
 pub mod policy;
 pub mod redact;
 pub mod rules;
