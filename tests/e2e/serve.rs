@@ -43,6 +43,8 @@ pub struct ServeSpec<'a> {
     pub body_bytes: usize,
     /// The loopback URL prefix Slack's response_url may have (Slack on).
     pub slack: Option<&'a str>,
+    /// Slack's incoming webhook (escalations and unowned alerts are posted there).
+    pub slack_webhook: Option<String>,
 }
 
 impl<'a> ServeSpec<'a> {
@@ -54,6 +56,7 @@ impl<'a> ServeSpec<'a> {
             queue: 64,
             body_bytes: 1 << 20,
             slack: None,
+            slack_webhook: None,
         }
     }
 
@@ -89,7 +92,12 @@ impl<'a> ServeSpec<'a> {
 
     pub fn start(&self) -> Served {
         let config = self.config();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_themis"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_themis"));
+        match &self.slack_webhook {
+            Some(url) => command.env("THEMIS_SLACK_WEBHOOK_URL", url),
+            None => command.env_remove("THEMIS_SLACK_WEBHOOK_URL"),
+        };
+        let mut child = command
             .args(["serve", "--config"])
             .arg(&config)
             .env("TEST_INTAKE_TOKEN", INTAKE)
@@ -580,6 +588,56 @@ async fn approvals_over_http_identify_by_token_and_run_the_plan_once() {
             "/metrics",
             "/readyz",
         ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_alert_nobody_owns_reaches_the_humans_once_and_is_never_dropped() {
+    let (slack, posted) = response_url_recorder().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut spec = ServeSpec::new(dir.path());
+    spec.slack_webhook = Some(format!("{slack}webhook"));
+    let s = spec.start();
+    let nobody = [(
+        "NobodysAlert",
+        "fp-nobody",
+        &[("team", "<!channel> payments")][..],
+    )];
+    for _ in 0..3 {
+        let (status, body) = s.post(AM, INTAKE, &notification("firing", &nobody)).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["unrouted"], 1, "{body}");
+    }
+    let (status, _) = s.post(AM, INTAKE, &notification("resolved", &nobody)).await;
+    assert_eq!(status, 200);
+    // Told once (Alertmanager repeats a firing alert; its resolution is no news), recorded.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while s.kinds("unowned-alert-escalated").is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the unowned alert was never escalated"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let told = s.kinds("unowned-alert-escalated");
+    assert_eq!(told.len(), 1, "{told:?}");
+    assert_eq!(told[0]["data"]["deliveries"][0]["ok"], true, "{told:?}");
+    assert_eq!(
+        s.kinds("alert-unrouted").len(),
+        4,
+        "every notification is on the record"
+    );
+    let posted = posted.lock().expect("lock").clone();
+    assert_eq!(posted.len(), 1, "{posted:?}");
+    let text = posted[0].to_string();
+    assert!(
+        text.contains("NobodysAlert") && text.contains("no agent owns"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("<!channel>"),
+        "alert text cannot ping a Slack channel: {text}"
     );
 }
 

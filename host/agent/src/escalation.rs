@@ -189,13 +189,22 @@ impl Channels {
     /// Deliver to every configured channel. A failed delivery is reported, never fatal: the
     /// console and the audit always have the message.
     pub async fn deliver(&self, escalation: &Escalation) -> Vec<Delivery> {
+        self.post(&escalation.to_slack()).await
+    }
+
+    /// Tell the humans about an alert no agent owns (it is not handled by anyone).
+    pub async fn deliver_unowned(&self, alert: &Alert) -> Vec<Delivery> {
+        self.post(&unowned_to_slack(alert)).await
+    }
+
+    async fn post(&self, payload: &Value) -> Vec<Delivery> {
         let mut out = Vec::new();
         if let Some(url) = &self.slack_webhook {
             let client = reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .build();
             let result = match client {
-                Ok(c) => c.post(url).json(&escalation.to_slack()).send().await,
+                Ok(c) => c.post(url).json(payload).send().await,
                 Err(e) => Err(e),
             };
             out.push(match result {
@@ -225,6 +234,41 @@ impl Channels {
         }
         out
     }
+}
+
+/// The message for an alert no agent owns: what it is, and that nobody acts on it.
+pub fn unowned_to_text(alert: &Alert) -> String {
+    let labels: Vec<String> = alert
+        .labels
+        .iter()
+        .map(|p| format!("{}={}", p.key, p.value))
+        .collect();
+    format!(
+        "UNOWNED ALERT  {} ({})\n  no agent owns it: nothing will be done about it here. Route it to a team, or give an agent a route for it.\n  labels: {}\n",
+        alert.name,
+        alert.fingerprint,
+        labels.join(", ")
+    )
+}
+
+/// The Slack form of [`unowned_to_text`], every alert-supplied string escaped.
+pub fn unowned_to_slack(alert: &Alert) -> Value {
+    let e = |s: &str| mrkdwn_escape(s);
+    let labels: Vec<String> = alert
+        .labels
+        .iter()
+        .map(|p| format!("`{}={}`", e(&p.key), e(&p.value)))
+        .collect();
+    json!({
+        "text": format!("Themis: an alert no agent owns: {}", e(&alert.name)),
+        "blocks": [
+            { "type": "header", "text": { "type": "plain_text", "text": "Themis: an alert no agent owns" } },
+            { "type": "section", "text": { "type": "mrkdwn", "text": format!(
+                "*{}* (fingerprint `{}`)\nNo agent owns it: nothing will be done about it by Themis. Route it to a team, or give an agent a route for it.\n{}",
+                e(&alert.name), e(&alert.fingerprint), labels.join(" ")
+            ) } }
+        ]
+    })
 }
 
 #[cfg(test)]

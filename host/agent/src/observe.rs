@@ -3,6 +3,7 @@
 use crate::escalation::Escalation;
 use crate::triage::Selection;
 use themis_core::fsm::{AgentState, Event};
+use themis_core::types::Alert;
 use themis_sandbox::executor::{ExecutionReport, PhaseRecord};
 
 pub trait RuntimeObserver: Send + Sync {
@@ -13,6 +14,8 @@ pub trait RuntimeObserver: Send + Sync {
     fn selection(&self, _agent: &str, _selection: &Selection) {}
     /// An execution (a probe or a runbook) finished.
     fn execution(&self, _agent: &str, _report: &ExecutionReport) {}
+    /// A firing alert no agent owns reached the humans (once per fingerprint and window).
+    fn unowned(&self, _alert: &Alert) {}
 }
 
 /// Tells nobody.
@@ -46,6 +49,11 @@ impl RuntimeObserver for Fanout {
     fn execution(&self, agent: &str, report: &ExecutionReport) {
         for o in &self.0 {
             o.execution(agent, report);
+        }
+    }
+    fn unowned(&self, alert: &Alert) {
+        for o in &self.0 {
+            o.unowned(alert);
         }
     }
 }

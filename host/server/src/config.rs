@@ -27,6 +27,7 @@
 //!       statement_timeout: 5s
 //!       connect_timeout: 5s
 //!       tls: verify-full               # disable | prefer (default) | require | verify-ca
+//!       ca_file: /etc/ssl/db-ca.pem    # for verify-ca/verify-full; default: system roots
 //!       refuse_superuser_sessions: true
 //!     metrics:
 //!       url: http://prometheus.internal:9090
@@ -239,6 +240,8 @@ struct RawPostgres {
     connect_timeout: Option<String>,
     #[serde(default)]
     tls: Option<TlsMode>,
+    #[serde(default)]
+    ca_file: Option<PathBuf>,
     #[serde(default)]
     refuse_superuser_sessions: Option<bool>,
 }
@@ -630,6 +633,19 @@ impl ServeConfig {
                                 settings.connect_timeout,
                             )?;
                             settings.tls = pg.tls.unwrap_or_default();
+                            if let Some(ca) = &pg.ca_file {
+                                let ca = in_file(ca);
+                                if !ca.is_file() {
+                                    return Err(err(
+                                        &field("postgres.ca_file"),
+                                        format!(
+                                            "{} is not a file (the PEM CA certificate the server's must chain to)",
+                                            ca.display()
+                                        ),
+                                    ));
+                                }
+                                settings.ca_file = Some(ca);
+                            }
                             settings.refuse_superuser_sessions =
                                 pg.refuse_superuser_sessions.unwrap_or(true);
                             Some(settings)
@@ -886,6 +902,11 @@ mod tests {
                 "disagree",
             ),
             ("  postgres: {}\n", "backends.postgres", "empty"),
+            (
+                "  postgres:\n    postgres: { url: \"postgres://db/app\", ca_file: /nope/ca.pem }\n",
+                "backends.postgres.postgres.ca_file",
+                "is not a file",
+            ),
             (
                 "  postgres:\n    scenario: x.yaml\n    metrics: { url: \"http://p\" }\n",
                 "backends.postgres.scenario",

@@ -103,6 +103,14 @@ impl RuntimeObserver for Events {
         );
     }
 
+    fn unowned(&self, alert: &themis_core::types::Alert) {
+        self.send(
+            "unowned-alert",
+            "",
+            json!({ "alertname": alert.name, "fingerprint": alert.fingerprint, "labels": alert.labels }),
+        );
+    }
+
     fn escalation(&self, escalation: &Escalation) {
         self.send(
             "escalation",

@@ -23,6 +23,7 @@ mod load;
 mod plan;
 mod recovery;
 mod triage;
+mod unowned;
 mod worker;
 
 pub use load::{Agent, SelectorChoice};
@@ -165,6 +166,9 @@ pub struct Runtime {
     audit: Arc<AuditLog>,
     store: Arc<dyn IncidentStore>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    channels: Channels,
+    observer: Arc<dyn RuntimeObserver>,
+    unowned: unowned::Unowned,
 }
 
 impl Runtime {
@@ -206,6 +210,9 @@ impl Runtime {
             audit: parts.audit,
             store: parts.store,
             tasks,
+            channels: parts.channels,
+            observer: parts.observer,
+            unowned: unowned::Unowned::default(),
         })
     }
 
@@ -246,6 +253,50 @@ impl Runtime {
             .find(|h| h.def.routes(&alert.name, &labels))
     }
 
+    /// A firing alert nobody owns goes to the humans (once per window, within a budget): the
+    /// log, the observer, Slack when configured; the delivery is audited.
+    fn tell_unowned(&self, alert: Alert) {
+        let verdict =
+            self.unowned
+                .judge(&alert.name, &alert.fingerprint, std::time::Instant::now());
+        let record = |deliveries: Value, verdict: &str| json!({ "alertname": alert.name, "fingerprint": alert.fingerprint, "verdict": verdict, "deliveries": deliveries });
+        match verdict {
+            unowned::Verdict::Repeat => {}
+            unowned::Verdict::Suppressed => {
+                if let Err(e) = self.audit.append(
+                    "intake",
+                    None,
+                    "unowned-alert-suppressed",
+                    record(
+                        json!([]),
+                        "over this hour's budget of unowned-alert messages",
+                    ),
+                ) {
+                    tracing::warn!("unowned alert not recorded: {e}");
+                }
+            }
+            unowned::Verdict::Tell => {
+                tracing::warn!("{}", crate::escalation::unowned_to_text(&alert).trim_end());
+                self.observer.unowned(&alert);
+                let audit = self.audit.clone();
+                let channels = self.channels.clone();
+                let task = async move {
+                    let deliveries = channels.deliver_unowned(&alert).await;
+                    let data = json!({ "alertname": alert.name, "fingerprint": alert.fingerprint, "verdict": "told", "deliveries": deliveries });
+                    if let Err(e) = audit.append("intake", None, "unowned-alert-escalated", data) {
+                        tracing::warn!("unowned alert's escalation not recorded: {e}");
+                    }
+                };
+                match tokio::runtime::Handle::try_current() {
+                    Ok(rt) => {
+                        rt.spawn(task);
+                    }
+                    Err(_) => tracing::warn!("no async runtime: the unowned alert was only logged"),
+                }
+            }
+        }
+    }
+
     /// Hand an alert to its agent without waiting for its handling (the service's intake): it is
     /// on the record (fsynced) before this returns `Queued`, and refused, on the record, when the
     /// agent's queue is full. A `resolved` alert is recorded on its open incident and never
@@ -264,6 +315,9 @@ impl Runtime {
                 "alert-unrouted",
                 json!({ "alert": alert, "status": status, "source": source }),
             )?;
+            if status == AlertStatus::Firing {
+                self.tell_unowned(alert);
+            }
             return Ok(Submitted::Unrouted);
         };
         let name = handle.def.name.clone();

@@ -437,6 +437,9 @@ impl settings::PostgresSettings {
         if let Some(password) = &self.password {
             options = options.password(password);
         }
+        if let Some(ca) = &self.ca_file {
+            options = options.ssl_root_cert(ca);
+        }
         Ok(options)
     }
 }

@@ -44,6 +44,9 @@ pub struct PostgresSettings {
     pub statement_timeout: Duration,
     pub connect_timeout: Duration,
     pub tls: TlsMode,
+    /// The CA certificate(s) (PEM) a `verify-ca`/`verify-full` server certificate must chain to;
+    /// none: the system's roots.
+    pub ca_file: Option<std::path::PathBuf>,
     /// Refuse to cancel or terminate a superuser's session (default: refuse).
     pub refuse_superuser_sessions: bool,
 }
@@ -57,6 +60,7 @@ impl PostgresSettings {
             statement_timeout: DEFAULT_STATEMENT_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             tls: TlsMode::default(),
+            ca_file: None,
             refuse_superuser_sessions: true,
         }
     }
@@ -71,6 +75,7 @@ impl fmt::Debug for PostgresSettings {
             .field("statement_timeout", &self.statement_timeout)
             .field("connect_timeout", &self.connect_timeout)
             .field("tls", &self.tls)
+            .field("ca_file", &self.ca_file)
             .field("refuse_superuser_sessions", &self.refuse_superuser_sessions)
             .finish()
     }
