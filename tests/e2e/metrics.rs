@@ -9,9 +9,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use themis_testkit::services;
 
-/// One instant query's samples as (labels, value).
-async fn query(prom: &services::Service, promql: &str) -> Vec<(Value, f64)> {
-    let body: Value = reqwest::Client::new()
+/// Prometheus' whole answer to one instant query.
+async fn answer(prom: &services::Service, promql: &str) -> Value {
+    reqwest::Client::new()
         .get(format!("{}/api/v1/query", prom.url))
         .query(&[("query", promql)])
         .send()
@@ -19,8 +19,12 @@ async fn query(prom: &services::Service, promql: &str) -> Vec<(Value, f64)> {
         .expect("prometheus answers")
         .json()
         .await
-        .expect("json");
-    body["data"]["result"]
+        .expect("json")
+}
+
+/// One instant query's samples as (labels, value).
+async fn query(prom: &services::Service, promql: &str) -> Vec<(Value, f64)> {
+    answer(prom, promql).await["data"]["result"]
         .as_array()
         .cloned()
         .unwrap_or_default()
@@ -225,15 +229,7 @@ async fn a_real_prometheus_scrapes_what_an_incident_did() {
     assert!(exprs.len() >= 9, "{exprs:?}");
     for expr in exprs {
         let expr = expr.replace("$__rate_interval", "1m").replace("$job", ".*");
-        let body: Value = reqwest::Client::new()
-            .get(format!("{}/api/v1/query", prom.url))
-            .query(&[("query", expr.as_str())])
-            .send()
-            .await
-            .expect("prometheus answers")
-            .json()
-            .await
-            .expect("json");
+        let body = answer(&prom, &expr).await;
         assert_eq!(body["status"], "success", "{expr}: {body}");
     }
 }
