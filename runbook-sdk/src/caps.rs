@@ -36,7 +36,7 @@ pub mod kafka_types {
 
 /// Kubernetes domain types.
 pub mod k8s_types {
-    pub use super::wit_k8s::{Condition, Deployment, Pod};
+    pub use super::wit_k8s::{Condition, Deployment, Pod, Workload};
 }
 
 /// PostgreSQL domain types.
@@ -80,6 +80,7 @@ pub trait Kubernetes: Metrics + Log {
     fn get_deployment(&self, namespace: &str, name: &str) -> CapResult<Deployment>;
     fn list_pods(&self, namespace: &str, selector: &str) -> CapResult<Vec<Pod>>;
     fn pod_logs(&self, namespace: &str, pod: &str, tail_lines: u32) -> CapResult<Vec<String>>;
+    fn pod_owner(&self, namespace: &str, pod: &str) -> CapResult<Option<Workload>>;
     fn rollout_restart(&self, namespace: &str, name: &str) -> CapResult<()>;
     fn scale_deployment(&self, namespace: &str, name: &str, replicas: u32) -> CapResult<()>;
     fn delete_pod(&self, namespace: &str, name: &str) -> CapResult<()>;
@@ -160,6 +161,9 @@ impl Kubernetes for Host {
     }
     fn pod_logs(&self, namespace: &str, pod: &str, tail_lines: u32) -> CapResult<Vec<String>> {
         wit_k8s::pod_logs(namespace, pod, tail_lines)
+    }
+    fn pod_owner(&self, namespace: &str, pod: &str) -> CapResult<Option<Workload>> {
+        wit_k8s::pod_owner(namespace, pod)
     }
     fn rollout_restart(&self, namespace: &str, name: &str) -> CapResult<()> {
         wit_k8s::rollout_restart(namespace, name)

@@ -185,6 +185,9 @@ impl Kubernetes for MockCaps {
             format!("namespace={namespace} pod={pod} tail-lines={tail_lines}"),
         )
     }
+    fn pod_owner(&self, namespace: &str, pod: &str) -> CapResult<Option<Workload>> {
+        self.respond("k8s.pod-owner", format!("namespace={namespace} pod={pod}"))
+    }
     fn rollout_restart(&self, namespace: &str, name: &str) -> CapResult<()> {
         self.respond(
             "k8s.rollout-restart",

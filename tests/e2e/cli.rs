@@ -128,3 +128,58 @@ fn eval_with_the_rules_over_the_shipped_corpus() {
     let table = themis(&["eval", "tests/scenarios"]);
     assert!(text(&table.stdout).contains("safety violations         0"));
 }
+
+#[test]
+fn a_real_alertmanager_notification_replays_through_the_agents() {
+    // The notification as Alertmanager POSTs it: kubernetes-mixin's KubePodCrashLooping (a pod,
+    // no deployment) firing, and an alert no agent owns, resolved.
+    let state = tempfile::tempdir().expect("tempdir");
+    let state_dir = state.path().to_string_lossy().into_owned();
+    let out = themis(&[
+        "alert",
+        "--scenario",
+        "tests/scenarios/agent-kubernetes-mixin-pod-crashloop.yaml",
+        "--alertmanager",
+        "tests/alertmanager/kubernetes-mixin-crashloop.json",
+        "--state-dir",
+        &state_dir,
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("pending-approval")
+            && stdout
+                .contains(r#"restart-deployment {"deployment":"checkout","namespace":"shop"}"#),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("KubeNodeNotReady (ffee00112233) resolved: no agent owns it"),
+        "{stdout}"
+    );
+    // The replay went through the service's intake: the resolved alert is on the record with
+    // where it came from.
+    let audit = std::fs::read_to_string(state.path().join("audit.jsonl")).expect("audit");
+    assert!(
+        audit.lines().any(|l| l.contains("\"alert-unrouted\"")
+            && l.contains("KubeNodeNotReady")
+            && l.contains("\"via\":\"alertmanager\"")),
+        "{audit}"
+    );
+
+    // Not a webhook payload: a clear error naming the file, nothing handled.
+    let out = themis(&[
+        "alert",
+        "--scenario",
+        "tests/scenarios/agent-kubernetes-mixin-pod-crashloop.yaml",
+        "--alertmanager",
+        "tests/scenarios/agent-kubernetes-mixin-pod-crashloop.yaml",
+        "--state-dir",
+        &state_dir,
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("not an Alertmanager webhook payload (version 4)"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -66,7 +66,12 @@ fn kafka_input() -> SelectionInput {
                 ("lag-and-cpu.suggested_replicas".into(), "6".into()),
             ]),
             evidence: vec![("lag".into(), "182000".into())],
+            note: None,
         }],
+        params: BTreeMap::from([
+            ("group".into(), "orders-consumer".into()),
+            ("topic".into(), "orders".into()),
+        ]),
     }
 }
 
@@ -374,6 +379,54 @@ async fn an_instruction_planted_in_an_annotation_cannot_make_anything_destructiv
             .all(|r| r.runbook_id == "activity-probe"),
         "only the read-only probe ran"
     );
+}
+
+#[tokio::test]
+async fn a_plan_the_model_invents_or_barely_believes_is_only_a_suggestion() {
+    // A pid no probe reported, stated with full confidence; then the right pid, stated at 0.3
+    // (below the floor, half the agent's 0.8). Neither is offered for approval: the human gets a
+    // plain escalation with the model's suggestion marked as one.
+    for (pid, confidence, why) in [
+        (
+            31337,
+            0.99,
+            "the value of `pid` was found neither in the alert nor in what the probes read",
+        ),
+        (4242, 0.3, "its confidence 0.30 is below the floor 0.40"),
+    ] {
+        let server = MockLlm::start(vec![Answer::choose(
+            "terminate-blocker",
+            json!({ "pid": pid }),
+            confidence,
+        )])
+        .await;
+        let observed = observe("agent-postgres-lock-waits.yaml", &server.base_url, false).await;
+        let incident = observed.incident.clone().expect("routed");
+        assert_eq!(
+            serde_json::to_value(incident.status).expect("status"),
+            "escalated"
+        );
+        assert!(incident.proposal.is_none(), "nothing to approve");
+        let escalations = observed.recorder.escalations.lock().expect("lock").clone();
+        let page = escalations.first().expect("escalated").to_text();
+        assert!(page.contains(why), "{page}");
+        assert!(
+            page.contains(&format!(
+                "suggested  terminate-blocker params {{\"pid\":{pid}}} — the llm selector's suggestion, not an approvable plan"
+            )),
+            "{page}"
+        );
+        assert!(!page.contains("themis approve"), "{page}");
+        let records = audit(&observed.audit_path);
+        let decision = records
+            .iter()
+            .find(|r| r["kind"] == "decision")
+            .expect("decision audited");
+        assert_eq!(
+            decision["data"]["verdict"]["decision"], "suggestion-only",
+            "{decision}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -11,6 +11,8 @@
 //!   keys: [../keys/demo/kafka-team.pub]                     # .pub files or folders of them
 //!   min_versions: { restart-consumer-group: 1.0.0 }         # older signed bundles are refused
 //! llm: { base_url: http://127.0.0.1:11434/v1, model: m }   # optional; see triage::llm::config
+//! labels:                                                   # parameters from real labels,
+//!   group: [consumergroup, group, consumer_group]           #   the first present wins
 //! routes:
 //!   - alert: KafkaConsumerLag                               # alert name
 //!     labels: { severity: critical }                        # optional label conditions
@@ -23,6 +25,7 @@
 //!   approvers: []                                           # empty: anyone but the requester
 //!   approval_ttl: 30m
 //!   follow_up_depth: 3                                      # follow-ups chained per incident
+//!   suggestion_floor: 0.4                                   # a model's plan below: suggestion only
 //! rules: [ { runbook: ..., when: {...}, params: {...}, confidence: 0.9, reasoning: ... } ]
 //! follow_ups:                                               # after a runbook, propose another
 //!   - { after: check-broker-health, runbook: adjust-broker-gc, when: {...}, ... }
@@ -34,8 +37,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use themis_core::capability::{self, Destructive, Domain, Effect};
 use themis_core::conditions;
+use themis_core::label_map::LabelMap;
 use themis_core::matchers::Matcher;
-use themis_core::policy::{DEFAULT_APPROVAL_TTL, DEFAULT_FOLLOW_UP_DEPTH, DestructiveList, Policy};
+use themis_core::policy::{
+    DEFAULT_APPROVAL_TTL, DEFAULT_FOLLOW_UP_DEPTH, DestructiveList, Policy,
+    default_suggestion_floor,
+};
 use themis_core::rules::Rule;
 use themis_core::trust::TrustPolicy;
 
@@ -82,6 +89,8 @@ struct RawPolicy {
     approval_ttl: Option<String>,
     #[serde(default)]
     follow_up_depth: Option<usize>,
+    #[serde(default)]
+    suggestion_floor: Option<f64>,
 }
 
 /// After runbook `after` finishes, propose `rule.runbook` when `rule.when` holds over its outputs
@@ -117,6 +126,8 @@ struct RawAgent {
     trust: RawTrust,
     #[serde(default)]
     llm: Option<RawLlm>,
+    #[serde(default)]
+    labels: LabelMap,
     routes: Vec<Route>,
     policy: RawPolicy,
     #[serde(default)]
@@ -138,6 +149,8 @@ pub struct AgentDef {
     pub trust: TrustPolicy,
     /// The LLM endpoint; without one the agent's rules choose.
     pub llm: Option<LlmConfig>,
+    /// Where the parameters probes, rules and the model use come from in an alert's labels.
+    pub labels: LabelMap,
     pub routes: Vec<Route>,
     pub policy: Policy,
     pub rules: Vec<Rule>,
@@ -201,6 +214,16 @@ impl AgentDef {
                 ));
             }
         }
+        let suggestion_floor = raw
+            .policy
+            .suggestion_floor
+            .unwrap_or(default_suggestion_floor(raw.policy.min_confidence));
+        if !(0.0..=raw.policy.min_confidence).contains(&suggestion_floor) {
+            return Err(err(
+                "policy.suggestion_floor",
+                "must be between 0 and policy.min_confidence".into(),
+            ));
+        }
         let follow_up_depth = raw
             .policy
             .follow_up_depth
@@ -220,6 +243,9 @@ impl AgentDef {
                 )
             })?,
         };
+        raw.labels
+            .check()
+            .map_err(|(field, problem)| err(&field, problem))?;
         if raw.routes.is_empty() {
             return Err(err("routes", "an agent must own at least one alert".into()));
         }
@@ -285,9 +311,11 @@ impl AgentDef {
             probes: raw.probes.iter().map(|p| base.join(p)).collect(),
             trust,
             llm,
+            labels: raw.labels,
             routes: raw.routes,
             policy: Policy {
                 min_confidence: raw.policy.min_confidence,
+                suggestion_floor,
                 destructive: DestructiveList {
                     added: raw.policy.destructive.into_iter().collect(),
                     opted_out: raw.policy.destructive_opt_out,

@@ -23,6 +23,26 @@ pub struct Escalation {
     pub evidence: Vec<String>,
     /// The plan to approve, if there is one.
     pub proposal: Option<ApprovalRequest>,
+    /// Without a plan: what the selector named anyway, marked as a suggestion. Not approvable;
+    /// a human may adopt it through `themis adjust`, which goes through policy again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub suggestion: Option<Suggestion>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Suggestion {
+    pub runbook: String,
+    pub params: serde_json::Map<String, Value>,
+}
+
+impl Suggestion {
+    fn text(&self, selector: &str) -> String {
+        format!(
+            "{} params {} — the {selector} selector's suggestion, not an approvable plan",
+            self.runbook,
+            serde_json::to_string(&self.params).unwrap_or_default()
+        )
+    }
 }
 
 impl Escalation {
@@ -33,6 +53,17 @@ impl Escalation {
             reason: r.redact_text(&self.reason),
             reasoning: r.redact_text(&self.reasoning),
             evidence: self.evidence.iter().map(|e| r.redact_text(e)).collect(),
+            suggestion: self.suggestion.as_ref().map(|s| Suggestion {
+                runbook: s.runbook.clone(),
+                params: s
+                    .params
+                    .iter()
+                    .map(|(k, v)| match v {
+                        Value::String(text) => (k.clone(), Value::String(r.redact_pair(k, text))),
+                        other => (k.clone(), other.clone()),
+                    })
+                    .collect(),
+            }),
             ..self.clone()
         }
     }
@@ -71,6 +102,9 @@ impl Escalation {
         for e in &self.evidence {
             out.push_str(&format!("  evidence   {e}\n"));
         }
+        if let Some(s) = &self.suggestion {
+            out.push_str(&format!("  suggested  {}\n", s.text(&self.selector)));
+        }
         if let Some(p) = &self.proposal {
             out.push_str(&format!(
                 "  proposed   {} {} {} params {}\n",
@@ -108,6 +142,9 @@ impl Escalation {
         ];
         if !self.evidence.is_empty() {
             blocks.push(json!({ "type": "section", "text": { "type": "mrkdwn", "text": format!("*Evidence*\n{}", self.evidence.iter().map(|x| format!("• {}", e(x))).collect::<Vec<_>>().join("\n")) } }));
+        }
+        if let Some(s) = &self.suggestion {
+            blocks.push(json!({ "type": "section", "text": { "type": "mrkdwn", "text": format!("*Suggestion (not approvable)*\n{}", e(&s.text(&self.selector))) } }));
         }
         if let Some(p) = &self.proposal {
             blocks.push(
@@ -291,12 +328,20 @@ mod slack_tests {
             confidence: 0.4,
             selector: "llm".into(),
             evidence: vec!["note: <@U123>".into()],
+            suggestion: Some(Suggestion {
+                runbook: "scale-consumer".into(),
+                params: serde_json::Map::from_iter([("group".to_string(), json!("<!here>"))]),
+            }),
             proposal: None,
         };
         let text = e.to_slack().to_string();
         assert!(
-            !text.contains("<!channel>") && !text.contains("<https://") && !text.contains("<@U")
+            !text.contains("<!channel>")
+                && !text.contains("<https://")
+                && !text.contains("<@U")
+                && !text.contains("<!here>")
         );
+        assert!(text.contains("Suggestion (not approvable)"));
         assert!(text.contains(
             "&lt;!channel&gt; approve at &lt;https://evil.example|the runbook page&gt; &amp; go"
         ));

@@ -5,7 +5,7 @@
 use super::{Backends, CapResult, KafkaCaps, KubernetesCaps, MetricsCaps, PostgresCaps};
 use crate::types::{
     Backend, ClusterInfo, ConsumerGroup, ConsumerWorkload, Deployment, LockWait, PartitionLag, Pod,
-    Replica, Sample, TopicInfo,
+    Replica, Sample, TopicInfo, Workload,
 };
 use async_trait::async_trait;
 use serde::Serialize;
@@ -128,6 +128,9 @@ impl KubernetesCaps for DryRun {
     }
     async fn pod_logs(&self, namespace: &str, pod: &str, tail: u32) -> CapResult<Vec<String>> {
         self.inner.kubernetes().pod_logs(namespace, pod, tail).await
+    }
+    async fn pod_owner(&self, namespace: &str, pod: &str) -> CapResult<Option<Workload>> {
+        self.inner.kubernetes().pod_owner(namespace, pod).await
     }
     async fn rollout_restart(&self, namespace: &str, name: &str) -> CapResult<()> {
         self.record(

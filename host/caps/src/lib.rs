@@ -44,6 +44,7 @@ pub trait KubernetesCaps: Send + Sync {
     async fn list_pods(&self, namespace: &str, selector: &str) -> CapResult<Vec<Pod>>;
     async fn pod_logs(&self, namespace: &str, pod: &str, tail_lines: u32)
     -> CapResult<Vec<String>>;
+    async fn pod_owner(&self, namespace: &str, pod: &str) -> CapResult<Option<Workload>>;
     async fn rollout_restart(&self, namespace: &str, name: &str) -> CapResult<()>;
     async fn scale_deployment(&self, namespace: &str, name: &str, replicas: u32) -> CapResult<()>;
     async fn delete_pod(&self, namespace: &str, name: &str) -> CapResult<()>;

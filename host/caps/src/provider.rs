@@ -3,7 +3,7 @@
 
 use crate::types::{
     Backend, CapError, CapResult, ClusterInfo, ConsumerGroup, ConsumerWorkload, Deployment,
-    LockWait, PartitionLag, Pod, Replica, Sample, TopicInfo,
+    LockWait, PartitionLag, Pod, Replica, Sample, TopicInfo, Workload,
 };
 use crate::{Backends, KafkaCaps, KubernetesCaps, MetricsCaps, PostgresCaps};
 use async_trait::async_trait;
@@ -108,6 +108,9 @@ impl KubernetesCaps for NoBackend {
     }
     async fn pod_logs(&self, _: &str, _: &str, _: u32) -> CapResult<Vec<String>> {
         self.refuse("k8s.pod-logs")
+    }
+    async fn pod_owner(&self, _: &str, _: &str) -> CapResult<Option<Workload>> {
+        self.refuse("k8s.pod-owner")
     }
     async fn rollout_restart(&self, _: &str, _: &str) -> CapResult<()> {
         self.refuse("k8s.rollout-restart")

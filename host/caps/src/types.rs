@@ -133,6 +133,13 @@ pub struct Pod {
     pub node: Option<String>,
 }
 
+/// What controls a pod (`Deployment`, `StatefulSet`, …).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Workload {
+    pub kind: String,
+    pub name: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Backend {
     pub pid: i32,

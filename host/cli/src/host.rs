@@ -130,6 +130,97 @@ pub async fn alert(scenario: &Path, place: &Place, cache_dir: &Path) -> ExitCode
     code
 }
 
+/// How many alerts one replayed notification may hold (Alertmanager's own default cap is 0,
+/// unlimited; a notification file larger than this is not one notification).
+const REPLAY_MAX_ALERTS: usize = 1000;
+
+/// `themis alert --alertmanager PAYLOAD`: every alert of a webhook notification, as the service
+/// would take it, against the scenario's mocks.
+pub async fn replay(scenario: &Path, payload: &Path, place: &Place, cache_dir: &Path) -> ExitCode {
+    let world = match themis_testkit::scenario::load(scenario) {
+        Ok(w) => w,
+        Err(e) => return fail(2, e),
+    };
+    let text = match themis_core::files::read_text(payload, themis_core::files::limits::DEFINITION)
+    {
+        Ok(t) => t,
+        Err(e) => return fail(2, format!("{}: {e}", payload.display())),
+    };
+    let notification: themis_server::alertmanager::Notification = match serde_json::from_str(&text)
+    {
+        Ok(n) => n,
+        Err(e) => {
+            return fail(
+                2,
+                format!(
+                    "{}: not an Alertmanager webhook payload (version 4): {e}",
+                    payload.display()
+                ),
+            );
+        }
+    };
+    let incoming = match notification.into_incoming(REPLAY_MAX_ALERTS) {
+        Ok(i) => i,
+        Err(e) => return fail(2, format!("{}: {e}", payload.display())),
+    };
+    if let Err(e) = World::bind(&place.state_dir, scenario, world.dry_run) {
+        return fail(
+            2,
+            format!(
+                "{}: cannot record the scenario world: {e}",
+                place.state_dir.display()
+            ),
+        );
+    }
+    let rt = match runtime(place, cache_dir).await {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let mut code = ExitCode::SUCCESS;
+    for i in incoming {
+        let name = i.alert.name.clone();
+        let fingerprint = i.alert.fingerprint.clone();
+        // A resolved alert is recorded on its incident, never triaged: through the same intake
+        // as the service's, which the shutdown below drains.
+        if i.status == themis_agent::AlertStatus::Resolved {
+            match rt.submit(i.alert, i.status, i.source) {
+                Ok(themis_agent::Submitted::Queued { agent }) => {
+                    println!("{name} ({fingerprint}) resolved: recorded by the {agent} agent")
+                }
+                Ok(themis_agent::Submitted::Unrouted) => {
+                    println!("{name} ({fingerprint}) resolved: no agent owns it")
+                }
+                Ok(themis_agent::Submitted::QueueFull { agent }) => {
+                    code = fail(
+                        1,
+                        format!("agent {agent} is busy and its queue is full; retry"),
+                    )
+                }
+                Err(e) => code = fail(1, e),
+            }
+            continue;
+        }
+        match rt.handle_alert(i.alert).await {
+            Ok(AlertOutcome::Handled(i)) => println!("{}", render::incident_line(&i)),
+            Ok(AlertOutcome::Attached(i)) => {
+                println!("attached to the open {}", render::incident_line(&i))
+            }
+            Ok(AlertOutcome::Unrouted) => {
+                println!("{name} ({fingerprint}): no agent owns it; recorded as unrouted")
+            }
+            Ok(AlertOutcome::QueueFull { agent }) => {
+                code = fail(
+                    1,
+                    format!("agent {agent} is busy and its queue is full; retry"),
+                )
+            }
+            Err(e) => code = fail(1, e),
+        }
+    }
+    rt.shutdown().await;
+    code
+}
+
 /// `themis agents`: what each agent is doing and what waits for a human. Reads the state
 /// without taking its lock, so it answers next to a running host.
 pub async fn agents(place: &Place, json: bool) -> ExitCode {

@@ -177,10 +177,18 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Hand a scenario's alert to the agents, its mocks standing in for the systems. State and
     /// audit persist in --state-dir, so `themis approve|reject|adjust` can answer later.
+    ///
+    /// With --alertmanager, replay a real notification instead: every alert of an Alertmanager
+    /// webhook payload (version 4, as Alertmanager POSTs it or as `amtool`/a receiver log shows
+    /// it) goes to its agent exactly as `themis serve` would take it — firing ones are triaged,
+    /// resolved ones recorded on their incident — against the scenario's mocks.
     Alert {
         /// A scenario file with `alert:` and `mocks:` (its `expect:` is ignored).
         #[arg(long, value_name = "FILE")]
         scenario: PathBuf,
+        /// An Alertmanager webhook payload (JSON) to replay instead of the scenario's alert.
+        #[arg(long, value_name = "PAYLOAD.json")]
+        alertmanager: Option<PathBuf>,
         #[command(flatten)]
         place: Place,
     },
@@ -503,7 +511,14 @@ async fn dispatch(cli: Cli) -> ExitCode {
             Some(server) => remote::agents(&server, token_file.as_deref(), json, watch).await,
             None => host::agents(&place, json).await,
         },
-        Command::Alert { scenario, place } => host::alert(&scenario, &place, &cli.cache_dir).await,
+        Command::Alert {
+            scenario,
+            alertmanager,
+            place,
+        } => match alertmanager {
+            None => host::alert(&scenario, &place, &cli.cache_dir).await,
+            Some(payload) => host::replay(&scenario, &payload, &place, &cli.cache_dir).await,
+        },
         Command::Approve {
             id,
             digest,

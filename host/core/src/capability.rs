@@ -124,6 +124,7 @@ pub const CAPABILITIES: &[Capability] = &[
     cap("k8s.get-deployment", K8S, Read),
     cap("k8s.list-pods", K8S, Read),
     cap("k8s.pod-logs", K8S, Read),
+    cap("k8s.pod-owner", K8S, Read),
     destroys("k8s.rollout-restart", K8S, Always),
     destroys("k8s.scale-deployment", K8S, WhenZero("replicas")),
     destroys("k8s.delete-pod", K8S, Always),
@@ -225,6 +226,7 @@ pub fn args_of(capability: &str) -> &'static [(&'static str, ArgKind)] {
             ("replicas", Count(10_000)),
         ],
         "k8s.list-pods" => &[("namespace", K8sNamespace), ("selector", K8sSelector)],
+        "k8s.pod-owner" => &[("namespace", K8sNamespace), ("pod", K8sName)],
         "k8s.pod-logs" => &[
             ("namespace", K8sNamespace),
             ("pod", K8sName),

@@ -1,8 +1,10 @@
 //! Conditions over facts and `{fact}` templates, for routes, rules and follow-ups. Pure.
 //!
-//! A condition is `"<op> <value>"` with op one of `==`, `!=`, `>=`, `<=`, `>`, `<`, or a bare
-//! value meaning `==`. Numeric ops compare as numbers and fail on non-numbers; a missing fact
-//! fails every condition.
+//! A condition is `"<op> <value>"` with op one of `==`, `!=`, `=~`, `!~`, `>=`, `<=`, `>`, `<`,
+//! or a bare value meaning `==`. Numeric ops compare as numbers and fail on non-numbers; `=~` and
+//! `!~` match a regular expression against the whole value, as Alertmanager's matchers do (so a
+//! rule can name a family of alerts: `alert: "=~ KafkaLag(IsTooHigh|KeepsIncreasing)"`). A
+//! missing fact fails every condition.
 
 use std::collections::BTreeMap;
 
@@ -17,6 +19,12 @@ pub fn all_hold(when: &BTreeMap<String, String>, facts: &Facts) -> bool {
 /// Does `have` satisfy `condition`?
 pub fn holds(condition: &str, have: &str) -> bool {
     let condition = condition.trim();
+    for (op, wanted) in [("=~", true), ("!~", false)] {
+        if let Some(pattern) = condition.strip_prefix(op) {
+            // A pattern that does not compile matches nothing; load-time `check` refuses it.
+            return anchored(pattern.trim()).is_ok_and(|re| re.is_match(have) == wanted);
+        }
+    }
     for op in ["==", "!=", ">=", "<=", ">", "<"] {
         if let Some(want) = condition.strip_prefix(op) {
             let want = want.trim();
@@ -41,6 +49,13 @@ pub fn holds(condition: &str, have: &str) -> bool {
 /// Is `condition` well-formed (for load-time validation)?
 pub fn check(condition: &str) -> Result<(), String> {
     let c = condition.trim();
+    for op in ["=~", "!~"] {
+        if let Some(pattern) = c.strip_prefix(op) {
+            return anchored(pattern.trim())
+                .map(|_| ())
+                .map_err(|e| format!("`{}` is not a regular expression: {e}", pattern.trim()));
+        }
+    }
     for op in [">=", "<=", ">", "<"] {
         if let Some(want) = c.strip_prefix(op) {
             return want.trim().parse::<f64>().map(|_| ()).map_err(|_| {
@@ -52,6 +67,12 @@ pub fn check(condition: &str) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+fn anchored(pattern: &str) -> Result<regex::Regex, regex::Error> {
+    regex::RegexBuilder::new(&format!("^(?:{pattern})$"))
+        .size_limit(1 << 20)
+        .build()
 }
 
 /// Replace every `{fact}` in `template` by its value; a missing fact is an error naming it.
@@ -88,6 +109,18 @@ mod tests {
         assert!(holds("Stable", "Stable"));
         assert!(holds("!= Dead", "Stable"));
         assert!(!holds("> 1", "lots"));
+        assert!(holds(
+            "=~ KafkaLag(IsTooHigh|KeepsIncreasing)",
+            "KafkaLagIsTooHigh"
+        ));
+        assert!(
+            !holds("=~ KafkaLag", "KafkaLagIsTooHigh"),
+            "anchored, like Alertmanager"
+        );
+        assert!(holds("!~ kube-.*", "shop"));
+        assert!(!holds("!~ kube-.*", "kube-system"));
+        assert!(check("=~ (").is_err());
+        assert!(!holds("=~ (", "("), "a broken pattern matches nothing");
         assert!(check(">= high").is_err());
         assert!(check("== high").is_ok());
     }

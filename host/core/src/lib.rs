@@ -13,6 +13,7 @@ pub mod fsm;
 pub mod grant;
 pub mod graph;
 pub mod identity;
+pub mod label_map;
 pub mod manifest;
 pub mod matchers;
 pub mod policy;

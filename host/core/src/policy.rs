@@ -19,6 +19,9 @@ pub const DEFAULT_FOLLOW_UP_DEPTH: usize = 3;
 pub struct Policy {
     /// Below this confidence the agent escalates before acting.
     pub min_confidence: f64,
+    /// Below this a model's plan is not offered for approval at all: the human gets a plain
+    /// escalation with the model's suggestion marked as one. Default half of `min_confidence`.
+    pub suggestion_floor: f64,
     /// Capabilities that always need a human approval, whatever the confidence.
     pub destructive: DestructiveList,
     /// Who may approve; empty means anyone but the requester.
@@ -134,6 +137,11 @@ pub enum Verdict {
     NeedsApproval {
         destructive: Vec<String>,
     },
+    /// A model's plan too unsure, or not grounded in what the agent saw, to be offered: shown
+    /// to the human as a suggestion, never approvable as it stands.
+    SuggestionOnly {
+        why: String,
+    },
 }
 
 impl Verdict {
@@ -150,11 +158,74 @@ impl Verdict {
                 "the runbook is granted {} — on the destructive list, a human must approve",
                 destructive.join(", ")
             ),
+            Verdict::SuggestionOnly { why } => {
+                format!("the model's plan is only a suggestion, not offered for approval: {why}")
+            }
         }
     }
 }
 
+/// The floor below which a model's plan is only a suggestion, when the agent names none.
+pub fn default_suggestion_floor(min_confidence: f64) -> f64 {
+    min_confidence / 2.0
+}
+
+/// The parameters of a plan whose values the agent never saw: not a label value, not a value the
+/// agent's label map or probes found, not the parameter's default. Compared as text, exactly; a
+/// model that invents a pid or a deployment name is caught here.
+pub fn ungrounded(
+    params: &BTreeMap<String, Value>,
+    known: &BTreeSet<String>,
+    defaults: &BTreeMap<String, Value>,
+) -> Vec<String> {
+    let text = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    params
+        .iter()
+        .filter(|(name, value)| {
+            !known.contains(&text(value)) && defaults.get(*name) != Some(*value)
+        })
+        .map(|(name, _)| name.clone())
+        .collect()
+}
+
 impl Policy {
+    /// Judge a plan a model stated: below the suggestion floor, or with a parameter the agent
+    /// never saw (`ungrounded`), it is a suggestion only; otherwise as [`Policy::judge`].
+    pub fn judge_model(
+        &self,
+        confidence: f64,
+        granted: &BTreeSet<String>,
+        ungrounded: &[String],
+    ) -> Verdict {
+        if confidence
+            .partial_cmp(&self.suggestion_floor)
+            .is_none_or(|o| o.is_lt())
+        {
+            return Verdict::SuggestionOnly {
+                why: format!(
+                    "its confidence {confidence:.2} is below the floor {:.2} for offering a plan",
+                    self.suggestion_floor
+                ),
+            };
+        }
+        if !ungrounded.is_empty() {
+            return Verdict::SuggestionOnly {
+                why: format!(
+                    "the value of {} was found neither in the alert nor in what the probes read",
+                    ungrounded
+                        .iter()
+                        .map(|p| format!("`{p}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            };
+        }
+        self.judge(confidence, granted)
+    }
+
     /// Judge a plan: `confidence` from the selector (a human's adjusted plan counts as 1.0),
     /// `granted` every capability the runbook's steps are granted.
     pub fn judge(&self, confidence: f64, granted: &BTreeSet<String>) -> Verdict {
@@ -286,11 +357,48 @@ mod tests {
     fn policy() -> Policy {
         Policy {
             min_confidence: 0.8,
+            suggestion_floor: 0.4,
             destructive: DestructiveList::catalogue(),
             approvers: BTreeSet::new(),
             approval_ttl: DEFAULT_APPROVAL_TTL,
             follow_up_depth: DEFAULT_FOLLOW_UP_DEPTH,
         }
+    }
+
+    #[test]
+    fn a_model_plan_below_the_floor_or_with_an_unseen_value_is_only_a_suggestion() {
+        let p = policy();
+        let reads: BTreeSet<String> = ["postgres.activity".to_string()].into();
+        assert_eq!(p.judge_model(0.9, &reads, &[]), Verdict::Execute);
+        // Between the floor and the minimum: offered for approval, not run.
+        assert!(matches!(
+            p.judge_model(0.5, &reads, &[]),
+            Verdict::ConfidenceTooLow { .. }
+        ));
+        for c in [0.39, f64::NAN] {
+            assert!(matches!(
+                p.judge_model(c, &reads, &[]),
+                Verdict::SuggestionOnly { .. }
+            ));
+        }
+        let known: BTreeSet<String> = ["orders".to_string(), "4".to_string()].into();
+        let defaults = BTreeMap::from([("max_lag".to_string(), json!(1000))]);
+        let grounded = BTreeMap::from([
+            ("group".to_string(), json!("orders")),
+            ("replicas".to_string(), json!(4)),
+            ("max_lag".to_string(), json!(1000)),
+        ]);
+        assert!(ungrounded(&grounded, &known, &defaults).is_empty());
+        let invented = BTreeMap::from([
+            ("group".to_string(), json!("payments")),
+            ("replicas".to_string(), json!(12)),
+        ]);
+        let missing = ungrounded(&invented, &known, &defaults);
+        assert_eq!(missing, vec!["group".to_string(), "replicas".to_string()]);
+        let Verdict::SuggestionOnly { why } = p.judge_model(0.99, &reads, &missing) else {
+            panic!("an invented value must not be offered");
+        };
+        assert!(why.contains("`group`, `replicas`"), "{why}");
     }
 
     fn alice() -> Identity {

@@ -74,6 +74,7 @@ records! {
         generation, observed_generation, conditions
     }
     k8s::Pod => caps::Pod { name, phase, ready, restarts, reason, node }
+    k8s::Workload => caps::Workload { kind, name }
     postgres::Backend => caps::Backend {
         pid, user, database, application, state, wait_event_type, wait_event, query,
         query_seconds, xact_seconds

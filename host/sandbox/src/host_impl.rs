@@ -374,6 +374,13 @@ impl k8s::Host for StepState {
             pod_logs(namespace, pod, tail_lines)
         )
     }
+    async fn pod_owner(
+        &mut self,
+        namespace: String,
+        pod: String,
+    ) -> GuestResult<Option<k8s::Workload>> {
+        call!(self, "k8s.pod-owner", kubernetes, pod_owner(namespace, pod))
+    }
     async fn rollout_restart(&mut self, namespace: String, name: String) -> GuestResult<()> {
         call!(
             self,

@@ -28,7 +28,7 @@ use std::sync::Mutex;
 use themis_caps::{
     Backend, CapError, CapResult, ClusterInfo, ConsumerGroup, ConsumerWorkload, Deployment,
     KafkaCaps, KubernetesCaps, LockWait, MetricsCaps, PartitionLag, Pod, PostgresCaps, Replica,
-    Sample, TopicInfo,
+    Sample, TopicInfo, Workload,
 };
 use themis_core::types::Pair;
 
@@ -366,6 +366,12 @@ impl KubernetesCaps for ScenarioMock {
         self.answer(
             "k8s.pod-logs",
             json!({ "namespace": namespace, "pod": pod, "tail_lines": tail }),
+        )
+    }
+    async fn pod_owner(&self, namespace: &str, pod: &str) -> CapResult<Option<Workload>> {
+        self.answer(
+            "k8s.pod-owner",
+            json!({ "namespace": namespace, "pod": pod }),
         )
     }
     async fn rollout_restart(&self, namespace: &str, name: &str) -> CapResult<()> {

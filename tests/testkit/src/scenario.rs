@@ -186,6 +186,13 @@ pub struct Expect {
     /// Agent scenarios: the incident's status at the end.
     #[serde(default)]
     pub incident_status: Option<String>,
+    /// Agent scenarios: the first proposal's parameters (values as text).
+    #[serde(default)]
+    pub proposal_params: BTreeMap<String, String>,
+    /// Agent scenarios: texts the escalations must show the human (each found in one of them):
+    /// the diagnosis, why a probe could not look, a suggestion.
+    #[serde(default)]
+    pub escalation_says: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -4,6 +4,7 @@
 use crate::mock::ScenarioMock;
 use crate::provider::ScenarioProvider;
 use crate::scenario::{AgentRun, Scenario, ScenarioError, ScenarioRun, check};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -352,6 +353,43 @@ pub async fn run(
         &expect.incident_status,
         &run.incident_status,
     );
+    if !expect.proposal_params.is_empty() {
+        checked += 1;
+        let got: BTreeMap<String, String> = escalations
+            .iter()
+            .find_map(|e| e.proposal.as_ref())
+            .map(|p| {
+                p.plan
+                    .params
+                    .iter()
+                    .map(|(k, v)| {
+                        (
+                            k.clone(),
+                            v.as_str()
+                                .map(str::to_owned)
+                                .unwrap_or_else(|| v.to_string()),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        if got != expect.proposal_params {
+            failures.push(format!(
+                "proposal_params: expected {:?}, got {got:?}",
+                expect.proposal_params
+            ));
+        }
+    }
+    let texts: Vec<String> = escalations.iter().map(|e| e.to_text()).collect();
+    for needle in &expect.escalation_says {
+        checked += 1;
+        if !texts.iter().any(|t| t.contains(needle.as_str())) {
+            failures.push(format!(
+                "escalation_says: no escalation shows {needle:?}; they read:\n{}",
+                texts.join("\n")
+            ));
+        }
+    }
     if let Some(states) = &expect.states {
         checked += 1;
         if states != &run.states {

@@ -16,7 +16,7 @@ fn approval_id(incident: &str) -> String {
         &suffix[2..10]
     )
 }
-use crate::escalation::Escalation;
+use crate::escalation::{Escalation, Suggestion};
 use crate::store::{Incident, IncidentStatus};
 use crate::triage::Selection;
 use serde_json::json;
@@ -77,6 +77,13 @@ impl Worker {
             selector: selection.selector.clone(),
             evidence,
             proposal: proposal.clone(),
+            suggestion: match (&proposal, &selection.runbook) {
+                (None, Some(runbook)) => Some(Suggestion {
+                    runbook: runbook.clone(),
+                    params: selection.params.clone().into_iter().collect(),
+                }),
+                _ => None,
+            },
         };
         let record = ctx.audit.append(
             &agent.def.name,

@@ -199,7 +199,7 @@ impl Worker {
         plan: Plan,
         approval: Option<Approval>,
     ) -> Result<(), RuntimeError> {
-        let facts = alert_facts(&incident.alert);
+        let facts = alert_facts(&self.ctx.agent, &incident.alert);
         self.run_plan(incident, plan, approval, &facts).await
     }
 }
@@ -222,11 +222,18 @@ pub(crate) fn probe_result(report: &ExecutionReport) -> ProbeResult {
             );
         }
     }
+    // The first phase that did not pass says, in the step's own words, why nothing was found.
+    let note = report
+        .phases
+        .iter()
+        .find(|p| p.status != PhaseStatus::Passed)
+        .map(|p| format!("{} {}: {}", p.step, p.phase, p.summary));
     ProbeResult {
         runbook: report.runbook_id.clone(),
         outcome: report.outcome.status().to_string(),
         outputs,
         evidence,
+        note,
     }
 }
 

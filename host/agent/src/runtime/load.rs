@@ -136,6 +136,7 @@ pub(super) fn load_agents(
                     mutating.join(", ")
                 )));
             }
+            check_probe_params(&def, &rb).map_err(fail)?;
             probes.push(rb);
         }
         // A pin on a name the agent does not load protects nothing: most likely a typo.
@@ -161,6 +162,7 @@ pub(super) fn load_agents(
                 r.runbook
             )));
         }
+        check_param_facts(&def, &rules).map_err(fail)?;
         let selector = build_selector(&def, &options.selector)?;
         agents.push(Agent {
             def,
@@ -170,6 +172,58 @@ pub(super) fn load_agents(
         });
     }
     Ok(agents)
+}
+
+/// A probe is given its parameters from the alert's labels through the agent's `labels:` map, and
+/// an alert may lack any label: so each parameter must come from the map or a default, and one
+/// the map gives must be optional (the probe then says why it cannot look, rather than the alert
+/// failing to bind).
+fn check_probe_params(def: &AgentDef, probe: &LoadedRunbook) -> Result<(), String> {
+    for p in &probe.runbook.parameters {
+        let mapped = def.labels.params().any(|m| m == p.name);
+        if p.default.is_none() && !mapped {
+            return Err(format!(
+                "probe `{}` takes parameter `{}`, which has no default and no `labels:` entry of the agent gives it: add `labels: {{ {}: [<label>, ...] }}`",
+                probe.runbook.id, p.name, p.name
+            ));
+        }
+        if mapped && p.required && p.default.is_none() {
+            return Err(format!(
+                "probe `{}` requires parameter `{}`, but an alert may lack its labels: declare it `required: false` and let the probe's precondition say what is missing",
+                probe.runbook.id, p.name
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `param.<name>` in a rule's conditions or templates must be a parameter the `labels:` map
+/// gives; otherwise the rule could never hold (or render), which is a typo.
+fn check_param_facts(def: &AgentDef, rules: &[&Rule]) -> Result<(), String> {
+    for rule in rules {
+        let templates = rule.params.values().filter_map(|v| v.as_str());
+        let named = rule
+            .when
+            .keys()
+            .filter_map(|k| k.strip_prefix("param."))
+            .map(str::to_owned)
+            .chain(templates.flat_map(|t| {
+                t.split("{param.")
+                    .skip(1)
+                    .filter_map(|rest| rest.split('}').next())
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            }));
+        for name in named {
+            if !def.labels.params().any(|m| m == name) {
+                return Err(format!(
+                    "a rule for `{}` reads `param.{name}`, which no `labels:` entry of the agent gives",
+                    rule.runbook
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A capability the agent adds to the destructive list must, like the catalogue's own, be

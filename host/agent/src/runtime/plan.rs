@@ -1,7 +1,8 @@
 //! From a selection to a plan, and policy's verdict on it: within policy it runs; below the
 //! agent's confidence, or granted a destructive capability, a human is asked. A selection that
 //! cannot become a plan (no runbook, one outside the catalog, parameters that do not bind)
-//! escalates: never a guess.
+//! escalates: never a guess. A model's plan below the suggestion floor, or with a parameter value
+//! the agent never saw, is shown as a suggestion only.
 
 use super::RuntimeError;
 use super::load::Agent;
@@ -13,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use themis_core::conditions::Facts;
 use themis_core::fsm::Event;
 use themis_core::manifest::{bind_params, parse_param_text};
-use themis_core::policy::{Plan, Verdict};
+use themis_core::policy::{Plan, Verdict, ungrounded};
 use themis_sandbox::loaded::LoadedRunbook;
 
 impl Worker {
@@ -47,7 +48,15 @@ impl Worker {
         };
         let plan = plan_for(loaded, params, &incident.fingerprint);
         let granted = granted(loaded);
-        let verdict = agent.def.policy.judge(selection.confidence, &granted);
+        let verdict = if selection.selector == "llm" {
+            let missing = ungrounded(&plan.params, &grounding(facts), &defaults(loaded));
+            agent
+                .def
+                .policy
+                .judge_model(selection.confidence, &granted, &missing)
+        } else {
+            agent.def.policy.judge(selection.confidence, &granted)
+        };
         let opted_out = ctx.destructive.opt_outs_among(&granted);
         ctx.audit.append(name, Some(&incident.id), "decision", json!({ "plan": plan, "plan_digest": plan.digest(), "provenance": loaded.provenance(), "verdict": verdict, "reason": verdict.reason(), "confidence": selection.confidence, "destructive_opt_out": opted_out }))?;
         match verdict {
@@ -64,6 +73,21 @@ impl Worker {
                     )
                     .await?;
                 Box::pin(self.run_plan(incident, plan, None, facts)).await
+            }
+            Verdict::SuggestionOnly { .. } => {
+                let reason = verdict.reason();
+                self.fsm
+                    .fire(
+                        &ctx,
+                        &incident.id,
+                        Event::ConfidenceTooLow {
+                            reason: reason.clone(),
+                        },
+                    )
+                    .await?;
+                // No plan: the escalation shows the selection as a suggestion, not approvable.
+                self.escalate(incident, &reason, &selection, evidence, None)
+                    .await
             }
             Verdict::ConfidenceTooLow { .. }
             | Verdict::SelectorEscalated { .. }
@@ -84,6 +108,26 @@ impl Worker {
             }
         }
     }
+}
+
+/// The values a model's parameters may be grounded in: the alert's labels, what the label map
+/// and the probes found. Not annotations: free text is where an injected value would hide.
+fn grounding(facts: &Facts) -> BTreeSet<String> {
+    facts
+        .iter()
+        .filter(|(k, _)| !k.starts_with("annotations."))
+        .map(|(_, v)| v.clone())
+        .collect()
+}
+
+/// The runbook's parameter defaults.
+fn defaults(loaded: &LoadedRunbook) -> BTreeMap<String, Value> {
+    loaded
+        .runbook
+        .parameters
+        .iter()
+        .filter_map(|p| p.default.clone().map(|d| (p.name.clone(), d)))
+        .collect()
 }
 
 /// Every capability a runbook's steps are granted.
@@ -154,12 +198,13 @@ pub(crate) fn plan_for(
 }
 
 /// The facts of an alert alone (approvals resume without the probes' outputs).
-pub(crate) fn alert_facts(alert: &themis_core::types::Alert) -> Facts {
+pub(crate) fn alert_facts(agent: &Agent, alert: &themis_core::types::Alert) -> Facts {
     crate::triage::SelectionInput {
         agent: String::new(),
         alert: alert.clone(),
         candidates: Vec::new(),
         probes: Vec::new(),
+        params: agent.def.labels.resolve(alert).values(),
     }
     .facts()
 }

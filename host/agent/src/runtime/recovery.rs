@@ -133,6 +133,7 @@ impl Worker {
             selector: "runtime".into(),
             evidence: Vec::new(),
             proposal: None,
+            suggestion: None,
         };
         self.deliver(&escalation, &incident.id).await?;
         self.fsm.fire(&ctx, &incident.id, Event::Parked).await?;

@@ -10,6 +10,8 @@ use crate::triage::{Candidate, ProbeResult, Selection, SelectionInput};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use themis_core::label_map::Resolution;
+use themis_core::manifest::{bind_params, parse_param_text};
 use themis_sandbox::executor::{self, ExecutionRequest, Outcome};
 use themis_sandbox::loaded::LoadedRunbook;
 
@@ -18,9 +20,11 @@ impl Worker {
         let ctx = self.ctx.clone();
         let agent = &ctx.agent;
         let name = agent.def.name.clone();
+        let mapped = agent.def.labels.resolve(&incident.alert);
         let mut probes = Vec::new();
         for probe in &agent.probes {
-            let request = self.request(incident, probe, BTreeMap::new(), None)?;
+            let (given, unfit) = probe_params(probe, &mapped);
+            let request = self.request(incident, probe, given, None)?;
             let mut observer = PhaseAudit::new(&ctx, None, &incident.id, probe);
             let report =
                 executor::execute_observed(&ctx.sandbox, probe, &request, &mut observer).await;
@@ -31,8 +35,16 @@ impl Worker {
                     message: format!("probe {} halted: {reason}", probe.runbook.id),
                 });
             }
-            let result = redacted(&ctx.audit, probe_result(&report));
-            ctx.audit.append(&name, Some(&incident.id), "probe", json!({ "runbook": probe.runbook.id, "provenance": probe.provenance(), "execution_id": report.execution_id, "outcome": report.outcome, "outputs": result.outputs }))?;
+            let mut result = probe_result(&report);
+            if !unfit.is_empty() {
+                let why = unfit.join("; ");
+                result.note = Some(match result.note {
+                    Some(note) => format!("{note} ({why})"),
+                    None => why,
+                });
+            }
+            let result = redacted(&ctx.audit, result);
+            ctx.audit.append(&name, Some(&incident.id), "probe", json!({ "runbook": probe.runbook.id, "provenance": probe.provenance(), "execution_id": report.execution_id, "outcome": report.outcome, "outputs": result.outputs, "note": result.note }))?;
             probes.push(result);
         }
         let input = SelectionInput {
@@ -49,6 +61,7 @@ impl Worker {
                 })
                 .collect(),
             probes,
+            params: mapped.values(),
         };
         let selection = match agent.selector.select(&input).await {
             Ok(s) => s,
@@ -60,7 +73,7 @@ impl Worker {
         let selection_json = json!({
             "provenance": provenance(agent, selection.runbook.as_deref()),
             "selector": selection.selector,
-            "input": { "candidates": input.candidates.iter().map(|c| &c.id).collect::<Vec<_>>(), "probes": input.probes },
+            "input": { "candidates": input.candidates.iter().map(|c| &c.id).collect::<Vec<_>>(), "probes": input.probes, "labels": mapped },
             "output": selection,
         });
         ctx.audit.append(
@@ -71,7 +84,8 @@ impl Worker {
         )?;
         ctx.observer.selection(&name, &selection);
         incident.selection = Some(selection_json);
-        let evidence = probe_evidence(&input.probes);
+        let mut evidence = label_evidence(&mapped, &agent.probes, &input.probes);
+        evidence.extend(probe_evidence(&input.probes));
         self.decide(incident, selection, evidence, &input.facts())
             .await
     }
@@ -120,16 +134,81 @@ fn redacted(audit: &crate::audit::AuditLog, mut result: ProbeResult) -> ProbeRes
     for (k, v) in result.evidence.iter_mut() {
         *v = r.redact_pair(k, v);
     }
+    result.note = result.note.map(|n| r.redact_text(&n));
     result
+}
+
+/// The values the agent's label map found that `probe` declares, as its parameters. A value that
+/// does not fit the parameter (type, pattern, range) is left out, and the reason is returned: the
+/// probe then says what it is missing, and the human reads why.
+fn probe_params(
+    probe: &LoadedRunbook,
+    mapped: &Resolution,
+) -> (BTreeMap<String, serde_json::Value>, Vec<String>) {
+    let mut given = BTreeMap::new();
+    let mut unfit = Vec::new();
+    for decl in &probe.runbook.parameters {
+        let Some(found) = mapped.found.get(&decl.name) else {
+            continue;
+        };
+        let value = parse_param_text(decl.kind, &found.value);
+        let one = BTreeMap::from([(decl.name.clone(), value.clone())]);
+        match bind_params(std::slice::from_ref(decl), &one) {
+            Ok(_) => {
+                given.insert(decl.name.clone(), value);
+            }
+            Err(e) => unfit.push(format!(
+                "label `{}` does not fit parameter `{}`: {e}",
+                found.label, decl.name
+            )),
+        }
+    }
+    (given, unfit)
+}
+
+/// What the label map read, for the human: values taken from a label of another name, and — when
+/// a probe could not do its work — the probes' parameters no label gave.
+fn label_evidence(
+    mapped: &Resolution,
+    probes: &[LoadedRunbook],
+    results: &[ProbeResult],
+) -> Vec<String> {
+    let all_ran = results.iter().all(|r| r.note.is_none());
+    let renamed = mapped
+        .found
+        .iter()
+        .filter(|(param, m)| m.label != **param)
+        .map(|(param, m)| format!("labels: {param}={} (from label `{}`)", m.value, m.label));
+    let missing = mapped
+        .missing
+        .keys()
+        .filter(|_| !all_ran)
+        .filter(|param| {
+            probes
+                .iter()
+                .any(|p| p.runbook.parameters.iter().any(|d| &d.name == *param))
+        })
+        .filter_map(|param| {
+            mapped
+                .why_missing(param)
+                .map(|why| format!("labels: {param} unknown: {why}"))
+        });
+    renamed.chain(missing).collect()
 }
 
 fn probe_evidence(probes: &[ProbeResult]) -> Vec<String> {
     probes
         .iter()
         .flat_map(|p| {
-            p.evidence
+            let found = p
+                .evidence
                 .iter()
-                .map(move |(k, v)| format!("{}: {k}={v}", p.runbook))
+                .map(move |(k, v)| format!("{}: {k}={v}", p.runbook));
+            let why = p
+                .note
+                .iter()
+                .map(move |note| format!("{}: {} — {note}", p.runbook, p.outcome));
+            found.chain(why)
         })
         .collect()
 }

@@ -32,6 +32,10 @@ pub struct ProbeResult {
     /// `step.key` → value, from the probe's passing phases.
     pub outputs: BTreeMap<String, String>,
     pub evidence: Vec<(String, String)>,
+    /// Why the probe found nothing, when it did not succeed: the phase that stopped it and its
+    /// own words ("the alert has `pod` but no `deployment`; …"), for the human.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// Everything a selector is given.
@@ -41,11 +45,14 @@ pub struct SelectionInput {
     pub alert: Alert,
     pub candidates: Vec<Candidate>,
     pub probes: Vec<ProbeResult>,
+    /// The parameters the agent's `labels:` map found in the alert.
+    pub params: BTreeMap<String, String>,
 }
 
 impl SelectionInput {
     /// The flat fact namespace conditions are written against: `alert`, `labels.<k>`,
-    /// `annotations.<k>`, `probe.<step>.<key>`.
+    /// `annotations.<k>`, `param.<name>` (through the agent's `labels:` map),
+    /// `probe.<step>.<key>`.
     pub fn facts(&self) -> BTreeMap<String, String> {
         let mut facts = BTreeMap::new();
         facts.insert("alert".to_string(), self.alert.name.clone());
@@ -54,6 +61,9 @@ impl SelectionInput {
         }
         for p in &self.alert.annotations {
             facts.insert(format!("annotations.{}", p.key), p.value.clone());
+        }
+        for (k, v) in &self.params {
+            facts.insert(format!("param.{k}"), v.clone());
         }
         for probe in &self.probes {
             for (k, v) in &probe.outputs {

@@ -1,32 +1,77 @@
-//! Probe: how the alert's deployment and its pods are doing. Read-only.
+//! Probe: how the alert's workload and its pods are doing. Read-only.
+//!
+//! Its parameters come from the alert's labels through the agent's `labels:` map. Most
+//! kubernetes-mixin alerts name a `pod` (and `container`), not a deployment: the probe then asks
+//! the host which workload controls the pod, so the rules and the human both see the deployment.
 
 use themis_runbook_sdk::prelude::*;
+
+/// Log lines of a failing pod shown as evidence: enough to see the last error, few enough to read.
+const LOG_LINES: u32 = 20;
+const LOG_EVIDENCE: usize = 3;
 
 #[derive(Default)]
 pub struct Pods;
 
+/// The deployment to inspect: the alert's own, or the one controlling the alert's pod.
+fn deployment(ctx: &Context, k8s: &dyn Kubernetes, ns: &str) -> Result<(String, String), String> {
+    if let Ok(name) = ctx.param_str("deployment") {
+        return Ok((name.to_owned(), "the alert's `deployment`".into()));
+    }
+    let Ok(pod) = ctx.param_str("pod") else {
+        return Err("the alert names neither a deployment nor a pod".into());
+    };
+    match k8s.pod_owner(ns, pod) {
+        Ok(Some(w)) if w.kind == "Deployment" => Ok((w.name, format!("the owner of pod {pod}"))),
+        Ok(Some(w)) => Err(format!(
+            "the alert has `pod` {pod} but no `deployment`; the pod belongs to {} {}, and this agent's runbooks act on Deployments",
+            w.kind, w.name
+        )),
+        Ok(None) => Err(format!(
+            "the alert has `pod` {pod} but no `deployment`; the owner lookup found no controller for the pod"
+        )),
+        Err(e) => Err(format!(
+            "the alert has `pod` {pod} but no `deployment`; the owner lookup failed: {e:?}"
+        )),
+    }
+}
+
 impl Step<dyn Kubernetes> for Pods {
     fn precondition(&self, ctx: &Context, _k8s: &dyn Kubernetes) -> Check {
-        match (ctx.label("namespace"), ctx.label("deployment")) {
-            (Some(_), Some(_)) => Check::pass("the alert names a deployment"),
-            _ => Check::fail("the alert has no `namespace` and `deployment` labels"),
+        let named = ctx.param_str("deployment").is_ok() || ctx.param_str("pod").is_ok();
+        match (ctx.param_str("namespace"), named) {
+            (Ok(_), true) => Check::pass("the alert names a namespace and a deployment or pod"),
+            (Err(_), _) => Check::fail("the alert has no `namespace` label: nothing to probe"),
+            (Ok(_), false) => Check::fail(
+                "the alert names neither a deployment nor a pod (labels `deployment`, `pod`): nothing to probe",
+            ),
         }
     }
 
     fn action(&self, ctx: &Context, k8s: &dyn Kubernetes) -> Outcome {
-        let (Some(ns), Some(name)) = (ctx.label("namespace"), ctx.label("deployment")) else {
-            return Outcome::failed("no namespace/deployment labels");
+        let Ok(ns) = ctx.param_str("namespace") else {
+            return Outcome::failed("no namespace parameter");
         };
-        let d = match k8s.get_deployment(ns, name) {
+        let (name, from) = match deployment(ctx, k8s, ns) {
+            Ok(found) => found,
+            Err(why) => return Outcome::failed(why),
+        };
+        let d = match k8s.get_deployment(ns, &name) {
             Ok(d) => d,
-            Err(e) => return Outcome::failed(format!("cannot read deployment {ns}/{name}: {e:?}")),
+            Err(e) => {
+                return Outcome::failed(format!(
+                    "cannot read deployment {ns}/{name} ({from}): {e:?}"
+                ));
+            }
         };
         let base = Outcome::ok(format!(
             "{ns}/{name}: {}/{} ready",
             d.replicas_ready, d.replicas_desired
         ))
+        .output("deployment", &name)
         .output("ready", d.replicas_ready)
         .output("desired", d.replicas_desired)
+        .evidence("deployment", format!("{ns}/{name} ({from})"))
         .evidence(
             "ready",
             format!("{}/{}", d.replicas_ready, d.replicas_desired),
@@ -46,11 +91,36 @@ impl Step<dyn Kubernetes> for Pods {
             .filter(|p| p.reason.as_deref() == Some("OOMKilled"))
             .count();
         let restarts: u32 = pods.iter().map(|p| p.restarts).sum();
-        base.output("crashloop", crashloop)
+        let mut out = base
+            .output("crashloop", crashloop)
             .output("oomkilled", oom)
             .output("restarts", restarts)
             .evidence("crashloop", crashloop)
-            .evidence("oomkilled", oom)
+            .evidence("oomkilled", oom);
+        // The alert's pod, else the first one not running well: its reason and its last lines.
+        let failing = ctx
+            .param_str("pod")
+            .ok()
+            .and_then(|named| pods.iter().find(|p| p.name == named))
+            .or_else(|| pods.iter().find(|p| p.reason.is_some()));
+        if let Some(pod) = failing {
+            if let Some(reason) = &pod.reason {
+                out = out.evidence(
+                    "reason",
+                    format!("{} {reason} after {} restarts", pod.name, pod.restarts),
+                );
+            }
+            match k8s.pod_logs(ns, &pod.name, LOG_LINES) {
+                Ok(lines) => {
+                    let tail = lines.len().saturating_sub(LOG_EVIDENCE);
+                    for line in &lines[tail..] {
+                        out = out.evidence("log", format!("{}: {line}", pod.name));
+                    }
+                }
+                Err(e) => out = out.evidence("log", format!("unknown: {e:?}")),
+            }
+        }
+        out
     }
 
     fn postcondition(&self, _ctx: &Context, _k8s: &dyn Kubernetes) -> Check {
@@ -63,3 +133,110 @@ impl Step<dyn Kubernetes> for Pods {
 }
 
 themis_runbook_sdk::export_kubernetes_step!(Pods);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use themis_runbook_sdk::caps::k8s_types::{Deployment, Pod, Workload};
+    use themis_runbook_sdk::mock::MockCaps;
+
+    fn ctx(params: &[(&str, &str)]) -> Context {
+        params
+            .iter()
+            .fold(Context::builder("KubePodCrashLooping"), |b, (k, v)| {
+                b.param(k, ParamValue::Text((*v).into()))
+            })
+            .build()
+    }
+
+    fn deployment(name: &str) -> Deployment {
+        Deployment {
+            namespace: "shop".into(),
+            name: name.into(),
+            replicas_desired: 3,
+            replicas_ready: 2,
+            replicas_updated: 3,
+            replicas_available: 2,
+            generation: 4,
+            observed_generation: 4,
+            conditions: vec![],
+        }
+    }
+
+    fn crashlooping(name: &str) -> Pod {
+        Pod {
+            name: name.into(),
+            phase: "Running".into(),
+            ready: false,
+            restarts: 7,
+            reason: Some("CrashLoopBackOff".into()),
+            node: None,
+        }
+    }
+
+    #[test]
+    fn a_pod_alert_is_traced_to_its_deployment_with_the_pods_reason_and_last_lines() {
+        let caps = MockCaps::new()
+            .on(
+                "k8s.pod-owner",
+                Ok(Some(Workload {
+                    kind: "Deployment".into(),
+                    name: "checkout".into(),
+                })),
+            )
+            .on("k8s.get-deployment", Ok(deployment("checkout")))
+            .on(
+                "k8s.list-pods",
+                Ok(vec![crashlooping("checkout-7d9f-abcde")]),
+            )
+            .on(
+                "k8s.pod-logs",
+                Ok(vec!["starting".to_owned(), "panic: no DB_URL".to_owned()]),
+            );
+        let ctx = ctx(&[("namespace", "shop"), ("pod", "checkout-7d9f-abcde")]);
+        assert!(Pods.precondition(&ctx, &caps).passed());
+        let out = Pods.action(&ctx, &caps);
+        assert!(out.is_ok(), "{}", out.summary());
+        assert_eq!(out.output_value("deployment"), Some("checkout"));
+        assert_eq!(out.output_value("crashloop"), Some("1"));
+        assert_eq!(
+            out.evidence_value("reason"),
+            Some("checkout-7d9f-abcde CrashLoopBackOff after 7 restarts")
+        );
+        assert_eq!(
+            out.evidence_value("log"),
+            Some("checkout-7d9f-abcde: starting")
+        );
+    }
+
+    #[test]
+    fn a_pod_no_deployment_controls_is_said_in_words_and_nothing_is_read_further() {
+        for (owner, expect) in [
+            (None, "found no controller"),
+            (
+                Some(Workload {
+                    kind: "StatefulSet".into(),
+                    name: "db".into(),
+                }),
+                "belongs to StatefulSet db",
+            ),
+        ] {
+            let caps = MockCaps::new().on("k8s.pod-owner", Ok(owner));
+            let out = Pods.action(&ctx(&[("namespace", "shop"), ("pod", "db-0")]), &caps);
+            assert!(!out.is_ok());
+            assert!(out.summary().contains("has `pod` db-0 but no `deployment`"));
+            assert!(out.summary().contains(expect), "{}", out.summary());
+            assert_eq!(caps.calls().len(), 1, "only the owner lookup ran");
+        }
+    }
+
+    #[test]
+    fn without_a_namespace_or_a_workload_the_precondition_says_which() {
+        let caps = MockCaps::new();
+        let none = Pods.precondition(&ctx(&[("pod", "p")]), &caps);
+        assert!(!none.passed());
+        assert!(none.summary().contains("no `namespace`"));
+        let neither = Pods.precondition(&ctx(&[("namespace", "shop")]), &caps);
+        assert!(neither.summary().contains("neither a deployment nor a pod"));
+    }
+}

@@ -1,4 +1,9 @@
 //! Probe: long-running queries, who blocks whom, replication lag. Read-only.
+//!
+//! An optional `database` (from the alert's `datname`/`dbname` label through the agent's
+//! `labels:` map) narrows the long queries to that database's sessions, and the evidence says when
+//! the agent's connection sees none of that database: an alert about another database is not
+//! this agent's to act on.
 
 use themis_runbook_sdk::prelude::*;
 
@@ -10,10 +15,14 @@ impl Step<dyn Postgres> for Activity {
         Check::pass("nothing to check before reading")
     }
 
-    fn action(&self, _ctx: &Context, pg: &dyn Postgres) -> Outcome {
+    fn action(&self, ctx: &Context, pg: &dyn Postgres) -> Outcome {
         // A read that fails leaves its output out (rules over it then do not hold, so triage
         // escalates) and says so in the evidence: "0 lock waits" must mean zero, not unknown.
-        let long = pg.activity(60.0);
+        let database = ctx.param_str("database").ok();
+        let long = pg.activity(60.0).map(|all| match database {
+            Some(db) => all.into_iter().filter(|b| b.database == db).collect(),
+            None => all,
+        });
         let blockers = pg.blockers();
         let lag = pg.replication_lag();
         let count = |r: &Result<usize, String>| match r {
@@ -34,6 +43,12 @@ impl Step<dyn Postgres> for Activity {
             Ok(n) => out = out.output("long_queries", n).evidence("long_queries", n),
             Err(e) => out = out.evidence("long_queries", format!("unknown: {e}")),
         }
+        if let (Some(db), Ok(0)) = (database, &long_n) {
+            out = out.evidence(
+                "database",
+                format!("no long query of database {db} is visible to this agent's connection"),
+            );
+        }
         match &blockers {
             Ok(list) => {
                 let top = list
@@ -44,6 +59,27 @@ impl Step<dyn Postgres> for Activity {
                     .output("lock_waits", list.len())
                     .output("top_blocker", top)
                     .evidence("lock_waits", list.len());
+                // The head of the blocking tree, as a human would want to see it first.
+                if let Some(b) = list.first() {
+                    let waiters = list
+                        .iter()
+                        .filter(|w| w.blocking_pid == b.blocking_pid)
+                        .count();
+                    out = out.evidence(
+                        "top_blocker",
+                        format!(
+                            "pid {} blocks {waiters} session(s) on {} {} for up to {:.0}s; it runs: {}",
+                            b.blocking_pid,
+                            b.lock_type,
+                            b.relation.as_deref().unwrap_or("-"),
+                            list.iter()
+                                .filter(|w| w.blocking_pid == b.blocking_pid)
+                                .map(|w| w.waiting_seconds)
+                                .fold(0.0, f64::max),
+                            short(&b.blocking_query)
+                        ),
+                    );
+                }
             }
             Err(e) => out = out.evidence("lock_waits", format!("unknown: {e:?}")),
         }
@@ -69,4 +105,83 @@ impl Step<dyn Postgres> for Activity {
     }
 }
 
+/// A query as evidence: one line, at most 120 characters.
+fn short(query: &str) -> String {
+    let flat: String = query.split_whitespace().collect::<Vec<_>>().join(" ");
+    match flat.char_indices().nth(120) {
+        Some((i, _)) => format!("{}…", &flat[..i]),
+        None => flat,
+    }
+}
+
 themis_runbook_sdk::export_postgres_step!(Activity);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use themis_runbook_sdk::caps::postgres_types::{Backend, LockWait, Replica};
+    use themis_runbook_sdk::mock::MockCaps;
+
+    fn backend(pid: i32, database: &str) -> Backend {
+        Backend {
+            pid,
+            user: "app".into(),
+            database: database.into(),
+            application: "api".into(),
+            state: "active".into(),
+            wait_event_type: None,
+            wait_event: None,
+            query: "select pg_sleep(600)".into(),
+            query_seconds: 600.0,
+            xact_seconds: 600.0,
+        }
+    }
+
+    fn wait(blocked: i32, blocking: i32, seconds: f64) -> LockWait {
+        LockWait {
+            blocked_pid: blocked,
+            blocking_pid: blocking,
+            lock_type: "relation".into(),
+            relation: Some("orders".into()),
+            blocked_query: "update orders set n = 1".into(),
+            blocking_query: "alter   table orders\n add column x int".into(),
+            waiting_seconds: seconds,
+        }
+    }
+
+    #[test]
+    fn the_head_of_the_blocking_tree_and_the_alerts_database_reach_the_evidence() {
+        let caps = MockCaps::new()
+            .on(
+                "postgres.activity",
+                Ok(vec![backend(7, "shop"), backend(8, "billing")]),
+            )
+            .on(
+                "postgres.blockers",
+                Ok(vec![wait(11, 7, 42.0), wait(12, 7, 9.0)]),
+            )
+            .on("postgres.replication-lag", Ok(Vec::<Replica>::new()));
+        let ctx = Context::builder("PostgresqlTooManyLocksAcquired")
+            .param("database", ParamValue::Text("shop".into()))
+            .build();
+        let out = Activity.action(&ctx, &caps);
+        assert!(out.is_ok());
+        assert_eq!(out.output_value("long_queries"), Some("1"));
+        assert_eq!(out.output_value("top_blocker"), Some("7"));
+        assert_eq!(
+            out.evidence_value("top_blocker"),
+            Some(
+                "pid 7 blocks 2 session(s) on relation orders for up to 42s; it runs: alter table orders add column x int"
+            )
+        );
+        let other = Context::builder("PostgresqlTooManyLocksAcquired")
+            .param("database", ParamValue::Text("analytics".into()))
+            .build();
+        let out = Activity.action(&other, &caps);
+        assert_eq!(out.output_value("long_queries"), Some("0"));
+        assert!(
+            out.evidence_value("database")
+                .is_some_and(|e| e.contains("analytics"))
+        );
+    }
+}
