@@ -97,12 +97,32 @@ impl Step<dyn Kubernetes> for Pods {
             .output("restarts", restarts)
             .evidence("crashloop", crashloop)
             .evidence("oomkilled", oom);
-        // The alert's pod, else the first one not running well: its reason and its last lines.
-        let failing = ctx
+        // The alert's own pod, as the rules need it: is it ready, and how many others are.
+        let named = ctx
             .param_str("pod")
             .ok()
-            .and_then(|named| pods.iter().find(|p| p.name == named))
-            .or_else(|| pods.iter().find(|p| p.reason.is_some()));
+            .and_then(|named| pods.iter().find(|p| p.name == named));
+        if let Some(pod) = named {
+            let others_ready = pods
+                .iter()
+                .filter(|p| p.ready && p.name != pod.name)
+                .count();
+            out = out
+                .output("pod_ready", pod.ready)
+                .output("pod_phase", &pod.phase)
+                .output("others_ready", others_ready)
+                .evidence(
+                    "pod",
+                    format!(
+                        "{} {}{}, {others_ready} other pod(s) ready",
+                        pod.name,
+                        pod.phase,
+                        if pod.ready { ", ready" } else { ", not ready" }
+                    ),
+                );
+        }
+        // The alert's pod, else the first one not running well: its reason and its last lines.
+        let failing = named.or_else(|| pods.iter().find(|p| p.reason.is_some()));
         if let Some(pod) = failing {
             if let Some(reason) = &pod.reason {
                 out = out.evidence(
@@ -199,6 +219,8 @@ mod tests {
         assert!(out.is_ok(), "{}", out.summary());
         assert_eq!(out.output_value("deployment"), Some("checkout"));
         assert_eq!(out.output_value("crashloop"), Some("1"));
+        assert_eq!(out.output_value("pod_ready"), Some("false"));
+        assert_eq!(out.output_value("others_ready"), Some("0"));
         assert_eq!(
             out.evidence_value("reason"),
             Some("checkout-7d9f-abcde CrashLoopBackOff after 7 restarts")

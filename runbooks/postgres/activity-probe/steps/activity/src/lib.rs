@@ -43,6 +43,35 @@ impl Step<dyn Postgres> for Activity {
             Ok(n) => out = out.output("long_queries", n).evidence("long_queries", n),
             Err(e) => out = out.evidence("long_queries", format!("unknown: {e}")),
         }
+        // Sessions idle inside an open transaction: they hold locks and snapshots doing nothing.
+        if let Ok(list) = &long {
+            let idle: Vec<_> = list
+                .iter()
+                .filter(|b| b.state.starts_with("idle in transaction"))
+                .collect();
+            out = out.output("idle_in_transaction", idle.len());
+            let oldest = idle
+                .iter()
+                .max_by(|a, b| a.xact_seconds.total_cmp(&b.xact_seconds));
+            if let Some(b) = oldest {
+                out = out
+                    .output("oldest_idle_pid", b.pid)
+                    .output("oldest_idle_seconds", format!("{:.0}", b.xact_seconds))
+                    .evidence(
+                        "idle_in_transaction",
+                        format!(
+                            "{} session(s); the oldest, pid {} ({}@{}, {}), open {:.0}s after: {}",
+                            idle.len(),
+                            b.pid,
+                            b.user,
+                            b.database,
+                            b.application,
+                            b.xact_seconds,
+                            short(&b.query)
+                        ),
+                    );
+            }
+        }
         if let (Some(db), Ok(0)) = (database, &long_n) {
             out = out.evidence(
                 "database",
@@ -167,6 +196,7 @@ mod tests {
         let out = Activity.action(&ctx, &caps);
         assert!(out.is_ok());
         assert_eq!(out.output_value("long_queries"), Some("1"));
+        assert_eq!(out.output_value("idle_in_transaction"), Some("0"));
         assert_eq!(out.output_value("top_blocker"), Some("7"));
         assert_eq!(
             out.evidence_value("top_blocker"),
@@ -183,5 +213,26 @@ mod tests {
             out.evidence_value("database")
                 .is_some_and(|e| e.contains("analytics"))
         );
+    }
+
+    #[test]
+    fn the_oldest_session_idle_in_a_transaction_is_named() {
+        let mut young = backend(21, "shop");
+        young.state = "idle in transaction".into();
+        young.xact_seconds = 400.0;
+        let mut old = backend(22, "shop");
+        old.state = "idle in transaction (aborted)".into();
+        old.xact_seconds = 1800.0;
+        let caps = MockCaps::new()
+            .on(
+                "postgres.activity",
+                Ok(vec![backend(7, "shop"), young, old]),
+            )
+            .on("postgres.blockers", Ok(Vec::<LockWait>::new()))
+            .on("postgres.replication-lag", Ok(Vec::<Replica>::new()));
+        let out = Activity.action(&Context::builder("PGIdleTxn").build(), &caps);
+        assert_eq!(out.output_value("idle_in_transaction"), Some("2"));
+        assert_eq!(out.output_value("oldest_idle_pid"), Some("22"));
+        assert_eq!(out.output_value("oldest_idle_seconds"), Some("1800"));
     }
 }
