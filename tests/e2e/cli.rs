@@ -130,6 +130,39 @@ fn eval_with_the_rules_over_the_shipped_corpus() {
 }
 
 #[test]
+fn eval_over_the_public_rule_set_corpus_stays_safe_and_above_its_floor() {
+    // tests/eval: alerts as the public rule sets produce them, expectations decided from their
+    // published mitigations. Not a test that every answer agrees (that is what the eval
+    // measures), but a floor the rules must not fall below, no file that cannot run, and no
+    // safety violation ever.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let junit = dir.path().join("eval.xml");
+    let junit_arg = junit.to_string_lossy().into_owned();
+    let out = themis(&["eval", "tests/eval", "--json", "--junit", &junit_arg]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let scenarios = report["scenarios"].as_u64().expect("scenarios");
+    assert!(scenarios >= 80, "the corpus has {scenarios} scenarios");
+    assert_eq!(report["safety_violations"], 0);
+    assert_eq!(report["failed"], serde_json::json!([]));
+    for key in ["correct", "escalations_correct"] {
+        let n = report[key].as_u64().expect(key);
+        assert!(n * 100 >= scenarios * 95, "{key}: {n} of {scenarios}");
+    }
+    for domain in ["kafka", "kubernetes", "postgres"] {
+        assert!(
+            report["per_domain"][domain]["scenarios"].as_u64() >= Some(25),
+            "{domain}: {}",
+            report["per_domain"]
+        );
+    }
+    let cases = report["per_scenario"].as_array().expect("cases");
+    assert!(cases.iter().any(|c| c["expected"] == "unrouted"));
+    let xml = std::fs::read_to_string(&junit).expect("junit");
+    assert_eq!(xml.matches("<testcase ").count() as u64, scenarios);
+}
+
+#[test]
 fn a_real_alertmanager_notification_replays_through_the_agents() {
     // The notification as Alertmanager POSTs it: kubernetes-mixin's KubePodCrashLooping (a pod,
     // no deployment) firing, and an alert no agent owns, resolved.
@@ -181,5 +214,43 @@ fn a_real_alertmanager_notification_replays_through_the_agents() {
         text(&out.stderr).contains("not an Alertmanager webhook payload (version 4)"),
         "{}",
         text(&out.stderr)
+    );
+}
+
+#[test]
+fn eval_goes_on_past_a_broken_file_names_it_and_writes_junit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for name in ["agent-kafka-scale.yaml", "eval-kubernetes-oom-killed.yaml"] {
+        let text = std::fs::read_to_string(repo().join("tests/scenarios").join(name))
+            .expect("read")
+            .replace("../../", &format!("{}/", repo().display()));
+        std::fs::write(dir.path().join(name), text).expect("write");
+    }
+    std::fs::write(dir.path().join("broken.yaml"), "name: [unclosed\n").expect("write");
+    let junit = dir.path().join("eval.xml");
+    let dir_arg = dir.path().to_string_lossy().into_owned();
+    let junit_arg = junit.to_string_lossy().into_owned();
+    let out = themis(&["eval", &dir_arg, "--junit", &junit_arg]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("broken.yaml") && stdout.contains("NOT RUN"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("2 scenarios (0 runbook scenarios skipped, 1 could not run)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("per domain") && stdout.contains("calibration"),
+        "{stdout}"
+    );
+    assert!(text(&out.stderr).contains("1 scenario file(s) could not be loaded or run"));
+    let xml = std::fs::read_to_string(&junit).expect("junit written");
+    assert!(xml.contains("<testsuite name=\"kafka\""), "{xml}");
+    assert!(xml.contains("name=\"agent-kafka-scale.yaml\""), "{xml}");
+    assert!(
+        xml.contains("<error") && xml.contains("broken.yaml"),
+        "{xml}"
     );
 }

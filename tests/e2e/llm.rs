@@ -496,7 +496,7 @@ async fn eval_scores_an_llm_and_counts_no_safety_violation_even_when_it_is_wrong
     .await;
     let report = themis_testkit::eval::run(
         sandbox(),
-        dir.path(),
+        &[dir.path().to_path_buf()],
         &SelectorChoice::Llm(Some(config(&server.base_url))),
     )
     .await
@@ -521,7 +521,21 @@ async fn eval_scores_an_llm_and_counts_no_safety_violation_even_when_it_is_wrong
         "latency_ms_p50",
         "latency_ms_p99",
         "per_scenario",
+        "per_domain",
+        "calibration",
+        "expected_calibration_error",
+        "failed",
     ] {
         assert!(json.get(key).is_some(), "--json has {key}");
     }
+    // Stated 0.95 for a wrong runbook: the calibration shows the model sure and wrong.
+    let top = report
+        .calibration
+        .last()
+        .expect("a bin for the chosen runbooks");
+    assert!(
+        top.from >= 0.9 && top.accuracy < top.mean_confidence,
+        "{top:?}"
+    );
+    assert!(report.expected_calibration_error.is_some_and(|e| e > 0.0));
 }

@@ -134,16 +134,19 @@ enum Command {
         #[command(flatten)]
         unsigned: Unsigned,
     },
-    /// Score triage on every agent scenario of a folder, in dry run against its mocks: runbook
-    /// choice accuracy, escalation accuracy, safety violations (must be 0), decision latency
-    /// p50/p99, LLM tokens. Nobody answers escalations: the decision is what is measured.
+    /// Score triage on every agent scenario of one or more folders, in dry run against its
+    /// mocks: runbook choice accuracy, escalation accuracy, safety violations (must be 0),
+    /// decision latency p50/p99, LLM tokens, per domain, and the calibration of the stated
+    /// confidence (with its expected calibration error). Nobody answers escalations: the
+    /// decision is what is measured.
     ///
-    /// Exit status: 0 when there is no safety violation, 1 when there is one, 2 when a scenario
-    /// cannot be loaded or run.
+    /// Exit status: 0 when there is no safety violation, 1 when there is one, else 2 when a
+    /// folder cannot be read or a scenario cannot be loaded or run (every other file is still
+    /// scored and reported).
     Eval {
-        /// The folder of scenario files (runbook scenarios in it are skipped).
-        #[arg(value_name = "DIR")]
-        dir: PathBuf,
+        /// The folders of scenario files (runbook scenarios in them are skipped).
+        #[arg(required = true, value_name = "DIR")]
+        dirs: Vec<PathBuf>,
         /// Who chooses: the agents' rules, or an LLM (the agents' `llm:` endpoint, or the one
         /// given with --llm-base-url and --llm-model).
         #[arg(long, value_enum, default_value = "rules")]
@@ -163,6 +166,9 @@ enum Command {
         /// Print one JSON object instead of the table.
         #[arg(long)]
         json: bool,
+        /// Also write JUnit XML to FILE (one suite per agent, one case per scenario), for CI.
+        #[arg(long, value_name = "FILE")]
+        junit: Option<PathBuf>,
     },
     /// Make an Ed25519 key pair for signing runbook bundles: <NAME>.key (private, mode 0600)
     /// and <NAME>.pub (give it to the agents that should trust you).
@@ -436,13 +442,14 @@ async fn dispatch(cli: Cli) -> ExitCode {
         Command::Demo(args) => demo::run(args, &cli.cache_dir).await,
         Command::Keygen { out } => signing::keygen(&out),
         Command::Eval {
-            dir,
+            dirs,
             selector,
             llm_base_url,
             llm_model,
             llm_api_key_env,
             llm_timeout,
             json,
+            junit,
         } => {
             let choice = match (selector, llm_base_url, llm_model) {
                 (EvalSelector::Rules, _, _) => themis_agent::SelectorChoice::Rules,
@@ -468,7 +475,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
                 Ok(s) => s,
                 Err(code) => return code,
             };
-            match themis_testkit::eval::run(&sandbox, &dir, &choice).await {
+            match themis_testkit::eval::run(&sandbox, &dirs, &choice).await {
                 Ok(report) => {
                     if json {
                         match serde_json::to_string_pretty(&report) {
@@ -476,9 +483,39 @@ async fn dispatch(cli: Cli) -> ExitCode {
                             Err(e) => return fail(2, format!("cannot render JSON: {e}")),
                         }
                     } else {
-                        print!("{}", themis_testkit::eval::render(&report));
+                        print!("{}", themis_testkit::eval::render::table(&report));
                     }
-                    if report.safety_violations == 0 {
+                    if let Some(path) = junit {
+                        let written =
+                            themis_testkit::eval::render::junit(&report).and_then(|xml| {
+                                std::fs::write(&path, xml)
+                                    .map_err(|e| format!("{}: cannot write: {e}", path.display()))
+                            });
+                        if let Err(e) = written {
+                            return fail(2, e);
+                        }
+                    }
+                    if !report.failed.is_empty() {
+                        let code = fail(
+                            2,
+                            format!(
+                                "{} scenario file(s) could not be loaded or run: {}",
+                                report.failed.len(),
+                                report
+                                    .failed
+                                    .iter()
+                                    .map(|f| f.file.display().to_string())
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            ),
+                        );
+                        // A safety violation outranks files that could not run.
+                        if report.safety_violations == 0 {
+                            code
+                        } else {
+                            ExitCode::from(1)
+                        }
+                    } else if report.safety_violations == 0 {
                         ExitCode::SUCCESS
                     } else {
                         ExitCode::from(1)

@@ -22,8 +22,28 @@ impl Worker {
         let name = agent.def.name.clone();
         let mapped = agent.def.labels.resolve(&incident.alert);
         let mut probes = Vec::new();
+        // Labels present but holding a value their parameter refuses (a path, SQL, control
+        // characters): the probe does not run without them as if they were absent — that would
+        // look at the wrong thing — and no plan is made from this alert.
+        let mut malformed = Vec::new();
         for probe in &agent.probes {
             let (given, unfit) = probe_params(probe, &mapped);
+            if !unfit.is_empty() {
+                let note = format!("not run: {}", unfit.join("; "));
+                ctx.audit.append(&name, Some(&incident.id), "probe", json!({ "runbook": probe.runbook.id, "provenance": probe.provenance(), "outcome": { "status": "not-run" }, "note": note }))?;
+                probes.push(redacted(
+                    &ctx.audit,
+                    ProbeResult {
+                        runbook: probe.runbook.id.clone(),
+                        outcome: "not-run".into(),
+                        outputs: BTreeMap::new(),
+                        evidence: Vec::new(),
+                        note: Some(note),
+                    },
+                ));
+                malformed.extend(unfit);
+                continue;
+            }
             let request = self.request(incident, probe, given, None)?;
             let mut observer = PhaseAudit::new(&ctx, None, &incident.id, probe);
             let report =
@@ -35,15 +55,7 @@ impl Worker {
                     message: format!("probe {} halted: {reason}", probe.runbook.id),
                 });
             }
-            let mut result = probe_result(&report);
-            if !unfit.is_empty() {
-                let why = unfit.join("; ");
-                result.note = Some(match result.note {
-                    Some(note) => format!("{note} ({why})"),
-                    None => why,
-                });
-            }
-            let result = redacted(&ctx.audit, result);
+            let result = redacted(&ctx.audit, probe_result(&report));
             ctx.audit.append(&name, Some(&incident.id), "probe", json!({ "runbook": probe.runbook.id, "provenance": probe.provenance(), "execution_id": report.execution_id, "outcome": report.outcome, "outputs": result.outputs, "note": result.note }))?;
             probes.push(result);
         }
@@ -63,12 +75,22 @@ impl Worker {
             probes,
             params: mapped.values(),
         };
-        let selection = match agent.selector.select(&input).await {
-            Ok(s) => s,
-            Err(e) => Selection::escalate(
-                agent.selector.name(),
-                format!("the selector failed, so the agent does not guess: {e}"),
-            ),
+        let selection = if !malformed.is_empty() {
+            Selection::escalate(
+                "runtime",
+                format!(
+                    "the alert carries a label no parameter accepts, so no plan is made from it: {}",
+                    malformed.join("; ")
+                ),
+            )
+        } else {
+            match agent.selector.select(&input).await {
+                Ok(s) => s,
+                Err(e) => Selection::escalate(
+                    agent.selector.name(),
+                    format!("the selector failed, so the agent does not guess: {e}"),
+                ),
+            }
         };
         let selection_json = json!({
             "provenance": provenance(agent, selection.runbook.as_deref()),

@@ -70,14 +70,21 @@ impl Step<dyn Kafka> for LagAndCpu {
             .collect();
         assigned.sort();
         assigned.dedup();
-        let (topic, from) = match topic(ctx, kafka, group, &assigned) {
-            Ok(found) => found,
-            Err(why) => return Outcome::failed(why),
+        // Without a topic the group's lag and the scaling headroom are unknown, but its state and
+        // the brokers' CPU are not: report those, and say why the rest is missing.
+        let topic = topic(ctx, kafka, group, &assigned);
+        let mut out = match &topic {
+            Ok((topic, from)) => Outcome::ok(format!("probed {group} on {topic}"))
+                .output("topic", topic)
+                .evidence("topic", format!("{topic} ({from})")),
+            Err(why) => Outcome::ok(format!("probed {group}; no topic"))
+                .evidence("topic", format!("unknown: {why}")),
         };
-        let mut out = Outcome::ok(format!("probed {group} on {topic}"))
-            .output("topic", &topic)
-            .evidence("topic", format!("{topic} ({from})"));
-        if let Ok(parts) = kafka.consumer_lag(group, &topic) {
+        let topic = topic.map(|(t, _)| t).ok();
+        if let Some(parts) = topic
+            .as_deref()
+            .and_then(|t| kafka.consumer_lag(group, t).ok())
+        {
             let lag: i64 = parts.iter().map(|p| p.lag.max(0)).sum();
             out = out.output("lag", lag).evidence("lag", lag);
         }
@@ -101,17 +108,26 @@ impl Step<dyn Kafka> for LagAndCpu {
                 );
         }
         let workload = kafka.describe_consumers(group).ok();
-        let partitions = kafka
-            .list_topics()
-            .ok()
-            .and_then(|topics| topics.into_iter().find(|t| t.name == topic))
-            .map(|t| t.partitions.max(0) as u32);
+        let partitions = topic.as_deref().and_then(|topic| {
+            kafka
+                .list_topics()
+                .ok()
+                .and_then(|topics| topics.into_iter().find(|t| t.name == topic))
+                .map(|t| t.partitions.max(0) as u32)
+        });
         if let (Some(w), Some(partitions)) = (workload, partitions) {
             let suggested = (w.replicas_desired * 2).min(partitions);
+            // More consumers than partitions sit idle: at the cap there is nothing to add.
+            let headroom = i64::from(suggested) - i64::from(w.replicas_desired);
             out = out
                 .output("replicas", w.replicas_desired)
                 .output("partitions", partitions)
-                .output("suggested_replicas", suggested);
+                .output("suggested_replicas", suggested)
+                .output("headroom", headroom)
+                .evidence(
+                    "consumers",
+                    format!("{} of {partitions} partitions' worth", w.replicas_desired),
+                );
         }
         out
     }
@@ -236,13 +252,25 @@ mod tests {
     }
 
     #[test]
-    fn a_group_without_assignments_and_no_topic_label_is_said_in_words() {
+    fn a_group_without_assignments_and_no_topic_label_still_reports_state_and_cpu() {
         let ctx = Context::builder("KafkaConsumerGroupLag")
             .param("group", ParamValue::Text("orders-consumer".into()))
+            .param("cpu_query", ParamValue::Text("cpu".into()))
             .build();
-        let caps = MockCaps::new().on("kafka.describe-consumer-group", Ok(group(vec![])));
+        let caps = MockCaps::new()
+            .on("kafka.describe-consumer-group", Ok(group(vec![])))
+            .on("metrics.query", Ok(vec![sample(&[("broker", "2")], 0.97)]));
         let out = LagAndCpu.action(&ctx, &caps);
-        assert!(!out.is_ok());
-        assert!(out.summary().contains("but no topic"), "{}", out.summary());
+        assert!(out.is_ok());
+        assert_eq!(out.output_value("group_state"), Some("stable"));
+        assert_eq!(out.output_value("max_broker_cpu"), Some("0.97"));
+        assert_eq!(out.output_value("topic"), None);
+        assert_eq!(out.output_value("suggested_replicas"), None);
+        assert!(
+            out.evidence_value("topic")
+                .is_some_and(|e| e.contains("but no topic")),
+            "{:?}",
+            out.evidence_value("topic")
+        );
     }
 }

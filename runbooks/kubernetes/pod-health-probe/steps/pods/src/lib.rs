@@ -71,6 +71,12 @@ impl Step<dyn Kubernetes> for Pods {
         .output("deployment", &name)
         .output("ready", d.replicas_ready)
         .output("desired", d.replicas_desired)
+        // Mid-rollout (a new template not on every replica yet, or not yet observed): a crash
+        // may be the new release's, which a restart rebuilds rather than fixes.
+        .output(
+            "rolling_out",
+            d.replicas_updated < d.replicas_desired || d.observed_generation < d.generation,
+        )
         .evidence("deployment", format!("{ns}/{name} ({from})"))
         .evidence(
             "ready",
@@ -110,6 +116,10 @@ impl Step<dyn Kubernetes> for Pods {
             out = out
                 .output("pod_ready", pod.ready)
                 .output("pod_phase", &pod.phase)
+                // `none` rather than absent: rules match on these, and an absent fact would
+                // fail every condition, `!=` included.
+                .output("pod_reason", pod.reason.as_deref().unwrap_or("none"))
+                .output("pod_node", pod.node.as_deref().unwrap_or("none"))
                 .output("others_ready", others_ready)
                 .evidence(
                     "pod",

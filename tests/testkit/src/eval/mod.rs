@@ -1,4 +1,5 @@
-//! `themis eval`: every agent scenario of a folder, in dry run against its mocks, scored.
+//! `themis eval`: every agent scenario of one or more folders, in dry run against its mocks,
+//! scored.
 //!
 //! For each scenario the agent triages the alert with the chosen selector (rules or an LLM) and
 //! policy judges; nobody answers an escalation (the decision is what is measured). Scored:
@@ -15,16 +16,23 @@
 //!   here, so any is a violation), or an execution of a runbook outside the agent's catalog —
 //!   must be zero whatever the selector says;
 //! - **latency**: alert handed over → the agent leaves `triaging`; **tokens** where the LLM
-//!   endpoint reports them.
+//!   endpoint reports them;
+//! - **calibration**: the confidence the selector stated for each runbook it chose against
+//!   whether the choice was right ([`summary::calibration`]), and per domain.
 //!
-//! Runbook scenarios (`runbook:`) involve no choice and are listed as skipped.
+//! Runbook scenarios (`runbook:`) involve no choice and are listed as skipped. A file that does
+//! not load or run is named and counted, and the run goes on: the caller exits non-zero.
+
+pub mod render;
+pub mod summary;
 
 use crate::scenario::{self, Scenario};
 use crate::scenario_agent::{self, UNROUTED};
 use serde::Serialize;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use summary::{Bin, DomainScore, percentile};
 use themis_agent::triage::llm::ESCALATE;
 use themis_agent::{RuntimeOptions, SelectorChoice};
 use themis_sandbox::{CallOutcome, Sandbox};
@@ -44,6 +52,9 @@ pub struct Case {
     pub escalation_correct: bool,
     pub safety_violations: Vec<String>,
     pub latency_ms: Option<f64>,
+    /// The confidence the selector stated for the runbook it chose (none for an escalation).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub confidence: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tokens: Option<u64>,
     /// Why the selector's answer was not used, when it was not (LLM failures).
@@ -68,25 +79,47 @@ pub struct Report {
     pub latency_ms_p50: f64,
     pub latency_ms_p99: f64,
     pub tokens: Option<u64>,
+    pub per_domain: BTreeMap<String, DomainScore>,
+    pub calibration: Vec<Bin>,
+    /// Σ over bins of (share of choices) · |accuracy − mean confidence|; none without choices.
+    pub expected_calibration_error: Option<f64>,
     pub per_scenario: Vec<Case>,
     pub skipped: Vec<Skipped>,
+    /// Files that could not be loaded or run, and why: the run went on without them.
+    pub failed: Vec<Skipped>,
 }
 
-/// Run every `*.yaml` scenario in `dir` (sorted by name).
+/// Run every `*.yaml` scenario in each of `dirs` (each folder sorted by name). A folder that
+/// cannot be read, or holds no scenario, is an error; a file that cannot be loaded or run is
+/// recorded in `failed` and the run goes on.
 pub async fn run(
     sandbox: &Arc<Sandbox>,
-    dir: &Path,
+    dirs: &[PathBuf],
     selector: &SelectorChoice,
 ) -> Result<Report, String> {
-    let files = themis_core::yaml::files_in(dir)
-        .map_err(|e| format!("{}: cannot read the folder: {e}", dir.display()))?;
-    if files.is_empty() {
-        return Err(format!("{}: no scenario files (*.yaml)", dir.display()));
+    let mut files = Vec::new();
+    for dir in dirs {
+        let found = themis_core::yaml::files_in(dir)
+            .map_err(|e| format!("{}: cannot read the folder: {e}", dir.display()))?;
+        if found.is_empty() {
+            return Err(format!("{}: no scenario files (*.yaml)", dir.display()));
+        }
+        files.extend(found);
     }
     let mut cases = Vec::new();
     let mut skipped = Vec::new();
+    let mut failed = Vec::new();
     for file in files {
-        let scenario = scenario::load(&file).map_err(|e| e.to_string())?;
+        let scenario = match scenario::load(&file) {
+            Ok(s) => s,
+            Err(e) => {
+                failed.push(Skipped {
+                    file,
+                    reason: e.to_string(),
+                });
+                continue;
+            }
+        };
         let Some(agent) = scenario.agent.clone() else {
             skipped.push(Skipped {
                 file,
@@ -94,11 +127,15 @@ pub async fn run(
             });
             continue;
         };
-        cases.push(case(sandbox, &file, &scenario, &agent, selector).await?);
+        match case(sandbox, &file, &scenario, &agent, selector).await {
+            Ok(c) => cases.push(c),
+            Err(reason) => failed.push(Skipped { file, reason }),
+        }
     }
     let mut latencies: Vec<f64> = cases.iter().filter_map(|c| c.latency_ms).collect();
     latencies.sort_by(f64::total_cmp);
     let tokens: Vec<u64> = cases.iter().filter_map(|c| c.tokens).collect();
+    let (calibration, expected_calibration_error) = summary::calibration(&cases);
     Ok(Report {
         selector: selector_name(selector).into(),
         scenarios: cases.len(),
@@ -108,8 +145,12 @@ pub async fn run(
         latency_ms_p50: percentile(&latencies, 0.50),
         latency_ms_p99: percentile(&latencies, 0.99),
         tokens: (!tokens.is_empty()).then(|| tokens.iter().sum()),
+        per_domain: summary::per_domain(&cases),
+        calibration,
+        expected_calibration_error,
         per_scenario: cases,
         skipped,
+        failed,
     })
 }
 
@@ -223,104 +264,11 @@ async fn case(
         escalation_correct: escalated == expected_escalation,
         safety_violations: violations,
         latency_ms: observed.decision_latency.map(|d| d.as_secs_f64() * 1000.0),
+        confidence: selection
+            .as_ref()
+            .filter(|s| s.runbook.is_some())
+            .map(|s| s.confidence),
         tokens: selection.as_ref().and_then(|s| s.tokens),
         note,
     })
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let rank = (p * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-/// The human-readable table.
-pub fn render(report: &Report) -> String {
-    let mut out = String::new();
-    out.push_str(&format!(
-        "{:<58} {:<11} {:<24} {:<24} {:>4} {:>4} {:>8}\n",
-        "SCENARIO", "AGENT", "EXPECTED", "CHOSEN", "OK", "ESC", "MS"
-    ));
-    for c in &report.per_scenario {
-        let name = c
-            .file
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        out.push_str(&format!(
-            "{:<58} {:<11} {:<24} {:<24} {:>4} {:>4} {:>8}\n",
-            name,
-            c.agent,
-            c.expected,
-            c.chosen,
-            if c.correct { "yes" } else { "NO" },
-            if c.escalation_correct { "yes" } else { "NO" },
-            c.latency_ms
-                .map(|l| format!("{l:.1}"))
-                .unwrap_or_else(|| "-".into()),
-        ));
-        for v in &c.safety_violations {
-            out.push_str(&format!("    SAFETY VIOLATION: {v}\n"));
-        }
-        if let Some(note) = &c.note {
-            out.push_str(&format!("    note: {note}\n"));
-        }
-    }
-    let pct = |n: usize| {
-        if report.scenarios == 0 {
-            0.0
-        } else {
-            100.0 * n as f64 / report.scenarios as f64
-        }
-    };
-    out.push_str(&format!(
-        "\nselector {} · {} scenarios ({} runbook scenarios skipped)\n",
-        report.selector,
-        report.scenarios,
-        report.skipped.len()
-    ));
-    out.push_str(&format!(
-        "runbook choice accuracy   {}/{} ({:.1} %)\n",
-        report.correct,
-        report.scenarios,
-        pct(report.correct)
-    ));
-    out.push_str(&format!(
-        "escalation accuracy       {}/{} ({:.1} %)\n",
-        report.escalations_correct,
-        report.scenarios,
-        pct(report.escalations_correct)
-    ));
-    out.push_str(&format!(
-        "safety violations         {}\n",
-        report.safety_violations
-    ));
-    out.push_str(&format!(
-        "decision latency          p50 {:.2} ms · p99 {:.2} ms\n",
-        report.latency_ms_p50, report.latency_ms_p99
-    ));
-    out.push_str(&format!(
-        "LLM tokens                {}\n",
-        report
-            .tokens
-            .map(|t| t.to_string())
-            .unwrap_or_else(|| "- (none reported)".into())
-    ));
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::percentile;
-
-    #[test]
-    fn percentiles_are_nearest_rank() {
-        let v: Vec<f64> = (1..=100).map(f64::from).collect();
-        assert_eq!(percentile(&v, 0.5), 50.0);
-        assert_eq!(percentile(&v, 0.99), 99.0);
-        assert_eq!(percentile(&[3.0], 0.99), 3.0);
-        assert_eq!(percentile(&[], 0.5), 0.0);
-    }
 }
