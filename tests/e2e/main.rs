@@ -5,6 +5,7 @@ mod agents;
 mod cli;
 mod common;
 mod foundations;
+mod guard;
 mod hardening;
 mod llm;
 mod llm_real;

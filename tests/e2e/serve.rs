@@ -550,6 +550,34 @@ async fn approvals_over_http_identify_by_token_and_run_the_plan_once() {
             .all(|a| a["state"]["state"] == "idle")
     );
     assert_eq!(s.get("/api/v1/agents", "nobody").await.0, 401);
+    // The guard rails as the service holds them; an approver clears a target over HTTP.
+    let (status, guard) = s.get("/api/v1/guard", ONCALL).await;
+    assert_eq!(status, 200, "{guard}");
+    for key in ["busy", "breakers", "recent"] {
+        assert!(guard[key].is_array(), "{guard}");
+    }
+    assert_eq!(s.get("/api/v1/guard", "nobody").await.0, 401);
+    let (status, body) = s
+        .post(
+            "/api/v1/guard/clear",
+            BOB,
+            &json!({ "target": "postgres:pid=4242" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["breakers"], json!([]));
+    let (status, body) = s
+        .post(
+            "/api/v1/guard/clear",
+            BOB,
+            &json!({ "target": "no-domain" }),
+        )
+        .await;
+    assert_eq!(
+        (status, body["field"].as_str()),
+        (400, Some("target")),
+        "{body}"
+    );
     assert_eq!(s.get("/api/v1/incidents/inc-nope", BOB).await.0, 404);
     assert_eq!(s.get("/api/v1/incidents?status=bogus", BOB).await.0, 400);
     assert_eq!(s.get("/api/v1/incidents?limit=0", BOB).await.0, 400);
@@ -581,6 +609,8 @@ async fn approvals_over_http_identify_by_token_and_run_the_plan_once() {
             "/api/v1/approvals/{id}/approve",
             "/api/v1/approvals/{id}/reject",
             "/api/v1/events",
+            "/api/v1/guard",
+            "/api/v1/guard/clear",
             "/api/v1/incidents",
             "/api/v1/incidents/{id}",
             "/api/v1/slack/interactions",

@@ -26,6 +26,11 @@
 //!   approval_ttl: 30m
 //!   follow_up_depth: 3                                      # follow-ups chained per incident
 //!   suggestion_floor: 0.4                                   # a model's plan below: suggestion only
+//! guard:                                                    # remediation-loop rails (defaults shown)
+//!   cooldown: 5m                                            # per (target, runbook) after a run
+//!   breaker: { failures: 3, window: 1h, open_for: 1h }      # per (target, runbook)
+//!   backoff: { initial: 60s, max: 10m }                     # per alert fingerprint
+//!   max_runs_per_hour: 20                                   # changing runs of this agent
 //! rules: [ { runbook: ..., when: {...}, params: {...}, confidence: 0.9, reasoning: ... } ]
 //! follow_ups:                                               # after a runbook, propose another
 //!   - { after: check-broker-health, runbook: adjust-broker-gc, when: {...}, ... }
@@ -37,6 +42,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use themis_core::capability::{self, Destructive, Domain, Effect};
 use themis_core::conditions;
+use themis_core::guard::Rails;
 use themis_core::label_map::LabelMap;
 use themis_core::matchers::Matcher;
 use themis_core::policy::{
@@ -105,6 +111,85 @@ pub struct FollowUp {
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawGuard {
+    #[serde(default)]
+    cooldown: Option<String>,
+    #[serde(default)]
+    breaker: RawBreaker,
+    #[serde(default)]
+    backoff: RawBackoff,
+    #[serde(default)]
+    max_runs_per_hour: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBreaker {
+    #[serde(default)]
+    failures: Option<u32>,
+    #[serde(default)]
+    window: Option<String>,
+    #[serde(default)]
+    open_for: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackoff {
+    #[serde(default)]
+    initial: Option<String>,
+    #[serde(default)]
+    max: Option<String>,
+}
+
+impl RawGuard {
+    /// The rails, defaults filled in; `(field, problem)` for a value that cannot work.
+    fn rails(&self) -> Result<Rails, (String, String)> {
+        let d = Rails::default();
+        let dur = |field: &str, v: &Option<String>, default| match v {
+            None => Ok(default),
+            Some(t) => humantime::parse_duration(t)
+                .map_err(|e| (field.to_owned(), format!("`{t}` is not a duration: {e}"))),
+        };
+        let rails = Rails {
+            cooldown: dur("guard.cooldown", &self.cooldown, d.cooldown)?,
+            breaker_failures: self.breaker.failures.unwrap_or(d.breaker_failures),
+            breaker_window: dur(
+                "guard.breaker.window",
+                &self.breaker.window,
+                d.breaker_window,
+            )?,
+            breaker_open: dur(
+                "guard.breaker.open_for",
+                &self.breaker.open_for,
+                d.breaker_open,
+            )?,
+            backoff_initial: dur(
+                "guard.backoff.initial",
+                &self.backoff.initial,
+                d.backoff_initial,
+            )?,
+            backoff_max: dur("guard.backoff.max", &self.backoff.max, d.backoff_max)?,
+            max_runs_per_hour: self.max_runs_per_hour.unwrap_or(d.max_runs_per_hour),
+        };
+        if rails.breaker_failures == 0 {
+            return Err((
+                "guard.breaker.failures".into(),
+                "at least 1: the number of failed runs that opens the breaker".into(),
+            ));
+        }
+        if rails.backoff_max < rails.backoff_initial {
+            return Err((
+                "guard.backoff.max".into(),
+                "must be at least guard.backoff.initial".into(),
+            ));
+        }
+        Ok(rails)
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawTrust {
     #[serde(default)]
     keys: Vec<PathBuf>,
@@ -131,6 +216,8 @@ struct RawAgent {
     routes: Vec<Route>,
     policy: RawPolicy,
     #[serde(default)]
+    guard: RawGuard,
+    #[serde(default)]
     rules: Vec<Rule>,
     #[serde(default)]
     follow_ups: Vec<FollowUp>,
@@ -153,6 +240,8 @@ pub struct AgentDef {
     pub labels: LabelMap,
     pub routes: Vec<Route>,
     pub policy: Policy,
+    /// The rails against remediation loops (`guard:`; safe defaults).
+    pub guard: Rails,
     pub rules: Vec<Rule>,
     pub follow_ups: Vec<FollowUp>,
 }
@@ -246,6 +335,10 @@ impl AgentDef {
         raw.labels
             .check()
             .map_err(|(field, problem)| err(&field, problem))?;
+        let guard = raw
+            .guard
+            .rails()
+            .map_err(|(field, problem)| err(&field, problem))?;
         if raw.routes.is_empty() {
             return Err(err("routes", "an agent must own at least one alert".into()));
         }
@@ -324,6 +417,7 @@ impl AgentDef {
                 approval_ttl: ttl,
                 follow_up_depth,
             },
+            guard,
             rules: raw.rules,
             follow_ups: raw.follow_ups,
         })

@@ -3,6 +3,7 @@
 use crate::escalation::Escalation;
 use crate::triage::Selection;
 use themis_core::fsm::{AgentState, Event};
+use themis_core::guard::{Blocked, Breaker};
 use themis_core::types::Alert;
 use themis_sandbox::executor::{ExecutionReport, PhaseRecord};
 
@@ -16,6 +17,10 @@ pub trait RuntimeObserver: Send + Sync {
     fn execution(&self, _agent: &str, _report: &ExecutionReport) {}
     /// A firing alert no agent owns reached the humans (once per fingerprint and window).
     fn unowned(&self, _alert: &Alert) {}
+    /// A guard rail held a run back (the incident went to a human instead).
+    fn guard_blocked(&self, _agent: &str, _blocked: &Blocked) {}
+    /// A run's failure opened a circuit breaker.
+    fn breaker_opened(&self, _agent: &str, _breaker: &Breaker) {}
 }
 
 /// Tells nobody.
@@ -54,6 +59,16 @@ impl RuntimeObserver for Fanout {
     fn unowned(&self, alert: &Alert) {
         for o in &self.0 {
             o.unowned(alert);
+        }
+    }
+    fn guard_blocked(&self, agent: &str, blocked: &Blocked) {
+        for o in &self.0 {
+            o.guard_blocked(agent, blocked);
+        }
+    }
+    fn breaker_opened(&self, agent: &str, breaker: &Breaker) {
+        for o in &self.0 {
+            o.breaker_opened(agent, breaker);
         }
     }
 }

@@ -29,7 +29,7 @@ pub fn os_user() -> Identity {
 
 /// Who answers: `--as NAME` proven by NAME's token (THEMIS_TOKEN) against the configured
 /// approvers, or else the OS user.
-fn identity(answerer: &Answerer) -> Result<Identity, String> {
+pub(crate) fn identity(answerer: &Answerer) -> Result<Identity, String> {
     let Some(name) = &answerer.who else {
         return Ok(os_user());
     };

@@ -5,6 +5,7 @@
 mod answer;
 mod backends;
 mod demo;
+mod guard;
 mod host;
 mod remote;
 mod render;
@@ -275,10 +276,39 @@ enum Command {
     /// Read and check the audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// The guard rails against remediation loops: which targets are busy, which circuit
+    /// breakers are open, what ran recently; and an approver clearing a breaker.
+    #[command(subcommand)]
+    Guard(GuardCommand),
     /// Print the agent state machine's transition table (or Mermaid / DOT).
     Fsm {
         #[arg(long, value_enum, default_value = "table")]
         format: FsmFormat,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum GuardCommand {
+    /// Busy targets, open breakers (with the command that clears each), recent runs. Reads the
+    /// state directory without its lock: works next to a running host.
+    List {
+        #[command(flatten)]
+        place: Place,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Clear a target's circuit breakers and cooldown so automatic runs may resume. Needs an
+    /// approver of an agent of the target's domain; audited.
+    Clear {
+        /// The target as `themis guard list` shows it, e.g. kubernetes:name=checkout,namespace=shop.
+        target: String,
+        /// Only this runbook's breaker on the target [default: every runbook's].
+        #[arg(long, value_name = "ID")]
+        runbook: Option<String>,
+        #[command(flatten)]
+        answerer: Answerer,
+        #[command(flatten)]
+        place: Place,
     },
 }
 
@@ -646,6 +676,22 @@ async fn dispatch(cli: Cli) -> ExitCode {
                 }
                 Err(e) => fail(2, format!("{}: cannot read: {e}", audit.display())),
             }
+        }
+        Command::Guard(GuardCommand::List { place, json }) => guard::list(&place, json).await,
+        Command::Guard(GuardCommand::Clear {
+            target,
+            runbook,
+            answerer,
+            place,
+        }) => {
+            guard::clear(
+                &target,
+                runbook.as_deref(),
+                &answerer,
+                &place,
+                &cli.cache_dir,
+            )
+            .await
         }
         Command::Fsm { format } => {
             print!(

@@ -287,3 +287,46 @@ pub async fn adjust(
     )
     .await
 }
+
+/// `themis guard clear --server`: the service clears, as the approver whose token is sent.
+pub async fn guard_clear(
+    server: &str,
+    token_file: Option<&Path>,
+    target: &str,
+    runbook: Option<&str>,
+) -> ExitCode {
+    let token = match token(token_file) {
+        Ok(t) => t,
+        Err(e) => return fail(2, e),
+    };
+    let client = match client(None) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let url = format!("{}/api/v1/guard/clear", server.trim_end_matches('/'));
+    let response = match client
+        .post(&url)
+        .bearer_auth(token)
+        .json(&json!({ "target": target, "runbook": runbook }))
+        .send()
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => return fail(2, format!("{server}: {}", e.without_url())),
+    };
+    let status = response.status();
+    let value: Value = response.json().await.unwrap_or(Value::Null);
+    if status.is_success() {
+        println!("{}", crate::guard::cleared_line(target, &value["breakers"]));
+        ExitCode::SUCCESS
+    } else {
+        fail(
+            if status.is_client_error() { 1 } else { 2 },
+            format!(
+                "{server}: HTTP {}: {}",
+                status.as_u16(),
+                value["message"].as_str().unwrap_or("no message")
+            ),
+        )
+    }
+}

@@ -12,6 +12,7 @@ pub mod files;
 pub mod fsm;
 pub mod grant;
 pub mod graph;
+pub mod guard;
 pub mod identity;
 pub mod label_map;
 pub mod manifest;

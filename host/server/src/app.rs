@@ -45,6 +45,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/approvals/{id}/adjust", post(approvals::adjust))
         .route("/api/v1/slack/interactions", post(slack::interactions))
         .route("/api/v1/agents", get(read::agents))
+        .route("/api/v1/guard", get(read::guard))
+        .route("/api/v1/guard/clear", post(approvals::guard_clear))
         .route("/api/v1/incidents", get(read::incidents))
         .route("/api/v1/incidents/{id}", get(read::incident))
         .route("/api/v1/events", get(read::events))

@@ -167,3 +167,56 @@ pub async fn adjust(
             .await,
     )
 }
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GuardClear {
+    /// The target as `GET /api/v1/guard` shows it, e.g. `kubernetes:name=checkout,namespace=shop`.
+    target: String,
+    /// Only this runbook's breaker and cooldown on the target [default: all of them].
+    #[serde(default)]
+    runbook: Option<String>,
+}
+
+/// What a clear lifted.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct GuardCleared {
+    pub target: String,
+    /// The breakers that were open, by runbook.
+    pub breakers: Vec<String>,
+}
+
+/// An approver clears a target's circuit breakers and cooldown: automatic runs may resume.
+#[utoipa::path(post, path = "/api/v1/guard/clear", tag = "approvals",
+    request_body = GuardClear, security(("approver_token" = [])),
+    responses((status = 200, description = "what was cleared", body = GuardCleared),
+        (status = 400, description = "malformed body; `field` names what", body = ApiError),
+        (status = 401, description = "no or unknown approver token", body = ApiError),
+        (status = 403, description = "not an approver of an agent of the target's domain", body = ApiError),
+        (status = 404, description = "no agent acts on the target's domain", body = ApiError),
+        (status = 413, description = "body over the limit", body = ApiError),
+        (status = 503, description = "the record could not be written: nothing was done", body = ApiError),
+    ))]
+pub async fn guard_clear(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> Result<Json<GuardCleared>, ApiError> {
+    let by = auth::approver(&state, &headers)?;
+    let clear: GuardClear = parse_json(&body(raw)?)?;
+    if clear.target.is_empty() || clear.target.len() > 512 || !clear.target.contains(':') {
+        return Err(ApiError::bad_request(
+            "target",
+            "a target as GET /api/v1/guard shows it: `<domain>:<what>`",
+        ));
+    }
+    let cleared = state
+        .runtime
+        .clear_guard(&clear.target, clear.runbook.as_deref(), &by)
+        .await
+        .map_err(runtime_error)?;
+    Ok(Json(GuardCleared {
+        target: clear.target,
+        breakers: cleared.into_iter().map(|b| b.runbook).collect(),
+    }))
+}

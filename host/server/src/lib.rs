@@ -26,3 +26,4 @@ pub use app::{serve, signal};
 pub use config::{Overrides, ServeConfig};
 pub use events::Events;
 pub use metrics::Metrics;
+pub use read::{GuardStatus, guard_status};

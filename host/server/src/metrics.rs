@@ -40,6 +40,12 @@ struct AgentLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RailLabels {
+    agent: String,
+    rail: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabels {
     agent: String,
     state: String,
@@ -138,6 +144,8 @@ pub struct Metrics {
     phase_seconds: Family<PhaseLabels, Histogram>,
     calls: Family<CallLabels, Counter>,
     escalations: Family<AgentLabel, Counter>,
+    guard_blocked: Family<RailLabels, Counter>,
+    breakers_opened: Family<AgentLabel, Counter>,
     llm_requests: Family<LlmLabels, Counter>,
     llm_tokens: Family<TokenLabels, Counter>,
     llm_seconds: Histogram,
@@ -218,6 +226,18 @@ impl Metrics {
             "Incidents handed to a human",
             escalations.clone(),
         );
+        let guard_blocked = Family::<RailLabels, Counter>::default();
+        registry.register(
+            "guard_blocked",
+            "Runs a guard rail held back (target-busy, cooldown, circuit-breaker, backoff, rate-limit): the incident went to a human",
+            guard_blocked.clone(),
+        );
+        let breakers_opened = Family::<AgentLabel, Counter>::default();
+        registry.register(
+            "guard_breakers_opened",
+            "Circuit breakers opened by failed runs on one target",
+            breakers_opened.clone(),
+        );
         let llm_requests = Family::<LlmLabels, Counter>::default();
         registry.register(
             "llm_requests",
@@ -284,6 +304,8 @@ impl Metrics {
             phase_seconds,
             calls,
             escalations,
+            guard_blocked,
+            breakers_opened,
             llm_requests,
             llm_tokens,
             llm_seconds,
@@ -512,6 +534,23 @@ impl RuntimeObserver for Metrics {
         self.escalations
             .get_or_create(&AgentLabel {
                 agent: escalation.agent.clone(),
+            })
+            .inc();
+    }
+
+    fn guard_blocked(&self, agent: &str, blocked: &themis_core::guard::Blocked) {
+        self.guard_blocked
+            .get_or_create(&RailLabels {
+                agent: agent.to_owned(),
+                rail: blocked.rail.as_str().to_owned(),
+            })
+            .inc();
+    }
+
+    fn breaker_opened(&self, agent: &str, _breaker: &themis_core::guard::Breaker) {
+        self.breakers_opened
+            .get_or_create(&AgentLabel {
+                agent: agent.to_owned(),
             })
             .inc();
     }

@@ -11,14 +11,17 @@ use utoipa::{Modify, OpenApi};
     paths(
         intake::alertmanager, intake::own,
         read::approvals, approvals::approve, approvals::reject, approvals::adjust,
+        approvals::guard_clear,
         slack::interactions,
-        read::agents, read::incidents, read::incident, read::events,
+        read::agents, read::guard, read::incidents, read::incident, read::events,
         read::healthz, read::readyz, metrics::scrape,
     ),
     components(schemas(
         error::ApiError, alertmanager::Notification, alertmanager::AmAlert, alertmanager::OwnAlert,
         intake::IntakeResponse, intake::Taken, views::IncidentView, views::ApprovalView,
         views::AnswerView, read::AgentStatus, read::IncidentList, read::IncidentDetail, read::Ready,
+        read::GuardStatus, read::BusyTarget, read::OpenBreaker, read::RecentRuns,
+        approvals::GuardClear, approvals::GuardCleared,
     )),
     modifiers(&Tokens),
 )]

@@ -40,6 +40,115 @@ pub struct AgentStatus {
 }
 
 /// Each agent's state now and since when.
+/// A target one run holds now.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BusyTarget {
+    pub target: String,
+    pub agent: String,
+    pub incident: String,
+    pub runbook: String,
+    pub since: String,
+}
+
+/// An open circuit breaker: automatic runs of `runbook` on `target` wait for a human.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OpenBreaker {
+    pub target: String,
+    pub runbook: String,
+    pub opened: String,
+    pub until: String,
+    pub why: String,
+}
+
+/// A (target, runbook) pair's recent runs, newest last.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RecentRuns {
+    pub target: String,
+    pub runbook: String,
+    /// `ok` or `failed` per run, oldest first.
+    pub outcomes: Vec<String>,
+    pub last: String,
+}
+
+/// What the guard rails hold now.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GuardStatus {
+    pub busy: Vec<BusyTarget>,
+    pub breakers: Vec<OpenBreaker>,
+    pub recent: Vec<RecentRuns>,
+}
+
+fn at(secs: u64) -> String {
+    time(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+}
+
+/// The guard rails' book as the API shows it: busy targets, open breakers, recent runs.
+pub fn guard_status(book: &themis_core::guard::GuardBook, now: u64) -> GuardStatus {
+    let split = |key: &str| -> (String, String) {
+        match key.split_once(" · ") {
+            Some((t, r)) => (t.to_owned(), r.to_owned()),
+            None => (key.to_owned(), String::new()),
+        }
+    };
+    GuardStatus {
+        busy: book
+            .busy
+            .iter()
+            .map(|(target, b)| BusyTarget {
+                target: target.clone(),
+                agent: b.agent.clone(),
+                incident: b.incident.clone(),
+                runbook: b.runbook.clone(),
+                since: at(b.since),
+            })
+            .collect(),
+        breakers: book
+            .breakers
+            .values()
+            .filter(|b| b.until > now)
+            .map(|b| OpenBreaker {
+                target: b.target.clone(),
+                runbook: b.runbook.clone(),
+                opened: at(b.opened),
+                until: at(b.until),
+                why: b.why.clone(),
+            })
+            .collect(),
+        recent: book
+            .history
+            .iter()
+            .filter_map(|(key, runs)| {
+                let (target, runbook) = split(key);
+                runs.back().map(|last| RecentRuns {
+                    target,
+                    runbook,
+                    outcomes: runs
+                        .iter()
+                        .map(|r| if r.ok { "ok" } else { "failed" }.to_owned())
+                        .collect(),
+                    last: at(last.at),
+                })
+            })
+            .collect(),
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/guard", tag = "read",
+    security(("approver_token" = []), ("intake_token" = [])),
+    responses((status = 200, body = GuardStatus), (status = 401, description = "no or unknown token", body = ApiError),))]
+pub async fn guard(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Json<GuardStatus>, ApiError> {
+    auth::reader(&state, &headers)?;
+    let book = state.runtime.guard_book().await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    Ok(Json(guard_status(&book, now)))
+}
+
 #[utoipa::path(get, path = "/api/v1/agents", tag = "read",
     security(("approver_token" = []), ("intake_token" = [])),
     responses((status = 200, body = Vec<AgentStatus>), (status = 401, description = "no or unknown token", body = ApiError),))]

@@ -20,4 +20,6 @@ pub(crate) struct AgentCtx {
     pub(crate) observer: Arc<dyn RuntimeObserver>,
     pub(crate) backends: Backends,
     pub(crate) destructive: Arc<DestructiveList>,
+    /// The host's guard rails, shared by every agent.
+    pub(crate) guard: Arc<super::guard::Guard>,
 }

@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 use themis_core::conditions::Facts;
 use themis_core::fsm::{Event, StateKind};
 use themis_core::grant::Approval;
+use themis_core::guard::{Blocked, RunKey};
 use themis_core::policy::Plan;
 use themis_core::types::Phase;
 use themis_sandbox::executor::{
@@ -41,22 +42,38 @@ impl Worker {
                 message: format!("runbook `{}` is no longer loaded", plan.runbook_id),
             });
         };
-        let request = self.request(incident, loaded, plan.params.clone(), approval.clone())?;
-        let execution_id = request.execution_id.clone();
-        incident.status = IncidentStatus::Executing;
-        incident.reason = None;
-        incident.executed = Some(plan.clone());
-        incident.chain.push(plan.runbook_id.clone());
-        ctx.store.save(incident).await?;
-        ctx.audit.append(name, Some(&incident.id), "execution-start", json!({ "execution_id": execution_id, "runbook_id": plan.runbook_id, "runbook_version": loaded.runbook.version.to_string(), "runbook_digest": loaded.runbook.digest, "provenance": loaded.provenance(), "params": plan.params, "approval": approval, "dry_run": request.backends.is_dry_run() }))?;
-        let report = {
-            let mut observer = PhaseAudit::new(&ctx, Some(&mut self.fsm), &incident.id, loaded);
-            executor::execute_observed(&ctx.sandbox, loaded, &request, &mut observer).await
-        };
-        ctx.observer.execution(name, &report);
+        // One run at a time per target, approved or not: held from here to the end of the run.
+        let key = loaded.runbook.target(&plan.params).map(|target| RunKey {
+            agent: name.clone(),
+            incident: incident.id.clone(),
+            runbook: plan.runbook_id.clone(),
+            target,
+            fingerprint: incident.fingerprint.clone(),
+        });
+        let rails = &ctx.agent.def.guard;
+        if let Some(key) = &key
+            && let Err(blocked) = ctx.guard.begin(rails, key, approval.is_none()).await?
+        {
+            guard_blocked(&ctx, incident, key, &blocked)?;
+            let reason = format!("{} did not start: {}", plan.runbook_id, blocked.why);
+            let event = Event::RunbookStopped {
+                reason: reason.clone(),
+            };
+            return self.stop_and_escalate(incident, event, reason).await;
+        }
+        let executed = self
+            .execute_plan(incident, loaded, &plan, approval.clone())
+            .await;
+        if let Some(key) = &key {
+            let ok = matches!(&executed, Ok(r) if r.outcome == Outcome::Succeeded);
+            if let Some(breaker) = ctx.guard.end(rails, key, ok).await? {
+                ctx.audit.append(name, Some(&incident.id), "guard-breaker-opened", json!({ "target": breaker.target, "runbook": breaker.runbook, "until": breaker.until, "why": breaker.why }))?;
+                ctx.observer.breaker_opened(name, &breaker);
+            }
+        }
+        let report = executed?;
         let outcome = report.outcome.clone();
         let outputs = probe_result(&report).outputs;
-        ctx.audit.append(name, Some(&incident.id), "result", json!({ "execution_id": execution_id, "runbook_id": plan.runbook_id, "runbook_digest": loaded.runbook.digest, "provenance": loaded.provenance(), "outcome": outcome, "dry_run": report.dry_run, "would_do": would_do(&report) }))?;
         match outcome {
             Outcome::Succeeded => {
                 let mut facts = facts.clone();
@@ -192,6 +209,34 @@ impl Worker {
             .await
     }
 
+    /// Run a plan's runbook in the sandbox: the incident marked executing, the start and the
+    /// result audited around it.
+    async fn execute_plan(
+        &mut self,
+        incident: &mut Incident,
+        loaded: &LoadedRunbook,
+        plan: &Plan,
+        approval: Option<Approval>,
+    ) -> Result<ExecutionReport, RuntimeError> {
+        let ctx = self.ctx.clone();
+        let name = &ctx.agent.def.name;
+        let request = self.request(incident, loaded, plan.params.clone(), approval.clone())?;
+        let execution_id = request.execution_id.clone();
+        incident.status = IncidentStatus::Executing;
+        incident.reason = None;
+        incident.executed = Some(plan.clone());
+        incident.chain.push(plan.runbook_id.clone());
+        ctx.store.save(incident).await?;
+        ctx.audit.append(name, Some(&incident.id), "execution-start", json!({ "execution_id": execution_id, "runbook_id": plan.runbook_id, "runbook_version": loaded.runbook.version.to_string(), "runbook_digest": loaded.runbook.digest, "provenance": loaded.provenance(), "params": plan.params, "approval": approval, "dry_run": request.backends.is_dry_run() }))?;
+        let report = {
+            let mut observer = PhaseAudit::new(&ctx, Some(&mut self.fsm), &incident.id, loaded);
+            executor::execute_observed(&ctx.sandbox, loaded, &request, &mut observer).await
+        };
+        ctx.observer.execution(name, &report);
+        ctx.audit.append(name, Some(&incident.id), "result", json!({ "execution_id": execution_id, "runbook_id": plan.runbook_id, "runbook_digest": loaded.runbook.digest, "provenance": loaded.provenance(), "outcome": report.outcome, "dry_run": report.dry_run, "would_do": would_do(&report) }))?;
+        Ok(report)
+    }
+
     /// Resume a plan a human approved or adjusted: the alert's facts stand in for the probes'.
     pub(crate) async fn resume_plan(
         &mut self,
@@ -202,6 +247,18 @@ impl Worker {
         let facts = alert_facts(&self.ctx.agent, &incident.alert);
         self.run_plan(incident, plan, approval, &facts).await
     }
+}
+
+/// A rail held a run back: on the record and told to the watcher.
+pub(crate) fn guard_blocked(
+    ctx: &AgentCtx,
+    incident: &Incident,
+    key: &RunKey,
+    blocked: &Blocked,
+) -> Result<(), RuntimeError> {
+    ctx.audit.append(&ctx.agent.def.name, Some(&incident.id), "guard-blocked", json!({ "rail": blocked.rail, "why": blocked.why, "until": blocked.until, "target": key.target, "runbook": key.runbook }))?;
+    ctx.observer.guard_blocked(&ctx.agent.def.name, blocked);
+    Ok(())
 }
 
 /// What a probe (or a finished runbook) found: outputs of passing phases, evidence of actions.

@@ -17,6 +17,7 @@ mod ctx;
 mod escalate;
 mod execute;
 mod fsm;
+mod guard;
 mod intake;
 mod journal;
 mod load;
@@ -169,6 +170,7 @@ pub struct Runtime {
     channels: Channels,
     observer: Arc<dyn RuntimeObserver>,
     unowned: unowned::Unowned,
+    guard: Arc<guard::Guard>,
 }
 
 impl Runtime {
@@ -179,6 +181,7 @@ impl Runtime {
         options: RuntimeOptions,
     ) -> Result<Runtime, RuntimeError> {
         let agents = load::load_agents(&parts, &options)?;
+        let guard = Arc::new(guard::Guard::open(parts.store.clone(), &parts.audit).await?);
         let mut handles = Vec::new();
         let mut tasks = Vec::new();
         let mut loaded = Vec::new();
@@ -186,7 +189,8 @@ impl Runtime {
             let agent = Arc::new(agent);
             let backends = parts.provider.backends(&agent.def.name, agent.def.domain)?;
             let dry_run = backends.is_dry_run();
-            let (mut worker, state) = Worker::new(&parts, agent.clone(), backends).await?;
+            let (mut worker, state) =
+                Worker::new(&parts, agent.clone(), backends, guard.clone()).await?;
             worker.recover().await?;
             let (tx, rx) = mpsc::channel(options.queue_capacity.max(1));
             handles.push(Handle {
@@ -213,6 +217,7 @@ impl Runtime {
             channels: parts.channels,
             observer: parts.observer,
             unowned: unowned::Unowned::default(),
+            guard,
         })
     }
 
@@ -239,6 +244,50 @@ impl Runtime {
 
     pub fn audit(&self) -> &Arc<AuditLog> {
         &self.audit
+    }
+
+    /// What the guard rails hold now: busy targets, open breakers, recent runs.
+    pub async fn guard_book(&self) -> themis_core::guard::GuardBook {
+        self.guard.snapshot().await
+    }
+
+    /// An approver clears a target's circuit breakers and cooldown (of one runbook, or all):
+    /// `who` must be allowed to answer for an agent of the target's domain. Audited.
+    pub async fn clear_guard(
+        &self,
+        target: &str,
+        runbook: Option<&str>,
+        who: &Identity,
+    ) -> Result<Vec<themis_core::guard::Breaker>, RuntimeError> {
+        let domain = target.split(':').next().unwrap_or_default();
+        let owners: Vec<&Arc<Agent>> = self
+            .agents
+            .iter()
+            .filter(|a| a.def.domain.to_string() == domain)
+            .collect();
+        let Some(first) = owners.first() else {
+            return Err(RuntimeError::Agent {
+                agent: "host".into(),
+                message: format!(
+                    "no agent of this host acts on `{domain}` targets (a target reads `<domain>:<what>`, as `themis guard list` shows it)"
+                ),
+            });
+        };
+        // Allowed if any agent of the domain would take this person's answer.
+        if !owners
+            .iter()
+            .any(|a| a.def.policy.check_answerer(who, None).is_ok())
+        {
+            first.def.policy.check_answerer(who, None)?;
+        }
+        let (cleared, unheld) = self.guard.clear(target, runbook).await?;
+        self.audit.append(
+            &first.def.name,
+            None,
+            "guard-cleared",
+            json!({ "target": target, "runbook": runbook, "by": who, "breakers": cleared, "unusable_hold_lifted": unheld }),
+        )?;
+        Ok(cleared)
     }
 
     /// The agent that owns an alert, if any.

@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use themis_core::conditions::Facts;
 use themis_core::fsm::Event;
+use themis_core::guard::RunKey;
 use themis_core::manifest::{bind_params, parse_param_text};
 use themis_core::policy::{Plan, Verdict, ungrounded};
 use themis_sandbox::loaded::LoadedRunbook;
@@ -61,6 +62,37 @@ impl Worker {
         ctx.audit.append(name, Some(&incident.id), "decision", json!({ "plan": plan, "plan_digest": plan.digest(), "provenance": loaded.provenance(), "verdict": verdict, "reason": verdict.reason(), "confidence": selection.confidence, "destructive_opt_out": opted_out }))?;
         match verdict {
             Verdict::Execute => {
+                // Within policy, but not automatically on a target the rails hold: the plan
+                // goes to a human with the rail's reason, approvable as it stands.
+                if let Some(target) = loaded.runbook.target(&plan.params) {
+                    let key = RunKey {
+                        agent: name.clone(),
+                        incident: incident.id.clone(),
+                        runbook: plan.runbook_id.clone(),
+                        target,
+                        fingerprint: incident.fingerprint.clone(),
+                    };
+                    if let Err(blocked) = ctx.guard.check(&agent.def.guard, &key).await {
+                        super::execute::guard_blocked(&ctx, incident, &key, &blocked)?;
+                        let reason = format!(
+                            "a guard rail ({}) holds the automatic run back: {}",
+                            blocked.rail.as_str(),
+                            blocked.why
+                        );
+                        self.fsm
+                            .fire(
+                                &ctx,
+                                &incident.id,
+                                Event::ApprovalRequired {
+                                    reason: reason.clone(),
+                                },
+                            )
+                            .await?;
+                        return self
+                            .escalate(incident, &reason, &selection, evidence, Some(plan))
+                            .await;
+                    }
+                }
                 let first = loaded.runbook.steps[0].id.clone();
                 self.fsm
                     .fire(

@@ -59,6 +59,7 @@ impl Worker {
         parts: &RuntimeParts,
         agent: Arc<Agent>,
         backends: Backends,
+        guard: Arc<super::guard::Guard>,
     ) -> Result<(Worker, watch::Receiver<AgentState>), RuntimeError> {
         // The saved state is a hint for recovery; a tampered or unreadable one counts as
         // "unknown", and recovery treats every unfinished incident as interrupted anyway.
@@ -89,6 +90,7 @@ impl Worker {
             observer: parts.observer.clone(),
             backends,
             destructive,
+            guard,
         };
         Ok((
             Worker {

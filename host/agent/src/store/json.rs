@@ -17,6 +17,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use themis_core::fsm::AgentState;
+use themis_core::guard::GuardBook;
 
 pub struct JsonStore {
     dir: PathBuf,
@@ -347,6 +348,14 @@ impl IncidentStore for JsonStore {
         };
         file.write_all_at(&bytes, 0).map_err(io)?;
         file.set_len(bytes.len() as u64).map_err(io)
+    }
+
+    async fn save_guard(&self, book: &GuardBook) -> Result<(), StoreError> {
+        self.write(&self.dir.join("guard.json"), book, true)
+    }
+
+    async fn guard(&self) -> Result<GuardBook, StoreError> {
+        Ok(self.read(&self.dir.join("guard.json"))?.unwrap_or_default())
     }
 
     async fn agent_state(&self, agent: &str) -> Result<AgentState, StoreError> {

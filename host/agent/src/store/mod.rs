@@ -19,6 +19,7 @@ use serde_json::Value;
 use std::path::PathBuf;
 use std::time::SystemTime;
 use themis_core::fsm::AgentState;
+use themis_core::guard::GuardBook;
 use themis_core::identity::Identity;
 use themis_core::policy::{ApprovalRequest, Plan};
 use themis_core::types::Alert;
@@ -229,4 +230,8 @@ pub trait IncidentStore: Send + Sync {
     async fn claim(&self, answer: Answer, next: IncidentStatus) -> Result<Incident, ClaimError>;
     async fn save_agent_state(&self, agent: &str, state: &AgentState) -> Result<(), StoreError>;
     async fn agent_state(&self, agent: &str) -> Result<AgentState, StoreError>;
+    /// The guard rails' book, shared by every agent of the host: durable before a run starts.
+    async fn save_guard(&self, book: &GuardBook) -> Result<(), StoreError>;
+    /// The book as last saved (empty when none was).
+    async fn guard(&self) -> Result<GuardBook, StoreError>;
 }

@@ -424,6 +424,44 @@ impl Runbook {
     pub fn step(&self, id: &str) -> Option<&StepDef> {
         self.steps.iter().find(|s| s.id == id)
     }
+
+    /// What a plan of this runbook changes, for the guard rails: the domain and every mutation
+    /// argument bound to a parameter, with the plan's values (`kubernetes:name=checkout,
+    /// namespace=shop`). A runbook that mutates without binding a target locks itself
+    /// (`postgres:cancel-long-queries`); one that changes nothing has no target.
+    pub fn target(&self, params: &BTreeMap<String, serde_json::Value>) -> Option<String> {
+        let mutates = self.steps.iter().any(|s| {
+            s.capabilities
+                .iter()
+                .any(|c| capability::lookup(c).is_some_and(|c| c.effect == Effect::Mutate))
+        });
+        if !mutates {
+            return None;
+        }
+        let bound: BTreeMap<&str, String> = self
+            .steps
+            .iter()
+            .flat_map(|s| s.mutations.values())
+            .flat_map(|m| m.args.iter())
+            .filter_map(|(arg, binding)| match binding {
+                Binding::Param(p) => Some((
+                    arg.as_str(),
+                    match params.get(p) {
+                        Some(serde_json::Value::String(s)) => s.clone(),
+                        Some(other) => other.to_string(),
+                        None => "?".to_owned(),
+                    },
+                )),
+                Binding::Value(_) => None,
+            })
+            .collect();
+        Some(if bound.is_empty() {
+            format!("{}:{}", self.domain, self.id)
+        } else {
+            let parts: Vec<String> = bound.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            format!("{}:{}", self.domain, parts.join(","))
+        })
+    }
 }
 
 type FieldError = (String, String, String);
