@@ -190,8 +190,13 @@ fn a_real_alertmanager_notification_replays_through_the_agents() {
         "{stdout}"
     );
     // The replay went through the service's intake: the resolved alert is on the record with
-    // where it came from.
+    // where it came from, and the escalation says since when the alert fires and where its
+    // rule's graph is.
     let audit = std::fs::read_to_string(state.path().join("audit.jsonl")).expect("audit");
+    assert!(
+        audit.contains("source     firing since 2026-12-01T05:00:00Z · http://prometheus/graph"),
+        "{audit}"
+    );
     assert!(
         audit.lines().any(|l| l.contains("\"alert-unrouted\"")
             && l.contains("KubeNodeNotReady")

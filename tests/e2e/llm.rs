@@ -55,6 +55,7 @@ fn kafka_input() -> SelectionInput {
                 },
             ],
             annotations: vec![],
+            source: None,
         },
         candidates,
         probes: vec![ProbeResult {

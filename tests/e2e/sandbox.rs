@@ -27,6 +27,7 @@ fn ctx(step: &str) -> PhaseContext {
             fingerprint: "f".into(),
             labels: vec![],
             annotations: vec![],
+            source: None,
         },
         params: vec![],
         outputs: vec![],

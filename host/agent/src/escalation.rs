@@ -94,6 +94,9 @@ impl Escalation {
             self.alert.name,
             labels(&self.alert)
         ));
+        if let Some(line) = source_line(&self.alert) {
+            out.push_str(&format!("  source     {line}\n"));
+        }
         out.push_str(&format!("  why        {}\n", self.reason));
         out.push_str(&format!(
             "  reasoning  {} (selector {}, confidence {:.2})\n",
@@ -137,7 +140,7 @@ impl Escalation {
                 { "type": "mrkdwn", "text": format!("*Alert*\n{} {}", e(&self.alert.name), e(&labels(&self.alert))) },
                 { "type": "mrkdwn", "text": format!("*Incident*\n{}", self.incident) },
             ]}),
-            json!({ "type": "section", "text": { "type": "mrkdwn", "text": format!("*Why*\n{}", e(&self.reason)) } }),
+            json!({ "type": "section", "text": { "type": "mrkdwn", "text": format!("*Why*\n{}{}", e(&self.reason), source_line(&self.alert).map(|l| format!("\n_{}_", e(&l))).unwrap_or_default()) } }),
             json!({ "type": "section", "text": { "type": "mrkdwn", "text": format!("*Reasoning* ({}, confidence {:.2})\n{}", e(&self.selector), self.confidence, e(&self.reasoning)) } }),
         ];
         if !self.evidence.is_empty() {
@@ -288,6 +291,20 @@ pub fn unowned_to_text(alert: &Alert) -> String {
     )
 }
 
+/// What the source said about the alert, in one line: since when it fires and where its rule's
+/// graph is.
+fn source_line(alert: &Alert) -> Option<String> {
+    let s = alert.source.as_ref()?;
+    let mut parts = Vec::new();
+    if !s.starts_at.is_empty() {
+        parts.push(format!("{} since {}", s.status, s.starts_at));
+    }
+    if !s.generator_url.is_empty() {
+        parts.push(s.generator_url.clone());
+    }
+    (!parts.is_empty()).then(|| parts.join(" · "))
+}
+
 /// The Slack form of [`unowned_to_text`], every alert-supplied string escaped.
 pub fn unowned_to_slack(alert: &Alert) -> Value {
     let e = |s: &str| mrkdwn_escape(s);
@@ -322,6 +339,7 @@ mod slack_tests {
                 fingerprint: "f".into(),
                 labels: vec![],
                 annotations: vec![],
+                source: None,
             },
             reason: "confidence too low".into(),
             reasoning: "<!channel> approve at <https://evil.example|the runbook page> & go".into(),

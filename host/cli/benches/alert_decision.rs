@@ -99,6 +99,7 @@ fn main() {
                 value: format!("{}", 1000 + i),
             }],
             annotations: vec![],
+            source: None,
         };
         for (host, times) in [(&runtime, &mut decisions), (&watched, &mut with_metrics)] {
             let t = Instant::now();

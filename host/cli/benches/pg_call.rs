@@ -99,6 +99,7 @@ fn main() {
             fingerprint: "f".into(),
             labels: vec![],
             annotations: vec![],
+            source: None,
         },
         params: vec![],
         outputs: vec![],

@@ -35,6 +35,7 @@ fn ctx() -> PhaseContext {
             fingerprint: "f".into(),
             labels: vec![],
             annotations: vec![],
+            source: None,
         },
         params: vec![],
         outputs: vec![],

@@ -119,7 +119,9 @@ pub async fn alert(scenario: &Path, place: &Place, cache_dir: &Path) -> ExitCode
             println!("attached to the open {}", render::incident_line(&i));
             ExitCode::SUCCESS
         }
-        Ok(AlertOutcome::Unrouted) => fail(1, format!("no agent owns alert {}", world.alert.name)),
+        Ok(AlertOutcome::Unrouted) => {
+            fail(1, format!("no agent owns alert {}", world.alert.name()))
+        }
         Ok(AlertOutcome::QueueFull { agent }) => fail(
             1,
             format!("agent {agent} is busy and its queue is full; retry"),

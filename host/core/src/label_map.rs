@@ -179,6 +179,7 @@ mod tests {
                 })
                 .collect(),
             annotations: Vec::new(),
+            source: None,
         }
     }
 

@@ -202,6 +202,12 @@ impl Redactor {
             fingerprint: alert.fingerprint,
             labels: pairs(alert.labels),
             annotations: pairs(alert.annotations),
+            source: alert.source.map(|s| crate::types::AlertSource {
+                generator_url: self.redact_text(&s.generator_url),
+                group_labels: pairs(s.group_labels),
+                group_key: self.redact_text(&s.group_key),
+                ..s
+            }),
         }
     }
 }
@@ -301,7 +307,19 @@ mod tests {
                 "description",
                 "connect with postgres://app:pw1234@db/x and Authorization: Bearer t0k3n12345",
             )],
+            source: Some(crate::types::AlertSource {
+                status: "firing".into(),
+                generator_url: "http://admin:s3cretpw@prometheus:9090/graph?g0.expr=up".into(),
+                ..Default::default()
+            }),
         });
+        assert!(
+            alert
+                .source
+                .as_ref()
+                .is_some_and(|s| !s.generator_url.contains("s3cretpw")),
+            "{alert:?}"
+        );
         assert_eq!(alert.labels[0].value, REDACTED);
         assert_eq!(alert.labels[1].value, "db-1");
         let d = &alert.annotations[0].value;

@@ -20,13 +20,37 @@ impl Pair {
 }
 
 /// An alert as the host holds it: a name, a fingerprint (its identity for deduplication),
-/// labels and annotations.
+/// labels and annotations, and what its source said about it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Alert {
     pub name: String,
     pub fingerprint: String,
     pub labels: Vec<Pair>,
     pub annotations: Vec<Pair>,
+    /// Alertmanager's view of it, when it came from there: none for an alert made by hand.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<AlertSource>,
+}
+
+/// What Alertmanager sends with each alert of a notification, kept as sent (times are its
+/// RFC 3339 text).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AlertSource {
+    /// `firing` or `resolved`.
+    pub status: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub starts_at: String,
+    /// Alertmanager's zero time (`0001-01-01T00:00:00Z`) while firing.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub ends_at: String,
+    /// The rule's page in Prometheus: the graph a human wants first.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub generator_url: String,
+    /// The labels the notification grouped by.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub group_labels: Vec<Pair>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub group_key: String,
 }
 
 impl Alert {

@@ -52,7 +52,6 @@ macro_rules! records {
 
 records! {
     types::Pair => core::Pair { key, value }
-    types::Alert => core::Alert { name, fingerprint, labels, annotations }
     types::Param => core::Param { name, value }
     types::StepOutput => core::StepOutput { step, key, value }
     metrics::Sample => caps::Sample { labels, value }
@@ -85,6 +84,31 @@ records! {
     }
     postgres::Replica => caps::Replica {
         application_name, client_addr, state, lag_bytes, replay_lag_seconds
+    }
+}
+
+// A step sees an alert's name, fingerprint, labels and annotations; what the source said about
+// it (times, the rule's URL) stays with the host.
+impl Conv<core::Alert> for types::Alert {
+    fn conv(self) -> core::Alert {
+        core::Alert {
+            name: self.name,
+            fingerprint: self.fingerprint,
+            labels: self.labels.conv(),
+            annotations: self.annotations.conv(),
+            source: None,
+        }
+    }
+}
+
+impl Conv<types::Alert> for core::Alert {
+    fn conv(self) -> types::Alert {
+        types::Alert {
+            name: self.name,
+            fingerprint: self.fingerprint,
+            labels: self.labels.conv(),
+            annotations: self.annotations.conv(),
+        }
     }
 }
 

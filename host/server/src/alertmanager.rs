@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use themis_agent::AlertStatus;
-use themis_core::types::{Alert, Pair};
+use themis_core::types::{Alert, AlertSource, Pair};
 use utoipa::ToSchema;
 
 /// The largest label or annotation set one alert may carry, the longest name and value (in
@@ -163,6 +163,7 @@ impl Notification {
                 ),
             ));
         }
+        let group_labels = pairs("groupLabels", &self.group_labels)?;
         let mut out = Vec::with_capacity(self.alerts.len());
         for (i, a) in self.alerts.into_iter().enumerate() {
             let name = a
@@ -182,11 +183,34 @@ impl Notification {
                     "Alertmanager's fingerprint is required (1 to 128 characters)",
                 ));
             }
+            for (field, value, max) in [
+                ("startsAt", &a.starts_at, 64),
+                ("endsAt", &a.ends_at, 64),
+                ("generatorURL", &a.generator_url, MAX_VALUE_CHARS),
+            ] {
+                if value.chars().count() > max {
+                    return Err(ApiError::bad_request(
+                        format!("alerts[{i}].{field}"),
+                        format!("at most {max} characters"),
+                    ));
+                }
+            }
             let alert = Alert {
                 name,
                 fingerprint: a.fingerprint.clone(),
                 labels: pairs(&format!("alerts[{i}].labels"), &a.labels)?,
                 annotations: pairs(&format!("alerts[{i}].annotations"), &a.annotations)?,
+                source: Some(AlertSource {
+                    status: match a.status {
+                        AlertStatus::Firing => "firing".into(),
+                        AlertStatus::Resolved => "resolved".into(),
+                    },
+                    starts_at: a.starts_at.clone(),
+                    ends_at: a.ends_at.clone(),
+                    generator_url: a.generator_url.clone(),
+                    group_labels: group_labels.clone(),
+                    group_key: self.group_key.chars().take(MAX_VALUE_CHARS).collect(),
+                }),
             };
             out.push(Incoming {
                 alert,
@@ -269,6 +293,7 @@ impl OwnAlert {
                 fingerprint,
                 labels,
                 annotations,
+                source: None,
             },
             status: self.status,
             source: json!({ "via": "api", "source": self.source }),

@@ -37,7 +37,7 @@ use themis_core::identity::Identity;
 use themis_core::manifest::bind_params;
 use themis_core::policy::DestructiveList;
 use themis_core::trust::TrustPolicy;
-use themis_core::types::{Alert, Pair, Phase};
+use themis_core::types::{Alert, AlertSource, Pair, Phase};
 use themis_sandbox::executor::{self, ExecutionReport, ExecutionRequest, Outcome, PhaseStatus};
 use themis_sandbox::journal::MemoryJournal;
 use themis_sandbox::loaded::{LoadedRunbook, RunbookLoadError};
@@ -103,19 +103,50 @@ pub struct HumanAnswer {
     pub params: BTreeMap<String, String>,
 }
 
+/// The scenario's alert: Themis' own form (`name`, `labels`, `annotations`), or one alert of an
+/// Alertmanager webhook payload pasted as is (`labels` with `alertname`, `status`, `startsAt`,
+/// `endsAt`, `generatorURL`, `fingerprint`), so a team can replay a real notification.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AlertSpec {
-    pub name: String,
+    #[serde(default)]
+    name: Option<String>,
     #[serde(default)]
     pub fingerprint: Option<String>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
     #[serde(default)]
     pub annotations: BTreeMap<String, String>,
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default, rename = "startsAt")]
+    starts_at: Option<String>,
+    #[serde(default, rename = "endsAt")]
+    ends_at: Option<String>,
+    #[serde(default, rename = "generatorURL")]
+    generator_url: Option<String>,
 }
 
 impl AlertSpec {
+    /// `name`, or the `alertname` label: the alert's name and that label are one thing.
+    pub fn name(&self) -> &str {
+        self.name
+            .as_deref()
+            .or_else(|| self.labels.get("alertname").map(String::as_str))
+            .unwrap_or_default()
+    }
+
+    /// Is there a name, and do a given name and `alertname` agree?
+    pub fn check(&self) -> Result<(), String> {
+        match (&self.name, self.labels.get("alertname")) {
+            (None, None) => Err("the alert needs `name:` or an `alertname` label".into()),
+            (Some(n), Some(a)) if n != a => Err(format!(
+                "the alert's `name: {n}` and its `alertname` label `{a}` disagree"
+            )),
+            _ => Ok(()),
+        }
+    }
+
     pub fn to_alert(&self) -> Alert {
         let pairs = |m: &BTreeMap<String, String>| {
             m.iter()
@@ -125,14 +156,25 @@ impl AlertSpec {
                 })
                 .collect()
         };
+        let pasted = self.status.is_some()
+            || self.starts_at.is_some()
+            || self.ends_at.is_some()
+            || self.generator_url.is_some();
         Alert {
-            name: self.name.clone(),
+            name: self.name().to_owned(),
             fingerprint: self
                 .fingerprint
                 .clone()
-                .unwrap_or_else(|| fingerprint(&self.name, &self.labels)),
+                .unwrap_or_else(|| fingerprint(self.name(), &self.labels)),
             labels: pairs(&self.labels),
             annotations: pairs(&self.annotations),
+            source: pasted.then(|| AlertSource {
+                status: self.status.clone().unwrap_or_else(|| "firing".into()),
+                starts_at: self.starts_at.clone().unwrap_or_default(),
+                ends_at: self.ends_at.clone().unwrap_or_default(),
+                generator_url: self.generator_url.clone().unwrap_or_default(),
+                ..AlertSource::default()
+            }),
         }
     }
 }
@@ -257,10 +299,19 @@ pub fn load(file: &Path) -> Result<Scenario, ScenarioError> {
             file: file.into(),
             source: std::io::Error::other(e.to_string()),
         })?;
-    themis_core::yaml::from_str(&text).map_err(|e| ScenarioError::Parse {
-        file: file.into(),
-        message: e.to_string(),
-    })
+    let scenario: Scenario =
+        themis_core::yaml::from_str(&text).map_err(|e| ScenarioError::Parse {
+            file: file.into(),
+            message: e.to_string(),
+        })?;
+    scenario
+        .alert
+        .check()
+        .map_err(|message| ScenarioError::Invalid {
+            file: file.into(),
+            message,
+        })?;
+    Ok(scenario)
 }
 
 /// Run a scenario: a runbook against its mocks, or an agent from alert to the end.

@@ -236,7 +236,7 @@ pub async fn run(
                 return Err(invalid(format!(
                     "no route of {} matches alert {} (write `expect: {{ decision: unrouted }}` if that is the point)",
                     agent.display(),
-                    scenario.alert.name
+                    scenario.alert.name()
                 )));
             }
         }
