@@ -39,8 +39,11 @@ fn demo_yes_walks_the_playbook_and_its_audit_is_tamper_evident() {
             "approved apr-",
             "[kafka] executing-runbook: adjust-broker-gc / set-gc-target / precondition",
             "restart-broker postcondition: broker 1 is back",
+            "[kafka] verifying: adjust-broker-gc",
             "[kafka] idle",
-            "resolved",
+            "(simulated) Alertmanager: KafkaConsumerLag resolved",
+            "[kafka] fix effective; idle",
+            "resolved — fix effective: the alert resolved 1m after the run",
             "alert → proposal",
             "audit verify     ok:",
         ],
@@ -193,7 +196,7 @@ fn approvals_work_across_processes_for_the_plan_shown_and_only_once() {
     let ok = themis(&["approve", &apr, "--digest", &digest, "--state-dir", state]);
     assert!(ok.status.success(), "{}", text(&ok.stderr));
     assert!(
-        text(&ok.stdout).contains(": resolved"),
+        text(&ok.stdout).contains(": unverified"),
         "{}",
         text(&ok.stdout)
     );

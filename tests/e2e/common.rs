@@ -121,7 +121,11 @@ impl<'a> HostSpec<'a> {
         )?;
         let store = Arc::new(JsonStore::open(&self.dir.join("state"))?);
         let scenario = themis_testkit::scenario::load(&world_file(self.world)).expect("scenario");
-        let mock = Arc::new(ScenarioMock::new(scenario.mocks).expect("mocks"));
+        let mock = Arc::new(
+            ScenarioMock::new(scenario.mocks)
+                .expect("mocks")
+                .clocked(self.options.clock.clone()),
+        );
         let recorder = Arc::new(Recorder::default());
         let runtime = Runtime::start(
             RuntimeParts {

@@ -133,7 +133,7 @@ fn failures_open_the_breaker_and_an_approver_clears_it() {
     let third = alert(&scenario, state, agents);
     assert!(
         third.contains("a guard rail (circuit-breaker)")
-            && third.contains("2 failed run(s) within 1h"),
+            && third.contains("2 failed or ineffective run(s) within 1h"),
         "{third}"
     );
     let listed = text(&themis(&["guard", "list", "--state-dir", state]).stdout);

@@ -667,8 +667,8 @@ fn approving_on_a_terminal_shows_the_plan_first() {
     assert!(shown.contains("runbook    terminate-blocker"), "{shown}");
     assert!(shown.contains(&format!("plan       {digest}")), "{shown}");
     assert!(shown.contains("Approve exactly this plan?"), "{shown}");
-    assert!(!shown.contains(": resolved"), "{shown}");
+    assert!(!shown.contains(": unverified"), "{shown}");
     let confirmed = on_terminal("y\n");
     let shown = text(&confirmed.stdout);
-    assert!(shown.contains(": resolved"), "{shown}");
+    assert!(shown.contains(": unverified"), "{shown}");
 }

@@ -73,6 +73,7 @@ fn kafka_input() -> SelectionInput {
             ("group".into(), "orders-consumer".into()),
             ("topic".into(), "orders".into()),
         ]),
+        history: vec![],
     }
 }
 

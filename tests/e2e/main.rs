@@ -17,3 +17,4 @@ mod sandbox;
 mod scenarios;
 mod serve;
 mod trust;
+mod verify;

@@ -52,8 +52,32 @@ async fn a_real_prometheus_scrapes_what_an_incident_did() {
         )
         .await;
     assert_eq!(status, 200, "{body}");
-    s.incidents_until("the run to finish", |l| {
-        l.iter().any(|i| i["status"] == "resolved")
+    s.incidents_until("the fix to be watched", |l| {
+        l.iter().any(|i| i["status"] == "verifying")
+    })
+    .await;
+    // Alertmanager says resolved, then the alert fires again: the fix did not hold.
+    for status in ["resolved", "firing"] {
+        let (code, body) = s
+            .post(
+                "/api/v1/alerts/alertmanager",
+                INTAKE,
+                &crate::serve::notification(
+                    status,
+                    &[("KafkaConsumerLag", "fp-metrics", crate::serve::LAG)],
+                ),
+            )
+            .await;
+        assert_eq!(code, 200, "{body}");
+        if status == "resolved" {
+            s.incidents_until("the resolution on the watch", |l| {
+                l.iter().any(|i| i["source_resolved_at"].is_string())
+            })
+            .await;
+        }
+    }
+    s.incidents_until("the ineffective fix to reach a human", |l| {
+        l.iter().any(|i| i["status"] == "escalated")
     })
     .await;
     // An alert nobody owns, counted as such.
@@ -103,6 +127,12 @@ async fn a_real_prometheus_scrapes_what_an_incident_did() {
         .expect("text");
     assert!(
         text.contains("# TYPE themis_alerts_total counter"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "themis_runbook_effectiveness_total{runbook=\"adjust-broker-gc\",outcome=\"ineffective\"} 1"
+        ),
         "{text}"
     );
 
@@ -163,8 +193,19 @@ async fn a_real_prometheus_scrapes_what_an_incident_did() {
         ),
         // Exactly one state at a time.
         (r#"sum(themis_agent_state{agent="kafka"})"#, 1.0, false),
+        // The alert, then its re-fire after the resolution.
         (
             r#"themis_alerts_total{agent="kafka",outcome="accepted"}"#,
+            2.0,
+            false,
+        ),
+        (
+            r#"themis_alerts_total{agent="kafka",outcome="resolved"}"#,
+            1.0,
+            false,
+        ),
+        (
+            r#"themis_runbook_effectiveness_total{runbook="adjust-broker-gc",outcome="ineffective"}"#,
             1.0,
             false,
         ),
@@ -183,8 +224,8 @@ async fn a_real_prometheus_scrapes_what_an_incident_did() {
             1.0,
             true,
         ),
-        // The destructive plan went to a human once, who answered it.
-        (r#"themis_escalations_total{agent="kafka"}"#, 1.0, false),
+        // The destructive plan went to a human, who answered it; then the fix that did not hold.
+        (r#"themis_escalations_total{agent="kafka"}"#, 2.0, false),
         ("themis_approvals_pending", 0.0, false),
         ("themis_approval_wait_seconds_count", 1.0, false),
         (

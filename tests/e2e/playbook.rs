@@ -169,6 +169,16 @@ async fn the_lock_wait_playbook_runs_on_real_parts() {
         (i["status"] == "resolved").then_some(i)
     })
     .await;
+    // Resolved because the fix was verified: Alertmanager's `resolved`, and no re-fire within
+    // the runbook's settle time.
+    assert_eq!(
+        resolved["verification"]["outcome"], "effective",
+        "{resolved}"
+    );
+    assert!(
+        resolved["verification"]["resolved_at"].is_string(),
+        "{resolved}"
+    );
 
     // Alertmanager's `resolved` notification reaches the incident.
     let source = until("Alertmanager's resolved notification", started, || async {
@@ -280,7 +290,7 @@ async fn shadow_mode_reads_the_real_database_and_changes_nothing() {
         let (_, i) = s
             .get(&format!("/api/v1/incidents/{incident_id}"), ONCALL)
             .await;
-        (i["status"] == "resolved" || i["status"] == "failed").then_some(())
+        (i["status"] == "unverified" || i["status"] == "failed").then_some(())
     })
     .await;
 

@@ -79,7 +79,7 @@ impl<'a> ServeSpec<'a> {
             "listen: 127.0.0.1:0\nagents: {agents}\nstate_dir: state\n\
              intake:\n  tokens: [ {{ env: TEST_INTAKE_TOKEN }} ]\n\
              approvers:\n  oncall: {{ token_env: TEST_ONCALL_TOKEN, slack_user: U0ONCALL }}\n  bob: {{ token_sha256: \"{bob}\" }}\n\
-             {slack}backends:\n{backends}limits: {{ queue: {queue}, body_bytes: {body} }}\n",
+             {slack}backends:\n{backends}limits: {{ queue: {queue}, body_bytes: {body}, verify_every: 1s }}\n",
             agents = repo().join("agents").display(),
             bob = themis_agent::approvers::token_hash(BOB),
             queue = self.queue,
@@ -245,7 +245,7 @@ pub fn notification(status: &str, alerts: &[TestAlert]) -> Value {
     })
 }
 
-const LAG: &[(&str, &str)] = &[
+pub const LAG: &[(&str, &str)] = &[
     ("topic", "orders"),
     ("group", "orders-consumer"),
     ("severity", "critical"),
@@ -510,7 +510,8 @@ async fn approvals_over_http_identify_by_token_and_run_the_plan_once() {
     statuses.sort();
     assert_eq!(statuses, [200, 409], "{a:?} {b:?}");
     let winner = if a.0 == 200 { &a.1 } else { &b.1 };
-    assert_eq!(winner["status"], "resolved", "{winner}");
+    // Alertmanager's alert: the fix is verified against its `resolved` next.
+    assert_eq!(winner["status"], "verifying", "{winner}");
     let runs: Vec<Value> = s
         .kinds("execution-start")
         .into_iter()
@@ -705,7 +706,7 @@ async fn the_cli_answers_through_the_server() {
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
-        text(&out.stdout).contains("resolved"),
+        text(&out.stdout).contains("verifying"),
         "{}",
         text(&out.stdout)
     );
@@ -868,7 +869,7 @@ async fn slack_answers_are_verified_used_once_even_across_a_restart_and_update_t
     assert_eq!(r.status().as_u16(), 200);
     let list = s
         .incidents_until("the approval applied", |l| {
-            l.iter().any(|i| i["status"] == "resolved")
+            l.iter().any(|i| i["status"] == "verifying")
         })
         .await;
     assert_eq!(list[0]["answer"]["by"], "oncall");

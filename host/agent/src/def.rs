@@ -31,6 +31,7 @@
 //!   breaker: { failures: 3, window: 1h, open_for: 1h }      # per (target, runbook)
 //!   backoff: { initial: 60s, max: 10m }                     # per alert fingerprint
 //!   max_runs_per_hour: 20                                   # changing runs of this agent
+//!   ineffective_limit: 2                                    # verified no-fixes, then a human
 //! rules: [ { runbook: ..., when: {...}, params: {...}, confidence: 0.9, reasoning: ... } ]
 //! follow_ups:                                               # after a runbook, propose another
 //!   - { after: check-broker-health, runbook: adjust-broker-gc, when: {...}, ... }
@@ -120,6 +121,8 @@ struct RawGuard {
     backoff: RawBackoff,
     #[serde(default)]
     max_runs_per_hour: Option<u32>,
+    #[serde(default)]
+    ineffective_limit: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -171,7 +174,15 @@ impl RawGuard {
             )?,
             backoff_max: dur("guard.backoff.max", &self.backoff.max, d.backoff_max)?,
             max_runs_per_hour: self.max_runs_per_hour.unwrap_or(d.max_runs_per_hour),
+            ineffective_limit: self.ineffective_limit.unwrap_or(d.ineffective_limit),
         };
+        if rails.ineffective_limit == 0 {
+            return Err((
+                "guard.ineffective_limit".into(),
+                "at least 1: the number of runs verified ineffective after which a human decides"
+                    .into(),
+            ));
+        }
         if rails.breaker_failures == 0 {
             return Err((
                 "guard.breaker.failures".into(),

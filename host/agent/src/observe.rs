@@ -5,6 +5,7 @@ use crate::triage::Selection;
 use themis_core::fsm::{AgentState, Event};
 use themis_core::guard::{Blocked, Breaker};
 use themis_core::types::Alert;
+use themis_core::verify::Effect;
 use themis_sandbox::executor::{ExecutionReport, PhaseRecord};
 
 pub trait RuntimeObserver: Send + Sync {
@@ -21,6 +22,8 @@ pub trait RuntimeObserver: Send + Sync {
     fn guard_blocked(&self, _agent: &str, _blocked: &Blocked) {}
     /// A run's failure opened a circuit breaker.
     fn breaker_opened(&self, _agent: &str, _breaker: &Breaker) {}
+    /// A successful run's fix was judged: effective, ineffective or unknown.
+    fn verification(&self, _agent: &str, _runbook: &str, _effect: Effect) {}
 }
 
 /// Tells nobody.
@@ -69,6 +72,11 @@ impl RuntimeObserver for Fanout {
     fn breaker_opened(&self, agent: &str, breaker: &Breaker) {
         for o in &self.0 {
             o.breaker_opened(agent, breaker);
+        }
+    }
+    fn verification(&self, agent: &str, runbook: &str, effect: Effect) {
+        for o in &self.0 {
+            o.verification(agent, runbook, effect);
         }
     }
 }

@@ -11,6 +11,7 @@ use themis_agent::audit::{AuditLog, Redactor};
 use themis_agent::escalation::{Channels, Escalation};
 use themis_agent::store::{IncidentStatus, JsonStore};
 use themis_agent::{AlertOutcome, Runtime, RuntimeObserver, RuntimeParts};
+use themis_core::clock::Clock;
 use themis_core::fsm::{AgentState, Event};
 use themis_core::identity::Identity;
 use themis_sandbox::executor::{PhaseRecord, PhaseStatus};
@@ -72,6 +73,10 @@ impl RuntimeObserver for Printer {
     fn transition(&self, agent: &str, from: &AgentState, event: &Event, to: &AgentState) {
         // Phase-by-phase moves inside one runbook are shown by `phase`; print state changes.
         if matches!(event, Event::PhaseStarted { .. }) && from.kind() == to.kind() {
+            return;
+        }
+        if let Event::FixVerified { effect, .. } = event {
+            println!("{}  [{agent}] fix {effect}; {to}", self.stamp());
             return;
         }
         println!("{}  [{agent}] {}", self.stamp(), to);
@@ -138,6 +143,7 @@ pub async fn run(args: DemoArgs, cache_dir: &Path) -> ExitCode {
         Ok(p) => Arc::new(p),
         Err(e) => return fail(2, e),
     };
+    let clock = Clock::manual(SystemTime::now());
     let printer = Arc::new(Printer {
         start: std::sync::Mutex::new(Instant::now()),
     });
@@ -153,6 +159,10 @@ pub async fn run(args: DemoArgs, cache_dir: &Path) -> ExitCode {
         },
         themis_agent::RuntimeOptions {
             allow_unsigned: args.unsigned.allow_unsigned,
+            // The world's timeline (Alertmanager resolving the alert minutes later) is played
+            // on a clock of the demo's own, so verifying the fix takes no waiting.
+            clock: clock.clone(),
+            verify_tick: None,
             ..Default::default()
         },
     )
@@ -255,10 +265,20 @@ pub async fn run(args: DemoArgs, cache_dir: &Path) -> ExitCode {
             .reject(&proposal.id, who, "rejected in the demo")
             .await
     };
-    let incident = match result {
+    let mut incident = match result {
         Ok(i) => i,
         Err(e) => return fail(1, e),
     };
+    if approve && !world.timeline.is_empty() {
+        match play_timeline(&runtime, &world, &clock).await {
+            Ok(()) => {}
+            Err(e) => return fail(1, e),
+        }
+        incident = match runtime.store().get(&incident.id).await {
+            Ok(i) => i,
+            Err(e) => return fail(1, e),
+        };
+    }
 
     println!();
     println!("result           {}", render::incident_line(&incident));
@@ -298,4 +318,49 @@ pub async fn run(args: DemoArgs, cache_dir: &Path) -> ExitCode {
     } else {
         ExitCode::from(1)
     }
+}
+
+/// What the alert's source does after the change, as the world's `timeline:` says, on the demo's
+/// clock: each moment printed as simulated time, then the agent looks at the fix it verifies.
+async fn play_timeline(
+    runtime: &Runtime,
+    world: &themis_testkit::scenario::Scenario,
+    clock: &Clock,
+) -> Result<(), String> {
+    use themis_testkit::scenario::Notification;
+    let offsets = world.timeline_offsets()?;
+    let start = clock.now();
+    println!();
+    for (moment, after) in world.timeline.iter().zip(offsets) {
+        clock.advance_to(start + after);
+        let mut alert = world.alert.to_alert();
+        match moment.alert {
+            Some(Notification::Resolved) => {
+                println!(
+                    "  +{:<6} (simulated) Alertmanager: {} resolved",
+                    moment.after, alert.name
+                );
+                if let Some(source) = alert.source.as_mut() {
+                    source.status = "resolved".into();
+                }
+                runtime
+                    .handle_resolved(alert)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            Some(Notification::Firing) => {
+                println!(
+                    "  +{:<6} (simulated) Alertmanager: {} firing",
+                    moment.after, alert.name
+                );
+                runtime
+                    .handle_alert(alert)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            None => println!("  +{:<6} (simulated) time passes", moment.after),
+        }
+        runtime.verify_due().await.map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }

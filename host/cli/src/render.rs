@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 use themis_agent::audit::Record;
-use themis_agent::store::Incident;
+use themis_agent::store::{Incident, IncidentStatus};
 use themis_core::types::Phase;
 use themis_sandbox::CallMode;
 use themis_sandbox::executor::{ExecutionReport, PhaseRecord, PhaseStatus};
@@ -25,6 +25,25 @@ pub fn incident_line(i: &Incident) -> String {
     }
     if let Some(r) = &i.reason {
         line.push_str(&format!(" — {r}"));
+    }
+    if let Some(w) = &i.verification {
+        match &w.verdict {
+            Some(v) if i.status == IncidentStatus::Resolved => {
+                line.push_str(&format!(" — fix {}: {}", v.effect, v.why));
+            }
+            Some(_) => {}
+            None => line.push_str(&format!(
+                " — watching whether {} fixed it for up to {} after the run ({})",
+                w.runbook,
+                humantime::format_duration(std::time::Duration::from_secs(w.spec.window_secs)),
+                match (w.alert_tracked, &w.metric) {
+                    (true, Some(m)) => format!("the alert's resolution and {m}"),
+                    (true, None) => "the alert's resolution".to_owned(),
+                    (false, Some(m)) => m.clone(),
+                    (false, None) => "no signal".to_owned(),
+                }
+            )),
+        }
     }
     line
 }
@@ -107,6 +126,24 @@ pub fn timeline(records: &[&Record]) -> String {
                 s(&d["runbook_id"]),
                 s(&d["outcome"]["status"])
             ),
+            "verification-start" => format!(
+                "verifying {} for up to {}s: alert resolution {}, metric {}",
+                s(&d["runbook"]),
+                d["window_secs"],
+                if d["alert_tracked"].as_bool() == Some(true) {
+                    "watched"
+                } else {
+                    "not reported by its source"
+                },
+                d["metric"].as_str().unwrap_or("none")
+            ),
+            "verification" => format!(
+                "fix of {} {}: {}",
+                s(&d["runbook"]),
+                s(&d["effect"]),
+                s(&d["why"])
+            ),
+            "alert-resolved" => "the alert's source says it resolved".to_owned(),
             other => format!("{other} {d}"),
         };
         let _ = writeln!(out, "{}  #{:<4} {what}", r.ts, r.seq);

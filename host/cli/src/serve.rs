@@ -214,6 +214,7 @@ pub async fn run(args: ServeArgs, cache_dir_flag: Option<PathBuf>) -> ExitCode {
         RuntimeOptions {
             allow_unsigned: args.unsigned.allow_unsigned,
             queue_capacity: config.queue,
+            verify_tick: Some(config.verify_every),
             ..RuntimeOptions::default()
         },
     )

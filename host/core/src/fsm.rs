@@ -29,6 +29,11 @@ pub enum AgentState {
         incident: String,
         reason: String,
     },
+    /// The runbook succeeded; the agent sets up the watch on whether it fixed the alert.
+    Verifying {
+        incident: String,
+        runbook: String,
+    },
 }
 
 /// Everything that moves an agent.
@@ -66,9 +71,21 @@ pub enum Event {
     RollbackFailed {
         reason: String,
     },
-    Resolved,
-    /// The escalation was delivered; the incident waits as a pending approval.
+    /// Every step of the runbook passed: whether it fixed the alert is verified next.
+    RunbookSucceeded,
+    /// The incident waits without the agent: an escalation delivered (a pending approval), or a
+    /// fix being verified (its signals arrive later).
     Parked,
+    /// A fix's verification ended `effective` or `unknown`.
+    FixVerified {
+        incident: String,
+        effect: crate::verify::Effect,
+    },
+    /// A fix's verification ended `ineffective`: a human is told.
+    FixIneffective {
+        incident: String,
+        reason: String,
+    },
     ApprovalGranted {
         incident: String,
         runbook: String,
@@ -98,6 +115,7 @@ pub enum StateKind {
     ExecutingRunbook,
     RollingBack,
     EscalatingHuman,
+    Verifying,
 }
 
 /// An event without its data, for the table.
@@ -113,8 +131,10 @@ pub enum EventKind {
     RunbookStopped,
     RollbackDone,
     RollbackFailed,
-    Resolved,
+    RunbookSucceeded,
     Parked,
+    FixVerified,
+    FixIneffective,
     ApprovalGranted,
     ApprovalAdjusted,
     ApprovalRejected,
@@ -139,19 +159,27 @@ pub const TABLE: &[(StateKind, EventKind, StateKind)] = &[
     (S::ExecutingRunbook, E::RunbookChosen, S::ExecutingRunbook),
     (S::ExecutingRunbook, E::StepFailed, S::RollingBack),
     (S::ExecutingRunbook, E::RunbookStopped, S::EscalatingHuman),
-    (S::ExecutingRunbook, E::Resolved, S::Idle),
+    (S::ExecutingRunbook, E::RunbookSucceeded, S::Verifying),
     (S::ExecutingRunbook, E::ApprovalRequired, S::EscalatingHuman),
     (S::ExecutingRunbook, E::ConfidenceTooLow, S::EscalatingHuman),
     (S::RollingBack, E::PhaseStarted, S::RollingBack),
     (S::RollingBack, E::RollbackDone, S::Idle),
     (S::RollingBack, E::RollbackFailed, S::EscalatingHuman),
     (S::EscalatingHuman, E::Parked, S::Idle),
+    // Verification: decided at once when there is nothing to wait for, else parked and decided
+    // later, when a signal arrives or the window closes.
+    (S::Verifying, E::Parked, S::Idle),
+    (S::Verifying, E::FixVerified, S::Idle),
+    (S::Verifying, E::FixIneffective, S::EscalatingHuman),
+    (S::Idle, E::FixVerified, S::Idle),
+    (S::Idle, E::FixIneffective, S::EscalatingHuman),
     // Recovery at start: whatever the agent was doing when the host stopped, a human is told.
     (S::Idle, E::Interrupted, S::EscalatingHuman),
     (S::Triaging, E::Interrupted, S::EscalatingHuman),
     (S::ExecutingRunbook, E::Interrupted, S::EscalatingHuman),
     (S::RollingBack, E::Interrupted, S::EscalatingHuman),
     (S::EscalatingHuman, E::Interrupted, S::EscalatingHuman),
+    (S::Verifying, E::Interrupted, S::EscalatingHuman),
 ];
 
 impl AgentState {
@@ -162,6 +190,7 @@ impl AgentState {
             AgentState::ExecutingRunbook { .. } => S::ExecutingRunbook,
             AgentState::RollingBack { .. } => S::RollingBack,
             AgentState::EscalatingHuman { .. } => S::EscalatingHuman,
+            AgentState::Verifying { .. } => S::Verifying,
         }
     }
 
@@ -171,7 +200,8 @@ impl AgentState {
             AgentState::Triaging { incident }
             | AgentState::ExecutingRunbook { incident, .. }
             | AgentState::RollingBack { incident, .. }
-            | AgentState::EscalatingHuman { incident, .. } => Some(incident),
+            | AgentState::EscalatingHuman { incident, .. }
+            | AgentState::Verifying { incident, .. } => Some(incident),
         }
     }
 }
@@ -189,8 +219,10 @@ impl Event {
             Event::RunbookStopped { .. } => E::RunbookStopped,
             Event::RollbackDone => E::RollbackDone,
             Event::RollbackFailed { .. } => E::RollbackFailed,
-            Event::Resolved => E::Resolved,
+            Event::RunbookSucceeded => E::RunbookSucceeded,
             Event::Parked => E::Parked,
+            Event::FixVerified { .. } => E::FixVerified,
+            Event::FixIneffective { .. } => E::FixIneffective,
             Event::ApprovalGranted { .. } => E::ApprovalGranted,
             Event::ApprovalAdjusted { .. } => E::ApprovalAdjusted,
             Event::ApprovalRejected { .. } => E::ApprovalRejected,
@@ -250,10 +282,13 @@ pub fn transition(state: &AgentState, event: &Event) -> Result<AgentState, Illeg
             step: step.clone(),
             phase: Phase::Precondition,
         },
-        Event::Interrupted { incident, reason } => AgentState::EscalatingHuman {
-            incident: incident.clone(),
-            reason: reason.clone(),
-        },
+        Event::RunbookSucceeded => AgentState::Verifying { incident, runbook },
+        Event::Interrupted { incident, reason } | Event::FixIneffective { incident, reason } => {
+            AgentState::EscalatingHuman {
+                incident: incident.clone(),
+                reason: reason.clone(),
+            }
+        }
         Event::ConfidenceTooLow { reason }
         | Event::ApprovalRequired { reason }
         | Event::RunbookStopped { reason }
@@ -281,7 +316,7 @@ pub fn transition(state: &AgentState, event: &Event) -> Result<AgentState, Illeg
         },
         Event::NothingToDo
         | Event::RollbackDone
-        | Event::Resolved
+        | Event::FixVerified { .. }
         | Event::Parked
         | Event::ApprovalRejected { .. } => AgentState::Idle,
     })
@@ -295,6 +330,7 @@ impl fmt::Display for StateKind {
             S::ExecutingRunbook => "executing-runbook",
             S::RollingBack => "rolling-back",
             S::EscalatingHuman => "escalating-human",
+            S::Verifying => "verifying",
         })
     }
 }
@@ -312,8 +348,10 @@ impl fmt::Display for EventKind {
             E::RunbookStopped => "runbook-stopped",
             E::RollbackDone => "rollback-done",
             E::RollbackFailed => "rollback-failed",
-            E::Resolved => "resolved",
+            E::RunbookSucceeded => "runbook-succeeded",
             E::Parked => "parked",
+            E::FixVerified => "fix-verified",
+            E::FixIneffective => "fix-ineffective",
             E::ApprovalGranted => "approval-granted",
             E::ApprovalAdjusted => "approval-adjusted",
             E::ApprovalRejected => "approval-rejected",
@@ -337,19 +375,21 @@ impl fmt::Display for AgentState {
                 write!(f, "rolling-back: {runbook} / {step}")
             }
             AgentState::EscalatingHuman { reason, .. } => write!(f, "escalating-human: {reason}"),
+            AgentState::Verifying { runbook, .. } => write!(f, "verifying: {runbook}"),
         }
     }
 }
 
-pub const STATES: [StateKind; 5] = [
+pub const STATES: [StateKind; 6] = [
     S::Idle,
     S::Triaging,
     S::ExecutingRunbook,
     S::RollingBack,
     S::EscalatingHuman,
+    S::Verifying,
 ];
 
-pub const EVENTS: [EventKind; 16] = [
+pub const EVENTS: [EventKind; 18] = [
     E::AlertReceived,
     E::RunbookChosen,
     E::ConfidenceTooLow,
@@ -360,8 +400,10 @@ pub const EVENTS: [EventKind; 16] = [
     E::RunbookStopped,
     E::RollbackDone,
     E::RollbackFailed,
-    E::Resolved,
+    E::RunbookSucceeded,
     E::Parked,
+    E::FixVerified,
+    E::FixIneffective,
     E::ApprovalGranted,
     E::ApprovalAdjusted,
     E::ApprovalRejected,
@@ -424,6 +466,10 @@ mod tests {
                 incident,
                 reason: "r".into(),
             },
+            S::Verifying => AgentState::Verifying {
+                incident,
+                runbook: "rb".into(),
+            },
         }
     }
 
@@ -451,8 +497,16 @@ mod tests {
             E::RunbookStopped => Event::RunbookStopped { reason: s() },
             E::RollbackDone => Event::RollbackDone,
             E::RollbackFailed => Event::RollbackFailed { reason: s() },
-            E::Resolved => Event::Resolved,
+            E::RunbookSucceeded => Event::RunbookSucceeded,
             E::Parked => Event::Parked,
+            E::FixVerified => Event::FixVerified {
+                incident: "inc-5".into(),
+                effect: crate::verify::Effect::Effective,
+            },
+            E::FixIneffective => Event::FixIneffective {
+                incident: "inc-5".into(),
+                reason: s(),
+            },
             E::ApprovalGranted => Event::ApprovalGranted {
                 incident: "inc-3".into(),
                 runbook: s(),

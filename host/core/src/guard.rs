@@ -15,6 +15,7 @@
 //! The book is bounded: histories keep the last [`HISTORY`] runs, and everything older than the
 //! longest window is dropped by [`GuardBook::prune`].
 
+use crate::verify::Effect;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
@@ -35,6 +36,9 @@ pub struct Rails {
     pub backoff_max: Duration,
     /// Mutating executions per agent per hour; 0 means none run automatically.
     pub max_runs_per_hour: u32,
+    /// Runs verified ineffective within the breaker's window after which a runbook is not run
+    /// on that target again without a human.
+    pub ineffective_limit: u32,
 }
 
 impl Default for Rails {
@@ -47,6 +51,7 @@ impl Default for Rails {
             backoff_initial: Duration::from_secs(60),
             backoff_max: Duration::from_secs(600),
             max_runs_per_hour: 20,
+            ineffective_limit: 2,
         }
     }
 }
@@ -60,15 +65,17 @@ pub enum Rail {
     CircuitBreaker,
     Backoff,
     RateLimit,
+    Ineffective,
 }
 
 impl Rail {
-    pub const ALL: [Rail; 5] = [
+    pub const ALL: [Rail; 6] = [
         Rail::TargetBusy,
         Rail::Cooldown,
         Rail::CircuitBreaker,
         Rail::Backoff,
         Rail::RateLimit,
+        Rail::Ineffective,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -78,6 +85,7 @@ impl Rail {
             Rail::CircuitBreaker => "circuit-breaker",
             Rail::Backoff => "backoff",
             Rail::RateLimit => "rate-limit",
+            Rail::Ineffective => "ineffective",
         }
     }
 }
@@ -118,10 +126,38 @@ pub struct Busy {
     pub since: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Run {
     pub at: u64,
     pub ok: bool,
+    #[serde(default)]
+    pub incident: String,
+    /// Whether the run fixed the alert, once verified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effect: Option<Effect>,
+}
+
+impl Run {
+    /// A failed run, or one that succeeded without fixing anything.
+    fn failed(&self) -> bool {
+        !self.ok || self.effect == Some(Effect::Ineffective)
+    }
+}
+
+/// What a target's history says about one runbook, for triage's evidence.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunbookHistory {
+    pub runbook: String,
+    pub target: String,
+    pub runs: u32,
+    pub failed: u32,
+    pub effective: u32,
+    pub ineffective: u32,
+    pub unknown: u32,
+    /// The newest run's outcome: `failed`, `effective`, `ineffective`, `unknown`, or
+    /// `unverified` while it is still being watched.
+    pub last: Option<String>,
+    pub last_at: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -205,6 +241,30 @@ impl GuardBook {
                     b.why
                 ),
                 until: Some(b.until),
+            });
+        }
+        let since = now.saturating_sub(secs(rails.breaker_window));
+        let ineffective: Vec<u64> = self
+            .history
+            .get(&key.pair())
+            .map(|h| {
+                h.iter()
+                    .filter(|r| r.effect == Some(Effect::Ineffective) && r.at >= since)
+                    .map(|r| r.at)
+                    .collect()
+            })
+            .unwrap_or_default();
+        if ineffective.len() >= rails.ineffective_limit.max(1) as usize {
+            return Err(Blocked {
+                rail: Rail::Ineffective,
+                why: format!(
+                    "{} did not fix {} the last {} time(s) it ran there (within {}): it is not run there again without a human",
+                    key.runbook,
+                    key.target,
+                    ineffective.len(),
+                    human(secs(rails.breaker_window))
+                ),
+                until: ineffective.first().map(|t| t + secs(rails.breaker_window)),
             });
         }
         if let Some(last) = self.history.get(&key.pair()).and_then(|h| h.back())
@@ -306,27 +366,102 @@ impl GuardBook {
             self.busy.remove(&key.target);
         }
         let history = self.history.entry(key.pair()).or_default();
-        history.push_back(Run { at: now, ok });
+        history.push_back(Run {
+            at: now,
+            ok,
+            incident: key.incident.clone(),
+            effect: None,
+        });
         while history.len() > HISTORY {
             history.pop_front();
         }
+        if ok {
+            return None;
+        }
+        self.maybe_open(rails, now, &key.target, &key.runbook)
+    }
+
+    /// A successful run of `incident` was verified: remembered on its run, and an ineffective
+    /// one counts as a failure for the breaker. Returns the breaker if this opened it.
+    pub fn verdict(
+        &mut self,
+        rails: &Rails,
+        now: u64,
+        target: &str,
+        runbook: &str,
+        incident: &str,
+        effect: Effect,
+    ) -> Option<Breaker> {
+        let run = self
+            .history
+            .get_mut(&pair(target, runbook))?
+            .iter_mut()
+            .rev()
+            .find(|r| r.incident == incident)?;
+        run.effect = Some(effect);
+        if effect != Effect::Ineffective {
+            return None;
+        }
+        self.maybe_open(rails, now, target, runbook)
+    }
+
+    /// Open the breaker if the failures within the window reached the limit.
+    fn maybe_open(
+        &mut self,
+        rails: &Rails,
+        now: u64,
+        target: &str,
+        runbook: &str,
+    ) -> Option<Breaker> {
         let since = now.saturating_sub(secs(rails.breaker_window));
-        let failures = history.iter().filter(|r| !r.ok && r.at >= since).count();
-        if ok || failures < rails.breaker_failures.max(1) as usize {
+        let failures = self
+            .history
+            .get(&pair(target, runbook))
+            .map(|h| h.iter().filter(|r| r.failed() && r.at >= since).count())
+            .unwrap_or(0);
+        if failures < rails.breaker_failures.max(1) as usize {
             return None;
         }
         let breaker = Breaker {
-            target: key.target.clone(),
-            runbook: key.runbook.clone(),
+            target: target.to_owned(),
+            runbook: runbook.to_owned(),
             opened: now,
             until: now + secs(rails.breaker_open),
             why: format!(
-                "{failures} failed run(s) within {}",
+                "{failures} failed or ineffective run(s) within {}",
                 human(secs(rails.breaker_window))
             ),
         };
-        self.breakers.insert(key.pair(), breaker.clone());
+        self.breakers.insert(pair(target, runbook), breaker.clone());
         Some(breaker)
+    }
+
+    /// What the runs of `runbook` on `target` came to, newest last.
+    pub fn history_of(&self, target: &str, runbook: &str) -> Option<RunbookHistory> {
+        let runs = self.history.get(&pair(target, runbook))?;
+        let mut h = RunbookHistory {
+            runbook: runbook.to_owned(),
+            target: target.to_owned(),
+            ..RunbookHistory::default()
+        };
+        for r in runs {
+            h.runs += 1;
+            match (r.ok, r.effect) {
+                (false, _) => h.failed += 1,
+                (true, Some(Effect::Effective)) => h.effective += 1,
+                (true, Some(Effect::Ineffective)) => h.ineffective += 1,
+                (true, Some(Effect::Unknown)) => h.unknown += 1,
+                (true, None) => {}
+            }
+        }
+        let last = runs.back()?;
+        h.last = Some(match (last.ok, last.effect) {
+            (false, _) => "failed".to_owned(),
+            (true, Some(e)) => e.to_string(),
+            (true, None) => "unverified".to_owned(),
+        });
+        h.last_at = Some(last.at);
+        Some(h)
     }
 
     /// An approver clears the breakers (and the cooldown history) of a target, or of one
@@ -475,7 +610,11 @@ mod tests {
             .check(&rails, 400, &key("inc-9", "f9"))
             .expect_err("open");
         assert_eq!(b.rail, Rail::CircuitBreaker);
-        assert!(b.why.contains("3 failed run(s) within 1h"), "{}", b.why);
+        assert!(
+            b.why.contains("3 failed or ineffective run(s) within 1h"),
+            "{}",
+            b.why
+        );
         assert_eq!(b.until, Some(310 + 3600));
         let cleared = book.clear("kubernetes:name=checkout,namespace=shop", None);
         assert_eq!(cleared.len(), 1);
@@ -487,6 +626,78 @@ mod tests {
             spaced.begin(*at, &k, false).expect("free");
             assert!(spaced.end(&rails, *at, &k, false).is_none());
         }
+    }
+
+    #[test]
+    fn ineffective_runs_count_for_the_breaker_and_twice_needs_a_human() {
+        let rails = Rails {
+            cooldown: Duration::ZERO,
+            backoff_initial: Duration::ZERO,
+            ..Rails::default()
+        };
+        let target = "kubernetes:name=checkout,namespace=shop";
+        let mut book = GuardBook::default();
+        for (i, at) in [100u64, 200].iter().enumerate() {
+            let k = key(&format!("inc-{i}"), &format!("f{i}"));
+            assert!(book.check(&rails, *at, &k).is_ok(), "run {i} may start");
+            book.begin(*at, &k, true).expect("free");
+            assert!(book.end(&rails, at + 5, &k, true).is_none());
+            assert!(
+                book.verdict(
+                    &rails,
+                    at + 50,
+                    target,
+                    &k.runbook,
+                    &k.incident,
+                    Effect::Ineffective
+                )
+                .is_none()
+            );
+        }
+        let h = book.history_of(target, "restart-deployment").expect("ran");
+        assert_eq!(
+            (h.runs, h.ineffective, h.last.as_deref()),
+            (2, 2, Some("ineffective"))
+        );
+        let b = book
+            .check(&rails, 300, &key("inc-9", "f9"))
+            .expect_err("twice");
+        assert_eq!(b.rail, Rail::Ineffective);
+        assert!(b.why.contains("did not fix"), "{}", b.why);
+        // A third ineffective run (approved by a human) opens the breaker as a failure would.
+        let k = key("inc-3", "f3");
+        book.begin(400, &k, false).expect("free");
+        book.end(&rails, 405, &k, true);
+        let opened = book.verdict(
+            &rails,
+            450,
+            target,
+            &k.runbook,
+            "inc-3",
+            Effect::Ineffective,
+        );
+        assert!(opened.is_some_and(|b| b.why.contains("3 failed or ineffective")));
+        // An effective verdict is remembered and opens nothing; an unknown run is no history.
+        assert!(
+            book.verdict(&rails, 460, target, &k.runbook, "inc-0", Effect::Effective)
+                .is_none()
+        );
+        assert!(
+            book.verdict(
+                &rails,
+                460,
+                "elsewhere",
+                &k.runbook,
+                "inc-0",
+                Effect::Effective
+            )
+            .is_none()
+        );
+        assert_eq!(
+            book.history_of(target, "restart-deployment")
+                .map(|h| h.effective),
+            Some(1)
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 pub mod bounded;
 pub mod capability;
+pub mod clock;
 pub mod conditions;
 pub mod files;
 pub mod fsm;
@@ -22,6 +23,7 @@ pub mod redact;
 pub mod rules;
 pub mod trust;
 pub mod types;
+pub mod verify;
 pub mod yaml;
 
 /// `sha256:<hex>` of some bytes: how components, manifests and plans are named.

@@ -36,6 +36,8 @@
 //! limits:
 //!   body_bytes: 1048576                # THEMIS_BODY_LIMIT_BYTES
 //!   queue: 64                          # THEMIS_QUEUE_CAPACITY (alerts waiting per agent)
+//!   verify_every: 15s                  # THEMIS_VERIFY_EVERY (how often fixes being verified
+//!                                      # are looked at: metrics read, windows closed)
 //! ```
 //!
 //! Secrets are named (an environment variable or a file), never written in the file, and never
@@ -182,6 +184,8 @@ struct RawLimits {
     body_bytes: Option<usize>,
     #[serde(default)]
     queue: Option<usize>,
+    #[serde(default)]
+    verify_every: Option<String>,
 }
 
 /// Where one agent's capabilities are served from: a scenario file's mocked world, or the real
@@ -322,6 +326,7 @@ pub struct ServeConfig {
     pub backends: BTreeMap<String, BackendSpec>,
     pub body_limit: usize,
     pub queue: usize,
+    pub verify_every: Duration,
 }
 
 /// What the command line says; it beats the environment and the file.
@@ -536,6 +541,18 @@ impl ServeConfig {
             raw.limits.queue,
             DEFAULT_QUEUE,
         )?;
+        let verify_every = match var("THEMIS_VERIFY_EVERY").or(raw.limits.verify_every.clone()) {
+            None => themis_agent::runtime::DEFAULT_VERIFY_TICK,
+            Some(text) => humantime::parse_duration(&text)
+                .ok()
+                .filter(|d| *d >= Duration::from_secs(1) && *d <= Duration::from_secs(600))
+                .ok_or_else(|| {
+                    err(
+                        "limits.verify_every",
+                        format!("`{text}` is not a duration between 1s and 10m (e.g. 15s)"),
+                    )
+                })?,
+        };
 
         let duration = |field: String, text: Option<&String>, default: Duration| {
             let Some(text) = text else {
@@ -692,6 +709,7 @@ impl ServeConfig {
             backends,
             body_limit,
             queue,
+            verify_every,
         })
     }
 

@@ -25,14 +25,14 @@ use themis_core::fsm::{AgentState, Event, StateKind};
 use themis_sandbox::executor::{ExecutionReport, PhaseRecord};
 use themis_sandbox::{CallMode, CallOutcome};
 
-/// Every state an agent can be in, so each agent exports all five (0 or 1).
-const STATES: [StateKind; 5] = [
-    StateKind::Idle,
-    StateKind::Triaging,
-    StateKind::ExecutingRunbook,
-    StateKind::RollingBack,
-    StateKind::EscalatingHuman,
-];
+/// Every state an agent can be in, so each agent exports all of them (0 or 1).
+const STATES: [StateKind; 6] = themis_core::fsm::STATES;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EffectLabels {
+    runbook: String,
+    outcome: String,
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AgentLabel {
@@ -146,6 +146,7 @@ pub struct Metrics {
     escalations: Family<AgentLabel, Counter>,
     guard_blocked: Family<RailLabels, Counter>,
     breakers_opened: Family<AgentLabel, Counter>,
+    effectiveness: Family<EffectLabels, Counter>,
     llm_requests: Family<LlmLabels, Counter>,
     llm_tokens: Family<TokenLabels, Counter>,
     llm_seconds: Histogram,
@@ -238,6 +239,12 @@ impl Metrics {
             "Circuit breakers opened by failed runs on one target",
             breakers_opened.clone(),
         );
+        let effectiveness = Family::<EffectLabels, Counter>::default();
+        registry.register(
+            "runbook_effectiveness",
+            "Successful runbook runs by whether they fixed the alert (effective, ineffective, unknown: no signal)",
+            effectiveness.clone(),
+        );
         let llm_requests = Family::<LlmLabels, Counter>::default();
         registry.register(
             "llm_requests",
@@ -306,6 +313,7 @@ impl Metrics {
             escalations,
             guard_blocked,
             breakers_opened,
+            effectiveness,
             llm_requests,
             llm_tokens,
             llm_seconds,
@@ -543,6 +551,15 @@ impl RuntimeObserver for Metrics {
             .get_or_create(&RailLabels {
                 agent: agent.to_owned(),
                 rail: blocked.rail.as_str().to_owned(),
+            })
+            .inc();
+    }
+
+    fn verification(&self, _agent: &str, runbook: &str, effect: themis_core::verify::Effect) {
+        self.effectiveness
+            .get_or_create(&EffectLabels {
+                runbook: runbook.to_owned(),
+                outcome: effect.to_string(),
             })
             .inc();
     }

@@ -88,6 +88,61 @@ pub struct IncidentView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub answer: Option<AnswerView>,
     pub runbooks: Vec<String>,
+    /// Whether the last successful run fixed the alert.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verification: Option<VerificationView>,
+}
+
+/// A fix being verified, or its verdict.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VerificationView {
+    pub runbook: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// When the run succeeded (the window counts from here).
+    pub started_at: String,
+    /// When the watch ends at the latest.
+    pub window_ends_at: String,
+    /// `effective`, `ineffective`, `unknown`, or `pending` while watched.
+    #[schema(example = "effective")]
+    pub outcome: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
+    /// The bound PromQL query, if the runbook declares one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metric: Option<String>,
+    /// Does the alert's source report when it stops firing?
+    pub alert_tracked: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resolved_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refired_at: Option<String>,
+    /// The newest metric reading's value, if any was read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_reading: Option<f64>,
+}
+
+impl VerificationView {
+    fn of(w: &themis_core::verify::Watch) -> VerificationView {
+        let at = |secs: u64| time(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs));
+        VerificationView {
+            runbook: w.runbook.clone(),
+            target: w.target.clone(),
+            started_at: at(w.started),
+            window_ends_at: at(w.ends_at()),
+            outcome: w
+                .verdict
+                .as_ref()
+                .map(|v| v.effect.to_string())
+                .unwrap_or_else(|| "pending".into()),
+            why: w.verdict.as_ref().map(|v| v.why.clone()),
+            metric: w.metric.clone(),
+            alert_tracked: w.alert_tracked,
+            resolved_at: w.resolved_at.map(at),
+            refired_at: w.refired_at.map(at),
+            last_reading: w.readings.last().and_then(|r| r.value),
+        }
+    }
 }
 
 impl IncidentView {
@@ -112,6 +167,7 @@ impl IncidentView {
                 at: time(a.at),
             }),
             runbooks: i.chain.clone(),
+            verification: i.verification.as_ref().map(VerificationView::of),
         }
     }
 }

@@ -15,6 +15,18 @@
 //!     - error: { unavailable: "broker 1 did not answer" }
 //! ```
 //!
+//! `series:` answers by the scenario's clock instead of by call: the entry whose `after` (time
+//! since the scenario started) was reached last, so a metric can recover at `after: 3m` while
+//! the host reads it whenever it likes.
+//!
+//! ```yaml
+//!   metrics.query:
+//!     - when: { promql: kafka_consumergroup_lag }
+//!       series:
+//!         - { after: 0s, ok: [ { labels: [], value: 90000 } ] }
+//!         - { after: 3m, ok: [ { labels: [], value: 12 } ] }
+//! ```
+//!
 //! Values use the WIT records' field names in snake_case; enum cases are CamelCase
 //! (`state: Stable`). A unit result is `ok: null`.
 
@@ -25,11 +37,13 @@ use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
 use themis_caps::{
     Backend, CapError, CapResult, ClusterInfo, ConsumerGroup, ConsumerWorkload, Deployment,
     KafkaCaps, KubernetesCaps, LockWait, MetricsCaps, PartitionLag, Pod, PostgresCaps, Replica,
     Sample, TopicInfo, Workload,
 };
+use themis_core::clock::Clock;
 use themis_core::types::Pair;
 
 /// How a mocked call fails, written `{ <kind>: <message> }` (a one-key map: YAML tags are not
@@ -120,6 +134,19 @@ pub struct MockRule {
     pub error: Option<MockError>,
     #[serde(default)]
     pub sequence: Vec<MockResponse>,
+    #[serde(default)]
+    pub series: Vec<TimedResponse>,
+}
+
+/// One answer of a `series`, from `after` (a duration since the scenario started) on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimedResponse {
+    pub after: String,
+    #[serde(default, deserialize_with = "present")]
+    pub ok: Option<Value>,
+    #[serde(default)]
+    pub error: Option<MockError>,
 }
 
 /// `ok: null` means "succeeded with no value", which is not the same as no `ok` at all.
@@ -144,6 +171,8 @@ pub struct ScenarioMock {
     calls: Mutex<Vec<MockCall>>,
     /// Where the sequences' positions are kept, so another process continues the same world.
     persist: Option<PathBuf>,
+    /// The scenario's clock and when it started, for `series`.
+    clock: Option<(Clock, SystemTime)>,
 }
 
 /// A scenario's mocks that cannot be used, found before anything runs.
@@ -170,13 +199,32 @@ impl ScenarioMock {
             for (i, rule) in list.iter().enumerate() {
                 let forms = usize::from(rule.ok.is_some())
                     + usize::from(rule.error.is_some())
-                    + usize::from(!rule.sequence.is_empty());
+                    + usize::from(!rule.sequence.is_empty())
+                    + usize::from(!rule.series.is_empty());
                 if forms != 1 {
                     return Err(MockRuleError {
                         capability: capability.clone(),
                         rule: i,
-                        problem: "give exactly one of `ok`, `error` or `sequence`".into(),
+                        problem: "give exactly one of `ok`, `error`, `sequence` or `series`".into(),
                     });
+                }
+                let mut last = Duration::ZERO;
+                for (j, entry) in rule.series.iter().enumerate() {
+                    let problem = |p: String| MockRuleError {
+                        capability: capability.clone(),
+                        rule: i,
+                        problem: format!("series[{j}]: {p}"),
+                    };
+                    let after = humantime::parse_duration(&entry.after).map_err(|e| {
+                        problem(format!("`after: {}` is not a duration ({e})", entry.after))
+                    })?;
+                    if after < last {
+                        return Err(problem("entries must be in time order".into()));
+                    }
+                    last = after;
+                    if entry.ok.is_some() == entry.error.is_some() {
+                        return Err(problem("must have exactly one of `ok` or `error`".into()));
+                    }
                 }
                 if let Some(j) = rule
                     .sequence
@@ -196,7 +244,23 @@ impl ScenarioMock {
             cursors: Mutex::new(BTreeMap::new()),
             calls: Mutex::new(Vec::new()),
             persist: None,
+            clock: None,
         })
+    }
+
+    /// Answer `series` by this clock, counting from now.
+    pub fn clocked(mut self, clock: Clock) -> Self {
+        let start = clock.now();
+        self.clock = Some((clock, start));
+        self
+    }
+
+    /// How long the scenario has run, by its clock (zero without one).
+    fn elapsed(&self) -> Duration {
+        self.clock
+            .as_ref()
+            .and_then(|(c, start)| c.now().duration_since(*start).ok())
+            .unwrap_or_default()
     }
 
     /// Keep the sequences' positions in `file` (continuing from it if it exists).
@@ -250,7 +314,19 @@ impl ScenarioMock {
                 "the scenario has no mock for {capability} with arguments {args}: add a rule under mocks.{capability}"
             )));
         };
-        let response = if rule.sequence.is_empty() {
+        let response = if !rule.series.is_empty() {
+            let elapsed = self.elapsed();
+            let entry = rule
+                .series
+                .iter()
+                .rev()
+                .find(|e| humantime::parse_duration(&e.after).is_ok_and(|a| a <= elapsed))
+                .unwrap_or(&rule.series[0]);
+            MockResponse {
+                ok: entry.ok.clone(),
+                error: entry.error.clone(),
+            }
+        } else if rule.sequence.is_empty() {
             MockResponse {
                 ok: rule.ok.clone(),
                 error: rule.error.clone(),

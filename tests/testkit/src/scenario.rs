@@ -23,6 +23,25 @@
 //!   outputs: { gc-pause.broker: "1" }  # step.key: value
 //!   phases: ["gc-pause action passed"]  # every phase in order: step phase status
 //! ```
+//!
+//! Agent scenarios (`agent:` instead of `runbook:`) follow the incident from triage to the end,
+//! and may play what happens after on a clock of their own:
+//!
+//! ```yaml
+//! timeline:                              # after the alert (and the human's answer), in order
+//!   - { after: 1m, alert: resolved }     # the alert's source says it stopped firing
+//!   - { after: 2m30s, alert: firing }    # ... and that it fires again
+//!   - { after: 15m }                     # time passes; the agent looks at its watches
+//! expect:
+//!   verification: ineffective            # effective | ineffective | unknown | pending | none
+//!   verification_says: ["fired again"]
+//!   guard_blocked: [cooldown]            # the rails that held runs back, in order
+//!   last_incident_status: pending-approval   # the newest incident a re-fire opened
+//! ```
+//!
+//! A `resolved`/`firing` notification needs an alert from a source that reports them: paste it
+//! as Alertmanager sends it (`status:`, `startsAt:`, `alertname` among the labels). Mocked
+//! metrics may be `series:` over the same clock (see [`crate::mock`]).
 
 use crate::mock::{Mocks, ScenarioMock};
 use serde::{Deserialize, Serialize};
@@ -73,8 +92,31 @@ pub struct Scenario {
     pub destructive: Option<Vec<String>>,
     #[serde(default)]
     pub mocks: Mocks,
+    /// Agent scenarios: what happens after the alert was handled (and the human answered), in
+    /// time order — the source says the alert resolved or fires again, or time just passes.
+    /// After each moment the agent looks at the fixes it is verifying.
+    #[serde(default)]
+    pub timeline: Vec<Moment>,
     #[serde(default)]
     pub expect: Option<Expect>,
+}
+
+/// One moment of a scenario's timeline: `{ after: 90s, alert: resolved }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Moment {
+    /// Since the alert arrived (a duration: 30s, 2m, 10m).
+    pub after: String,
+    /// The alert's source sends it again, `firing` or `resolved`; absent: time only passes.
+    #[serde(default)]
+    pub alert: Option<Notification>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Notification {
+    Firing,
+    Resolved,
 }
 
 /// A human's answer to an escalation, for agent scenarios: exactly one of
@@ -235,6 +277,19 @@ pub struct Expect {
     /// the diagnosis, why a probe could not look, a suggestion.
     #[serde(default)]
     pub escalation_says: Vec<String>,
+    /// Agent scenarios: the fix's verdict (`effective`, `ineffective`, `unknown`), `pending`
+    /// while it is still watched, or `none` when nothing was verified.
+    #[serde(default)]
+    pub verification: Option<String>,
+    /// Words the verdict's reason must contain.
+    #[serde(default)]
+    pub verification_says: Vec<String>,
+    /// Agent scenarios: the guard rails that held runs back, in order (`[]`: none did).
+    #[serde(default)]
+    pub guard_blocked: Option<Vec<String>>,
+    /// Agent scenarios: the status of the newest incident (a timeline may open more than one).
+    #[serde(default)]
+    pub last_incident_status: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -304,14 +359,42 @@ pub fn load(file: &Path) -> Result<Scenario, ScenarioError> {
             file: file.into(),
             message: e.to_string(),
         })?;
-    scenario
-        .alert
-        .check()
-        .map_err(|message| ScenarioError::Invalid {
-            file: file.into(),
-            message,
-        })?;
+    let invalid = |message: String| ScenarioError::Invalid {
+        file: file.into(),
+        message,
+    };
+    scenario.alert.check().map_err(invalid)?;
+    if !scenario.timeline.is_empty() && scenario.agent.is_none() {
+        return Err(invalid(
+            "`timeline:` follows an agent's incident after the alert; it needs `agent:`".into(),
+        ));
+    }
+    scenario.timeline_offsets().map_err(invalid)?;
     Ok(scenario)
+}
+
+impl Scenario {
+    /// Each moment's time since the alert, checked to be durations in order.
+    pub fn timeline_offsets(&self) -> Result<Vec<std::time::Duration>, String> {
+        let mut last = std::time::Duration::ZERO;
+        self.timeline
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let after = humantime::parse_duration(&m.after).map_err(|e| {
+                    format!("timeline[{i}]: `after: {}` is not a duration ({e})", m.after)
+                })?;
+                if after < last {
+                    return Err(format!(
+                        "timeline[{i}]: moments must be in time order (`after: {}` comes before the one above)",
+                        m.after
+                    ));
+                }
+                last = after;
+                Ok(after)
+            })
+            .collect()
+    }
 }
 
 /// Run a scenario: a runbook against its mocks, or an agent from alert to the end.

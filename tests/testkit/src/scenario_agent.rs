@@ -3,16 +3,17 @@
 
 use crate::mock::ScenarioMock;
 use crate::provider::ScenarioProvider;
-use crate::scenario::{AgentRun, Scenario, ScenarioError, ScenarioRun, check};
+use crate::scenario::{AgentRun, Notification, Scenario, ScenarioError, ScenarioRun, check};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 use themis_agent::audit::{AuditLog, Redactor};
 use themis_agent::escalation::{Channels, Escalation};
 use themis_agent::store::{Incident, IncidentStore, JsonStore};
 use themis_agent::triage::Selection;
 use themis_agent::{AlertOutcome, Runtime, RuntimeObserver, RuntimeOptions, RuntimeParts};
+use themis_core::clock::Clock;
 use themis_core::fsm::{AgentState, Event, StateKind};
 use themis_core::identity::Identity;
 use themis_sandbox::Sandbox;
@@ -34,6 +35,11 @@ pub struct Recorder {
     pub decided_to: Mutex<Option<StateKind>>,
     /// Every execution, probes included, in order.
     pub reports: Mutex<Vec<ExecutionReport>>,
+    /// The guard rails that held a run back, in order.
+    pub rails: Mutex<Vec<String>>,
+    /// Incidents seen in transitions, in order of first appearance (a timeline's re-fired alert
+    /// may open another).
+    pub incidents: Mutex<Vec<String>>,
 }
 
 impl RuntimeObserver for Recorder {
@@ -56,6 +62,12 @@ impl RuntimeObserver for Recorder {
                 *k = Some(to.kind());
             }
         }
+        if let Some(id) = to.incident().filter(|i| !i.is_empty())
+            && let Ok(mut list) = self.incidents.lock()
+            && !list.iter().any(|i| i == id)
+        {
+            list.push(id.to_owned());
+        }
         if let Ok(mut s) = self.states.lock() {
             let kind = to.kind().to_string();
             if s.last() != Some(&kind) {
@@ -74,6 +86,11 @@ impl RuntimeObserver for Recorder {
     fn execution(&self, _agent: &str, report: &ExecutionReport) {
         if let Ok(mut list) = self.reports.lock() {
             list.push(report.clone());
+        }
+    }
+    fn guard_blocked(&self, _agent: &str, blocked: &themis_core::guard::Blocked) {
+        if let Ok(mut list) = self.rails.lock() {
+            list.push(blocked.rail.as_str().to_owned());
         }
     }
 }
@@ -120,8 +137,19 @@ pub async fn observe(
     );
     let store = Arc::new(JsonStore::open(state.path()).map_err(|e| invalid(e.to_string()))?);
     let recorder = Arc::new(Recorder::default());
-    let mock =
-        Arc::new(ScenarioMock::new(scenario.mocks.clone()).map_err(|e| invalid(e.to_string()))?);
+    // The scenario's own clock: its timeline walks a verification window in no time, and the
+    // mocks' `series` and the guard rails see the same time as the host.
+    let clock = Clock::manual(SystemTime::now());
+    let options = RuntimeOptions {
+        clock: clock.clone(),
+        verify_tick: None,
+        ..options
+    };
+    let mock = Arc::new(
+        ScenarioMock::new(scenario.mocks.clone())
+            .map_err(|e| invalid(e.to_string()))?
+            .clocked(clock.clone()),
+    );
     let provider = ScenarioProvider::new(mock, scenario.dry_run || force_dry_run);
     let runtime = Runtime::start(
         RuntimeParts {
@@ -201,6 +229,34 @@ pub async fn observe(
             }
         };
         incident = result.map_err(|e| invalid(format!("human: {e}")))?;
+    }
+    let start = clock.now();
+    let offsets = scenario.timeline_offsets().map_err(invalid)?;
+    for (moment, after) in scenario.timeline.iter().zip(offsets) {
+        clock.advance_to(start + after);
+        let mut alert = scenario.alert.to_alert();
+        match moment.alert {
+            Some(Notification::Firing) => {
+                runtime
+                    .handle_alert(alert)
+                    .await
+                    .map_err(|e| invalid(format!("timeline (after {}): {e}", moment.after)))?;
+            }
+            Some(Notification::Resolved) => {
+                if let Some(source) = alert.source.as_mut() {
+                    source.status = "resolved".into();
+                }
+                runtime
+                    .handle_resolved(alert)
+                    .await
+                    .map_err(|e| invalid(format!("timeline (after {}): {e}", moment.after)))?;
+            }
+            None => {}
+        }
+        runtime
+            .verify_due()
+            .await
+            .map_err(|e| invalid(format!("timeline (after {}): {e}", moment.after)))?;
     }
     let incident = store.get(&incident.id).await.unwrap_or(incident);
     Ok(Observation {
@@ -387,6 +443,64 @@ pub async fn run(
             failures.push(format!(
                 "escalation_says: no escalation shows {needle:?}; they read:\n{}",
                 texts.join("\n")
+            ));
+        }
+    }
+    let verification = match &incident.verification {
+        None => "none".to_owned(),
+        Some(w) => w
+            .verdict
+            .as_ref()
+            .map(|v| v.effect.to_string())
+            .unwrap_or_else(|| "pending".into()),
+    };
+    if let Some(w) = &expect.verification {
+        checked += 1;
+        if *w != verification {
+            failures.push(format!("verification: expected {w}, got {verification}"));
+        }
+    }
+    let why = incident
+        .verification
+        .as_ref()
+        .and_then(|w| w.verdict.as_ref())
+        .map(|v| v.why.clone())
+        .unwrap_or_default();
+    if let Some(rails) = &expect.guard_blocked {
+        checked += 1;
+        let got = recorder.rails.lock().map(|r| r.clone()).unwrap_or_default();
+        if *rails != got {
+            failures.push(format!(
+                "guard_blocked: expected {rails:?}, the rails held back {got:?}"
+            ));
+        }
+    }
+    if let Some(want) = &expect.last_incident_status {
+        checked += 1;
+        let last = recorder
+            .incidents
+            .lock()
+            .ok()
+            .and_then(|l| l.last().cloned())
+            .unwrap_or_else(|| incident.id.clone());
+        let got = match runtime.store().get(&last).await {
+            Ok(i) => serde_json::to_value(i.status)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+            Err(e) => format!("unreadable ({e})"),
+        };
+        if *want != got {
+            failures.push(format!(
+                "last_incident_status: expected {want}, got {got} ({last})"
+            ));
+        }
+    }
+    for needle in &expect.verification_says {
+        checked += 1;
+        if !why.contains(needle.as_str()) {
+            failures.push(format!(
+                "verification_says: the verdict does not say {needle:?}; it reads: {why:?}"
             ));
         }
     }

@@ -22,4 +22,5 @@ pub(crate) struct AgentCtx {
     pub(crate) destructive: Arc<DestructiveList>,
     /// The host's guard rails, shared by every agent.
     pub(crate) guard: Arc<super::guard::Guard>,
+    pub(crate) clock: themis_core::clock::Clock,
 }

@@ -103,10 +103,7 @@ impl Worker {
                         .collect();
                     return Box::pin(self.decide(incident, next, evidence, &facts)).await;
                 }
-                self.fsm.fire(&ctx, &incident.id, Event::Resolved).await?;
-                incident.status = IncidentStatus::Resolved;
-                ctx.store.save(incident).await?;
-                Ok(())
+                self.start_verification(incident, &plan, loaded).await
             }
             Outcome::PreconditionFailed { step } => {
                 let reason = format!(

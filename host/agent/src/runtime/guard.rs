@@ -7,14 +7,16 @@ use crate::audit::AuditLog;
 use crate::store::IncidentStore;
 use serde_json::json;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
-use themis_core::guard::{Blocked, Breaker, GuardBook, Rails, RunKey};
+use themis_core::clock::Clock;
+use themis_core::guard::{Blocked, Breaker, GuardBook, Rails, RunKey, RunbookHistory};
+use themis_core::verify::Effect;
 use tokio::sync::Mutex;
 
 pub(crate) struct Guard {
     // A tokio mutex, held across the save: two workers' saves never land out of order.
     book: Mutex<Book>,
     store: Arc<dyn IncidentStore>,
+    clock: Clock,
 }
 
 struct Book {
@@ -24,19 +26,13 @@ struct Book {
     unusable: Option<String>,
 }
 
-pub(crate) fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 impl Guard {
     /// The book as the last process left it. A target it held is free again: the run that held
     /// it cannot be running (recovery marks its incident interrupted), and that is audited.
     pub(crate) async fn open(
         store: Arc<dyn IncidentStore>,
         audit: &AuditLog,
+        clock: Clock,
     ) -> Result<Guard, RuntimeError> {
         let (mut book, unusable) = match store.guard().await {
             Ok(book) => (book, None),
@@ -67,6 +63,7 @@ impl Guard {
         Ok(Guard {
             book: Mutex::new(Book { book, unusable }),
             store,
+            clock,
         })
     }
 
@@ -82,7 +79,7 @@ impl Guard {
                 until: None,
             });
         }
-        book.book.check(rails, now(), key)
+        book.book.check(rails, self.clock.secs(), key)
     }
 
     /// Take the target for this run; saved before it returns.
@@ -93,7 +90,7 @@ impl Guard {
         automatic: bool,
     ) -> Result<Result<(), Blocked>, RuntimeError> {
         let mut book = self.book.lock().await;
-        let now = now();
+        let now = self.clock.secs();
         book.book.prune(rails, now);
         if let Err(blocked) = book.book.begin(now, key, automatic) {
             return Ok(Err(blocked));
@@ -110,9 +107,33 @@ impl Guard {
         ok: bool,
     ) -> Result<Option<Breaker>, RuntimeError> {
         let mut book = self.book.lock().await;
-        let opened = book.book.end(rails, now(), key, ok);
+        let opened = book.book.end(rails, self.clock.secs(), key, ok);
         self.store.save_guard(&book.book).await?;
         Ok(opened)
+    }
+
+    /// A run's fix was verified: on its history, an ineffective one counted as a failure; the
+    /// breaker this opened, if any.
+    pub(crate) async fn verdict(
+        &self,
+        rails: &Rails,
+        target: &str,
+        runbook: &str,
+        incident: &str,
+        effect: Effect,
+    ) -> Result<Option<Breaker>, RuntimeError> {
+        let mut book = self.book.lock().await;
+        let now = self.clock.secs();
+        let opened = book
+            .book
+            .verdict(rails, now, target, runbook, incident, effect);
+        self.store.save_guard(&book.book).await?;
+        Ok(opened)
+    }
+
+    /// What the runs of `runbook` on `target` came to.
+    pub(crate) async fn history(&self, target: &str, runbook: &str) -> Option<RunbookHistory> {
+        self.book.lock().await.book.history_of(target, runbook)
     }
 
     /// An approver clears a target's breakers (and its cooldown history) — and, whatever the

@@ -7,7 +7,6 @@ use super::worker::Worker;
 use super::{AlertOutcome, RuntimeError, new_id};
 use crate::store::{Incident, IncidentStatus};
 use serde_json::json;
-use std::time::SystemTime;
 use themis_core::fsm::{self, Event};
 use themis_core::types::Alert;
 
@@ -23,7 +22,11 @@ impl Worker {
                 "alert-attached",
                 json!({ "alert": alert, "attached_alerts": open.attached_alerts }),
             )?;
-            ctx.store.save(&open).await?;
+            if open.status == IncidentStatus::Verifying {
+                self.verification_firing(&mut open).await?;
+            } else {
+                ctx.store.save(&open).await?;
+            }
             return Ok(AlertOutcome::Attached(open));
         }
         let id = new_id("inc");
@@ -56,7 +59,7 @@ impl Worker {
             fingerprint: alert.fingerprint.clone(),
             alert,
             status: IncidentStatus::Triaging,
-            opened_at: SystemTime::now(),
+            opened_at: ctx.clock.now(),
             attached_alerts: 0,
             selection: None,
             proposal: None,
@@ -67,6 +70,7 @@ impl Worker {
             reason: None,
             proposed_at: None,
             source_resolved_at: None,
+            verification: None,
         };
         ctx.store.save(&incident).await?;
         self.fsm.fire(&ctx, &id, received).await?;
@@ -104,8 +108,12 @@ impl Worker {
         let Some(mut incident) = target else {
             return Ok(None);
         };
-        incident.source_resolved_at = Some(SystemTime::now());
-        ctx.store.save(&incident).await?;
+        incident.source_resolved_at = Some(ctx.clock.now());
+        if incident.status == IncidentStatus::Verifying {
+            self.verification_resolved(&mut incident).await?;
+        } else {
+            ctx.store.save(&incident).await?;
+        }
         Ok(Some(incident))
     }
 }

@@ -25,6 +25,7 @@ mod plan;
 mod recovery;
 mod triage;
 mod unowned;
+mod verify;
 mod worker;
 
 pub use load::{Agent, SelectorChoice};
@@ -39,6 +40,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use themis_caps::provider::{BackendProvider, ProviderError};
+use themis_core::clock::Clock;
 use themis_core::fsm::{AgentState, IllegalTransition};
 use themis_core::identity::Identity;
 use themis_core::policy::ApprovalError;
@@ -51,6 +53,8 @@ use worker::{Command, Worker};
 pub const UNSIGNED_MODE: &str = "allow-unsigned";
 /// Alerts waiting for a busy agent, per agent, before new ones are refused.
 pub const DEFAULT_QUEUE_CAPACITY: usize = 64;
+/// How often each agent looks at the fixes it is verifying (reads metrics, closes windows).
+pub const DEFAULT_VERIFY_TICK: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// How a runtime starts.
 #[derive(Debug, Clone)]
@@ -60,6 +64,11 @@ pub struct RuntimeOptions {
     pub selector: SelectorChoice,
     /// Alerts queued per agent while it is busy.
     pub queue_capacity: usize,
+    /// What time it is (the system's, or a hand-moved one in scenario tests).
+    pub clock: Clock,
+    /// How often fixes being verified are looked at; `None`: only when asked
+    /// ([`Runtime::verify_due`]), as scenario tests do.
+    pub verify_tick: Option<std::time::Duration>,
 }
 
 impl Default for RuntimeOptions {
@@ -68,6 +77,8 @@ impl Default for RuntimeOptions {
             allow_unsigned: false,
             selector: SelectorChoice::default(),
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
+            clock: Clock::system(),
+            verify_tick: Some(DEFAULT_VERIFY_TICK),
         }
     }
 }
@@ -167,6 +178,8 @@ pub struct Runtime {
     audit: Arc<AuditLog>,
     store: Arc<dyn IncidentStore>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The verification ticks: stopped first on shutdown.
+    tickers: Vec<tokio::task::JoinHandle<()>>,
     channels: Channels,
     observer: Arc<dyn RuntimeObserver>,
     unowned: unowned::Unowned,
@@ -181,18 +194,30 @@ impl Runtime {
         options: RuntimeOptions,
     ) -> Result<Runtime, RuntimeError> {
         let agents = load::load_agents(&parts, &options)?;
-        let guard = Arc::new(guard::Guard::open(parts.store.clone(), &parts.audit).await?);
+        let guard = Arc::new(
+            guard::Guard::open(parts.store.clone(), &parts.audit, options.clock.clone()).await?,
+        );
         let mut handles = Vec::new();
         let mut tasks = Vec::new();
+        let mut tickers = Vec::new();
         let mut loaded = Vec::new();
         for agent in agents {
             let agent = Arc::new(agent);
             let backends = parts.provider.backends(&agent.def.name, agent.def.domain)?;
             let dry_run = backends.is_dry_run();
-            let (mut worker, state) =
-                Worker::new(&parts, agent.clone(), backends, guard.clone()).await?;
+            let (mut worker, state) = Worker::new(
+                &parts,
+                agent.clone(),
+                backends,
+                guard.clone(),
+                options.clock.clone(),
+            )
+            .await?;
             worker.recover().await?;
             let (tx, rx) = mpsc::channel(options.queue_capacity.max(1));
+            if let Some(every) = options.verify_tick {
+                tickers.push(tokio::spawn(verify::tick(tx.downgrade(), every)));
+            }
             handles.push(Handle {
                 def: Arc::new(agent.def.clone()),
                 dry_run,
@@ -214,6 +239,7 @@ impl Runtime {
             audit: parts.audit,
             store: parts.store,
             tasks,
+            tickers,
             channels: parts.channels,
             observer: parts.observer,
             unowned: unowned::Unowned::default(),
@@ -437,6 +463,48 @@ impl Runtime {
         answer.await.map_err(|_| RuntimeError::Stopped(name))?
     }
 
+    /// The source says an alert stopped firing; wait until its agent has recorded it (and
+    /// judged the fix it was verifying, if any). `None`: no incident of its agent knew it.
+    pub async fn handle_resolved(&self, alert: Alert) -> Result<Option<Incident>, RuntimeError> {
+        let alert = self.audit.redactor().redact_alert(alert);
+        let Some(handle) = self.route(&alert) else {
+            self.audit.append(
+                "intake",
+                None,
+                "alert-unrouted",
+                json!({ "alert": alert, "status": AlertStatus::Resolved }),
+            )?;
+            return Ok(None);
+        };
+        let (reply, answer) = oneshot::channel();
+        handle
+            .tx
+            .send(Command::Resolved { alert, reply })
+            .await
+            .map_err(|_| RuntimeError::Stopped(handle.def.name.clone()))?;
+        answer
+            .await
+            .map_err(|_| RuntimeError::Stopped(handle.def.name.clone()))?
+    }
+
+    /// Every agent looks at the fixes it is verifying now (the tick does this on its own in a
+    /// service). Returns how many verdicts were reached.
+    pub async fn verify_due(&self) -> Result<usize, RuntimeError> {
+        let mut decided = 0;
+        for handle in &self.handles {
+            let (reply, answer) = oneshot::channel();
+            handle
+                .tx
+                .send(Command::Verify { reply })
+                .await
+                .map_err(|_| RuntimeError::Stopped(handle.def.name.clone()))?;
+            decided += answer
+                .await
+                .map_err(|_| RuntimeError::Stopped(handle.def.name.clone()))??;
+        }
+        Ok(decided)
+    }
+
     /// A human approves a pending plan. `shown` is the plan digest the human was shown; the host
     /// refuses if it is not the digest of the plan as proposed.
     pub async fn approve(
@@ -544,6 +612,9 @@ impl Runtime {
 
     /// Stop taking work; let every worker finish what it is doing.
     pub async fn shutdown(self) {
+        for ticker in &self.tickers {
+            ticker.abort();
+        }
         drop(self.handles);
         for task in self.tasks {
             let _ = task.await;

@@ -237,6 +237,7 @@ pub(crate) fn alert_facts(agent: &Agent, alert: &themis_core::types::Alert) -> F
         candidates: Vec::new(),
         probes: Vec::new(),
         params: agent.def.labels.resolve(alert).values(),
+        history: Vec::new(),
     }
     .facts()
 }

@@ -28,6 +28,13 @@ impl Worker {
                 serde_json::json!({ "error": problem.to_string() }),
             )?;
         }
+        // Fixes being verified go on being verified: their watch is on the incident.
+        self.watching = incidents
+            .iter()
+            .filter(|i| &i.agent == agent && i.status == IncidentStatus::Verifying)
+            .map(|i| i.id.clone())
+            .take(super::verify::MAX_WATCHED)
+            .collect();
         let unfinished: Vec<Incident> = incidents
             .into_iter()
             .filter(|i| &i.agent == agent)

@@ -74,6 +74,7 @@ impl Worker {
                 .collect(),
             probes,
             params: mapped.values(),
+            history: self.target_history(&mapped.values()).await,
         };
         let selection = if !malformed.is_empty() {
             Selection::escalate(
@@ -95,7 +96,7 @@ impl Worker {
         let selection_json = json!({
             "provenance": provenance(agent, selection.runbook.as_deref()),
             "selector": selection.selector,
-            "input": { "candidates": input.candidates.iter().map(|c| &c.id).collect::<Vec<_>>(), "probes": input.probes, "labels": mapped },
+            "input": { "candidates": input.candidates.iter().map(|c| &c.id).collect::<Vec<_>>(), "probes": input.probes, "labels": mapped, "history": input.history },
             "output": selection,
         });
         ctx.audit.append(
@@ -110,6 +111,31 @@ impl Worker {
         evidence.extend(probe_evidence(&input.probes));
         self.decide(incident, selection, evidence, &input.facts())
             .await
+    }
+
+    /// What the rails remember of each catalog runbook on the target this alert's parameters
+    /// name (a runbook whose target the alert does not fully name has none to show).
+    async fn target_history(
+        &self,
+        params: &BTreeMap<String, String>,
+    ) -> Vec<themis_core::guard::RunbookHistory> {
+        let values: BTreeMap<String, serde_json::Value> = params
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+            .collect();
+        let mut history = Vec::new();
+        for rb in self.ctx.agent.catalog.values() {
+            let Some(target) = rb.runbook.target(&values) else {
+                continue;
+            };
+            if target.contains("=?") {
+                continue;
+            }
+            if let Some(h) = self.ctx.guard.history(&target, &rb.runbook.id).await {
+                history.push(h);
+            }
+        }
+        history
     }
 
     /// An execution request for `loaded` in `incident`, with a fresh execution id.

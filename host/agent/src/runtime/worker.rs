@@ -8,7 +8,7 @@ use super::fsm::Fsm;
 use super::load::Agent;
 use super::{AlertOutcome, RuntimeError, RuntimeParts};
 use crate::store::Incident;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use themis_caps::Backends;
 use themis_core::fsm::AgentState;
@@ -47,11 +47,16 @@ pub(crate) enum Command {
         params: BTreeMap<String, String>,
         reply: Reply<Incident>,
     },
+    /// Look at the fixes being verified: read metrics, close windows. Replies with the number
+    /// of verdicts reached.
+    Verify { reply: Reply<usize> },
 }
 
 pub(crate) struct Worker {
     pub(crate) ctx: Arc<AgentCtx>,
     pub(crate) fsm: Fsm,
+    /// Incidents whose fix is being verified (bounded: see `verify::MAX_WATCHED`).
+    pub(crate) watching: BTreeSet<String>,
 }
 
 impl Worker {
@@ -60,6 +65,7 @@ impl Worker {
         agent: Arc<Agent>,
         backends: Backends,
         guard: Arc<super::guard::Guard>,
+        clock: themis_core::clock::Clock,
     ) -> Result<(Worker, watch::Receiver<AgentState>), RuntimeError> {
         // The saved state is a hint for recovery; a tampered or unreadable one counts as
         // "unknown", and recovery treats every unfinished incident as interrupted anyway.
@@ -91,11 +97,13 @@ impl Worker {
             backends,
             destructive,
             guard,
+            clock,
         };
         Ok((
             Worker {
                 ctx: Arc::new(ctx),
                 fsm,
+                watching: BTreeSet::new(),
             },
             rx,
         ))
@@ -141,6 +149,9 @@ impl Worker {
                 } => {
                     let _ = reply.send(self.adjust(&id, by, &runbook, &params).await);
                 }
+                Command::Verify { reply } => {
+                    let _ = reply.send(self.verify_watched().await);
+                }
             }
         }
     }
@@ -152,6 +163,9 @@ fn reply_error(command: Command, e: RuntimeError) {
             let _ = reply.send(Err(e));
         }
         Command::Resolved { reply, .. } => {
+            let _ = reply.send(Err(e));
+        }
+        Command::Verify { reply } => {
             let _ = reply.send(Err(e));
         }
         Command::Approve { reply, .. }

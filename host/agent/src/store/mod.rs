@@ -23,6 +23,7 @@ use themis_core::guard::GuardBook;
 use themis_core::identity::Identity;
 use themis_core::policy::{ApprovalRequest, Plan};
 use themis_core::types::Alert;
+use themis_core::verify::Watch;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
@@ -36,7 +37,12 @@ pub enum IncidentStatus {
     /// The host stopped (crashed, was killed) while handling it; a human was told, nothing was
     /// resumed. A human may adjust it into a plan.
     Interrupted,
+    /// The runbook succeeded: the host watches whether it fixed the alert (`verification`).
+    Verifying,
+    /// The runbook succeeded and the alert is gone: its source said so, the metric agreed.
     Resolved,
+    /// The runbook succeeded, but nothing could tell whether it fixed the alert.
+    Unverified,
     /// The runbook failed and was rolled back, or its rollback failed.
     Failed,
     Rejected,
@@ -52,6 +58,7 @@ impl IncidentStatus {
                 | IncidentStatus::PendingApproval
                 | IncidentStatus::Escalated
                 | IncidentStatus::Interrupted
+                | IncidentStatus::Verifying
         )
     }
 
@@ -126,6 +133,9 @@ pub struct Incident {
     /// did: recorded only, never a reason to act.
     #[serde(default)]
     pub source_resolved_at: Option<SystemTime>,
+    /// Whether the last successful run fixed the alert: the signals and the verdict.
+    #[serde(default)]
+    pub verification: Option<Watch>,
 }
 
 impl Incident {

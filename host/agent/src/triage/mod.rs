@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
+use themis_core::guard::RunbookHistory;
 use themis_core::manifest::Parameter;
 use themis_core::types::Alert;
 
@@ -47,12 +48,15 @@ pub struct SelectionInput {
     pub probes: Vec<ProbeResult>,
     /// The parameters the agent's `labels:` map found in the alert.
     pub params: BTreeMap<String, String>,
+    /// What earlier runs of the catalog's runbooks on this alert's target came to (the guard
+    /// rails' record): a runbook that did not fix it before is evidence against it now.
+    pub history: Vec<RunbookHistory>,
 }
 
 impl SelectionInput {
     /// The flat fact namespace conditions are written against: `alert`, `labels.<k>`,
     /// `annotations.<k>`, `param.<name>` (through the agent's `labels:` map),
-    /// `probe.<step>.<key>`.
+    /// `probe.<step>.<key>`, `history.<runbook>.<runs|failed|effective|ineffective|unknown|last>`.
     pub fn facts(&self) -> BTreeMap<String, String> {
         let mut facts = BTreeMap::new();
         facts.insert("alert".to_string(), self.alert.name.clone());
@@ -68,6 +72,17 @@ impl SelectionInput {
         for probe in &self.probes {
             for (k, v) in &probe.outputs {
                 facts.insert(format!("probe.{k}"), v.clone());
+            }
+        }
+        for h in &self.history {
+            let key = |k: &str| format!("history.{}.{k}", h.runbook);
+            facts.insert(key("runs"), h.runs.to_string());
+            facts.insert(key("failed"), h.failed.to_string());
+            facts.insert(key("effective"), h.effective.to_string());
+            facts.insert(key("ineffective"), h.ineffective.to_string());
+            facts.insert(key("unknown"), h.unknown.to_string());
+            if let Some(last) = &h.last {
+                facts.insert(key("last"), last.clone());
             }
         }
         facts

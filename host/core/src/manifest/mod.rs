@@ -20,12 +20,21 @@
 //!     capabilities: [kafka.describe-consumers, kafka.restart-consumers]
 //!     mutations:                     # what the step may change, bound to the plan
 //!       kafka.restart-consumers: { args: { group: "{params.group}" }, max_calls: 1 }
+//! verify:                            # how the host tells the fix worked (all optional)
+//!   window: 10m                      # wait this long for the alert to resolve
+//!   settle: 2m                       # ... and for it to hold this long
+//!   metric: 'sum(kafka_consumergroup_lag{consumergroup="{params.group}"})'
+//!   expect: "< 100"
 //! ```
 //!
 //! `mutations:` binds a mutating capability's arguments to the runbook's parameters (or to fixed
 //! values): every call must pass exactly those, so an approval of the plan covers exactly its
 //! targets; `max_calls` caps the calls in one execution. A capability the catalogue marks
 //! destructive must be declared with every argument bound.
+//!
+//! `verify:` is read after a success: the incident is `verifying` until the alert's source says
+//! it resolved (and it stayed so for `settle`) and the metric, read after `settle`, meets
+//! `expect`; see [`crate::verify`].
 //!
 //! A step without `on` has the single branch `next` leading to `end`. Component paths resolve
 //! inside the runbook's own folder, through cap-std: absolute paths and `..` are refused.
@@ -41,6 +50,7 @@ use crate::files::limits;
 use crate::grant::MutationScope;
 use crate::graph::{self, Graph};
 use crate::types::Param;
+use crate::verify::{self, VerifySpec};
 use cap_std::ambient_authority;
 use cap_std::fs::Dir;
 use serde::Deserialize;
@@ -92,6 +102,21 @@ struct RawManifest {
     #[serde(default)]
     parameters: Vec<params::RawParameter>,
     steps: Vec<RawStep>,
+    #[serde(default)]
+    verify: Option<RawVerify>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVerify {
+    #[serde(default)]
+    window: Option<String>,
+    #[serde(default)]
+    settle: Option<String>,
+    #[serde(default)]
+    metric: Option<String>,
+    #[serde(default)]
+    expect: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -198,6 +223,8 @@ pub struct Runbook {
     pub graph: Graph,
     pub dir: PathBuf,
     pub manifest_bytes: Arc<[u8]>,
+    /// How the host tells whether a success fixed the alert (defaults when not declared).
+    pub verify: VerifySpec,
     /// `sha256:` over the manifest bytes and every step's id and component digest: what an
     /// approval and the audit bind to.
     pub digest: String,
@@ -405,6 +432,8 @@ impl Runbook {
                     .into(),
             )
         })?;
+        let verify = verify_spec(raw.verify.unwrap_or_default(), &parameters)
+            .map_err(|(field, problem, fix)| err(field, problem, fix))?;
         let digest = runbook_digest(&manifest_bytes, &steps);
         Ok(Runbook {
             id: raw.id,
@@ -416,6 +445,7 @@ impl Runbook {
             graph,
             dir: dir.to_path_buf(),
             manifest_bytes,
+            verify,
             digest,
         })
     }
@@ -465,6 +495,108 @@ impl Runbook {
 }
 
 type FieldError = (String, String, String);
+
+/// Longest PromQL a `verify.metric` may be.
+const MAX_METRIC_LEN: usize = 4096;
+
+/// Validate `verify:`: durations within bounds, a metric only with what it must be, and its
+/// placeholders naming declared parameters.
+fn verify_spec(raw: RawVerify, parameters: &[Parameter]) -> Result<VerifySpec, FieldError> {
+    let duration = |field: &str, text: &Option<String>, default: Duration| match text {
+        None => Ok(default),
+        Some(t) => humantime::parse_duration(t)
+            .ok()
+            .filter(|d| !d.is_zero() && *d <= verify::MAX_WINDOW)
+            .ok_or_else(|| {
+                (
+                    format!("verify.{field}"),
+                    format!("`{t}` is not a duration between 1s and 24h"),
+                    "write e.g. 30s, 2m or 10m".to_string(),
+                )
+            }),
+    };
+    let window = duration("window", &raw.window, verify::DEFAULT_WINDOW)?;
+    let settle = duration("settle", &raw.settle, verify::DEFAULT_SETTLE.min(window))?;
+    if settle > window {
+        return Err((
+            "verify.settle".into(),
+            format!(
+                "settle ({}) is longer than the window ({})",
+                humantime::format_duration(settle),
+                humantime::format_duration(window)
+            ),
+            "the fix must be judged within the window: shorten settle or widen window".into(),
+        ));
+    }
+    let expect = match &raw.expect {
+        None => None,
+        Some(t) => Some(verify::Expectation::parse(t).map_err(|problem| {
+            (
+                "verify.expect".to_string(),
+                problem,
+                "write a comparison and a number, e.g. \"< 100\"".to_string(),
+            )
+        })?),
+    };
+    match (&raw.metric, &expect) {
+        (Some(m), None) => {
+            return Err((
+                "verify.metric".into(),
+                format!("`{m}` has no `verify.expect`"),
+                "say what the value must be once fixed, e.g. expect: \"< 100\"".into(),
+            ));
+        }
+        (None, Some(_)) => {
+            return Err((
+                "verify.expect".into(),
+                "there is no `verify.metric` to compare".into(),
+                "add the PromQL query whose value it is".into(),
+            ));
+        }
+        (Some(m), Some(_)) if m.trim().is_empty() || m.len() > MAX_METRIC_LEN => {
+            return Err((
+                "verify.metric".into(),
+                format!("is empty or longer than {MAX_METRIC_LEN} bytes"),
+                "give one PromQL query".into(),
+            ));
+        }
+        _ => {}
+    }
+    let spec = VerifySpec {
+        window_secs: window.as_secs(),
+        settle_secs: settle.as_secs(),
+        metric: raw.metric,
+        expect,
+    };
+    if spec
+        .metric
+        .as_deref()
+        .is_some_and(|m| m.matches("{params.").count() != spec.metric_params().len())
+    {
+        return Err((
+            "verify.metric".into(),
+            "has an unclosed `{params.` placeholder".into(),
+            "write placeholders as {params.NAME}".into(),
+        ));
+    }
+    for name in spec.metric_params() {
+        if !parameters.iter().any(|p| p.name == name) {
+            return Err((
+                "verify.metric".into(),
+                format!("`{{params.{name}}}` names no parameter of this runbook"),
+                format!(
+                    "declare `{name}` under parameters, or use one of: {}",
+                    parameters
+                        .iter()
+                        .map(|p| p.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(spec)
+}
 
 /// Validate a step's `mutations:` against its grant and the runbook's parameters.
 fn mutations(
