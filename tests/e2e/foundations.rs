@@ -285,6 +285,7 @@ const MARKERS: &[&str] = &[
     "capability-intent",
     "phase",
     "result",
+    "verification-start",
 ];
 
 /// Defect 3: `kill -9` at any moment never wedges the agent. The next start finds what was

@@ -144,3 +144,54 @@ async fn twice_ineffective_on_a_target_then_a_human_decides_and_triage_sees_why(
             .all(|r| r["data"]["effect"] == "ineffective")
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restart_carries_on_verifying_the_fix() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let world = dir.path().join("world.yaml");
+    std::fs::write(&world, WORLD).expect("world");
+    let clock = Clock::manual(SystemTime::now());
+    let spec = |clock: &Clock| HostSpec {
+        options: RuntimeOptions {
+            clock: clock.clone(),
+            verify_tick: None,
+            ..RuntimeOptions::default()
+        },
+        ..HostSpec::new(
+            dir.path(),
+            "agents/postgres.yaml",
+            world.to_str().expect("utf-8"),
+        )
+    };
+    let host = spec(&clock).start().await.expect("runtime");
+    let incident = host.new_incident(alert("a", "firing")).await;
+    assert_eq!(incident.status, IncidentStatus::Verifying, "{incident:?}");
+    host.runtime.shutdown().await;
+    drop(host.store);
+
+    // A new process: the watch is on the incident, the window still counts from the run.
+    let host = spec(&clock).start().await.expect("restarted");
+    clock.advance(Duration::from_secs(20));
+    host.runtime
+        .handle_resolved(alert("a", "resolved"))
+        .await
+        .expect("resolved");
+    // Past the default settle time (2m) with no re-fire.
+    clock.advance(Duration::from_secs(110));
+    assert_eq!(host.runtime.verify_due().await.expect("looked"), 1);
+    let incident = host
+        .runtime
+        .store()
+        .get(&incident.id)
+        .await
+        .expect("incident");
+    assert_eq!(incident.status, IncidentStatus::Resolved, "{incident:?}");
+    let verdict = incident
+        .verification
+        .and_then(|w| w.verdict)
+        .expect("verdict");
+    assert!(
+        verdict.why.contains("resolved 20s after the run"),
+        "{verdict:?}"
+    );
+}
