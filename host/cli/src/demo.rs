@@ -333,7 +333,7 @@ async fn play_timeline(
     println!();
     for (moment, after) in world.timeline.iter().zip(offsets) {
         clock.advance_to(start + after);
-        let mut alert = world.alert.to_alert();
+        let mut alert = world.alert.with_labels(&moment.labels);
         match moment.alert {
             Some(Notification::Resolved) => {
                 println!(

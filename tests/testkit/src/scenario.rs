@@ -32,6 +32,7 @@
 //!   - { after: 1m, alert: resolved }     # the alert's source says it stopped firing
 //!   - { after: 2m30s, alert: firing }    # ... and that it fires again
 //!   - { after: 15m }                     # time passes; the agent looks at its watches
+//!   - { after: 20m, alert: firing, labels: { pod: b } }   # another alert of the family
 //! expect:
 //!   verification: ineffective            # effective | ineffective | unknown | pending | none
 //!   verification_says: ["fired again"]
@@ -110,6 +111,10 @@ pub struct Moment {
     /// The alert's source sends it again, `firing` or `resolved`; absent: time only passes.
     #[serde(default)]
     pub alert: Option<Notification>,
+    /// Labels added to (or changed on) the scenario's alert for this notification: another
+    /// alert of the same family, with a fingerprint of its own (another replica, another pod).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -187,6 +192,20 @@ impl AlertSpec {
             )),
             _ => Ok(()),
         }
+    }
+
+    /// The alert with `labels` added or changed (and, without a pinned fingerprint, its own).
+    pub fn with_labels(&self, labels: &BTreeMap<String, String>) -> Alert {
+        if labels.is_empty() {
+            return self.to_alert();
+        }
+        let mut spec = self.clone();
+        spec.labels.extend(labels.clone());
+        let suffix = fingerprint(spec.name(), labels);
+        if let Some(f) = &mut spec.fingerprint {
+            f.push_str(&format!("-{suffix}"));
+        }
+        spec.to_alert()
     }
 
     pub fn to_alert(&self) -> Alert {

@@ -234,7 +234,7 @@ pub async fn observe(
     let offsets = scenario.timeline_offsets().map_err(invalid)?;
     for (moment, after) in scenario.timeline.iter().zip(offsets) {
         clock.advance_to(start + after);
-        let mut alert = scenario.alert.to_alert();
+        let mut alert = scenario.alert.with_labels(&moment.labels);
         match moment.alert {
             Some(Notification::Firing) => {
                 runtime
