@@ -722,3 +722,69 @@ fn nix_uid() -> u32 {
         .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
         .unwrap_or(u32::MAX)
 }
+
+/// A stop while triaging loses nothing: the next start triages the alert again (its probes only
+/// read) instead of leaving it to a human, and says so on the record.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_alert_cut_off_while_triaging_is_triaged_again_at_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let world = "agent-kafka-scale.yaml";
+    {
+        // What a kill between the incident's save and its probes leaves behind.
+        let store = themis_agent::store::JsonStore::open(&dir.path().join("state")).expect("store");
+        let alert = world_alert(world);
+        let incident = themis_agent::store::Incident {
+            id: "inc-cut0ff0000000001".into(),
+            agent: "kafka".into(),
+            fingerprint: alert.fingerprint.clone(),
+            alert,
+            status: IncidentStatus::Triaging,
+            opened_at: std::time::SystemTime::now(),
+            attached_alerts: 0,
+            selection: None,
+            proposal: None,
+            proposal_record: None,
+            answer: None,
+            chain: Vec::new(),
+            executed: None,
+            reason: None,
+            proposed_at: None,
+            source_resolved_at: None,
+            verification: None,
+        };
+        store.save(&incident).await.expect("save");
+        store
+            .save_agent_state(
+                "kafka",
+                &AgentState::Triaging {
+                    incident: incident.id.clone(),
+                },
+            )
+            .await
+            .expect("state");
+    }
+    let host = HostSpec::new(dir.path(), "agents/kafka.yaml", world)
+        .start()
+        .await
+        .expect("runtime");
+    let incident = host
+        .store
+        .get("inc-cut0ff0000000001")
+        .await
+        .expect("incident");
+    assert_eq!(
+        incident.status,
+        IncidentStatus::Unverified,
+        "triaged again and the scale-out ran: {incident:?}"
+    );
+    assert_eq!(incident.chain, vec!["scale-consumer".to_string()]);
+    let records = records(&host.audit_path);
+    let recovered: Vec<_> = records
+        .iter()
+        .filter(|r| r["kind"] == "recovered")
+        .collect();
+    assert_eq!(recovered.len(), 1, "{records:?}");
+    assert_eq!(recovered[0]["data"]["action"], "triage again");
+    assert!(records.iter().all(|r| r["kind"] != "interrupted"));
+    assert_eq!(host.runtime.states()[0].state, AgentState::Idle);
+}

@@ -76,7 +76,7 @@ impl<'a> ServeSpec<'a> {
             None => String::new(),
         };
         let text = format!(
-            "listen: 127.0.0.1:0\nagents: {agents}\nstate_dir: state\n\
+            "listen: 127.0.0.1:0\nagents: {agents}\nstate_dir: state\naudit_signing_key: keys/audit.key\n\
              intake:\n  tokens: [ {{ env: TEST_INTAKE_TOKEN }} ]\n\
              approvers:\n  oncall: {{ token_env: TEST_ONCALL_TOKEN, slack_user: U0ONCALL }}\n  bob: {{ token_sha256: \"{bob}\" }}\n\
              {slack}backends:\n{backends}limits: {{ queue: {queue}, body_bytes: {body}, verify_every: 1s }}\n",
@@ -1002,12 +1002,45 @@ async fn sigterm_stops_cleanly_and_the_event_stream_shows_transitions() {
         watched.contains("(the service closed the event stream)"),
         "{watched}"
     );
+    // With the host's key and the head it kept beside it: every checkpoint signed, the last
+    // one made at the stop, and the file reaches it.
+    let keys = s.state.parent().expect("dir").join("keys");
+    let audit = s.state.join("audit.jsonl");
     let out = themis(&[
         "audit",
         "verify",
-        s.state.join("audit.jsonl").to_str().expect("utf-8"),
+        audit.to_str().expect("utf-8"),
+        "--key",
+        keys.join("audit.pub").to_str().expect("utf-8"),
+        "--head",
+        keys.join("audit.head.json").to_str().expect("utf-8"),
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
+    let said = text(&out.stdout);
+    assert!(said.contains("signatures checked"), "{said}");
+    assert!(said.contains("reaches the newest checkpoint"), "{said}");
+    let records = std::fs::read_to_string(&audit).expect("audit");
+    let last = records.lines().last().expect("a record");
+    assert!(
+        last.contains("\"kind\":\"checkpoint\""),
+        "the stop signs the head: {last}"
+    );
+    // A cut tail: the chain alone still holds, the head beside the key does not.
+    let cut: Vec<&str> = records.lines().collect();
+    std::fs::write(&audit, cut[..cut.len() - 2].join("\n") + "\n").expect("cut");
+    let out = themis(&[
+        "audit",
+        "verify",
+        audit.to_str().expect("utf-8"),
+        "--head",
+        keys.join("audit.head.json").to_str().expect("utf-8"),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stderr).contains("cut from the end"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]

@@ -367,10 +367,19 @@ enum RunbookCommand {
 
 #[derive(Debug, Subcommand)]
 enum AuditCommand {
-    /// Check the hash chain. Exit 0 when intact; otherwise name the first bad record, exit 1.
+    /// Check the hash chain, byte for byte. Exit 0 when intact; otherwise name the first bad
+    /// record, exit 1. With the host's audit key, also every signed checkpoint (a recomputed
+    /// chain fails them); with the head file the host keeps beside that key, that the file still
+    /// reaches its newest checkpoint (a cut tail fails).
     Verify {
         /// The audit log (JSON lines).
         file: PathBuf,
+        /// The host's audit public key (`<audit_signing_key>.pub`); repeatable.
+        #[arg(long, value_name = "PUB")]
+        key: Vec<PathBuf>,
+        /// The newest checkpoint the host mirrored beside its key (`<key>.head.json`).
+        #[arg(long, value_name = "FILE")]
+        head: Option<PathBuf>,
     },
     /// An incident's timeline, as a human reads it.
     Show {
@@ -637,8 +646,21 @@ async fn dispatch(cli: Cli) -> ExitCode {
                 ExitCode::from(1)
             }
         }
-        Command::Audit(AuditCommand::Verify { file }) => {
-            match themis_agent::audit::verify::verify(&file) {
+        Command::Audit(AuditCommand::Verify { file, key, head }) => {
+            let mut options = themis_agent::audit::verify::Options::default();
+            for k in &key {
+                match themis_core::trust::keys::PublicKey::read(k) {
+                    Ok(k) => options.keys.push(k),
+                    Err(e) => return fail(2, e),
+                }
+            }
+            if let Some(h) = &head {
+                match themis_agent::audit::checkpoint::Checkpoint::read(h) {
+                    Ok(h) => options.head = Some(h),
+                    Err(e) => return fail(2, e),
+                }
+            }
+            match themis_agent::audit::verify::verify_with(&file, &options) {
                 Ok(Ok(intact)) => {
                     println!(
                         "ok  {}: {} records, chain intact, last hash {}",
@@ -646,6 +668,25 @@ async fn dispatch(cli: Cli) -> ExitCode {
                         intact.records,
                         intact.last_hash
                     );
+                    let checked = if intact.signatures_checked {
+                        "signatures checked"
+                    } else {
+                        "signatures not checked: give --key"
+                    };
+                    match &intact.last_checkpoint {
+                        Some(cp) => println!(
+                            "    {} checkpoint(s), {checked}; the last signs record {} at {}",
+                            intact.checkpoints, cp.seq, cp.at
+                        ),
+                        None => println!("    no checkpoints (the host had no audit signing key)"),
+                    }
+                    if intact.head_checked {
+                        println!("    reaches the newest checkpoint the host kept beside its key");
+                    } else {
+                        println!(
+                            "    a cut tail is not ruled out: give --head <audit_signing_key>.head.json"
+                        );
+                    }
                     ExitCode::SUCCESS
                 }
                 Ok(Err(broken)) => fail(1, format!("{}: {broken}", file.display())),

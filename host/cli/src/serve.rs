@@ -201,6 +201,10 @@ pub async fn run(args: ServeArgs, cache_dir_flag: Option<PathBuf>) -> ExitCode {
     {
         return fail(2, "the audit log already has an observer");
     }
+    if let Err(e) = enable_checkpoints(&audit, config.audit_signing_key.as_deref(), &metrics) {
+        return fail(2, e);
+    }
+    let audit_at_exit = audit.clone();
     let runtime = match Runtime::start(
         RuntimeParts {
             sandbox,
@@ -256,9 +260,53 @@ pub async fn run(args: ServeArgs, cache_dir_flag: Option<PathBuf>) -> ExitCode {
     .await
     {
         Ok(()) => {
+            // The chain's head as it stands at the end, signed.
+            if let Err(e) = audit_at_exit.checkpoint_now() {
+                return fail(1, format!("the last audit checkpoint failed: {e}"));
+            }
             println!("themis serve: stopped");
             ExitCode::SUCCESS
         }
         Err(e) => fail(1, format!("the service failed: {e}")),
     }
+}
+
+/// Sign the audit chain's head every 1000 records or minute with the host's key (created on
+/// first use), or say loudly — and on the record — that nothing does.
+fn enable_checkpoints(
+    audit: &AuditLog,
+    key: Option<&std::path::Path>,
+    metrics: &Arc<Metrics>,
+) -> Result<(), String> {
+    use themis_agent::audit::checkpoint::{self, Checkpointer};
+    let Some(path) = key else {
+        tracing::warn!(
+            "no audit_signing_key: the audit chain is not checkpointed, so a cut tail or a recomputed chain cannot be shown"
+        );
+        audit
+            .append("host", None, "audit-checkpoints-off", serde_json::json!({ "why": "no audit_signing_key is configured: set one outside the audit's folder" }))
+            .map_err(|e| e.to_string())?;
+        return Ok(());
+    };
+    let key = checkpoint::load_or_create_key(path)?;
+    audit
+        .append("host", None, "audit-checkpoints-on", serde_json::json!({ "key_id": key.id.to_string(), "every_records": checkpoint::DEFAULT_EVERY_RECORDS, "every_secs": checkpoint::DEFAULT_EVERY.as_secs() }))
+        .map_err(|e| e.to_string())?;
+    let checkpointer = Checkpointer::new(
+        key,
+        path.with_extension("head.json"),
+        checkpoint::DEFAULT_EVERY_RECORDS,
+        checkpoint::DEFAULT_EVERY,
+    );
+    if !audit.enable_checkpoints(checkpointer) {
+        return Err("the audit log is already checkpointed".into());
+    }
+    let watching = metrics.clone();
+    if audit
+        .observe_checkpoints(Box::new(move |cp| watching.audit_checkpoint(cp.seq)))
+        .is_err()
+    {
+        return Err("the audit log's checkpoints already have an observer".into());
+    }
+    Ok(())
 }

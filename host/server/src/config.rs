@@ -6,6 +6,10 @@
 //! agents: ../agents                   # THEMIS_AGENTS; paths in the file are relative to it
 //! state_dir: ../.themis/serve         # THEMIS_STATE_DIR
 //! audit: audit.jsonl                  # THEMIS_AUDIT  [default: <state_dir>/audit.jsonl]
+//! audit_signing_key: /etc/themis/audit.key   # THEMIS_AUDIT_SIGNING_KEY: signs checkpoints of the
+//!                                     # chain; keep it outside the audit's folder (created,
+//!                                     # 0600, with .pub and .head.json beside it) [default: none,
+//!                                     # warned and recorded]
 //! cache_dir: ../.themis/cache         # THEMIS_CACHE_DIR
 //! intake:
 //!   tokens: [ { env: THEMIS_INTAKE_TOKEN }, { sha256: "sha256:…" }, { file: /run/secrets/t } ]
@@ -291,6 +295,8 @@ struct RawConfig {
     #[serde(default)]
     audit: Option<PathBuf>,
     #[serde(default)]
+    audit_signing_key: Option<PathBuf>,
+    #[serde(default)]
     cache_dir: Option<PathBuf>,
     #[serde(default)]
     intake: RawIntake,
@@ -319,6 +325,8 @@ pub struct ServeConfig {
     pub agents: PathBuf,
     pub state_dir: PathBuf,
     pub audit: PathBuf,
+    /// Signs the audit chain's checkpoints, when set.
+    pub audit_signing_key: Option<PathBuf>,
     pub cache_dir: PathBuf,
     pub intake_tokens: Vec<TokenHash>,
     pub approvers: Approvers,
@@ -405,6 +413,32 @@ impl ServeConfig {
             .map(PathBuf::from)
             .or_else(|| raw.audit.as_ref().map(|p| in_file(p)))
             .unwrap_or_else(|| state_dir.join("audit.jsonl"));
+        let audit_signing_key = var("THEMIS_AUDIT_SIGNING_KEY")
+            .map(PathBuf::from)
+            .or_else(|| raw.audit_signing_key.as_ref().map(|p| in_file(p)));
+        if let (Some(key), Some(dir)) = (&audit_signing_key, audit.parent())
+            && !dir.as_os_str().is_empty()
+            && key.starts_with(dir)
+        {
+            return Err(err(
+                "audit_signing_key",
+                format!(
+                    "{} is inside the audit's folder {}: whoever can rewrite the audit could read the key and re-sign it; keep the key elsewhere",
+                    key.display(),
+                    dir.display()
+                ),
+            ));
+        }
+        if audit_signing_key
+            .as_ref()
+            .is_some_and(|k| k.extension().is_none_or(|e| e != "key"))
+        {
+            return Err(err(
+                "audit_signing_key",
+                "the key's file name must end in .key (its .pub and .head.json go beside it)"
+                    .into(),
+            ));
+        }
         let cache_dir = var("THEMIS_CACHE_DIR")
             .map(PathBuf::from)
             .or_else(|| raw.cache_dir.as_ref().map(|p| in_file(p)))
@@ -702,6 +736,7 @@ impl ServeConfig {
             agents,
             state_dir,
             audit,
+            audit_signing_key,
             cache_dir,
             intake_tokens,
             approvers: raw.approvers,
@@ -811,6 +846,41 @@ mod tests {
         let bad = env(&[("THEMIS_QUEUE_CAPACITY", "many")]);
         let e = ServeConfig::load(&file, &Overrides::default(), &bad).expect_err("bad number");
         assert_eq!(e.field, "limits.queue");
+    }
+
+    #[test]
+    fn the_audit_signing_key_stays_out_of_the_audits_folder() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let base = "agents: agents\nstate_dir: s\nlisten: 127.0.0.1:1\nintake: { tokens: [ { sha256: \"sha256:0000000000000000000000000000000000000000000000000000000000000000\" } ] }\n";
+        let file = write(
+            dir.path(),
+            &format!("{base}audit_signing_key: s/audit.key\n"),
+        );
+        let e = ServeConfig::load(&file, &Overrides::default(), &env(&[])).expect_err("inside");
+        assert_eq!(e.field, "audit_signing_key");
+        assert!(e.problem.contains("inside the audit's folder"), "{e}");
+        let file = write(
+            dir.path(),
+            &format!("{base}audit_signing_key: keys/audit.pem\n"),
+        );
+        let e = ServeConfig::load(&file, &Overrides::default(), &env(&[])).expect_err("name");
+        assert!(e.problem.contains(".key"), "{e}");
+        let file = write(
+            dir.path(),
+            &format!("{base}audit_signing_key: keys/audit.key\n"),
+        );
+        let c = ServeConfig::load(&file, &Overrides::default(), &env(&[])).expect("loads");
+        assert_eq!(c.audit_signing_key, Some(dir.path().join("keys/audit.key")));
+        let c = ServeConfig::load(
+            &file,
+            &Overrides::default(),
+            &env(&[("THEMIS_AUDIT_SIGNING_KEY", "/etc/themis/audit.key")]),
+        )
+        .expect("loads");
+        assert_eq!(
+            c.audit_signing_key,
+            Some(PathBuf::from("/etc/themis/audit.key"))
+        );
     }
 
     #[test]

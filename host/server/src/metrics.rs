@@ -151,6 +151,8 @@ pub struct Metrics {
     llm_tokens: Family<TokenLabels, Counter>,
     llm_seconds: Histogram,
     audit_appends: Family<ResultLabel, Counter>,
+    audit_checkpoint_seq: Gauge,
+    audit_checkpoint_time: Gauge<f64, AtomicU64>,
     audit_append_seconds: Histogram,
     approvals_pending: Gauge,
     oldest_pending: Gauge<f64, AtomicU64>,
@@ -263,6 +265,18 @@ impl Metrics {
             "How long one request to the triage model took",
             llm_seconds.clone(),
         );
+        let audit_checkpoint_seq = Gauge::default();
+        registry.register(
+            "audit_checkpoint_seq",
+            "The audit record the newest signed checkpoint covers (compare with the file: a chain that ends before it was cut)",
+            audit_checkpoint_seq.clone(),
+        );
+        let audit_checkpoint_time = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "audit_checkpoint_time_seconds",
+            "When the newest signed checkpoint of the audit chain was made (unix seconds)",
+            audit_checkpoint_time.clone(),
+        );
         let audit_appends = Family::<ResultLabel, Counter>::default();
         registry.register(
             "audit_appends",
@@ -318,6 +332,8 @@ impl Metrics {
             llm_tokens,
             llm_seconds,
             audit_appends,
+            audit_checkpoint_seq,
+            audit_checkpoint_time,
             audit_append_seconds,
             approvals_pending,
             oldest_pending,
@@ -357,6 +373,13 @@ impl Metrics {
     }
 
     /// One audit append, as the audit log reports it.
+    /// The audit chain was checkpointed up to record `seq`.
+    pub fn audit_checkpoint(&self, seq: u64) {
+        self.audit_checkpoint_seq
+            .set(i64::try_from(seq).unwrap_or(i64::MAX));
+        self.audit_checkpoint_time.set(unix_now());
+    }
+
     pub fn audit_append(&self, took: Duration, ok: bool) {
         self.audit_appends
             .get_or_create(&ResultLabel {

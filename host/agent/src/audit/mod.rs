@@ -6,6 +6,7 @@
 //! so two processes can never continue the same chain from the same tail (a fork). Every record
 //! is redacted, then bounded in size (large values become a digest) before it is hashed.
 
+pub mod checkpoint;
 pub mod verify;
 
 pub use themis_core::redact::Redactor;
@@ -126,8 +127,15 @@ pub struct AuditLog {
     redactor: Redactor,
     /// Told how long each append took and whether it was written (metrics); set once.
     on_append: std::sync::OnceLock<AppendObserver>,
+    /// Signs the chain's head every so often, when the host has a signing key.
+    checkpoints: std::sync::OnceLock<checkpoint::Checkpointer>,
+    /// Told of every checkpoint (metrics); set once.
+    on_checkpoint: std::sync::OnceLock<CheckpointObserver>,
     _lock: Held,
 }
+
+/// Called after every checkpoint is on the chain.
+pub type CheckpointObserver = Box<dyn Fn(&checkpoint::Checkpoint) + Send + Sync>;
 
 /// Called after every append with its duration (fsync included) and whether it succeeded.
 pub type AppendObserver = Box<dyn Fn(Duration, bool) + Send + Sync>;
@@ -186,11 +194,15 @@ impl AuditLog {
             }),
             redactor,
             on_append: std::sync::OnceLock::new(),
+            checkpoints: std::sync::OnceLock::new(),
+            on_checkpoint: std::sync::OnceLock::new(),
             _lock: held,
         };
         if let Some(torn) = torn {
             // A writer killed mid-append leaves a last line with no newline: that record's
-            // append never returned, so nothing acted on it. Cut it off, and say so on the chain.
+            // append never returned, so nothing acted on it. Move it aside (a file beside the
+            // log, for whoever investigates), cut it off, and say so on the chain.
+            let aside = move_aside(path, torn.at).map_err(io)?;
             let mut tail = log.tail.lock().unwrap_or_else(|p| p.into_inner());
             tail.file.set_len(torn.at).map_err(io)?;
             tail.len = torn.at;
@@ -200,7 +212,7 @@ impl AuditLog {
                 "host",
                 None,
                 "torn-record-discarded",
-                serde_json::json!({ "bytes": torn.bytes, "sha256": torn.sha256, "reason": "the last append was cut off by a crash before it completed; nothing acted on it" }),
+                serde_json::json!({ "bytes": torn.bytes, "sha256": torn.sha256, "moved_to": aside.display().to_string(), "reason": "the last append was cut off by a crash before it completed; nothing acted on it" }),
             )?;
         }
         Ok(log)
@@ -332,6 +344,60 @@ impl AuditLog {
         self.on_append.set(observer)
     }
 
+    /// Sign the chain's head from now on, as `checkpointer` says when; `false` if it already
+    /// was (the first one stays).
+    pub fn enable_checkpoints(&self, checkpointer: checkpoint::Checkpointer) -> bool {
+        self.checkpoints.set(checkpointer).is_ok()
+    }
+
+    /// Watch every checkpoint from now on (the service's metrics); a second is refused.
+    pub fn observe_checkpoints(
+        &self,
+        observer: CheckpointObserver,
+    ) -> Result<(), CheckpointObserver> {
+        self.on_checkpoint.set(observer)
+    }
+
+    /// Sign the head now if anything was appended since the last checkpoint (at shutdown).
+    pub fn checkpoint_now(&self) -> Result<Option<checkpoint::Checkpoint>, AuditError> {
+        let seq = self.tail.lock().unwrap_or_else(|p| p.into_inner()).seq;
+        self.checkpoint_if_due(seq, true)
+    }
+
+    /// A checkpoint record signing the head as it is when written, if one is due at `seq`;
+    /// mirrored beside the key.
+    fn checkpoint_if_due(
+        &self,
+        seq: u64,
+        force: bool,
+    ) -> Result<Option<checkpoint::Checkpoint>, AuditError> {
+        let Some(cp) = self.checkpoints.get() else {
+            return Ok(None);
+        };
+        if !cp.due(seq, force) {
+            return Ok(None);
+        }
+        let record = self.write_record("host", None, "checkpoint", |seq, head| {
+            serde_json::to_value(checkpoint::Checkpoint::sign(cp.key(), seq, head))
+                .unwrap_or(Value::Null)
+        })?;
+        cp.wrote(record.seq);
+        let signed: checkpoint::Checkpoint =
+            serde_json::from_value(record.data).map_err(|e| AuditError::Io {
+                path: self.path.clone(),
+                source: std::io::Error::other(e),
+            })?;
+        if let Err(e) = cp.mirror(&signed) {
+            // The checkpoint is on the chain; only its copy beside the key is missing, so a
+            // cut tail after it cannot be told from the file alone until the next one.
+            tracing::error!(file = %cp.head_file().display(), error = %e, "the audit checkpoint could not be mirrored beside the key");
+        }
+        if let Some(observe) = self.on_checkpoint.get() {
+            observe(&signed);
+        }
+        Ok(Some(signed))
+    }
+
     pub fn append(
         &self,
         agent: &str,
@@ -340,22 +406,32 @@ impl AuditLog {
         data: Value,
     ) -> Result<Record, AuditError> {
         let started = std::time::Instant::now();
-        let result = self.append_unobserved(agent, incident, kind, data);
+        let data = themis_core::bounded::bound(self.redactor.redact(data), MAX_RECORD_BYTES);
+        let result = self.write_record(agent, incident, kind, |_, _| data);
         if let Some(observe) = self.on_append.get() {
             observe(started.elapsed(), result.is_ok());
+        }
+        if let Ok(record) = &result
+            && let Err(e) = self.checkpoint_if_due(record.seq, false)
+        {
+            // This record is on disk; the checkpoint is not. A failed fsync has closed the log,
+            // so the next append says so; anything else is tried again at the next record.
+            tracing::error!(error = %e, "the audit checkpoint could not be written");
         }
         result
     }
 
-    fn append_unobserved(
+    /// Write one record whose data `make` builds from the head it will follow (its seq and
+    /// hash), under the tail's lock; return once it is on disk.
+    fn write_record(
         &self,
         agent: &str,
         incident: Option<&str>,
         kind: &str,
-        data: Value,
+        make: impl FnOnce(u64, &str) -> Value,
     ) -> Result<Record, AuditError> {
         let mut tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
-        let data = themis_core::bounded::bound(self.redactor.redact(data), MAX_RECORD_BYTES);
+        let data = make(tail.seq, &tail.prev);
         let mut record = Record {
             seq: tail.seq + 1,
             ts: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
@@ -441,6 +517,35 @@ fn each_record(path: &Path, mut visit: impl FnMut(Record) -> bool) -> std::io::R
             return Ok(());
         }
     }
+}
+
+/// Copy the bytes of `path` from `at` on into a new file beside it (`<log>.torn-<n>`), durably.
+fn move_aside(path: &Path, at: u64) -> std::io::Result<PathBuf> {
+    use std::io::{Seek, SeekFrom};
+    let mut bytes = Vec::new();
+    let mut f = File::open(path)?;
+    f.seek(SeekFrom::Start(at))?;
+    f.take(MAX_RECORD_BYTES as u64 * 4)
+        .read_to_end(&mut bytes)?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "audit".into());
+    for n in 1..1000 {
+        let aside = path.with_file_name(format!("{name}.torn-{n}"));
+        match OpenOptions::new().write(true).create_new(true).open(&aside) {
+            Ok(mut out) => {
+                out.write_all(&bytes)?;
+                out.sync_all()?;
+                return Ok(aside);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(std::io::Error::other(
+        "a thousand torn records were moved aside already: look at them before going on",
+    ))
 }
 
 /// An unfinished last line: where it starts, its size and digest.
@@ -589,6 +694,13 @@ mod tests {
         assert_eq!(records[0].hash, a.hash);
         assert_eq!(records[1].kind, "torn-record-discarded");
         assert_eq!(records[1].data["bytes"], 19);
+        // Moved aside, not lost.
+        let aside = dir.path().join("audit.jsonl.torn-1");
+        assert_eq!(records[1].data["moved_to"], aside.display().to_string());
+        assert_eq!(
+            std::fs::read(&aside).expect("aside"),
+            b"{\"seq\":2,\"ts\":\"2026"
+        );
         assert!(verify::verify(&path).expect("reads").is_ok());
         // A broken line that did end (changed, not cut off) is still refused.
         drop(log);

@@ -1,8 +1,17 @@
 //! `themis audit verify`: walk the chain and name the first record that does not hold.
+//!
+//! What it proves: every record is byte for byte as the host wrote it (its canonical JSON: an
+//! edit that keeps the same JSON value — an escape, a space, a duplicated key — is a change),
+//! each links to the one before, and numbering has no gap. Given the host's public key it also
+//! checks every signed checkpoint (a chain recomputed after an edit no longer matches them), and
+//! given the newest checkpoint the host left beside its key, that the file still reaches it
+//! (records cut from the end are missing).
 
+use super::checkpoint::Checkpoint;
 use super::{GENESIS, Record};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
+use themis_core::trust::keys::PublicKey;
 
 /// The first break in a chain.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -14,20 +23,55 @@ pub struct Break {
     pub problem: String,
 }
 
-/// A chain that holds: how many records.
+/// A chain that holds: how many records, and what its checkpoints showed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Intact {
     pub records: u64,
     pub last_hash: String,
+    /// Checkpoint records on the chain.
+    pub checkpoints: u64,
+    pub last_checkpoint: Option<Checkpoint>,
+    /// Were the checkpoints' signatures checked (a key was given)?
+    pub signatures_checked: bool,
+    /// Was the file checked against the host's newest checkpoint (a head was given)?
+    pub head_checked: bool,
+}
+
+/// What to check beyond the chain itself.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// The host's audit public key(s): every checkpoint must be signed by one.
+    pub keys: Vec<PublicKey>,
+    /// The newest checkpoint as the host mirrored it beside its key: the file must reach it.
+    pub head: Option<Checkpoint>,
 }
 
 /// `Ok(Ok(..))` intact, `Ok(Err(..))` broken, `Err` unreadable file.
 pub fn verify(path: &Path) -> std::io::Result<Result<Intact, Break>> {
+    verify_with(path, &Options::default())
+}
+
+/// [`verify`], with checkpoints checked against keys and the file against the newest head.
+pub fn verify_with(path: &Path, options: &Options) -> std::io::Result<Result<Intact, Break>> {
     let reader = BufReader::new(std::fs::File::open(path)?);
     let mut prev = GENESIS.to_string();
     let mut expected_seq = 1u64;
+    let mut checkpoints = 0u64;
+    let mut last_checkpoint = None;
+    let mut lines = 0usize;
+    if let Some(head) = &options.head
+        && !options.keys.is_empty()
+        && !head.verifies_with(&options.keys)
+    {
+        return Ok(Err(Break {
+            line: 0,
+            seq: Some(head.seq),
+            problem: "the head file's checkpoint is not signed by the given key: it was forged or belongs to another host".into(),
+        }));
+    }
     for (i, line) in reader.split(b'\n').enumerate() {
         let line_no = i + 1;
+        lines = line_no;
         let bytes = line?;
         let Ok(text) = std::str::from_utf8(&bytes) else {
             return Ok(Err(Break {
@@ -74,12 +118,63 @@ pub fn verify(path: &Path) -> std::io::Result<Result<Intact, Break>> {
                 record.seq
             ));
         }
+        if serde_json::to_vec(&record).ok().as_deref() != Some(text.as_bytes()) {
+            return fail(format!(
+                "record {} is not byte for byte as the host wrote it (an escape, a space, the order or a repeat of a key): it was altered",
+                record.seq
+            ));
+        }
+        if record.kind == "checkpoint" {
+            let Ok(cp) = serde_json::from_value::<Checkpoint>(record.data.clone()) else {
+                return fail(format!("record {} is not a checkpoint", record.seq));
+            };
+            if cp.seq + 1 != record.seq || cp.head != record.prev {
+                return fail(format!(
+                    "checkpoint {} does not sign the head it follows",
+                    record.seq
+                ));
+            }
+            if !options.keys.is_empty() && !cp.verifies_with(&options.keys) {
+                return fail(format!(
+                    "checkpoint {} is not signed by the given key: the chain up to it was recomputed, or the checkpoint forged",
+                    record.seq
+                ));
+            }
+            checkpoints += 1;
+            last_checkpoint = Some(cp);
+        }
+        if let Some(head) = &options.head
+            && head.seq == record.seq
+            && head.head != record.hash
+        {
+            return fail(format!(
+                "record {} is not the one the host checkpointed at {}: the chain was recomputed",
+                record.seq, head.at
+            ));
+        }
         prev = record.hash;
         expected_seq += 1;
     }
+    let records = expected_seq - 1;
+    if let Some(head) = &options.head
+        && records < head.seq
+    {
+        return Ok(Err(Break {
+            line: lines + 1,
+            seq: None,
+            problem: format!(
+                "the file ends at record {records}, but the host checkpointed record {} at {}: records were cut from the end",
+                head.seq, head.at
+            ),
+        }));
+    }
     Ok(Ok(Intact {
-        records: expected_seq - 1,
+        records,
         last_hash: prev,
+        checkpoints,
+        last_checkpoint,
+        signatures_checked: !options.keys.is_empty(),
+        head_checked: options.head.is_some(),
     }))
 }
 
@@ -123,6 +218,105 @@ mod tests {
             let broken = verify(&path).expect("io").expect_err("tamper detected");
             assert_eq!(broken.line, line_of(offset), "byte {offset}: {broken}");
         }
+    }
+
+    #[test]
+    fn an_edit_that_keeps_the_json_value_is_still_an_edit() {
+        let (_dir, path) = log_with(2);
+        let original = std::fs::read_to_string(&path).expect("read");
+        for (from, to) in [
+            ("\"gc pause", "\"\\u0067c pause"),
+            ("\"kind\":\"step\"", "\"kind\": \"step\""),
+            ("\"i\":0", "\"i\":7,\"i\":0"),
+        ] {
+            std::fs::write(&path, original.replacen(from, to, 1)).expect("write");
+            let broken = verify(&path).expect("io").expect_err("detected");
+            assert_eq!(broken.line, 1, "{to}: {broken}");
+            assert!(broken.problem.contains("byte for byte"), "{to}: {broken}");
+        }
+    }
+
+    /// What someone with write access but without the host's key can do: change a record and
+    /// recompute every hash from it on.
+    fn recompute(path: &std::path::Path, edit: impl Fn(&mut Record)) {
+        let text = std::fs::read_to_string(path).expect("read");
+        let mut prev = GENESIS.to_string();
+        let mut out = String::new();
+        for line in text.lines() {
+            let mut r: Record = serde_json::from_str(line).expect("record");
+            edit(&mut r);
+            r.prev = prev.clone();
+            if r.kind == "checkpoint" {
+                // The head it names can be rewritten; its signature cannot be remade.
+                r.data["head"] = json!(prev);
+            }
+            r.hash = r.compute_hash();
+            prev = r.hash.clone();
+            out.push_str(&serde_json::to_string(&r).expect("json"));
+            out.push('\n');
+        }
+        std::fs::write(path, out).expect("write");
+    }
+
+    #[test]
+    fn checkpoints_catch_a_recomputed_chain_and_a_cut_tail() {
+        use super::super::checkpoint::{Checkpointer, load_or_create_key};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit/audit.jsonl");
+        let keys = dir.path().join("keys");
+        let key = load_or_create_key(&keys.join("audit.key")).expect("key");
+        let public = key.public("host");
+        let log = AuditLog::open(&path, Redactor::default()).expect("open");
+        let head_file = keys.join("audit.head.json");
+        assert!(log.enable_checkpoints(Checkpointer::new(
+            key,
+            head_file.clone(),
+            4,
+            std::time::Duration::from_secs(3600)
+        )));
+        for i in 0..10 {
+            log.append("kafka", None, "step", json!({ "i": i }))
+                .expect("append");
+        }
+        log.checkpoint_now().expect("checkpoint");
+        drop(log);
+        let head = Checkpoint::read(&head_file).expect("head");
+        let options = Options {
+            keys: vec![public],
+            head: Some(head.clone()),
+        };
+        let intact = verify_with(&path, &options).expect("io").expect("intact");
+        assert_eq!(intact.checkpoints, 3, "every 4 records, and at the end");
+        assert_eq!(intact.last_checkpoint.as_ref(), Some(&head));
+        assert!(intact.signatures_checked && intact.head_checked);
+
+        // An edited record, every hash after it recomputed: the chain alone still holds...
+        let original = std::fs::read(&path).expect("read");
+        recompute(&path, |r| {
+            if r.seq == 2 {
+                r.data = json!({ "i": 99 });
+            }
+        });
+        assert!(verify(&path).expect("io").is_ok());
+        // ...but not its signed checkpoints.
+        let broken = verify_with(&path, &options)
+            .expect("io")
+            .expect_err("caught");
+        assert!(
+            broken.problem.contains("not signed by the given key"),
+            "{broken}"
+        );
+
+        // Records cut from the end: the chain holds, the head beside the key says otherwise.
+        std::fs::write(&path, &original).expect("restore");
+        let text = String::from_utf8(original).expect("utf-8");
+        let kept: Vec<&str> = text.lines().take(9).collect();
+        std::fs::write(&path, kept.join("\n") + "\n").expect("cut");
+        assert!(verify(&path).expect("io").is_ok());
+        let broken = verify_with(&path, &options)
+            .expect("io")
+            .expect_err("caught");
+        assert!(broken.problem.contains("cut from the end"), "{broken}");
     }
 
     #[test]

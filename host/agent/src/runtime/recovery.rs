@@ -1,15 +1,17 @@
 //! Recovery: what the host does with work it finds unfinished — at start (a crash or a kill
-//! mid-incident) and before each command (a command that failed half-way). It never guesses
-//! where a runbook stood and never resumes one blindly: every unfinished incident becomes
+//! mid-incident) and before each command (a command that failed half-way). An incident cut off
+//! while `triaging` is triaged again at start: its probes only read, so repeating them is safe,
+//! and the alert was accepted, so dropping it would lose it. It never guesses where a runbook
+//! stood and never resumes one blindly: an incident cut off while `executing` becomes
 //! `interrupted`, a human is told what was running, and the agent returns to `idle` through legal
-//! moves. (Resuming with postcondition checks is the durability work's.)
+//! moves. (Resuming a runbook with postcondition checks is the durability work's.)
 
 use super::RuntimeError;
 use super::worker::Worker;
 use crate::escalation::Escalation;
 use crate::store::{Incident, IncidentStatus};
 use serde_json::json;
-use themis_core::fsm::{AgentState, Event};
+use themis_core::fsm::{AgentState, Event, StateKind};
 
 impl Worker {
     /// At start: every incident of this agent still `triaging` or `executing`, and whatever
@@ -47,9 +49,47 @@ impl Worker {
             .collect();
         let was = self.fsm.state.clone();
         for incident in unfinished {
-            self.interrupt(incident, &was).await?;
+            let same = was.incident() == Some(incident.id.as_str());
+            let can_retriage = incident.status == IncidentStatus::Triaging
+                && match was.kind() {
+                    StateKind::Idle => true,
+                    StateKind::Triaging => same,
+                    _ => false,
+                };
+            if can_retriage && self.fsm.state == was {
+                self.retriage(incident).await?;
+            } else {
+                let last = self.fsm.state.clone();
+                self.interrupt(incident, &last).await?;
+            }
         }
         self.ensure_idle().await
+    }
+
+    /// Triage an incident again that a stop cut off while triaging: on the record, then as if
+    /// the alert had just come in.
+    async fn retriage(&mut self, mut incident: Incident) -> Result<(), RuntimeError> {
+        let ctx = self.ctx.clone();
+        let agent = ctx.agent.def.name.clone();
+        ctx.audit.append(
+            &agent,
+            Some(&incident.id),
+            "recovered",
+            json!({ "status": incident.status, "state": self.fsm.state, "action": "triage again", "reason": "the host stopped while triaging this alert; triage only reads, so it is repeated from the start" }),
+        )?;
+        if self.fsm.state.kind() == StateKind::Idle {
+            self.fsm
+                .fire(
+                    &ctx,
+                    &incident.id,
+                    Event::AlertReceived {
+                        incident: incident.id.clone(),
+                    },
+                )
+                .await?;
+        }
+        incident.selection = None;
+        self.triage(&mut incident).await
     }
 
     /// Before a command: the agent must be idle; if not, the state names the incident a failed
