@@ -2,6 +2,7 @@
 //! Components are built by `scripts/build-runbooks` (the test command runs it first).
 
 mod agents;
+mod browser;
 mod cli;
 mod common;
 mod foundations;
@@ -12,6 +13,7 @@ mod llm_real;
 mod manifests;
 mod metrics;
 mod openai_mock;
+mod page;
 mod playbook;
 mod sandbox;
 mod scenarios;

@@ -52,116 +52,15 @@ pub fn incident_line(i: &Incident) -> String {
 pub fn timeline(records: &[&Record]) -> String {
     let mut out = String::new();
     for r in records {
-        let d = &r.data;
-        let s = |v: &serde_json::Value| v.as_str().unwrap_or("").to_owned();
-        let what = match r.kind.as_str() {
-            "alert" => format!(
-                "alert {} (fingerprint {})",
-                s(&d["alert"]["name"]),
-                s(&d["fingerprint"])
-            ),
-            "transition" => format!(
-                "{} → {}  ({})",
-                state(&d["from"]),
-                state(&d["to"]),
-                s(&d["event"]["event"])
-            ),
-            "illegal-transition" => format!("ILLEGAL {}", s(&d["error"])),
-            "probe" => format!("probe {}: {}", s(&d["runbook"]), s(&d["outcome"]["status"])),
-            "selection" => format!(
-                "selection by {}: {} at confidence {} — {}",
-                s(&d["output"]["selector"]),
-                d["output"]["runbook"].as_str().unwrap_or("escalate"),
-                d["output"]["confidence"],
-                s(&d["output"]["reasoning"])
-            ),
-            "decision" => format!(
-                "decision {}: {} — {}",
-                s(&d["plan"]["runbook_id"]),
-                s(&d["verdict"]["decision"]),
-                s(&d["reason"])
-            ),
-            "phase" => format!(
-                "{} / {} {} {}: {} ({} calls)",
-                s(&d["runbook"]),
-                s(&d["record"]["step"]),
-                s(&d["record"]["phase"]),
-                s(&d["record"]["status"]),
-                s(&d["record"]["summary"]),
-                d["record"]["calls"].as_array().map(Vec::len).unwrap_or(0)
-            ),
-            "escalation" => format!(
-                "ESCALATED: {}",
-                d["escalation"]["reason"]
-                    .as_str()
-                    .or(d["reason"].as_str())
-                    .unwrap_or("")
-            ),
-            "escalation-delivery" => format!("delivered: {}", d["deliveries"]),
-            "approval" => format!(
-                "approved by {} (plan {})",
-                s(&d["approver"]),
-                s(&d["plan_digest"])
-            ),
-            "approval-refused" => format!(
-                "approval REFUSED for {}: {}",
-                s(&d["approver"]),
-                s(&d["error"])
-            ),
-            "rejection" => format!("rejected by {}: {}", s(&d["by"]), s(&d["reason"])),
-            "adjustment" => format!(
-                "adjusted by {} to {}: {}",
-                s(&d["by"]),
-                s(&d["plan"]["runbook_id"]),
-                s(&d["reason"])
-            ),
-            "execution-start" => format!(
-                "run {} {} as {}",
-                s(&d["runbook_id"]),
-                s(&d["runbook_version"]),
-                s(&d["execution_id"])
-            ),
-            "result" => format!(
-                "result of {}: {}",
-                s(&d["runbook_id"]),
-                s(&d["outcome"]["status"])
-            ),
-            "verification-start" => format!(
-                "verifying {} for up to {}s: alert resolution {}, metric {}",
-                s(&d["runbook"]),
-                d["window_secs"],
-                if d["alert_tracked"].as_bool() == Some(true) {
-                    "watched"
-                } else {
-                    "not reported by its source"
-                },
-                d["metric"].as_str().unwrap_or("none")
-            ),
-            "verification" => format!(
-                "fix of {} {}: {}",
-                s(&d["runbook"]),
-                s(&d["effect"]),
-                s(&d["why"])
-            ),
-            "alert-resolved" => "the alert's source says it resolved".to_owned(),
-            other => format!("{other} {d}"),
-        };
-        let _ = writeln!(out, "{}  #{:<4} {what}", r.ts, r.seq);
+        let _ = writeln!(
+            out,
+            "{}  #{:<4} {}",
+            r.ts,
+            r.seq,
+            themis_agent::audit::describe::line(r)
+        );
     }
     out
-}
-
-fn state(v: &serde_json::Value) -> String {
-    let s = v["state"].as_str().unwrap_or("?");
-    match (
-        v["runbook"].as_str(),
-        v["step"].as_str(),
-        v["phase"].as_str(),
-    ) {
-        (Some(rb), Some(step), Some(phase)) => format!("{s}[{rb}/{step}/{phase}]"),
-        (Some(rb), Some(step), None) => format!("{s}[{rb}/{step}]"),
-        _ => s.to_owned(),
-    }
 }
 
 pub fn validated(loaded: &LoadedRunbook) -> String {

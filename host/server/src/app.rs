@@ -24,6 +24,8 @@ pub struct AppState {
     pub metrics: Arc<crate::metrics::Metrics>,
     pub started: SystemTime,
     pub slack: Option<slack::SlackState>,
+    /// The operator page's sessions and its last look at the audit.
+    pub page: crate::page::PageState,
     draining: AtomicBool,
     /// Becomes true when the host shuts down: event streams end.
     pub stopping: watch::Receiver<bool>,
@@ -57,6 +59,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(read::healthz))
         .route("/metrics", get(crate::metrics::scrape))
         .route("/readyz", get(read::readyz))
+        .merge(crate::page::routes())
         .fallback(|| async {
             ApiError::not_found("no such endpoint; the API is under /api/v1 (see the README)")
         })
@@ -119,6 +122,7 @@ pub async fn serve(
         metrics,
         started: SystemTime::now(),
         slack,
+        page: crate::page::PageState::default(),
         draining: AtomicBool::new(false),
         stopping: stop_rx,
     });

@@ -41,8 +41,12 @@ pub fn approver(state: &AppState, headers: &HeaderMap) -> Result<Identity, ApiEr
         .map_err(|e| ApiError::unauthorized(e.to_string()))
 }
 
-/// A reader of the read API: an approver or an alert source.
+/// A reader of the read API: an approver or an alert source — by bearer token, or by the
+/// operator page's session cookie (a browser's event stream cannot send a token).
 pub fn reader(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    if bearer(headers).is_none() && state.page.sessions.get(headers).is_some() {
+        return Ok(());
+    }
     match bearer(headers) {
         Some(token)
             if state.config.intake_token_ok(token)

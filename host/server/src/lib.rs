@@ -1,6 +1,6 @@
 //! `themis serve`: the sidecar. An axum service over the agent runtime — Alertmanager's webhook
 //! and Themis' own alert JSON in, approvals over HTTP and Slack, a read API with an event
-//! stream — configured by one `themis.yaml`.
+//! stream, and the operator page at `/` — configured by one `themis.yaml`.
 //!
 //! Invariants: every request is authenticated before its body is read (except the probes);
 //! an accepted alert is on the audit before the response; the service never holds more than
@@ -18,7 +18,9 @@ pub mod events;
 mod intake;
 pub mod metrics;
 pub mod openapi;
+mod page;
 mod read;
+mod session;
 pub mod slack;
 mod views;
 

@@ -7,6 +7,7 @@
 //! is redacted, then bounded in size (large values become a digest) before it is hashed.
 
 pub mod checkpoint;
+pub mod describe;
 pub mod verify;
 
 pub use themis_core::redact::Redactor;

@@ -1,0 +1,150 @@
+//! Sessions of the operator page: a browser cannot send a bearer token on a plain navigation,
+//! so the page trades one for a session cookie (HttpOnly, SameSite=Strict) once. A session
+//! remembers who it is — an approver (may answer) or an alert source's token (may only read) —
+//! and a per-session form token every answer must carry. Bounded: the oldest session goes first.
+
+use axum::http::{HeaderMap, header};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use themis_core::identity::Identity;
+
+pub const COOKIE: &str = "themis_session";
+/// How long a session lasts without a new login.
+pub const TTL: Duration = Duration::from_secs(8 * 3600);
+/// Sessions kept at most.
+pub const MAX_SESSIONS: usize = 1024;
+
+#[derive(Debug, Clone)]
+pub struct Session {
+    /// `None`: a reader (an intake token), who may look but not answer.
+    pub who: Option<Identity>,
+    /// Every form that changes something carries it: a page of another site cannot.
+    pub form_token: String,
+    expires: Instant,
+}
+
+#[derive(Default)]
+pub struct Sessions {
+    inner: Mutex<HashMap<String, Session>>,
+}
+
+fn random_hex() -> String {
+    let mut bytes = [0u8; 32];
+    if getrandom::fill(&mut bytes).is_err() {
+        // No randomness, no session: an empty id matches nothing.
+        return String::new();
+    }
+    hex::encode(bytes)
+}
+
+impl Sessions {
+    /// A new session for `who`; its id goes into the cookie. `None` when there is no
+    /// randomness to make one with.
+    pub fn open(&self, who: Option<Identity>) -> Option<(String, Session)> {
+        let id = random_hex();
+        let form_token = random_hex();
+        if id.is_empty() || form_token.is_empty() {
+            return None;
+        }
+        let session = Session {
+            who,
+            form_token,
+            expires: Instant::now() + TTL,
+        };
+        let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        map.retain(|_, s| s.expires > now);
+        while map.len() >= MAX_SESSIONS {
+            let Some(oldest) = map
+                .iter()
+                .min_by_key(|(_, s)| s.expires)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            map.remove(&oldest);
+        }
+        map.insert(id.clone(), session.clone());
+        Some((id, session))
+    }
+
+    /// The live session the request's cookie names, if any.
+    pub fn get(&self, headers: &HeaderMap) -> Option<Session> {
+        let id = cookie(headers)?;
+        let map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&id).filter(|s| s.expires > Instant::now()).cloned()
+    }
+
+    pub fn close(&self, headers: &HeaderMap) {
+        if let Some(id) = cookie(headers) {
+            self.inner
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+        }
+    }
+}
+
+/// The session id of the `Cookie` header, if it carries ours.
+fn cookie(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == COOKIE)
+        .map(|(_, value)| value.to_owned())
+        .filter(|v| v.len() == 64 && v.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+/// The `Set-Cookie` value that starts a session (or, with an empty id, ends it).
+pub fn set_cookie(id: &str) -> String {
+    if id.is_empty() {
+        format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0")
+    } else {
+        format!(
+            "{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
+            TTL.as_secs()
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn a_session_is_found_by_its_cookie_only() {
+        let sessions = Sessions::default();
+        let (id, s) = sessions
+            .open(Some(Identity::scenario("oncall")))
+            .expect("session");
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::COOKIE,
+            HeaderValue::from_str(&format!("a=b; {COOKIE}={id}")).expect("header"),
+        );
+        let found = sessions.get(&headers).expect("found");
+        assert_eq!(found.form_token, s.form_token);
+        let mut forged = HeaderMap::new();
+        forged.insert(
+            header::COOKIE,
+            HeaderValue::from_str(&format!("{COOKIE}={}", "0".repeat(64))).expect("header"),
+        );
+        assert!(sessions.get(&forged).is_none());
+        sessions.close(&headers);
+        assert!(sessions.get(&headers).is_none());
+    }
+
+    #[test]
+    fn sessions_stay_bounded() {
+        let sessions = Sessions::default();
+        for _ in 0..(MAX_SESSIONS + 10) {
+            sessions.open(None).expect("session");
+        }
+        assert!(sessions.inner.lock().expect("lock").len() <= MAX_SESSIONS);
+    }
+}
