@@ -128,6 +128,30 @@ pub async fn alert(scenario: &Path, place: &Place, cache_dir: &Path) -> ExitCode
         ),
         Err(e) => fail(1, e),
     };
+    // The rest of the scenario's notification, as the service would take it.
+    for other in &world.group {
+        let alert = other.to_alert();
+        let name = alert.name.clone();
+        if other.is_firing() {
+            match rt.handle_alert(alert).await {
+                Ok(AlertOutcome::Handled(i)) => println!("{}", render::incident_line(&i)),
+                Ok(AlertOutcome::Attached(i)) => {
+                    println!("attached to the open {}", render::incident_line(&i))
+                }
+                Ok(AlertOutcome::Unrouted) => println!("{name}: no agent owns it; recorded"),
+                Ok(AlertOutcome::QueueFull { agent }) => {
+                    println!("{name}: agent {agent}'s queue is full; not taken")
+                }
+                Err(e) => println!("{name}: {e}"),
+            }
+        } else {
+            match rt.handle_resolved(alert).await {
+                Ok(Some(i)) => println!("{name} resolved: recorded on {}", i.id),
+                Ok(None) => println!("{name} resolved: recorded (no open incident of it)"),
+                Err(e) => println!("{name} resolved: {e}"),
+            }
+        }
+    }
     rt.shutdown().await;
     code
 }

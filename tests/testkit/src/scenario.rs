@@ -40,6 +40,9 @@
 //!   last_incident_status: pending-approval   # the newest incident a re-fire opened
 //! ```
 //!
+//! `notification: FILE.json` (instead of `alert:`) takes an Alertmanager webhook payload as it was
+//! sent: its first firing alert is the scenario's, the rest of the group is handed over after it.
+//!
 //! A `resolved`/`firing` notification needs an alert from a source that reports them: paste it
 //! as Alertmanager sends it (`status:`, `startsAt:`, `alertname` among the labels). Mocked
 //! metrics may be `series:` over the same clock (see [`crate::mock`]).
@@ -79,7 +82,17 @@ pub struct Scenario {
     /// the runbook must be signed by. Agent scenarios use the agent's `trust:`.
     #[serde(default)]
     pub trust: Vec<PathBuf>,
+    /// The alert (required unless `notification:` gives it).
+    #[serde(default)]
     pub alert: AlertSpec,
+    /// Agent scenarios: an Alertmanager webhook payload (version 4) as it was sent, relative to
+    /// this file: its first firing alert is the scenario's alert, the others of the group are
+    /// handed over right after it, as the service would.
+    #[serde(default)]
+    pub notification: Option<PathBuf>,
+    /// The rest of the notification's group, in order (from `notification:`).
+    #[serde(skip)]
+    pub group: Vec<AlertSpec>,
     /// Agent scenarios: what the human answers when the agent escalates.
     #[serde(default)]
     pub human: Option<Human>,
@@ -153,7 +166,7 @@ pub struct HumanAnswer {
 /// The scenario's alert: Themis' own form (`name`, `labels`, `annotations`), or one alert of an
 /// Alertmanager webhook payload pasted as is (`labels` with `alertname`, `status`, `startsAt`,
 /// `endsAt`, `generatorURL`, `fingerprint`), so a team can replay a real notification.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AlertSpec {
     #[serde(default)]
@@ -192,6 +205,11 @@ impl AlertSpec {
             )),
             _ => Ok(()),
         }
+    }
+
+    /// Did its source say it is firing (a Themis-format alert always is)?
+    pub fn is_firing(&self) -> bool {
+        self.status.as_deref().is_none_or(|s| s == "firing")
     }
 
     /// The alert with `labels` added or changed (and, without a pinned fingerprint, its own).
@@ -382,7 +400,33 @@ pub fn load(file: &Path) -> Result<Scenario, ScenarioError> {
         file: file.into(),
         message,
     };
+    let mut scenario = scenario;
+    if let Some(payload) = scenario.notification.clone() {
+        if scenario.alert.check().is_ok() {
+            return Err(invalid(
+                "give `alert:` or `notification:`, not both (the notification's first firing alert is the scenario's)".into(),
+            ));
+        }
+        let path = file.parent().unwrap_or(Path::new(".")).join(&payload);
+        let mut alerts = read_notification(&path).map_err(invalid)?;
+        let first = alerts
+            .iter()
+            .position(AlertSpec::is_firing)
+            .ok_or_else(|| {
+                invalid(format!(
+                    "{}: no firing alert in the notification",
+                    payload.display()
+                ))
+            })?;
+        scenario.alert = alerts.remove(first);
+        scenario.group = alerts;
+    }
     scenario.alert.check().map_err(invalid)?;
+    if scenario.notification.is_some() && scenario.agent.is_none() {
+        return Err(invalid(
+            "`notification:` is handed to the agents; it needs `agent:`".into(),
+        ));
+    }
     if !scenario.timeline.is_empty() && scenario.agent.is_none() {
         return Err(invalid(
             "`timeline:` follows an agent's incident after the alert; it needs `agent:`".into(),
@@ -390,6 +434,35 @@ pub fn load(file: &Path) -> Result<Scenario, ScenarioError> {
     }
     scenario.timeline_offsets().map_err(invalid)?;
     Ok(scenario)
+}
+
+/// The alerts of an Alertmanager webhook payload (version 4), each as a scenario alert.
+fn read_notification(path: &Path) -> Result<Vec<AlertSpec>, String> {
+    #[derive(Deserialize)]
+    struct Payload {
+        version: String,
+        alerts: Vec<AlertSpec>,
+    }
+    let text = themis_core::files::read_text(path, themis_core::files::limits::DEFINITION)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let payload: Payload = serde_json::from_str(&text).map_err(|e| {
+        format!(
+            "{}: not an Alertmanager webhook payload: {e}",
+            path.display()
+        )
+    })?;
+    if payload.version != "4" {
+        return Err(format!(
+            "{}: webhook payload version {} (Themis reads version 4, Alertmanager 0.25+)",
+            path.display(),
+            payload.version
+        ));
+    }
+    for (i, a) in payload.alerts.iter().enumerate() {
+        a.check()
+            .map_err(|e| format!("{}: alerts[{i}]: {e}", path.display()))?;
+    }
+    Ok(payload.alerts)
 }
 
 impl Scenario {

@@ -192,6 +192,16 @@ pub async fn observe(
             });
         }
     };
+    // The rest of the notification's group, as the service hands it over: right after.
+    for other in &scenario.group {
+        let alert = other.to_alert();
+        let done = if other.is_firing() {
+            runtime.handle_alert(alert).await.map(|_| ())
+        } else {
+            runtime.handle_resolved(alert).await.map(|_| ())
+        };
+        done.map_err(|e| invalid(format!("notification: {e}")))?;
+    }
     if answer_human && let Some(human) = &scenario.human {
         let pending = incident
             .proposal
