@@ -733,25 +733,12 @@ async fn an_alert_cut_off_while_triaging_is_triaged_again_at_start() {
         // What a kill between the incident's save and its probes leaves behind.
         let store = themis_agent::store::JsonStore::open(&dir.path().join("state")).expect("store");
         let alert = world_alert(world);
-        let incident = themis_agent::store::Incident {
-            id: "inc-cut0ff0000000001".into(),
-            agent: "kafka".into(),
-            fingerprint: alert.fingerprint.clone(),
+        let incident = themis_agent::store::Incident::opened(
+            "inc-cut0ff0000000001".into(),
+            "kafka".into(),
             alert,
-            status: IncidentStatus::Triaging,
-            opened_at: std::time::SystemTime::now(),
-            attached_alerts: 0,
-            selection: None,
-            proposal: None,
-            proposal_record: None,
-            answer: None,
-            chain: Vec::new(),
-            executed: None,
-            reason: None,
-            proposed_at: None,
-            source_resolved_at: None,
-            verification: None,
-        };
+            std::time::SystemTime::now(),
+        );
         store.save(&incident).await.expect("save");
         store
             .save_agent_state(

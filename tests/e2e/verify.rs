@@ -57,27 +57,34 @@ fn alert(replica: &str, status: &str) -> Alert {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn twice_ineffective_on_a_target_then_a_human_decides_and_triage_sees_why() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let world = dir.path().join("world.yaml");
-    std::fs::write(&world, WORLD).expect("world");
-    let clock = Clock::manual(SystemTime::now());
-    let host = HostSpec {
+/// The PostgreSQL agent on `world`, its time `clock`'s, verified only when asked.
+fn postgres_host<'a>(dir: &'a std::path::Path, world: &'a str, clock: &Clock) -> HostSpec<'a> {
+    HostSpec {
         options: RuntimeOptions {
             clock: clock.clone(),
             verify_tick: None,
             ..RuntimeOptions::default()
         },
-        ..HostSpec::new(
-            dir.path(),
-            "agents/postgres.yaml",
-            world.to_str().expect("utf-8"),
-        )
+        ..HostSpec::new(dir, "agents/postgres.yaml", world)
     }
-    .start()
-    .await
-    .expect("runtime");
+}
+
+/// The world above, written into `dir`.
+fn world_in(dir: &std::path::Path) -> String {
+    let world = dir.join("world.yaml");
+    std::fs::write(&world, WORLD).expect("world");
+    world.to_str().expect("utf-8").to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn twice_ineffective_on_a_target_then_a_human_decides_and_triage_sees_why() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let world = world_in(dir.path());
+    let clock = Clock::manual(SystemTime::now());
+    let host = postgres_host(dir.path(), &world, &clock)
+        .start()
+        .await
+        .expect("runtime");
     let rt = &host.runtime;
 
     for replica in ["a", "b"] {
@@ -148,29 +155,22 @@ async fn twice_ineffective_on_a_target_then_a_human_decides_and_triage_sees_why(
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restart_carries_on_verifying_the_fix() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let world = dir.path().join("world.yaml");
-    std::fs::write(&world, WORLD).expect("world");
+    let world = world_in(dir.path());
     let clock = Clock::manual(SystemTime::now());
-    let spec = |clock: &Clock| HostSpec {
-        options: RuntimeOptions {
-            clock: clock.clone(),
-            verify_tick: None,
-            ..RuntimeOptions::default()
-        },
-        ..HostSpec::new(
-            dir.path(),
-            "agents/postgres.yaml",
-            world.to_str().expect("utf-8"),
-        )
-    };
-    let host = spec(&clock).start().await.expect("runtime");
+    let host = postgres_host(dir.path(), &world, &clock)
+        .start()
+        .await
+        .expect("runtime");
     let incident = host.new_incident(alert("a", "firing")).await;
     assert_eq!(incident.status, IncidentStatus::Verifying, "{incident:?}");
     host.runtime.shutdown().await;
     drop(host.store);
 
     // A new process: the watch is on the incident, the window still counts from the run.
-    let host = spec(&clock).start().await.expect("restarted");
+    let host = postgres_host(dir.path(), &world, &clock)
+        .start()
+        .await
+        .expect("restarted");
     clock.advance(Duration::from_secs(20));
     host.runtime
         .handle_resolved(alert("a", "resolved"))

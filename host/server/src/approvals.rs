@@ -172,10 +172,39 @@ pub async fn adjust(
 #[serde(deny_unknown_fields)]
 pub struct GuardClear {
     /// The target as `GET /api/v1/guard` shows it, e.g. `kubernetes:name=checkout,namespace=shop`.
+    #[schema(pattern = "^[a-z0-9-]+:.+$", min_length = 3, max_length = 512)]
     target: String,
     /// Only this runbook's breaker and cooldown on the target [default: all of them].
     #[serde(default)]
+    #[schema(pattern = "^[a-z0-9][a-z0-9-]*$", max_length = 64)]
     runbook: Option<String>,
+}
+
+/// `<domain>:<what>`, exactly as the schema's pattern says (a line break is no target).
+fn is_target(t: &str) -> bool {
+    let n = t.chars().count();
+    let Some((domain, what)) = t.split_once(':') else {
+        return false;
+    };
+    (3..=512).contains(&n)
+        && !domain.is_empty()
+        && domain
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !what.is_empty()
+        && !what
+            .chars()
+            .any(|c| matches!(c, '\n' | '\r' | '\u{2028}' | '\u{2029}'))
+}
+
+/// A runbook id, as the schema's pattern says.
+fn is_runbook_id(r: &str) -> bool {
+    r.chars().count() <= 64
+        && r.chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && r.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
 /// What a clear lifted.
@@ -204,10 +233,16 @@ pub async fn guard_clear(
 ) -> Result<Json<GuardCleared>, ApiError> {
     let by = auth::approver(&state, &headers)?;
     let clear: GuardClear = parse_json(&body(raw)?)?;
-    if clear.target.is_empty() || clear.target.len() > 512 || !clear.target.contains(':') {
+    if !is_target(&clear.target) {
         return Err(ApiError::bad_request(
             "target",
             "a target as GET /api/v1/guard shows it: `<domain>:<what>`",
+        ));
+    }
+    if clear.runbook.as_deref().is_some_and(|r| !is_runbook_id(r)) {
+        return Err(ApiError::bad_request(
+            "runbook",
+            "a runbook id: lowercase letters, digits and dashes",
         ));
     }
     let cleared = state

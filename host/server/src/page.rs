@@ -550,30 +550,69 @@ fn answerer(
     }
 }
 
+/// Parse an answer's form, check its session and form token, and run `answer` as the session's
+/// approver; on to the incident, or the refusal page.
+async fn answer_with<F, Fut>(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: &[u8],
+    answer: impl FnOnce(F, themis_core::identity::Identity) -> Fut,
+) -> Response
+where
+    F: serde::de::DeserializeOwned + FormToken,
+    Fut: std::future::Future<Output = Result<Incident, ApiError>>,
+{
+    let Ok(form) = serde_urlencoded::from_bytes::<F>(body) else {
+        return error_page(
+            None,
+            &ApiError::bad_request("form", "the form is missing a field; reload the page"),
+        );
+    };
+    let (session, who) = match answerer(state, headers, form.form_token()) {
+        Ok(ok) => ok,
+        Err(refused) => return *refused,
+    };
+    match answer(form, who).await {
+        Ok(incident) => Redirect::to(&format!("/incidents/{}", incident.id)).into_response(),
+        Err(e) => error_page(Some(&session), &e),
+    }
+}
+
+trait FormToken {
+    fn form_token(&self) -> &str;
+}
+
+impl FormToken for ApproveForm {
+    fn form_token(&self) -> &str {
+        &self.form_token
+    }
+}
+
+impl FormToken for RejectForm {
+    fn form_token(&self) -> &str {
+        &self.form_token
+    }
+}
+
 async fn approve(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Ok(form) = serde_urlencoded::from_bytes::<ApproveForm>(&body) else {
-        return error_page(
-            None,
-            &ApiError::bad_request("form", "the form needs plan_digest and form_token"),
-        );
-    };
-    let (session, who) = match answerer(&state, &headers, &form.form_token) {
-        Ok(ok) => ok,
-        Err(refused) => return *refused,
-    };
-    match state
-        .runtime
-        .approve(&id, who, Some(form.plan_digest))
-        .await
-    {
-        Ok(incident) => Redirect::to(&format!("/incidents/{}", incident.id)).into_response(),
-        Err(e) => error_page(Some(&session), &runtime_error(e)),
-    }
+    let runtime = state.runtime.clone();
+    answer_with(
+        &state,
+        &headers,
+        &body,
+        |form: ApproveForm, who| async move {
+            runtime
+                .approve(&id, who, Some(form.plan_digest))
+                .await
+                .map_err(runtime_error)
+        },
+    )
+    .await
 }
 
 async fn reject(
@@ -582,25 +621,24 @@ async fn reject(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Ok(form) = serde_urlencoded::from_bytes::<RejectForm>(&body) else {
-        return error_page(
-            None,
-            &ApiError::bad_request("form", "the form needs reason and form_token"),
-        );
-    };
-    let (session, who) = match answerer(&state, &headers, &form.form_token) {
-        Ok(ok) => ok,
-        Err(refused) => return *refused,
-    };
-    let reason = form.reason.trim();
-    if reason.is_empty() {
-        return error_page(
-            Some(&session),
-            &ApiError::bad_request("reason", "say why you reject the plan"),
-        );
-    }
-    match state.runtime.reject(&id, who, reason).await {
-        Ok(incident) => Redirect::to(&format!("/incidents/{}", incident.id)).into_response(),
-        Err(e) => error_page(Some(&session), &runtime_error(e)),
-    }
+    let runtime = state.runtime.clone();
+    answer_with(
+        &state,
+        &headers,
+        &body,
+        |form: RejectForm, who| async move {
+            let reason = form.reason.trim();
+            if reason.is_empty() {
+                return Err(ApiError::bad_request(
+                    "reason",
+                    "say why you reject the plan",
+                ));
+            }
+            runtime
+                .reject(&id, who, reason)
+                .await
+                .map_err(runtime_error)
+        },
+    )
+    .await
 }

@@ -9,6 +9,7 @@ use crate::store::{Incident, IncidentStatus};
 use serde_json::json;
 use themis_core::fsm::{self, Event};
 use themis_core::types::Alert;
+use themis_core::verify::Watch;
 
 impl Worker {
     pub(crate) async fn alert(&mut self, alert: Alert) -> Result<AlertOutcome, RuntimeError> {
@@ -23,7 +24,7 @@ impl Worker {
                 json!({ "alert": alert, "attached_alerts": open.attached_alerts }),
             )?;
             if open.status == IncidentStatus::Verifying {
-                self.verification_firing(&mut open).await?;
+                self.verification_signal(&mut open, Watch::firing).await?;
             } else {
                 ctx.store.save(&open).await?;
             }
@@ -53,25 +54,7 @@ impl Worker {
             "alert",
             json!({ "alert": alert, "fingerprint": alert.fingerprint }),
         )?;
-        let mut incident = Incident {
-            id: id.clone(),
-            agent: name.clone(),
-            fingerprint: alert.fingerprint.clone(),
-            alert,
-            status: IncidentStatus::Triaging,
-            opened_at: ctx.clock.now(),
-            attached_alerts: 0,
-            selection: None,
-            proposal: None,
-            proposal_record: None,
-            answer: None,
-            chain: Vec::new(),
-            executed: None,
-            reason: None,
-            proposed_at: None,
-            source_resolved_at: None,
-            verification: None,
-        };
+        let mut incident = Incident::opened(id.clone(), name.clone(), alert, ctx.clock.now());
         ctx.store.save(&incident).await?;
         self.fsm.fire(&ctx, &id, received).await?;
         self.triage(&mut incident).await?;
@@ -110,7 +93,8 @@ impl Worker {
         };
         incident.source_resolved_at = Some(ctx.clock.now());
         if incident.status == IncidentStatus::Verifying {
-            self.verification_resolved(&mut incident).await?;
+            self.verification_signal(&mut incident, Watch::resolved)
+                .await?;
         } else {
             ctx.store.save(&incident).await?;
         }

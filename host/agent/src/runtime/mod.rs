@@ -384,12 +384,7 @@ impl Runtime {
     ) -> Result<Submitted, RuntimeError> {
         let alert = self.audit.redactor().redact_alert(alert);
         let Some(handle) = self.route(&alert) else {
-            self.audit.append(
-                "intake",
-                None,
-                "alert-unrouted",
-                json!({ "alert": alert, "status": status, "source": source }),
-            )?;
+            self.record_unrouted(&alert, status, source)?;
             if status == AlertStatus::Firing {
                 self.tell_unowned(alert);
             }
@@ -468,23 +463,11 @@ impl Runtime {
     pub async fn handle_resolved(&self, alert: Alert) -> Result<Option<Incident>, RuntimeError> {
         let alert = self.audit.redactor().redact_alert(alert);
         let Some(handle) = self.route(&alert) else {
-            self.audit.append(
-                "intake",
-                None,
-                "alert-unrouted",
-                json!({ "alert": alert, "status": AlertStatus::Resolved }),
-            )?;
+            self.record_unrouted(&alert, AlertStatus::Resolved, Value::Null)?;
             return Ok(None);
         };
-        let (reply, answer) = oneshot::channel();
-        handle
-            .tx
-            .send(Command::Resolved { alert, reply })
+        self.ask(handle, |reply| Command::Resolved { alert, reply })
             .await
-            .map_err(|_| RuntimeError::Stopped(handle.def.name.clone()))?;
-        answer
-            .await
-            .map_err(|_| RuntimeError::Stopped(handle.def.name.clone()))?
     }
 
     /// Every agent looks at the fixes it is verifying now (the tick does this on its own in a
@@ -492,15 +475,7 @@ impl Runtime {
     pub async fn verify_due(&self) -> Result<usize, RuntimeError> {
         let mut decided = 0;
         for handle in &self.handles {
-            let (reply, answer) = oneshot::channel();
-            handle
-                .tx
-                .send(Command::Verify { reply })
-                .await
-                .map_err(|_| RuntimeError::Stopped(handle.def.name.clone()))?;
-            decided += answer
-                .await
-                .map_err(|_| RuntimeError::Stopped(handle.def.name.clone()))??;
+            decided += self.ask(handle, |reply| Command::Verify { reply }).await?;
         }
         Ok(decided)
     }
@@ -593,11 +568,27 @@ impl Runtime {
             })
     }
 
-    async fn ask(
+    /// An alert no agent owns, on the record.
+    fn record_unrouted(
+        &self,
+        alert: &Alert,
+        status: AlertStatus,
+        source: Value,
+    ) -> Result<(), RuntimeError> {
+        self.audit.append(
+            "intake",
+            None,
+            "alert-unrouted",
+            json!({ "alert": alert, "status": status, "source": source }),
+        )?;
+        Ok(())
+    }
+
+    async fn ask<T>(
         &self,
         handle: &Handle,
-        command: impl FnOnce(oneshot::Sender<Result<Incident, RuntimeError>>) -> Command,
-    ) -> Result<Incident, RuntimeError> {
+        command: impl FnOnce(oneshot::Sender<Result<T, RuntimeError>>) -> Command,
+    ) -> Result<T, RuntimeError> {
         let (reply, answer) = oneshot::channel();
         // A human's answer is never dropped for a full queue: it waits its turn.
         handle

@@ -212,28 +212,17 @@ impl Worker {
         }
     }
 
-    /// The source says the alert stopped firing: on the watch, then judged.
-    pub(crate) async fn verification_resolved(
+    /// The source said something of the alert whose fix is verified — it resolved
+    /// ([`Watch::resolved`]), or it fires (a repeat before it resolved, a re-fire after: then
+    /// the fix did not hold, [`Watch::firing`]): on the watch, saved, then judged.
+    pub(crate) async fn verification_signal(
         &mut self,
         incident: &mut Incident,
+        signal: fn(&mut Watch, u64),
     ) -> Result<(), RuntimeError> {
         let now = self.ctx.clock.secs();
         if let Some(w) = incident.verification.as_mut() {
-            w.resolved(now);
-        }
-        self.ctx.store.save(incident).await?;
-        self.check(incident).await.map(|_| ())
-    }
-
-    /// The alert fired again while its fix is verified: a repeat before it resolved, a re-fire
-    /// after (then the fix did not hold).
-    pub(crate) async fn verification_firing(
-        &mut self,
-        incident: &mut Incident,
-    ) -> Result<(), RuntimeError> {
-        let now = self.ctx.clock.secs();
-        if let Some(w) = incident.verification.as_mut() {
-            w.firing(now);
+            signal(w, now);
         }
         self.ctx.store.save(incident).await?;
         self.check(incident).await.map(|_| ())

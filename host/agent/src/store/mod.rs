@@ -139,6 +139,29 @@ pub struct Incident {
 }
 
 impl Incident {
+    /// A new incident of `agent` for `alert`, triaging, opened `at`.
+    pub fn opened(id: String, agent: String, alert: Alert, at: SystemTime) -> Incident {
+        Incident {
+            id,
+            agent,
+            fingerprint: alert.fingerprint.clone(),
+            alert,
+            status: IncidentStatus::Triaging,
+            opened_at: at,
+            attached_alerts: 0,
+            selection: None,
+            proposal: None,
+            proposal_record: None,
+            answer: None,
+            chain: Vec::new(),
+            executed: None,
+            reason: None,
+            proposed_at: None,
+            source_resolved_at: None,
+            verification: None,
+        }
+    }
+
     /// Why an answer to `approval_id` cannot claim this incident's proposal now, if it cannot:
     /// someone answered it already, or it is not waiting for an answer.
     pub fn refuses_answer(&self, approval_id: &str) -> Option<ClaimError> {
