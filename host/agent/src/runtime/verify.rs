@@ -61,36 +61,27 @@ impl Worker {
         self.fsm
             .fire(&ctx, &incident.id, Event::RunbookSucceeded)
             .await?;
-        if ctx.backends.is_dry_run() {
-            // Shadow mode changed nothing: there is no fix whose effect could be watched.
-            let why = format!(
+        // Shadow mode changed nothing: there is no fix whose effect could be watched. And the
+        // watches one agent keeps are bounded.
+        let not_watched = if ctx.backends.is_dry_run() {
+            Some(format!(
                 "{} ran as a dry run (its changes recorded, not made): there is no fix to verify",
                 plan.runbook_id
-            );
-            return self
-                .finish(
-                    incident,
-                    Verdict {
-                        effect: Effect::Unknown,
-                        why,
-                    },
-                )
-                .await;
-        }
-        if self.watching.len() >= MAX_WATCHED {
-            let why = format!(
+            ))
+        } else if self.watching.len() >= MAX_WATCHED {
+            Some(format!(
                 "{} fixes are being verified already (the most one agent watches): not verified",
                 self.watching.len()
-            );
-            return self
-                .finish(
-                    incident,
-                    Verdict {
-                        effect: Effect::Unknown,
-                        why,
-                    },
-                )
-                .await;
+            ))
+        } else {
+            None
+        };
+        if let Some(why) = not_watched {
+            let verdict = Verdict {
+                effect: Effect::Unknown,
+                why,
+            };
+            return self.finish(incident, verdict).await;
         }
         self.check(incident).await?;
         if self.fsm.state.kind() == StateKind::Verifying {
