@@ -298,6 +298,7 @@ fn a_kill_at_any_moment_never_wedges_the_agent() {
         .and_then(|t| t.parse().ok())
         .unwrap_or(MARKERS.len() as u64);
     let mut interrupted = 0;
+    let mut resumed = 0;
     for trial in 0..trials {
         let dir = tempfile::tempdir().expect("tempdir");
         let state = dir.path().to_str().expect("utf-8");
@@ -377,6 +378,26 @@ fn a_kill_at_any_moment_never_wedges_the_agent() {
                 );
             }
         }
+        // A resumed run never repeats the restart (not idempotent): one intent per execution.
+        let mut restarts: BTreeMap<String, usize> = BTreeMap::new();
+        for r in &records {
+            if r["kind"] == "capability-intent"
+                && r["data"]["intent"]["capability"] == "kafka.restart-consumers"
+            {
+                let exe = r["data"]["intent"]["execution_id"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned();
+                *restarts.entry(exe).or_default() += 1;
+            }
+            if r["kind"] == "recovered" && r["data"]["action"] == "resume" {
+                resumed += 1;
+            }
+        }
+        assert!(
+            restarts.values().all(|n| *n <= 1),
+            "trial {trial} (killed after `{marker}`): a restart ran twice in one execution: {restarts:?}"
+        );
         let verify = themis(&["audit", "verify", audit.to_str().expect("utf-8")]);
         assert!(
             verify.status.success(),
@@ -384,6 +405,7 @@ fn a_kill_at_any_moment_never_wedges_the_agent() {
             text(&verify.stderr)
         );
     }
+    eprintln!("kill sweep: {trials} trials, {interrupted} interrupted, {resumed} resumed");
     // The sweep must have hit an incident mid-way at least once, or it proves nothing.
     assert!(
         interrupted > 0,

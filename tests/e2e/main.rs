@@ -15,6 +15,7 @@ mod metrics;
 mod openai_mock;
 mod page;
 mod playbook;
+mod resume;
 mod sandbox;
 mod scenarios;
 mod serve;

@@ -105,6 +105,13 @@ pub enum Event {
         incident: String,
         reason: String,
     },
+    /// The host found this incident's runbook cut off mid-way and its record says exactly where:
+    /// the walk goes on from there (`themis_sandbox::executor::Resume`).
+    Resumed {
+        incident: String,
+        runbook: String,
+        step: String,
+    },
 }
 
 /// A state without its data, for the table.
@@ -139,6 +146,7 @@ pub enum EventKind {
     ApprovalAdjusted,
     ApprovalRejected,
     Interrupted,
+    Resumed,
 }
 
 use EventKind as E;
@@ -180,6 +188,9 @@ pub const TABLE: &[(StateKind, EventKind, StateKind)] = &[
     (S::RollingBack, E::Interrupted, S::EscalatingHuman),
     (S::EscalatingHuman, E::Interrupted, S::EscalatingHuman),
     (S::Verifying, E::Interrupted, S::EscalatingHuman),
+    // Recovery at start: a runbook whose record shows where it stood goes on from there.
+    (S::Idle, E::Resumed, S::ExecutingRunbook),
+    (S::ExecutingRunbook, E::Resumed, S::ExecutingRunbook),
 ];
 
 impl AgentState {
@@ -227,6 +238,7 @@ impl Event {
             Event::ApprovalAdjusted { .. } => E::ApprovalAdjusted,
             Event::ApprovalRejected { .. } => E::ApprovalRejected,
             Event::Interrupted { .. } => E::Interrupted,
+            Event::Resumed { .. } => E::Resumed,
         }
     }
 }
@@ -273,6 +285,11 @@ pub fn transition(state: &AgentState, event: &Event) -> Result<AgentState, Illeg
             step,
         }
         | Event::ApprovalAdjusted {
+            incident,
+            runbook,
+            step,
+        }
+        | Event::Resumed {
             incident,
             runbook,
             step,
@@ -356,6 +373,7 @@ impl fmt::Display for EventKind {
             E::ApprovalAdjusted => "approval-adjusted",
             E::ApprovalRejected => "approval-rejected",
             E::Interrupted => "interrupted",
+            E::Resumed => "resumed",
         })
     }
 }
@@ -389,7 +407,7 @@ pub const STATES: [StateKind; 6] = [
     S::Verifying,
 ];
 
-pub const EVENTS: [EventKind; 18] = [
+pub const EVENTS: [EventKind; 19] = [
     E::AlertReceived,
     E::RunbookChosen,
     E::ConfidenceTooLow,
@@ -408,6 +426,7 @@ pub const EVENTS: [EventKind; 18] = [
     E::ApprovalAdjusted,
     E::ApprovalRejected,
     E::Interrupted,
+    E::Resumed,
 ];
 
 /// The table as text: `from --event--> to`, one line per move.
@@ -523,6 +542,11 @@ mod tests {
             E::Interrupted => Event::Interrupted {
                 incident: "inc-4".into(),
                 reason: s(),
+            },
+            E::Resumed => Event::Resumed {
+                incident: "inc-1".into(),
+                runbook: s(),
+                step: s(),
             },
         }
     }

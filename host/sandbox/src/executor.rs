@@ -10,6 +10,13 @@
 //! - an observer that refuses to go on (the audit cannot be written, the agent's state machine
 //!   refuses the move) halts the walk at once: nothing more runs, not even rollbacks, and the
 //!   outcome says which steps acted so a human can take over.
+//!
+//! A walk a host stop cut off can be resumed ([`execute_resumed`]) from where its record says it
+//! stood: at a step's precondition (checks only look, so they run again), at a postcondition
+//! after an action whose result is on the record, or after an action that may have acted but
+//! whose result is not: then its postcondition runs first — holding, the action counts as done;
+//! not holding, the action runs again only if the step is declared idempotent, and otherwise
+//! every step that acted is rolled back. A non-idempotent action never runs twice.
 
 use crate::journal::CallJournal;
 use crate::limits::truncate;
@@ -178,6 +185,32 @@ pub trait PhaseObserver: Send {
     }
 }
 
+/// Where a cut-off walk resumes, as its record shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resume {
+    /// At this step's precondition (nothing of the step acted).
+    Precondition(usize),
+    /// At this step's postcondition: its action passed and took `branch`.
+    Postcondition { step: usize, branch: String },
+    /// This step's action may have acted (an intent is on the record) and its result is not:
+    /// its postcondition decides. `branch` is the step's only branch (a step with several
+    /// cannot be resumed here: which one the action took is unknown).
+    ActionUnknown {
+        step: usize,
+        branch: String,
+        idempotent: bool,
+    },
+}
+
+/// A resumed walk's starting point and what the cut-off part left: the steps whose action ran
+/// and the outputs of the phases that passed.
+#[derive(Debug, Clone)]
+pub struct ResumeFrom {
+    pub at: Resume,
+    pub acted: Vec<usize>,
+    pub outputs: Vec<StepOutput>,
+}
+
 /// Observes nothing.
 pub struct Unobserved;
 impl PhaseObserver for Unobserved {}
@@ -219,7 +252,39 @@ pub async fn execute_observed(
         counts: Arc::default(),
         acted: Vec::new(),
     };
-    let outcome = walk.run().await;
+    let outcome = walk.run(Resume::Precondition(0)).await;
+    report(walk, loaded, request, outcome)
+}
+
+/// Resume a walk the host's stop cut off (see the module's rules), telling `observer` about
+/// every phase as [`execute_observed`] does.
+pub async fn execute_resumed(
+    sandbox: &Sandbox,
+    loaded: &LoadedRunbook,
+    request: &ExecutionRequest,
+    observer: &mut dyn PhaseObserver,
+    from: ResumeFrom,
+) -> ExecutionReport {
+    let mut walk = Walk {
+        observer,
+        sandbox,
+        loaded,
+        request,
+        outputs: from.outputs,
+        phases: Vec::new(),
+        counts: Arc::default(),
+        acted: from.acted,
+    };
+    let outcome = walk.run(from.at).await;
+    report(walk, loaded, request, outcome)
+}
+
+fn report(
+    walk: Walk<'_>,
+    loaded: &LoadedRunbook,
+    request: &ExecutionRequest,
+    outcome: Outcome,
+) -> ExecutionReport {
     let rb = &loaded.runbook;
     tracing::info!(
         target: "themis::executor",
@@ -245,34 +310,72 @@ pub async fn execute_observed(
 type Step = Result<PhaseRecord, Outcome>;
 
 impl Walk<'_> {
-    async fn run(&mut self) -> Outcome {
-        match self.walk().await {
+    async fn run(&mut self, from: Resume) -> Outcome {
+        match self.walk(from).await {
             Ok(outcome) | Err(outcome) => outcome,
         }
     }
 
-    async fn walk(&mut self) -> Result<Outcome, Outcome> {
-        let mut current = 0usize;
+    async fn walk(&mut self, from: Resume) -> Result<Outcome, Outcome> {
+        let mut from = Some(from);
+        let mut current = match &from {
+            Some(Resume::Precondition(i)) => *i,
+            Some(Resume::Postcondition { step, .. } | Resume::ActionUnknown { step, .. }) => *step,
+            None => 0,
+        };
         loop {
             let step_id = self.loaded.runbook.steps[current].id.clone();
-
-            let pre = self.phase(current, Phase::Precondition).await?;
-            if pre.status != PhaseStatus::Passed {
-                return Ok(Outcome::PreconditionFailed { step: step_id });
-            }
-
-            // A step counts as having acted once its action ran, whatever it returned.
-            let action = self.phase(current, Phase::Action).await?;
-            self.acted.push(current);
-            let next = match action.status {
-                PhaseStatus::Passed => {
-                    let label = action.branch.clone().unwrap_or_default();
-                    self.loaded.runbook.graph.next(current, &label).cloned()
+            let next = match from.take() {
+                Some(Resume::Postcondition { branch, .. }) => {
+                    self.loaded.runbook.graph.next(current, &branch).cloned()
                 }
-                _ => None,
+                Some(Resume::ActionUnknown {
+                    branch, idempotent, ..
+                }) => {
+                    // Did the cut-off action do its work? Its postcondition (which only looks)
+                    // says so before anything acts again.
+                    if !self.acted.contains(&current) {
+                        self.acted.push(current);
+                    }
+                    let post = self.phase(current, Phase::Postcondition).await?;
+                    if post.status == PhaseStatus::Passed {
+                        match self.loaded.runbook.graph.next(current, &branch).cloned() {
+                            Some(Target::End) => return Ok(Outcome::Succeeded),
+                            Some(Target::Step(j)) => {
+                                current = j;
+                                continue;
+                            }
+                            None => {
+                                let reason = format!("`{branch}` is not a branch of the step");
+                                return self.roll_back(step_id, Phase::Action, reason).await;
+                            }
+                        }
+                    }
+                    if !idempotent {
+                        let reason = format!(
+                            "the host stopped during this action and its postcondition does not hold ({}); the step is not idempotent, so it is not run again",
+                            post.summary
+                        );
+                        return self.roll_back(step_id, Phase::Action, reason).await;
+                    }
+                    self.act(current).await?
+                }
+                None | Some(Resume::Precondition(_)) => {
+                    let pre = self.phase(current, Phase::Precondition).await?;
+                    if pre.status != PhaseStatus::Passed {
+                        return Ok(Outcome::PreconditionFailed { step: step_id });
+                    }
+                    self.act(current).await?
+                }
             };
             let Some(next) = next else {
-                let reason = action.summary.clone();
+                let reason = self
+                    .phases
+                    .iter()
+                    .rev()
+                    .find(|p| p.step == step_id && p.phase == Phase::Action)
+                    .map(|p| p.summary.clone())
+                    .unwrap_or_else(|| "the action did not pass".into());
                 return self.roll_back(step_id, Phase::Action, reason).await;
             };
 
@@ -287,6 +390,22 @@ impl Walk<'_> {
                 Target::Step(j) => current = j,
             }
         }
+    }
+
+    /// Run a step's action; it counts as having acted once it ran, whatever it returned. The
+    /// branch it took leads on, or `None` when it failed or took no declared branch.
+    async fn act(&mut self, current: usize) -> Result<Option<Target>, Outcome> {
+        let action = self.phase(current, Phase::Action).await?;
+        if !self.acted.contains(&current) {
+            self.acted.push(current);
+        }
+        Ok(match action.status {
+            PhaseStatus::Passed => {
+                let label = action.branch.clone().unwrap_or_default();
+                self.loaded.runbook.graph.next(current, &label).cloned()
+            }
+            _ => None,
+        })
     }
 
     async fn roll_back(

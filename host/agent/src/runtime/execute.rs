@@ -64,6 +64,22 @@ impl Worker {
         let executed = self
             .execute_plan(incident, loaded, &plan, approval.clone())
             .await;
+        self.conclude(incident, plan, key, executed, facts).await
+    }
+
+    /// After a run (fresh or resumed): the target released and the run on its history, then
+    /// what the outcome calls for — a follow-up, verifying the fix, or a human.
+    pub(crate) async fn conclude(
+        &mut self,
+        incident: &mut Incident,
+        plan: Plan,
+        key: Option<RunKey>,
+        executed: Result<ExecutionReport, RuntimeError>,
+        facts: &Facts,
+    ) -> Result<(), RuntimeError> {
+        let ctx = self.ctx.clone();
+        let name = &ctx.agent.def.name;
+        let rails = &ctx.agent.def.guard;
         if let Some(key) = &key {
             let ok = matches!(&executed, Ok(r) if r.outcome == Outcome::Succeeded);
             if let Some(breaker) = ctx.guard.end(rails, key, ok).await? {
@@ -72,6 +88,12 @@ impl Worker {
             }
         }
         let report = executed?;
+        let Some(loaded) = ctx.agent.catalog.get(&plan.runbook_id) else {
+            return Err(RuntimeError::Agent {
+                agent: name.clone(),
+                message: format!("runbook `{}` is no longer loaded", plan.runbook_id),
+            });
+        };
         let outcome = report.outcome.clone();
         let outputs = probe_result(&report).outputs;
         match outcome {
@@ -229,9 +251,22 @@ impl Worker {
             let mut observer = PhaseAudit::new(&ctx, Some(&mut self.fsm), &incident.id, loaded);
             executor::execute_observed(&ctx.sandbox, loaded, &request, &mut observer).await
         };
-        ctx.observer.execution(name, &report);
-        ctx.audit.append(name, Some(&incident.id), "result", json!({ "execution_id": execution_id, "runbook_id": plan.runbook_id, "runbook_digest": loaded.runbook.digest, "provenance": loaded.provenance(), "outcome": report.outcome, "dry_run": report.dry_run, "would_do": would_do(&report) }))?;
+        self.record_result(incident, loaded, &report)?;
         Ok(report)
+    }
+
+    /// A run's end: told to the watcher and on the record.
+    pub(crate) fn record_result(
+        &self,
+        incident: &Incident,
+        loaded: &LoadedRunbook,
+        report: &ExecutionReport,
+    ) -> Result<(), RuntimeError> {
+        let ctx = &self.ctx;
+        let name = &ctx.agent.def.name;
+        ctx.observer.execution(name, report);
+        ctx.audit.append(name, Some(&incident.id), "result", json!({ "execution_id": report.execution_id, "runbook_id": report.runbook_id, "runbook_digest": loaded.runbook.digest, "provenance": loaded.provenance(), "outcome": report.outcome, "dry_run": report.dry_run, "would_do": would_do(report) }))?;
+        Ok(())
     }
 
     /// Resume a plan a human approved or adjusted: the alert's facts stand in for the probes'.

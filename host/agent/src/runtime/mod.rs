@@ -23,12 +23,14 @@ mod journal;
 mod load;
 mod plan;
 mod recovery;
+mod resume;
 mod triage;
 mod unowned;
 mod verify;
 mod worker;
 
 pub use load::{Agent, SelectorChoice};
+pub use resume::{Started, resume_point};
 
 use crate::audit::{AuditError, AuditLog};
 use crate::def::AgentDef;

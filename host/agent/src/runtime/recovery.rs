@@ -58,10 +58,19 @@ impl Worker {
                 };
             if can_retriage && self.fsm.state == was {
                 self.retriage(incident).await?;
-            } else {
-                let last = self.fsm.state.clone();
-                self.interrupt(incident, &last).await?;
+                continue;
             }
+            let mut incident = incident;
+            let not_resumed = if incident.status == IncidentStatus::Executing {
+                match self.try_resume(&mut incident).await? {
+                    None => continue,
+                    Some(why) => Some(why),
+                }
+            } else {
+                None
+            };
+            let last = self.fsm.state.clone();
+            self.interrupt(incident, &last, not_resumed).await?;
         }
         self.ensure_idle().await
     }
@@ -108,7 +117,7 @@ impl Worker {
                     IncidentStatus::Triaging | IncidentStatus::Executing
                 ) =>
             {
-                self.interrupt(incident, &was).await
+                self.interrupt(incident, &was, None).await
             }
             _ => {
                 // Nothing unfinished under that name (it was saved as answered, or never saved):
@@ -136,6 +145,7 @@ impl Worker {
         &mut self,
         mut incident: Incident,
         was: &AgentState,
+        not_resumed: Option<String>,
     ) -> Result<(), RuntimeError> {
         let ctx = self.ctx.clone();
         let agent = ctx.agent.def.name.clone();
@@ -147,7 +157,10 @@ impl Worker {
             _ => format!("while {:?} (last known state: {was})", incident.status).to_lowercase(),
         };
         let reason = format!(
-            "the host stopped {what}; nothing was resumed or repeated. Check the system by hand: what ran is in `themis audit show {}`",
+            "the host stopped {what}; nothing was resumed or repeated{}. Check the system by hand: what ran is in `themis audit show {}`",
+            not_resumed
+                .map(|why| format!(" (it could not be resumed: {why})"))
+                .unwrap_or_default(),
             incident.id
         );
         ctx.audit.append(

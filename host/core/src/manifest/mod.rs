@@ -17,6 +17,7 @@
 //!     on: { next: restart }          # branch label -> step id or `end`
 //!   - id: restart
 //!     component: components/restart.wasm
+//!     idempotent: false              # may the action run again after a host stop mid-action?
 //!     capabilities: [kafka.describe-consumers, kafka.restart-consumers]
 //!     mutations:                     # what the step may change, bound to the plan
 //!       kafka.restart-consumers: { args: { group: "{params.group}" }, max_calls: 1 }
@@ -134,6 +135,8 @@ struct RawStep {
     timeout: Option<String>,
     #[serde(default)]
     mutations: BTreeMap<String, RawMutation>,
+    #[serde(default)]
+    idempotent: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -175,6 +178,10 @@ pub struct StepDef {
     pub timeout: Duration,
     /// Declared mutations, by capability.
     pub mutations: BTreeMap<String, MutationDecl>,
+    /// Running the action twice does what running it once does: after a host stop mid-action
+    /// whose postcondition does not hold, the action may run again (else the steps are rolled
+    /// back). Default false.
+    pub idempotent: bool,
 }
 
 impl StepDef {
@@ -422,6 +429,7 @@ impl Runbook {
                 capabilities,
                 timeout,
                 mutations,
+                idempotent: step.idempotent,
             });
         }
         let graph = Graph::build(&shape).map_err(|e| {

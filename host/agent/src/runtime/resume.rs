@@ -1,0 +1,257 @@
+//! Resuming a runbook a host stop cut off. The audit says where the walk stood: the run's start
+//! (its execution id, approval and runbook digest), every phase that finished, and the intent of
+//! every mutating call. From that alone — never from a guess — the walk goes on: at the next
+//! check, at the postcondition after a recorded action, or, when an action may have acted but
+//! its result is not on the record, at that step's postcondition first (the executor's rules:
+//! a non-idempotent action never runs twice). Anything else — a phase that did not pass, a
+//! rollback under way, a changed runbook, a step with several branches whose cut-off action's
+//! choice is unknown — goes to a human as before.
+
+use super::RuntimeError;
+use super::execute::PhaseAudit;
+use super::plan::alert_facts;
+use super::worker::Worker;
+use crate::audit::Record;
+use crate::store::{Incident, IncidentStatus};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use themis_core::fsm::{Event, StateKind};
+use themis_core::grant::Approval;
+use themis_core::graph::Target;
+use themis_core::guard::RunKey;
+use themis_core::types::{Phase, StepOutput};
+use themis_sandbox::executor::{self, Resume, ResumeFrom};
+use themis_sandbox::loaded::LoadedRunbook;
+
+/// The cut-off run as its start record has it.
+#[derive(Debug, Clone)]
+pub struct Started {
+    pub execution_id: String,
+    pub approval: Option<Approval>,
+}
+
+/// Where the walk resumes, or why it cannot: read off the incident's audit records alone.
+pub fn resume_point(
+    records: &[Record],
+    loaded: &LoadedRunbook,
+) -> Result<(Started, ResumeFrom), String> {
+    let rb = &loaded.runbook;
+    let Some(at) = records.iter().rposition(|r| r.kind == "execution-start") else {
+        return Err("no run of it is on the record".into());
+    };
+    let start = &records[at].data;
+    let after = &records[at + 1..];
+    if after.iter().any(|r| r.kind == "result") {
+        return Err("the run had ended (its result is on the record)".into());
+    }
+    if start["runbook_digest"].as_str() != Some(rb.digest.as_str()) {
+        return Err(format!(
+            "{} is not the bundle that was running (its digest changed)",
+            rb.id
+        ));
+    }
+    let execution_id = start["execution_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let approval: Option<Approval> = match &start["approval"] {
+        Value::Null => None,
+        a => Some(
+            serde_json::from_value(a.clone())
+                .map_err(|e| format!("the run's approval cannot be read back: {e}"))?,
+        ),
+    };
+    let step_index = |id: &str| rb.steps.iter().position(|s| s.id == id);
+    let mut acted = Vec::new();
+    let mut outputs = Vec::new();
+    let mut last: Option<(usize, Phase, Option<String>)> = None;
+    let mut branches: BTreeMap<usize, String> = BTreeMap::new();
+    for r in after.iter().filter(|r| r.kind == "phase") {
+        if r.data["runbook"].as_str() != Some(rb.id.as_str()) {
+            continue;
+        }
+        let rec = &r.data["record"];
+        let step = rec["step"].as_str().unwrap_or_default();
+        let Some(i) = step_index(step) else {
+            return Err(format!("step `{step}` is not in {}", rb.id));
+        };
+        let phase: Phase = serde_json::from_value(rec["phase"].clone())
+            .map_err(|e| format!("a phase record cannot be read back: {e}"))?;
+        if rec["status"] != "passed" {
+            return Err(format!(
+                "{step} {phase} had not passed when the host stopped (a rollback may have been under way)"
+            ));
+        }
+        if phase == Phase::Rollback {
+            return Err("a rollback was under way when the host stopped".into());
+        }
+        if let Some(pairs) = rec["outputs"].as_array() {
+            for pair in pairs {
+                if let (Some(key), Some(value)) = (pair[0].as_str(), pair[1].as_str()) {
+                    outputs.push(StepOutput {
+                        step: step.to_owned(),
+                        key: key.to_owned(),
+                        value: value.to_owned(),
+                    });
+                }
+            }
+        }
+        let branch = rec["branch"].as_str().map(str::to_owned);
+        if phase == Phase::Action {
+            if !acted.contains(&i) {
+                acted.push(i);
+            }
+            if let Some(b) = &branch {
+                branches.insert(i, b.clone());
+            }
+        }
+        last = Some((i, phase, branch));
+    }
+    let intended = |i: usize| {
+        after.iter().any(|r| {
+            r.kind == "capability-intent"
+                && r.data["intent"]["execution_id"].as_str() == Some(execution_id.as_str())
+                && r.data["intent"]["step"].as_str() == Some(rb.steps[i].id.as_str())
+                && r.data["intent"]["phase"] == "action"
+        })
+    };
+    let at = match last {
+        None => Resume::Precondition(0),
+        Some((i, Phase::Precondition, _)) if intended(i) => {
+            let labels = rb.graph.labels(i);
+            let [only] = labels.as_slice() else {
+                return Err(format!(
+                    "step `{}` was acting and has several branches; which one it took is not on the record",
+                    rb.steps[i].id
+                ));
+            };
+            Resume::ActionUnknown {
+                step: i,
+                branch: (*only).to_owned(),
+                idempotent: rb.steps[i].idempotent,
+            }
+        }
+        Some((i, Phase::Precondition, _)) => Resume::Precondition(i),
+        Some((i, Phase::Action, Some(branch))) => Resume::Postcondition { step: i, branch },
+        Some((i, Phase::Postcondition, _)) => {
+            let branch = branches.get(&i).cloned().unwrap_or_default();
+            match rb.graph.next(i, &branch) {
+                Some(Target::Step(j)) => Resume::Precondition(*j),
+                _ => return Err("every step had passed; only the result was not recorded".into()),
+            }
+        }
+        Some((_, phase, _)) => return Err(format!("the walk stood at a {phase} with no branch")),
+    };
+    Ok((
+        Started {
+            execution_id,
+            approval,
+        },
+        ResumeFrom { at, acted, outputs },
+    ))
+}
+
+fn describe(rb: &LoadedRunbook, at: &Resume) -> String {
+    let step = |i: &usize| rb.runbook.steps[*i].id.clone();
+    match at {
+        Resume::Precondition(i) => format!("at {}'s precondition", step(i)),
+        Resume::Postcondition { step: i, .. } => format!("at {}'s postcondition", step(i)),
+        Resume::ActionUnknown { step: i, .. } => format!(
+            "at {}'s postcondition: its action may have acted, its result is not on the record",
+            step(i)
+        ),
+    }
+}
+
+impl Worker {
+    /// Go on with a run the host's stop cut off, if its record says exactly where it stood.
+    /// `Ok(Some(why))` when it cannot (the caller tells a human instead).
+    pub(crate) async fn try_resume(
+        &mut self,
+        incident: &mut Incident,
+    ) -> Result<Option<String>, RuntimeError> {
+        let ctx = self.ctx.clone();
+        let name = ctx.agent.def.name.clone();
+        let Some(plan) = incident.executed.clone() else {
+            return Ok(Some("no plan of it is on the incident".into()));
+        };
+        let Some(loaded) = ctx.agent.catalog.get(&plan.runbook_id) else {
+            return Ok(Some(format!("{} is no longer loaded", plan.runbook_id)));
+        };
+        let state = self.fsm.state.clone();
+        let resumable_state = match state.kind() {
+            StateKind::Idle => true,
+            StateKind::ExecutingRunbook => state.incident() == Some(incident.id.as_str()),
+            _ => false,
+        };
+        if !resumable_state {
+            return Ok(Some(format!("the agent was left `{state}`")));
+        }
+        let audit = ctx.audit.clone();
+        let wanted = incident.id.clone();
+        let (records, altered) =
+            match audit.find(|r| r.incident.as_deref() == Some(wanted.as_str()), 100_000) {
+                Ok(found) => found,
+                Err(e) => return Ok(Some(format!("its record cannot be read: {e}"))),
+            };
+        if altered > 0 {
+            return Ok(Some(format!(
+                "{altered} of its records do not match their hash"
+            )));
+        }
+        let (started, from) = match resume_point(&records, loaded) {
+            Ok(point) => point,
+            Err(why) => return Ok(Some(why)),
+        };
+        // The target again, as the stop released it (a human's run holds it too).
+        let key = loaded.runbook.target(&plan.params).map(|target| RunKey {
+            agent: name.clone(),
+            incident: incident.id.clone(),
+            runbook: plan.runbook_id.clone(),
+            target,
+            fingerprint: incident.fingerprint.clone(),
+        });
+        if let Some(key) = &key
+            && let Err(blocked) = ctx.guard.begin(&ctx.agent.def.guard, key, false).await?
+        {
+            return Ok(Some(blocked.why));
+        }
+        let at = describe(loaded, &from.at);
+        ctx.audit.append(&name, Some(&incident.id), "recovered", json!({ "action": "resume", "at": at, "execution_id": started.execution_id, "runbook_id": plan.runbook_id, "acted": from.acted.iter().map(|i| loaded.runbook.steps[*i].id.clone()).collect::<Vec<_>>() }))?;
+        let step = match &from.at {
+            Resume::Precondition(i)
+            | Resume::Postcondition { step: i, .. }
+            | Resume::ActionUnknown { step: i, .. } => loaded.runbook.steps[*i].id.clone(),
+        };
+        self.fsm
+            .fire(
+                &ctx,
+                &incident.id,
+                Event::Resumed {
+                    incident: incident.id.clone(),
+                    runbook: plan.runbook_id.clone(),
+                    step,
+                },
+            )
+            .await?;
+        incident.status = IncidentStatus::Executing;
+        ctx.store.save(incident).await?;
+        let executed = match self.request(incident, loaded, plan.params.clone(), started.approval) {
+            Ok(mut request) => {
+                request.execution_id = started.execution_id;
+                let report = {
+                    let mut observer =
+                        PhaseAudit::new(&ctx, Some(&mut self.fsm), &incident.id, loaded);
+                    executor::execute_resumed(&ctx.sandbox, loaded, &request, &mut observer, from)
+                        .await
+                };
+                self.record_result(incident, loaded, &report)
+                    .map(|()| report)
+            }
+            Err(e) => Err(e),
+        };
+        let facts = alert_facts(&ctx.agent, &incident.alert);
+        self.conclude(incident, plan, key, executed, &facts).await?;
+        Ok(None)
+    }
+}

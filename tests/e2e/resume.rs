@@ -1,0 +1,244 @@
+//! Resuming a run the host's stop cut off, in the real sandbox: an action whose result is not on
+//! the record is judged by its postcondition first — holding, the walk goes on without acting
+//! again; not holding, a non-idempotent step is rolled back, never repeated. And where a run is
+//! resumed from is read off its audit records alone.
+
+use crate::common::{backends, mock, runbook, sandbox};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use themis_agent::audit::Record;
+use themis_agent::runtime::resume_point;
+use themis_core::policy::DestructiveList;
+use themis_core::types::{Alert, Phase, StepOutput};
+use themis_sandbox::executor::{self, ExecutionRequest, Outcome, Resume, ResumeFrom, Unobserved};
+use themis_sandbox::journal::MemoryJournal;
+
+const RESTART: &str = "runbooks/kafka/restart-consumer-group";
+
+/// The group's consumers as `describe-consumers` shows them: `revision` "7" before a restart.
+fn world(revision: &str) -> String {
+    format!(
+        r#"
+kafka.describe-consumers:
+  - ok: {{ group_id: orders-consumer, replicas_desired: 3, replicas_ready: 3, revision: "{revision}" }}
+kafka.consumer-lag:
+  - ok: [ {{ topic: orders, partition: 0, committed_offset: 49900, end_offset: 50000, lag: 100 }} ]
+kafka.describe-consumer-group:
+  - ok: {{ group_id: orders-consumer, state: Stable, protocol: range, members: [] }}
+kafka.restart-consumers:
+  - ok: {{ group_id: orders-consumer, replicas_desired: 3, replicas_ready: 0, revision: "8" }}
+"#
+    )
+}
+
+fn request(mock: &Arc<themis_testkit::mock::ScenarioMock>) -> ExecutionRequest {
+    let loaded = runbook(RESTART);
+    let params = themis_core::manifest::bind_params(
+        &loaded.runbook.parameters,
+        &BTreeMap::from([
+            ("group".to_string(), json!("orders-consumer")),
+            ("topic".to_string(), json!("orders")),
+        ]),
+    )
+    .expect("params");
+    ExecutionRequest {
+        execution_id: "exe-resumed".into(),
+        alert: Alert {
+            name: "KafkaConsumerLag".into(),
+            fingerprint: "f".into(),
+            labels: vec![],
+            annotations: vec![],
+            source: None,
+        },
+        params,
+        backends: backends(mock),
+        destructive: Arc::new(DestructiveList::default()),
+        approval: None,
+        journal: Arc::new(MemoryJournal::default()),
+    }
+}
+
+/// The run was cut off in the restart's action: its precondition had recorded revision 7.
+fn cut_in_the_action() -> ResumeFrom {
+    ResumeFrom {
+        at: Resume::ActionUnknown {
+            step: 0,
+            branch: "next".into(),
+            idempotent: false,
+        },
+        acted: vec![],
+        outputs: vec![
+            StepOutput {
+                step: "restart-consumers".into(),
+                key: "revision_before".into(),
+                value: "7".into(),
+            },
+            StepOutput {
+                step: "restart-consumers".into(),
+                key: "lag_before".into(),
+                value: "50000".into(),
+            },
+        ],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_action_that_had_acted_is_not_run_again() {
+    let loaded = runbook(RESTART);
+    let world = mock(&world("8"));
+    let report = executor::execute_resumed(
+        sandbox(),
+        &loaded,
+        &request(&world),
+        &mut Unobserved,
+        cut_in_the_action(),
+    )
+    .await;
+    assert_eq!(report.outcome, Outcome::Succeeded, "{report:?}");
+    assert!(
+        !world
+            .calls()
+            .iter()
+            .any(|c| c.capability == "kafka.restart-consumers"),
+        "the restart ran again"
+    );
+    // It went on from the postcondition: the cut-off step's checks did not run again.
+    assert_eq!(report.phases[0].phase, Phase::Postcondition);
+    assert_eq!(report.phases[1].step, "verify-draining");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_action_that_had_not_acted_is_rolled_back_when_not_idempotent() {
+    let loaded = runbook(RESTART);
+    let world = mock(&world("7"));
+    let report = executor::execute_resumed(
+        sandbox(),
+        &loaded,
+        &request(&world),
+        &mut Unobserved,
+        cut_in_the_action(),
+    )
+    .await;
+    match &report.outcome {
+        Outcome::RolledBack { step, reason, .. } => {
+            assert_eq!(step, "restart-consumers");
+            assert!(reason.contains("not idempotent"), "{reason}");
+        }
+        other => panic!("expected a rollback, got {other:?}"),
+    }
+    assert!(
+        !world
+            .calls()
+            .iter()
+            .any(|c| c.capability == "kafka.restart-consumers"),
+        "a non-idempotent action never runs twice"
+    );
+    assert!(report.phases.iter().any(|p| p.phase == Phase::Rollback));
+}
+
+fn record(seq: u64, kind: &str, data: Value) -> Record {
+    Record {
+        seq,
+        ts: String::new(),
+        agent: "kafka".into(),
+        incident: Some("inc-1".into()),
+        kind: kind.into(),
+        data,
+        mode: None,
+        prev: String::new(),
+        hash: String::new(),
+    }
+}
+
+fn phase(seq: u64, step: &str, phase: &str, status: &str, extra: Value) -> Record {
+    let mut rec = json!({ "step": step, "phase": phase, "status": status });
+    if let (Some(r), Some(e)) = (rec.as_object_mut(), extra.as_object()) {
+        r.extend(e.clone());
+    }
+    record(
+        seq,
+        "phase",
+        json!({ "runbook": "restart-consumer-group", "record": rec }),
+    )
+}
+
+#[test]
+fn where_a_run_resumes_is_read_off_its_record() {
+    let loaded = runbook(RESTART);
+    let start = record(
+        1,
+        "execution-start",
+        json!({ "execution_id": "exe-1", "runbook_digest": loaded.runbook.digest, "approval": null }),
+    );
+    let pre = phase(
+        2,
+        "restart-consumers",
+        "precondition",
+        "passed",
+        json!({ "outputs": [["revision_before", "7"]] }),
+    );
+    let intent = record(
+        3,
+        "capability-intent",
+        json!({ "intent": { "execution_id": "exe-1", "step": "restart-consumers", "phase": "action", "capability": "kafka.restart-consumers" } }),
+    );
+    let action = phase(
+        4,
+        "restart-consumers",
+        "action",
+        "passed",
+        json!({ "branch": "next" }),
+    );
+    let post = phase(5, "restart-consumers", "postcondition", "passed", json!({}));
+    let at = |records: &[Record]| resume_point(records, &loaded).map(|(_, from)| from.at);
+
+    assert_eq!(
+        at(std::slice::from_ref(&start)),
+        Ok(Resume::Precondition(0))
+    );
+    assert_eq!(
+        at(&[start.clone(), pre.clone()]),
+        Ok(Resume::Precondition(0))
+    );
+    let (started, from) =
+        resume_point(&[start.clone(), pre.clone(), intent.clone()], &loaded).expect("resumable");
+    assert_eq!(started.execution_id, "exe-1");
+    assert_eq!(
+        from.at,
+        Resume::ActionUnknown {
+            step: 0,
+            branch: "next".into(),
+            idempotent: false
+        }
+    );
+    assert_eq!(from.outputs[0].value, "7");
+    assert_eq!(
+        at(&[start.clone(), pre.clone(), intent.clone(), action.clone()]),
+        Ok(Resume::Postcondition {
+            step: 0,
+            branch: "next".into()
+        })
+    );
+    assert_eq!(
+        at(&[
+            start.clone(),
+            pre.clone(),
+            intent.clone(),
+            action.clone(),
+            post.clone()
+        ]),
+        Ok(Resume::Precondition(1))
+    );
+    // Not resumed: a failed phase (a rollback may be under way), an ended run, another bundle.
+    let failed = phase(5, "restart-consumers", "postcondition", "failed", json!({}));
+    assert!(at(&[start.clone(), pre.clone(), action.clone(), failed]).is_err());
+    let result = record(6, "result", json!({}));
+    assert!(at(&[start.clone(), pre.clone(), action, post, result]).is_err());
+    let other = record(
+        1,
+        "execution-start",
+        json!({ "execution_id": "exe-1", "runbook_digest": "sha256:other", "approval": null }),
+    );
+    assert!(at(&[other, pre]).is_err());
+}
