@@ -406,9 +406,10 @@ fn a_kill_at_any_moment_never_wedges_the_agent() {
         );
     }
     eprintln!("kill sweep: {trials} trials, {interrupted} interrupted, {resumed} resumed");
-    // The sweep must have hit an incident mid-way at least once, or it proves nothing.
+    // The sweep must have hit an incident mid-way at least once (it was then resumed or
+    // interrupted), or it proves nothing.
     assert!(
-        interrupted > 0,
+        interrupted + resumed > 0,
         "no kill landed mid-incident in {trials} trials"
     );
 }
