@@ -242,22 +242,16 @@ pub async fn execute_observed(
     request: &ExecutionRequest,
     observer: &mut dyn PhaseObserver,
 ) -> ExecutionReport {
-    let mut walk = Walk {
-        observer,
-        sandbox,
-        loaded,
-        request,
-        outputs: Vec::new(),
-        phases: Vec::new(),
-        counts: Arc::default(),
+    let from = ResumeFrom {
+        at: Resume::Precondition(0),
         acted: Vec::new(),
+        outputs: Vec::new(),
     };
-    let outcome = walk.run(Resume::Precondition(0)).await;
-    report(walk, loaded, request, outcome)
+    execute_resumed(sandbox, loaded, request, observer, from).await
 }
 
 /// Resume a walk the host's stop cut off (see the module's rules), telling `observer` about
-/// every phase as [`execute_observed`] does.
+/// every phase as [`execute_observed`] does (which is this from the first precondition).
 pub async fn execute_resumed(
     sandbox: &Sandbox,
     loaded: &LoadedRunbook,

@@ -43,13 +43,7 @@ impl Worker {
             });
         };
         // One run at a time per target, approved or not: held from here to the end of the run.
-        let key = loaded.runbook.target(&plan.params).map(|target| RunKey {
-            agent: name.clone(),
-            incident: incident.id.clone(),
-            runbook: plan.runbook_id.clone(),
-            target,
-            fingerprint: incident.fingerprint.clone(),
-        });
+        let key = run_key(name, incident, &plan, loaded);
         let rails = &ctx.agent.def.guard;
         if let Some(key) = &key
             && let Err(blocked) = ctx.guard.begin(rails, key, approval.is_none()).await?
@@ -279,6 +273,22 @@ impl Worker {
         let facts = alert_facts(&self.ctx.agent, &incident.alert);
         self.run_plan(incident, plan, approval, &facts).await
     }
+}
+
+/// What the guard rails know a run of `plan` in `incident` by; `None` when it changes nothing.
+pub(crate) fn run_key(
+    agent: &str,
+    incident: &Incident,
+    plan: &Plan,
+    loaded: &LoadedRunbook,
+) -> Option<RunKey> {
+    loaded.runbook.target(&plan.params).map(|target| RunKey {
+        agent: agent.to_owned(),
+        incident: incident.id.clone(),
+        runbook: plan.runbook_id.clone(),
+        target,
+        fingerprint: incident.fingerprint.clone(),
+    })
 }
 
 /// A rail held a run back: on the record and told to the watcher.

@@ -18,7 +18,6 @@ use std::collections::BTreeMap;
 use themis_core::fsm::{Event, StateKind};
 use themis_core::grant::Approval;
 use themis_core::graph::Target;
-use themis_core::guard::RunKey;
 use themis_core::types::{Phase, StepOutput};
 use themis_sandbox::executor::{self, Resume, ResumeFrom};
 use themis_sandbox::loaded::LoadedRunbook;
@@ -204,13 +203,7 @@ impl Worker {
             Err(why) => return Ok(Some(why)),
         };
         // The target again, as the stop released it (a human's run holds it too).
-        let key = loaded.runbook.target(&plan.params).map(|target| RunKey {
-            agent: name.clone(),
-            incident: incident.id.clone(),
-            runbook: plan.runbook_id.clone(),
-            target,
-            fingerprint: incident.fingerprint.clone(),
-        });
+        let key = super::execute::run_key(&name, incident, &plan, loaded);
         if let Some(key) = &key
             && let Err(blocked) = ctx.guard.begin(&ctx.agent.def.guard, key, false).await?
         {
