@@ -179,4 +179,61 @@ async fn the_page_reads_without_javascript_and_answers_as_the_signed_in_approver
             .as_u16(),
         409
     );
+
+    // Another alert's plan, adjusted from the page to the read-only diagnosis.
+    let (status, body) = s
+        .post(
+            "/api/v1/alerts/alertmanager",
+            INTAKE,
+            &notification("firing", &[("KafkaConsumerLag", "fp-page-2", LAG)]),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    s.incidents_until("the second proposal", |l| {
+        l.iter().any(|i| i["status"] == "pending-approval")
+    })
+    .await;
+    let (_, html) = page(&http, &format!("{}/", s.url), &cookie).await;
+    assert!(html.contains("Adjust the plan"), "{html}");
+    assert!(
+        html.contains("<option value=\"check-broker-health\">"),
+        "{html}"
+    );
+    let adjust = html
+        .find("action=\"/ui/approvals/")
+        .map(|at| &html[at + 8..])
+        .and_then(|rest| rest.split('"').next())
+        .expect("a form")
+        .replace("/approve", "/adjust");
+    let form_token = input(&html, "form_token");
+    let send = |params: &str| {
+        http.post(format!("{}{adjust}", s.url))
+            .header(COOKIE, cookie.clone())
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!(
+                "runbook=check-broker-health&params={params}&form_token={form_token}"
+            ))
+            .send()
+    };
+    let bad = send("not%20a%20pair").await.expect("post");
+    assert_eq!(bad.status().as_u16(), 400);
+    assert!(
+        bad.text()
+            .await
+            .expect("html")
+            .contains("is not name=value")
+    );
+    let r = send("").await.expect("post");
+    assert_eq!(r.status().as_u16(), 303);
+    let to = r
+        .headers()
+        .get(LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .expect("location")
+        .to_owned();
+    let (_, html) = page(&http, &format!("{}{to}", s.url), &cookie).await;
+    assert!(
+        html.contains("adjusted by oncall to check-broker-health"),
+        "{html}"
+    );
 }

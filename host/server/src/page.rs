@@ -41,6 +41,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/incidents/{id}", get(incident_page))
         .route("/ui/approvals/{id}/approve", post(approve))
         .route("/ui/approvals/{id}/reject", post(reject))
+        .route("/ui/approvals/{id}/adjust", post(adjust))
 }
 
 const CSS: &str = "
@@ -273,7 +274,7 @@ async fn home(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Respons
         section aria-labelledby="waiting" {
             h2 #waiting { "Waiting for a human (" (pending.len()) ")" }
             @if pending.is_empty() { p { "Nothing waits for an answer." } }
-            @for i in &pending { (approval(i, &session)) }
+            @for i in &pending { (approval(i, &session, &catalog(&state, &i.agent))) }
         }
         section aria-labelledby="rails" {
             h2 #rails { "Guard rails" }
@@ -346,7 +347,45 @@ fn fix(i: &Incident) -> String {
     }
 }
 
-fn approval(i: &Incident, session: &Session) -> Markup {
+/// The runbook ids an agent may run, for the adjust form.
+fn catalog(state: &AppState, agent: &str) -> Vec<String> {
+    state
+        .runtime
+        .agents()
+        .iter()
+        .find(|a| a.def.name == agent)
+        .map(|a| a.catalog.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+/// Another runbook or other parameters, for an incident that waits for a human: the adjusted
+/// plan goes through the same policy, the adjuster its requester.
+fn adjust_form(id: &str, current: Option<&str>, runbooks: &[String], session: &Session) -> Markup {
+    html! {
+        details {
+            summary { "Adjust the plan" }
+            form method="post" action={ "/ui/approvals/" (id) "/adjust" } {
+                input type="hidden" name="form_token" value=(session.form_token);
+                p {
+                    label for={ "runbook-" (id) } { "Runbook" } " "
+                    select id={ "runbook-" (id) } name="runbook" {
+                        @for r in runbooks {
+                            option value=(r) selected[Some(r.as_str()) == current] { (r) }
+                        }
+                    }
+                }
+                p {
+                    label for={ "params-" (id) } { "Parameters, one " code { "name=value" } " per line" }
+                    br;
+                    textarea id={ "params-" (id) } name="params" rows="3" cols="40" {}
+                }
+                button type="submit" { "Propose the adjusted plan" }
+            }
+        }
+    }
+}
+
+fn approval(i: &Incident, session: &Session, runbooks: &[String]) -> Markup {
     let Some(p) = &i.proposal else {
         return html! {};
     };
@@ -384,6 +423,7 @@ fn approval(i: &Incident, session: &Session) -> Markup {
                     input id={ "reason-" (p.id) } name="reason" required;
                     button.reject type="submit" { "Reject" }
                 }
+                (adjust_form(&p.id, Some(&p.plan.runbook_id), runbooks, session))
             } @else {
                 p { "Sign in with an approver's token to answer." }
             }
@@ -491,6 +531,10 @@ async fn incident_page(
             dt { "Opened" } dd { (time(incident.opened_at)) }
             dt { "As JSON" } dd { a href={ "/api/v1/incidents/" (incident.id) } { "the API's view" } }
         }
+        @if incident.status.awaits_human() && incident.proposal.is_none() && session.who.is_some() {
+            h3 { "Answer" }
+            (adjust_form(&incident.id, None, &catalog(&state, &incident.agent), &session))
+        }
         @if altered > 0 {
             p.error role="alert" { (altered) " record(s) of this incident do not match their hash: run " code { "themis audit verify" } }
         }
@@ -521,6 +565,39 @@ struct ApproveForm {
 struct RejectForm {
     reason: String,
     form_token: String,
+}
+
+#[derive(Deserialize)]
+struct AdjustForm {
+    runbook: String,
+    #[serde(default)]
+    params: String,
+    form_token: String,
+}
+
+impl FormToken for AdjustForm {
+    fn form_token(&self) -> &str {
+        &self.form_token
+    }
+}
+
+/// `name=value` lines; a line without `=` is refused, naming it.
+fn param_lines(text: &str) -> Result<std::collections::BTreeMap<String, String>, ApiError> {
+    let mut params = std::collections::BTreeMap::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let Some((k, v)) = line.split_once('=') else {
+            return Err(ApiError::bad_request(
+                "params",
+                format!("line {}: `{line}` is not name=value", n + 1),
+            ));
+        };
+        params.insert(k.trim().to_owned(), v.trim().to_owned());
+    }
+    Ok(params)
 }
 
 /// The session's approver, if the form carries the session's token; else the refusal page.
@@ -636,6 +713,28 @@ async fn reject(
             }
             runtime
                 .reject(&id, who, reason)
+                .await
+                .map_err(runtime_error)
+        },
+    )
+    .await
+}
+
+async fn adjust(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let runtime = state.runtime.clone();
+    answer_with(
+        &state,
+        &headers,
+        &body,
+        |form: AdjustForm, who| async move {
+            let params = param_lines(&form.params)?;
+            runtime
+                .adjust(&id, who, form.runbook.trim(), &params)
                 .await
                 .map_err(runtime_error)
         },
