@@ -44,13 +44,7 @@ fn request(mock: &Arc<themis_testkit::mock::ScenarioMock>) -> ExecutionRequest {
     .expect("params");
     ExecutionRequest {
         execution_id: "exe-resumed".into(),
-        alert: Alert {
-            name: "KafkaConsumerLag".into(),
-            fingerprint: "f".into(),
-            labels: vec![],
-            annotations: vec![],
-            source: None,
-        },
+        alert: Alert::named("KafkaConsumerLag", "f"),
         params,
         backends: backends(mock),
         destructive: Arc::new(DestructiveList::default()),
@@ -83,10 +77,11 @@ fn cut_in_the_action() -> ResumeFrom {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn an_action_that_had_acted_is_not_run_again() {
+/// The run cut off in the restart's action, resumed in a world whose consumers show
+/// `revision`: its report, and whether the restart was called again.
+async fn resumed_with_revision(revision: &str) -> (executor::ExecutionReport, bool) {
     let loaded = runbook(RESTART);
-    let world = mock(&world("8"));
+    let world = mock(&world(revision));
     let report = executor::execute_resumed(
         sandbox(),
         &loaded,
@@ -95,14 +90,18 @@ async fn an_action_that_had_acted_is_not_run_again() {
         cut_in_the_action(),
     )
     .await;
+    let restarted = world
+        .calls()
+        .iter()
+        .any(|c| c.capability == "kafka.restart-consumers");
+    (report, restarted)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_action_that_had_acted_is_not_run_again() {
+    let (report, restarted) = resumed_with_revision("8").await;
     assert_eq!(report.outcome, Outcome::Succeeded, "{report:?}");
-    assert!(
-        !world
-            .calls()
-            .iter()
-            .any(|c| c.capability == "kafka.restart-consumers"),
-        "the restart ran again"
-    );
+    assert!(!restarted, "the restart ran again");
     // It went on from the postcondition: the cut-off step's checks did not run again.
     assert_eq!(report.phases[0].phase, Phase::Postcondition);
     assert_eq!(report.phases[1].step, "verify-draining");
@@ -110,16 +109,7 @@ async fn an_action_that_had_acted_is_not_run_again() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_action_that_had_not_acted_is_rolled_back_when_not_idempotent() {
-    let loaded = runbook(RESTART);
-    let world = mock(&world("7"));
-    let report = executor::execute_resumed(
-        sandbox(),
-        &loaded,
-        &request(&world),
-        &mut Unobserved,
-        cut_in_the_action(),
-    )
-    .await;
+    let (report, restarted) = resumed_with_revision("7").await;
     match &report.outcome {
         Outcome::RolledBack { step, reason, .. } => {
             assert_eq!(step, "restart-consumers");
@@ -127,13 +117,7 @@ async fn an_action_that_had_not_acted_is_rolled_back_when_not_idempotent() {
         }
         other => panic!("expected a rollback, got {other:?}"),
     }
-    assert!(
-        !world
-            .calls()
-            .iter()
-            .any(|c| c.capability == "kafka.restart-consumers"),
-        "a non-idempotent action never runs twice"
-    );
+    assert!(!restarted, "a non-idempotent action never runs twice");
     assert!(report.phases.iter().any(|p| p.phase == Phase::Rollback));
 }
 

@@ -334,13 +334,7 @@ mod slack_tests {
         let e = Escalation {
             agent: "kafka".into(),
             incident: "inc-1".into(),
-            alert: Alert {
-                name: "KafkaConsumerLag".into(),
-                fingerprint: "f".into(),
-                labels: vec![],
-                annotations: vec![],
-                source: None,
-            },
+            alert: Alert::named("KafkaConsumerLag", "f"),
             reason: "confidence too low".into(),
             reasoning: "<!channel> approve at <https://evil.example|the runbook page> & go".into(),
             confidence: 0.4,

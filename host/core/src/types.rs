@@ -54,6 +54,18 @@ pub struct AlertSource {
 }
 
 impl Alert {
+    /// An alert of Themis' own form with nothing but a name and a fingerprint (labels and
+    /// annotations added by the caller).
+    pub fn named(name: &str, fingerprint: &str) -> Alert {
+        Alert {
+            name: name.to_owned(),
+            fingerprint: fingerprint.to_owned(),
+            labels: Vec::new(),
+            annotations: Vec::new(),
+            source: None,
+        }
+    }
+
     pub fn label(&self, key: &str) -> Option<&str> {
         self.labels
             .iter()

@@ -39,9 +39,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/login", post(login))
         .route("/logout", post(logout))
         .route("/incidents/{id}", get(incident_page))
-        .route("/ui/approvals/{id}/approve", post(approve))
-        .route("/ui/approvals/{id}/reject", post(reject))
-        .route("/ui/approvals/{id}/adjust", post(adjust))
+        .route("/ui/approvals/{id}/{answer}", post(answer))
 }
 
 const CSS: &str = "
@@ -671,73 +669,69 @@ impl FormToken for RejectForm {
     }
 }
 
-async fn approve(
+/// One route for the three answers (`/ui/approvals/{id}/approve|reject|adjust`): each through
+/// [`answer_with`], as the session's approver, by the same runtime calls as the API's.
+async fn answer(
     State(state): State<Arc<AppState>>,
-    Path(id): Path<String>,
+    Path((id, verb)): Path<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let runtime = state.runtime.clone();
-    answer_with(
-        &state,
-        &headers,
-        &body,
-        |form: ApproveForm, who| async move {
-            runtime
-                .approve(&id, who, Some(form.plan_digest))
-                .await
-                .map_err(runtime_error)
-        },
-    )
-    .await
-}
-
-async fn reject(
-    State(state): State<Arc<AppState>>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let runtime = state.runtime.clone();
-    answer_with(
-        &state,
-        &headers,
-        &body,
-        |form: RejectForm, who| async move {
-            let reason = form.reason.trim();
-            if reason.is_empty() {
-                return Err(ApiError::bad_request(
-                    "reason",
-                    "say why you reject the plan",
-                ));
-            }
-            runtime
-                .reject(&id, who, reason)
-                .await
-                .map_err(runtime_error)
-        },
-    )
-    .await
-}
-
-async fn adjust(
-    State(state): State<Arc<AppState>>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let runtime = state.runtime.clone();
-    answer_with(
-        &state,
-        &headers,
-        &body,
-        |form: AdjustForm, who| async move {
-            let params = param_lines(&form.params)?;
-            runtime
-                .adjust(&id, who, form.runbook.trim(), &params)
-                .await
-                .map_err(runtime_error)
-        },
-    )
-    .await
+    match verb.as_str() {
+        "approve" => {
+            answer_with(
+                &state,
+                &headers,
+                &body,
+                |form: ApproveForm, who| async move {
+                    runtime
+                        .approve(&id, who, Some(form.plan_digest))
+                        .await
+                        .map_err(runtime_error)
+                },
+            )
+            .await
+        }
+        "reject" => {
+            answer_with(
+                &state,
+                &headers,
+                &body,
+                |form: RejectForm, who| async move {
+                    let reason = form.reason.trim();
+                    if reason.is_empty() {
+                        return Err(ApiError::bad_request(
+                            "reason",
+                            "say why you reject the plan",
+                        ));
+                    }
+                    runtime
+                        .reject(&id, who, reason)
+                        .await
+                        .map_err(runtime_error)
+                },
+            )
+            .await
+        }
+        "adjust" => {
+            answer_with(
+                &state,
+                &headers,
+                &body,
+                |form: AdjustForm, who| async move {
+                    let params = param_lines(&form.params)?;
+                    runtime
+                        .adjust(&id, who, form.runbook.trim(), &params)
+                        .await
+                        .map_err(runtime_error)
+                },
+            )
+            .await
+        }
+        other => error_page(
+            state.page.sessions.get(&headers).as_ref(),
+            &ApiError::not_found(format!("no answer `{other}`: approve, reject or adjust")),
+        ),
+    }
 }

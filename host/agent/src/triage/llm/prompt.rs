@@ -179,13 +179,7 @@ mod tests {
     fn the_targets_history_is_shown_as_data_only_when_there_is_some() {
         let mut input = SelectionInput {
             agent: "kafka".into(),
-            alert: Alert {
-                name: "KafkaConsumerLag".into(),
-                fingerprint: "f".into(),
-                labels: vec![],
-                annotations: vec![],
-                source: None,
-            },
+            alert: Alert::named("KafkaConsumerLag", "f"),
             candidates: vec![],
             probes: vec![],
             history: vec![],
