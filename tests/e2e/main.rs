@@ -2,6 +2,7 @@
 //! Components are built by `scripts/build-runbooks` (the test command runs it first).
 
 mod agents;
+mod authoring;
 mod browser;
 mod cli;
 mod common;
@@ -15,6 +16,7 @@ mod metrics;
 mod openai_mock;
 mod page;
 mod playbook;
+mod registry;
 mod resume;
 mod sandbox;
 mod scenarios;

@@ -5,7 +5,8 @@
 //! name: kafka
 //! domain: kafka
 //! description: Kafka brokers and consumer groups.
-//! runbooks: [../runbooks/kafka/check-broker-health, ...]   # relative to this file
+//! runbooks: [../runbooks/kafka/check-broker-health, ...]   # relative to this file, or
+//!   # oci://HOST/REPO/<id>@sha256:<digest>: pulled into the bundle cache at start (pinned only)
 //! probes: [../runbooks/kafka/triage-probe]                   # read-only runbooks run first
 //! trust:                                                    # who may publish to this agent
 //!   keys: [../keys/demo/kafka-team.pub]                     # .pub files or folders of them
@@ -52,6 +53,7 @@ use themis_core::policy::{
 };
 use themis_core::rules::Rule;
 use themis_core::trust::TrustPolicy;
+use themis_registry::BundleRef;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -242,6 +244,9 @@ pub struct AgentDef {
     pub description: String,
     pub file: PathBuf,
     pub runbooks: Vec<PathBuf>,
+    /// Catalog runbooks named by OCI reference, pinned by digest (`oci://HOST/REPO@sha256:…`):
+    /// fetched into the bundle cache at start and verified like local ones.
+    pub oci_runbooks: Vec<BundleRef>,
     pub probes: Vec<PathBuf>,
     /// The publishers this agent trusts; `allow_unsigned` is set by the caller, never by a file.
     pub trust: TrustPolicy,
@@ -385,6 +390,26 @@ impl AgentDef {
                 conditions::check(cond).map_err(|p| err(&format!("{field}.when.{fact}"), p))?;
             }
         }
+        let mut local = Vec::new();
+        let mut oci_runbooks = Vec::new();
+        for (i, entry) in raw.runbooks.iter().enumerate() {
+            match entry.to_str() {
+                Some(text) if text.starts_with(themis_registry::reference::SCHEME) => {
+                    let field = format!("runbooks[{i}]");
+                    let r = BundleRef::parse(text).map_err(|e| err(&field, e.to_string()))?;
+                    if r.digest().is_none() {
+                        return Err(err(
+                            &field,
+                            format!(
+                                "{r} is not pinned: name it as oci://HOST/REPOSITORY@sha256:DIGEST (`themis runbook push` prints it), so the registry cannot change what runs"
+                            ),
+                        ));
+                    }
+                    oci_runbooks.push(r);
+                }
+                _ => local.push(base.join(entry)),
+            }
+        }
         let mut trust = TrustPolicy::default();
         for (i, path) in raw.trust.keys.iter().enumerate() {
             trust
@@ -411,7 +436,8 @@ impl AgentDef {
             domain: raw.domain,
             description: raw.description,
             file: file.to_path_buf(),
-            runbooks: raw.runbooks.iter().map(|p| base.join(p)).collect(),
+            runbooks: local,
+            oci_runbooks,
             probes: raw.probes.iter().map(|p| base.join(p)).collect(),
             trust,
             llm,

@@ -83,6 +83,7 @@ pub async fn runtime(place: &Place, cache_dir: &Path) -> Result<Runtime, ExitCod
         },
         RuntimeOptions {
             allow_unsigned: place.unsigned.allow_unsigned,
+            bundle_cache: Some(cache_dir.join("bundles")),
             ..RuntimeOptions::default()
         },
     )

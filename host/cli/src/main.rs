@@ -3,6 +3,7 @@
 //! `render`, the demo in `demo`, keys and signatures in `signing`.
 
 mod answer;
+mod authoring;
 mod backends;
 mod demo;
 mod guard;
@@ -325,8 +326,83 @@ enum FsmFormat {
     Dot,
 }
 
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum NewDomain {
+    Kafka,
+    #[value(alias = "kubernetes")]
+    K8s,
+    Postgres,
+}
+
 #[derive(Debug, Subcommand)]
 enum RunbookCommand {
+    /// Start a runbook: manifest.yaml, one step crate on the SDK with all four phases, a native
+    /// unit test against the SDK's mocks and one scenario. It builds, tests and passes as made:
+    /// `themis runbook build DIR && themis runbook test DIR --allow-unsigned && cargo test
+    /// --manifest-path DIR/Cargo.toml`.
+    New {
+        /// The new runbook's folder (must not exist, or be empty).
+        dir: PathBuf,
+        /// The domain its steps act on: which capabilities they may be granted.
+        #[arg(long, value_enum)]
+        domain: NewDomain,
+        /// The runbook id [default: the folder's name].
+        #[arg(long)]
+        id: Option<String>,
+        /// The runbook SDK's folder [default: this checkout's runbook-sdk/].
+        #[arg(long, value_name = "DIR", env = "THEMIS_SDK")]
+        sdk: Option<PathBuf>,
+    },
+    /// Build every step crate under DIR/steps/ for wasm32-wasip2, put each component at
+    /// components/<step>.wasm and validate the bundle. Sign it afterwards (`runbook sign`).
+    Build {
+        #[arg(required = true, value_name = "DIR")]
+        dirs: Vec<PathBuf>,
+        /// Place the components without validating the bundles (for deliberately broken test
+        /// fixtures).
+        #[arg(long)]
+        no_validate: bool,
+    },
+    /// Run each runbook's scenarios (DIR/scenarios/*.yaml) in the real sandbox against their
+    /// mocks: a line per scenario; exit 1 when one fails, 2 when none can be found.
+    Test {
+        #[arg(required = true, value_name = "DIR")]
+        dirs: Vec<PathBuf>,
+        /// Also write JUnit XML to FILE, for CI.
+        #[arg(long, value_name = "FILE")]
+        junit: Option<PathBuf>,
+        #[command(flatten)]
+        unsigned: Unsigned,
+    },
+    /// Push a signed bundle to an OCI registry as one artifact (manifest, components and
+    /// signature as layers). The repository must end in the runbook's id, e.g.
+    /// oci://registry.example.com/sre/restart-consumer-group:1.3.0. Prints the digest to pin.
+    /// Credentials: THEMIS_REGISTRY_USERNAME and THEMIS_REGISTRY_PASSWORD(_FILE), else the
+    /// Docker config (`docker login`); plain HTTP only for loopback registries.
+    Push {
+        dir: PathBuf,
+        /// oci://HOST/REPOSITORY:TAG
+        reference: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pull a bundle (by tag, or pinned with @sha256:…) into a new folder, verified exactly as
+    /// the host verifies a local one — every blob's digest, the signature by a trusted key,
+    /// minimum versions — before the folder appears. A refused pull leaves nothing behind.
+    Pull {
+        /// oci://HOST/REPOSITORY:TAG or oci://HOST/REPOSITORY@sha256:DIGEST
+        reference: String,
+        /// The folder to create.
+        dir: PathBuf,
+        /// A trusted .pub file, or a folder of them; repeat for more.
+        #[arg(long, value_name = "FILE_OR_DIR")]
+        trust: Vec<PathBuf>,
+        /// Verify against this agent's trust policy (its keys and minimum versions).
+        #[arg(long, value_name = "FILE")]
+        agent: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Load runbooks, check every component's imports against the domain's world, validate the
     /// graph, parameters and grants. Exit 0 when all are valid.
     Validate {
@@ -563,6 +639,42 @@ async fn dispatch(cli: Cli) -> ExitCode {
                 Err(e) => fail(2, e),
             }
         }
+        Command::Runbook(RunbookCommand::New {
+            dir,
+            domain,
+            id,
+            sdk,
+        }) => authoring_new(&dir, domain, id.as_deref(), sdk.as_deref()),
+        Command::Runbook(RunbookCommand::Build { dirs, no_validate }) => {
+            authoring_build(&dirs, no_validate)
+        }
+        Command::Runbook(RunbookCommand::Test {
+            dirs,
+            junit,
+            unsigned,
+        }) => {
+            unsigned.warn();
+            let sandbox = match sandbox() {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            authoring_test(&sandbox, &dirs, junit.as_deref(), unsigned.allow_unsigned).await
+        }
+        Command::Runbook(RunbookCommand::Push {
+            dir,
+            reference,
+            json,
+        }) => authoring::oci::push(&dir, &reference, json).await,
+        Command::Runbook(RunbookCommand::Pull {
+            reference,
+            dir,
+            trust,
+            agent,
+            json,
+        }) => match authoring::oci::pull_policy(&trust, agent.as_deref()) {
+            Ok(policy) => authoring::oci::pull(&reference, &dir, &policy, json).await,
+            Err(e) => fail(2, e),
+        },
         Command::Runbook(RunbookCommand::Sign { dirs, key }) => signing::sign(&dirs, &key),
         Command::Runbook(RunbookCommand::Verify { dirs, trust }) => signing::verify(&dirs, &trust),
         Command::Runbook(RunbookCommand::List {
@@ -575,7 +687,13 @@ async fn dispatch(cli: Cli) -> ExitCode {
                 Ok(s) => s,
                 Err(code) => return code,
             };
-            signing::list(&sandbox, &agents, json, unsigned.allow_unsigned)
+            signing::list(
+                &sandbox,
+                &agents,
+                &cli.cache_dir.join("bundles"),
+                json,
+                unsigned.allow_unsigned,
+            )
         }
         Command::Agents {
             place,
@@ -745,5 +863,146 @@ async fn dispatch(cli: Cli) -> ExitCode {
             );
             ExitCode::SUCCESS
         }
+    }
+}
+
+fn authoring_new(
+    dir: &std::path::Path,
+    domain: NewDomain,
+    id: Option<&str>,
+    sdk: Option<&std::path::Path>,
+) -> ExitCode {
+    use themis_core::capability::Domain;
+    let domain = match domain {
+        NewDomain::Kafka => Domain::Kafka,
+        NewDomain::K8s => Domain::Kubernetes,
+        NewDomain::Postgres => Domain::Postgres,
+    };
+    let sdk = match authoring::new::find_sdk(sdk) {
+        Ok(s) => s,
+        Err(e) => return fail(2, e),
+    };
+    match authoring::new::create(dir, domain, id, &sdk) {
+        Ok(created) => {
+            println!(
+                "created  runbook {} in {}",
+                created.id,
+                created.dir.display()
+            );
+            for f in &created.files {
+                println!("         {}", f.display());
+            }
+            let d = created.dir.display();
+            if !created.own_workspace {
+                println!(
+                    "note     its steps are members of the enclosing Cargo workspace (`cargo test -p` runs their unit tests)"
+                );
+            }
+            println!("next     themis runbook build {d}");
+            println!("         themis runbook test {d} --allow-unsigned");
+            if created.own_workspace {
+                println!("         cargo test --manifest-path {d}/Cargo.toml");
+            }
+            println!("         themis runbook sign {d} --key TEAM.key");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(2, e),
+    }
+}
+
+fn authoring_build(dirs: &[PathBuf], no_validate: bool) -> ExitCode {
+    let built = match authoring::build::build(dirs, false) {
+        Ok(b) => b,
+        Err(e) => return fail(1, e),
+    };
+    for (bundle, components) in &built {
+        println!(
+            "built    {} ({} component{})",
+            bundle.display(),
+            components.len(),
+            if components.len() == 1 { "" } else { "s" }
+        );
+    }
+    if no_validate {
+        return ExitCode::SUCCESS;
+    }
+    // Validation compiles unverified bundles: it must not fill the shared cache.
+    let sandbox = match sandbox(None) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let mut failed = false;
+    for dir in dirs {
+        match LoadedRunbook::load_unverified(&sandbox, dir) {
+            Ok(loaded) => println!("{}", render::validated(&loaded)),
+            Err(e) => {
+                failed = true;
+                eprintln!("error: {e}");
+            }
+        }
+        if dir
+            .join(themis_core::trust::bundle::SIGNATURE_FILE)
+            .is_file()
+        {
+            println!(
+                "note     {} changed: sign it again (`themis runbook sign {} --key TEAM.key`)",
+                dir.display(),
+                dir.display()
+            );
+        }
+    }
+    if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+async fn authoring_test(
+    sandbox: &std::sync::Arc<themis_sandbox::Sandbox>,
+    dirs: &[PathBuf],
+    junit: Option<&std::path::Path>,
+    allow_unsigned: bool,
+) -> ExitCode {
+    let mut cases = Vec::new();
+    for dir in dirs {
+        let files = match authoring::test::scenarios(dir) {
+            Ok(f) => f,
+            Err(e) => return fail(2, e),
+        };
+        for file in files {
+            let case = authoring::test::run(sandbox, dir, &file, allow_unsigned).await;
+            if case.passed() {
+                println!("ok       {}  {}", file.display(), case.name);
+            } else {
+                println!("FAILED   {}  {}", file.display(), case.name);
+                for f in &case.failures {
+                    println!("           {f}");
+                }
+            }
+            cases.push(case);
+        }
+    }
+    let failed = cases.iter().filter(|c| !c.passed()).count();
+    println!(
+        "{} scenario{}: {} passed, {failed} failed",
+        cases.len(),
+        if cases.len() == 1 { "" } else { "s" },
+        cases.len() - failed
+    );
+    if let Some(file) = junit {
+        let written = authoring::test::junit(&cases)
+            .and_then(|xml| std::fs::write(file, xml).map_err(|e| e.to_string()));
+        if let Err(e) = written {
+            return fail(
+                2,
+                format!("{}: cannot write JUnit XML: {e}", file.display()),
+            );
+        }
+    }
+    if failed > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
     }
 }

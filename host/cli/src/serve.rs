@@ -173,6 +173,7 @@ pub async fn run(args: ServeArgs, cache_dir_flag: Option<PathBuf>) -> ExitCode {
 
     args.unsigned.warn();
     let cache_dir = cache_dir_flag.unwrap_or_else(|| config.cache_dir.clone());
+    let bundle_cache = cache_dir.join("bundles");
     let sandbox = match sandbox(Some(cache_dir)) {
         Ok(s) => s,
         Err(code) => return code,
@@ -219,6 +220,7 @@ pub async fn run(args: ServeArgs, cache_dir_flag: Option<PathBuf>) -> ExitCode {
             allow_unsigned: args.unsigned.allow_unsigned,
             queue_capacity: config.queue,
             verify_tick: Some(config.verify_every),
+            bundle_cache: Some(bundle_cache),
             ..RuntimeOptions::default()
         },
     )

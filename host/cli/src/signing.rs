@@ -111,7 +111,13 @@ pub fn verify(dirs: &[PathBuf], trust_paths: &[PathBuf]) -> ExitCode {
     }
 }
 
-pub fn list(sandbox: &Sandbox, agents: &Path, json: bool, allow_unsigned: bool) -> ExitCode {
+pub fn list(
+    sandbox: &Sandbox,
+    agents: &Path,
+    bundle_cache: &Path,
+    json: bool,
+    allow_unsigned: bool,
+) -> ExitCode {
     let files = match agent_files(agents) {
         Ok(f) => f,
         Err(e) => return fail(2, e),
@@ -124,10 +130,23 @@ pub fn list(sandbox: &Sandbox, agents: &Path, json: bool, allow_unsigned: bool) 
             Err(e) => return fail(2, e),
         };
         def.trust.allow_unsigned = allow_unsigned;
+        // OCI entries are listed from the bundle cache the host fills at start.
+        let mut fetched = Vec::new();
+        for r in &def.oci_runbooks {
+            match themis_registry::cache::cache_dir(r, bundle_cache).filter(|d| d.is_dir()) {
+                Some(dir) => fetched.push(dir),
+                None => rows.push(json!({
+                    "agent": def.name, "role": "runbook", "status": "not-fetched",
+                    "bundle": r.to_string(),
+                    "error": format!("{r}: not in the bundle cache yet; the host pulls it at start"),
+                })),
+            }
+        }
         for (role, dir) in def
             .runbooks
             .iter()
             .map(|d| ("runbook", d))
+            .chain(fetched.iter().map(|d| ("runbook", d)))
             .chain(def.probes.iter().map(|d| ("probe", d)))
         {
             match LoadedRunbook::load(sandbox, dir, &def.trust) {
@@ -167,6 +186,13 @@ pub fn list(sandbox: &Sandbox, agents: &Path, json: bool, allow_unsigned: bool) 
                     s(&p["version"]),
                     s(&p["signer"]),
                     s(&p["digest"])
+                );
+            } else if row["status"] == "not-fetched" {
+                println!(
+                    "{:<12} {:<8} NOT FETCHED  {}",
+                    s(&row["agent"]),
+                    s(&row["role"]),
+                    s(&row["error"])
                 );
             } else {
                 println!(

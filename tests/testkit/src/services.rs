@@ -1,4 +1,4 @@
-//! Real services for tests — Prometheus, Alertmanager, postgres_exporter — started on loopback
+//! Real services for tests — Prometheus, Alertmanager, postgres_exporter, the OCI registry — started on loopback
 //! from the Debian binaries, each in a temporary directory, killed when dropped. A service that
 //! is not installed skips its test, unless `THEMIS_REQUIRE_SERVICES=1` (CI, where scripts/test
 //! installs them) makes that a failure naming the package.
@@ -187,4 +187,52 @@ pub async fn postgres_exporter(dsn: &str, queries: &Path) -> Option<Service> {
         .arg(format!("--web.listen-address=127.0.0.1:{port}"))
         .arg(format!("--extend.query-path={}", queries.display()));
     Some(Service::start("postgres_exporter", command, dir, port, "/metrics").await)
+}
+
+/// The CNCF distribution registry (Debian's `docker-registry`), storing in its scratch directory
+/// (`<dir>/data`, so a test can reach a blob on disk). With `htpasswd` (a bcrypt line as
+/// `htpasswd -B` writes it), basic auth is required.
+pub async fn registry(htpasswd: Option<&str>) -> Option<Service> {
+    if !installed_at(
+        "docker-registry",
+        "/usr/bin/docker-registry",
+        "docker-registry",
+    ) {
+        return None;
+    }
+    let dir = scratch("registry");
+    let port = free_port();
+    let auth = match htpasswd {
+        Some(line) => {
+            let file = write(dir.path(), "htpasswd", &format!("{line}\n"));
+            format!("auth:\n  htpasswd: {{ realm: themis-test, path: {file} }}\n")
+        }
+        None => String::new(),
+    };
+    let config = write(
+        dir.path(),
+        "config.yml",
+        &format!(
+            "version: 0.1\nlog: {{ level: warn }}\nstorage:\n  filesystem: {{ rootdirectory: {} }}\nhttp:\n  addr: 127.0.0.1:{port}\n{auth}",
+            dir.path().join("data").display()
+        ),
+    );
+    let mut command = Command::new("docker-registry");
+    command.arg("serve").arg(config);
+    // With auth on, /v2/ answers 401; the ready probe is the unauthenticated debug-free root.
+    let ready = if htpasswd.is_some() { "/" } else { "/v2/" };
+    Some(Service::start("docker-registry", command, dir, port, ready).await)
+}
+
+/// Like [`installed`], for a binary without `--version`.
+fn installed_at(binary: &str, path: &str, package: &str) -> bool {
+    if Path::new(path).is_file() {
+        return true;
+    }
+    assert!(
+        !required(),
+        "{binary} is not installed (apt-get install {package}); THEMIS_REQUIRE_SERVICES=1 needs it"
+    );
+    eprintln!("skipped: {binary} is not installed (apt-get install {package})");
+    false
 }

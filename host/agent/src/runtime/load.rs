@@ -34,6 +34,9 @@ pub struct Agent {
     pub def: AgentDef,
     pub catalog: BTreeMap<String, LoadedRunbook>,
     pub probes: Vec<LoadedRunbook>,
+    /// Catalog runbooks that could not be fetched this start (registry down, not yet cached):
+    /// id → why. Choosing one escalates; the rest of the agent works.
+    pub unavailable: BTreeMap<String, String>,
     pub selector: Arc<dyn Selector>,
 }
 
@@ -73,7 +76,7 @@ fn build_selector(
     })
 }
 
-pub(super) fn load_agents(
+pub(super) async fn load_agents(
     parts: &RuntimeParts,
     options: &RuntimeOptions,
 ) -> Result<Vec<Agent>, RuntimeError> {
@@ -113,8 +116,10 @@ pub(super) fn load_agents(
                 Err(fail(e.to_string()))
             }
         };
+        let (fetched, unavailable) =
+            fetch_oci_runbooks(&def, options.bundle_cache.as_deref(), audit).await?;
         let mut catalog = BTreeMap::new();
-        for dir in &def.runbooks {
+        for dir in def.runbooks.iter().chain(&fetched) {
             let rb = load(dir)?;
             if rb.runbook.domain != def.domain {
                 return Err(fail(format!(
@@ -140,11 +145,11 @@ pub(super) fn load_agents(
             probes.push(rb);
         }
         // A pin on a name the agent does not load protects nothing: most likely a typo.
-        if let Some(pinned) =
-            def.trust.min_versions.keys().find(|id| {
-                !catalog.contains_key(*id) && !probes.iter().any(|p| &p.runbook.id == *id)
-            })
-        {
+        if let Some(pinned) = def.trust.min_versions.keys().find(|id| {
+            !catalog.contains_key(*id)
+                && !unavailable.contains_key(*id)
+                && !probes.iter().any(|p| &p.runbook.id == *id)
+        }) {
             return Err(fail(format!(
                 "trust.min_versions pins `{pinned}`, which is none of the agent's runbooks or probes"
             )));
@@ -156,7 +161,10 @@ pub(super) fn load_agents(
             .iter()
             .chain(def.follow_ups.iter().map(|f| &f.rule))
             .collect();
-        if let Some(r) = rules.iter().find(|r| !catalog.contains_key(&r.runbook)) {
+        if let Some(r) = rules
+            .iter()
+            .find(|r| !catalog.contains_key(&r.runbook) && !unavailable.contains_key(&r.runbook))
+        {
             return Err(fail(format!(
                 "a rule names runbook `{}`, which is not in the agent's runbooks",
                 r.runbook
@@ -168,10 +176,75 @@ pub(super) fn load_agents(
             def,
             catalog,
             probes,
+            unavailable,
             selector,
         });
     }
     Ok(agents)
+}
+
+/// Fetch the agent's OCI catalog entries into the bundle cache (or find them there). A registry
+/// that cannot be reached makes that runbook unavailable — audited, and the agent still starts
+/// with the rest of its catalog; anything the registry answered that does not verify stops the
+/// agent, exactly as a refused local bundle does.
+async fn fetch_oci_runbooks(
+    def: &AgentDef,
+    cache: Option<&Path>,
+    audit: &crate::audit::AuditLog,
+) -> Result<(Vec<std::path::PathBuf>, BTreeMap<String, String>), RuntimeError> {
+    let mut dirs = Vec::new();
+    let mut unavailable = BTreeMap::new();
+    if def.oci_runbooks.is_empty() {
+        return Ok((dirs, unavailable));
+    }
+    let fail = |message: String| RuntimeError::Agent {
+        agent: def.name.clone(),
+        message,
+    };
+    let cache = cache.ok_or_else(|| {
+        fail("the agent names runbooks by OCI reference, but no bundle cache is configured (set `cache_dir:` in themis.yaml or THEMIS_CACHE_DIR)".into())
+    })?;
+    for r in &def.oci_runbooks {
+        match themis_registry::fetch_pinned(r, cache, &def.trust).await {
+            Ok(fetch) => {
+                if let themis_registry::CatalogFetch::Pulled(dir) = &fetch {
+                    audit.append(
+                        &def.name,
+                        None,
+                        "bundle-pulled",
+                        json!({ "reference": r.to_string(), "dir": dir }),
+                    )?;
+                }
+                dirs.push(fetch.dir().to_path_buf());
+            }
+            Err(themis_registry::FetchError::Pull(e)) if e.is_unreachable() => {
+                let why = e.to_string();
+                tracing::warn!(agent = %def.name, reference = %r, %why, "catalog runbook unavailable: the registry cannot be reached and the bundle is not cached");
+                audit.append(
+                    &def.name,
+                    None,
+                    "bundle-unavailable",
+                    json!({ "reference": r.to_string(), "runbook": r.runbook_id(), "reason": why }),
+                )?;
+                unavailable.insert(
+                    r.runbook_id().to_owned(),
+                    format!(
+                        "its bundle {r} is not cached and the registry cannot be reached: {why}"
+                    ),
+                );
+            }
+            Err(e) => {
+                audit.append(
+                    &def.name,
+                    None,
+                    "bundle-refused",
+                    json!({ "bundle": r.to_string(), "reason": "oci", "message": e.to_string() }),
+                )?;
+                return Err(fail(format!("{r}: {e}")));
+            }
+        }
+    }
+    Ok((dirs, unavailable))
 }
 
 /// A probe is given its parameters from the alert's labels through the agent's `labels:` map, and

@@ -71,6 +71,9 @@ pub struct RuntimeOptions {
     /// How often fixes being verified are looked at; `None`: only when asked
     /// ([`Runtime::verify_due`]), as scenario tests do.
     pub verify_tick: Option<std::time::Duration>,
+    /// Where catalog bundles named by OCI reference are pulled to and kept (`None`: an agent
+    /// naming one cannot load).
+    pub bundle_cache: Option<PathBuf>,
 }
 
 impl Default for RuntimeOptions {
@@ -81,6 +84,7 @@ impl Default for RuntimeOptions {
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
             clock: Clock::system(),
             verify_tick: Some(DEFAULT_VERIFY_TICK),
+            bundle_cache: None,
         }
     }
 }
@@ -195,7 +199,7 @@ impl Runtime {
         parts: RuntimeParts,
         options: RuntimeOptions,
     ) -> Result<Runtime, RuntimeError> {
-        let agents = load::load_agents(&parts, &options)?;
+        let agents = load::load_agents(&parts, &options).await?;
         let guard = Arc::new(
             guard::Guard::open(parts.store.clone(), &parts.audit, options.clock.clone()).await?,
         );

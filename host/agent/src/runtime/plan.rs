@@ -180,6 +180,11 @@ pub(crate) fn catalog_plan<'a>(
     let Some(runbook_id) = &selection.runbook else {
         return Err(selection.reasoning.clone());
     };
+    if let Some(why) = agent.unavailable.get(runbook_id) {
+        return Err(format!(
+            "the selector chose {runbook_id}, which is unavailable on this host: {why}; a human decides"
+        ));
+    }
     let Some(loaded) = agent.catalog.get(runbook_id) else {
         return Err(format!(
             "the selector named `{runbook_id}`, which is not in the catalog; nothing runs that is not a loaded runbook of the agent"

@@ -1,0 +1,464 @@
+//! Signed bundles through a real OCI registry (Debian's `docker-registry`, the CNCF distribution
+//! registry): push, pull by tag and by digest, what a pull refuses — a tampered blob, a wrong
+//! pin, an untrusted signer, a registry that is down — and never leaves half a bundle; basic
+//! auth; an agent's catalog pinned by digest, cached, and unavailable (not fatal) when the
+//! registry is down.
+
+use crate::common::{HostSpec, records, repo, text, world_alert};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use themis_agent::store::IncidentStatus;
+use themis_testkit::services::{self, Service};
+
+const BUNDLE: &str = "runbooks/kafka/scale-consumer";
+const KAFKA_KEY: &str = "keys/demo/demo-kafka-team.pub";
+/// `htpasswd -nbB themis test-only-password`: a test fixture, not a secret.
+const HTPASSWD: &str = "themis:$2y$05$8iblGQ65gzEYjMU0n8ZdXeS0ixF2tOzLP2gbepu3qhw2b.xlA2EW2";
+
+fn themis(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_themis"));
+    c.args(args)
+        .current_dir(repo())
+        // No developer's `docker login` leaks into what these tests see.
+        .env("DOCKER_CONFIG", "/nonexistent")
+        .env_remove("THEMIS_REGISTRY_USERNAME")
+        .env_remove("THEMIS_REGISTRY_PASSWORD");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("themis runs")
+}
+
+fn host_of(service: &Service) -> String {
+    service.url.trim_start_matches("http://").to_owned()
+}
+
+fn push(service: &Service, env: &[(&str, &str)]) -> Value {
+    let reference = format!("oci://{}/sre/scale-consumer:1.2.0", host_of(service));
+    let out = themis(&["runbook", "push", BUNDLE, &reference, "--json"], env);
+    assert!(out.status.success(), "push: {}", text(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("push prints JSON")
+}
+
+/// No folder, and no staging folder, is left in `parent`.
+fn nothing_left(parent: &Path, dest: &Path) {
+    assert!(!dest.exists(), "{} was left behind", dest.display());
+    let staged: Vec<PathBuf> = std::fs::read_dir(parent)
+        .expect("list")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(".themis-pull"))
+        })
+        .collect();
+    assert!(staged.is_empty(), "staging left behind: {staged:?}");
+}
+
+fn same_bytes(a: &Path, b: &Path) {
+    for f in ["manifest.yaml", "runbook.sig", "components/scale-out.wasm"] {
+        assert_eq!(
+            std::fs::read(a.join(f)).expect("source"),
+            std::fs::read(b.join(f)).expect("pulled"),
+            "{f} differs after the round trip"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_pushed_bundle_pulls_by_tag_and_by_digest_verified_and_byte_identical() {
+    let Some(registry) = services::registry(None).await else {
+        return;
+    };
+    let pushed = push(&registry, &[]);
+    let digest = pushed["digest"].as_str().expect("digest");
+    assert!(
+        digest.starts_with("sha256:") && digest.len() == 71,
+        "{pushed}"
+    );
+    let pinned = pushed["pinned"].as_str().expect("pinned");
+    assert!(
+        pinned.ends_with(&format!("/sre/scale-consumer@{digest}")),
+        "{pinned}"
+    );
+
+    let work = tempfile::tempdir().expect("tempdir");
+    let by_tag = work.path().join("by-tag");
+    let reference = format!("oci://{}/sre/scale-consumer:1.2.0", host_of(&registry));
+    let out = themis(
+        &[
+            "runbook",
+            "pull",
+            &reference,
+            &by_tag.display().to_string(),
+            "--trust",
+            KAFKA_KEY,
+            "--json",
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let pulled: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(pulled["digest"], digest);
+    assert_eq!(pulled["runbook"], "scale-consumer");
+    same_bytes(&repo().join(BUNDLE), &by_tag);
+
+    // By digest, against an agent's whole trust policy (keys and minimum versions).
+    let by_digest = work.path().join("by-digest");
+    let out = themis(
+        &[
+            "runbook",
+            "pull",
+            pinned,
+            &by_digest.display().to_string(),
+            "--agent",
+            "agents/kafka.yaml",
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    same_bytes(&repo().join(BUNDLE), &by_digest);
+    let out = themis(
+        &[
+            "runbook",
+            "verify",
+            &by_digest.display().to_string(),
+            "--trust",
+            KAFKA_KEY,
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    // A pin that is not this manifest's digest is refused, whatever the tag says.
+    let wrong = format!(
+        "oci://{}/sre/scale-consumer@sha256:{}",
+        host_of(&registry),
+        "0".repeat(64)
+    );
+    let dest = work.path().join("wrong-pin");
+    let out = themis(
+        &[
+            "runbook",
+            "pull",
+            &wrong,
+            &dest.display().to_string(),
+            "--trust",
+            KAFKA_KEY,
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    nothing_left(work.path(), &dest);
+
+    // The repository must carry the runbook's id: that is what agents check a pull against.
+    let out = themis(
+        &[
+            "runbook",
+            "push",
+            BUNDLE,
+            &format!("oci://{}/sre/other:1", host_of(&registry)),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("must end in the runbook's id"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn a_tampered_blob_or_an_untrusted_signer_is_refused_and_nothing_is_left() {
+    let Some(registry) = services::registry(None).await else {
+        return;
+    };
+    push(&registry, &[]);
+    let reference = format!("oci://{}/sre/scale-consumer:1.2.0", host_of(&registry));
+    let work = tempfile::tempdir().expect("tempdir");
+
+    // Signed by the Kafka team, trusted only as the Postgres team's: refused after the pull.
+    let dest = work.path().join("untrusted");
+    let out = themis(
+        &[
+            "runbook",
+            "pull",
+            &reference,
+            &dest.display().to_string(),
+            "--trust",
+            "keys/demo/demo-postgres-team.pub",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stderr).contains("not trusted"),
+        "{}",
+        text(&out.stderr)
+    );
+    nothing_left(work.path(), &dest);
+
+    // Alter the component's blob where the registry stores it: its digest no longer holds.
+    let component =
+        std::fs::read(repo().join(BUNDLE).join("components/scale-out.wasm")).expect("wasm");
+    let hex = themis_core::digest(&component)
+        .trim_start_matches("sha256:")
+        .to_owned();
+    let blob = registry
+        .dir
+        .path()
+        .join("data/docker/registry/v2/blobs/sha256")
+        .join(&hex[..2])
+        .join(&hex)
+        .join("data");
+    let mut bytes = std::fs::read(&blob).expect("the blob is where distribution keeps it");
+    bytes[4000] ^= 0xff;
+    std::fs::write(&blob, bytes).expect("tamper");
+    let dest = work.path().join("tampered");
+    let out = themis(
+        &[
+            "runbook",
+            "pull",
+            &reference,
+            &dest.display().to_string(),
+            "--trust",
+            KAFKA_KEY,
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stderr).contains("does not match its digest"),
+        "{}",
+        text(&out.stderr)
+    );
+    nothing_left(work.path(), &dest);
+}
+
+#[tokio::test]
+async fn basic_auth_needs_credentials_and_never_prints_them() {
+    let Some(registry) = services::registry(Some(HTPASSWD)).await else {
+        return;
+    };
+    let reference = format!("oci://{}/sre/scale-consumer:1.2.0", host_of(&registry));
+    let out = themis(&["runbook", "push", BUNDLE, &reference], &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("refused the credentials") && err.contains("THEMIS_REGISTRY_USERNAME"),
+        "{err}"
+    );
+
+    let creds = [
+        ("THEMIS_REGISTRY_USERNAME", "themis"),
+        ("THEMIS_REGISTRY_PASSWORD", "test-only-password"),
+    ];
+    let wrong = [
+        ("THEMIS_REGISTRY_USERNAME", "themis"),
+        ("THEMIS_REGISTRY_PASSWORD", "not-the-password"),
+    ];
+    let out = themis(&["runbook", "push", BUNDLE, &reference], &wrong);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        !text(&out.stderr).contains("not-the-password"),
+        "{}",
+        text(&out.stderr)
+    );
+    push(&registry, &creds);
+
+    let work = tempfile::tempdir().expect("tempdir");
+    let dest = work.path().join("pulled");
+    let args = [
+        "runbook",
+        "pull",
+        &reference,
+        &dest.display().to_string(),
+        "--trust",
+        KAFKA_KEY,
+    ];
+    let out = themis(&args, &[]);
+    assert_eq!(out.status.code(), Some(1), "an anonymous pull is refused");
+    nothing_left(work.path(), &dest);
+    let out = themis(&args, &creds);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for o in [&out.stdout, &out.stderr] {
+        assert!(!text(o).contains("test-only-password"));
+    }
+}
+
+#[tokio::test]
+async fn a_registry_that_is_down_is_a_clear_error_and_leaves_nothing() {
+    let port = services::free_port();
+    let work = tempfile::tempdir().expect("tempdir");
+    let dest = work.path().join("pulled");
+    let reference = format!("oci://127.0.0.1:{port}/sre/scale-consumer:1.2.0");
+    let out = themis(
+        &[
+            "runbook",
+            "pull",
+            &reference,
+            &dest.display().to_string(),
+            "--trust",
+            KAFKA_KEY,
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("cannot reach the registry"),
+        "{}",
+        text(&out.stderr)
+    );
+    nothing_left(work.path(), &dest);
+    let out = themis(&["runbook", "push", BUNDLE, &reference], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("cannot reach the registry"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// The Kafka agent with scale-consumer named by `reference` instead of its folder.
+fn agent_with(dir: &Path, reference: &str) -> PathBuf {
+    crate::common::patched_agent(
+        dir,
+        "agents/kafka.yaml",
+        &[(
+            &format!("  - {}/runbooks/kafka/scale-consumer\n", repo().display()),
+            &format!("  - {reference}\n"),
+        )],
+    )
+}
+
+async fn start(dir: &Path, agent: &Path, cache: &Path) -> Result<crate::common::TestHost, String> {
+    HostSpec {
+        agents: vec![agent.to_path_buf()],
+        options: themis_agent::RuntimeOptions {
+            bundle_cache: Some(cache.to_path_buf()),
+            ..Default::default()
+        },
+        dry_run: true,
+        ..HostSpec::new(dir, "agents/kafka.yaml", "agent-kafka-scale.yaml")
+    }
+    .start()
+    .await
+    .map_err(|e| e.to_string())
+}
+
+#[tokio::test]
+async fn an_agent_catalog_pinned_by_digest_is_pulled_once_and_survives_the_registry_going_down() {
+    let Some(registry) = services::registry(None).await else {
+        return;
+    };
+    let pinned = push(&registry, &[])["pinned"]
+        .as_str()
+        .expect("pinned")
+        .to_owned();
+    let work = tempfile::tempdir().expect("tempdir");
+    let agent = agent_with(work.path(), &pinned);
+    let cache = work.path().join("cache");
+
+    // First start: pulled into the cache, verified, in the catalog; the alert runs it.
+    let run1 = work.path().join("run1");
+    std::fs::create_dir_all(&run1).expect("mkdir");
+    let host = start(&run1, &agent, &cache).await.expect("starts");
+    let incident = host
+        .new_incident(world_alert("agent-kafka-scale.yaml"))
+        .await;
+    assert_ne!(
+        incident.status,
+        IncidentStatus::Escalated,
+        "{:?}",
+        incident.reason
+    );
+    assert_eq!(
+        incident
+            .selection
+            .as_ref()
+            .and_then(|s| s["output"]["runbook"].as_str()),
+        Some("scale-consumer")
+    );
+    host.runtime.shutdown().await;
+    let recs = records(&run1.join("audit.jsonl"));
+    assert!(
+        recs.iter().any(|r| r["kind"] == "bundle-pulled"),
+        "the pull is audited"
+    );
+
+    // The registry goes away: the cached bundle still loads (verified again, like any bundle).
+    drop(registry);
+    let run2 = work.path().join("run2");
+    std::fs::create_dir_all(&run2).expect("mkdir");
+    let host = start(&run2, &agent, &cache)
+        .await
+        .expect("starts from the cache");
+    let incident = host
+        .new_incident(world_alert("agent-kafka-scale.yaml"))
+        .await;
+    assert_ne!(
+        incident.status,
+        IncidentStatus::Escalated,
+        "{:?}",
+        incident.reason
+    );
+    host.runtime.shutdown().await;
+    assert!(
+        !records(&run2.join("audit.jsonl"))
+            .iter()
+            .any(|r| r["kind"] == "bundle-pulled")
+    );
+
+    // A cached bundle altered on disk is refused like a local one: the agent does not start.
+    let cached = std::fs::read_dir(cache.join("oci"))
+        .expect("cache")
+        .next()
+        .expect("one")
+        .expect("entry")
+        .path();
+    std::fs::write(cached.join("manifest.yaml"), "id: scale-consumer\n").expect("tamper");
+    let run3 = work.path().join("run3");
+    std::fs::create_dir_all(&run3).expect("mkdir");
+    let err = start(&run3, &agent, &cache).await.err().expect("refused");
+    assert!(
+        err.contains("scale-consumer") || err.contains("manifest"),
+        "{err}"
+    );
+
+    // Nothing cached and no registry: the host starts, the runbook is unavailable (audited), and
+    // an alert that would choose it goes to a human with the reason.
+    let run4 = work.path().join("run4");
+    std::fs::create_dir_all(&run4).expect("mkdir");
+    let empty = work.path().join("empty-cache");
+    let host = start(&run4, &agent, &empty)
+        .await
+        .expect("starts without the runbook");
+    let incident = host
+        .new_incident(world_alert("agent-kafka-scale.yaml"))
+        .await;
+    assert_eq!(incident.status, IncidentStatus::Escalated);
+    let reason = incident.reason.clone().unwrap_or_default();
+    assert!(
+        reason.contains("unavailable") && reason.contains("scale-consumer"),
+        "{reason}"
+    );
+    host.runtime.shutdown().await;
+    let unavailable = records(&run4.join("audit.jsonl"))
+        .into_iter()
+        .find(|r| r["kind"] == "bundle-unavailable")
+        .expect("audited");
+    assert_eq!(unavailable["data"]["runbook"], "scale-consumer");
+}
+
+#[test]
+fn an_unpinned_catalog_entry_is_refused_at_load() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let agent = agent_with(work.path(), "oci://127.0.0.1:5000/sre/scale-consumer:1.2.0");
+    let err = themis_agent::AgentDef::load(&agent).expect_err("refused");
+    let err = err.to_string();
+    assert!(
+        err.contains("runbooks[2]") && err.contains("not pinned"),
+        "{err}"
+    );
+}
