@@ -17,7 +17,7 @@ pub use wit_metrics::Sample;
 pub mod kafka_types {
     pub use super::wit_kafka::{
         Broker, ClusterInfo, ConsumerGroup, ConsumerWorkload, GroupMember, GroupState,
-        PartitionLag, TopicInfo, TopicPartition,
+        PartitionLag, PartitionLeader, TopicInfo, TopicPartition,
     };
 
     /// The WIT name of a group state (`stable`, `preparing-rebalance`, …): what outputs,
@@ -36,12 +36,12 @@ pub mod kafka_types {
 
 /// Kubernetes domain types.
 pub mod k8s_types {
-    pub use super::wit_k8s::{Condition, Deployment, Pod, Workload};
+    pub use super::wit_k8s::{Condition, Deployment, Pod, Revision, Workload};
 }
 
 /// PostgreSQL domain types.
 pub mod postgres_types {
-    pub use super::wit_pg::{Backend, LockWait, Replica};
+    pub use super::wit_pg::{Backend, ConnectionSlots, LockWait, Replica};
 }
 
 use k8s_types::*;
@@ -73,6 +73,8 @@ pub trait Kafka: Metrics + Log {
     fn scale_consumers(&self, group: &str, replicas: u32) -> CapResult<ConsumerWorkload>;
     fn set_broker_config(&self, broker_id: i32, key: &str, value: &str) -> CapResult<()>;
     fn broker_restart(&self, broker_id: i32) -> CapResult<()>;
+    fn partition_leadership(&self) -> CapResult<Vec<PartitionLeader>>;
+    fn elect_preferred_leaders(&self, topic: &str) -> CapResult<u32>;
 }
 
 /// Kubernetes capabilities (`k8s.*`).
@@ -84,6 +86,8 @@ pub trait Kubernetes: Metrics + Log {
     fn rollout_restart(&self, namespace: &str, name: &str) -> CapResult<()>;
     fn scale_deployment(&self, namespace: &str, name: &str, replicas: u32) -> CapResult<()>;
     fn delete_pod(&self, namespace: &str, name: &str) -> CapResult<()>;
+    fn rollout_history(&self, namespace: &str, name: &str) -> CapResult<Vec<Revision>>;
+    fn rollout_undo(&self, namespace: &str, name: &str, to_revision: i64) -> CapResult<()>;
 }
 
 /// PostgreSQL capabilities (`postgres.*`).
@@ -91,6 +95,7 @@ pub trait Postgres: Metrics + Log {
     fn activity(&self, min_query_seconds: f64) -> CapResult<Vec<Backend>>;
     fn blockers(&self) -> CapResult<Vec<LockWait>>;
     fn replication_lag(&self) -> CapResult<Vec<Replica>>;
+    fn connection_usage(&self, min_idle_seconds: f64) -> CapResult<ConnectionSlots>;
     fn cancel_backend(&self, pid: i32) -> CapResult<bool>;
     fn terminate_backend(&self, pid: i32) -> CapResult<bool>;
 }
@@ -150,6 +155,12 @@ impl Kafka for Host {
     fn broker_restart(&self, broker_id: i32) -> CapResult<()> {
         wit_kafka::broker_restart(broker_id)
     }
+    fn partition_leadership(&self) -> CapResult<Vec<PartitionLeader>> {
+        wit_kafka::partition_leadership()
+    }
+    fn elect_preferred_leaders(&self, topic: &str) -> CapResult<u32> {
+        wit_kafka::elect_preferred_leaders(topic)
+    }
 }
 
 impl Kubernetes for Host {
@@ -174,6 +185,12 @@ impl Kubernetes for Host {
     fn delete_pod(&self, namespace: &str, name: &str) -> CapResult<()> {
         wit_k8s::delete_pod(namespace, name)
     }
+    fn rollout_history(&self, namespace: &str, name: &str) -> CapResult<Vec<Revision>> {
+        wit_k8s::rollout_history(namespace, name)
+    }
+    fn rollout_undo(&self, namespace: &str, name: &str, to_revision: i64) -> CapResult<()> {
+        wit_k8s::rollout_undo(namespace, name, to_revision)
+    }
 }
 
 impl Postgres for Host {
@@ -185,6 +202,9 @@ impl Postgres for Host {
     }
     fn replication_lag(&self) -> CapResult<Vec<Replica>> {
         wit_pg::replication_lag()
+    }
+    fn connection_usage(&self, min_idle_seconds: f64) -> CapResult<ConnectionSlots> {
+        wit_pg::connection_usage(min_idle_seconds)
     }
     fn cancel_backend(&self, pid: i32) -> CapResult<bool> {
         wit_pg::cancel_backend(pid)

@@ -164,6 +164,12 @@ impl Kafka for MockCaps {
     fn broker_restart(&self, broker_id: i32) -> CapResult<()> {
         self.respond("kafka.broker-restart", format!("broker-id={broker_id}"))
     }
+    fn partition_leadership(&self) -> CapResult<Vec<PartitionLeader>> {
+        self.respond("kafka.partition-leadership", String::new())
+    }
+    fn elect_preferred_leaders(&self, topic: &str) -> CapResult<u32> {
+        self.respond("kafka.elect-preferred-leaders", format!("topic={topic}"))
+    }
 }
 
 impl Kubernetes for MockCaps {
@@ -206,6 +212,18 @@ impl Kubernetes for MockCaps {
             format!("namespace={namespace} name={name}"),
         )
     }
+    fn rollout_history(&self, namespace: &str, name: &str) -> CapResult<Vec<Revision>> {
+        self.respond(
+            "k8s.rollout-history",
+            format!("namespace={namespace} name={name}"),
+        )
+    }
+    fn rollout_undo(&self, namespace: &str, name: &str, to_revision: i64) -> CapResult<()> {
+        self.respond(
+            "k8s.rollout-undo",
+            format!("namespace={namespace} name={name} to-revision={to_revision}"),
+        )
+    }
 }
 
 impl Postgres for MockCaps {
@@ -220,6 +238,12 @@ impl Postgres for MockCaps {
     }
     fn replication_lag(&self) -> CapResult<Vec<Replica>> {
         self.respond("postgres.replication-lag", String::new())
+    }
+    fn connection_usage(&self, min_idle_seconds: f64) -> CapResult<ConnectionSlots> {
+        self.respond(
+            "postgres.connection-usage",
+            format!("min_idle_seconds={min_idle_seconds}"),
+        )
     }
     fn cancel_backend(&self, pid: i32) -> CapResult<bool> {
         self.respond("postgres.cancel-backend", format!("pid={pid}"))

@@ -41,6 +41,14 @@ fn push(service: &Service, env: &[(&str, &str)]) -> Value {
     serde_json::from_slice(&out.stdout).expect("push prints JSON")
 }
 
+/// `themis runbook pull REFERENCE DEST` with `extra` arguments (the trust) and environment.
+fn pull(reference: &str, dest: &Path, extra: &[&str], env: &[(&str, &str)]) -> Output {
+    let dest = dest.display().to_string();
+    let mut args = vec!["runbook", "pull", reference, &dest];
+    args.extend_from_slice(extra);
+    themis(&args, env)
+}
+
 /// No folder, and no staging folder, is left in `parent`.
 fn nothing_left(parent: &Path, dest: &Path) {
     assert!(!dest.exists(), "{} was left behind", dest.display());
@@ -85,18 +93,7 @@ async fn a_pushed_bundle_pulls_by_tag_and_by_digest_verified_and_byte_identical(
     let work = tempfile::tempdir().expect("tempdir");
     let by_tag = work.path().join("by-tag");
     let reference = format!("oci://{}/sre/scale-consumer:1.2.0", host_of(&registry));
-    let out = themis(
-        &[
-            "runbook",
-            "pull",
-            &reference,
-            &by_tag.display().to_string(),
-            "--trust",
-            KAFKA_KEY,
-            "--json",
-        ],
-        &[],
-    );
+    let out = pull(&reference, &by_tag, &["--trust", KAFKA_KEY, "--json"], &[]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let pulled: Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(pulled["digest"], digest);
@@ -105,17 +102,7 @@ async fn a_pushed_bundle_pulls_by_tag_and_by_digest_verified_and_byte_identical(
 
     // By digest, against an agent's whole trust policy (keys and minimum versions).
     let by_digest = work.path().join("by-digest");
-    let out = themis(
-        &[
-            "runbook",
-            "pull",
-            pinned,
-            &by_digest.display().to_string(),
-            "--agent",
-            "agents/kafka.yaml",
-        ],
-        &[],
-    );
+    let out = pull(pinned, &by_digest, &["--agent", "agents/kafka.yaml"], &[]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     same_bytes(&repo().join(BUNDLE), &by_digest);
     let out = themis(
@@ -137,17 +124,7 @@ async fn a_pushed_bundle_pulls_by_tag_and_by_digest_verified_and_byte_identical(
         "0".repeat(64)
     );
     let dest = work.path().join("wrong-pin");
-    let out = themis(
-        &[
-            "runbook",
-            "pull",
-            &wrong,
-            &dest.display().to_string(),
-            "--trust",
-            KAFKA_KEY,
-        ],
-        &[],
-    );
+    let out = pull(&wrong, &dest, &["--trust", KAFKA_KEY], &[]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
     nothing_left(work.path(), &dest);
 
@@ -180,15 +157,10 @@ async fn a_tampered_blob_or_an_untrusted_signer_is_refused_and_nothing_is_left()
 
     // Signed by the Kafka team, trusted only as the Postgres team's: refused after the pull.
     let dest = work.path().join("untrusted");
-    let out = themis(
-        &[
-            "runbook",
-            "pull",
-            &reference,
-            &dest.display().to_string(),
-            "--trust",
-            "keys/demo/demo-postgres-team.pub",
-        ],
+    let out = pull(
+        &reference,
+        &dest,
+        &["--trust", "keys/demo/demo-postgres-team.pub"],
         &[],
     );
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
@@ -216,17 +188,7 @@ async fn a_tampered_blob_or_an_untrusted_signer_is_refused_and_nothing_is_left()
     bytes[4000] ^= 0xff;
     std::fs::write(&blob, bytes).expect("tamper");
     let dest = work.path().join("tampered");
-    let out = themis(
-        &[
-            "runbook",
-            "pull",
-            &reference,
-            &dest.display().to_string(),
-            "--trust",
-            KAFKA_KEY,
-        ],
-        &[],
-    );
+    let out = pull(&reference, &dest, &["--trust", KAFKA_KEY], &[]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
     assert!(
         text(&out.stderr).contains("does not match its digest"),
@@ -269,18 +231,11 @@ async fn basic_auth_needs_credentials_and_never_prints_them() {
 
     let work = tempfile::tempdir().expect("tempdir");
     let dest = work.path().join("pulled");
-    let args = [
-        "runbook",
-        "pull",
-        &reference,
-        &dest.display().to_string(),
-        "--trust",
-        KAFKA_KEY,
-    ];
-    let out = themis(&args, &[]);
+    let trust = ["--trust", KAFKA_KEY];
+    let out = pull(&reference, &dest, &trust, &[]);
     assert_eq!(out.status.code(), Some(1), "an anonymous pull is refused");
     nothing_left(work.path(), &dest);
-    let out = themis(&args, &creds);
+    let out = pull(&reference, &dest, &trust, &creds);
     assert!(out.status.success(), "{}", text(&out.stderr));
     for o in [&out.stdout, &out.stderr] {
         assert!(!text(o).contains("test-only-password"));
@@ -293,17 +248,7 @@ async fn a_registry_that_is_down_is_a_clear_error_and_leaves_nothing() {
     let work = tempfile::tempdir().expect("tempdir");
     let dest = work.path().join("pulled");
     let reference = format!("oci://127.0.0.1:{port}/sre/scale-consumer:1.2.0");
-    let out = themis(
-        &[
-            "runbook",
-            "pull",
-            &reference,
-            &dest.display().to_string(),
-            "--trust",
-            KAFKA_KEY,
-        ],
-        &[],
-    );
+    let out = pull(&reference, &dest, &["--trust", KAFKA_KEY], &[]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
         text(&out.stderr).contains("cannot reach the registry"),

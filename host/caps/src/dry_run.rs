@@ -4,8 +4,8 @@
 
 use super::{Backends, CapResult, KafkaCaps, KubernetesCaps, MetricsCaps, PostgresCaps};
 use crate::types::{
-    Backend, ClusterInfo, ConsumerGroup, ConsumerWorkload, Deployment, LockWait, PartitionLag, Pod,
-    Replica, Sample, TopicInfo, Workload,
+    Backend, ClusterInfo, ConnectionSlots, ConsumerGroup, ConsumerWorkload, Deployment, LockWait,
+    PartitionLag, PartitionLeader, Pod, Replica, Revision, Sample, TopicInfo, Workload,
 };
 use async_trait::async_trait;
 use serde::Serialize;
@@ -113,6 +113,22 @@ impl KafkaCaps for DryRun {
         self.record("kafka.broker-restart", json!({ "broker_id": broker_id }));
         Ok(())
     }
+    async fn partition_leadership(&self) -> CapResult<Vec<PartitionLeader>> {
+        self.inner.kafka().partition_leadership().await
+    }
+    async fn elect_preferred_leaders(&self, topic: &str) -> CapResult<u32> {
+        self.record("kafka.elect-preferred-leaders", json!({ "topic": topic }));
+        // What would move: the partitions of the topic whose preferred replica is in sync.
+        let would_move = self
+            .inner
+            .kafka()
+            .partition_leadership()
+            .await?
+            .iter()
+            .filter(|p| p.topic == topic && p.preferred_in_sync)
+            .count();
+        Ok(u32::try_from(would_move).unwrap_or(u32::MAX))
+    }
 }
 
 #[async_trait]
@@ -153,6 +169,19 @@ impl KubernetesCaps for DryRun {
         );
         Ok(())
     }
+    async fn rollout_history(&self, namespace: &str, name: &str) -> CapResult<Vec<Revision>> {
+        self.inner
+            .kubernetes()
+            .rollout_history(namespace, name)
+            .await
+    }
+    async fn rollout_undo(&self, namespace: &str, name: &str, to_revision: i64) -> CapResult<()> {
+        self.record(
+            "k8s.rollout-undo",
+            json!({ "namespace": namespace, "name": name, "to_revision": to_revision }),
+        );
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -165,6 +194,12 @@ impl PostgresCaps for DryRun {
     }
     async fn replication_lag(&self) -> CapResult<Vec<Replica>> {
         self.inner.postgres().replication_lag().await
+    }
+    async fn connection_usage(&self, min_idle_seconds: f64) -> CapResult<ConnectionSlots> {
+        self.inner
+            .postgres()
+            .connection_usage(min_idle_seconds)
+            .await
     }
     async fn cancel_backend(&self, pid: i32) -> CapResult<bool> {
         self.record("postgres.cancel-backend", json!({ "pid": pid }));

@@ -36,6 +36,8 @@ pub trait KafkaCaps: Send + Sync {
     async fn scale_consumers(&self, group: &str, replicas: u32) -> CapResult<ConsumerWorkload>;
     async fn set_broker_config(&self, broker_id: i32, key: &str, value: &str) -> CapResult<()>;
     async fn broker_restart(&self, broker_id: i32) -> CapResult<()>;
+    async fn partition_leadership(&self) -> CapResult<Vec<PartitionLeader>>;
+    async fn elect_preferred_leaders(&self, topic: &str) -> CapResult<u32>;
 }
 
 #[async_trait]
@@ -48,6 +50,8 @@ pub trait KubernetesCaps: Send + Sync {
     async fn rollout_restart(&self, namespace: &str, name: &str) -> CapResult<()>;
     async fn scale_deployment(&self, namespace: &str, name: &str, replicas: u32) -> CapResult<()>;
     async fn delete_pod(&self, namespace: &str, name: &str) -> CapResult<()>;
+    async fn rollout_history(&self, namespace: &str, name: &str) -> CapResult<Vec<Revision>>;
+    async fn rollout_undo(&self, namespace: &str, name: &str, to_revision: i64) -> CapResult<()>;
 }
 
 #[async_trait]
@@ -55,6 +59,7 @@ pub trait PostgresCaps: Send + Sync {
     async fn activity(&self, min_query_seconds: f64) -> CapResult<Vec<Backend>>;
     async fn blockers(&self) -> CapResult<Vec<LockWait>>;
     async fn replication_lag(&self) -> CapResult<Vec<Replica>>;
+    async fn connection_usage(&self, min_idle_seconds: f64) -> CapResult<ConnectionSlots>;
     async fn cancel_backend(&self, pid: i32) -> CapResult<bool>;
     async fn terminate_backend(&self, pid: i32) -> CapResult<bool>;
 }

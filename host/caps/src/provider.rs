@@ -2,8 +2,9 @@
 //! the provider; it never decides between real, mocked and dry-run backends itself.
 
 use crate::types::{
-    Backend, CapError, CapResult, ClusterInfo, ConsumerGroup, ConsumerWorkload, Deployment,
-    LockWait, PartitionLag, Pod, Replica, Sample, TopicInfo, Workload,
+    Backend, CapError, CapResult, ClusterInfo, ConnectionSlots, ConsumerGroup, ConsumerWorkload,
+    Deployment, LockWait, PartitionLag, PartitionLeader, Pod, Replica, Revision, Sample, TopicInfo,
+    Workload,
 };
 use crate::{Backends, KafkaCaps, KubernetesCaps, MetricsCaps, PostgresCaps};
 use async_trait::async_trait;
@@ -96,6 +97,12 @@ impl KafkaCaps for NoBackend {
     async fn broker_restart(&self, _: i32) -> CapResult<()> {
         self.refuse("kafka.broker-restart")
     }
+    async fn partition_leadership(&self) -> CapResult<Vec<PartitionLeader>> {
+        self.refuse("kafka.partition-leadership")
+    }
+    async fn elect_preferred_leaders(&self, _: &str) -> CapResult<u32> {
+        self.refuse("kafka.elect-preferred-leaders")
+    }
 }
 
 #[async_trait]
@@ -121,6 +128,12 @@ impl KubernetesCaps for NoBackend {
     async fn delete_pod(&self, _: &str, _: &str) -> CapResult<()> {
         self.refuse("k8s.delete-pod")
     }
+    async fn rollout_history(&self, _: &str, _: &str) -> CapResult<Vec<Revision>> {
+        self.refuse("k8s.rollout-history")
+    }
+    async fn rollout_undo(&self, _: &str, _: &str, _: i64) -> CapResult<()> {
+        self.refuse("k8s.rollout-undo")
+    }
 }
 
 #[async_trait]
@@ -133,6 +146,9 @@ impl PostgresCaps for NoBackend {
     }
     async fn replication_lag(&self) -> CapResult<Vec<Replica>> {
         self.refuse("postgres.replication-lag")
+    }
+    async fn connection_usage(&self, _: f64) -> CapResult<ConnectionSlots> {
+        self.refuse("postgres.connection-usage")
     }
     async fn cancel_backend(&self, _: i32) -> CapResult<bool> {
         self.refuse("postgres.cancel-backend")

@@ -111,6 +111,24 @@ pub struct Condition {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PartitionLeader {
+    pub topic: String,
+    pub partition: i32,
+    pub leader: i32,
+    pub preferred: i32,
+    pub preferred_in_sync: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Revision {
+    pub revision: i64,
+    pub replica_set: String,
+    pub images: Vec<String>,
+    pub age_seconds: f64,
+    pub ready: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Deployment {
     pub namespace: String,
     pub name: String,
@@ -163,6 +181,14 @@ pub struct LockWait {
     pub blocked_query: String,
     pub blocking_query: String,
     pub waiting_seconds: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConnectionSlots {
+    pub max_connections: i32,
+    pub reserved: i32,
+    pub used: i32,
+    pub idle: Vec<Backend>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

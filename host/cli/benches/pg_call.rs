@@ -44,6 +44,17 @@ impl themis_caps::PostgresCaps for Instant0 {
     async fn replication_lag(&self) -> themis_caps::CapResult<Vec<themis_caps::types::Replica>> {
         Ok(Vec::new())
     }
+    async fn connection_usage(
+        &self,
+        _: f64,
+    ) -> themis_caps::CapResult<themis_caps::types::ConnectionSlots> {
+        Ok(themis_caps::types::ConnectionSlots {
+            max_connections: 100,
+            reserved: 3,
+            used: 1,
+            idle: Vec::new(),
+        })
+    }
     async fn cancel_backend(&self, _: i32) -> themis_caps::CapResult<bool> {
         Ok(false)
     }

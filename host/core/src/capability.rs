@@ -121,16 +121,21 @@ pub const CAPABILITIES: &[Capability] = &[
     destroys("kafka.scale-consumers", KAFKA, WhenZero("replicas")),
     cap("kafka.set-broker-config", KAFKA, Mutate),
     destroys("kafka.broker-restart", KAFKA, Always),
+    cap("kafka.partition-leadership", KAFKA, Read),
+    cap("kafka.elect-preferred-leaders", KAFKA, Mutate),
     cap("k8s.get-deployment", K8S, Read),
     cap("k8s.list-pods", K8S, Read),
     cap("k8s.pod-logs", K8S, Read),
     cap("k8s.pod-owner", K8S, Read),
+    cap("k8s.rollout-history", K8S, Read),
     destroys("k8s.rollout-restart", K8S, Always),
     destroys("k8s.scale-deployment", K8S, WhenZero("replicas")),
     destroys("k8s.delete-pod", K8S, Always),
+    destroys("k8s.rollout-undo", K8S, Always),
     cap("postgres.activity", PG, Read),
     cap("postgres.blockers", PG, Read),
     cap("postgres.replication-lag", PG, Read),
+    cap("postgres.connection-usage", PG, Read),
     cap("postgres.cancel-backend", PG, Mutate),
     destroys("postgres.terminate-backend", PG, Always),
 ];
@@ -209,6 +214,7 @@ pub fn args_of(capability: &str) -> &'static [(&'static str, ArgKind)] {
         "kafka.describe-consumer-group"
         | "kafka.describe-consumers"
         | "kafka.restart-consumers" => &[("group", KafkaName)],
+        "kafka.elect-preferred-leaders" => &[("topic", KafkaName)],
         "kafka.consumer-lag" => &[("group", KafkaName), ("topic", KafkaName)],
         "kafka.scale-consumers" => &[("group", KafkaName), ("replicas", Count(10_000))],
         "kafka.broker-config" | "kafka.broker-restart" => &[("broker_id", Id)],
@@ -217,13 +223,18 @@ pub fn args_of(capability: &str) -> &'static [(&'static str, ArgKind)] {
             ("key", ConfigKey),
             ("value", ConfigValue),
         ],
-        "k8s.get-deployment" | "k8s.rollout-restart" | "k8s.delete-pod" => {
+        "k8s.get-deployment" | "k8s.rollout-restart" | "k8s.delete-pod" | "k8s.rollout-history" => {
             &[("namespace", K8sNamespace), ("name", K8sName)]
         }
         "k8s.scale-deployment" => &[
             ("namespace", K8sNamespace),
             ("name", K8sName),
             ("replicas", Count(10_000)),
+        ],
+        "k8s.rollout-undo" => &[
+            ("namespace", K8sNamespace),
+            ("name", K8sName),
+            ("to_revision", Id),
         ],
         "k8s.list-pods" => &[("namespace", K8sNamespace), ("selector", K8sSelector)],
         "k8s.pod-owner" => &[("namespace", K8sNamespace), ("pod", K8sName)],
@@ -233,6 +244,7 @@ pub fn args_of(capability: &str) -> &'static [(&'static str, ArgKind)] {
             ("tail_lines", Count(10_000)),
         ],
         "postgres.activity" => &[("min_query_seconds", Seconds)],
+        "postgres.connection-usage" => &[("min_idle_seconds", Seconds)],
         "postgres.cancel-backend" | "postgres.terminate-backend" => &[("pid", Id)],
         _ => &[],
     }
@@ -410,6 +422,7 @@ mod tests {
                 "kafka.broker-restart",
                 "k8s.rollout-restart",
                 "k8s.delete-pod",
+                "k8s.rollout-undo",
                 "postgres.terminate-backend"
             ]
         );

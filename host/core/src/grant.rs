@@ -30,6 +30,9 @@ pub struct Approval {
 pub struct MutationScope {
     /// Argument name → the value the call must pass (from the plan's parameters).
     pub args: BTreeMap<String, Value>,
+    /// Argument name → the values one of which the call must pass (a list the plan names).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub one_of: BTreeMap<String, Vec<Value>>,
     /// Calls of this capability allowed in one execution, all steps and phases together.
     pub max_calls: Option<u32>,
 }
@@ -156,6 +159,17 @@ impl Grant {
                     });
                 }
             }
+            for (arg, allowed) in &scope.one_of {
+                let got = args.get(arg).unwrap_or(&Value::Null);
+                if !allowed.iter().any(|a| same_value(got, a)) {
+                    return Err(Denial::OutsidePlan {
+                        capability: capability.into(),
+                        arg: arg.clone(),
+                        wanted: format!("one of {}", Value::from(allowed.clone())),
+                        got: got.to_string(),
+                    });
+                }
+            }
             if let Some(max) = scope.max_calls
                 && calls_so_far >= max
             {
@@ -276,6 +290,7 @@ mod tests {
             MutationScope {
                 args: [("broker_id".to_string(), json!(1))].into(),
                 max_calls: Some(1),
+                ..MutationScope::default()
             },
         );
         assert!(g.check(cap, &json!({ "broker_id": 1 }), 0).is_ok());
@@ -286,6 +301,40 @@ mod tests {
         assert!(matches!(
             g.check(cap, &json!({ "broker_id": 1 }), 1),
             Err(Denial::OverCap { max: 1, .. })
+        ));
+    }
+
+    #[test]
+    fn a_list_the_plan_names_admits_each_of_its_values_and_nothing_else() {
+        let cap = "postgres.terminate-backend";
+        let mut g = grant(&[cap], Phase::Action, Some("exe-1"));
+        g.scopes.insert(
+            cap.into(),
+            MutationScope {
+                one_of: [("pid".to_string(), vec![json!(101), json!(102)])].into(),
+                max_calls: Some(2),
+                ..MutationScope::default()
+            },
+        );
+        assert!(g.check(cap, &json!({ "pid": 101 }), 0).is_ok());
+        assert!(g.check(cap, &json!({ "pid": 102 }), 1).is_ok());
+        assert!(matches!(
+            g.check(cap, &json!({ "pid": 103 }), 0),
+            Err(Denial::OutsidePlan { .. })
+        ));
+        assert!(matches!(
+            g.check(cap, &json!({ "pid": 101 }), 2),
+            Err(Denial::OverCap { max: 2, .. })
+        ));
+        // An empty list (a parameter that did not parse) admits nothing.
+        g.scopes
+            .get_mut(cap)
+            .expect("scope")
+            .one_of
+            .insert("pid".into(), vec![]);
+        assert!(matches!(
+            g.check(cap, &json!({ "pid": 101 }), 0),
+            Err(Denial::OutsidePlan { .. })
         ));
     }
 

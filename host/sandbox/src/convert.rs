@@ -74,6 +74,10 @@ records! {
     }
     k8s::Pod => caps::Pod { name, phase, ready, restarts, reason, node }
     k8s::Workload => caps::Workload { kind, name }
+    kafka::PartitionLeader => caps::PartitionLeader {
+        topic, partition, leader, preferred, preferred_in_sync
+    }
+    k8s::Revision => caps::Revision { revision, replica_set, images, age_seconds, ready }
     postgres::Backend => caps::Backend {
         pid, user, database, application, state, wait_event_type, wait_event, query,
         query_seconds, xact_seconds
@@ -85,6 +89,7 @@ records! {
     postgres::Replica => caps::Replica {
         application_name, client_addr, state, lag_bytes, replay_lag_seconds
     }
+    postgres::ConnectionSlots => caps::ConnectionSlots { max_connections, reserved, used, idle }
 }
 
 // A step sees an alert's name, fingerprint, labels and annotations; what the source said about

@@ -206,7 +206,7 @@ macro_rules! by_value {
         }
     )*};
 }
-by_value!(i32, u32, f64);
+by_value!(i32, i64, u32, f64);
 
 impl types::Host for StepState {}
 
@@ -334,6 +334,22 @@ impl kafka::Host for StepState {
             broker_restart(broker_id)
         )
     }
+    async fn partition_leadership(&mut self) -> GuestResult<Vec<kafka::PartitionLeader>> {
+        call!(
+            self,
+            "kafka.partition-leadership",
+            kafka,
+            partition_leadership()
+        )
+    }
+    async fn elect_preferred_leaders(&mut self, topic: String) -> GuestResult<u32> {
+        call!(
+            self,
+            "kafka.elect-preferred-leaders",
+            kafka,
+            elect_preferred_leaders(topic)
+        )
+    }
 }
 
 impl k8s::Host for StepState {
@@ -380,6 +396,31 @@ impl k8s::Host for StepState {
         pod: String,
     ) -> GuestResult<Option<k8s::Workload>> {
         call!(self, "k8s.pod-owner", kubernetes, pod_owner(namespace, pod))
+    }
+    async fn rollout_history(
+        &mut self,
+        namespace: String,
+        name: String,
+    ) -> GuestResult<Vec<k8s::Revision>> {
+        call!(
+            self,
+            "k8s.rollout-history",
+            kubernetes,
+            rollout_history(namespace, name)
+        )
+    }
+    async fn rollout_undo(
+        &mut self,
+        namespace: String,
+        name: String,
+        to_revision: i64,
+    ) -> GuestResult<()> {
+        call!(
+            self,
+            "k8s.rollout-undo",
+            kubernetes,
+            rollout_undo(namespace, name, to_revision)
+        )
     }
     async fn rollout_restart(&mut self, namespace: String, name: String) -> GuestResult<()> {
         call!(
@@ -430,6 +471,17 @@ impl postgres::Host for StepState {
             "postgres.replication-lag",
             postgres,
             replication_lag()
+        )
+    }
+    async fn connection_usage(
+        &mut self,
+        min_idle_seconds: f64,
+    ) -> GuestResult<postgres::ConnectionSlots> {
+        call!(
+            self,
+            "postgres.connection-usage",
+            postgres,
+            connection_usage(min_idle_seconds)
         )
     }
     async fn cancel_backend(&mut self, pid: i32) -> GuestResult<bool> {

@@ -39,9 +39,9 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 use themis_caps::{
-    Backend, CapError, CapResult, ClusterInfo, ConsumerGroup, ConsumerWorkload, Deployment,
-    KafkaCaps, KubernetesCaps, LockWait, MetricsCaps, PartitionLag, Pod, PostgresCaps, Replica,
-    Sample, TopicInfo, Workload,
+    Backend, CapError, CapResult, ClusterInfo, ConnectionSlots, ConsumerGroup, ConsumerWorkload,
+    Deployment, KafkaCaps, KubernetesCaps, LockWait, MetricsCaps, PartitionLag, PartitionLeader,
+    Pod, PostgresCaps, Replica, Revision, Sample, TopicInfo, Workload,
 };
 use themis_core::clock::Clock;
 use themis_core::types::Pair;
@@ -422,6 +422,12 @@ impl KafkaCaps for ScenarioMock {
     async fn broker_restart(&self, broker_id: i32) -> CapResult<()> {
         self.answer("kafka.broker-restart", json!({ "broker_id": broker_id }))
     }
+    async fn partition_leadership(&self) -> CapResult<Vec<PartitionLeader>> {
+        self.answer("kafka.partition-leadership", json!({}))
+    }
+    async fn elect_preferred_leaders(&self, topic: &str) -> CapResult<u32> {
+        self.answer("kafka.elect-preferred-leaders", json!({ "topic": topic }))
+    }
 }
 
 #[async_trait]
@@ -468,6 +474,18 @@ impl KubernetesCaps for ScenarioMock {
             json!({ "namespace": namespace, "name": name }),
         )
     }
+    async fn rollout_history(&self, namespace: &str, name: &str) -> CapResult<Vec<Revision>> {
+        self.answer(
+            "k8s.rollout-history",
+            json!({ "namespace": namespace, "name": name }),
+        )
+    }
+    async fn rollout_undo(&self, namespace: &str, name: &str, to_revision: i64) -> CapResult<()> {
+        self.answer(
+            "k8s.rollout-undo",
+            json!({ "namespace": namespace, "name": name, "to_revision": to_revision }),
+        )
+    }
 }
 
 #[async_trait]
@@ -483,6 +501,12 @@ impl PostgresCaps for ScenarioMock {
     }
     async fn replication_lag(&self) -> CapResult<Vec<Replica>> {
         self.answer("postgres.replication-lag", json!({}))
+    }
+    async fn connection_usage(&self, min_idle_seconds: f64) -> CapResult<ConnectionSlots> {
+        self.answer(
+            "postgres.connection-usage",
+            json!({ "min_idle_seconds": min_idle_seconds }),
+        )
     }
     async fn cancel_backend(&self, pid: i32) -> CapResult<bool> {
         self.answer("postgres.cancel-backend", json!({ "pid": pid }))

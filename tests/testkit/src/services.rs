@@ -14,15 +14,17 @@ pub fn required() -> bool {
 
 /// Is `binary` installed? When not: skip (say so) or, when required, fail naming the package.
 pub fn installed(binary: &str, package: &str) -> bool {
-    if Command::new(binary)
+    let runs = Command::new(binary)
         .arg("--version")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
-        .is_ok()
-    {
-        return true;
-    }
+        .is_ok();
+    runs || missing(binary, package)
+}
+
+/// A service that is not installed: skip (false) or, when required, fail naming the package.
+fn missing(binary: &str, package: &str) -> bool {
     assert!(
         !required(),
         "{binary} is not installed (apt-get install {package}); THEMIS_REQUIRE_SERVICES=1 needs it"
@@ -226,13 +228,5 @@ pub async fn registry(htpasswd: Option<&str>) -> Option<Service> {
 
 /// Like [`installed`], for a binary without `--version`.
 fn installed_at(binary: &str, path: &str, package: &str) -> bool {
-    if Path::new(path).is_file() {
-        return true;
-    }
-    assert!(
-        !required(),
-        "{binary} is not installed (apt-get install {package}); THEMIS_REQUIRE_SERVICES=1 needs it"
-    );
-    eprintln!("skipped: {binary} is not installed (apt-get install {package})");
-    false
+    Path::new(path).is_file() || missing(binary, package)
 }

@@ -21,7 +21,7 @@ use sqlx::{ConnectOptions, Row};
 use std::future::Future;
 use std::time::Duration;
 use themis_caps::PostgresCaps;
-use themis_caps::types::{Backend, CapError, CapResult, LockWait, Replica};
+use themis_caps::types::{Backend, CapError, CapResult, ConnectionSlots, LockWait, Replica};
 
 /// The `application_name` prefix of every Themis connection: its own sessions are never listed
 /// as activity and never cancelled or terminated, by this process or another Themis.
@@ -384,6 +384,31 @@ impl PostgresCaps for PostgresBackend {
                 .fetch_all(&self.pool)
                 .await?;
             rows(found, replica)
+        })
+        .await
+    }
+
+    async fn connection_usage(&self, min_idle_seconds: f64) -> CapResult<ConnectionSlots> {
+        if !min_idle_seconds.is_finite() || min_idle_seconds < 0.0 {
+            return Err(CapError::InvalidArgument(format!(
+                "min-idle-seconds {min_idle_seconds} must be a finite number ≥ 0"
+            )));
+        }
+        self.read("postgres.connection-usage", || async {
+            let limits = sqlx::query(queries::CONNECTION_LIMITS)
+                .fetch_one(&self.pool)
+                .await?;
+            let idle = sqlx::query(queries::IDLE_SESSIONS)
+                .bind(min_idle_seconds)
+                .bind(queries::MAX_ROWS)
+                .fetch_all(&self.pool)
+                .await?;
+            Ok(ConnectionSlots {
+                max_connections: limits.try_get("max_connections")?,
+                reserved: limits.try_get("reserved")?,
+                used: limits.try_get("used")?,
+                idle: rows(idle, backend)?,
+            })
         })
         .await
     }

@@ -21,6 +21,32 @@ SELECT a.pid, a.usename::text, a.datname::text, a.application_name, a.state,
  LIMIT $2
 "#;
 
+/// The server's connection limits and how many client connections it has now (every database:
+/// they all share `max_connections`).
+pub const CONNECTION_LIMITS: &str = r#"
+SELECT current_setting('max_connections')::int4 AS max_connections,
+       current_setting('superuser_reserved_connections')::int4 AS reserved,
+       (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')::int4 AS used
+"#;
+
+/// This database's client sessions idle outside a transaction for at least `$1` seconds
+/// (`query_seconds` is the idle time), longest idle first. `$2` row limit.
+pub const IDLE_SESSIONS: &str = r#"
+SELECT a.pid, a.usename::text, a.datname::text, a.application_name, a.state,
+       a.wait_event_type, a.wait_event, a.query,
+       extract(epoch FROM clock_timestamp() - a.state_change)::float8 AS query_seconds,
+       0::float8 AS xact_seconds
+  FROM pg_stat_activity a
+ WHERE a.backend_type = 'client backend'
+   AND a.datname = current_database()
+   AND a.pid <> pg_backend_pid()
+   AND a.application_name NOT LIKE 'themis:%'
+   AND a.state = 'idle'
+   AND extract(epoch FROM clock_timestamp() - a.state_change) >= $1
+ ORDER BY query_seconds DESC
+ LIMIT $2
+"#;
+
 /// Who waits on whom: one row per (blocked, blocking) pair. The heads of the lock queues (a
 /// blocker nobody blocks) come first, then the blocker with the most waiters, so the first row
 /// names the session whose end frees the most. `$1` row limit.

@@ -147,6 +147,69 @@ async fn a_long_query_is_listed_and_cancelled_without_ending_its_session() {
 }
 
 #[tokio::test]
+async fn connection_slots_and_the_sessions_idle_in_them_are_read_and_ended() {
+    let Some(db) = TestDb::create("idleconn").await else {
+        return;
+    };
+    let (mut idle, idle_pid) = db.session(APP_ROLE).await;
+    idle.execute("SELECT 1")
+        .await
+        .unwrap_or_else(|e| panic!("idle: {e}"));
+    let (mut busy, busy_pid) = db.session(APP_ROLE).await;
+    let sleeper = tokio::spawn(async move {
+        let r = busy.execute("SELECT pg_sleep(30)").await.map(|_| ());
+        (r, busy)
+    });
+    let pg = backend(&db.url(THEMIS_ROLE));
+    eventually("the idle session to be idle a second", || async {
+        pg.connection_usage(1.0)
+            .await
+            .map(|u| u.idle.iter().any(|b| b.pid == idle_pid))
+            .unwrap_or(false)
+    })
+    .await;
+    let usage = pg
+        .connection_usage(1.0)
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    let max: i32 = sqlx::query_scalar("SELECT current_setting('max_connections')::int4")
+        .fetch_one(&db.admin)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(usage.max_connections, max);
+    assert!(usage.reserved >= 0 && usage.reserved < max);
+    // The two sessions, this backend's own connection and the admin's at least.
+    assert!(usage.used >= 3, "{usage:?}");
+    let me = usage.idle.iter().find(|b| b.pid == idle_pid);
+    assert!(
+        me.is_some_and(|b| b.state == "idle" && b.query_seconds >= 1.0 && b.user == APP_ROLE),
+        "{usage:?}"
+    );
+    // Busy is not idle, and nobody has been idle for an hour.
+    assert!(!usage.idle.iter().any(|b| b.pid == busy_pid));
+    assert!(
+        pg.connection_usage(3600.0)
+            .await
+            .unwrap_or_else(|e| panic!("{e:?}"))
+            .idle
+            .is_empty()
+    );
+    assert!(matches!(
+        pg.connection_usage(f64::NAN).await,
+        Err(CapError::InvalidArgument(_))
+    ));
+
+    assert_eq!(pg.terminate_backend(idle_pid).await, Ok(true));
+    let after = pg
+        .connection_usage(0.0)
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    assert!(!after.idle.iter().any(|b| b.pid == idle_pid), "{after:?}");
+    assert_eq!(pg.cancel_backend(busy_pid).await, Ok(true));
+    let _ = tokio::time::timeout(Duration::from_secs(10), sleeper).await;
+}
+
+#[tokio::test]
 async fn signals_are_refused_for_anything_but_a_client_of_this_database() {
     let Some(db) = TestDb::create("refuse").await else {
         return;

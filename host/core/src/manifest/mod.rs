@@ -156,6 +156,9 @@ pub enum Binding {
     Param(String),
     /// A fixed value.
     Value(serde_json::Value),
+    /// `"{params.<name>[]}"`: any one of the comma-separated values of that (string) parameter —
+    /// for a step that acts on a list the plan names, e.g. the pids an approval covers.
+    OneOf(String),
 }
 
 /// A mutation a step declares: its bound arguments and its cap per execution.
@@ -184,6 +187,26 @@ pub struct StepDef {
     pub idempotent: bool,
 }
 
+/// The values of a list parameter (`"101,102"`), typed for the argument they bind; anything
+/// that is not a well-formed list binds to nothing, which no call matches: fail closed.
+fn list_values(value: &serde_json::Value, numeric: bool) -> Vec<serde_json::Value> {
+    let Some(text) = value.as_str() else {
+        return Vec::new();
+    };
+    let items: Vec<&str> = text.split(',').map(str::trim).collect();
+    if items.iter().any(|i| i.is_empty()) {
+        return Vec::new();
+    }
+    if numeric {
+        let parsed: Option<Vec<i64>> = items.iter().map(|i| i.parse().ok()).collect();
+        parsed
+            .map(|v| v.into_iter().map(serde_json::Value::from).collect())
+            .unwrap_or_default()
+    } else {
+        items.into_iter().map(serde_json::Value::from).collect()
+    }
+}
+
 impl StepDef {
     /// The declared mutations bound to one execution's parameters. A parameter the plan lacks
     /// binds to `null`, which no call matches: fail closed.
@@ -191,25 +214,40 @@ impl StepDef {
         self.mutations
             .iter()
             .map(|(cap, decl)| {
-                let args = decl
-                    .args
-                    .iter()
-                    .map(|(arg, binding)| {
-                        let value = match binding {
-                            Binding::Value(v) => v.clone(),
-                            Binding::Param(name) => params
-                                .iter()
-                                .find(|p| &p.name == name)
-                                .map(|p| p.value.to_json())
-                                .unwrap_or(serde_json::Value::Null),
-                        };
-                        (arg.clone(), value)
-                    })
-                    .collect();
+                let value_of = |name: &str| {
+                    params
+                        .iter()
+                        .find(|p| p.name == name)
+                        .map(|p| p.value.to_json())
+                        .unwrap_or(serde_json::Value::Null)
+                };
+                let mut args = BTreeMap::new();
+                let mut one_of = BTreeMap::new();
+                for (arg, binding) in &decl.args {
+                    match binding {
+                        Binding::Value(v) => {
+                            args.insert(arg.clone(), v.clone());
+                        }
+                        Binding::Param(name) => {
+                            args.insert(arg.clone(), value_of(name));
+                        }
+                        Binding::OneOf(name) => {
+                            let numeric = capability::args_of(cap).iter().any(|(n, kind)| {
+                                n == arg
+                                    && matches!(
+                                        kind,
+                                        capability::ArgKind::Id | capability::ArgKind::Count(_)
+                                    )
+                            });
+                            one_of.insert(arg.clone(), list_values(&value_of(name), numeric));
+                        }
+                    }
+                }
                 (
                     cap.clone(),
                     MutationScope {
                         args,
+                        one_of,
                         max_calls: decl.max_calls,
                     },
                 )
@@ -490,6 +528,14 @@ impl Runbook {
                         None => "?".to_owned(),
                     },
                 )),
+                Binding::OneOf(p) => Some((
+                    arg.as_str(),
+                    params
+                        .get(p)
+                        .and_then(|v| v.as_str())
+                        .unwrap_or("?")
+                        .to_owned(),
+                )),
                 Binding::Value(_) => None,
             })
             .collect();
@@ -637,6 +683,35 @@ fn mutations(
                     ),
                 ));
             }
+            let list = value.as_str().and_then(|t| {
+                t.strip_prefix("{params.")
+                    .and_then(|rest| rest.strip_suffix("[]}"))
+            });
+            if let Some(name) = list {
+                match parameters.iter().find(|p| p.name == name) {
+                    Some(p) if p.kind == ParamType::String => {
+                        args.insert(arg.clone(), Binding::OneOf(name.to_owned()));
+                        continue;
+                    }
+                    Some(_) => {
+                        return Err((
+                            format!("{field}.args.{arg}"),
+                            format!(
+                                "`{{params.{name}[]}}` binds a list, but `{name}` is not a string parameter"
+                            ),
+                            "declare it `type: string` with a pattern for the comma-separated list"
+                                .into(),
+                        ));
+                    }
+                    None => {
+                        return Err((
+                            format!("{field}.args.{arg}"),
+                            format!("`{{params.{name}[]}}` names no parameter of this runbook"),
+                            "bind to a declared parameter, or write a fixed value".into(),
+                        ));
+                    }
+                }
+            }
             let binding = match value.as_str().and_then(|t| {
                 t.strip_prefix("{params.")
                     .and_then(|rest| rest.strip_suffix('}'))
@@ -736,4 +811,31 @@ fn runbook_digest(manifest: &[u8], steps: &[StepDef]) -> String {
         h.update(b"\n");
     }
     format!("sha256:{}", hex::encode(h.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::list_values;
+    use serde_json::json;
+
+    #[test]
+    fn a_list_parameter_binds_its_values_or_nothing() {
+        assert_eq!(
+            list_values(&json!("101, 102"), true),
+            vec![json!(101), json!(102)]
+        );
+        assert_eq!(
+            list_values(&json!("a,b"), false),
+            vec![json!("a"), json!("b")]
+        );
+        for bad in [
+            json!("101,,102"),
+            json!("101,x"),
+            json!(""),
+            json!(7),
+            json!(null),
+        ] {
+            assert!(list_values(&bad, true).is_empty(), "{bad} bound something");
+        }
+    }
 }

@@ -36,6 +36,51 @@ fn deployment(ctx: &Context, k8s: &dyn Kubernetes, ns: &str) -> Result<(String, 
     }
 }
 
+/// Did the trouble start with the latest rollout? How old the current revision is, and whether
+/// the one before it ran other images. Unreadable: no output a rule could act on.
+fn rollout(out: Outcome, k8s: &dyn Kubernetes, ns: &str, name: &str) -> Outcome {
+    let mut history = match k8s.rollout_history(ns, name) {
+        Ok(h) => h,
+        Err(e) => {
+            return out.evidence(
+                "rollout",
+                format!("unknown: cannot read the rollout history: {e:?}"),
+            );
+        }
+    };
+    history.sort_by_key(|r| std::cmp::Reverse(r.revision));
+    let Some(current) = history.first() else {
+        return out.evidence("rollout", "no rollout history");
+    };
+    let out = out
+        .output("revision", current.revision)
+        .output("revision_age_s", format!("{:.0}", current.age_seconds));
+    match history.get(1) {
+        Some(previous) => out
+            .output("previous_revision", previous.revision)
+            .output("images_changed", previous.images != current.images)
+            .evidence(
+                "rollout",
+                format!(
+                    "revision {} ({}) rolled out {:.0}s ago; revision {} ran {}",
+                    current.revision,
+                    current.images.join(","),
+                    current.age_seconds,
+                    previous.revision,
+                    previous.images.join(",")
+                ),
+            ),
+        None => out.output("previous_revision", 0).evidence(
+            "rollout",
+            format!(
+                "revision {} ({}) is the only one",
+                current.revision,
+                current.images.join(",")
+            ),
+        ),
+    }
+}
+
 impl Step<dyn Kubernetes> for Pods {
     fn precondition(&self, ctx: &Context, _k8s: &dyn Kubernetes) -> Check {
         let named = ctx.param_str("deployment").is_ok() || ctx.param_str("pod").is_ok();
@@ -82,6 +127,7 @@ impl Step<dyn Kubernetes> for Pods {
             "ready",
             format!("{}/{}", d.replicas_ready, d.replicas_desired),
         );
+        let base = rollout(base, k8s, ns, &name);
         // Without the pod list, crash loops and OOM kills are unknown, not zero: leave those
         // outputs out so no rule over them holds, and say why in the evidence.
         let pods = match k8s.list_pods(ns, &format!("app={name}")) {

@@ -112,6 +112,7 @@ impl Step<dyn Postgres> for Activity {
             }
             Err(e) => out = out.evidence("lock_waits", format!("unknown: {e:?}")),
         }
+        out = connections(out, pg, database);
         match &lag {
             Ok(rows) => {
                 let max = rows
@@ -134,6 +135,60 @@ impl Step<dyn Postgres> for Activity {
     }
 }
 
+/// Sessions idle this long hold a connection slot for nothing (ten minutes: far past any pool's
+/// think time between two queries).
+const IDLE_SECONDS: f64 = 600.0;
+/// The most idle pids one plan names (the runbook's `pids` parameter takes at most 20).
+const MAX_IDLE_PIDS: usize = 20;
+
+/// How full the connection slots are and who holds one idle: the facts a "too many connections"
+/// alert is decided on.
+fn connections(out: Outcome, pg: &dyn Postgres, database: Option<&str>) -> Outcome {
+    let usage = match pg.connection_usage(IDLE_SECONDS) {
+        Ok(u) => u,
+        Err(e) => return out.evidence("connections", format!("unknown: {e:?}")),
+    };
+    let usable = (usage.max_connections - usage.reserved).max(1);
+    let percent = (f64::from(usage.used) * 100.0 / f64::from(usable)).round();
+    let idle: Vec<_> = usage
+        .idle
+        .iter()
+        .filter(|b| database.is_none_or(|db| b.database == db))
+        .collect();
+    let pids: Vec<String> = idle
+        .iter()
+        .take(MAX_IDLE_PIDS)
+        .map(|b| b.pid.to_string())
+        .collect();
+    let mut out = out
+        .output("connections_used_pct", format!("{percent:.0}"))
+        .output("idle_sessions", idle.len())
+        .evidence(
+            "connections",
+            format!(
+                "{} of {usable} client slots used ({percent:.0}%); {} session(s) idle ≥ {:.0}m",
+                usage.used,
+                idle.len(),
+                IDLE_SECONDS / 60.0
+            ),
+        );
+    if let Some(longest) = idle.first() {
+        out = out.output("idle_pids", pids.join(",")).evidence(
+            "longest_idle",
+            format!(
+                "pid {} ({}@{}, {}) idle {:.0}s after: {}",
+                longest.pid,
+                longest.user,
+                longest.database,
+                longest.application,
+                longest.query_seconds,
+                short(&longest.query)
+            ),
+        );
+    }
+    out
+}
+
 /// A query as evidence: one line, at most 120 characters.
 fn short(query: &str) -> String {
     let flat: String = query.split_whitespace().collect::<Vec<_>>().join(" ");
@@ -148,7 +203,7 @@ themis_runbook_sdk::export_postgres_step!(Activity);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use themis_runbook_sdk::caps::postgres_types::{Backend, LockWait, Replica};
+    use themis_runbook_sdk::caps::postgres_types::{Backend, ConnectionSlots, LockWait, Replica};
     use themis_runbook_sdk::mock::MockCaps;
 
     fn backend(pid: i32, database: &str) -> Backend {
@@ -234,5 +289,45 @@ mod tests {
         assert_eq!(out.output_value("idle_in_transaction"), Some("2"));
         assert_eq!(out.output_value("oldest_idle_pid"), Some("22"));
         assert_eq!(out.output_value("oldest_idle_seconds"), Some("1800"));
+    }
+
+    #[test]
+    fn connection_slots_and_the_idle_sessions_holding_them_are_read() {
+        let mut idle = backend(31, "shop");
+        idle.state = "idle".into();
+        idle.query_seconds = 3600.0;
+        let mut other = backend(32, "billing");
+        other.state = "idle".into();
+        let caps = MockCaps::new()
+            .on("postgres.activity", Ok(Vec::<Backend>::new()))
+            .on("postgres.blockers", Ok(Vec::<LockWait>::new()))
+            .on("postgres.replication-lag", Ok(Vec::<Replica>::new()))
+            .on(
+                "postgres.connection-usage",
+                Ok(ConnectionSlots {
+                    max_connections: 100,
+                    reserved: 3,
+                    used: 90,
+                    idle: vec![idle, other],
+                }),
+            );
+        let ctx = Context::builder("PGConnPerc")
+            .param("database", ParamValue::Text("shop".into()))
+            .build();
+        let out = Activity.action(&ctx, &caps);
+        assert_eq!(out.output_value("connections_used_pct"), Some("93"));
+        assert_eq!(out.output_value("idle_sessions"), Some("1"));
+        assert_eq!(out.output_value("idle_pids"), Some("31"));
+        // Unreadable: no output a rule could act on, and the evidence says why.
+        let blind = MockCaps::new()
+            .on("postgres.activity", Ok(Vec::<Backend>::new()))
+            .on("postgres.blockers", Ok(Vec::<LockWait>::new()))
+            .on("postgres.replication-lag", Ok(Vec::<Replica>::new()));
+        let out = Activity.action(&Context::builder("PGConnPerc").build(), &blind);
+        assert_eq!(out.output_value("connections_used_pct"), None);
+        assert!(
+            out.evidence_value("connections")
+                .is_some_and(|e| e.starts_with("unknown"))
+        );
     }
 }
