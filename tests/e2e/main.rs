@@ -14,6 +14,7 @@ mod llm_real;
 mod manifests;
 mod metrics;
 mod openai_mock;
+mod otel;
 mod page;
 mod playbook;
 mod registry;

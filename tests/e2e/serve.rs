@@ -45,6 +45,8 @@ pub struct ServeSpec<'a> {
     pub slack: Option<&'a str>,
     /// Slack's incoming webhook (escalations and unowned alerts are posted there).
     pub slack_webhook: Option<String>,
+    /// More environment for the service (name, value).
+    pub env: Vec<(&'static str, String)>,
 }
 
 impl<'a> ServeSpec<'a> {
@@ -57,6 +59,7 @@ impl<'a> ServeSpec<'a> {
             body_bytes: 1 << 20,
             slack: None,
             slack_webhook: None,
+            env: Vec::new(),
         }
     }
 
@@ -97,6 +100,7 @@ impl<'a> ServeSpec<'a> {
             Some(url) => command.env("THEMIS_SLACK_WEBHOOK_URL", url),
             None => command.env_remove("THEMIS_SLACK_WEBHOOK_URL"),
         };
+        command.envs(self.env.iter().map(|(k, v)| (k, v)));
         let mut child = command
             .args(["serve", "--config"])
             .arg(&config)
@@ -251,7 +255,7 @@ pub const LAG: &[(&str, &str)] = &[
     ("severity", "critical"),
 ];
 
-const AM: &str = "/api/v1/alerts/alertmanager";
+pub const AM: &str = "/api/v1/alerts/alertmanager";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn intake_authenticates_checks_by_field_and_records_before_the_200() {

@@ -205,6 +205,25 @@ pub async fn run(args: ServeArgs, cache_dir_flag: Option<PathBuf>) -> ExitCode {
     if let Err(e) = enable_checkpoints(&audit, config.audit_signing_key.as_deref(), &metrics) {
         return fail(2, e);
     }
+    // OpenTelemetry only when the standard variables name an endpoint. Built off the runtime's
+    // threads: the OTLP exporter's HTTP client is a blocking one.
+    let otel = match tokio::task::spawn_blocking(themis_otel::Exporter::from_env).await {
+        Ok(Ok(exporter)) => exporter.map(Arc::new),
+        Ok(Err(e)) => {
+            return fail(
+                2,
+                format!("OpenTelemetry: {e} (check the OTEL_EXPORTER_OTLP_* variables)"),
+            );
+        }
+        Err(e) => return fail(2, format!("OpenTelemetry: {e}")),
+    };
+    if let Some(exporter) = otel.clone()
+        && audit
+            .observe_records(Box::new(move |record| exporter.record(record)))
+            .is_err()
+    {
+        return fail(2, "the audit log already has a record observer");
+    }
     let audit_at_exit = audit.clone();
     let runtime = match Runtime::start(
         RuntimeParts {
@@ -263,13 +282,25 @@ pub async fn run(args: ServeArgs, cache_dir_flag: Option<PathBuf>) -> ExitCode {
     {
         Ok(()) => {
             // The chain's head as it stands at the end, signed.
-            if let Err(e) = audit_at_exit.checkpoint_now() {
+            let checkpoint = audit_at_exit.checkpoint_now();
+            flush_otel(otel).await;
+            if let Err(e) = checkpoint {
                 return fail(1, format!("the last audit checkpoint failed: {e}"));
             }
             println!("themis serve: stopped");
             ExitCode::SUCCESS
         }
-        Err(e) => fail(1, format!("the service failed: {e}")),
+        Err(e) => {
+            flush_otel(otel).await;
+            fail(1, format!("the service failed: {e}"))
+        }
+    }
+}
+
+/// Export what the OpenTelemetry batches still hold, off the runtime's threads.
+async fn flush_otel(otel: Option<Arc<themis_otel::Exporter>>) {
+    if let Some(exporter) = otel {
+        let _ = tokio::task::spawn_blocking(move || exporter.shutdown()).await;
     }
 }
 

@@ -329,6 +329,9 @@ pub struct ServeConfig {
     pub audit_signing_key: Option<PathBuf>,
     pub cache_dir: PathBuf,
     pub intake_tokens: Vec<TokenHash>,
+    /// The intake tokens read from the environment or a file, kept only so the audit can
+    /// redact them wherever they turn up (an alert label, an annotation).
+    intake_token_values: Vec<Secret>,
     pub approvers: Approvers,
     pub slack: Option<SlackConfig>,
     pub backends: BTreeMap<String, BackendSpec>,
@@ -479,6 +482,7 @@ impl ServeConfig {
             ));
         }
         let mut intake_tokens = Vec::new();
+        let mut intake_token_values = Vec::new();
         for (i, source) in raw.intake.tokens.iter().enumerate() {
             let field = format!("intake.tokens[{i}]");
             intake_tokens.push(match source {
@@ -496,7 +500,12 @@ impl ServeConfig {
                         })?;
                     TokenHash(bytes)
                 }
-                other => TokenHash::of(&resolve(field, other)?),
+                other => {
+                    let token = resolve(field, other)?;
+                    let hash = TokenHash::of(&token);
+                    intake_token_values.push(Secret(token));
+                    hash
+                }
             });
         }
 
@@ -739,6 +748,7 @@ impl ServeConfig {
             audit_signing_key,
             cache_dir,
             intake_tokens,
+            intake_token_values,
             approvers: raw.approvers,
             slack,
             backends,
@@ -750,7 +760,20 @@ impl ServeConfig {
 
     /// Secret values the audit and the logs must never show.
     pub fn secret_values(&self) -> Vec<String> {
-        let mut out = Vec::new();
+        let mut out: Vec<String> = self
+            .intake_token_values
+            .iter()
+            .map(|t| t.expose().to_owned())
+            .collect();
+        // Approvers' tokens the service reads from its environment.
+        out.extend(
+            self.approvers
+                .0
+                .values()
+                .filter_map(|a| a.token_env.as_deref())
+                .filter_map(|var| std::env::var(var).ok())
+                .filter(|t| !t.is_empty()),
+        );
         if let Some(s) = &self.slack {
             out.push(s.signing_secret.expose().to_owned());
             if let Some(w) = &s.webhook_url {

@@ -132,11 +132,16 @@ pub struct AuditLog {
     checkpoints: std::sync::OnceLock<checkpoint::Checkpointer>,
     /// Told of every checkpoint (metrics); set once.
     on_checkpoint: std::sync::OnceLock<CheckpointObserver>,
+    /// Told of every record once it is on disk (OpenTelemetry export); set once.
+    on_record: std::sync::OnceLock<RecordObserver>,
     _lock: Held,
 }
 
 /// Called after every checkpoint is on the chain.
 pub type CheckpointObserver = Box<dyn Fn(&checkpoint::Checkpoint) + Send + Sync>;
+
+/// Called with every record once it is durable, exactly as written (redacted).
+pub type RecordObserver = Box<dyn Fn(&Record) + Send + Sync>;
 
 /// Called after every append with its duration (fsync included) and whether it succeeded.
 pub type AppendObserver = Box<dyn Fn(Duration, bool) + Send + Sync>;
@@ -197,6 +202,7 @@ impl AuditLog {
             on_append: std::sync::OnceLock::new(),
             checkpoints: std::sync::OnceLock::new(),
             on_checkpoint: std::sync::OnceLock::new(),
+            on_record: std::sync::OnceLock::new(),
             _lock: held,
         };
         if let Some(torn) = torn {
@@ -340,6 +346,12 @@ impl AuditLog {
     /// An error means the record cannot be trusted to be on disk: the caller must not take the
     /// action it announces. (After a failed fsync the record may still be found in the file; the
     /// action it announced was not taken, and the log takes no more records.)
+    /// Be told of every record from now on, once it is durable (the service's OpenTelemetry
+    /// export); a second observer is refused.
+    pub fn observe_records(&self, observer: RecordObserver) -> Result<(), RecordObserver> {
+        self.on_record.set(observer)
+    }
+
     /// Watch every append from now on (the service's metrics); a second observer is refused.
     pub fn observe_appends(&self, observer: AppendObserver) -> Result<(), AppendObserver> {
         self.on_append.set(observer)
@@ -479,6 +491,9 @@ impl AuditLog {
             data = %record.data,
             "audit"
         );
+        if let Some(observe) = self.on_record.get() {
+            observe(&record);
+        }
         Ok(record)
     }
 }

@@ -110,6 +110,9 @@ pub struct Selection {
     /// For an LLM: prompt + completion tokens over all attempts, when the endpoint reports them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tokens: Option<u64>,
+    /// For an LLM: the model asked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
 }
 
 impl Selection {

@@ -79,6 +79,11 @@ impl LlmClient {
         Ok(LlmClient { client, config })
     }
 
+    /// The model asked, as configured.
+    pub fn model(&self) -> &str {
+        &self.config.model
+    }
+
     pub fn config(&self) -> &LlmConfig {
         &self.config
     }

@@ -142,6 +142,7 @@ impl Selector for LlmSelector {
                         raw_output: raw,
                         attempts,
                         tokens,
+                        model: Some(self.client.model().to_owned()),
                     });
                 }
                 Err(failure) => {
