@@ -5,7 +5,9 @@
 #     -e THEMIS_INTAKE_TOKEN -e THEMIS_TOKEN themis
 FROM rust:1-bookworm AS build
 WORKDIR /src
-RUN rustup target add wasm32-wasip2
+RUN rustup target add wasm32-wasip2 \
+    && apt-get update && apt-get install -y --no-install-recommends cmake libcurl4-openssl-dev \
+    && rm -rf /var/lib/apt/lists/*
 COPY . .
 # Step components for wasm32-wasip2, signed with the bundles' keys (replace keys/demo with your
 # teams' keys in a real build), then the host.

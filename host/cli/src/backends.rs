@@ -1,9 +1,10 @@
 //! Each agent's backends as `themis.yaml` says — a scenario's mocked world, or the real systems
-//! (PostgreSQL through sqlx, metrics through Prometheus), optionally in shadow mode — and the
+//! (PostgreSQL through sqlx, Kafka through rdkafka, metrics through Prometheus), optionally in shadow mode — and the
 //! doctor that connects to them and says what is reachable and which privileges are missing.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use themis_backend_kafka::KafkaBackend;
 use themis_backend_postgres::PostgresBackend;
 use themis_backend_prometheus::PrometheusBackend;
 use themis_caps::Backends;
@@ -17,6 +18,7 @@ enum AgentBackends {
     Real {
         postgres: Option<Arc<PostgresBackend>>,
         metrics: Option<Arc<PrometheusBackend>>,
+        kafka: Option<Arc<KafkaBackend>>,
         dry_run: bool,
     },
 }
@@ -33,6 +35,7 @@ impl BackendProvider for Configured {
             Some(AgentBackends::Real {
                 postgres,
                 metrics,
+                kafka,
                 dry_run,
             }) => {
                 let none = NoBackend::for_agent(agent);
@@ -41,7 +44,10 @@ impl BackendProvider for Configured {
                         Some(m) => m.clone(),
                         None => none.clone(),
                     },
-                    none.clone(),
+                    match kafka {
+                        Some(k) => k.clone(),
+                        None => none.clone(),
+                    },
                     none.clone(),
                     match postgres {
                         Some(p) => p.clone(),
@@ -65,7 +71,18 @@ pub fn provider(backends: &BTreeMap<String, BackendSpec>) -> Result<Configured, 
                 ScenarioProvider::from_file(file, spec.dry_run)
                     .map_err(|e| format!("backends.{agent}.scenario: {e}"))?,
             ),
-            BackendSource::Real { postgres, metrics } => AgentBackends::Real {
+            BackendSource::Real {
+                postgres,
+                metrics,
+                kafka,
+            } => AgentBackends::Real {
+                kafka: match kafka {
+                    Some(settings) => Some(Arc::new(
+                        KafkaBackend::new(agent, settings.clone())
+                            .map_err(|e| format!("backends.{agent}.kafka: {e}"))?,
+                    )),
+                    None => None,
+                },
                 postgres: match postgres {
                     Some(settings) => Some(Arc::new(
                         PostgresBackend::new(agent, settings.clone())
@@ -121,6 +138,7 @@ pub async fn doctor(provider: &Configured, agents: &[String]) -> Vec<Finding> {
             Some(AgentBackends::Real {
                 postgres,
                 metrics,
+                kafka,
                 dry_run,
             }) => {
                 if *dry_run {
@@ -163,6 +181,24 @@ pub async fn doctor(provider: &Configured, agents: &[String]) -> Vec<Finding> {
                                 d.server_version, d.user, d.database
                             ),
                         ),
+                    });
+                }
+                if let Some(k) = kafka {
+                    out.push(match k.doctor().await {
+                        Ok(d) if d.controller < 0 => finding(
+                            "kafka",
+                            false,
+                            format!("reachable: {} brokers, {} topics, but no controller named", d.brokers, d.topics),
+                        ),
+                        Ok(d) => finding(
+                            "kafka",
+                            true,
+                            format!(
+                                "reachable: {} brokers, {} topics, controller {}; actions need a workload binding (not yet supported): they escalate",
+                                d.brokers, d.topics, d.controller
+                            ),
+                        ),
+                        Err(e) => finding("kafka", false, format!("unreachable: {e}")),
                     });
                 }
                 if let Some(m) = metrics {

@@ -127,10 +127,18 @@ pub async fn run(args: ServeArgs, cache_dir_flag: Option<PathBuf>) -> ExitCode {
                     if *dry_run { " (dry run)" } else { "" }
                 ),
                 Some(BackendSpec {
-                    source: BackendSource::Real { postgres, metrics },
+                    source:
+                        BackendSource::Real {
+                            postgres,
+                            metrics,
+                            kafka,
+                        },
                     dry_run,
                 }) => {
                     let mut parts = Vec::new();
+                    if let Some(k) = kafka {
+                        parts.push(format!("kafka {}", k.bootstrap_servers));
+                    }
                     if let Some(pg) = postgres {
                         parts.push(format!("postgres {}", pg.url));
                     }

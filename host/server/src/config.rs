@@ -33,6 +33,13 @@
 //!       tls: verify-full               # disable | prefer (default) | require | verify-ca
 //!       ca_file: /etc/ssl/db-ca.pem    # for verify-ca/verify-full; default: system roots
 //!       refuse_superuser_sessions: true
+//!   kafka:
+//!     kafka:                           # reads through rdkafka; actions need a workload binding
+//!       bootstrap_servers: kafka-0.internal:9092,kafka-1.internal:9092
+//!       client_id: themis              # the default
+//!       timeout: 10s                   # every request's bound
+//!     metrics: { url: http://prometheus.internal:9090 }
+//!   postgres:
 //!     metrics:
 //!       url: http://prometheus.internal:9090
 //!       token: { env: THEMIS_PROMETHEUS_TOKEN }         # optional bearer token
@@ -54,6 +61,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use themis_agent::approvers::Approvers;
+use themis_backend_kafka::KafkaSettings;
 use themis_backend_postgres::{PostgresSettings, TlsMode, url_has_password};
 use themis_backend_prometheus::PrometheusSettings;
 
@@ -195,11 +203,14 @@ struct RawLimits {
 /// Where one agent's capabilities are served from: a scenario file's mocked world, or the real
 /// systems (each domain its own section; a domain without one fails its calls closed).
 #[derive(Debug, Clone)]
+// One per agent, built once at start: its size does not matter, boxing would only add noise.
+#[allow(clippy::large_enum_variant)]
 pub enum BackendSource {
     Scenario(PathBuf),
     Real {
         postgres: Option<PostgresSettings>,
         metrics: Option<PrometheusSettings>,
+        kafka: Option<KafkaSettings>,
     },
 }
 
@@ -232,6 +243,18 @@ struct RawBackend {
     postgres: Option<RawPostgres>,
     #[serde(default)]
     metrics: Option<RawMetrics>,
+    #[serde(default)]
+    kafka: Option<RawKafka>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKafka {
+    bootstrap_servers: String,
+    #[serde(default)]
+    client_id: Option<String>,
+    #[serde(default)]
+    timeout: Option<String>,
 }
 
 #[derive(Clone, Deserialize)]
@@ -623,18 +646,18 @@ impl ServeConfig {
                 (Some(mode), _) => mode == Mode::DryRun,
                 (None, flag) => flag.unwrap_or(false),
             } || overrides.dry_run;
-            let real = spec.postgres.is_some() || spec.metrics.is_some();
+            let real = spec.postgres.is_some() || spec.metrics.is_some() || spec.kafka.is_some();
             let source = match (spec.scenario, real) {
                 (Some(_), true) => {
                     return Err(err(
                         &field("scenario"),
-                        "a scenario serves every capability itself: give either `scenario:` or `postgres:`/`metrics:`".into(),
+                        "a scenario serves every capability itself: give either `scenario:` or `postgres:`/`kafka:`/`metrics:`".into(),
                     ));
                 }
                 (None, false) => {
                     return Err(err(
                         &format!("backends.{agent}"),
-                        "empty: give `scenario: FILE`, or `postgres:` and/or `metrics:` (see examples/themis.yaml)".into(),
+                        "empty: give `scenario: FILE`, or `postgres:`, `kafka:` and/or `metrics:` (see examples/themis.yaml)".into(),
                     ));
                 }
                 (Some(scenario), false) => {
@@ -733,7 +756,38 @@ impl ServeConfig {
                             Some(settings)
                         }
                     };
-                    BackendSource::Real { postgres, metrics }
+                    let kafka = match spec.kafka {
+                        None => None,
+                        Some(k) => {
+                            let servers: Vec<&str> =
+                                k.bootstrap_servers.split(',').map(str::trim).collect();
+                            if let Some(bad) = servers.iter().find(|s| {
+                                s.rsplit_once(':').is_none_or(|(host, port)| {
+                                    host.is_empty() || port.parse::<u16>().is_err()
+                                })
+                            }) {
+                                return Err(err(
+                                    &field("kafka.bootstrap_servers"),
+                                    format!("`{bad}` is not host:port (give host:port,host:port)"),
+                                ));
+                            }
+                            let mut settings = KafkaSettings::new(servers.join(","));
+                            if let Some(id) = k.client_id {
+                                settings.client_id = id;
+                            }
+                            settings.timeout = duration(
+                                field("kafka.timeout"),
+                                k.timeout.as_ref(),
+                                settings.timeout,
+                            )?;
+                            Some(settings)
+                        }
+                    };
+                    BackendSource::Real {
+                        postgres,
+                        metrics,
+                        kafka,
+                    }
                 }
             };
             backends.insert(agent, BackendSpec { source, dry_run });
@@ -781,7 +835,10 @@ impl ServeConfig {
             }
         }
         for spec in self.backends.values() {
-            if let BackendSource::Real { postgres, metrics } = &spec.source {
+            if let BackendSource::Real {
+                postgres, metrics, ..
+            } = &spec.source
+            {
                 out.extend(postgres.as_ref().and_then(|p| p.password.clone()));
                 out.extend(metrics.as_ref().and_then(|m| m.bearer_token.clone()));
             }
@@ -951,6 +1008,7 @@ mod tests {
         let BackendSource::Real {
             postgres: Some(pg),
             metrics: Some(m),
+            ..
         } = &spec.source
         else {
             panic!("{spec:?}");
@@ -970,6 +1028,27 @@ mod tests {
             !format!("{ok:?}").contains("pg-secret"),
             "Debug never shows a password"
         );
+        let kafka = with_backends(
+            "  kafka:\n    kafka: { bootstrap_servers: \" kafka-0:9092, kafka-1:9093 \", client_id: sre-themis, timeout: 3s }\n",
+            &[],
+            &Overrides::default(),
+        )
+        .expect("loads");
+        let BackendSource::Real { kafka: Some(k), .. } = &kafka.backends["kafka"].source else {
+            panic!("{:?}", kafka.backends);
+        };
+        assert_eq!(
+            (
+                k.bootstrap_servers.as_str(),
+                k.client_id.as_str(),
+                k.timeout
+            ),
+            (
+                "kafka-0:9092,kafka-1:9093",
+                "sre-themis",
+                Duration::from_secs(3)
+            )
+        );
 
         for (backends, field, says) in [
             (
@@ -986,6 +1065,16 @@ mod tests {
                 "  postgres:\n    postgres: { url: \"postgres://db/app\", password: { env: NOPE } }\n",
                 "backends.postgres.postgres.password",
                 "NOPE is not set",
+            ),
+            (
+                "  kafka:\n    kafka: { bootstrap_servers: \"kafka-0:9092,kafka-1\" }\n",
+                "backends.kafka.kafka.bootstrap_servers",
+                "`kafka-1` is not host:port",
+            ),
+            (
+                "  kafka:\n    kafka: { bootstrap_servers: \"kafka-0:9092\", timeout: 1h }\n",
+                "backends.kafka.kafka.timeout",
+                "at most 10m",
             ),
             (
                 "  postgres:\n    postgres: { url: \"postgres://db/app\", pool: 0 }\n",

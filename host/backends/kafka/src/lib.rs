@@ -1,0 +1,275 @@
+//! `KafkaCaps` against a real cluster through rdkafka (librdkafka): cluster metadata, topics and
+//! their replication, partition leadership, consumer groups and their lag.
+//!
+//! Reads only, for now. The Kafka agent's actions act on the workloads around the cluster (the
+//! consumers' Deployment, a broker's pod) and need the Kubernetes backend and a binding in the
+//! agent's configuration; until both exist every mutating call says "unavailable" with why, and
+//! the agent escalates — it never guesses a workload.
+//!
+//! librdkafka's calls block (with a timeout): each runs on tokio's blocking pool.
+
+mod assignment;
+mod convert;
+
+use async_trait::async_trait;
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use std::sync::Arc;
+use std::time::Duration;
+use themis_caps::KafkaCaps;
+use themis_caps::types::{
+    CapError, CapResult, ClusterInfo, ConsumerGroup, ConsumerWorkload, PartitionLag,
+    PartitionLeader, TopicInfo,
+};
+use themis_core::types::Pair;
+
+/// How the agent reaches its cluster (`backends.<agent>.kafka` in themis.yaml).
+#[derive(Debug, Clone)]
+pub struct KafkaSettings {
+    /// `host:port,host:port`.
+    pub bootstrap_servers: String,
+    pub client_id: String,
+    /// Every request's bound.
+    pub timeout: Duration,
+}
+
+impl KafkaSettings {
+    pub fn new(bootstrap_servers: impl Into<String>) -> KafkaSettings {
+        KafkaSettings {
+            bootstrap_servers: bootstrap_servers.into(),
+            client_id: "themis".into(),
+            timeout: Duration::from_secs(10),
+        }
+    }
+
+    fn config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.bootstrap_servers)
+            .set("client.id", &self.client_id)
+            .set("socket.timeout.ms", self.timeout.as_millis().to_string())
+            // Themis never consumes: a group's committed offsets are read, never changed.
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false");
+        c
+    }
+}
+
+pub struct KafkaBackend {
+    agent: String,
+    settings: KafkaSettings,
+    client: Arc<BaseConsumer>,
+}
+
+/// What the doctor found.
+#[derive(Debug, Clone)]
+pub struct Doctor {
+    pub brokers: usize,
+    pub topics: usize,
+    pub controller: i32,
+}
+
+/// The most partitions one read returns (a step's result budget is far smaller anyway).
+const MAX_ROWS: usize = 1000;
+
+fn error(what: &str, e: KafkaError) -> CapError {
+    let code = e.rdkafka_error_code();
+    let msg = format!("{what}: {e}");
+    match code {
+        Some(
+            RDKafkaErrorCode::UnknownTopicOrPartition
+            | RDKafkaErrorCode::UnknownTopic
+            | RDKafkaErrorCode::GroupIdNotFound,
+        ) => CapError::NotFound(msg),
+        Some(
+            RDKafkaErrorCode::TopicAuthorizationFailed
+            | RDKafkaErrorCode::GroupAuthorizationFailed
+            | RDKafkaErrorCode::ClusterAuthorizationFailed,
+        ) => CapError::Denied(msg),
+        _ => CapError::Unavailable(msg),
+    }
+}
+
+impl KafkaBackend {
+    /// A client of the cluster; it connects lazily, so an unreachable cluster fails calls
+    /// (closed), not the start.
+    pub fn new(agent: &str, settings: KafkaSettings) -> Result<KafkaBackend, String> {
+        let client: BaseConsumer = settings
+            .config()
+            .create()
+            .map_err(|e| format!("cannot create the Kafka client: {e}"))?;
+        Ok(KafkaBackend {
+            agent: agent.to_owned(),
+            settings,
+            client: Arc::new(client),
+        })
+    }
+
+    /// Run a blocking librdkafka call off the async threads.
+    async fn blocking<T, F>(&self, what: &'static str, f: F) -> CapResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&BaseConsumer, Duration) -> Result<T, CapError> + Send + 'static,
+    {
+        let client = self.client.clone();
+        let timeout = self.settings.timeout;
+        tokio::task::spawn_blocking(move || f(&client, timeout))
+            .await
+            .map_err(|e| CapError::Failed(format!("{what}: {e}")))?
+    }
+
+    /// Reach the cluster: brokers, topics, the controller.
+    pub async fn doctor(&self) -> Result<Doctor, String> {
+        self.blocking("doctor", |c, t| {
+            let m = c
+                .fetch_metadata(None, t)
+                .map_err(|e| error("metadata", e))?;
+            Ok(Doctor {
+                brokers: m.brokers().len(),
+                topics: m.topics().len(),
+                controller: convert::controller(c, t),
+            })
+        })
+        .await
+        .map_err(|e| e.to_string())
+    }
+
+    fn unsupported<T>(&self, capability: &str) -> CapResult<T> {
+        Err(CapError::Unavailable(format!(
+            "agent `{}`: {capability} acts on the workloads around the cluster (a consumer Deployment, a broker pod) and needs the Kubernetes backend and a binding, which are not configured: a human acts",
+            self.agent
+        )))
+    }
+}
+
+#[async_trait]
+impl KafkaCaps for KafkaBackend {
+    async fn describe_cluster(&self) -> CapResult<ClusterInfo> {
+        self.blocking("kafka.describe-cluster", |c, t| {
+            let m = c
+                .fetch_metadata(None, t)
+                .map_err(|e| error("kafka.describe-cluster", e))?;
+            Ok(ClusterInfo {
+                cluster_id: c.client().fetch_cluster_id(t).unwrap_or_default(),
+                controller_id: convert::controller(c, t),
+                brokers: convert::brokers(&m),
+            })
+        })
+        .await
+    }
+
+    async fn describe_consumer_group(&self, group: &str) -> CapResult<ConsumerGroup> {
+        let group = group.to_owned();
+        self.blocking("kafka.describe-consumer-group", move |c, t| {
+            let list = c
+                .fetch_group_list(Some(&group), t)
+                .map_err(|e| error("kafka.describe-consumer-group", e))?;
+            let info = list
+                .groups()
+                .iter()
+                .find(|g| g.name() == group)
+                .ok_or_else(|| CapError::NotFound(format!("consumer group {group}")))?;
+            Ok(convert::group(info))
+        })
+        .await
+    }
+
+    async fn consumer_lag(&self, group: &str, topic: &str) -> CapResult<Vec<PartitionLag>> {
+        let (group, topic) = (group.to_owned(), topic.to_owned());
+        let mut config = self.settings.config();
+        config.set("group.id", &group);
+        self.blocking("kafka.consumer-lag", move |c, t| {
+            let what = "kafka.consumer-lag";
+            let m = c
+                .fetch_metadata(Some(&topic), t)
+                .map_err(|e| error(what, e))?;
+            let Some(meta) = m.topics().iter().find(|x| x.name() == topic) else {
+                return Err(CapError::NotFound(format!("topic {topic}")));
+            };
+            if let Some(code) = meta.error() {
+                return Err(error(what, KafkaError::MetadataFetch(code.into())));
+            }
+            let mut tpl = TopicPartitionList::new();
+            for p in meta.partitions().iter().take(MAX_ROWS) {
+                tpl.add_partition(&topic, p.id());
+            }
+            // A consumer of the group that never joins it: it only reads the group's offsets.
+            let reader: BaseConsumer = config
+                .create()
+                .map_err(|e| CapError::Failed(format!("{what}: {e}")))?;
+            let committed = reader
+                .committed_offsets(tpl, t)
+                .map_err(|e| error(what, e))?;
+            let mut out = Vec::new();
+            for e in committed.elements() {
+                let (low, high) = c
+                    .fetch_watermarks(&topic, e.partition(), t)
+                    .map_err(|err| error(what, err))?;
+                let (committed, lag) = match e.offset() {
+                    Offset::Offset(o) => (o, (high - o).max(0)),
+                    // Nothing committed: everything retained is still to be read.
+                    _ => (-1, (high - low).max(0)),
+                };
+                out.push(PartitionLag {
+                    topic: topic.clone(),
+                    partition: e.partition(),
+                    committed_offset: committed,
+                    end_offset: high,
+                    lag,
+                });
+            }
+            out.sort_by_key(|p| p.partition);
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn list_topics(&self) -> CapResult<Vec<TopicInfo>> {
+        self.blocking("kafka.list-topics", |c, t| {
+            let m = c
+                .fetch_metadata(None, t)
+                .map_err(|e| error("kafka.list-topics", e))?;
+            Ok(convert::topics(&m, MAX_ROWS))
+        })
+        .await
+    }
+
+    async fn partition_leadership(&self) -> CapResult<Vec<PartitionLeader>> {
+        self.blocking("kafka.partition-leadership", |c, t| {
+            let m = c
+                .fetch_metadata(None, t)
+                .map_err(|e| error("kafka.partition-leadership", e))?;
+            Ok(convert::off_preferred(&m, MAX_ROWS))
+        })
+        .await
+    }
+
+    async fn describe_consumers(&self, _group: &str) -> CapResult<ConsumerWorkload> {
+        self.unsupported("kafka.describe-consumers")
+    }
+
+    async fn broker_config(&self, _broker_id: i32) -> CapResult<Vec<Pair>> {
+        self.unsupported("kafka.broker-config")
+    }
+
+    async fn restart_consumers(&self, _group: &str) -> CapResult<ConsumerWorkload> {
+        self.unsupported("kafka.restart-consumers")
+    }
+
+    async fn scale_consumers(&self, _group: &str, _replicas: u32) -> CapResult<ConsumerWorkload> {
+        self.unsupported("kafka.scale-consumers")
+    }
+
+    async fn set_broker_config(&self, _broker_id: i32, _key: &str, _value: &str) -> CapResult<()> {
+        self.unsupported("kafka.set-broker-config")
+    }
+
+    async fn broker_restart(&self, _broker_id: i32) -> CapResult<()> {
+        self.unsupported("kafka.broker-restart")
+    }
+
+    async fn elect_preferred_leaders(&self, _topic: &str) -> CapResult<u32> {
+        self.unsupported("kafka.elect-preferred-leaders")
+    }
+}
