@@ -170,6 +170,21 @@ async fn the_page_reads_without_javascript_and_answers_as_the_signed_in_approver
     assert_eq!(status, 200);
     assert!(html.contains("approved by oncall"), "{html}");
     assert!(html.contains("run adjust-broker-gc"), "{html}");
+    // Each line links to its audit record as the file holds it, hash and all (escaped).
+    let first = s
+        .audit()
+        .into_iter()
+        .find(|r| r["kind"] == "approval")
+        .expect("approval");
+    let hash = first["hash"].as_str().expect("hash");
+    assert!(
+        html.contains(&format!("<code>{}</code>", &hash[..12])),
+        "{html}"
+    );
+    assert!(
+        html.contains(&format!("&quot;hash&quot;: &quot;{hash}&quot;")),
+        "{html}"
+    );
     // Answered once: the same form again is a conflict.
     assert_eq!(
         post(&cookie, &form_token)

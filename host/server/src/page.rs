@@ -543,6 +543,12 @@ async fn incident_page(
                     a href={ "#r" (r.seq) } { "#" (r.seq) } " "
                     time datetime=(r.ts) { (r.ts) } " "
                     (themis_agent::audit::describe::line(r))
+                    // The record itself, as the audit file holds it (hash-chained): what
+                    // `themis audit verify` checks, readable without JavaScript.
+                    details.record {
+                        summary { "audit record " code { (r.hash.get(..12).unwrap_or(&r.hash)) } }
+                        pre { (serde_json::to_string_pretty(r).unwrap_or_default()) }
+                    }
                 }
             }
         }
