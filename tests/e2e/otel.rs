@@ -110,11 +110,19 @@ async fn an_incident_is_one_trace_of_nested_spans_and_its_audit_records_are_logs
         .to_owned();
     let trace = themis_otel::ids::trace(&incident).to_vec();
 
-    // Wait for the approved run's capability call to be exported.
+    // Wait for the approved run to be exported whole: its call, its run, and every parent any
+    // exported span names (a parent ends, and is exported, after its children).
     let deadline = Instant::now() + Duration::from_secs(30);
     let all = loop {
         let all = spans(&got);
-        if all.iter().any(|s| s.name == "kafka.set-broker-config")
+        let ids: BTreeSet<&[u8]> = all.iter().map(|s| s.span_id.as_slice()).collect();
+        let complete = all
+            .iter()
+            .all(|s| s.parent_span_id.is_empty() || ids.contains(s.parent_span_id.as_slice()));
+        let named = |n: &str| all.iter().any(|s| s.name == n);
+        if complete
+            && named("kafka.set-broker-config")
+            && named("run adjust-broker-gc")
             && all.iter().any(|s| s.name.starts_with("incident "))
         {
             break all;

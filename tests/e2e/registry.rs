@@ -379,6 +379,20 @@ async fn an_agent_catalog_pinned_by_digest_is_pulled_once_and_survives_the_regis
     let host = start(&run4, &agent, &empty)
         .await
         .expect("starts without the runbook");
+    let kafka = host
+        .runtime
+        .agents()
+        .iter()
+        .find(|a| a.def.name == "kafka")
+        .expect("the kafka agent");
+    assert!(
+        kafka
+            .unavailable
+            .get("scale-consumer")
+            .is_some_and(|why| why.contains("cannot be reached")),
+        "{:?}",
+        kafka.unavailable
+    );
     let incident = host
         .new_incident(world_alert("agent-kafka-scale.yaml"))
         .await;

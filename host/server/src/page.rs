@@ -265,6 +265,12 @@ async fn home(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Respons
                     }
                 }
             }
+            @for a in state.runtime.agents().iter().filter(|a| !a.unavailable.is_empty()) {
+                p.error role="status" {
+                    "Agent " (a.def.name) ": unavailable this start — "
+                    @for (id, why) in &a.unavailable { code { (id) } " (" (why) ") " }
+                }
+            }
             h3 { "As it happens" }
             ol #live aria-live="polite" {}
             noscript { p { "Reload the page to see what changed." } }

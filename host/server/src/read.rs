@@ -13,6 +13,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use themis_agent::audit::Record;
@@ -37,6 +38,10 @@ pub struct AgentStatus {
     /// When it entered this state, if it moved since the service started.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub since: Option<String>,
+    /// Catalog runbooks this start could not fetch (an OCI bundle with the registry down and
+    /// nothing cached): id → why. Choosing one escalates.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub unavailable: BTreeMap<String, String>,
 }
 
 /// Each agent's state now and since when.
@@ -169,12 +174,20 @@ pub async fn agents(
                     .filter(|s| s.state == a.state)
                     .map(|s| time(s.since))
                     .or_else(|| Some(time(state.started)));
+                let unavailable = state
+                    .runtime
+                    .agents()
+                    .iter()
+                    .find(|g| g.def.name == a.name)
+                    .map(|g| g.unavailable.clone())
+                    .unwrap_or_default();
                 AgentStatus {
                     state: serde_json::to_value(&a.state).unwrap_or(Value::Null),
                     name: a.name,
                     domain: a.domain,
                     mode: if a.dry_run { "dry-run" } else { "live" },
                     since,
+                    unavailable,
                 }
             })
             .collect(),
