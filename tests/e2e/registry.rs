@@ -277,6 +277,20 @@ fn agent_with(dir: &Path, reference: &str) -> PathBuf {
     )
 }
 
+/// The scale alert on `host` runs its runbook instead of going to a human.
+async fn runs_the_alert(host: &crate::common::TestHost) -> themis_agent::store::Incident {
+    let incident = host
+        .new_incident(world_alert("agent-kafka-scale.yaml"))
+        .await;
+    assert_ne!(
+        incident.status,
+        IncidentStatus::Escalated,
+        "{:?}",
+        incident.reason
+    );
+    incident
+}
+
 async fn start(dir: &Path, agent: &Path, cache: &Path) -> Result<crate::common::TestHost, String> {
     HostSpec {
         agents: vec![agent.to_path_buf()],
@@ -309,15 +323,7 @@ async fn an_agent_catalog_pinned_by_digest_is_pulled_once_and_survives_the_regis
     let run1 = work.path().join("run1");
     std::fs::create_dir_all(&run1).expect("mkdir");
     let host = start(&run1, &agent, &cache).await.expect("starts");
-    let incident = host
-        .new_incident(world_alert("agent-kafka-scale.yaml"))
-        .await;
-    assert_ne!(
-        incident.status,
-        IncidentStatus::Escalated,
-        "{:?}",
-        incident.reason
-    );
+    let incident = runs_the_alert(&host).await;
     assert_eq!(
         incident
             .selection
@@ -339,15 +345,7 @@ async fn an_agent_catalog_pinned_by_digest_is_pulled_once_and_survives_the_regis
     let host = start(&run2, &agent, &cache)
         .await
         .expect("starts from the cache");
-    let incident = host
-        .new_incident(world_alert("agent-kafka-scale.yaml"))
-        .await;
-    assert_ne!(
-        incident.status,
-        IncidentStatus::Escalated,
-        "{:?}",
-        incident.reason
-    );
+    runs_the_alert(&host).await;
     host.runtime.shutdown().await;
     assert!(
         !records(&run2.join("audit.jsonl"))

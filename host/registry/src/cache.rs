@@ -50,6 +50,13 @@ pub async fn fetch_pinned(
     if dir.is_dir() {
         return Ok(CatalogFetch::Cached(dir));
     }
-    pull(r, &dir, policy).await?;
-    Ok(CatalogFetch::Pulled(dir))
+    match pull(r, &dir, policy).await {
+        Ok(_) => Ok(CatalogFetch::Pulled(dir)),
+        // Another process sharing the cache put it there first (the pull's own rename found the
+        // folder taken): it is loaded and verified like any cached bundle.
+        Err(PullError::DestExists(_) | PullError::Local { .. }) if dir.is_dir() => {
+            Ok(CatalogFetch::Cached(dir))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
