@@ -496,28 +496,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
     let cache = Some(cli.cache_dir.clone());
     let sandbox = || sandbox(cache.clone());
     match cli.command {
-        Command::Runbook(RunbookCommand::Validate { dirs }) => {
-            // Validation compiles unverified bundles: it must not fill the shared cache.
-            let sandbox = match self::sandbox(None) {
-                Ok(s) => s,
-                Err(code) => return code,
-            };
-            let mut failed = false;
-            for dir in dirs {
-                match LoadedRunbook::load_unverified(&sandbox, &dir) {
-                    Ok(loaded) => println!("{}", render::validated(&loaded)),
-                    Err(e) => {
-                        failed = true;
-                        eprintln!("error: {e}");
-                    }
-                }
-            }
-            if failed {
-                ExitCode::from(1)
-            } else {
-                ExitCode::SUCCESS
-            }
-        }
+        Command::Runbook(RunbookCommand::Validate { dirs }) => validate(&dirs, |_| {}),
         Command::Run {
             scenario,
             json,
@@ -926,6 +905,23 @@ fn authoring_build(dirs: &[PathBuf], no_validate: bool) -> ExitCode {
     if no_validate {
         return ExitCode::SUCCESS;
     }
+    validate(dirs, |dir| {
+        if dir
+            .join(themis_core::trust::bundle::SIGNATURE_FILE)
+            .is_file()
+        {
+            println!(
+                "note     {} changed: sign it again (`themis runbook sign {} --key TEAM.key`)",
+                dir.display(),
+                dir.display()
+            );
+        }
+    })
+}
+
+/// Load each bundle without a signature check, as the host would compile it; say what is wrong
+/// with each that does not load (exit 1), and let `after` add a word per bundle.
+fn validate(dirs: &[PathBuf], after: impl Fn(&std::path::Path)) -> ExitCode {
     // Validation compiles unverified bundles: it must not fill the shared cache.
     let sandbox = match sandbox(None) {
         Ok(s) => s,
@@ -940,16 +936,7 @@ fn authoring_build(dirs: &[PathBuf], no_validate: bool) -> ExitCode {
                 eprintln!("error: {e}");
             }
         }
-        if dir
-            .join(themis_core::trust::bundle::SIGNATURE_FILE)
-            .is_file()
-        {
-            println!(
-                "note     {} changed: sign it again (`themis runbook sign {} --key TEAM.key`)",
-                dir.display(),
-                dir.display()
-            );
-        }
+        after(dir);
     }
     if failed {
         ExitCode::from(1)
