@@ -9,6 +9,7 @@ mod common;
 mod foundations;
 mod guard;
 mod hardening;
+mod kill_serve;
 mod llm;
 mod llm_real;
 mod manifests;

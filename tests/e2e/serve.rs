@@ -47,6 +47,8 @@ pub struct ServeSpec<'a> {
     pub slack_webhook: Option<String>,
     /// More environment for the service (name, value).
     pub env: Vec<(&'static str, String)>,
+    /// The agents folder (default: the shipped `agents/`).
+    pub agents: Option<PathBuf>,
 }
 
 impl<'a> ServeSpec<'a> {
@@ -60,6 +62,7 @@ impl<'a> ServeSpec<'a> {
             slack: None,
             slack_webhook: None,
             env: Vec::new(),
+            agents: None,
         }
     }
 
@@ -83,7 +86,11 @@ impl<'a> ServeSpec<'a> {
              intake:\n  tokens: [ {{ env: TEST_INTAKE_TOKEN }} ]\n\
              approvers:\n  oncall: {{ token_env: TEST_ONCALL_TOKEN, slack_user: U0ONCALL }}\n  bob: {{ token_sha256: \"{bob}\" }}\n\
              {slack}backends:\n{backends}limits: {{ queue: {queue}, body_bytes: {body}, verify_every: 1s }}\n",
-            agents = repo().join("agents").display(),
+            agents = self
+                .agents
+                .clone()
+                .unwrap_or_else(|| repo().join("agents"))
+                .display(),
             bob = themis_agent::approvers::token_hash(BOB),
             queue = self.queue,
             body = self.body_bytes,

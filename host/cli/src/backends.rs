@@ -62,13 +62,17 @@ impl BackendProvider for Configured {
 }
 
 /// Build every agent's backends. Real ones connect lazily: an unreachable system fails calls
-/// (closed), not the start.
-pub fn provider(backends: &BTreeMap<String, BackendSpec>) -> Result<Configured, String> {
+/// (closed), not the start. A scenario world keeps its state in `state_dir` (what was done to
+/// it outlives a restart of the host, as a real system's state does).
+pub fn provider(
+    backends: &BTreeMap<String, BackendSpec>,
+    state_dir: &std::path::Path,
+) -> Result<Configured, String> {
     let mut agents = BTreeMap::new();
     for (agent, spec) in backends {
         let built = match &spec.source {
             BackendSource::Scenario(file) => AgentBackends::Scenario(
-                ScenarioProvider::from_file(file, spec.dry_run)
+                ScenarioProvider::kept(file, spec.dry_run, state_dir, agent)
                     .map_err(|e| format!("backends.{agent}.scenario: {e}"))?,
             ),
             BackendSource::Real {

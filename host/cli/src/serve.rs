@@ -72,7 +72,7 @@ pub fn load(file: &std::path::Path, overrides: &Overrides) -> Result<Loaded, Exi
         names.push(def.name);
     }
     unknown_backends(&config, &names).map_err(|e| fail(2, e))?;
-    let provider = backends::provider(&config.backends)
+    let provider = backends::provider(&config.backends, &config.state_dir)
         .map_err(|e| fail(2, format!("{}: {e}", config.file.display())))?;
     Ok(Loaded {
         config,

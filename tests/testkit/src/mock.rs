@@ -27,6 +27,23 @@
 //!         - { after: 3m, ok: [ { labels: [], value: 12 } ] }
 //! ```
 //!
+//! A world remembers what was done to it: a rule with `after_call: <capability>` applies only
+//! once that mutation succeeded with the same values for the arguments both calls name, so a
+//! group reads as restarted after its restart, whatever else happened in between. `delay:`
+//! makes a call take time (a mutation is done at once; its answer arrives after the delay).
+//!
+//! ```yaml
+//!   kafka.describe-consumers:
+//!     - when: { group: stuck- }
+//!       after_call: kafka.restart-consumers
+//!       ok: { group_id: g, replicas_desired: 3, replicas_ready: 3, revision: "8" }
+//!     - when: { group: stuck- }
+//!       ok: { group_id: g, replicas_desired: 3, replicas_ready: 3, revision: "7" }
+//!   kafka.restart-consumers:
+//!     - delay: 300ms
+//!       ok: { group_id: g, replicas_desired: 3, replicas_ready: 0, revision: "8" }
+//! ```
+//!
 //! Values use the WIT records' field names in snake_case; enum cases are CamelCase
 //! (`state: Stable`). A unit result is `ok: null`.
 
@@ -34,7 +51,8 @@ use async_trait::async_trait;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
@@ -136,6 +154,12 @@ pub struct MockRule {
     pub sequence: Vec<MockResponse>,
     #[serde(default)]
     pub series: Vec<TimedResponse>,
+    /// Only once the world has done this mutation with the same arguments (those both name).
+    #[serde(default)]
+    pub after_call: Option<String>,
+    /// How long the call takes to answer (`300ms`, `2s`).
+    #[serde(default)]
+    pub delay: Option<String>,
 }
 
 /// One answer of a `series`, from `after` (a duration since the scenario started) on.
@@ -158,19 +182,29 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
 pub type Mocks = BTreeMap<String, Vec<MockRule>>;
 
 /// One call a step made through the mock.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MockCall {
     pub capability: String,
     pub args: Value,
 }
 
+/// The most calls (and the most mutations) a world remembers: a long-running `themis serve` on
+/// a scenario world must not grow without bound.
+const REMEMBERED: usize = 10_000;
+
 pub struct ScenarioMock {
     rules: Mocks,
     /// How far each (capability, rule index) has walked its sequence.
     cursors: Mutex<BTreeMap<(String, usize), usize>>,
-    calls: Mutex<Vec<MockCall>>,
+    /// The newest calls, oldest first.
+    calls: Mutex<VecDeque<MockCall>>,
+    /// The mutations the world has done (for `after_call`), oldest first.
+    done: Mutex<VecDeque<MockCall>>,
     /// Where the sequences' positions are kept, so another process continues the same world.
     persist: Option<PathBuf>,
+    /// Where the world writes each mutation it does, durably, before answering: what a host
+    /// killed mid-call left done is on it, and a later process's world starts from it.
+    ledger: Option<PathBuf>,
     /// The scenario's clock and when it started, for `series`.
     clock: Option<(Clock, SystemTime)>,
 }
@@ -226,6 +260,24 @@ impl ScenarioMock {
                         return Err(problem("must have exactly one of `ok` or `error`".into()));
                     }
                 }
+                let problem = |p: String| MockRuleError {
+                    capability: capability.clone(),
+                    rule: i,
+                    problem: p,
+                };
+                if let Some(delay) = &rule.delay {
+                    humantime::parse_duration(delay).map_err(|e| {
+                        problem(format!("`delay: {delay}` is not a duration ({e})"))
+                    })?;
+                }
+                if let Some(after) = &rule.after_call
+                    && themis_core::capability::lookup(after)
+                        .is_none_or(|c| c.effect != themis_core::capability::Effect::Mutate)
+                {
+                    return Err(problem(format!(
+                        "`after_call: {after}` is not a mutating capability (see wit/*.wit)"
+                    )));
+                }
                 if let Some(j) = rule
                     .sequence
                     .iter()
@@ -242,8 +294,10 @@ impl ScenarioMock {
         Ok(ScenarioMock {
             rules,
             cursors: Mutex::new(BTreeMap::new()),
-            calls: Mutex::new(Vec::new()),
+            calls: Mutex::new(VecDeque::new()),
+            done: Mutex::new(VecDeque::new()),
             persist: None,
+            ledger: None,
             clock: None,
         })
     }
@@ -274,6 +328,25 @@ impl ScenarioMock {
         self
     }
 
+    /// Write every mutation the world does to `file` (one JSON line each, synced before the
+    /// answer), continuing from what it already holds.
+    pub fn ledgered(mut self, file: PathBuf) -> Self {
+        if let Ok(text) = std::fs::read_to_string(&file) {
+            // A line cut short by a crash of this process was never answered: skip it.
+            let mut done = lock(&self.done);
+            for call in text.lines().filter_map(|l| serde_json::from_str(l).ok()) {
+                remember(&mut done, call);
+            }
+        }
+        self.ledger = Some(file);
+        self
+    }
+
+    /// Every mutation the world has done (newest [`REMEMBERED`]).
+    pub fn done(&self) -> Vec<MockCall> {
+        lock(&self.done).iter().cloned().collect()
+    }
+
     /// How far every sequence has walked, to carry the mocked world over to another process.
     pub fn cursors(&self) -> BTreeMap<String, usize> {
         lock(&self.cursors)
@@ -294,26 +367,50 @@ impl ScenarioMock {
         }
     }
 
-    /// Every call made so far, in order.
+    /// The calls made so far, in order (the newest [`REMEMBERED`]).
     pub fn calls(&self) -> Vec<MockCall> {
-        lock(&self.calls).clone()
+        lock(&self.calls).iter().cloned().collect()
     }
 
-    fn answer<T: DeserializeOwned>(&self, capability: &str, args: Value) -> CapResult<T> {
-        lock(&self.calls).push(MockCall {
+    async fn answer<T: DeserializeOwned>(&self, capability: &str, args: Value) -> CapResult<T> {
+        let (delay, result) = self.decide(capability, args);
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        result
+    }
+
+    /// The answer and how long it takes; a mutation that succeeds is done (and on the ledger)
+    /// before the delay.
+    fn decide<T: DeserializeOwned>(
+        &self,
+        capability: &str,
+        args: Value,
+    ) -> (Duration, CapResult<T>) {
+        let call = MockCall {
             capability: capability.into(),
-            args: args.clone(),
-        });
+            args,
+        };
+        remember(&mut lock(&self.calls), call.clone());
         let rules = self.rules.get(capability).map(Vec::as_slice).unwrap_or(&[]);
         let Some((index, rule)) = rules
             .iter()
             .enumerate()
-            .find(|(_, r)| matches(&r.when, &args))
+            .find(|(_, r)| matches(&r.when, &call.args) && self.after(r, &call.args))
         else {
-            return Err(CapError::Unavailable(format!(
-                "the scenario has no mock for {capability} with arguments {args}: add a rule under mocks.{capability}"
-            )));
+            let args = &call.args;
+            return (
+                Duration::ZERO,
+                Err(CapError::Unavailable(format!(
+                    "the scenario has no mock for {capability} with arguments {args}: add a rule under mocks.{capability}"
+                ))),
+            );
         };
+        let delay = rule
+            .delay
+            .as_deref()
+            .and_then(|d| humantime::parse_duration(d).ok())
+            .unwrap_or_default();
         let response = if !rule.series.is_empty() {
             let elapsed = self.elapsed();
             let entry = rule
@@ -347,7 +444,7 @@ impl ScenarioMock {
             }
             rule.sequence[at].clone()
         };
-        match (response.ok, response.error) {
+        let result = match (response.ok, response.error) {
             (_, Some(error)) => Err(error.into()),
             (Some(value), None) => serde_json::from_value(value).map_err(|e| {
                 CapError::Failed(format!(
@@ -357,8 +454,64 @@ impl ScenarioMock {
             (None, None) => Err(CapError::Failed(format!(
                 "the scenario's mock for {capability} has neither ok nor error"
             ))),
+        };
+        // The world cannot keep what it did: it refuses to do it.
+        if result.is_ok()
+            && themis_core::capability::lookup(capability)
+                .is_some_and(|c| c.effect == themis_core::capability::Effect::Mutate)
+            && let Err(e) = self.record_done(&call)
+        {
+            return (
+                Duration::ZERO,
+                Err(CapError::Unavailable(format!(
+                    "the mocked world cannot write its ledger: {e}"
+                ))),
+            );
         }
+        (delay, result)
     }
+
+    /// Has the world done the rule's `after_call` mutation with these arguments?
+    fn after(&self, rule: &MockRule, args: &Value) -> bool {
+        let Some(after) = &rule.after_call else {
+            return true;
+        };
+        lock(&self.done)
+            .iter()
+            .any(|done| done.capability == *after && same_target(&done.args, args))
+    }
+
+    fn record_done(&self, call: &MockCall) -> std::io::Result<()> {
+        if let Some(file) = &self.ledger {
+            let mut line = serde_json::to_vec(call).map_err(std::io::Error::other)?;
+            line.push(b'\n');
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(file)?;
+            f.write_all(&line)?;
+            f.sync_data()?;
+        }
+        remember(&mut lock(&self.done), call.clone());
+        Ok(())
+    }
+}
+
+fn remember(list: &mut VecDeque<MockCall>, call: MockCall) {
+    if list.len() == REMEMBERED {
+        list.pop_front();
+    }
+    list.push_back(call);
+}
+
+/// Two calls are on the same target when they name at least one argument in common and agree
+/// on every argument they both name.
+fn same_target(a: &Value, b: &Value) -> bool {
+    let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else {
+        return false;
+    };
+    let shared: Vec<_> = a.keys().filter(|k| b.contains_key(*k)).collect();
+    !shared.is_empty() && shared.iter().all(|k| a[*k] == b[*k])
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -378,55 +531,65 @@ fn matches(when: &BTreeMap<String, Value>, args: &Value) -> bool {
 impl MetricsCaps for ScenarioMock {
     async fn query(&self, promql: &str) -> CapResult<Vec<Sample>> {
         self.answer("metrics.query", json!({ "promql": promql }))
+            .await
     }
 }
 
 #[async_trait]
 impl KafkaCaps for ScenarioMock {
     async fn describe_cluster(&self) -> CapResult<ClusterInfo> {
-        self.answer("kafka.describe-cluster", json!({}))
+        self.answer("kafka.describe-cluster", json!({})).await
     }
     async fn describe_consumer_group(&self, group: &str) -> CapResult<ConsumerGroup> {
         self.answer("kafka.describe-consumer-group", json!({ "group": group }))
+            .await
     }
     async fn consumer_lag(&self, group: &str, topic: &str) -> CapResult<Vec<PartitionLag>> {
         self.answer(
             "kafka.consumer-lag",
             json!({ "group": group, "topic": topic }),
         )
+        .await
     }
     async fn list_topics(&self) -> CapResult<Vec<TopicInfo>> {
-        self.answer("kafka.list-topics", json!({}))
+        self.answer("kafka.list-topics", json!({})).await
     }
     async fn describe_consumers(&self, group: &str) -> CapResult<ConsumerWorkload> {
         self.answer("kafka.describe-consumers", json!({ "group": group }))
+            .await
     }
     async fn broker_config(&self, broker_id: i32) -> CapResult<Vec<Pair>> {
         self.answer("kafka.broker-config", json!({ "broker_id": broker_id }))
+            .await
     }
     async fn restart_consumers(&self, group: &str) -> CapResult<ConsumerWorkload> {
         self.answer("kafka.restart-consumers", json!({ "group": group }))
+            .await
     }
     async fn scale_consumers(&self, group: &str, replicas: u32) -> CapResult<ConsumerWorkload> {
         self.answer(
             "kafka.scale-consumers",
             json!({ "group": group, "replicas": replicas }),
         )
+        .await
     }
     async fn set_broker_config(&self, broker_id: i32, key: &str, value: &str) -> CapResult<()> {
         self.answer(
             "kafka.set-broker-config",
             json!({ "broker_id": broker_id, "key": key, "value": value }),
         )
+        .await
     }
     async fn broker_restart(&self, broker_id: i32) -> CapResult<()> {
         self.answer("kafka.broker-restart", json!({ "broker_id": broker_id }))
+            .await
     }
     async fn partition_leadership(&self) -> CapResult<Vec<PartitionLeader>> {
-        self.answer("kafka.partition-leadership", json!({}))
+        self.answer("kafka.partition-leadership", json!({})).await
     }
     async fn elect_preferred_leaders(&self, topic: &str) -> CapResult<u32> {
         self.answer("kafka.elect-preferred-leaders", json!({ "topic": topic }))
+            .await
     }
 }
 
@@ -437,54 +600,63 @@ impl KubernetesCaps for ScenarioMock {
             "k8s.get-deployment",
             json!({ "namespace": namespace, "name": name }),
         )
+        .await
     }
     async fn list_pods(&self, namespace: &str, selector: &str) -> CapResult<Vec<Pod>> {
         self.answer(
             "k8s.list-pods",
             json!({ "namespace": namespace, "selector": selector }),
         )
+        .await
     }
     async fn pod_logs(&self, namespace: &str, pod: &str, tail: u32) -> CapResult<Vec<String>> {
         self.answer(
             "k8s.pod-logs",
             json!({ "namespace": namespace, "pod": pod, "tail_lines": tail }),
         )
+        .await
     }
     async fn pod_owner(&self, namespace: &str, pod: &str) -> CapResult<Option<Workload>> {
         self.answer(
             "k8s.pod-owner",
             json!({ "namespace": namespace, "pod": pod }),
         )
+        .await
     }
     async fn rollout_restart(&self, namespace: &str, name: &str) -> CapResult<()> {
         self.answer(
             "k8s.rollout-restart",
             json!({ "namespace": namespace, "name": name }),
         )
+        .await
     }
     async fn scale_deployment(&self, namespace: &str, name: &str, replicas: u32) -> CapResult<()> {
         self.answer(
             "k8s.scale-deployment",
             json!({ "namespace": namespace, "name": name, "replicas": replicas }),
         )
+        .await
     }
     async fn delete_pod(&self, namespace: &str, name: &str) -> CapResult<()> {
         self.answer(
             "k8s.delete-pod",
             json!({ "namespace": namespace, "name": name }),
         )
+        .await
     }
     async fn rollout_history(&self, namespace: &str, name: &str) -> CapResult<Vec<Revision>> {
         self.answer(
             "k8s.rollout-history",
             json!({ "namespace": namespace, "name": name }),
         )
+        .await
     }
     async fn rollout_undo(&self, namespace: &str, name: &str, to_revision: i64) -> CapResult<()> {
         self.answer(
             "k8s.rollout-undo",
             json!({ "namespace": namespace, "name": name, "to_revision": to_revision }),
         )
+        .await
     }
 }
 
@@ -495,24 +667,28 @@ impl PostgresCaps for ScenarioMock {
             "postgres.activity",
             json!({ "min_query_seconds": min_query_seconds }),
         )
+        .await
     }
     async fn blockers(&self) -> CapResult<Vec<LockWait>> {
-        self.answer("postgres.blockers", json!({}))
+        self.answer("postgres.blockers", json!({})).await
     }
     async fn replication_lag(&self) -> CapResult<Vec<Replica>> {
-        self.answer("postgres.replication-lag", json!({}))
+        self.answer("postgres.replication-lag", json!({})).await
     }
     async fn connection_usage(&self, min_idle_seconds: f64) -> CapResult<ConnectionSlots> {
         self.answer(
             "postgres.connection-usage",
             json!({ "min_idle_seconds": min_idle_seconds }),
         )
+        .await
     }
     async fn cancel_backend(&self, pid: i32) -> CapResult<bool> {
         self.answer("postgres.cancel-backend", json!({ "pid": pid }))
+            .await
     }
     async fn terminate_backend(&self, pid: i32) -> CapResult<bool> {
         self.answer("postgres.terminate-backend", json!({ "pid": pid }))
+            .await
     }
 }
 
@@ -557,6 +733,65 @@ metrics.query:
         let gc = m.query("max(jvm_gc_pause_seconds)").await.expect("ok");
         assert_eq!(gc[0].value, 2.5);
         assert!(m.query("up").await.expect("ok").is_empty());
+    }
+
+    const REMEMBERING: &str = r#"
+kafka.describe-consumers:
+  - after_call: kafka.restart-consumers
+    ok: { group_id: g, replicas_desired: 3, replicas_ready: 3, revision: "8" }
+  - ok: { group_id: g, replicas_desired: 3, replicas_ready: 3, revision: "7" }
+kafka.restart-consumers:
+  - when: { group: broken }
+    error: { failed: "no" }
+  - delay: 50ms
+    ok: { group_id: g, replicas_desired: 3, replicas_ready: 0, revision: "8" }
+"#;
+
+    #[tokio::test]
+    async fn the_world_remembers_what_was_done_to_each_target_across_processes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ledger = dir.path().join("ledger.jsonl");
+        let m = mock(REMEMBERING).ledgered(ledger.clone());
+        assert_eq!(m.describe_consumers("a").await.expect("ok").revision, "7");
+        let started = std::time::Instant::now();
+        m.restart_consumers("a").await.expect("restarted");
+        assert!(started.elapsed() >= Duration::from_millis(50), "the delay");
+        // Only the restarted group reads as restarted; a failed mutation did nothing.
+        assert_eq!(m.describe_consumers("a").await.expect("ok").revision, "8");
+        assert_eq!(m.describe_consumers("b").await.expect("ok").revision, "7");
+        assert!(m.restart_consumers("broken").await.is_err());
+        assert_eq!(
+            m.describe_consumers("broken").await.expect("ok").revision,
+            "7"
+        );
+        assert_eq!(m.done().len(), 1);
+        // A later process on the same ledger starts from what was done, and adds to it.
+        let again = mock(REMEMBERING).ledgered(ledger.clone());
+        assert_eq!(
+            again.describe_consumers("a").await.expect("ok").revision,
+            "8"
+        );
+        again.restart_consumers("b").await.expect("restarted");
+        let lines = std::fs::read_to_string(&ledger).expect("ledger");
+        assert_eq!(lines.lines().count(), 2, "{lines}");
+    }
+
+    #[test]
+    fn a_bad_delay_or_a_read_as_after_call_is_refused() {
+        for (yaml, says) in [
+            (
+                "kafka.list-topics: [ { delay: soon, ok: [] } ]",
+                "not a duration",
+            ),
+            (
+                "kafka.list-topics: [ { after_call: kafka.describe-cluster, ok: [] } ]",
+                "not a mutating capability",
+            ),
+        ] {
+            let rules: Mocks = themis_core::yaml::from_str(yaml).expect("yaml");
+            let err = ScenarioMock::new(rules).err().expect("refused").to_string();
+            assert!(err.contains(says), "{yaml}: {err}");
+        }
     }
 
     #[tokio::test]

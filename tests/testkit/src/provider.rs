@@ -35,6 +35,23 @@ impl ScenarioProvider {
         ))
     }
 
+    /// The world of a scenario file, kept in `dir` under `name`: its sequences' positions and the
+    /// ledger of what was done to it outlive the process, as a real system's state does.
+    pub fn kept(file: &Path, dry_run: bool, dir: &Path, name: &str) -> Result<Self, ScenarioError> {
+        let scenario = scenario::load(file)?;
+        let mock = ScenarioMock::new(scenario.mocks)
+            .map_err(|e| ScenarioError::Invalid {
+                file: file.into(),
+                message: e.to_string(),
+            })?
+            .persisted(dir.join(format!("world-{name}.json")))
+            .ledgered(dir.join(format!("world-{name}.ledger.jsonl")));
+        Ok(ScenarioProvider::new(
+            Arc::new(mock),
+            dry_run || scenario.dry_run,
+        ))
+    }
+
     pub fn mock(&self) -> &Arc<ScenarioMock> {
         &self.mock
     }
@@ -56,6 +73,7 @@ pub struct World {
 
 const WORLD_FILE: &str = "world.json";
 const CURSORS_FILE: &str = "world-cursors.json";
+const LEDGER_FILE: &str = "world-ledger.jsonl";
 
 impl World {
     /// Bind `state_dir` to a scenario's world. Binding another world starts its sequences over.
@@ -67,6 +85,7 @@ impl World {
         };
         if World::bound(state_dir).is_some_and(|w| w.scenario != world.scenario) {
             let _ = std::fs::remove_file(state_dir.join(CURSORS_FILE));
+            let _ = std::fs::remove_file(state_dir.join(LEDGER_FILE));
         }
         let text = serde_json::to_string_pretty(&world).map_err(std::io::Error::other)?;
         std::fs::write(state_dir.join(WORLD_FILE), text)?;
@@ -87,7 +106,8 @@ impl World {
                 file: self.scenario.clone(),
                 message: e.to_string(),
             })?
-            .persisted(state_dir.join(CURSORS_FILE));
+            .persisted(state_dir.join(CURSORS_FILE))
+            .ledgered(state_dir.join(LEDGER_FILE));
         Ok(ScenarioProvider::new(
             Arc::new(mock),
             self.dry_run || scenario.dry_run,

@@ -336,6 +336,24 @@ impl AuditLog {
         Ok((out.into(), altered))
     }
 
+    /// Visit every record in order, each checked against its own hash (one that does not match
+    /// is skipped and counted), until `visit` returns false. Reads without blocking appends.
+    pub fn scan(&self, mut visit: impl FnMut(Record) -> bool) -> Result<usize, AuditError> {
+        let mut altered = 0;
+        each_record(&self.path, |record| {
+            if record.compute_hash() != record.hash {
+                altered += 1;
+                return true;
+            }
+            visit(record)
+        })
+        .map_err(|source| AuditError::Io {
+            path: self.path.clone(),
+            source,
+        })?;
+        Ok(altered)
+    }
+
     /// Mark every record appended from now on with a development mode (`allow-unsigned`).
     pub fn set_mode(&self, mode: &str) {
         let mut tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());

@@ -12,7 +12,11 @@ use themis_core::types::Alert;
 use themis_core::verify::Watch;
 
 impl Worker {
-    pub(crate) async fn alert(&mut self, alert: Alert) -> Result<AlertOutcome, RuntimeError> {
+    pub(crate) async fn alert(
+        &mut self,
+        alert: Alert,
+        intake: Option<u64>,
+    ) -> Result<AlertOutcome, RuntimeError> {
         let ctx = self.ctx.clone();
         let name = ctx.agent.def.name.clone();
         if let Some(mut open) = ctx.store.open_for(&name, &alert.fingerprint).await? {
@@ -21,7 +25,7 @@ impl Worker {
                 &name,
                 Some(&open.id),
                 "alert-attached",
-                json!({ "alert": alert, "attached_alerts": open.attached_alerts }),
+                json!({ "alert": alert, "attached_alerts": open.attached_alerts, "intake": intake }),
             )?;
             if open.status == IncidentStatus::Verifying {
                 self.verification_signal(&mut open, Watch::firing).await?;
@@ -41,7 +45,7 @@ impl Worker {
                 &name,
                 None,
                 "illegal-transition",
-                json!({ "from": self.fsm.state, "event": received, "error": illegal.to_string(), "alert": alert }),
+                json!({ "from": self.fsm.state, "event": received, "error": illegal.to_string(), "alert": alert, "intake": intake }),
             )?;
             return Err(RuntimeError::Illegal {
                 agent: name,
@@ -52,7 +56,7 @@ impl Worker {
             &name,
             Some(&id),
             "alert",
-            json!({ "alert": alert, "fingerprint": alert.fingerprint }),
+            json!({ "alert": alert, "fingerprint": alert.fingerprint, "intake": intake }),
         )?;
         let mut incident = Incident::opened(id.clone(), name.clone(), alert, ctx.clock.now());
         ctx.store.save(&incident).await?;
@@ -66,6 +70,7 @@ impl Worker {
     pub(crate) async fn resolved(
         &mut self,
         alert: Alert,
+        intake: Option<u64>,
     ) -> Result<Option<Incident>, RuntimeError> {
         let ctx = self.ctx.clone();
         let name = ctx.agent.def.name.clone();
@@ -86,7 +91,7 @@ impl Worker {
             &name,
             target.as_ref().map(|i| i.id.as_str()),
             "alert-resolved",
-            json!({ "alert": alert, "fingerprint": alert.fingerprint, "open_incident": open_incident }),
+            json!({ "alert": alert, "fingerprint": alert.fingerprint, "open_incident": open_incident, "intake": intake }),
         )?;
         let Some(mut incident) = target else {
             return Ok(None);

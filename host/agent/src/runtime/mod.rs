@@ -23,6 +23,7 @@ mod journal;
 mod load;
 mod plan;
 mod recovery;
+mod replay;
 mod resume;
 mod triage;
 mod unowned;
@@ -220,6 +221,7 @@ impl Runtime {
             )
             .await?;
             worker.recover().await?;
+            worker.replay_accepted().await?;
             let (tx, rx) = mpsc::channel(options.queue_capacity.max(1));
             if let Some(every) = options.verify_tick {
                 tickers.push(tokio::spawn(verify::tick(tx.downgrade(), every)));
@@ -412,21 +414,30 @@ impl Runtime {
             }
             Err(mpsc::error::TrySendError::Closed(())) => return Err(RuntimeError::Stopped(name)),
         };
-        self.audit.append(
+        let accepted = self.audit.append(
             &name,
             None,
             "alert-accepted",
             json!({ "alert": alert, "status": status, "source": source }),
         )?;
+        let intake = Some(accepted.seq);
         match status {
             AlertStatus::Firing => {
                 let (reply, answer) = oneshot::channel();
-                permit.send(Command::Alert { alert, reply });
+                permit.send(Command::Alert {
+                    alert,
+                    intake,
+                    reply,
+                });
                 tokio::spawn(report_failure(name.clone(), answer));
             }
             AlertStatus::Resolved => {
                 let (reply, answer) = oneshot::channel();
-                permit.send(Command::Resolved { alert, reply });
+                permit.send(Command::Resolved {
+                    alert,
+                    intake,
+                    reply,
+                });
                 tokio::spawn(report_failure(name.clone(), answer));
             }
         }
@@ -447,6 +458,7 @@ impl Runtime {
         let name = handle.def.name.clone();
         match handle.tx.try_send(Command::Alert {
             alert: alert.clone(),
+            intake: None,
             reply,
         }) {
             Ok(()) => {}
@@ -472,8 +484,12 @@ impl Runtime {
             self.record_unrouted(&alert, AlertStatus::Resolved, Value::Null)?;
             return Ok(None);
         };
-        self.ask(handle, |reply| Command::Resolved { alert, reply })
-            .await
+        self.ask(handle, |reply| Command::Resolved {
+            alert,
+            intake: None,
+            reply,
+        })
+        .await
     }
 
     /// Every agent looks at the fixes it is verifying now (the tick does this on its own in a

@@ -19,13 +19,17 @@ use tokio::sync::{mpsc, oneshot, watch};
 type Reply<T> = oneshot::Sender<Result<T, RuntimeError>>;
 
 pub(crate) enum Command {
+    /// `intake`: the sequence number of the alert's `alert-accepted` record when the service
+    /// accepted it (the worker's records name it, so a restart can tell it was taken up).
     Alert {
         alert: Alert,
+        intake: Option<u64>,
         reply: Reply<AlertOutcome>,
     },
     /// The source says this alert stopped firing.
     Resolved {
         alert: Alert,
+        intake: Option<u64>,
         reply: Reply<Option<Incident>>,
     },
     Approve {
@@ -118,11 +122,19 @@ impl Worker {
                 continue;
             }
             match command {
-                Command::Alert { alert, reply } => {
-                    let _ = reply.send(self.alert(alert).await);
+                Command::Alert {
+                    alert,
+                    intake,
+                    reply,
+                } => {
+                    let _ = reply.send(self.alert(alert, intake).await);
                 }
-                Command::Resolved { alert, reply } => {
-                    let _ = reply.send(self.resolved(alert).await);
+                Command::Resolved {
+                    alert,
+                    intake,
+                    reply,
+                } => {
+                    let _ = reply.send(self.resolved(alert, intake).await);
                 }
                 Command::Approve {
                     id,
