@@ -1,12 +1,13 @@
-//! Intake throughput of `themis serve`: Alertmanager notifications (one alert each) posted from
-//! a loopback client over keep-alive connections, at 1 %, 50 % and 99 % duplicate alerts, and
-//! the service's RSS afterwards. The baseline, measured in the same run with the same client,
+//! Intake throughput of `themis serve`: Alertmanager notifications posted from a loopback
+//! client over keep-alive connections — one alert each, and grouped as Alertmanager groups them
+//! (50 alerts each) — at 1 %, 50 % and 99 % duplicate alerts, and the service's RSS afterwards
+//! and the backlog its agent has yet to take up (accepted alerts wait on disk). The baseline, measured in the same run with the same client,
 //! is an axum endpoint that parses the same payload and answers 200 without recording it: the
 //! ratio is what recording, routing and queueing cost over HTTP and JSON alone.
 //!
 //! `cargo bench -p themis --bench intake --profile dev` (the dev profile optimises every
 //! dependency; add `--profile bench` for a release build). THEMIS_BENCH_ALERTS sets the alerts
-//! per mix (default 20 000), THEMIS_BENCH_CLIENTS the concurrent connections (default 8).
+//! per mix (default 100 000), THEMIS_BENCH_CLIENTS the concurrent connections (default 8).
 
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
@@ -17,17 +18,22 @@ use std::time::{Duration, Instant};
 
 const INTAKE: &str = "bench-intake-token";
 
-fn notification(fingerprint: &str) -> Value {
+fn notification(fingerprints: &[String]) -> Value {
+    let alerts: Vec<Value> = fingerprints
+        .iter()
+        .map(|fingerprint| {
+            json!({
+                "status": "firing",
+                "labels": { "alertname": "KafkaConsumerLag", "topic": "orders", "group": "orders-consumer", "severity": "critical" },
+                "annotations": { "summary": "lag" }, "startsAt": "2026-11-30T10:00:00Z",
+                "endsAt": "0001-01-01T00:00:00Z", "generatorURL": "http://prometheus", "fingerprint": fingerprint,
+            })
+        })
+        .collect();
     json!({
         "version": "4", "groupKey": "{}:{alertname=\"KafkaConsumerLag\"}", "truncatedAlerts": 0,
         "status": "firing", "receiver": "themis", "groupLabels": {}, "commonLabels": {},
-        "commonAnnotations": {}, "externalURL": "http://alertmanager",
-        "alerts": [ {
-            "status": "firing",
-            "labels": { "alertname": "KafkaConsumerLag", "topic": "orders", "group": "orders-consumer", "severity": "critical" },
-            "annotations": { "summary": "lag" }, "startsAt": "2026-11-30T10:00:00Z",
-            "endsAt": "0001-01-01T00:00:00Z", "generatorURL": "http://prometheus", "fingerprint": fingerprint,
-        } ],
+        "commonAnnotations": {}, "externalURL": "http://alertmanager", "alerts": alerts,
     })
 }
 
@@ -37,9 +43,9 @@ struct Run {
     seconds: f64,
 }
 
-/// Post `total` notifications from `clients` keep-alive connections; `duplicate` of them (a
-/// fraction) repeat one fingerprint, the rest are new.
-async fn load(url: &str, total: usize, clients: usize, duplicate: f64) -> Run {
+/// Post `total` alerts in notifications of `group` from `clients` keep-alive connections;
+/// `duplicate` of them (a fraction) repeat one fingerprint, the rest are new.
+async fn load(url: &str, total: usize, group: usize, clients: usize, duplicate: f64) -> Run {
     let next = Arc::new(AtomicUsize::new(0));
     let accepted = Arc::new(AtomicUsize::new(0));
     let refused = Arc::new(AtomicUsize::new(0));
@@ -54,26 +60,29 @@ async fn load(url: &str, total: usize, clients: usize, duplicate: f64) -> Run {
                 .build()
                 .expect("client");
             loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= total {
+                let first = next.fetch_add(group, Ordering::Relaxed);
+                if first >= total {
                     break;
                 }
                 // Deterministic mix: every i whose fraction falls under `duplicate` repeats.
-                let dup = ((i as f64 * 0.618_033_988_7) % 1.0) < duplicate;
-                let fp = if dup {
-                    "dup-0".to_owned()
-                } else {
-                    format!("new-{i}")
-                };
+                let fps: Vec<String> = (first..(first + group).min(total))
+                    .map(|i| {
+                        if ((i as f64 * 0.618_033_988_7) % 1.0) < duplicate {
+                            "dup-0".to_owned()
+                        } else {
+                            format!("new-{i}")
+                        }
+                    })
+                    .collect();
                 let r = http
                     .post(&url)
                     .bearer_auth(INTAKE)
-                    .json(&notification(&fp))
+                    .json(&notification(&fps))
                     .send()
                     .await;
                 match r.map(|r| r.status().as_u16()) {
-                    Ok(200) => accepted.fetch_add(1, Ordering::Relaxed),
-                    _ => refused.fetch_add(1, Ordering::Relaxed),
+                    Ok(200) => accepted.fetch_add(fps.len(), Ordering::Relaxed),
+                    _ => refused.fetch_add(fps.len(), Ordering::Relaxed),
                 };
             }
         }));
@@ -119,7 +128,7 @@ fn main() {
     let total: usize = std::env::var("THEMIS_BENCH_ALERTS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(20_000);
+        .unwrap_or(100_000);
     let clients: usize = std::env::var("THEMIS_BENCH_CLIENTS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -132,7 +141,7 @@ fn main() {
         format!(
             "listen: 127.0.0.1:0\nagents: {agents}\nstate_dir: state\n\
              intake: {{ tokens: [ {{ env: BENCH_INTAKE }} ] }}\n\
-             backends:\n  kafka: {{ scenario: {world} }}\nlimits: {{ queue: 1024 }}\n",
+             backends:\n  kafka: {{ scenario: {world} }}\nlimits: {{ queue: 1000000 }}\n",
             agents = repo.join("agents").display(),
             world = repo
                 .join("tests/scenarios/agent-kafka-gc-pause.yaml")
@@ -141,55 +150,109 @@ fn main() {
     )
     .expect("config");
     let rt = tokio::runtime::Runtime::new().expect("tokio");
-    println!("intake: {total} notifications of one alert per mix, {clients} keep-alive clients");
+    println!("intake: {total} alerts per mix, {clients} keep-alive clients");
     println!(
-        "{:<28} {:>10} {:>10} {:>12} {:>14}",
-        "subject", "accepted", "refused", "accepted/s", "vs baseline"
+        "{:<36} {:>9} {:>9} {:>11} {:>12} {:>9} {:>9}",
+        "subject", "accepted", "refused", "alerts/s", "vs baseline", "RSS MiB", "backlog"
     );
-    let base_url = rt.block_on(baseline());
-    let base = rt.block_on(load(&base_url, total, clients, 0.5));
-    let base_rate = base.accepted as f64 / base.seconds;
-    println!(
-        "{:<28} {:>10} {:>10} {:>12.0} {:>14}",
-        "baseline (parse, 200)", base.accepted, base.refused, base_rate, "1.00"
-    );
-    for duplicate in [0.01, 0.5, 0.99] {
-        let state = dir.path().join("state");
+    for group in [1usize, 50] {
+        let base_url = rt.block_on(baseline());
+        let base = rt.block_on(load(&base_url, total, group, clients, 0.5));
+        let base_rate = base.accepted as f64 / base.seconds;
+        println!(
+            "{:<36} {:>9} {:>9} {:>11.0} {:>12}",
+            format!("baseline (parse, 200), {group}/notif."),
+            base.accepted,
+            base.refused,
+            base_rate,
+            "1.00"
+        );
+        for duplicate in [0.01, 0.5, 0.99] {
+            bench_serve(
+                &rt,
+                &repo,
+                dir.path(),
+                &config,
+                total,
+                group,
+                clients,
+                duplicate,
+                base_rate,
+            );
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn bench_serve(
+    rt: &tokio::runtime::Runtime,
+    repo: &std::path::Path,
+    dir: &std::path::Path,
+    config: &std::path::Path,
+    total: usize,
+    group: usize,
+    clients: usize,
+    duplicate: f64,
+    base_rate: f64,
+) {
+    {
+        let state = dir.join("state");
         let _ = std::fs::remove_dir_all(&state);
         let mut child = Command::new(env!("CARGO_BIN_EXE_themis"))
             .args(["serve", "--config"])
-            .arg(&config)
+            .arg(config)
             .env("BENCH_INTAKE", INTAKE)
             .env("THEMIS_CACHE_DIR", repo.join("target/bench-cache"))
-            .current_dir(dir.path())
+            .current_dir(dir)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .expect("themis serve");
         let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let url = loop {
+        let base = loop {
             match lines.next() {
                 Some(Ok(l)) => {
                     if let Some(u) = l.strip_prefix("themis serve: listening on ") {
-                        break format!("{u}/api/v1/alerts/alertmanager");
+                        break u.to_owned();
                     }
                 }
                 _ => panic!("themis serve did not start"),
             }
         };
+        let url = format!("{base}/api/v1/alerts/alertmanager");
         std::thread::spawn(move || for _ in lines {});
-        let run = rt.block_on(load(&url, total, clients, duplicate));
+        let run = rt.block_on(load(&url, total, group, clients, duplicate));
         let rate = run.accepted as f64 / run.seconds;
         std::thread::sleep(Duration::from_millis(200));
         let rss = rss_kib(child.id());
+        let backlog = rt.block_on(async {
+            let agents: Value = reqwest::Client::new()
+                .get(format!("{base}/api/v1/agents"))
+                .bearer_auth(INTAKE)
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            agents
+                .as_array()?
+                .iter()
+                .map(|a| a["backlog"].as_u64())
+                .sum::<Option<u64>>()
+        });
         println!(
-            "{:<28} {:>10} {:>10} {:>12.0} {:>14.3}   RSS after: {} MiB",
-            format!("themis serve, {:.0} % dup", duplicate * 100.0),
+            "{:<36} {:>9} {:>9} {:>11.0} {:>12.3} {:>9} {:>9}",
+            format!(
+                "themis serve, {group}/notif., {:.0} % dup",
+                duplicate * 100.0
+            ),
             run.accepted,
             run.refused,
             rate,
             rate / base_rate,
-            rss / 1024
+            rss / 1024,
+            backlog.map_or("?".into(), |b| b.to_string()),
         );
         let _ = child.kill();
         let _ = child.wait();

@@ -46,7 +46,8 @@
 //!       timeout: 10s
 //! limits:
 //!   body_bytes: 1048576                # THEMIS_BODY_LIMIT_BYTES
-//!   queue: 64                          # THEMIS_QUEUE_CAPACITY (alerts waiting per agent)
+//!   queue: 100000                      # THEMIS_QUEUE_CAPACITY (accepted alerts waiting per
+//!                                      # agent, on disk in the audit; beyond it a 429)
 //!   verify_every: 15s                  # THEMIS_VERIFY_EVERY (how often fixes being verified
 //!                                      # are looked at: metrics read, windows closed)
 //! ```
@@ -67,7 +68,7 @@ use themis_backend_prometheus::PrometheusSettings;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
 pub const DEFAULT_BODY_LIMIT: usize = 1 << 20;
-pub const DEFAULT_QUEUE: usize = 64;
+pub const DEFAULT_QUEUE: usize = themis_agent::runtime::DEFAULT_QUEUE_CAPACITY;
 /// The most alerts one Alertmanager notification may carry (Alertmanager's own default
 /// `max_alerts` is 0, unlimited; the body limit bounds it first in practice).
 pub const MAX_ALERTS_PER_NOTIFICATION: usize = 1000;

@@ -87,16 +87,27 @@ async fn take(state: &AppState, incoming: Vec<Incoming>) -> Result<IntakeRespons
             unrouted: 0,
             alerts: Vec::with_capacity(incoming.len()),
         };
-        for i in incoming {
-            let fingerprint = i.alert.fingerprint.clone();
-            let alertname = i.alert.name.clone();
-            let taken = if i.status == AlertStatus::Resolved {
+        let names: Vec<(String, String, AlertStatus)> = incoming
+            .iter()
+            .map(|i| (i.alert.fingerprint.clone(), i.alert.name.clone(), i.status))
+            .collect();
+        let submitted = runtime
+            .submit_many(
+                incoming
+                    .into_iter()
+                    .map(|i| (i.alert, i.status, i.source))
+                    .collect(),
+            )
+            .map_err(runtime_error)?;
+        let mut full = None;
+        for ((fingerprint, alertname, status), submitted) in names.into_iter().zip(submitted) {
+            let taken = if status == AlertStatus::Resolved {
                 AlertOutcome::Resolved
             } else {
                 AlertOutcome::Accepted
             };
-            match runtime.submit(i.alert, i.status, i.source) {
-                Ok(Submitted::Queued { agent }) => {
+            match submitted {
+                Submitted::Queued { agent } => {
                     metrics.alert(Some(&agent), taken);
                     response.accepted += 1;
                     response.alerts.push(Taken {
@@ -106,7 +117,7 @@ async fn take(state: &AppState, incoming: Vec<Incoming>) -> Result<IntakeRespons
                         agent: Some(agent),
                     });
                 }
-                Ok(Submitted::Unrouted) => {
+                Submitted::Unrouted => {
                     metrics.alert(None, AlertOutcome::Unrouted);
                     response.unrouted += 1;
                     response.alerts.push(Taken {
@@ -116,20 +127,22 @@ async fn take(state: &AppState, incoming: Vec<Incoming>) -> Result<IntakeRespons
                         agent: None,
                     });
                 }
-                Ok(Submitted::QueueFull { agent }) => {
+                Submitted::QueueFull { agent } => {
                     metrics.alert(Some(&agent), AlertOutcome::QueueFull);
-                    return Err(ApiError::new(
-                        StatusCode::TOO_MANY_REQUESTS,
-                        "queue-full",
-                        format!(
-                            "agent `{agent}`'s queue of waiting alerts is full; {} alerts of this notification were taken before it filled; retry (duplicates are absorbed)",
-                            response.accepted + response.unrouted
-                        ),
-                    )
-                    .retry_after(5));
+                    full.get_or_insert(agent);
                 }
-                Err(e) => return Err(runtime_error(e)),
             }
+        }
+        if let Some(agent) = full {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "queue-full",
+                format!(
+                    "agent `{agent}`'s backlog of waiting alerts is full; the other {} alerts of this notification were taken; retry (duplicates are absorbed)",
+                    response.accepted + response.unrouted
+                ),
+            )
+            .retry_after(5));
         }
         Ok(response)
     })

@@ -42,6 +42,8 @@ pub struct AgentStatus {
     /// nothing cached): id → why. Choosing one escalates.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub unavailable: BTreeMap<String, String>,
+    /// Accepted alerts waiting (on disk) for the agent to take them up.
+    pub backlog: u64,
 }
 
 /// Each agent's state now and since when.
@@ -188,6 +190,7 @@ pub async fn agents(
                     mode: if a.dry_run { "dry-run" } else { "live" },
                     since,
                     unavailable,
+                    backlog: a.backlog,
                 }
             })
             .collect(),

@@ -452,6 +452,35 @@ impl AuditLog {
         result
     }
 
+    /// Append several records in one write and one wait for the disk: each is on disk when
+    /// this returns, in order, with nothing of another writer between them. Each is redacted
+    /// and bounded as [`AuditLog::append`] does it.
+    pub fn append_many(&self, entries: Vec<Entry>) -> Result<Vec<Record>, AuditError> {
+        let started = std::time::Instant::now();
+        let entries: Vec<Entry> = entries
+            .into_iter()
+            .map(|mut e| {
+                e.data =
+                    themis_core::bounded::bound(self.redactor.redact(e.data), MAX_RECORD_BYTES);
+                e
+            })
+            .collect();
+        let result = self.write_records(
+            entries
+                .into_iter()
+                .map(|e| (e.agent, e.incident, e.kind, move |_: u64, _: &str| e.data)),
+        );
+        if let Some(observe) = self.on_append.get() {
+            observe(started.elapsed(), result.is_ok());
+        }
+        if let Ok(Some(last)) = result.as_ref().map(|r| r.last())
+            && let Err(e) = self.checkpoint_if_due(last.seq, false)
+        {
+            tracing::error!(error = %e, "the audit checkpoint could not be written");
+        }
+        result
+    }
+
     /// Write one record whose data `make` builds from the head it will follow (its seq and
     /// hash), under the tail's lock; return once it is on disk.
     fn write_record(
@@ -461,59 +490,97 @@ impl AuditLog {
         kind: &str,
         make: impl FnOnce(u64, &str) -> Value,
     ) -> Result<Record, AuditError> {
-        let mut tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
-        let data = make(tail.seq, &tail.prev);
-        let mut record = Record {
-            seq: tail.seq + 1,
-            ts: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-            agent: agent.to_owned(),
-            incident: incident.map(str::to_owned),
-            kind: kind.to_owned(),
-            data,
-            mode: tail.mode.clone(),
-            prev: tail.prev.clone(),
-            hash: String::new(),
-        };
-        record.hash = record.compute_hash();
-        let mut line = serde_json::to_vec(&record).unwrap_or_default();
-        line.push(b'\n');
+        let mut written = self.write_records(std::iter::once((
+            agent.to_owned(),
+            incident.map(str::to_owned),
+            kind.to_owned(),
+            make,
+        )))?;
+        written.pop().ok_or_else(|| AuditError::Io {
+            path: self.path.clone(),
+            source: std::io::Error::other("no record was written"),
+        })
+    }
+
+    /// Write records whose data each `make` builds from the head it will follow, under the
+    /// tail's lock, in one write; return once they are on disk.
+    fn write_records<F: FnOnce(u64, &str) -> Value>(
+        &self,
+        entries: impl Iterator<Item = (String, Option<String>, String, F)>,
+    ) -> Result<Vec<Record>, AuditError> {
         let io = |source| AuditError::Io {
             path: self.path.clone(),
             source,
         };
+        let mut tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(problem) = self.failed() {
             return Err(io(std::io::Error::other(problem)));
         }
+        let ts = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+        let (mut seq, mut prev) = (tail.seq, tail.prev.clone());
+        let mut records = Vec::new();
+        let mut bytes = Vec::new();
+        for (agent, incident, kind, make) in entries {
+            let data = make(seq, &prev);
+            let mut record = Record {
+                seq: seq + 1,
+                ts: ts.clone(),
+                agent,
+                incident,
+                kind,
+                data,
+                mode: tail.mode.clone(),
+                prev: prev.clone(),
+                hash: String::new(),
+            };
+            record.hash = record.compute_hash();
+            bytes.extend(serde_json::to_vec(&record).unwrap_or_default());
+            bytes.push(b'\n');
+            seq = record.seq;
+            prev = record.hash.clone();
+            records.push(record);
+        }
         let before = tail.len;
-        if let Err(e) = tail.file.write_all(&line) {
+        if let Err(e) = tail.file.write_all(&bytes) {
             // Leave no half line behind: the chain must stay readable for the next append.
-            // Nothing was chained on this record yet (we hold the tail), so it can go.
+            // Nothing was chained on these records yet (we hold the tail), so they can go.
             let _ = tail.file.set_len(before);
             return Err(io(e));
         }
-        tail.len = before + line.len() as u64;
-        tail.seq = record.seq;
-        tail.prev = record.hash.clone();
+        tail.len = before + bytes.len() as u64;
+        tail.seq = seq;
+        tail.prev = prev;
         let end = tail.len;
         drop(tail);
         self.wait_durable(end).map_err(io)?;
-        tracing::info!(
-            target: "themis::audit",
-            seq = record.seq,
-            kind = %record.kind,
-            agent = %record.agent,
-            incident = record.incident.as_deref().unwrap_or(""),
-            mode = record.mode.as_deref().unwrap_or(""),
-            hash = %record.hash,
-            prev = %record.prev,
-            data = %record.data,
-            "audit"
-        );
-        if let Some(observe) = self.on_record.get() {
-            observe(&record);
+        for record in &records {
+            tracing::info!(
+                target: "themis::audit",
+                seq = record.seq,
+                kind = %record.kind,
+                agent = %record.agent,
+                incident = record.incident.as_deref().unwrap_or(""),
+                mode = record.mode.as_deref().unwrap_or(""),
+                hash = %record.hash,
+                prev = %record.prev,
+                data = %record.data,
+                "audit"
+            );
+            if let Some(observe) = self.on_record.get() {
+                observe(record);
+            }
         }
-        Ok(record)
+        Ok(records)
     }
+}
+
+/// One record to append with [`AuditLog::append_many`].
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub agent: String,
+    pub incident: Option<String>,
+    pub kind: String,
+    pub data: Value,
 }
 
 impl Record {

@@ -13,6 +13,7 @@
 //! (intents of mutating calls), `load` (agent definitions and catalogs).
 
 mod answers;
+mod backlog;
 mod ctx;
 mod escalate;
 mod execute;
@@ -33,7 +34,7 @@ mod worker;
 pub use load::{Agent, SelectorChoice};
 pub use resume::{Started, resume_point};
 
-use crate::audit::{AuditError, AuditLog};
+use crate::audit::{self, AuditError, AuditLog};
 use crate::def::AgentDef;
 use crate::escalation::Channels;
 use crate::observe::RuntimeObserver;
@@ -55,7 +56,14 @@ use worker::{Command, Worker};
 /// How the audit marks every record of a runtime started with `--allow-unsigned`.
 pub const UNSIGNED_MODE: &str = "allow-unsigned";
 /// Alerts waiting for a busy agent, per agent, before new ones are refused.
-pub const DEFAULT_QUEUE_CAPACITY: usize = 64;
+pub const DEFAULT_QUEUE_CAPACITY: usize = 100_000;
+
+/// Commands (answers, verification ticks, the CLI's alerts) waiting per agent; a human's answer
+/// waits for a place rather than being dropped.
+const COMMANDS: usize = 64;
+
+/// The refused alerts one `alert-refused` record lists (it counts them all).
+const MAX_REFUSED_LISTED: usize = 100;
 /// How often each agent looks at the fixes it is verifying (reads metrics, closes windows).
 pub const DEFAULT_VERIFY_TICK: std::time::Duration = std::time::Duration::from_secs(15);
 
@@ -65,7 +73,8 @@ pub struct RuntimeOptions {
     /// Development only: load bundles without a signature (warned, and marked on every record).
     pub allow_unsigned: bool,
     pub selector: SelectorChoice,
-    /// Alerts queued per agent while it is busy.
+    /// The service's accepted alerts waiting per agent (on disk, in its backlog) before the
+    /// intake refuses more with a 429.
     pub queue_capacity: usize,
     /// What time it is (the system's, or a hand-moved one in scenario tests).
     pub clock: Clock,
@@ -166,6 +175,7 @@ struct Handle {
     def: Arc<AgentDef>,
     dry_run: bool,
     tx: mpsc::Sender<Command>,
+    backlog: Arc<backlog::Backlog>,
     state: watch::Receiver<AgentState>,
 }
 
@@ -177,6 +187,8 @@ pub struct AgentView {
     pub state: AgentState,
     /// Shadow mode: its mutations are recorded as "would do", never performed.
     pub dry_run: bool,
+    /// Accepted alerts waiting on disk for it to take them up.
+    pub backlog: u64,
 }
 
 pub struct Runtime {
@@ -221,8 +233,13 @@ impl Runtime {
             )
             .await?;
             worker.recover().await?;
-            worker.replay_accepted().await?;
-            let (tx, rx) = mpsc::channel(options.queue_capacity.max(1));
+            let end = worker.replay_accepted().await?;
+            let backlog = Arc::new(backlog::Backlog::new(options.queue_capacity));
+            worker.backlog = Some((
+                backlog.clone(),
+                backlog::BacklogReader::new(parts.audit.path().to_owned(), &agent.def.name, end),
+            ));
+            let (tx, rx) = mpsc::channel(options.queue_capacity.clamp(1, COMMANDS));
             if let Some(every) = options.verify_tick {
                 tickers.push(tokio::spawn(verify::tick(tx.downgrade(), every)));
             }
@@ -230,6 +247,7 @@ impl Runtime {
                 def: Arc::new(agent.def.clone()),
                 dry_run,
                 tx,
+                backlog,
                 state,
             });
             loaded.push(agent);
@@ -268,6 +286,7 @@ impl Runtime {
                 domain: h.def.domain.to_string(),
                 state: h.state.borrow().clone(),
                 dry_run: h.dry_run,
+                backlog: h.backlog.depth(),
             })
             .collect()
     }
@@ -380,68 +399,114 @@ impl Runtime {
         }
     }
 
-    /// Hand an alert to its agent without waiting for its handling (the service's intake): it is
-    /// on the record (fsynced) before this returns `Queued`, and refused, on the record, when the
-    /// agent's queue is full. A `resolved` alert is recorded on its open incident and never
-    /// starts triage. `source` says where it came from (e.g. Alertmanager's group key).
+    /// Hand an alert to its agent without waiting for its handling (the service's intake): see
+    /// [`Runtime::submit_many`].
     pub fn submit(
         &self,
         alert: Alert,
         status: AlertStatus,
         source: Value,
     ) -> Result<Submitted, RuntimeError> {
-        let alert = self.audit.redactor().redact_alert(alert);
-        let Some(handle) = self.route(&alert) else {
-            self.record_unrouted(&alert, status, source)?;
-            if status == AlertStatus::Firing {
-                self.tell_unowned(alert);
-            }
-            return Ok(Submitted::Unrouted);
-        };
-        let name = handle.def.name.clone();
-        // A place in the queue first, then the record, then the command: an alert is never
-        // queued without its record, nor recorded as accepted without its place.
-        let permit = match handle.tx.try_reserve() {
-            Ok(permit) => permit,
-            Err(mpsc::error::TrySendError::Full(())) => {
-                self.audit.append(
-                    &name,
-                    None,
-                    "alert-refused",
-                    json!({ "alert": alert, "status": status, "source": source, "reason": "queue-full", "message": "the agent's queue of waiting alerts is full; the sender should retry" }),
-                )?;
-                return Ok(Submitted::QueueFull { agent: name });
-            }
-            Err(mpsc::error::TrySendError::Closed(())) => return Err(RuntimeError::Stopped(name)),
-        };
-        let accepted = self.audit.append(
-            &name,
-            None,
-            "alert-accepted",
-            json!({ "alert": alert, "status": status, "source": source }),
-        )?;
-        let intake = Some(accepted.seq);
-        match status {
-            AlertStatus::Firing => {
-                let (reply, answer) = oneshot::channel();
-                permit.send(Command::Alert {
-                    alert,
-                    intake,
-                    reply,
-                });
-                tokio::spawn(report_failure(name.clone(), answer));
-            }
-            AlertStatus::Resolved => {
-                let (reply, answer) = oneshot::channel();
-                permit.send(Command::Resolved {
-                    alert,
-                    intake,
-                    reply,
-                });
-                tokio::spawn(report_failure(name.clone(), answer));
+        let mut taken = self.submit_many(vec![(alert, status, source)])?;
+        taken
+            .pop()
+            .ok_or_else(|| RuntimeError::Stopped("intake".into()))
+    }
+
+    /// Hand alerts to their agents without waiting for their handling (the service's intake):
+    /// each is on the record — one write and one fsync for them all — before this returns, and
+    /// waits there, in its agent's backlog on disk, until the agent takes it up (a `resolved`
+    /// one is recorded on its incident and never starts triage). An agent whose backlog is full
+    /// refuses them, on the record; the sender should retry. `source` says where each came
+    /// from (e.g. Alertmanager's group key).
+    pub fn submit_many(
+        &self,
+        incoming: Vec<(Alert, AlertStatus, Value)>,
+    ) -> Result<Vec<Submitted>, RuntimeError> {
+        let routed: Vec<(Alert, AlertStatus, Value, Option<&Handle>)> = incoming
+            .into_iter()
+            .map(|(alert, status, source)| {
+                let alert = self.audit.redactor().redact_alert(alert);
+                let handle = self.route(&alert);
+                (alert, status, source, handle)
+            })
+            .collect();
+        let mut wanted: BTreeMap<&str, usize> = BTreeMap::new();
+        for (.., handle) in &routed {
+            if let Some(h) = handle {
+                *wanted.entry(h.def.name.as_str()).or_default() += 1;
             }
         }
-        Ok(Submitted::Queued { agent: name })
+        // Each agent takes what its backlog has room for, in order; the rest is refused.
+        let mut room: BTreeMap<&str, (usize, usize)> = self
+            .handles
+            .iter()
+            .filter_map(|h| {
+                let n = wanted.get(h.def.name.as_str())?;
+                Some((h.def.name.as_str(), (h.backlog.reserve(*n), 0)))
+            })
+            .collect();
+        let mut entries = Vec::with_capacity(routed.len());
+        let mut taken = Vec::with_capacity(routed.len());
+        let mut unowned = Vec::new();
+        let mut refused: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+        for (alert, status, source, handle) in routed {
+            let Some(h) = handle else {
+                if status == AlertStatus::Firing {
+                    unowned.push(alert.clone());
+                }
+                entries.push(audit::Entry {
+                    agent: "intake".into(),
+                    incident: None,
+                    kind: "alert-unrouted".into(),
+                    data: json!({ "alert": alert, "status": status, "source": source }),
+                });
+                taken.push(Submitted::Unrouted);
+                continue;
+            };
+            let agent = h.def.name.clone();
+            let (granted, used) = room.entry(h.def.name.as_str()).or_default();
+            if *used < *granted {
+                *used += 1;
+                entries.push(audit::Entry {
+                    agent: agent.clone(),
+                    incident: None,
+                    kind: "alert-accepted".into(),
+                    data: json!({ "alert": alert, "status": status, "source": source }),
+                });
+                taken.push(Submitted::Queued { agent });
+            } else {
+                refused.entry(agent.clone()).or_default().push(
+                    json!({ "fingerprint": alert.fingerprint, "alertname": alert.name, "status": status }),
+                );
+                taken.push(Submitted::QueueFull { agent });
+            }
+        }
+        // One record per agent for what its full backlog refused: a storm is not answered
+        // with a storm of records.
+        for (agent, alerts) in refused {
+            let count = alerts.len();
+            entries.push(audit::Entry {
+                agent,
+                incident: None,
+                kind: "alert-refused".into(),
+                data: json!({ "reason": "queue-full", "count": count, "alerts": alerts.into_iter().take(MAX_REFUSED_LISTED).collect::<Vec<_>>(), "message": "the agent's backlog of waiting alerts is full; the sender should retry" }),
+            });
+        }
+        let written = self.audit.append_many(entries);
+        for h in &self.handles {
+            if let Some((granted, _)) = room.get(h.def.name.as_str()) {
+                match &written {
+                    Ok(_) => h.backlog.added(),
+                    Err(_) => h.backlog.release(*granted),
+                }
+            }
+        }
+        written?;
+        for alert in unowned {
+            self.tell_unowned(alert);
+        }
+        Ok(taken)
     }
 
     /// Route an alert to its agent and wait until the agent has handled it (triaged, executed
@@ -458,7 +523,6 @@ impl Runtime {
         let name = handle.def.name.clone();
         match handle.tx.try_send(Command::Alert {
             alert: alert.clone(),
-            intake: None,
             reply,
         }) {
             Ok(()) => {}
@@ -484,12 +548,8 @@ impl Runtime {
             self.record_unrouted(&alert, AlertStatus::Resolved, Value::Null)?;
             return Ok(None);
         };
-        self.ask(handle, |reply| Command::Resolved {
-            alert,
-            intake: None,
-            reply,
-        })
-        .await
+        self.ask(handle, |reply| Command::Resolved { alert, reply })
+            .await
     }
 
     /// Every agent looks at the fixes it is verifying now (the tick does this on its own in a
@@ -631,20 +691,6 @@ impl Runtime {
         drop(self.handles);
         for task in self.tasks {
             let _ = task.await;
-        }
-    }
-}
-
-/// Nobody waits for a submitted alert's handling; a failure still reaches the log (the worker
-/// has audited what it could).
-async fn report_failure<T>(agent: String, answer: oneshot::Receiver<Result<T, RuntimeError>>) {
-    match answer.await {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => {
-            tracing::error!(agent = %agent, error = %e, "a submitted alert could not be handled")
-        }
-        Err(_) => {
-            tracing::error!(agent = %agent, "the agent stopped before handling a submitted alert")
         }
     }
 }

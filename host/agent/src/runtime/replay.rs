@@ -3,7 +3,8 @@
 //! Alertmanager was told was accepted would be lost with the queue it sat in.
 //!
 //! Taken up means a record of the worker names the accepted record's sequence number as its
-//! `intake` (`alert`, `alert-attached`, `alert-resolved`, `illegal-transition`). The worker is
+//! `intake` (`alert`, `alert-attached`, `alert-resolved`, `illegal-transition`,
+//! `alert-take-failed`). The worker is
 //! serial, so only its last `alert` can have been cut off between its record and the incident's
 //! save; that one is replayed too when its incident was never saved. A replayed alert takes the
 //! same path as a new one, so one whose incident is open attaches to it (deduplication by
@@ -20,17 +21,24 @@ use themis_core::types::Alert;
 /// queues hold, so only a log damaged by hand could reach it.
 const MAX_REPLAY: usize = 10_000;
 
-const TAKEN_BY: [&str; 4] = [
+const TAKEN_BY: [&str; 5] = [
     "alert",
     "alert-attached",
     "alert-resolved",
     "illegal-transition",
+    // Taken up and failed: on the record, not tried again at every start.
+    "alert-take-failed",
 ];
 
 impl Worker {
-    pub(crate) async fn replay_accepted(&mut self) -> Result<(), RuntimeError> {
+    /// Handle every accepted alert no record says was taken up; returns where the audit ended
+    /// when the scan began, from which the backlog reader goes on.
+    pub(crate) async fn replay_accepted(&mut self) -> Result<u64, RuntimeError> {
         let ctx = self.ctx.clone();
         let agent = ctx.agent.def.name.clone();
+        // Nothing is accepted while the host starts (the intake is not open yet), so every
+        // accepted record past this point is the backlog reader's.
+        let end = std::fs::metadata(ctx.audit.path()).map_or(0, |m| m.len());
         let mut waiting: BTreeMap<u64, Record> = BTreeMap::new();
         // The last alert this agent opened an incident for: (its accepted record, the incident).
         let mut last_opened: Option<(Record, String)> = None;
@@ -60,44 +68,55 @@ impl Worker {
         {
             waiting.insert(accepted.seq, accepted);
         }
-        for (seq, accepted) in waiting {
-            let status: Option<AlertStatus> = accepted
-                .data
-                .get("status")
-                .and_then(|s| serde_json::from_value(s.clone()).ok());
-            let alert: Option<Alert> = accepted
-                .data
-                .get("alert")
-                .and_then(|a| serde_json::from_value(a.clone()).ok());
-            let (Some(status), Some(alert)) = (status, alert) else {
-                ctx.audit.append(
-                    &agent,
-                    None,
-                    "alert-replay-failed",
-                    json!({ "intake": seq, "error": "the accepted record does not hold an alert and its status" }),
-                )?;
-                continue;
-            };
+        for accepted in waiting.into_values() {
             ctx.audit.append(
                 &agent,
                 None,
                 "alert-replayed",
-                json!({ "intake": seq, "fingerprint": alert.fingerprint, "status": status, "reason": "accepted before the host stopped and never taken up by the agent" }),
+                json!({ "intake": accepted.seq, "reason": "accepted before the host stopped and never taken up by the agent" }),
             )?;
-            let handled = match status {
-                AlertStatus::Firing => self.alert(alert, Some(seq)).await.map(|_| ()),
-                AlertStatus::Resolved => self.resolved(alert, Some(seq)).await.map(|_| ()),
-            };
-            if let Err(e) = handled {
-                tracing::error!(agent = %agent, intake = seq, error = %e, "a replayed alert failed");
-                ctx.audit.append(
-                    &agent,
-                    None,
-                    "alert-replay-failed",
-                    json!({ "intake": seq, "error": e.to_string() }),
-                )?;
-                self.ensure_idle().await?;
-            }
+            self.take_accepted(accepted).await?;
+        }
+        Ok(end)
+    }
+
+    /// Take up one accepted alert as its record holds it: a firing alert opens or joins an
+    /// incident, a resolved one is recorded on its incident. A failure is on the record and
+    /// the agent is idle again; only a failed audit write is an error.
+    pub(crate) async fn take_accepted(&mut self, accepted: Record) -> Result<(), RuntimeError> {
+        let ctx = self.ctx.clone();
+        let agent = ctx.agent.def.name.clone();
+        let seq = accepted.seq;
+        let status: Option<AlertStatus> = accepted
+            .data
+            .get("status")
+            .and_then(|s| serde_json::from_value(s.clone()).ok());
+        let alert: Option<Alert> = accepted
+            .data
+            .get("alert")
+            .and_then(|a| serde_json::from_value(a.clone()).ok());
+        let (Some(status), Some(alert)) = (status, alert) else {
+            ctx.audit.append(
+                &agent,
+                None,
+                "alert-take-failed",
+                json!({ "intake": seq, "error": "the accepted record does not hold an alert and its status" }),
+            )?;
+            return Ok(());
+        };
+        let handled = match status {
+            AlertStatus::Firing => self.alert(alert, Some(seq)).await.map(|_| ()),
+            AlertStatus::Resolved => self.resolved(alert, Some(seq)).await.map(|_| ()),
+        };
+        if let Err(e) = handled {
+            tracing::error!(agent = %agent, intake = seq, error = %e, "an accepted alert failed");
+            ctx.audit.append(
+                &agent,
+                None,
+                "alert-take-failed",
+                json!({ "intake": seq, "error": e.to_string() }),
+            )?;
+            self.ensure_idle().await?;
         }
         Ok(())
     }

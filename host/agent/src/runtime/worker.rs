@@ -3,6 +3,7 @@
 //! agent waits instead of failing a transition, and two answers to one approval are handled one
 //! after the other (the second finds it claimed).
 
+use super::backlog::{Backlog, BacklogReader};
 use super::ctx::AgentCtx;
 use super::fsm::Fsm;
 use super::load::Agent;
@@ -19,17 +20,14 @@ use tokio::sync::{mpsc, oneshot, watch};
 type Reply<T> = oneshot::Sender<Result<T, RuntimeError>>;
 
 pub(crate) enum Command {
-    /// `intake`: the sequence number of the alert's `alert-accepted` record when the service
-    /// accepted it (the worker's records name it, so a restart can tell it was taken up).
+    /// An alert handed over directly (the CLI); the service's alerts come through the backlog.
     Alert {
         alert: Alert,
-        intake: Option<u64>,
         reply: Reply<AlertOutcome>,
     },
     /// The source says this alert stopped firing.
     Resolved {
         alert: Alert,
-        intake: Option<u64>,
         reply: Reply<Option<Incident>>,
     },
     Approve {
@@ -61,6 +59,8 @@ pub(crate) struct Worker {
     pub(crate) fsm: Fsm,
     /// Incidents whose fix is being verified (bounded: see `verify::MAX_WATCHED`).
     pub(crate) watching: BTreeSet<String>,
+    /// The service's accepted alerts waiting on the audit, and where this worker reads them.
+    pub(crate) backlog: Option<(Arc<Backlog>, BacklogReader)>,
 }
 
 impl Worker {
@@ -108,33 +108,89 @@ impl Worker {
                 ctx: Arc::new(ctx),
                 fsm,
                 watching: BTreeSet::new(),
+                backlog: None,
             },
             rx,
         ))
     }
 
+    /// Commands first — an answer to an approval never waits behind an alert storm — then one
+    /// alert of the backlog at a time; when neither has anything, wait for either. When the
+    /// commands close (shutdown), what is on the backlog is taken up before the worker ends.
     pub(crate) async fn run(mut self, mut queue: mpsc::Receiver<Command>) {
-        while let Some(command) = queue.recv().await {
+        let mut open = true;
+        loop {
+            if open {
+                match queue.try_recv() {
+                    Ok(command) => {
+                        self.command(command).await;
+                        continue;
+                    }
+                    Err(mpsc::error::TryRecvError::Disconnected) => open = false,
+                    Err(mpsc::error::TryRecvError::Empty) => {}
+                }
+            }
+            if self.next_from_backlog().await {
+                continue;
+            }
+            if !open {
+                return;
+            }
+            let wake = self.backlog.as_ref().map(|(b, _)| b.clone());
+            tokio::select! {
+                command = queue.recv() => match command {
+                    Some(command) => self.command(command).await,
+                    None => open = false,
+                },
+                () = async {
+                    match &wake {
+                        Some(b) => b.wake.notified().await,
+                        None => std::future::pending().await,
+                    }
+                } => {}
+            }
+        }
+    }
+
+    /// Take up the next accepted alert of the backlog, if there is one.
+    async fn next_from_backlog(&mut self) -> bool {
+        let Some((backlog, reader)) = &mut self.backlog else {
+            return false;
+        };
+        let backlog = backlog.clone();
+        let record = match reader.next() {
+            Ok(Some(record)) => record,
+            Ok(None) => return false,
+            Err(e) => {
+                // Unreadable now; the alerts stay on the audit and a restart replays them.
+                tracing::error!(agent = %self.ctx.agent.def.name, error = %e, "the backlog cannot be read");
+                return false;
+            }
+        };
+        if let Err(e) = self.ensure_idle().await {
+            tracing::error!(agent = %self.ctx.agent.def.name, error = %e, "the agent could not be made idle for the next alert");
+        }
+        if let Err(e) = self.take_accepted(record).await {
+            tracing::error!(agent = %self.ctx.agent.def.name, error = %e, "an accepted alert could not be taken up");
+        }
+        backlog.took_one();
+        true
+    }
+
+    async fn command(&mut self, command: Command) {
+        {
             // A command that failed half-way (a store or audit error) can leave the agent
             // mid-move: say so and return to idle before taking the next one. Never wedge.
             if let Err(e) = self.ensure_idle().await {
                 reply_error(command, e);
-                continue;
+                return;
             }
             match command {
-                Command::Alert {
-                    alert,
-                    intake,
-                    reply,
-                } => {
-                    let _ = reply.send(self.alert(alert, intake).await);
+                Command::Alert { alert, reply } => {
+                    let _ = reply.send(self.alert(alert, None).await);
                 }
-                Command::Resolved {
-                    alert,
-                    intake,
-                    reply,
-                } => {
-                    let _ = reply.send(self.resolved(alert, intake).await);
+                Command::Resolved { alert, reply } => {
+                    let _ = reply.send(self.resolved(alert, None).await);
                 }
                 Command::Approve {
                     id,

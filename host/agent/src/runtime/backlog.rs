@@ -1,0 +1,204 @@
+//! The agent's backlog: alerts the service accepted and the agent has not taken up yet. They
+//! wait on disk — their `alert-accepted` records on the audit are the backlog — never in memory,
+//! so an alert storm costs the intake one record per alert and the host a few counters, and a
+//! stop loses nothing (what is left is replayed at the next start, see `replay.rs`).
+//!
+//! The worker reads the audit forward from where it stood for its own `alert-accepted` records,
+//! one at a time between commands, so answers to approvals never wait behind a storm. The file
+//! is read, not parsed, until a line names the agent and the kind; a record whose hash does not
+//! verify is skipped and said.
+
+use crate::audit::Record;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Seek, SeekFrom};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::sync::Notify;
+
+/// What intake and worker share about one agent's backlog.
+#[derive(Debug)]
+pub(crate) struct Backlog {
+    capacity: u64,
+    accepted: AtomicU64,
+    taken: AtomicU64,
+    pub(crate) wake: Notify,
+}
+
+impl Backlog {
+    pub(crate) fn new(capacity: usize) -> Backlog {
+        Backlog {
+            capacity: capacity.max(1) as u64,
+            accepted: AtomicU64::new(0),
+            taken: AtomicU64::new(0),
+            wake: Notify::new(),
+        }
+    }
+
+    /// Alerts accepted and not yet taken up.
+    pub(crate) fn depth(&self) -> u64 {
+        self.accepted
+            .load(Ordering::Acquire)
+            .saturating_sub(self.taken.load(Ordering::Acquire))
+    }
+
+    /// Room for up to `want` more: how many were granted (counted as waiting from now on).
+    pub(crate) fn reserve(&self, want: usize) -> usize {
+        let mut granted = 0;
+        let _ = self
+            .accepted
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |accepted| {
+                let depth = accepted.saturating_sub(self.taken.load(Ordering::Acquire));
+                granted = self.capacity.saturating_sub(depth).min(want as u64);
+                Some(accepted + granted)
+            });
+        granted as usize
+    }
+
+    /// Places reserved and not used (their records could not be written).
+    pub(crate) fn release(&self, n: usize) {
+        self.taken.fetch_add(n as u64, Ordering::AcqRel);
+    }
+
+    /// The reserved alerts are on the audit: wake the worker.
+    pub(crate) fn added(&self) {
+        self.wake.notify_one();
+    }
+
+    pub(crate) fn took_one(&self) {
+        self.taken.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// Reads the audit forward for one agent's accepted alerts.
+pub(crate) struct BacklogReader {
+    path: PathBuf,
+    agent: String,
+    agent_field: Vec<u8>,
+    /// Where the next unread line starts.
+    offset: u64,
+    reader: Option<BufReader<File>>,
+    line: Vec<u8>,
+}
+
+const KIND: &[u8] = b"\"kind\":\"alert-accepted\"";
+
+impl BacklogReader {
+    pub(crate) fn new(path: PathBuf, agent: &str, offset: u64) -> BacklogReader {
+        BacklogReader {
+            path,
+            agent: agent.to_owned(),
+            agent_field: format!(
+                "\"agent\":{}",
+                serde_json::to_string(agent).unwrap_or_default()
+            )
+            .into_bytes(),
+            offset,
+            reader: None,
+            line: Vec::new(),
+        }
+    }
+
+    /// The next accepted alert of this agent on the audit, or `None` when the file has no
+    /// further whole line (a line being written is left for later).
+    pub(crate) fn next(&mut self) -> std::io::Result<Option<Record>> {
+        loop {
+            let reader = match &mut self.reader {
+                Some(r) => r,
+                None => {
+                    let mut file = File::open(&self.path)?;
+                    file.seek(SeekFrom::Start(self.offset))?;
+                    self.reader.insert(BufReader::new(file))
+                }
+            };
+            self.line.clear();
+            let read = reader.read_until(b'\n', &mut self.line)?;
+            if read == 0 || self.line.last() != Some(&b'\n') {
+                // The end, or a line still being written: read it again from its start later.
+                self.reader = None;
+                return Ok(None);
+            }
+            self.offset += read as u64;
+            if memchr::memmem::find(&self.line, KIND).is_none()
+                || memchr::memmem::find(&self.line, &self.agent_field).is_none()
+            {
+                continue;
+            }
+            let Ok(record) = serde_json::from_slice::<Record>(&self.line) else {
+                continue;
+            };
+            if record.kind != "alert-accepted" || record.agent != self.agent {
+                continue;
+            }
+            if record.compute_hash() != record.hash {
+                tracing::error!(
+                    seq = record.seq,
+                    "an accepted alert's record does not match its hash: not taken up"
+                );
+                continue;
+            }
+            return Ok(Some(record));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::{AuditLog, Entry};
+    use serde_json::json;
+    use std::io::Write;
+    use themis_core::redact::Redactor;
+
+    fn entry(agent: &str, kind: &str, n: u64) -> Entry {
+        Entry {
+            agent: agent.into(),
+            incident: None,
+            kind: kind.into(),
+            data: json!({ "n": n }),
+        }
+    }
+
+    #[test]
+    fn the_reader_takes_its_agents_accepted_alerts_in_order_and_waits_for_whole_lines() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.jsonl");
+        let audit = AuditLog::open(&path, Redactor::with_values(None)).expect("audit");
+        audit
+            .append_many(vec![
+                entry("kafka", "alert-accepted", 1),
+                entry("postgres", "alert-accepted", 2),
+                entry("kafka", "alert", 3),
+                entry("kafka", "alert-accepted", 4),
+            ])
+            .expect("append");
+        let mut reader = BacklogReader::new(path.clone(), "kafka", 0);
+        let seen: Vec<u64> = std::iter::from_fn(|| reader.next().expect("read"))
+            .map(|r| r.data["n"].as_u64().unwrap_or(0))
+            .collect();
+        assert_eq!(seen, [1, 4]);
+        // A line being written is not read until it is whole.
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .expect("open");
+        f.write_all(b"{\"seq\":99,\"agent\":\"kafka\",\"kind\":\"alert-accepted\"")
+            .expect("write");
+        assert!(reader.next().expect("read").is_none());
+        // A whole line whose hash does not match is not taken.
+        f.write_all(b",\"ts\":\"x\",\"data\":{},\"prev\":\"x\",\"hash\":\"x\"}\n")
+            .expect("write");
+        assert!(reader.next().expect("read").is_none());
+    }
+
+    #[test]
+    fn the_backlog_grants_what_it_has_room_for() {
+        let b = Backlog::new(3);
+        assert_eq!(b.reserve(2), 2);
+        assert_eq!(b.reserve(2), 1);
+        assert_eq!(b.reserve(1), 0);
+        b.took_one();
+        assert_eq!(b.depth(), 2);
+        b.release(2);
+        assert_eq!(b.reserve(5), 3);
+    }
+}
