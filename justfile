@@ -28,9 +28,16 @@ run scenario:
 kill-loop trials="200":
     scripts/kill-loop {{trials}}
 
+# The long kill -9 trial of `themis serve` (seeded; CI runs 10 trials).
+kill-serve trials="60" seed="":
+    scripts/kill-serve {{trials}} {{seed}}
+
 # Benchmarks: one step call against fork+exec of /bin/true, compile time, memory per instance.
-bench: runbooks
-    cargo bench -p themis --bench step_call
+# The workspace's own crates are optimised like its dependencies (the dev profile leaves them
+# unoptimised for quick builds, which would measure debug code): one rebuild of ours, none of
+# theirs.
+bench name="step_call": runbooks
+    CARGO_PROFILE_DEV_OPT_LEVEL=2 cargo bench -p themis --bench {{name}} --profile dev
 
 # Format and lint.
 lint:

@@ -5,8 +5,9 @@
 //! is an axum endpoint that parses the same payload and answers 200 without recording it: the
 //! ratio is what recording, routing and queueing cost over HTTP and JSON alone.
 //!
-//! `cargo bench -p themis --bench intake --profile dev` (the dev profile optimises every
-//! dependency; add `--profile bench` for a release build). THEMIS_BENCH_ALERTS sets the alerts
+//! `just bench intake`, i.e. `CARGO_PROFILE_DEV_OPT_LEVEL=2 cargo bench -p themis --bench intake
+//! --profile dev` (the dev profile optimises every dependency, the variable our crates too;
+//! without it this measures debug code). THEMIS_BENCH_ALERTS sets the alerts
 //! per mix (default 100 000), THEMIS_BENCH_CLIENTS the concurrent connections (default 8).
 
 use serde_json::{Value, json};

@@ -7,8 +7,11 @@
 //! of medians (target: < 5 % on a `pg_stat_activity` read).
 //!
 //!     eval "$(scripts/postgres start)"
-//!     cargo bench -p themis --bench pg_call --profile dev     # PG_CALL_ROUNDS=400
-//!     PG_CALL_RUNTIME=current cargo bench -p themis --bench pg_call --profile dev
+//!     just bench pg_call                                   # PG_CALL_ROUNDS=400
+//!     PG_CALL_RUNTIME=current just bench pg_call
+//!
+//! (`just bench` optimises the workspace's crates too: the host functions are ours, and the dev
+//! profile alone would measure them as debug code.)
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
