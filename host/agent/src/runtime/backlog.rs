@@ -73,7 +73,9 @@ impl Backlog {
 pub(crate) struct BacklogReader {
     path: PathBuf,
     agent: String,
-    agent_field: Vec<u8>,
+    /// `"agent":"<name>"` and `"kind":"alert-accepted"`: a line without both is not read on.
+    agent_field: memchr::memmem::Finder<'static>,
+    kind_field: memchr::memmem::Finder<'static>,
     /// Where the next unread line starts.
     offset: u64,
     reader: Option<BufReader<File>>,
@@ -87,11 +89,15 @@ impl BacklogReader {
         BacklogReader {
             path,
             agent: agent.to_owned(),
-            agent_field: format!(
-                "\"agent\":{}",
-                serde_json::to_string(agent).unwrap_or_default()
+            agent_field: memchr::memmem::Finder::new(
+                format!(
+                    "\"agent\":{}",
+                    serde_json::to_string(agent).unwrap_or_default()
+                )
+                .as_bytes(),
             )
-            .into_bytes(),
+            .into_owned(),
+            kind_field: memchr::memmem::Finder::new(KIND).into_owned(),
             offset,
             reader: None,
             line: Vec::new(),
@@ -118,8 +124,8 @@ impl BacklogReader {
                 return Ok(None);
             }
             self.offset += read as u64;
-            if memchr::memmem::find(&self.line, KIND).is_none()
-                || memchr::memmem::find(&self.line, &self.agent_field).is_none()
+            if self.kind_field.find(&self.line).is_none()
+                || self.agent_field.find(&self.line).is_none()
             {
                 continue;
             }
