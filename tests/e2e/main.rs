@@ -10,6 +10,7 @@ mod foundations;
 mod guard;
 mod hardening;
 mod kill_serve;
+mod kube;
 mod llm;
 mod llm_real;
 mod manifests;
