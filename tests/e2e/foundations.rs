@@ -521,6 +521,7 @@ async fn a_refused_phase_halts_the_runbook_before_it_runs() {
         destructive: Arc::new(themis_core::policy::DestructiveList::catalogue()),
         approval: None,
         journal: Arc::new(themis_sandbox::journal::MemoryJournal::default()),
+        clock: themis_core::clock::Clock::system(),
     };
     let report = executor::execute_observed(
         crate::common::sandbox(),

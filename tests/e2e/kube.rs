@@ -148,3 +148,124 @@ async fn kubectl_sees_the_fake_api_server_as_a_cluster() {
         "{err}"
     );
 }
+
+/// The Kubernetes agent on the real backend: `themis serve` reads a crash loop from the API
+/// server, proposes a rollout restart (destructive: a human approves), restarts the deployment
+/// exactly as kubectl does, and its postcondition waits for the rollout to finish.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_kubernetes_agent_restarts_a_crash_looping_deployment_through_the_api_server() {
+    use crate::serve::{AM, INTAKE, ONCALL, ServeSpec, notification};
+    use serde_json::json;
+    use themis_fake_kube::cluster::DEPLOYMENTS;
+
+    let fake = FakeKube::start(Duration::from_millis(50))
+        .await
+        .expect("fake api server");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = fake.kubeconfig(dir.path()).expect("kubeconfig");
+    fake.deployment("shop", "checkout", 3, "checkout:2.1");
+    assert!(
+        fake.rolled_out("shop", "checkout", Duration::from_secs(10))
+            .await
+    );
+    let sick: Vec<String> = fake.pods("shop").into_iter().take(2).collect();
+    for pod in &sick {
+        fake.pod_status(
+            "shop",
+            pod,
+            json!({
+                "conditions": [ { "type": "Ready", "status": "False" } ],
+                "containerStatuses": [ { "name": "checkout", "image": "checkout:2.1", "ready": false, "restartCount": 14,
+                    "state": { "waiting": { "reason": "CrashLoopBackOff" } },
+                    "lastState": { "terminated": { "reason": "Error", "exitCode": 1 } } } ],
+            }),
+        );
+        fake.logs(
+            "shop",
+            pod,
+            &["connecting to payments…", "payments unreachable: giving up"],
+        );
+    }
+
+    let s = ServeSpec {
+        real_backends: format!(
+            "  kubernetes:\n    kubernetes: {{ kubeconfig: {}, timeout: 5s }}\n",
+            kubeconfig.display()
+        ),
+        ..ServeSpec::new(dir.path())
+    }
+    .start();
+    let labels = [
+        ("namespace", "shop"),
+        ("deployment", "checkout"),
+        ("severity", "warning"),
+    ];
+    let (status, body) = s
+        .post(
+            AM,
+            INTAKE,
+            &notification("firing", &[("KubePodCrashLooping", "fp-checkout", &labels)]),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    s.incidents_until("the proposal", |l| {
+        l.iter().any(|i| i["status"] == "pending-approval")
+    })
+    .await;
+    let (_, approvals) = s.get("/api/v1/approvals", ONCALL).await;
+    let approval = &approvals[0];
+    assert_eq!(approval["runbook"], "restart-deployment", "{approval}");
+    let id = approval["id"].as_str().expect("id");
+    let (status, body) = s
+        .post(
+            &format!("/api/v1/approvals/{id}/approve"),
+            ONCALL,
+            &json!({ "plan_digest": approval["plan_digest"] }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let list = s
+        .incidents_until("the restart to be done", |l| {
+            l.iter().any(|i| {
+                matches!(
+                    i["status"].as_str(),
+                    Some("verifying" | "unverified" | "resolved" | "failed")
+                )
+            })
+        })
+        .await;
+    assert_ne!(list[0]["status"], "failed", "{list:#?}\n{:#?}", s.audit());
+
+    // The API server saw the restart kubectl would have made, once, and the rollout finished:
+    // the crash-looping pods are gone, replaced by the new replica set's.
+    let d = fake.get(DEPLOYMENTS, "shop", "checkout").expect("checkout");
+    assert!(
+        d["spec"]["template"]["metadata"]["annotations"]["kubectl.kubernetes.io/restartedAt"]
+            .is_string(),
+        "{d}"
+    );
+    assert_eq!(d["metadata"]["generation"], 2);
+    assert!(fake.pods("shop").iter().all(|p| !sick.contains(p)));
+    let restarts = s
+        .kinds("capability-intent")
+        .into_iter()
+        .filter(|r| r["data"]["intent"]["capability"] == "k8s.rollout-restart")
+        .count();
+    assert_eq!(restarts, 1);
+    let posts: Vec<String> = s
+        .kinds("phase")
+        .into_iter()
+        .filter(|r| r["data"]["record"]["phase"] == "postcondition")
+        .map(|r| {
+            r["data"]["record"]["status"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        posts.last().map(String::as_str),
+        Some("passed"),
+        "{posts:?}"
+    );
+}

@@ -50,6 +50,7 @@ fn request(mock: &Arc<themis_testkit::mock::ScenarioMock>) -> ExecutionRequest {
         destructive: Arc::new(DestructiveList::default()),
         approval: None,
         journal: Arc::new(MemoryJournal::default()),
+        clock: themis_core::clock::Clock::system(),
     }
 }
 

@@ -1,10 +1,12 @@
 //! Each agent's backends as `themis.yaml` says — a scenario's mocked world, or the real systems
-//! (PostgreSQL through sqlx, Kafka through rdkafka, metrics through Prometheus), optionally in shadow mode — and the
+//! (PostgreSQL through sqlx, Kafka through rdkafka, Kubernetes through kube, metrics through
+//! Prometheus), optionally in shadow mode — and the
 //! doctor that connects to them and says what is reachable and which privileges are missing.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use themis_backend_kafka::KafkaBackend;
+use themis_backend_kubernetes::KubernetesBackend;
 use themis_backend_postgres::PostgresBackend;
 use themis_backend_prometheus::PrometheusBackend;
 use themis_caps::Backends;
@@ -19,6 +21,7 @@ enum AgentBackends {
         postgres: Option<Arc<PostgresBackend>>,
         metrics: Option<Arc<PrometheusBackend>>,
         kafka: Option<Arc<KafkaBackend>>,
+        kubernetes: Option<Arc<KubernetesBackend>>,
         dry_run: bool,
     },
 }
@@ -36,6 +39,7 @@ impl BackendProvider for Configured {
                 postgres,
                 metrics,
                 kafka,
+                kubernetes,
                 dry_run,
             }) => {
                 let none = NoBackend::for_agent(agent);
@@ -48,7 +52,10 @@ impl BackendProvider for Configured {
                         Some(k) => k.clone(),
                         None => none.clone(),
                     },
-                    none.clone(),
+                    match kubernetes {
+                        Some(k) => k.clone(),
+                        None => none.clone(),
+                    },
                     match postgres {
                         Some(p) => p.clone(),
                         None => none,
@@ -79,7 +86,11 @@ pub fn provider(
                 postgres,
                 metrics,
                 kafka,
+                kubernetes,
             } => AgentBackends::Real {
+                kubernetes: kubernetes
+                    .as_ref()
+                    .map(|settings| Arc::new(KubernetesBackend::new(agent, settings.clone()))),
                 kafka: match kafka {
                     Some(settings) => Some(Arc::new(
                         KafkaBackend::new(agent, settings.clone())
@@ -143,6 +154,7 @@ pub async fn doctor(provider: &Configured, agents: &[String]) -> Vec<Finding> {
                 postgres,
                 metrics,
                 kafka,
+                kubernetes,
                 dry_run,
             }) => {
                 if *dry_run {
@@ -203,6 +215,16 @@ pub async fn doctor(provider: &Configured, agents: &[String]) -> Vec<Finding> {
                             ),
                         ),
                         Err(e) => finding("kafka", false, format!("unreachable: {e}")),
+                    });
+                }
+                if let Some(k) = kubernetes {
+                    out.push(match k.doctor().await {
+                        Ok(d) => finding(
+                            "kubernetes",
+                            true,
+                            format!("reachable: API server {}", d.server_version),
+                        ),
+                        Err(e) => finding("kubernetes", false, format!("unreachable: {e}")),
                     });
                 }
                 if let Some(m) = metrics {

@@ -132,12 +132,22 @@ pub async fn run(args: ServeArgs, cache_dir_flag: Option<PathBuf>) -> ExitCode {
                             postgres,
                             metrics,
                             kafka,
+                            kubernetes,
                         },
                     dry_run,
                 }) => {
                     let mut parts = Vec::new();
                     if let Some(k) = kafka {
                         parts.push(format!("kafka {}", k.bootstrap_servers));
+                    }
+                    if let Some(k) = kubernetes {
+                        parts.push(match (&k.kubeconfig, &k.context) {
+                            (Some(file), Some(ctx)) => {
+                                format!("kubernetes {} ({ctx})", file.display())
+                            }
+                            (Some(file), None) => format!("kubernetes {}", file.display()),
+                            (None, _) => "kubernetes (in-cluster or $KUBECONFIG)".into(),
+                        });
                     }
                     if let Some(pg) = postgres {
                         parts.push(format!("postgres {}", pg.url));

@@ -68,6 +68,12 @@ impl Clock {
     pub fn advance(&self, by: Duration) {
         self.advance_to(self.now() + by);
     }
+
+    /// A hand-moved clock: waiting on it is moving it (a scenario walks a two-minute wait in no
+    /// time, its mocks answering each reading in turn).
+    pub fn is_manual(&self) -> bool {
+        matches!(self.0, Source::Manual(_))
+    }
 }
 
 #[cfg(test)]

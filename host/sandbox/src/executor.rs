@@ -27,6 +27,7 @@ use crate::{
 use async_trait::async_trait;
 use serde::Serialize;
 use std::sync::Arc;
+use std::time::Duration;
 use themis_caps::Backends;
 use themis_core::grant::{Approval, Grant};
 use themis_core::graph::Target;
@@ -45,6 +46,8 @@ pub struct ExecutionRequest {
     pub approval: Option<Approval>,
     /// Where intents of mutating calls are written before the calls are made.
     pub journal: Arc<dyn CallJournal>,
+    /// The time a postcondition's wait is measured by (a hand-moved one in scenarios).
+    pub clock: themis_core::clock::Clock,
 }
 
 /// How a phase ended.
@@ -331,7 +334,7 @@ impl Walk<'_> {
                     if !self.acted.contains(&current) {
                         self.acted.push(current);
                     }
-                    let post = self.phase(current, Phase::Postcondition).await?;
+                    let post = self.postcondition(current).await?;
                     if post.status == PhaseStatus::Passed {
                         match self.loaded.runbook.graph.next(current, &branch).cloned() {
                             Some(Target::End) => return Ok(Outcome::Succeeded),
@@ -373,7 +376,7 @@ impl Walk<'_> {
                 return self.roll_back(step_id, Phase::Action, reason).await;
             };
 
-            let post = self.phase(current, Phase::Postcondition).await?;
+            let post = self.postcondition(current).await?;
             if post.status != PhaseStatus::Passed {
                 let reason = post.summary.clone();
                 return self.roll_back(step_id, Phase::Postcondition, reason).await;
@@ -382,6 +385,35 @@ impl Walk<'_> {
             match next {
                 Target::End => return Ok(Outcome::Succeeded),
                 Target::Step(j) => current = j,
+            }
+        }
+    }
+
+    /// A step's postcondition, read again while it does not hold for as long as the step's
+    /// `postcondition_wait` allows (each reading a phase of its own, on the record): what the
+    /// action set going converges (a rollout), and is judged when it has, or when the wait is up.
+    /// A dry run reads it once: nothing was done, so nothing converges.
+    async fn postcondition(&mut self, current: usize) -> Step {
+        let wait = self.loaded.runbook.steps[current]
+            .postcondition_wait
+            .filter(|_| !self.request.backends.is_dry_run());
+        let clock = self.request.clock.clone();
+        let started = clock.now();
+        loop {
+            let post = self.phase(current, Phase::Postcondition).await?;
+            let Some(wait) = wait else {
+                return Ok(post);
+            };
+            // About twenty readings over the wait, between a quarter second and ten seconds apart.
+            let every = (wait / 20).clamp(Duration::from_millis(250), Duration::from_secs(10));
+            let waited = clock.now().duration_since(started).unwrap_or_default();
+            if post.status == PhaseStatus::Passed || waited + every > wait {
+                return Ok(post);
+            }
+            if clock.is_manual() {
+                clock.advance(every);
+            } else {
+                tokio::time::sleep(every).await;
             }
         }
     }

@@ -39,6 +39,11 @@
 //!       client_id: themis              # the default
 //!       timeout: 10s                   # every request's bound
 //!     metrics: { url: http://prometheus.internal:9090 }
+//!   kubernetes:
+//!     kubernetes:                      # through kube; none of these: the in-cluster account
+//!       kubeconfig: /etc/themis/kubeconfig   # default: $KUBECONFIG or ~/.kube/config
+//!       context: prod                  # default: the kubeconfig's current context
+//!       timeout: 10s                   # every request's bound
 //!   postgres:
 //!     metrics:
 //!       url: http://prometheus.internal:9090
@@ -63,6 +68,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use themis_agent::approvers::Approvers;
 use themis_backend_kafka::KafkaSettings;
+use themis_backend_kubernetes::KubernetesSettings;
 use themis_backend_postgres::{PostgresSettings, TlsMode, url_has_password};
 use themis_backend_prometheus::PrometheusSettings;
 
@@ -212,6 +218,7 @@ pub enum BackendSource {
         postgres: Option<PostgresSettings>,
         metrics: Option<PrometheusSettings>,
         kafka: Option<KafkaSettings>,
+        kubernetes: Option<KubernetesSettings>,
     },
 }
 
@@ -246,6 +253,19 @@ struct RawBackend {
     metrics: Option<RawMetrics>,
     #[serde(default)]
     kafka: Option<RawKafka>,
+    #[serde(default)]
+    kubernetes: Option<RawKubernetes>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKubernetes {
+    #[serde(default)]
+    kubeconfig: Option<PathBuf>,
+    #[serde(default)]
+    context: Option<String>,
+    #[serde(default)]
+    timeout: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -647,18 +667,21 @@ impl ServeConfig {
                 (Some(mode), _) => mode == Mode::DryRun,
                 (None, flag) => flag.unwrap_or(false),
             } || overrides.dry_run;
-            let real = spec.postgres.is_some() || spec.metrics.is_some() || spec.kafka.is_some();
+            let real = spec.postgres.is_some()
+                || spec.metrics.is_some()
+                || spec.kafka.is_some()
+                || spec.kubernetes.is_some();
             let source = match (spec.scenario, real) {
                 (Some(_), true) => {
                     return Err(err(
                         &field("scenario"),
-                        "a scenario serves every capability itself: give either `scenario:` or `postgres:`/`kafka:`/`metrics:`".into(),
+                        "a scenario serves every capability itself: give either `scenario:` or `postgres:`/`kafka:`/`kubernetes:`/`metrics:`".into(),
                     ));
                 }
                 (None, false) => {
                     return Err(err(
                         &format!("backends.{agent}"),
-                        "empty: give `scenario: FILE`, or `postgres:`, `kafka:` and/or `metrics:` (see examples/themis.yaml)".into(),
+                        "empty: give `scenario: FILE`, or `postgres:`, `kafka:`, `kubernetes:` and/or `metrics:` (see examples/themis.yaml)".into(),
                     ));
                 }
                 (Some(scenario), false) => {
@@ -784,10 +807,37 @@ impl ServeConfig {
                             Some(settings)
                         }
                     };
+                    let kubernetes = match spec.kubernetes {
+                        None => None,
+                        Some(k) => {
+                            let mut settings = KubernetesSettings::default();
+                            if let Some(file) = &k.kubeconfig {
+                                let file = in_file(file);
+                                if !file.is_file() {
+                                    return Err(err(
+                                        &field("kubernetes.kubeconfig"),
+                                        format!(
+                                            "{} is not a file (leave it out for the in-cluster service account or $KUBECONFIG)",
+                                            file.display()
+                                        ),
+                                    ));
+                                }
+                                settings.kubeconfig = Some(file);
+                            }
+                            settings.context = k.context;
+                            settings.timeout = duration(
+                                field("kubernetes.timeout"),
+                                k.timeout.as_ref(),
+                                settings.timeout,
+                            )?;
+                            Some(settings)
+                        }
+                    };
                     BackendSource::Real {
                         postgres,
                         metrics,
                         kafka,
+                        kubernetes,
                     }
                 }
             };

@@ -37,6 +37,8 @@ pub struct Cluster {
     pub events: broadcast::Sender<Event>,
     /// Log lines of each pod (namespace, pod).
     pub logs: BTreeMap<(String, String), Vec<String>>,
+    /// The next this many writes guarded by a resourceVersion lose a race to another writer.
+    pub races: u32,
 }
 
 pub fn now() -> String {
@@ -62,6 +64,7 @@ impl Cluster {
             denied: Vec::new(),
             events,
             logs: BTreeMap::new(),
+            races: 0,
         };
         for ns in ["default", "kube-system"] {
             c.ensure_namespace(ns);

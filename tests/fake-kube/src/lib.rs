@@ -113,6 +113,11 @@ impl FakeKube {
         )
     }
 
+    /// The next `n` writes guarded by a resourceVersion find the object changed by someone else.
+    pub fn races(&self, n: u32) {
+        lock(&self.cluster).races = n;
+    }
+
     /// Merge `status` into a pod's status (a crash loop, a restart count).
     pub fn pod_status(&self, ns: &str, pod: &str, status: Value) -> bool {
         let mut c = lock(&self.cluster);
@@ -502,9 +507,16 @@ fn write(
         );
     }
     let mut c = lock(c);
-    let Some(current) = c.get(t.resource, ns, name).cloned() else {
+    let Some(mut current) = c.get(t.resource, ns, name).cloned() else {
         return not_found(t, name);
     };
+    if c.races > 0 && patch["metadata"]["resourceVersion"].is_string() {
+        // Another writer got there first: the object moved on.
+        c.races -= 1;
+        let mut touched = current.clone();
+        touched["metadata"]["annotations"]["fake.themis/raced"] = json!(c.resource_version());
+        current = c.put(t.resource, ns, touched);
+    }
     // Optimistic concurrency: a resourceVersion in the body must be the stored one.
     let sent_rv = patch["metadata"]["resourceVersion"].as_str();
     if let Some(rv) = sent_rv

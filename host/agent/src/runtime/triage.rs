@@ -169,6 +169,7 @@ impl Worker {
                 incident: incident.id.clone(),
                 opted_out: ctx.destructive.opted_out.clone(),
             }),
+            clock: ctx.clock.clone(),
         })
     }
 }

@@ -18,6 +18,7 @@
 //!   - id: restart
 //!     component: components/restart.wasm
 //!     idempotent: false              # may the action run again after a host stop mid-action?
+//!     postcondition_wait: 2m         # read the postcondition again until it holds, this long
 //!     capabilities: [kafka.describe-consumers, kafka.restart-consumers]
 //!     mutations:                     # what the step may change, bound to the plan
 //!       kafka.restart-consumers: { args: { group: "{params.group}" }, max_calls: 1 }
@@ -137,6 +138,8 @@ struct RawStep {
     mutations: BTreeMap<String, RawMutation>,
     #[serde(default)]
     idempotent: bool,
+    #[serde(default)]
+    postcondition_wait: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -185,6 +188,9 @@ pub struct StepDef {
     /// whose postcondition does not hold, the action may run again (else the steps are rolled
     /// back). Default false.
     pub idempotent: bool,
+    /// How long a postcondition that does not hold yet is read again before it counts as failed:
+    /// what converges (a rollout, a rebalance) is waited for, bounded. None: read once.
+    pub postcondition_wait: Option<Duration>,
 }
 
 /// The values of a list parameter (`"101,102"`), typed for the argument they bind; anything
@@ -457,6 +463,22 @@ impl Runbook {
             };
             let mutations = mutations(i, step, &capabilities, &parameters)
                 .map_err(|(field, problem, fix)| err(field, problem, fix))?;
+            let postcondition_wait = match &step.postcondition_wait {
+                None => None,
+                Some(text) => Some(
+                    humantime::parse_duration(text)
+                        .ok()
+                        .filter(|d| !d.is_zero() && *d <= MAX_STEP_TIMEOUT)
+                        .ok_or_else(|| {
+                            err(
+                                field("postcondition_wait"),
+                                format!("`{text}` is not a duration between 1ms and 10m"),
+                                "write e.g. 30s or 2m: how long a rollout may take to converge"
+                                    .into(),
+                            )
+                        })?,
+                ),
+            };
             shape.push((step.id.clone(), branches));
             steps.push(StepDef {
                 id: step.id.clone(),
@@ -468,6 +490,7 @@ impl Runbook {
                 timeout,
                 mutations,
                 idempotent: step.idempotent,
+                postcondition_wait,
             });
         }
         let graph = Graph::build(&shape).map_err(|e| {

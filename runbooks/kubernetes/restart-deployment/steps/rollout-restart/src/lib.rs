@@ -66,8 +66,12 @@ impl Step<dyn Kubernetes> for RolloutRestart {
             Ok(_) if ctx.dry_run() => {
                 Check::pass("dry run: nothing was restarted, so nothing is verified")
             }
+            // Done as `kubectl rollout status` says done: the new generation observed, every
+            // replica updated, available and ready (old pods being ready is not enough).
             Ok(d)
                 if d.observed_generation >= d.generation
+                    && d.replicas_updated >= d.replicas_desired
+                    && d.replicas_available >= d.replicas_desired
                     && d.replicas_ready >= d.replicas_desired =>
             {
                 Check::pass(format!(
@@ -76,8 +80,12 @@ impl Step<dyn Kubernetes> for RolloutRestart {
                 ))
             }
             Ok(d) => Check::fail(format!(
-                "{}/{} ready after the restart",
-                d.replicas_ready, d.replicas_desired
+                "{}/{} updated, {} ready after the restart (generation {} observed {})",
+                d.replicas_updated,
+                d.replicas_desired,
+                d.replicas_ready,
+                d.generation,
+                d.observed_generation
             )),
             Err(e) => Check::fail(format!("cannot read {ns}/{name}: {e:?}")),
         }
