@@ -269,3 +269,130 @@ async fn the_kubernetes_agent_restarts_a_crash_looping_deployment_through_the_ap
         "{posts:?}"
     );
 }
+
+/// The Kafka agent's actions on the workloads around a real-protocol cluster (librdkafka's mock
+/// cluster) running on the fake API server: the consumers' Deployment restarted and scaled
+/// (never past the partitions its group is assigned), a broker's pod deleted only while every
+/// partition is replicated, an unbound group never guessed.
+#[tokio::test(flavor = "multi_thread")]
+async fn kafka_actions_act_on_the_bound_workloads_through_the_api_server() {
+    use rdkafka::mocking::MockCluster;
+    use serde_json::json;
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+    use themis_backend_kafka::{KafkaBackend, KafkaSettings};
+    use themis_backend_kubernetes::kafka_workloads::{
+        BrokerPods, GroupWorkload, KafkaOnKubernetes, KafkaWorkloads,
+    };
+    use themis_backend_kubernetes::{KubernetesBackend, KubernetesSettings};
+    use themis_caps::KafkaCaps;
+    use themis_caps::types::CapError;
+    use themis_fake_kube::cluster::{DEPLOYMENTS, PODS};
+
+    let cluster = MockCluster::new(3).unwrap_or_else(|e| panic!("mock cluster: {e}"));
+    let bootstrap = cluster.bootstrap_servers();
+    cluster
+        .create_topic("orders", 6, 3)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let fake = FakeKube::start(Duration::from_millis(10))
+        .await
+        .expect("fake api server");
+    let dir = tempfile::tempdir().expect("tempdir");
+    fake.deployment("shop", "orders-consumer", 3, "orders-consumer:4");
+    fake.with(|c| {
+        c.ensure_namespace("kafka");
+        for id in 0..3 {
+            c.create(
+                PODS,
+                "kafka",
+                json!({ "metadata": { "name": format!("my-cluster-kafka-{id}"), "labels": { "app": "kafka" } }, "spec": { "containers": [] }, "status": { "phase": "Running" } }),
+            );
+        }
+    });
+    assert!(
+        fake.rolled_out("shop", "orders-consumer", Duration::from_secs(10))
+            .await
+    );
+    let mut settings = KafkaSettings::new(bootstrap.clone());
+    settings.timeout = Duration::from_secs(5);
+    let kafka = Arc::new(KafkaBackend::new("kafka", settings).unwrap_or_else(|e| panic!("{e}")));
+    let k8s = Arc::new(KubernetesBackend::new(
+        "kafka",
+        KubernetesSettings {
+            kubeconfig: Some(fake.kubeconfig(dir.path()).expect("kubeconfig")),
+            context: None,
+            timeout: Duration::from_secs(5),
+        },
+    ));
+    let caps = KafkaOnKubernetes::new(
+        kafka,
+        k8s,
+        KafkaWorkloads {
+            groups: BTreeMap::from([(
+                "orders-consumer".to_string(),
+                GroupWorkload {
+                    namespace: "shop".into(),
+                    deployment: "orders-consumer".into(),
+                    topics: vec!["orders".into()],
+                },
+            )]),
+            brokers: Some(BrokerPods {
+                namespace: "kafka".into(),
+                pod: "my-cluster-kafka-{id}".into(),
+            }),
+        },
+    );
+
+    let w = caps
+        .describe_consumers("orders-consumer")
+        .await
+        .expect("workload");
+    assert_eq!(
+        (w.replicas_desired, w.replicas_ready, w.revision.as_str()),
+        (3, 3, "1")
+    );
+    let after = caps
+        .restart_consumers("orders-consumer")
+        .await
+        .expect("restart");
+    assert_eq!(after.revision, "2");
+    let d = fake
+        .get(DEPLOYMENTS, "shop", "orders-consumer")
+        .expect("deployment");
+    assert!(
+        d["spec"]["template"]["metadata"]["annotations"]["kubectl.kubernetes.io/restartedAt"]
+            .is_string()
+    );
+    assert!(
+        fake.rolled_out("shop", "orders-consumer", Duration::from_secs(10))
+            .await
+    );
+    let w = caps
+        .describe_consumers("orders-consumer")
+        .await
+        .expect("workload");
+    assert_eq!((w.replicas_ready, w.revision.as_str()), (3, "2"));
+
+    // Scaling stops at the partitions of the group's topics (read from the cluster).
+    let too_many = caps.scale_consumers("orders-consumer", 7).await;
+    let Err(CapError::InvalidArgument(why)) = too_many else {
+        panic!("7 consumers for 6 partitions must be refused: {too_many:?}");
+    };
+    assert!(why.contains("6 partitions"), "{why}");
+    caps.scale_consumers("orders-consumer", 6)
+        .await
+        .expect("scale to the partitions");
+    let d = fake
+        .get(DEPLOYMENTS, "shop", "orders-consumer")
+        .expect("deployment");
+    assert_eq!(d["spec"]["replicas"], 6);
+
+    let Err(CapError::Unavailable(why)) = caps.restart_consumers("payments").await else {
+        panic!("an unbound group is never guessed");
+    };
+    assert!(why.contains("workloads.groups"), "{why}");
+
+    caps.broker_restart(1).await.expect("broker pod deleted");
+    assert!(fake.get(PODS, "kafka", "my-cluster-kafka-1").is_none());
+    assert!(fake.get(PODS, "kafka", "my-cluster-kafka-0").is_some());
+}

@@ -7,9 +7,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use themis_backend_kafka::KafkaBackend;
 use themis_backend_kubernetes::KubernetesBackend;
+use themis_backend_kubernetes::kafka_workloads::KafkaOnKubernetes;
 use themis_backend_postgres::PostgresBackend;
 use themis_backend_prometheus::PrometheusBackend;
 use themis_caps::Backends;
+use themis_caps::KafkaCaps;
 use themis_caps::provider::{BackendProvider, NoBackend, ProviderError, Unconfigured};
 use themis_core::capability::Domain;
 use themis_server::config::{BackendSource, BackendSpec};
@@ -21,6 +23,9 @@ enum AgentBackends {
         postgres: Option<Arc<PostgresBackend>>,
         metrics: Option<Arc<PrometheusBackend>>,
         kafka: Option<Arc<KafkaBackend>>,
+        /// What the Kafka agent's steps call: the Kafka backend, with its actions on the bound
+        /// workloads when `kafka.workloads` is configured.
+        kafka_caps: Option<Arc<dyn KafkaCaps>>,
         kubernetes: Option<Arc<KubernetesBackend>>,
         dry_run: bool,
     },
@@ -38,9 +43,10 @@ impl BackendProvider for Configured {
             Some(AgentBackends::Real {
                 postgres,
                 metrics,
-                kafka,
+                kafka_caps,
                 kubernetes,
                 dry_run,
+                ..
             }) => {
                 let none = NoBackend::for_agent(agent);
                 let live = Backends::live(
@@ -48,7 +54,7 @@ impl BackendProvider for Configured {
                         Some(m) => m.clone(),
                         None => none.clone(),
                     },
-                    match kafka {
+                    match kafka_caps {
                         Some(k) => k.clone(),
                         None => none.clone(),
                     },
@@ -77,44 +83,59 @@ pub fn provider(
 ) -> Result<Configured, String> {
     let mut agents = BTreeMap::new();
     for (agent, spec) in backends {
-        let built = match &spec.source {
-            BackendSource::Scenario(file) => AgentBackends::Scenario(
-                ScenarioProvider::kept(file, spec.dry_run, state_dir, agent)
-                    .map_err(|e| format!("backends.{agent}.scenario: {e}"))?,
-            ),
-            BackendSource::Real {
-                postgres,
-                metrics,
-                kafka,
-                kubernetes,
-            } => AgentBackends::Real {
-                kubernetes: kubernetes
-                    .as_ref()
-                    .map(|settings| Arc::new(KubernetesBackend::new(agent, settings.clone()))),
-                kafka: match kafka {
-                    Some(settings) => Some(Arc::new(
-                        KafkaBackend::new(agent, settings.clone())
-                            .map_err(|e| format!("backends.{agent}.kafka: {e}"))?,
-                    )),
-                    None => None,
-                },
-                postgres: match postgres {
-                    Some(settings) => Some(Arc::new(
-                        PostgresBackend::new(agent, settings.clone())
-                            .map_err(|e| format!("backends.{agent}.postgres: {e}"))?,
-                    )),
-                    None => None,
-                },
-                metrics: match metrics {
-                    Some(settings) => Some(Arc::new(
-                        PrometheusBackend::new(settings.clone())
-                            .map_err(|e| format!("backends.{agent}.metrics: {e}"))?,
-                    )),
-                    None => None,
-                },
-                dry_run: spec.dry_run,
-            },
-        };
+        let built =
+            match &spec.source {
+                BackendSource::Scenario(file) => AgentBackends::Scenario(
+                    ScenarioProvider::kept(file, spec.dry_run, state_dir, agent)
+                        .map_err(|e| format!("backends.{agent}.scenario: {e}"))?,
+                ),
+                BackendSource::Real {
+                    postgres,
+                    metrics,
+                    kafka,
+                    kubernetes,
+                    kafka_workloads,
+                } => {
+                    let kubernetes = kubernetes
+                        .as_ref()
+                        .map(|settings| Arc::new(KubernetesBackend::new(agent, settings.clone())));
+                    let kafka = match kafka {
+                        Some(settings) => Some(Arc::new(
+                            KafkaBackend::new(agent, settings.clone())
+                                .map_err(|e| format!("backends.{agent}.kafka: {e}"))?,
+                        )),
+                        None => None,
+                    };
+                    let kafka_caps: Option<Arc<dyn KafkaCaps>> =
+                        match (&kafka, &kubernetes, kafka_workloads) {
+                            (Some(k), Some(k8s), Some(w)) => Some(Arc::new(
+                                KafkaOnKubernetes::new(k.clone(), k8s.clone(), w.clone()),
+                            )),
+                            (Some(k), ..) => Some(k.clone()),
+                            (None, ..) => None,
+                        };
+                    AgentBackends::Real {
+                        kubernetes,
+                        kafka,
+                        kafka_caps,
+                        postgres: match postgres {
+                            Some(settings) => Some(Arc::new(
+                                PostgresBackend::new(agent, settings.clone())
+                                    .map_err(|e| format!("backends.{agent}.postgres: {e}"))?,
+                            )),
+                            None => None,
+                        },
+                        metrics: match metrics {
+                            Some(settings) => Some(Arc::new(
+                                PrometheusBackend::new(settings.clone())
+                                    .map_err(|e| format!("backends.{agent}.metrics: {e}"))?,
+                            )),
+                            None => None,
+                        },
+                        dry_run: spec.dry_run,
+                    }
+                }
+            };
         agents.insert(agent.clone(), built);
     }
     Ok(Configured { agents })
@@ -156,6 +177,7 @@ pub async fn doctor(provider: &Configured, agents: &[String]) -> Vec<Finding> {
                 kafka,
                 kubernetes,
                 dry_run,
+                ..
             }) => {
                 if *dry_run {
                     out.push(finding(
@@ -210,7 +232,7 @@ pub async fn doctor(provider: &Configured, agents: &[String]) -> Vec<Finding> {
                             "kafka",
                             true,
                             format!(
-                                "reachable: {} brokers, {} topics, controller {}; actions need a workload binding (not yet supported): they escalate",
+                                "reachable: {} brokers, {} topics, controller {}; actions act on the workloads bound under kafka.workloads (none bound: they escalate)",
                                 d.brokers, d.topics, d.controller
                             ),
                         ),

@@ -133,12 +133,24 @@ pub async fn run(args: ServeArgs, cache_dir_flag: Option<PathBuf>) -> ExitCode {
                             metrics,
                             kafka,
                             kubernetes,
+                            kafka_workloads,
                         },
                     dry_run,
                 }) => {
                     let mut parts = Vec::new();
                     if let Some(k) = kafka {
                         parts.push(format!("kafka {}", k.bootstrap_servers));
+                    }
+                    if let Some(w) = kafka_workloads {
+                        parts.push(format!(
+                            "kafka workloads: {} group(s){}",
+                            w.groups.len(),
+                            if w.brokers.is_some() {
+                                ", broker pods"
+                            } else {
+                                ""
+                            }
+                        ));
                     }
                     if let Some(k) = kubernetes {
                         parts.push(match (&k.kubeconfig, &k.context) {

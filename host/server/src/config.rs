@@ -38,6 +38,11 @@
 //!       bootstrap_servers: kafka-0.internal:9092,kafka-1.internal:9092
 //!       client_id: themis              # the default
 //!       timeout: 10s                   # every request's bound
+//!       workloads:                     # where consumers and brokers run (needs `kubernetes:`)
+//!         groups:
+//!           orders-consumer: { namespace: shop, deployment: orders-consumer, topics: [orders] }
+//!         brokers: { namespace: kafka, pod: "my-cluster-kafka-{id}" }
+//!     kubernetes: { kubeconfig: /etc/themis/kubeconfig }
 //!     metrics: { url: http://prometheus.internal:9090 }
 //!   kubernetes:
 //!     kubernetes:                      # through kube; none of these: the in-cluster account
@@ -69,6 +74,7 @@ use std::time::Duration;
 use themis_agent::approvers::Approvers;
 use themis_backend_kafka::KafkaSettings;
 use themis_backend_kubernetes::KubernetesSettings;
+use themis_backend_kubernetes::kafka_workloads::{BrokerPods, GroupWorkload, KafkaWorkloads};
 use themis_backend_postgres::{PostgresSettings, TlsMode, url_has_password};
 use themis_backend_prometheus::PrometheusSettings;
 
@@ -219,6 +225,8 @@ pub enum BackendSource {
         metrics: Option<PrometheusSettings>,
         kafka: Option<KafkaSettings>,
         kubernetes: Option<KubernetesSettings>,
+        /// The Kafka agent's actions through the Kubernetes API: which workloads are whose.
+        kafka_workloads: Option<KafkaWorkloads>,
     },
 }
 
@@ -276,6 +284,33 @@ struct RawKafka {
     client_id: Option<String>,
     #[serde(default)]
     timeout: Option<String>,
+    #[serde(default)]
+    workloads: Option<RawWorkloads>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWorkloads {
+    #[serde(default)]
+    groups: BTreeMap<String, RawGroupWorkload>,
+    #[serde(default)]
+    brokers: Option<RawBrokers>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGroupWorkload {
+    namespace: String,
+    deployment: String,
+    #[serde(default)]
+    topics: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBrokers {
+    namespace: String,
+    pod: String,
 }
 
 #[derive(Clone, Deserialize)]
@@ -780,9 +815,22 @@ impl ServeConfig {
                             Some(settings)
                         }
                     };
+                    let mut kafka_workloads = None;
                     let kafka = match spec.kafka {
                         None => None,
                         Some(k) => {
+                            if let Some(w) = &k.workloads {
+                                if spec.kubernetes.is_none() {
+                                    return Err(err(
+                                        &field("kafka.workloads"),
+                                        "the workloads are reached through the Kubernetes API: add the agent's `kubernetes:` section".into(),
+                                    ));
+                                }
+                                kafka_workloads = Some(
+                                    workloads(&field("kafka.workloads"), w)
+                                        .map_err(|(f, problem)| err(&f, problem))?,
+                                );
+                            }
                             let servers: Vec<&str> =
                                 k.bootstrap_servers.split(',').map(str::trim).collect();
                             if let Some(bad) = servers.iter().find(|s| {
@@ -838,6 +886,7 @@ impl ServeConfig {
                         metrics,
                         kafka,
                         kubernetes,
+                        kafka_workloads,
                     }
                 }
             };
@@ -905,6 +954,49 @@ impl ServeConfig {
                 .iter()
                 .fold(false, |ok, t| t.matches(token) | ok)
     }
+}
+
+/// `kafka.workloads`: DNS-1123 names, a broker pod name with `{id}`. Errors: (field, problem).
+fn workloads(at: &str, raw: &RawWorkloads) -> Result<KafkaWorkloads, (String, String)> {
+    use themis_backend_kubernetes::names;
+    let mut groups = BTreeMap::new();
+    for (group, w) in &raw.groups {
+        names::namespace(&w.namespace)
+            .map_err(|e| (format!("{at}.groups.{group}.namespace"), e.to_string()))?;
+        names::name(&w.deployment)
+            .map_err(|e| (format!("{at}.groups.{group}.deployment"), e.to_string()))?;
+        groups.insert(
+            group.clone(),
+            GroupWorkload {
+                namespace: w.namespace.clone(),
+                deployment: w.deployment.clone(),
+                topics: w.topics.clone(),
+            },
+        );
+    }
+    let brokers = match &raw.brokers {
+        None => None,
+        Some(b) => {
+            names::namespace(&b.namespace)
+                .map_err(|e| (format!("{at}.brokers.namespace"), e.to_string()))?;
+            if !b.pod.contains("{id}") {
+                return Err((
+                    format!("{at}.brokers.pod"),
+                    format!(
+                        "`{}` has no `{{id}}`: name broker {{id}}'s pod, e.g. my-cluster-kafka-{{id}}",
+                        b.pod
+                    ),
+                ));
+            }
+            names::name(&b.pod.replace("{id}", "0"))
+                .map_err(|e| (format!("{at}.brokers.pod"), e.to_string()))?;
+            Some(BrokerPods {
+                namespace: b.namespace.clone(),
+                pod: b.pod.clone(),
+            })
+        }
+    };
+    Ok(KafkaWorkloads { groups, brokers })
 }
 
 #[cfg(test)]
@@ -1100,6 +1192,30 @@ mod tests {
                 Duration::from_secs(3)
             )
         );
+        let bound = with_backends(
+            "  kafka:\n    kafka:\n      bootstrap_servers: kafka-0:9092\n      workloads:\n        groups: { orders: { namespace: shop, deployment: orders-consumer, topics: [orders] } }\n        brokers: { namespace: kafka, pod: \"my-cluster-kafka-{id}\" }\n    kubernetes: { context: prod, timeout: 4s }\n",
+            &[],
+            &Overrides::default(),
+        )
+        .expect("loads");
+        let BackendSource::Real {
+            kafka_workloads: Some(w),
+            kubernetes: Some(k8s),
+            ..
+        } = &bound.backends["kafka"].source
+        else {
+            panic!("{:?}", bound.backends);
+        };
+        assert_eq!(w.groups["orders"].deployment, "orders-consumer");
+        assert_eq!(w.groups["orders"].topics, ["orders"]);
+        assert_eq!(
+            w.brokers.as_ref().map(|b| b.pod.as_str()),
+            Some("my-cluster-kafka-{id}")
+        );
+        assert_eq!(
+            (k8s.context.as_deref(), k8s.timeout),
+            (Some("prod"), Duration::from_secs(4))
+        );
 
         for (backends, field, says) in [
             (
@@ -1126,6 +1242,26 @@ mod tests {
                 "  kafka:\n    kafka: { bootstrap_servers: \"kafka-0:9092\", timeout: 1h }\n",
                 "backends.kafka.kafka.timeout",
                 "at most 10m",
+            ),
+            (
+                "  kafka:\n    kafka: { bootstrap_servers: \"kafka-0:9092\", workloads: { groups: { g: { namespace: shop, deployment: g } } } }\n",
+                "backends.kafka.kafka.workloads",
+                "add the agent's `kubernetes:` section",
+            ),
+            (
+                "  kafka:\n    kafka: { bootstrap_servers: \"kafka-0:9092\", workloads: { brokers: { namespace: kafka, pod: kafka-0 } } }\n    kubernetes: {}\n",
+                "backends.kafka.kafka.workloads.brokers.pod",
+                "has no `{id}`",
+            ),
+            (
+                "  kafka:\n    kafka: { bootstrap_servers: \"kafka-0:9092\", workloads: { groups: { g: { namespace: Shop, deployment: g } } } }\n    kubernetes: {}\n",
+                "backends.kafka.kafka.workloads.groups.g.namespace",
+                "DNS-1123",
+            ),
+            (
+                "  kubernetes:\n    kubernetes: { kubeconfig: /nonexistent/kubeconfig }\n",
+                "backends.kubernetes.kubernetes.kubeconfig",
+                "is not a file",
             ),
             (
                 "  postgres:\n    postgres: { url: \"postgres://db/app\", pool: 0 }\n",

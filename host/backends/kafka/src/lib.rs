@@ -1,10 +1,11 @@
 //! `KafkaCaps` against a real cluster through rdkafka (librdkafka): cluster metadata, topics and
 //! their replication, partition leadership, consumer groups and their lag.
 //!
-//! Reads only, for now. The Kafka agent's actions act on the workloads around the cluster (the
-//! consumers' Deployment, a broker's pod) and need the Kubernetes backend and a binding in the
-//! agent's configuration; until both exist every mutating call says "unavailable" with why, and
-//! the agent escalates — it never guesses a workload.
+//! Reads only. The Kafka agent's actions act on the workloads around the cluster (the consumers'
+//! Deployment, a broker's pod): `themis-backend-kubernetes`'s `KafkaOnKubernetes` makes them
+//! through the Kubernetes API where `kafka.workloads` binds them; without a binding every
+//! mutating call here says "unavailable" with why, and the agent escalates — it never guesses a
+//! workload.
 //!
 //! librdkafka's calls block (with a timeout): each runs on tokio's blocking pool.
 
@@ -137,7 +138,7 @@ impl KafkaBackend {
 
     fn unsupported<T>(&self, capability: &str) -> CapResult<T> {
         Err(CapError::Unavailable(format!(
-            "agent `{}`: {capability} acts on the workloads around the cluster (a consumer Deployment, a broker pod) and needs the Kubernetes backend and a binding, which are not configured: a human acts",
+            "agent `{}`: {capability} acts on the workloads around the cluster (a consumer Deployment, a broker pod): bind them under backends.<agent>.kafka.workloads with a kubernetes: section in themis.yaml; until then a human acts",
             self.agent
         )))
     }

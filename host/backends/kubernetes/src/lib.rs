@@ -13,7 +13,8 @@
 //! is unreachable at start fails calls, not the start.
 
 mod convert;
-mod names;
+pub mod kafka_workloads;
+pub mod names;
 
 use async_trait::async_trait;
 use k8s_openapi::api::apps::v1::{Deployment as K8sDeployment, ReplicaSet};
