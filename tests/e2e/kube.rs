@@ -215,15 +215,7 @@ async fn the_kubernetes_agent_restarts_a_crash_looping_deployment_through_the_ap
     let (_, approvals) = s.get("/api/v1/approvals", ONCALL).await;
     let approval = &approvals[0];
     assert_eq!(approval["runbook"], "restart-deployment", "{approval}");
-    let id = approval["id"].as_str().expect("id");
-    let (status, body) = s
-        .post(
-            &format!("/api/v1/approvals/{id}/approve"),
-            ONCALL,
-            &json!({ "plan_digest": approval["plan_digest"] }),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    s.approve(approval).await;
     let list = s
         .incidents_until("the restart to be done", |l| {
             l.iter().any(|i| {

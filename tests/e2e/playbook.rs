@@ -48,18 +48,6 @@ async fn proposed(s: &Served, started: Instant) -> Value {
     .await
 }
 
-/// Approve `approval` over HTTP as the on-call approver, with the digest it shows.
-async fn approve(s: &Served, approval: &Value) {
-    let id = approval["id"].as_str().expect("approval id");
-    let (status, body) = s
-        .post(
-            &format!("/api/v1/approvals/{id}/approve"),
-            ONCALL,
-            &json!({ "plan_digest": approval["plan_digest"] }),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-}
 
 /// When Prometheus started firing `alertname`, as it says (`activeAt`).
 async fn fired_at(prom: &Service, alertname: &str) -> Option<String> {
@@ -155,7 +143,7 @@ async fn the_lock_wait_playbook_runs_on_real_parts() {
     );
 
     // A human approves over HTTP; the blocker is terminated; the waiter's update completes.
-    approve(&s, approval).await;
+    s.approve(approval).await;
     let done = tokio::time::timeout(BUDGET.saturating_sub(started.elapsed()), waiting)
         .await
         .expect("the waiting update completes once its blocker is gone");
@@ -284,7 +272,7 @@ async fn shadow_mode_reads_the_real_database_and_changes_nothing() {
     let incident = proposed(&s, started).await;
     let approval = &incident["approval"];
     assert_eq!(approval["params"]["pid"], json!(holder_pid), "{incident}");
-    approve(&s, approval).await;
+    s.approve(approval).await;
     let incident_id = incident["id"].as_str().expect("id").to_owned();
     until("the dry run to finish", started, || async {
         let (_, i) = s

@@ -195,6 +195,20 @@ impl Served {
         (id, digest)
     }
 
+    /// Approve `approval` (as `/api/v1/approvals` lists it) as the on-call approver, with the
+    /// digest it shows; the answer must be a 200.
+    pub async fn approve(&self, approval: &Value) {
+        let id = approval["id"].as_str().expect("approval id");
+        let (status, body) = self
+            .post(
+                &format!("/api/v1/approvals/{id}/approve"),
+                ONCALL,
+                &json!({ "plan_digest": approval["plan_digest"] }),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+
     pub fn audit(&self) -> Vec<Value> {
         records(&self.state.join("audit.jsonl"))
     }
