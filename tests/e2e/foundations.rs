@@ -332,7 +332,8 @@ fn a_kill_at_any_moment_never_wedges_the_agent() {
         let _ = child.kill();
         let _ = child.wait();
 
-        let next = alert_into(state, "agent-kafka-scale.yaml");
+        // The next start acts on the same world, so a resumed restart reads it as it was left.
+        let next = alert_into(state, "agent-kafka-stuck-rebalance.yaml");
         assert!(
             next.status.success(),
             "trial {trial}: the agent is wedged: {}",

@@ -48,7 +48,6 @@ async fn proposed(s: &Served, started: Instant) -> Value {
     .await
 }
 
-
 /// When Prometheus started firing `alertname`, as it says (`activeAt`).
 async fn fired_at(prom: &Service, alertname: &str) -> Option<String> {
     let body: Value = reqwest::get(format!("{}/api/v1/alerts", prom.url))

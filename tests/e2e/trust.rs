@@ -81,7 +81,7 @@ fn an_intact_bundle_signed_by_a_trusted_key_loads_and_names_its_signer() {
     assert_eq!(p.signer, sig.key_id);
     assert_eq!(
         (p.runbook.as_str(), p.version.as_str()),
-        ("restart-consumer-group", "1.3.0")
+        ("restart-consumer-group", "1.4.0")
     );
     assert!(sandbox.stats().compiles > 0);
 }
@@ -137,7 +137,7 @@ fn one_changed_byte_of_the_signature_is_refused() {
     let text = std::fs::read_to_string(&sig_path).expect("read");
     std::fs::write(
         &sig_path,
-        text.replace("\"version\": \"1.3.0\"", "\"version\": \"9.0.0\""),
+        text.replace("\"version\": \"1.4.0\"", "\"version\": \"9.0.0\""),
     )
     .expect("write");
     let reason = refusal(dir.path(), &demo_trust(KAFKA));
@@ -192,21 +192,21 @@ fn an_older_signed_version_than_the_pinned_minimum_is_refused() {
     let mut trust = demo_trust(KAFKA);
     trust.min_versions.insert(
         "restart-consumer-group".into(),
-        semver::Version::new(1, 4, 0),
+        semver::Version::new(1, 5, 0),
     );
     let reason = refusal(dir.path(), &trust);
     assert_eq!(
         reason,
         Refusal::Downgrade {
             runbook: "restart-consumer-group".into(),
-            version: "1.3.0".into(),
-            minimum: "1.4.0".into()
+            version: "1.4.0".into(),
+            minimum: "1.5.0".into()
         }
     );
     // The pin at the bundle's own version admits it.
     trust.min_versions.insert(
         "restart-consumer-group".into(),
-        semver::Version::new(1, 3, 0),
+        semver::Version::new(1, 4, 0),
     );
     LoadedRunbook::load(&fresh_sandbox(), dir.path(), &trust).expect("at the minimum loads");
 }

@@ -390,7 +390,8 @@ impl Walk<'_> {
     }
 
     /// A step's postcondition, read again while it does not hold for as long as the step's
-    /// `postcondition_wait` allows (each reading a phase of its own, on the record): what the
+    /// `postcondition_wait` allows (each reading a phase of its own, on the record; 2 minutes
+    /// is at most 16 readings): what the
     /// action set going converges (a rollout), and is judged when it has, or when the wait is up.
     /// A dry run reads it once: nothing was done, so nothing converges.
     async fn postcondition(&mut self, current: usize) -> Step {
@@ -399,13 +400,15 @@ impl Walk<'_> {
             .filter(|_| !self.request.backends.is_dry_run());
         let clock = self.request.clock.clone();
         let started = clock.now();
+        // A quarter second first, doubling up to ten seconds: what converges at once is seen at
+        // once, a slow rollout is not read a hundred times.
+        let mut every = Duration::from_millis(250);
         loop {
             let post = self.phase(current, Phase::Postcondition).await?;
             let Some(wait) = wait else {
                 return Ok(post);
             };
-            // About twenty readings over the wait, between a quarter second and ten seconds apart.
-            let every = (wait / 20).clamp(Duration::from_millis(250), Duration::from_secs(10));
+            every = every.min(Duration::from_secs(10));
             let waited = clock.now().duration_since(started).unwrap_or_default();
             if post.status == PhaseStatus::Passed || waited + every > wait {
                 return Ok(post);
@@ -415,6 +418,7 @@ impl Walk<'_> {
             } else {
                 tokio::time::sleep(every).await;
             }
+            every *= 2;
         }
     }
 

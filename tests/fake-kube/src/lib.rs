@@ -431,29 +431,57 @@ fn list(c: &Shared, t: &Target, q: &HashMap<String, String>, watch: bool) -> Res
         t.namespace.clone()
     };
     if watch {
-        let rx = lock(c).events.subscribe();
+        // Subscribed before the snapshot, so nothing falls between them: what changed after the
+        // resourceVersion the client listed at is sent first (as a real watch from that version
+        // would), then every change as it happens.
+        let (rx, missed) = {
+            let c = lock(c);
+            let rx = c.events.subscribe();
+            let since: u64 = q
+                .get("resourceVersion")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(u64::MAX);
+            let missed: Vec<Result<Bytes, std::io::Error>> = c
+                .list(t.resource, ns.as_deref())
+                .into_iter()
+                .filter(|o| keep(o))
+                .filter(|o| {
+                    o["metadata"]["resourceVersion"]
+                        .as_str()
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .is_some_and(|v| v > since)
+                })
+                .map(|o| {
+                    let mut l = json!({ "type": "MODIFIED", "object": o }).to_string();
+                    l.push('\n');
+                    Ok(Bytes::from(l))
+                })
+                .collect();
+            (rx, missed)
+        };
         let resource = t.resource;
         let timeout = q
             .get("timeoutSeconds")
             .and_then(|s| s.parse::<u64>().ok())
             .unwrap_or(60)
             .min(300);
-        let events = tokio_stream::wrappers::BroadcastStream::new(rx)
-            .filter_map(move |e| {
-                let line = match e {
-                    Ok(e)
-                        if e.resource == resource
-                            && ns.as_deref().is_none_or(|ns| ns == e.namespace)
-                            && keep(&e.object) =>
-                    {
-                        let mut l = json!({ "type": e.kind, "object": e.object }).to_string();
-                        l.push('\n');
-                        Some(Ok::<_, std::io::Error>(Bytes::from(l)))
-                    }
-                    _ => None,
-                };
-                async move { line }
-            })
+        let live = tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(move |e| {
+            let line = match e {
+                Ok(e)
+                    if e.resource == resource
+                        && ns.as_deref().is_none_or(|ns| ns == e.namespace)
+                        && keep(&e.object) =>
+                {
+                    let mut l = json!({ "type": e.kind, "object": e.object }).to_string();
+                    l.push('\n');
+                    Some(Ok::<_, std::io::Error>(Bytes::from(l)))
+                }
+                _ => None,
+            };
+            async move { line }
+        });
+        let events = futures_util::stream::iter(missed)
+            .chain(live)
             .take_until(tokio::time::sleep(Duration::from_secs(timeout)));
         return (
             [("content-type", "application/json")],

@@ -8,6 +8,7 @@
 //! is read, not parsed, until a line names the agent and the kind; a record whose hash does not
 //! verify is skipped and said.
 
+use super::replay::Replay;
 use crate::audit::Record;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
@@ -59,6 +60,11 @@ impl Backlog {
         self.taken.fetch_add(n as u64, Ordering::AcqRel);
     }
 
+    /// Alerts a start found accepted and not taken up: waiting like any other.
+    pub(crate) fn preload(&self, n: usize) {
+        self.accepted.fetch_add(n as u64, Ordering::AcqRel);
+    }
+
     /// The reserved alerts are on the audit: wake the worker.
     pub(crate) fn added(&self) {
         self.wake.notify_one();
@@ -80,12 +86,22 @@ pub(crate) struct BacklogReader {
     offset: u64,
     reader: Option<BufReader<File>>,
     line: Vec<u8>,
+    /// From the start's scan: accepted records up to `replay.through` are taken only if they
+    /// are in `replay.untaken` (the rest were taken up before the stop).
+    replay: Replay,
 }
 
 const KIND: &[u8] = b"\"kind\":\"alert-accepted\"";
 
 impl BacklogReader {
-    pub(crate) fn new(path: PathBuf, agent: &str, offset: u64) -> BacklogReader {
+    /// Read from the start of the file when there is something to replay, else from where the
+    /// start's scan ended.
+    pub(crate) fn new(path: PathBuf, agent: &str, replay: Replay) -> BacklogReader {
+        let offset = if replay.untaken.is_empty() {
+            replay.end
+        } else {
+            0
+        };
         BacklogReader {
             path,
             agent: agent.to_owned(),
@@ -101,12 +117,13 @@ impl BacklogReader {
             offset,
             reader: None,
             line: Vec::new(),
+            replay,
         }
     }
 
-    /// The next accepted alert of this agent on the audit, or `None` when the file has no
-    /// further whole line (a line being written is left for later).
-    pub(crate) fn next(&mut self) -> std::io::Result<Option<Record>> {
+    /// The next accepted alert of this agent on the audit — and whether a start replays it — or
+    /// `None` when the file has no further whole line (a line being written is left for later).
+    pub(crate) fn next(&mut self) -> std::io::Result<Option<(Record, bool)>> {
         loop {
             let reader = match &mut self.reader {
                 Some(r) => r,
@@ -135,6 +152,10 @@ impl BacklogReader {
             if record.kind != "alert-accepted" || record.agent != self.agent {
                 continue;
             }
+            let replayed = record.seq <= self.replay.through;
+            if replayed && !self.replay.untaken.remove(&record.seq) {
+                continue;
+            }
             if record.compute_hash() != record.hash {
                 tracing::error!(
                     seq = record.seq,
@@ -142,7 +163,7 @@ impl BacklogReader {
                 );
                 continue;
             }
-            return Ok(Some(record));
+            return Ok(Some((record, replayed)));
         }
     }
 }
@@ -177,9 +198,9 @@ mod tests {
                 entry("kafka", "alert-accepted", 4),
             ])
             .expect("append");
-        let mut reader = BacklogReader::new(path.clone(), "kafka", 0);
+        let mut reader = BacklogReader::new(path.clone(), "kafka", Replay::default());
         let seen: Vec<u64> = std::iter::from_fn(|| reader.next().expect("read"))
-            .map(|r| r.data["n"].as_u64().unwrap_or(0))
+            .map(|(r, _)| r.data["n"].as_u64().unwrap_or(0))
             .collect();
         assert_eq!(seen, [1, 4]);
         // A line being written is not read until it is whole.

@@ -24,7 +24,7 @@ mod journal;
 mod load;
 mod plan;
 mod recovery;
-mod replay;
+pub(crate) mod replay;
 mod resume;
 mod triage;
 mod unowned;
@@ -233,11 +233,12 @@ impl Runtime {
             )
             .await?;
             worker.recover().await?;
-            let end = worker.replay_accepted().await?;
+            let replay = worker.replay_accepted().await?;
             let backlog = Arc::new(backlog::Backlog::new(options.queue_capacity));
+            backlog.preload(replay.untaken.len());
             worker.backlog = Some((
                 backlog.clone(),
-                backlog::BacklogReader::new(parts.audit.path().to_owned(), &agent.def.name, end),
+                backlog::BacklogReader::new(parts.audit.path().to_owned(), &agent.def.name, replay),
             ));
             let (tx, rx) = mpsc::channel(options.queue_capacity.clamp(1, COMMANDS));
             if let Some(every) = options.verify_tick {

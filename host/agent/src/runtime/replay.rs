@@ -1,6 +1,7 @@
 //! Replay at start: alerts the service accepted — each on the audit (`alert-accepted`, fsynced)
 //! before its 200 — that a stop cut off before their agent took them up. Without this an alert
-//! Alertmanager was told was accepted would be lost with the queue it sat in.
+//! Alertmanager was told was accepted would be lost. The scan here finds them; the backlog
+//! reader takes them first, audited `alert-replayed`, while the service already listens.
 //!
 //! Taken up means a record of the worker names the accepted record's sequence number as its
 //! `intake` (`alert`, `alert-attached`, `alert-resolved`, `illegal-transition`,
@@ -14,7 +15,7 @@ use super::worker::Worker;
 use super::{AlertStatus, RuntimeError};
 use crate::audit::Record;
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use themis_core::types::Alert;
 
 /// The most accepted-and-not-taken alerts one start replays (the newest): far more than the
@@ -30,54 +31,61 @@ const TAKEN_BY: [&str; 5] = [
     "alert-take-failed",
 ];
 
+/// What a start found on the audit: the accepted alerts of this agent no record says were taken
+/// up (by sequence number), the last sequence number it read, and where the file ended.
+#[derive(Debug, Default)]
+pub(crate) struct Replay {
+    pub(crate) untaken: BTreeSet<u64>,
+    pub(crate) through: u64,
+    pub(crate) end: u64,
+}
+
 impl Worker {
-    /// Handle every accepted alert no record says was taken up; returns where the audit ended
-    /// when the scan began, from which the backlog reader goes on.
-    pub(crate) async fn replay_accepted(&mut self) -> Result<u64, RuntimeError> {
+    /// Find every accepted alert no record says was taken up. They are not handled here: the
+    /// backlog reader takes them, in order and before anything accepted later, while the
+    /// service already listens.
+    pub(crate) async fn replay_accepted(&mut self) -> Result<Replay, RuntimeError> {
         let ctx = self.ctx.clone();
         let agent = ctx.agent.def.name.clone();
         // Nothing is accepted while the host starts (the intake is not open yet), so every
-        // accepted record past this point is the backlog reader's.
+        // accepted record past this point is new to the backlog reader.
         let end = std::fs::metadata(ctx.audit.path()).map_or(0, |m| m.len());
-        let mut waiting: BTreeMap<u64, Record> = BTreeMap::new();
+        let mut untaken: BTreeSet<u64> = BTreeSet::new();
+        let mut through = 0;
         // The last alert this agent opened an incident for: (its accepted record, the incident).
-        let mut last_opened: Option<(Record, String)> = None;
+        let mut last_opened: Option<(u64, String)> = None;
         ctx.audit.scan(|record| {
+            through = record.seq;
             if record.agent != agent {
                 return true;
             }
             if record.kind == "alert-accepted" {
-                if waiting.len() == MAX_REPLAY {
-                    waiting.pop_first();
+                if untaken.len() == MAX_REPLAY {
+                    untaken.pop_first();
                 }
-                waiting.insert(record.seq, record);
+                untaken.insert(record.seq);
             } else if TAKEN_BY.contains(&record.kind.as_str())
                 && let Some(intake) = record.data.get("intake").and_then(Value::as_u64)
-                && let Some(accepted) = waiting.remove(&intake)
+                && untaken.remove(&intake)
             {
-                if record.kind == "alert" {
-                    last_opened = record.incident.clone().map(|id| (accepted, id));
+                last_opened = if record.kind == "alert" {
+                    record.incident.clone().map(|id| (intake, id))
                 } else {
-                    last_opened = None;
-                }
+                    None
+                };
             }
             true
         })?;
-        if let Some((accepted, incident)) = last_opened
+        if let Some((intake, incident)) = last_opened
             && ctx.store.get(&incident).await.is_err()
         {
-            waiting.insert(accepted.seq, accepted);
+            untaken.insert(intake);
         }
-        for accepted in waiting.into_values() {
-            ctx.audit.append(
-                &agent,
-                None,
-                "alert-replayed",
-                json!({ "intake": accepted.seq, "reason": "accepted before the host stopped and never taken up by the agent" }),
-            )?;
-            self.take_accepted(accepted).await?;
-        }
-        Ok(end)
+        Ok(Replay {
+            untaken,
+            through,
+            end,
+        })
     }
 
     /// Take up one accepted alert as its record holds it: a firing alert opens or joins an

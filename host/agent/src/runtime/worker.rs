@@ -158,8 +158,8 @@ impl Worker {
             return false;
         };
         let backlog = backlog.clone();
-        let record = match reader.next() {
-            Ok(Some(record)) => record,
+        let (record, replayed) = match reader.next() {
+            Ok(Some(next)) => next,
             Ok(None) => return false,
             Err(e) => {
                 // Unreadable now; the alerts stay on the audit and a restart replays them.
@@ -169,6 +169,18 @@ impl Worker {
         };
         if let Err(e) = self.ensure_idle().await {
             tracing::error!(agent = %self.ctx.agent.def.name, error = %e, "the agent could not be made idle for the next alert");
+        }
+        if replayed
+            && let Err(e) = self.ctx.audit.append(
+                &self.ctx.agent.def.name,
+                None,
+                "alert-replayed",
+                serde_json::json!({ "intake": record.seq, "reason": "accepted before the host stopped and never taken up by the agent" }),
+            )
+        {
+            // Not on the record, not taken: the next start replays it.
+            tracing::error!(agent = %self.ctx.agent.def.name, error = %e, "a replayed alert could not be recorded");
+            return true;
         }
         if let Err(e) = self.take_accepted(record).await {
             tracing::error!(agent = %self.ctx.agent.def.name, error = %e, "an accepted alert could not be taken up");
