@@ -34,7 +34,7 @@
 //!       ca_file: /etc/ssl/db-ca.pem    # for verify-ca/verify-full; default: system roots
 //!       refuse_superuser_sessions: true
 //!   kafka:
-//!     kafka:                           # reads through rdkafka; actions need a workload binding
+//!     kafka:                           # reads through rdkafka; actions through `workloads:`
 //!       bootstrap_servers: kafka-0.internal:9092,kafka-1.internal:9092
 //!       client_id: themis              # the default
 //!       timeout: 10s                   # every request's bound

@@ -138,7 +138,7 @@ impl KafkaBackend {
 
     fn unsupported<T>(&self, capability: &str) -> CapResult<T> {
         Err(CapError::Unavailable(format!(
-            "agent `{}`: {capability} acts on the workloads around the cluster (a consumer Deployment, a broker pod): bind them under backends.<agent>.kafka.workloads with a kubernetes: section in themis.yaml; until then a human acts",
+            "agent `{}`: {capability} acts on the workloads around the cluster (a consumer Deployment, a broker pod) through the Kubernetes API: bind them under backends.<agent>.kafka.workloads, with the agent's kubernetes: section, in themis.yaml; until then a human acts",
             self.agent
         )))
     }
