@@ -11,7 +11,7 @@
 use super::replay::Replay;
 use crate::audit::Record;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Seek, SeekFrom};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::Notify;
@@ -93,6 +93,9 @@ pub(crate) struct BacklogReader {
 
 const KIND: &[u8] = b"\"kind\":\"alert-accepted\"";
 
+/// No record this host writes is longer (its data is bounded to `MAX_RECORD_BYTES`).
+const LONGEST_LINE: u64 = 2 * crate::audit::MAX_RECORD_BYTES as u64 + 1;
+
 impl BacklogReader {
     /// Read from the start of the file when there is something to replay, else from where the
     /// start's scan ended.
@@ -134,7 +137,36 @@ impl BacklogReader {
                 }
             };
             self.line.clear();
-            let read = reader.read_until(b'\n', &mut self.line)?;
+            let read = (&mut *reader)
+                .take(LONGEST_LINE)
+                .read_until(b'\n', &mut self.line)?;
+            if read as u64 == LONGEST_LINE && self.line.last() != Some(&b'\n') {
+                // Longer than any record this host writes: not one of its records, never held
+                // whole. Skip it (if it is whole).
+                let mut skipped = 0u64;
+                loop {
+                    let buf = reader.fill_buf()?;
+                    if buf.is_empty() {
+                        // Not whole yet: from its start again later.
+                        self.reader = None;
+                        return Ok(None);
+                    }
+                    if let Some(i) = memchr::memchr(b'\n', buf) {
+                        reader.consume(i + 1);
+                        skipped += i as u64 + 1;
+                        break;
+                    }
+                    let n = buf.len();
+                    reader.consume(n);
+                    skipped += n as u64;
+                }
+                tracing::error!(
+                    offset = self.offset,
+                    "a line of the audit longer than any record is skipped by the backlog reader"
+                );
+                self.offset += read as u64 + skipped;
+                continue;
+            }
             if read == 0 || self.line.last() != Some(&b'\n') {
                 // The end, or a line still being written: read it again from its start later.
                 self.reader = None;
@@ -215,6 +247,22 @@ mod tests {
         f.write_all(b",\"ts\":\"x\",\"data\":{},\"prev\":\"x\",\"hash\":\"x\"}\n")
             .expect("write");
         assert!(reader.next().expect("read").is_none());
+    }
+
+    #[test]
+    fn a_line_longer_than_any_record_is_skipped_without_being_held() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.jsonl");
+        let mut junk = vec![b'x'; LONGEST_LINE as usize * 3];
+        junk.push(b'\n');
+        let after = b"{\"not\":\"a record\"}\n";
+        junk.extend_from_slice(after);
+        std::fs::write(&path, &junk).expect("write");
+        let mut reader = BacklogReader::new(path, "kafka", Replay::default());
+        assert!(reader.next().expect("read").is_none());
+        // Both lines passed over: the next read starts after them.
+        assert_eq!(reader.offset, junk.len() as u64);
+        assert!(reader.line.capacity() <= LONGEST_LINE as usize * 2);
     }
 
     #[test]
