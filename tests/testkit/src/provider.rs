@@ -24,28 +24,36 @@ impl ScenarioProvider {
 
     /// The world of a scenario file.
     pub fn from_file(file: &Path, dry_run: bool) -> Result<Self, ScenarioError> {
-        let scenario = scenario::load(file)?;
-        let mock = ScenarioMock::new(scenario.mocks).map_err(|e| ScenarioError::Invalid {
-            file: file.into(),
-            message: e.to_string(),
-        })?;
-        Ok(ScenarioProvider::new(
-            Arc::new(mock),
-            dry_run || scenario.dry_run,
-        ))
+        ScenarioProvider::open(file, dry_run, None)
     }
 
     /// The world of a scenario file, kept in `dir` under `name`: its sequences' positions and the
     /// ledger of what was done to it outlive the process, as a real system's state does.
     pub fn kept(file: &Path, dry_run: bool, dir: &Path, name: &str) -> Result<Self, ScenarioError> {
+        ScenarioProvider::open(
+            file,
+            dry_run,
+            Some((
+                dir.join(format!("world-{name}.json")),
+                dir.join(format!("world-{name}.ledger.jsonl")),
+            )),
+        )
+    }
+
+    /// A scenario's mocks as a world, its (cursors, ledger) kept in files when given.
+    fn open(
+        file: &Path,
+        dry_run: bool,
+        kept: Option<(PathBuf, PathBuf)>,
+    ) -> Result<Self, ScenarioError> {
         let scenario = scenario::load(file)?;
-        let mock = ScenarioMock::new(scenario.mocks)
-            .map_err(|e| ScenarioError::Invalid {
-                file: file.into(),
-                message: e.to_string(),
-            })?
-            .persisted(dir.join(format!("world-{name}.json")))
-            .ledgered(dir.join(format!("world-{name}.ledger.jsonl")));
+        let mut mock = ScenarioMock::new(scenario.mocks).map_err(|e| ScenarioError::Invalid {
+            file: file.into(),
+            message: e.to_string(),
+        })?;
+        if let Some((cursors, ledger)) = kept {
+            mock = mock.persisted(cursors).ledgered(ledger);
+        }
         Ok(ScenarioProvider::new(
             Arc::new(mock),
             dry_run || scenario.dry_run,
@@ -100,17 +108,10 @@ impl World {
 
     /// The provider for this world, its sequences kept in the state directory.
     pub fn provider(&self, state_dir: &Path) -> Result<ScenarioProvider, ScenarioError> {
-        let scenario = scenario::load(&self.scenario)?;
-        let mock = ScenarioMock::new(scenario.mocks)
-            .map_err(|e| ScenarioError::Invalid {
-                file: self.scenario.clone(),
-                message: e.to_string(),
-            })?
-            .persisted(state_dir.join(CURSORS_FILE))
-            .ledgered(state_dir.join(LEDGER_FILE));
-        Ok(ScenarioProvider::new(
-            Arc::new(mock),
-            self.dry_run || scenario.dry_run,
-        ))
+        ScenarioProvider::open(
+            &self.scenario,
+            self.dry_run,
+            Some((state_dir.join(CURSORS_FILE), state_dir.join(LEDGER_FILE))),
+        )
     }
 }
