@@ -421,3 +421,49 @@ async fn an_accepted_alert_a_kill_cut_off_is_replayed_at_start() {
     let (_, body) = s.get("/api/v1/incidents?limit=1000", ONCALL).await;
     assert_eq!(body["incidents"].as_array().map(Vec::len), Some(3));
 }
+
+/// A graceful stop with a backlog: the agent finishes the alert in hand and leaves the rest on
+/// disk, so the stop is not as long as the backlog; the next start takes every one of them up,
+/// once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stop_leaves_the_backlog_on_disk_and_the_next_start_takes_it_up() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = ServeSpec {
+        backends: &[("kafka", "kill-world-kafka.yaml")],
+        ..ServeSpec::new(dir.path())
+    };
+    let mut s = spec.start();
+    // Each scale-out takes 400 ms in this world: eight of them outlast the stop by far.
+    const ALERTS: usize = 8;
+    for n in 0..ALERTS {
+        assert!(fire(&s, "firing", &format!("slow-backlog-{n}")).await);
+    }
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(s.child.id()).expect("pid"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    let status = s.child.wait().expect("stops");
+    assert!(status.success(), "{status:?}");
+    let accepted = s.kinds("alert-accepted").len();
+    let taken = s.kinds("alert").len();
+    assert_eq!(accepted, ALERTS);
+    assert!(
+        taken < ALERTS,
+        "the stop waited for the whole backlog ({taken} of {ALERTS} taken up)"
+    );
+    drop(s);
+
+    let s = spec.start();
+    let list = s
+        .incidents_until("every accepted alert's incident", |l| l.len() == ALERTS)
+        .await;
+    for n in 0..ALERTS {
+        let fingerprint = format!("fp-slow-backlog-{n}");
+        assert_eq!(
+            list.iter()
+                .filter(|i| i["fingerprint"] == fingerprint.as_str())
+                .count(),
+            1,
+            "{fingerprint}: {list:#?}"
+        );
+    }
+    assert_eq!(s.kinds("alert-replayed").len(), ALERTS - taken);
+}

@@ -143,8 +143,10 @@ pub async fn serve(
     for _ in 0..1200 {
         match Arc::try_unwrap(runtime) {
             Ok(rt) => {
-                rt.shutdown().await;
-                tracing::info!("every agent finished its work; the audit is on disk");
+                rt.stop().await;
+                tracing::info!(
+                    "every agent finished the work in hand; the audit is on disk, and the alerts still waiting on it are taken up at the next start"
+                );
                 return Ok(());
             }
             Err(still_shared) => {

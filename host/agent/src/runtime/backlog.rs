@@ -13,7 +13,7 @@ use crate::audit::Record;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use tokio::sync::Notify;
 
 /// What intake and worker share about one agent's backlog.
@@ -23,6 +23,9 @@ pub(crate) struct Backlog {
     accepted: AtomicU64,
     taken: AtomicU64,
     pub(crate) wake: Notify,
+    /// The host is stopping and leaves what waits where it is: on disk, replayed at the next
+    /// start. A stop then takes as long as the alert in hand, not the whole backlog.
+    leave: AtomicBool,
 }
 
 impl Backlog {
@@ -32,7 +35,18 @@ impl Backlog {
             accepted: AtomicU64::new(0),
             taken: AtomicU64::new(0),
             wake: Notify::new(),
+            leave: AtomicBool::new(false),
         }
+    }
+
+    /// Take up no more of it: the host is stopping (see [`Backlog::leave`]'s field).
+    pub(crate) fn leave(&self) {
+        self.leave.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    pub(crate) fn left(&self) -> bool {
+        self.leave.load(Ordering::Acquire)
     }
 
     /// Alerts accepted and not yet taken up.

@@ -685,6 +685,18 @@ impl Runtime {
     }
 
     /// Stop taking work; let every worker finish what it is doing.
+    /// Stop as a service does: each agent finishes what it has in hand (and the commands
+    /// already sent) and leaves its backlog on disk, where the next start replays it. A stop
+    /// takes as long as the slowest alert in hand, never the whole backlog.
+    pub async fn stop(self) {
+        for handle in &self.handles {
+            handle.backlog.leave();
+        }
+        self.shutdown().await;
+    }
+
+    /// Stop once every agent has finished its commands and taken up its whole backlog (a
+    /// one-shot command's alerts are all handled before it exits).
     pub async fn shutdown(self) {
         for ticker in &self.tickers {
             ticker.abort();

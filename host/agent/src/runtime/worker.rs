@@ -116,7 +116,8 @@ impl Worker {
 
     /// Commands first — an answer to an approval never waits behind an alert storm — then one
     /// alert of the backlog at a time; when neither has anything, wait for either. When the
-    /// commands close (shutdown), what is on the backlog is taken up before the worker ends.
+    /// commands close (shutdown), what is on the backlog is taken up before the worker ends,
+    /// unless the host stops leaving it on disk ([`Runtime::stop`]).
     pub(crate) async fn run(mut self, mut queue: mpsc::Receiver<Command>) {
         let mut open = true;
         loop {
@@ -129,6 +130,9 @@ impl Worker {
                     Err(mpsc::error::TryRecvError::Disconnected) => open = false,
                     Err(mpsc::error::TryRecvError::Empty) => {}
                 }
+            }
+            if self.backlog.as_ref().is_some_and(|(b, _)| b.left()) {
+                return;
             }
             if self.next_from_backlog().await {
                 continue;
