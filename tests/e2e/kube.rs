@@ -74,6 +74,44 @@ async fn kubectl_sees_the_fake_api_server_as_a_cluster() {
     let pods = k.ok(&["-n", "shop", "get", "pods", "-l", "app=web", "-o", "name"]);
     assert_eq!(pods.lines().count(), 3, "{pods}");
     assert!(pods.lines().all(|l| l.starts_with("pod/web-")), "{pods}");
+    // A custom resource by discovery: Strimzi's Kafka, read and merge-patched as a Strimzi user
+    // (and the Kafka agent) would.
+    fake.strimzi_kafka(
+        "kafka",
+        "my-cluster",
+        serde_json::json!({ "kafka": { "replicas": 3 } }),
+    );
+    let replicas = k.ok(&[
+        "-n",
+        "kafka",
+        "get",
+        "kafka",
+        "my-cluster",
+        "-o",
+        "jsonpath={.spec.kafka.replicas}",
+    ]);
+    assert_eq!(replicas, "3");
+    k.ok(&[
+        "-n",
+        "kafka",
+        "patch",
+        "kafkas.kafka.strimzi.io",
+        "my-cluster",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"kafka":{"jvmOptions":{"-XX":{"MaxGCPauseMillis":"200"}}}}}"#,
+    ]);
+    let pause = k.ok(&[
+        "-n",
+        "kafka",
+        "get",
+        "kafka",
+        "my-cluster",
+        "-o",
+        "jsonpath={.spec.kafka.jvmOptions.-XX.MaxGCPauseMillis}",
+    ]);
+    assert_eq!(pause, "200");
     // Without -o kubectl asks for a server-side Table; the fake sends the list as JSON and
     // kubectl prints the names (a real server adds READY/STATUS/RESTARTS/AGE columns).
     let (_, out, err) = k.run(&["-n", "shop", "get", "pods"]);
@@ -279,7 +317,7 @@ async fn kafka_actions_act_on_the_bound_workloads_through_the_api_server() {
     use themis_backend_kubernetes::{KubernetesBackend, KubernetesSettings};
     use themis_caps::KafkaCaps;
     use themis_caps::types::CapError;
-    use themis_fake_kube::cluster::{DEPLOYMENTS, PODS};
+    use themis_fake_kube::cluster::{DEPLOYMENTS, KAFKAS, PODS};
 
     let cluster = MockCluster::new(3).unwrap_or_else(|e| panic!("mock cluster: {e}"));
     let bootstrap = cluster.bootstrap_servers();
@@ -291,6 +329,11 @@ async fn kafka_actions_act_on_the_bound_workloads_through_the_api_server() {
         .expect("fake api server");
     let dir = tempfile::tempdir().expect("tempdir");
     fake.deployment("shop", "orders-consumer", 3, "orders-consumer:4");
+    fake.strimzi_kafka(
+        "kafka",
+        "my-cluster",
+        json!({ "kafka": { "replicas": 3, "config": { "num.io.threads": 8 }, "jvmOptions": { "-Xmx": "4g" } } }),
+    );
     fake.with(|c| {
         c.ensure_namespace("kafka");
         for id in 0..3 {
@@ -331,6 +374,7 @@ async fn kafka_actions_act_on_the_bound_workloads_through_the_api_server() {
             brokers: Some(BrokerPods {
                 namespace: "kafka".into(),
                 pod: "my-cluster-kafka-{id}".into(),
+                strimzi_kafka: Some("my-cluster".into()),
             }),
         },
     );
@@ -383,6 +427,46 @@ async fn kafka_actions_act_on_the_bound_workloads_through_the_api_server() {
         panic!("an unbound group is never guessed");
     };
     assert!(why.contains("workloads.groups"), "{why}");
+
+    // A broker's configuration is the cluster's Strimzi resource: read, changed by a merge patch
+    // of the one field, read back; a key Strimzi manages, or a broker the cluster lacks, refused.
+    let settings = |pairs: Vec<themis_core::types::Pair>| -> Vec<(String, String)> {
+        pairs.into_iter().map(|p| (p.key, p.value)).collect()
+    };
+    let before = caps.broker_config(1).await.expect("config");
+    assert_eq!(
+        settings(before),
+        [("jvm.heap.max", "4g"), ("num.io.threads", "8")].map(|(k, v)| (k.into(), v.into()))
+    );
+    caps.set_broker_config(1, "jvm.gc.max-pause-millis", "150")
+        .await
+        .expect("set");
+    let stored = fake
+        .get(KAFKAS, "kafka", "my-cluster")
+        .expect("the Kafka resource");
+    assert_eq!(
+        stored["spec"]["kafka"]["jvmOptions"],
+        json!({ "-Xmx": "4g", "-XX": { "MaxGCPauseMillis": "150" } })
+    );
+    assert_eq!(stored["metadata"]["generation"], 2, "a spec change");
+    assert!(
+        settings(caps.broker_config(1).await.expect("config"))
+            .contains(&("jvm.gc.max-pause-millis".into(), "150".into()))
+    );
+    let managed = caps
+        .set_broker_config(1, "listeners", "PLAINTEXT://:9092")
+        .await;
+    assert!(matches!(managed, Err(CapError::Denied(_))), "{managed:?}");
+    let unknown = caps.set_broker_config(42, "num.io.threads", "16").await;
+    assert!(matches!(unknown, Err(CapError::NotFound(_))), "{unknown:?}");
+    fake.deny("patch", "kafkas");
+    let Err(CapError::Denied(why)) = caps.set_broker_config(1, "num.io.threads", "16").await else {
+        panic!("a role without patch on kafkas is refused");
+    };
+    assert!(
+        why.contains("`patch` on `kafkas.kafka.strimzi.io`"),
+        "{why}"
+    );
 
     caps.broker_restart(1).await.expect("broker pod deleted");
     assert!(fake.get(PODS, "kafka", "my-cluster-kafka-1").is_none());

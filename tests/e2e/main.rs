@@ -9,6 +9,7 @@ mod common;
 mod foundations;
 mod guard;
 mod hardening;
+mod kafka_playbook;
 mod kill_serve;
 mod kube;
 mod llm;

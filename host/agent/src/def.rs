@@ -8,6 +8,10 @@
 //! runbooks: [../runbooks/kafka/check-broker-health, ...]   # relative to this file, or
 //!   # oci://HOST/REPO/<id>@sha256:<digest>: pulled into the bundle cache at start (pinned only)
 //! probes: [../runbooks/kafka/triage-probe]                   # read-only runbooks run first
+//! probe_params:                                             # the operator's values of probe
+//!   triage-probe: { cpu_query: 'sum by (broker) (…)' }      #   parameters (queries for your
+//!                                                           #   metric names); labels never
+//!                                                           #   override them
 //! trust:                                                    # who may publish to this agent
 //!   keys: [../keys/demo/kafka-team.pub]                     # .pub files or folders of them
 //!   min_versions: { restart-consumer-group: 1.0.0 }         # older signed bundles are refused
@@ -221,6 +225,8 @@ struct RawAgent {
     #[serde(default)]
     probes: Vec<PathBuf>,
     #[serde(default)]
+    probe_params: BTreeMap<String, BTreeMap<String, serde_json::Value>>,
+    #[serde(default)]
     trust: RawTrust,
     #[serde(default)]
     llm: Option<RawLlm>,
@@ -248,6 +254,9 @@ pub struct AgentDef {
     /// fetched into the bundle cache at start and verified like local ones.
     pub oci_runbooks: Vec<BundleRef>,
     pub probes: Vec<PathBuf>,
+    /// Probe id → parameter → value, set by the operator (checked against the probe when it is
+    /// loaded). They win over what the `labels:` map finds: an alert never changes them.
+    pub probe_params: BTreeMap<String, BTreeMap<String, serde_json::Value>>,
     /// The publishers this agent trusts; `allow_unsigned` is set by the caller, never by a file.
     pub trust: TrustPolicy,
     /// The LLM endpoint; without one the agent's rules choose.
@@ -439,6 +448,7 @@ impl AgentDef {
             runbooks: local,
             oci_runbooks,
             probes: raw.probes.iter().map(|p| base.join(p)).collect(),
+            probe_params: raw.probe_params,
             trust,
             llm,
             labels: raw.labels,

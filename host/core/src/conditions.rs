@@ -76,6 +76,8 @@ fn anchored(pattern: &str) -> Result<regex::Regex, regex::Error> {
 }
 
 /// Replace every `{fact}` in `template` by its value; a missing fact is an error naming it.
+/// Braces around anything that cannot name a fact (a PromQL label matcher such as
+/// `{job="kafka"}`) are text, kept as written.
 pub fn render(template: &str, facts: &Facts) -> Result<String, String> {
     let mut out = String::new();
     let mut rest = template;
@@ -86,6 +88,11 @@ pub fn render(template: &str, facts: &Facts) -> Result<String, String> {
             return Err(format!("`{template}` has an unclosed `{{`"));
         };
         let key = after[..end].trim();
+        if !names_a_fact(key) {
+            out.push('{');
+            rest = after;
+            continue;
+        }
         match facts.get(key) {
             Some(v) => out.push_str(v),
             None => return Err(format!("`{key}` is not known for this alert")),
@@ -94,6 +101,14 @@ pub fn render(template: &str, facts: &Facts) -> Result<String, String> {
     }
     out.push_str(rest);
     Ok(out)
+}
+
+/// `labels.group`, `probe.lag-and-cpu.topic`: what a fact's name can look like.
+fn names_a_fact(key: &str) -> bool {
+    !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
 }
 
 #[cfg(test)]
@@ -135,5 +150,14 @@ mod tests {
             render("{labels.nope}", &facts),
             Err("`labels.nope` is not known for this alert".into())
         );
+        // A PromQL matcher is text; a fact inside the same template is still filled.
+        assert_eq!(
+            render(
+                r#"max(rate(x{job="kafka",group="{labels.group}"}[5m]))"#,
+                &facts
+            ),
+            Ok(r#"max(rate(x{job="kafka",group="orders"}[5m]))"#.into())
+        );
+        assert_eq!(render("up{}", &facts), Ok("up{}".into()));
     }
 }

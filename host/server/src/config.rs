@@ -41,7 +41,7 @@
 //!       workloads:                     # where consumers and brokers run (needs `kubernetes:`)
 //!         groups:
 //!           orders-consumer: { namespace: shop, deployment: orders-consumer, topics: [orders] }
-//!         brokers: { namespace: kafka, pod: "my-cluster-kafka-{id}" }
+//!         brokers: { namespace: kafka, pod: "my-cluster-kafka-{id}", strimzi_kafka: my-cluster }
 //!     kubernetes: { kubeconfig: /etc/themis/kubeconfig }
 //!     metrics: { url: http://prometheus.internal:9090 }
 //!   kubernetes:
@@ -311,6 +311,8 @@ struct RawGroupWorkload {
 struct RawBrokers {
     namespace: String,
     pod: String,
+    #[serde(default)]
+    strimzi_kafka: Option<String>,
 }
 
 #[derive(Clone, Deserialize)]
@@ -990,9 +992,14 @@ fn workloads(at: &str, raw: &RawWorkloads) -> Result<KafkaWorkloads, (String, St
             }
             names::name(&b.pod.replace("{id}", "0"))
                 .map_err(|e| (format!("{at}.brokers.pod"), e.to_string()))?;
+            if let Some(kafka) = &b.strimzi_kafka {
+                names::name(kafka)
+                    .map_err(|e| (format!("{at}.brokers.strimzi_kafka"), e.to_string()))?;
+            }
             Some(BrokerPods {
                 namespace: b.namespace.clone(),
                 pod: b.pod.clone(),
+                strimzi_kafka: b.strimzi_kafka.clone(),
             })
         }
     };
@@ -1193,7 +1200,7 @@ mod tests {
             )
         );
         let bound = with_backends(
-            "  kafka:\n    kafka:\n      bootstrap_servers: kafka-0:9092\n      workloads:\n        groups: { orders: { namespace: shop, deployment: orders-consumer, topics: [orders] } }\n        brokers: { namespace: kafka, pod: \"my-cluster-kafka-{id}\" }\n    kubernetes: { context: prod, timeout: 4s }\n",
+            "  kafka:\n    kafka:\n      bootstrap_servers: kafka-0:9092\n      workloads:\n        groups: { orders: { namespace: shop, deployment: orders-consumer, topics: [orders] } }\n        brokers: { namespace: kafka, pod: \"my-cluster-kafka-{id}\", strimzi_kafka: my-cluster }\n    kubernetes: { context: prod, timeout: 4s }\n",
             &[],
             &Overrides::default(),
         )
@@ -1211,6 +1218,10 @@ mod tests {
         assert_eq!(
             w.brokers.as_ref().map(|b| b.pod.as_str()),
             Some("my-cluster-kafka-{id}")
+        );
+        assert_eq!(
+            w.brokers.as_ref().and_then(|b| b.strimzi_kafka.as_deref()),
+            Some("my-cluster")
         );
         assert_eq!(
             (k8s.context.as_deref(), k8s.timeout),
@@ -1252,6 +1263,11 @@ mod tests {
                 "  kafka:\n    kafka: { bootstrap_servers: \"kafka-0:9092\", workloads: { brokers: { namespace: kafka, pod: kafka-0 } } }\n    kubernetes: {}\n",
                 "backends.kafka.kafka.workloads.brokers.pod",
                 "has no `{id}`",
+            ),
+            (
+                "  kafka:\n    kafka: { bootstrap_servers: \"kafka-0:9092\", workloads: { brokers: { namespace: kafka, pod: \"k-{id}\", strimzi_kafka: My_Cluster } } }\n    kubernetes: {}\n",
+                "backends.kafka.kafka.workloads.brokers.strimzi_kafka",
+                "DNS-1123",
             ),
             (
                 "  kafka:\n    kafka: { bootstrap_servers: \"kafka-0:9092\", workloads: { groups: { g: { namespace: Shop, deployment: g } } } }\n    kubernetes: {}\n",

@@ -14,6 +14,9 @@ pub const PODS: &str = "pods";
 pub const DEPLOYMENTS: &str = "deployments";
 pub const REPLICASETS: &str = "replicasets";
 pub const NAMESPACES: &str = "namespaces";
+/// Strimzi's `Kafka` (kafka.strimzi.io/v1beta2): no operator here, the resource is stored as
+/// written.
+pub const KAFKAS: &str = "kafkas";
 
 pub const REVISION: &str = "deployment.kubernetes.io/revision";
 pub const HASH: &str = "pod-template-hash";
@@ -45,11 +48,18 @@ pub fn now() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }
 
+/// Resources whose spec changes count in `metadata.generation` (those with a status the
+/// controller reports `observedGeneration` in).
+fn generational(resource: &str) -> bool {
+    matches!(resource, DEPLOYMENTS | KAFKAS)
+}
+
 pub fn kind_of(resource: &str) -> (&'static str, &'static str) {
     match resource {
         PODS => ("Pod", "v1"),
         DEPLOYMENTS => ("Deployment", "apps/v1"),
         REPLICASETS => ("ReplicaSet", "apps/v1"),
+        KAFKAS => ("Kafka", "kafka.strimzi.io/v1beta2"),
         _ => ("Namespace", "v1"),
     }
 }
@@ -101,7 +111,7 @@ impl Cluster {
     }
 
     /// Store a new object: apiVersion/kind, uid, resourceVersion, creationTimestamp, and for a
-    /// deployment its generation.
+    /// deployment or a Kafka its generation.
     pub fn create(&mut self, resource: &'static str, ns: &str, mut object: Value) -> Value {
         self.rv += 1;
         self.uid += 1;
@@ -116,7 +126,7 @@ impl Cluster {
         meta["uid"] = json!(format!("00000000-0000-4000-8000-{:012}", self.uid));
         meta["resourceVersion"] = json!(self.rv.to_string());
         meta["creationTimestamp"] = json!(now());
-        if resource == DEPLOYMENTS {
+        if generational(resource) {
             meta["generation"] = json!(1);
         }
         self.objects
@@ -126,7 +136,7 @@ impl Cluster {
     }
 
     /// Replace an object as stored (a write that passed its checks); bumps resourceVersion and,
-    /// when a deployment's spec changed, its generation.
+    /// when a deployment's or a Kafka's spec changed, its generation.
     pub fn put(&mut self, resource: &'static str, ns: &str, mut object: Value) -> Value {
         let name = object["metadata"]["name"].as_str().unwrap_or("").to_owned();
         let key = (resource, ns.to_owned(), name);
@@ -134,7 +144,7 @@ impl Cluster {
             if *old == object {
                 return object;
             }
-            if resource == DEPLOYMENTS && old["spec"] != object["spec"] {
+            if generational(resource) && old["spec"] != object["spec"] {
                 let generation = old["metadata"]["generation"].as_i64().unwrap_or(1);
                 object["metadata"]["generation"] = json!(generation + 1);
             }

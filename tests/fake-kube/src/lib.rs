@@ -7,6 +7,8 @@
 //! - apps/v1 deployments (list, get, JSON merge and strategic merge patch, update with
 //!   `resourceVersion` → 409 on conflict, the `scale` subresource by get/patch/update, `status`),
 //!   replica sets (list, get);
+//! - kafka.strimzi.io/v1beta2 `kafkas` (Strimzi's `Kafka`: get, list, merge patch; stored as
+//!   written, no operator rolls the brokers);
 //! - `watch=true` on lists: newline-delimited watch events until `timeoutSeconds`;
 //! - 403 with the API server's message for every (verb, resource) the configured role lacks;
 //! - a controller: each deployment gets the replica set of its template (revision annotation,
@@ -25,7 +27,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use cluster::{Cluster, DEPLOYMENTS, NAMESPACES, PODS, REPLICASETS};
+use cluster::{Cluster, DEPLOYMENTS, KAFKAS, NAMESPACES, PODS, REPLICASETS};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -110,6 +112,17 @@ impl FakeKube {
                     },
                 },
             }),
+        )
+    }
+
+    /// A Strimzi `Kafka` `name` in `ns` with `spec` (as a Strimzi user writes it).
+    pub fn strimzi_kafka(&self, ns: &str, name: &str, spec: Value) -> Value {
+        let mut c = lock(&self.cluster);
+        c.ensure_namespace(ns);
+        c.create(
+            KAFKAS,
+            ns,
+            json!({ "metadata": { "name": name }, "spec": spec }),
         )
     }
 
@@ -201,6 +214,7 @@ fn parse_path(path: &str) -> Option<Target> {
     let (group, rest) = match segs.as_slice() {
         ["api", "v1", rest @ ..] => ("", rest),
         ["apis", "apps", "v1", rest @ ..] => ("apps", rest),
+        ["apis", "kafka.strimzi.io", "v1beta2", rest @ ..] => ("kafka.strimzi.io", rest),
         _ => return None,
     };
     let (namespace, rest) = match rest {
@@ -212,6 +226,7 @@ fn parse_path(path: &str) -> Option<Target> {
         ("", &"namespaces") => NAMESPACES,
         ("apps", &"deployments") => DEPLOYMENTS,
         ("apps", &"replicasets") => REPLICASETS,
+        ("kafka.strimzi.io", &"kafkas") => KAFKAS,
         _ => return None,
     };
     Some(Target {
@@ -638,7 +653,10 @@ fn discovery(path: &str) -> Option<Value> {
         }
         "/apis" => json!({
             "kind": "APIGroupList", "apiVersion": "v1",
-            "groups": [ { "name": "apps", "versions": [ { "groupVersion": "apps/v1", "version": "v1" } ], "preferredVersion": { "groupVersion": "apps/v1", "version": "v1" } } ],
+            "groups": [
+                { "name": "apps", "versions": [ { "groupVersion": "apps/v1", "version": "v1" } ], "preferredVersion": { "groupVersion": "apps/v1", "version": "v1" } },
+                { "name": "kafka.strimzi.io", "versions": [ { "groupVersion": "kafka.strimzi.io/v1beta2", "version": "v1beta2" } ], "preferredVersion": { "groupVersion": "kafka.strimzi.io/v1beta2", "version": "v1beta2" } },
+            ],
         }),
         "/api/v1" => json!({
             "kind": "APIResourceList", "groupVersion": "v1",
@@ -656,6 +674,13 @@ fn discovery(path: &str) -> Option<Value> {
                 ("deployments/scale", "Scale", true, &["get", "patch", "update"]),
                 ("deployments/status", "Deployment", true, &["get", "patch", "update"]),
                 ("replicasets", "ReplicaSet", true, all),
+            ]),
+        }),
+        "/apis/kafka.strimzi.io/v1beta2" => json!({
+            "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "kafka.strimzi.io/v1beta2",
+            "resources": resources(&[
+                ("kafkas", "Kafka", true, all),
+                ("kafkas/status", "Kafka", true, &["get", "patch", "update"]),
             ]),
         }),
         _ => return None,

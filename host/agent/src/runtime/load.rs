@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use themis_core::capability;
+use themis_core::manifest::bind_params;
 use themis_core::rules::Rule;
 use themis_core::trust::Provenance;
 use themis_sandbox::loaded::{LoadedRunbook, RunbookLoadError};
@@ -144,6 +145,15 @@ pub(super) async fn load_agents(
             check_probe_params(&def, &rb).map_err(fail)?;
             probes.push(rb);
         }
+        if let Some(id) = def
+            .probe_params
+            .keys()
+            .find(|id| !probes.iter().any(|p: &LoadedRunbook| &p.runbook.id == *id))
+        {
+            return Err(fail(format!(
+                "probe_params.{id}: no probe of this agent is `{id}`"
+            )));
+        }
         // A pin on a name the agent does not load protects nothing: most likely a typo.
         if let Some(pinned) = def.trust.min_versions.keys().find(|id| {
             !catalog.contains_key(*id)
@@ -252,7 +262,23 @@ async fn fetch_oci_runbooks(
 /// the map gives must be optional (the probe then says why it cannot look, rather than the alert
 /// failing to bind).
 fn check_probe_params(def: &AgentDef, probe: &LoadedRunbook) -> Result<(), String> {
+    let fixed = def.probe_params.get(&probe.runbook.id);
+    for (name, value) in fixed.into_iter().flatten() {
+        let Some(decl) = probe.runbook.parameters.iter().find(|p| &p.name == name) else {
+            return Err(format!(
+                "probe_params.{}.{name}: probe `{}` has no parameter `{name}`",
+                probe.runbook.id, probe.runbook.id
+            ));
+        };
+        let one = BTreeMap::from([(name.clone(), value.clone())]);
+        if let Err(e) = bind_params(std::slice::from_ref(decl), &one) {
+            return Err(format!("probe_params.{}.{name}: {e}", probe.runbook.id));
+        }
+    }
     for p in &probe.runbook.parameters {
+        if fixed.is_some_and(|f| f.contains_key(&p.name)) {
+            continue;
+        }
         let mapped = def.labels.params().any(|m| m == p.name);
         if p.default.is_none() && !mapped {
             return Err(format!(

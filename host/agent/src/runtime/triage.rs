@@ -27,7 +27,8 @@ impl Worker {
         // look at the wrong thing — and no plan is made from this alert.
         let mut malformed = Vec::new();
         for probe in &agent.probes {
-            let (given, unfit) = probe_params(probe, &mapped);
+            let fixed = agent.def.probe_params.get(&probe.runbook.id);
+            let (given, unfit) = probe_params(probe, &mapped, fixed);
             if !unfit.is_empty() {
                 let note = format!("not run: {}", unfit.join("; "));
                 ctx.audit.append(&name, Some(&incident.id), "probe", json!({ "runbook": probe.runbook.id, "provenance": probe.provenance(), "outcome": { "status": "not-run" }, "note": note }))?;
@@ -187,16 +188,21 @@ fn redacted(audit: &crate::audit::AuditLog, mut result: ProbeResult) -> ProbeRes
     result
 }
 
-/// The values the agent's label map found that `probe` declares, as its parameters. A value that
-/// does not fit the parameter (type, pattern, range) is left out, and the reason is returned: the
-/// probe then says what it is missing, and the human reads why.
+/// `probe`'s parameters: the operator's (`probe_params:`, checked at load), then the values the
+/// agent's label map found for the rest. A label value that does not fit its parameter (type,
+/// pattern, range) is left out, and the reason is returned: the probe then says what it is
+/// missing, and the human reads why.
 fn probe_params(
     probe: &LoadedRunbook,
     mapped: &Resolution,
+    fixed: Option<&BTreeMap<String, serde_json::Value>>,
 ) -> (BTreeMap<String, serde_json::Value>, Vec<String>) {
-    let mut given = BTreeMap::new();
+    let mut given = fixed.cloned().unwrap_or_default();
     let mut unfit = Vec::new();
     for decl in &probe.runbook.parameters {
+        if given.contains_key(&decl.name) {
+            continue;
+        }
         let Some(found) = mapped.found.get(&decl.name) else {
             continue;
         };

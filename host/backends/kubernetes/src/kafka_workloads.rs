@@ -8,13 +8,15 @@
 //!   count of the group's topics (as bound, else as its members are assigned; unknown →
 //!   refused);
 //! - `broker-restart`: deletes the broker's pod (its StatefulSet makes it again) only while
-//!   every partition of the cluster is fully replicated.
+//!   every partition of the cluster is fully replicated;
+//! - `broker-config` / `set-broker-config`: the settings of the cluster's Strimzi `Kafka`
+//!   resource, when the brokers' binding names it (`strimzi.rs` says which keys and where), for
+//!   a broker the cluster's metadata lists.
 //!
 //! Where nothing is bound the capability says so and the agent escalates: it never guesses a
-//! workload. Broker configuration lives in the cluster's own resource (a Strimzi `Kafka`), which
-//! this does not patch: those calls stay unavailable.
+//! workload.
 
-use crate::KubernetesBackend;
+use crate::{KubernetesBackend, strimzi};
 use async_trait::async_trait;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -34,11 +36,14 @@ pub struct GroupWorkload {
     pub topics: Vec<String>,
 }
 
-/// Where the brokers run: `pod` names broker `{id}`'s pod (Strimzi: `my-cluster-kafka-{id}`).
+/// Where the brokers run: `pod` names broker `{id}`'s pod (Strimzi: `my-cluster-kafka-{id}`);
+/// `strimzi_kafka`, the Strimzi `Kafka` resource of the cluster in the same namespace, where
+/// their configuration lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BrokerPods {
     pub namespace: String,
     pub pod: String,
+    pub strimzi_kafka: Option<String>,
 }
 
 /// `backends.<agent>.kafka.workloads` in themis.yaml.
@@ -128,10 +133,20 @@ impl KafkaCaps for KafkaOnKubernetes {
         self.kafka.partition_leadership().await
     }
     async fn broker_config(&self, broker_id: i32) -> CapResult<Vec<Pair>> {
-        self.kafka.broker_config(broker_id).await
+        let Some((namespace, name)) = self.strimzi_kafka(broker_id).await? else {
+            return self.kafka.broker_config(broker_id).await;
+        };
+        let kafka = self.k8s.kafka_resource(namespace, name).await?;
+        Ok(strimzi::settings(&kafka))
     }
     async fn set_broker_config(&self, broker_id: i32, key: &str, value: &str) -> CapResult<()> {
-        self.kafka.set_broker_config(broker_id, key, value).await
+        let Some((namespace, name)) = self.strimzi_kafka(broker_id).await? else {
+            return self.kafka.set_broker_config(broker_id, key, value).await;
+        };
+        self.k8s
+            .set_kafka_setting(namespace, name, key, value)
+            .await
+            .map(drop)
     }
     async fn elect_preferred_leaders(&self, topic: &str) -> CapResult<u32> {
         self.kafka.elect_preferred_leaders(topic).await
@@ -200,5 +215,27 @@ impl KafkaCaps for KafkaOnKubernetes {
         }
         let pod = b.pod.replace("{id}", &broker_id.to_string());
         self.k8s.delete_pod(&b.namespace, &pod).await
+    }
+}
+
+impl KafkaOnKubernetes {
+    /// The bound Strimzi `Kafka` resource, once `broker_id` is known to be one of the cluster's
+    /// brokers (the resource configures all of them; an id it does not have is a wrong plan,
+    /// not a change to make). `None`: no resource is bound.
+    async fn strimzi_kafka(&self, broker_id: i32) -> CapResult<Option<(&str, &str)>> {
+        let Some(b) = &self.workloads.brokers else {
+            return Ok(None);
+        };
+        let Some(name) = &b.strimzi_kafka else {
+            return Ok(None);
+        };
+        let cluster = self.kafka.describe_cluster().await?;
+        if !cluster.brokers.iter().any(|broker| broker.id == broker_id) {
+            return Err(CapError::NotFound(format!(
+                "broker {broker_id} is not in the cluster's metadata (brokers: {:?})",
+                cluster.brokers.iter().map(|b| b.id).collect::<Vec<_>>()
+            )));
+        }
+        Ok(Some((b.namespace.as_str(), name.as_str())))
     }
 }

@@ -15,6 +15,7 @@
 mod convert;
 pub mod kafka_workloads;
 pub mod names;
+pub mod strimzi;
 
 use async_trait::async_trait;
 use k8s_openapi::api::apps::v1::{Deployment as K8sDeployment, ReplicaSet};
