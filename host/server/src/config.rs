@@ -38,6 +38,8 @@
 //!       bootstrap_servers: kafka-0.internal:9092,kafka-1.internal:9092
 //!       client_id: themis              # the default
 //!       timeout: 10s                   # every request's bound
+//!       tls: { ca_file: /etc/themis/kafka-ca.pem }   # `{}`: the system's CAs; + cert_file, key_file
+//!       sasl: { mechanism: SCRAM-SHA-512, username: themis, password: { env: KAFKA_PASSWORD } }
 //!       workloads:                     # where consumers and brokers run (needs `kubernetes:`)
 //!         groups:
 //!           orders-consumer: { namespace: shop, deployment: orders-consumer, topics: [orders] }
@@ -72,7 +74,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use themis_agent::approvers::Approvers;
-use themis_backend_kafka::KafkaSettings;
+use themis_backend_kafka::{KafkaSasl, KafkaSettings, KafkaTls, SaslMechanism};
 use themis_backend_kubernetes::KubernetesSettings;
 use themis_backend_kubernetes::kafka_workloads::{BrokerPods, GroupWorkload, KafkaWorkloads};
 use themis_backend_postgres::{PostgresSettings, TlsMode, url_has_password};
@@ -286,6 +288,30 @@ struct RawKafka {
     timeout: Option<String>,
     #[serde(default)]
     workloads: Option<RawWorkloads>,
+    #[serde(default)]
+    tls: Option<RawKafkaTls>,
+    #[serde(default)]
+    sasl: Option<RawKafkaSasl>,
+}
+
+/// `kafka.tls`: `{}` checks the brokers against the system's CAs.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKafkaTls {
+    #[serde(default)]
+    ca_file: Option<PathBuf>,
+    #[serde(default)]
+    cert_file: Option<PathBuf>,
+    #[serde(default)]
+    key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKafkaSasl {
+    mechanism: String,
+    username: String,
+    password: SecretSource,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -849,6 +875,55 @@ impl ServeConfig {
                             if let Some(id) = k.client_id {
                                 settings.client_id = id;
                             }
+                            if let Some(tls) = &k.tls {
+                                let mut files = KafkaTls::default();
+                                for (name, given, slot) in [
+                                    ("ca_file", &tls.ca_file, &mut files.ca_file),
+                                    ("cert_file", &tls.cert_file, &mut files.cert_file),
+                                    ("key_file", &tls.key_file, &mut files.key_file),
+                                ] {
+                                    if let Some(path) = given {
+                                        let path = in_file(path);
+                                        if !path.is_file() {
+                                            return Err(err(
+                                                &field(&format!("kafka.tls.{name}")),
+                                                format!("{} is not a file (PEM)", path.display()),
+                                            ));
+                                        }
+                                        *slot = Some(path);
+                                    }
+                                }
+                                if files.cert_file.is_some() != files.key_file.is_some() {
+                                    return Err(err(
+                                        &field("kafka.tls"),
+                                        "a client certificate needs both cert_file and key_file"
+                                            .into(),
+                                    ));
+                                }
+                                settings.security.tls = Some(files);
+                            }
+                            if let Some(sasl) = &k.sasl {
+                                let Some(mechanism) = SaslMechanism::parse(&sasl.mechanism) else {
+                                    return Err(err(
+                                        &field("kafka.sasl.mechanism"),
+                                        format!(
+                                            "`{}`: give PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512",
+                                            sasl.mechanism
+                                        ),
+                                    ));
+                                };
+                                settings.security.sasl = Some(KafkaSasl {
+                                    mechanism,
+                                    username: sasl.username.clone(),
+                                    password: resolve(
+                                        field("kafka.sasl.password"),
+                                        &sasl.password,
+                                    )?,
+                                });
+                            }
+                            if let Some(why) = settings.security.refusal() {
+                                return Err(err(&field("kafka.sasl"), why.into()));
+                            }
                             settings.timeout = duration(
                                 field("kafka.timeout"),
                                 k.timeout.as_ref(),
@@ -938,11 +1013,20 @@ impl ServeConfig {
         }
         for spec in self.backends.values() {
             if let BackendSource::Real {
-                postgres, metrics, ..
+                postgres,
+                metrics,
+                kafka,
+                ..
             } = &spec.source
             {
                 out.extend(postgres.as_ref().and_then(|p| p.password.clone()));
                 out.extend(metrics.as_ref().and_then(|m| m.bearer_token.clone()));
+                out.extend(
+                    kafka
+                        .as_ref()
+                        .and_then(|k| k.security.sasl.as_ref())
+                        .map(|s| s.password.clone()),
+                );
             }
         }
         out
@@ -1178,6 +1262,27 @@ mod tests {
             !format!("{ok:?}").contains("pg-secret"),
             "Debug never shows a password"
         );
+        // TLS and SASL: the password from the environment, kept from Debug and the audit.
+        let ca = tempfile::NamedTempFile::new().expect("a CA file");
+        let secured = with_backends(
+            &format!(
+                "  kafka:\n    kafka: {{ bootstrap_servers: \"kafka-0:9093\", tls: {{ ca_file: {} }}, sasl: {{ mechanism: scram-sha-512, username: themis, password: {{ env: KPW }} }} }}\n",
+                ca.path().display()
+            ),
+            &[("KPW", "kafka-secret")],
+            &Overrides::default(),
+        )
+        .expect("loads");
+        let BackendSource::Real { kafka: Some(k), .. } = &secured.backends["kafka"].source else {
+            panic!("{:?}", secured.backends);
+        };
+        assert_eq!(k.security.protocol(), "sasl_ssl");
+        assert_eq!(
+            k.security.tls.as_ref().and_then(|t| t.ca_file.as_deref()),
+            Some(ca.path())
+        );
+        assert!(secured.secret_values().contains(&"kafka-secret".to_owned()));
+        assert!(!format!("{secured:?}").contains("kafka-secret"));
         let kafka = with_backends(
             "  kafka:\n    kafka: { bootstrap_servers: \" kafka-0:9092, kafka-1:9093 \", client_id: sre-themis, timeout: 3s }\n",
             &[],
@@ -1263,6 +1368,21 @@ mod tests {
                 "  kafka:\n    kafka: { bootstrap_servers: \"kafka-0:9092\", workloads: { brokers: { namespace: kafka, pod: kafka-0 } } }\n    kubernetes: {}\n",
                 "backends.kafka.kafka.workloads.brokers.pod",
                 "has no `{id}`",
+            ),
+            (
+                "  kafka:\n    kafka: { bootstrap_servers: \"kafka-0:9092\", sasl: { mechanism: PLAIN, username: u, password: { env: T } } }\n",
+                "backends.kafka.kafka.sasl",
+                "clear text",
+            ),
+            (
+                "  kafka:\n    kafka: { bootstrap_servers: \"kafka-0:9092\", sasl: { mechanism: GSSAPI, username: u, password: { env: T } } }\n",
+                "backends.kafka.kafka.sasl.mechanism",
+                "SCRAM-SHA-512",
+            ),
+            (
+                "  kafka:\n    kafka: { bootstrap_servers: \"kafka-0:9092\", tls: { ca_file: /nonexistent/ca.pem } }\n",
+                "backends.kafka.kafka.tls.ca_file",
+                "is not a file",
             ),
             (
                 "  kafka:\n    kafka: { bootstrap_servers: \"kafka-0:9092\", workloads: { brokers: { namespace: kafka, pod: \"k-{id}\", strimzi_kafka: My_Cluster } } }\n    kubernetes: {}\n",

@@ -1,7 +1,7 @@
 //! librdkafka's answers as the capability types.
 
+use crate::Client;
 use crate::assignment;
-use rdkafka::consumer::BaseConsumer;
 use rdkafka::groups::GroupInfo;
 use rdkafka::metadata::Metadata;
 use std::time::Duration;
@@ -10,7 +10,7 @@ use themis_caps::types::{
 };
 
 /// The controller broker's id, or -1 when the cluster names none within the timeout.
-pub fn controller(c: &BaseConsumer, timeout: Duration) -> i32 {
+pub fn controller(c: &Client, timeout: Duration) -> i32 {
     use rdkafka::consumer::Consumer;
     let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
     // SAFETY: the pointer is the live client's own handle, borrowed for this one call;

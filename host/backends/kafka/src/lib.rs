@@ -8,16 +8,24 @@
 //! workload.
 //!
 //! librdkafka's calls block (with a timeout): each runs on tokio's blocking pool.
+//!
+//! The connection is plaintext, TLS (the brokers' CA, optionally a client certificate), SASL
+//! (PLAIN, SCRAM-SHA-256/512) or SASL over TLS, as `KafkaSecurity` says; PLAIN never goes
+//! without TLS. A call that fails because no broker could be reached says the last connection
+//! error librdkafka saw (a certificate that does not verify, credentials refused): librdkafka's
+//! own call errors say only that no broker answered.
 
 mod assignment;
 mod convert;
 
 use async_trait::async_trait;
-use rdkafka::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use std::sync::Arc;
+use rdkafka::{ClientConfig, ClientContext};
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use themis_caps::KafkaCaps;
 use themis_caps::types::{
@@ -34,6 +42,114 @@ pub struct KafkaSettings {
     pub client_id: String,
     /// Every request's bound.
     pub timeout: Duration,
+    pub security: KafkaSecurity,
+}
+
+/// TLS and SASL: neither is plaintext.
+#[derive(Debug, Clone, Default)]
+pub struct KafkaSecurity {
+    pub tls: Option<KafkaTls>,
+    pub sasl: Option<KafkaSasl>,
+}
+
+/// TLS to the brokers, their certificates checked against `ca_file` (none: the system's CAs)
+/// and their host names; a client certificate and key for mutual TLS.
+#[derive(Debug, Clone, Default)]
+pub struct KafkaTls {
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SaslMechanism {
+    Plain,
+    ScramSha256,
+    ScramSha512,
+}
+
+impl SaslMechanism {
+    /// As librdkafka and the brokers name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            SaslMechanism::Plain => "PLAIN",
+            SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
+            SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<SaslMechanism> {
+        [
+            SaslMechanism::Plain,
+            SaslMechanism::ScramSha256,
+            SaslMechanism::ScramSha512,
+        ]
+        .into_iter()
+        .find(|m| m.name().eq_ignore_ascii_case(text))
+    }
+}
+
+/// SASL credentials; the password is never printed.
+#[derive(Clone)]
+pub struct KafkaSasl {
+    pub mechanism: SaslMechanism,
+    pub username: String,
+    pub password: String,
+}
+
+impl fmt::Debug for KafkaSasl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KafkaSasl")
+            .field("mechanism", &self.mechanism)
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+impl KafkaSecurity {
+    /// librdkafka's `security.protocol`.
+    pub fn protocol(&self) -> &'static str {
+        match (self.tls.is_some(), self.sasl.is_some()) {
+            (false, false) => "plaintext",
+            (true, false) => "ssl",
+            (false, true) => "sasl_plaintext",
+            (true, true) => "sasl_ssl",
+        }
+    }
+
+    /// Why these settings must not be used, if they must not: PLAIN would send the password in
+    /// clear text.
+    pub fn refusal(&self) -> Option<&'static str> {
+        match (&self.tls, &self.sasl) {
+            (None, Some(s)) if s.mechanism == SaslMechanism::Plain => Some(
+                "SASL PLAIN without TLS sends the password in clear text: add `tls:` (or use SCRAM)",
+            ),
+            _ => None,
+        }
+    }
+
+    fn apply(&self, c: &mut ClientConfig) {
+        c.set("security.protocol", self.protocol());
+        if let Some(tls) = &self.tls {
+            c.set("ssl.endpoint.identification.algorithm", "https");
+            let files = [
+                ("ssl.ca.location", &tls.ca_file),
+                ("ssl.certificate.location", &tls.cert_file),
+                ("ssl.key.location", &tls.key_file),
+            ];
+            for (key, file) in files {
+                if let Some(file) = file {
+                    c.set(key, file.display().to_string());
+                }
+            }
+        }
+        if let Some(sasl) = &self.sasl {
+            c.set("sasl.mechanisms", sasl.mechanism.name())
+                .set("sasl.username", &sasl.username)
+                .set("sasl.password", &sasl.password);
+        }
+    }
 }
 
 impl KafkaSettings {
@@ -42,6 +158,7 @@ impl KafkaSettings {
             bootstrap_servers: bootstrap_servers.into(),
             client_id: "themis".into(),
             timeout: Duration::from_secs(10),
+            security: KafkaSecurity::default(),
         }
     }
 
@@ -53,14 +170,45 @@ impl KafkaSettings {
             // Themis never consumes: a group's committed offsets are read, never changed.
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false");
+        self.security.apply(&mut c);
         c
     }
 }
 
+/// The client's context: keeps the last connection-level error librdkafka reported.
+#[derive(Default)]
+pub struct Connection {
+    last_error: Mutex<Option<String>>,
+}
+
+impl Connection {
+    fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn forget(&self) {
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
+impl ClientContext for Connection {
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(%error, reason, "Kafka client");
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.to_owned());
+    }
+}
+
+impl ConsumerContext for Connection {}
+
+type Client = BaseConsumer<Connection>;
+
 pub struct KafkaBackend {
     agent: String,
     settings: KafkaSettings,
-    client: Arc<BaseConsumer>,
+    client: Arc<Client>,
 }
 
 /// What the doctor found.
@@ -88,6 +236,14 @@ fn error(what: &str, e: KafkaError) -> CapError {
             | RDKafkaErrorCode::GroupAuthorizationFailed
             | RDKafkaErrorCode::ClusterAuthorizationFailed,
         ) => CapError::Denied(msg),
+        Some(
+            RDKafkaErrorCode::Authentication
+            | RDKafkaErrorCode::SaslAuthenticationFailed
+            | RDKafkaErrorCode::IllegalSASLState
+            | RDKafkaErrorCode::UnsupportedSASLMechanism,
+        ) => CapError::Denied(format!(
+            "{msg}: the cluster refused the agent's credentials; check backends.<agent>.kafka.sasl"
+        )),
         _ => CapError::Unavailable(msg),
     }
 }
@@ -96,9 +252,12 @@ impl KafkaBackend {
     /// A client of the cluster; it connects lazily, so an unreachable cluster fails calls
     /// (closed), not the start.
     pub fn new(agent: &str, settings: KafkaSettings) -> Result<KafkaBackend, String> {
-        let client: BaseConsumer = settings
+        if let Some(why) = settings.security.refusal() {
+            return Err(why.to_owned());
+        }
+        let client: Client = settings
             .config()
-            .create()
+            .create_with_context(Connection::default())
             .map_err(|e| format!("cannot create the Kafka client: {e}"))?;
         Ok(KafkaBackend {
             agent: agent.to_owned(),
@@ -111,13 +270,30 @@ impl KafkaBackend {
     async fn blocking<T, F>(&self, what: &'static str, f: F) -> CapResult<T>
     where
         T: Send + 'static,
-        F: FnOnce(&BaseConsumer, Duration) -> Result<T, CapError> + Send + 'static,
+        F: FnOnce(&Client, Duration) -> Result<T, CapError> + Send + 'static,
     {
         let client = self.client.clone();
         let timeout = self.settings.timeout;
-        tokio::task::spawn_blocking(move || f(&client, timeout))
-            .await
-            .map_err(|e| CapError::Failed(format!("{what}: {e}")))?
+        tokio::task::spawn_blocking(move || {
+            let result = f(&client, timeout);
+            // No broker answered: say why the connections failed, if librdkafka said. Its
+            // errors reach the context only when the client's queue is served (briefly: only a
+            // failed call pays for it), and only what this serving brought is told.
+            let mut last = None;
+            if matches!(result, Err(CapError::Unavailable(_))) {
+                client.context().forget();
+                let _ = client.poll(Duration::from_millis(100));
+                last = client.context().last_error();
+            }
+            match (result, last) {
+                (Err(CapError::Unavailable(msg)), Some(last)) => Err(CapError::Unavailable(
+                    format!("{msg} (the last connection error: {last})"),
+                )),
+                (result, _) => result,
+            }
+        })
+        .await
+        .map_err(|e| CapError::Failed(format!("{what}: {e}")))?
     }
 
     /// Reach the cluster: brokers, topics, the controller.
