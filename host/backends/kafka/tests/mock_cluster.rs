@@ -199,3 +199,23 @@ async fn an_unreachable_cluster_is_unavailable_within_the_timeout() {
     assert!(started.elapsed() < Duration::from_secs(10));
     assert!(kafka.doctor().await.is_err());
 }
+
+/// A broker that goes down leaves the cluster's metadata (what `describe-cluster` reports and
+/// the broker diagnosis compares with the brokers Prometheus sees up), and is back once it is.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broker_going_down_leaves_the_cluster_and_comes_back() {
+    let cluster = MockCluster::new(3).unwrap_or_else(|e| panic!("mock cluster: {e}"));
+    let kafka = backend(&cluster.bootstrap_servers());
+    let brokers = || async {
+        kafka
+            .describe_cluster()
+            .await
+            .map(|c| c.brokers.iter().map(|b| b.id).collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    assert_eq!(brokers().await, [1, 2, 3]);
+    cluster.broker_down(2).unwrap_or_else(|e| panic!("{e}"));
+    eventually(|| async { brokers().await == [1, 3] }).await;
+    cluster.broker_up(2).unwrap_or_else(|e| panic!("{e}"));
+    eventually(|| async { brokers().await == [1, 2, 3] }).await;
+}
