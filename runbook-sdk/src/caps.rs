@@ -36,7 +36,7 @@ pub mod kafka_types {
 
 /// Kubernetes domain types.
 pub mod k8s_types {
-    pub use super::wit_k8s::{Condition, Deployment, Pod, Revision, Workload};
+    pub use super::wit_k8s::{Condition, Deployment, Event, Pod, Revision, StatefulSet, Workload};
 }
 
 /// PostgreSQL domain types.
@@ -80,6 +80,10 @@ pub trait Kafka: Metrics + Log {
 /// Kubernetes capabilities (`k8s.*`).
 pub trait Kubernetes: Metrics + Log {
     fn get_deployment(&self, namespace: &str, name: &str) -> CapResult<Deployment>;
+    /// A StatefulSet and its rollout (current and update revision).
+    fn get_statefulset(&self, namespace: &str, name: &str) -> CapResult<StatefulSet>;
+    /// The namespace's events about the object named `object`, newest first (at most 50).
+    fn list_events(&self, namespace: &str, object: &str) -> CapResult<Vec<Event>>;
     fn list_pods(&self, namespace: &str, selector: &str) -> CapResult<Vec<Pod>>;
     fn pod_logs(&self, namespace: &str, pod: &str, tail_lines: u32) -> CapResult<Vec<String>>;
     fn pod_owner(&self, namespace: &str, pod: &str) -> CapResult<Option<Workload>>;
@@ -166,6 +170,12 @@ impl Kafka for Host {
 impl Kubernetes for Host {
     fn get_deployment(&self, namespace: &str, name: &str) -> CapResult<Deployment> {
         wit_k8s::get_deployment(namespace, name)
+    }
+    fn get_statefulset(&self, namespace: &str, name: &str) -> CapResult<StatefulSet> {
+        wit_k8s::get_statefulset(namespace, name)
+    }
+    fn list_events(&self, namespace: &str, object: &str) -> CapResult<Vec<Event>> {
+        wit_k8s::list_events(namespace, object)
     }
     fn list_pods(&self, namespace: &str, selector: &str) -> CapResult<Vec<Pod>> {
         wit_k8s::list_pods(namespace, selector)

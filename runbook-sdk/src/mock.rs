@@ -173,6 +173,18 @@ impl Kafka for MockCaps {
 }
 
 impl Kubernetes for MockCaps {
+    fn get_statefulset(&self, namespace: &str, name: &str) -> CapResult<StatefulSet> {
+        self.respond(
+            "k8s.get-statefulset",
+            format!("namespace={namespace} name={name}"),
+        )
+    }
+    fn list_events(&self, namespace: &str, object: &str) -> CapResult<Vec<Event>> {
+        self.respond(
+            "k8s.list-events",
+            format!("namespace={namespace} object={object}"),
+        )
+    }
     fn get_deployment(&self, namespace: &str, name: &str) -> CapResult<Deployment> {
         self.respond(
             "k8s.get-deployment",

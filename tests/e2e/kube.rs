@@ -112,6 +112,36 @@ async fn kubectl_sees_the_fake_api_server_as_a_cluster() {
         "jsonpath={.spec.kafka.jvmOptions.-XX.MaxGCPauseMillis}",
     ]);
     assert_eq!(pause, "200");
+    // Events about one object, as `kubectl get events --field-selector` asks for them.
+    fake.event(
+        "shop",
+        ("Pod", "web-x1"),
+        "Warning",
+        "BackOff",
+        "Back-off restarting failed container",
+        3,
+        Duration::from_secs(10),
+    );
+    fake.event(
+        "shop",
+        ("Pod", "web-y2"),
+        "Normal",
+        "Pulled",
+        "image present",
+        1,
+        Duration::from_secs(10),
+    );
+    let reasons = k.ok(&[
+        "-n",
+        "shop",
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=web-x1",
+        "-o",
+        "jsonpath={.items[*].reason}",
+    ]);
+    assert_eq!(reasons, "BackOff");
     // Without -o kubectl asks for a server-side Table; the fake sends the list as JSON and
     // kubectl prints the names (a real server adds READY/STATUS/RESTARTS/AGE columns).
     let (_, out, err) = k.run(&["-n", "shop", "get", "pods"]);
@@ -223,6 +253,15 @@ async fn the_kubernetes_agent_restarts_a_crash_looping_deployment_through_the_ap
             pod,
             &["connecting to payments…", "payments unreachable: giving up"],
         );
+        fake.event(
+            "shop",
+            ("Pod", pod),
+            "Warning",
+            "BackOff",
+            &format!("Back-off restarting failed container checkout in pod {pod}"),
+            14,
+            Duration::from_secs(30),
+        );
     }
 
     let s = ServeSpec {
@@ -253,6 +292,18 @@ async fn the_kubernetes_agent_restarts_a_crash_looping_deployment_through_the_ap
     let (_, approvals) = s.get("/api/v1/approvals", ONCALL).await;
     let approval = &approvals[0];
     assert_eq!(approval["runbook"], "restart-deployment", "{approval}");
+    // The cluster's own account of the crash loop reached the evidence the human reads.
+    let probe = s
+        .audit()
+        .into_iter()
+        .find(|r| {
+            r["kind"] == "phase"
+                && r["data"]["runbook"] == "pod-health-probe"
+                && r["data"]["record"]["phase"] == "action"
+        })
+        .expect("the probe's action");
+    let evidence = probe["data"]["record"]["evidence"].to_string();
+    assert!(evidence.contains("BackOff ×14"), "{evidence}");
     s.approve(approval).await;
     let list = s
         .incidents_until("the restart to be done", |l| {

@@ -4,8 +4,9 @@
 
 use super::{Backends, CapResult, KafkaCaps, KubernetesCaps, MetricsCaps, PostgresCaps};
 use crate::types::{
-    Backend, ClusterInfo, ConnectionSlots, ConsumerGroup, ConsumerWorkload, Deployment, LockWait,
-    PartitionLag, PartitionLeader, Pod, Replica, Revision, Sample, TopicInfo, Workload,
+    Backend, ClusterInfo, ConnectionSlots, ConsumerGroup, ConsumerWorkload, Deployment, Event,
+    LockWait, PartitionLag, PartitionLeader, Pod, Replica, Revision, Sample, StatefulSet,
+    TopicInfo, Workload,
 };
 use async_trait::async_trait;
 use serde::Serialize;
@@ -138,6 +139,15 @@ impl KubernetesCaps for DryRun {
             .kubernetes()
             .get_deployment(namespace, name)
             .await
+    }
+    async fn get_statefulset(&self, namespace: &str, name: &str) -> CapResult<StatefulSet> {
+        self.inner
+            .kubernetes()
+            .get_statefulset(namespace, name)
+            .await
+    }
+    async fn list_events(&self, namespace: &str, object: &str) -> CapResult<Vec<Event>> {
+        self.inner.kubernetes().list_events(namespace, object).await
     }
     async fn list_pods(&self, namespace: &str, selector: &str) -> CapResult<Vec<Pod>> {
         self.inner.kubernetes().list_pods(namespace, selector).await

@@ -43,6 +43,8 @@ pub trait KafkaCaps: Send + Sync {
 #[async_trait]
 pub trait KubernetesCaps: Send + Sync {
     async fn get_deployment(&self, namespace: &str, name: &str) -> CapResult<Deployment>;
+    async fn get_statefulset(&self, namespace: &str, name: &str) -> CapResult<StatefulSet>;
+    async fn list_events(&self, namespace: &str, object: &str) -> CapResult<Vec<Event>>;
     async fn list_pods(&self, namespace: &str, selector: &str) -> CapResult<Vec<Pod>>;
     async fn pod_logs(&self, namespace: &str, pod: &str, tail_lines: u32)
     -> CapResult<Vec<String>>;

@@ -3,8 +3,8 @@
 
 use crate::types::{
     Backend, CapError, CapResult, ClusterInfo, ConnectionSlots, ConsumerGroup, ConsumerWorkload,
-    Deployment, LockWait, PartitionLag, PartitionLeader, Pod, Replica, Revision, Sample, TopicInfo,
-    Workload,
+    Deployment, Event, LockWait, PartitionLag, PartitionLeader, Pod, Replica, Revision, Sample,
+    StatefulSet, TopicInfo, Workload,
 };
 use crate::{Backends, KafkaCaps, KubernetesCaps, MetricsCaps, PostgresCaps};
 use async_trait::async_trait;
@@ -109,6 +109,12 @@ impl KafkaCaps for NoBackend {
 impl KubernetesCaps for NoBackend {
     async fn get_deployment(&self, _: &str, _: &str) -> CapResult<Deployment> {
         self.refuse("k8s.get-deployment")
+    }
+    async fn get_statefulset(&self, _: &str, _: &str) -> CapResult<StatefulSet> {
+        self.refuse("k8s.get-statefulset")
+    }
+    async fn list_events(&self, _: &str, _: &str) -> CapResult<Vec<Event>> {
+        self.refuse("k8s.list-events")
     }
     async fn list_pods(&self, _: &str, _: &str) -> CapResult<Vec<Pod>> {
         self.refuse("k8s.list-pods")

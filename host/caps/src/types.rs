@@ -141,6 +141,32 @@ pub struct Deployment {
     pub conditions: Vec<Condition>,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatefulSet {
+    pub namespace: String,
+    pub name: String,
+    pub replicas_desired: u32,
+    pub replicas_ready: u32,
+    pub replicas_updated: u32,
+    pub current_revision: String,
+    pub update_revision: String,
+    pub generation: i64,
+    pub observed_generation: i64,
+}
+
+/// An event the cluster recorded about an object.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// `Normal` or `Warning`.
+    pub kind: String,
+    pub reason: String,
+    pub message: String,
+    pub object_kind: String,
+    pub object_name: String,
+    pub count: u32,
+    pub age_seconds: f64,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Pod {
     pub name: String,

@@ -124,6 +124,8 @@ pub const CAPABILITIES: &[Capability] = &[
     cap("kafka.partition-leadership", KAFKA, Read),
     cap("kafka.elect-preferred-leaders", KAFKA, Mutate),
     cap("k8s.get-deployment", K8S, Read),
+    cap("k8s.get-statefulset", K8S, Read),
+    cap("k8s.list-events", K8S, Read),
     cap("k8s.list-pods", K8S, Read),
     cap("k8s.pod-logs", K8S, Read),
     cap("k8s.pod-owner", K8S, Read),
@@ -223,9 +225,12 @@ pub fn args_of(capability: &str) -> &'static [(&'static str, ArgKind)] {
             ("key", ConfigKey),
             ("value", ConfigValue),
         ],
-        "k8s.get-deployment" | "k8s.rollout-restart" | "k8s.delete-pod" | "k8s.rollout-history" => {
-            &[("namespace", K8sNamespace), ("name", K8sName)]
-        }
+        "k8s.get-deployment"
+        | "k8s.get-statefulset"
+        | "k8s.rollout-restart"
+        | "k8s.delete-pod"
+        | "k8s.rollout-history" => &[("namespace", K8sNamespace), ("name", K8sName)],
+        "k8s.list-events" => &[("namespace", K8sNamespace), ("object", K8sName)],
         "k8s.scale-deployment" => &[
             ("namespace", K8sNamespace),
             ("name", K8sName),

@@ -72,6 +72,13 @@ records! {
         namespace, name, replicas_desired, replicas_ready, replicas_updated, replicas_available,
         generation, observed_generation, conditions
     }
+    k8s::StatefulSet => caps::StatefulSet {
+        namespace, name, replicas_desired, replicas_ready, replicas_updated, current_revision,
+        update_revision, generation, observed_generation
+    }
+    k8s::Event => caps::Event {
+        kind, reason, message, object_kind, object_name, count, age_seconds
+    }
     k8s::Pod => caps::Pod { name, phase, ready, restarts, reason, node }
     k8s::Workload => caps::Workload { kind, name }
     kafka::PartitionLeader => caps::PartitionLeader {
@@ -200,6 +207,15 @@ mod tests {
             "replicas_updated": 3, "replicas_available": 1, "generation": 4,
             "observed_generation": 4,
             "conditions": [{ "kind": "Available", "status": "False", "reason": "r", "message": "m" }]
+        }));
+        round_trip::<caps::StatefulSet, k8s::StatefulSet>(json!({
+            "namespace": "kafka", "name": "my-cluster-kafka", "replicas_desired": 3,
+            "replicas_ready": 2, "replicas_updated": 1, "current_revision": "a",
+            "update_revision": "b", "generation": 5, "observed_generation": 5
+        }));
+        round_trip::<caps::Event, k8s::Event>(json!({
+            "kind": "Warning", "reason": "BackOff", "message": "Back-off restarting",
+            "object_kind": "Pod", "object_name": "web-1", "count": 12, "age_seconds": 30.5
         }));
         round_trip::<caps::Pod, k8s::Pod>(json!({
             "name": "p", "phase": "Running", "ready": false, "restarts": 7,

@@ -353,6 +353,30 @@ impl kafka::Host for StepState {
 }
 
 impl k8s::Host for StepState {
+    async fn get_statefulset(
+        &mut self,
+        namespace: String,
+        name: String,
+    ) -> GuestResult<k8s::StatefulSet> {
+        call!(
+            self,
+            "k8s.get-statefulset",
+            kubernetes,
+            get_statefulset(namespace, name)
+        )
+    }
+    async fn list_events(
+        &mut self,
+        namespace: String,
+        object: String,
+    ) -> GuestResult<Vec<k8s::Event>> {
+        call!(
+            self,
+            "k8s.list-events",
+            kubernetes,
+            list_events(namespace, object)
+        )
+    }
     async fn get_deployment(
         &mut self,
         namespace: String,

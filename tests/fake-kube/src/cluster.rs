@@ -14,6 +14,8 @@ pub const PODS: &str = "pods";
 pub const DEPLOYMENTS: &str = "deployments";
 pub const REPLICASETS: &str = "replicasets";
 pub const NAMESPACES: &str = "namespaces";
+pub const EVENTS: &str = "events";
+pub const STATEFULSETS: &str = "statefulsets";
 /// Strimzi's `Kafka` (kafka.strimzi.io/v1beta2): no operator here, the resource is stored as
 /// written.
 pub const KAFKAS: &str = "kafkas";
@@ -51,7 +53,7 @@ pub fn now() -> String {
 /// Resources whose spec changes count in `metadata.generation` (those with a status the
 /// controller reports `observedGeneration` in).
 fn generational(resource: &str) -> bool {
-    matches!(resource, DEPLOYMENTS | KAFKAS)
+    matches!(resource, DEPLOYMENTS | STATEFULSETS | KAFKAS)
 }
 
 pub fn kind_of(resource: &str) -> (&'static str, &'static str) {
@@ -60,6 +62,8 @@ pub fn kind_of(resource: &str) -> (&'static str, &'static str) {
         DEPLOYMENTS => ("Deployment", "apps/v1"),
         REPLICASETS => ("ReplicaSet", "apps/v1"),
         KAFKAS => ("Kafka", "kafka.strimzi.io/v1beta2"),
+        EVENTS => ("Event", "v1"),
+        STATEFULSETS => ("StatefulSet", "apps/v1"),
         _ => ("Namespace", "v1"),
     }
 }

@@ -7,6 +7,9 @@
 //! - apps/v1 deployments (list, get, JSON merge and strategic merge patch, update with
 //!   `resourceVersion` → 409 on conflict, the `scale` subresource by get/patch/update, `status`),
 //!   replica sets (list, get);
+//! - core/v1 events and apps/v1 statefulsets (with `status`), stored as written: no controller
+//!   makes events or rolls a statefulset's pods; a test writes what it needs;
+//! - list field selectors on `metadata.name`, `involvedObject.name` and `involvedObject.kind`;
 //! - kafka.strimzi.io/v1beta2 `kafkas` (Strimzi's `Kafka`: get, list, merge patch; stored as
 //!   written, no operator rolls the brokers);
 //! - `watch=true` on lists: newline-delimited watch events until `timeoutSeconds`;
@@ -16,8 +19,8 @@
 //!   updated/ready/available replicas; a deleted pod is replaced.
 //!
 //! Not served: protobuf (the JSON alternative every client accepts is sent), server-side
-//! printing (`kubectl get` without `-o` prints its own default columns from the JSON), events,
-//! statefulsets, admission, finalizers (a delete is immediate, as for a pod without them).
+//! printing (`kubectl get` without `-o` prints its own default columns from the JSON), admission,
+//! finalizers (a delete is immediate, as for a pod without them).
 //! `tests/e2e/kube.rs` checks this fake with the real `kubectl`.
 
 pub mod cluster;
@@ -27,7 +30,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use cluster::{Cluster, DEPLOYMENTS, KAFKAS, NAMESPACES, PODS, REPLICASETS};
+use cluster::{Cluster, DEPLOYMENTS, EVENTS, KAFKAS, NAMESPACES, PODS, REPLICASETS, STATEFULSETS};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -111,6 +114,36 @@ impl FakeKube {
                         "spec": { "containers": [ { "name": name, "image": image } ] },
                     },
                 },
+            }),
+        )
+    }
+
+    /// An event about `object` (`kind`, `name`) in `ns`: `type_` `Normal` or `Warning`, seen
+    /// `count` times, last `age` ago.
+    #[allow(clippy::too_many_arguments)]
+    pub fn event(
+        &self,
+        ns: &str,
+        (kind, name): (&str, &str),
+        type_: &str,
+        reason: &str,
+        message: &str,
+        count: u32,
+        age: Duration,
+    ) -> Value {
+        let mut c = lock(&self.cluster);
+        c.ensure_namespace(ns);
+        let at = humantime::format_rfc3339_seconds(std::time::SystemTime::now() - age).to_string();
+        let id = c.resource_version();
+        c.create(
+            EVENTS,
+            ns,
+            json!({
+                "metadata": { "name": format!("{name}.{id}") },
+                "involvedObject": { "kind": kind, "name": name, "namespace": ns },
+                "type": type_, "reason": reason, "message": message, "count": count,
+                "firstTimestamp": at, "lastTimestamp": at,
+                "source": { "component": "themis-fake" },
             }),
         )
     }
@@ -224,6 +257,8 @@ fn parse_path(path: &str) -> Option<Target> {
     let resource = match (group, rest.first()?) {
         ("", &"pods") => PODS,
         ("", &"namespaces") => NAMESPACES,
+        ("", &"events") => EVENTS,
+        ("apps", &"statefulsets") => STATEFULSETS,
         ("apps", &"deployments") => DEPLOYMENTS,
         ("apps", &"replicasets") => REPLICASETS,
         ("kafka.strimzi.io", &"kafkas") => KAFKAS,
@@ -432,13 +467,12 @@ fn list(c: &Shared, t: &Target, q: &HashMap<String, String>, watch: bool) -> Res
         Ok(s) => s,
         Err(e) => return status(StatusCode::BAD_REQUEST, "BadRequest", e, json!({})),
     };
-    let name = match select::field_name(q.get("fieldSelector").map_or("", String::as_str)) {
-        Ok(n) => n,
+    let fields = match select::fields(q.get("fieldSelector").map_or("", String::as_str)) {
+        Ok(f) => f,
         Err(e) => return status(StatusCode::BAD_REQUEST, "BadRequest", e, json!({})),
     };
     let keep = move |o: &Value| {
-        labels.matches(&o["metadata"]["labels"])
-            && name.as_deref().is_none_or(|n| o["metadata"]["name"] == n)
+        labels.matches(&o["metadata"]["labels"]) && select::fields_match(&fields, o)
     };
     let ns = if t.resource == NAMESPACES {
         Some(String::new())
@@ -665,6 +699,7 @@ fn discovery(path: &str) -> Option<Value> {
                 ("pods", "Pod", true, all),
                 ("pods/log", "Pod", true, &["get"]),
                 ("pods/status", "Pod", true, &["get", "patch", "update"]),
+                ("events", "Event", true, all),
             ]),
         }),
         "/apis/apps/v1" => json!({
@@ -674,6 +709,8 @@ fn discovery(path: &str) -> Option<Value> {
                 ("deployments/scale", "Scale", true, &["get", "patch", "update"]),
                 ("deployments/status", "Deployment", true, &["get", "patch", "update"]),
                 ("replicasets", "ReplicaSet", true, all),
+                ("statefulsets", "StatefulSet", true, all),
+                ("statefulsets/status", "StatefulSet", true, &["get", "patch", "update"]),
             ]),
         }),
         "/apis/kafka.strimzi.io/v1beta2" => json!({

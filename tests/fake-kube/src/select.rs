@@ -88,16 +88,38 @@ fn set(text: &str) -> Result<Vec<String>, String> {
     Ok(inner.split(',').map(|v| v.trim().to_owned()).collect())
 }
 
-/// `metadata.name=NAME` (or `==`): the name it asks for. Other field selectors are refused.
-pub fn field_name(text: &str) -> Result<Option<String>, String> {
-    if text.is_empty() {
-        return Ok(None);
+/// The fields a field selector may name here, and where each is in an object.
+const FIELDS: &[(&str, &[&str])] = &[
+    ("metadata.name", &["metadata", "name"]),
+    ("involvedObject.name", &["involvedObject", "name"]),
+    ("involvedObject.kind", &["involvedObject", "kind"]),
+];
+
+/// A field selector (`metadata.name=NAME,involvedObject.kind=Pod`, `=` or `==`): each term as
+/// (path in the object, value). Other fields are refused, as the API server refuses fields a
+/// resource does not index.
+pub fn fields(text: &str) -> Result<Vec<(&'static [&'static str], String)>, String> {
+    let mut out = Vec::new();
+    for term in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+        let (field, value) = term
+            .split_once("==")
+            .or_else(|| term.split_once('='))
+            .ok_or_else(|| format!("invalid field selector: {term}"))?;
+        let path = FIELDS
+            .iter()
+            .find(|(name, _)| *name == field)
+            .map(|(_, path)| *path)
+            .ok_or_else(|| format!("field label not supported by this fake: {field}"))?;
+        out.push((path, value.to_owned()));
     }
-    let value = text
-        .strip_prefix("metadata.name==")
-        .or_else(|| text.strip_prefix("metadata.name="))
-        .ok_or_else(|| format!("field label not supported by this fake: {text}"))?;
-    Ok(Some(value.to_owned()))
+    Ok(out)
+}
+
+/// Does `object` hold every (path, value) of `fields`?
+pub fn fields_match(fields: &[(&[&str], String)], object: &serde_json::Value) -> bool {
+    fields
+        .iter()
+        .all(|(path, want)| path.iter().fold(object, |v, k| &v[*k]).as_str() == Some(want.as_str()))
 }
 
 #[cfg(test)]
@@ -126,7 +148,14 @@ mod tests {
             );
         }
         assert!(Selector::parse("app in web").is_err());
-        assert_eq!(field_name("metadata.name=x").expect("ok"), Some("x".into()));
-        assert!(field_name("status.phase=Running").is_err());
+        let web = json!({ "metadata": { "name": "x" }, "involvedObject": { "kind": "Pod", "name": "web-1" } });
+        let f = fields("metadata.name=x").expect("ok");
+        assert!(fields_match(&f, &web));
+        let f = fields("involvedObject.name==web-1,involvedObject.kind=Pod").expect("ok");
+        assert!(fields_match(&f, &web));
+        let f = fields("involvedObject.name=web-2").expect("ok");
+        assert!(!fields_match(&f, &web));
+        assert!(fields("spec.nodeName=n").is_err());
+        assert!(fields("status.phase=Running").is_err());
     }
 }

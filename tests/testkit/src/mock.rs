@@ -58,8 +58,9 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 use themis_caps::{
     Backend, CapError, CapResult, ClusterInfo, ConnectionSlots, ConsumerGroup, ConsumerWorkload,
-    Deployment, KafkaCaps, KubernetesCaps, LockWait, MetricsCaps, PartitionLag, PartitionLeader,
-    Pod, PostgresCaps, Replica, Revision, Sample, TopicInfo, Workload,
+    Deployment, Event, KafkaCaps, KubernetesCaps, LockWait, MetricsCaps, PartitionLag,
+    PartitionLeader, Pod, PostgresCaps, Replica, Revision, Sample, StatefulSet, TopicInfo,
+    Workload,
 };
 use themis_core::clock::Clock;
 use themis_core::types::Pair;
@@ -595,6 +596,20 @@ impl KafkaCaps for ScenarioMock {
 
 #[async_trait]
 impl KubernetesCaps for ScenarioMock {
+    async fn get_statefulset(&self, namespace: &str, name: &str) -> CapResult<StatefulSet> {
+        self.answer(
+            "k8s.get-statefulset",
+            json!({ "namespace": namespace, "name": name }),
+        )
+        .await
+    }
+    async fn list_events(&self, namespace: &str, object: &str) -> CapResult<Vec<Event>> {
+        self.answer(
+            "k8s.list-events",
+            json!({ "namespace": namespace, "object": object }),
+        )
+        .await
+    }
     async fn get_deployment(&self, namespace: &str, name: &str) -> CapResult<Deployment> {
         self.answer(
             "k8s.get-deployment",

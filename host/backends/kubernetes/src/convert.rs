@@ -1,10 +1,13 @@
 //! Kubernetes objects as the WIT records steps see.
 
-use k8s_openapi::api::apps::v1::{Deployment as K8sDeployment, ReplicaSet};
-use k8s_openapi::api::core::v1::Pod as K8sPod;
+use k8s_openapi::api::apps::v1::{
+    Deployment as K8sDeployment, ReplicaSet, StatefulSet as K8sStatefulSet,
+};
+use k8s_openapi::api::core::v1::{Event as K8sEvent, Pod as K8sPod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::jiff::Timestamp;
 use serde_json::Value;
-use themis_caps::types::{Condition, Deployment, Pod, Revision};
+use themis_caps::types::{Condition, Deployment, Event, Pod, Revision, StatefulSet};
 
 const REVISION: &str = "deployment.kubernetes.io/revision";
 const HASH: &str = "pod-template-hash";
@@ -38,6 +41,56 @@ pub fn deployment(namespace: &str, name: &str, d: &K8sDeployment) -> Deployment 
             })
             .collect(),
     }
+}
+
+pub fn statefulset(namespace: &str, name: &str, s: &K8sStatefulSet) -> StatefulSet {
+    let spec = s.spec.as_ref();
+    let status = s.status.as_ref();
+    StatefulSet {
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+        replicas_desired: count(Some(spec.and_then(|s| s.replicas).unwrap_or(1))),
+        replicas_ready: count(status.and_then(|s| s.ready_replicas)),
+        replicas_updated: count(status.and_then(|s| s.updated_replicas)),
+        current_revision: status
+            .and_then(|s| s.current_revision.clone())
+            .unwrap_or_default(),
+        update_revision: status
+            .and_then(|s| s.update_revision.clone())
+            .unwrap_or_default(),
+        generation: s.metadata.generation.unwrap_or(0),
+        observed_generation: status.and_then(|s| s.observed_generation).unwrap_or(0),
+    }
+}
+
+/// When an event last happened: its last timestamp, else its (series) event time, else when it
+/// was first seen or made.
+fn last_seen(e: &K8sEvent) -> Option<Timestamp> {
+    e.last_timestamp
+        .as_ref()
+        .map(|t| t.0)
+        .or_else(|| e.event_time.as_ref().map(|t| t.0))
+        .or_else(|| e.first_timestamp.as_ref().map(|t| t.0))
+        .or_else(|| e.metadata.creation_timestamp.as_ref().map(|t| t.0))
+}
+
+/// Events newest first, at most `max`, each with its age at `now`.
+pub fn events(mut list: Vec<K8sEvent>, now: Timestamp, max: usize) -> Vec<Event> {
+    list.sort_by_key(|e| std::cmp::Reverse(last_seen(e)));
+    list.iter()
+        .take(max)
+        .map(|e| Event {
+            kind: e.type_.clone().unwrap_or_default(),
+            reason: e.reason.clone().unwrap_or_default(),
+            message: e.message.clone().unwrap_or_default(),
+            object_kind: e.involved_object.kind.clone().unwrap_or_default(),
+            object_name: e.involved_object.name.clone().unwrap_or_default(),
+            count: e.count.map_or(1, |c| u32::try_from(c).unwrap_or(0)),
+            age_seconds: last_seen(e).map_or(0.0, |t| {
+                (now.as_millisecond() - t.as_millisecond()).max(0) as f64 / 1000.0
+            }),
+        })
+        .collect()
 }
 
 pub fn pod(p: &K8sPod) -> Pod {

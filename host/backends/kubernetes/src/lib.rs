@@ -1,6 +1,7 @@
-//! `KubernetesCaps` against a real API server through kube: deployments and their rollout
-//! status, pods (phase, readiness, restarts, why they are not running), bounded log tails, the
-//! workload that controls a pod, a deployment's revisions; and the mutations as kubectl does
+//! `KubernetesCaps` against a real API server through kube: deployments and statefulsets and
+//! their rollout status, pods (phase, readiness, restarts, why they are not running), the events
+//! about an object, bounded log tails, the workload that controls a pod, a deployment's
+//! revisions; and the mutations as kubectl does
 //! them — `rollout restart` (the `kubectl.kubernetes.io/restartedAt` pod-template annotation, by
 //! strategic merge patch), scale through the `scale` subresource, delete pod, `rollout undo` (the
 //! revision's pod template put back, guarded by the resourceVersion read).
@@ -18,8 +19,10 @@ pub mod names;
 pub mod strimzi;
 
 use async_trait::async_trait;
-use k8s_openapi::api::apps::v1::{Deployment as K8sDeployment, ReplicaSet};
-use k8s_openapi::api::core::v1::Pod as K8sPod;
+use k8s_openapi::api::apps::v1::{
+    Deployment as K8sDeployment, ReplicaSet, StatefulSet as K8sStatefulSet,
+};
+use k8s_openapi::api::core::v1::{Event as K8sEvent, Pod as K8sPod};
 use kube::api::{Api, DeleteParams, ListParams, LogParams, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use serde_json::json;
@@ -27,7 +30,9 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 use themis_caps::KubernetesCaps;
-use themis_caps::types::{CapError, CapResult, Deployment, Pod, Revision, Workload};
+use themis_caps::types::{
+    CapError, CapResult, Deployment, Event, Pod, Revision, StatefulSet, Workload,
+};
 use tokio::sync::OnceCell;
 
 /// How the agent reaches its cluster (`backends.<agent>.kubernetes` in themis.yaml).
@@ -69,6 +74,9 @@ const MAX_PODS: u32 = 500;
 /// The most log bytes one tail returns, and lines.
 const MAX_LOG_BYTES: i64 = 256 * 1024;
 const MAX_LOG_LINES: u32 = 1000;
+/// The events one read returns (newest first), and the most it reads to find them.
+const MAX_EVENTS: usize = 50;
+const MAX_EVENTS_READ: u32 = 500;
 /// Tries of a read (or of a write the server refused with 429).
 const TRIES: u32 = 3;
 
@@ -289,6 +297,40 @@ impl KubernetesCaps for KubernetesBackend {
     async fn get_deployment(&self, namespace: &str, name: &str) -> CapResult<Deployment> {
         let d = self.deployment(namespace, name).await?;
         Ok(convert::deployment(namespace, name, &d))
+    }
+
+    async fn get_statefulset(&self, namespace: &str, name: &str) -> CapResult<StatefulSet> {
+        names::name(name)?;
+        let api: Api<K8sStatefulSet> = self.api(namespace).await?;
+        let s = self
+            .read(
+                &format!("statefulset {namespace}/{name}"),
+                Access("get", "statefulsets"),
+                || api.get(name),
+            )
+            .await?;
+        Ok(convert::statefulset(namespace, name, &s))
+    }
+
+    async fn list_events(&self, namespace: &str, object: &str) -> CapResult<Vec<Event>> {
+        names::name(object)?;
+        let api: Api<K8sEvent> = self.api(namespace).await?;
+        // Repeated events are counted on one object, so a bounded list still covers a while.
+        let params = ListParams::default()
+            .fields(&format!("involvedObject.name={object}"))
+            .limit(MAX_EVENTS_READ);
+        let list = self
+            .read(
+                &format!("events of {namespace}/{object}"),
+                Access("list", "events"),
+                || api.list(&params),
+            )
+            .await?;
+        Ok(convert::events(
+            list.items,
+            k8s_openapi::jiff::Timestamp::now(),
+            MAX_EVENTS,
+        ))
     }
 
     async fn list_pods(&self, namespace: &str, selector: &str) -> CapResult<Vec<Pod>> {

@@ -239,3 +239,112 @@ async fn an_unreachable_api_server_is_unavailable_in_bounded_time() {
     assert!(started.elapsed() < Duration::from_secs(10));
     assert!(b.doctor().await.is_err());
 }
+
+/// A StatefulSet's rollout as its status reports it, and the events about one object, newest
+/// first, counted rather than repeated, bounded.
+#[tokio::test(flavor = "multi_thread")]
+async fn statefulsets_and_events_are_read_as_the_api_server_keeps_them() {
+    use serde_json::json;
+    use themis_fake_kube::cluster::STATEFULSETS;
+    let (fake, b, _dir) = setup().await;
+    fake.with(|c| {
+        c.ensure_namespace("kafka");
+        c.create(
+            STATEFULSETS,
+            "kafka",
+            json!({
+                "metadata": { "name": "my-cluster-kafka" },
+                "spec": { "replicas": 3, "serviceName": "my-cluster-kafka-brokers",
+                          "selector": { "matchLabels": { "app": "kafka" } },
+                          "template": { "metadata": { "labels": { "app": "kafka" } }, "spec": { "containers": [] } } },
+                "status": { "replicas": 3, "readyReplicas": 2, "updatedReplicas": 1,
+                            "currentRevision": "my-cluster-kafka-6d5", "updateRevision": "my-cluster-kafka-7f9",
+                            "observedGeneration": 1 },
+            }),
+        );
+    });
+    let s = b
+        .get_statefulset("kafka", "my-cluster-kafka")
+        .await
+        .expect("statefulset");
+    assert_eq!(
+        (s.replicas_desired, s.replicas_ready, s.replicas_updated),
+        (3, 2, 1)
+    );
+    assert_eq!(
+        (s.current_revision.as_str(), s.update_revision.as_str()),
+        ("my-cluster-kafka-6d5", "my-cluster-kafka-7f9"),
+        "a rollout under way"
+    );
+    assert_eq!((s.generation, s.observed_generation), (1, 1));
+    assert!(matches!(
+        b.get_statefulset("kafka", "nope").await,
+        Err(CapError::NotFound(_))
+    ));
+
+    let pod = "web-abc12";
+    fake.event(
+        "shop",
+        ("Pod", pod),
+        "Normal",
+        "Pulled",
+        "Container image \"web:1.0\" already present on machine",
+        1,
+        Duration::from_secs(300),
+    );
+    fake.event(
+        "shop",
+        ("Pod", pod),
+        "Warning",
+        "BackOff",
+        "Back-off restarting failed container web in pod web-abc12",
+        14,
+        Duration::from_secs(20),
+    );
+    fake.event(
+        "shop",
+        ("Pod", "other-pod"),
+        "Warning",
+        "Failed",
+        "not this one",
+        1,
+        Duration::from_secs(5),
+    );
+    for n in 0..60 {
+        fake.event(
+            "shop",
+            ("Pod", "noisy"),
+            "Normal",
+            "Scheduled",
+            &format!("event {n}"),
+            1,
+            Duration::from_secs(1000 + n),
+        );
+    }
+    let events = b.list_events("shop", pod).await.expect("events");
+    let seen: Vec<(&str, &str, u32)> = events
+        .iter()
+        .map(|e| (e.kind.as_str(), e.reason.as_str(), e.count))
+        .collect();
+    assert_eq!(seen, [("Warning", "BackOff", 14), ("Normal", "Pulled", 1)]);
+    assert_eq!(
+        (
+            events[0].object_kind.as_str(),
+            events[0].object_name.as_str()
+        ),
+        ("Pod", pod)
+    );
+    assert!(
+        (15.0..120.0).contains(&events[0].age_seconds),
+        "{}",
+        events[0].age_seconds
+    );
+    assert_eq!(
+        b.list_events("shop", "noisy").await.expect("events").len(),
+        50
+    );
+    assert!(matches!(
+        b.list_events("shop", "Not_A_Name").await,
+        Err(CapError::InvalidArgument(_))
+    ));
+}

@@ -9,6 +9,8 @@ use themis_runbook_sdk::prelude::*;
 /// Log lines of a failing pod shown as evidence: enough to see the last error, few enough to read.
 const LOG_LINES: u32 = 20;
 const LOG_EVIDENCE: usize = 3;
+/// The newest warning events about the failing pod shown as evidence.
+const EVENT_EVIDENCE: usize = 3;
 
 #[derive(Default)]
 pub struct Pods;
@@ -195,6 +197,24 @@ impl Step<dyn Kubernetes> for Pods {
                 }
                 Err(e) => out = out.evidence("log", format!("unknown: {e:?}")),
             }
+            // What the cluster said about it (back-off, failed probes, OOM kills, evictions):
+            // evidence for the human, never a fact a rule acts on, so an unreadable event list
+            // leaves no line rather than guessing.
+            if let Ok(events) = k8s.list_events(ns, &pod.name) {
+                for e in events
+                    .iter()
+                    .filter(|e| e.kind == "Warning")
+                    .take(EVENT_EVIDENCE)
+                {
+                    out = out.evidence(
+                        "event",
+                        format!(
+                            "{}: {} ×{} ({:.0}s ago): {}",
+                            pod.name, e.reason, e.count, e.age_seconds, e.message
+                        ),
+                    );
+                }
+            }
         }
         out
     }
@@ -213,7 +233,7 @@ themis_runbook_sdk::export_kubernetes_step!(Pods);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use themis_runbook_sdk::caps::k8s_types::{Deployment, Pod, Workload};
+    use themis_runbook_sdk::caps::k8s_types::{Deployment, Event, Pod, Workload};
     use themis_runbook_sdk::mock::MockCaps;
 
     fn ctx(params: &[(&str, &str)]) -> Context {
@@ -268,6 +288,13 @@ mod tests {
             .on(
                 "k8s.pod-logs",
                 Ok(vec!["starting".to_owned(), "panic: no DB_URL".to_owned()]),
+            )
+            .on(
+                "k8s.list-events",
+                Ok(vec![
+                    event("Normal", "Pulled", "image present"),
+                    event("Warning", "BackOff", "Back-off restarting failed container"),
+                ]),
             );
         let ctx = ctx(&[("namespace", "shop"), ("pod", "checkout-7d9f-abcde")]);
         assert!(Pods.precondition(&ctx, &caps).passed());
@@ -285,6 +312,23 @@ mod tests {
             out.evidence_value("log"),
             Some("checkout-7d9f-abcde: starting")
         );
+        // Only warnings, as the cluster counted them.
+        assert_eq!(
+            out.evidence_value("event"),
+            Some("checkout-7d9f-abcde: BackOff ×5 (30s ago): Back-off restarting failed container")
+        );
+    }
+
+    fn event(kind: &str, reason: &str, message: &str) -> Event {
+        Event {
+            kind: kind.into(),
+            reason: reason.into(),
+            message: message.into(),
+            object_kind: "Pod".into(),
+            object_name: "checkout-7d9f-abcde".into(),
+            count: 5,
+            age_seconds: 30.0,
+        }
     }
 
     #[test]
