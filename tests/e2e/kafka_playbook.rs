@@ -10,6 +10,7 @@
 //! The agent is the shipped one with its queries named for the JMX exporter in its file
 //! (`probe_params:` for the triage probe, rule parameters for the diagnosis), as an operator's is.
 
+use crate::playbook::{BUDGET, until};
 use crate::serve::{AM, INTAKE, ONCALL, ServeSpec, Served, notification};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
@@ -22,31 +23,10 @@ use themis_fake_kube::FakeKube;
 use themis_fake_kube::cluster::{KAFKAS, PODS};
 use themis_testkit::services::{self, Service};
 
-/// The whole trial's bound.
-const BUDGET: Duration = Duration::from_secs(90);
-
 /// The mean old-generation pause per broker over the window, from the JMX exporter's summary.
 const GC_PAUSE_QUERY: &str = r#"max by (broker) (rate(jvm_gc_collection_seconds_sum{job="kafka"}[15s]) / rate(jvm_gc_collection_seconds_count{job="kafka"}[15s]))"#;
 /// Each broker's CPU, in cores, from the exporter's process collector.
 const CPU_QUERY: &str = r#"avg by (broker) (rate(process_cpu_seconds_total{job="kafka"}[15s]))"#;
-
-async fn until<T, F, Fut>(what: &str, started: Instant, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    loop {
-        if let Some(v) = probe().await {
-            return v;
-        }
-        assert!(
-            started.elapsed() < BUDGET,
-            "timed out ({} s into the trial) waiting for {what}",
-            started.elapsed().as_secs()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 /// One broker's JMX exporter on loopback: its process burning `cpu` cores, and one old-generation
 /// collection a second, each `pause` seconds long — counters that grow with wall time, as the
@@ -221,15 +201,7 @@ async fn the_kafka_gc_pause_playbook_runs_on_real_protocols() {
         "my-cluster",
         json!({ "kafka": { "replicas": 3, "jvmOptions": { "-Xmx": "4g" } } }),
     );
-    fake.with(|c| {
-        for id in 1..=3 {
-            c.create(
-                PODS,
-                "kafka",
-                json!({ "metadata": { "name": format!("my-cluster-kafka-{id}"), "labels": { "strimzi.io/cluster": "my-cluster" } }, "spec": { "containers": [] }, "status": { "phase": "Running" } }),
-            );
-        }
-    });
+    fake.broker_pods("kafka", "my-cluster", 1..=3);
 
     // Each broker's exporter; broker 2 is the sick one: 97 % of a core, 2.5 s GC pauses.
     let mut exporters = Vec::new();

@@ -385,16 +385,7 @@ async fn kafka_actions_act_on_the_bound_workloads_through_the_api_server() {
         "my-cluster",
         json!({ "kafka": { "replicas": 3, "config": { "num.io.threads": 8 }, "jvmOptions": { "-Xmx": "4g" } } }),
     );
-    fake.with(|c| {
-        c.ensure_namespace("kafka");
-        for id in 0..3 {
-            c.create(
-                PODS,
-                "kafka",
-                json!({ "metadata": { "name": format!("my-cluster-kafka-{id}"), "labels": { "app": "kafka" } }, "spec": { "containers": [] }, "status": { "phase": "Running" } }),
-            );
-        }
-    });
+    fake.broker_pods("kafka", "my-cluster", 0..3);
     assert!(
         fake.rolled_out("shop", "orders-consumer", Duration::from_secs(10))
             .await

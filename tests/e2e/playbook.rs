@@ -15,9 +15,11 @@ use themis_testkit::postgres::{APP_ROLE, THEMIS_ROLE, TestDb};
 use themis_testkit::services::{self, Service};
 
 /// The whole trial must finish within this (the budget: < 90 s).
-const BUDGET: Duration = Duration::from_secs(90);
+pub(crate) const BUDGET: Duration = Duration::from_secs(90);
 
-async fn until<T, F, Fut>(what: &str, started: Instant, mut probe: F) -> T
+/// `probe` again every 200 ms until it gives a value; the trial fails, naming `what`, once it
+/// has run past the budget.
+pub(crate) async fn until<T, F, Fut>(what: &str, started: Instant, mut probe: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,

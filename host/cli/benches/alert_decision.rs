@@ -13,9 +13,12 @@
 //! `themis alert --alertmanager` (a process per alert: start, load the agents, decide), for
 //! fewer rounds. Target: the service's p99 no worse than the CLI's.
 
-use std::io::{BufRead, BufReader, Write};
+mod common;
+
+use common::Served;
+use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use themis_agent::audit::{AuditLog, Redactor};
@@ -255,19 +258,6 @@ fn main() {
     );
 }
 
-/// `themis serve` on loopback, killed when dropped.
-struct Served {
-    child: std::process::Child,
-    url: String,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// `themis serve` over the bench's agent and world, as an operator would start it.
 fn serve(dir: &Path, agents: &Path, world: &Path, cache: &Path) -> Served {
     let config = dir.join("themis.yaml");
@@ -283,30 +273,7 @@ fn serve(dir: &Path, agents: &Path, world: &Path, cache: &Path) -> Served {
         ),
     )
     .expect("config");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_themis"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("BENCH_INTAKE", INTAKE)
-        .env("THEMIS_CACHE_DIR", cache)
-        .current_dir(dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("themis serve");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let url = loop {
-        match lines.next() {
-            Some(Ok(line)) => {
-                if let Some(url) = line.strip_prefix("themis serve: listening on ") {
-                    break url.to_owned();
-                }
-            }
-            _ => panic!("themis serve did not start"),
-        }
-    };
-    // Its console escalations: read, or the pipe fills and the service blocks on it.
-    std::thread::spawn(move || for _ in lines {});
-    Served { child, url }
+    common::serve(&config, dir, &[("BENCH_INTAKE", INTAKE)], cache)
 }
 
 /// Read the event stream up to the next escalation (one alert in flight at a time: it is ours).

@@ -10,9 +10,9 @@
 //! without it this measures debug code). THEMIS_BENCH_ALERTS sets the alerts
 //! per mix (default 100 000), THEMIS_BENCH_CLIENTS the concurrent connections (default 8).
 
+mod common;
+
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -199,33 +199,18 @@ fn bench_serve(
     {
         let state = dir.join("state");
         let _ = std::fs::remove_dir_all(&state);
-        let mut child = Command::new(env!("CARGO_BIN_EXE_themis"))
-            .args(["serve", "--config"])
-            .arg(config)
-            .env("BENCH_INTAKE", INTAKE)
-            .env("THEMIS_CACHE_DIR", repo.join("target/bench-cache"))
-            .current_dir(dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("themis serve");
-        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let base = loop {
-            match lines.next() {
-                Some(Ok(l)) => {
-                    if let Some(u) = l.strip_prefix("themis serve: listening on ") {
-                        break u.to_owned();
-                    }
-                }
-                _ => panic!("themis serve did not start"),
-            }
-        };
+        let served = common::serve(
+            config,
+            dir,
+            &[("BENCH_INTAKE", INTAKE)],
+            &repo.join("target/bench-cache"),
+        );
+        let base = served.url.clone();
         let url = format!("{base}/api/v1/alerts/alertmanager");
-        std::thread::spawn(move || for _ in lines {});
         let run = rt.block_on(load(&url, total, group, clients, duplicate));
         let rate = run.accepted as f64 / run.seconds;
         std::thread::sleep(Duration::from_millis(200));
-        let rss = rss_kib(child.id());
+        let rss = rss_kib(served.child.id());
         let backlog = rt.block_on(async {
             let agents: Value = reqwest::Client::new()
                 .get(format!("{base}/api/v1/agents"))
@@ -255,7 +240,5 @@ fn bench_serve(
             rss / 1024,
             backlog.map_or("?".into(), |b| b.to_string()),
         );
-        let _ = child.kill();
-        let _ = child.wait();
     }
 }

@@ -118,6 +118,23 @@ impl FakeKube {
         )
     }
 
+    /// Strimzi's broker pods `<cluster>-kafka-<id>` for `ids` in `ns`, running and labelled with
+    /// their cluster, as its operator makes them (no controller here replaces a deleted one).
+    pub fn broker_pods(&self, ns: &str, cluster: &str, ids: impl IntoIterator<Item = i32>) {
+        let mut c = lock(&self.cluster);
+        c.ensure_namespace(ns);
+        for id in ids {
+            c.create(
+                PODS,
+                ns,
+                json!({
+                    "metadata": { "name": format!("{cluster}-kafka-{id}"), "labels": { "strimzi.io/cluster": cluster } },
+                    "spec": { "containers": [] }, "status": { "phase": "Running" },
+                }),
+            );
+        }
+    }
+
     /// An event about `object` (`kind`, `name`) in `ns`: `type_` `Normal` or `Warning`, seen
     /// `count` times, last `age` ago.
     #[allow(clippy::too_many_arguments)]
