@@ -51,14 +51,16 @@ fn a_second_automatic_run_inside_the_cooldown_goes_to_a_human_who_may_approve_it
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().join("state");
     let state = state.to_str().expect("utf-8");
+    // The scale is refused, so each run fails at once (a scale the group never reaches would
+    // fail the same way, after the postcondition's two-minute wait).
     let scenario = steady_scale(
         dir.path(),
-        "ok: { group_id: orders-consumer, replicas_desired: 6, replicas_ready: 3, revision: \"7\" }",
+        "error: { failed: \"the consumer deployment rejected the new replica count\" }",
     );
     let first = alert(&scenario, state, "agents");
     assert!(
         first.contains("failed") && !first.contains("guard rail"),
-        "the first run is automatic (its postcondition fails: the group stays at 3): {first}"
+        "the first run is automatic (and fails: the scale is refused): {first}"
     );
 
     let second = alert(&scenario, state, "agents");

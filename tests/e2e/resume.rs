@@ -50,7 +50,8 @@ fn request(mock: &Arc<themis_testkit::mock::ScenarioMock>) -> ExecutionRequest {
         destructive: Arc::new(DestructiveList::default()),
         approval: None,
         journal: Arc::new(MemoryJournal::default()),
-        clock: themis_core::clock::Clock::system(),
+        // The postcondition's two-minute wait passes on a hand-moved clock, not the test's.
+        clock: themis_core::clock::Clock::manual(std::time::UNIX_EPOCH),
     }
 }
 
@@ -215,9 +216,26 @@ fn where_a_run_resumes_is_read_off_its_record() {
         ]),
         Ok(Resume::Precondition(1))
     );
-    // Not resumed: a failed phase (a rollback may be under way), an ended run, another bundle.
+    // A postcondition that did not hold yet (its wait cut short, or its rollback not begun):
+    // read again. Once a rollback acted, no.
     let failed = phase(5, "restart-consumers", "postcondition", "failed", json!({}));
-    assert!(at(&[start.clone(), pre.clone(), action.clone(), failed]).is_err());
+    assert_eq!(
+        at(&[start.clone(), pre.clone(), action.clone(), failed.clone()]),
+        Ok(Resume::Postcondition {
+            step: 0,
+            branch: "next".into()
+        })
+    );
+    let rolling = record(
+        6,
+        "capability-intent",
+        json!({ "intent": { "execution_id": "exe-1", "step": "restart-consumers", "phase": "rollback", "capability": "kafka.restart-consumers" } }),
+    );
+    assert!(at(&[start.clone(), pre.clone(), action.clone(), failed, rolling]).is_err());
+    // Not resumed: another phase that failed (a rollback may be under way), an ended run,
+    // another bundle.
+    let refused = phase(3, "restart-consumers", "precondition", "failed", json!({}));
+    assert!(at(&[start.clone(), refused]).is_err());
     let result = record(6, "result", json!({}));
     assert!(at(&[start.clone(), pre.clone(), action, post, result]).is_err());
     let other = record(

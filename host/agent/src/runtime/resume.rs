@@ -3,9 +3,11 @@
 //! every mutating call. From that alone — never from a guess — the walk goes on: at the next
 //! check, at the postcondition after a recorded action, or, when an action may have acted but
 //! its result is not on the record, at that step's postcondition first (the executor's rules:
-//! a non-idempotent action never runs twice). Anything else — a phase that did not pass, a
-//! rollback under way, a changed runbook, a step with several branches whose cut-off action's
-//! choice is unknown — goes to a human as before.
+//! a non-idempotent action never runs twice). A postcondition that did not hold yet is read
+//! again (it only looks: the stop may have cut its wait short), unless a rollback had begun to
+//! act. Anything else — another phase that did not pass, a rollback under way, a changed
+//! runbook, a step with several branches whose cut-off action's choice is unknown — goes to a
+//! human as before.
 
 use super::RuntimeError;
 use super::execute::PhaseAudit;
@@ -64,6 +66,9 @@ pub fn resume_point(
     let mut acted = Vec::new();
     let mut outputs = Vec::new();
     let mut last: Option<(usize, Phase, Option<String>)> = None;
+    // The step whose postcondition did not hold on its latest reading, if that is where the
+    // walk stood.
+    let mut unsettled: Option<usize> = None;
     let mut branches: BTreeMap<usize, String> = BTreeMap::new();
     for r in after.iter().filter(|r| r.kind == "phase") {
         if r.data["runbook"].as_str() != Some(rb.id.as_str()) {
@@ -77,10 +82,16 @@ pub fn resume_point(
         let phase: Phase = serde_json::from_value(rec["phase"].clone())
             .map_err(|e| format!("a phase record cannot be read back: {e}"))?;
         if rec["status"] != "passed" {
+            if phase == Phase::Postcondition && branches.contains_key(&i) {
+                unsettled = Some(i);
+                last = Some((i, phase, None));
+                continue;
+            }
             return Err(format!(
                 "{step} {phase} had not passed when the host stopped (a rollback may have been under way)"
             ));
         }
+        unsettled = None;
         if phase == Phase::Rollback {
             return Err("a rollback was under way when the host stopped".into());
         }
@@ -114,7 +125,21 @@ pub fn resume_point(
                 && r.data["intent"]["phase"] == "action"
         })
     };
+    let rolling_back = after.iter().any(|r| {
+        r.kind == "capability-intent"
+            && r.data["intent"]["execution_id"].as_str() == Some(execution_id.as_str())
+            && r.data["intent"]["phase"] == "rollback"
+    });
     let at = match last {
+        Some((i, Phase::Postcondition, _)) if unsettled == Some(i) => {
+            if rolling_back {
+                return Err("a rollback had begun to act when the host stopped".into());
+            }
+            Resume::Postcondition {
+                step: i,
+                branch: branches.get(&i).cloned().unwrap_or_default(),
+            }
+        }
         None => Resume::Precondition(0),
         Some((i, Phase::Precondition, _)) if intended(i) => {
             let labels = rb.graph.labels(i);
