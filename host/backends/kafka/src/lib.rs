@@ -26,7 +26,7 @@ use rdkafka::{ClientConfig, ClientContext};
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use themis_caps::KafkaCaps;
 use themis_caps::types::{
     CapError, CapResult, ClusterInfo, ConsumerGroup, ConsumerWorkload, PartitionLag,
@@ -178,27 +178,53 @@ impl KafkaSettings {
 /// The client's context: keeps the last connection-level error librdkafka reported.
 #[derive(Default)]
 pub struct Connection {
-    last_error: Mutex<Option<String>>,
+    /// When it was taken off the client's queue, and what it said.
+    last_error: Mutex<Option<(Instant, String)>>,
 }
 
 impl Connection {
-    fn last_error(&self) -> Option<String> {
+    /// The last error taken off the queue at or after `since`.
+    fn last_error_since(&self, since: Instant) -> Option<String> {
         self.last_error
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    fn forget(&self) {
-        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            .as_ref()
+            .filter(|(at, _)| *at >= since)
+            .map(|(_, reason)| reason.clone())
     }
 }
 
 impl ClientContext for Connection {
     fn error(&self, error: KafkaError, reason: &str) {
         tracing::warn!(%error, reason, "Kafka client");
-        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.to_owned());
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((Instant::now(), reason.to_owned()));
     }
+}
+
+/// How often the client's queue is served when no call serves it: librdkafka queues an error
+/// for every failed connection attempt, and a cluster down for a week between alerts must not
+/// grow the host.
+const DRAIN_EVERY: Duration = Duration::from_secs(30);
+
+/// Serve the client's queue every [`DRAIN_EVERY`] while the client lives.
+fn drain_in_background(client: &Arc<Client>) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let weak = Arc::downgrade(client);
+    runtime.spawn(async move {
+        loop {
+            tokio::time::sleep(DRAIN_EVERY).await;
+            let Some(client) = weak.upgrade() else {
+                return;
+            };
+            let _ = tokio::task::spawn_blocking(move || {
+                let _ = client.poll(Duration::from_millis(100));
+            })
+            .await;
+        }
+    });
 }
 
 impl ConsumerContext for Connection {}
@@ -259,10 +285,12 @@ impl KafkaBackend {
             .config()
             .create_with_context(Connection::default())
             .map_err(|e| format!("cannot create the Kafka client: {e}"))?;
+        let client = Arc::new(client);
+        drain_in_background(&client);
         Ok(KafkaBackend {
             agent: agent.to_owned(),
             settings,
-            client: Arc::new(client),
+            client,
         })
     }
 
@@ -275,15 +303,15 @@ impl KafkaBackend {
         let client = self.client.clone();
         let timeout = self.settings.timeout;
         tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
             let result = f(&client, timeout);
             // No broker answered: say why the connections failed, if librdkafka said. Its
             // errors reach the context only when the client's queue is served (briefly: only a
-            // failed call pays for it), and only what this serving brought is told.
+            // failed call pays for it), and only what came during this call is told.
             let mut last = None;
             if matches!(result, Err(CapError::Unavailable(_))) {
-                client.context().forget();
                 let _ = client.poll(Duration::from_millis(100));
-                last = client.context().last_error();
+                last = client.context().last_error_since(started);
             }
             match (result, last) {
                 (Err(CapError::Unavailable(msg)), Some(last)) => Err(CapError::Unavailable(
