@@ -4,6 +4,7 @@
 //! kubernetes-mixin alerts name a `pod` (and `container`), not a deployment: the probe then asks
 //! the host which workload controls the pod, so the rules and the human both see the deployment.
 
+use themis_runbook_sdk::caps::k8s_types::Workload;
 use themis_runbook_sdk::prelude::*;
 
 /// Log lines of a failing pod shown as evidence: enough to see the last error, few enough to read.
@@ -15,26 +16,70 @@ const EVENT_EVIDENCE: usize = 3;
 #[derive(Default)]
 pub struct Pods;
 
+/// Why there is no deployment to inspect, and the workload the pod belongs to when it has one.
+type NoDeployment = (String, Option<Workload>);
+
 /// The deployment to inspect: the alert's own, or the one controlling the alert's pod.
-fn deployment(ctx: &Context, k8s: &dyn Kubernetes, ns: &str) -> Result<(String, String), String> {
+fn deployment(
+    ctx: &Context,
+    k8s: &dyn Kubernetes,
+    ns: &str,
+) -> Result<(String, String), NoDeployment> {
     if let Ok(name) = ctx.param_str("deployment") {
         return Ok((name.to_owned(), "the alert's `deployment`".into()));
     }
     let Ok(pod) = ctx.param_str("pod") else {
-        return Err("the alert names neither a deployment nor a pod".into());
+        return Err((
+            "the alert names neither a deployment nor a pod".into(),
+            None,
+        ));
     };
     match k8s.pod_owner(ns, pod) {
         Ok(Some(w)) if w.kind == "Deployment" => Ok((w.name, format!("the owner of pod {pod}"))),
-        Ok(Some(w)) => Err(format!(
-            "the alert has `pod` {pod} but no `deployment`; the pod belongs to {} {}, and this agent's runbooks act on Deployments",
-            w.kind, w.name
+        Ok(Some(w)) => Err((
+            format!(
+                "the alert has `pod` {pod} but no `deployment`; the pod belongs to {} {}, and this agent's runbooks act on Deployments",
+                w.kind, w.name
+            ),
+            Some(w),
         )),
-        Ok(None) => Err(format!(
-            "the alert has `pod` {pod} but no `deployment`; the owner lookup found no controller for the pod"
+        Ok(None) => Err((
+            format!(
+                "the alert has `pod` {pod} but no `deployment`; the owner lookup found no controller for the pod"
+            ),
+            None,
         )),
-        Err(e) => Err(format!(
-            "the alert has `pod` {pod} but no `deployment`; the owner lookup failed: {e:?}"
+        Err(e) => Err((
+            format!(
+                "the alert has `pod` {pod} but no `deployment`; the owner lookup failed: {e:?}"
+            ),
+            None,
         )),
+    }
+}
+
+/// A pod of a StatefulSet (a broker, a database): no runbook here acts on it, but the human the
+/// alert goes to reads where its rollout stands.
+fn statefulset(out: Outcome, k8s: &dyn Kubernetes, ns: &str, name: &str) -> Outcome {
+    match k8s.get_statefulset(ns, name) {
+        Ok(s) => out.evidence(
+            "statefulset",
+            format!(
+                "{ns}/{name}: {}/{} ready, {} on the update revision{}",
+                s.replicas_ready,
+                s.replicas_desired,
+                s.replicas_updated,
+                if s.current_revision == s.update_revision {
+                    String::new()
+                } else {
+                    format!(
+                        " (rolling from {} to {})",
+                        s.current_revision, s.update_revision
+                    )
+                }
+            ),
+        ),
+        Err(e) => out.evidence("statefulset", format!("unknown: {e:?}")),
     }
 }
 
@@ -101,7 +146,10 @@ impl Step<dyn Kubernetes> for Pods {
         };
         let (name, from) = match deployment(ctx, k8s, ns) {
             Ok(found) => found,
-            Err(why) => return Outcome::failed(why),
+            Err((why, Some(w))) if w.kind == "StatefulSet" => {
+                return statefulset(Outcome::failed(why), k8s, ns, &w.name);
+            }
+            Err((why, _)) => return Outcome::failed(why),
         };
         let d = match k8s.get_deployment(ns, &name) {
             Ok(d) => d,
@@ -233,7 +281,7 @@ themis_runbook_sdk::export_kubernetes_step!(Pods);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use themis_runbook_sdk::caps::k8s_types::{Deployment, Event, Pod, Workload};
+    use themis_runbook_sdk::caps::k8s_types::{Deployment, Event, Pod, StatefulSet};
     use themis_runbook_sdk::mock::MockCaps;
 
     fn ctx(params: &[(&str, &str)]) -> Context {
@@ -348,8 +396,37 @@ mod tests {
             assert!(!out.is_ok());
             assert!(out.summary().contains("has `pod` db-0 but no `deployment`"));
             assert!(out.summary().contains(expect), "{}", out.summary());
-            assert_eq!(caps.calls().len(), 1, "only the owner lookup ran");
         }
+        // A StatefulSet's pod: its rollout, read, is evidence; nothing else is read.
+        let caps = MockCaps::new()
+            .on(
+                "k8s.pod-owner",
+                Ok(Some(Workload {
+                    kind: "StatefulSet".into(),
+                    name: "db".into(),
+                })),
+            )
+            .on(
+                "k8s.get-statefulset",
+                Ok(StatefulSet {
+                    namespace: "shop".into(),
+                    name: "db".into(),
+                    replicas_desired: 3,
+                    replicas_ready: 2,
+                    replicas_updated: 1,
+                    current_revision: "db-6d5".into(),
+                    update_revision: "db-7f9".into(),
+                    generation: 2,
+                    observed_generation: 2,
+                }),
+            );
+        let out = Pods.action(&ctx(&[("namespace", "shop"), ("pod", "db-0")]), &caps);
+        assert!(!out.is_ok());
+        assert_eq!(
+            out.evidence_value("statefulset"),
+            Some("shop/db: 2/3 ready, 1 on the update revision (rolling from db-6d5 to db-7f9)")
+        );
+        assert_eq!(caps.calls().len(), 2, "the owner and its StatefulSet");
     }
 
     #[test]
