@@ -684,7 +684,6 @@ impl Runtime {
             .map_err(|_| RuntimeError::Stopped(handle.def.name.clone()))?
     }
 
-    /// Stop taking work; let every worker finish what it is doing.
     /// Stop as a service does: each agent finishes what it has in hand (and the commands
     /// already sent) and leaves its backlog on disk, where the next start replays it. A stop
     /// takes as long as the slowest alert in hand, never the whole backlog.
