@@ -102,7 +102,15 @@ struct Tail {
     seq: u64,
     prev: String,
     mode: Option<String>,
+    /// Records written but not yet known durable, each with the file length after it, in
+    /// chain order: announced (tracing, the record observer) once an fsync covers them.
+    unannounced: std::collections::VecDeque<(u64, Record)>,
 }
+
+/// Deferred records a commit point has not made durable yet are bounded: past either limit the
+/// next append is a commit point of its own.
+const MAX_DEFERRED_RECORDS: usize = 256;
+const MAX_DEFERRED_BYTES: u64 = 4 << 20;
 
 /// What has reached the disk. Appends are written in chain order under the tail's lock and made
 /// durable together: whoever finds its record not yet synced either syncs everything written so
@@ -134,6 +142,9 @@ pub struct AuditLog {
     on_checkpoint: std::sync::OnceLock<CheckpointObserver>,
     /// Told of every record once it is on disk (OpenTelemetry export); set once.
     on_record: std::sync::OnceLock<RecordObserver>,
+    /// Every record a commit point (no deferral): the behaviour before commit points, kept as
+    /// the benchmarks' baseline.
+    every_record: std::sync::atomic::AtomicBool,
     _lock: Held,
 }
 
@@ -197,12 +208,14 @@ impl AuditLog {
                 seq,
                 prev,
                 mode: None,
+                unannounced: Default::default(),
             }),
             redactor,
             on_append: std::sync::OnceLock::new(),
             checkpoints: std::sync::OnceLock::new(),
             on_checkpoint: std::sync::OnceLock::new(),
             on_record: std::sync::OnceLock::new(),
+            every_record: std::sync::atomic::AtomicBool::new(false),
             _lock: held,
         };
         if let Some(torn) = torn {
@@ -360,10 +373,6 @@ impl AuditLog {
         tail.mode = Some(mode.to_owned());
     }
 
-    /// Append one record; return once it is on disk (its fsync shared with concurrent appends).
-    /// An error means the record cannot be trusted to be on disk: the caller must not take the
-    /// action it announces. (After a failed fsync the record may still be found in the file; the
-    /// action it announced was not taken, and the log takes no more records.)
     /// Be told of every record from now on, once it is durable (the service's OpenTelemetry
     /// export); a second observer is refused.
     pub fn observe_records(&self, observer: RecordObserver) -> Result<(), RecordObserver> {
@@ -408,7 +417,7 @@ impl AuditLog {
         if !cp.due(seq, force) {
             return Ok(None);
         }
-        let record = self.write_record("host", None, "checkpoint", |seq, head| {
+        let record = self.write_record("host", None, "checkpoint", true, |seq, head| {
             serde_json::to_value(checkpoint::Checkpoint::sign(cp.key(), seq, head))
                 .unwrap_or(Value::Null)
         })?;
@@ -429,6 +438,11 @@ impl AuditLog {
         Ok(Some(signed))
     }
 
+    /// Append one record; return once it is on disk (its fsync shared with concurrent appends),
+    /// with every record written before it: a commit point. An error means the record cannot
+    /// be trusted to be on disk: the caller must not take the action it announces. (After a
+    /// failed fsync the record may still be found in the file; the action it announced was not
+    /// taken, and the log takes no more records.)
     pub fn append(
         &self,
         agent: &str,
@@ -436,9 +450,53 @@ impl AuditLog {
         kind: &str,
         data: Value,
     ) -> Result<Record, AuditError> {
+        self.append_with(agent, incident, kind, data, true)
+    }
+
+    /// Append one record that announces nothing outside the process by itself: it is written
+    /// (in chain order, so a killed process loses none of it) and made durable by the next
+    /// commit point — the next [`AuditLog::append`], [`AuditLog::commit`], or the log's drop.
+    /// Whoever lets anything leave the process on its strength (a reply, a message, a call, a
+    /// state file) commits first. The write-ahead rule: see `docs/ARCHITECTURE.md`.
+    pub fn append_deferred(
+        &self,
+        agent: &str,
+        incident: Option<&str>,
+        kind: &str,
+        data: Value,
+    ) -> Result<Record, AuditError> {
+        self.append_with(agent, incident, kind, data, false)
+    }
+
+    /// Make every record a commit point from now on, deferred ones included: one fsync per
+    /// record, as before commit points existed (the benchmarks' baseline).
+    pub fn sync_every_record(&self) {
+        self.every_record
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Make every record written so far durable (a commit point); a no-op when it is.
+    pub fn commit(&self) -> Result<(), AuditError> {
+        let end = self.tail.lock().unwrap_or_else(|p| p.into_inner()).len;
+        self.wait_durable(end).map_err(|source| AuditError::Io {
+            path: self.path.clone(),
+            source,
+        })?;
+        self.announce_durable();
+        Ok(())
+    }
+
+    fn append_with(
+        &self,
+        agent: &str,
+        incident: Option<&str>,
+        kind: &str,
+        data: Value,
+        durable: bool,
+    ) -> Result<Record, AuditError> {
         let started = std::time::Instant::now();
         let data = themis_core::bounded::bound(self.redactor.redact(data), MAX_RECORD_BYTES);
-        let result = self.write_record(agent, incident, kind, |_, _| data);
+        let result = self.write_record(agent, incident, kind, durable, |_, _| data);
         if let Some(observe) = self.on_append.get() {
             observe(started.elapsed(), result.is_ok());
         }
@@ -469,6 +527,7 @@ impl AuditLog {
             entries
                 .into_iter()
                 .map(|e| (e.agent, e.incident, e.kind, move |_: u64, _: &str| e.data)),
+            true,
         );
         if let Some(observe) = self.on_append.get() {
             observe(started.elapsed(), result.is_ok());
@@ -482,20 +541,24 @@ impl AuditLog {
     }
 
     /// Write one record whose data `make` builds from the head it will follow (its seq and
-    /// hash), under the tail's lock; return once it is on disk.
+    /// hash), under the tail's lock; return once it is on disk when `durable`.
     fn write_record(
         &self,
         agent: &str,
         incident: Option<&str>,
         kind: &str,
+        durable: bool,
         make: impl FnOnce(u64, &str) -> Value,
     ) -> Result<Record, AuditError> {
-        let mut written = self.write_records(std::iter::once((
-            agent.to_owned(),
-            incident.map(str::to_owned),
-            kind.to_owned(),
-            make,
-        )))?;
+        let mut written = self.write_records(
+            std::iter::once((
+                agent.to_owned(),
+                incident.map(str::to_owned),
+                kind.to_owned(),
+                make,
+            )),
+            durable,
+        )?;
         written.pop().ok_or_else(|| AuditError::Io {
             path: self.path.clone(),
             source: std::io::Error::other("no record was written"),
@@ -503,10 +566,12 @@ impl AuditLog {
     }
 
     /// Write records whose data each `make` builds from the head it will follow, under the
-    /// tail's lock, in one write; return once they are on disk.
+    /// tail's lock, in one write; return once they are on disk when `durable` (or when too much
+    /// waits for a commit point).
     fn write_records<F: FnOnce(u64, &str) -> Value>(
         &self,
         entries: impl Iterator<Item = (String, Option<String>, String, F)>,
+        durable: bool,
     ) -> Result<Vec<Record>, AuditError> {
         let io = |source| AuditError::Io {
             path: self.path.clone(),
@@ -519,6 +584,7 @@ impl AuditLog {
         let ts = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
         let (mut seq, mut prev) = (tail.seq, tail.prev.clone());
         let mut records = Vec::new();
+        let mut ends = Vec::new();
         let mut bytes = Vec::new();
         for (agent, incident, kind, make) in entries {
             let data = make(seq, &prev);
@@ -536,6 +602,7 @@ impl AuditLog {
             record.hash = record.compute_hash();
             bytes.extend(serde_json::to_vec(&record).unwrap_or_default());
             bytes.push(b'\n');
+            ends.push(bytes.len() as u64);
             seq = record.seq;
             prev = record.hash.clone();
             records.push(record);
@@ -551,9 +618,47 @@ impl AuditLog {
         tail.seq = seq;
         tail.prev = prev;
         let end = tail.len;
+        for (record, at) in records.iter().zip(ends) {
+            tail.unannounced.push_back((before + at, record.clone()));
+        }
+        let must_sync = durable
+            || self.every_record.load(std::sync::atomic::Ordering::Relaxed)
+            || tail.unannounced.len() > MAX_DEFERRED_RECORDS
+            || {
+                let synced = self
+                    .durable
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .synced;
+                end.saturating_sub(synced) > MAX_DEFERRED_BYTES
+            };
         drop(tail);
-        self.wait_durable(end).map_err(io)?;
-        for record in &records {
+        if must_sync {
+            self.wait_durable(end).map_err(io)?;
+            self.announce_durable();
+        }
+        Ok(records)
+    }
+
+    /// Tell the pipeline (a `tracing` event with stable fields, the record observer) of every
+    /// record an fsync has covered, in chain order: nothing is announced that a crash could
+    /// still take back.
+    fn announce_durable(&self) {
+        let synced = self
+            .durable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .synced;
+        let durable: Vec<Record> = {
+            let mut tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
+            let n = tail
+                .unannounced
+                .iter()
+                .take_while(|(end, _)| *end <= synced)
+                .count();
+            tail.unannounced.drain(..n).map(|(_, r)| r).collect()
+        };
+        for record in &durable {
             tracing::info!(
                 target: "themis::audit",
                 seq = record.seq,
@@ -570,7 +675,16 @@ impl AuditLog {
                 observe(record);
             }
         }
-        Ok(records)
+    }
+}
+
+impl Drop for AuditLog {
+    /// What a commit point has not made durable yet is made durable now (one-shot commands,
+    /// a host that stops): best effort, since nothing can be told of a failure here.
+    fn drop(&mut self) {
+        if let Err(e) = self.commit() {
+            tracing::error!(error = %e, "the audit's last records could not be made durable");
+        }
     }
 }
 
@@ -741,6 +855,76 @@ mod tests {
             .expect("append");
         assert_eq!((c.seq, c.prev.as_str()), (3, b.hash.as_str()));
         assert!(verify::verify(&path).expect("reads").is_ok());
+    }
+
+    /// What the record observer has been told, in order (only durable records reach it).
+    fn told(log: &AuditLog) -> std::sync::Arc<Mutex<Vec<u64>>> {
+        let told = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let into = told.clone();
+        log.observe_records(Box::new(move |r| {
+            into.lock().expect("told").push(r.seq);
+        }))
+        .unwrap_or_else(|_| panic!("one observer"));
+        told
+    }
+
+    #[test]
+    fn deferred_records_are_written_at_once_and_announced_at_the_commit_point() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.jsonl");
+        let log = AuditLog::open(&path, Redactor::default()).expect("open");
+        let told = told(&log);
+        log.append_deferred(
+            "kafka",
+            Some("inc-1"),
+            "transition",
+            json!({"to": "triaging"}),
+        )
+        .expect("deferred");
+        log.append_deferred("kafka", Some("inc-1"), "probe", json!({"ok": true}))
+            .expect("deferred");
+        // In the file already (a killed process loses none of it), and in the chain.
+        let (on_file, _) = read_all(&path).expect("read");
+        assert_eq!(on_file.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2]);
+        assert!(
+            told.lock().expect("told").is_empty(),
+            "nothing is announced before a commit"
+        );
+        // A commit point makes everything before it durable, and says so in chain order.
+        log.append("kafka", Some("inc-1"), "escalation", json!({}))
+            .expect("durable");
+        assert_eq!(*told.lock().expect("told"), [1, 2, 3]);
+        log.append_deferred("kafka", Some("inc-1"), "transition", json!({"to": "idle"}))
+            .expect("deferred");
+        log.commit().expect("commit");
+        log.commit().expect("a second commit is a no-op");
+        assert_eq!(*told.lock().expect("told"), [1, 2, 3, 4]);
+        verify::verify(&path)
+            .expect("read")
+            .expect("the chain is intact");
+    }
+
+    #[test]
+    fn deferred_records_are_bounded_and_made_durable_when_the_log_closes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.jsonl");
+        let log = AuditLog::open(&path, Redactor::default()).expect("open");
+        let told = told(&log);
+        for i in 0..=MAX_DEFERRED_RECORDS {
+            log.append_deferred("kafka", None, "probe", json!({ "i": i }))
+                .expect("deferred");
+        }
+        // Past the bound the append was a commit point of its own.
+        assert_eq!(told.lock().expect("told").len(), MAX_DEFERRED_RECORDS + 1);
+        log.append_deferred("kafka", None, "probe", json!({ "last": true }))
+            .expect("deferred");
+        assert_eq!(told.lock().expect("told").len(), MAX_DEFERRED_RECORDS + 1);
+        drop(log);
+        assert_eq!(
+            told.lock().expect("told").len(),
+            MAX_DEFERRED_RECORDS + 2,
+            "closing the log is a commit point"
+        );
     }
 
     #[test]

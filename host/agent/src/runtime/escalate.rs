@@ -115,7 +115,7 @@ impl Worker {
         ctx.observer.escalation(escalation);
         let deliveries = ctx.channels.deliver(escalation).await;
         if !deliveries.is_empty() {
-            ctx.audit.append(
+            ctx.audit.append_deferred(
                 &ctx.agent.def.name,
                 Some(incident),
                 "escalation-delivery",

@@ -106,7 +106,7 @@ impl Worker {
                     .collect();
                 let next = RuleSelector::choose(&follow, &facts);
                 if let Some(next_runbook) = next.runbook.clone() {
-                    ctx.audit.append(name, Some(&incident.id), "selection", json!({ "selector": "rules", "follow_up_of": plan.runbook_id, "output": next, "provenance": provenance(&ctx.agent, next.runbook.as_deref()) }))?;
+                    ctx.audit.append_deferred(name, Some(&incident.id), "selection", json!({ "selector": "rules", "follow_up_of": plan.runbook_id, "output": next, "provenance": provenance(&ctx.agent, next.runbook.as_deref()) }))?;
                     if let Some(why) = self.follow_up_refused(incident, &next_runbook) {
                         let event = Event::RunbookStopped {
                             reason: why.clone(),

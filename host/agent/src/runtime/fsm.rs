@@ -28,7 +28,9 @@ impl Fsm {
         let agent = &ctx.agent.def.name;
         match fsm::transition(&self.state, &event) {
             Ok(next) => {
-                ctx.audit.append(
+                // Deferred: the move leaves the process only through the next commit point
+                // (a state write, an intent, an escalation, the end of the command).
+                ctx.audit.append_deferred(
                     agent,
                     Some(incident),
                     "transition",

@@ -21,7 +21,7 @@ impl Worker {
         let name = ctx.agent.def.name.clone();
         if let Some(mut open) = ctx.store.open_for(&name, &alert.fingerprint).await? {
             open.attached_alerts += 1;
-            ctx.audit.append(
+            ctx.audit.append_deferred(
                 &name,
                 Some(&open.id),
                 "alert-attached",
@@ -52,7 +52,7 @@ impl Worker {
                 source: illegal,
             });
         }
-        ctx.audit.append(
+        ctx.audit.append_deferred(
             &name,
             Some(&id),
             "alert",
@@ -87,7 +87,7 @@ impl Worker {
                 .await?
                 .filter(|i| i.source_resolved_at.is_none()),
         };
-        ctx.audit.append(
+        ctx.audit.append_deferred(
             &name,
             target.as_ref().map(|i| i.id.as_str()),
             "alert-resolved",

@@ -212,6 +212,12 @@ impl Runtime {
         parts: RuntimeParts,
         options: RuntimeOptions,
     ) -> Result<Runtime, RuntimeError> {
+        let mut parts = parts;
+        // Every state write is a commit point of the audit (the write-ahead rule).
+        parts.store = Arc::new(crate::store::AuditFirst::new(
+            parts.audit.clone(),
+            parts.store,
+        ));
         let agents = load::load_agents(&parts, &options).await?;
         let guard = Arc::new(
             guard::Guard::open(parts.store.clone(), &parts.audit, options.clock.clone()).await?,

@@ -59,7 +59,7 @@ impl Worker {
             agent.def.policy.judge(selection.confidence, &granted)
         };
         let opted_out = ctx.destructive.opt_outs_among(&granted);
-        ctx.audit.append(name, Some(&incident.id), "decision", json!({ "plan": plan, "plan_digest": plan.digest(), "provenance": loaded.provenance(), "verdict": verdict, "reason": verdict.reason(), "confidence": selection.confidence, "destructive_opt_out": opted_out }))?;
+        ctx.audit.append_deferred(name, Some(&incident.id), "decision", json!({ "plan": plan, "plan_digest": plan.digest(), "provenance": loaded.provenance(), "verdict": verdict, "reason": verdict.reason(), "confidence": selection.confidence, "destructive_opt_out": opted_out }))?;
         match verdict {
             Verdict::Execute => {
                 // Within policy, but not automatically on a target the rails hold: the plan

@@ -72,7 +72,10 @@ impl Worker {
             let last = self.fsm.state.clone();
             self.interrupt(incident, &last, not_resumed).await?;
         }
-        self.ensure_idle().await
+        self.ensure_idle().await?;
+        // What recovery decided is durable before the host takes anything new.
+        self.ctx.audit.commit()?;
+        Ok(())
     }
 
     /// Triage an incident again that a stop cut off while triaging: on the record, then as if

@@ -31,7 +31,7 @@ impl Worker {
             let (given, unfit) = probe_params(probe, &mapped, fixed);
             if !unfit.is_empty() {
                 let note = format!("not run: {}", unfit.join("; "));
-                ctx.audit.append(&name, Some(&incident.id), "probe", json!({ "runbook": probe.runbook.id, "provenance": probe.provenance(), "outcome": { "status": "not-run" }, "note": note }))?;
+                ctx.audit.append_deferred(&name, Some(&incident.id), "probe", json!({ "runbook": probe.runbook.id, "provenance": probe.provenance(), "outcome": { "status": "not-run" }, "note": note }))?;
                 probes.push(redacted(
                     &ctx.audit,
                     ProbeResult {
@@ -57,7 +57,7 @@ impl Worker {
                 });
             }
             let result = redacted(&ctx.audit, probe_result(&report));
-            ctx.audit.append(&name, Some(&incident.id), "probe", json!({ "runbook": probe.runbook.id, "provenance": probe.provenance(), "execution_id": report.execution_id, "outcome": report.outcome, "outputs": result.outputs, "note": result.note }))?;
+            ctx.audit.append_deferred(&name, Some(&incident.id), "probe", json!({ "runbook": probe.runbook.id, "provenance": probe.provenance(), "execution_id": report.execution_id, "outcome": report.outcome, "outputs": result.outputs, "note": result.note }))?;
             probes.push(result);
         }
         let input = SelectionInput {
@@ -100,7 +100,7 @@ impl Worker {
             "input": { "candidates": input.candidates.iter().map(|c| &c.id).collect::<Vec<_>>(), "probes": input.probes, "labels": mapped, "history": input.history },
             "output": selection,
         });
-        ctx.audit.append(
+        ctx.audit.append_deferred(
             &name,
             Some(&incident.id),
             "selection",

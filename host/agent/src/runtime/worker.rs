@@ -189,6 +189,11 @@ impl Worker {
         if let Err(e) = self.take_accepted(record).await {
             tracing::error!(agent = %self.ctx.agent.def.name, error = %e, "an accepted alert could not be taken up");
         }
+        // The end of an alert's handling is a commit point: nothing it wrote waits for the
+        // next alert to become durable.
+        if let Err(e) = self.ctx.audit.commit() {
+            tracing::error!(agent = %self.ctx.agent.def.name, error = %e, "the audit could not be made durable");
+        }
         backlog.took_one();
         true
     }
@@ -203,10 +208,12 @@ impl Worker {
             }
             match command {
                 Command::Alert { alert, reply } => {
-                    let _ = reply.send(self.alert(alert, None).await);
+                    let outcome = self.alert(alert, None).await;
+                    let _ = reply.send(self.committed(outcome));
                 }
                 Command::Resolved { alert, reply } => {
-                    let _ = reply.send(self.resolved(alert, None).await);
+                    let outcome = self.resolved(alert, None).await;
+                    let _ = reply.send(self.committed(outcome));
                 }
                 Command::Approve {
                     id,
@@ -214,7 +221,8 @@ impl Worker {
                     shown,
                     reply,
                 } => {
-                    let _ = reply.send(self.approve(&id, by, shown).await);
+                    let outcome = self.approve(&id, by, shown).await;
+                    let _ = reply.send(self.committed(outcome));
                 }
                 Command::Reject {
                     id,
@@ -222,7 +230,8 @@ impl Worker {
                     reason,
                     reply,
                 } => {
-                    let _ = reply.send(self.reject(&id, by, &reason).await);
+                    let outcome = self.reject(&id, by, &reason).await;
+                    let _ = reply.send(self.committed(outcome));
                 }
                 Command::Adjust {
                     id,
@@ -231,13 +240,25 @@ impl Worker {
                     params,
                     reply,
                 } => {
-                    let _ = reply.send(self.adjust(&id, by, &runbook, &params).await);
+                    let outcome = self.adjust(&id, by, &runbook, &params).await;
+                    let _ = reply.send(self.committed(outcome));
                 }
                 Command::Verify { reply } => {
-                    let _ = reply.send(self.verify_watched().await);
+                    let outcome = self.verify_watched().await;
+                    let _ = reply.send(self.committed(outcome));
                 }
             }
         }
+    }
+}
+
+impl Worker {
+    /// A reply leaves the worker (an HTTP answer, a CLI's output): every record behind it is
+    /// made durable first, and a reply whose records cannot be is an error instead.
+    fn committed<T>(&self, outcome: Result<T, RuntimeError>) -> Result<T, RuntimeError> {
+        let outcome = outcome?;
+        self.ctx.audit.commit()?;
+        Ok(outcome)
     }
 }
 

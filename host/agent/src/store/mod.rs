@@ -6,9 +6,11 @@
 //! (the directory's lock); answering an approval is a compare-and-swap on its stored status, so
 //! it is claimed exactly once whoever asks and however often.
 
+mod audit_first;
 mod json;
 mod mac;
 
+pub use audit_first::AuditFirst;
 pub use json::JsonStore;
 pub use mac::HostKey;
 
@@ -205,6 +207,10 @@ pub enum StoreError {
     UnknownIncident(String),
     #[error("{0}")]
     Key(String),
+    #[error(
+        "the audit could not be made durable before the state was written ({0}); nothing was saved"
+    )]
+    AuditNotDurable(String),
     #[error(transparent)]
     Locked(#[from] crate::lock::LockError),
 }
