@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use themis_agent::audit::{AuditLog, Redactor};
 use themis_agent::escalation::Channels;
-use themis_agent::store::JsonStore;
+use themis_agent::store::StoreKind;
 use themis_agent::{AlertOutcome, Quiet, Runtime, RuntimeParts};
 use themis_core::types::{Alert, Pair};
 use themis_sandbox::{Sandbox, SandboxConfig};
@@ -69,7 +69,7 @@ fn main() {
     let sandbox = Arc::new(Sandbox::new(SandboxConfig::default()).expect("sandbox"));
     // Two hosts, one watched by the service's metrics (observer + audit append hook), one by
     // nobody, fed alternately so both see the same machine.
-    let start = |name: &str, metrics: Option<Arc<Metrics>>, every_record: bool| {
+    let start = |name: &str, metrics: Option<Arc<Metrics>>, every_record: bool, kind: StoreKind| {
         let base = dir.path().join(name);
         let audit = Arc::new(
             AuditLog::open(&base.join("audit.jsonl"), Redactor::default()).expect("audit"),
@@ -87,7 +87,14 @@ fn main() {
             }
             None => Arc::new(Quiet),
         };
-        let store = Arc::new(JsonStore::open(&base.join("state")).expect("store"));
+        let store = rt
+            .block_on(themis_agent::store::open(
+                &base.join("state"),
+                Some(kind),
+                kind,
+                Duration::from_secs(1),
+            ))
+            .expect("store");
         let provider = Arc::new(ScenarioProvider::from_file(&world, false).expect("world"));
         rt.block_on(Runtime::start(
             RuntimeParts {
@@ -104,10 +111,12 @@ fn main() {
         .expect("runtime")
     };
     let metrics = Arc::new(Metrics::new(&["postgres".to_owned()]));
-    let runtime = start("plain", None, false);
-    let watched = start("metrics", Some(metrics.clone()), false);
-    // The baseline of the commit points: the same host with every record fsynced.
-    let every = start("every-record", None, true);
+    // The service's default store, SQLite; the JSON-file store; and the baseline before commit
+    // points and SQLite: JSON files with every record fsynced.
+    let runtime = start("plain", None, false, StoreKind::Sqlite);
+    let watched = start("metrics", Some(metrics.clone()), false, StoreKind::Sqlite);
+    let json = start("json", None, false, StoreKind::Json);
+    let every = start("every-record", None, true, StoreKind::Json);
 
     let cache = dir.path().join("cache");
     // The one-shot CLI first: its first start compiles into the cache the service then finds.
@@ -127,6 +136,7 @@ fn main() {
     let mut decisions = Vec::with_capacity(N);
     let mut with_metrics = Vec::with_capacity(N);
     let mut every_record = Vec::with_capacity(N);
+    let mut json_files = Vec::with_capacity(N);
     // Baseline: append one line and fsync it, same disk, interleaved with the decisions.
     let mut f = std::fs::OpenOptions::new()
         .create(true)
@@ -153,6 +163,7 @@ fn main() {
         for (host, times) in [
             (&runtime, &mut decisions),
             (&watched, &mut with_metrics),
+            (&json, &mut json_files),
             (&every, &mut every_record),
         ] {
             let t = Instant::now();
@@ -190,6 +201,7 @@ fn main() {
     through_service.sort();
     with_metrics.sort();
     every_record.sort();
+    json_files.sort();
     let scraped = metrics.encode().expect("metrics");
     let counted = format!(
         r#"themis_decisions_total{{agent="postgres",decision="runbook",selector="rules"}} {N}"#
@@ -219,14 +231,24 @@ fn main() {
         ms(percentile(&with_metrics, 0.99))
     );
     println!(
-        "| same, every record fsynced (no commit points: the baseline, interleaved) | {:.2} ms | {:.2} ms |",
+        "| same, JSON-file store (interleaved) | {:.2} ms | {:.2} ms |",
+        ms(percentile(&json_files, 0.5)),
+        ms(percentile(&json_files, 0.99))
+    );
+    println!(
+        "| same, JSON-file store and every record fsynced (before commit points and SQLite: the baseline, interleaved) | {:.2} ms | {:.2} ms |",
         ms(percentile(&every_record, 0.5)),
         ms(percentile(&every_record, 0.99))
     );
     println!(
-        "| commit points / every record | {:.2}× | {:.2}× |",
+        "| SQLite + commit points / baseline | {:.2}× | {:.2}× |",
         ms(percentile(&decisions, 0.5)) / ms(percentile(&every_record, 0.5)),
         ms(percentile(&decisions, 0.99)) / ms(percentile(&every_record, 0.99))
+    );
+    println!(
+        "| JSON files + commit points / baseline | {:.2}× | {:.2}× |",
+        ms(percentile(&json_files, 0.5)) / ms(percentile(&every_record, 0.5)),
+        ms(percentile(&json_files, 0.99)) / ms(percentile(&every_record, 0.99))
     );
     let overhead = ms(percentile(&with_metrics, 0.5)) / ms(percentile(&decisions, 0.5));
     println!(

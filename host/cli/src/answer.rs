@@ -9,7 +9,7 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::path::Path;
 use std::process::ExitCode;
 use themis_agent::approvers::Approvers;
-use themis_agent::store::{Incident, IncidentStore, JsonStore};
+use themis_agent::store::Incident;
 use themis_agent::{Runtime, RuntimeError};
 use themis_core::identity::{Identity, Via};
 
@@ -70,7 +70,9 @@ async fn shown_digest(id: &str, given: Option<String>, place: &Place) -> Result<
             ),
         ));
     }
-    let store = JsonStore::open_read_only(&place.state_dir).map_err(|e| fail(2, e))?;
+    let store = themis_agent::store::open_read_only(&place.state_dir)
+        .await
+        .map_err(|e| fail(2, e))?;
     let incident = store
         .by_approval(id)
         .await

@@ -4,7 +4,6 @@ use crate::{Answerer, Place, answer, fail, host, remote};
 use serde_json::Value;
 use std::path::Path;
 use std::process::ExitCode;
-use themis_agent::store::{IncidentStore, JsonStore};
 
 fn now() -> u64 {
     std::time::SystemTime::now()
@@ -20,7 +19,7 @@ fn at(secs: u64) -> String {
 
 /// Read the book without taking the state directory's lock: it answers next to a running host.
 pub async fn list(place: &Place, json: bool) -> ExitCode {
-    let store = match JsonStore::open_read_only(&place.state_dir) {
+    let store = match themis_agent::store::open_read_only(&place.state_dir).await {
         Ok(s) => s,
         Err(e) => return fail(2, e),
     };

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use themis_agent::audit::{AuditLog, Redactor};
 use themis_agent::escalation::Channels;
-use themis_agent::store::{IncidentStore, JsonStore};
+use themis_agent::store::StoreKind;
 use themis_agent::{AlertOutcome, Quiet, Runtime, RuntimeOptions, RuntimeParts};
 use themis_caps::provider::{BackendProvider, Unconfigured};
 use themis_sandbox::{Sandbox, SandboxConfig};
@@ -66,7 +66,9 @@ pub async fn runtime(place: &Place, cache_dir: &Path) -> Result<Runtime, ExitCod
     let wait = place.lock_wait.into();
     // The state directory first, then its audit log: always in this order, so two processes
     // never hold one each while waiting for the other.
-    let store = Arc::new(JsonStore::open_waiting(&place.state_dir, wait).map_err(|e| fail(2, e))?);
+    let store = themis_agent::store::open(&place.state_dir, None, StoreKind::Json, wait)
+        .await
+        .map_err(|e| fail(2, e))?;
     let channels = Channels::from_env();
     let redactor = Redactor::with_values(channels.slack_webhook.clone());
     let audit =
@@ -255,7 +257,7 @@ pub async fn agents(place: &Place, json: bool) -> ExitCode {
         Ok(f) => f,
         Err(e) => return fail(2, e),
     };
-    let store = match JsonStore::open_read_only(&place.state_dir) {
+    let store = match themis_agent::store::open_read_only(&place.state_dir).await {
         Ok(s) => s,
         Err(e) => return fail(2, e),
     };

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use themis_agent::Fanout;
 use themis_agent::audit::{AuditLog, Redactor};
 use themis_agent::escalation::Channels;
-use themis_agent::store::JsonStore;
+use themis_agent::store::StoreKind;
 use themis_agent::{Runtime, RuntimeOptions, RuntimeParts};
 use themis_server::config::{BackendSource, BackendSpec, ServeConfig, process_env};
 use themis_server::{Events, Metrics, Overrides};
@@ -208,8 +208,15 @@ pub async fn run(args: ServeArgs, cache_dir_flag: Option<PathBuf>) -> ExitCode {
         Ok(s) => s,
         Err(code) => return code,
     };
-    let store = match JsonStore::open(&config.state_dir) {
-        Ok(s) => Arc::new(s),
+    let store = match themis_agent::store::open(
+        &config.state_dir,
+        config.store,
+        StoreKind::Sqlite,
+        themis_agent::lock::DEFAULT_WAIT,
+    )
+    .await
+    {
+        Ok(s) => s,
         Err(e) => return fail(2, e),
     };
     let mut channels = Channels::from_env();

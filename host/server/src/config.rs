@@ -5,6 +5,9 @@
 //! listen: 127.0.0.1:9464              # THEMIS_LISTEN
 //! agents: ../agents                   # THEMIS_AGENTS; paths in the file are relative to it
 //! state_dir: ../.themis/serve         # THEMIS_STATE_DIR
+//! store: sqlite                       # THEMIS_STORE: sqlite (state_dir/themis.db, the default
+//!                                     # on a new directory) or json (a file per incident); a
+//!                                     # directory keeps the kind it holds
 //! audit: audit.jsonl                  # THEMIS_AUDIT  [default: <state_dir>/audit.jsonl]
 //! audit_signing_key: /etc/themis/audit.key   # THEMIS_AUDIT_SIGNING_KEY: signs checkpoints of the
 //!                                     # chain; keep it outside the audit's folder (created,
@@ -400,6 +403,8 @@ struct RawConfig {
     #[serde(default)]
     state_dir: Option<PathBuf>,
     #[serde(default)]
+    store: Option<String>,
+    #[serde(default)]
     audit: Option<PathBuf>,
     #[serde(default)]
     audit_signing_key: Option<PathBuf>,
@@ -431,6 +436,8 @@ pub struct ServeConfig {
     pub listen: SocketAddr,
     pub agents: PathBuf,
     pub state_dir: PathBuf,
+    /// The store asked for, if any: a new state directory gets SQLite.
+    pub store: Option<themis_agent::store::StoreKind>,
     pub audit: PathBuf,
     /// Signs the audit chain's checkpoints, when set.
     pub audit_signing_key: Option<PathBuf>,
@@ -518,6 +525,17 @@ impl ServeConfig {
         let state_dir = match &overrides.state_dir {
             Some(p) => p.clone(),
             None => path_setting("state_dir", "THEMIS_STATE_DIR", raw.state_dir.as_ref())?,
+        };
+        let store = match var("THEMIS_STORE").or_else(|| raw.store.clone()).as_deref() {
+            None => None,
+            Some("sqlite") => Some(themis_agent::store::StoreKind::Sqlite),
+            Some("json") => Some(themis_agent::store::StoreKind::Json),
+            Some(other) => {
+                return Err(err(
+                    "store",
+                    format!("`{other}` is not a store: say `sqlite` (the default) or `json`"),
+                ));
+            }
         };
         let audit = var("THEMIS_AUDIT")
             .map(PathBuf::from)
@@ -975,6 +993,7 @@ impl ServeConfig {
             listen,
             agents,
             state_dir,
+            store,
             audit,
             audit_signing_key,
             cache_dir,

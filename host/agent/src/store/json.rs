@@ -183,14 +183,6 @@ impl JsonStore {
         self.dir.join(index).join(format!("{key}.json"))
     }
 
-    /// The incident an approval id names (`apr-<incident>-<suffix>`).
-    fn approval_incident(approval_id: &str) -> Option<String> {
-        let rest = approval_id.strip_prefix("apr-")?;
-        let (incident, suffix) = rest.rsplit_once('-')?;
-        let hex = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_hexdigit());
-        (hex(incident) && hex(suffix)).then(|| format!("inc-{incident}"))
-    }
-
     fn save_sync(&self, incident: &Incident) -> Result<(), StoreError> {
         self.write(&self.incident_path(&incident.id)?, incident, true)?;
         // The open-incident index: one small file per (agent, fingerprint) while open, so a new
@@ -222,7 +214,7 @@ impl JsonStore {
     }
 
     fn by_approval_sync(&self, approval_id: &str) -> Result<Option<Incident>, StoreError> {
-        let Some(id) = Self::approval_incident(approval_id) else {
+        let Some(id) = super::approval_incident(approval_id) else {
             return Ok(None);
         };
         let incident = match self.get_sync(&id) {
@@ -230,15 +222,7 @@ impl JsonStore {
             Err(StoreError::UnknownIncident(_)) => return Ok(None),
             Err(e) => return Err(e),
         };
-        let names_it = incident
-            .proposal
-            .as_ref()
-            .is_some_and(|p| p.id == approval_id)
-            || incident
-                .answer
-                .as_ref()
-                .is_some_and(|a| a.approval_id == approval_id);
-        Ok(names_it.then_some(incident))
+        Ok(incident.names_approval(approval_id).then_some(incident))
     }
 }
 

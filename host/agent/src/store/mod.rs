@@ -9,9 +9,14 @@
 mod audit_first;
 mod json;
 mod mac;
+pub mod sqlite;
 
 pub use audit_first::AuditFirst;
 pub use json::JsonStore;
+pub use sqlite::SqliteStore;
+
+#[cfg(test)]
+mod contract_tests;
 pub use mac::HostKey;
 
 use crate::audit::RecordRef;
@@ -26,6 +31,75 @@ use themis_core::identity::Identity;
 use themis_core::policy::{ApprovalRequest, Plan};
 use themis_core::types::Alert;
 use themis_core::verify::Watch;
+
+/// Which store a state directory holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// `themis.db`: SQLite, one transaction and one fsync per state write (the service's
+    /// default).
+    Sqlite,
+    /// A JSON file per incident (the one-shot CLI's default on a new directory).
+    Json,
+}
+
+impl StoreKind {
+    /// The store already in `dir`, if any.
+    pub fn found_in(dir: &std::path::Path) -> Option<StoreKind> {
+        if dir.join(sqlite::FILE).exists() {
+            Some(StoreKind::Sqlite)
+        } else if dir.join("incidents").is_dir() {
+            Some(StoreKind::Json)
+        } else {
+            None
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            StoreKind::Sqlite => "sqlite",
+            StoreKind::Json => "json",
+        }
+    }
+}
+
+/// Open the state directory's store to write, waiting up to `wait` for another process that
+/// holds it: the kind already there, else `wanted`, else `default`. A directory that holds the
+/// other kind than `wanted` is refused: two stores of one host would disagree.
+pub async fn open(
+    dir: &std::path::Path,
+    wanted: Option<StoreKind>,
+    default: StoreKind,
+    wait: std::time::Duration,
+) -> Result<std::sync::Arc<dyn IncidentStore>, StoreError> {
+    let kind = match (StoreKind::found_in(dir), wanted) {
+        (Some(found), Some(wanted)) if found != wanted => {
+            return Err(StoreError::OtherKind {
+                dir: dir.to_path_buf(),
+                found,
+                wanted,
+            });
+        }
+        (Some(found), _) => found,
+        (None, Some(wanted)) => wanted,
+        (None, None) => default,
+    };
+    Ok(match kind {
+        StoreKind::Sqlite => std::sync::Arc::new(SqliteStore::open_waiting(dir, wait).await?),
+        StoreKind::Json => std::sync::Arc::new(JsonStore::open_waiting(dir, wait)?),
+    })
+}
+
+/// Open the state directory's store, whichever kind it holds, to read without its lock (next to
+/// a running host).
+pub async fn open_read_only(
+    dir: &std::path::Path,
+) -> Result<std::sync::Arc<dyn IncidentStore>, StoreError> {
+    Ok(match StoreKind::found_in(dir) {
+        Some(StoreKind::Sqlite) => std::sync::Arc::new(SqliteStore::open_read_only(dir).await?),
+        _ => std::sync::Arc::new(JsonStore::open_read_only(dir)?),
+    })
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
@@ -164,6 +238,15 @@ impl Incident {
         }
     }
 
+    /// Whether `approval_id` is this incident's proposal, current or answered.
+    pub fn names_approval(&self, approval_id: &str) -> bool {
+        self.proposal.as_ref().is_some_and(|p| p.id == approval_id)
+            || self
+                .answer
+                .as_ref()
+                .is_some_and(|a| a.approval_id == approval_id)
+    }
+
     /// Why an answer to `approval_id` cannot claim this incident's proposal now, if it cannot:
     /// someone answered it already, or it is not waiting for an answer.
     pub fn refuses_answer(&self, approval_id: &str) -> Option<ClaimError> {
@@ -186,6 +269,14 @@ impl Incident {
             status: self.status,
         })
     }
+}
+
+/// The incident an approval id names (`apr-<incident>-<suffix>`).
+pub(crate) fn approval_incident(approval_id: &str) -> Option<String> {
+    let rest = approval_id.strip_prefix("apr-")?;
+    let (incident, suffix) = rest.rsplit_once('-')?;
+    let hex = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_hexdigit());
+    (hex(incident) && hex(suffix)).then(|| format!("inc-{incident}"))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -213,6 +304,17 @@ pub enum StoreError {
     AuditNotDurable(String),
     #[error(transparent)]
     Locked(#[from] crate::lock::LockError),
+    #[error("state database {path}: {message}")]
+    Database { path: PathBuf, message: String },
+    #[error(
+        "state directory {dir} holds a {} store, but a {} store was asked for: set `store: {}` or use another state directory",
+        found.name(), wanted.name(), found.name()
+    )]
+    OtherKind {
+        dir: PathBuf,
+        found: StoreKind,
+        wanted: StoreKind,
+    },
 }
 
 /// Why an answer could not claim a proposal.

@@ -1,0 +1,308 @@
+//! One contract, every store: the same checks run against the JSON-file store and SQLite, so
+//! the runtime cannot tell them apart except by speed.
+
+use super::*;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use themis_core::identity::Identity;
+use themis_core::policy::{ApprovalRequest, Plan};
+use themis_core::types::Alert;
+
+async fn each_store(check: impl AsyncFn(Arc<dyn IncidentStore>, &std::path::Path)) {
+    for kind in [StoreKind::Json, StoreKind::Sqlite] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path(), Some(kind), kind, Duration::from_secs(1))
+            .await
+            .expect("open");
+        assert_eq!(StoreKind::found_in(dir.path()), Some(kind));
+        check(store, dir.path()).await;
+    }
+}
+
+fn incident(id: &str, fingerprint: &str, opened: u64) -> Incident {
+    let alert = Alert {
+        name: "KafkaConsumerLag".into(),
+        fingerprint: fingerprint.into(),
+        labels: vec![],
+        annotations: vec![],
+        source: None,
+    };
+    Incident::opened(
+        id.into(),
+        "kafka".into(),
+        alert,
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + opened),
+    )
+}
+
+fn proposed(mut incident: Incident, approval: &str) -> Incident {
+    let plan = Plan {
+        runbook_id: "restart-consumers".into(),
+        runbook_version: "1.0.0".into(),
+        runbook_digest: "sha256:00".into(),
+        params: Default::default(),
+        target: incident.fingerprint.clone(),
+    };
+    incident.status = IncidentStatus::PendingApproval;
+    incident.proposal = Some(ApprovalRequest::new(
+        approval.into(),
+        plan,
+        Identity::agent("kafka"),
+        SystemTime::now(),
+        Duration::from_secs(600),
+    ));
+    incident
+}
+
+fn answer(approval: &str, by: &str) -> Answer {
+    Answer {
+        approval_id: approval.into(),
+        kind: AnswerKind::Approved,
+        by: Identity::scenario(by),
+        at: SystemTime::now(),
+        execution_id: None,
+    }
+}
+
+#[tokio::test]
+async fn incidents_are_found_by_id_fingerprint_and_approval() {
+    each_store(async |store, _| {
+        let first = incident("inc-0a", "fp", 1);
+        store.save(&first).await.expect("save");
+        assert_eq!(store.get("inc-0a").await.expect("get"), first);
+        assert!(matches!(
+            store.get("inc-0b").await,
+            Err(StoreError::UnknownIncident(_))
+        ));
+        assert_eq!(
+            store
+                .open_for("kafka", "fp")
+                .await
+                .expect("open")
+                .map(|i| i.id),
+            Some("inc-0a".into())
+        );
+        assert_eq!(
+            store.open_for("postgres", "fp").await.expect("other agent"),
+            None
+        );
+        // Closed: no longer open, still the latest.
+        let mut closed = first.clone();
+        closed.status = IncidentStatus::Resolved;
+        store.save(&closed).await.expect("close");
+        assert_eq!(store.open_for("kafka", "fp").await.expect("open"), None);
+        assert_eq!(
+            store.latest_for("kafka", "fp").await.expect("latest"),
+            Some(closed)
+        );
+        // A newer one for the same fingerprint is both.
+        let second = proposed(incident("inc-0b", "fp", 2), "apr-0b-01");
+        store.save(&second).await.expect("save");
+        assert_eq!(
+            store
+                .open_for("kafka", "fp")
+                .await
+                .expect("open")
+                .map(|i| i.id),
+            Some("inc-0b".into())
+        );
+        assert_eq!(
+            store
+                .latest_for("kafka", "fp")
+                .await
+                .expect("latest")
+                .map(|i| i.id),
+            Some("inc-0b".into())
+        );
+        assert_eq!(
+            store.by_approval("apr-0b-01").await.expect("by approval"),
+            Some(second)
+        );
+        assert_eq!(
+            store.by_approval("apr-0b-02").await.expect("other suffix"),
+            None
+        );
+        assert_eq!(
+            store.by_approval("apr-0a-01").await.expect("no proposal"),
+            None
+        );
+        assert_eq!(
+            store
+                .by_approval("../../etc/passwd")
+                .await
+                .expect("not an id"),
+            None
+        );
+        let (all, problems) = store.scan().await.expect("scan");
+        assert!(problems.is_empty());
+        assert_eq!(
+            all.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(),
+            ["inc-0a", "inc-0b"]
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_proposal_is_claimed_exactly_once_among_concurrent_answers() {
+    each_store(async |store, _| {
+        store
+            .save(&proposed(incident("inc-0c", "fp", 1), "apr-0c-01"))
+            .await
+            .expect("save");
+        let claims = (0..8).map(|n| {
+            let store = store.clone();
+            async move {
+                store
+                    .claim(
+                        answer("apr-0c-01", &format!("human-{n}")),
+                        IncidentStatus::Executing,
+                    )
+                    .await
+            }
+        });
+        let results = futures_join(claims).await;
+        let won: Vec<_> = results.iter().filter(|r| r.is_ok()).collect();
+        assert_eq!(won.len(), 1, "{results:?}");
+        assert!(
+            results
+                .iter()
+                .filter(|r| r.is_err())
+                .all(|r| matches!(r, Err(ClaimError::AlreadyAnswered { .. }))),
+            "{results:?}"
+        );
+        let now = store.get("inc-0c").await.expect("get");
+        assert_eq!(now.status, IncidentStatus::Executing);
+        assert!(matches!(
+            store
+                .claim(answer("apr-0d-01", "x"), IncidentStatus::Executing)
+                .await,
+            Err(ClaimError::Store(StoreError::UnknownIncident(_)))
+        ));
+    })
+    .await;
+}
+
+/// Run every future on a task of its own, so they race, and collect what each returned.
+async fn futures_join<F>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.expect("task"));
+    }
+    out
+}
+
+#[tokio::test]
+async fn agent_states_and_the_guard_book_round_trip() {
+    each_store(async |store, _| {
+        assert_eq!(
+            store.agent_state("kafka").await.expect("none yet"),
+            AgentState::Idle
+        );
+        let triaging = AgentState::Triaging {
+            incident: "inc-0e".into(),
+        };
+        store
+            .save_agent_state("kafka", &triaging)
+            .await
+            .expect("hint");
+        assert_eq!(store.agent_state("kafka").await.expect("hint"), triaging);
+        assert_eq!(store.guard().await.expect("empty"), GuardBook::default());
+        store
+            .save_guard(&GuardBook::default())
+            .await
+            .expect("guard");
+        assert_eq!(store.guard().await.expect("guard"), GuardBook::default());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_read_only_store_reads_next_to_the_writer_and_writes_nothing() {
+    each_store(async |store, dir| {
+        store
+            .save(&incident("inc-0f", "fp", 1))
+            .await
+            .expect("save");
+        let reader = open_read_only(dir).await.expect("read only");
+        assert_eq!(reader.get("inc-0f").await.expect("read").id, "inc-0f");
+        assert!(reader.save(&incident("inc-10", "fp2", 2)).await.is_err());
+        assert!(matches!(
+            store.get("inc-10").await,
+            Err(StoreError::UnknownIncident(_))
+        ));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_second_writer_is_refused_and_the_other_kind_is_named() {
+    each_store(async |store, dir| {
+        let kind = StoreKind::found_in(dir).expect("kind");
+        assert!(matches!(
+            open(dir, Some(kind), kind, Duration::from_millis(50)).await,
+            Err(StoreError::Locked(_))
+        ));
+        drop(store);
+        let other = match kind {
+            StoreKind::Json => StoreKind::Sqlite,
+            StoreKind::Sqlite => StoreKind::Json,
+        };
+        match open(dir, Some(other), other, Duration::from_millis(50)).await {
+            Err(e @ StoreError::OtherKind { .. }) => {
+                assert!(
+                    e.to_string().contains(&format!("store: {}", kind.name())),
+                    "{e}"
+                )
+            }
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("a {other:?} store opened over a {kind:?} directory"),
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_row_changed_outside_themis_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SqliteStore::open_waiting(dir.path(), Duration::from_secs(1))
+        .await
+        .expect("open");
+    store
+        .save(&incident("inc-11", "fp", 1))
+        .await
+        .expect("save");
+    store
+        .save(&incident("inc-12", "fp2", 2))
+        .await
+        .expect("save");
+    // Edited by hand, and moved from one row to another: both refused.
+    let raw = sqlx::SqlitePool::connect(&format!(
+        "sqlite://{}",
+        dir.path().join(sqlite::FILE).display()
+    ))
+    .await
+    .expect("raw connection");
+    sqlx::query("UPDATE incidents SET body = replace(body, '\"triaging\"', '\"resolved\"') WHERE id = 'inc-11'")
+        .execute(&raw)
+        .await
+        .expect("edit");
+    sqlx::query("UPDATE incidents SET (body, mac) = (SELECT body, mac FROM incidents WHERE id = 'inc-11') WHERE id = 'inc-12'")
+        .execute(&raw)
+        .await
+        .expect("move");
+    for id in ["inc-11", "inc-12"] {
+        assert!(
+            matches!(store.get(id).await, Err(StoreError::Tampered { .. })),
+            "{id}"
+        );
+    }
+    let (ok, problems) = store.scan().await.expect("scan");
+    assert!(ok.is_empty());
+    assert_eq!(problems.len(), 2);
+}

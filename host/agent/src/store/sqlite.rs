@@ -1,0 +1,437 @@
+//! The embedded store: the state directory's `themis.db`, SQLite through sqlx in WAL mode, its
+//! schema by versioned migrations (`host/agent/migrations/sqlite`). A state write is one
+//! transaction and one fsync of the WAL — no file created, renamed or indexed per write, which
+//! is what the JSON-file store spends most of a decision on. Every row carries a MAC under the
+//! host key over its table, its key and its JSON, so a row changed or moved by hand is refused
+//! as the JSON store refuses a file. The directory is locked for the life of a writing store.
+
+use super::mac::HostKey;
+use super::{Answer, ClaimError, Incident, IncidentStatus, IncidentStore, StoreError};
+use crate::lock::{self, Held};
+use async_trait::async_trait;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+use themis_core::fsm::AgentState;
+use themis_core::guard::GuardBook;
+
+/// The database's file name in the state directory.
+pub const FILE: &str = "themis.db";
+
+static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+pub struct SqliteStore {
+    db: PathBuf,
+    key: HostKey,
+    /// Durable writes: one connection (SQLite has one writer), `synchronous = FULL`, so a
+    /// commit is on disk when it returns.
+    writer: Option<SqlitePool>,
+    /// The agent-state hint, rewritten on every move: `synchronous = NORMAL`, made durable by
+    /// the next durable commit (the WAL is one sequence), never waited for on its own.
+    hints: Option<SqlitePool>,
+    reader: SqlitePool,
+    /// Serialises read-modify-write sequences (the claim) within the process.
+    claims: tokio::sync::Mutex<()>,
+    _lock: Option<Held>,
+}
+
+impl SqliteStore {
+    /// Open (creating and migrating) the state directory's database, waiting up to `wait` for
+    /// another process that holds the directory.
+    pub async fn open_waiting(dir: &Path, wait: Duration) -> Result<SqliteStore, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let held = lock::acquire(&dir.join("state.lock"), wait)?;
+        let key = HostKey::load_or_create(&dir.join("host.key"))?;
+        let db = dir.join(FILE);
+        let fail = |e: &dyn std::fmt::Display| StoreError::Database {
+            path: db.clone(),
+            message: e.to_string(),
+        };
+        let options = SqliteConnectOptions::new()
+            .filename(&db)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .busy_timeout(Duration::from_secs(5));
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone().synchronous(SqliteSynchronous::Full))
+            .await
+            .map_err(|e| fail(&e))?;
+        MIGRATIONS.run(&writer).await.map_err(|e| {
+            fail(&format!(
+                "{e} (the schema could not be brought to this version; is the database from a newer Themis?)"
+            ))
+        })?;
+        let hints = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone().synchronous(SqliteSynchronous::Normal))
+            .await
+            .map_err(|e| fail(&e))?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(2)
+            .connect_with(options.read_only(true))
+            .await
+            .map_err(|e| fail(&e))?;
+        Ok(SqliteStore {
+            db,
+            key,
+            writer: Some(writer),
+            hints: Some(hints),
+            reader,
+            claims: tokio::sync::Mutex::new(()),
+            _lock: Some(held),
+        })
+    }
+
+    /// Open to read without taking the directory's lock (`themis agents` next to a running
+    /// host): every write is refused.
+    pub async fn open_read_only(dir: &Path) -> Result<SqliteStore, StoreError> {
+        let key = HostKey::load_or_create(&dir.join("host.key"))?;
+        let db = dir.join(FILE);
+        let reader = SqlitePoolOptions::new()
+            .max_connections(2)
+            .connect_with(
+                SqliteConnectOptions::new()
+                    .filename(&db)
+                    .read_only(true)
+                    .busy_timeout(Duration::from_secs(5)),
+            )
+            .await
+            .map_err(|e| StoreError::Database {
+                path: db.clone(),
+                message: e.to_string(),
+            })?;
+        Ok(SqliteStore {
+            db,
+            key,
+            writer: None,
+            hints: None,
+            reader,
+            claims: tokio::sync::Mutex::new(()),
+            _lock: None,
+        })
+    }
+
+    fn fail(&self, e: impl std::fmt::Display) -> StoreError {
+        StoreError::Database {
+            path: self.db.clone(),
+            message: e.to_string(),
+        }
+    }
+
+    /// Where a row is, for messages: the database and the row's table and key.
+    fn row(&self, table: &str, key: &str) -> PathBuf {
+        PathBuf::from(format!("{}#{table}/{key}", self.db.display()))
+    }
+
+    fn writer(&self) -> Result<&SqlitePool, StoreError> {
+        self.writer
+            .as_ref()
+            .ok_or_else(|| self.fail("the store was opened read-only"))
+    }
+
+    /// A value's JSON and its MAC, bound to the row it goes in.
+    fn seal<T: Serialize>(
+        &self,
+        table: &str,
+        key: &str,
+        value: &T,
+    ) -> Result<(String, String), StoreError> {
+        let body = serde_json::to_string(value).map_err(|e| StoreError::Corrupt {
+            path: self.row(table, key),
+            message: e.to_string(),
+        })?;
+        let mac = self.key.tag(&Self::sealed_bytes(table, key, &body));
+        Ok((body, mac))
+    }
+
+    fn sealed_bytes(table: &str, key: &str, body: &str) -> Vec<u8> {
+        format!("{table}\0{key}\0{body}").into_bytes()
+    }
+
+    /// A row's value, refused when its MAC does not verify for this row.
+    fn open_row<T: DeserializeOwned>(
+        &self,
+        table: &str,
+        key: &str,
+        body: &str,
+        mac: &str,
+    ) -> Result<T, StoreError> {
+        if !self.key.verify(&Self::sealed_bytes(table, key, body), mac) {
+            return Err(StoreError::Tampered {
+                path: self.row(table, key),
+            });
+        }
+        serde_json::from_str(body).map_err(|e| StoreError::Corrupt {
+            path: self.row(table, key),
+            message: e.to_string(),
+        })
+    }
+
+    async fn write_incident(
+        &self,
+        conn: &mut sqlx::SqliteConnection,
+        incident: &Incident,
+    ) -> Result<(), StoreError> {
+        let (body, mac) = self.seal("incidents", &incident.id, incident)?;
+        sqlx::query(
+            "INSERT INTO incidents (id, agent, fingerprint, status, opened_ms, body, mac)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT (id) DO UPDATE SET status = ?4, body = ?6, mac = ?7",
+        )
+        .bind(&incident.id)
+        .bind(&incident.agent)
+        .bind(&incident.fingerprint)
+        .bind(status_name(incident.status))
+        .bind(millis(incident.opened_at))
+        .bind(body)
+        .bind(mac)
+        .execute(conn)
+        .await
+        .map_err(|e| self.fail(e))?;
+        Ok(())
+    }
+
+    async fn incident_where(
+        &self,
+        sql: &str,
+        agent: &str,
+        fingerprint: &str,
+    ) -> Result<Option<Incident>, StoreError> {
+        let row: Option<(String, String, String)> = sqlx::query_as(sql)
+            .bind(agent)
+            .bind(fingerprint)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(|e| self.fail(e))?;
+        row.map(|(id, body, mac)| self.open_incident(&id, &body, &mac))
+            .transpose()
+    }
+
+    fn open_incident(&self, id: &str, body: &str, mac: &str) -> Result<Incident, StoreError> {
+        let incident: Incident = self.open_row("incidents", id, body, mac)?;
+        if incident.id != id {
+            return Err(StoreError::Tampered {
+                path: self.row("incidents", id),
+            });
+        }
+        Ok(incident)
+    }
+
+    async fn get_incident(&self, id: &str) -> Result<Option<Incident>, StoreError> {
+        let row: Option<(String, String)> =
+            sqlx::query_as("SELECT body, mac FROM incidents WHERE id = ?1")
+                .bind(id)
+                .fetch_optional(&self.reader)
+                .await
+                .map_err(|e| self.fail(e))?;
+        row.map(|(body, mac)| self.open_incident(id, &body, &mac))
+            .transpose()
+    }
+}
+
+fn status_name(status: IncidentStatus) -> String {
+    match serde_json::to_value(status) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => format!("{status:?}"),
+    }
+}
+
+fn millis(at: SystemTime) -> i64 {
+    at.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// The statuses `open_for` looks among, as SQL: every status that absorbs further alerts.
+fn open_statuses() -> String {
+    [
+        IncidentStatus::Triaging,
+        IncidentStatus::Executing,
+        IncidentStatus::PendingApproval,
+        IncidentStatus::Escalated,
+        IncidentStatus::Interrupted,
+        IncidentStatus::Verifying,
+        IncidentStatus::Resolved,
+        IncidentStatus::Unverified,
+        IncidentStatus::Failed,
+        IncidentStatus::Rejected,
+    ]
+    .into_iter()
+    .filter(|s| s.is_open())
+    .map(|s| format!("'{}'", status_name(s)))
+    .collect::<Vec<_>>()
+    .join(", ")
+}
+
+#[async_trait]
+impl IncidentStore for SqliteStore {
+    async fn save(&self, incident: &Incident) -> Result<(), StoreError> {
+        let mut conn = self.writer()?.acquire().await.map_err(|e| self.fail(e))?;
+        self.write_incident(&mut conn, incident).await
+    }
+
+    async fn get(&self, id: &str) -> Result<Incident, StoreError> {
+        self.get_incident(id)
+            .await?
+            .ok_or_else(|| StoreError::UnknownIncident(id.into()))
+    }
+
+    async fn scan(&self) -> Result<(Vec<Incident>, Vec<StoreError>), StoreError> {
+        let rows: Vec<(String, String, String)> =
+            sqlx::query_as("SELECT id, body, mac FROM incidents ORDER BY opened_ms, id")
+                .fetch_all(&self.reader)
+                .await
+                .map_err(|e| self.fail(e))?;
+        let mut out = Vec::new();
+        let mut problems = Vec::new();
+        for (id, body, mac) in rows {
+            match self.open_incident(&id, &body, &mac) {
+                Ok(i) => out.push(i),
+                Err(e) => problems.push(e),
+            }
+        }
+        out.sort_by_key(|i| i.opened_at);
+        Ok((out, problems))
+    }
+
+    async fn open_for(
+        &self,
+        agent: &str,
+        fingerprint: &str,
+    ) -> Result<Option<Incident>, StoreError> {
+        let sql = format!(
+            "SELECT id, body, mac FROM incidents WHERE agent = ?1 AND fingerprint = ?2 AND status IN ({}) ORDER BY opened_ms DESC, rowid DESC LIMIT 1",
+            open_statuses()
+        );
+        let found = self.incident_where(&sql, agent, fingerprint).await?;
+        // The columns are an index; the sealed body is what counts.
+        Ok(
+            found
+                .filter(|i| i.status.is_open() && i.agent == agent && i.fingerprint == fingerprint),
+        )
+    }
+
+    async fn latest_for(
+        &self,
+        agent: &str,
+        fingerprint: &str,
+    ) -> Result<Option<Incident>, StoreError> {
+        let found = self
+            .incident_where(
+                "SELECT id, body, mac FROM incidents WHERE agent = ?1 AND fingerprint = ?2 ORDER BY opened_ms DESC, rowid DESC LIMIT 1",
+                agent,
+                fingerprint,
+            )
+            .await?;
+        Ok(found.filter(|i| i.agent == agent && i.fingerprint == fingerprint))
+    }
+
+    async fn by_approval(&self, approval_id: &str) -> Result<Option<Incident>, StoreError> {
+        let Some(id) = super::approval_incident(approval_id) else {
+            return Ok(None);
+        };
+        Ok(self
+            .get_incident(&id)
+            .await?
+            .filter(|i| i.names_approval(approval_id)))
+    }
+
+    async fn claim(&self, answer: Answer, next: IncidentStatus) -> Result<Incident, ClaimError> {
+        let _one = self.claims.lock().await;
+        let writer = self.writer()?;
+        // Read and write in one transaction on the only writing connection: nobody writes
+        // between the check and the claim, in this process or another.
+        let mut tx = writer.begin().await.map_err(|e| self.fail(e))?;
+        let approval_id = answer.approval_id.clone();
+        let Some(id) = super::approval_incident(&approval_id) else {
+            return Err(StoreError::UnknownIncident(approval_id).into());
+        };
+        let row: Option<(String, String)> =
+            sqlx::query_as("SELECT body, mac FROM incidents WHERE id = ?1")
+                .bind(&id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(|e| self.fail(e))?;
+        let Some(mut incident) = row
+            .map(|(body, mac)| self.open_incident(&id, &body, &mac))
+            .transpose()?
+            .filter(|i| i.names_approval(&approval_id))
+        else {
+            return Err(StoreError::UnknownIncident(approval_id).into());
+        };
+        if let Some(refusal) = incident.refuses_answer(&approval_id) {
+            return Err(refusal);
+        }
+        incident.answer = Some(answer);
+        incident.status = next;
+        self.write_incident(&mut tx, &incident).await?;
+        tx.commit().await.map_err(|e| self.fail(e))?;
+        Ok(incident)
+    }
+
+    async fn save_agent_state(&self, agent: &str, state: &AgentState) -> Result<(), StoreError> {
+        let hints = self
+            .hints
+            .as_ref()
+            .ok_or_else(|| self.fail("the store was opened read-only"))?;
+        let (body, mac) = self.seal("agent_states", agent, state)?;
+        sqlx::query(
+            "INSERT INTO agent_states (agent, body, mac) VALUES (?1, ?2, ?3)
+             ON CONFLICT (agent) DO UPDATE SET body = ?2, mac = ?3",
+        )
+        .bind(agent)
+        .bind(body)
+        .bind(mac)
+        .execute(hints)
+        .await
+        .map_err(|e| self.fail(e))?;
+        Ok(())
+    }
+
+    async fn agent_state(&self, agent: &str) -> Result<AgentState, StoreError> {
+        let row: Option<(String, String)> =
+            sqlx::query_as("SELECT body, mac FROM agent_states WHERE agent = ?1")
+                .bind(agent)
+                .fetch_optional(&self.reader)
+                .await
+                .map_err(|e| self.fail(e))?;
+        match row {
+            Some((body, mac)) => self.open_row("agent_states", agent, &body, &mac),
+            None => Ok(AgentState::Idle),
+        }
+    }
+
+    async fn save_guard(&self, book: &GuardBook) -> Result<(), StoreError> {
+        let (body, mac) = self.seal("guard", "1", book)?;
+        sqlx::query(
+            "INSERT INTO guard (id, body, mac) VALUES (1, ?1, ?2)
+             ON CONFLICT (id) DO UPDATE SET body = ?1, mac = ?2",
+        )
+        .bind(body)
+        .bind(mac)
+        .execute(self.writer()?)
+        .await
+        .map_err(|e| self.fail(e))?;
+        Ok(())
+    }
+
+    async fn guard(&self) -> Result<GuardBook, StoreError> {
+        let row: Option<(String, String)> =
+            sqlx::query_as("SELECT body, mac FROM guard WHERE id = 1")
+                .fetch_optional(&self.reader)
+                .await
+                .map_err(|e| self.fail(e))?;
+        match row {
+            Some((body, mac)) => self.open_row("guard", "1", &body, &mac),
+            None => Ok(GuardBook::default()),
+        }
+    }
+}
