@@ -20,6 +20,7 @@ mod openai_mock;
 mod otel;
 mod page;
 mod playbook;
+mod proposals;
 mod registry;
 mod resume;
 mod sandbox;

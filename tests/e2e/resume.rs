@@ -9,6 +9,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use themis_agent::audit::Record;
 use themis_agent::runtime::resume_point;
+use themis_agent::store::{Answer, ClaimError, Incident, IncidentStatus, StoreError};
+use themis_core::fsm::AgentState;
+use themis_core::guard::GuardBook;
 use themis_core::policy::DestructiveList;
 use themis_core::types::{Alert, Phase, StepOutput};
 use themis_sandbox::executor::{self, ExecutionRequest, Outcome, Resume, ResumeFrom, Unobserved};
@@ -244,4 +247,165 @@ fn where_a_run_resumes_is_read_off_its_record() {
         json!({ "execution_id": "exe-1", "runbook_digest": "sha256:other", "approval": null }),
     );
     assert!(at(&[other, pre]).is_err());
+}
+
+/// A store that refuses the save that starts an approved run: the approval is claimed and on
+/// the record, the run never started — what a kill between the two leaves behind.
+struct RefusesRunStart {
+    inner: Arc<dyn themis_agent::store::IncidentStore>,
+}
+
+#[async_trait::async_trait]
+impl themis_agent::store::IncidentStore for RefusesRunStart {
+    async fn save(&self, incident: &Incident) -> Result<(), StoreError> {
+        if incident.status == IncidentStatus::Executing && incident.executed.is_some() {
+            return Err(StoreError::Io {
+                path: "state".into(),
+                source: std::io::Error::other("the host stopped here"),
+            });
+        }
+        self.inner.save(incident).await
+    }
+    async fn get(&self, id: &str) -> Result<Incident, StoreError> {
+        self.inner.get(id).await
+    }
+    async fn scan(&self) -> Result<(Vec<Incident>, Vec<StoreError>), StoreError> {
+        self.inner.scan().await
+    }
+    async fn open_for(&self, agent: &str, fp: &str) -> Result<Option<Incident>, StoreError> {
+        self.inner.open_for(agent, fp).await
+    }
+    async fn latest_for(&self, agent: &str, fp: &str) -> Result<Option<Incident>, StoreError> {
+        self.inner.latest_for(agent, fp).await
+    }
+    async fn by_approval(&self, id: &str) -> Result<Option<Incident>, StoreError> {
+        self.inner.by_approval(id).await
+    }
+    async fn claim(&self, answer: Answer, next: IncidentStatus) -> Result<Incident, ClaimError> {
+        self.inner.claim(answer, next).await
+    }
+    async fn save_agent_state(&self, agent: &str, state: &AgentState) -> Result<(), StoreError> {
+        self.inner.save_agent_state(agent, state).await
+    }
+    async fn agent_state(&self, agent: &str) -> Result<AgentState, StoreError> {
+        self.inner.agent_state(agent).await
+    }
+    async fn save_guard(&self, book: &GuardBook) -> Result<(), StoreError> {
+        self.inner.save_guard(book).await
+    }
+    async fn guard(&self) -> Result<GuardBook, StoreError> {
+        self.inner.guard().await
+    }
+}
+
+async fn postgres_host(
+    dir: &std::path::Path,
+    store: Arc<dyn themis_agent::store::IncidentStore>,
+    mock: Arc<themis_testkit::mock::ScenarioMock>,
+) -> themis_agent::Runtime {
+    let audit = themis_agent::audit::AuditLog::open(
+        &dir.join("audit.jsonl"),
+        themis_agent::audit::Redactor::default(),
+    )
+    .expect("audit");
+    themis_agent::Runtime::start(
+        themis_agent::RuntimeParts {
+            sandbox: sandbox().clone(),
+            agent_files: vec![crate::common::repo().join("agents/postgres.yaml")],
+            audit: Arc::new(audit),
+            store,
+            channels: Default::default(),
+            observer: Arc::new(themis_testkit::scenario_agent::Recorder::default()),
+            provider: Arc::new(themis_testkit::provider::ScenarioProvider::new(mock, false)),
+        },
+        Default::default(),
+    )
+    .await
+    .expect("runtime")
+}
+
+/// Review defect: a stop between an approval's claim and its run's start left the incident
+/// `interrupted`, naming the runbook that ran before, and the approval used up although nothing
+/// of the plan had acted. The next start now runs the approved plan, bound to the approval's
+/// execution, exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approved_run_cut_off_before_it_started_is_started_on_recovery() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let world = crate::common::world_file("agent-postgres-lock-waits.yaml");
+    let scenario = themis_testkit::scenario::load(&world).expect("scenario");
+    let mock = Arc::new(themis_testkit::mock::ScenarioMock::new(scenario.mocks).expect("mocks"));
+    let state = dir.path().join("state");
+    let store: Arc<dyn themis_agent::store::IncidentStore> =
+        Arc::new(themis_agent::store::JsonStore::open(&state).expect("store"));
+    let first = postgres_host(
+        dir.path(),
+        Arc::new(RefusesRunStart {
+            inner: store.clone(),
+        }),
+        mock.clone(),
+    )
+    .await;
+    let incident = match first
+        .handle_alert(scenario.alert.to_alert())
+        .await
+        .expect("handled")
+    {
+        themis_agent::AlertOutcome::Handled(i) => i,
+        other => panic!("a new incident: {other:?}"),
+    };
+    let proposal = incident
+        .proposal
+        .clone()
+        .expect("a destructive plan waits for a human");
+    let cut = first
+        .approve(
+            &proposal.id,
+            themis_core::identity::Identity::scenario("oncall"),
+            Some(proposal.plan_digest.clone()),
+        )
+        .await;
+    assert!(cut.is_err(), "the run's start was cut off: {cut:?}");
+    first.stop().await;
+    drop(store);
+
+    let store: Arc<dyn themis_agent::store::IncidentStore> =
+        Arc::new(themis_agent::store::JsonStore::open(&state).expect("store"));
+    let second = postgres_host(dir.path(), store.clone(), mock.clone()).await;
+    let now = store.get(&incident.id).await.expect("incident");
+    assert_ne!(now.status, IncidentStatus::Interrupted, "{now:#?}");
+    let records = crate::common::records(&dir.path().join("audit.jsonl"));
+    let bound = records
+        .iter()
+        .find(|r| r["kind"] == "approval")
+        .map(|r| r["data"]["bound_to_execution"].clone())
+        .expect("the approval is on the record");
+    assert!(
+        records.iter().any(|r| r["kind"] == "recovered"
+            && r["data"]["action"] == "start the approved run"
+            && r["data"]["execution_id"] == bound),
+        "recovery says it starts the approved run"
+    );
+    let starts: Vec<_> = records
+        .iter()
+        .filter(|r| {
+            r["kind"] == "execution-start" && r["data"]["runbook_id"] == "terminate-blocker"
+        })
+        .collect();
+    assert_eq!(starts.len(), 1, "the approved plan ran once");
+    assert_eq!(starts[0]["data"]["execution_id"], bound);
+    let terminations = records
+        .iter()
+        .filter(|r| {
+            r["kind"] == "capability-intent"
+                && r["data"]["intent"]["capability"] == "postgres.terminate-backend"
+        })
+        .count();
+    assert_eq!(terminations, 1, "one termination for one approval");
+    assert!(
+        records.iter().any(|r| r["kind"] == "result"
+            && r["data"]["execution_id"] == bound
+            && r["data"]["outcome"]["status"] == "succeeded"),
+        "the approved run finished"
+    );
+    second.stop().await;
 }

@@ -13,6 +13,7 @@ pub mod def;
 pub mod escalation;
 pub mod lock;
 mod observe;
+pub mod private;
 pub mod runtime;
 pub mod store;
 pub mod triage;

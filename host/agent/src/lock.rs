@@ -3,7 +3,7 @@
 //! told who holds it (pid, command, since when) instead of forking the audit chain or running a
 //! plan twice.
 
-use std::fs::{File, OpenOptions, TryLockError};
+use std::fs::{File, TryLockError};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
@@ -50,7 +50,7 @@ pub fn acquire(path: &Path, wait: Duration) -> Result<Held, LockError> {
         path: path.to_path_buf(),
         source,
     };
-    let mut file = OpenOptions::new()
+    let mut file = crate::private::options()
         .read(true)
         .write(true)
         .create(true)

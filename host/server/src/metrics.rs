@@ -393,8 +393,10 @@ impl Metrics {
     pub fn pending_at_start(&self, incidents: &[themis_agent::store::Incident]) {
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         for i in incidents {
-            if let (Some(p), None) = (&i.proposal, &i.answer)
-                && i.status.awaits_human()
+            // An adjusted plan's incident carries the answer to the proposal before it: what
+            // counts is whether the current proposal is still open to an answer.
+            if let Some(p) = &i.proposal
+                && i.refuses_answer(&p.id).is_none()
             {
                 pending.insert(i.id.clone(), (p.requested_at, p.expires_at));
             }
@@ -691,5 +693,59 @@ mod tests {
         );
         assert!(old.contains("# TYPE themis_agent_state gauge\n"), "{old}");
         assert!(!old.contains("# EOF"));
+    }
+
+    #[test]
+    fn an_adjusted_plan_waiting_for_its_approval_counts_as_pending() {
+        use themis_agent::store::{Answer, AnswerKind, Incident, IncidentStatus};
+        use themis_core::identity::Identity;
+        use themis_core::policy::{ApprovalRequest, Plan};
+        let alert = themis_core::types::Alert {
+            name: "PostgresLockWaits".into(),
+            fingerprint: "f".into(),
+            labels: vec![],
+            annotations: vec![],
+            source: None,
+        };
+        let now = SystemTime::now();
+        let proposal = |id: &str| {
+            ApprovalRequest::new(
+                id.into(),
+                Plan {
+                    runbook_id: "terminate-blocker".into(),
+                    runbook_version: "1.2.0".into(),
+                    runbook_digest: "sha256:00".into(),
+                    params: Default::default(),
+                    target: "f".into(),
+                },
+                Identity::agent("postgres"),
+                now,
+                std::time::Duration::from_secs(900),
+            )
+        };
+        let mut adjusted = Incident::opened("inc-01".into(), "postgres".into(), alert.clone(), now);
+        adjusted.status = IncidentStatus::PendingApproval;
+        adjusted.answer = Some(Answer {
+            approval_id: "apr-01-aa".into(),
+            kind: AnswerKind::Adjusted,
+            by: Identity::scenario("bob"),
+            at: now,
+            execution_id: None,
+        });
+        adjusted.proposal = Some(proposal("apr-01-bb"));
+        let mut answered = Incident::opened("inc-02".into(), "postgres".into(), alert, now);
+        answered.status = IncidentStatus::Executing;
+        answered.proposal = Some(proposal("apr-02-aa"));
+        answered.answer = Some(Answer {
+            approval_id: "apr-02-aa".into(),
+            kind: AnswerKind::Approved,
+            by: Identity::scenario("bob"),
+            at: now,
+            execution_id: Some("exe-1".into()),
+        });
+        let m = Metrics::new(&["postgres".to_owned()]);
+        m.pending_at_start(&[adjusted, answered]);
+        let text = m.encode().unwrap_or_default();
+        assert!(text.contains("themis_approvals_pending 1"), "{text}");
     }
 }

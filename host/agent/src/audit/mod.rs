@@ -174,7 +174,7 @@ impl AuditLog {
             source,
         };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(io)?;
+            crate::private::create_dir_all(dir).map_err(io)?;
         }
         // The lock first: the tail read below must be the tail this process continues.
         let held = lock::acquire(&lock::sidecar(path), wait)?;
@@ -186,7 +186,7 @@ impl AuditLog {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => (0, GENESIS.to_string(), None),
             Err(e) => return Err(io(e)),
         };
-        let file = OpenOptions::new()
+        let file = crate::private::options()
             .create(true)
             .append(true)
             .open(path)
@@ -902,6 +902,19 @@ mod tests {
         verify::verify(&path)
             .expect("read")
             .expect("the chain is intact");
+    }
+
+    #[test]
+    fn the_log_is_readable_by_its_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit").join("audit.jsonl");
+        let log = AuditLog::open(&path, Redactor::default()).expect("open");
+        log.append("kafka", None, "alert", json!({}))
+            .expect("append");
+        let mode = |p: &Path| std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(&dir.path().join("audit")), 0o700);
     }
 
     #[test]

@@ -30,7 +30,7 @@ impl Worker {
 
     /// The proposal the escalation record carries: read back from the audit and checked against
     /// the record's hash.
-    fn recorded_proposal(
+    pub(crate) fn recorded_proposal(
         &self,
         incident: &Incident,
     ) -> Result<Option<ApprovalRequest>, RuntimeError> {

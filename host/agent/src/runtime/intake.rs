@@ -19,7 +19,14 @@ impl Worker {
     ) -> Result<AlertOutcome, RuntimeError> {
         let ctx = self.ctx.clone();
         let name = ctx.agent.def.name.clone();
-        if let Some(mut open) = ctx.store.open_for(&name, &alert.fingerprint).await? {
+        let mut open = ctx.store.open_for(&name, &alert.fingerprint).await?;
+        if let Some(stale) = &open
+            && self.expire_if_due(stale).await?.is_some()
+        {
+            // Its proposal expired unanswered: this firing alert is triaged afresh.
+            open = None;
+        }
+        if let Some(mut open) = open {
             open.attached_alerts += 1;
             ctx.audit.append_deferred(
                 &name,
@@ -102,6 +109,19 @@ impl Worker {
                 .await?;
         } else {
             ctx.store.save(&incident).await?;
+        }
+        if incident.status == IncidentStatus::PendingApproval {
+            let why = format!(
+                "the alert resolved at its source before anyone answered; the proposal {} is withdrawn — if it fires again, a new incident is triaged and proposed afresh",
+                incident
+                    .proposal
+                    .as_ref()
+                    .map(|p| p.id.as_str())
+                    .unwrap_or_default()
+            );
+            if let Some(withdrawn) = self.withdraw(&incident, why).await? {
+                incident = withdrawn;
+            }
         }
         Ok(Some(incident))
     }

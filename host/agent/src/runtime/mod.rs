@@ -29,6 +29,7 @@ mod resume;
 mod triage;
 mod unowned;
 mod verify;
+mod withdraw;
 mod worker;
 
 pub use load::{Agent, SelectorChoice};

@@ -37,6 +37,9 @@ impl Worker {
             .map(|i| i.id.clone())
             .take(super::verify::MAX_WATCHED)
             .collect();
+        for pending in incidents.iter().filter(|i| &i.agent == agent) {
+            self.track_expiry(pending);
+        }
         let unfinished: Vec<Incident> = incidents
             .into_iter()
             .filter(|i| &i.agent == agent)
@@ -53,7 +56,9 @@ impl Worker {
             let can_retriage = incident.status == IncidentStatus::Triaging
                 && match was.kind() {
                     StateKind::Idle => true,
-                    StateKind::Triaging => same,
+                    // Cut off between deciding to escalate and saving the proposal: nothing
+                    // acted, and triage only reads.
+                    StateKind::Triaging | StateKind::EscalatingHuman => same,
                     _ => false,
                 };
             if can_retriage && self.fsm.state == was {
@@ -89,6 +94,9 @@ impl Worker {
             "recovered",
             json!({ "status": incident.status, "state": self.fsm.state, "action": "triage again", "reason": "the host stopped while triaging this alert; triage only reads, so it is repeated from the start" }),
         )?;
+        if self.fsm.state.kind() == StateKind::EscalatingHuman {
+            self.fsm.fire(&ctx, &incident.id, Event::Parked).await?;
+        }
         if self.fsm.state.kind() == StateKind::Idle {
             self.fsm
                 .fire(
@@ -148,11 +156,14 @@ impl Worker {
         &mut self,
         mut incident: Incident,
         was: &AgentState,
-        not_resumed: Option<String>,
+        not_resumed: Option<super::resume::NotResumed>,
     ) -> Result<(), RuntimeError> {
         let ctx = self.ctx.clone();
         let agent = ctx.agent.def.name.clone();
+        let cut_off = not_resumed.as_ref().and_then(|n| n.cut_off.clone());
+        let not_resumed = not_resumed.map(|n| n.why);
         let what = match (&incident.status, &incident.executed) {
+            _ if cut_off.is_some() => cut_off.unwrap_or_default(),
             (IncidentStatus::Executing, Some(plan)) => format!(
                 "while running {} {} (last known state: {was})",
                 plan.runbook_id, plan.runbook_version

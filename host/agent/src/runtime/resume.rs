@@ -14,7 +14,7 @@ use super::execute::PhaseAudit;
 use super::plan::alert_facts;
 use super::worker::Worker;
 use crate::audit::Record;
-use crate::store::{Incident, IncidentStatus};
+use crate::store::{Answer, AnswerKind, Incident, IncidentStatus};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use themis_core::fsm::{Event, StateKind};
@@ -175,6 +175,20 @@ pub fn resume_point(
     ))
 }
 
+/// Why a cut-off run was not resumed, and — when the incident's last plan is not the one that
+/// was cut off — what was.
+#[derive(Debug)]
+pub(crate) struct NotResumed {
+    pub(crate) why: String,
+    pub(crate) cut_off: Option<String>,
+}
+
+impl From<String> for NotResumed {
+    fn from(why: String) -> Self {
+        NotResumed { why, cut_off: None }
+    }
+}
+
 fn describe(rb: &LoadedRunbook, at: &Resume) -> String {
     let step = |i: &usize| rb.runbook.steps[*i].id.clone();
     match at {
@@ -193,15 +207,9 @@ impl Worker {
     pub(crate) async fn try_resume(
         &mut self,
         incident: &mut Incident,
-    ) -> Result<Option<String>, RuntimeError> {
+    ) -> Result<Option<NotResumed>, RuntimeError> {
         let ctx = self.ctx.clone();
         let name = ctx.agent.def.name.clone();
-        let Some(plan) = incident.executed.clone() else {
-            return Ok(Some("no plan of it is on the incident".into()));
-        };
-        let Some(loaded) = ctx.agent.catalog.get(&plan.runbook_id) else {
-            return Ok(Some(format!("{} is no longer loaded", plan.runbook_id)));
-        };
         let state = self.fsm.state.clone();
         let resumable_state = match state.kind() {
             StateKind::Idle => true,
@@ -209,30 +217,55 @@ impl Worker {
             _ => false,
         };
         if !resumable_state {
-            return Ok(Some(format!("the agent was left `{state}`")));
+            return Ok(Some(format!("the agent was left `{state}`").into()));
         }
         let audit = ctx.audit.clone();
         let wanted = incident.id.clone();
         let (records, altered) =
             match audit.find(|r| r.incident.as_deref() == Some(wanted.as_str()), 100_000) {
                 Ok(found) => found,
-                Err(e) => return Ok(Some(format!("its record cannot be read: {e}"))),
+                Err(e) => return Ok(Some(format!("its record cannot be read: {e}").into())),
             };
         if altered > 0 {
-            return Ok(Some(format!(
-                "{altered} of its records do not match their hash"
-            )));
+            return Ok(Some(
+                format!("{altered} of its records do not match their hash").into(),
+            ));
         }
+        // Claimed by an approval whose run has no start on the record: the stop came between
+        // the answer and the run, so nothing of that run acted (and the incident's last plan
+        // is an earlier one).
+        if let Some(answer) = incident
+            .answer
+            .clone()
+            .filter(|a| a.kind == AnswerKind::Approved)
+            && let Some(execution) = answer.execution_id.clone()
+            && !records.iter().any(|r| {
+                r.kind == "execution-start"
+                    && r.data["execution_id"].as_str() == Some(execution.as_str())
+            })
+        {
+            return self
+                .start_approved(incident, &records, &answer, &execution)
+                .await;
+        }
+        let Some(plan) = incident.executed.clone() else {
+            return Ok(Some("no plan of it is on the incident".to_owned().into()));
+        };
+        let Some(loaded) = ctx.agent.catalog.get(&plan.runbook_id) else {
+            return Ok(Some(
+                format!("{} is no longer loaded", plan.runbook_id).into(),
+            ));
+        };
         let (started, from) = match resume_point(&records, loaded) {
             Ok(point) => point,
-            Err(why) => return Ok(Some(why)),
+            Err(why) => return Ok(Some(why.into())),
         };
         // The target again, as the stop released it (a human's run holds it too).
         let key = super::execute::run_key(&name, incident, &plan, loaded);
         if let Some(key) = &key
             && let Err(blocked) = ctx.guard.begin(&ctx.agent.def.guard, key, false).await?
         {
-            return Ok(Some(blocked.why));
+            return Ok(Some(blocked.why.into()));
         }
         let at = describe(loaded, &from.at);
         ctx.audit.append(&name, Some(&incident.id), "recovered", json!({ "action": "resume", "at": at, "execution_id": started.execution_id, "runbook_id": plan.runbook_id, "acted": from.acted.iter().map(|i| loaded.runbook.steps[*i].id.clone()).collect::<Vec<_>>() }))?;
@@ -270,6 +303,93 @@ impl Worker {
         };
         let facts = alert_facts(&ctx.agent, &incident.alert);
         self.conclude(incident, plan, key, executed, &facts).await?;
+        Ok(None)
+    }
+}
+
+impl Worker {
+    /// An approved run the host's stop cut off before it started: started now, bound to the
+    /// same execution as the approval, if the approval and its proposal read back from the
+    /// record and the approval has not expired; else a human is told what was approved.
+    async fn start_approved(
+        &mut self,
+        incident: &mut Incident,
+        records: &[Record],
+        answer: &Answer,
+        execution: &str,
+    ) -> Result<Option<NotResumed>, RuntimeError> {
+        let ctx = self.ctx.clone();
+        let name = ctx.agent.def.name.clone();
+        let proposal = self.recorded_proposal(incident).ok().flatten();
+        let cut_off = |what: &str| {
+            let runbook = proposal
+                .as_ref()
+                .filter(|p| p.id == answer.approval_id)
+                .map(|p| format!("{} {}", p.plan.runbook_id, p.plan.runbook_version))
+                .unwrap_or_else(|| "the proposal".into());
+            Some(format!(
+                "after {} approved {runbook} ({}) and before its run started{what}",
+                answer.by, answer.approval_id
+            ))
+        };
+        let not_started = |why: String| {
+            Ok(Some(NotResumed {
+                why,
+                cut_off: cut_off(""),
+            }))
+        };
+        let recorded = records.iter().rev().find(|r| {
+            r.kind == "approval"
+                && r.data["approval"].as_str() == Some(answer.approval_id.as_str())
+                && r.data["bound_to_execution"].as_str() == Some(execution)
+        });
+        let Some(recorded) = recorded else {
+            return not_started(
+                "the host stopped before the approval was on the record; nothing of the plan ran"
+                    .into(),
+            );
+        };
+        let Some(request) = proposal.clone().filter(|p| p.id == answer.approval_id) else {
+            return not_started("the approved proposal cannot be read back from the audit".into());
+        };
+        if recorded.data["plan_digest"].as_str() != Some(request.plan_digest.as_str())
+            || request.plan.digest() != request.plan_digest
+        {
+            return not_started(
+                "the approval's plan digest does not match the proposal on the record".into(),
+            );
+        }
+        if std::time::SystemTime::now() > request.expires_at {
+            return not_started(format!(
+                "the approval expired at {} before the host was back; nothing of the plan ran",
+                humantime::format_rfc3339_seconds(request.expires_at)
+            ));
+        }
+        let Some(loaded) = ctx.agent.catalog.get(&request.plan.runbook_id) else {
+            return not_started(format!("{} is no longer loaded", request.plan.runbook_id));
+        };
+        let first = loaded.runbook.steps[0].id.clone();
+        ctx.audit.append(&name, Some(&incident.id), "recovered", json!({ "action": "start the approved run", "execution_id": execution, "approval": answer.approval_id, "runbook_id": request.plan.runbook_id, "reason": "the host stopped after the approval and before its run started, so nothing of the run had acted; it starts now, bound to the same execution" }))?;
+        self.fsm
+            .fire(
+                &ctx,
+                &incident.id,
+                Event::Resumed {
+                    incident: incident.id.clone(),
+                    runbook: request.plan.runbook_id.clone(),
+                    step: first,
+                },
+            )
+            .await?;
+        let approval = Approval {
+            approval_id: answer.approval_id.clone(),
+            execution_id: execution.to_owned(),
+            approved_by: answer.by.clone(),
+            plan_digest: request.plan_digest.clone(),
+        };
+        incident.proposal = None;
+        self.resume_plan(incident, request.plan, Some(approval))
+            .await?;
         Ok(None)
     }
 }

@@ -59,6 +59,8 @@ pub(crate) struct Worker {
     pub(crate) fsm: Fsm,
     /// Incidents whose fix is being verified (bounded: see `verify::MAX_WATCHED`).
     pub(crate) watching: BTreeSet<String>,
+    /// Pending proposals and when each expires (bounded: see `withdraw::MAX_EXPIRING`).
+    pub(crate) expiring: std::collections::BTreeMap<String, std::time::SystemTime>,
     /// The service's accepted alerts waiting on the audit, and where this worker reads them.
     pub(crate) backlog: Option<(Arc<Backlog>, BacklogReader)>,
 }
@@ -108,6 +110,7 @@ impl Worker {
                 ctx: Arc::new(ctx),
                 fsm,
                 watching: BTreeSet::new(),
+                expiring: Default::default(),
                 backlog: None,
             },
             rx,
@@ -244,7 +247,10 @@ impl Worker {
                     let _ = reply.send(self.committed(outcome));
                 }
                 Command::Verify { reply } => {
-                    let outcome = self.verify_watched().await;
+                    let outcome = match self.verify_watched().await {
+                        Ok(decided) => self.expire_due().await.map(|_| decided),
+                        Err(e) => Err(e),
+                    };
                     let _ = reply.send(self.committed(outcome));
                 }
             }

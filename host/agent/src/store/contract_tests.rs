@@ -306,3 +306,39 @@ async fn a_row_changed_outside_themis_is_refused() {
     assert!(ok.is_empty());
     assert_eq!(problems.len(), 2);
 }
+
+#[tokio::test]
+async fn the_state_is_readable_by_its_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    each_store(async |store, dir| {
+        store
+            .save(&incident("inc-13", "fp", 1))
+            .await
+            .expect("save");
+        store
+            .save_agent_state("kafka", &AgentState::Idle)
+            .await
+            .expect("hint");
+        store
+            .save_guard(&GuardBook::default())
+            .await
+            .expect("guard");
+        let mut seen = 0;
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(next) = stack.pop() {
+            for entry in std::fs::read_dir(&next).expect("read dir").flatten() {
+                let meta = entry.metadata().expect("metadata");
+                let mode = meta.permissions().mode() & 0o777;
+                if meta.is_dir() {
+                    assert_eq!(mode, 0o700, "{}", entry.path().display());
+                    stack.push(entry.path());
+                } else {
+                    assert_eq!(mode, 0o600, "{}", entry.path().display());
+                }
+                seen += 1;
+            }
+        }
+        assert!(seen >= 3, "{seen} entries");
+    })
+    .await;
+}

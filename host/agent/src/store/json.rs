@@ -42,7 +42,8 @@ impl JsonStore {
     pub fn open_waiting(dir: &Path, wait: Duration) -> Result<JsonStore, StoreError> {
         for sub in ["incidents", "agents", "open", "latest"] {
             let path = dir.join(sub);
-            std::fs::create_dir_all(&path).map_err(|source| StoreError::Io { path, source })?;
+            crate::private::create_dir_all(&path)
+                .map_err(|source| StoreError::Io { path, source })?;
         }
         let held = lock::acquire(&dir.join("state.lock"), wait)?;
         let key = HostKey::load_or_create(&dir.join("host.key"))?;
@@ -117,7 +118,7 @@ impl JsonStore {
         // Unique per process and write: two writers never share a temp file.
         let n = self.temp_counter.fetch_add(1, Ordering::Relaxed);
         let tmp = path.with_extension(format!("{}.{n}.tmp", std::process::id()));
-        let mut f = std::fs::File::create(&tmp).map_err(io)?;
+        let mut f = crate::private::create(&tmp).map_err(io)?;
         f.write_all(&bytes).map_err(io)?;
         if durable {
             f.sync_data().map_err(io)?;
@@ -319,7 +320,7 @@ impl IncidentStore for JsonStore {
         };
         let mut files = self.state_files.lock().unwrap_or_else(|p| p.into_inner());
         if !files.contains_key(agent) {
-            let file = std::fs::OpenOptions::new()
+            let file = crate::private::options()
                 .create(true)
                 .truncate(false)
                 .write(true)

@@ -43,13 +43,29 @@ impl SqliteStore {
     /// Open (creating and migrating) the state directory's database, waiting up to `wait` for
     /// another process that holds the directory.
     pub async fn open_waiting(dir: &Path, wait: Duration) -> Result<SqliteStore, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+        crate::private::create_dir_all(dir).map_err(|source| StoreError::Io {
             path: dir.to_path_buf(),
             source,
         })?;
         let held = lock::acquire(&dir.join("state.lock"), wait)?;
         let key = HostKey::load_or_create(&dir.join("host.key"))?;
         let db = dir.join(FILE);
+        // SQLite creates its -wal and -shm files with the database's own mode: an empty file
+        // made owner-only first is a valid empty database and keeps all three private.
+        match crate::private::options()
+            .write(true)
+            .create_new(true)
+            .open(&db)
+        {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(source) => {
+                return Err(StoreError::Io {
+                    path: db.clone(),
+                    source,
+                });
+            }
+        }
         let fail = |e: &dyn std::fmt::Display| StoreError::Database {
             path: db.clone(),
             message: e.to_string(),
