@@ -19,10 +19,12 @@ use maud::{DOCTYPE, Markup, PreEscaped, html};
 use serde::Deserialize;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use themis_agent::store::{Incident, IncidentStatus};
+use themis_agent::store::{Filter, Incident, IncidentStatus};
 
 /// Incidents the front page lists (newest first).
 const RECENT: usize = 50;
+/// The most waiting plans the page lists (the API's list has the same bound).
+const PENDING: usize = 200;
 /// How long a verify of the audit chain is shown before it is run again.
 const AUDIT_CHECK_EVERY: Duration = Duration::from_secs(30);
 
@@ -234,15 +236,20 @@ async fn home(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Respons
     let Some(session) = state.page.sessions.get(&headers) else {
         return html_response(StatusCode::OK, login_page(None));
     };
-    let mut incidents = match state.runtime.store().scan().await {
-        Ok((all, _)) => all,
+    let store = state.runtime.store();
+    let incidents = match store.recent(&Filter::default(), RECENT).await {
+        Ok((newest, _)) => newest,
         Err(e) => return error_page(Some(&session), &store_error(e)),
     };
-    incidents.sort_by_key(|i| std::cmp::Reverse(i.opened_at));
-    let pending: Vec<&Incident> = incidents
-        .iter()
-        .filter(|i| i.status == IncidentStatus::PendingApproval && i.proposal.is_some())
-        .collect();
+    let waiting = Filter {
+        status: Some(IncidentStatus::PendingApproval),
+        agent: None,
+    };
+    let waiting = match store.recent(&waiting, PENDING).await {
+        Ok((newest, _)) => newest,
+        Err(e) => return error_page(Some(&session), &store_error(e)),
+    };
+    let pending: Vec<&Incident> = waiting.iter().filter(|i| i.proposal.is_some()).collect();
     let book = state.runtime.guard_book().await;
     let (audit_line, audit_ok) = audit_status(&state).await;
     let agents = state.runtime.states();

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use themis_agent::audit::Record;
-use themis_agent::store::IncidentStatus;
+use themis_agent::store::{Filter, IncidentStatus};
 use tokio::sync::broadcast::error::RecvError;
 use utoipa::{IntoParams, ToSchema};
 
@@ -243,15 +243,17 @@ pub async fn incidents(
             ));
         }
     };
-    let (all, problems) = state.runtime.store().scan().await.map_err(store_error)?;
-    let incidents = all
-        .iter()
-        .rev()
-        .filter(|i| q.status.is_none_or(|s| i.status == s))
-        .filter(|i| q.agent.as_deref().is_none_or(|a| i.agent == a))
-        .take(limit)
-        .map(IncidentView::of)
-        .collect();
+    let filter = Filter {
+        status: q.status,
+        agent: q.agent.clone(),
+    };
+    let (newest, problems) = state
+        .runtime
+        .store()
+        .recent(&filter, limit)
+        .await
+        .map_err(store_error)?;
+    let incidents = newest.iter().map(IncidentView::of).collect();
     Ok(Json(IncidentList {
         incidents,
         unreadable: problems.len(),
@@ -320,14 +322,17 @@ pub async fn approvals(
     headers: HeaderMap,
 ) -> Result<Json<Vec<ApprovalView>>, ApiError> {
     auth::reader(&state, &headers)?;
-    let (all, _) = state.runtime.store().scan().await.map_err(store_error)?;
-    Ok(Json(
-        all.iter()
-            .filter(|i| i.status == IncidentStatus::PendingApproval)
-            .filter_map(ApprovalView::of)
-            .take(MAX_LIST)
-            .collect(),
-    ))
+    let pending = Filter {
+        status: Some(IncidentStatus::PendingApproval),
+        agent: None,
+    };
+    let (newest, _) = state
+        .runtime
+        .store()
+        .recent(&pending, MAX_LIST)
+        .await
+        .map_err(store_error)?;
+    Ok(Json(newest.iter().filter_map(ApprovalView::of).collect()))
 }
 
 /// Server-Sent Events: every transition, phase and escalation. Ends when the host shuts down.

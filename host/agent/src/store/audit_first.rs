@@ -43,6 +43,14 @@ impl IncidentStore for AuditFirst {
         self.inner.scan().await
     }
 
+    async fn recent(
+        &self,
+        filter: &super::Filter,
+        limit: usize,
+    ) -> Result<(Vec<Incident>, Vec<StoreError>), StoreError> {
+        self.inner.recent(filter, limit).await
+    }
+
     async fn open_for(
         &self,
         agent: &str,

@@ -139,6 +139,29 @@ async fn incidents_are_found_by_id_fingerprint_and_approval() {
             all.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(),
             ["inc-0a", "inc-0b"]
         );
+        let ids = |list: Vec<Incident>| list.into_iter().map(|i| i.id).collect::<Vec<_>>();
+        let (newest, _) = store.recent(&Filter::default(), 1).await.expect("recent");
+        assert_eq!(ids(newest), ["inc-0b"]);
+        let (both, _) = store.recent(&Filter::default(), 10).await.expect("recent");
+        assert_eq!(ids(both), ["inc-0b", "inc-0a"]);
+        let pending = Filter {
+            status: Some(IncidentStatus::PendingApproval),
+            agent: None,
+        };
+        let (waiting, _) = store.recent(&pending, 10).await.expect("pending");
+        assert_eq!(ids(waiting), ["inc-0b"]);
+        let other = Filter {
+            status: None,
+            agent: Some("postgres".into()),
+        };
+        assert!(
+            store
+                .recent(&other, 10)
+                .await
+                .expect("other agent")
+                .0
+                .is_empty()
+        );
     })
     .await;
 }

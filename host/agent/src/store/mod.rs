@@ -32,6 +32,20 @@ use themis_core::policy::{ApprovalRequest, Plan};
 use themis_core::types::Alert;
 use themis_core::verify::Watch;
 
+/// Which incidents [`IncidentStore::recent`] lists.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub status: Option<IncidentStatus>,
+    pub agent: Option<String>,
+}
+
+impl Filter {
+    pub fn keeps(&self, incident: &Incident) -> bool {
+        self.status.is_none_or(|s| incident.status == s)
+            && self.agent.as_deref().is_none_or(|a| incident.agent == a)
+    }
+}
+
 /// Which store a state directory holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -351,6 +365,23 @@ pub trait IncidentStore: Send + Sync {
     /// Every readable incident, oldest first, and every one that could not be trusted (changed
     /// outside Themis, unreadable): recovery reports those and carries on with the rest.
     async fn scan(&self) -> Result<(Vec<Incident>, Vec<StoreError>), StoreError>;
+    /// The newest `limit` incidents `filter` keeps, newest first, and every one among those
+    /// looked at that could not be trusted. The default reads every incident; a store with an
+    /// index reads only what it returns.
+    async fn recent(
+        &self,
+        filter: &Filter,
+        limit: usize,
+    ) -> Result<(Vec<Incident>, Vec<StoreError>), StoreError> {
+        let (all, problems) = self.scan().await?;
+        let newest = all
+            .into_iter()
+            .rev()
+            .filter(|i| filter.keeps(i))
+            .take(limit)
+            .collect();
+        Ok((newest, problems))
+    }
     /// The open incident of `agent` for `fingerprint`, if any.
     async fn open_for(
         &self,

@@ -318,6 +318,37 @@ impl IncidentStore for SqliteStore {
         Ok((out, problems))
     }
 
+    async fn recent(
+        &self,
+        filter: &super::Filter,
+        limit: usize,
+    ) -> Result<(Vec<Incident>, Vec<StoreError>), StoreError> {
+        let rows: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT id, body, mac FROM incidents
+             WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR agent = ?2)
+             ORDER BY opened_ms DESC, rowid DESC LIMIT ?3",
+        )
+        .bind(filter.status.map(status_name))
+        .bind(filter.agent.as_deref())
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(|e| self.fail(e))?;
+        let mut out = Vec::new();
+        let mut problems = Vec::new();
+        for (id, body, mac) in rows {
+            match self.open_incident(&id, &body, &mac) {
+                // The columns are an index; the sealed body is what counts.
+                Ok(i) if filter.keeps(&i) => out.push(i),
+                Ok(_) => problems.push(StoreError::Tampered {
+                    path: self.row("incidents", &id),
+                }),
+                Err(e) => problems.push(e),
+            }
+        }
+        Ok((out, problems))
+    }
+
     async fn open_for(
         &self,
         agent: &str,
