@@ -97,6 +97,60 @@ fn help_explains_the_commands() {
     );
     let out = themis(&["run", "--help"]);
     assert!(text(&out.stdout).contains("expectations hold"));
+    // The service's cache is its file's unless the flag says otherwise, and the help says so
+    // (it once showed the other commands' default as the service's).
+    let out = themis(&["serve", "--help"]);
+    let help = text(&out.stdout)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(!help.contains("[default: .themis/cache]"), "{help}");
+    assert!(
+        help.contains("for `themis serve`, its file's `cache_dir:`, else <state_dir>/cache"),
+        "{help}"
+    );
+}
+
+/// Output that cannot be written is an error message and exit status 1, never a panic; a
+/// reader that went away (`| head`) ends the command quietly, by SIGPIPE, as for any Unix tool.
+#[test]
+fn output_that_cannot_be_written_is_an_error_and_a_closed_pipe_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::{Command, Stdio};
+    for args in [&["--help"][..], &["fsm"]] {
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .expect("/dev/full");
+        let out = Command::new(env!("CARGO_BIN_EXE_themis"))
+            .args(args)
+            .stdout(full)
+            .output()
+            .expect("runs");
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains("cannot write to standard output"), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_themis"))
+        .args(["serve", "--config", "examples/themis.yaml", "--check"])
+        .env("THEMIS_INTAKE_TOKEN", "an-intake-token-for-the-check")
+        .env("THEMIS_TOKEN", "an-approver-token-for-the-check")
+        .current_dir(repo())
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .expect("runs");
+    assert_eq!(
+        out.status.signal(),
+        Some(nix::sys::signal::Signal::SIGPIPE as i32),
+        "{:?}: {}",
+        out.status,
+        text(&out.stderr)
+    );
+    assert!(text(&out.stderr).is_empty(), "{}", text(&out.stderr));
 }
 
 #[test]

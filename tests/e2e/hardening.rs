@@ -358,7 +358,7 @@ fn an_approver_is_who_they_say_and_never_the_requester() {
     let own = themis(&["approve", &mine, "--digest", &digest, "--state-dir", state]);
     assert_eq!(own.status.code(), Some(1));
     assert!(
-        text(&own.stderr).contains("cannot approve it: another person must"),
+        text(&own.stderr).contains("cannot approve or adjust it: another person must"),
         "{}",
         text(&own.stderr)
     );

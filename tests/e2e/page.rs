@@ -252,3 +252,33 @@ async fn the_page_reads_without_javascript_and_answers_as_the_signed_in_approver
         "{html}"
     );
 }
+
+/// Whoever holds an intake token can sign in as often as they like: the readers' sessions
+/// they pile up push out only older readers' sessions, never an approver's.
+#[tokio::test(flavor = "multi_thread")]
+async fn readers_signing_in_over_and_over_never_sign_an_approver_out() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = ServeSpec::new(dir.path()).start();
+    let http = browser();
+    let (status, approver) = sign_in(&http, &s.url, ONCALL).await;
+    assert_eq!(status, 303);
+    let approver = approver.expect("a session cookie");
+    let (status, first_reader) = sign_in(&http, &s.url, INTAKE).await;
+    assert_eq!(status, 303);
+    let first_reader = first_reader.expect("a session cookie");
+    for _ in 0..1030 {
+        assert_eq!(sign_in(&http, &s.url, INTAKE).await.0, 303);
+    }
+    let (status, html) = page(&http, &format!("{}/", s.url), &approver).await;
+    assert_eq!(status, 200);
+    assert!(
+        html.contains("Signed in as <strong>oncall</strong>"),
+        "the approver was signed out:\n{html}"
+    );
+    // The bound still holds: the oldest reader went.
+    let (_, html) = page(&http, &format!("{}/", s.url), &first_reader).await;
+    assert!(
+        html.contains("<label for=\"token\">Token</label>"),
+        "{html}"
+    );
+}

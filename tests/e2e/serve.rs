@@ -438,6 +438,181 @@ async fn intake_authenticates_checks_by_field_and_records_before_the_200() {
     assert_eq!(status, 400, "{body}");
 }
 
+/// What is wrong with one alert of a notification is not a reason to lose the others, nor is
+/// a large group; an alert of Themis' own JSON says one name; an adjustment that does not fit
+/// its runbook is a 400 naming the parameter, and the requester of an adjusted plan is told
+/// they cannot adjust it again.
+#[tokio::test(flavor = "multi_thread")]
+async fn intake_keeps_whole_groups_and_adjust_names_the_parameter_at_fault() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = ServeSpec::new(dir.path()).start();
+
+    // A 3000-character description: the group is taken, the description cut and marked.
+    let mut group = notification(
+        "firing",
+        &[
+            ("NobodyOwnsThis", "fp-long", &[("severity", "page")]),
+            ("NobodyOwnsThat", "fp-short", &[("severity", "page")]),
+        ],
+    );
+    group["alerts"][0]["annotations"]["description"] = json!("d".repeat(3000));
+    let (status, body) = s.post(AM, INTAKE, &group).await;
+    assert_eq!(
+        (status, body["unrouted"].as_u64()),
+        (200, Some(2)),
+        "{body}"
+    );
+    let recorded = s.kinds("alert-unrouted");
+    let long = recorded
+        .iter()
+        .find(|r| r["data"]["alert"]["fingerprint"] == "fp-long")
+        .expect("the long one is on the record");
+    let description = long["data"]["alert"]["annotations"]
+        .as_array()
+        .expect("annotations")
+        .iter()
+        .find(|a| a["key"] == "description")
+        .and_then(|a| a["value"].as_str())
+        .expect("its description")
+        .to_owned();
+    assert!(
+        description.starts_with("ddd") && description.ends_with("more characters cut by Themis]"),
+        "{description}"
+    );
+    assert!(description.chars().count() <= 2048, "{description}");
+
+    // More alerts than the 1000 the intake once refused whole: all on the record.
+    let many: Vec<TestAlert> = (0..1001)
+        .map(|_| ("NobodyOwnsThis", "fp-many", &[("severity", "page")][..]))
+        .collect();
+    let before = s.kinds("alert-unrouted").len();
+    let (status, body) = s.post(AM, INTAKE, &notification("firing", &many)).await;
+    assert_eq!(
+        (status, body["unrouted"].as_u64()),
+        (200, Some(1001)),
+        "{body}"
+    );
+    assert_eq!(s.kinds("alert-unrouted").len(), before + 1001);
+
+    // Themis' own JSON: `name` routes; a `labels.alertname` saying another name is refused.
+    let (status, body) = s
+        .post(
+            "/api/v1/alerts",
+            INTAKE,
+            &json!({ "name": "KafkaConsumerLag", "labels": { "alertname": "PostgresLockWaits" } }),
+        )
+        .await;
+    assert_eq!(
+        (status, body["field"].as_str()),
+        (400, Some("labels.alertname")),
+        "{body}"
+    );
+
+    // Adjust: each part of the body that does not fit is named.
+    let (id, _) = s.proposal("fp-adjust").await;
+    let adjust = format!("/api/v1/approvals/{id}/adjust");
+    for (params, runbook, field) in [
+        (
+            json!({ "broker_id": "99999999999999999999" }),
+            "adjust-broker-gc",
+            "params.broker_id",
+        ),
+        (
+            json!({ "broker_id": "-1" }),
+            "adjust-broker-gc",
+            "params.broker_id",
+        ),
+        (
+            json!({ "broker_id": "one" }),
+            "adjust-broker-gc",
+            "params.broker_id",
+        ),
+        (
+            json!({ "broker_id": "1", "colour": "red" }),
+            "adjust-broker-gc",
+            "params.colour",
+        ),
+        (json!({}), "adjust-broker-gc", "params.broker_id"),
+        (json!({}), "no-such-runbook", "runbook"),
+    ] {
+        let (status, body) = s
+            .post(
+                &adjust,
+                BOB,
+                &json!({ "runbook": runbook, "params": params }),
+            )
+            .await;
+        assert_eq!(
+            (status, body["error"].as_str(), body["field"].as_str()),
+            (400, Some("bad-request"), Some(field)),
+            "{params} {body}"
+        );
+    }
+    assert!(s.kinds("adjustment").is_empty(), "nothing was adjusted");
+    // A destructive adjusted plan waits for another human; its requester cannot adjust it again.
+    let (status, adjusted) = s
+        .post(
+            &adjust,
+            BOB,
+            &json!({ "runbook": "adjust-broker-gc", "params": { "broker_id": "1" } }),
+        )
+        .await;
+    assert_eq!(status, 200, "{adjusted}");
+    assert_eq!(adjusted["status"], "pending-approval", "{adjusted}");
+    let incident = adjusted["id"].as_str().expect("incident id");
+    let (status, body) = s
+        .post(
+            &format!("/api/v1/approvals/{incident}/adjust"),
+            BOB,
+            &json!({ "runbook": "adjust-broker-gc", "params": { "broker_id": "2" } }),
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(message.contains("cannot approve or adjust it"), "{body}");
+}
+
+/// A stop is bounded: a connection that sent half a request's headers (nobody needs a token to
+/// open one) or nothing at all holds it for the drain time at most, and the runtime still
+/// stops as usual, the audit's last checkpoint made.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_is_not_held_by_idle_or_half_sent_connections() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut s = ServeSpec::new(dir.path()).start();
+    let addr = s.url.trim_start_matches("http://").to_owned();
+    let mut half = std::net::TcpStream::connect(&addr).expect("connect");
+    half.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .expect("half a request");
+    let _silent = std::net::TcpStream::connect(&addr).expect("connect");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let asked = Instant::now();
+    let pid = nix::unistd::Pid::from_raw(s.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("signal");
+    let status = loop {
+        if let Some(status) = s.child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            asked.elapsed() < Duration::from_secs(40),
+            "still running 40 s after SIGTERM, held by two clients"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(25),
+        "{:?}",
+        asked.elapsed()
+    );
+    let audit = s.audit();
+    assert_eq!(
+        audit.last().map(|r| r["kind"].clone()),
+        Some(json!("checkpoint")),
+        "the runtime stopped and the head was signed"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_queue_is_a_429_with_retry_after_and_every_taken_alert_is_on_the_record() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -1098,6 +1273,41 @@ fn check_names_file_field_and_fix() {
         text(&out.stdout).contains("agent      kafka"),
         "{}",
         text(&out.stdout)
+    );
+    assert!(
+        !text(&out.stderr).contains("warning"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // A short token is warned about by field; the same secret for an alert source and an
+    // approver is refused, both fields named.
+    let out = Command::new(env!("CARGO_BIN_EXE_themis"))
+        .args(["serve", "--config", config, "--check"])
+        .env("TEST_INTAKE_TOKEN", "t0k3n")
+        .env("TEST_ONCALL_TOKEN", ONCALL)
+        .output()
+        .expect("runs");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains(&format!(
+            "warning: {config}: intake.tokens[0]: the token is 5 characters"
+        )),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_themis"))
+        .args(["serve", "--config", config, "--check"])
+        .env("TEST_INTAKE_TOKEN", ONCALL)
+        .env("TEST_ONCALL_TOKEN", ONCALL)
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr)
+            .contains("approvers.oncall.token_env: the same token as intake.tokens[0]"),
+        "{}",
+        text(&out.stderr)
     );
 
     // A backend for an agent that does not exist is a typo, not silence.

@@ -86,27 +86,30 @@ async fn shown_digest(id: &str, given: Option<String>, place: &Place) -> Result<
     let Some(p) = incident.proposal.filter(|p| p.id == id) else {
         return Err(fail(1, format!("{id} is not waiting for an approval")));
     };
-    println!(
+    outln!(
         "approval   {id} · incident {} · agent {}",
-        incident.id, incident.agent
+        incident.id,
+        incident.agent
     );
-    println!("alert      {}", incident.alert.name);
-    println!(
+    outln!("alert      {}", incident.alert.name);
+    outln!(
         "runbook    {} {} ({})",
-        p.plan.runbook_id, p.plan.runbook_version, p.plan.runbook_digest
+        p.plan.runbook_id,
+        p.plan.runbook_version,
+        p.plan.runbook_digest
     );
-    println!(
+    outln!(
         "parameters {}",
         serde_json::to_string(&p.plan.params).unwrap_or_default()
     );
-    println!("target     {}", p.plan.target);
-    println!(
+    outln!("target     {}", p.plan.target);
+    outln!(
         "requested  by {} · expires {}",
         p.requested_by,
         humantime::format_rfc3339_seconds(p.expires_at)
     );
-    println!("plan       {}", p.plan_digest);
-    print!("Approve exactly this plan? [y/N] ");
+    outln!("plan       {}", p.plan_digest);
+    out!("Approve exactly this plan? [y/N] ");
     let _ = std::io::stdout().flush();
     let mut line = String::new();
     let _ = std::io::stdin().lock().read_line(&mut line);
@@ -150,7 +153,7 @@ async fn answer(
     };
     let code = match give(&rt).await {
         Ok(incident) => {
-            println!("{}", render::incident_line(&incident));
+            outln!("{}", render::incident_line(&incident));
             ExitCode::SUCCESS
         }
         Err(e) => fail(1, e),

@@ -76,10 +76,10 @@ impl RuntimeObserver for Printer {
             return;
         }
         if let Event::FixVerified { effect, .. } = event {
-            println!("{}  [{agent}] fix {effect}; {to}", self.stamp());
+            outln!("{}  [{agent}] fix {effect}; {to}", self.stamp());
             return;
         }
-        println!("{}  [{agent}] {}", self.stamp(), to);
+        outln!("{}  [{agent}] {}", self.stamp(), to);
     }
 
     fn phase(&self, _agent: &str, runbook: &str, r: &PhaseRecord) {
@@ -88,7 +88,7 @@ impl RuntimeObserver for Printer {
         } else {
             "!! "
         };
-        println!(
+        outln!(
             "{}      {mark}{runbook} / {} {}: {}",
             self.stamp(),
             r.step,
@@ -98,11 +98,11 @@ impl RuntimeObserver for Printer {
     }
 
     fn escalation(&self, e: &Escalation) {
-        println!();
+        outln!();
         for line in e.to_text().lines() {
-            println!("    {line}");
+            outln!("    {line}");
         }
-        println!();
+        outln!();
     }
 }
 
@@ -177,8 +177,8 @@ pub async fn run(args: DemoArgs, cache_dir: &Path) -> ExitCode {
     };
 
     let alert = world.alert.to_alert();
-    println!("Themis demo — {}", world.name);
-    println!(
+    outln!("Themis demo — {}", world.name);
+    outln!(
         "agents: {}",
         runtime
             .agents()
@@ -187,10 +187,10 @@ pub async fn run(args: DemoArgs, cache_dir: &Path) -> ExitCode {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    println!();
+    outln!();
     printer.restart();
     let alert_at = SystemTime::now();
-    println!(
+    outln!(
         "{}  alert {} {}",
         printer.stamp(),
         alert.name,
@@ -230,7 +230,7 @@ pub async fn run(args: DemoArgs, cache_dir: &Path) -> ExitCode {
     } else if args.no {
         false
     } else if std::io::stdin().is_terminal() {
-        print!(
+        out!(
             "Approve {} ({} {}, plan {}) as {}? [y/N] ",
             proposal.id,
             proposal.plan.runbook_id,
@@ -248,8 +248,8 @@ pub async fn run(args: DemoArgs, cache_dir: &Path) -> ExitCode {
             "no terminal to ask for the approval on: pass --yes or --no",
         );
     };
-    println!();
-    println!(
+    outln!();
+    outln!(
         "{}  {} {} as {}",
         printer.stamp(),
         if approve { "approved" } else { "rejected" },
@@ -280,31 +280,31 @@ pub async fn run(args: DemoArgs, cache_dir: &Path) -> ExitCode {
         };
     }
 
-    println!();
-    println!("result           {}", render::incident_line(&incident));
+    outln!();
+    outln!("result           {}", render::incident_line(&incident));
     for a in runtime.states() {
-        println!("agent {:<10} {}", a.name, a.state);
+        outln!("agent {:<10} {}", a.name, a.state);
     }
-    println!(
+    outln!(
         "alert → proposal {:.0} ms",
         to_proposal.as_secs_f64() * 1000.0
     );
-    println!("audit            {}", args.audit.display());
+    outln!("audit            {}", args.audit.display());
     runtime.shutdown().await;
     let verified = match themis_agent::audit::verify::verify(&args.audit) {
         Ok(Ok(intact)) => {
-            println!(
+            outln!(
                 "audit verify     ok: {} records, chain intact",
                 intact.records
             );
             true
         }
         Ok(Err(broken)) => {
-            println!("audit verify     FAILED: {broken}");
+            outln!("audit verify     FAILED: {broken}");
             false
         }
         Err(e) => {
-            println!("audit verify     cannot read: {e}");
+            outln!("audit verify     cannot read: {e}");
             false
         }
     };
@@ -330,15 +330,16 @@ async fn play_timeline(
     use themis_testkit::scenario::Notification;
     let offsets = world.timeline_offsets()?;
     let start = clock.now();
-    println!();
+    outln!();
     for (moment, after) in world.timeline.iter().zip(offsets) {
         clock.advance_to(start + after);
         let mut alert = world.alert.with_labels(&moment.labels);
         match moment.alert {
             Some(Notification::Resolved) => {
-                println!(
+                outln!(
                     "  +{:<6} (simulated) Alertmanager: {} resolved",
-                    moment.after, alert.name
+                    moment.after,
+                    alert.name
                 );
                 if let Some(source) = alert.source.as_mut() {
                     source.status = "resolved".into();
@@ -349,16 +350,17 @@ async fn play_timeline(
                     .map_err(|e| e.to_string())?;
             }
             Some(Notification::Firing) => {
-                println!(
+                outln!(
                     "  +{:<6} (simulated) Alertmanager: {} firing",
-                    moment.after, alert.name
+                    moment.after,
+                    alert.name
                 );
                 runtime
                     .handle_alert(alert)
                     .await
                     .map_err(|e| e.to_string())?;
             }
-            None => println!("  +{:<6} (simulated) time passes", moment.after),
+            None => outln!("  +{:<6} (simulated) time passes", moment.after),
         }
         runtime.verify_due().await.map_err(|e| e.to_string())?;
     }

@@ -31,7 +31,7 @@ pub async fn list(place: &Place, json: bool) -> ExitCode {
     if json {
         return match serde_json::to_string_pretty(&themis_server::guard_status(&book, now)) {
             Ok(text) => {
-                println!("{text}");
+                outln!("{text}");
                 ExitCode::SUCCESS
             }
             Err(e) => fail(2, format!("cannot render JSON: {e}")),
@@ -39,11 +39,11 @@ pub async fn list(place: &Place, json: bool) -> ExitCode {
     }
     let open: Vec<_> = book.breakers.values().filter(|b| b.until > now).collect();
     if book.busy.is_empty() && open.is_empty() && book.history.is_empty() {
-        println!("no target is busy, no breaker is open, nothing ran recently");
+        outln!("no target is busy, no breaker is open, nothing ran recently");
         return ExitCode::SUCCESS;
     }
     for (target, b) in &book.busy {
-        println!(
+        outln!(
             "busy     {target}  {} by incident {} ({} agent) since {}",
             b.runbook,
             b.incident,
@@ -52,7 +52,7 @@ pub async fn list(place: &Place, json: bool) -> ExitCode {
         );
     }
     for b in open {
-        println!(
+        outln!(
             "BREAKER  {}  {}  open until {}: {}  (themis guard clear '{}' --runbook {})",
             b.target,
             b.runbook,
@@ -68,7 +68,7 @@ pub async fn list(place: &Place, json: bool) -> ExitCode {
             .map(|r| if r.ok { "ok" } else { "failed" })
             .collect();
         if let Some(last) = runs.back() {
-            println!(
+            outln!(
                 "ran      {key}  {}  (last {})",
                 outcomes.join(" "),
                 at(last.at)
@@ -118,7 +118,7 @@ pub async fn clear(
                 .into_iter()
                 .map(|b| Value::String(b.runbook))
                 .collect();
-            println!("{}", cleared_line(target, &Value::Array(names)));
+            outln!("{}", cleared_line(target, &Value::Array(names)));
             ExitCode::SUCCESS
         }
         Err(e) => fail(1, e),

@@ -115,11 +115,11 @@ pub async fn alert(scenario: &Path, place: &Place, cache_dir: &Path) -> ExitCode
     };
     let code = match rt.handle_alert(world.alert.to_alert()).await {
         Ok(AlertOutcome::Handled(i)) => {
-            println!("{}", render::incident_line(&i));
+            outln!("{}", render::incident_line(&i));
             ExitCode::SUCCESS
         }
         Ok(AlertOutcome::Attached(i)) => {
-            println!("attached to the open {}", render::incident_line(&i));
+            outln!("attached to the open {}", render::incident_line(&i));
             ExitCode::SUCCESS
         }
         Ok(AlertOutcome::Unrouted) => {
@@ -137,21 +137,21 @@ pub async fn alert(scenario: &Path, place: &Place, cache_dir: &Path) -> ExitCode
         let name = alert.name.clone();
         if other.is_firing() {
             match rt.handle_alert(alert).await {
-                Ok(AlertOutcome::Handled(i)) => println!("{}", render::incident_line(&i)),
+                Ok(AlertOutcome::Handled(i)) => outln!("{}", render::incident_line(&i)),
                 Ok(AlertOutcome::Attached(i)) => {
-                    println!("attached to the open {}", render::incident_line(&i))
+                    outln!("attached to the open {}", render::incident_line(&i))
                 }
-                Ok(AlertOutcome::Unrouted) => println!("{name}: no agent owns it; recorded"),
+                Ok(AlertOutcome::Unrouted) => outln!("{name}: no agent owns it; recorded"),
                 Ok(AlertOutcome::QueueFull { agent }) => {
-                    println!("{name}: agent {agent}'s queue is full; not taken")
+                    outln!("{name}: agent {agent}'s queue is full; not taken")
                 }
-                Err(e) => println!("{name}: {e}"),
+                Err(e) => outln!("{name}: {e}"),
             }
         } else {
             match rt.handle_resolved(alert).await {
-                Ok(Some(i)) => println!("{name} resolved: recorded on {}", i.id),
-                Ok(None) => println!("{name} resolved: recorded (no open incident of it)"),
-                Err(e) => println!("{name} resolved: {e}"),
+                Ok(Some(i)) => outln!("{name} resolved: recorded on {}", i.id),
+                Ok(None) => outln!("{name} resolved: recorded (no open incident of it)"),
+                Err(e) => outln!("{name} resolved: {e}"),
             }
         }
     }
@@ -214,10 +214,10 @@ pub async fn replay(scenario: &Path, payload: &Path, place: &Place, cache_dir: &
         if i.status == themis_agent::AlertStatus::Resolved {
             match rt.submit(i.alert, i.status, i.source) {
                 Ok(themis_agent::Submitted::Queued { agent }) => {
-                    println!("{name} ({fingerprint}) resolved: recorded by the {agent} agent")
+                    outln!("{name} ({fingerprint}) resolved: recorded by the {agent} agent")
                 }
                 Ok(themis_agent::Submitted::Unrouted) => {
-                    println!("{name} ({fingerprint}) resolved: no agent owns it")
+                    outln!("{name} ({fingerprint}) resolved: no agent owns it")
                 }
                 Ok(themis_agent::Submitted::QueueFull { agent }) => {
                     code = fail(
@@ -230,12 +230,12 @@ pub async fn replay(scenario: &Path, payload: &Path, place: &Place, cache_dir: &
             continue;
         }
         match rt.handle_alert(i.alert).await {
-            Ok(AlertOutcome::Handled(i)) => println!("{}", render::incident_line(&i)),
+            Ok(AlertOutcome::Handled(i)) => outln!("{}", render::incident_line(&i)),
             Ok(AlertOutcome::Attached(i)) => {
-                println!("attached to the open {}", render::incident_line(&i))
+                outln!("attached to the open {}", render::incident_line(&i))
             }
             Ok(AlertOutcome::Unrouted) => {
-                println!("{name} ({fingerprint}): no agent owns it; recorded as unrouted")
+                outln!("{name} ({fingerprint}): no agent owns it; recorded as unrouted")
             }
             Ok(AlertOutcome::QueueFull { agent }) => {
                 code = fail(
@@ -298,15 +298,15 @@ pub async fn agents(place: &Place, json: bool) -> ExitCode {
                 serde_json::json!({ "agent": n, "domain": d, "state": state, "pending_approvals": p })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     } else {
-        println!("{:<12} {:<12} {:<60} PENDING", "AGENT", "DOMAIN", "STATE");
+        outln!("{:<12} {:<12} {:<60} PENDING", "AGENT", "DOMAIN", "STATE");
         for (n, d, s, p) in rows {
             let s = match s {
                 Ok(s) => s.to_string(),
                 Err(e) => format!("unknown ({e})"),
             };
-            println!(
+            outln!(
                 "{n:<12} {d:<12} {s:<60} {}",
                 if p.is_empty() {
                     "-".into()

@@ -2,12 +2,30 @@
 //! from the command line is in `host`, human answers in `answer`, output formatting in
 //! `render`, the demo in `demo`, keys and signatures in `signing`.
 
+/// `print!` that ends the command with a message, not a panic, when stdout cannot be written.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::output::write(format_args!($($arg)*))
+    };
+}
+
+/// `outln!` that ends the command with a message, not a panic, when stdout cannot be written.
+macro_rules! outln {
+    () => {
+        $crate::output::write(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::output::write(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
 mod answer;
 mod authoring;
 mod backends;
 mod demo;
 mod guard;
 mod host;
+mod output;
 mod remote;
 mod render;
 mod serve;
@@ -19,6 +37,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use themis_sandbox::loaded::LoadedRunbook;
 use themis_testkit::scenario;
+
+/// The compiled-component cache of every command but `themis serve`.
+const DEFAULT_CACHE_DIR: &str = ".themis/cache";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -33,15 +54,10 @@ and `themis run --scenario tests/scenarios/kafka-gc-pause.yaml`."
 )]
 pub struct Cli {
     /// Where compiled components are cached between starts (created if missing; entries this
-    /// host did not write are never loaded).
-    #[arg(
-        long,
-        global = true,
-        value_name = "DIR",
-        env = "THEMIS_CACHE_DIR",
-        default_value = ".themis/cache"
-    )]
-    cache_dir: PathBuf,
+    /// host did not write are never loaded) [default: .themis/cache; for `themis serve`, its
+    /// file's `cache_dir:`, else <state_dir>/cache].
+    #[arg(long, global = true, value_name = "DIR", env = "THEMIS_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -203,9 +219,10 @@ enum Command {
     /// Run the sidecar service: Alertmanager's webhook and Themis' alert JSON in, approvals
     /// over HTTP and Slack, a JSON read API and an event stream; configured by one themis.yaml.
     ///
-    /// Stops on SIGTERM or SIGINT: new alerts get 503, requests in flight finish, every agent
-    /// finishes its current command and the alerts already queued, then it exits 0. The
-    /// compiled-component cache is the file's `cache_dir:` (or THEMIS_CACHE_DIR).
+    /// Stops on SIGTERM or SIGINT: new alerts get 503, requests in flight have 10 s to finish,
+    /// every agent finishes its current command (the alerts still queued wait on disk for the
+    /// next start), then it exits 0. The compiled-component cache is --cache-dir (or
+    /// THEMIS_CACHE_DIR), else the file's `cache_dir:`, else <state_dir>/cache.
     Serve(serve::ServeArgs),
     /// Connect to every agent's real backends as themis.yaml configures them and say, per
     /// agent, what is reachable and which privileges are missing (PostgreSQL: pg_monitor and
@@ -468,7 +485,30 @@ enum AuditCommand {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Rust ignores SIGPIPE, so a closed pipe (`themis … | head`) becomes a write error; a
+    // command line tool should simply end, as the shell's tools do.
+    sigpipe(SigHandler::SigDfl);
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if e.use_stderr() => e.exit(),
+        // --help and --version: clap ignores a failed write, and says nothing of it.
+        Err(e) => {
+            let text = e.render();
+            if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                out!("{}", text.ansi());
+            } else {
+                out!("{text}");
+            }
+            return ExitCode::SUCCESS;
+        }
+    };
+    if let Command::Serve(args) = &cli.command
+        && args.serves()
+    {
+        // The service outlives whoever reads its output and logs: a log reader going away
+        // must not kill it (its writes fail instead, and are let go).
+        sigpipe(SigHandler::SigIgn);
+    }
     init_tracing();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -483,6 +523,14 @@ fn main() -> ExitCode {
     runtime.block_on(dispatch(cli))
 }
 
+use nix::sys::signal::SigHandler;
+
+fn sigpipe(handler: SigHandler) {
+    // SAFETY: SIG_DFL and SIG_IGN run no code of ours in the handler, and this runs before any
+    // other thread exists.
+    let _ = unsafe { nix::sys::signal::signal(nix::sys::signal::Signal::SIGPIPE, handler) };
+}
+
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("THEMIS_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
@@ -493,7 +541,13 @@ fn init_tracing() {
 }
 
 async fn dispatch(cli: Cli) -> ExitCode {
-    let cache = Some(cli.cache_dir.clone());
+    // `themis serve` has a default of its own (its file's `cache_dir:`): only a flag given beats it.
+    let cache_dir_flag = cli.cache_dir.clone();
+    let cache_dir = cli
+        .cache_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CACHE_DIR));
+    let cache = Some(cache_dir.clone());
     let sandbox = || sandbox(cache.clone());
     match cli.command {
         Command::Runbook(RunbookCommand::Validate { dirs }) => validate(&dirs, |_| {}),
@@ -511,11 +565,11 @@ async fn dispatch(cli: Cli) -> ExitCode {
                 Ok(run) => {
                     if json {
                         match serde_json::to_string_pretty(&run) {
-                            Ok(text) => println!("{text}"),
+                            Ok(text) => outln!("{text}"),
                             Err(e) => return fail(2, format!("cannot render JSON: {e}")),
                         }
                     } else {
-                        print!("{}", render::scenario_run(&run));
+                        out!("{}", render::scenario_run(&run));
                     }
                     let ok = if run.expectations_checked > 0 {
                         run.passed()
@@ -533,7 +587,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
                 Err(e) => fail(2, e),
             }
         }
-        Command::Demo(args) => demo::run(args, &cli.cache_dir).await,
+        Command::Demo(args) => demo::run(args, &cache_dir).await,
         Command::Keygen { out } => signing::keygen(&out),
         Command::Eval {
             dirs,
@@ -573,11 +627,11 @@ async fn dispatch(cli: Cli) -> ExitCode {
                 Ok(report) => {
                     if json {
                         match serde_json::to_string_pretty(&report) {
-                            Ok(text) => println!("{text}"),
+                            Ok(text) => outln!("{text}"),
                             Err(e) => return fail(2, format!("cannot render JSON: {e}")),
                         }
                     } else {
-                        print!("{}", themis_testkit::eval::render::table(&report));
+                        out!("{}", themis_testkit::eval::render::table(&report));
                     }
                     if let Some(path) = junit {
                         let written =
@@ -669,7 +723,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
             signing::list(
                 &sandbox,
                 &agents,
-                &cli.cache_dir.join("bundles"),
+                &cache_dir.join("bundles"),
                 json,
                 unsigned.allow_unsigned,
             )
@@ -689,8 +743,8 @@ async fn dispatch(cli: Cli) -> ExitCode {
             alertmanager,
             place,
         } => match alertmanager {
-            None => host::alert(&scenario, &place, &cli.cache_dir).await,
-            Some(payload) => host::replay(&scenario, &payload, &place, &cli.cache_dir).await,
+            None => host::alert(&scenario, &place, &cache_dir).await,
+            Some(payload) => host::replay(&scenario, &payload, &place, &cache_dir).await,
         },
         Command::Approve {
             id,
@@ -701,7 +755,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
             Some(server) => {
                 remote::approve(server, answerer.token_file.as_deref(), &id, digest).await
             }
-            None => answer::approve(&id, digest, &answerer, &place, &cli.cache_dir).await,
+            None => answer::approve(&id, digest, &answerer, &place, &cache_dir).await,
         },
         Command::Reject {
             id,
@@ -712,7 +766,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
             Some(server) => {
                 remote::reject(server, answerer.token_file.as_deref(), &id, &reason).await
             }
-            None => answer::reject(&id, &reason, &answerer, &place, &cli.cache_dir).await,
+            None => answer::reject(&id, &reason, &answerer, &place, &cache_dir).await,
         },
         Command::Adjust {
             id,
@@ -728,15 +782,15 @@ async fn dispatch(cli: Cli) -> ExitCode {
                 }
                 Err(code) => code,
             },
-            None => answer::adjust(&id, &runbook, &params, &answerer, &place, &cli.cache_dir).await,
+            None => answer::adjust(&id, &runbook, &params, &answerer, &place, &cache_dir).await,
         },
-        Command::Serve(args) => serve::run(args, None).await,
+        Command::Serve(args) => serve::run(args, cache_dir_flag).await,
         Command::Doctor { config } => {
             let loaded = match serve::load(&config, &themis_server::Overrides::default()) {
                 Ok(l) => l,
                 Err(code) => return code,
             };
-            println!("themis doctor: {}", loaded.config.file.display());
+            outln!("themis doctor: {}", loaded.config.file.display());
             if serve::report(&backends::doctor(&loaded.provider, &loaded.names).await) {
                 ExitCode::SUCCESS
             } else {
@@ -759,7 +813,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
             }
             match themis_agent::audit::verify::verify_with(&file, &options) {
                 Ok(Ok(intact)) => {
-                    println!(
+                    outln!(
                         "ok  {}: {} records, chain intact, last hash {}",
                         file.display(),
                         intact.records,
@@ -771,16 +825,18 @@ async fn dispatch(cli: Cli) -> ExitCode {
                         "signatures not checked: give --key"
                     };
                     match &intact.last_checkpoint {
-                        Some(cp) => println!(
+                        Some(cp) => outln!(
                             "    {} checkpoint(s), {checked}; the last signs record {} at {}",
-                            intact.checkpoints, cp.seq, cp.at
+                            intact.checkpoints,
+                            cp.seq,
+                            cp.at
                         ),
-                        None => println!("    no checkpoints (the host had no audit signing key)"),
+                        None => outln!("    no checkpoints (the host had no audit signing key)"),
                     }
                     if intact.head_checked {
-                        println!("    reaches the newest checkpoint the host kept beside its key");
+                        outln!("    reaches the newest checkpoint the host kept beside its key");
                     } else {
-                        println!(
+                        outln!(
                             "    a cut tail is not ruled out: give --head <audit_signing_key>.head.json"
                         );
                     }
@@ -803,7 +859,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
                             format!("{}: no records for incident {incident}", audit.display()),
                         );
                     }
-                    print!("{}", render::timeline(&mine));
+                    out!("{}", render::timeline(&mine));
                     if unreadable > 0 {
                         eprintln!(
                             "warning: {unreadable} unreadable line(s) skipped: run `themis audit verify {}`",
@@ -821,18 +877,9 @@ async fn dispatch(cli: Cli) -> ExitCode {
             runbook,
             answerer,
             place,
-        }) => {
-            guard::clear(
-                &target,
-                runbook.as_deref(),
-                &answerer,
-                &place,
-                &cli.cache_dir,
-            )
-            .await
-        }
+        }) => guard::clear(&target, runbook.as_deref(), &answerer, &place, &cache_dir).await,
         Command::Fsm { format } => {
-            print!(
+            out!(
                 "{}",
                 match format {
                     FsmFormat::Table => themis_core::fsm::table_text(),
@@ -863,26 +910,26 @@ fn authoring_new(
     };
     match authoring::new::create(dir, domain, id, &sdk) {
         Ok(created) => {
-            println!(
+            outln!(
                 "created  runbook {} in {}",
                 created.id,
                 created.dir.display()
             );
             for f in &created.files {
-                println!("         {}", f.display());
+                outln!("         {}", f.display());
             }
             let d = created.dir.display();
             if !created.own_workspace {
-                println!(
+                outln!(
                     "note     its steps are members of the enclosing Cargo workspace (`cargo test -p` runs their unit tests)"
                 );
             }
-            println!("next     themis runbook build {d}");
-            println!("         themis runbook test {d} --allow-unsigned");
+            outln!("next     themis runbook build {d}");
+            outln!("         themis runbook test {d} --allow-unsigned");
             if created.own_workspace {
-                println!("         cargo test --manifest-path {d}/Cargo.toml");
+                outln!("         cargo test --manifest-path {d}/Cargo.toml");
             }
-            println!("         themis runbook sign {d} --key TEAM.key");
+            outln!("         themis runbook sign {d} --key TEAM.key");
             ExitCode::SUCCESS
         }
         Err(e) => fail(2, e),
@@ -895,7 +942,7 @@ fn authoring_build(dirs: &[PathBuf], no_validate: bool) -> ExitCode {
         Err(e) => return fail(1, e),
     };
     for (bundle, components) in &built {
-        println!(
+        outln!(
             "built    {} ({} component{})",
             bundle.display(),
             components.len(),
@@ -910,7 +957,7 @@ fn authoring_build(dirs: &[PathBuf], no_validate: bool) -> ExitCode {
             .join(themis_core::trust::bundle::SIGNATURE_FILE)
             .is_file()
         {
-            println!(
+            outln!(
                 "note     {} changed: sign it again (`themis runbook sign {} --key TEAM.key`)",
                 dir.display(),
                 dir.display()
@@ -930,7 +977,7 @@ fn validate(dirs: &[PathBuf], after: impl Fn(&std::path::Path)) -> ExitCode {
     let mut failed = false;
     for dir in dirs {
         match LoadedRunbook::load_unverified(&sandbox, dir) {
-            Ok(loaded) => println!("{}", render::validated(&loaded)),
+            Ok(loaded) => outln!("{}", render::validated(&loaded)),
             Err(e) => {
                 failed = true;
                 eprintln!("error: {e}");
@@ -960,18 +1007,18 @@ async fn authoring_test(
         for file in files {
             let case = authoring::test::run(sandbox, dir, &file, allow_unsigned).await;
             if case.passed() {
-                println!("ok       {}  {}", file.display(), case.name);
+                outln!("ok       {}  {}", file.display(), case.name);
             } else {
-                println!("FAILED   {}  {}", file.display(), case.name);
+                outln!("FAILED   {}  {}", file.display(), case.name);
                 for f in &case.failures {
-                    println!("           {f}");
+                    outln!("           {f}");
                 }
             }
             cases.push(case);
         }
     }
     let failed = cases.iter().filter(|c| !c.passed()).count();
-    println!(
+    outln!(
         "{} scenario{}: {} passed, {failed} failed",
         cases.len(),
         if cases.len() == 1 { "" } else { "s" },

@@ -70,15 +70,15 @@ pub async fn agents(server: &str, token_file: Option<&Path>, json: bool, watch: 
         Err(e) => return fail(2, format!("{server}: {}", e.without_url())),
     };
     if json && !watch {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&agents).unwrap_or_default()
         );
         return ExitCode::SUCCESS;
     }
-    println!("{:<12} {:<12} {:<40} SINCE", "AGENT", "DOMAIN", "STATE");
+    outln!("{:<12} {:<12} {:<40} SINCE", "AGENT", "DOMAIN", "STATE");
     for a in agents.as_array().into_iter().flatten() {
-        println!(
+        outln!(
             "{:<12} {:<12} {:<40} {}",
             a["name"].as_str().unwrap_or("?"),
             a["domain"].as_str().unwrap_or("?"),
@@ -106,7 +106,7 @@ pub async fn agents(server: &str, token_file: Option<&Path>, json: bool, watch: 
     };
     // Subscribed (the service subscribes before it answers): from here on nothing is missed.
     if !json {
-        println!("watching {server} (Ctrl-C to stop)");
+        outln!("watching {server} (Ctrl-C to stop)");
     }
     // Server-Sent Events: blocks separated by a blank line, `event:` and `data:` lines.
     let mut buffer = String::new();
@@ -114,7 +114,7 @@ pub async fn agents(server: &str, token_file: Option<&Path>, json: bool, watch: 
         match stream.chunk().await {
             Ok(Some(chunk)) => buffer.push_str(&String::from_utf8_lossy(&chunk)),
             Ok(None) => {
-                println!("(the service closed the event stream)");
+                outln!("(the service closed the event stream)");
                 return ExitCode::SUCCESS;
             }
             Err(e) => return fail(2, format!("{server}: event stream: {}", e.without_url())),
@@ -135,9 +135,9 @@ pub async fn agents(server: &str, token_file: Option<&Path>, json: bool, watch: 
             }
             let e: Value = serde_json::from_str(&data).unwrap_or(Value::Null);
             if json {
-                println!("{data}");
+                outln!("{data}");
             } else {
-                println!("{}", event_line(kind, &e));
+                outln!("{}", event_line(kind, &e));
             }
         }
         // A block never grows without bound, whatever the server sends.
@@ -222,7 +222,7 @@ async fn post(server: &str, token_file: Option<&Path>, path: &str, body: Value) 
     let status = response.status();
     let value: Value = response.json().await.unwrap_or(Value::Null);
     if status.is_success() {
-        println!(
+        outln!(
             "{} {} · agent {} · {}",
             value["id"].as_str().unwrap_or("?"),
             value["alertname"].as_str().unwrap_or("?"),
@@ -317,7 +317,7 @@ pub async fn guard_clear(
     let status = response.status();
     let value: Value = response.json().await.unwrap_or(Value::Null);
     if status.is_success() {
-        println!("{}", crate::guard::cleared_line(target, &value["breakers"]));
+        outln!("{}", crate::guard::cleared_line(target, &value["breakers"]));
         ExitCode::SUCCESS
     } else {
         fail(

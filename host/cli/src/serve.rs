@@ -40,6 +40,14 @@ pub struct ServeArgs {
     unsigned: Unsigned,
 }
 
+impl ServeArgs {
+    /// Whether this runs the service (not `--check`): a process that lives on after whoever
+    /// reads its output may be gone.
+    pub fn serves(&self) -> bool {
+        !self.check
+    }
+}
+
 /// Agent names the backends section names but no agent file defines: a typo would otherwise
 /// leave an agent silently unconfigured.
 fn unknown_backends(config: &ServeConfig, agents: &[String]) -> Result<(), String> {
@@ -65,6 +73,9 @@ pub struct Loaded {
 
 pub fn load(file: &std::path::Path, overrides: &Overrides) -> Result<Loaded, ExitCode> {
     let config = ServeConfig::load(file, overrides, &process_env()).map_err(|e| fail(2, e))?;
+    for warning in &config.warnings {
+        eprintln!("warning: {warning}");
+    }
     let files = agent_files(&config.agents).map_err(|e| fail(2, e))?;
     let mut names = Vec::new();
     for file in &files {
@@ -85,7 +96,7 @@ pub fn load(file: &std::path::Path, overrides: &Overrides) -> Result<Loaded, Exi
 /// Print the doctor's findings; true when nothing is wrong.
 pub fn report(findings: &[backends::Finding]) -> bool {
     for f in findings {
-        println!(
+        outln!(
             "    {}  {:<12} {:<9} {}",
             if f.ok { "ok " } else { "BAD" },
             f.agent,
@@ -111,11 +122,13 @@ pub async fn run(args: ServeArgs, cache_dir_flag: Option<PathBuf>) -> ExitCode {
         Ok(l) => l,
         Err(code) => return code,
     };
+    let cache_dir = cache_dir_flag.unwrap_or_else(|| config.cache_dir.clone());
     if args.check {
-        println!("ok  {}", config.file.display());
-        println!("    listen     {}", config.listen);
-        println!("    state      {}", config.state_dir.display());
-        println!("    audit      {}", config.audit.display());
+        outln!("ok  {}", config.file.display());
+        outln!("    listen     {}", config.listen);
+        outln!("    state      {}", config.state_dir.display());
+        outln!("    audit      {}", config.audit.display());
+        outln!("    cache      {}", cache_dir.display());
         for name in &names {
             let backend = match config.backends.get(name) {
                 Some(BackendSpec {
@@ -175,9 +188,9 @@ pub async fn run(args: ServeArgs, cache_dir_flag: Option<PathBuf>) -> ExitCode {
                 }
                 None => "none: every capability call fails closed".into(),
             };
-            println!("    agent      {name:<12} {backend}");
+            outln!("    agent      {name:<12} {backend}");
         }
-        println!(
+        outln!(
             "    approvers  {}",
             config
                 .approvers
@@ -187,7 +200,7 @@ pub async fn run(args: ServeArgs, cache_dir_flag: Option<PathBuf>) -> ExitCode {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        println!(
+        outln!(
             "    slack      {}",
             if config.slack.is_some() {
                 "interactions on"
@@ -195,14 +208,13 @@ pub async fn run(args: ServeArgs, cache_dir_flag: Option<PathBuf>) -> ExitCode {
                 "off"
             }
         );
-        println!("    backends");
+        outln!("    backends");
         // Reported, not fatal: the service starts with a system down and fails its calls closed.
         report(&backends::doctor(&provider, &names).await);
         return ExitCode::SUCCESS;
     }
 
     args.unsigned.warn();
-    let cache_dir = cache_dir_flag.unwrap_or_else(|| config.cache_dir.clone());
     let bundle_cache = cache_dir.join("bundles");
     let sandbox = match sandbox(Some(cache_dir)) {
         Ok(s) => s,
@@ -305,7 +317,7 @@ pub async fn run(args: ServeArgs, cache_dir_flag: Option<PathBuf>) -> ExitCode {
         .map(|a| a.to_string())
         .unwrap_or_else(|_| config.listen.to_string());
     // Scripts and tests read this line to learn the port when listening on :0.
-    println!("themis serve: listening on http://{addr}");
+    crate::output::best_effort(format_args!("themis serve: listening on http://{addr}\n"));
     tracing::info!(%addr, agents = names.len(), "listening");
     match themis_server::serve(
         config,
@@ -324,7 +336,7 @@ pub async fn run(args: ServeArgs, cache_dir_flag: Option<PathBuf>) -> ExitCode {
             if let Err(e) = checkpoint {
                 return fail(1, format!("the last audit checkpoint failed: {e}"));
             }
-            println!("themis serve: stopped");
+            crate::output::best_effort(format_args!("themis serve: stopped\n"));
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -20,12 +20,12 @@ pub fn keygen(out: &Path) -> ExitCode {
     };
     match key.write_pair(out) {
         Ok((secret, public)) => {
-            println!("key id   {}", key.id);
-            println!(
+            outln!("key id   {}", key.id);
+            outln!(
                 "private  {}  (mode 0600; keep it out of repositories, logs and tickets)",
                 secret.display()
             );
-            println!(
+            outln!(
                 "public   {}  (list it under `trust.keys` in the agents that should run your runbooks)",
                 public.display()
             );
@@ -53,7 +53,7 @@ pub fn sign(dirs: &[PathBuf], key: &Path) -> ExitCode {
         let signature = SignatureFile::sign(&runbook, &key);
         let path = dir.join(SIGNATURE_FILE);
         match std::fs::write(&path, signature.to_json()) {
-            Ok(()) => println!(
+            Ok(()) => outln!(
                 "signed   {} {} with key {} -> {}",
                 runbook.id,
                 runbook.version,
@@ -90,9 +90,11 @@ pub fn verify(dirs: &[PathBuf], trust_paths: &[PathBuf]) -> ExitCode {
                 Err(e) => Ok(Err(e)),
             });
         match checked {
-            Ok(Ok((runbook, signer))) => println!(
+            Ok(Ok((runbook, signer))) => outln!(
                 "ok       {} {} {} signed by {signer}",
-                runbook.id, runbook.version, runbook.digest
+                runbook.id,
+                runbook.version,
+                runbook.digest
             ),
             Ok(Err(manifest)) => {
                 failed = true;
@@ -165,20 +167,24 @@ pub fn list(
         }
     }
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&rows).unwrap_or_default()
         );
     } else {
-        println!(
+        outln!(
             "{:<12} {:<8} {:<26} {:<9} {:<18} DIGEST",
-            "AGENT", "ROLE", "RUNBOOK", "VERSION", "SIGNER"
+            "AGENT",
+            "ROLE",
+            "RUNBOOK",
+            "VERSION",
+            "SIGNER"
         );
         let s = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_owned();
         for row in &rows {
             if row["status"] == "loaded" {
                 let p = &row["provenance"];
-                println!(
+                outln!(
                     "{:<12} {:<8} {:<26} {:<9} {:<18} {}",
                     s(&row["agent"]),
                     s(&row["role"]),
@@ -188,14 +194,14 @@ pub fn list(
                     s(&p["digest"])
                 );
             } else if row["status"] == "not-fetched" {
-                println!(
+                outln!(
                     "{:<12} {:<8} NOT FETCHED  {}",
                     s(&row["agent"]),
                     s(&row["role"]),
                     s(&row["error"])
                 );
             } else {
-                println!(
+                outln!(
                     "{:<12} {:<8} REFUSED  {}",
                     s(&row["agent"]),
                     s(&row["role"]),

@@ -333,7 +333,10 @@ impl ApprovalRequest {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ApprovalError {
-    #[error("{0} requested this action and cannot approve it: another person must")]
+    // Approving and adjusting are both refused to the requester: the message names both.
+    #[error(
+        "{0} requested this action and cannot approve or adjust it: another person must answer it"
+    )]
     SelfApproval(String),
     #[error("{who} is not an approver for this agent (approvers: {})", approvers.join(", "))]
     NotAnApprover { who: String, approvers: Vec<String> },

@@ -11,24 +11,41 @@ use themis_core::types::{Alert, AlertSource, Pair};
 use utoipa::ToSchema;
 
 /// The largest label or annotation set one alert may carry, the longest name and value (in
-/// characters, as the OpenAPI document says).
+/// characters, as the OpenAPI document says). A longer annotation value is cut to the limit
+/// rather than refused: it is prose (a description, a runbook link), and refusing it would
+/// lose every alert of its notification, since Alertmanager does not retry a 4xx.
 pub const MAX_PAIRS: usize = 256;
 pub const MAX_KEY_CHARS: usize = 256;
 pub const MAX_VALUE_CHARS: usize = 2048;
 
+/// Whether the values of a set are refused over [`MAX_VALUE_CHARS`] (labels: they are the
+/// alert's identity) or cut to it with a marker (annotations).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Over {
+    Refuse,
+    Cut,
+}
+
 /// The documented shape of a label or annotation set: string values, bounded.
-fn pairs_schema(required_name: bool) -> utoipa::openapi::schema::Object {
+fn pairs_schema(required_name: bool, over: Over) -> utoipa::openapi::schema::Object {
     use utoipa::openapi::schema::{ObjectBuilder, Type};
     let value = || {
-        ObjectBuilder::new()
-            .schema_type(Type::String)
-            .max_length(Some(MAX_VALUE_CHARS))
+        let b = ObjectBuilder::new().schema_type(Type::String);
+        match over {
+            Over::Refuse => b.max_length(Some(MAX_VALUE_CHARS)),
+            Over::Cut => b,
+        }
     };
     let mut b = ObjectBuilder::new()
         .schema_type(Type::Object)
-        .description(Some(format!(
-            "string values; names up to {MAX_KEY_CHARS} characters"
-        )))
+        .description(Some(match over {
+            Over::Refuse => format!(
+                "string values up to {MAX_VALUE_CHARS} characters; names up to {MAX_KEY_CHARS}"
+            ),
+            Over::Cut => format!(
+                "string values, a longer one than {MAX_VALUE_CHARS} characters cut to that length, ending in a marker that says how many characters were cut; names up to {MAX_KEY_CHARS} characters"
+            ),
+        }))
         .max_properties(Some(MAX_PAIRS))
         .additional_properties(Some(value()));
     if required_name {
@@ -43,11 +60,15 @@ fn pairs_schema(required_name: bool) -> utoipa::openapi::schema::Object {
 }
 
 fn labels_schema() -> utoipa::openapi::schema::Object {
-    pairs_schema(true)
+    pairs_schema(true, Over::Refuse)
+}
+
+fn own_labels_schema() -> utoipa::openapi::schema::Object {
+    pairs_schema(false, Over::Refuse)
 }
 
 fn annotations_schema() -> utoipa::openapi::schema::Object {
-    pairs_schema(false)
+    pairs_schema(false, Over::Cut)
 }
 
 /// `POST /api/v1/alerts/alertmanager`: one notification for one group of alerts.
@@ -74,7 +95,7 @@ pub struct Notification {
     pub common_annotations: BTreeMap<String, String>,
     #[serde(default, rename = "externalURL")]
     pub external_url: String,
-    #[schema(max_items = 1000)]
+    /// As many as the body limit (`limits.body_bytes`) holds.
     pub alerts: Vec<AmAlert>,
 }
 
@@ -106,7 +127,7 @@ pub struct Incoming {
     pub source: Value,
 }
 
-fn pairs(field: &str, map: &BTreeMap<String, String>) -> Result<Vec<Pair>, ApiError> {
+fn pairs(field: &str, map: &BTreeMap<String, String>, over: Over) -> Result<Vec<Pair>, ApiError> {
     if map.len() > MAX_PAIRS {
         return Err(ApiError::bad_request(
             field,
@@ -115,18 +136,38 @@ fn pairs(field: &str, map: &BTreeMap<String, String>) -> Result<Vec<Pair>, ApiEr
     }
     map.iter()
         .map(|(k, v)| {
-            if k.chars().count() > MAX_KEY_CHARS || v.chars().count() > MAX_VALUE_CHARS {
+            let long_value = v.chars().count() > MAX_VALUE_CHARS;
+            if k.chars().count() > MAX_KEY_CHARS || (long_value && over == Over::Refuse) {
                 Err(ApiError::bad_request(
                     format!("{field}.{}", k.chars().take(64).collect::<String>()),
                     format!(
                         "names up to {MAX_KEY_CHARS} characters, values up to {MAX_VALUE_CHARS}"
                     ),
                 ))
+            } else if long_value {
+                Ok(Pair::new(k, cut(v)))
             } else {
                 Ok(Pair::new(k, v))
             }
         })
         .collect()
+}
+
+/// `value` cut to [`MAX_VALUE_CHARS`] characters, the marker at its end included, so that
+/// whoever reads it sees it is not whole and how much is missing.
+fn cut(value: &str) -> String {
+    let total = value.chars().count();
+    // The marker's length depends on the count it shows: make room for the largest it can be
+    // (the value may come out a character or two short of the limit).
+    let room = marker(total).chars().count();
+    let keep = MAX_VALUE_CHARS.saturating_sub(room);
+    let mut out: String = value.chars().take(keep).collect();
+    out.push_str(&marker(total - keep));
+    out
+}
+
+fn marker(cut: usize) -> String {
+    format!(" …[{cut} more characters cut by Themis]")
 }
 
 impl Notification {
@@ -163,7 +204,7 @@ impl Notification {
                 ),
             ));
         }
-        let group_labels = pairs("groupLabels", &self.group_labels)?;
+        let group_labels = pairs("groupLabels", &self.group_labels, Over::Refuse)?;
         let mut out = Vec::with_capacity(self.alerts.len());
         for (i, a) in self.alerts.into_iter().enumerate() {
             let name = a
@@ -198,8 +239,12 @@ impl Notification {
             let alert = Alert {
                 name,
                 fingerprint: a.fingerprint.clone(),
-                labels: pairs(&format!("alerts[{i}].labels"), &a.labels)?,
-                annotations: pairs(&format!("alerts[{i}].annotations"), &a.annotations)?,
+                labels: pairs(&format!("alerts[{i}].labels"), &a.labels, Over::Refuse)?,
+                annotations: pairs(
+                    &format!("alerts[{i}].annotations"),
+                    &a.annotations,
+                    Over::Cut,
+                )?,
                 source: Some(AlertSource {
                     status: match a.status {
                         AlertStatus::Firing => "firing".into(),
@@ -232,9 +277,14 @@ impl Notification {
 }
 
 /// `POST /api/v1/alerts`: one alert in Themis' own JSON, for sources other than Alertmanager.
+/// Its `name` is its `alertname`: what routes it to an agent and what its incident is called.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OwnAlert {
+    /// The alert's name (Alertmanager's `alertname`), which routes it. A `labels.alertname`
+    /// is optional; when given it must be the same, or the alert is refused (400 naming
+    /// `labels.alertname`): an alert that says two names would be routed by one and read by
+    /// the other.
     #[schema(min_length = 1, max_length = 256)]
     pub name: String,
     /// Its identity for deduplication [default: derived from name and labels].
@@ -242,7 +292,7 @@ pub struct OwnAlert {
     #[schema(min_length = 1, max_length = 128)]
     pub fingerprint: Option<String>,
     #[serde(default)]
-    #[schema(schema_with = annotations_schema)]
+    #[schema(schema_with = own_labels_schema)]
     pub labels: BTreeMap<String, String>,
     #[serde(default)]
     #[schema(schema_with = annotations_schema)]
@@ -267,6 +317,18 @@ impl OwnAlert {
         if self.name.is_empty() || self.name.chars().count() > 256 {
             return Err(ApiError::bad_request("name", "1 to 256 characters"));
         }
+        if let Some(label) = self.labels.get("alertname")
+            && *label != self.name
+        {
+            return Err(ApiError::bad_request(
+                "labels.alertname",
+                format!(
+                    "`{}` is not the alert's `name` (`{}`), which routes it: make them the same or leave the label out",
+                    label.chars().take(256).collect::<String>(),
+                    self.name
+                ),
+            ));
+        }
         let fingerprint = match self.fingerprint {
             Some(f) if !f.is_empty() && f.chars().count() <= 128 => f,
             Some(_) => {
@@ -285,8 +347,8 @@ impl OwnAlert {
                 hex::encode(&h.finalize()[..8])
             }
         };
-        let labels = pairs("labels", &self.labels)?;
-        let annotations = pairs("annotations", &self.annotations)?;
+        let labels = pairs("labels", &self.labels, Over::Refuse)?;
+        let annotations = pairs("annotations", &self.annotations, Over::Cut)?;
         Ok(Incoming {
             alert: Alert {
                 name: self.name,
@@ -348,6 +410,56 @@ mod tests {
         assert_eq!(ok[0].alert.name, "KubePodCrashLooping");
         assert_eq!(ok[0].alert.label("alertname"), Some("KubePodCrashLooping"));
         assert!(notification("4", Some("X")).into_incoming(0).is_err());
+    }
+
+    #[test]
+    fn a_long_annotation_is_cut_with_a_marker_and_a_long_label_refused() {
+        let long = "x".repeat(3000);
+        let mut n = notification("4", Some("X"));
+        n.alerts[0]
+            .annotations
+            .insert("description".into(), long.clone());
+        let ok = n.into_incoming(10).expect("taken");
+        let description = ok[0].alert.annotations[0].value.as_str();
+        assert!(
+            (MAX_VALUE_CHARS - 2..=MAX_VALUE_CHARS).contains(&description.chars().count()),
+            "{description}"
+        );
+        let kept = description.chars().take_while(|c| *c == 'x').count();
+        assert!(
+            description.ends_with(&format!(
+                " …[{} more characters cut by Themis]",
+                3000 - kept
+            )),
+            "{description}"
+        );
+        let just_over = "y".repeat(MAX_VALUE_CHARS + 1);
+        assert!(cut(&just_over).chars().count() <= MAX_VALUE_CHARS);
+        let mut n = notification("4", Some("X"));
+        n.alerts[0].labels.insert("pod".into(), long);
+        let e = n.into_incoming(10).expect_err("a label is identity");
+        assert_eq!(e.field.as_deref(), Some("alerts[0].labels.pod"));
+    }
+
+    #[test]
+    fn an_own_alert_says_one_name() {
+        let alert = |label: Option<&str>| OwnAlert {
+            name: "KafkaConsumerLag".into(),
+            fingerprint: None,
+            labels: label
+                .map(|l| BTreeMap::from([("alertname".to_string(), l.to_string())]))
+                .unwrap_or_default(),
+            annotations: BTreeMap::new(),
+            status: AlertStatus::Firing,
+            source: None,
+        };
+        let e = alert(Some("PostgresLockWaits"))
+            .into_incoming()
+            .expect_err("two names");
+        assert_eq!(e.field.as_deref(), Some("labels.alertname"));
+        assert!(e.message.contains("make them the same"), "{e}");
+        assert!(alert(Some("KafkaConsumerLag")).into_incoming().is_ok());
+        assert!(alert(None).into_incoming().is_ok());
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The service: its shared state, the routes, how runtime errors become HTTP answers, and the
-//! lifecycle (SIGTERM/SIGINT: refuse new alerts with 503, finish the requests in flight, let
-//! every agent finish the command it is on and the alerts already queued, exit).
+//! lifecycle (SIGTERM/SIGINT: refuse new alerts with 503, finish the requests in flight within
+//! [`DRAIN`], let every agent finish the command it is on, exit).
 
 use crate::config::ServeConfig;
 use crate::error::ApiError;
@@ -16,6 +16,16 @@ use themis_agent::store::{ClaimError, StoreError};
 use themis_agent::{Runtime, RuntimeError};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+/// How long the requests in flight may take to finish once the service is told to stop. A
+/// connection still open after it is closed: an idle or half-sent one (anyone can open one,
+/// no token needed) would otherwise hold the stop, and the audit's last checkpoint, forever.
+/// An answer cut off this way is not lost: the agent finishes the command it was sent.
+pub const DRAIN: Duration = Duration::from_secs(10);
+/// How long a client may take to send a request's headers, or leave a kept-alive connection
+/// idle: hyper's own default, which it only enforces when given a timer.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct AppState {
     pub runtime: Arc<Runtime>,
@@ -128,14 +138,13 @@ pub async fn serve(
     });
     let app = router(state.clone());
     let on_signal = state.clone();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            tracing::info!("shutting down: new alerts are refused with 503");
-            on_signal.draining.store(true, Ordering::SeqCst);
-            let _ = stop_tx.send(true);
-        })
-        .await?;
+    let shutdown = async move {
+        shutdown.await;
+        tracing::info!("shutting down: new alerts are refused with 503");
+        on_signal.draining.store(true, Ordering::SeqCst);
+        let _ = stop_tx.send(true);
+    };
+    serve_http(listener, app, shutdown, DRAIN, HEADER_READ_TIMEOUT).await;
     // The requests in flight are done; answers still running (Slack) hold the runtime a while.
     let runtime = state.runtime.clone();
     drop(state);
@@ -159,6 +168,71 @@ pub async fn serve(
     Ok(())
 }
 
+/// Serve `app` on `listener` until `shutdown` completes; then stop accepting, let the requests
+/// in flight finish for at most `drain`, and close the connections still open.
+pub async fn serve_http(
+    listener: TcpListener,
+    app: Router,
+    shutdown: impl std::future::Future<Output = ()>,
+    drain: Duration,
+    header_timeout: Duration,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut connections = JoinSet::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let conn = http.serve_connection(
+                        TokioIo::new(stream),
+                        TowerToHyperService::new(app.clone()),
+                    );
+                    let mut stop = stop_rx.clone();
+                    connections.spawn(async move {
+                        let mut conn = std::pin::pin!(conn);
+                        tokio::select! {
+                            _ = conn.as_mut() => return,
+                            _ = stop.wait_for(|stop| *stop) => {}
+                        }
+                        // Idle connections close now, busy ones after their response.
+                        conn.as_mut().graceful_shutdown();
+                        let _ = conn.await;
+                    });
+                }
+                Err(e) => {
+                    // Out of file descriptors, typically: let some connections end first
+                    // rather than spin on the error.
+                    tracing::warn!("cannot accept a connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            // Finished connections are collected as they go, or the set would grow forever.
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    let drained = tokio::time::timeout(drain, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            "{} connection(s) still open {} after the stop: closing them",
+            connections.len(),
+            humantime::format_duration(drain)
+        );
+        connections.shutdown().await;
+    }
+}
+
 /// SIGTERM or SIGINT (Ctrl-C).
 pub async fn signal() {
     let term = async {
@@ -172,5 +246,136 @@ pub async fn signal() {
     tokio::select! {
         _ = term => {}
         _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::time::Instant;
+
+    /// A service answering `GET /` on loopback through `serve_http`; send () to stop it.
+    async fn started(
+        drain: Duration,
+        header_timeout: Duration,
+    ) -> (
+        std::net::SocketAddr,
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let app = Router::new().route("/", get(|| async { "ok" }));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let served = tokio::spawn(serve_http(
+            listener,
+            app,
+            async move {
+                let _ = stopped.await;
+            },
+            drain,
+            header_timeout,
+        ));
+        (addr, stop, served)
+    }
+
+    /// A connection that sent half a request's headers, then nothing.
+    fn half_sent(addr: std::net::SocketAddr) -> std::net::TcpStream {
+        let mut c = std::net::TcpStream::connect(addr).expect("connect");
+        c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+            .expect("write");
+        c
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_stop_waits_for_idle_and_half_sent_connections_no_longer_than_the_drain() {
+        let (addr, stop, served) =
+            started(Duration::from_millis(500), Duration::from_secs(600)).await;
+        // A whole request is served, its connection left open and idle.
+        let mut idle = std::net::TcpStream::connect(addr).expect("connect");
+        idle.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .expect("write");
+        let mut answer = [0u8; 64];
+        let n = idle.read(&mut answer).expect("read");
+        assert!(answer[..n].starts_with(b"HTTP/1.1 200"), "{answer:?}");
+        let _half = half_sent(addr);
+        let _silent = std::net::TcpStream::connect(addr).expect("connect");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let asked = Instant::now();
+        stop.send(()).expect("stop");
+        tokio::time::timeout(Duration::from_secs(5), served)
+            .await
+            .expect("stopped within the drain, whatever the clients do")
+            .expect("no panic");
+        assert!(
+            asked.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            asked.elapsed()
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_long_response_such_as_an_event_stream_outlasts_the_header_timeout() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let app = Router::new().route(
+            "/",
+            get(|| async {
+                let ticks = tokio_stream::StreamExt::map(
+                    tokio_stream::StreamExt::take(
+                        tokio_stream::wrappers::IntervalStream::new(tokio::time::interval(
+                            Duration::from_millis(100),
+                        )),
+                        10,
+                    ),
+                    |_| Ok::<_, std::convert::Infallible>("tick\n"),
+                );
+                axum::body::Body::from_stream(ticks)
+            }),
+        );
+        tokio::spawn(serve_http(
+            listener,
+            app,
+            std::future::pending(),
+            Duration::from_secs(10),
+            Duration::from_millis(200),
+        ));
+        let body = tokio::task::spawn_blocking(move || {
+            let mut c = std::net::TcpStream::connect(addr).expect("connect");
+            c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .expect("write");
+            let mut all = Vec::new();
+            c.read_to_end(&mut all).expect("read");
+            String::from_utf8_lossy(&all).into_owned()
+        })
+        .await
+        .expect("reader");
+        assert_eq!(body.matches("tick").count(), 10, "{body}");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_client_slow_to_send_its_headers_is_cut_off() {
+        let (addr, _stop, _served) =
+            started(Duration::from_secs(10), Duration::from_millis(300)).await;
+        let mut half = half_sent(addr);
+        half.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let began = Instant::now();
+        let closed = tokio::task::spawn_blocking(move || {
+            let mut rest = Vec::new();
+            half.read_to_end(&mut rest).map(|_| rest)
+        })
+        .await
+        .expect("reader");
+        // Closed (an EOF, perhaps after a 408, or a reset), not left hanging until the read timeout.
+        if let Err(e) = &closed {
+            assert_ne!(e.kind(), std::io::ErrorKind::WouldBlock, "{e}");
+        }
+        assert!(
+            began.elapsed() < Duration::from_secs(4),
+            "{:?}",
+            began.elapsed()
+        );
     }
 }

@@ -139,7 +139,7 @@ pub async fn reject(
     params(("id" = String, Path, description = "approval id (apr-…) or incident id (inc-…)")),
     request_body = Adjust, security(("approver_token" = [])),
     responses((status = 200, description = "the incident after the answer", body = IncidentView),
-        (status = 400, description = "malformed body; `field` names what", body = ApiError),
+        (status = 400, description = "malformed body, a runbook not in the agent's catalog, or a parameter the runbook does not declare or that does not fit its type or range; `field` names what (`runbook`, `params.<name>`)", body = ApiError),
         (status = 401, description = "no or unknown approver token", body = ApiError),
         (status = 403, description = "policy refuses this answer (self-approval, not an approver, expired, another plan)", body = ApiError),
         (status = 404, description = "no such approval or incident", body = ApiError),
@@ -160,12 +160,86 @@ pub async fn adjust(
             "a runbook id of the agent's catalog",
         ));
     }
+    check_adjustment(&state, &id, &answer).await?;
     answered(
         state
             .runtime
             .adjust(&id, by, &answer.runbook, &answer.params)
             .await,
     )
+}
+
+/// The runbook and parameters of an adjustment checked against the catalog of the agent that
+/// owns `id`, as the agent will check them: the runtime says only that the agent refused (a
+/// 404, as for an agent that is gone), where the caller needs the field at fault. An id that
+/// names nothing is left to the runtime's 404.
+async fn check_adjustment(state: &AppState, id: &str, adjust: &Adjust) -> Result<(), ApiError> {
+    use themis_core::manifest::{ParameterError, bind_params, parse_param_text};
+    let store = state.runtime.store();
+    let incident = if id.starts_with("inc-") {
+        store.get(id).await.ok()
+    } else {
+        store.by_approval(id).await.ok().flatten()
+    };
+    let Some(agent) = incident.and_then(|incident| {
+        state
+            .runtime
+            .agents()
+            .iter()
+            .find(|a| a.def.name == incident.agent)
+            .cloned()
+    }) else {
+        return Ok(());
+    };
+    let Some(loaded) = agent.catalog.get(&adjust.runbook) else {
+        return Err(ApiError::bad_request(
+            "runbook",
+            format!(
+                "`{}` is not in agent `{}`'s catalog; choose one of: {}",
+                adjust.runbook,
+                agent.def.name,
+                agent.catalog.keys().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        ));
+    };
+    let declared = &loaded.runbook.parameters;
+    let given: BTreeMap<String, serde_json::Value> = adjust
+        .params
+        .iter()
+        .map(|(name, text)| {
+            let kind = declared.iter().find(|p| &p.name == name).map(|p| p.kind);
+            let value = match kind {
+                Some(kind) => parse_param_text(kind, text),
+                None => serde_json::Value::String(text.clone()),
+            };
+            (name.clone(), value)
+        })
+        .collect();
+    bind_params(declared, &given).map(|_| ()).map_err(|e| {
+        let name = match &e {
+            ParameterError::Unknown(name) | ParameterError::Missing(name) => name,
+            ParameterError::WrongType { name, .. }
+            | ParameterError::NoMatch { name, .. }
+            | ParameterError::OutOfRange { name, .. } => name,
+        };
+        let declared = declared
+            .iter()
+            .map(|p| format!("{} ({})", p.name, p.kind))
+            .collect::<Vec<_>>()
+            .join(", ");
+        ApiError::bad_request(
+            format!("params.{name}"),
+            format!(
+                "{e}; `{}` takes: {}",
+                adjust.runbook,
+                if declared.is_empty() {
+                    "no parameters"
+                } else {
+                    &declared
+                }
+            ),
+        )
+    })
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]

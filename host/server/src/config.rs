@@ -86,9 +86,8 @@ use themis_backend_prometheus::PrometheusSettings;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
 pub const DEFAULT_BODY_LIMIT: usize = 1 << 20;
 pub const DEFAULT_QUEUE: usize = themis_agent::runtime::DEFAULT_QUEUE_CAPACITY;
-/// The most alerts one Alertmanager notification may carry (Alertmanager's own default
-/// `max_alerts` is 0, unlimited; the body limit bounds it first in practice).
-pub const MAX_ALERTS_PER_NOTIFICATION: usize = 1000;
+/// Below this many characters a token is warned about: it could be guessed.
+pub const MIN_TOKEN_CHARS: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 #[error("{}: {}{problem}", file.display(), if field.is_empty() { String::new() } else { format!("{field}: ") })]
@@ -452,6 +451,9 @@ pub struct ServeConfig {
     pub body_limit: usize,
     pub queue: usize,
     pub verify_every: Duration,
+    /// What is allowed but unwise (a short token), each naming file and field: said at start
+    /// and by `--check`.
+    pub warnings: Vec<String>,
 }
 
 /// What the command line says; it beats the environment and the file.
@@ -606,6 +608,16 @@ impl ServeConfig {
                 "no intake token: every alert must be authenticated; add `tokens: [ { env: THEMIS_INTAKE_TOKEN } ]`".into(),
             ));
         }
+        let mut warnings = Vec::new();
+        let mut short_token = |field: &str, token: &str| {
+            let n = token.chars().count();
+            if n < MIN_TOKEN_CHARS {
+                warnings.push(format!(
+                    "{}: {field}: the token is {n} characters, short enough to guess; use at least {MIN_TOKEN_CHARS} (e.g. `openssl rand -hex 32`)",
+                    file.display()
+                ));
+            }
+        };
         let mut intake_tokens = Vec::new();
         let mut intake_token_values = Vec::new();
         for (i, source) in raw.intake.tokens.iter().enumerate() {
@@ -626,7 +638,8 @@ impl ServeConfig {
                     TokenHash(bytes)
                 }
                 other => {
-                    let token = resolve(field, other)?;
+                    let token = resolve(field.clone(), other)?;
+                    short_token(&field, &token);
                     let hash = TokenHash::of(&token);
                     intake_token_values.push(Secret(token));
                     hash
@@ -662,6 +675,31 @@ impl ServeConfig {
                     &format!("{field}.token_env"),
                     format!(
                         "the environment variable {name} is not set (export it before starting)"
+                    ),
+                ));
+            }
+            // The token the service will take as this approver's (the hash first, as
+            // `Approvers::identify` does).
+            let token = match (&approver.token_sha256, &approver.token_env) {
+                (Some(h), _) => h
+                    .strip_prefix("sha256:")
+                    .and_then(|h| hex::decode(h).ok())
+                    .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                    .map(|hash| (TokenHash(hash), format!("{field}.token_sha256"))),
+                (None, Some(name)) => var(name).map(|token| {
+                    let at = format!("{field}.token_env");
+                    short_token(&at, &token);
+                    (TokenHash::of(&token), at)
+                }),
+                (None, None) => None,
+            };
+            if let Some((hash, at)) = token
+                && let Some(i) = intake_tokens.iter().position(|t| t.0 == hash.0)
+            {
+                return Err(err(
+                    &at,
+                    format!(
+                        "the same token as intake.tokens[{i}]: whoever holds an alert source's token could approve plans with it; give the approver a token of their own"
                     ),
                 ));
             }
@@ -1005,6 +1043,7 @@ impl ServeConfig {
             body_limit,
             queue,
             verify_every,
+            warnings,
         })
     }
 
@@ -1147,6 +1186,63 @@ mod tests {
         assert!(!ok.intake_token_ok("t0k3"));
         assert!(!ok.intake_token_ok(""));
         assert_eq!(ok.state_dir, dir.path().join("state"));
+    }
+
+    #[test]
+    fn short_tokens_are_warned_about_and_a_token_both_intake_and_approver_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = write(
+            dir.path(),
+            &format!(
+                "agents: agents\nstate_dir: s\nintake: {{ tokens: [ {{ env: LONG }}, {{ env: SHORT }} ] }}\n\
+                 approvers:\n  alice: {{ token_env: ALICE }}\n  bob: {{ token_sha256: \"{}\" }}\n",
+                themis_agent::approvers::token_hash("bob-has-a-long-token")
+            ),
+        );
+        let vars = |alice: &str| {
+            env(&[
+                ("LONG", "a-long-enough-intake-token"),
+                ("SHORT", "t0k3n"),
+                ("ALICE", alice),
+            ])
+        };
+        let c = ServeConfig::load(&file, &Overrides::default(), &vars("alice"))
+            .expect("loads: short is unwise, not wrong");
+        assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
+        assert!(
+            c.warnings[0].contains("intake.tokens[1]: the token is 5 characters"),
+            "{:?}",
+            c.warnings
+        );
+        assert!(
+            c.warnings[1].contains("approvers.alice.token_env: the token is 5 characters"),
+            "{:?}",
+            c.warnings
+        );
+        let e = ServeConfig::load(
+            &file,
+            &Overrides::default(),
+            &vars("a-long-enough-intake-token"),
+        )
+        .expect_err("an alert source could approve");
+        assert_eq!(e.field, "approvers.alice.token_env");
+        assert!(
+            e.problem.contains("the same token as intake.tokens[0]"),
+            "{e}"
+        );
+        // A hash names the same secret as well as a variable does.
+        let file = write(
+            dir.path(),
+            &format!(
+                "agents: agents\nstate_dir: s\nintake: {{ tokens: [ {{ env: LONG }} ] }}\n\
+                 approvers:\n  bob: {{ token_sha256: \"{}\" }}\n",
+                themis_agent::approvers::token_hash("a-long-enough-intake-token")
+            ),
+        );
+        let e = ServeConfig::load(&file, &Overrides::default(), &vars("alice"))
+            .expect_err("the same secret");
+        assert_eq!(e.field, "approvers.bob.token_sha256");
+        assert!(e.problem.contains("intake.tokens[0]"), "{e}");
     }
 
     #[test]

@@ -150,7 +150,9 @@ async fn take(state: &AppState, incoming: Vec<Incoming>) -> Result<IntakeRespons
     .map_err(|_| ApiError::unavailable("the intake task failed; nothing after the failure was taken"))?
 }
 
-/// Alertmanager's webhook (payload version 4).
+/// Alertmanager's webhook (payload version 4). Every alert of the notification is taken,
+/// however many the body limit lets in; an annotation value over the length limit is cut to it
+/// (the cut marked) rather than refused, so one long description cannot lose its group.
 #[utoipa::path(post, path = "/api/v1/alerts/alertmanager", tag = "intake",
     request_body = crate::alertmanager::Notification,
     security(("intake_token" = [])),
@@ -167,13 +169,16 @@ pub async fn alertmanager(
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Json<IntakeResponse>, ApiError> {
+    // No count of alerts of its own: the body limit bounds it, and refusing a large group
+    // whole would lose all of it (Alertmanager does not retry a 4xx) with nothing on record.
     receive(&state, &headers, raw, |n: Notification| {
-        n.into_incoming(crate::config::MAX_ALERTS_PER_NOTIFICATION)
+        n.into_incoming(usize::MAX)
     })
     .await
 }
 
-/// One alert in Themis' own JSON.
+/// One alert in Themis' own JSON. It is routed by its `name`; a `labels.alertname` that says
+/// another name is refused (400 naming `labels.alertname`).
 #[utoipa::path(post, path = "/api/v1/alerts", tag = "intake",
     request_body = crate::alertmanager::OwnAlert,
     security(("intake_token" = [])),

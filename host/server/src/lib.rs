@@ -4,8 +4,8 @@
 //!
 //! Invariants: every request is authenticated before its body is read (except the probes);
 //! an accepted alert is on the audit before the response; the service never holds more than
-//! its bounds (body size, alerts per notification, queued alerts per agent, buffered events,
-//! remembered Slack requests); an answer's identity comes from a token or a verified Slack
+//! its bounds (body size — which bounds the alerts per notification —, queued alerts per agent,
+//! buffered events, remembered Slack requests, page sessions); an answer's identity comes from a token or a verified Slack
 //! signature, never from the request body.
 
 pub mod alertmanager;

@@ -1,7 +1,10 @@
 //! Sessions of the operator page: a browser cannot send a bearer token on a plain navigation,
 //! so the page trades one for a session cookie (HttpOnly, SameSite=Strict) once. A session
 //! remembers who it is — an approver (may answer) or an alert source's token (may only read) —
-//! and a per-session form token every answer must carry. Bounded: the oldest session goes first.
+//! and a per-session form token every answer must carry. Bounded per kind of holder: readers
+//! share one pool and each approver has their own, and a full pool gives up its own oldest
+//! session only — whoever holds an intake token could otherwise log in over and over and sign
+//! every approver out.
 
 use axum::http::{HeaderMap, header};
 use std::collections::HashMap;
@@ -12,8 +15,11 @@ use themis_core::identity::Identity;
 pub const COOKIE: &str = "themis_session";
 /// How long a session lasts without a new login.
 pub const TTL: Duration = Duration::from_secs(8 * 3600);
-/// Sessions kept at most.
-pub const MAX_SESSIONS: usize = 1024;
+/// Reader sessions (intake tokens) kept at most, all readers together.
+pub const MAX_READER_SESSIONS: usize = 1024;
+/// Sessions kept at most per approver (browsers, devices): the approvers are few and named in
+/// the configuration, so this bounds their sessions too.
+pub const MAX_SESSIONS_PER_APPROVER: usize = 64;
 
 #[derive(Debug, Clone)]
 pub struct Session {
@@ -22,6 +28,13 @@ pub struct Session {
     /// Every form that changes something carries it: a page of another site cannot.
     pub form_token: String,
     expires: Instant,
+}
+
+impl Session {
+    /// Whose sessions this one counts against: its approver's, or all readers'.
+    fn pool(&self) -> Option<&str> {
+        self.who.as_ref().map(|w| w.name.as_str())
+    }
 }
 
 #[derive(Default)]
@@ -55,9 +68,17 @@ impl Sessions {
         let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         map.retain(|_, s| s.expires > now);
-        while map.len() >= MAX_SESSIONS {
+        let pool = session.pool();
+        let cap = if pool.is_some() {
+            MAX_SESSIONS_PER_APPROVER
+        } else {
+            MAX_READER_SESSIONS
+        };
+        let same_pool = |s: &Session| s.pool() == pool;
+        while map.values().filter(|s| same_pool(s)).count() >= cap {
             let Some(oldest) = map
                 .iter()
+                .filter(|(_, s)| same_pool(s))
                 .min_by_key(|(_, s)| s.expires)
                 .map(|(k, _)| k.clone())
             else {
@@ -142,9 +163,44 @@ mod tests {
     #[test]
     fn sessions_stay_bounded() {
         let sessions = Sessions::default();
-        for _ in 0..(MAX_SESSIONS + 10) {
+        for _ in 0..(MAX_READER_SESSIONS + 10) {
             sessions.open(None).expect("session");
         }
-        assert!(sessions.inner.lock().expect("lock").len() <= MAX_SESSIONS);
+        for _ in 0..(MAX_SESSIONS_PER_APPROVER + 10) {
+            sessions
+                .open(Some(Identity::scenario("oncall")))
+                .expect("session");
+        }
+        assert_eq!(
+            sessions.inner.lock().expect("lock").len(),
+            MAX_READER_SESSIONS + MAX_SESSIONS_PER_APPROVER
+        );
+    }
+
+    fn with_cookie(id: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::COOKIE,
+            HeaderValue::from_str(&format!("{COOKIE}={id}")).expect("header"),
+        );
+        headers
+    }
+
+    #[test]
+    fn readers_and_other_approvers_never_sign_an_approver_out() {
+        let sessions = Sessions::default();
+        let (alice, _) = sessions
+            .open(Some(Identity::scenario("alice")))
+            .expect("session");
+        for _ in 0..(MAX_READER_SESSIONS + 10) {
+            sessions.open(None).expect("session");
+        }
+        for _ in 0..(MAX_SESSIONS_PER_APPROVER + 10) {
+            sessions
+                .open(Some(Identity::scenario("bob")))
+                .expect("session");
+        }
+        let found = sessions.get(&with_cookie(&alice)).expect("alice still in");
+        assert_eq!(found.who.map(|w| w.name).as_deref(), Some("alice"));
     }
 }

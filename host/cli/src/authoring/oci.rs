@@ -15,14 +15,14 @@ pub async fn push(dir: &Path, reference: &str, json: bool) -> ExitCode {
     match themis_registry::push(dir, &r).await {
         Ok(pushed) => {
             if json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::to_string_pretty(&pushed).unwrap_or_default()
                 );
             } else {
-                println!("pushed   {} {} to {r}", pushed.runbook, pushed.version);
-                println!("digest   {}", pushed.digest);
-                println!("pin it   {}   (in an agent's `runbooks:`)", pushed.pinned);
+                outln!("pushed   {} {} to {r}", pushed.runbook, pushed.version);
+                outln!("digest   {}", pushed.digest);
+                outln!("pin it   {}   (in an agent's `runbooks:`)", pushed.pinned);
             }
             ExitCode::SUCCESS
         }
@@ -59,19 +59,19 @@ pub async fn pull(reference: &str, dest: &Path, policy: &TrustPolicy, json: bool
     match themis_registry::pull(&r, dest, policy).await {
         Ok(pulled) => {
             if json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::to_string_pretty(&pulled).unwrap_or_default()
                 );
             } else {
-                println!(
+                outln!(
                     "pulled   {} {} signed by {} into {}",
                     pulled.runbook,
                     pulled.version,
                     pulled.signer,
                     pulled.dir.display()
                 );
-                println!("digest   {}", pulled.digest);
+                outln!("digest   {}", pulled.digest);
             }
             ExitCode::SUCCESS
         }
