@@ -220,6 +220,8 @@ impl Runtime {
             parts.store,
         ));
         let agents = load::load_agents(&parts, &options).await?;
+        let names: Vec<String> = agents.iter().map(|a| a.def.name.clone()).collect();
+        let (mut scanned, through, end) = replay::scan_accepted(&parts.audit, &names)?;
         let guard = Arc::new(
             guard::Guard::open(parts.store.clone(), &parts.audit, options.clock.clone()).await?,
         );
@@ -240,7 +242,13 @@ impl Runtime {
             )
             .await?;
             worker.recover().await?;
-            let replay = worker.replay_accepted().await?;
+            let replay = worker
+                .replay_accepted(
+                    scanned.remove(&agent.def.name).unwrap_or_default(),
+                    through,
+                    end,
+                )
+                .await?;
             let backlog = Arc::new(backlog::Backlog::new(options.queue_capacity));
             backlog.preload(replay.untaken.len());
             worker.backlog = Some((

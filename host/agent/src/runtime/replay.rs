@@ -40,44 +40,70 @@ pub(crate) struct Replay {
     pub(crate) end: u64,
 }
 
+/// What one pass over the audit found for one agent, before its start looks at the store.
+#[derive(Debug, Default)]
+pub(crate) struct Scanned {
+    untaken: BTreeSet<u64>,
+    /// The last alert the agent opened an incident for: (its accepted record, the incident).
+    last_opened: Option<(u64, String)>,
+}
+
+/// One pass over the audit for every agent of the host (reading and checking every record is
+/// what a start with a long audit spends its time on, so it is done once, not once per
+/// agent): each agent's accepted alerts no record says were taken up, the last sequence number
+/// read, and where the file ended. Nothing is accepted while the host starts (the intake is
+/// not open yet), so every accepted record past `end` is new to the backlog readers.
+pub(crate) fn scan_accepted(
+    audit: &crate::audit::AuditLog,
+    agents: &[String],
+) -> Result<(std::collections::BTreeMap<String, Scanned>, u64, u64), RuntimeError> {
+    let end = std::fs::metadata(audit.path()).map_or(0, |m| m.len());
+    let mut found: std::collections::BTreeMap<String, Scanned> = agents
+        .iter()
+        .map(|a| (a.clone(), Scanned::default()))
+        .collect();
+    let mut through = 0;
+    audit.scan(|record| {
+        through = record.seq;
+        let Some(scanned) = found.get_mut(&record.agent) else {
+            return true;
+        };
+        if record.kind == "alert-accepted" {
+            if scanned.untaken.len() == MAX_REPLAY {
+                scanned.untaken.pop_first();
+            }
+            scanned.untaken.insert(record.seq);
+        } else if TAKEN_BY.contains(&record.kind.as_str())
+            && let Some(intake) = record.data.get("intake").and_then(Value::as_u64)
+            && scanned.untaken.remove(&intake)
+        {
+            scanned.last_opened = if record.kind == "alert" {
+                record.incident.clone().map(|id| (intake, id))
+            } else {
+                None
+            };
+        }
+        true
+    })?;
+    Ok((found, through, end))
+}
+
 impl Worker {
-    /// Find every accepted alert no record says was taken up. They are not handled here: the
-    /// backlog reader takes them, in order and before anything accepted later, while the
-    /// service already listens.
-    pub(crate) async fn replay_accepted(&mut self) -> Result<Replay, RuntimeError> {
-        let ctx = self.ctx.clone();
-        let agent = ctx.agent.def.name.clone();
-        // Nothing is accepted while the host starts (the intake is not open yet), so every
-        // accepted record past this point is new to the backlog reader.
-        let end = std::fs::metadata(ctx.audit.path()).map_or(0, |m| m.len());
-        let mut untaken: BTreeSet<u64> = BTreeSet::new();
-        let mut through = 0;
-        // The last alert this agent opened an incident for: (its accepted record, the incident).
-        let mut last_opened: Option<(u64, String)> = None;
-        ctx.audit.scan(|record| {
-            through = record.seq;
-            if record.agent != agent {
-                return true;
-            }
-            if record.kind == "alert-accepted" {
-                if untaken.len() == MAX_REPLAY {
-                    untaken.pop_first();
-                }
-                untaken.insert(record.seq);
-            } else if TAKEN_BY.contains(&record.kind.as_str())
-                && let Some(intake) = record.data.get("intake").and_then(Value::as_u64)
-                && untaken.remove(&intake)
-            {
-                last_opened = if record.kind == "alert" {
-                    record.incident.clone().map(|id| (intake, id))
-                } else {
-                    None
-                };
-            }
-            true
-        })?;
+    /// Every accepted alert of this agent no record says was taken up, from the host's one
+    /// scan. They are not handled here: the backlog reader takes them, in order and before
+    /// anything accepted later, while the service already listens.
+    pub(crate) async fn replay_accepted(
+        &mut self,
+        scanned: Scanned,
+        through: u64,
+        end: u64,
+    ) -> Result<Replay, RuntimeError> {
+        let Scanned {
+            mut untaken,
+            last_opened,
+        } = scanned;
         if let Some((intake, incident)) = last_opened
-            && ctx.store.get(&incident).await.is_err()
+            && self.ctx.store.get(&incident).await.is_err()
         {
             untaken.insert(intake);
         }
