@@ -241,6 +241,27 @@ impl SqliteStore {
         Ok(incident)
     }
 
+    /// Rows as incidents, each checked against its MAC; one whose sealed body `keeps` refuses
+    /// (its index columns said otherwise: changed by hand) is a problem, not an incident.
+    fn open_rows(
+        &self,
+        rows: Vec<(String, String, String)>,
+        keeps: impl Fn(&Incident) -> bool,
+    ) -> (Vec<Incident>, Vec<StoreError>) {
+        let mut out = Vec::new();
+        let mut problems = Vec::new();
+        for (id, body, mac) in rows {
+            match self.open_incident(&id, &body, &mac) {
+                Ok(i) if keeps(&i) => out.push(i),
+                Ok(_) => problems.push(StoreError::Tampered {
+                    path: self.row("incidents", &id),
+                }),
+                Err(e) => problems.push(e),
+            }
+        }
+        (out, problems)
+    }
+
     async fn get_incident(&self, id: &str) -> Result<Option<Incident>, StoreError> {
         let row: Option<(String, String)> =
             sqlx::query_as("SELECT body, mac FROM incidents WHERE id = ?1")
@@ -306,14 +327,7 @@ impl IncidentStore for SqliteStore {
                 .fetch_all(&self.reader)
                 .await
                 .map_err(|e| self.fail(e))?;
-        let mut out = Vec::new();
-        let mut problems = Vec::new();
-        for (id, body, mac) in rows {
-            match self.open_incident(&id, &body, &mac) {
-                Ok(i) => out.push(i),
-                Err(e) => problems.push(e),
-            }
-        }
+        let (mut out, problems) = self.open_rows(rows, |_| true);
         out.sort_by_key(|i| i.opened_at);
         Ok((out, problems))
     }
@@ -334,19 +348,7 @@ impl IncidentStore for SqliteStore {
         .fetch_all(&self.reader)
         .await
         .map_err(|e| self.fail(e))?;
-        let mut out = Vec::new();
-        let mut problems = Vec::new();
-        for (id, body, mac) in rows {
-            match self.open_incident(&id, &body, &mac) {
-                // The columns are an index; the sealed body is what counts.
-                Ok(i) if filter.keeps(&i) => out.push(i),
-                Ok(_) => problems.push(StoreError::Tampered {
-                    path: self.row("incidents", &id),
-                }),
-                Err(e) => problems.push(e),
-            }
-        }
-        Ok((out, problems))
+        Ok(self.open_rows(rows, |i| filter.keeps(i)))
     }
 
     async fn open_for(
