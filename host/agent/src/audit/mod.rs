@@ -494,26 +494,34 @@ impl AuditLog {
         data: Value,
         durable: bool,
     ) -> Result<Record, AuditError> {
-        let started = std::time::Instant::now();
-        let data = themis_core::bounded::bound(self.redactor.redact(data), MAX_RECORD_BYTES);
-        let result = self.write_record(agent, incident, kind, durable, |_, _| data);
-        if let Some(observe) = self.on_append.get() {
-            observe(started.elapsed(), result.is_ok());
-        }
-        if let Ok(record) = &result
-            && let Err(e) = self.checkpoint_if_due(record.seq, false)
-        {
-            // This record is on disk; the checkpoint is not. A failed fsync has closed the log,
-            // so the next append says so; anything else is tried again at the next record.
-            tracing::error!(error = %e, "the audit checkpoint could not be written");
-        }
-        result
+        let entry = Entry {
+            agent: agent.to_owned(),
+            incident: incident.map(str::to_owned),
+            kind: kind.to_owned(),
+            data,
+        };
+        self.append_entries(vec![entry], durable)?
+            .pop()
+            .ok_or_else(|| AuditError::Io {
+                path: self.path.clone(),
+                source: std::io::Error::other("no record was written"),
+            })
     }
 
     /// Append several records in one write and one wait for the disk: each is on disk when
     /// this returns, in order, with nothing of another writer between them. Each is redacted
     /// and bounded as [`AuditLog::append`] does it.
     pub fn append_many(&self, entries: Vec<Entry>) -> Result<Vec<Record>, AuditError> {
+        self.append_entries(entries, true)
+    }
+
+    /// Redact and bound each entry, write them in one write (on disk at return when
+    /// `durable`), tell the append observer, and checkpoint if one is due.
+    fn append_entries(
+        &self,
+        entries: Vec<Entry>,
+        durable: bool,
+    ) -> Result<Vec<Record>, AuditError> {
         let started = std::time::Instant::now();
         let entries: Vec<Entry> = entries
             .into_iter()
@@ -527,7 +535,7 @@ impl AuditLog {
             entries
                 .into_iter()
                 .map(|e| (e.agent, e.incident, e.kind, move |_: u64, _: &str| e.data)),
-            true,
+            durable,
         );
         if let Some(observe) = self.on_append.get() {
             observe(started.elapsed(), result.is_ok());
@@ -535,6 +543,8 @@ impl AuditLog {
         if let Ok(Some(last)) = result.as_ref().map(|r| r.last())
             && let Err(e) = self.checkpoint_if_due(last.seq, false)
         {
+            // These records are written; the checkpoint is not. A failed fsync has closed the
+            // log, so the next append says so; anything else is tried again at the next record.
             tracing::error!(error = %e, "the audit checkpoint could not be written");
         }
         result
