@@ -313,3 +313,81 @@ fn eval_goes_on_past_a_broken_file_names_it_and_writes_junit() {
         "{xml}"
     );
 }
+
+#[test]
+fn state_export_hands_out_a_journal_that_verifies_and_refuses_one_that_lost_an_incident() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let state_dir = state.path().to_string_lossy().into_owned();
+    let out = themis(&[
+        "alert",
+        "--scenario",
+        "tests/scenarios/agent-kubernetes-mixin-pod-crashloop.yaml",
+        "--alertmanager",
+        "tests/alertmanager/kubernetes-mixin-crashloop.json",
+        "--state-dir",
+        &state_dir,
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // A record cut mid-write (no newline yet) is left for the next export.
+    let audit = state.path().join("audit.jsonl");
+    let written = std::fs::read(&audit).expect("audit");
+    let mut torn = written.clone();
+    torn.extend_from_slice(br#"{"seq":999,"#);
+    std::fs::write(&audit, &torn).expect("torn tail");
+
+    let exported = state.path().join("export.jsonl");
+    let exported_arg = exported.to_string_lossy().into_owned();
+    let out = themis(&[
+        "state",
+        "export",
+        "--state-dir",
+        &state_dir,
+        "--out",
+        &exported_arg,
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("chain intact") && text(&out.stdout).contains("incident(s)"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(std::fs::read(&exported).expect("export"), written);
+    let verified = themis(&["audit", "verify", &exported_arg]);
+    assert!(verified.status.success(), "{}", text(&verified.stderr));
+
+    // Without --out the journal goes to standard output, the summary to standard error.
+    let out = themis(&["state", "export", "--state-dir", &state_dir]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(out.stdout, written);
+    assert!(text(&out.stderr).contains("chain intact"));
+
+    // An audit that lost an incident's records (cut back to before it) is not that state's
+    // journal: refused by name, nothing written.
+    let first_incident = written
+        .split(|b| *b == b'\n')
+        .position(|l| l.windows(12).any(|w| w == br#""incident":""#))
+        .expect("an incident record");
+    let cut: Vec<u8> = written
+        .split_inclusive(|b| *b == b'\n')
+        .take(first_incident)
+        .flatten()
+        .copied()
+        .collect();
+    std::fs::write(&audit, &cut).expect("cut");
+    std::fs::remove_file(&exported).expect("rm");
+    let out = themis(&[
+        "state",
+        "export",
+        "--state-dir",
+        &state_dir,
+        "--out",
+        &exported_arg,
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("has no record of (inc-"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!exported.exists());
+}

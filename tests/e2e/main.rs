@@ -26,5 +26,6 @@ mod resume;
 mod sandbox;
 mod scenarios;
 mod serve;
+mod store_postgres;
 mod trust;
 mod verify;

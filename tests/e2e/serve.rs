@@ -360,7 +360,20 @@ async fn intake_authenticates_checks_by_field_and_records_before_the_200() {
         (status, body["error"].as_str()),
         (413, Some("payload-too-large"))
     );
-    assert_eq!(s.audit().len(), before, "a refused body leaves no record");
+    // The sender was authenticated: what it sent is lost (Alertmanager does not retry a 4xx),
+    // so each refusal is on the record — and nothing else is.
+    let refused = s.kinds("alert-refused");
+    assert_eq!(
+        refused
+            .iter()
+            .map(|r| r["data"]["status"].as_u64().unwrap_or(0))
+            .collect::<Vec<_>>(),
+        vec![400, 400, 400, 400, 413],
+        "{refused:?}"
+    );
+    assert_eq!(refused[1]["data"]["field"], "version");
+    assert_eq!(refused[4]["data"]["via"], "alertmanager");
+    assert_eq!(s.audit().len(), before + refused.len());
 
     // Accepted: on the record by the time the 200 arrives; an unowned alert is recorded too.
     let both = notification(

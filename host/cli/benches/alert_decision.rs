@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use themis_agent::audit::{AuditLog, Redactor};
 use themis_agent::escalation::Channels;
-use themis_agent::store::StoreKind;
+use themis_agent::store::StoreChoice;
 use themis_agent::{AlertOutcome, Quiet, Runtime, RuntimeParts};
 use themis_core::types::{Alert, Pair};
 use themis_sandbox::{Sandbox, SandboxConfig};
@@ -69,54 +69,55 @@ fn main() {
     let sandbox = Arc::new(Sandbox::new(SandboxConfig::default()).expect("sandbox"));
     // Two hosts, one watched by the service's metrics (observer + audit append hook), one by
     // nobody, fed alternately so both see the same machine.
-    let start = |name: &str, metrics: Option<Arc<Metrics>>, every_record: bool, kind: StoreKind| {
-        let base = dir.path().join(name);
-        let audit = Arc::new(
-            AuditLog::open(&base.join("audit.jsonl"), Redactor::default()).expect("audit"),
-        );
-        if every_record {
-            audit.sync_every_record();
-        }
-        let observer: Arc<dyn themis_agent::RuntimeObserver> = match metrics {
-            Some(m) => {
-                let watching = m.clone();
-                audit
-                    .observe_appends(Box::new(move |took, ok| watching.audit_append(took, ok)))
-                    .unwrap_or_else(|_| panic!("one observer"));
-                m
+    let start =
+        |name: &str, metrics: Option<Arc<Metrics>>, every_record: bool, kind: StoreChoice| {
+            let base = dir.path().join(name);
+            let audit = Arc::new(
+                AuditLog::open(&base.join("audit.jsonl"), Redactor::default()).expect("audit"),
+            );
+            if every_record {
+                audit.sync_every_record();
             }
-            None => Arc::new(Quiet),
-        };
-        let store = rt
-            .block_on(themis_agent::store::open(
-                &base.join("state"),
-                Some(kind),
-                kind,
-                Duration::from_secs(1),
+            let observer: Arc<dyn themis_agent::RuntimeObserver> = match metrics {
+                Some(m) => {
+                    let watching = m.clone();
+                    audit
+                        .observe_appends(Box::new(move |took, ok| watching.audit_append(took, ok)))
+                        .unwrap_or_else(|_| panic!("one observer"));
+                    m
+                }
+                None => Arc::new(Quiet),
+            };
+            let store = rt
+                .block_on(themis_agent::store::open(
+                    &base.join("state"),
+                    Some(&kind),
+                    kind.clone(),
+                    Duration::from_secs(1),
+                ))
+                .expect("store");
+            let provider = Arc::new(ScenarioProvider::from_file(&world, false).expect("world"));
+            rt.block_on(Runtime::start(
+                RuntimeParts {
+                    sandbox: sandbox.clone(),
+                    agent_files: vec![agent.clone()],
+                    audit,
+                    store,
+                    channels: Channels::default(),
+                    observer,
+                    provider,
+                },
+                Default::default(),
             ))
-            .expect("store");
-        let provider = Arc::new(ScenarioProvider::from_file(&world, false).expect("world"));
-        rt.block_on(Runtime::start(
-            RuntimeParts {
-                sandbox: sandbox.clone(),
-                agent_files: vec![agent.clone()],
-                audit,
-                store,
-                channels: Channels::default(),
-                observer,
-                provider,
-            },
-            Default::default(),
-        ))
-        .expect("runtime")
-    };
+            .expect("runtime")
+        };
     let metrics = Arc::new(Metrics::new(&["postgres".to_owned()]));
     // The service's default store, SQLite; the JSON-file store; and the baseline before commit
     // points and SQLite: JSON files with every record fsynced.
-    let runtime = start("plain", None, false, StoreKind::Sqlite);
-    let watched = start("metrics", Some(metrics.clone()), false, StoreKind::Sqlite);
-    let json = start("json", None, false, StoreKind::Json);
-    let every = start("every-record", None, true, StoreKind::Json);
+    let runtime = start("plain", None, false, StoreChoice::Sqlite);
+    let watched = start("metrics", Some(metrics.clone()), false, StoreChoice::Sqlite);
+    let json = start("json", None, false, StoreChoice::Json);
+    let every = start("every-record", None, true, StoreChoice::Json);
 
     let cache = dir.path().join("cache");
     // The one-shot CLI first: its first start compiles into the cache the service then finds.

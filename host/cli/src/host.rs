@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use themis_agent::audit::{AuditLog, Redactor};
 use themis_agent::escalation::Channels;
-use themis_agent::store::StoreKind;
+use themis_agent::store::StoreChoice;
 use themis_agent::{AlertOutcome, Quiet, Runtime, RuntimeOptions, RuntimeParts};
 use themis_caps::provider::{BackendProvider, Unconfigured};
 use themis_sandbox::{Sandbox, SandboxConfig};
@@ -66,7 +66,7 @@ pub async fn runtime(place: &Place, cache_dir: &Path) -> Result<Runtime, ExitCod
     let wait = place.lock_wait.into();
     // The state directory first, then its audit log: always in this order, so two processes
     // never hold one each while waiting for the other.
-    let store = themis_agent::store::open(&place.state_dir, None, StoreKind::Json, wait)
+    let store = themis_agent::store::open(&place.state_dir, None, StoreChoice::Json, wait)
         .await
         .map_err(|e| fail(2, e))?;
     let channels = Channels::from_env();

@@ -30,6 +30,7 @@ mod remote;
 mod render;
 mod serve;
 mod signing;
+mod state;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use host::{agent_files, fail, sandbox};
@@ -294,6 +295,9 @@ enum Command {
     /// Read and check the audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// The host's state as a whole: export it.
+    #[command(subcommand)]
+    State(StateCommand),
     /// The guard rails against remediation loops: which targets are busy, which circuit
     /// breakers are open, what ran recently; and an approver clearing a breaker.
     #[command(subcommand)]
@@ -455,6 +459,27 @@ enum RunbookCommand {
         json: bool,
         #[command(flatten)]
         unsigned: Unsigned,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum StateCommand {
+    /// Write the host's journal — every audit record, byte for byte — as one JSONL file that
+    /// `themis audit verify` accepts. Checked first: the chain holds, and every incident in the
+    /// store (JSON, SQLite or PostgreSQL) has records in it; otherwise nothing is written, exit
+    /// 1. Reads without the state directory's lock: works next to a running host.
+    Export {
+        #[arg(long, value_name = "DIR", default_value = ".themis")]
+        state_dir: PathBuf,
+        /// The audit log [default: <state-dir>/audit.jsonl].
+        #[arg(long, value_name = "FILE")]
+        audit: Option<PathBuf>,
+        /// Write here (0600, replaced whole) [default: standard output].
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// The host's audit public key: also check every signed checkpoint.
+        #[arg(long, value_name = "PUB")]
+        key: Vec<PathBuf>,
     },
 }
 
@@ -870,6 +895,15 @@ async fn dispatch(cli: Cli) -> ExitCode {
                 }
                 Err(e) => fail(2, format!("{}: cannot read: {e}", audit.display())),
             }
+        }
+        Command::State(StateCommand::Export {
+            state_dir,
+            audit,
+            out,
+            key,
+        }) => {
+            let audit = audit.unwrap_or_else(|| state_dir.join("audit.jsonl"));
+            state::export(&state_dir, &audit, out.as_deref(), &key).await
         }
         Command::Guard(GuardCommand::List { place, json }) => guard::list(&place, json).await,
         Command::Guard(GuardCommand::Clear {

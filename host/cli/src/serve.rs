@@ -11,7 +11,7 @@ use std::sync::Arc;
 use themis_agent::Fanout;
 use themis_agent::audit::{AuditLog, Redactor};
 use themis_agent::escalation::Channels;
-use themis_agent::store::StoreKind;
+use themis_agent::store::StoreChoice;
 use themis_agent::{Runtime, RuntimeOptions, RuntimeParts};
 use themis_server::config::{BackendSource, BackendSpec, ServeConfig, process_env};
 use themis_server::{Events, Metrics, Overrides};
@@ -222,8 +222,8 @@ pub async fn run(args: ServeArgs, cache_dir_flag: Option<PathBuf>) -> ExitCode {
     };
     let store = match themis_agent::store::open(
         &config.state_dir,
-        config.store,
-        StoreKind::Sqlite,
+        config.store.as_ref(),
+        StoreChoice::Sqlite,
         themis_agent::lock::DEFAULT_WAIT,
     )
     .await

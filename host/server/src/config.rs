@@ -6,8 +6,10 @@
 //! agents: ../agents                   # THEMIS_AGENTS; paths in the file are relative to it
 //! state_dir: ../.themis/serve         # THEMIS_STATE_DIR
 //! store: sqlite                       # THEMIS_STORE: sqlite (state_dir/themis.db, the default
-//!                                     # on a new directory) or json (a file per incident); a
-//!                                     # directory keeps the kind it holds
+//!                                     # on a new directory), json (a file per incident), or
+//!                                     # postgres://themis@db:5432/themis (held by one host at a
+//!                                     # time); a directory keeps the kind it holds
+//! store_password: { env: PGPASSWORD } # or { file: PATH } (THEMIS_STORE_PASSWORD_FILE)
 //! audit: audit.jsonl                  # THEMIS_AUDIT  [default: <state_dir>/audit.jsonl]
 //! audit_signing_key: /etc/themis/audit.key   # THEMIS_AUDIT_SIGNING_KEY: signs checkpoints of the
 //!                                     # chain; keep it outside the audit's folder (created,
@@ -77,6 +79,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use themis_agent::approvers::Approvers;
+use themis_agent::store::{PasswordSource, PgTarget, StoreChoice};
 use themis_backend_kafka::{KafkaSasl, KafkaSettings, KafkaTls, SaslMechanism};
 use themis_backend_kubernetes::KubernetesSettings;
 use themis_backend_kubernetes::kafka_workloads::{BrokerPods, GroupWorkload, KafkaWorkloads};
@@ -404,6 +407,8 @@ struct RawConfig {
     #[serde(default)]
     store: Option<String>,
     #[serde(default)]
+    store_password: Option<SecretSource>,
+    #[serde(default)]
     audit: Option<PathBuf>,
     #[serde(default)]
     audit_signing_key: Option<PathBuf>,
@@ -436,7 +441,9 @@ pub struct ServeConfig {
     pub agents: PathBuf,
     pub state_dir: PathBuf,
     /// The store asked for, if any: a new state directory gets SQLite.
-    pub store: Option<themis_agent::store::StoreKind>,
+    pub store: Option<StoreChoice>,
+    /// The state database's password, kept only so the audit can redact it.
+    store_password: Option<Secret>,
     pub audit: PathBuf,
     /// Signs the audit chain's checkpoints, when set.
     pub audit_signing_key: Option<PathBuf>,
@@ -527,17 +534,6 @@ impl ServeConfig {
         let state_dir = match &overrides.state_dir {
             Some(p) => p.clone(),
             None => path_setting("state_dir", "THEMIS_STATE_DIR", raw.state_dir.as_ref())?,
-        };
-        let store = match var("THEMIS_STORE").or_else(|| raw.store.clone()).as_deref() {
-            None => None,
-            Some("sqlite") => Some(themis_agent::store::StoreKind::Sqlite),
-            Some("json") => Some(themis_agent::store::StoreKind::Json),
-            Some(other) => {
-                return Err(err(
-                    "store",
-                    format!("`{other}` is not a store: say `sqlite` (the default) or `json`"),
-                ));
-            }
         };
         let audit = var("THEMIS_AUDIT")
             .map(PathBuf::from)
@@ -645,6 +641,62 @@ impl ServeConfig {
                     hash
                 }
             });
+        }
+
+        let mut store_password = None;
+        let store = match var("THEMIS_STORE").or_else(|| raw.store.clone()).as_deref() {
+            None => None,
+            Some("sqlite") => Some(StoreChoice::Sqlite),
+            Some("json") => Some(StoreChoice::Json),
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                if url_has_password(url) {
+                    return Err(err(
+                        "store",
+                        "holds a password: move it to `store_password: { env: VAR }` or `{ file: PATH }` (never written in the file)".into(),
+                    ));
+                }
+                let source = match var("THEMIS_STORE_PASSWORD_FILE") {
+                    Some(path) => Some(SecretSource::File(PathBuf::from(path))),
+                    None => raw.store_password.clone(),
+                };
+                let password = match source {
+                    None => None,
+                    Some(source) => {
+                        // Read now so a missing one is said at start, and so the audit
+                        // redacts it; the store reads it again by reference when it connects.
+                        store_password = Some(Secret(resolve("store_password".into(), &source)?));
+                        Some(match source {
+                            SecretSource::Env(name) => PasswordSource::Env(name),
+                            SecretSource::File(path) => PasswordSource::File(in_file(&path)),
+                            SecretSource::Sha256(_) => {
+                                return Err(err(
+                                    "store_password",
+                                    "a hash cannot stand for a password: give `env:` or `file:`"
+                                        .into(),
+                                ));
+                            }
+                        })
+                    }
+                };
+                Some(StoreChoice::Postgres(PgTarget {
+                    url: url.to_string(),
+                    password,
+                }))
+            }
+            Some(other) => {
+                return Err(err(
+                    "store",
+                    format!(
+                        "`{other}` is not a store: say `sqlite` (the default), `json`, or `postgres://user@host:port/database`"
+                    ),
+                ));
+            }
+        };
+        if store_password.is_none() && raw.store_password.is_some() {
+            return Err(err(
+                "store_password",
+                "is only for `store: postgres://…`: remove it, or set the store".into(),
+            ));
         }
 
         for (name, approver) in &raw.approvers.0 {
@@ -1032,6 +1084,7 @@ impl ServeConfig {
             agents,
             state_dir,
             store,
+            store_password,
             audit,
             audit_signing_key,
             cache_dir,
@@ -1054,6 +1107,7 @@ impl ServeConfig {
             .iter()
             .map(|t| t.expose().to_owned())
             .collect();
+        out.extend(self.store_password.as_ref().map(|p| p.expose().to_owned()));
         // Approvers' tokens the service reads from its environment.
         out.extend(
             self.approvers
@@ -1186,6 +1240,53 @@ mod tests {
         assert!(!ok.intake_token_ok("t0k3"));
         assert!(!ok.intake_token_ok(""));
         assert_eq!(ok.state_dir, dir.path().join("state"));
+    }
+
+    #[test]
+    fn a_postgres_store_takes_its_password_by_reference_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let base = "agents: agents\nstate_dir: s\nintake: { tokens: [ { env: T } ] }\n";
+        let vars = env(&[
+            ("T", "an-intake-token-long-enough"),
+            ("PGPW", "pg-store-secret"),
+        ]);
+        let load = |extra: &str| {
+            let file = write(dir.path(), &format!("{base}{extra}"));
+            ServeConfig::load(&file, &Overrides::default(), &vars)
+        };
+        let c = load("store: postgres://themis@db:5432/themis\nstore_password: { env: PGPW }\n")
+            .expect("loads");
+        assert_eq!(
+            c.store,
+            Some(StoreChoice::Postgres(PgTarget {
+                url: "postgres://themis@db:5432/themis".into(),
+                password: Some(PasswordSource::Env("PGPW".into())),
+            }))
+        );
+        assert!(c.secret_values().contains(&"pg-store-secret".to_string()));
+        for (extra, field, says) in [
+            (
+                "store: postgres://themis:hunter2@db/themis\n",
+                "store",
+                "holds a password",
+            ),
+            (
+                "store: postgres://themis@db/themis\nstore_password: { env: NOPE }\n",
+                "store_password",
+                "NOPE is not set",
+            ),
+            (
+                "store: sqlite\nstore_password: { env: PGPW }\n",
+                "store_password",
+                "only for `store: postgres",
+            ),
+            ("store: mysql://db\n", "store", "postgres://user@host"),
+        ] {
+            let e = load(extra).expect_err(extra);
+            assert_eq!(e.field, field, "{extra}: {e}");
+            assert!(e.problem.contains(says), "{extra}: {e}");
+            assert!(!e.to_string().contains("hunter2"), "{e}");
+        }
     }
 
     #[test]

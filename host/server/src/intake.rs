@@ -67,14 +67,46 @@ fn open(state: &AppState) -> Result<(), ApiError> {
 /// Authenticated, open, parsed, checked, taken: every intake endpoint's path.
 async fn receive<T: serde::de::DeserializeOwned>(
     state: &AppState,
+    via: &'static str,
     headers: &HeaderMap,
     raw: Result<Bytes, BytesRejection>,
     alerts: impl FnOnce(T) -> Result<Vec<Incoming>, ApiError>,
 ) -> Result<Json<IntakeResponse>, ApiError> {
     auth::intake(state, headers)?;
     open(state)?;
-    let parsed: T = parse_json(&body(raw)?)?;
-    Ok(Json(take(state, alerts(parsed)?).await?))
+    let incoming = match body(raw).and_then(|b| parse_json::<T>(&b)).and_then(alerts) {
+        Ok(incoming) => incoming,
+        Err(refusal) => {
+            refused(state, via, &refusal).await;
+            return Err(refusal);
+        }
+    };
+    Ok(Json(take(state, incoming).await?))
+}
+
+/// An authenticated sender's notification that could not be taken (over the body limit, not
+/// JSON, a wrong version) is alerts lost — Alertmanager does not retry a 4xx — so it is on the
+/// record and counted, never only answered.
+async fn refused(state: &AppState, via: &'static str, refusal: &ApiError) {
+    state.metrics.alert(None, AlertOutcome::Refused);
+    let audit = state.runtime.audit().clone();
+    let data = serde_json::json!({
+        "via": via,
+        "status": refusal.status.as_u16(),
+        "error": refusal.error,
+        "field": refusal.field,
+        "message": refusal.message,
+    });
+    let written =
+        tokio::task::spawn_blocking(move || audit.append("intake", None, "alert-refused", data))
+            .await;
+    if !matches!(written, Ok(Ok(_))) {
+        tracing::error!(
+            via,
+            error = refusal.error,
+            "an authenticated notification was refused and the refusal could not be recorded"
+        );
+    }
 }
 
 async fn take(state: &AppState, incoming: Vec<Incoming>) -> Result<IntakeResponse, ApiError> {
@@ -171,7 +203,7 @@ pub async fn alertmanager(
 ) -> Result<Json<IntakeResponse>, ApiError> {
     // No count of alerts of its own: the body limit bounds it, and refusing a large group
     // whole would lose all of it (Alertmanager does not retry a 4xx) with nothing on record.
-    receive(&state, &headers, raw, |n: Notification| {
+    receive(&state, "alertmanager", &headers, raw, |n: Notification| {
         n.into_incoming(usize::MAX)
     })
     .await
@@ -195,7 +227,7 @@ pub async fn own(
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Json<IntakeResponse>, ApiError> {
-    receive(&state, &headers, raw, |a: OwnAlert| {
+    receive(&state, "own-json", &headers, raw, |a: OwnAlert| {
         Ok(vec![a.into_incoming()?])
     })
     .await

@@ -118,6 +118,8 @@ pub enum AlertOutcome {
     QueueFull,
     /// A `resolved` notification, recorded on its incident.
     Resolved,
+    /// An authenticated notification that could not be taken (413, 400): recorded, lost.
+    Refused,
 }
 
 impl AlertOutcome {
@@ -127,6 +129,7 @@ impl AlertOutcome {
             AlertOutcome::Unrouted => "unrouted",
             AlertOutcome::QueueFull => "queue-full",
             AlertOutcome::Resolved => "resolved",
+            AlertOutcome::Refused => "refused",
         }
     }
 }
@@ -195,7 +198,7 @@ impl Metrics {
         let alerts = Family::<OutcomeLabels, Counter>::default();
         registry.register(
             "alerts",
-            "Alerts taken in, by owning agent (none: unowned) and outcome (accepted, unrouted, queue-full, resolved)",
+            "Alerts taken in, by owning agent (none: unowned) and outcome (accepted, unrouted, queue-full, resolved, refused: an authenticated notification that could not be taken)",
             alerts.clone(),
         );
         let decisions = Family::<DecisionLabels, Counter>::default();

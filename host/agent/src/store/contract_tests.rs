@@ -1,5 +1,6 @@
-//! One contract, every store: the same checks run against the JSON-file store and SQLite, so
-//! the runtime cannot tell them apart except by speed.
+//! One contract, every store: the same checks run against the JSON-file store, SQLite and —
+//! when `THEMIS_TEST_POSTGRES` names a test cluster (`scripts/postgres start`; CI always does) —
+//! PostgreSQL, so the runtime cannot tell them apart except by speed.
 
 use super::*;
 use std::sync::Arc;
@@ -9,14 +10,56 @@ use themis_core::policy::{ApprovalRequest, Plan};
 use themis_core::types::Alert;
 
 async fn each_store(check: impl AsyncFn(Arc<dyn IncidentStore>, &std::path::Path)) {
-    for kind in [StoreKind::Json, StoreKind::Sqlite] {
+    let mut choices = vec![StoreChoice::Json, StoreChoice::Sqlite];
+    choices.extend(fresh_database().await.map(StoreChoice::Postgres));
+    for choice in choices {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = open(dir.path(), Some(kind), kind, Duration::from_secs(1))
-            .await
-            .expect("open");
-        assert_eq!(StoreKind::found_in(dir.path()), Some(kind));
+        let store = open(
+            dir.path(),
+            Some(&choice),
+            choice.clone(),
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("open {choice:?}: {e}"));
+        assert_eq!(StoreKind::found_in(dir.path()), Some(choice.kind()));
         check(store, dir.path()).await;
     }
+}
+
+/// A new, empty database on the test cluster, or `None` (said) when there is none — a failure
+/// instead when `THEMIS_REQUIRE_SERVICES=1`.
+async fn fresh_database() -> Option<PgTarget> {
+    use sqlx::{Connection, Executor};
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static SEQ: AtomicU32 = AtomicU32::new(0);
+    let Some(admin) = std::env::var("THEMIS_TEST_POSTGRES")
+        .ok()
+        .filter(|u| !u.is_empty())
+    else {
+        assert!(
+            std::env::var("THEMIS_REQUIRE_SERVICES").as_deref() != Ok("1"),
+            "THEMIS_REQUIRE_SERVICES=1 but THEMIS_TEST_POSTGRES is not set"
+        );
+        eprintln!("PostgreSQL store skipped: THEMIS_TEST_POSTGRES unset");
+        return None;
+    };
+    let name = format!(
+        "themis_store_{}_{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    );
+    let mut conn = sqlx::PgConnection::connect(&admin)
+        .await
+        .unwrap_or_else(|e| panic!("cannot reach the test PostgreSQL at {admin}: {e}"));
+    conn.execute(format!("CREATE DATABASE {name}").as_str())
+        .await
+        .unwrap_or_else(|e| panic!("create database {name}: {e}"));
+    let (cluster, _) = admin.rsplit_once('/').expect("a URL with a database");
+    Some(PgTarget {
+        url: format!("{cluster}/{name}"),
+        password: None,
+    })
 }
 
 fn incident(id: &str, fingerprint: &str, opened: u64) -> Incident {
@@ -268,15 +311,15 @@ async fn a_second_writer_is_refused_and_the_other_kind_is_named() {
     each_store(async |store, dir| {
         let kind = StoreKind::found_in(dir).expect("kind");
         assert!(matches!(
-            open(dir, Some(kind), kind, Duration::from_millis(50)).await,
+            open(dir, None, StoreChoice::Json, Duration::from_millis(50)).await,
             Err(StoreError::Locked(_))
         ));
         drop(store);
         let other = match kind {
-            StoreKind::Json => StoreKind::Sqlite,
-            StoreKind::Sqlite => StoreKind::Json,
+            StoreKind::Json | StoreKind::Postgres => StoreChoice::Sqlite,
+            StoreKind::Sqlite => StoreChoice::Json,
         };
-        match open(dir, Some(other), other, Duration::from_millis(50)).await {
+        match open(dir, Some(&other), other.clone(), Duration::from_millis(50)).await {
             Err(e @ StoreError::OtherKind { .. }) => {
                 assert!(
                     e.to_string().contains(&format!("store: {}", kind.name())),
@@ -364,4 +407,110 @@ async fn the_state_is_readable_by_its_owner_only() {
         assert!(seen >= 3, "{seen} entries");
     })
     .await;
+}
+
+/// Copy `from`'s host key into a new state directory: a second host of the same deployment.
+fn same_key_dir(from: &std::path::Path) -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = dir.path().join("host.key");
+    std::fs::copy(from.join("host.key"), &key).expect("copy key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    dir
+}
+
+#[tokio::test]
+async fn a_postgres_store_is_held_by_one_host_and_a_fenced_host_writes_nothing() {
+    use sqlx::Connection;
+    let Some(target) = fresh_database().await else {
+        return;
+    };
+    let choice = StoreChoice::Postgres(target.clone());
+    let a_dir = tempfile::tempdir().expect("tempdir");
+    let a = open(
+        a_dir.path(),
+        Some(&choice),
+        StoreChoice::Json,
+        Duration::from_secs(1),
+    )
+    .await
+    .expect("host a");
+    a.save(&proposed(incident("inc-20", "fp", 1), "apr-20-01"))
+        .await
+        .expect("save");
+
+    // A second host with the same key waits for the database, then is told who holds it.
+    let b_dir = same_key_dir(a_dir.path());
+    let held = open(
+        b_dir.path(),
+        Some(&choice),
+        StoreChoice::Json,
+        Duration::from_millis(300),
+    )
+    .await
+    .err()
+    .expect("the database is held");
+    assert!(held.to_string().contains("held by"), "{held}");
+
+    // A's lock goes with its connection (a network cut, a pause past the server's timeout);
+    // B takes over, and from then on every write of A is refused.
+    let mut admin = sqlx::PgConnection::connect(&target.url)
+        .await
+        .expect("admin");
+    let cut: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .fetch_all(&mut admin)
+    .await
+    .expect("terminate the holder's connection");
+    assert_eq!(cut, vec![true]);
+    let b = open(
+        b_dir.path(),
+        Some(&choice),
+        StoreChoice::Json,
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("host b takes over");
+    for refused in [
+        a.save(&incident("inc-21", "fp2", 2)).await.err(),
+        a.claim(answer("apr-20-01", "alice"), IncidentStatus::Executing)
+            .await
+            .err()
+            .map(|e| match e {
+                ClaimError::Store(e) => e,
+                other => panic!("{other}"),
+            }),
+        a.save_agent_state("kafka", &AgentState::Idle).await.err(),
+        a.save_guard(&GuardBook::default()).await.err(),
+    ] {
+        assert!(
+            matches!(refused, Some(StoreError::Fenced { .. })),
+            "{refused:?}"
+        );
+    }
+    assert!(matches!(
+        b.get("inc-21").await,
+        Err(StoreError::UnknownIncident(_))
+    ));
+    // B reads what A wrote before, and the proposal is still there to answer — once.
+    let claimed = b
+        .claim(answer("apr-20-01", "alice"), IncidentStatus::Executing)
+        .await
+        .expect("b claims");
+    assert_eq!(claimed.status, IncidentStatus::Executing);
+
+    // A host with another key is told so by name, not shown every row as tampered.
+    drop(b);
+    let stranger = tempfile::tempdir().expect("tempdir");
+    let other = open(
+        stranger.path(),
+        Some(&choice),
+        StoreChoice::Json,
+        Duration::from_secs(1),
+    )
+    .await
+    .err()
+    .expect("another key is refused");
+    assert!(other.to_string().contains("host.key"), "{other}");
 }

@@ -1,6 +1,7 @@
-//! Where incidents and agent states live: the [`IncidentStore`] trait, and the JSON-file store
-//! as its first implementation (the durability work adds SQLite and PostgreSQL behind the same
-//! trait). Every durable write of the runtime goes through it.
+//! Where incidents and agent states live: the [`IncidentStore`] trait and its stores — a JSON
+//! file per incident (the one-shot CLI's), SQLite (the service's default) and PostgreSQL (a
+//! database shared by hosts, held by one at a time). Every durable write of the runtime goes
+//! through it.
 //!
 //! The store is written by one agent worker per agent, within one process per state directory
 //! (the directory's lock); answering an approval is a compare-and-swap on its stored status, so
@@ -9,10 +10,13 @@
 mod audit_first;
 mod json;
 mod mac;
+pub mod postgres;
+mod rows;
 pub mod sqlite;
 
 pub use audit_first::AuditFirst;
 pub use json::JsonStore;
+pub use postgres::{PasswordSource, PgStore, PgTarget};
 pub use sqlite::SqliteStore;
 
 #[cfg(test)]
@@ -55,12 +59,34 @@ pub enum StoreKind {
     Sqlite,
     /// A JSON file per incident (the one-shot CLI's default on a new directory).
     Json,
+    /// A PostgreSQL database, named by the directory's `store.postgres.json`.
+    Postgres,
+}
+
+/// The store a host is asked to use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreChoice {
+    Sqlite,
+    Json,
+    Postgres(PgTarget),
+}
+
+impl StoreChoice {
+    pub fn kind(&self) -> StoreKind {
+        match self {
+            StoreChoice::Sqlite => StoreKind::Sqlite,
+            StoreChoice::Json => StoreKind::Json,
+            StoreChoice::Postgres(_) => StoreKind::Postgres,
+        }
+    }
 }
 
 impl StoreKind {
     /// The store already in `dir`, if any.
     pub fn found_in(dir: &std::path::Path) -> Option<StoreKind> {
-        if dir.join(sqlite::FILE).exists() {
+        if dir.join(postgres::MARKER).exists() {
+            Some(StoreKind::Postgres)
+        } else if dir.join(sqlite::FILE).exists() {
             Some(StoreKind::Sqlite)
         } else if dir.join("incidents").is_dir() {
             Some(StoreKind::Json)
@@ -73,6 +99,7 @@ impl StoreKind {
         match self {
             StoreKind::Sqlite => "sqlite",
             StoreKind::Json => "json",
+            StoreKind::Postgres => "postgres",
         }
     }
 }
@@ -82,25 +109,52 @@ impl StoreKind {
 /// other kind than `wanted` is refused: two stores of one host would disagree.
 pub async fn open(
     dir: &std::path::Path,
-    wanted: Option<StoreKind>,
-    default: StoreKind,
+    wanted: Option<&StoreChoice>,
+    default: StoreChoice,
     wait: std::time::Duration,
 ) -> Result<std::sync::Arc<dyn IncidentStore>, StoreError> {
-    let kind = match (StoreKind::found_in(dir), wanted) {
-        (Some(found), Some(wanted)) if found != wanted => {
-            return Err(StoreError::OtherKind {
-                dir: dir.to_path_buf(),
-                found,
-                wanted,
-            });
+    let found = StoreKind::found_in(dir);
+    if let (Some(found), Some(wanted)) = (found, wanted)
+        && found != wanted.kind()
+    {
+        return Err(StoreError::OtherKind {
+            dir: dir.to_path_buf(),
+            found,
+            wanted: wanted.kind(),
+        });
+    }
+    let choice = match (found, wanted) {
+        (Some(StoreKind::Postgres), wanted) => {
+            let named = PgTarget::found_in(dir)?.ok_or_else(|| StoreError::Corrupt {
+                path: dir.join(postgres::MARKER),
+                message: "unreadable".into(),
+            })?;
+            match wanted {
+                Some(StoreChoice::Postgres(asked)) if asked.url != named.url => {
+                    return Err(StoreError::Database {
+                        path: PathBuf::from(&asked.url),
+                        message: format!(
+                            "the state directory {} keeps its state in {}, not here: point `store` back at it, or use another state directory",
+                            dir.display(),
+                            named.url
+                        ),
+                    });
+                }
+                Some(asked) => asked.clone(),
+                None => StoreChoice::Postgres(named),
+            }
         }
-        (Some(found), _) => found,
-        (None, Some(wanted)) => wanted,
+        (Some(StoreKind::Sqlite), _) => StoreChoice::Sqlite,
+        (Some(StoreKind::Json), _) => StoreChoice::Json,
+        (None, Some(wanted)) => wanted.clone(),
         (None, None) => default,
     };
-    Ok(match kind {
-        StoreKind::Sqlite => std::sync::Arc::new(SqliteStore::open_waiting(dir, wait).await?),
-        StoreKind::Json => std::sync::Arc::new(JsonStore::open_waiting(dir, wait)?),
+    Ok(match choice {
+        StoreChoice::Sqlite => std::sync::Arc::new(SqliteStore::open_waiting(dir, wait).await?),
+        StoreChoice::Json => std::sync::Arc::new(JsonStore::open_waiting(dir, wait)?),
+        StoreChoice::Postgres(target) => {
+            std::sync::Arc::new(PgStore::open_waiting(dir, &target, wait).await?)
+        }
     })
 }
 
@@ -111,6 +165,10 @@ pub async fn open_read_only(
 ) -> Result<std::sync::Arc<dyn IncidentStore>, StoreError> {
     Ok(match StoreKind::found_in(dir) {
         Some(StoreKind::Sqlite) => std::sync::Arc::new(SqliteStore::open_read_only(dir).await?),
+        Some(StoreKind::Postgres) => match PgTarget::found_in(dir)? {
+            Some(target) => std::sync::Arc::new(PgStore::open_read_only(dir, &target).await?),
+            None => std::sync::Arc::new(JsonStore::open_read_only(dir)?),
+        },
         _ => std::sync::Arc::new(JsonStore::open_read_only(dir)?),
     })
 }
@@ -320,6 +378,14 @@ pub enum StoreError {
     Locked(#[from] crate::lock::LockError),
     #[error("state database {path}: {message}")]
     Database { path: PathBuf, message: String },
+    #[error(
+        "state database {place}: another host took the state over ({now}; this host's token was {mine}): this host writes nothing more — restart it to stand by"
+    )]
+    Fenced {
+        place: String,
+        mine: i64,
+        now: String,
+    },
     #[error(
         "state directory {dir} holds a {} store, but a {} store was asked for: set `store: {}` or use another state directory",
         found.name(), wanted.name(), found.name()

@@ -6,16 +6,15 @@
 //! as the JSON store refuses a file. The directory is locked for the life of a writing store.
 
 use super::mac::HostKey;
+use super::rows::{Sealer, millis, open_statuses, status_name};
 use super::{Answer, ClaimError, Incident, IncidentStatus, IncidentStore, StoreError};
 use crate::lock::{self, Held};
 use async_trait::async_trait;
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::path::Path;
+use std::time::Duration;
 use themis_core::fsm::AgentState;
 use themis_core::guard::GuardBook;
 
@@ -25,8 +24,7 @@ pub const FILE: &str = "themis.db";
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 pub struct SqliteStore {
-    db: PathBuf,
-    key: HostKey,
+    rows: Sealer,
     /// Durable writes: one connection (SQLite has one writer), `synchronous = FULL`, so a
     /// commit is on disk when it returns.
     writer: Option<SqlitePool>,
@@ -96,8 +94,10 @@ impl SqliteStore {
             .await
             .map_err(|e| fail(&e))?;
         Ok(SqliteStore {
-            db,
-            key,
+            rows: Sealer {
+                key,
+                place: db.display().to_string(),
+            },
             writer: Some(writer),
             hints: Some(hints),
             reader,
@@ -125,8 +125,10 @@ impl SqliteStore {
                 message: e.to_string(),
             })?;
         Ok(SqliteStore {
-            db,
-            key,
+            rows: Sealer {
+                key,
+                place: db.display().to_string(),
+            },
             writer: None,
             hints: None,
             reader,
@@ -136,15 +138,7 @@ impl SqliteStore {
     }
 
     fn fail(&self, e: impl std::fmt::Display) -> StoreError {
-        StoreError::Database {
-            path: self.db.clone(),
-            message: e.to_string(),
-        }
-    }
-
-    /// Where a row is, for messages: the database and the row's table and key.
-    fn row(&self, table: &str, key: &str) -> PathBuf {
-        PathBuf::from(format!("{}#{table}/{key}", self.db.display()))
+        self.rows.fail(e)
     }
 
     fn writer(&self) -> Result<&SqlitePool, StoreError> {
@@ -153,50 +147,12 @@ impl SqliteStore {
             .ok_or_else(|| self.fail("the store was opened read-only"))
     }
 
-    /// A value's JSON and its MAC, bound to the row it goes in.
-    fn seal<T: Serialize>(
-        &self,
-        table: &str,
-        key: &str,
-        value: &T,
-    ) -> Result<(String, String), StoreError> {
-        let body = serde_json::to_string(value).map_err(|e| StoreError::Corrupt {
-            path: self.row(table, key),
-            message: e.to_string(),
-        })?;
-        let mac = self.key.tag(&Self::sealed_bytes(table, key, &body));
-        Ok((body, mac))
-    }
-
-    fn sealed_bytes(table: &str, key: &str, body: &str) -> Vec<u8> {
-        format!("{table}\0{key}\0{body}").into_bytes()
-    }
-
-    /// A row's value, refused when its MAC does not verify for this row.
-    fn open_row<T: DeserializeOwned>(
-        &self,
-        table: &str,
-        key: &str,
-        body: &str,
-        mac: &str,
-    ) -> Result<T, StoreError> {
-        if !self.key.verify(&Self::sealed_bytes(table, key, body), mac) {
-            return Err(StoreError::Tampered {
-                path: self.row(table, key),
-            });
-        }
-        serde_json::from_str(body).map_err(|e| StoreError::Corrupt {
-            path: self.row(table, key),
-            message: e.to_string(),
-        })
-    }
-
     async fn write_incident(
         &self,
         conn: &mut sqlx::SqliteConnection,
         incident: &Incident,
     ) -> Result<(), StoreError> {
-        let (body, mac) = self.seal("incidents", &incident.id, incident)?;
+        let (body, mac) = self.rows.seal("incidents", &incident.id, incident)?;
         sqlx::query(
             "INSERT INTO incidents (id, agent, fingerprint, status, opened_ms, body, mac)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
@@ -227,39 +183,8 @@ impl SqliteStore {
             .fetch_optional(&self.reader)
             .await
             .map_err(|e| self.fail(e))?;
-        row.map(|(id, body, mac)| self.open_incident(&id, &body, &mac))
+        row.map(|(id, body, mac)| self.rows.incident(&id, &body, &mac))
             .transpose()
-    }
-
-    fn open_incident(&self, id: &str, body: &str, mac: &str) -> Result<Incident, StoreError> {
-        let incident: Incident = self.open_row("incidents", id, body, mac)?;
-        if incident.id != id {
-            return Err(StoreError::Tampered {
-                path: self.row("incidents", id),
-            });
-        }
-        Ok(incident)
-    }
-
-    /// Rows as incidents, each checked against its MAC; one whose sealed body `keeps` refuses
-    /// (its index columns said otherwise: changed by hand) is a problem, not an incident.
-    fn open_rows(
-        &self,
-        rows: Vec<(String, String, String)>,
-        keeps: impl Fn(&Incident) -> bool,
-    ) -> (Vec<Incident>, Vec<StoreError>) {
-        let mut out = Vec::new();
-        let mut problems = Vec::new();
-        for (id, body, mac) in rows {
-            match self.open_incident(&id, &body, &mac) {
-                Ok(i) if keeps(&i) => out.push(i),
-                Ok(_) => problems.push(StoreError::Tampered {
-                    path: self.row("incidents", &id),
-                }),
-                Err(e) => problems.push(e),
-            }
-        }
-        (out, problems)
     }
 
     async fn get_incident(&self, id: &str) -> Result<Option<Incident>, StoreError> {
@@ -269,43 +194,9 @@ impl SqliteStore {
                 .fetch_optional(&self.reader)
                 .await
                 .map_err(|e| self.fail(e))?;
-        row.map(|(body, mac)| self.open_incident(id, &body, &mac))
+        row.map(|(body, mac)| self.rows.incident(id, &body, &mac))
             .transpose()
     }
-}
-
-fn status_name(status: IncidentStatus) -> String {
-    match serde_json::to_value(status) {
-        Ok(serde_json::Value::String(s)) => s,
-        _ => format!("{status:?}"),
-    }
-}
-
-fn millis(at: SystemTime) -> i64 {
-    at.duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
-/// The statuses `open_for` looks among, as SQL: every status that absorbs further alerts.
-fn open_statuses() -> String {
-    [
-        IncidentStatus::Triaging,
-        IncidentStatus::Executing,
-        IncidentStatus::PendingApproval,
-        IncidentStatus::Escalated,
-        IncidentStatus::Interrupted,
-        IncidentStatus::Verifying,
-        IncidentStatus::Resolved,
-        IncidentStatus::Unverified,
-        IncidentStatus::Failed,
-        IncidentStatus::Rejected,
-    ]
-    .into_iter()
-    .filter(|s| s.is_open())
-    .map(|s| format!("'{}'", status_name(s)))
-    .collect::<Vec<_>>()
-    .join(", ")
 }
 
 #[async_trait]
@@ -327,7 +218,7 @@ impl IncidentStore for SqliteStore {
                 .fetch_all(&self.reader)
                 .await
                 .map_err(|e| self.fail(e))?;
-        let (mut out, problems) = self.open_rows(rows, |_| true);
+        let (mut out, problems) = self.rows.incidents(rows, |_| true);
         out.sort_by_key(|i| i.opened_at);
         Ok((out, problems))
     }
@@ -348,7 +239,7 @@ impl IncidentStore for SqliteStore {
         .fetch_all(&self.reader)
         .await
         .map_err(|e| self.fail(e))?;
-        Ok(self.open_rows(rows, |i| filter.keeps(i)))
+        Ok(self.rows.incidents(rows, |i| filter.keeps(i)))
     }
 
     async fn open_for(
@@ -359,6 +250,10 @@ impl IncidentStore for SqliteStore {
         let sql = format!(
             "SELECT id, body, mac FROM incidents WHERE agent = ?1 AND fingerprint = ?2 AND status IN ({}) ORDER BY opened_ms DESC, rowid DESC LIMIT 1",
             open_statuses()
+                .iter()
+                .map(|s| format!("'{s}'"))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
         let found = self.incident_where(&sql, agent, fingerprint).await?;
         // The columns are an index; the sealed body is what counts.
@@ -409,18 +304,7 @@ impl IncidentStore for SqliteStore {
                 .fetch_optional(&mut *tx)
                 .await
                 .map_err(|e| self.fail(e))?;
-        let Some(mut incident) = row
-            .map(|(body, mac)| self.open_incident(&id, &body, &mac))
-            .transpose()?
-            .filter(|i| i.names_approval(&approval_id))
-        else {
-            return Err(StoreError::UnknownIncident(approval_id).into());
-        };
-        if let Some(refusal) = incident.refuses_answer(&approval_id) {
-            return Err(refusal);
-        }
-        incident.answer = Some(answer);
-        incident.status = next;
+        let incident = self.rows.claimed(&id, row, answer, next)?;
         self.write_incident(&mut tx, &incident).await?;
         tx.commit().await.map_err(|e| self.fail(e))?;
         Ok(incident)
@@ -431,7 +315,7 @@ impl IncidentStore for SqliteStore {
             .hints
             .as_ref()
             .ok_or_else(|| self.fail("the store was opened read-only"))?;
-        let (body, mac) = self.seal("agent_states", agent, state)?;
+        let (body, mac) = self.rows.seal("agent_states", agent, state)?;
         sqlx::query(
             "INSERT INTO agent_states (agent, body, mac) VALUES (?1, ?2, ?3)
              ON CONFLICT (agent) DO UPDATE SET body = ?2, mac = ?3",
@@ -452,14 +336,14 @@ impl IncidentStore for SqliteStore {
                 .fetch_optional(&self.reader)
                 .await
                 .map_err(|e| self.fail(e))?;
-        match row {
-            Some((body, mac)) => self.open_row("agent_states", agent, &body, &mac),
-            None => Ok(AgentState::Idle),
-        }
+        Ok(self
+            .rows
+            .optional("agent_states", agent, row)?
+            .unwrap_or(AgentState::Idle))
     }
 
     async fn save_guard(&self, book: &GuardBook) -> Result<(), StoreError> {
-        let (body, mac) = self.seal("guard", "1", book)?;
+        let (body, mac) = self.rows.seal("guard", "1", book)?;
         sqlx::query(
             "INSERT INTO guard (id, body, mac) VALUES (1, ?1, ?2)
              ON CONFLICT (id) DO UPDATE SET body = ?1, mac = ?2",
@@ -478,9 +362,6 @@ impl IncidentStore for SqliteStore {
                 .fetch_optional(&self.reader)
                 .await
                 .map_err(|e| self.fail(e))?;
-        match row {
-            Some((body, mac)) => self.open_row("guard", "1", &body, &mac),
-            None => Ok(GuardBook::default()),
-        }
+        Ok(self.rows.optional("guard", "1", row)?.unwrap_or_default())
     }
 }

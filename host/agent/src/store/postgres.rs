@@ -1,0 +1,522 @@
+//! The shared store: the state in a PostgreSQL database through sqlx (`store: postgres://…`),
+//! its schema by versioned migrations (`host/agent/migrations/postgres`). Rows are sealed as
+//! SQLite's are. One host holds the database at a time: it takes the database's advisory lock
+//! on a connection of its own, then raises the fencing token in `holder`; every write checks
+//! the token in its own transaction, so a host that lost the lock — its connection dropped, the
+//! process paused past a takeover — writes nothing after another host took the state over.
+//!
+//! The audit is still the host's file (`state_dir/audit.jsonl`): the database shares incidents
+//! and approvals, not yet the journal, so a host taking over another's state cannot re-read its
+//! proposals and refuses to act on them (fails closed) until the audit moves into the database.
+
+use super::mac::HostKey;
+use super::rows::{Row, Sealer, millis, open_statuses, status_name};
+use super::{Answer, ClaimError, Incident, IncidentStatus, IncidentStore, StoreError};
+use crate::lock::{self, Held};
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::{Connection, Postgres, Transaction};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+use themis_core::fsm::AgentState;
+use themis_core::guard::GuardBook;
+
+static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// The file in the state directory that says its state is in PostgreSQL, and where: read-only
+/// commands next to a running host (`themis agents`, `themis guard list`) find it there.
+pub const MARKER: &str = "store.postgres.json";
+
+/// The advisory lock a holding host keeps (per database): "themis" in ASCII.
+const LOCK_KEY: i64 = 0x7468_656d_6973;
+
+/// A PostgreSQL database that holds the state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PgTarget {
+    /// `postgres://user@host:port/database`, never with a password.
+    pub url: String,
+    /// Where the password comes from, when the server asks for one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<PasswordSource>,
+}
+
+/// A password by reference: the name of an environment variable or a file's path — never the
+/// password, which is read when the store connects.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PasswordSource {
+    Env(String),
+    File(PathBuf),
+}
+
+impl PgTarget {
+    fn options(&self) -> Result<PgConnectOptions, StoreError> {
+        let fail = |message: String| StoreError::Database {
+            path: PathBuf::from(&self.url),
+            message,
+        };
+        let mut options = PgConnectOptions::from_str(&self.url)
+            .map_err(|e| fail(format!("not a PostgreSQL URL: {e}")))?
+            .application_name("themis-state");
+        match &self.password {
+            None => {}
+            Some(PasswordSource::Env(name)) => {
+                let value = std::env::var(name).ok().filter(|v| !v.is_empty()).ok_or_else(|| {
+                    fail(format!(
+                        "the password is to come from ${name}, which is not set: set it, or change `store_password`"
+                    ))
+                })?;
+                options = options.password(&value);
+            }
+            Some(PasswordSource::File(path)) => {
+                let value = themis_core::files::read_text(path, 4096)
+                    .map_err(|e| fail(format!("the password file {}: {e}", path.display())))?;
+                options = options.password(value.trim());
+            }
+        }
+        Ok(options)
+    }
+
+    /// The target a state directory names, if it names one.
+    pub fn found_in(dir: &Path) -> Result<Option<PgTarget>, StoreError> {
+        let path = dir.join(MARKER);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let text =
+            themis_core::files::read_text(&path, 64 * 1024).map_err(|e| StoreError::Corrupt {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt {
+                path,
+                message: e.to_string(),
+            })
+    }
+
+    fn write_to(&self, dir: &Path) -> Result<(), StoreError> {
+        let path = dir.join(MARKER);
+        let io = |source| StoreError::Io {
+            path: path.clone(),
+            source,
+        };
+        let body = serde_json::to_vec_pretty(self).map_err(|e| StoreError::Corrupt {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        let temp = dir.join(format!("{MARKER}.new"));
+        {
+            use std::io::Write;
+            let mut file = crate::private::options()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&temp)
+                .map_err(io)?;
+            file.write_all(&body).map_err(io)?;
+            file.sync_all().map_err(io)?;
+        }
+        std::fs::rename(&temp, &path).map_err(io)
+    }
+}
+
+pub struct PgStore {
+    rows: Sealer,
+    pool: PgPool,
+    /// The connection that holds the advisory lock, kept open for the store's life; `None`
+    /// when opened read-only.
+    _holding: Option<tokio::sync::Mutex<PgConnection>>,
+    /// The fencing token this host raised; `None` when opened read-only.
+    token: Option<i64>,
+    _lock: Option<Held>,
+}
+
+impl PgStore {
+    /// Open (migrating) the database `target` names for the state directory `dir`, waiting up
+    /// to `wait` for another process that holds the directory or the database.
+    pub async fn open_waiting(
+        dir: &Path,
+        target: &PgTarget,
+        wait: Duration,
+    ) -> Result<PgStore, StoreError> {
+        crate::private::create_dir_all(dir).map_err(|source| StoreError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let deadline = Instant::now() + wait;
+        let held = lock::acquire(&dir.join("state.lock"), wait)?;
+        let rows = Sealer {
+            key: HostKey::load_or_create(&dir.join("host.key"))?,
+            place: target.url.clone(),
+        };
+        let options = target.options()?;
+        let mut holding = PgConnection::connect_with(&options)
+            .await
+            .map_err(|e| rows.fail(e))?;
+        loop {
+            let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                .bind(LOCK_KEY)
+                .fetch_one(&mut holding)
+                .await
+                .map_err(|e| rows.fail(e))?;
+            if got {
+                break;
+            }
+            if Instant::now() >= deadline {
+                let who: Option<(String, i64)> =
+                    sqlx::query_as("SELECT host, token FROM holder WHERE id = 1")
+                        .fetch_optional(&mut holding)
+                        .await
+                        .unwrap_or(None);
+                let who = who.map_or_else(
+                    || "another host".to_string(),
+                    |(host, token)| format!("{host} (token {token})"),
+                );
+                return Err(rows.fail(format!(
+                    "held by {who}: one host acts on a state database at a time; stop it, or point `store` at another database"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await
+            .map_err(|e| rows.fail(e))?;
+        MIGRATIONS.run(&pool).await.map_err(|e| {
+            rows.fail(format!(
+                "{e} (the schema could not be brought to this version: the role must own the database — `CREATE DATABASE themis OWNER themis` — and the database must not be from a newer Themis)"
+            ))
+        })?;
+        let token = Self::take_over(&rows, &pool, dir).await?;
+        target.write_to(dir)?;
+        Ok(PgStore {
+            rows,
+            pool,
+            _holding: Some(tokio::sync::Mutex::new(holding)),
+            token: Some(token),
+            _lock: Some(held),
+        })
+    }
+
+    /// Raise the fencing token (the lock is held): from now on the previous holder's writes
+    /// fail. A database sealed under another host key is refused by name.
+    async fn take_over(rows: &Sealer, pool: &PgPool, dir: &Path) -> Result<i64, StoreError> {
+        let mut tx = pool.begin().await.map_err(|e| rows.fail(e))?;
+        let found: Option<(i64, String)> =
+            sqlx::query_as("SELECT token, key_id FROM holder WHERE id = 1 FOR UPDATE")
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(|e| rows.fail(e))?;
+        let key_id = rows.key_id();
+        if let Some((_, theirs)) = found.as_ref().filter(|(_, k)| *k != key_id) {
+            return Err(rows.fail(format!(
+                "holds the state of a host whose key is {theirs}, and {}/host.key is {key_id}: its rows would all be refused. Use that host's key, or point `store` at another database",
+                dir.display()
+            )));
+        }
+        let host = format!(
+            "{} pid {} ({})",
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "?".into()),
+            std::process::id(),
+            dir.display()
+        );
+        let token: i64 = sqlx::query_scalar(
+            "INSERT INTO holder (id, token, key_id, host) VALUES (1, 1, $1, $2)
+             ON CONFLICT (id) DO UPDATE SET token = holder.token + 1, host = $2, since = now()
+             RETURNING token",
+        )
+        .bind(&key_id)
+        .bind(&host)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| rows.fail(e))?;
+        tx.commit().await.map_err(|e| rows.fail(e))?;
+        Ok(token)
+    }
+
+    /// Open to read without holding anything (`themis agents` next to a running host): the
+    /// sessions are read-only, so every write is refused by the server as well as here.
+    pub async fn open_read_only(dir: &Path, target: &PgTarget) -> Result<PgStore, StoreError> {
+        let rows = Sealer {
+            key: HostKey::load_or_create(&dir.join("host.key"))?,
+            place: target.url.clone(),
+        };
+        let options = target
+            .options()?
+            .options([("default_transaction_read_only", "on")]);
+        let pool = PgPoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await
+            .map_err(|e| rows.fail(e))?;
+        Ok(PgStore {
+            rows,
+            pool,
+            _holding: None,
+            token: None,
+            _lock: None,
+        })
+    }
+
+    /// A transaction that may write: only while this host's token is the newest. The share
+    /// lock on the holder row orders it against a takeover: it commits before the takeover's
+    /// token, or sees the new one and writes nothing.
+    async fn fenced(&self) -> Result<Transaction<'_, Postgres>, StoreError> {
+        let Some(mine) = self.token else {
+            return Err(self.rows.fail("the store was opened read-only"));
+        };
+        let mut tx = self.pool.begin().await.map_err(|e| self.rows.fail(e))?;
+        let now: Option<(i64, String)> =
+            sqlx::query_as("SELECT token, host FROM holder WHERE id = 1 FOR SHARE")
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(|e| self.rows.fail(e))?;
+        match now {
+            Some((token, _)) if token == mine => Ok(tx),
+            now => Err(StoreError::Fenced {
+                place: self.rows.place.clone(),
+                mine,
+                now: now.map_or_else(
+                    || "nobody".into(),
+                    |(t, host)| format!("{host} (token {t})"),
+                ),
+            }),
+        }
+    }
+
+    async fn write_incident(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        incident: &Incident,
+    ) -> Result<(), StoreError> {
+        let (body, mac) = self.rows.seal("incidents", &incident.id, incident)?;
+        sqlx::query(
+            "INSERT INTO incidents (id, agent, fingerprint, status, opened_ms, body, mac)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (id) DO UPDATE SET status = $4, body = $6, mac = $7",
+        )
+        .bind(&incident.id)
+        .bind(&incident.agent)
+        .bind(&incident.fingerprint)
+        .bind(status_name(incident.status))
+        .bind(millis(incident.opened_at))
+        .bind(body)
+        .bind(mac)
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| self.rows.fail(e))?;
+        Ok(())
+    }
+
+    async fn get_incident(&self, id: &str) -> Result<Option<Incident>, StoreError> {
+        let row: Option<(String, String)> =
+            sqlx::query_as("SELECT body, mac FROM incidents WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| self.rows.fail(e))?;
+        row.map(|(body, mac)| self.rows.incident(id, &body, &mac))
+            .transpose()
+    }
+
+    /// The newest incident of `agent` for `fingerprint` among `statuses` (any when `None`).
+    async fn newest_for(
+        &self,
+        agent: &str,
+        fingerprint: &str,
+        statuses: Option<Vec<String>>,
+    ) -> Result<Option<Incident>, StoreError> {
+        let row: Option<Row> = sqlx::query_as(
+            "SELECT id, body, mac FROM incidents
+             WHERE agent = $1 AND fingerprint = $2 AND ($3::text[] IS NULL OR status = ANY($3))
+             ORDER BY opened_ms DESC, seq DESC LIMIT 1",
+        )
+        .bind(agent)
+        .bind(fingerprint)
+        .bind(statuses)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| self.rows.fail(e))?;
+        // The columns are an index; the sealed body is what counts.
+        Ok(row
+            .map(|(id, body, mac)| self.rows.incident(&id, &body, &mac))
+            .transpose()?
+            .filter(|i| i.agent == agent && i.fingerprint == fingerprint))
+    }
+
+    async fn one_row(
+        &self,
+        sql: &str,
+        key: Option<&str>,
+    ) -> Result<Option<(String, String)>, StoreError> {
+        let mut query = sqlx::query_as(sql);
+        if let Some(key) = key {
+            query = query.bind(key);
+        }
+        query
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| self.rows.fail(e))
+    }
+}
+
+#[async_trait]
+impl IncidentStore for PgStore {
+    async fn save(&self, incident: &Incident) -> Result<(), StoreError> {
+        let mut tx = self.fenced().await?;
+        self.write_incident(&mut tx, incident).await?;
+        tx.commit().await.map_err(|e| self.rows.fail(e))
+    }
+
+    async fn get(&self, id: &str) -> Result<Incident, StoreError> {
+        self.get_incident(id)
+            .await?
+            .ok_or_else(|| StoreError::UnknownIncident(id.into()))
+    }
+
+    async fn scan(&self) -> Result<(Vec<Incident>, Vec<StoreError>), StoreError> {
+        let rows: Vec<Row> =
+            sqlx::query_as("SELECT id, body, mac FROM incidents ORDER BY opened_ms, seq")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| self.rows.fail(e))?;
+        let (mut out, problems) = self.rows.incidents(rows, |_| true);
+        out.sort_by_key(|i| i.opened_at);
+        Ok((out, problems))
+    }
+
+    async fn recent(
+        &self,
+        filter: &super::Filter,
+        limit: usize,
+    ) -> Result<(Vec<Incident>, Vec<StoreError>), StoreError> {
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT id, body, mac FROM incidents
+             WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR agent = $2)
+             ORDER BY opened_ms DESC, seq DESC LIMIT $3",
+        )
+        .bind(filter.status.map(status_name))
+        .bind(filter.agent.as_deref())
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.rows.fail(e))?;
+        Ok(self.rows.incidents(rows, |i| filter.keeps(i)))
+    }
+
+    async fn open_for(
+        &self,
+        agent: &str,
+        fingerprint: &str,
+    ) -> Result<Option<Incident>, StoreError> {
+        Ok(self
+            .newest_for(agent, fingerprint, Some(open_statuses()))
+            .await?
+            .filter(|i| i.status.is_open()))
+    }
+
+    async fn latest_for(
+        &self,
+        agent: &str,
+        fingerprint: &str,
+    ) -> Result<Option<Incident>, StoreError> {
+        self.newest_for(agent, fingerprint, None).await
+    }
+
+    async fn by_approval(&self, approval_id: &str) -> Result<Option<Incident>, StoreError> {
+        let Some(id) = super::approval_incident(approval_id) else {
+            return Ok(None);
+        };
+        Ok(self
+            .get_incident(&id)
+            .await?
+            .filter(|i| i.names_approval(approval_id)))
+    }
+
+    async fn claim(&self, answer: Answer, next: IncidentStatus) -> Result<Incident, ClaimError> {
+        let approval_id = answer.approval_id.clone();
+        let Some(id) = super::approval_incident(&approval_id) else {
+            return Err(StoreError::UnknownIncident(approval_id).into());
+        };
+        let mut tx = self.fenced().await?;
+        // The row lock makes the check and the claim one step for every host and process:
+        // a concurrent claim waits here, then sees the answer.
+        let row: Option<(String, String)> =
+            sqlx::query_as("SELECT body, mac FROM incidents WHERE id = $1 FOR UPDATE")
+                .bind(&id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(|e| self.rows.fail(e))?;
+        let incident = self.rows.claimed(&id, row, answer, next)?;
+        self.write_incident(&mut tx, &incident).await?;
+        tx.commit().await.map_err(|e| self.rows.fail(e))?;
+        Ok(incident)
+    }
+
+    async fn save_agent_state(&self, agent: &str, state: &AgentState) -> Result<(), StoreError> {
+        let (body, mac) = self.rows.seal("agent_states", agent, state)?;
+        let mut tx = self.fenced().await?;
+        // A hint, rewritten on every move: not waited for on its own; the next durable commit
+        // carries it (the WAL is one sequence).
+        sqlx::query("SET LOCAL synchronous_commit = off")
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.rows.fail(e))?;
+        sqlx::query(
+            "INSERT INTO agent_states (agent, body, mac) VALUES ($1, $2, $3)
+             ON CONFLICT (agent) DO UPDATE SET body = $2, mac = $3",
+        )
+        .bind(agent)
+        .bind(body)
+        .bind(mac)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| self.rows.fail(e))?;
+        tx.commit().await.map_err(|e| self.rows.fail(e))
+    }
+
+    async fn agent_state(&self, agent: &str) -> Result<AgentState, StoreError> {
+        let row = self
+            .one_row(
+                "SELECT body, mac FROM agent_states WHERE agent = $1",
+                Some(agent),
+            )
+            .await?;
+        Ok(self
+            .rows
+            .optional("agent_states", agent, row)?
+            .unwrap_or(AgentState::Idle))
+    }
+
+    async fn save_guard(&self, book: &GuardBook) -> Result<(), StoreError> {
+        let (body, mac) = self.rows.seal("guard", "1", book)?;
+        let mut tx = self.fenced().await?;
+        sqlx::query(
+            "INSERT INTO guard (id, body, mac) VALUES (1, $1, $2)
+             ON CONFLICT (id) DO UPDATE SET body = $1, mac = $2",
+        )
+        .bind(body)
+        .bind(mac)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| self.rows.fail(e))?;
+        tx.commit().await.map_err(|e| self.rows.fail(e))
+    }
+
+    async fn guard(&self) -> Result<GuardBook, StoreError> {
+        let row = self
+            .one_row("SELECT body, mac FROM guard WHERE id = 1", None)
+            .await?;
+        Ok(self.rows.optional("guard", "1", row)?.unwrap_or_default())
+    }
+}
