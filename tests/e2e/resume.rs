@@ -284,6 +284,14 @@ impl themis_agent::store::IncidentStore for RefusesRunStart {
     async fn claim(&self, answer: Answer, next: IncidentStatus) -> Result<Incident, ClaimError> {
         self.inner.claim(answer, next).await
     }
+    async fn prune_closed(
+        &self,
+        agent: &str,
+        before: std::time::SystemTime,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        self.inner.prune_closed(agent, before, limit).await
+    }
     async fn save_agent_state(&self, agent: &str, state: &AgentState) -> Result<(), StoreError> {
         self.inner.save_agent_state(agent, state).await
     }

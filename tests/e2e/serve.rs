@@ -1457,3 +1457,41 @@ async fn a_real_alertmanager_groups_deduplicates_and_resolves_through_the_servic
     assert_eq!(list.len(), 2);
     assert_eq!(selections_of(&s), selections);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn closed_incidents_leave_the_store_after_keep_closed_and_the_audit_says_which() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut spec = ServeSpec::new(dir.path());
+    spec.env.push(("THEMIS_KEEP_CLOSED", "1s".into()));
+    let s = spec.start();
+    let (id, _) = s.proposal("fp-retained").await;
+    let (status, body) = s
+        .post(
+            &format!("/api/v1/approvals/{id}/reject"),
+            ONCALL,
+            &json!({ "reason": "not now" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let incident = s
+        .incidents_until("the rejection", |l| {
+            l.iter().any(|i| i["status"] == "rejected")
+        })
+        .await[0]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    // The verify tick (1s) prunes it once it has been closed for keep_closed.
+    s.incidents_until("the pruning", |l| l.is_empty()).await;
+    let pruned = s.kinds("incidents-pruned");
+    assert_eq!(pruned.len(), 1, "{pruned:?}");
+    assert_eq!(pruned[0]["data"]["incidents"], json!([incident]));
+    assert_eq!(pruned[0]["data"]["keep_closed"], "1s");
+    // Its history is still the audit's.
+    assert!(
+        s.audit()
+            .iter()
+            .any(|r| r["incident"] == incident.as_str() && r["kind"] == "rejection"),
+        "the answer stays on the record"
+    );
+}

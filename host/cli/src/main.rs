@@ -469,6 +469,7 @@ enum StateCommand {
     /// store (JSON, SQLite or PostgreSQL) has records in it; otherwise nothing is written, exit
     /// 1. Reads without the state directory's lock: works next to a running host.
     Export {
+        /// The host's state directory: its store (whichever kind) is found there.
         #[arg(long, value_name = "DIR", default_value = ".themis")]
         state_dir: PathBuf,
         /// The audit log [default: <state-dir>/audit.jsonl].

@@ -289,6 +289,7 @@ pub async fn run(args: ServeArgs, cache_dir_flag: Option<PathBuf>) -> ExitCode {
             queue_capacity: config.queue,
             verify_tick: Some(config.verify_every),
             bundle_cache: Some(bundle_cache),
+            keep_closed: config.keep_closed,
             ..RuntimeOptions::default()
         },
     )

@@ -67,6 +67,9 @@
 //!                                      # agent, on disk in the audit; beyond it a 429)
 //!   verify_every: 15s                  # THEMIS_VERIFY_EVERY (how often fixes being verified
 //!                                      # are looked at: metrics read, windows closed)
+//!   keep_closed: 30d                   # THEMIS_KEEP_CLOSED: closed incidents unchanged this
+//!                                      # long leave the store (the audit keeps them), or
+//!                                      # `forever`
 //! ```
 //!
 //! Secrets are named (an environment variable or a file), never written in the file, and never
@@ -89,6 +92,9 @@ use themis_backend_prometheus::PrometheusSettings;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
 pub const DEFAULT_BODY_LIMIT: usize = 1 << 20;
 pub const DEFAULT_QUEUE: usize = themis_agent::runtime::DEFAULT_QUEUE_CAPACITY;
+/// Closed incidents stay in the store a month after their last change, then only the audit
+/// has them.
+pub const DEFAULT_KEEP_CLOSED: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Below this many characters a token is warned about: it could be guessed.
 pub const MIN_TOKEN_CHARS: usize = 16;
 
@@ -218,6 +224,8 @@ struct RawLimits {
     queue: Option<usize>,
     #[serde(default)]
     verify_every: Option<String>,
+    #[serde(default)]
+    keep_closed: Option<String>,
 }
 
 /// Where one agent's capabilities are served from: a scenario file's mocked world, or the real
@@ -458,6 +466,8 @@ pub struct ServeConfig {
     pub body_limit: usize,
     pub queue: usize,
     pub verify_every: Duration,
+    /// Closed incidents unchanged this long leave the store; `None`: kept forever.
+    pub keep_closed: Option<Duration>,
     /// What is allowed but unwise (a short token), each naming file and field: said at start
     /// and by `--check`.
     pub warnings: Vec<String>,
@@ -811,6 +821,21 @@ impl ServeConfig {
                     )
                 })?,
         };
+        let keep_closed = match var("THEMIS_KEEP_CLOSED").or(raw.limits.keep_closed.clone()) {
+            None => Some(DEFAULT_KEEP_CLOSED),
+            Some(text) if text == "forever" => None,
+            Some(text) => Some(
+                humantime::parse_duration(&text)
+                    .ok()
+                    .filter(|d| *d >= Duration::from_secs(1))
+                    .ok_or_else(|| {
+                        err(
+                            "limits.keep_closed",
+                            format!("`{text}` is not a duration of at least 1s (e.g. 30d), nor `forever`"),
+                        )
+                    })?,
+            ),
+        };
 
         let duration = |field: String, text: Option<&String>, default: Duration| {
             let Some(text) = text else {
@@ -1096,6 +1121,7 @@ impl ServeConfig {
             body_limit,
             queue,
             verify_every,
+            keep_closed,
             warnings,
         })
     }

@@ -8,12 +8,15 @@ CREATE TABLE incidents (
     status      TEXT NOT NULL,
     opened_ms   BIGINT NOT NULL,
     seq         BIGSERIAL NOT NULL,
+    -- When the row was last written: retention removes closed incidents by it.
+    changed_ms  BIGINT NOT NULL,
     body        TEXT NOT NULL,
     mac         TEXT NOT NULL
 );
 CREATE INDEX incidents_by_fingerprint ON incidents (agent, fingerprint, opened_ms);
 CREATE INDEX incidents_by_opened ON incidents (opened_ms);
 CREATE INDEX incidents_by_status ON incidents (status, opened_ms);
+CREATE INDEX incidents_by_change ON incidents (agent, changed_ms);
 
 CREATE TABLE agent_states (
     agent TEXT PRIMARY KEY,

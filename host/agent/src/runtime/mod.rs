@@ -26,6 +26,7 @@ mod plan;
 mod recovery;
 pub(crate) mod replay;
 mod resume;
+mod retention;
 mod triage;
 mod unowned;
 mod verify;
@@ -85,6 +86,9 @@ pub struct RuntimeOptions {
     /// Where catalog bundles named by OCI reference are pulled to and kept (`None`: an agent
     /// naming one cannot load).
     pub bundle_cache: Option<PathBuf>,
+    /// Closed incidents unchanged this long leave the store (the audit keeps them), looked at
+    /// on the verify tick; `None` keeps every one.
+    pub keep_closed: Option<std::time::Duration>,
 }
 
 impl Default for RuntimeOptions {
@@ -96,6 +100,7 @@ impl Default for RuntimeOptions {
             clock: Clock::system(),
             verify_tick: Some(DEFAULT_VERIFY_TICK),
             bundle_cache: None,
+            keep_closed: None,
         }
     }
 }
@@ -241,6 +246,7 @@ impl Runtime {
                 options.clock.clone(),
             )
             .await?;
+            worker.retention = options.keep_closed.map(retention::Retention::new);
             worker.recover().await?;
             let replay = worker
                 .replay_accepted(

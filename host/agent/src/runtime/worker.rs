@@ -63,6 +63,8 @@ pub(crate) struct Worker {
     pub(crate) expiring: std::collections::BTreeMap<String, std::time::SystemTime>,
     /// The service's accepted alerts waiting on the audit, and where this worker reads them.
     pub(crate) backlog: Option<(Arc<Backlog>, BacklogReader)>,
+    /// When and what closed incidents leave the store (`None`: every one stays).
+    pub(crate) retention: Option<super::retention::Retention>,
 }
 
 impl Worker {
@@ -112,6 +114,7 @@ impl Worker {
                 watching: BTreeSet::new(),
                 expiring: Default::default(),
                 backlog: None,
+                retention: None,
             },
             rx,
         ))
@@ -248,7 +251,10 @@ impl Worker {
                 }
                 Command::Verify { reply } => {
                     let outcome = match self.verify_watched().await {
-                        Ok(decided) => self.expire_due().await.map(|_| decided),
+                        Ok(decided) => match self.expire_due().await {
+                            Ok(_) => self.prune_due().await.map(|_| decided),
+                            Err(e) => Err(e),
+                        },
                         Err(e) => Err(e),
                     };
                     let _ = reply.send(self.committed(outcome));

@@ -76,6 +76,18 @@ impl IncidentStore for AuditFirst {
         self.inner.claim(answer, next).await
     }
 
+    /// Removing closed incidents needs no commit first: the audit already holds their whole
+    /// history durably (they were closed by a durable write), and the record of the removal
+    /// follows it.
+    async fn prune_closed(
+        &self,
+        agent: &str,
+        before: std::time::SystemTime,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        self.inner.prune_closed(agent, before, limit).await
+    }
+
     /// A hint, rewritten in place on every move and never fsynced: recovery trusts the
     /// incidents and the audit over it, so it needs no commit of its own.
     async fn save_agent_state(&self, agent: &str, state: &AgentState) -> Result<(), StoreError> {

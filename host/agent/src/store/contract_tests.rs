@@ -514,3 +514,77 @@ async fn a_postgres_store_is_held_by_one_host_and_a_fenced_host_writes_nothing()
     .expect("another key is refused");
     assert!(other.to_string().contains("host.key"), "{other}");
 }
+
+#[tokio::test]
+async fn closed_incidents_leave_the_store_when_retention_says_so_and_nothing_else_does() {
+    each_store(async |store, _| {
+        let closed = |id: &str, fp: &str, opened: u64, status: IncidentStatus| {
+            let mut i = incident(id, fp, opened);
+            i.status = status;
+            i
+        };
+        // Opened, then closed: the fingerprint's markers point at it.
+        store
+            .save(&incident("inc-33", "fp1", 4))
+            .await
+            .expect("save");
+        for i in [
+            closed("inc-30", "fp1", 1, IncidentStatus::Resolved),
+            closed("inc-33", "fp1", 4, IncidentStatus::Failed),
+            incident("inc-32", "fp3", 3),
+            closed("inc-34", "fp4", 5, IncidentStatus::PendingApproval),
+        ] {
+            store.save(&i).await.expect("save");
+        }
+        let mut elsewhere = closed("inc-31", "fp2", 2, IncidentStatus::Rejected);
+        elsewhere.agent = "kubernetes".into();
+        store.save(&elsewhere).await.expect("save");
+
+        let an_hour_ago = SystemTime::now() - Duration::from_secs(3600);
+        assert!(
+            store
+                .prune_closed("kafka", an_hour_ago, 10)
+                .await
+                .expect("prune")
+                .is_empty(),
+            "nothing has been closed that long"
+        );
+        // Due now: a bounded batch at a time, only the agent's closed incidents.
+        let due = SystemTime::now() + Duration::from_secs(2);
+        let mut pruned = store.prune_closed("kafka", due, 1).await.expect("prune");
+        assert_eq!(pruned.len(), 1);
+        pruned.extend(store.prune_closed("kafka", due, 10).await.expect("prune"));
+        pruned.sort();
+        assert_eq!(pruned, vec!["inc-30", "inc-33"]);
+        assert!(
+            store
+                .prune_closed("kafka", due, 10)
+                .await
+                .expect("prune")
+                .is_empty()
+        );
+        for gone in ["inc-30", "inc-33"] {
+            assert!(matches!(
+                store.get(gone).await,
+                Err(StoreError::UnknownIncident(_))
+            ));
+        }
+        for kept in ["inc-31", "inc-32", "inc-34"] {
+            assert_eq!(store.get(kept).await.expect("kept").id, kept);
+        }
+        // A late notice for the pruned fingerprint finds nothing, and says so without error.
+        assert_eq!(
+            store.latest_for("kafka", "fp1").await.expect("latest"),
+            None
+        );
+        assert_eq!(store.open_for("kafka", "fp1").await.expect("open"), None);
+        assert!(
+            store
+                .open_for("kafka", "fp3")
+                .await
+                .expect("open")
+                .is_some()
+        );
+    })
+    .await;
+}

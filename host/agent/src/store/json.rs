@@ -15,7 +15,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use themis_core::fsm::AgentState;
 use themis_core::guard::GuardBook;
 
@@ -304,6 +304,54 @@ impl IncidentStore for JsonStore {
         incident.status = next;
         self.save_sync(&incident)?;
         Ok(incident)
+    }
+
+    async fn prune_closed(
+        &self,
+        agent: &str,
+        before: SystemTime,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let (candidates, _) = self.scan().await?;
+        let _w = self.writes.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pruned = Vec::new();
+        for candidate in candidates {
+            if pruned.len() >= limit {
+                break;
+            }
+            if candidate.agent != agent || candidate.status.is_open() {
+                continue;
+            }
+            // Read again under the write lock: what is removed is what is on disk now.
+            let incident = match self.get_sync(&candidate.id) {
+                Ok(i) if i.agent == agent && !i.status.is_open() => i,
+                Ok(_) | Err(StoreError::UnknownIncident(_)) => continue,
+                Err(e) => return Err(e),
+            };
+            let path = self.incident_path(&incident.id)?;
+            let io = |source| StoreError::Io {
+                path: path.clone(),
+                source,
+            };
+            // The file's time is when it was last written: the incident's last change.
+            let changed = std::fs::metadata(&path)
+                .and_then(|m| m.modified())
+                .map_err(io)?;
+            if changed >= before {
+                continue;
+            }
+            // The fingerprint's newest-incident marker must not name a file that is gone.
+            let latest = self.latest_marker(&incident.agent, &incident.fingerprint);
+            if self.read::<String>(&latest)?.as_deref() == Some(incident.id.as_str()) {
+                std::fs::remove_file(&latest).map_err(|source| StoreError::Io {
+                    path: latest.clone(),
+                    source,
+                })?;
+            }
+            std::fs::remove_file(&path).map_err(io)?;
+            pruned.push(incident.id);
+        }
+        Ok(pruned)
     }
 
     async fn save_agent_state(&self, agent: &str, state: &AgentState) -> Result<(), StoreError> {

@@ -466,6 +466,15 @@ pub trait IncidentStore: Send + Sync {
     /// unanswered, record `answer`, set `next` as its status and return it; else refuse.
     /// Exactly one of any number of concurrent callers wins.
     async fn claim(&self, answer: Answer, next: IncidentStatus) -> Result<Incident, ClaimError>;
+    /// Retention: remove up to `limit` of `agent`'s closed incidents last written before
+    /// `before`, and return their ids. The audit keeps their whole history; the store keeps
+    /// what the host acts on, so it does not grow with every incident ever closed.
+    async fn prune_closed(
+        &self,
+        agent: &str,
+        before: SystemTime,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError>;
     async fn save_agent_state(&self, agent: &str, state: &AgentState) -> Result<(), StoreError>;
     async fn agent_state(&self, agent: &str) -> Result<AgentState, StoreError>;
     /// The guard rails' book, shared by every agent of the host: durable before a run starts.

@@ -19,7 +19,7 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Connection, Postgres, Transaction};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 use themis_core::fsm::AgentState;
 use themis_core::guard::GuardBook;
 
@@ -301,9 +301,9 @@ impl PgStore {
     ) -> Result<(), StoreError> {
         let (body, mac) = self.rows.seal("incidents", &incident.id, incident)?;
         sqlx::query(
-            "INSERT INTO incidents (id, agent, fingerprint, status, opened_ms, body, mac)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)
-             ON CONFLICT (id) DO UPDATE SET status = $4, body = $6, mac = $7",
+            "INSERT INTO incidents (id, agent, fingerprint, status, opened_ms, body, mac, changed_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             ON CONFLICT (id) DO UPDATE SET status = $4, body = $6, mac = $7, changed_ms = $8",
         )
         .bind(&incident.id)
         .bind(&incident.agent)
@@ -312,6 +312,7 @@ impl PgStore {
         .bind(millis(incident.opened_at))
         .bind(body)
         .bind(mac)
+        .bind(millis(SystemTime::now()))
         .execute(&mut **tx)
         .await
         .map_err(|e| self.rows.fail(e))?;
@@ -461,6 +462,30 @@ impl IncidentStore for PgStore {
         self.write_incident(&mut tx, &incident).await?;
         tx.commit().await.map_err(|e| self.rows.fail(e))?;
         Ok(incident)
+    }
+
+    async fn prune_closed(
+        &self,
+        agent: &str,
+        before: SystemTime,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut tx = self.fenced().await?;
+        let pruned: Vec<String> = sqlx::query_scalar(
+            "DELETE FROM incidents WHERE id IN (
+                 SELECT id FROM incidents WHERE agent = $1 AND changed_ms < $2
+                 AND NOT (status = ANY($3)) ORDER BY changed_ms LIMIT $4)
+             RETURNING id",
+        )
+        .bind(agent)
+        .bind(millis(before))
+        .bind(open_statuses())
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(|e| self.rows.fail(e))?;
+        tx.commit().await.map_err(|e| self.rows.fail(e))?;
+        Ok(pruned)
     }
 
     async fn save_agent_state(&self, agent: &str, state: &AgentState) -> Result<(), StoreError> {

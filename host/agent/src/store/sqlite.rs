@@ -14,7 +14,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use themis_core::fsm::AgentState;
 use themis_core::guard::GuardBook;
 
@@ -154,9 +154,9 @@ impl SqliteStore {
     ) -> Result<(), StoreError> {
         let (body, mac) = self.rows.seal("incidents", &incident.id, incident)?;
         sqlx::query(
-            "INSERT INTO incidents (id, agent, fingerprint, status, opened_ms, body, mac)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-             ON CONFLICT (id) DO UPDATE SET status = ?4, body = ?6, mac = ?7",
+            "INSERT INTO incidents (id, agent, fingerprint, status, opened_ms, body, mac, changed_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+             ON CONFLICT (id) DO UPDATE SET status = ?4, body = ?6, mac = ?7, changed_ms = ?8",
         )
         .bind(&incident.id)
         .bind(&incident.agent)
@@ -165,6 +165,7 @@ impl SqliteStore {
         .bind(millis(incident.opened_at))
         .bind(body)
         .bind(mac)
+        .bind(millis(SystemTime::now()))
         .execute(conn)
         .await
         .map_err(|e| self.fail(e))?;
@@ -197,6 +198,15 @@ impl SqliteStore {
         row.map(|(body, mac)| self.rows.incident(id, &body, &mac))
             .transpose()
     }
+}
+
+/// The statuses that absorb further alerts, as an SQL list (fixed names, nothing from outside).
+fn open_statuses_sql() -> String {
+    open_statuses()
+        .iter()
+        .map(|s| format!("'{s}'"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[async_trait]
@@ -249,11 +259,7 @@ impl IncidentStore for SqliteStore {
     ) -> Result<Option<Incident>, StoreError> {
         let sql = format!(
             "SELECT id, body, mac FROM incidents WHERE agent = ?1 AND fingerprint = ?2 AND status IN ({}) ORDER BY opened_ms DESC, rowid DESC LIMIT 1",
-            open_statuses()
-                .iter()
-                .map(|s| format!("'{s}'"))
-                .collect::<Vec<_>>()
-                .join(", ")
+            open_statuses_sql()
         );
         let found = self.incident_where(&sql, agent, fingerprint).await?;
         // The columns are an index; the sealed body is what counts.
@@ -308,6 +314,28 @@ impl IncidentStore for SqliteStore {
         self.write_incident(&mut tx, &incident).await?;
         tx.commit().await.map_err(|e| self.fail(e))?;
         Ok(incident)
+    }
+
+    async fn prune_closed(
+        &self,
+        agent: &str,
+        before: SystemTime,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let sql = format!(
+            "DELETE FROM incidents WHERE id IN (
+                 SELECT id FROM incidents WHERE agent = ?1 AND changed_ms < ?2
+                 AND status NOT IN ({}) ORDER BY changed_ms LIMIT ?3)
+             RETURNING id",
+            open_statuses_sql()
+        );
+        sqlx::query_scalar(&sql)
+            .bind(agent)
+            .bind(millis(before))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(self.writer()?)
+            .await
+            .map_err(|e| self.fail(e))
     }
 
     async fn save_agent_state(&self, agent: &str, state: &AgentState) -> Result<(), StoreError> {
