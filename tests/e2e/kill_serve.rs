@@ -3,8 +3,8 @@
 //! its ledger in the state folder). Each trial answers the plans that wait, fires new alerts
 //! (groups stuck rebalancing need an approved restart; slow ones are scaled out without asking)
 //! and kills the process with SIGKILL at a random moment, then starts it again on the same state.
-//! Seeded and reproducible: `THEMIS_KILL_SEED` (printed), `THEMIS_SERVE_KILL_TRIALS` (CI: 10;
-//! `scripts/kill-serve` runs 60).
+//! Seeded and reproducible: `THEMIS_KILL_SEED` (printed), `THEMIS_SERVE_KILL_TRIALS` (CI: 10 on
+//! SQLite and 5 with the state in PostgreSQL; `scripts/kill-serve` runs 60).
 //!
 //! After every trial: the audit chain verifies (a line the kill cut short is the host's to move
 //! aside on start, and is counted), and every alert that got a 200 is on it. At the end, with
@@ -19,6 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use themis_testkit::postgres::{APP_ROLE, TestDb};
 
 /// Where a kill landed: the kind of the last record on the audit (a mutation's intent, a phase,
 /// a transition…), the phase named for phase records.
@@ -98,15 +99,37 @@ async fn fire(s: &Served, status: &str, group: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn serve_killed_at_random_moments_loses_nothing_and_does_nothing_twice() {
+    kill_trials(None, 10).await;
+}
+
+/// The same trials with the state in PostgreSQL (`store: postgres://…`): every restart takes
+/// the database over (a new fencing token) from the killed holder.
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_killed_on_the_postgres_store_loses_nothing_and_does_nothing_twice() {
+    let Some(db) = TestDb::create("kill").await else {
+        return;
+    };
+    kill_trials(Some(db.url(APP_ROLE)), 5).await;
+}
+
+/// Kill trials on the state directory's own store, or on the PostgreSQL database `store` names.
+async fn kill_trials(store: Option<String>, default_trials: u64) {
     let trials: u64 = std::env::var("THEMIS_SERVE_KILL_TRIALS")
         .ok()
         .and_then(|t| t.parse().ok())
-        .unwrap_or(10);
+        .unwrap_or(default_trials);
     let seed: u64 = std::env::var("THEMIS_KILL_SEED")
         .ok()
         .and_then(|t| t.parse().ok())
         .unwrap_or(14);
-    eprintln!("kill trials of themis serve: {trials} trials, seed {seed} (THEMIS_KILL_SEED)");
+    eprintln!(
+        "kill trials of themis serve ({} store): {trials} trials, seed {seed} (THEMIS_KILL_SEED)",
+        if store.is_some() {
+            "postgres"
+        } else {
+            "sqlite"
+        }
+    );
     let mut rng = fastrand::Rng::with_seed(seed);
 
     let dir = tempfile::tempdir().expect("tempdir");
@@ -125,6 +148,7 @@ async fn serve_killed_at_random_moments_loses_nothing_and_does_nothing_twice() {
         backends: &[("kafka", "kill-world-kafka.yaml")],
         agents: Some(agents),
         queue: 256,
+        env: store.into_iter().map(|url| ("THEMIS_STORE", url)).collect(),
         ..ServeSpec::new(dir.path())
     };
     let audit_file = dir.path().join("state/audit.jsonl");
