@@ -1,9 +1,24 @@
 //! `themis serve` on the shared store: incidents in a real PostgreSQL database (`store:
 //! postgres://…`), found again by a restarted host, read by the CLI next to the running one.
 
-use crate::common::{text, themis};
-use crate::serve::{ONCALL, ServeSpec};
-use themis_testkit::postgres::{APP_ROLE, TestDb};
+use crate::common::{repo, text, themis};
+use crate::serve::{INTAKE, ONCALL, ServeSpec};
+use std::path::Path;
+use themis_testkit::postgres::{APP_ROLE, THEMIS_ROLE, TestDb};
+
+/// `themis doctor` on `config` with the state database `store`: (exit code, stdout).
+fn doctor(config: &Path, store: &str) -> (Option<i32>, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_themis"))
+        .args(["doctor", "--config"])
+        .arg(config)
+        .env("THEMIS_STORE", store)
+        .env("TEST_INTAKE_TOKEN", INTAKE)
+        .env("TEST_ONCALL_TOKEN", ONCALL)
+        .current_dir(repo())
+        .output()
+        .expect("themis doctor runs");
+    (out.status.code(), text(&out.stdout))
+}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_service_keeps_its_incidents_in_postgres_and_finds_them_after_a_restart() {
@@ -14,6 +29,19 @@ async fn the_service_keeps_its_incidents_in_postgres_and_finds_them_after_a_rest
     let mut spec = ServeSpec::new(dir.path());
     // The database's owner: it creates the schema on first start (migrations).
     spec.env.push(("THEMIS_STORE", db.url(APP_ROLE)));
+    // The doctor looks before anything starts: a role that cannot make the schema is named
+    // with the fix; the owner can.
+    let config = spec.config();
+    let (code, said) = doctor(&config, &db.url(THEMIS_ROLE));
+    assert_eq!(code, Some(1), "{said}");
+    assert!(
+        said.contains("BAD  (host)       store") && said.contains("OWNER TO themis_agent"),
+        "{said}"
+    );
+    let (code, said) = doctor(&config, &db.url(APP_ROLE));
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.contains("schema to be made at start"), "{said}");
+
     let served = spec.start();
     let (id, _) = served.proposal("fp-pg-1").await;
     let (status, approvals) = served.get("/api/v1/approvals", ONCALL).await;
@@ -43,6 +71,13 @@ async fn the_service_keeps_its_incidents_in_postgres_and_finds_them_after_a_rest
     assert!(
         holder.1.contains(&served.child.id().to_string()),
         "{holder:?}"
+    );
+
+    let (code, said) = doctor(&config, &db.url(APP_ROLE));
+    assert_eq!(code, Some(0), "{said}");
+    assert!(
+        said.contains("held last by") && said.contains(&format!("pid {} (", served.child.id())),
+        "{said}"
     );
 
     // The CLI reads it next to the running host, by the directory's marker.

@@ -149,6 +149,53 @@ pub struct Finding {
     pub says: String,
 }
 
+/// The host's own state database, when `store:` names one: reachable, whether a host can start
+/// on it, who holds it. `None` for a store in the state directory.
+pub async fn store_finding(store: Option<&themis_agent::store::StoreChoice>) -> Option<Finding> {
+    let Some(themis_agent::store::StoreChoice::Postgres(target)) = store else {
+        return None;
+    };
+    let finding = |ok, says: String| Finding {
+        agent: "(host)".into(),
+        what: "store",
+        ok,
+        says,
+    };
+    Some(match target.probe().await {
+        Err(e) => finding(false, format!("unreachable: {e}")),
+        Ok(p) => {
+            let held = match &p.holder {
+                Some((host, token)) => format!("; held last by {host} (token {token})"),
+                None => "; no host has held it yet".into(),
+            };
+            if p.usable() {
+                finding(
+                    true,
+                    format!(
+                        "reachable: PostgreSQL {} as `{}` on `{}`{}{held}",
+                        p.server_version,
+                        p.user,
+                        p.database,
+                        if p.has_schema {
+                            ", schema there"
+                        } else {
+                            ", schema to be made at start"
+                        }
+                    ),
+                )
+            } else {
+                finding(
+                    false,
+                    format!(
+                        "reachable, but `{}` cannot create the schema on `{}`: make the role the database's owner (`ALTER DATABASE {} OWNER TO {}`)",
+                        p.user, p.database, p.database, p.user
+                    ),
+                )
+            }
+        }
+    })
+}
+
 /// Connect to every real backend and report, per agent and system, what is reachable and which
 /// privileges are missing. Scenario worlds and unconfigured agents are reported as such.
 pub async fn doctor(provider: &Configured, agents: &[String]) -> Vec<Finding> {

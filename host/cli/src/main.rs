@@ -817,7 +817,9 @@ async fn dispatch(cli: Cli) -> ExitCode {
                 Err(code) => return code,
             };
             outln!("themis doctor: {}", loaded.config.file.display());
-            if serve::report(&backends::doctor(&loaded.provider, &loaded.names).await) {
+            let mut findings = backends::doctor(&loaded.provider, &loaded.names).await;
+            findings.extend(backends::store_finding(loaded.config.store.as_ref()).await);
+            if serve::report(&findings) {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(1)

@@ -127,6 +127,9 @@ pub async fn run(args: ServeArgs, cache_dir_flag: Option<PathBuf>) -> ExitCode {
         outln!("ok  {}", config.file.display());
         outln!("    listen     {}", config.listen);
         outln!("    state      {}", config.state_dir.display());
+        if let Some(StoreChoice::Postgres(target)) = &config.store {
+            outln!("    store      {} (PostgreSQL)", target.url);
+        }
         outln!("    audit      {}", config.audit.display());
         outln!("    cache      {}", cache_dir.display());
         for name in &names {
@@ -210,7 +213,9 @@ pub async fn run(args: ServeArgs, cache_dir_flag: Option<PathBuf>) -> ExitCode {
         );
         outln!("    backends");
         // Reported, not fatal: the service starts with a system down and fails its calls closed.
-        report(&backends::doctor(&provider, &names).await);
+        let mut findings = backends::doctor(&provider, &names).await;
+        findings.extend(backends::store_finding(config.store.as_ref()).await);
+        report(&findings);
         return ExitCode::SUCCESS;
     }
 

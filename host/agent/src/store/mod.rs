@@ -16,7 +16,7 @@ pub mod sqlite;
 
 pub use audit_first::AuditFirst;
 pub use json::JsonStore;
-pub use postgres::{PasswordSource, PgStore, PgTarget};
+pub use postgres::{PasswordSource, PgProbe, PgStore, PgTarget};
 pub use sqlite::SqliteStore;
 
 #[cfg(test)]

@@ -125,6 +125,73 @@ impl PgTarget {
     }
 }
 
+/// What `themis doctor` and `themis serve --check` say of a state database, found without
+/// taking it.
+#[derive(Debug, Clone)]
+pub struct PgProbe {
+    pub server_version: String,
+    pub user: String,
+    pub database: String,
+    /// The role may create the schema's tables (it owns the database, or was granted CREATE).
+    pub can_create: bool,
+    /// The schema is there already (a host started on it before).
+    pub has_schema: bool,
+    /// Who holds it: the host's description and its fencing token.
+    pub holder: Option<(String, i64)>,
+}
+
+impl PgProbe {
+    /// A host can start on it: the schema is there, or the role can make it.
+    pub fn usable(&self) -> bool {
+        self.has_schema || self.can_create
+    }
+}
+
+impl PgTarget {
+    /// Connect, look, and let go: reachable, as whom, whether the schema can be made, who holds
+    /// the state.
+    pub async fn probe(&self) -> Result<PgProbe, StoreError> {
+        let fail = |e: &dyn std::fmt::Display| StoreError::Database {
+            path: PathBuf::from(&self.url),
+            message: e.to_string(),
+        };
+        let mut conn = PgConnection::connect_with(&self.options()?)
+            .await
+            .map_err(|e| fail(&e))?;
+        let (server_version, user, database, can_create, has_schema): (
+            String,
+            String,
+            String,
+            bool,
+            bool,
+        ) = sqlx::query_as(
+            "SELECT current_setting('server_version'), current_user::text, current_database()::text,
+                    COALESCE(has_schema_privilege(current_schema(), 'CREATE'), false),
+                    to_regclass('holder') IS NOT NULL",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .map_err(|e| fail(&e))?;
+        let holder = if has_schema {
+            sqlx::query_as("SELECT host, token FROM holder WHERE id = 1")
+                .fetch_optional(&mut conn)
+                .await
+                .map_err(|e| fail(&e))?
+        } else {
+            None
+        };
+        let _ = conn.close().await;
+        Ok(PgProbe {
+            server_version,
+            user,
+            database,
+            can_create,
+            has_schema,
+            holder,
+        })
+    }
+}
+
 pub struct PgStore {
     rows: Sealer,
     pool: PgPool,
