@@ -461,7 +461,16 @@ pub trait IncidentStore: Send + Sync {
         fingerprint: &str,
     ) -> Result<Option<Incident>, StoreError>;
     /// The incident whose proposal (current or answered) has this approval id.
-    async fn by_approval(&self, approval_id: &str) -> Result<Option<Incident>, StoreError>;
+    async fn by_approval(&self, approval_id: &str) -> Result<Option<Incident>, StoreError> {
+        let Some(id) = approval_incident(approval_id) else {
+            return Ok(None);
+        };
+        match self.get(&id).await {
+            Ok(incident) => Ok(incident.names_approval(approval_id).then_some(incident)),
+            Err(StoreError::UnknownIncident(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
     /// Compare-and-swap: if the incident's proposal `answer.approval_id` is pending and
     /// unanswered, record `answer`, set `next` as its status and return it; else refuse.
     /// Exactly one of any number of concurrent callers wins.

@@ -192,6 +192,15 @@ impl PgTarget {
     }
 }
 
+/// A pool of `size` sessions; a session not had within 10 s is an error, not a hang.
+async fn pool(options: PgConnectOptions, size: u32) -> Result<PgPool, sqlx::Error> {
+    PgPoolOptions::new()
+        .max_connections(size)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(options)
+        .await
+}
+
 pub struct PgStore {
     rows: Sealer,
     pool: PgPool,
@@ -250,12 +259,7 @@ impl PgStore {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let pool = PgPoolOptions::new()
-            .max_connections(4)
-            .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options)
-            .await
-            .map_err(|e| rows.fail(e))?;
+        let pool = pool(options, 4).await.map_err(|e| rows.fail(e))?;
         MIGRATIONS.run(&pool).await.map_err(|e| {
             rows.fail(format!(
                 "{e} (the schema could not be brought to this version: the role must own the database — `CREATE DATABASE themis OWNER themis` — and the database must not be from a newer Themis)"
@@ -320,12 +324,7 @@ impl PgStore {
         let options = target
             .options()?
             .options([("default_transaction_read_only", "on")]);
-        let pool = PgPoolOptions::new()
-            .max_connections(2)
-            .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options)
-            .await
-            .map_err(|e| rows.fail(e))?;
+        let pool = pool(options, 2).await.map_err(|e| rows.fail(e))?;
         Ok(PgStore {
             rows,
             pool,
@@ -499,16 +498,6 @@ impl IncidentStore for PgStore {
         fingerprint: &str,
     ) -> Result<Option<Incident>, StoreError> {
         self.newest_for(agent, fingerprint, None).await
-    }
-
-    async fn by_approval(&self, approval_id: &str) -> Result<Option<Incident>, StoreError> {
-        let Some(id) = super::approval_incident(approval_id) else {
-            return Ok(None);
-        };
-        Ok(self
-            .get_incident(&id)
-            .await?
-            .filter(|i| i.names_approval(approval_id)))
     }
 
     async fn claim(&self, answer: Answer, next: IncidentStatus) -> Result<Incident, ClaimError> {

@@ -284,16 +284,6 @@ impl IncidentStore for SqliteStore {
         Ok(found.filter(|i| i.agent == agent && i.fingerprint == fingerprint))
     }
 
-    async fn by_approval(&self, approval_id: &str) -> Result<Option<Incident>, StoreError> {
-        let Some(id) = super::approval_incident(approval_id) else {
-            return Ok(None);
-        };
-        Ok(self
-            .get_incident(&id)
-            .await?
-            .filter(|i| i.names_approval(approval_id)))
-    }
-
     async fn claim(&self, answer: Answer, next: IncidentStatus) -> Result<Incident, ClaimError> {
         let _one = self.claims.lock().await;
         let writer = self.writer()?;
