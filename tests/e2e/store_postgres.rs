@@ -107,3 +107,80 @@ async fn the_service_keeps_its_incidents_in_postgres_and_finds_them_after_a_rest
         .expect("holder");
     assert_eq!(token, 2);
 }
+
+/// Two hosts on one state database: the second waits in the server's lock queue; when the
+/// first loses its session (a cut, a pause past the server's patience) the second holds the
+/// state at once, and the first — fenced — turns alerts away, reports not ready, and stops.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_host_that_lost_the_state_database_to_another_stops_and_the_other_serves() {
+    let Some(db) = TestDb::create("takeover").await else {
+        return;
+    };
+    let first_dir = tempfile::tempdir().expect("tempdir");
+    let mut first = ServeSpec::new(first_dir.path());
+    first.env.push(("THEMIS_STORE", db.url(APP_ROLE)));
+    let mut a = first.start();
+    a.proposal("fp-takeover").await;
+
+    // The second host shares the first's key (one deployment), and waits.
+    let second_dir = tempfile::tempdir().expect("tempdir");
+    let state = second_dir.path().join("state");
+    std::fs::create_dir_all(&state).expect("state");
+    std::fs::copy(a.state.join("host.key"), state.join("host.key")).expect("key");
+    // The start blocks until the host listens, on a thread of its own: the spec borrows its
+    // folder for as long as that thread may run.
+    let second_path: &'static Path = Box::leak(second_dir.path().to_path_buf().into_boxed_path());
+    let mut second = ServeSpec::new(second_path);
+    second.env.push(("THEMIS_STORE", db.url(APP_ROLE)));
+    let waiting = std::thread::spawn(move || second.start());
+    let advisory = |granted: bool| {
+        sqlx::query_scalar::<_, i32>(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted = $1 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        )
+        .bind(granted)
+        .fetch_all(&db.admin)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while advisory(false).await.expect("pg_locks").is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the second host never queued"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let holder = advisory(true).await.expect("pg_locks");
+    assert_eq!(holder.len(), 1);
+    let cut: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(holder[0])
+        .fetch_one(&db.admin)
+        .await
+        .expect("terminate");
+    assert!(cut);
+    let b = waiting.join().expect("the second host starts");
+
+    // The second holds the state, the first's incident in it.
+    let list = b
+        .incidents_until("the first host's incident", |l| !l.is_empty())
+        .await;
+    assert_eq!(list[0]["fingerprint"], "fp-takeover");
+    let token: i64 = sqlx::query_scalar("SELECT token FROM holder")
+        .fetch_one(&db.admin)
+        .await
+        .expect("holder");
+    assert_eq!(token, 2);
+
+    // The first knows it lost the state, and stops with the reason.
+    let status = loop {
+        if let Some(status) = a.child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the fenced host kept running"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(status.code(), Some(1));
+    let (ready, _) = b.get("/readyz", ONCALL).await;
+    assert_eq!(ready, 200);
+}

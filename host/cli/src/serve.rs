@@ -325,22 +325,40 @@ pub async fn run(args: ServeArgs, cache_dir_flag: Option<PathBuf>) -> ExitCode {
     // Scripts and tests read this line to learn the port when listening on :0.
     crate::output::best_effort(format_args!("themis serve: listening on http://{addr}\n"));
     tracing::info!(%addr, agents = names.len(), "listening");
-    match themis_server::serve(
-        config,
-        runtime,
-        events,
-        metrics,
-        listener,
-        themis_server::signal(),
-    )
-    .await
-    {
+    // A host whose state database another host took over stops (fenced: it could write
+    // nothing more), the way a signal stops it, and says why.
+    let store = runtime.store().clone();
+    let lost = async move {
+        loop {
+            if let Some(why) = store.lost() {
+                return why;
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+    };
+    let why_stopped = Arc::new(std::sync::Mutex::new(None));
+    let stop = {
+        let why_stopped = why_stopped.clone();
+        async move {
+            tokio::select! {
+                () = themis_server::signal() => {}
+                why = lost => {
+                    tracing::error!(reason = %why, "stopping: the state database was taken over");
+                    *why_stopped.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+                }
+            }
+        }
+    };
+    match themis_server::serve(config, runtime, events, metrics, listener, stop).await {
         Ok(()) => {
             // The chain's head as it stands at the end, signed.
             let checkpoint = audit_at_exit.checkpoint_now();
             flush_otel(otel).await;
             if let Err(e) = checkpoint {
                 return fail(1, format!("the last audit checkpoint failed: {e}"));
+            }
+            if let Some(why) = why_stopped.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                return fail(1, format!("stopped: {why}"));
             }
             crate::output::best_effort(format_args!("themis serve: stopped\n"));
             ExitCode::SUCCESS

@@ -53,6 +53,16 @@ pub fn body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
 }
 
 fn open(state: &AppState) -> Result<(), ApiError> {
+    if let Some(why) = state.runtime.store().lost() {
+        // Taken here, the alert would wait on this host's audit for a worker that can no
+        // longer write: the sender retries against the host that holds the state.
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store-lost",
+            format!("{why}; send alerts to the host that holds it"),
+        )
+        .retry_after(5));
+    }
     if state.draining() {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -383,10 +383,13 @@ pub struct Ready {
     pub agents: usize,
     pub audit_writable: bool,
     pub shutting_down: bool,
+    /// Why the host may no longer write its state: another host took the state database over.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store_lost: Option<String>,
 }
 
-/// Ready when the agents are loaded, the host is not shutting down, and the audit log can be
-/// written to.
+/// Ready when the agents are loaded, the host is not shutting down, the audit log can be
+/// written to, and no other host took its state database over.
 #[utoipa::path(get, path = "/readyz", tag = "probes",
     responses((status = 200, description = "ready", body = Ready),
         (status = 503, description = "not ready: see the fields", body = Ready)))]
@@ -394,7 +397,8 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Rea
     let path = state.runtime.audit().path().to_path_buf();
     let writable = std::fs::OpenOptions::new().append(true).open(&path).is_ok();
     let draining = state.draining();
-    let ok = writable && !draining;
+    let store_lost = state.runtime.store().lost();
+    let ok = writable && !draining && store_lost.is_none();
     (
         if ok {
             StatusCode::OK
@@ -406,6 +410,7 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Rea
             agents: state.runtime.states().len(),
             audit_writable: writable,
             shutting_down: draining,
+            store_lost,
         }),
     )
 }

@@ -30,6 +30,10 @@ impl AuditFirst {
 
 #[async_trait]
 impl IncidentStore for AuditFirst {
+    fn lost(&self) -> Option<String> {
+        self.inner.lost()
+    }
+
     async fn save(&self, incident: &Incident) -> Result<(), StoreError> {
         self.commit()?;
         self.inner.save(incident).await

@@ -452,26 +452,78 @@ async fn a_postgres_store_is_held_by_one_host_and_a_fenced_host_writes_nothing()
     .expect("the database is held");
     assert!(held.to_string().contains("held by"), "{held}");
 
-    // A's lock goes with its connection (a network cut, a pause past the server's timeout);
-    // B takes over, and from then on every write of A is refused.
+    // A's lock goes with its connection (a network cut, a server restart). With nobody else
+    // waiting, A takes it back on a new connection and goes on: its token is still the newest.
     let mut admin = sqlx::PgConnection::connect(&target.url)
         .await
         .expect("admin");
-    let cut: Vec<bool> = sqlx::query_scalar(
-        "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-    )
-    .fetch_all(&mut admin)
-    .await
-    .expect("terminate the holder's connection");
-    assert_eq!(cut, vec![true]);
-    let b = open(
-        b_dir.path(),
-        Some(&choice),
-        StoreChoice::Json,
-        Duration::from_secs(5),
-    )
-    .await
-    .expect("host b takes over");
+    let holder_pid = async |admin: &mut sqlx::PgConnection| -> Vec<i32> {
+        sqlx::query_scalar(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        )
+        .fetch_all(admin)
+        .await
+        .expect("pg_locks")
+    };
+    let cut = async |admin: &mut sqlx::PgConnection, pid: i32| {
+        let done: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+            .bind(pid)
+            .fetch_one(admin)
+            .await
+            .expect("terminate");
+        assert!(done);
+    };
+    let first = holder_pid(&mut admin).await;
+    assert_eq!(first.len(), 1, "{first:?}");
+    cut(&mut admin, first[0]).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let again = loop {
+        let now = holder_pid(&mut admin).await;
+        if now.len() == 1 && now != first {
+            break now;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "A never took its lock back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(a.lost(), None);
+    a.save(&incident("inc-22", "fp3", 3))
+        .await
+        .expect("A writes on: nobody took over");
+
+    // B waits in the server's lock queue; the moment A's session ends the lock is B's, before
+    // A can take it back. B raises the token; from then on A writes nothing, and knows it.
+    let waiting = {
+        let dir = b_dir.path().to_path_buf();
+        let choice = choice.clone();
+        tokio::spawn(async move {
+            open(
+                &dir,
+                Some(&choice),
+                StoreChoice::Json,
+                Duration::from_secs(10),
+            )
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cut(&mut admin, again[0]).await;
+    let b = waiting.await.expect("task").expect("host b takes over");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while a.lost().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "A never noticed the takeover"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        a.lost().is_some_and(|why| why.contains("token")),
+        "{:?}",
+        a.lost()
+    );
     for refused in [
         a.save(&incident("inc-21", "fp2", 2)).await.err(),
         a.claim(answer("apr-20-01", "alice"), IncidentStatus::Executing)

@@ -418,6 +418,11 @@ pub enum ClaimError {
 
 #[async_trait]
 pub trait IncidentStore: Send + Sync {
+    /// Why this host may no longer write the store — another host took it over — if so. A
+    /// store in the state directory is never lost.
+    fn lost(&self) -> Option<String> {
+        None
+    }
     async fn save(&self, incident: &Incident) -> Result<(), StoreError>;
     async fn get(&self, id: &str) -> Result<Incident, StoreError>;
     /// Every incident, oldest first; the first unreadable or tampered one is an error.

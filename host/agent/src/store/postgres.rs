@@ -19,6 +19,7 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Connection, Postgres, Transaction};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use themis_core::fsm::AgentState;
 use themis_core::guard::GuardBook;
@@ -204,12 +205,73 @@ async fn pool(options: PgConnectOptions, size: u32) -> Result<PgPool, sqlx::Erro
 pub struct PgStore {
     rows: Sealer,
     pool: PgPool,
-    /// The connection that holds the advisory lock, kept open for the store's life; `None`
-    /// when opened read-only.
-    _holding: Option<tokio::sync::Mutex<PgConnection>>,
+    /// Keeps the connection that holds the advisory lock for the store's life, and takes the
+    /// lock again when that connection drops and nobody else took it; `None` when read-only.
+    _holding: Option<Holding>,
     /// The fencing token this host raised; `None` when opened read-only.
     token: Option<i64>,
+    /// Why this host may no longer write, once another host took the database over.
+    lost: Arc<Mutex<Option<String>>>,
     _lock: Option<Held>,
+}
+
+/// The task that holds the lock; it ends with the store, and the lock with it.
+struct Holding(tokio::task::JoinHandle<()>);
+
+impl Drop for Holding {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// How often the holding connection is looked at.
+const HOLD_CHECK: Duration = Duration::from_secs(2);
+
+/// Keep `conn` (which holds the lock) alive. When it drops — a network cut, a server restart —
+/// the lock went with it: take it again on a new connection if nobody else has, and go on only
+/// if the token is still this host's; otherwise say the database was lost, once, and end.
+async fn hold(
+    mut conn: PgConnection,
+    options: PgConnectOptions,
+    mine: i64,
+    lost: Arc<Mutex<Option<String>>>,
+    place: String,
+) {
+    loop {
+        tokio::time::sleep(HOLD_CHECK).await;
+        if sqlx::query("SELECT 1").execute(&mut conn).await.is_ok() {
+            continue;
+        }
+        let Ok(mut fresh) = PgConnection::connect_with(&options).await else {
+            // Unreachable: every write fails on its own meanwhile; look again.
+            continue;
+        };
+        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(LOCK_KEY)
+            .fetch_one(&mut fresh)
+            .await
+            .unwrap_or(false);
+        let now: Option<(i64, String)> =
+            sqlx::query_as("SELECT token, host FROM holder WHERE id = 1")
+                .fetch_optional(&mut fresh)
+                .await
+                .unwrap_or(None);
+        match now {
+            Some((token, _)) if got && token == mine => conn = fresh,
+            now => {
+                let who = match now {
+                    Some((token, host)) if token != mine => format!("{host} (token {token})"),
+                    _ => "another host".into(),
+                };
+                let why = format!(
+                    "state database {place}: the lock was lost and {who} holds it now; this host's token was {mine}"
+                );
+                tracing::error!(reason = %why, "the state database was taken over");
+                *lost.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+                return;
+            }
+        }
+    }
 }
 
 impl PgStore {
@@ -234,16 +296,23 @@ impl PgStore {
         let mut holding = PgConnection::connect_with(&options)
             .await
             .map_err(|e| rows.fail(e))?;
-        loop {
-            let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-                .bind(LOCK_KEY)
-                .fetch_one(&mut holding)
-                .await
-                .map_err(|e| rows.fail(e))?;
-            if got {
-                break;
-            }
-            if Instant::now() >= deadline {
+        // Queued in the server's lock manager rather than polled: the moment the holder's
+        // session ends the lock is this host's, before the holder could take it back.
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
+        sqlx::query(&format!("SET lock_timeout = {}", left.as_millis()))
+            .execute(&mut holding)
+            .await
+            .map_err(|e| rows.fail(e))?;
+        match sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(LOCK_KEY)
+            .execute(&mut holding)
+            .await
+        {
+            Ok(_) => {}
+            // lock_not_available: the wait is over and another host still holds it.
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55P03") => {
                 let who: Option<(String, i64)> =
                     sqlx::query_as("SELECT host, token FROM holder WHERE id = 1")
                         .fetch_optional(&mut holding)
@@ -257,9 +326,13 @@ impl PgStore {
                     "held by {who}: one host acts on a state database at a time; stop it, or point `store` at another database"
                 )));
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            Err(e) => return Err(rows.fail(e)),
         }
-        let pool = pool(options, 4).await.map_err(|e| rows.fail(e))?;
+        sqlx::query("SET lock_timeout = 0")
+            .execute(&mut holding)
+            .await
+            .map_err(|e| rows.fail(e))?;
+        let pool = pool(options.clone(), 4).await.map_err(|e| rows.fail(e))?;
         MIGRATIONS.run(&pool).await.map_err(|e| {
             rows.fail(format!(
                 "{e} (the schema could not be brought to this version: the role must own the database — `CREATE DATABASE themis OWNER themis` — and the database must not be from a newer Themis)"
@@ -267,11 +340,20 @@ impl PgStore {
         })?;
         let token = Self::take_over(&rows, &pool, dir).await?;
         target.write_to(dir)?;
+        let lost = Arc::new(Mutex::new(None));
+        let holding = Holding(tokio::spawn(hold(
+            holding,
+            options,
+            token,
+            lost.clone(),
+            rows.place.clone(),
+        )));
         Ok(PgStore {
             rows,
             pool,
-            _holding: Some(tokio::sync::Mutex::new(holding)),
+            _holding: Some(holding),
             token: Some(token),
+            lost,
             _lock: Some(held),
         })
     }
@@ -330,6 +412,7 @@ impl PgStore {
             pool,
             _holding: None,
             token: None,
+            lost: Arc::default(),
             _lock: None,
         })
     }
@@ -349,14 +432,21 @@ impl PgStore {
                 .map_err(|e| self.rows.fail(e))?;
         match now {
             Some((token, _)) if token == mine => Ok(tx),
-            now => Err(StoreError::Fenced {
-                place: self.rows.place.clone(),
-                mine,
-                now: now.map_or_else(
-                    || "nobody".into(),
-                    |(t, host)| format!("{host} (token {t})"),
-                ),
-            }),
+            now => {
+                let fenced = StoreError::Fenced {
+                    place: self.rows.place.clone(),
+                    mine,
+                    now: now.map_or_else(
+                        || "nobody".into(),
+                        |(t, host)| format!("{host} (token {t})"),
+                    ),
+                };
+                self.lost
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get_or_insert_with(|| fenced.to_string());
+                Err(fenced)
+            }
         }
     }
 
@@ -439,6 +529,10 @@ impl PgStore {
 
 #[async_trait]
 impl IncidentStore for PgStore {
+    fn lost(&self) -> Option<String> {
+        self.lost.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     async fn save(&self, incident: &Incident) -> Result<(), StoreError> {
         let mut tx = self.fenced().await?;
         self.write_incident(&mut tx, incident).await?;
