@@ -168,6 +168,26 @@ async fn a_host_that_lost_the_state_database_to_another_stops_and_the_other_serv
         .await
         .expect("holder");
     assert_eq!(token, 2);
+    // Its proposal's record is in the first host's audit, not here: an answer is refused with
+    // what to do (propose again), nothing run — not a 503 to retry forever.
+    let (status, approvals) = b.get("/api/v1/approvals", ONCALL).await;
+    assert_eq!(status, 200, "{approvals}");
+    let id = approvals[0]["id"].as_str().expect("approval id");
+    let (status, body) = b
+        .post(
+            &format!("/api/v1/approvals/{id}/approve"),
+            ONCALL,
+            &serde_json::json!({ "plan_digest": approvals[0]["plan_digest"] }),
+        )
+        .await;
+    assert_eq!(status, 404, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("propose again") && m.contains("took the state over")),
+        "{body}"
+    );
+    assert!(b.kinds("capability-intent").is_empty());
 
     // The first knows it lost the state, and stops with the reason.
     let status = loop {

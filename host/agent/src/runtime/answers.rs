@@ -37,13 +37,23 @@ impl Worker {
         let Some(at) = &incident.proposal_record else {
             return Ok(None);
         };
-        let record = self.ctx.audit.record(at)?;
         let unusable = |why: &str| RuntimeError::Agent {
             agent: self.ctx.agent.def.name.clone(),
             message: format!(
                 "the proposal of incident {} cannot be read back from audit record {}: {why}; propose again",
                 incident.id, at.seq
             ),
+        };
+        let record = match self.ctx.audit.record(at) {
+            Ok(record) => record,
+            // Retrying cannot help: the record is not in this host's audit — cut from it, or
+            // written by the host this one took the state database over from.
+            Err(crate::audit::AuditError::Missing { problem, .. }) => {
+                return Err(unusable(&format!(
+                    "{problem} (a host that took the state over from another has not its records)"
+                )));
+            }
+            Err(e) => return Err(e.into()),
         };
         if record.kind != "escalation" || record.incident.as_deref() != Some(incident.id.as_str()) {
             return Err(unusable("that record is not this incident's escalation"));
