@@ -391,3 +391,21 @@ fn state_export_hands_out_a_journal_that_verifies_and_refuses_one_that_lost_an_i
     );
     assert!(!exported.exists());
 }
+
+#[test]
+fn agents_on_a_state_directory_no_host_wrote_yet_shows_them_idle() {
+    // What the quick start's demo ends with on a fresh clone: nothing written there yet.
+    let state = tempfile::tempdir().expect("tempdir");
+    let state_dir = state.path().to_string_lossy().into_owned();
+    let out = themis(&["agents", "--state-dir", &state_dir]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    for agent in ["kafka", "kubernetes", "postgres"] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.contains(agent) && l.contains("idle")),
+            "{stdout}"
+        );
+    }
+}

@@ -240,10 +240,19 @@ impl IncidentStore for JsonStore {
 
     async fn scan(&self) -> Result<(Vec<Incident>, Vec<StoreError>), StoreError> {
         let dir = self.dir.join("incidents");
-        let entries = std::fs::read_dir(&dir).map_err(|source| StoreError::Io {
-            path: dir.clone(),
-            source,
-        })?;
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            // Read-only next to a directory no host has written incidents to yet: none.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && self.lock.is_none() => {
+                return Ok((Vec::new(), Vec::new()));
+            }
+            Err(source) => {
+                return Err(StoreError::Io {
+                    path: dir.clone(),
+                    source,
+                });
+            }
+        };
         let mut out = Vec::new();
         let mut problems = Vec::new();
         for entry in entries.flatten() {
