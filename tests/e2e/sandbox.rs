@@ -153,6 +153,26 @@ async fn a_memory_bomb_hits_the_memory_limit() {
 }
 
 #[tokio::test]
+async fn no_instance_finds_what_an_earlier_one_left_in_its_memory() {
+    // The pooling allocator reuses a slot for the same component and keeps its pages resident:
+    // each reuse must still start from the component's own image, globals and heap alike.
+    let loaded = misbehaving();
+    for round in 0..4 {
+        for phase in [Phase::Precondition, Phase::Postcondition] {
+            let (call, _) = plain(&loaded).phase("leftovers", phase).await;
+            match call.result {
+                Ok(Verdict::Check(c)) => assert!(c.passed, "round {round}, {phase:?}: {c:?}"),
+                other => panic!("round {round}, {phase:?}: {other:?}"),
+            }
+        }
+        // A memory bomb in between: the slot it grew is reset too.
+        plain(&loaded)
+            .phase("memory-bomb", Phase::Precondition)
+            .await;
+    }
+}
+
+#[tokio::test]
 async fn a_panic_is_a_trap_with_the_panic_message() {
     let loaded = misbehaving();
     let (call, _) = plain(&loaded).phase("panic", Phase::Action).await;

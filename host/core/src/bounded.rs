@@ -11,10 +11,15 @@ pub fn bound(value: Value, max_bytes: usize) -> Value {
     let Ok(bytes) = serde_json::to_vec(&value) else {
         return json!({ "summarised": true, "error": "not serialisable" });
     };
+    bound_serialised(value, &bytes, max_bytes)
+}
+
+/// [`bound`] for a value whose serialisation the caller already has: it is not made again.
+pub fn bound_serialised(value: Value, bytes: &[u8], max_bytes: usize) -> Value {
     if bytes.len() <= max_bytes {
         return value;
     }
-    summary(&bytes)
+    summary(bytes)
 }
 
 /// The summary of JSON bytes that were too large to keep.

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use std::future::Future;
 use std::time::Instant;
 use themis_caps::{CapError, CapResult};
-use themis_core::bounded::bound;
+use themis_core::bounded::{bound, bound_serialised};
 
 /// A mutating call whose intent (or result) could not be recorded: the step is stopped.
 #[derive(Debug, thiserror::Error)]
@@ -98,7 +98,9 @@ impl StepState {
         let (result, outcome) = match result {
             Ok(value) => {
                 let json = serde_json::to_value(&value).unwrap_or(Value::Null);
-                let size = serde_json::to_vec(&json).map(|b| b.len()).unwrap_or(0);
+                // Serialised once: its length is the size check, and the record reuses it.
+                let bytes = serde_json::to_vec(&json).unwrap_or_default();
+                let size = bytes.len();
                 if size > limits.result_bytes {
                     let error = CapError::Failed(format!(
                         "{capability} answered {size} bytes, more than the {} a step may receive",
@@ -110,7 +112,7 @@ impl StepState {
                     (Err(error), outcome)
                 } else {
                     let outcome = CallOutcome::Ok {
-                        result: bound(json, limits.recorded_value_bytes),
+                        result: bound_serialised(json, &bytes, limits.recorded_value_bytes),
                     };
                     (Ok(value), outcome)
                 }
