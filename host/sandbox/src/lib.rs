@@ -16,7 +16,6 @@ pub mod imports;
 pub mod journal;
 pub mod limits;
 pub mod loaded;
-mod reaper;
 mod record;
 mod state;
 mod wit;
@@ -200,7 +199,6 @@ pub struct Sandbox {
     cache: Option<cache::CompiledCache>,
     counters: Counters,
     config: SandboxConfig,
-    reaper: reaper::Reaper,
     _ticker: epoch::Ticker,
 }
 
@@ -241,7 +239,7 @@ impl Sandbox {
             // the next instance does not page-fault its stack and heap in again; with
             // PAGEMAP_SCAN (Linux 6.7+) only the pages the guest touched are reset. What stays
             // resident is bounded by this per slot. Measured (benches/pg_call, PG_CALL_PROFILE=own):
-            // 63–86 µs → 35–42 µs per activity probe.
+            // 63–86 µs → 32–52 µs per activity probe.
             .linear_memory_keep_resident(KEEP_RESIDENT)
             .table_keep_resident(64 << 10)
             .pagemap_scan(wasmtime::Enabled::Auto);
@@ -272,7 +270,6 @@ impl Sandbox {
             cache,
             counters: Counters::default(),
             config,
-            reaper: reaper::Reaper::start(),
             _ticker: ticker,
         })
     }
@@ -408,19 +405,17 @@ impl Sandbox {
                 limit_ms: millis(backstop),
             }),
         };
-        let state = store.data_mut();
-        let call = PhaseCall {
+        let state = store.into_data();
+        PhaseCall {
             result,
-            calls: std::mem::take(&mut state.calls),
-            logs: std::mem::take(&mut state.logs),
+            calls: state.calls,
+            logs: state.logs,
             logs_dropped: state.budget.logs_dropped,
             logs_truncated: state.budget.logs_truncated,
             calls_refused: state.budget.denials,
             stderr: String::from_utf8_lossy(&state.stderr.contents()).into_owned(),
             duration: started.elapsed(),
-        };
-        self.reaper.reap(store);
-        call
+        }
     }
 }
 
