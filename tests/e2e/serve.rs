@@ -1495,3 +1495,148 @@ async fn closed_incidents_leave_the_store_after_keep_closed_and_the_audit_says_w
         "the answer stays on the record"
     );
 }
+
+/// Post unrouted alerts, each carrying `pad`, until the audit has `segments` sealed segments.
+async fn fill_audit(s: &Served, pad: &str, segments: usize) {
+    let labels: Vec<(&str, &str)> = ["p0", "p1", "p2", "p3", "p4", "p5", "p6", "p7"]
+        .into_iter()
+        .map(|k| (k, pad))
+        .collect();
+    let sealed = s.state.join("audit.segments");
+    let count = || std::fs::read_dir(&sealed).map_or(0, |d| d.count());
+    let start = count();
+    for _ in 0..2000 {
+        if count() >= start + segments {
+            return;
+        }
+        let (status, body) = s
+            .post(
+                AM,
+                INTAKE,
+                &notification("firing", &[("NobodysAlert", "fp-filler", &labels)]),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    panic!("the audit was never sealed into {segments} more segment(s)");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_audit_is_sealed_into_segments_and_kept_within_its_budget_except_what_open_work_needs()
+{
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut spec = ServeSpec::new(dir.path());
+    spec.env
+        .push(("THEMIS_AUDIT_SEGMENT_BYTES", (1 << 20).to_string()));
+    spec.env
+        .push(("THEMIS_AUDIT_MAX_BYTES", (2 << 20).to_string()));
+    let pad = "p".repeat(2000);
+    let s = spec.start();
+    fill_audit(&s, &pad, 2).await;
+    // An open incident whose proposal is on a later segment, then more on top of it.
+    let (id, digest) = s.proposal("fp-kept").await;
+    fill_audit(&s, &pad, 2).await;
+    let sealed_before: Vec<String> = segment_names(&s.state);
+    drop(s);
+
+    // Killed and started again: retention looks at start, and removes the oldest segments up
+    // to the one the pending proposal is on.
+    let s = spec.start();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let removal = loop {
+        if let Some(r) = s.kinds("audit-segments-removed").pop() {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "no segment was removed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let removed: Vec<u64> = removal["data"]["segments"]
+        .as_array()
+        .expect("segments")
+        .iter()
+        .map(|r| r["first_seq"].as_u64().expect("first_seq"))
+        .collect();
+    assert_eq!(removed[0], 1, "{removal}");
+    let kept = segment_names(&s.state);
+    assert!(
+        kept.len() < sealed_before.len(),
+        "{kept:?} {sealed_before:?}"
+    );
+    assert!(
+        kept.iter().all(|k| sealed_before.contains(k)),
+        "only the oldest went"
+    );
+    // The proposal's segment stayed: the approval re-reads it from there and the plan runs.
+    let (status, body) = s
+        .post(
+            &format!("/api/v1/approvals/{id}/approve"),
+            ONCALL,
+            &json!({ "plan_digest": digest }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    s.incidents_until("the approved run", |l| {
+        l.iter()
+            .any(|i| i["status"] != "pending-approval" && i["status"] != "executing")
+    })
+    .await;
+
+    // Its size is on /metrics: the kept segments, and their bytes with the active file's.
+    let metrics = s
+        .http
+        .get(format!("{}/metrics", s.url))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let kept = segment_names(&s.state);
+    assert!(
+        metrics.contains(&format!("themis_audit_segments {}\n", kept.len())),
+        "{metrics}"
+    );
+    assert!(metrics.contains("themis_audit_bytes "), "{metrics}");
+
+    let audit = s.state.join("audit.jsonl");
+    let verify = themis(&[
+        "audit",
+        "verify",
+        audit.to_str().expect("utf-8"),
+        "--key",
+        dir.path().join("keys/audit.pub").to_str().expect("utf-8"),
+    ]);
+    let said = text(&verify.stdout);
+    assert!(verify.status.success(), "{said}{}", text(&verify.stderr));
+    assert!(said.contains("removed by retention"), "{said}");
+    // Every record of the incident is still readable, whichever file holds it.
+    let incident = s.incidents_until("the incident", |l| !l.is_empty()).await[0]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let show = themis(&[
+        "audit",
+        "show",
+        &incident,
+        "--audit",
+        audit.to_str().expect("utf-8"),
+    ]);
+    assert!(show.status.success(), "{}", text(&show.stderr));
+    assert!(
+        text(&show.stdout).contains("approval"),
+        "{}",
+        text(&show.stdout)
+    );
+}
+
+fn segment_names(state: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(state.join("audit.segments"))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}

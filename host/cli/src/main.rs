@@ -489,9 +489,11 @@ enum AuditCommand {
     /// Check the hash chain, byte for byte. Exit 0 when intact; otherwise name the first bad
     /// record, exit 1. With the host's audit key, also every signed checkpoint (a recomputed
     /// chain fails them); with the head file the host keeps beside that key, that the file still
-    /// reaches its newest checkpoint (a cut tail fails).
+    /// reaches its newest checkpoint (a cut tail fails). The sealed segments beside the file
+    /// (`<name>.segments/`) are checked first, as one chain; a chain that starts after record 1
+    /// holds only where a record on it says retention removed what came before.
     Verify {
-        /// The audit log (JSON lines).
+        /// The audit log (JSON lines): the active file, e.g. `.themis/audit.jsonl`.
         file: PathBuf,
         /// The host's audit public key (`<audit_signing_key>.pub`); repeatable.
         #[arg(long, value_name = "PUB")]
@@ -841,12 +843,26 @@ async fn dispatch(cli: Cli) -> ExitCode {
             }
             match themis_agent::audit::verify::verify_with(&file, &options) {
                 Ok(Ok(intact)) => {
-                    outln!(
-                        "ok  {}: {} records, chain intact, last hash {}",
-                        file.display(),
-                        intact.records,
-                        intact.last_hash
-                    );
+                    if intact.first > 1 {
+                        outln!(
+                            "ok  {}: records {} to {}, chain intact, last hash {}",
+                            file.display(),
+                            intact.first,
+                            intact.records,
+                            intact.last_hash
+                        );
+                        outln!(
+                            "    records before {} were removed by retention, as a record on the chain says",
+                            intact.first
+                        );
+                    } else {
+                        outln!(
+                            "ok  {}: {} records, chain intact, last hash {}",
+                            file.display(),
+                            intact.records,
+                            intact.last_hash
+                        );
+                    }
                     let checked = if intact.signatures_checked {
                         "signatures checked"
                     } else {

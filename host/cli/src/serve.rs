@@ -247,6 +247,7 @@ pub async fn run(args: ServeArgs, cache_dir_flag: Option<PathBuf>) -> ExitCode {
         Ok(a) => Arc::new(a),
         Err(e) => return fail(2, e),
     };
+    audit.set_segment_bytes(config.audit_segment_bytes);
     let events = Arc::new(Events::new(redactor));
     let metrics = Arc::new(Metrics::new(&names));
     let watching = metrics.clone();
@@ -295,6 +296,9 @@ pub async fn run(args: ServeArgs, cache_dir_flag: Option<PathBuf>) -> ExitCode {
             verify_tick: Some(config.verify_every),
             bundle_cache: Some(bundle_cache),
             keep_closed: config.keep_closed,
+            audit_budget: Some(themis_agent::runtime::AuditBudget::new(
+                config.audit_max_bytes,
+            )),
             ..RuntimeOptions::default()
         },
     )

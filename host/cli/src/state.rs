@@ -116,15 +116,21 @@ pub async fn export(
     ExitCode::SUCCESS
 }
 
-/// Copy `audit`'s complete lines (each as written, byte for byte) to `to`, private to its
-/// owner, and name the incidents they mention.
+/// Copy `audit`'s complete lines (each as written, byte for byte) to `to` — its sealed
+/// segments' first, in order — private to its owner, and name the incidents they mention.
 fn complete_lines(audit: &Path, to: &Path) -> std::io::Result<BTreeSet<String>> {
     #[derive(serde::Deserialize)]
     struct Mentions {
         #[serde(default)]
         incident: Option<String>,
     }
-    let mut reader = std::io::BufReader::new(std::fs::File::open(audit)?);
+    let files = themis_agent::audit::segments::open_all(audit)?;
+    if files.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "no such audit log",
+        ));
+    }
     let mut writer = std::io::BufWriter::new(
         std::fs::OpenOptions::new()
             .write(true)
@@ -134,23 +140,26 @@ fn complete_lines(audit: &Path, to: &Path) -> std::io::Result<BTreeSet<String>> 
     );
     let mut incidents = BTreeSet::new();
     let mut line = Vec::new();
-    loop {
-        line.clear();
-        // The writer bounds every record, so a longer line is not one of its records: verify
-        // names it, without this reading a whole file into memory first.
-        let limit = 2 * themis_agent::audit::MAX_RECORD_BYTES as u64;
-        let n = (&mut reader).take(limit).read_until(b'\n', &mut line)?;
-        if n == 0 || line.last() != Some(&b'\n') {
-            if n as u64 == limit {
-                writer.write_all(&line)?;
-                writer.write_all(b"\n")?;
+    for (_, file) in files {
+        let mut reader = std::io::BufReader::new(file);
+        loop {
+            line.clear();
+            // The writer bounds every record, so a longer line is not one of its records:
+            // verify names it, without this reading a whole file into memory first.
+            let limit = 2 * themis_agent::audit::MAX_RECORD_BYTES as u64;
+            let n = (&mut reader).take(limit).read_until(b'\n', &mut line)?;
+            if n == 0 || line.last() != Some(&b'\n') {
+                if n as u64 == limit {
+                    writer.write_all(&line)?;
+                    writer.write_all(b"\n")?;
+                }
+                break;
             }
-            break;
+            if let Ok(Mentions { incident: Some(id) }) = serde_json::from_slice(&line) {
+                incidents.insert(id);
+            }
+            writer.write_all(&line)?;
         }
-        if let Ok(Mentions { incident: Some(id) }) = serde_json::from_slice(&line) {
-            incidents.insert(id);
-        }
-        writer.write_all(&line)?;
     }
     writer.flush()?;
     writer.get_ref().sync_all()?;

@@ -70,6 +70,11 @@
 //!   keep_closed: 30d                   # THEMIS_KEEP_CLOSED: closed incidents unchanged this
 //!                                      # long leave the store (the audit keeps them), or
 //!                                      # `forever`
+//!   audit_segment_bytes: 67108864      # THEMIS_AUDIT_SEGMENT_BYTES: the active audit file is
+//!                                      # sealed into `audit.segments/` at this size
+//!   audit_max_bytes: 1073741824        # THEMIS_AUDIT_MAX_BYTES: past this the oldest segments
+//!                                      # go (each removal on the chain), except those an open
+//!                                      # incident or an alert not yet taken up still needs
 //! ```
 //!
 //! Secrets are named (an environment variable or a file), never written in the file, and never
@@ -95,6 +100,10 @@ pub const DEFAULT_QUEUE: usize = themis_agent::runtime::DEFAULT_QUEUE_CAPACITY;
 /// Closed incidents stay in the store a month after their last change, then only the audit
 /// has them.
 pub const DEFAULT_KEEP_CLOSED: Duration = Duration::from_secs(30 * 24 * 3600);
+/// The audit's budget on disk by default (sealed segments and the active file).
+pub const DEFAULT_AUDIT_MAX_BYTES: usize = 1 << 30;
+/// No segment is smaller: a record may be 256 KiB, and a segment should hold many.
+const MIN_AUDIT_SEGMENT_BYTES: u64 = 1 << 20;
 /// Below this many characters a token is warned about: it could be guessed.
 pub const MIN_TOKEN_CHARS: usize = 16;
 
@@ -226,6 +235,10 @@ struct RawLimits {
     verify_every: Option<String>,
     #[serde(default)]
     keep_closed: Option<String>,
+    #[serde(default)]
+    audit_segment_bytes: Option<usize>,
+    #[serde(default)]
+    audit_max_bytes: Option<usize>,
 }
 
 /// Where one agent's capabilities are served from: a scenario file's mocked world, or the real
@@ -468,6 +481,10 @@ pub struct ServeConfig {
     pub verify_every: Duration,
     /// Closed incidents unchanged this long leave the store; `None`: kept forever.
     pub keep_closed: Option<Duration>,
+    /// The size at which the active audit file is sealed into a segment.
+    pub audit_segment_bytes: u64,
+    /// The audit's budget on disk: the oldest segments no open work needs go past it.
+    pub audit_max_bytes: u64,
     /// What is allowed but unwise (a short token), each naming file and field: said at start
     /// and by `--check`.
     pub warnings: Vec<String>,
@@ -809,6 +826,34 @@ impl ServeConfig {
             raw.limits.queue,
             DEFAULT_QUEUE,
         )?;
+        let audit_segment_bytes = number(
+            "limits.audit_segment_bytes",
+            "THEMIS_AUDIT_SEGMENT_BYTES",
+            raw.limits.audit_segment_bytes,
+            themis_agent::audit::segments::DEFAULT_SEGMENT_BYTES as usize,
+        )? as u64;
+        if audit_segment_bytes < MIN_AUDIT_SEGMENT_BYTES {
+            return Err(err(
+                "limits.audit_segment_bytes",
+                format!(
+                    "{audit_segment_bytes} is below the smallest segment, {MIN_AUDIT_SEGMENT_BYTES} bytes (a record can be 256 KiB)"
+                ),
+            ));
+        }
+        let audit_max_bytes = number(
+            "limits.audit_max_bytes",
+            "THEMIS_AUDIT_MAX_BYTES",
+            raw.limits.audit_max_bytes,
+            DEFAULT_AUDIT_MAX_BYTES,
+        )? as u64;
+        if audit_max_bytes < 2 * audit_segment_bytes {
+            return Err(err(
+                "limits.audit_max_bytes",
+                format!(
+                    "{audit_max_bytes} is less than twice limits.audit_segment_bytes ({audit_segment_bytes}): raise it, or lower the segment size"
+                ),
+            ));
+        }
         let verify_every = match var("THEMIS_VERIFY_EVERY").or(raw.limits.verify_every.clone()) {
             None => themis_agent::runtime::DEFAULT_VERIFY_TICK,
             Some(text) => humantime::parse_duration(&text)
@@ -1122,6 +1167,8 @@ impl ServeConfig {
             queue,
             verify_every,
             keep_closed,
+            audit_segment_bytes,
+            audit_max_bytes,
             warnings,
         })
     }
@@ -1266,6 +1313,40 @@ mod tests {
         assert!(!ok.intake_token_ok("t0k3"));
         assert!(!ok.intake_token_ok(""));
         assert_eq!(ok.state_dir, dir.path().join("state"));
+    }
+
+    #[test]
+    fn the_audit_budget_has_defaults_and_refuses_what_cannot_hold() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let base = "agents: agents\nstate_dir: s\nintake: { tokens: [ { env: T } ] }\n";
+        let vars = env(&[("T", "an-intake-token-long-enough")]);
+        let load = |extra: &str, vars: &BTreeMap<String, String>| {
+            let file = write(dir.path(), &format!("{base}{extra}"));
+            ServeConfig::load(&file, &Overrides::default(), vars)
+        };
+        let c = load("", &vars).expect("defaults");
+        assert_eq!(
+            (c.audit_segment_bytes, c.audit_max_bytes),
+            (64 << 20, 1 << 30)
+        );
+        let c = load(
+            "limits: { audit_segment_bytes: 2097152, audit_max_bytes: 8388608 }\n",
+            &vars,
+        )
+        .expect("loads");
+        assert_eq!(
+            (c.audit_segment_bytes, c.audit_max_bytes),
+            (2 << 20, 8 << 20)
+        );
+        let e = load("limits: { audit_segment_bytes: 4096 }\n", &vars).expect_err("too small");
+        assert_eq!(e.field, "limits.audit_segment_bytes");
+        let e = load("limits: { audit_max_bytes: 100000000 }\n", &vars).expect_err("below two");
+        assert_eq!(e.field, "limits.audit_max_bytes");
+        assert!(e.problem.contains("twice"), "{e}");
+        let mut with_env = vars.clone();
+        with_env.insert("THEMIS_AUDIT_MAX_BYTES".into(), "many".into());
+        let e = load("", &with_env).expect_err("not a number");
+        assert_eq!(e.field, "limits.audit_max_bytes");
     }
 
     #[test]

@@ -155,6 +155,8 @@ pub struct Metrics {
     llm_seconds: Histogram,
     audit_appends: Family<ResultLabel, Counter>,
     audit_checkpoint_seq: Gauge,
+    audit_bytes: Gauge,
+    audit_segments: Gauge,
     audit_checkpoint_time: Gauge<f64, AtomicU64>,
     audit_append_seconds: Histogram,
     approvals_pending: Gauge,
@@ -274,6 +276,18 @@ impl Metrics {
             "The audit record the newest signed checkpoint covers (compare with the file: a chain that ends before it was cut)",
             audit_checkpoint_seq.clone(),
         );
+        let audit_bytes = Gauge::default();
+        registry.register(
+            "audit_bytes",
+            "The audit's size on disk: its sealed segments and the active file (kept within limits.audit_max_bytes, except what open work needs)",
+            audit_bytes.clone(),
+        );
+        let audit_segments = Gauge::default();
+        registry.register(
+            "audit_segments",
+            "The audit's sealed segments on disk",
+            audit_segments.clone(),
+        );
         let audit_checkpoint_time = Gauge::<f64, AtomicU64>::default();
         registry.register(
             "audit_checkpoint_time_seconds",
@@ -336,6 +350,8 @@ impl Metrics {
             llm_seconds,
             audit_appends,
             audit_checkpoint_seq,
+            audit_bytes,
+            audit_segments,
             audit_checkpoint_time,
             audit_append_seconds,
             approvals_pending,
@@ -381,6 +397,14 @@ impl Metrics {
         self.audit_checkpoint_seq
             .set(i64::try_from(seq).unwrap_or(i64::MAX));
         self.audit_checkpoint_time.set(unix_now());
+    }
+
+    /// The audit's size now: its sealed segments and their bytes with the active file's.
+    pub fn audit_size(&self, segments: usize, bytes: u64) {
+        self.audit_segments
+            .set(i64::try_from(segments).unwrap_or(i64::MAX));
+        self.audit_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
     pub fn audit_append(&self, took: Duration, ok: bool) {
@@ -493,6 +517,12 @@ pub async fn scrape(
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("application/openmetrics-text"));
+    if let Ok((sealed, active)) = state.runtime.audit().segments() {
+        state.metrics.audit_size(
+            sealed.len(),
+            sealed.iter().map(|s| s.bytes).sum::<u64>() + active,
+        );
+    }
     match state.metrics.encode() {
         Ok(text) if openmetrics => ([(header::CONTENT_TYPE, OPENMETRICS)], text).into_response(),
         Ok(text) => ([(header::CONTENT_TYPE, TEXT_FORMAT)], text_format(&text)).into_response(),

@@ -8,6 +8,7 @@
 
 pub mod checkpoint;
 pub mod describe;
+pub mod segments;
 pub mod verify;
 
 pub use themis_core::redact::Redactor;
@@ -96,8 +97,20 @@ pub struct RecordRef {
 }
 
 struct Tail {
+    /// The active file, open for appending.
     file: File,
-    /// Where the next record starts (the file's length).
+    /// The same file, for fsync without holding the tail's lock (replaced when it is sealed).
+    sync_file: std::sync::Arc<File>,
+    /// The active file's length: where its next record starts.
+    file_len: u64,
+    /// The active file's first record's seq (the next one's while it is empty): the name it
+    /// gets when it is sealed.
+    first_seq: u64,
+    /// The active file is sealed when it reaches this length.
+    seal_at: u64,
+    /// Bytes written by this process since it opened the log (the active file's length then
+    /// included): a position that keeps growing across sealed files, which is what the
+    /// durable mark and the unannounced records count in.
     len: u64,
     seq: u64,
     prev: String,
@@ -131,8 +144,8 @@ pub struct AuditLog {
     tail: Mutex<Tail>,
     durable: Mutex<Durable>,
     synced: Condvar,
-    /// The same open file, for fsync without holding the tail's lock.
-    sync_file: File,
+    /// The size past which the active file is sealed (see `segments`).
+    segment_bytes: std::sync::atomic::AtomicU64,
     redactor: Redactor,
     /// Told how long each append took and whether it was written (metrics); set once.
     on_append: std::sync::OnceLock<AppendObserver>,
@@ -178,21 +191,47 @@ impl AuditLog {
         }
         // The lock first: the tail read below must be the tail this process continues.
         let held = lock::acquire(&lock::sidecar(path), wait)?;
-        let (seq, prev, torn) = match File::open(path) {
-            Ok(f) => last_link(BufReader::new(f)).map_err(|problem| AuditError::BrokenTail {
-                path: path.to_path_buf(),
-                problem,
-            })?,
+        if segments::finish_interrupted_seal(path).map_err(io)? {
+            tracing::warn!(audit = %path.display(), "a seal of the audit's active file that a stop cut off was finished");
+        }
+        let broken = |problem| AuditError::BrokenTail {
+            path: path.to_path_buf(),
+            problem,
+        };
+        let (mut seq, mut prev, torn) = match File::open(path) {
+            Ok(f) => last_link(BufReader::new(f)).map_err(broken)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => (0, GENESIS.to_string(), None),
             Err(e) => return Err(io(e)),
         };
-        let file = crate::private::options()
+        if seq == 0
+            && let Some(newest) = segments::sealed(path).map_err(io)?.pop()
+        {
+            // The active file holds no record yet: the chain goes on from the newest segment.
+            let (s, p, torn) = last_link(BufReader::new(File::open(&newest.path).map_err(io)?))
+                .map_err(|problem| AuditError::BrokenTail {
+                    path: newest.path.clone(),
+                    problem,
+                })?;
+            if torn.is_some() || s == 0 {
+                return Err(AuditError::BrokenTail {
+                    path: newest.path.clone(),
+                    problem: "a sealed segment ends without a whole record".into(),
+                });
+            }
+            (seq, prev) = (s, p);
+        }
+        let mut file = crate::private::options()
+            .read(true)
             .create(true)
             .append(true)
             .open(path)
             .map_err(io)?;
         let len = file.metadata().map_err(io)?.len();
-        let sync_file = file.try_clone().map_err(io)?;
+        let first_seq = match segments::first_link(&mut file).map_err(io)? {
+            Some((first, _)) => first,
+            None => seq + 1,
+        };
+        let sync_file = std::sync::Arc::new(file.try_clone().map_err(io)?);
         let log = AuditLog {
             path: path.to_path_buf(),
             durable: Mutex::new(Durable {
@@ -201,9 +240,13 @@ impl AuditLog {
                 failed: None,
             }),
             synced: Condvar::new(),
-            sync_file,
+            segment_bytes: std::sync::atomic::AtomicU64::new(segments::DEFAULT_SEGMENT_BYTES),
             tail: Mutex::new(Tail {
                 file,
+                sync_file,
+                file_len: len,
+                first_seq,
+                seal_at: segments::DEFAULT_SEGMENT_BYTES,
                 len,
                 seq,
                 prev,
@@ -226,6 +269,7 @@ impl AuditLog {
             let mut tail = log.tail.lock().unwrap_or_else(|p| p.into_inner());
             tail.file.set_len(torn.at).map_err(io)?;
             tail.len = torn.at;
+            tail.file_len = torn.at;
             log.durable.lock().unwrap_or_else(|p| p.into_inner()).synced = torn.at;
             drop(tail);
             log.append(
@@ -263,9 +307,13 @@ impl AuditLog {
             }
             d.syncing = true;
             drop(d);
-            // Everything written before this point is covered by the fsync below.
-            let upto = self.tail.lock().unwrap_or_else(|p| p.into_inner()).len;
-            let result = self.sync_file.sync_data();
+            // Everything written before this point is covered by the fsync below: the bytes of
+            // this file, and those of a file sealed before it (a seal syncs what it seals).
+            let (upto, file) = {
+                let tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
+                (tail.len, tail.sync_file.clone())
+            };
+            let result = file.sync_data();
             d = self.durable.lock().unwrap_or_else(|p| p.into_inner());
             d.syncing = false;
             match result {
@@ -293,10 +341,24 @@ impl AuditLog {
             hash: at.hash.clone(),
             problem,
         };
-        // Appends hold this lock; reading under it sees whole lines only.
-        let _tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
+        // Appends (and seals, and removals) hold this lock; reading under it sees whole lines
+        // only, in the file that holds the record.
+        let tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
+        let file = if at.seq >= tail.first_seq {
+            self.path.clone()
+        } else {
+            match segments::sealed(&self.path)
+                .map_err(|e| missing(e.to_string()))?
+                .into_iter()
+                .rev()
+                .find(|s| s.first_seq <= at.seq)
+            {
+                Some(s) => s.path,
+                None => return Err(missing("its segment was removed by retention".into())),
+            }
+        };
         let mut found = None;
-        each_record(&self.path, |record| {
+        each_record(&[file], |record| {
             if record.seq != at.seq {
                 return true;
             }
@@ -319,6 +381,144 @@ impl AuditLog {
         &self.path
     }
 
+    /// Every file of the log in chain order, opened (see [`segments::open_all`]).
+    fn files(&self) -> Result<Vec<File>, AuditError> {
+        Ok(segments::open_all(&self.path)
+            .map_err(|source| AuditError::Io {
+                path: self.path.clone(),
+                source,
+            })?
+            .into_iter()
+            .map(|(_, f)| f)
+            .collect())
+    }
+
+    /// Seal the active file once it is `bytes` long (from the next append on).
+    pub fn set_segment_bytes(&self, bytes: u64) {
+        let bytes = bytes.max(1);
+        self.segment_bytes
+            .store(bytes, std::sync::atomic::Ordering::Relaxed);
+        self.tail.lock().unwrap_or_else(|p| p.into_inner()).seal_at = bytes;
+    }
+
+    /// Where the log ends now: the active file (by its first seq) and its length.
+    pub fn end(&self) -> Position {
+        let tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
+        Position {
+            file: tail.first_seq,
+            offset: tail.file_len,
+        }
+    }
+
+    /// The file (by its first seq) that holds record `seq`, or the oldest one kept when
+    /// retention removed it.
+    pub fn file_holding(&self, seq: u64) -> Result<u64, AuditError> {
+        let tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
+        if seq >= tail.first_seq {
+            return Ok(tail.first_seq);
+        }
+        let sealed = self.sealed_locked()?;
+        Ok(sealed
+            .iter()
+            .rev()
+            .find(|s| s.first_seq <= seq)
+            .or(sealed.first())
+            .map_or(tail.first_seq, |s| s.first_seq))
+    }
+
+    /// Open the file whose first seq is `first` for reading (`NotFound` once retention removed
+    /// it).
+    pub fn open_file(&self, first: u64) -> std::io::Result<File> {
+        let tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
+        if first == tail.first_seq {
+            File::open(&self.path)
+        } else {
+            File::open(segments::dir_of(&self.path).join(segments::name_of(first)))
+        }
+    }
+
+    /// The file after the one whose first seq is `first`, `None` when that one is the active
+    /// file (no file follows it yet). Once this says a file has a successor, nothing more is
+    /// written to it.
+    pub fn next_file(&self, first: u64) -> Result<Option<u64>, AuditError> {
+        let tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
+        if first >= tail.first_seq {
+            return Ok(None);
+        }
+        Ok(Some(
+            self.sealed_locked()?
+                .iter()
+                .map(|s| s.first_seq)
+                .find(|&s| s > first)
+                .unwrap_or(tail.first_seq),
+        ))
+    }
+
+    fn sealed_locked(&self) -> Result<Vec<segments::Segment>, AuditError> {
+        segments::sealed(&self.path).map_err(|source| AuditError::Io {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    /// The sealed segments, oldest first, and the active file's length.
+    pub fn segments(&self) -> Result<(Vec<segments::Segment>, u64), AuditError> {
+        let tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
+        Ok((self.sealed_locked()?, tail.file_len))
+    }
+
+    /// Remove the oldest `n` sealed segments (retention), announcing them on the chain first —
+    /// each one's last seq and hash, where the kept chain now starts — with `why` merged into
+    /// the record. Oldest first, so a stop part way leaves a chain that still starts at a
+    /// segment the record names.
+    pub fn remove_oldest(
+        &self,
+        n: usize,
+        why: serde_json::Map<String, Value>,
+    ) -> Result<Vec<segments::RemovedSegment>, AuditError> {
+        let io = |source| AuditError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let sealed = self.segments()?.0;
+        let n = n.min(sealed.len());
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let next: Vec<PathBuf> = (0..n)
+            .map(|i| {
+                sealed
+                    .get(i + 1)
+                    .map_or_else(|| self.path.clone(), |s| s.path.clone())
+            })
+            .collect();
+        let removed = segments::links_after(&sealed[..n], &next).map_err(io)?;
+        let mut data = why;
+        data.insert(
+            "records".into(),
+            json_u64(removed.iter().map(|r| r.last_seq + 1 - r.first_seq).sum()),
+        );
+        data.insert(
+            "bytes".into(),
+            json_u64(removed.iter().map(|r| r.bytes).sum()),
+        );
+        data.insert(
+            "segments".into(),
+            serde_json::to_value(&removed).unwrap_or(Value::Null),
+        );
+        self.append("host", None, segments::REMOVED_KIND, Value::Object(data))?;
+        let _tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
+        for s in &sealed[..n] {
+            match std::fs::remove_file(&s.path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io(e)),
+            }
+        }
+        segments::sync_dir(&segments::dir_of(&self.path)).map_err(io)?;
+        Ok(removed)
+    }
+
     /// The last `limit` records `keep` selects, oldest first, each checked against its own hash
     /// (a record that does not match is left out and counted). Reads without blocking appends:
     /// an unfinished last line is skipped.
@@ -329,7 +529,7 @@ impl AuditLog {
     ) -> Result<(Vec<Record>, usize), AuditError> {
         let mut out = std::collections::VecDeque::new();
         let mut altered = 0;
-        each_record(&self.path, |record| {
+        each_record(&self.files()?, |record| {
             if keep(&record) {
                 if record.compute_hash() != record.hash {
                     altered += 1;
@@ -353,7 +553,7 @@ impl AuditLog {
     /// is skipped and counted), until `visit` returns false. Reads without blocking appends.
     pub fn scan(&self, mut visit: impl FnMut(Record) -> bool) -> Result<usize, AuditError> {
         let mut altered = 0;
-        each_record(&self.path, |record| {
+        each_record(&self.files()?, |record| {
             if record.compute_hash() != record.hash {
                 altered += 1;
                 return true;
@@ -591,6 +791,9 @@ impl AuditLog {
         if let Some(problem) = self.failed() {
             return Err(io(std::io::Error::other(problem)));
         }
+        if tail.file_len >= tail.seal_at && tail.file_len > 0 {
+            self.seal(&mut tail);
+        }
         let ts = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
         let (mut seq, mut prev) = (tail.seq, tail.prev.clone());
         let mut records = Vec::new();
@@ -621,10 +824,11 @@ impl AuditLog {
         if let Err(e) = tail.file.write_all(&bytes) {
             // Leave no half line behind: the chain must stay readable for the next append.
             // Nothing was chained on these records yet (we hold the tail), so they can go.
-            let _ = tail.file.set_len(before);
+            let _ = tail.file.set_len(tail.file_len);
             return Err(io(e));
         }
         tail.len = before + bytes.len() as u64;
+        tail.file_len += bytes.len() as u64;
         tail.seq = seq;
         tail.prev = prev;
         let end = tail.len;
@@ -648,6 +852,37 @@ impl AuditLog {
             self.announce_durable();
         }
         Ok(records)
+    }
+
+    /// Seal the active file (under the tail's lock, before the next record is written): what
+    /// it holds is durable, it becomes a segment, and an empty file takes its place. A seal
+    /// that fails leaves the log appending to the same file and is tried again later: a larger
+    /// file loses nothing, while refusing records would stop the host for a housekeeping fault.
+    fn seal(&self, tail: &mut Tail) {
+        let segment_bytes = self
+            .segment_bytes
+            .load(std::sync::atomic::Ordering::Relaxed);
+        match segments::seal(&self.path, &tail.file, tail.first_seq).and_then(|file| {
+            let sync_file = std::sync::Arc::new(file.try_clone()?);
+            Ok((file, sync_file))
+        }) {
+            Ok((file, sync_file)) => {
+                // The seal synced the sealed file: everything written so far is durable.
+                let mut d = self.durable.lock().unwrap_or_else(|p| p.into_inner());
+                d.synced = d.synced.max(tail.len);
+                drop(d);
+                tail.file = file;
+                tail.sync_file = sync_file;
+                tail.file_len = 0;
+                tail.first_seq = tail.seq + 1;
+                tail.seal_at = segment_bytes;
+                tracing::info!(audit = %self.path.display(), first_seq = tail.first_seq, "the audit's active file was sealed into a segment");
+            }
+            Err(e) => {
+                tail.seal_at = tail.file_len.saturating_add((segment_bytes / 8).max(1));
+                tracing::error!(audit = %self.path.display(), error = %e, "the audit's active file could not be sealed; it keeps growing until a later try succeeds");
+            }
+        }
     }
 
     /// Tell the pipeline (a `tracing` event with stable fields, the record observer) of every
@@ -716,32 +951,68 @@ impl Record {
     }
 }
 
-/// Every whole, parseable record of the file in order, until `visit` returns false. No record
+/// Where a reader stands in the log: a file (by the seq its first record has or will have)
+/// and a byte offset in it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Position {
+    pub file: u64,
+    pub offset: u64,
+}
+
+fn json_u64(n: u64) -> Value {
+    Value::from(n)
+}
+
+/// Something `each_record` reads: an open file, or a path to open.
+trait Source {
+    fn open(&self) -> std::io::Result<File>;
+}
+impl Source for File {
+    fn open(&self) -> std::io::Result<File> {
+        use std::io::Seek;
+        let mut f = self.try_clone()?;
+        f.seek(std::io::SeekFrom::Start(0))?;
+        Ok(f)
+    }
+}
+impl Source for PathBuf {
+    fn open(&self) -> std::io::Result<File> {
+        File::open(self)
+    }
+}
+
+/// Every whole, parseable record of the files in order, until `visit` returns false. No record
 /// this log writes is longer than MAX_RECORD_BYTES and its envelope: a longer line was not
 /// written here and is never read whole; nor is an unfinished last line.
-fn each_record(path: &Path, mut visit: impl FnMut(Record) -> bool) -> std::io::Result<()> {
-    let mut reader = BufReader::new(File::open(path)?);
-    let mut line = Vec::new();
-    loop {
-        line.clear();
-        let read = (&mut reader)
-            .take(MAX_RECORD_BYTES as u64 * 2)
-            .read_until(b'\n', &mut line)?;
-        if read == 0 {
-            return Ok(());
-        }
-        if line.last() != Some(&b'\n') {
-            let mut rest = Vec::new();
-            let _ = reader.read_until(b'\n', &mut rest);
-            continue;
-        }
-        let Ok(record) = serde_json::from_slice::<Record>(&line) else {
-            continue;
-        };
-        if !visit(record) {
-            return Ok(());
+fn each_record(
+    files: &[impl Source],
+    mut visit: impl FnMut(Record) -> bool,
+) -> std::io::Result<()> {
+    for file in files {
+        let mut reader = BufReader::new(file.open()?);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            let read = (&mut reader)
+                .take(MAX_RECORD_BYTES as u64 * 2)
+                .read_until(b'\n', &mut line)?;
+            if read == 0 {
+                break;
+            }
+            if line.last() != Some(&b'\n') {
+                let mut rest = Vec::new();
+                let _ = reader.read_until(b'\n', &mut rest);
+                continue;
+            }
+            let Ok(record) = serde_json::from_slice::<Record>(&line) else {
+                continue;
+            };
+            if !visit(record) {
+                return Ok(());
+            }
         }
     }
+    Ok(())
 }
 
 /// Copy the bytes of `path` from `at` on into a new file beside it (`<log>.torn-<n>`), durably.
@@ -822,19 +1093,28 @@ fn last_link(mut reader: impl BufRead) -> Result<(u64, String, Option<Torn>), St
     }
 }
 
-/// Read every record of a log (for `audit show`); lines that do not parse are skipped and counted.
+/// Read every record of a log, its sealed segments first (for `audit show`); lines that do not
+/// parse are skipped and counted.
 pub fn read_all(path: &Path) -> Result<(Vec<Record>, usize), std::io::Error> {
-    let reader = BufReader::new(File::open(path)?);
+    let files = segments::open_all(path)?;
+    if files.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "no such audit log",
+        ));
+    }
     let mut records = Vec::new();
     let mut unreadable = 0;
-    for line in reader.lines() {
-        let line = line?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        match serde_json::from_str(&line) {
-            Ok(r) => records.push(r),
-            Err(_) => unreadable += 1,
+    for (_, file) in files {
+        for line in BufReader::new(file).lines() {
+            let line = line?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            match serde_json::from_str(&line) {
+                Ok(r) => records.push(r),
+                Err(_) => unreadable += 1,
+            }
         }
     }
     Ok((records, unreadable))
@@ -1017,5 +1297,162 @@ mod tests {
             AuditLog::open(&path, Redactor::default()),
             Err(AuditError::BrokenTail { .. })
         ));
+    }
+
+    /// A log sealing every ~1 KiB, with `n` records appended (each about 300 bytes).
+    fn sealed_log(path: &Path, n: u64) -> (AuditLog, Vec<Record>) {
+        let log = AuditLog::open(path, Redactor::default()).expect("open");
+        log.set_segment_bytes(1024);
+        let records = (1..=n)
+            .map(|i| {
+                log.append(
+                    "kafka",
+                    Some(&format!("inc-{}", i / 10)),
+                    "transition",
+                    json!({ "n": i, "pad": "x".repeat(100) }),
+                )
+                .expect("append")
+            })
+            .collect();
+        (log, records)
+    }
+
+    #[test]
+    fn a_log_sealed_into_segments_is_one_chain_across_its_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.jsonl");
+        let (log, records) = sealed_log(&path, 40);
+        let (sealed, active) = log.segments().expect("segments");
+        assert!(sealed.len() >= 5, "{sealed:?}");
+        assert!(active < 2048);
+        assert_eq!(sealed[0].first_seq, 1);
+        // Each file starts where the one before ended, and links to it.
+        for pair in sealed.windows(2) {
+            let (first, prev) = segments::first_link(&mut File::open(&pair[1].path).expect("open"))
+                .expect("read")
+                .expect("a record");
+            assert_eq!(first, pair[1].first_seq);
+            assert_eq!(prev, records[first as usize - 2].hash);
+        }
+        let mut seen = Vec::new();
+        assert_eq!(
+            log.scan(|r| {
+                seen.push(r.seq);
+                true
+            })
+            .expect("scan"),
+            0
+        );
+        assert_eq!(seen, (1..=40).collect::<Vec<_>>());
+        // Found in the file that holds it, whichever that is.
+        for r in [&records[0], &records[17], &records[39]] {
+            assert_eq!(&log.record(&r.at()).expect("found"), r);
+        }
+        let (found, _) = log
+            .find(|r| r.incident.as_deref() == Some("inc-1"), 100)
+            .expect("find");
+        assert_eq!(
+            found.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            (10..=19).collect::<Vec<_>>()
+        );
+        assert_eq!(read_all(&path).expect("read").0, records);
+        drop(log);
+        let log = AuditLog::open(&path, Redactor::default()).expect("reopen");
+        let next = log
+            .append("kafka", None, "result", json!({}))
+            .expect("append");
+        assert_eq!(
+            (next.seq, next.prev.as_str()),
+            (41, records[39].hash.as_str())
+        );
+        let intact = verify::verify(&path).expect("reads").expect("intact");
+        assert_eq!((intact.first, intact.records), (1, 41));
+    }
+
+    #[test]
+    fn a_seal_cut_off_between_its_link_and_its_rename_is_finished_at_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.jsonl");
+        let (log, records) = sealed_log(&path, 12);
+        let first = log.end().file;
+        drop(log);
+        // The stop came after the link: the active file is also the newest segment.
+        std::fs::hard_link(
+            &path,
+            segments::dir_of(&path).join(segments::name_of(first)),
+        )
+        .expect("link");
+        let log = AuditLog::open(&path, Redactor::default()).expect("reopen");
+        assert_eq!(
+            log.end(),
+            Position {
+                file: 13,
+                offset: 0
+            }
+        );
+        let next = log
+            .append("kafka", None, "result", json!({}))
+            .expect("append");
+        assert_eq!(
+            (next.seq, next.prev.as_str()),
+            (13, records[11].hash.as_str())
+        );
+        drop(log);
+        let intact = verify::verify(&path).expect("reads").expect("intact");
+        assert_eq!(intact.records, 13);
+        assert_eq!(
+            read_all(&path).expect("read").0.len(),
+            13,
+            "no record read twice"
+        );
+    }
+
+    #[test]
+    fn retention_removes_the_oldest_segments_and_verify_knows_where_the_chain_starts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.jsonl");
+        let (log, records) = sealed_log(&path, 40);
+        let sealed = log.segments().expect("segments").0;
+        // A stop part way through a removal (oldest first) leaves the second and third segments:
+        // keep copies to put back.
+        let second = std::fs::read(&sealed[1].path).expect("read");
+        let third = std::fs::read(&sealed[2].path).expect("read");
+        let removed = log
+            .remove_oldest(3, serde_json::Map::new())
+            .expect("removed");
+        assert_eq!(removed.len(), 3);
+        assert_eq!(removed[0].first_seq, 1);
+        assert_eq!(
+            removed[2].last_hash,
+            records[removed[2].last_seq as usize - 1].hash
+        );
+        assert!(!sealed[0].path.exists() && !sealed[2].path.exists());
+        let intact = verify::verify(&path).expect("reads").expect("intact");
+        assert_eq!(intact.first, sealed[3].first_seq);
+        assert!(matches!(
+            log.record(&records[0].at()),
+            Err(AuditError::Missing { problem, .. }) if problem.contains("retention")
+        ));
+        assert_eq!(&log.record(&records[39].at()).expect("kept"), &records[39]);
+
+        std::fs::write(&sealed[1].path, &second).expect("put back");
+        std::fs::write(&sealed[2].path, &third).expect("put back");
+        let intact = verify::verify(&path)
+            .expect("reads")
+            .expect("a partial removal holds");
+        assert_eq!(intact.first, sealed[1].first_seq);
+        std::fs::remove_file(&sealed[1].path).expect("remove");
+        std::fs::remove_file(&sealed[2].path).expect("remove");
+
+        // Removed by hand, with no record saying so: the start of the chain is missing.
+        std::fs::remove_file(&sealed[3].path).expect("remove");
+        let broken = verify::verify(&path).expect("reads").expect_err("broken");
+        assert!(
+            broken
+                .problem
+                .contains("no record says retention removed them"),
+            "{broken}"
+        );
+        assert_eq!(broken.seq, Some(sealed[4].first_seq));
     }
 }

@@ -6,17 +6,25 @@
 //! checks every signed checkpoint (a chain recomputed after an edit no longer matches them), and
 //! given the newest checkpoint the host left beside its key, that the file still reaches it
 //! (records cut from the end are missing).
+//!
+//! The log's sealed segments (`audit.segments/`) are read before the file named, as one chain.
+//! A chain that does not start at record 1 holds only when a record on it says retention
+//! removed what came before (`audit-segments-removed`, naming the exact link it starts from).
 
 use super::checkpoint::Checkpoint;
+use super::segments::{self, REMOVED_KIND, RemovedSegment};
 use super::{GENESIS, Record};
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use themis_core::trust::keys::PublicKey;
 
 /// The first break in a chain.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("line {line}: {problem}")]
+#[error("{}line {line}: {problem}", file.as_ref().map(|f| format!("{}, ", f.display())).unwrap_or_default())]
 pub struct Break {
+    /// The sealed segment the break is in; `None`: the file named.
+    pub file: Option<PathBuf>,
+    /// The line in that file.
     pub line: usize,
     /// The record's `seq` when the line still parses.
     pub seq: Option<u64>,
@@ -26,7 +34,10 @@ pub struct Break {
 /// A chain that holds: how many records, and what its checkpoints showed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Intact {
+    /// The last record's seq (the records kept when retention removed the first ones).
     pub records: u64,
+    /// The first record kept: 1, unless retention removed segments before it.
+    pub first: u64,
     pub last_hash: String,
     /// Checkpoint records on the chain.
     pub checkpoints: u64,
@@ -53,123 +64,182 @@ pub fn verify(path: &Path) -> std::io::Result<Result<Intact, Break>> {
 
 /// [`verify`], with checkpoints checked against keys and the file against the newest head.
 pub fn verify_with(path: &Path, options: &Options) -> std::io::Result<Result<Intact, Break>> {
-    let reader = BufReader::new(std::fs::File::open(path)?);
+    let files = segments::open_all(path)?;
+    if files.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "no such audit log",
+        ));
+    }
     let mut prev = GENESIS.to_string();
     let mut expected_seq = 1u64;
     let mut checkpoints = 0u64;
     let mut last_checkpoint = None;
     let mut lines = 0usize;
+    let mut where_ = None;
+    // Where the chain starts when it does not start at record 1, whether a removal record
+    // vouched for it, and where that first record is.
+    let mut anchor: Option<(u64, String, bool, Option<PathBuf>, usize)> = None;
+    let mut first_seen = false;
     if let Some(head) = &options.head
         && !options.keys.is_empty()
         && !head.verifies_with(&options.keys)
     {
         return Ok(Err(Break {
+            file: None,
             line: 0,
             seq: Some(head.seq),
             problem: "the head file's checkpoint is not signed by the given key: it was forged or belongs to another host".into(),
         }));
     }
-    for (i, line) in reader.split(b'\n').enumerate() {
-        let line_no = i + 1;
-        lines = line_no;
-        let bytes = line?;
-        let Ok(text) = std::str::from_utf8(&bytes) else {
-            return Ok(Err(Break {
-                line: line_no,
-                seq: None,
-                problem: "not UTF-8: the record was altered".into(),
-            }));
-        };
-        if text.trim().is_empty() {
-            continue;
-        }
-        let record: Record = match serde_json::from_str(text) {
-            Ok(r) => r,
-            Err(e) => {
+    for (file_path, file) in files {
+        let file_name = (file_path != path).then_some(file_path);
+        where_ = file_name.clone();
+        for (i, line) in BufReader::new(file).split(b'\n').enumerate() {
+            let line_no = i + 1;
+            lines = line_no;
+            let bytes = line?;
+            let Ok(text) = std::str::from_utf8(&bytes) else {
                 return Ok(Err(Break {
+                    file: file_name,
                     line: line_no,
                     seq: None,
-                    problem: format!("not a valid record ({e}): the record was altered"),
+                    problem: "not UTF-8: the record was altered".into(),
                 }));
-            }
-        };
-        let fail = |problem: String| {
-            Ok(Err(Break {
-                line: line_no,
-                seq: Some(record.seq),
-                problem,
-            }))
-        };
-        if record.seq != expected_seq {
-            return fail(format!(
-                "record {} where record {expected_seq} was expected: records were removed, reordered or inserted",
-                record.seq
-            ));
-        }
-        if record.prev != prev {
-            return fail(format!(
-                "record {} does not link to the record before it: the chain was cut or a record was replaced",
-                record.seq
-            ));
-        }
-        if record.compute_hash() != record.hash {
-            return fail(format!(
-                "record {} does not match its hash: its content was changed",
-                record.seq
-            ));
-        }
-        if serde_json::to_vec(&record).ok().as_deref() != Some(text.as_bytes()) {
-            return fail(format!(
-                "record {} is not byte for byte as the host wrote it (an escape, a space, the order or a repeat of a key): it was altered",
-                record.seq
-            ));
-        }
-        if record.kind == "checkpoint" {
-            let Ok(cp) = serde_json::from_value::<Checkpoint>(record.data.clone()) else {
-                return fail(format!("record {} is not a checkpoint", record.seq));
             };
-            if cp.seq + 1 != record.seq || cp.head != record.prev {
+            if text.trim().is_empty() {
+                continue;
+            }
+            let record: Record = match serde_json::from_str(text) {
+                Ok(r) => r,
+                Err(e) => {
+                    return Ok(Err(Break {
+                        file: file_name,
+                        line: line_no,
+                        seq: None,
+                        problem: format!("not a valid record ({e}): the record was altered"),
+                    }));
+                }
+            };
+            let fail = |problem: String| {
+                Ok(Err(Break {
+                    file: file_name.clone(),
+                    line: line_no,
+                    seq: Some(record.seq),
+                    problem,
+                }))
+            };
+            if !first_seen {
+                first_seen = true;
+                if record.seq > 1 {
+                    expected_seq = record.seq;
+                    prev = record.prev.clone();
+                    anchor = Some((
+                        record.seq,
+                        record.prev.clone(),
+                        false,
+                        file_name.clone(),
+                        line_no,
+                    ));
+                }
+            }
+            if record.seq != expected_seq {
                 return fail(format!(
-                    "checkpoint {} does not sign the head it follows",
+                    "record {} where record {expected_seq} was expected: records were removed, reordered or inserted",
                     record.seq
                 ));
             }
-            if !options.keys.is_empty() && !cp.verifies_with(&options.keys) {
+            if record.prev != prev {
                 return fail(format!(
-                    "checkpoint {} is not signed by the given key: the chain up to it was recomputed, or the checkpoint forged",
+                    "record {} does not link to the record before it: the chain was cut or a record was replaced",
                     record.seq
                 ));
             }
-            checkpoints += 1;
-            last_checkpoint = Some(cp);
+            if record.compute_hash() != record.hash {
+                return fail(format!(
+                    "record {} does not match its hash: its content was changed",
+                    record.seq
+                ));
+            }
+            if serde_json::to_vec(&record).ok().as_deref() != Some(text.as_bytes()) {
+                return fail(format!(
+                    "record {} is not byte for byte as the host wrote it (an escape, a space, the order or a repeat of a key): it was altered",
+                    record.seq
+                ));
+            }
+            if record.kind == REMOVED_KIND
+                && let Some((seq, link, vouched, ..)) = anchor.as_mut()
+                && let Some(removed) = record
+                    .data
+                    .get("segments")
+                    .and_then(|s| serde_json::from_value::<Vec<RemovedSegment>>(s.clone()).ok())
+                && removed
+                    .iter()
+                    .any(|r| r.last_seq + 1 == *seq && r.last_hash == *link)
+            {
+                *vouched = true;
+            }
+            if record.kind == "checkpoint" {
+                let Ok(cp) = serde_json::from_value::<Checkpoint>(record.data.clone()) else {
+                    return fail(format!("record {} is not a checkpoint", record.seq));
+                };
+                if cp.seq + 1 != record.seq || cp.head != record.prev {
+                    return fail(format!(
+                        "checkpoint {} does not sign the head it follows",
+                        record.seq
+                    ));
+                }
+                if !options.keys.is_empty() && !cp.verifies_with(&options.keys) {
+                    return fail(format!(
+                        "checkpoint {} is not signed by the given key: the chain up to it was recomputed, or the checkpoint forged",
+                        record.seq
+                    ));
+                }
+                checkpoints += 1;
+                last_checkpoint = Some(cp);
+            }
+            if let Some(head) = &options.head
+                && head.seq == record.seq
+                && head.head != record.hash
+            {
+                return fail(format!(
+                    "record {} is not the one the host checkpointed at {}: the chain was recomputed",
+                    record.seq, head.at
+                ));
+            }
+            prev = record.hash;
+            expected_seq += 1;
         }
-        if let Some(head) = &options.head
-            && head.seq == record.seq
-            && head.head != record.hash
-        {
-            return fail(format!(
-                "record {} is not the one the host checkpointed at {}: the chain was recomputed",
-                record.seq, head.at
-            ));
-        }
-        prev = record.hash;
-        expected_seq += 1;
     }
+    if let Some((seq, _, false, file, line)) = anchor {
+        return Ok(Err(Break {
+            file,
+            line,
+            seq: Some(seq),
+            problem: format!(
+                "the log starts at record {seq}: records 1 to {} are missing and no record says retention removed them",
+                seq - 1
+            ),
+        }));
+    }
+    let first = anchor.as_ref().map_or(1, |a| a.0);
     let records = expected_seq - 1;
     if let Some(head) = &options.head
         && records < head.seq
     {
         return Ok(Err(Break {
+            file: where_,
             line: lines + 1,
             seq: None,
             problem: format!(
-                "the file ends at record {records}, but the host checkpointed record {} at {}: records were cut from the end",
+                "the log ends at record {records}, but the host checkpointed record {} at {}: records were cut from the end",
                 head.seq, head.at
             ),
         }));
     }
     Ok(Ok(Intact {
         records,
+        first,
         last_hash: prev,
         checkpoints,
         last_checkpoint,

@@ -7,12 +7,16 @@
 //! one at a time between commands, so answers to approvals never wait behind a storm. The file
 //! is read, not parsed, until a line names the agent and the kind; a record whose hash does not
 //! verify is skipped and said.
+//!
+//! The reader follows the chain from file to file as the log seals its active file into
+//! segments, and says which file it is in (`Backlog::reading_from`): retention never removes
+//! a segment the reader has not finished.
 
 use super::replay::Replay;
-use crate::audit::Record;
+use crate::audit::{AuditLog, Position, Record};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
-use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use tokio::sync::Notify;
 
@@ -26,6 +30,9 @@ pub(crate) struct Backlog {
     /// The host is stopping and leaves what waits where it is: on disk, replayed at the next
     /// start. A stop then takes as long as the alert in hand, not the whole backlog.
     leave: AtomicBool,
+    /// The audit file (by its first seq) the backlog's reader is in: it and every file after
+    /// it may still hold accepted alerts not taken up, so retention keeps them.
+    pub(crate) reading_from: AtomicU64,
 }
 
 impl Backlog {
@@ -36,7 +43,13 @@ impl Backlog {
             taken: AtomicU64::new(0),
             wake: Notify::new(),
             leave: AtomicBool::new(false),
+            reading_from: AtomicU64::new(0),
         }
+    }
+
+    /// The audit file (by its first seq) the reader is in (see the field).
+    pub(crate) fn reading_from(&self) -> u64 {
+        self.reading_from.load(Ordering::Acquire)
     }
 
     /// Take up no more of it: the host is stopping (see [`Backlog::leave`]'s field).
@@ -91,13 +104,22 @@ impl Backlog {
 
 /// Reads the audit forward for one agent's accepted alerts.
 pub(crate) struct BacklogReader {
-    path: PathBuf,
+    audit: Arc<AuditLog>,
+    /// Told which file the reader is in.
+    backlog: Arc<Backlog>,
     agent: String,
     /// `"agent":"<name>"` and `"kind":"alert-accepted"`: a line without both is not read on.
     agent_field: memchr::memmem::Finder<'static>,
     kind_field: memchr::memmem::Finder<'static>,
-    /// Where the next unread line starts.
+    /// The file being read (by its first seq).
+    file: u64,
+    /// Where the next unread line starts in it.
     offset: u64,
+    /// The file, kept open: it is the same file when the log seals it under another name.
+    open: Option<File>,
+    /// The log said the file has a successor, so nothing more is written to it: at its end,
+    /// the reader moves on.
+    sealed: bool,
     reader: Option<BufReader<File>>,
     line: Vec<u8>,
     /// From the start's scan: accepted records up to `replay.through` are taken only if they
@@ -111,16 +133,25 @@ const KIND: &[u8] = b"\"kind\":\"alert-accepted\"";
 const LONGEST_LINE: u64 = 2 * crate::audit::MAX_RECORD_BYTES as u64 + 1;
 
 impl BacklogReader {
-    /// Read from the start of the file when there is something to replay, else from where the
-    /// start's scan ended.
-    pub(crate) fn new(path: PathBuf, agent: &str, replay: Replay) -> BacklogReader {
-        let offset = if replay.untaken.is_empty() {
-            replay.end
-        } else {
-            0
+    /// Read from the start of the file that holds the oldest alert to replay, else from where
+    /// the start's scan ended.
+    pub(crate) fn new(
+        audit: Arc<AuditLog>,
+        backlog: Arc<Backlog>,
+        agent: &str,
+        replay: Replay,
+    ) -> Result<BacklogReader, crate::audit::AuditError> {
+        let start = match replay.untaken.first() {
+            None => replay.end,
+            Some(&oldest) => Position {
+                file: audit.file_holding(oldest)?,
+                offset: 0,
+            },
         };
-        BacklogReader {
-            path,
+        backlog.reading_from.store(start.file, Ordering::Release);
+        Ok(BacklogReader {
+            audit,
+            backlog,
             agent: agent.to_owned(),
             agent_field: memchr::memmem::Finder::new(
                 format!(
@@ -131,21 +162,82 @@ impl BacklogReader {
             )
             .into_owned(),
             kind_field: memchr::memmem::Finder::new(KIND).into_owned(),
-            offset,
+            file: start.file,
+            offset: start.offset,
+            open: None,
+            sealed: false,
             reader: None,
             line: Vec::new(),
             replay,
+        })
+    }
+
+    /// At the end of the file being read: move to the next file if the log sealed this one
+    /// (`true`: read on), after reading it to its true end.
+    fn move_on(&mut self) -> std::io::Result<bool> {
+        if !self.sealed {
+            if self
+                .audit
+                .next_file(self.file)
+                .map_err(std::io::Error::other)?
+                .is_none()
+            {
+                return Ok(false);
+            }
+            // Sealed since the read that found its end: what was written before the seal is
+            // read first.
+            self.sealed = true;
+            return Ok(true);
         }
+        let Some(next) = self
+            .audit
+            .next_file(self.file)
+            .map_err(std::io::Error::other)?
+        else {
+            return Ok(false);
+        };
+        self.file = next;
+        self.offset = 0;
+        self.open = None;
+        self.sealed = false;
+        self.backlog.reading_from.store(next, Ordering::Release);
+        Ok(true)
     }
 
     /// The next accepted alert of this agent on the audit — and whether a start replays it — or
     /// `None` when the file has no further whole line (a line being written is left for later).
     pub(crate) fn next(&mut self) -> std::io::Result<Option<(Record, bool)>> {
-        loop {
+        'lines: loop {
             let reader = match &mut self.reader {
                 Some(r) => r,
                 None => {
-                    let mut file = File::open(&self.path)?;
+                    let file = match &self.open {
+                        Some(f) => f,
+                        None => match self.audit.open_file(self.file) {
+                            Ok(f) => self.open.insert(f),
+                            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                                // Removed, which retention does only to files no reader is
+                                // in: read on from the oldest file there is, if it is a later
+                                // one (an earlier one was read already). Otherwise the log's
+                                // files are gone from under the host: say so, never spin.
+                                let oldest =
+                                    self.audit.file_holding(0).map_err(std::io::Error::other)?;
+                                if oldest <= self.file {
+                                    return Err(e);
+                                }
+                                tracing::error!(
+                                    file = self.file,
+                                    from = oldest,
+                                    "the audit file the backlog reader was in is gone; it reads on from the oldest there is"
+                                );
+                                self.file = oldest;
+                                self.offset = 0;
+                                continue;
+                            }
+                            Err(e) => return Err(e),
+                        },
+                    };
+                    let mut file = file.try_clone()?;
                     file.seek(SeekFrom::Start(self.offset))?;
                     self.reader.insert(BufReader::new(file))
                 }
@@ -163,6 +255,13 @@ impl BacklogReader {
                     if buf.is_empty() {
                         // Not whole yet: from its start again later.
                         self.reader = None;
+                        if self.sealed {
+                            // Nothing more comes to a sealed file: this line stays unfinished.
+                            self.offset += read as u64 + skipped;
+                        }
+                        if self.move_on()? {
+                            continue 'lines;
+                        }
                         return Ok(None);
                     }
                     if let Some(i) = memchr::memchr(b'\n', buf) {
@@ -182,8 +281,16 @@ impl BacklogReader {
                 continue;
             }
             if read == 0 || self.line.last() != Some(&b'\n') {
-                // The end, or a line still being written: read it again from its start later.
+                // The end, or a line still being written: read it again from its start later,
+                // or go on in the next file once this one is sealed.
                 self.reader = None;
+                if self.sealed && read > 0 {
+                    // Nothing more comes to a sealed file: this line stays unfinished.
+                    self.offset += read as u64;
+                }
+                if self.move_on()? {
+                    continue;
+                }
                 return Ok(None);
             }
             self.offset += read as u64;
@@ -235,7 +342,8 @@ mod tests {
     fn the_reader_takes_its_agents_accepted_alerts_in_order_and_waits_for_whole_lines() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("audit.jsonl");
-        let audit = AuditLog::open(&path, Redactor::with_values(None)).expect("audit");
+        let audit = Arc::new(AuditLog::open(&path, Redactor::with_values(None)).expect("audit"));
+        let start = audit.end();
         audit
             .append_many(vec![
                 entry("kafka", "alert-accepted", 1),
@@ -244,7 +352,7 @@ mod tests {
                 entry("kafka", "alert-accepted", 4),
             ])
             .expect("append");
-        let mut reader = BacklogReader::new(path.clone(), "kafka", Replay::default());
+        let mut reader = reader(&audit, replay_from(start));
         let seen: Vec<u64> = std::iter::from_fn(|| reader.next().expect("read"))
             .map(|(r, _)| r.data["n"].as_u64().unwrap_or(0))
             .collect();
@@ -271,12 +379,107 @@ mod tests {
         junk.push(b'\n');
         let after = b"{\"not\":\"a record\"}\n";
         junk.extend_from_slice(after);
+        let audit = Arc::new(AuditLog::open(&path, Redactor::with_values(None)).expect("audit"));
+        let start = audit.end();
         std::fs::write(&path, &junk).expect("write");
-        let mut reader = BacklogReader::new(path, "kafka", Replay::default());
+        let mut reader = reader(&audit, replay_from(start));
         assert!(reader.next().expect("read").is_none());
         // Both lines passed over: the next read starts after them.
         assert_eq!(reader.offset, junk.len() as u64);
         assert!(reader.line.capacity() <= LONGEST_LINE as usize * 2);
+    }
+
+    fn reader(audit: &Arc<AuditLog>, replay: Replay) -> BacklogReader {
+        BacklogReader::new(audit.clone(), Arc::new(Backlog::new(10)), "kafka", replay)
+            .expect("reader")
+    }
+
+    fn replay_from(end: Position) -> Replay {
+        Replay {
+            end,
+            ..Replay::default()
+        }
+    }
+
+    #[test]
+    fn the_reader_follows_the_log_from_file_to_file_as_it_is_sealed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.jsonl");
+        let audit = Arc::new(AuditLog::open(&path, Redactor::with_values(None)).expect("audit"));
+        audit.set_segment_bytes(1024);
+        let backlog = Arc::new(Backlog::new(10));
+        let mut reader = BacklogReader::new(
+            audit.clone(),
+            backlog.clone(),
+            "kafka",
+            replay_from(audit.end()),
+        )
+        .expect("reader");
+        let mut seen = Vec::new();
+        let mut n = 0;
+        for round in 0..6 {
+            // Several seals between reads (and none, at times): every accepted alert of the
+            // agent is read once, in order.
+            for _ in 0..round * 3 {
+                n += 1;
+                let agent = if n % 3 == 0 { "postgres" } else { "kafka" };
+                audit
+                    .append("x", None, "padding", json!({ "pad": "y".repeat(200) }))
+                    .expect("append");
+                audit
+                    .append_many(vec![entry(agent, "alert-accepted", n)])
+                    .expect("append");
+            }
+            while let Some((r, replayed)) = reader.next().expect("read") {
+                assert!(!replayed);
+                seen.push(r.data["n"].as_u64().unwrap_or(0));
+            }
+            assert_eq!(
+                backlog.reading_from(),
+                audit.end().file,
+                "the reader is in the active file"
+            );
+        }
+        assert!(audit.segments().expect("segments").0.len() > 5);
+        let expected: Vec<u64> = (1..=n).filter(|n| n % 3 != 0).collect();
+        assert_eq!(seen, expected);
+
+        // A start with alerts to replay reads from the file that holds the oldest of them.
+        let oldest = audit.segments().expect("segments").0[2].first_seq + 1;
+        let holding = audit.file_holding(oldest).expect("file");
+        let replay = Replay {
+            untaken: [oldest, oldest + 1, oldest + 2].into_iter().collect(),
+            through: audit.end().file,
+            end: audit.end(),
+        };
+        let backlog = Arc::new(Backlog::new(10));
+        let mut replaying =
+            BacklogReader::new(audit.clone(), backlog.clone(), "kafka", replay).expect("reader");
+        assert_eq!(backlog.reading_from(), holding);
+        let mut again = Vec::new();
+        while let Some((r, replayed)) = replaying.next().expect("read") {
+            assert!(replayed || r.seq > audit.end().file);
+            again.push(r.seq);
+        }
+        assert!(
+            again.iter().all(|s| (oldest..oldest + 3).contains(s)),
+            "{again:?}"
+        );
+        assert!(!again.is_empty());
+    }
+
+    #[test]
+    fn a_reader_whose_log_is_gone_says_so_rather_than_spinning() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.jsonl");
+        let audit = Arc::new(AuditLog::open(&path, Redactor::with_values(None)).expect("audit"));
+        let mut reader = reader(&audit, replay_from(audit.end()));
+        assert!(reader.next().expect("read").is_none());
+        reader.open = None;
+        reader.reader = None;
+        std::fs::remove_file(&path).expect("remove");
+        let err = reader.next().expect_err("the file is gone");
+        assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //! (intents of mutating calls), `load` (agent definitions and catalogs).
 
 mod answers;
+pub mod audit_retention;
 mod backlog;
 mod ctx;
 mod escalate;
@@ -89,6 +90,25 @@ pub struct RuntimeOptions {
     /// Closed incidents unchanged this long leave the store (the audit keeps them), looked at
     /// on the verify tick; `None` keeps every one.
     pub keep_closed: Option<std::time::Duration>,
+    /// The audit's budget on disk: past it the oldest segments nothing open needs are removed
+    /// (see `audit_retention`); `None` keeps every segment.
+    pub audit_budget: Option<AuditBudget>,
+}
+
+/// How much audit the host keeps, and how often it looks.
+#[derive(Debug, Clone, Copy)]
+pub struct AuditBudget {
+    pub max_bytes: u64,
+    pub every: std::time::Duration,
+}
+
+impl AuditBudget {
+    pub fn new(max_bytes: u64) -> AuditBudget {
+        AuditBudget {
+            max_bytes,
+            every: audit_retention::EVERY,
+        }
+    }
 }
 
 impl Default for RuntimeOptions {
@@ -101,6 +121,7 @@ impl Default for RuntimeOptions {
             verify_tick: Some(DEFAULT_VERIFY_TICK),
             bundle_cache: None,
             keep_closed: None,
+            audit_budget: None,
         }
     }
 }
@@ -209,6 +230,7 @@ pub struct Runtime {
     observer: Arc<dyn RuntimeObserver>,
     unowned: unowned::Unowned,
     guard: Arc<guard::Guard>,
+    audit_retention: Option<audit_retention::AuditRetention>,
 }
 
 impl Runtime {
@@ -257,10 +279,13 @@ impl Runtime {
                 .await?;
             let backlog = Arc::new(backlog::Backlog::new(options.queue_capacity));
             backlog.preload(replay.untaken.len());
-            worker.backlog = Some((
+            let reader = backlog::BacklogReader::new(
+                parts.audit.clone(),
                 backlog.clone(),
-                backlog::BacklogReader::new(parts.audit.path().to_owned(), &agent.def.name, replay),
-            ));
+                &agent.def.name,
+                replay,
+            )?;
+            worker.backlog = Some((backlog.clone(), reader));
             let (tx, rx) = mpsc::channel(options.queue_capacity.clamp(1, COMMANDS));
             if let Some(every) = options.verify_tick {
                 tickers.push(tokio::spawn(verify::tick(tx.downgrade(), every)));
@@ -281,7 +306,18 @@ impl Runtime {
                 runtime.block_on(worker.run(rx))
             }));
         }
+        let audit_retention = options.audit_budget.map(|budget| {
+            let retention = audit_retention::AuditRetention {
+                audit: parts.audit.clone(),
+                store: parts.store.clone(),
+                backlogs: handles.iter().map(|h| h.backlog.clone()).collect(),
+                max_bytes: budget.max_bytes,
+            };
+            tickers.push(tokio::spawn(retention.clone().tick(budget.every)));
+            retention
+        });
         Ok(Runtime {
+            audit_retention,
             handles,
             agents: loaded,
             audit: parts.audit,
@@ -319,6 +355,15 @@ impl Runtime {
 
     pub fn audit(&self) -> &Arc<AuditLog> {
         &self.audit
+    }
+
+    /// Bring the audit within its budget now, as the host does every so often (`None`: the
+    /// runtime has no budget).
+    pub async fn prune_audit(&self) -> Result<Option<audit_retention::Pass>, RuntimeError> {
+        match &self.audit_retention {
+            Some(r) => r.pass().await.map(Some),
+            None => Ok(None),
+        }
     }
 
     /// What the guard rails hold now: busy targets, open breakers, recent runs.

@@ -32,12 +32,12 @@ const TAKEN_BY: [&str; 5] = [
 ];
 
 /// What a start found on the audit: the accepted alerts of this agent no record says were taken
-/// up (by sequence number), the last sequence number it read, and where the file ended.
+/// up (by sequence number), the last sequence number it read, and where the log ended.
 #[derive(Debug, Default)]
 pub(crate) struct Replay {
     pub(crate) untaken: BTreeSet<u64>,
     pub(crate) through: u64,
-    pub(crate) end: u64,
+    pub(crate) end: crate::audit::Position,
 }
 
 /// What one pass over the audit found for one agent, before its start looks at the store.
@@ -51,13 +51,20 @@ pub(crate) struct Scanned {
 /// One pass over the audit for every agent of the host (reading and checking every record is
 /// what a start with a long audit spends its time on, so it is done once, not once per
 /// agent): each agent's accepted alerts no record says were taken up, the last sequence number
-/// read, and where the file ended. Nothing is accepted while the host starts (the intake is
+/// read, and where the log ended. Nothing is accepted while the host starts (the intake is
 /// not open yet), so every accepted record past `end` is new to the backlog readers.
 pub(crate) fn scan_accepted(
     audit: &crate::audit::AuditLog,
     agents: &[String],
-) -> Result<(std::collections::BTreeMap<String, Scanned>, u64, u64), RuntimeError> {
-    let end = std::fs::metadata(audit.path()).map_or(0, |m| m.len());
+) -> Result<
+    (
+        std::collections::BTreeMap<String, Scanned>,
+        u64,
+        crate::audit::Position,
+    ),
+    RuntimeError,
+> {
+    let end = audit.end();
     let mut found: std::collections::BTreeMap<String, Scanned> = agents
         .iter()
         .map(|a| (a.clone(), Scanned::default()))
@@ -96,7 +103,7 @@ impl Worker {
         &mut self,
         scanned: Scanned,
         through: u64,
-        end: u64,
+        end: crate::audit::Position,
     ) -> Result<Replay, RuntimeError> {
         let Scanned {
             mut untaken,
