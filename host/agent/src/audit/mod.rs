@@ -341,10 +341,11 @@ impl AuditLog {
             hash: at.hash.clone(),
             problem,
         };
-        // Appends (and seals, and removals) hold this lock; reading under it sees whole lines
-        // only, in the file that holds the record.
+        // The file that holds the record, opened under the lock seals and removals hold: read
+        // after it is released (appends are not held up; a seal meanwhile renames, never
+        // changes, the open file; an unfinished last line is skipped).
         let tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
-        let file = if at.seq >= tail.first_seq {
+        let path = if at.seq >= tail.first_seq {
             self.path.clone()
         } else {
             match segments::sealed(&self.path)
@@ -357,12 +358,16 @@ impl AuditLog {
                 None => return Err(missing("its segment was removed by retention".into())),
             }
         };
+        let file = File::open(&path).map_err(|e| missing(e.to_string()))?;
+        drop(tail);
         let mut found = None;
         each_record(&[file], |record| {
-            if record.seq != at.seq {
+            if record.seq < at.seq {
                 return true;
             }
-            found = Some(record);
+            if record.seq == at.seq {
+                found = Some(record);
+            }
             false
         })
         .map_err(|e| missing(e.to_string()))?;
