@@ -17,7 +17,7 @@
 //! chain.
 
 use crate::common::{patched_agent, text, themis};
-use crate::serve::{AM, INTAKE, ONCALL, ServeSpec, Served, notification};
+use crate::serve::{AM, INTAKE, ONCALL, ServeSpec, Served, notification, padded_labels};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -532,11 +532,7 @@ async fn kills_while_the_audit_is_sealed_lose_no_accepted_alert_and_leave_one_ch
                     loop {
                         let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         let mark = format!("acc-{n:08}");
-                        let mut labels: Vec<(&str, &str)> =
-                            ["p0", "p1", "p2", "p3", "p4", "p5", "p6", "p7"]
-                                .into_iter()
-                                .map(|k| (k, pad.as_str()))
-                                .collect();
+                        let mut labels = padded_labels(&pad);
                         labels.push(("mark", &mark));
                         let body = notification("firing", &[("NobodysAlert", "fp-seal", &labels)]);
                         let sent = s

@@ -1496,12 +1496,18 @@ async fn closed_incidents_leave_the_store_after_keep_closed_and_the_audit_says_w
     );
 }
 
-/// Post unrouted alerts, each carrying `pad`, until the audit has `segments` sealed segments.
-async fn fill_audit(s: &Served, pad: &str, segments: usize) {
-    let labels: Vec<(&str, &str)> = ["p0", "p1", "p2", "p3", "p4", "p5", "p6", "p7"]
+/// Eight labels of `pad` each (a label value is at most 2 048 characters): an alert that
+/// fills the audit quickly.
+pub fn padded_labels(pad: &str) -> Vec<(&'static str, &str)> {
+    ["p0", "p1", "p2", "p3", "p4", "p5", "p6", "p7"]
         .into_iter()
         .map(|k| (k, pad))
-        .collect();
+        .collect()
+}
+
+/// Post unrouted alerts, each carrying `pad`, until the audit has `segments` sealed segments.
+async fn fill_audit(s: &Served, pad: &str, segments: usize) {
+    let labels = padded_labels(pad);
     let sealed = s.state.join("audit.segments");
     let count = || std::fs::read_dir(&sealed).map_or(0, |d| d.count());
     let start = count();
@@ -1567,14 +1573,7 @@ async fn the_audit_is_sealed_into_segments_and_kept_within_its_budget_except_wha
         "only the oldest went"
     );
     // The proposal's segment stayed: the approval re-reads it from there and the plan runs.
-    let (status, body) = s
-        .post(
-            &format!("/api/v1/approvals/{id}/approve"),
-            ONCALL,
-            &json!({ "plan_digest": digest }),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    s.approve(&json!({ "id": id, "plan_digest": digest })).await;
     s.incidents_until("the approved run", |l| {
         l.iter()
             .any(|i| i["status"] != "pending-approval" && i["status"] != "executing")
