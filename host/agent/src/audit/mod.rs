@@ -485,19 +485,27 @@ impl AuditLog {
             path: self.path.clone(),
             source,
         };
-        let sealed = self.segments()?.0;
-        let n = n.min(sealed.len());
-        if n == 0 {
-            return Ok(Vec::new());
-        }
-        let next: Vec<PathBuf> = (0..n)
-            .map(|i| {
-                sealed
-                    .get(i + 1)
-                    .map_or_else(|| self.path.clone(), |s| s.path.clone())
-            })
-            .collect();
-        let removed = segments::links_after(&sealed[..n], &next).map_err(io)?;
+        // The links are read under the lock seals hold: the file after the last one removed
+        // is the one the listing says (a seal meanwhile would make the active file another).
+        let (sealed, removed) = {
+            let tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
+            let sealed = self.sealed_locked()?;
+            let n = n.min(sealed.len());
+            if n == 0 {
+                return Ok(Vec::new());
+            }
+            let next: Vec<(PathBuf, u64)> = (0..n)
+                .map(|i| {
+                    sealed.get(i + 1).map_or_else(
+                        || (self.path.clone(), tail.first_seq),
+                        |s| (s.path.clone(), s.first_seq),
+                    )
+                })
+                .collect();
+            let removed = segments::links_after(&sealed[..n], &next).map_err(io)?;
+            (sealed, removed)
+        };
+        let n = removed.len();
         let mut data = why;
         data.insert(
             "records".into(),
@@ -797,7 +805,7 @@ impl AuditLog {
             return Err(io(std::io::Error::other(problem)));
         }
         if tail.file_len >= tail.seal_at && tail.file_len > 0 {
-            self.seal(&mut tail);
+            self.seal(&mut tail).map_err(io)?;
         }
         let ts = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
         let (mut seq, mut prev) = (tail.seq, tail.prev.clone());
@@ -860,34 +868,62 @@ impl AuditLog {
     }
 
     /// Seal the active file (under the tail's lock, before the next record is written): what
-    /// it holds is durable, it becomes a segment, and an empty file takes its place. A seal
-    /// that fails leaves the log appending to the same file and is tried again later: a larger
-    /// file loses nothing, while refusing records would stop the host for a housekeeping fault.
-    fn seal(&self, tail: &mut Tail) {
+    /// it holds is durable, it becomes a segment, and an empty file takes its place. A failed
+    /// fsync, of the file or of the folder after the rename, closes the log as any failed
+    /// fsync does (an error: nothing is written after it). A step that fails before the rename
+    /// leaves the log appending to the same file and is tried again later: a larger file loses
+    /// nothing, while refusing records would stop the host for a housekeeping fault.
+    fn seal(&self, tail: &mut Tail) -> std::io::Result<()> {
         let segment_bytes = self
             .segment_bytes
             .load(std::sync::atomic::Ordering::Relaxed);
-        match segments::seal(&self.path, &tail.file, tail.first_seq).and_then(|file| {
-            let sync_file = std::sync::Arc::new(file.try_clone()?);
-            Ok((file, sync_file))
-        }) {
-            Ok((file, sync_file)) => {
-                // The seal synced the sealed file: everything written so far is durable.
-                let mut d = self.durable.lock().unwrap_or_else(|p| p.into_inner());
-                d.synced = d.synced.max(tail.len);
-                drop(d);
-                tail.file = file;
-                tail.sync_file = sync_file;
-                tail.file_len = 0;
-                tail.first_seq = tail.seq + 1;
-                tail.seal_at = segment_bytes;
-                tracing::info!(audit = %self.path.display(), first_seq = tail.first_seq, "the audit's active file was sealed into a segment");
-            }
+        if let Err(e) = tail.file.sync_data() {
+            return Err(self.fail_closed(e));
+        }
+        // Everything written so far is durable.
+        {
+            let mut d = self.durable.lock().unwrap_or_else(|p| p.into_inner());
+            d.synced = d.synced.max(tail.len);
+        }
+        let prepared = segments::link(&self.path, &tail.file, tail.first_seq)
+            .and_then(|()| segments::prepare_next(&self.path))
+            .and_then(|(next, file)| {
+                let sync_file = std::sync::Arc::new(file.try_clone()?);
+                std::fs::rename(&next, &self.path).inspect_err(|_| {
+                    let _ = std::fs::remove_file(&next);
+                })?;
+                Ok((file, sync_file))
+            });
+        let (file, sync_file) = match prepared {
+            Ok(renamed) => renamed,
             Err(e) => {
                 tail.seal_at = tail.file_len.saturating_add((segment_bytes / 8).max(1));
                 tracing::error!(audit = %self.path.display(), error = %e, "the audit's active file could not be sealed; it keeps growing until a later try succeeds");
+                return Ok(());
             }
+        };
+        // Renamed: the new file is the active one from here on, whatever follows.
+        tail.file = file;
+        tail.sync_file = sync_file;
+        tail.file_len = 0;
+        tail.first_seq = tail.seq + 1;
+        tail.seal_at = segment_bytes;
+        if let Err(e) = segments::sync_parent(&self.path) {
+            return Err(self.fail_closed(e));
         }
+        tracing::info!(audit = %self.path.display(), first_seq = tail.first_seq, "the audit's active file was sealed into a segment");
+        Ok(())
+    }
+
+    /// An fsync failed: no record from here on can be trusted to be on disk, so the log takes
+    /// no more (see `Durable::failed`).
+    fn fail_closed(&self, e: std::io::Error) -> std::io::Error {
+        let problem = format!(
+            "an fsync of the audit log failed ({e}); no record since can be trusted to be on disk, so the log takes no more: restart the host"
+        );
+        let mut d = self.durable.lock().unwrap_or_else(|p| p.into_inner());
+        d.failed = Some(problem.clone());
+        std::io::Error::other(problem)
     }
 
     /// Tell the pipeline (a `tracing` event with stable fields, the record observer) of every
@@ -1387,6 +1423,10 @@ mod tests {
             segments::dir_of(&path).join(segments::name_of(first)),
         )
         .expect("link");
+        // Read before any host opens it again: the link is the active file, read once.
+        assert_eq!(read_all(&path).expect("read").0, records);
+        let intact = verify::verify(&path).expect("reads").expect("intact");
+        assert_eq!(intact.records, 12);
         let log = AuditLog::open(&path, Redactor::default()).expect("reopen");
         assert_eq!(
             log.end(),

@@ -55,8 +55,22 @@ pub struct Segment {
 }
 
 /// `active`'s sealed segments, oldest first (none when the folder does not exist). Files in the
-/// folder that are not named as segments are not the log's and are left alone.
+/// folder that are not named as segments are not the log's and are left alone. A newest
+/// segment that is the active file itself (a seal between its link and its rename, or one a
+/// crash or an error cut off there) is not a segment yet, and is left out.
 pub fn sealed(active: &Path) -> std::io::Result<Vec<Segment>> {
+    let mut all = listed(active)?;
+    if let Some(newest) = all.last()
+        && let (Ok(a), Ok(s)) = (std::fs::metadata(active), std::fs::metadata(&newest.path))
+        && same_file(&a, &s)
+    {
+        all.pop();
+    }
+    Ok(all)
+}
+
+/// Every file of the segments folder named as a segment, oldest first.
+fn listed(active: &Path) -> std::io::Result<Vec<Segment>> {
     let dir = dir_of(active);
     let entries = match std::fs::read_dir(&dir) {
         Ok(e) => e,
@@ -149,10 +163,9 @@ pub fn first_link(file: &mut File) -> std::io::Result<Option<(u64, String)>> {
         .map(|l| (l.seq, l.prev)))
 }
 
-/// Seal the active file: durable as it is, linked into the segments folder under its first
-/// sequence number, and replaced by an empty file (which is returned, open for appending).
-pub(super) fn seal(active: &Path, file: &File, first_seq: u64) -> std::io::Result<File> {
-    file.sync_data()?;
+/// Link the active file (synced by the caller) into the segments folder under its first
+/// sequence number: the first step of a seal.
+pub(super) fn link(active: &Path, file: &File, first_seq: u64) -> std::io::Result<()> {
     let dir = dir_of(active);
     crate::private::create_dir_all(&dir)?;
     let target = dir.join(name_of(first_seq));
@@ -169,12 +182,12 @@ pub(super) fn seal(active: &Path, file: &File, first_seq: u64) -> std::io::Resul
         }
         Err(e) => return Err(e),
     }
-    sync_dir(&dir)?;
-    replace_with_empty(active)
+    sync_dir(&dir)
 }
 
-/// Rename a new, empty, owner-only file over `active`, durably; return it open for appending.
-pub(super) fn replace_with_empty(active: &Path) -> std::io::Result<File> {
+/// A new, empty, owner-only file beside `active`, synced and open for reading and appending:
+/// the file a seal renames over the active one.
+pub(super) fn prepare_next(active: &Path) -> std::io::Result<(PathBuf, File)> {
     let mut name = active
         .file_name()
         .map(|n| n.to_os_string())
@@ -182,19 +195,28 @@ pub(super) fn replace_with_empty(active: &Path) -> std::io::Result<File> {
     name.push(".next");
     let next = active.with_file_name(name);
     let _ = std::fs::remove_file(&next);
-    crate::private::options()
-        .write(true)
-        .create_new(true)
-        .open(&next)?
-        .sync_all()?;
-    std::fs::rename(&next, active)?;
-    if let Some(parent) = active.parent().filter(|p| !p.as_os_str().is_empty()) {
-        sync_dir(parent)?;
-    }
-    crate::private::options()
-        .create(true)
+    let file = crate::private::options()
+        .read(true)
         .append(true)
-        .open(active)
+        .create_new(true)
+        .open(&next)?;
+    file.sync_all()?;
+    Ok((next, file))
+}
+
+/// Make the rename of the active file durable: its folder synced.
+pub(super) fn sync_parent(active: &Path) -> std::io::Result<()> {
+    match active.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(parent) => sync_dir(parent),
+        None => Ok(()),
+    }
+}
+
+/// Rename a new, empty file over `active`, durably (finishing a seal at open).
+pub(super) fn replace_with_empty(active: &Path) -> std::io::Result<()> {
+    let (next, _) = prepare_next(active)?;
+    std::fs::rename(&next, active)?;
+    sync_parent(active)
 }
 
 pub(super) fn sync_dir(dir: &Path) -> std::io::Result<()> {
@@ -204,7 +226,7 @@ pub(super) fn sync_dir(dir: &Path) -> std::io::Result<()> {
 /// A seal a crash cut off between its link and its rename leaves the active file also named as
 /// the newest segment: finish it (the active file becomes a new, empty one).
 pub(super) fn finish_interrupted_seal(active: &Path) -> std::io::Result<bool> {
-    let Some(newest) = sealed(active)?.pop() else {
+    let Some(newest) = listed(active)?.pop() else {
         return Ok(false);
     };
     let (Ok(a), Ok(s)) = (std::fs::metadata(active), std::fs::metadata(&newest.path)) else {
@@ -226,16 +248,16 @@ pub struct RemovedSegment {
     pub bytes: u64,
 }
 
-/// For each of the oldest `n` segments, the link after its last record: read from the first
-/// record of the file after it (`next_files[i]` is the file following `oldest[i]`).
+/// For each of the oldest segments, the link after its last record: read from the first record
+/// of the file after it (`next_files[i]`: its path and the seq its first record must have).
 pub(super) fn links_after(
     oldest: &[Segment],
-    next_files: &[PathBuf],
+    next_files: &[(PathBuf, u64)],
 ) -> std::io::Result<Vec<RemovedSegment>> {
     oldest
         .iter()
         .zip(next_files)
-        .map(|(s, next)| {
+        .map(|(s, (next, next_first))| {
             let (seq, prev) = first_link(&mut File::open(next)?)?.ok_or_else(|| {
                 std::io::Error::other(format!(
                     "{}: no whole record to continue from, so {} cannot go yet",
@@ -243,7 +265,7 @@ pub(super) fn links_after(
                     s.path.display()
                 ))
             })?;
-            if seq <= s.first_seq || prev == GENESIS {
+            if seq != *next_first || seq <= s.first_seq || prev == GENESIS {
                 return Err(std::io::Error::other(format!(
                     "{} does not continue {}: the segments are out of order",
                     next.display(),

@@ -37,6 +37,8 @@ pub(crate) struct AuditRetention {
     pub(crate) store: Arc<dyn IncidentStore>,
     pub(crate) backlogs: Vec<Arc<Backlog>>,
     pub(crate) max_bytes: u64,
+    /// One pass at a time: a pass removes the segments it checked, and only those.
+    pub(crate) one_at_a_time: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl AuditRetention {
@@ -62,6 +64,7 @@ impl AuditRetention {
 
     /// Remove the oldest segments past the budget that nothing open needs.
     pub(crate) async fn pass(&self) -> Result<Pass, RuntimeError> {
+        let _one = self.one_at_a_time.lock().await;
         let (sealed, active) = self.audit.segments()?;
         if segments::due_for_removal(&sealed, active, self.max_bytes, |_| false) == 0 {
             return Ok(Pass::default());
@@ -183,6 +186,7 @@ mod tests {
             store: store.clone(),
             backlogs: vec![backlog.clone()],
             max_bytes: 4096,
+            one_at_a_time: Default::default(),
         };
         let holding = audit.file_holding(26).expect("file");
         let pass = retention.pass().await.expect("pass");

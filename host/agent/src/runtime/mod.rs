@@ -312,6 +312,7 @@ impl Runtime {
                 store: parts.store.clone(),
                 backlogs: handles.iter().map(|h| h.backlog.clone()).collect(),
                 max_bytes: budget.max_bytes,
+                one_at_a_time: Default::default(),
             };
             tickers.push(tokio::spawn(retention.clone().tick(budget.every)));
             retention
