@@ -319,9 +319,7 @@ impl AuditLog {
             match result {
                 Ok(()) => d.synced = d.synced.max(upto),
                 Err(e) => {
-                    d.failed = Some(format!(
-                        "an fsync of the audit log failed ({e}); no record since can be trusted to be on disk, so the log takes no more: restart the host"
-                    ));
+                    d.failed = Some(fsync_failed(&e));
                 }
             }
             self.synced.notify_all();
@@ -918,9 +916,7 @@ impl AuditLog {
     /// An fsync failed: no record from here on can be trusted to be on disk, so the log takes
     /// no more (see `Durable::failed`).
     fn fail_closed(&self, e: std::io::Error) -> std::io::Error {
-        let problem = format!(
-            "an fsync of the audit log failed ({e}); no record since can be trusted to be on disk, so the log takes no more: restart the host"
-        );
+        let problem = fsync_failed(&e);
         let mut d = self.durable.lock().unwrap_or_else(|p| p.into_inner());
         d.failed = Some(problem.clone());
         std::io::Error::other(problem)
@@ -990,6 +986,13 @@ impl Record {
             hash: self.hash.clone(),
         }
     }
+}
+
+/// Why the log takes no more records after a failed fsync.
+fn fsync_failed(e: &std::io::Error) -> String {
+    format!(
+        "an fsync of the audit log failed ({e}); no record since can be trusted to be on disk, so the log takes no more: restart the host"
+    )
 }
 
 /// Where a reader stands in the log: a file (by the seq its first record has or will have)
