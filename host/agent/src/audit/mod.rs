@@ -359,7 +359,7 @@ impl AuditLog {
         let file = File::open(&path).map_err(|e| missing(e.to_string()))?;
         drop(tail);
         let mut found = None;
-        each_record(&[file], |record| {
+        each_record(vec![file], |record| {
             if record.seq < at.seq {
                 return true;
             }
@@ -540,7 +540,7 @@ impl AuditLog {
     ) -> Result<(Vec<Record>, usize), AuditError> {
         let mut out = std::collections::VecDeque::new();
         let mut altered = 0;
-        each_record(&self.files()?, |record| {
+        each_record(self.files()?, |record| {
             if keep(&record) {
                 if record.compute_hash() != record.hash {
                     altered += 1;
@@ -564,7 +564,7 @@ impl AuditLog {
     /// is skipped and counted), until `visit` returns false. Reads without blocking appends.
     pub fn scan(&self, mut visit: impl FnMut(Record) -> bool) -> Result<usize, AuditError> {
         let mut altered = 0;
-        each_record(&self.files()?, |record| {
+        each_record(self.files()?, |record| {
             if record.compute_hash() != record.hash {
                 altered += 1;
                 return true;
@@ -1007,33 +1007,12 @@ fn json_u64(n: u64) -> Value {
     Value::from(n)
 }
 
-/// Something `each_record` reads: an open file, or a path to open.
-trait Source {
-    fn open(&self) -> std::io::Result<File>;
-}
-impl Source for File {
-    fn open(&self) -> std::io::Result<File> {
-        use std::io::Seek;
-        let mut f = self.try_clone()?;
-        f.seek(std::io::SeekFrom::Start(0))?;
-        Ok(f)
-    }
-}
-impl Source for PathBuf {
-    fn open(&self) -> std::io::Result<File> {
-        File::open(self)
-    }
-}
-
 /// Every whole, parseable record of the files in order, until `visit` returns false. No record
 /// this log writes is longer than MAX_RECORD_BYTES and its envelope: a longer line was not
 /// written here and is never read whole; nor is an unfinished last line.
-fn each_record(
-    files: &[impl Source],
-    mut visit: impl FnMut(Record) -> bool,
-) -> std::io::Result<()> {
+fn each_record(files: Vec<File>, mut visit: impl FnMut(Record) -> bool) -> std::io::Result<()> {
     for file in files {
-        let mut reader = BufReader::new(file.open()?);
+        let mut reader = BufReader::new(file);
         let mut line = Vec::new();
         loop {
             line.clear();
