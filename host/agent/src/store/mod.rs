@@ -10,6 +10,7 @@
 mod audit_first;
 mod json;
 mod mac;
+mod migrations;
 pub mod postgres;
 mod rows;
 pub mod sqlite;

@@ -24,8 +24,6 @@ use std::time::{Duration, Instant, SystemTime};
 use themis_core::fsm::AgentState;
 use themis_core::guard::GuardBook;
 
-static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
-
 /// The file in the state directory that says its state is in PostgreSQL, and where: read-only
 /// commands next to a running host (`themis agents`, `themis guard list`) find it there.
 pub const MARKER: &str = "store.postgres.json";
@@ -333,7 +331,13 @@ impl PgStore {
             .await
             .map_err(|e| rows.fail(e))?;
         let pool = pool(options.clone(), 4).await.map_err(|e| rows.fail(e))?;
-        MIGRATIONS.run(&pool).await.map_err(|e| {
+        super::migrations::POSTGRES
+            .migrator()
+            .await
+            .map_err(|e| rows.fail(e))?
+            .run(&pool)
+            .await
+            .map_err(|e| {
             rows.fail(format!(
                 "{e} (the schema could not be brought to this version: the role must own the database — `CREATE DATABASE themis OWNER themis` — and the database must not be from a newer Themis)"
             ))

@@ -21,8 +21,6 @@ use themis_core::guard::GuardBook;
 /// The database's file name in the state directory.
 pub const FILE: &str = "themis.db";
 
-static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
-
 pub struct SqliteStore {
     rows: Sealer,
     /// Durable writes: one connection (SQLite has one writer), `synchronous = FULL`, so a
@@ -78,7 +76,13 @@ impl SqliteStore {
             .connect_with(options.clone().synchronous(SqliteSynchronous::Full))
             .await
             .map_err(|e| fail(&e))?;
-        MIGRATIONS.run(&writer).await.map_err(|e| {
+        super::migrations::SQLITE
+            .migrator()
+            .await
+            .map_err(|e| fail(&e))?
+            .run(&writer)
+            .await
+            .map_err(|e| {
             fail(&format!(
                 "{e} (the schema could not be brought to this version; is the database from a newer Themis?)"
             ))
