@@ -362,6 +362,29 @@ fn an_approver_is_who_they_say_and_never_the_requester() {
         "{}",
         text(&own.stderr)
     );
+    // The first proposal was answered by the adjustment: a late reject or adjust of it (an
+    // old Slack message, a retried request) answers nothing, least of all the new plan.
+    for late in [
+        vec!["reject", apr.as_str(), "--reason", "late click"],
+        vec![
+            "adjust",
+            apr.as_str(),
+            "--runbook",
+            "terminate-blocker",
+            "--param",
+            "pid=7",
+        ],
+    ] {
+        let mut args = late.clone();
+        args.extend(["--state-dir", state]);
+        let refused = themis(&args);
+        assert_eq!(refused.status.code(), Some(1), "{late:?} must be refused");
+        assert!(
+            text(&refused.stderr).contains("already"),
+            "{late:?}: {}",
+            text(&refused.stderr)
+        );
+    }
     let config = approvers_config(dir.path());
     let other = Command::new(env!("CARGO_BIN_EXE_themis"))
         .args(["approve", &mine, "--digest", &digest, "--state-dir", state])

@@ -79,6 +79,8 @@ fn cut_in_the_action() -> ResumeFrom {
                 value: "50000".into(),
             },
         ],
+        // The cut-off restart was journalled before it was called.
+        calls: BTreeMap::from([("kafka.restart-consumers".to_string(), 1)]),
     }
 }
 
@@ -124,6 +126,32 @@ async fn an_action_that_had_not_acted_is_rolled_back_when_not_idempotent() {
     }
     assert!(!restarted, "a non-idempotent action never runs twice");
     assert!(report.phases.iter().any(|p| p.phase == Phase::Rollback));
+}
+
+/// `max_calls` spans the whole execution, resumes included: a run resumed at the restart's
+/// precondition after its one granted restart was journalled may not restart again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_resumed_run_counts_the_calls_its_cut_off_part_made() {
+    let loaded = runbook(RESTART);
+    let world = mock(&world("7"));
+    let mut from = cut_in_the_action();
+    from.at = Resume::Precondition(0);
+    let report =
+        executor::execute_resumed(sandbox(), &loaded, &request(&world), &mut Unobserved, from)
+            .await;
+    let restarted = world
+        .calls()
+        .iter()
+        .any(|c| c.capability == "kafka.restart-consumers");
+    assert!(
+        !restarted,
+        "the cap of one restart was spent before the stop: {report:?}"
+    );
+    assert!(
+        !matches!(report.outcome, Outcome::Succeeded),
+        "{:?}",
+        report.outcome
+    );
 }
 
 fn record(seq: u64, kind: &str, data: Value) -> Record {
@@ -219,6 +247,23 @@ fn where_a_run_resumes_is_read_off_its_record() {
         ]),
         Ok(Resume::Precondition(1))
     );
+    // Resumed once from the cut-off action's postcondition (it held): the step has no action
+    // phase on the record, only its intent, and still counts as one that acted — a second
+    // stop's rollback must undo it.
+    let (_, from) = resume_point(
+        &[start.clone(), pre.clone(), intent.clone(), post.clone()],
+        &loaded,
+    )
+    .expect("resumable");
+    assert_eq!(from.at, Resume::Precondition(1));
+    assert_eq!(from.acted, vec![0]);
+    assert_eq!(from.calls.get("kafka.restart-consumers"), Some(&1));
+    // The mode the run began in comes back with it: a start record from before the flag is live.
+    assert!(!started.dry_run);
+    let mut shadow = start.clone();
+    shadow.data["dry_run"] = json!(true);
+    let (shadow_started, _) = resume_point(&[shadow, pre.clone()], &loaded).expect("resumable");
+    assert!(shadow_started.dry_run);
     // A postcondition that did not hold yet (its wait cut short, or its rollback not begun):
     // read again. Once a rollback acted, no.
     let failed = phase(5, "restart-consumers", "postcondition", "failed", json!({}));

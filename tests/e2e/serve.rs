@@ -145,6 +145,42 @@ impl<'a> ServeSpec<'a> {
     }
 }
 
+impl ServeSpec<'_> {
+    /// Start `themis serve` expecting it to refuse: its exit code and what it said.
+    pub fn refused(&self) -> (Option<i32>, String) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_themis"))
+            .args(["serve", "--config"])
+            .arg(self.config())
+            .env("TEST_INTAKE_TOKEN", INTAKE)
+            .env("TEST_ONCALL_TOKEN", ONCALL)
+            .env("TEST_SLACK_SECRET", SLACK_SECRET)
+            .env("THEMIS_CACHE_DIR", repo().join("target/e2e-cache"))
+            .env_remove("THEMIS_LISTEN")
+            .env_remove("THEMIS_STATE_DIR")
+            .current_dir(self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("themis serve starts");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("themis serve did not refuse to start");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut err = String::new();
+        if let Some(mut stderr) = child.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut stderr, &mut err);
+        }
+        (status.code(), err)
+    }
+}
+
 impl Served {
     pub async fn post(&self, path: &str, token: &str, body: &Value) -> (u16, Value) {
         let r = self
@@ -1253,6 +1289,21 @@ async fn sigterm_stops_cleanly_and_the_event_stream_shows_transitions() {
         text(&out.stderr).contains("cut from the end"),
         "{}",
         text(&out.stderr)
+    );
+    // Nor does the host sign over the cut: it refuses to start until a human has looked.
+    let (code, err) = ServeSpec::new(dir.path()).refused();
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("does not reach the newest checkpoint") && err.contains("audit.head.json"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&audit)
+            .expect("audit")
+            .lines()
+            .count(),
+        cut.len() - 2,
+        "nothing was written on the cut log"
     );
 }
 

@@ -884,6 +884,11 @@ async fn dispatch(cli: Cli) -> ExitCode {
                             "    a cut tail is not ruled out: give --head <audit_signing_key>.head.json"
                         );
                     }
+                    if let Some(bytes) = intact.unfinished {
+                        outln!(
+                            "    its last line is not whole ({bytes} bytes, no newline): an append under way, or one a crash cut short (never acknowledged), which the host's next start moves aside"
+                        );
+                    }
                     ExitCode::SUCCESS
                 }
                 Ok(Err(broken)) => fail(1, format!("{}: {broken}", file.display())),

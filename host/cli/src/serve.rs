@@ -34,7 +34,8 @@ pub struct ServeArgs {
     check: bool,
     /// Shadow mode for every agent: read the real systems, record every mutating capability
     /// call as "would do" (in the audit and the API) and change nothing.
-    #[arg(long, env = "THEMIS_DRY_RUN")]
+    /// (THEMIS_DRY_RUN=1|true|yes|on; 0|false|no|off or unset: live).
+    #[arg(long, env = "THEMIS_DRY_RUN", value_parser = clap::builder::BoolishValueParser::new())]
     dry_run: bool,
     #[command(flatten)]
     unsigned: Unsigned,
@@ -399,6 +400,7 @@ fn enable_checkpoints(
         return Ok(());
     };
     let key = checkpoint::load_or_create_key(path)?;
+    checkpoint::reaches_head(audit, &key, &path.with_extension("head.json"))?;
     audit
         .append("host", None, "audit-checkpoints-on", serde_json::json!({ "key_id": key.id.to_string(), "every_records": checkpoint::DEFAULT_EVERY_RECORDS, "every_secs": checkpoint::DEFAULT_EVERY.as_secs() }))
         .map_err(|e| e.to_string())?;

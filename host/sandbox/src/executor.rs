@@ -26,6 +26,7 @@ use crate::{
 };
 use async_trait::async_trait;
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use themis_caps::Backends;
@@ -212,6 +213,9 @@ pub struct ResumeFrom {
     pub at: Resume,
     pub acted: Vec<usize>,
     pub outputs: Vec<StepOutput>,
+    /// The calls the cut-off part made, per capability (its journalled intents): the
+    /// manifest's `max_calls` counts them, so a resumed run never calls past its cap.
+    pub calls: BTreeMap<String, u32>,
 }
 
 /// Observes nothing.
@@ -249,6 +253,7 @@ pub async fn execute_observed(
         at: Resume::Precondition(0),
         acted: Vec::new(),
         outputs: Vec::new(),
+        calls: BTreeMap::new(),
     };
     execute_resumed(sandbox, loaded, request, observer, from).await
 }
@@ -269,7 +274,7 @@ pub async fn execute_resumed(
         request,
         outputs: from.outputs,
         phases: Vec::new(),
-        counts: Arc::default(),
+        counts: Arc::new(ExecutionCounts::starting_at(from.calls)),
         acted: from.acted,
     };
     let outcome = walk.run(from.at).await;

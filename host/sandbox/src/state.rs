@@ -65,6 +65,11 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
 pub struct ExecutionCounts(Mutex<BTreeMap<String, u32>>);
 
 impl ExecutionCounts {
+    /// The counts a resumed execution starts from: the calls its cut-off part made.
+    pub fn starting_at(calls: BTreeMap<String, u32>) -> ExecutionCounts {
+        ExecutionCounts(Mutex::new(calls))
+    }
+
     pub(crate) fn get(&self, capability: &str) -> u32 {
         self.0
             .lock()

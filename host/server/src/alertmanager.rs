@@ -18,6 +18,17 @@ pub const MAX_PAIRS: usize = 256;
 pub const MAX_KEY_CHARS: usize = 256;
 pub const MAX_VALUE_CHARS: usize = 2048;
 
+/// The most one accepted alert's record may hold (its alert, status and source as JSON): half
+/// of what one audit record keeps whole, so redaction cannot push it over. An alert that would
+/// be larger has its longest annotations cut first; only labels alone over it are refused. A
+/// record over the audit's own bound would be kept as a digest, and the alert lost.
+pub const MAX_ALERT_RECORD_BYTES: usize = themis_agent::audit::MAX_RECORD_BYTES / 2;
+
+/// The most a notification's group fields (`groupKey`, `groupLabels`, `receiver`,
+/// `externalURL`) may come to when repeated on each of its alerts' records: what one request
+/// may make the host hold beyond its body.
+pub const MAX_REPEATED_BYTES: usize = 32 << 20;
+
 /// Whether the values of a set are refused over [`MAX_VALUE_CHARS`] (labels: they are the
 /// alert's identity) or cut to it with a marker (annotations).
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -127,6 +138,74 @@ pub struct Incoming {
     pub source: Value,
 }
 
+impl Incoming {
+    /// The size of this alert's `alert-accepted` record data, as the runtime writes it.
+    fn record_bytes(&self) -> usize {
+        serde_json::to_vec(
+            &json!({ "alert": self.alert, "status": self.status, "source": self.source }),
+        )
+        .map_or(usize::MAX, |v| v.len())
+    }
+
+    /// Bring the alert's record within [`MAX_ALERT_RECORD_BYTES`]: its longest annotations
+    /// are cut to a marker, one at a time, until it fits; labels alone over it are refused
+    /// (400 naming `{at}.labels`), since they are what the alert is.
+    fn fit(&mut self, at: &str) -> Result<(), ApiError> {
+        let mut bytes = self.record_bytes();
+        while bytes > MAX_ALERT_RECORD_BYTES {
+            // Longest first, until what they held (as JSON, escapes included) covers the excess;
+            // then measured again, as markers take a little room too.
+            let json_len = |v: &str| serde_json::to_string(v).map_or(v.len(), |j| j.len());
+            let mut longest: Vec<&mut Pair> = self
+                .alert
+                .annotations
+                .iter_mut()
+                .filter(|p| !p.value.starts_with(CUT_WHOLE))
+                .collect();
+            if longest.is_empty() {
+                let field = if at.is_empty() {
+                    "labels".to_string()
+                } else {
+                    format!("{at}.labels")
+                };
+                return Err(ApiError::bad_request(
+                    field,
+                    format!(
+                        "the alert (its labels and its group's fields) comes to {bytes} bytes of JSON once its annotations are cut; at most {MAX_ALERT_RECORD_BYTES}: fewer or shorter labels"
+                    ),
+                ));
+            }
+            longest.sort_by_key(|p| std::cmp::Reverse(json_len(&p.value)));
+            let excess = bytes - MAX_ALERT_RECORD_BYTES;
+            let mut freed = 0;
+            for pair in longest {
+                freed += json_len(&pair.value);
+                pair.value = format!(
+                    "{CUT_WHOLE} {} characters cut by Themis: the alert was over {MAX_ALERT_RECORD_BYTES} bytes]",
+                    pair.value.chars().count()
+                );
+                if freed >= excess {
+                    break;
+                }
+            }
+            bytes = self.record_bytes();
+        }
+        Ok(())
+    }
+}
+
+/// How an annotation cut whole (to keep its alert within its record) begins.
+const CUT_WHOLE: &str = "…[all";
+
+/// `value`, or it cut to [`MAX_VALUE_CHARS`] with the marker.
+fn cut_over(value: &str) -> String {
+    if value.chars().count() > MAX_VALUE_CHARS {
+        cut(value)
+    } else {
+        value.to_owned()
+    }
+}
+
 fn pairs(field: &str, map: &BTreeMap<String, String>, over: Over) -> Result<Vec<Pair>, ApiError> {
     if map.len() > MAX_PAIRS {
         return Err(ApiError::bad_request(
@@ -205,6 +284,27 @@ impl Notification {
             ));
         }
         let group_labels = pairs("groupLabels", &self.group_labels, Over::Refuse)?;
+        // Informational, and repeated on every alert's record: cut, never refused.
+        let group_key = cut_over(&self.group_key);
+        let receiver = cut_over(&self.receiver);
+        let external_url = cut_over(&self.external_url);
+        let repeated = 2 * group_key.len()
+            + receiver.len()
+            + external_url.len()
+            + group_labels
+                .iter()
+                .map(|p| p.key.len() + p.value.len() + 8)
+                .sum::<usize>();
+        if repeated.saturating_mul(self.alerts.len()) > MAX_REPEATED_BYTES {
+            return Err(ApiError::bad_request(
+                "groupLabels",
+                format!(
+                    "the group fields (groupKey, groupLabels, receiver, externalURL: {repeated} bytes) repeat on each of the {} alerts, over {} MiB in all; group by fewer or shorter labels, or lower the receiver's max_alerts",
+                    self.alerts.len(),
+                    MAX_REPEATED_BYTES >> 20
+                ),
+            ));
+        }
         let mut out = Vec::with_capacity(self.alerts.len());
         for (i, a) in self.alerts.into_iter().enumerate() {
             let name = a
@@ -254,23 +354,25 @@ impl Notification {
                     ends_at: a.ends_at.clone(),
                     generator_url: a.generator_url.clone(),
                     group_labels: group_labels.clone(),
-                    group_key: self.group_key.chars().take(MAX_VALUE_CHARS).collect(),
+                    group_key: group_key.clone(),
                 }),
             };
-            out.push(Incoming {
+            let mut incoming = Incoming {
                 alert,
                 status: a.status,
                 source: json!({
                     "via": "alertmanager",
-                    "group_key": self.group_key,
-                    "receiver": self.receiver,
+                    "group_key": group_key,
+                    "receiver": receiver,
                     "truncated_alerts": self.truncated_alerts,
                     "starts_at": a.starts_at,
                     "ends_at": a.ends_at,
                     "generator_url": a.generator_url,
-                    "external_url": self.external_url,
+                    "external_url": external_url,
                 }),
-            });
+            };
+            incoming.fit(&format!("alerts[{i}]"))?;
+            out.push(incoming);
         }
         Ok(out)
     }
@@ -349,7 +451,7 @@ impl OwnAlert {
         };
         let labels = pairs("labels", &self.labels, Over::Refuse)?;
         let annotations = pairs("annotations", &self.annotations, Over::Cut)?;
-        Ok(Incoming {
+        let mut incoming = Incoming {
             alert: Alert {
                 name: self.name,
                 fingerprint,
@@ -358,8 +460,10 @@ impl OwnAlert {
                 source: None,
             },
             status: self.status,
-            source: json!({ "via": "api", "source": self.source }),
-        })
+            source: json!({ "via": "api", "source": self.source.as_deref().map(cut_over) }),
+        };
+        incoming.fit("")?;
+        Ok(incoming)
     }
 }
 
@@ -439,6 +543,97 @@ mod tests {
         n.alerts[0].labels.insert("pod".into(), long);
         let e = n.into_incoming(10).expect_err("a label is identity");
         assert_eq!(e.field.as_deref(), Some("alerts[0].labels.pod"));
+    }
+
+    #[test]
+    fn an_alert_is_kept_within_one_whole_record_never_a_digest_of_it() {
+        // 200 annotations of 2000 characters: about 400 KB, over what one record keeps whole.
+        let mut n = notification("4", Some("X"));
+        for k in 0..200 {
+            n.alerts[0]
+                .annotations
+                .insert(format!("note{k:03}"), format!("{k:03}").repeat(666));
+        }
+        let ok = n
+            .into_incoming(10)
+            .expect("taken, its longest annotations cut");
+        let bytes = ok[0].record_bytes();
+        assert!(bytes <= MAX_ALERT_RECORD_BYTES, "{bytes}");
+        let cut_whole = ok[0]
+            .alert
+            .annotations
+            .iter()
+            .filter(|p| p.value.starts_with(CUT_WHOLE))
+            .count();
+        assert!(
+            (1..200).contains(&cut_whole),
+            "only as many cut as needed: {cut_whole}"
+        );
+        // Labels alone over it are refused by name.
+        let mut n = notification("4", Some("X"));
+        for k in 0..100 {
+            n.alerts[0]
+                .labels
+                .insert(format!("l{k:03}"), "v".repeat(MAX_VALUE_CHARS));
+        }
+        let e = n.into_incoming(10).expect_err("labels are identity");
+        assert_eq!(e.field.as_deref(), Some("alerts[0].labels"));
+        // The same for Themis' own JSON, whose free-text source is cut too.
+        let own = OwnAlert {
+            name: "X".into(),
+            fingerprint: None,
+            labels: BTreeMap::new(),
+            annotations: (0..200)
+                .map(|k| (format!("a{k}"), "z".repeat(2000)))
+                .collect(),
+            status: AlertStatus::Firing,
+            source: Some("s".repeat(300_000)),
+        }
+        .into_incoming()
+        .expect("taken");
+        assert!(own.record_bytes() <= MAX_ALERT_RECORD_BYTES);
+        assert!(
+            own.source["source"]
+                .as_str()
+                .expect("source")
+                .chars()
+                .count()
+                <= MAX_VALUE_CHARS
+        );
+    }
+
+    #[test]
+    fn group_fields_are_cut_and_what_they_repeat_to_is_bounded() {
+        let mut n = notification("4", Some("X"));
+        n.group_key = "k".repeat(500_000);
+        n.external_url = "u".repeat(500_000);
+        let ok = n.into_incoming(10).expect("cut, not refused");
+        for field in ["group_key", "external_url"] {
+            let kept = ok[0].source[field].as_str().expect(field);
+            assert!(kept.chars().count() <= MAX_VALUE_CHARS, "{field}");
+            assert!(kept.contains("cut by Themis"), "{field}");
+        }
+        // Many small alerts under large group labels: refused before anything is repeated.
+        let mut n = notification("4", Some("X"));
+        n.group_labels = (0..200)
+            .map(|k| (format!("g{k:03}"), "v".repeat(2000)))
+            .collect();
+        let one = n.alerts.remove(0);
+        n.alerts = (0..100)
+            .map(|k| AmAlert {
+                fingerprint: format!("f{k}"),
+                labels: one.labels.clone(),
+                annotations: BTreeMap::new(),
+                starts_at: String::new(),
+                ends_at: String::new(),
+                generator_url: String::new(),
+                status: AlertStatus::Firing,
+            })
+            .collect();
+        let e = n
+            .into_incoming(usize::MAX)
+            .expect_err("over the repeat budget");
+        assert_eq!(e.field.as_deref(), Some("groupLabels"));
     }
 
     #[test]

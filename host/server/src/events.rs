@@ -18,6 +18,17 @@ use tokio::sync::broadcast;
 /// Events kept for watchers that are behind.
 pub const EVENT_BUFFER: usize = 1024;
 
+/// Event streams open at once: each holds a connection and a place in the broadcast, so
+/// watchers past this are turned away (429) rather than let grow without a bound.
+pub const MAX_STREAMS: usize = 256;
+
+/// One open event stream: its receiver and its place among [`MAX_STREAMS`], given back when
+/// the stream ends.
+pub struct Subscription {
+    pub rx: broadcast::Receiver<StreamEvent>,
+    _place: tokio::sync::OwnedSemaphorePermit,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct StreamEvent {
     /// `transition`, `phase` or `escalation`.
@@ -39,6 +50,7 @@ pub struct Events {
     tx: broadcast::Sender<StreamEvent>,
     since: Mutex<BTreeMap<String, Since>>,
     redactor: Redactor,
+    streams: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 fn now_text() -> String {
@@ -52,11 +64,17 @@ impl Events {
             tx,
             since: Mutex::new(BTreeMap::new()),
             redactor,
+            streams: std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_STREAMS)),
         }
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<StreamEvent> {
-        self.tx.subscribe()
+    /// A new stream of events, or `None` when [`MAX_STREAMS`] are open already.
+    pub fn subscribe(&self) -> Option<Subscription> {
+        let place = self.streams.clone().try_acquire_owned().ok()?;
+        Some(Subscription {
+            rx: self.tx.subscribe(),
+            _place: place,
+        })
     }
 
     /// When `agent` entered its current state, if it moved since the service started.
@@ -122,5 +140,24 @@ impl RuntimeObserver for Events {
                 "plan_digest": escalation.proposal.as_ref().map(|p| &p.plan_digest),
             }),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn streams_past_the_bound_are_turned_away_until_one_ends() {
+        let events = Events::new(Redactor::with_values(None));
+        let mut open: Vec<Subscription> = (0..MAX_STREAMS)
+            .map(|_| events.subscribe().expect("within the bound"))
+            .collect();
+        assert!(events.subscribe().is_none(), "one past the bound");
+        open.pop();
+        let mut again = events.subscribe().expect("a place was given back");
+        assert!(events.subscribe().is_none(), "and only one");
+        events.send("transition", "kafka", json!({ "n": 1 }));
+        assert_eq!(again.rx.try_recv().expect("delivered").agent, "kafka");
     }
 }

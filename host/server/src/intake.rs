@@ -1,7 +1,9 @@
 //! Alert intake: Alertmanager's webhook and Themis' own JSON. Authenticated before anything is
 //! read; every accepted alert is on the audit (fsynced) before the 200; a full agent queue is a
-//! 429 with `Retry-After` (Alertmanager retries the whole notification, and deduplication by
-//! fingerprint absorbs the alerts of it that were already taken).
+//! 429 with `Retry-After`. Alertmanager's webhook notifier retries only a 5xx at once; after a
+//! 429 it logs the failure, and since the notification was not marked sent it notifies the
+//! group again at its next `group_interval`, when deduplication by fingerprint absorbs the
+//! alerts of it that were already taken. Other senders honour `Retry-After`.
 
 use crate::alertmanager::{Incoming, Notification, OwnAlert};
 use crate::app::{AppState, runtime_error};

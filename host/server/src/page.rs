@@ -33,6 +33,9 @@ const AUDIT_CHECK_EVERY: Duration = Duration::from_secs(30);
 pub struct PageState {
     pub sessions: session::Sessions,
     audit: Mutex<Option<(Instant, String, bool)>>,
+    /// Held while the chain is checked: page loads that find the last look stale wait for the
+    /// one check under way instead of each reading the whole audit.
+    checking: tokio::sync::Mutex<()>,
 }
 
 pub fn routes() -> Router<Arc<AppState>> {
@@ -442,17 +445,24 @@ fn approval(i: &Incident, session: &Session, runbooks: &[String]) -> Markup {
     }
 }
 
-/// The chain as `themis audit verify` sees it, looked at most every 30 s.
+/// The chain as `themis audit verify` sees it, looked at most every 30 s, by one check at a time.
 async fn audit_status(state: &Arc<AppState>) -> (String, bool) {
-    if let Some((at, line, ok)) = state
-        .page
-        .audit
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone()
-        && at.elapsed() < AUDIT_CHECK_EVERY
-    {
-        return (line, ok);
+    let fresh = || {
+        state
+            .page
+            .audit
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .filter(|(at, ..)| at.elapsed() < AUDIT_CHECK_EVERY)
+            .map(|(_, line, ok)| (line, ok))
+    };
+    if let Some(seen) = fresh() {
+        return seen;
+    }
+    let _one_check = state.page.checking.lock().await;
+    if let Some(seen) = fresh() {
+        return seen;
     }
     let path = state.config.audit.clone();
     let checked = tokio::task::spawn_blocking(move || themis_agent::audit::verify::verify(&path))

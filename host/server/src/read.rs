@@ -338,29 +338,40 @@ pub async fn approvals(
 /// Server-Sent Events: every transition, phase and escalation. Ends when the host shuts down.
 #[utoipa::path(get, path = "/api/v1/events", tag = "read",
     security(("approver_token" = []), ("intake_token" = [])),
-    responses((status = 200, description = "`event: transition|phase|escalation|lagged`, `data:` one JSON object", content_type = "text/event-stream", body = String), (status = 401, description = "no or unknown token", body = ApiError)))]
+    responses((status = 200, description = "`event: transition|phase|escalation|lagged`, `data:` one JSON object", content_type = "text/event-stream", body = String), (status = 401, description = "no or unknown token", body = ApiError), (status = 429, description = "as many event streams are open as the host serves; retry after `Retry-After` seconds", body = ApiError)))]
 pub async fn events(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     auth::reader(&state, &headers)?;
-    let rx = state.events.subscribe();
+    let Some(subscription) = state.events.subscribe() else {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too-many-streams",
+            format!(
+                "{} event streams are open already, the most this host serves; close one, or retry",
+                crate::events::MAX_STREAMS
+            ),
+        )
+        .retry_after(5));
+    };
     let stop = state.stopping.clone();
-    let stream = futures_util::stream::unfold((rx, stop), |(mut rx, mut stop)| async move {
-        let event = tokio::select! {
-            _ = stop.wait_for(|s| *s) => None,
-            got = rx.recv() => match got {
-                Ok(e) => Some(sse(&e)),
-                Err(RecvError::Lagged(n)) => Some(
-                    Event::default()
-                        .event("lagged")
-                        .data(format!("{{\"missed\":{n}}}")),
-                ),
-                Err(RecvError::Closed) => None,
-            },
-        };
-        event.map(|e| (Ok(e), (rx, stop)))
-    });
+    let stream =
+        futures_util::stream::unfold((subscription, stop), |(mut sub, mut stop)| async move {
+            let event = tokio::select! {
+                _ = stop.wait_for(|s| *s) => None,
+                got = sub.rx.recv() => match got {
+                    Ok(e) => Some(sse(&e)),
+                    Err(RecvError::Lagged(n)) => Some(
+                        Event::default()
+                            .event("lagged")
+                            .data(format!("{{\"missed\":{n}}}")),
+                    ),
+                    Err(RecvError::Closed) => None,
+                },
+            };
+            event.map(|e| (Ok(e), (sub, stop)))
+        });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 

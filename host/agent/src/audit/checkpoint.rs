@@ -141,6 +141,47 @@ impl Checkpointer {
     }
 }
 
+/// Before a host signs anything on a log, the log must still reach the newest checkpoint it
+/// left beside its key: the exact record that checkpoint signs. Otherwise records were cut from
+/// the end (or the log replaced or rewritten) while the host was down, and the next checkpoint
+/// would sign over the evidence. No head file yet: nothing to reach. The head's own signature
+/// must be this key's.
+pub fn reaches_head(
+    audit: &super::AuditLog,
+    key: &SecretKey,
+    head_file: &Path,
+) -> Result<Option<Checkpoint>, String> {
+    if !head_file.exists() {
+        return Ok(None);
+    }
+    let head = Checkpoint::read(head_file)?;
+    let fix = format!(
+        "`themis audit verify {} --key <key>.pub --head {}` names the break; once a human has looked, move the head file aside to start anyway",
+        audit.path().display(),
+        head_file.display()
+    );
+    if !head.verifies_with(&[key.public("host")]) {
+        return Err(format!(
+            "{} is not signed by the audit signing key: it was forged, or belongs to another host or key; {fix}",
+            head_file.display()
+        ));
+    }
+    let signed = super::RecordRef {
+        seq: head.seq,
+        hash: head.head.clone(),
+    };
+    match audit.record(&signed) {
+        Ok(_) => Ok(Some(head)),
+        Err(e) => Err(format!(
+            "the audit log {} does not reach the newest checkpoint the host left at {} (record {} signed at {}): {e}; records were cut from its end, or it was replaced or rewritten; {fix}",
+            audit.path().display(),
+            head_file.display(),
+            signed.seq,
+            head.at
+        )),
+    }
+}
+
 /// The host's audit signing key at `path`, created (0600, with its `.pub` beside it) on first
 /// use. A key others can read is refused.
 pub fn load_or_create_key(path: &Path) -> Result<SecretKey, String> {

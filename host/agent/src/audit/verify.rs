@@ -46,6 +46,10 @@ pub struct Intact {
     pub signatures_checked: bool,
     /// Was the file checked against the host's newest checkpoint (a head was given)?
     pub head_checked: bool,
+    /// The active file ends in a line that is not whole (this many bytes, no newline): an
+    /// append under way, or one a crash cut short, which the host's next start moves aside.
+    /// Never acknowledged, so not part of the chain.
+    pub unfinished: Option<usize>,
 }
 
 /// What to check beyond the chain itself.
@@ -81,6 +85,7 @@ pub fn verify_with(path: &Path, options: &Options) -> std::io::Result<Result<Int
     // vouched for it, and where that first record is.
     let mut anchor: Option<(u64, String, bool, Option<PathBuf>, usize)> = None;
     let mut first_seen = false;
+    let mut unfinished = None;
     if let Some(head) = &options.head
         && !options.keys.is_empty()
         && !head.verifies_with(&options.keys)
@@ -95,10 +100,29 @@ pub fn verify_with(path: &Path, options: &Options) -> std::io::Result<Result<Int
     for (file_path, file) in files {
         let file_name = (file_path != path).then_some(file_path);
         where_ = file_name.clone();
-        for (i, line) in BufReader::new(file).split(b'\n').enumerate() {
-            let line_no = i + 1;
+        let mut reader = BufReader::new(file);
+        let mut bytes = Vec::new();
+        let mut line_no = 0;
+        loop {
+            bytes.clear();
+            if reader.read_until(b'\n', &mut bytes)? == 0 {
+                break;
+            }
+            line_no += 1;
             lines = line_no;
-            let bytes = line?;
+            if bytes.last() == Some(&b'\n') {
+                bytes.pop();
+            } else if file_name.is_none() {
+                unfinished = Some(bytes.len());
+                break;
+            } else {
+                return Ok(Err(Break {
+                    file: file_name,
+                    line: line_no,
+                    seq: None,
+                    problem: "a sealed segment whose last line is not whole: it was altered".into(),
+                }));
+            }
             let Ok(text) = std::str::from_utf8(&bytes) else {
                 return Ok(Err(Break {
                     file: file_name,
@@ -108,7 +132,13 @@ pub fn verify_with(path: &Path, options: &Options) -> std::io::Result<Result<Int
                 }));
             };
             if text.trim().is_empty() {
-                continue;
+                return Ok(Err(Break {
+                    file: file_name,
+                    line: line_no,
+                    seq: None,
+                    problem: "a blank line, which the host never writes: lines were inserted"
+                        .into(),
+                }));
             }
             let record: Record = match serde_json::from_str(text) {
                 Ok(r) => r,
@@ -175,7 +205,7 @@ pub fn verify_with(path: &Path, options: &Options) -> std::io::Result<Result<Int
                     .and_then(|s| serde_json::from_value::<Vec<RemovedSegment>>(s.clone()).ok())
                 && removed
                     .iter()
-                    .any(|r| r.last_seq + 1 == *seq && r.last_hash == *link)
+                    .any(|r| r.last_seq.checked_add(1) == Some(*seq) && r.last_hash == *link)
             {
                 *vouched = true;
             }
@@ -183,7 +213,7 @@ pub fn verify_with(path: &Path, options: &Options) -> std::io::Result<Result<Int
                 let Ok(cp) = serde_json::from_value::<Checkpoint>(record.data.clone()) else {
                     return fail(format!("record {} is not a checkpoint", record.seq));
                 };
-                if cp.seq + 1 != record.seq || cp.head != record.prev {
+                if cp.seq.checked_add(1) != Some(record.seq) || cp.head != record.prev {
                     return fail(format!(
                         "checkpoint {} does not sign the head it follows",
                         record.seq
@@ -208,7 +238,10 @@ pub fn verify_with(path: &Path, options: &Options) -> std::io::Result<Result<Int
                 ));
             }
             prev = record.hash;
-            expected_seq += 1;
+            let Some(next) = expected_seq.checked_add(1) else {
+                return fail("a record numbered past the largest sequence number".into());
+            };
+            expected_seq = next;
         }
     }
     if let Some((seq, _, false, file, line)) = anchor {
@@ -245,6 +278,7 @@ pub fn verify_with(path: &Path, options: &Options) -> std::io::Result<Result<Int
         last_checkpoint,
         signatures_checked: !options.keys.is_empty(),
         head_checked: options.head.is_some(),
+        unfinished,
     }))
 }
 
@@ -304,6 +338,43 @@ mod tests {
             assert_eq!(broken.line, 1, "{to}: {broken}");
             assert!(broken.problem.contains("byte for byte"), "{to}: {broken}");
         }
+    }
+
+    #[test]
+    fn an_inserted_blank_line_is_an_edit_and_an_unfinished_last_line_is_not_a_break() {
+        let (_dir, path) = log_with(3);
+        let original = std::fs::read_to_string(&path).expect("read");
+        for blank in ["\n", " \n", "\r\n"] {
+            let at = original.find('\n').expect("a line") + 1;
+            let mut edited = original.clone();
+            edited.insert_str(at, blank);
+            std::fs::write(&path, edited).expect("write");
+            let broken = verify(&path).expect("io").expect_err("inserted");
+            assert_eq!(broken.line, 2, "{blank:?}: {broken}");
+        }
+        // A crash mid-append (or an append under way): the chain is the whole lines before it.
+        let torn = format!("{original}{{\"seq\":4,\"ts\":\"2026");
+        std::fs::write(&path, &torn).expect("write");
+        let intact = verify(&path).expect("io").expect("intact");
+        assert_eq!(intact.records, 3);
+        assert_eq!(intact.unfinished, Some(torn.len() - original.len()));
+        std::fs::write(&path, &original).expect("write");
+        assert_eq!(verify(&path).expect("io").expect("intact").unfinished, None);
+    }
+
+    #[test]
+    fn sequence_numbers_at_the_top_of_the_range_are_a_break_not_a_panic() {
+        let (_dir, path) = log_with(2);
+        recompute(&path, |r| {
+            if r.seq == 1 {
+                r.seq = u64::MAX;
+            }
+        });
+        let text = std::fs::read_to_string(&path).expect("read");
+        let first = text.lines().next().expect("a line");
+        std::fs::write(&path, format!("{first}\n")).expect("write");
+        let broken = verify(&path).expect("io").expect_err("broken");
+        assert_eq!(broken.seq, Some(u64::MAX), "{broken}");
     }
 
     /// What someone with write access but without the host's key can do: change a record and

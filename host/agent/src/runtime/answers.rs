@@ -28,6 +28,30 @@ impl Worker {
             .ok_or_else(|| StoreError::UnknownIncident(id.into()))?)
     }
 
+    /// An answer that names a proposal answers that proposal only: one answered already, or
+    /// replaced since (an adjusted plan another human must approve has an id of its own), is
+    /// refused — a click on an old message must not answer the plan on the table now.
+    fn stale_proposal(
+        &self,
+        incident: &Incident,
+        id: &str,
+        by: &Identity,
+    ) -> Result<(), RuntimeError> {
+        if id.starts_with("inc-") || incident.proposal.as_ref().is_some_and(|p| p.id == id) {
+            return Ok(());
+        }
+        let e =
+            incident
+                .refuses_answer(id)
+                .unwrap_or_else(|| crate::store::ClaimError::NotPending {
+                    approval_id: id.into(),
+                    incident: incident.id.clone(),
+                    status: incident.status,
+                });
+        self.refused(incident, id, by, &e, None)?;
+        Err(e.into())
+    }
+
     /// The proposal the escalation record carries: read back from the audit and checked against
     /// the record's hash.
     pub(crate) fn recorded_proposal(
@@ -177,6 +201,7 @@ impl Worker {
         let ctx = self.ctx.clone();
         let agent = &ctx.agent;
         let incident = self.incident_for(id).await?;
+        self.stale_proposal(&incident, id, &by)?;
         let policy = &agent.def.policy;
         if !policy.approvers.is_empty() && !policy.approvers.contains(&by.name) {
             let e = ApprovalError::NotAnApprover {
@@ -254,6 +279,7 @@ impl Worker {
         let agent = &ctx.agent;
         let name = agent.def.name.clone();
         let incident = self.incident_for(id).await?;
+        self.stale_proposal(&incident, id, &by)?;
         if !incident.status.awaits_human() {
             return Err(RuntimeError::Agent {
                 agent: name,

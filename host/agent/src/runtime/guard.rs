@@ -92,11 +92,30 @@ impl Guard {
         let mut book = self.book.lock().await;
         let now = self.clock.secs();
         book.book.prune(rails, now);
+        let before = book.book.clone();
         if let Err(blocked) = book.book.begin(now, key, automatic) {
             return Ok(Err(blocked));
         }
-        self.store.save_guard(&book.book).await?;
+        self.save(&mut book, Some(before)).await?;
         Ok(Ok(()))
+    }
+
+    /// Save the book as just changed. A failed save undoes a change that lets something run
+    /// (`undo`: the book before it), so a target is never taken in memory only — it would
+    /// stay busy until a restart; a change that holds runs back (a release, a breaker) is kept
+    /// in memory either way. While the saved book is unusable it is never written over: the
+    /// hold it puts on automatic runs lasts until an approver clears it, restart or not.
+    async fn save(&self, book: &mut Book, undo: Option<GuardBook>) -> Result<(), RuntimeError> {
+        if book.unusable.is_some() {
+            return Ok(());
+        }
+        if let Err(e) = self.store.save_guard(&book.book).await {
+            if let Some(before) = undo {
+                book.book = before;
+            }
+            return Err(e.into());
+        }
+        Ok(())
     }
 
     /// Release the target and record the run; the breaker this run opened, if any.
@@ -108,7 +127,7 @@ impl Guard {
     ) -> Result<Option<Breaker>, RuntimeError> {
         let mut book = self.book.lock().await;
         let opened = book.book.end(rails, self.clock.secs(), key, ok);
-        self.store.save_guard(&book.book).await?;
+        self.save(&mut book, None).await?;
         Ok(opened)
     }
 
@@ -127,7 +146,7 @@ impl Guard {
         let opened = book
             .book
             .verdict(rails, now, target, runbook, incident, effect);
-        self.store.save_guard(&book.book).await?;
+        self.save(&mut book, None).await?;
         Ok(opened)
     }
 
@@ -144,13 +163,88 @@ impl Guard {
         runbook: Option<&str>,
     ) -> Result<(Vec<Breaker>, bool), RuntimeError> {
         let mut book = self.book.lock().await;
+        let before = book.book.clone();
         let cleared = book.book.clear(target, runbook);
-        let unheld = book.unusable.take().is_some();
-        self.store.save_guard(&book.book).await?;
-        Ok((cleared, unheld))
+        // Cleared by a human: the book in memory is the one to keep, over the unusable one.
+        let held = book.unusable.take();
+        if let Err(e) = self.save(&mut book, Some(before)).await {
+            book.unusable = held;
+            return Err(e);
+        }
+        Ok((cleared, held.is_some()))
     }
 
     pub(crate) async fn snapshot(&self) -> GuardBook {
         self.book.lock().await.book.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::JsonStore;
+    use themis_core::redact::Redactor;
+
+    fn key() -> RunKey {
+        RunKey {
+            agent: "kafka".into(),
+            incident: "inc-1".into(),
+            runbook: "restart-broker".into(),
+            target: "broker-1".into(),
+            fingerprint: "f1".into(),
+        }
+    }
+
+    /// A book that failed its check at start is never written over by the runs that follow:
+    /// a restart still finds it unusable, and only a human's clear lifts the hold.
+    #[tokio::test]
+    async fn an_unusable_book_holds_across_runs_and_restarts_until_cleared() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let audit = AuditLog::open(&dir.path().join("audit.jsonl"), Redactor::with_values(None))
+            .expect("audit");
+        let store: Arc<dyn IncidentStore> = Arc::new(JsonStore::open(dir.path()).expect("store"));
+        store.save_guard(&GuardBook::default()).await.expect("save");
+        let file = dir.path().join("guard.json");
+        let mut bytes = std::fs::read(&file).expect("read");
+        let at = bytes.len() / 2;
+        bytes[at] ^= 1;
+        std::fs::write(&file, &bytes).expect("damage");
+
+        let rails = Rails::default();
+        let guard = Guard::open(store.clone(), &audit, Clock::system())
+            .await
+            .expect("open");
+        assert!(guard.check(&rails, &key()).await.is_err(), "held");
+        // A human's run takes and releases its target; a verdict is recorded.
+        assert!(
+            guard
+                .begin(&rails, &key(), false)
+                .await
+                .expect("begin")
+                .is_ok()
+        );
+        guard.end(&rails, &key(), true).await.expect("end");
+        assert_eq!(
+            std::fs::read(&file).expect("read"),
+            bytes,
+            "not written over"
+        );
+
+        let again = Guard::open(store.clone(), &audit, Clock::system())
+            .await
+            .expect("open");
+        assert!(
+            again.check(&rails, &key()).await.is_err(),
+            "still held after a restart"
+        );
+        let (_, unheld) = again.clear("broker-1", None).await.expect("clear");
+        assert!(unheld);
+        let cleared = Guard::open(store, &audit, Clock::system())
+            .await
+            .expect("open");
+        assert!(
+            cleared.check(&rails, &key()).await.is_ok(),
+            "a clear lifts it for good"
+        );
     }
 }

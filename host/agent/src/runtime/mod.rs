@@ -248,7 +248,11 @@ impl Runtime {
         ));
         let agents = load::load_agents(&parts, &options).await?;
         let names: Vec<String> = agents.iter().map(|a| a.def.name.clone()).collect();
-        let (mut scanned, through, end) = replay::scan_accepted(&parts.audit, &names)?;
+        let (mut scanned, through, end) = replay::scan_accepted(
+            &parts.audit,
+            &names,
+            replay::replay_bound(options.queue_capacity),
+        )?;
         let guard = Arc::new(
             guard::Guard::open(parts.store.clone(), &parts.audit, options.clock.clone()).await?,
         );
@@ -433,7 +437,9 @@ impl Runtime {
         match verdict {
             unowned::Verdict::Repeat => {}
             unowned::Verdict::Suppressed => {
-                if let Err(e) = self.audit.append(
+                // Not a commit point: nothing leaves the process for it, and a storm of unowned
+                // alerts must not cost one fsync each inside the intake's request.
+                if let Err(e) = self.audit.append_deferred(
                     "intake",
                     None,
                     "unowned-alert-suppressed",

@@ -18,9 +18,16 @@ use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use themis_core::types::Alert;
 
-/// The most accepted-and-not-taken alerts one start replays (the newest): far more than the
-/// queues hold, so only a log damaged by hand could reach it.
-const MAX_REPLAY: usize = 10_000;
+/// The fewest accepted-and-not-taken alerts one start replays per agent. A start replays as
+/// many as the agent's backlog holds (`limits.queue`), so every alert the intake answered 200
+/// is taken up; this floor covers a backlog made smaller since the alerts were accepted.
+const MIN_REPLAY: usize = 10_000;
+
+/// How many accepted-and-not-taken alerts a start replays per agent, for a backlog of
+/// `queue_capacity`: never fewer than the backlog could hold.
+pub(crate) fn replay_bound(queue_capacity: usize) -> usize {
+    queue_capacity.max(MIN_REPLAY)
+}
 
 const TAKEN_BY: [&str; 5] = [
     "alert",
@@ -44,6 +51,9 @@ pub(crate) struct Replay {
 #[derive(Debug, Default)]
 pub(crate) struct Scanned {
     untaken: BTreeSet<u64>,
+    /// Accepted alerts the replay's bound made the scan let go of (the oldest) that no later
+    /// record took up: how many, and the first and last seq of the range they are in.
+    dropped: Option<(u64, u64, u64)>,
     /// The last alert the agent opened an incident for: (its accepted record, the incident).
     last_opened: Option<(u64, String)>,
 }
@@ -56,6 +66,7 @@ pub(crate) struct Scanned {
 pub(crate) fn scan_accepted(
     audit: &crate::audit::AuditLog,
     agents: &[String],
+    most: usize,
 ) -> Result<
     (
         std::collections::BTreeMap<String, Scanned>,
@@ -76,14 +87,27 @@ pub(crate) fn scan_accepted(
             return true;
         };
         if record.kind == "alert-accepted" {
-            if scanned.untaken.len() == MAX_REPLAY {
-                scanned.untaken.pop_first();
+            if scanned.untaken.len() >= most
+                && let Some(oldest) = scanned.untaken.pop_first()
+            {
+                // Popped oldest first, so the first popped is the first dropped.
+                let (count, _, last) = scanned.dropped.get_or_insert((0, oldest, oldest));
+                *count += 1;
+                *last = oldest;
             }
             scanned.untaken.insert(record.seq);
         } else if TAKEN_BY.contains(&record.kind.as_str())
             && let Some(intake) = record.data.get("intake").and_then(Value::as_u64)
-            && scanned.untaken.remove(&intake)
         {
+            if !scanned.untaken.remove(&intake) {
+                // One the bound made the scan let go of was taken up after all.
+                if let Some((count, first, last)) = &mut scanned.dropped
+                    && (*first..=*last).contains(&intake)
+                {
+                    *count = count.saturating_sub(1);
+                }
+                return true;
+            }
             scanned.last_opened = if record.kind == "alert" {
                 record.incident.clone().map(|id| (intake, id))
             } else {
@@ -92,6 +116,9 @@ pub(crate) fn scan_accepted(
         }
         true
     })?;
+    for scanned in found.values_mut() {
+        scanned.dropped = scanned.dropped.filter(|(count, ..)| *count > 0);
+    }
     Ok((found, through, end))
 }
 
@@ -107,8 +134,32 @@ impl Worker {
     ) -> Result<Replay, RuntimeError> {
         let Scanned {
             mut untaken,
+            dropped,
             last_opened,
         } = scanned;
+        if let Some((count, first, last)) = dropped {
+            // Never silent: these were answered 200 and will not be worked.
+            let agent = self.ctx.agent.def.name.clone();
+            tracing::error!(
+                agent = %agent,
+                count,
+                first,
+                last,
+                "more accepted alerts wait than this start replays; the oldest are not taken up"
+            );
+            self.ctx.audit.append(
+                &agent,
+                None,
+                "alerts-not-replayed",
+                json!({
+                    "count": count,
+                    "first_intake": first,
+                    "last_intake": last,
+                    "replayed": untaken.len(),
+                    "message": "more accepted alerts waited than the start replays (limits.queue): the oldest were not taken up; raise limits.queue back to what it was when they were accepted",
+                }),
+            )?;
+        }
         if let Some((intake, incident)) = last_opened
             && self.ctx.store.get(&incident).await.is_err()
         {
@@ -160,5 +211,72 @@ impl Worker {
             self.ensure_idle().await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::{AuditLog, Entry};
+    use themis_core::redact::Redactor;
+
+    fn entry(kind: &str, data: Value) -> Entry {
+        Entry {
+            agent: "kafka".into(),
+            incident: None,
+            kind: kind.into(),
+            data,
+        }
+    }
+
+    #[test]
+    fn a_start_replays_every_untaken_alert_its_backlog_could_hold_and_counts_the_rest() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let audit = AuditLog::open(&dir.path().join("audit.jsonl"), Redactor::with_values(None))
+            .expect("audit");
+        let accepted: Vec<u64> = (0..6)
+            .map(|n| {
+                audit
+                    .append("kafka", None, "alert-accepted", json!({ "n": n }))
+                    .expect("append")
+                    .seq
+            })
+            .collect();
+        // The second one was taken up.
+        audit
+            .append_many(vec![entry("alert", json!({ "intake": accepted[1] }))])
+            .expect("append");
+        let agents = ["kafka".to_string()];
+
+        // A bound the waiting alerts fit in (six waited at once): every one is replayed.
+        let (found, ..) = scan_accepted(&audit, &agents, 6).expect("scan");
+        let kafka = &found["kafka"];
+        let mut want: BTreeSet<u64> = accepted.iter().copied().collect();
+        want.remove(&accepted[1]);
+        assert_eq!(kafka.untaken, want);
+        assert_eq!(kafka.dropped, None);
+
+        // A smaller one keeps the newest and counts the older ones it let go of that no record
+        // took up after (the first and the third; the second was taken).
+        let (found, ..) = scan_accepted(&audit, &agents, 3).expect("scan");
+        let kafka = &found["kafka"];
+        assert_eq!(
+            kafka.untaken,
+            BTreeSet::from([accepted[3], accepted[4], accepted[5]])
+        );
+        assert_eq!(kafka.dropped, Some((2, accepted[0], accepted[2])));
+
+        // Let go of and then taken up, each one: nothing to report.
+        for seq in [accepted[0], accepted[2]] {
+            audit
+                .append_many(vec![entry("alert", json!({ "intake": seq }))])
+                .expect("append");
+        }
+        let (found, ..) = scan_accepted(&audit, &agents, 3).expect("scan");
+        assert_eq!(found["kafka"].dropped, None);
+
+        // The bound is never below what the backlog holds.
+        assert_eq!(replay_bound(100_000), 100_000);
+        assert_eq!(replay_bound(10), MIN_REPLAY);
     }
 }

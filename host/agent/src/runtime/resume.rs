@@ -29,6 +29,9 @@ use themis_sandbox::loaded::LoadedRunbook;
 pub struct Started {
     pub execution_id: String,
     pub approval: Option<Approval>,
+    /// Whether the run began against dry-run backends (a start record without the flag, from
+    /// before it was recorded, is taken as live).
+    pub dry_run: bool,
 }
 
 /// Where the walk resumes, or why it cannot: read off the incident's audit records alone.
@@ -70,8 +73,30 @@ pub fn resume_point(
     // walk stood.
     let mut unsettled: Option<usize> = None;
     let mut branches: BTreeMap<usize, String> = BTreeMap::new();
-    for r in after.iter().filter(|r| r.kind == "phase") {
-        if r.data["runbook"].as_str() != Some(rb.id.as_str()) {
+    // Every journalled call of this run: (step, phase, capability).
+    let mut intents: Vec<(&str, &str, &str)> = Vec::new();
+    for r in after {
+        if r.kind == "capability-intent"
+            && r.data["intent"]["execution_id"].as_str() == Some(execution_id.as_str())
+        {
+            let field = |k: &str| r.data["intent"][k].as_str().unwrap_or_default();
+            intents.push((field("step"), field("phase"), field("capability")));
+        }
+        // A step whose action meant to act is one that may have acted, whatever else its
+        // record says: a run resumed once took it up from its postcondition, with no action
+        // phase of its own on the record, and a second stop must still roll it back.
+        if r.kind == "capability-intent"
+            && r.data["intent"]["execution_id"].as_str() == Some(execution_id.as_str())
+            && r.data["intent"]["phase"] == "action"
+        {
+            if let Some(i) = r.data["intent"]["step"].as_str().and_then(step_index)
+                && !acted.contains(&i)
+            {
+                acted.push(i);
+            }
+            continue;
+        }
+        if r.kind != "phase" || r.data["runbook"].as_str() != Some(rb.id.as_str()) {
             continue;
         }
         let rec = &r.data["record"];
@@ -158,7 +183,18 @@ pub fn resume_point(
         Some((i, Phase::Precondition, _)) => Resume::Precondition(i),
         Some((i, Phase::Action, Some(branch))) => Resume::Postcondition { step: i, branch },
         Some((i, Phase::Postcondition, _)) => {
-            let branch = branches.get(&i).cloned().unwrap_or_default();
+            // A step a resume took up from its postcondition has no action phase (and so no
+            // branch) on the record: with one branch, it is that one.
+            let branch = match (branches.get(&i), rb.graph.labels(i).as_slice()) {
+                (Some(b), _) => b.clone(),
+                (None, [only]) => (*only).to_owned(),
+                (None, _) => {
+                    return Err(format!(
+                        "step `{}` has several branches and which one it took is not on the record",
+                        rb.steps[i].id
+                    ));
+                }
+            };
             match rb.graph.next(i, &branch) {
                 Some(Target::Step(j)) => Resume::Precondition(*j),
                 _ => return Err("every step had passed; only the result was not recorded".into()),
@@ -166,12 +202,35 @@ pub fn resume_point(
         }
         Some((_, phase, _)) => return Err(format!("the walk stood at a {phase} with no branch")),
     };
+    // What `max_calls` has counted so far: every call the cut-off part journalled, but those of
+    // an idempotent action about to run again whole — its retry makes the same calls anew.
+    let retried = match &at {
+        Resume::ActionUnknown {
+            step,
+            idempotent: true,
+            ..
+        } => Some(rb.steps[*step].id.as_str()),
+        _ => None,
+    };
+    let mut calls: BTreeMap<String, u32> = BTreeMap::new();
+    for (step, phase, capability) in &intents {
+        if retried == Some(*step) && *phase == "action" {
+            continue;
+        }
+        *calls.entry((*capability).to_owned()).or_default() += 1;
+    }
     Ok((
         Started {
             execution_id,
             approval,
+            dry_run: start["dry_run"].as_bool().unwrap_or(false),
         },
-        ResumeFrom { at, acted, outputs },
+        ResumeFrom {
+            at,
+            acted,
+            outputs,
+            calls,
+        },
     ))
 }
 
@@ -260,6 +319,27 @@ impl Worker {
             Ok(point) => point,
             Err(why) => return Ok(Some(why.into())),
         };
+        // A shadow run goes on as a shadow run and a live one as a live one: resumed in the
+        // other mode, its postconditions would read a world the run never changed (or its
+        // rollback would only say what it would undo).
+        let dry_now = ctx.backends.is_dry_run();
+        if started.dry_run != dry_now {
+            let mode = |dry: bool| {
+                if dry {
+                    "in dry-run (shadow) mode"
+                } else {
+                    "live"
+                }
+            };
+            return Ok(Some(
+                format!(
+                    "the run started {} and the host is now {}; a run is never finished in another mode than it began in",
+                    mode(started.dry_run),
+                    mode(dry_now)
+                )
+                .into(),
+            ));
+        }
         // The target again, as the stop released it (a human's run holds it too).
         let key = super::execute::run_key(&name, incident, &plan, loaded);
         if let Some(key) = &key
@@ -368,6 +448,16 @@ impl Worker {
         let Some(loaded) = ctx.agent.catalog.get(&request.plan.runbook_id) else {
             return not_started(format!("{} is no longer loaded", request.plan.runbook_id));
         };
+        // What was approved is that bundle: one loaded since (a newer version, a re-signed
+        // bundle) is another plan, and no one approved it.
+        let current =
+            super::plan::plan_for(loaded, request.plan.params.clone(), &request.plan.target);
+        if current.digest() != request.plan_digest {
+            return not_started(format!(
+                "{} is not the bundle that was approved (the plan it makes now has another digest); nothing of the plan ran",
+                request.plan.runbook_id
+            ));
+        }
         let first = loaded.runbook.steps[0].id.clone();
         ctx.audit.append(&name, Some(&incident.id), "recovered", json!({ "action": "start the approved run", "execution_id": execution, "approval": answer.approval_id, "runbook_id": request.plan.runbook_id, "reason": "the host stopped after the approval and before its run started, so nothing of the run had acted; it starts now, bound to the same execution" }))?;
         self.fsm

@@ -82,15 +82,21 @@ impl fmt::Debug for PostgresSettings {
 }
 
 /// A URL that carries a password is refused: the password belongs in `password:` (an env var or
-/// a file), where it is never echoed or audited.
-pub fn url_has_password(url: &str) -> bool {
-    let Some(rest) = url.split_once("://").map(|(_, r)| r) else {
-        return false;
-    };
-    let authority = rest.split(['/', '?']).next().unwrap_or("");
-    match authority.rsplit_once('@') {
-        Some((userinfo, _)) => userinfo.contains(':'),
-        None => url.contains("password="),
+/// a file), where it is never echoed or audited. Found where the client would find it: in the
+/// user info, or as a `password` query parameter however it is percent-encoded. A URL that does
+/// not parse is judged by its text, so an odd one is refused rather than echoed.
+pub fn url_has_password(raw: &str) -> bool {
+    match url::Url::parse(raw) {
+        Ok(url) => {
+            url.password().is_some()
+                || url
+                    .query_pairs()
+                    .any(|(key, _)| key.trim().eq_ignore_ascii_case("password"))
+        }
+        Err(_) => {
+            let lower = raw.to_ascii_lowercase();
+            lower.contains("password") || lower.contains("%70") || lower.contains("%50")
+        }
     }
 }
 
@@ -104,5 +110,13 @@ mod tests {
         assert!(url_has_password("postgres://h/db?password=secret"));
         assert!(!url_has_password("postgres://u@h:5432/db"));
         assert!(!url_has_password("postgres://h/db?sslmode=require"));
+        // However it is written: beside a user, percent-encoded, in another case.
+        assert!(url_has_password("postgres://themis@db/app?password=s3cret"));
+        assert!(url_has_password(
+            "postgres://themis@db/app?sslmode=require&pass%77ord=s3cret"
+        ));
+        assert!(url_has_password(
+            "postgresql://themis@db/app?PASSWORD=s3cret"
+        ));
     }
 }
