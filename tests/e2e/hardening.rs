@@ -334,6 +334,32 @@ fn an_approval_runs_the_plan_that_was_shown_not_the_state_file() {
     );
 }
 
+/// The state rolled back to an earlier, validly sealed copy (a restored backup, a row put back
+/// by someone who can write the state but not the audit) cannot claim a proposal twice: the
+/// audit already holds its answer, and the approval is refused.
+#[test]
+fn a_state_rolled_back_to_before_an_answer_cannot_answer_it_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().to_str().expect("utf-8");
+    let (apr, digest) = alert_with_proposal(state, "agent-postgres-lock-waits.yaml");
+    let file = incident_file(dir.path(), &apr);
+    let pending = std::fs::read(&file).expect("read");
+    let rejected = themis(&["reject", &apr, "--reason", "not now", "--state-dir", state]);
+    assert!(rejected.status.success(), "{}", text(&rejected.stderr));
+    std::fs::write(&file, &pending).expect("roll the incident back");
+    let again = themis(&["approve", &apr, "--digest", &digest, "--state-dir", state]);
+    assert_eq!(again.status.code(), Some(1), "{}", text(&again.stdout));
+    assert!(
+        text(&again.stderr).contains("already answered"),
+        "{}",
+        text(&again.stderr)
+    );
+    let acted = records(&dir.path().join("audit.jsonl"))
+        .into_iter()
+        .any(|r| r["kind"] == "capability-intent" || r["kind"] == "approval");
+    assert!(!acted, "nothing ran on the rolled-back state");
+}
+
 /// The requester never approves their own plan, and who they are is not up to a flag: the OS
 /// user who adjusted a plan into a destructive one cannot approve it too; a second, proven
 /// approver can.

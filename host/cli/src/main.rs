@@ -875,6 +875,9 @@ async fn dispatch(cli: Cli) -> ExitCode {
                             cp.seq,
                             cp.at
                         ),
+                        None if intact.signatures_checked => outln!(
+                            "    no checkpoints on the chain, though a key was given: a host with that key would have signed some, unless it was stopped early; a cut tail is ruled out only by --head"
+                        ),
                         None => outln!("    no checkpoints (the host had no audit signing key)"),
                     }
                     if intact.head_checked {

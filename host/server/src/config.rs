@@ -569,10 +569,17 @@ impl ServeConfig {
         let audit_signing_key = var("THEMIS_AUDIT_SIGNING_KEY")
             .map(PathBuf::from)
             .or_else(|| raw.audit_signing_key.as_ref().map(|p| in_file(p)));
-        if let (Some(key), Some(dir)) = (&audit_signing_key, audit.parent())
-            && !dir.as_os_str().is_empty()
-            && key.starts_with(dir)
+        // Compared as the filesystem resolves them (absolute, through symlinks as far as they
+        // exist): `./state` and `/srv/state`, or an audit named without a folder, are the same
+        // folders to whoever can write them.
+        let audit_dir = audit
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        if let Some(key) = &audit_signing_key
+            && resolved(key).starts_with(resolved(audit_dir))
         {
+            let dir = audit_dir;
             return Err(err(
                 "audit_signing_key",
                 format!(
@@ -1275,6 +1282,28 @@ fn workloads(at: &str, raw: &RawWorkloads) -> Result<KafkaWorkloads, (String, St
     Ok(KafkaWorkloads { groups, brokers })
 }
 
+/// `path` as the filesystem resolves it: absolute, and through symlinks as far as it exists
+/// (a file not made yet resolves through its folder).
+fn resolved(path: &Path) -> PathBuf {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut existing = absolute.as_path();
+    let mut rest = Vec::new();
+    while !existing.exists() {
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_owned());
+                existing = parent;
+            }
+            _ => break,
+        }
+    }
+    let mut out = existing
+        .canonicalize()
+        .unwrap_or_else(|_| existing.to_path_buf());
+    out.extend(rest.iter().rev());
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1496,6 +1525,18 @@ mod tests {
         let e = ServeConfig::load(&file, &Overrides::default(), &env(&[])).expect_err("inside");
         assert_eq!(e.field, "audit_signing_key");
         assert!(e.problem.contains("inside the audit's folder"), "{e}");
+        // The same folder by another name: through a symlink, or as an absolute path.
+        std::fs::create_dir_all(dir.path().join("s")).expect("mkdir");
+        std::os::unix::fs::symlink(dir.path().join("s"), dir.path().join("alias")).expect("link");
+        for key in [
+            "alias/audit.key".to_string(),
+            format!("{}/s/k/audit.key", dir.path().display()),
+        ] {
+            let file = write(dir.path(), &format!("{base}audit_signing_key: {key}\n"));
+            let e = ServeConfig::load(&file, &Overrides::default(), &env(&[]))
+                .expect_err("inside, by another name");
+            assert_eq!(e.field, "audit_signing_key", "{key}");
+        }
         let file = write(
             dir.path(),
             &format!("{base}audit_signing_key: keys/audit.pem\n"),

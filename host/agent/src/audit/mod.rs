@@ -578,6 +578,41 @@ impl AuditLog {
         Ok(altered)
     }
 
+    /// [`AuditLog::scan`] from record `seq` on: the files wholly before it are not read.
+    pub fn scan_from(
+        &self,
+        seq: u64,
+        mut visit: impl FnMut(Record) -> bool,
+    ) -> Result<usize, AuditError> {
+        let io = |source| AuditError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let mut altered = 0;
+        let mut more = true;
+        let mut first = self.file_holding(seq)?;
+        while more {
+            let file = self.open_file(first).map_err(io)?;
+            each_record(vec![file], |record| {
+                if record.seq < seq {
+                    return true;
+                }
+                if record.compute_hash() != record.hash {
+                    altered += 1;
+                    return true;
+                }
+                more = visit(record);
+                more
+            })
+            .map_err(io)?;
+            match self.next_file(first)? {
+                Some(next) if more => first = next,
+                _ => break,
+            }
+        }
+        Ok(altered)
+    }
+
     /// Mark every record appended from now on with a development mode (`allow-unsigned`).
     pub fn set_mode(&self, mode: &str) {
         let mut tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());

@@ -52,6 +52,10 @@ pub struct Intact {
     pub unfinished: Option<usize>,
 }
 
+/// Records written between a checkpoint falling due and its record (concurrent appends), on top
+/// of twice the interval, before a run without checkpoints counts as checkpoints removed.
+const CHECKPOINT_SLACK: u64 = 64;
+
 /// What to check beyond the chain itself.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
@@ -86,6 +90,11 @@ pub fn verify_with(path: &Path, options: &Options) -> std::io::Result<Result<Int
     let mut anchor: Option<(u64, String, bool, Option<PathBuf>, usize)> = None;
     let mut first_seen = false;
     let mut unfinished = None;
+    // While the host said it checkpointed (every N records), the records since the last
+    // checkpoint: a run far longer than N had its checkpoints removed (and the chain
+    // recomputed, which only the checkpoints' signatures would have shown).
+    let mut every: Option<u64> = None;
+    let mut since_checkpoint = 0u64;
     if let Some(head) = &options.head
         && !options.keys.is_empty()
         && !head.verifies_with(&options.keys)
@@ -208,6 +217,27 @@ pub fn verify_with(path: &Path, options: &Options) -> std::io::Result<Result<Int
                     .any(|r| r.last_seq.checked_add(1) == Some(*seq) && r.last_hash == *link)
             {
                 *vouched = true;
+            }
+            match record.kind.as_str() {
+                "audit-checkpoints-on" => {
+                    every = record.data["every_records"].as_u64().filter(|n| *n > 0);
+                    since_checkpoint = 0;
+                }
+                "audit-checkpoints-off" => every = None,
+                "checkpoint" => {
+                    every = every.or(Some(super::checkpoint::DEFAULT_EVERY_RECORDS));
+                    since_checkpoint = 0;
+                }
+                _ => {
+                    since_checkpoint += 1;
+                    if let Some(n) = every
+                        && since_checkpoint > n.saturating_mul(2).saturating_add(CHECKPOINT_SLACK)
+                    {
+                        return fail(format!(
+                            "{since_checkpoint} records without a checkpoint, where the host signed one every {n}: checkpoints were removed from the chain"
+                        ));
+                    }
+                }
             }
             if record.kind == "checkpoint" {
                 let Ok(cp) = serde_json::from_value::<Checkpoint>(record.data.clone()) else {
@@ -379,7 +409,7 @@ mod tests {
 
     /// What someone with write access but without the host's key can do: change a record and
     /// recompute every hash from it on.
-    fn recompute(path: &std::path::Path, edit: impl Fn(&mut Record)) {
+    fn recompute(path: &std::path::Path, mut edit: impl FnMut(&mut Record)) {
         let text = std::fs::read_to_string(path).expect("read");
         let mut prev = GENESIS.to_string();
         let mut out = String::new();
@@ -397,6 +427,52 @@ mod tests {
             out.push('\n');
         }
         std::fs::write(path, out).expect("write");
+    }
+
+    #[test]
+    fn a_chain_stripped_of_its_checkpoints_and_recomputed_is_caught() {
+        use super::super::checkpoint::{Checkpointer, load_or_create_key};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit/audit.jsonl");
+        let key = load_or_create_key(&dir.path().join("keys/audit.key")).expect("key");
+        let log = AuditLog::open(&path, Redactor::default()).expect("open");
+        log.append(
+            "host",
+            None,
+            "audit-checkpoints-on",
+            json!({ "every_records": 4 }),
+        )
+        .expect("append");
+        assert!(log.enable_checkpoints(Checkpointer::new(
+            key,
+            dir.path().join("keys/audit.head.json"),
+            4,
+            std::time::Duration::from_secs(3600)
+        )));
+        for i in 0..100 {
+            log.append("kafka", None, "step", json!({ "i": i }))
+                .expect("append");
+        }
+        drop(log);
+        assert!(verify(&path).expect("io").is_ok());
+        // Without the key no checkpoint can be remade: the editor drops them all and
+        // recomputes the chain, which then holds link by link.
+        let text = std::fs::read_to_string(&path).expect("read");
+        let kept: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.contains("\"kind\":\"checkpoint\""))
+            .collect();
+        std::fs::write(&path, kept.join("\n") + "\n").expect("strip");
+        let mut seq = 0;
+        recompute(&path, |r| {
+            seq += 1;
+            r.seq = seq;
+        });
+        let broken = verify(&path).expect("io").expect_err("caught");
+        assert!(
+            broken.problem.contains("checkpoints were removed"),
+            "{broken}"
+        );
     }
 
     #[test]

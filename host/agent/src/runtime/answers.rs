@@ -91,6 +91,68 @@ impl Worker {
             .map_err(|e| unusable(&e.to_string()))
     }
 
+    /// An answer to `approval_id` already on the audit, after the proposal's own record: the
+    /// store's compare-and-swap says who claimed a proposal, but a state rolled back to an
+    /// earlier copy (a restored backup, a row put back by hand) would let it be claimed again.
+    /// The audit, which the state's writers cannot rewrite, has the last word.
+    fn answered_on_record(
+        &self,
+        incident: &Incident,
+        approval_id: &str,
+    ) -> Result<Option<crate::store::ClaimError>, RuntimeError> {
+        let Some(at) = &incident.proposal_record else {
+            return Ok(None);
+        };
+        let mut found = None;
+        self.ctx.audit.scan_from(at.seq, |r| {
+            if r.incident.as_deref() != Some(incident.id.as_str()) {
+                return true;
+            }
+            let kind = match r.kind.as_str() {
+                "approval" if r.data["approval"] == approval_id => AnswerKind::Approved,
+                "rejection" if r.data["answers"] == approval_id => AnswerKind::Rejected,
+                "adjustment" if r.data["answers"] == approval_id => AnswerKind::Adjusted,
+                "proposal-withdrawn" if r.data["approval"] == approval_id => AnswerKind::Rejected,
+                _ => return true,
+            };
+            let by = ["approver", "by"]
+                .iter()
+                .find_map(|k| r.data[*k]["name"].as_str())
+                .unwrap_or("someone")
+                .to_owned();
+            found = Some(crate::store::ClaimError::AlreadyAnswered {
+                approval_id: approval_id.to_owned(),
+                kind,
+                by,
+            });
+            false
+        })?;
+        Ok(found)
+    }
+
+    /// Claim `answer`'s proposal, unless the audit says it was answered already.
+    pub(crate) async fn claim(
+        &self,
+        incident: &Incident,
+        answer: Answer,
+        next: IncidentStatus,
+    ) -> Result<Incident, crate::store::ClaimError> {
+        match self.answered_on_record(incident, &answer.approval_id) {
+            Ok(Some(answered)) => return Err(answered),
+            Ok(None) => {}
+            Err(e) => {
+                return Err(crate::store::ClaimError::Store(StoreError::Corrupt {
+                    path: self.ctx.audit.path().to_path_buf(),
+                    message: format!(
+                        "whether {} was answered already cannot be read from the audit: {e}",
+                        answer.approval_id
+                    ),
+                }));
+            }
+        }
+        self.ctx.store.claim(answer, next).await
+    }
+
     fn refused(
         &self,
         incident: &Incident,
@@ -156,7 +218,10 @@ impl Worker {
             at: SystemTime::now(),
             execution_id: Some(execution_id.clone()),
         };
-        let mut incident = match ctx.store.claim(answer, IncidentStatus::Executing).await {
+        let mut incident = match self
+            .claim(&incident, answer, IncidentStatus::Executing)
+            .await
+        {
             Ok(i) => i,
             Err(e) => {
                 self.refused(&incident, approval_id, &by, &e, Some(&runbook))?;
@@ -215,8 +280,13 @@ impl Worker {
             .proposal
             .as_ref()
             .map(|p| p.plan.runbook_id.clone());
-        let mut incident = match incident.proposal.as_ref().map(|p| p.id.clone()) {
-            Some(approval_id) if incident.status == IncidentStatus::PendingApproval => {
+        let answers = incident
+            .proposal
+            .as_ref()
+            .filter(|_| incident.status == IncidentStatus::PendingApproval)
+            .map(|p| p.id.clone());
+        let mut incident = match answers.clone() {
+            Some(approval_id) => {
                 let answer = Answer {
                     approval_id,
                     kind: AnswerKind::Rejected,
@@ -224,7 +294,10 @@ impl Worker {
                     at: SystemTime::now(),
                     execution_id: None,
                 };
-                match ctx.store.claim(answer, IncidentStatus::Rejected).await {
+                match self
+                    .claim(&incident, answer, IncidentStatus::Rejected)
+                    .await
+                {
                     Ok(i) => i,
                     Err(e) => {
                         self.refused(&incident, id, &by, &e, runbook.as_deref())?;
@@ -250,7 +323,7 @@ impl Worker {
             &agent.def.name,
             Some(&incident.id),
             "rejection",
-            json!({ "approval": id, "by": by, "reason": reason, "provenance": provenance(agent, runbook.as_deref()) }),
+            json!({ "approval": id, "answers": answers, "by": by, "reason": reason, "provenance": provenance(agent, runbook.as_deref()) }),
         )?;
         self.fsm
             .fire(
@@ -326,7 +399,10 @@ impl Worker {
                     at: SystemTime::now(),
                     execution_id: None,
                 };
-                match ctx.store.claim(answer, IncidentStatus::Executing).await {
+                match self
+                    .claim(&incident, answer, IncidentStatus::Executing)
+                    .await
+                {
                     Ok(i) => i,
                     Err(e) => {
                         self.refused(&incident, id, &by, &e, None)?;
@@ -336,7 +412,7 @@ impl Worker {
             }
             None => incident,
         };
-        ctx.audit.append(&name, Some(&incident.id), "adjustment", json!({ "by": by, "plan": plan, "plan_digest": plan.digest(), "provenance": loaded.provenance(), "verdict": verdict, "reason": verdict.reason() }))?;
+        ctx.audit.append(&name, Some(&incident.id), "adjustment", json!({ "answers": on_table.as_ref().map(|r| &r.id), "by": by, "plan": plan, "plan_digest": plan.digest(), "provenance": loaded.provenance(), "verdict": verdict, "reason": verdict.reason() }))?;
         incident.proposal = None;
         match verdict {
             Verdict::Execute => {

@@ -39,7 +39,7 @@ impl Worker {
             at: SystemTime::now(),
             execution_id: None,
         };
-        let mut incident = match ctx.store.claim(answer, IncidentStatus::Rejected).await {
+        let mut incident = match self.claim(incident, answer, IncidentStatus::Rejected).await {
             Ok(i) => i,
             Err(ClaimError::Store(e)) => return Err(e.into()),
             Err(_) => return Ok(None),
