@@ -409,3 +409,34 @@ fn agents_on_a_state_directory_no_host_wrote_yet_shows_them_idle() {
         );
     }
 }
+
+/// An approver's token never crosses the network in clear text: `--server http://` is for a
+/// service on this machine only.
+#[test]
+fn answers_over_plain_http_go_to_loopback_only() {
+    for server in [
+        "http://themis.example:9464",
+        "http://10.0.0.7:9464",
+        "ftp://127.0.0.1",
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_themis"))
+            .args(["reject", "apr-x", "--server", server])
+            .env("THEMIS_TOKEN", "an-approver-token-0123456789")
+            .output()
+            .expect("runs");
+        assert_eq!(out.status.code(), Some(2), "{server}");
+        let err = text(&out.stderr);
+        assert!(err.contains("--server"), "{server}: {err}");
+    }
+    // Loopback over http is let through to the request itself (nothing listens there).
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_themis"))
+        .args(["reject", "apr-x", "--server", "http://127.0.0.1:9"])
+        .env("THEMIS_TOKEN", "an-approver-token-0123456789")
+        .output()
+        .expect("runs");
+    assert!(
+        !text(&out.stderr).contains("clear text"),
+        "{}",
+        text(&out.stderr)
+    );
+}

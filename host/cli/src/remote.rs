@@ -9,6 +9,32 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 /// The bearer token: the file's first line, or THEMIS_TOKEN.
+/// The approver's token, for `server` — refused when it would cross the network in clear text:
+/// plain `http://` is for a service on this machine only (loopback), as registry pushes are.
+fn token_for(server: &str, file: Option<&Path>) -> Result<String, String> {
+    let url = reqwest::Url::parse(server).map_err(|e| {
+        format!("--server {server}: not a URL ({e}); e.g. https://themis.example:9464")
+    })?;
+    let host = url.host_str().unwrap_or_default();
+    let loopback = host == "localhost"
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    match url.scheme() {
+        "https" => {}
+        "http" if loopback => {}
+        "http" => {
+            return Err(format!(
+                "--server {server}: plain http would send your approver token in clear text to another machine; use https:// (http:// is for a service on this machine only)"
+            ));
+        }
+        other => return Err(format!("--server {server}: `{other}` is not http or https")),
+    }
+    token(file)
+}
+
 fn token(file: Option<&Path>) -> Result<String, String> {
     let token = match file {
         Some(f) => themis_core::files::read_text(f, themis_core::files::limits::KEY)
@@ -39,7 +65,7 @@ fn client(timeout: Option<Duration>) -> Result<reqwest::Client, ExitCode> {
 
 /// `themis agents --server URL [--watch]`: the states, then (watching) the event stream.
 pub async fn agents(server: &str, token_file: Option<&Path>, json: bool, watch: bool) -> ExitCode {
-    let token = match token(token_file) {
+    let token = match token_for(server, token_file) {
         Ok(t) => t,
         Err(e) => return fail(2, e),
     };
@@ -199,7 +225,7 @@ fn event_line(kind: &str, e: &Value) -> String {
 }
 
 async fn post(server: &str, token_file: Option<&Path>, path: &str, body: Value) -> ExitCode {
-    let token = match token(token_file) {
+    let token = match token_for(server, token_file) {
         Ok(t) => t,
         Err(e) => return fail(2, e),
     };
@@ -295,7 +321,7 @@ pub async fn guard_clear(
     target: &str,
     runbook: Option<&str>,
 ) -> ExitCode {
-    let token = match token(token_file) {
+    let token = match token_for(server, token_file) {
         Ok(t) => t,
         Err(e) => return fail(2, e),
     };

@@ -799,10 +799,21 @@ impl ServeConfig {
                     Some(w) => Some(Secret(resolve("slack.webhook_url".into(), w)?)),
                     None => None,
                 },
-                response_url_prefix: s
-                    .response_url_prefix
-                    .clone()
-                    .unwrap_or_else(|| DEFAULT_RESPONSE_URL_PREFIX.into()),
+                response_url_prefix: {
+                    let prefix = s
+                        .response_url_prefix
+                        .clone()
+                        .unwrap_or_else(|| DEFAULT_RESPONSE_URL_PREFIX.into());
+                    if !response_prefix_ok(&prefix) {
+                        return Err(err(
+                            "slack.response_url_prefix",
+                            format!(
+                                "`{prefix}`: answers are reported to any response_url that starts with it, so it must be a whole https:// origin and path ending in `/` (the default is {DEFAULT_RESPONSE_URL_PREFIX}); plain http:// only on loopback"
+                            ),
+                        ));
+                    }
+                    prefix
+                },
             }),
         };
 
@@ -1013,6 +1024,15 @@ impl ServeConfig {
                                 return Err(err(
                                     &field("metrics.url"),
                                     format!("`{}` is not an http(s):// Prometheus base URL", m.url),
+                                ));
+                            }
+                            if reqwest::Url::parse(&m.url)
+                                .is_ok_and(|u| !u.username().is_empty() || u.password().is_some())
+                            {
+                                // Not echoed: the URL is what holds the secret.
+                                return Err(err(
+                                    &field("metrics.url"),
+                                    "holds credentials: move them to `token: { env: VAR }` or `{ file: PATH }` (a bearer token, never written in the file)".into(),
                                 ));
                             }
                             let mut settings = PrometheusSettings::new(m.url.clone());
@@ -1282,6 +1302,27 @@ fn workloads(at: &str, raw: &RawWorkloads) -> Result<KafkaWorkloads, (String, St
     Ok(KafkaWorkloads { groups, brokers })
 }
 
+/// A prefix of the URLs Slack's answers are reported to: https (or http on loopback), a host,
+/// and a path that ends in `/` — so no other host or path can share it.
+fn response_prefix_ok(prefix: &str) -> bool {
+    let Ok(url) = reqwest::Url::parse(prefix) else {
+        return false;
+    };
+    let host = url.host_str().unwrap_or_default();
+    let loopback = host == "localhost"
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    let scheme_ok = url.scheme() == "https" || (url.scheme() == "http" && loopback);
+    scheme_ok
+        && !host.is_empty()
+        && prefix.ends_with('/')
+        && url.query().is_none()
+        && url.username().is_empty()
+}
+
 /// `path` as the filesystem resolves it: absolute, and through symlinks as far as it exists
 /// (a file not made yet resolves through its folder).
 fn resolved(path: &Path) -> PathBuf {
@@ -1512,6 +1553,30 @@ mod tests {
         let bad = env(&[("THEMIS_QUEUE_CAPACITY", "many")]);
         let e = ServeConfig::load(&file, &Overrides::default(), &bad).expect_err("bad number");
         assert_eq!(e.field, "limits.queue");
+    }
+
+    #[test]
+    fn slacks_response_url_prefix_is_a_whole_https_origin_and_path() {
+        for ok in [
+            "https://hooks.slack.com/",
+            "https://hooks.slack.com/actions/",
+            "http://127.0.0.1:8080/response/",
+            "http://localhost/r/",
+        ] {
+            assert!(response_prefix_ok(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "https://",
+            "https://hooks.slack.com",
+            "https://hooks.slack.com/actions",
+            "http://hooks.slack.com/",
+            "https://user@hooks.slack.com/",
+            "https://hooks.slack.com/?x=1/",
+            "hooks.slack.com/",
+        ] {
+            assert!(!response_prefix_ok(bad), "{bad}");
+        }
     }
 
     #[test]
@@ -1782,6 +1847,11 @@ mod tests {
                 "  postgres:\n    metrics: { url: \"prom:9090\" }\n",
                 "backends.postgres.metrics.url",
                 "http(s)://",
+            ),
+            (
+                "  postgres:\n    metrics: { url: \"https://u:pw@prom:9090\" }\n",
+                "backends.postgres.metrics.url",
+                "holds credentials",
             ),
             (
                 "  postgres:\n    mode: live\n    dry_run: true\n    metrics: { url: \"http://p\" }\n",

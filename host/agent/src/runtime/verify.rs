@@ -245,6 +245,9 @@ impl Worker {
     }
 }
 
+/// The longest one verification read may take, whatever the metrics backend's own timeout.
+const METRIC_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// One read of the metric, never an error: what went wrong is the reading's `missing`. Several
 /// series must all meet the expectation, so the one that does not is the value.
 async fn read_metric(
@@ -258,7 +261,15 @@ async fn read_metric(
         value: None,
         missing: Some(why),
     };
-    match ctx.backends.metrics().query(promql).await {
+    let query = ctx.backends.metrics().query(promql);
+    let Ok(answered) = tokio::time::timeout(METRIC_READ_TIMEOUT, query).await else {
+        // The worker waits on this read: a backend that never answers must not hold it.
+        return missing(format!(
+            "the query did not answer within {} s",
+            METRIC_READ_TIMEOUT.as_secs()
+        ));
+    };
+    match answered {
         Err(e) => missing(format!("the query failed: {e}")),
         Ok(samples) if samples.is_empty() => missing("the query returned no series".into()),
         Ok(samples) => {
