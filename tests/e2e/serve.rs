@@ -100,24 +100,30 @@ impl<'a> ServeSpec<'a> {
         file
     }
 
-    pub fn start(&self) -> Served {
-        let config = self.config();
+    /// `themis serve` with this spec's configuration and environment.
+    fn command(&self) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_themis"));
         match &self.slack_webhook {
             Some(url) => command.env("THEMIS_SLACK_WEBHOOK_URL", url),
             None => command.env_remove("THEMIS_SLACK_WEBHOOK_URL"),
         };
         command.envs(self.env.iter().map(|(k, v)| (k, v)));
-        let mut child = command
+        command
             .args(["serve", "--config"])
-            .arg(&config)
+            .arg(self.config())
             .env("TEST_INTAKE_TOKEN", INTAKE)
             .env("TEST_ONCALL_TOKEN", ONCALL)
             .env("TEST_SLACK_SECRET", SLACK_SECRET)
             .env("THEMIS_CACHE_DIR", repo().join("target/e2e-cache"))
             .env_remove("THEMIS_LISTEN")
             .env_remove("THEMIS_STATE_DIR")
-            .current_dir(self.dir)
+            .current_dir(self.dir);
+        command
+    }
+
+    pub fn start(&self) -> Served {
+        let mut child = self
+            .command()
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -148,16 +154,8 @@ impl<'a> ServeSpec<'a> {
 impl ServeSpec<'_> {
     /// Start `themis serve` expecting it to refuse: its exit code and what it said.
     pub fn refused(&self) -> (Option<i32>, String) {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_themis"))
-            .args(["serve", "--config"])
-            .arg(self.config())
-            .env("TEST_INTAKE_TOKEN", INTAKE)
-            .env("TEST_ONCALL_TOKEN", ONCALL)
-            .env("TEST_SLACK_SECRET", SLACK_SECRET)
-            .env("THEMIS_CACHE_DIR", repo().join("target/e2e-cache"))
-            .env_remove("THEMIS_LISTEN")
-            .env_remove("THEMIS_STATE_DIR")
-            .current_dir(self.dir)
+        let mut child = self
+            .command()
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

@@ -8,20 +8,13 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
-/// The bearer token: the file's first line, or THEMIS_TOKEN.
 /// The approver's token, for `server` — refused when it would cross the network in clear text:
 /// plain `http://` is for a service on this machine only (loopback), as registry pushes are.
 fn token_for(server: &str, file: Option<&Path>) -> Result<String, String> {
     let url = reqwest::Url::parse(server).map_err(|e| {
         format!("--server {server}: not a URL ({e}); e.g. https://themis.example:9464")
     })?;
-    let host = url.host_str().unwrap_or_default();
-    let loopback = host == "localhost"
-        || host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback());
+    let loopback = themis_core::loopback::is_loopback(url.host_str().unwrap_or_default());
     match url.scheme() {
         "https" => {}
         "http" if loopback => {}
@@ -35,6 +28,7 @@ fn token_for(server: &str, file: Option<&Path>) -> Result<String, String> {
     token(file)
 }
 
+/// The bearer token: the file's first line, or THEMIS_TOKEN.
 fn token(file: Option<&Path>) -> Result<String, String> {
     let token = match file {
         Some(f) => themis_core::files::read_text(f, themis_core::files::limits::KEY)

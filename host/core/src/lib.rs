@@ -16,6 +16,7 @@ pub mod graph;
 pub mod guard;
 pub mod identity;
 pub mod label_map;
+pub mod loopback;
 pub mod manifest;
 pub mod matchers;
 pub mod policy;

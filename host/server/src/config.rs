@@ -1309,12 +1309,7 @@ fn response_prefix_ok(prefix: &str) -> bool {
         return false;
     };
     let host = url.host_str().unwrap_or_default();
-    let loopback = host == "localhost"
-        || host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback());
+    let loopback = themis_core::loopback::is_loopback(host);
     let scheme_ok = url.scheme() == "https" || (url.scheme() == "http" && loopback);
     scheme_ok
         && !host.is_empty()
