@@ -195,6 +195,39 @@ mod tests {
         }
     }
 
+    /// A run whose start could not be saved did not take its target: another incident's run
+    /// on it may start.
+    #[tokio::test]
+    async fn a_start_that_could_not_be_saved_leaves_the_target_free() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let audit = AuditLog::open(&dir.path().join("audit.jsonl"), Redactor::with_values(None))
+            .expect("audit");
+        let store: Arc<dyn IncidentStore> = Arc::new(JsonStore::open(dir.path()).expect("store"));
+        let rails = Rails::default();
+        let guard = Guard::open(store, &audit, Clock::system())
+            .await
+            .expect("open");
+        // The book's file becomes a folder with something in it: no save can replace it.
+        let file = dir.path().join("guard.json");
+        std::fs::remove_file(&file).expect("remove");
+        std::fs::create_dir_all(file.join("in-the-way")).expect("block");
+        assert!(
+            guard.begin(&rails, &key(), false).await.is_err(),
+            "not saved"
+        );
+        std::fs::remove_dir_all(&file).expect("unblock");
+        let another = RunKey {
+            incident: "inc-2".into(),
+            ..key()
+        };
+        let second = guard.begin(&rails, &another, false).await.expect("saved");
+        assert!(
+            second.is_ok(),
+            "the failed start left the target free: {:?}",
+            second.err().map(|b| b.why)
+        );
+    }
+
     /// A book that failed its check at start is never written over by the runs that follow:
     /// a restart still finds it unusable, and only a human's clear lifts the hold.
     #[tokio::test]
@@ -215,7 +248,7 @@ mod tests {
             .await
             .expect("open");
         assert!(guard.check(&rails, &key()).await.is_err(), "held");
-        // A human's run takes and releases its target; a verdict is recorded.
+        // A human's run takes and releases its target.
         assert!(
             guard
                 .begin(&rails, &key(), false)
