@@ -11,7 +11,8 @@ use themis_core::types::{Alert, Phase};
 use themis_sandbox::journal::{CallJournal, MemoryJournal};
 use themis_sandbox::loaded::{LoadedRunbook, RunbookLoadError};
 use themis_sandbox::{
-    CallMode, CallOutcome, Fault, LoadError, PhaseCall, PhaseContext, PhaseEnv, Verdict,
+    CallMode, CallOutcome, CapabilityCall, Fault, LoadError, PhaseCall, PhaseContext, PhaseEnv,
+    Verdict,
 };
 
 const EXECUTION: &str = "exec-sandbox-test";
@@ -520,5 +521,134 @@ async fn a_slow_capability_times_out_as_unavailable() {
             );
         }
         other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn the_phase_backstop_never_cuts_off_a_change_before_its_result_is_recorded() {
+    use async_trait::async_trait;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use themis_caps::{Backend, CapResult, ConnectionSlots, LockWait, PostgresCaps, Replica};
+    use themis_sandbox::journal::CallIntent;
+
+    // The phase may run 1 s and a call 1 s. Two cancels take 420 ms each; the third, started
+    // just inside the deadline, hangs until the call timeout (1.84 s), and recording its
+    // outcome takes 300 ms (a slow disk). A backstop of deadline + call timeout (2 s) would
+    // drop the phase mid-write: a change made, its result on no record.
+    struct Cancels(AtomicUsize);
+    #[async_trait]
+    impl PostgresCaps for Cancels {
+        async fn activity(&self, _: f64) -> CapResult<Vec<Backend>> {
+            Ok(Vec::new())
+        }
+        async fn blockers(&self) -> CapResult<Vec<LockWait>> {
+            Ok(Vec::new())
+        }
+        async fn replication_lag(&self) -> CapResult<Vec<Replica>> {
+            Ok(Vec::new())
+        }
+        async fn connection_usage(&self, _: f64) -> CapResult<ConnectionSlots> {
+            Err(CapError::Unavailable("not in this test".into()))
+        }
+        async fn cancel_backend(&self, _: i32) -> CapResult<bool> {
+            if self.0.fetch_add(1, Ordering::SeqCst) >= 2 {
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(Duration::from_millis(420)).await;
+            Ok(true)
+        }
+        async fn terminate_backend(&self, _: i32) -> CapResult<bool> {
+            Err(CapError::Unavailable("not in this test".into()))
+        }
+    }
+    #[derive(Default)]
+    struct SlowOutcomes {
+        intents: AtomicUsize,
+        outcomes: AtomicUsize,
+    }
+    #[async_trait]
+    impl CallJournal for SlowOutcomes {
+        async fn intent(&self, _: &CallIntent) -> Result<(), String> {
+            self.intents.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+        async fn outcome(&self, _: &CallIntent, call: &CapabilityCall) -> Result<(), String> {
+            if matches!(call.outcome, CallOutcome::Error { .. }) {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            self.outcomes.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+    }
+    let config = themis_sandbox::SandboxConfig {
+        call_timeout: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let sandbox = themis_sandbox::Sandbox::new(config).expect("sandbox");
+    let loaded = LoadedRunbook::load(
+        &sandbox,
+        &crate::common::repo().join("runbooks/postgres/cancel-long-queries"),
+        &demo_trust("runbooks/postgres/cancel-long-queries"),
+    )
+    .expect("loads");
+    let pg = Arc::new(Cancels(AtomicUsize::new(0)));
+    let m = mock("{}");
+    let b = themis_caps::Backends::live(m.clone(), m.clone(), m.clone(), pg.clone());
+    let def = &loaded.runbook.steps[0];
+    let mut c = ctx("cancel");
+    c.params = themis_core::manifest::bind_params(&loaded.runbook.parameters, &Default::default())
+        .expect("defaults");
+    c.outputs = vec![themis_core::types::StepOutput {
+        step: "cancel".into(),
+        key: "pids".into(),
+        value: "101,102,103,104".into(),
+    }];
+    let grant = Grant {
+        runbook_id: "cancel-long-queries".into(),
+        step_id: "cancel".into(),
+        execution_id: EXECUTION.into(),
+        phase: Phase::Action,
+        capabilities: def.capabilities.clone(),
+        scopes: def.scopes(&c.params),
+        destructive: Arc::new(DestructiveList::adding(Vec::<String>::new())),
+        approval: None,
+    };
+    let journal = Arc::new(SlowOutcomes::default());
+    let call = sandbox
+        .call(
+            &loaded.components[0],
+            Phase::Action,
+            &c,
+            PhaseEnv {
+                grant,
+                backends: b,
+                journal: journal.clone(),
+                counts: Arc::default(),
+            },
+            Duration::from_secs(1),
+        )
+        .await;
+    // Back in the guest past its deadline, the guest's own deadline traps it; the backstop
+    // (which cuts off whatever is in flight) never fired.
+    assert_eq!(
+        call.result,
+        Err(Fault::DeadlineExceeded { limit_ms: 1000 }),
+        "{:?}",
+        call.calls
+    );
+    let started = pg.0.load(Ordering::SeqCst);
+    assert_eq!(started, 3, "{:?}", call.calls);
+    assert_eq!(journal.intents.load(Ordering::SeqCst), started);
+    assert_eq!(
+        journal.outcomes.load(Ordering::SeqCst),
+        started,
+        "every change made has its outcome journalled"
+    );
+    assert_eq!(call.calls.len(), started, "and on the phase's record");
+    match &call.calls[2].outcome {
+        CallOutcome::Error { error } => {
+            assert!(error.to_string().contains("did not answer"), "{error}")
+        }
+        other => panic!("{other:?}"),
     }
 }

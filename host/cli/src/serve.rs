@@ -74,9 +74,6 @@ pub struct Loaded {
 
 pub fn load(file: &std::path::Path, overrides: &Overrides) -> Result<Loaded, ExitCode> {
     let config = ServeConfig::load(file, overrides, &process_env()).map_err(|e| fail(2, e))?;
-    for warning in &config.warnings {
-        eprintln!("warning: {warning}");
-    }
     let files = agent_files(&config.agents).map_err(|e| fail(2, e))?;
     let mut names = Vec::new();
     for file in &files {

@@ -66,6 +66,24 @@ impl StepState {
                 return Ok(Err(types::CapError::Denied(reason)));
             }
         };
+        // The phase's backstop drops whatever is in flight when it fires, the call's record
+        // with it. A call gets only the time left before then (less room to record its
+        // result); a mutation that might not finish in it is not started at all, since one cut
+        // off would leave the system changed and the audit not saying how.
+        let left = self
+            .hard_stop
+            .saturating_duration_since(Instant::now())
+            .saturating_sub(crate::state::record_margin(self.call_timeout));
+        if allowed.mutates && left < self.call_timeout {
+            let reason = format!(
+                "the phase ran past its deadline in earlier calls ({} ms left before the host stops it, a change may take {} ms): not started",
+                left.as_millis(),
+                self.call_timeout.as_millis()
+            );
+            self.refuse(capability, args, reason.clone(), started);
+            return Ok(Err(types::CapError::Unavailable(reason)));
+        }
+        let timeout = left.min(self.call_timeout);
         let dry_run = self.env.backends.is_dry_run();
         let intent = allowed.mutates.then(|| CallIntent {
             execution_id: grant.execution_id.clone(),
@@ -88,8 +106,12 @@ impl StepState {
             }));
         }
         self.env.counts.bump(capability);
-        let result = match tokio::time::timeout(self.call_timeout, call).await {
+        let result = match tokio::time::timeout(timeout, call).await {
             Ok(result) => result,
+            Err(_) if timeout < self.call_timeout => Err(CapError::Unavailable(format!(
+                "{capability} did not answer within the {} ms the phase had left",
+                timeout.as_millis()
+            ))),
             Err(_) => Err(CapError::Unavailable(format!(
                 "{capability} did not answer within {} ms (the host's call timeout)",
                 self.call_timeout.as_millis()

@@ -363,12 +363,13 @@ impl Sandbox {
     }
 
     /// A fresh store for one phase: the step's authority, this sandbox's memory limit and
-    /// phase limits.
-    fn store(&self, env: PhaseEnv) -> Store<StepState> {
+    /// phase limits, and the instant its backstop fires.
+    fn store(&self, env: PhaseEnv, hard_stop: Instant) -> Store<StepState> {
         let state = StepState::new(
             env,
             self.config.memory_limit,
             self.config.call_timeout,
+            hard_stop,
             self.config.limits,
         );
         let mut store = Store::new(&self.engine, state);
@@ -386,15 +387,19 @@ impl Sandbox {
         deadline: Duration,
     ) -> PhaseCall {
         let started = Instant::now();
-        let mut store = self.store(env);
+        // Host calls do not tick the epoch; this backstop bounds a phase that waits in them:
+        // the deadline, one whole call and room to record it. The calls are fitted inside it
+        // (see `StepState::invoke`): a change starts only within the deadline, so what the
+        // backstop cuts is never a change whose result would then go unrecorded.
+        let backstop =
+            deadline + self.config.call_timeout + state::record_margin(self.config.call_timeout);
+        let mut store = self.store(env, started + backstop);
         let ticks = deadline
             .as_nanos()
             .div_ceil(self.config.epoch_tick.as_nanos().max(1));
         store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX).max(1));
         store.epoch_deadline_trap();
 
-        // Host calls do not tick the epoch; this backstop bounds a phase that waits in them.
-        let backstop = deadline + self.config.call_timeout;
         let guest_ctx = ctx.to_guest();
         let outcome =
             tokio::time::timeout(backstop, run_phase(&mut store, step, phase, &guest_ctx)).await;
@@ -453,7 +458,7 @@ impl Sandbox {
             journal: Arc::new(journal::MemoryJournal::default()),
             counts: Arc::default(),
         };
-        let mut store = self.store(env);
+        let mut store = self.store(env, Instant::now() + self.config.call_timeout);
         store.set_epoch_deadline(u64::MAX / 2);
         let bindings = step.pre.instantiate_async(&mut store).await?;
         let ctx = types::StepContext {

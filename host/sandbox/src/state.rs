@@ -7,7 +7,7 @@ use crate::limits::{Budget, PhaseLimits};
 use crate::record::{CapabilityCall, LogLine};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use themis_caps::Backends;
 use themis_core::grant::Grant;
 use wasmtime::component::ResourceTable;
@@ -84,6 +84,12 @@ impl ExecutionCounts {
     }
 }
 
+/// Room kept after a phase's last possible call for recording its result: a quarter of the
+/// call timeout, at most a second (an audit append takes milliseconds).
+pub(crate) fn record_margin(call_timeout: Duration) -> Duration {
+    (call_timeout / 4).min(Duration::from_secs(1))
+}
+
 /// The authority and bookkeeping one phase call runs with.
 pub struct PhaseEnv {
     pub grant: Grant,
@@ -98,6 +104,8 @@ pub struct StepState {
     pub(crate) limiter: MemoryLimiter,
     pub(crate) env: PhaseEnv,
     pub(crate) call_timeout: Duration,
+    /// When the phase's backstop drops whatever is in flight: calls are fitted inside it.
+    pub(crate) hard_stop: Instant,
     pub(crate) budget: Budget,
     pub(crate) calls: Vec<CapabilityCall>,
     pub(crate) logs: Vec<LogLine>,
@@ -109,6 +117,7 @@ impl StepState {
         env: PhaseEnv,
         memory_limit: usize,
         call_timeout: Duration,
+        hard_stop: Instant,
         limits: PhaseLimits,
     ) -> Self {
         // Panic messages land here; nothing reaches the host's own stdio.
@@ -123,6 +132,7 @@ impl StepState {
             },
             env,
             call_timeout,
+            hard_stop,
             budget: Budget::new(limits),
             calls: Vec::new(),
             logs: Vec::new(),

@@ -485,9 +485,6 @@ pub struct ServeConfig {
     pub audit_segment_bytes: u64,
     /// The audit's budget on disk: the oldest segments no open work needs go past it.
     pub audit_max_bytes: u64,
-    /// What is allowed but unwise (a short token), each naming file and field: said at start
-    /// and by `--check`.
-    pub warnings: Vec<String>,
 }
 
 /// What the command line says; it beats the environment and the file.
@@ -638,15 +635,19 @@ impl ServeConfig {
                 "no intake token: every alert must be authenticated; add `tokens: [ { env: THEMIS_INTAKE_TOKEN } ]`".into(),
             ));
         }
-        let mut warnings = Vec::new();
-        let mut short_token = |field: &str, token: &str| {
+        // A bearer token is the whole of an alert source's or an approver's proof: one short
+        // enough to guess online is refused, not warned about and then trusted.
+        let short_token = |field: &str, token: &str| {
             let n = token.chars().count();
             if n < MIN_TOKEN_CHARS {
-                warnings.push(format!(
-                    "{}: {field}: the token is {n} characters, short enough to guess; use at least {MIN_TOKEN_CHARS} (e.g. `openssl rand -hex 32`)",
-                    file.display()
+                return Err(err(
+                    field,
+                    format!(
+                        "the token is {n} characters, short enough to guess; use at least {MIN_TOKEN_CHARS} (e.g. `openssl rand -hex 32`)"
+                    ),
                 ));
             }
+            Ok(())
         };
         let mut intake_tokens = Vec::new();
         let mut intake_token_values = Vec::new();
@@ -669,7 +670,7 @@ impl ServeConfig {
                 }
                 other => {
                     let token = resolve(field.clone(), other)?;
-                    short_token(&field, &token);
+                    short_token(&field, &token)?;
                     let hash = TokenHash::of(&token);
                     intake_token_values.push(Secret(token));
                     hash
@@ -772,11 +773,14 @@ impl ServeConfig {
                     .and_then(|h| hex::decode(h).ok())
                     .and_then(|b| <[u8; 32]>::try_from(b).ok())
                     .map(|hash| (TokenHash(hash), format!("{field}.token_sha256"))),
-                (None, Some(name)) => var(name).map(|token| {
-                    let at = format!("{field}.token_env");
-                    short_token(&at, &token);
-                    (TokenHash::of(&token), at)
-                }),
+                (None, Some(name)) => match var(name) {
+                    Some(token) => {
+                        let at = format!("{field}.token_env");
+                        short_token(&at, &token)?;
+                        Some((TokenHash::of(&token), at))
+                    }
+                    None => None,
+                },
                 (None, None) => None,
             };
             if let Some((hash, at)) = token
@@ -1196,7 +1200,6 @@ impl ServeConfig {
             keep_closed,
             audit_segment_bytes,
             audit_max_bytes,
-            warnings,
         })
     }
 
@@ -1371,11 +1374,11 @@ mod tests {
         let ok = ServeConfig::load(
             &file,
             &Overrides::default(),
-            &env(&[("THEMIS_INTAKE_TOKEN", "t0k3n")]),
+            &env(&[("THEMIS_INTAKE_TOKEN", "t0k3n-long-enough-to-keep")]),
         )
         .expect("loads");
-        assert!(ok.intake_token_ok("t0k3n"));
-        assert!(!ok.intake_token_ok("t0k3"));
+        assert!(ok.intake_token_ok("t0k3n-long-enough-to-keep"));
+        assert!(!ok.intake_token_ok("t0k3n-long-enough-to-kee"));
         assert!(!ok.intake_token_ok(""));
         assert_eq!(ok.state_dir, dir.path().join("state"));
     }
@@ -1462,7 +1465,7 @@ mod tests {
     }
 
     #[test]
-    fn short_tokens_are_warned_about_and_a_token_both_intake_and_approver_refused() {
+    fn short_tokens_and_a_token_both_intake_and_approver_are_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = write(
             dir.path(),
@@ -1479,19 +1482,27 @@ mod tests {
                 ("ALICE", alice),
             ])
         };
-        let c = ServeConfig::load(&file, &Overrides::default(), &vars("alice"))
-            .expect("loads: short is unwise, not wrong");
-        assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
-        assert!(
-            c.warnings[0].contains("intake.tokens[1]: the token is 5 characters"),
-            "{:?}",
-            c.warnings
-        );
-        assert!(
-            c.warnings[1].contains("approvers.alice.token_env: the token is 5 characters"),
-            "{:?}",
-            c.warnings
-        );
+        let e = ServeConfig::load(&file, &Overrides::default(), &vars("alice"))
+            .expect_err("a short intake token is refused");
+        assert_eq!(e.field, "intake.tokens[1]", "{e}");
+        assert!(e.problem.contains("the token is 5 characters"), "{e}");
+        let vars = |alice: &str| {
+            env(&[
+                ("LONG", "a-long-enough-intake-token"),
+                ("SHORT", "another-long-enough-intake-token"),
+                ("ALICE", alice),
+            ])
+        };
+        let e = ServeConfig::load(&file, &Overrides::default(), &vars("alice"))
+            .expect_err("a short approver token is refused");
+        assert_eq!(e.field, "approvers.alice.token_env", "{e}");
+        assert!(e.problem.contains("the token is 5 characters"), "{e}");
+        ServeConfig::load(
+            &file,
+            &Overrides::default(),
+            &vars("alice-has-a-long-token"),
+        )
+        .expect("long tokens load");
         let e = ServeConfig::load(
             &file,
             &Overrides::default(),
@@ -1649,7 +1660,7 @@ mod tests {
             ),
         );
         let mut vars = vars.to_vec();
-        vars.push(("T", "t0k3n"));
+        vars.push(("T", "t0k3n-long-enough-to-keep"));
         ServeConfig::load(&file, overrides, &env(&vars))
     }
 

@@ -296,11 +296,14 @@ pub async fn incident(
     let incident = state.runtime.store().get(&id).await.map_err(store_error)?;
     let audit = state.runtime.audit().clone();
     let wanted = id.clone();
+    let from = incident.opened_seq;
     let (timeline, altered) = tokio::task::spawn_blocking(move || {
-        audit.find(
-            |r| r.incident.as_deref() == Some(wanted.as_str()),
-            MAX_TIMELINE,
-        )
+        let mine = |r: &Record| r.incident.as_deref() == Some(wanted.as_str());
+        match from {
+            Some(seq) => audit.find_from(seq, mine, MAX_TIMELINE),
+            // Opened before incidents kept where their records start: the whole audit.
+            None => audit.find(mine, MAX_TIMELINE),
+        }
     })
     .await
     .map_err(|_| ApiError::unavailable("reading the audit failed"))?

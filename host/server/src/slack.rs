@@ -45,8 +45,20 @@ fn now_secs() -> u64 {
 struct Seen {
     path: PathBuf,
     file: File,
-    ids: HashMap<String, u64>,
+    /// Each request's timestamp, and whether a replay of it was audited already.
+    ids: HashMap<String, (u64, bool)>,
     lines: usize,
+}
+
+/// What [`Seen::first_time`] found.
+#[derive(Debug, PartialEq)]
+enum Sighting {
+    First,
+    /// A replay; `audited` if one of this request was recorded before — a captured request
+    /// replayed in a loop gets one record, not one each, so it cannot fill the audit.
+    Replay {
+        audited: bool,
+    },
 }
 
 impl Seen {
@@ -61,7 +73,7 @@ impl Seen {
                     && ts >= horizon
                     && ids.len() < MAX_REMEMBERED
                 {
-                    ids.insert(id.to_owned(), ts);
+                    ids.insert(id.to_owned(), (ts, false));
                 }
             }
         }
@@ -80,7 +92,7 @@ impl Seen {
         let tmp = self.path.with_extension("tmp");
         {
             let mut f = File::create(&tmp)?;
-            for (id, ts) in &self.ids {
+            for (id, (ts, _)) in &self.ids {
                 writeln!(f, "{id} {ts}")?;
             }
             f.sync_all()?;
@@ -91,14 +103,16 @@ impl Seen {
         Ok(())
     }
 
-    /// Remember `id`; false if it was seen before. Durable before it returns true.
-    fn first_time(&mut self, id: &str, ts: u64) -> Result<bool, ApiError> {
-        if self.ids.contains_key(id) {
-            return Ok(false);
+    /// Remember `id`, durably before it says [`Sighting::First`].
+    fn first_time(&mut self, id: &str, ts: u64) -> Result<Sighting, ApiError> {
+        if let Some((_, audited)) = self.ids.get_mut(id) {
+            let before = *audited;
+            *audited = true;
+            return Ok(Sighting::Replay { audited: before });
         }
         let horizon = now_secs().saturating_sub(2 * MAX_AGE_SECS);
         if self.ids.len() >= MAX_REMEMBERED {
-            self.ids.retain(|_, t| *t >= horizon);
+            self.ids.retain(|_, (t, _)| *t >= horizon);
         }
         if self.ids.len() >= MAX_REMEMBERED {
             return Err(ApiError::unavailable(
@@ -111,13 +125,13 @@ impl Seen {
         writeln!(self.file, "{id} {ts}")
             .and_then(|()| self.file.sync_data())
             .map_err(unavailable)?;
-        self.ids.insert(id.to_owned(), ts);
+        self.ids.insert(id.to_owned(), (ts, false));
         self.lines += 1;
         if self.lines > 2 * self.ids.len() + 1024 {
-            self.ids.retain(|_, t| *t >= horizon);
+            self.ids.retain(|_, (t, _)| *t >= horizon);
             self.compact().map_err(unavailable)?;
         }
-        Ok(true)
+        Ok(Sighting::First)
     }
 }
 
@@ -278,17 +292,24 @@ pub async fn interactions(
         hex::encode(h.finalize())
     };
     // An fsync: off the async threads' hands.
-    let first = tokio::task::block_in_place(|| {
+    let sighting = tokio::task::block_in_place(|| {
         let mut seen = slack.seen.lock().unwrap_or_else(|p| p.into_inner());
         seen.first_time(&request_id, ts)
     })?;
-    if !first {
-        let _ = state.runtime.audit().append(
-            "slack",
-            None,
-            "slack-refused",
-            json!({ "reason": "replay", "request": request_id }),
-        );
+    if let Sighting::Replay { audited } = sighting {
+        tracing::warn!(request = %request_id, "Slack request replayed: refused");
+        if !audited {
+            let _ = state.runtime.audit().append(
+                "slack",
+                None,
+                "slack-refused",
+                json!({
+                    "reason": "replay",
+                    "request": request_id,
+                    "note": "later replays of this request are refused without a record each",
+                }),
+            );
+        }
         return Err(ApiError::conflict(
             "this Slack request was already received: a replay is refused",
         ));

@@ -530,6 +530,27 @@ impl AuditLog {
         Ok(removed)
     }
 
+    /// As [`AuditLog::find`], over the records from `seq` on only: reading starts at the file
+    /// that holds `seq` (an incident's timeline starts at the record that opened it).
+    pub fn find_from(
+        &self,
+        seq: u64,
+        keep: impl Fn(&Record) -> bool,
+        limit: usize,
+    ) -> Result<(Vec<Record>, usize), AuditError> {
+        let mut out = std::collections::VecDeque::new();
+        let altered = self.scan_from(seq, |record| {
+            if keep(&record) {
+                if out.len() == limit {
+                    out.pop_front();
+                }
+                out.push_back(record);
+            }
+            true
+        })?;
+        Ok((out.into(), altered))
+    }
+
     /// The last `limit` records `keep` selects, oldest first, each checked against its own hash
     /// (a record that does not match is left out and counted). Reads without blocking appends:
     /// an unfinished last line is skipped.

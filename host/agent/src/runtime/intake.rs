@@ -59,13 +59,14 @@ impl Worker {
                 source: illegal,
             });
         }
-        ctx.audit.append_deferred(
+        let opened = ctx.audit.append_deferred(
             &name,
             Some(&id),
             "alert",
             json!({ "alert": alert, "fingerprint": alert.fingerprint, "intake": intake }),
         )?;
         let mut incident = Incident::opened(id.clone(), name.clone(), alert, ctx.clock.now());
+        incident.opened_seq = Some(opened.seq);
         ctx.store.save(&incident).await?;
         self.fsm.fire(&ctx, &id, received).await?;
         self.triage(&mut incident).await?;

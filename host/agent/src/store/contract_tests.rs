@@ -568,6 +568,38 @@ async fn a_postgres_store_is_held_by_one_host_and_a_fenced_host_writes_nothing()
 }
 
 #[tokio::test]
+async fn an_open_incident_whose_columns_were_edited_to_closed_is_not_pruned() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SqliteStore::open_waiting(dir.path(), Duration::from_secs(1))
+        .await
+        .expect("open");
+    let mut closed = incident("inc-41", "fp2", 2);
+    closed.status = IncidentStatus::Resolved;
+    for i in [incident("inc-40", "fp1", 1), closed] {
+        store.save(&i).await.expect("save");
+    }
+    // The index columns are not sealed: edited to say closed long ago, they choose the open
+    // incident for retention, and its sealed body keeps it.
+    let raw = sqlx::SqlitePool::connect(&format!(
+        "sqlite://{}",
+        dir.path().join(sqlite::FILE).display()
+    ))
+    .await
+    .expect("raw connection");
+    sqlx::query("UPDATE incidents SET status = 'resolved', changed_ms = 0 WHERE id = 'inc-40'")
+        .execute(&raw)
+        .await
+        .expect("edit");
+    let due = SystemTime::now() + Duration::from_secs(2);
+    let pruned = store.prune_closed("kafka", due, 10).await.expect("prune");
+    assert_eq!(pruned, vec!["inc-41"]);
+    assert_eq!(
+        store.get("inc-40").await.expect("kept").status,
+        IncidentStatus::Triaging
+    );
+}
+
+#[tokio::test]
 async fn closed_incidents_leave_the_store_when_retention_says_so_and_nothing_else_does() {
     each_store(async |store, _| {
         let closed = |id: &str, fp: &str, opened: u64, status: IncidentStatus| {

@@ -285,6 +285,10 @@ pub struct Incident {
     /// Whether the last successful run fixed the alert: the signals and the verdict.
     #[serde(default)]
     pub verification: Option<Watch>,
+    /// The seq of the audit record of the alert that opened it: its timeline is read from
+    /// there on, not from the start of the audit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opened_seq: Option<u64>,
 }
 
 impl Incident {
@@ -308,6 +312,7 @@ impl Incident {
             proposed_at: None,
             source_resolved_at: None,
             verification: None,
+            opened_seq: None,
         }
     }
 

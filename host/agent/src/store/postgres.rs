@@ -625,16 +625,25 @@ impl IncidentStore for PgStore {
         limit: usize,
     ) -> Result<Vec<String>, StoreError> {
         let mut tx = self.fenced().await?;
-        let pruned: Vec<String> = sqlx::query_scalar(
-            "DELETE FROM incidents WHERE id IN (
-                 SELECT id FROM incidents WHERE agent = $1 AND changed_ms < $2
-                 AND NOT (status = ANY($3)) ORDER BY changed_ms LIMIT $4)
-             RETURNING id",
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT id, body, mac FROM incidents WHERE agent = $1 AND changed_ms < $2
+             AND NOT (status = ANY($3)) ORDER BY changed_ms LIMIT $4 FOR UPDATE",
         )
         .bind(agent)
         .bind(millis(before))
         .bind(open_statuses())
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(|e| self.rows.fail(e))?;
+        let (ids, macs): (Vec<String>, Vec<String>) =
+            self.rows.prunable(agent, rows).into_iter().unzip();
+        let pruned: Vec<String> = sqlx::query_scalar(
+            "DELETE FROM incidents i USING unnest($1::text[], $2::text[]) AS c(id, mac)
+             WHERE i.id = c.id AND i.mac = c.mac RETURNING i.id",
+        )
+        .bind(ids)
+        .bind(macs)
         .fetch_all(&mut *tx)
         .await
         .map_err(|e| self.rows.fail(e))?;

@@ -99,6 +99,26 @@ impl Sealer {
         (out, problems)
     }
 
+    /// Retention's candidates, chosen by the index columns, narrowed to the rows whose sealed
+    /// body says they are `agent`'s and closed: a status column edited by hand never gets an
+    /// open incident deleted. Each kept row comes with its MAC, so the delete takes exactly the
+    /// row that was checked. The others stay, for a read to report as changed.
+    pub(super) fn prunable(&self, agent: &str, rows: Vec<Row>) -> Vec<(String, String)> {
+        let mut out = Vec::with_capacity(rows.len());
+        for (id, body, mac) in rows {
+            match self.incident(&id, &body, &mac) {
+                Ok(i) if i.agent == agent && !i.status.is_open() => out.push((id, mac)),
+                Ok(i) => tracing::warn!(
+                    incident = %id,
+                    status = ?i.status,
+                    "retention: the row's columns say closed, its sealed body does not; not removed"
+                ),
+                Err(e) => tracing::warn!(incident = %id, error = %e, "retention: not removed"),
+            }
+        }
+        out
+    }
+
     /// The claim's decision, once its transaction has read the incident's row (locked): the
     /// incident with `answer` recorded and `next` as its status, or why the answer is refused.
     pub(super) fn claimed(

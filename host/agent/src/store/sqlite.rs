@@ -6,7 +6,7 @@
 //! as the JSON store refuses a file. The directory is locked for the life of a writing store.
 
 use super::mac::HostKey;
-use super::rows::{Sealer, millis, open_statuses, status_name};
+use super::rows::{Row, Sealer, millis, open_statuses, status_name};
 use super::{Answer, ClaimError, Incident, IncidentStatus, IncidentStore, StoreError};
 use crate::lock::{self, Held};
 use async_trait::async_trait;
@@ -317,19 +317,32 @@ impl IncidentStore for SqliteStore {
         limit: usize,
     ) -> Result<Vec<String>, StoreError> {
         let sql = format!(
-            "DELETE FROM incidents WHERE id IN (
-                 SELECT id FROM incidents WHERE agent = ?1 AND changed_ms < ?2
-                 AND status NOT IN ({}) ORDER BY changed_ms LIMIT ?3)
-             RETURNING id",
+            "SELECT id, body, mac FROM incidents WHERE agent = ?1 AND changed_ms < ?2
+             AND status NOT IN ({}) ORDER BY changed_ms LIMIT ?3",
             open_statuses_sql()
         );
-        sqlx::query_scalar(&sql)
+        let mut tx = self.writer()?.begin().await.map_err(|e| self.fail(e))?;
+        let rows: Vec<Row> = sqlx::query_as(&sql)
             .bind(agent)
             .bind(millis(before))
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .fetch_all(self.writer()?)
+            .fetch_all(&mut *tx)
             .await
-            .map_err(|e| self.fail(e))
+            .map_err(|e| self.fail(e))?;
+        let mut pruned = Vec::new();
+        for (id, mac) in self.rows.prunable(agent, rows) {
+            let gone = sqlx::query("DELETE FROM incidents WHERE id = ?1 AND mac = ?2")
+                .bind(&id)
+                .bind(&mac)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.fail(e))?;
+            if gone.rows_affected() == 1 {
+                pruned.push(id);
+            }
+        }
+        tx.commit().await.map_err(|e| self.fail(e))?;
+        Ok(pruned)
     }
 
     async fn save_agent_state(&self, agent: &str, state: &AgentState) -> Result<(), StoreError> {
