@@ -282,6 +282,14 @@ fn where_a_run_resumes_is_read_off_its_record() {
     assert!(at(&[start.clone(), pre.clone(), action.clone(), failed, rolling]).is_err());
     // Not resumed: another phase that failed (a rollback may be under way), an ended run,
     // another bundle.
+    // A phase record the audit had to replace by its digest hides where the run stood: not
+    // resumed (else the cut-off action's intent would be missed and it would run again).
+    let summarised = record(
+        2,
+        "phase",
+        json!({ "summarised": true, "bytes": 300_000, "sha256": "00" }),
+    );
+    assert!(at(&[start.clone(), summarised, intent.clone()]).is_err());
     let refused = phase(3, "restart-consumers", "precondition", "failed", json!({}));
     assert!(at(&[start.clone(), refused]).is_err());
     let result = record(6, "result", json!({}));
@@ -461,4 +469,62 @@ async fn an_approved_run_cut_off_before_it_started_is_started_on_recovery() {
         "the approved run finished"
     );
     second.stop().await;
+}
+
+/// Review defect: at start, the agent's last accepted alert was taken up again whenever the
+/// store did not hold its incident — also when retention had pruned that incident, long closed:
+/// a weeks-old alert triaged (and perhaps acted on) afresh at every restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_alert_of_a_pruned_incident_is_not_replayed_at_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let world = crate::common::world_file("agent-postgres-lock-waits.yaml");
+    let scenario = themis_testkit::scenario::load(&world).expect("scenario");
+    let mock = Arc::new(themis_testkit::mock::ScenarioMock::new(scenario.mocks).expect("mocks"));
+    let state = dir.path().join("state");
+    let store: Arc<dyn themis_agent::store::IncidentStore> =
+        Arc::new(themis_agent::store::JsonStore::open(&state).expect("store"));
+    let first = postgres_host(dir.path(), store.clone(), mock.clone()).await;
+    first
+        .submit(
+            scenario.alert.to_alert(),
+            themis_agent::AlertStatus::Firing,
+            json!({ "via": "test" }),
+        )
+        .expect("accepted");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let proposal = loop {
+        let (open, _) = store.scan().await.expect("scan");
+        if let Some(p) = open.iter().find_map(|i| i.proposal.clone()) {
+            break p;
+        }
+        assert!(std::time::Instant::now() < deadline, "no proposal");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let rejected = first
+        .reject(
+            &proposal.id,
+            themis_core::identity::Identity::scenario("oncall"),
+            "handled by hand",
+        )
+        .await
+        .expect("rejected");
+    first.stop().await;
+    drop(store);
+    let store: Arc<dyn themis_agent::store::IncidentStore> =
+        Arc::new(themis_agent::store::JsonStore::open(&state).expect("store"));
+    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
+    let pruned = store
+        .prune_closed("postgres", later, 10)
+        .await
+        .expect("prune");
+    assert_eq!(pruned, vec![rejected.id.clone()]);
+
+    let second = postgres_host(dir.path(), store.clone(), mock.clone()).await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    second.stop().await;
+    let records = crate::common::records(&dir.path().join("audit.jsonl"));
+    let alerts = records.iter().filter(|r| r["kind"] == "alert").count();
+    assert_eq!(alerts, 1, "the pruned incident's alert was taken up again");
+    let (now, _) = store.scan().await.expect("scan");
+    assert!(now.is_empty(), "{now:#?}");
 }

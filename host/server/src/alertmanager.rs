@@ -250,6 +250,15 @@ fn marker(cut: usize) -> String {
 }
 
 impl Notification {
+    /// `truncatedAlerts` as the whole count it was checked to be (`5.0` is 5): recorded as an
+    /// integer, never as the float it may have been sent as.
+    fn truncated(&self) -> u64 {
+        let n = &self.truncated_alerts;
+        n.as_u64()
+            .or_else(|| n.as_f64().map(|f| f as u64))
+            .unwrap_or(0)
+    }
+
     /// Check the notification and turn each alert into an [`Incoming`].
     pub fn into_incoming(self, max_alerts: usize) -> Result<Vec<Incoming>, ApiError> {
         if self.version != "4" {
@@ -305,6 +314,7 @@ impl Notification {
                 ),
             ));
         }
+        let truncated = self.truncated();
         let mut out = Vec::with_capacity(self.alerts.len());
         for (i, a) in self.alerts.into_iter().enumerate() {
             let name = a
@@ -364,7 +374,7 @@ impl Notification {
                     "via": "alertmanager",
                     "group_key": group_key,
                     "receiver": receiver,
-                    "truncated_alerts": self.truncated_alerts,
+                    "truncated_alerts": truncated,
                     "starts_at": a.starts_at,
                     "ends_at": a.ends_at,
                     "generator_url": a.generator_url,

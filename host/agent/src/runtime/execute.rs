@@ -58,11 +58,13 @@ impl Worker {
         let executed = self
             .execute_plan(incident, loaded, &plan, approval.clone())
             .await;
-        self.conclude(incident, plan, key, executed, facts).await
+        self.conclude(incident, plan, key, executed, facts, None)
+            .await
     }
 
     /// After a run (fresh or resumed): the target released and the run on its history, then
-    /// what the outcome calls for — a follow-up, verifying the fix, or a human.
+    /// what the outcome calls for — a follow-up, verifying the fix, or a human. `interrupted`
+    /// says where a stop cut off a resumed run: rolled back, it goes to a human as well.
     pub(crate) async fn conclude(
         &mut self,
         incident: &mut Incident,
@@ -70,6 +72,7 @@ impl Worker {
         key: Option<RunKey>,
         executed: Result<ExecutionReport, RuntimeError>,
         facts: &Facts,
+        interrupted: Option<&str>,
     ) -> Result<(), RuntimeError> {
         let ctx = self.ctx.clone();
         let name = &ctx.agent.def.name;
@@ -130,6 +133,26 @@ impl Worker {
                     reason: reason.clone(),
                 };
                 self.stop_and_escalate(incident, event, reason).await
+            }
+            Outcome::RolledBack { step, reason, .. } if interrupted.is_some() => {
+                // A stop cut this run off; resumed, it could not go on and was undone. The
+                // system went through a change and its undoing nobody watched: a human hears.
+                let why = format!(
+                    "runbook {} was cut off by a stop of the host and resumed {}; it failed at step `{step}` ({reason}) and the steps that acted were rolled back — check the system",
+                    plan.runbook_id,
+                    interrupted.unwrap_or_default()
+                );
+                let event = if self.fsm.state.kind() == StateKind::RollingBack {
+                    Event::Interrupted {
+                        incident: incident.id.clone(),
+                        reason: why.clone(),
+                    }
+                } else {
+                    Event::RunbookStopped {
+                        reason: why.clone(),
+                    }
+                };
+                self.stop_and_escalate(incident, event, why).await
             }
             Outcome::RolledBack { step, reason, .. } => {
                 self.fsm
@@ -420,7 +443,7 @@ impl PhaseObserver for PhaseAudit<'_> {
                 agent,
                 Some(self.incident),
                 "phase",
-                json!({ "runbook": self.runbook.runbook.id, "provenance": self.runbook.provenance(), "record": record }),
+                json!({ "runbook": self.runbook.runbook.id, "provenance": self.runbook.provenance(), "record": phase_on_record(record) }),
             )
             .map_err(|e| Halt(format!("the phase could not be audited: {e}")))?;
         self.ctx
@@ -428,4 +451,26 @@ impl PhaseObserver for PhaseAudit<'_> {
             .phase(agent, &self.runbook.runbook.id, record);
         Ok(())
     }
+}
+
+/// The most one bulky part of a phase record (its calls, logs, evidence, stderr) keeps before
+/// it becomes a digest: four of them stay well inside the audit's limit for one record.
+const PHASE_PART_BYTES: usize = 48 * 1024;
+
+/// A phase record as the audit keeps it. Past the audit's limit a whole record becomes a
+/// digest, and with it the step, phase, status, branch and outputs a resume reads back; the
+/// bulky parts are bounded on their own first, so those always stay.
+fn phase_on_record(record: &PhaseRecord) -> serde_json::Value {
+    let mut value = serde_json::to_value(record).unwrap_or(serde_json::Value::Null);
+    if let serde_json::Value::Object(map) = &mut value {
+        for key in ["calls", "logs", "evidence", "stderr"] {
+            if let Some(part) = map.remove(key) {
+                map.insert(
+                    key.to_owned(),
+                    themis_core::bounded::bound(part, PHASE_PART_BYTES),
+                );
+            }
+        }
+    }
+    value
 }

@@ -36,7 +36,12 @@ impl Fsm {
                     "transition",
                     json!({ "from": self.state, "event": event, "to": next }),
                 )?;
-                ctx.store.save_agent_state(agent, &next).await?;
+                // A hint for the next start, not the truth (the audit and the incidents are):
+                // a failed write must not leave the machine in memory behind the move just
+                // recorded — that would wedge the agent in a state no work is in.
+                if let Err(e) = ctx.store.save_agent_state(agent, &next).await {
+                    tracing::warn!(agent = %agent, error = %e, "the agent's state hint could not be saved");
+                }
                 ctx.observer.transition(agent, &self.state, &event, &next);
                 self.state = next.clone();
                 self.tx.send_replace(next.clone());

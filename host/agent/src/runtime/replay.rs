@@ -86,6 +86,15 @@ pub(crate) fn scan_accepted(
         let Some(scanned) = found.get_mut(&record.agent) else {
             return true;
         };
+        // Any later record of the incident the last alert opened (its first transition comes
+        // after the save) says the incident was saved: a store that no longer holds it pruned
+        // it, and its alert is not news to replay.
+        if record.kind != "alert"
+            && let Some((_, opened)) = &scanned.last_opened
+            && record.incident.as_deref() == Some(opened.as_str())
+        {
+            scanned.last_opened = None;
+        }
         if record.kind == "alert-accepted" {
             if scanned.untaken.len() >= most
                 && let Some(oldest) = scanned.untaken.pop_first()
@@ -160,10 +169,17 @@ impl Worker {
                 }),
             )?;
         }
-        if let Some((intake, incident)) = last_opened
-            && self.ctx.store.get(&incident).await.is_err()
-        {
-            untaken.insert(intake);
+        // The last alert's record is written before its incident is saved: a stop between the
+        // two leaves an alert no incident holds, taken up again. Only a store that knows
+        // nothing of the incident says so; one that cannot be read says nothing either way.
+        if let Some((intake, incident)) = last_opened {
+            match self.ctx.store.get(&incident).await {
+                Err(crate::store::StoreError::UnknownIncident(_)) => {
+                    untaken.insert(intake);
+                }
+                Ok(_) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
         Ok(Replay {
             untaken,

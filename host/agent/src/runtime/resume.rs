@@ -96,6 +96,13 @@ pub fn resume_point(
             }
             continue;
         }
+        // A phase record too large to keep was replaced by its digest: which step and phase it
+        // was, and how it ended, is not on the record, so neither is where the run stood.
+        if r.kind == "phase" && r.data["summarised"] == true {
+            return Err(
+                "a phase record of this run was too large to keep whole; where the run stood cannot be read back".into(),
+            );
+        }
         if r.kind != "phase" || r.data["runbook"].as_str() != Some(rb.id.as_str()) {
             continue;
         }
@@ -382,7 +389,8 @@ impl Worker {
             Err(e) => Err(e),
         };
         let facts = alert_facts(&ctx.agent, &incident.alert);
-        self.conclude(incident, plan, key, executed, &facts).await?;
+        self.conclude(incident, plan, key, executed, &facts, Some(&at))
+            .await?;
         Ok(None)
     }
 }
