@@ -315,6 +315,14 @@ impl Notification {
             ));
         }
         let truncated = self.truncated();
+        if truncated > 0 {
+            // Alertmanager kept these back (the receiver's max_alerts): never seen here.
+            tracing::warn!(
+                group_key = %group_key,
+                truncated,
+                "Alertmanager truncated this notification: alerts it held back are not here; raise the receiver's max_alerts or the body limit"
+            );
+        }
         let mut out = Vec::with_capacity(self.alerts.len());
         for (i, a) in self.alerts.into_iter().enumerate() {
             let name = a

@@ -48,13 +48,27 @@ impl AppState {
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
+    // The token is checked before the body is read: a client without one never gets the host
+    // to buffer a body for it (the handlers check again, and take the identity from it).
+    let alerts = Router::new()
         .route("/api/v1/alerts/alertmanager", post(intake::alertmanager))
         .route("/api/v1/alerts", post(intake::own))
-        .route("/api/v1/approvals", get(read::approvals))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            intake_token_first,
+        ));
+    let answers = Router::new()
         .route("/api/v1/approvals/{id}/approve", post(approvals::approve))
         .route("/api/v1/approvals/{id}/reject", post(approvals::reject))
         .route("/api/v1/approvals/{id}/adjust", post(approvals::adjust))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            approver_token_first,
+        ));
+    Router::new()
+        .merge(alerts)
+        .merge(answers)
+        .route("/api/v1/approvals", get(read::approvals))
         .route("/api/v1/slack/interactions", post(slack::interactions))
         .route("/api/v1/agents", get(read::agents))
         .route("/api/v1/guard", get(read::guard))
@@ -75,6 +89,24 @@ pub fn router(state: Arc<AppState>) -> Router {
         })
         .layer(DefaultBodyLimit::max(state.config.body_limit))
         .with_state(state)
+}
+
+async fn intake_token_first(
+    axum::extract::State(state): axum::extract::State<Arc<AppState>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Result<axum::response::Response, ApiError> {
+    crate::auth::intake(&state, request.headers())?;
+    Ok(next.run(request).await)
+}
+
+async fn approver_token_first(
+    axum::extract::State(state): axum::extract::State<Arc<AppState>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Result<axum::response::Response, ApiError> {
+    crate::auth::approver(&state, request.headers())?;
+    Ok(next.run(request).await)
 }
 
 pub fn store_error(e: StoreError) -> ApiError {
