@@ -274,6 +274,7 @@ async fn kill_trials(store: Option<String>, default_trials: u64) {
                     | "failed"
                     | "rejected"
                     | "escalated"
+                    | "closed"
                     | "interrupted"
                     // The run succeeded; its fix is watched until the runbook's window ends.
                     | "verifying"

@@ -877,6 +877,110 @@ async fn approvals_over_http_identify_by_token_and_run_the_plan_once() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn one_alert_that_cannot_be_taken_does_not_lose_its_group() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = ServeSpec::new(dir.path()).start();
+    let long = "v".repeat(3000);
+    let mut n = notification(
+        "firing",
+        &[
+            ("KafkaConsumerLag", "fp-good", LAG),
+            (
+                "KafkaConsumerLag",
+                "fp-long-label",
+                &[("topic", long.as_str())],
+            ),
+            ("KafkaConsumerLag", "fp-no-name", LAG),
+        ],
+    );
+    n["alerts"][2]["labels"]
+        .as_object_mut()
+        .expect("labels")
+        .remove("alertname");
+    let (status, body) = s.post(AM, INTAKE, &n).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["accepted"], 1, "{body}");
+    let refused = body["refused"].as_array().expect("refused");
+    assert_eq!(
+        refused
+            .iter()
+            .map(|r| (r["fingerprint"].as_str(), r["field"].as_str()))
+            .collect::<Vec<_>>(),
+        vec![
+            (Some("fp-long-label"), Some("alerts[1].labels.topic")),
+            (Some("fp-no-name"), Some("alerts[2].labels.alertname")),
+        ],
+        "{body}"
+    );
+    // The refusals are on the record (one record for the notification), the good alert too.
+    let recorded = s.kinds("alert-refused");
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    assert_eq!(recorded[0]["data"]["count"], 2);
+    let accepted = s.kinds("alert-accepted");
+    assert_eq!(accepted.len(), 1);
+    assert_eq!(accepted[0]["data"]["alert"]["fingerprint"], "fp-good");
+    // Every alert bad: refused whole, as before.
+    let (status, body) = s
+        .post(
+            AM,
+            INTAKE,
+            &notification("firing", &[("KafkaConsumerLag", "", LAG)]),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["field"], "alerts[0].fingerprint");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_escalation_a_kill_cut_off_before_its_delivery_is_delivered_at_the_next_start() {
+    // A Slack that takes the request and never answers: the kill comes while the host waits.
+    let hang = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let hang_addr = hang.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = hang.accept().await {
+            held.push(socket);
+        }
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut spec = ServeSpec::new(dir.path());
+    spec.slack_webhook = Some(format!("http://{hang_addr}/webhook"));
+    let s = spec.start();
+    s.proposal("fp-cut").await;
+    assert!(s.kinds("escalation-delivery").is_empty());
+    drop(s);
+
+    let (slack, posted) = response_url_recorder().await;
+    spec.slack_webhook = Some(format!("{slack}webhook"));
+    let s = spec.start();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while s.kinds("escalation-delivery").is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the cut-off escalation was never delivered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let recovered = s.kinds("recovered");
+    assert!(
+        recovered
+            .iter()
+            .any(|r| r["data"]["action"] == "deliver the escalation"),
+        "{recovered:?}"
+    );
+    let posted = posted.lock().expect("lock").clone();
+    assert_eq!(posted.len(), 1, "{posted:?}");
+    assert!(posted[0].to_string().contains("KafkaConsumerLag"));
+    // Delivered once: a further start has nothing to send again.
+    drop(s);
+    let s = spec.start();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(s.kinds("escalation-delivery").len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn an_alert_nobody_owns_reaches_the_humans_once_and_is_never_dropped() {
     let (slack, posted) = response_url_recorder().await;
     let dir = tempfile::tempdir().expect("tempdir");

@@ -2,13 +2,13 @@
 //! runbook with its parameters, and how to answer — on the console and, when configured, in
 //! Slack (incoming webhook, Block Kit).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::time::Duration;
 use themis_core::policy::ApprovalRequest;
 use themis_core::types::Alert;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Escalation {
     pub agent: String,
     pub incident: String,
@@ -25,11 +25,11 @@ pub struct Escalation {
     pub proposal: Option<ApprovalRequest>,
     /// Without a plan: what the selector named anyway, marked as a suggestion. Not approvable;
     /// a human may adopt it through `themis adjust`, which goes through policy again.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub suggestion: Option<Suggestion>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Suggestion {
     pub runbook: String,
     pub params: serde_json::Map<String, Value>,

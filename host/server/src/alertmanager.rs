@@ -7,6 +7,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use themis_agent::AlertStatus;
+use themis_core::redact::Redactor;
 use themis_core::types::{Alert, AlertSource, Pair};
 use utoipa::ToSchema;
 
@@ -18,8 +19,8 @@ pub const MAX_PAIRS: usize = 256;
 pub const MAX_KEY_CHARS: usize = 256;
 pub const MAX_VALUE_CHARS: usize = 2048;
 
-/// The most one accepted alert's record may hold (its alert, status and source as JSON): half
-/// of what one audit record keeps whole, so redaction cannot push it over. An alert that would
+/// The most one accepted alert's record may hold (its alert, status and source as JSON, as
+/// the audit's redaction leaves them): half of what one audit record keeps whole. An alert that would
 /// be larger has its longest annotations cut first; only labels alone over it are refused. A
 /// record over the audit's own bound would be kept as a digest, and the alert lost.
 pub const MAX_ALERT_RECORD_BYTES: usize = themis_agent::audit::MAX_RECORD_BYTES / 2;
@@ -139,10 +140,13 @@ pub struct Incoming {
 }
 
 impl Incoming {
-    /// The size of this alert's `alert-accepted` record data, as the runtime writes it.
-    fn record_bytes(&self) -> usize {
+    /// The size of this alert's `alert-accepted` record data, as the runtime writes it:
+    /// redacted (which can make text longer) and as JSON.
+    fn record_bytes(&self, redactor: &Redactor) -> usize {
         serde_json::to_vec(
-            &json!({ "alert": self.alert, "status": self.status, "source": self.source }),
+            &redactor.redact(
+                json!({ "alert": self.alert, "status": self.status, "source": self.source }),
+            ),
         )
         .map_or(usize::MAX, |v| v.len())
     }
@@ -150,8 +154,8 @@ impl Incoming {
     /// Bring the alert's record within [`MAX_ALERT_RECORD_BYTES`]: its longest annotations
     /// are cut to a marker, one at a time, until it fits; labels alone over it are refused
     /// (400 naming `{at}.labels`), since they are what the alert is.
-    fn fit(&mut self, at: &str) -> Result<(), ApiError> {
-        let mut bytes = self.record_bytes();
+    fn fit(&mut self, at: &str, redactor: &Redactor) -> Result<(), ApiError> {
+        let mut bytes = self.record_bytes(redactor);
         while bytes > MAX_ALERT_RECORD_BYTES {
             // Longest first, until what they held (as JSON, escapes included) covers the excess;
             // then measured again, as markers take a little room too.
@@ -188,7 +192,7 @@ impl Incoming {
                     break;
                 }
             }
-            bytes = self.record_bytes();
+            bytes = self.record_bytes(redactor);
         }
         Ok(())
     }
@@ -249,6 +253,9 @@ fn marker(cut: usize) -> String {
     format!(" …[{cut} more characters cut by Themis]")
 }
 
+/// One alert of a notification that could not be taken: its fingerprint and why.
+pub type Refused = (String, ApiError);
+
 impl Notification {
     /// `truncatedAlerts` as the whole count it was checked to be (`5.0` is 5): recorded as an
     /// integer, never as the float it may have been sent as.
@@ -260,7 +267,23 @@ impl Notification {
     }
 
     /// Check the notification and turn each alert into an [`Incoming`].
+    /// Every alert, or the first reason one of them cannot be taken.
     pub fn into_incoming(self, max_alerts: usize) -> Result<Vec<Incoming>, ApiError> {
+        let (taken, refused) = self.into_each(max_alerts, &Redactor::default())?;
+        match refused.into_iter().next() {
+            Some((_, e)) => Err(e),
+            None => Ok(taken),
+        }
+    }
+
+    /// The alerts that can be taken, and each one that cannot with its fingerprint and why;
+    /// `Err` when the notification as a whole cannot be (its version, its group fields). Each
+    /// record is measured as `redactor` will leave it.
+    pub fn into_each(
+        self,
+        max_alerts: usize,
+        redactor: &Redactor,
+    ) -> Result<(Vec<Incoming>, Vec<Refused>), ApiError> {
         if self.version != "4" {
             return Err(ApiError::bad_request(
                 "version",
@@ -297,12 +320,14 @@ impl Notification {
         let group_key = cut_over(&self.group_key);
         let receiver = cut_over(&self.receiver);
         let external_url = cut_over(&self.external_url);
-        let repeated = 2 * group_key.len()
-            + receiver.len()
-            + external_url.len()
+        // As written: JSON escapes a control character in six bytes.
+        let json_len = |v: &str| serde_json::to_string(v).map_or(v.len(), |j| j.len());
+        let repeated = 2 * json_len(&group_key)
+            + json_len(&receiver)
+            + json_len(&external_url)
             + group_labels
                 .iter()
-                .map(|p| p.key.len() + p.value.len() + 8)
+                .map(|p| json_len(&p.key) + json_len(&p.value) + 8)
                 .sum::<usize>();
         if repeated.saturating_mul(self.alerts.len()) > MAX_REPEATED_BYTES {
             return Err(ApiError::bad_request(
@@ -323,8 +348,10 @@ impl Notification {
                 "Alertmanager truncated this notification: alerts it held back are not here; raise the receiver's max_alerts or the body limit"
             );
         }
-        let mut out = Vec::with_capacity(self.alerts.len());
-        for (i, a) in self.alerts.into_iter().enumerate() {
+        // One alert that cannot be taken is refused alone: refusing its whole group would
+        // lose the others (Alertmanager does not retry a 4xx, and sends the group again
+        // with the same alert in it at every group_interval).
+        let one = |i: usize, a: AmAlert| -> Result<Incoming, ApiError> {
             let name = a
                 .labels
                 .get("alertname")
@@ -389,10 +416,19 @@ impl Notification {
                     "external_url": external_url,
                 }),
             };
-            incoming.fit(&format!("alerts[{i}]"))?;
-            out.push(incoming);
+            incoming.fit(&format!("alerts[{i}]"), redactor)?;
+            Ok(incoming)
+        };
+        let mut taken = Vec::with_capacity(self.alerts.len());
+        let mut refused = Vec::new();
+        for (i, a) in self.alerts.into_iter().enumerate() {
+            let fingerprint = a.fingerprint.clone();
+            match one(i, a) {
+                Ok(incoming) => taken.push(incoming),
+                Err(e) => refused.push((fingerprint, e)),
+            }
         }
-        Ok(out)
+        Ok((taken, refused))
     }
 }
 
@@ -434,6 +470,11 @@ fn firing() -> AlertStatus {
 
 impl OwnAlert {
     pub fn into_incoming(self) -> Result<Incoming, ApiError> {
+        self.into_incoming_with(&Redactor::default())
+    }
+
+    /// The alert, its record measured as `redactor` will leave it.
+    pub fn into_incoming_with(self, redactor: &Redactor) -> Result<Incoming, ApiError> {
         if self.name.is_empty() || self.name.chars().count() > 256 {
             return Err(ApiError::bad_request("name", "1 to 256 characters"));
         }
@@ -480,7 +521,7 @@ impl OwnAlert {
             status: self.status,
             source: json!({ "via": "api", "source": self.source.as_deref().map(cut_over) }),
         };
-        incoming.fit("")?;
+        incoming.fit("", redactor)?;
         Ok(incoming)
     }
 }
@@ -535,6 +576,36 @@ mod tests {
     }
 
     #[test]
+    fn a_record_is_measured_as_redaction_leaves_it() {
+        // Short assignments that redaction lengthens (`pwd=1` → `pwd=[redacted]`): under the
+        // bound as sent, over it as written, so annotations are cut until the written record
+        // fits — else the audit would keep a digest and the accepted alert would be lost.
+        let mut n = notification("4", Some("X"));
+        for i in 0..60 {
+            n.alerts[0]
+                .annotations
+                .insert(format!("note{i:02}"), "pwd=1 ".repeat(330));
+        }
+        let redactor = Redactor::default();
+        let raw = serde_json::to_vec(&n.alerts[0].annotations)
+            .expect("json")
+            .len();
+        assert!(raw < MAX_ALERT_RECORD_BYTES, "{raw}");
+        let (taken, refused) = n.into_each(10, &redactor).expect("taken");
+        assert!(refused.is_empty());
+        let written = taken[0].record_bytes(&redactor);
+        assert!(written <= MAX_ALERT_RECORD_BYTES, "{written}");
+        assert!(
+            taken[0]
+                .alert
+                .annotations
+                .iter()
+                .any(|p| p.value.starts_with(CUT_WHOLE)),
+            "something was cut"
+        );
+    }
+
+    #[test]
     fn a_long_annotation_is_cut_with_a_marker_and_a_long_label_refused() {
         let long = "x".repeat(3000);
         let mut n = notification("4", Some("X"));
@@ -575,7 +646,7 @@ mod tests {
         let ok = n
             .into_incoming(10)
             .expect("taken, its longest annotations cut");
-        let bytes = ok[0].record_bytes();
+        let bytes = ok[0].record_bytes(&Redactor::default());
         assert!(bytes <= MAX_ALERT_RECORD_BYTES, "{bytes}");
         let cut_whole = ok[0]
             .alert
@@ -609,7 +680,7 @@ mod tests {
         }
         .into_incoming()
         .expect("taken");
-        assert!(own.record_bytes() <= MAX_ALERT_RECORD_BYTES);
+        assert!(own.record_bytes(&Redactor::default()) <= MAX_ALERT_RECORD_BYTES);
         assert!(
             own.source["source"]
                 .as_str()

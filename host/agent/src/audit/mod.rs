@@ -538,16 +538,34 @@ impl AuditLog {
         keep: impl Fn(&Record) -> bool,
         limit: usize,
     ) -> Result<(Vec<Record>, usize), AuditError> {
+        let io = |source| AuditError::Io {
+            path: self.path.clone(),
+            source,
+        };
         let mut out = std::collections::VecDeque::new();
-        let altered = self.scan_from(seq, |record| {
-            if keep(&record) {
-                if out.len() == limit {
-                    out.pop_front();
+        // Only the records `keep` selects are checked and counted, as `find` does.
+        let mut altered = 0;
+        let mut file = self.file_holding(seq)?;
+        loop {
+            each_record(vec![self.open_file(file).map_err(io)?], |record| {
+                if record.seq >= seq && keep(&record) {
+                    if record.compute_hash() != record.hash {
+                        altered += 1;
+                    } else {
+                        if out.len() == limit {
+                            out.pop_front();
+                        }
+                        out.push_back(record);
+                    }
                 }
-                out.push_back(record);
+                true
+            })
+            .map_err(io)?;
+            match self.next_file(file)? {
+                Some(next) => file = next,
+                None => break,
             }
-            true
-        })?;
+        }
         Ok((out.into(), altered))
     }
 

@@ -3,6 +3,7 @@
 //! configured, and in the audit. The record carrying the proposal is what an approval re-reads.
 //! Then the incident is parked and the agent is idle again.
 
+use super::ctx::AgentCtx;
 use super::worker::Worker;
 use super::{RuntimeError, new_id};
 
@@ -111,18 +112,26 @@ impl Worker {
         escalation: &Escalation,
         incident: &str,
     ) -> Result<(), RuntimeError> {
-        let ctx = &self.ctx;
-        let escalation = &escalation.redacted(ctx.audit.redactor());
-        ctx.observer.escalation(escalation);
-        let deliveries = ctx.channels.deliver(escalation).await;
-        if !deliveries.is_empty() {
-            ctx.audit.append_deferred(
-                &ctx.agent.def.name,
-                Some(incident),
-                "escalation-delivery",
-                json!({ "deliveries": deliveries }),
-            )?;
-        }
-        Ok(())
+        deliver(&self.ctx, escalation, incident).await
     }
+}
+
+/// [`Worker::deliver`], for whoever holds the agent's context. The delivery is on the record
+/// even when no channel is configured (then it names none): a start looks for escalations no
+/// delivery followed — those a stop cut off — and sends them again.
+pub(crate) async fn deliver(
+    ctx: &AgentCtx,
+    escalation: &Escalation,
+    incident: &str,
+) -> Result<(), RuntimeError> {
+    let escalation = &escalation.redacted(ctx.audit.redactor());
+    ctx.observer.escalation(escalation);
+    let deliveries = ctx.channels.deliver(escalation).await;
+    ctx.audit.append_deferred(
+        &ctx.agent.def.name,
+        Some(incident),
+        "escalation-delivery",
+        json!({ "deliveries": deliveries }),
+    )?;
+    Ok(())
 }

@@ -105,6 +105,32 @@ impl Worker {
             return Ok(None);
         };
         incident.source_resolved_at = Some(ctx.clock.now());
+        // Escalated with no plan, or interrupted: a human was told and nothing waits on this
+        // episode any more. Left open, it would take the alert's next firing — weeks later,
+        // perhaps — as one more notification of this one: no triage, nobody told.
+        if matches!(
+            incident.status,
+            IncidentStatus::Escalated | IncidentStatus::Interrupted
+        ) {
+            let was = incident.status;
+            let why = format!(
+                "the alert resolved at its source while the incident was {} (a human had been told; no plan waited): closed — if it fires again, a new incident is triaged afresh{}",
+                crate::store::status_name(was),
+                incident
+                    .reason
+                    .as_deref()
+                    .map(|r| format!(". Earlier: {r}"))
+                    .unwrap_or_default()
+            );
+            ctx.audit.append(
+                &name,
+                Some(&incident.id),
+                "incident-closed",
+                json!({ "from": was, "to": IncidentStatus::Closed, "reason": why }),
+            )?;
+            incident.status = IncidentStatus::Closed;
+            incident.reason = Some(why);
+        }
         if incident.status == IncidentStatus::Verifying {
             self.verification_signal(&mut incident, Watch::resolved)
                 .await?;
@@ -112,14 +138,7 @@ impl Worker {
             ctx.store.save(&incident).await?;
         }
         if incident.status == IncidentStatus::PendingApproval {
-            let why = format!(
-                "the alert resolved at its source before anyone answered; the proposal {} is withdrawn — if it fires again, a new incident is triaged and proposed afresh",
-                incident
-                    .proposal
-                    .as_ref()
-                    .map(|p| p.id.as_str())
-                    .unwrap_or_default()
-            );
+            let why = super::withdraw::resolved_before_answered(&incident);
             if let Some(withdrawn) = self.withdraw(&incident, why).await? {
                 incident = withdrawn;
             }

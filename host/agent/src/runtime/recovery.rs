@@ -40,6 +40,22 @@ impl Worker {
         for pending in incidents.iter().filter(|i| &i.agent == agent) {
             self.track_expiry(pending);
         }
+        // A stop between recording a `resolved` on a waiting proposal and withdrawing it
+        // leaves a plan that can still be approved for an alert that is gone: withdrawn now.
+        let resolved_pending: Vec<Incident> = incidents
+            .iter()
+            .filter(|i| {
+                &i.agent == agent
+                    && i.status == IncidentStatus::PendingApproval
+                    // Resolved after this proposal was made (an earlier episode's resolve,
+                    // before a human adjusted the incident into a plan, is no reason).
+                    && matches!(
+                        (i.source_resolved_at, i.proposed_at),
+                        (Some(resolved), Some(proposed)) if resolved >= proposed
+                    )
+            })
+            .cloned()
+            .collect();
         let unfinished: Vec<Incident> = incidents
             .into_iter()
             .filter(|i| &i.agent == agent)
@@ -78,6 +94,10 @@ impl Worker {
             self.interrupt(incident, &last, not_resumed).await?;
         }
         self.ensure_idle().await?;
+        for incident in resolved_pending {
+            let why = super::withdraw::resolved_before_answered(&incident);
+            self.withdraw(&incident, why).await?;
+        }
         // What recovery decided is durable before the host takes anything new.
         self.ctx.audit.commit()?;
         Ok(())

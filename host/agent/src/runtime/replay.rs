@@ -14,8 +14,9 @@
 use super::worker::Worker;
 use super::{AlertStatus, RuntimeError};
 use crate::audit::Record;
+use crate::escalation::Escalation;
 use serde_json::{Value, json};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use themis_core::types::Alert;
 
 /// The fewest accepted-and-not-taken alerts one start replays per agent. A start replays as
@@ -56,6 +57,59 @@ pub(crate) struct Scanned {
     dropped: Option<(u64, u64, u64)>,
     /// The last alert the agent opened an incident for: (its accepted record, the incident).
     last_opened: Option<(u64, String)>,
+    /// Escalations on the record that no delivery record followed (a stop between the two):
+    /// incident → the escalation's seq. Bounded: the newest are kept.
+    undelivered: BTreeMap<String, u64>,
+}
+
+/// The most undelivered escalations one start's scan keeps per agent.
+const MAX_UNDELIVERED: usize = 1024;
+/// The most of them one start sends again per agent (the newest).
+const MAX_REDELIVERED: usize = 16;
+
+/// Send the escalation recorded at `seq` again, if its incident still waits for a human and
+/// nothing after it on the record delivered or replaced it (recovery may have escalated the
+/// incident anew since the start's scan).
+async fn redeliver(
+    ctx: &super::ctx::AgentCtx,
+    incident: &str,
+    seq: u64,
+) -> Result<(), RuntimeError> {
+    match ctx.store.get(incident).await {
+        Ok(i) if i.status.awaits_human() => {}
+        _ => return Ok(()),
+    }
+    let mut found = None;
+    let mut superseded = false;
+    ctx.audit.scan_from(seq, |r| {
+        if r.seq == seq {
+            found = Some(r);
+            return true;
+        }
+        if r.incident.as_deref() == Some(incident)
+            && matches!(r.kind.as_str(), "escalation" | "escalation-delivery")
+        {
+            superseded = true;
+            return false;
+        }
+        true
+    })?;
+    if superseded {
+        return Ok(());
+    }
+    let Some(escalation) =
+        found.and_then(|r| serde_json::from_value::<Escalation>(r.data["escalation"].clone()).ok())
+    else {
+        tracing::warn!(agent = %ctx.agent.def.name, incident, seq, "an undelivered escalation cannot be read back; not sent again");
+        return Ok(());
+    };
+    ctx.audit.append(
+        &ctx.agent.def.name,
+        Some(incident),
+        "recovered",
+        json!({ "action": "deliver the escalation", "escalation_seq": seq, "reason": "the host stopped after recording this escalation and before delivering it" }),
+    )?;
+    super::escalate::deliver(ctx, &escalation, incident).await
 }
 
 /// One pass over the audit for every agent of the host (reading and checking every record is
@@ -94,6 +148,24 @@ pub(crate) fn scan_accepted(
             && record.incident.as_deref() == Some(opened.as_str())
         {
             scanned.last_opened = None;
+        }
+        match (record.kind.as_str(), &record.incident) {
+            ("escalation", Some(incident)) => {
+                scanned.undelivered.insert(incident.clone(), record.seq);
+                if scanned.undelivered.len() > MAX_UNDELIVERED
+                    && let Some(oldest) = scanned
+                        .undelivered
+                        .iter()
+                        .min_by_key(|(_, seq)| **seq)
+                        .map(|(id, _)| id.clone())
+                {
+                    scanned.undelivered.remove(&oldest);
+                }
+            }
+            ("escalation-delivery", Some(incident)) => {
+                scanned.undelivered.remove(incident);
+            }
+            _ => {}
         }
         if record.kind == "alert-accepted" {
             if scanned.untaken.len() >= most
@@ -145,7 +217,9 @@ impl Worker {
             mut untaken,
             dropped,
             last_opened,
+            undelivered,
         } = scanned;
+        self.deliver_cut_off(undelivered);
         if let Some((count, first, last)) = dropped {
             // Never silent: these were answered 200 and will not be worked.
             let agent = self.ctx.agent.def.name.clone();
@@ -186,6 +260,28 @@ impl Worker {
             through,
             end,
         })
+    }
+
+    /// Escalations a stop cut off between their record and their delivery: sent again, the
+    /// newest [`MAX_REDELIVERED`], if a channel is configured (without one, the page and the
+    /// API are where a human looks, and they read the state). Off the start, on a task of
+    /// their own: Slack may be slow or down, and the host must take alerts meanwhile.
+    fn deliver_cut_off(&self, undelivered: BTreeMap<String, u64>) {
+        if self.ctx.channels.slack_webhook.is_none() || undelivered.is_empty() {
+            return;
+        }
+        let mut newest: Vec<(u64, String)> =
+            undelivered.into_iter().map(|(id, seq)| (seq, id)).collect();
+        newest.sort_unstable_by_key(|(seq, _)| std::cmp::Reverse(*seq));
+        newest.truncate(MAX_REDELIVERED);
+        let ctx = self.ctx.clone();
+        tokio::spawn(async move {
+            for (seq, incident) in newest {
+                if let Err(e) = redeliver(&ctx, &incident, seq).await {
+                    tracing::warn!(agent = %ctx.agent.def.name, incident = %incident, seq, error = %e, "a cut-off escalation could not be sent again");
+                }
+            }
+        });
     }
 
     /// Take up one accepted alert as its record holds it: a firing alert opens or joins an

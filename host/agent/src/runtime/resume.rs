@@ -287,11 +287,15 @@ impl Worker {
         }
         let audit = ctx.audit.clone();
         let wanted = incident.id.clone();
-        let (records, altered) =
-            match audit.find(|r| r.incident.as_deref() == Some(wanted.as_str()), 100_000) {
-                Ok(found) => found,
-                Err(e) => return Ok(Some(format!("its record cannot be read: {e}").into())),
-            };
+        let mine = |r: &crate::audit::Record| r.incident.as_deref() == Some(wanted.as_str());
+        let found = match incident.opened_seq {
+            Some(seq) => audit.find_from(seq, mine, 100_000),
+            None => audit.find(mine, 100_000),
+        };
+        let (records, altered) = match found {
+            Ok(found) => found,
+            Err(e) => return Ok(Some(format!("its record cannot be read: {e}").into())),
+        };
         if altered > 0 {
             return Ok(Some(
                 format!("{altered} of its records do not match their hash").into(),
@@ -322,6 +326,22 @@ impl Worker {
                 format!("{} is no longer loaded", plan.runbook_id).into(),
             ));
         };
+        // The plan is saved before its run's start is recorded: a stop between the two leaves
+        // the last start on the record an earlier run's (of an earlier plan), which must not be
+        // resumed with this plan's parameters. Nothing of this plan acted.
+        if let Some(start) = records.iter().rev().find(|r| r.kind == "execution-start")
+            && (start.data["runbook_id"].as_str() != Some(plan.runbook_id.as_str())
+                // As the record has them: redacted.
+                || start.data["params"]
+                    != ctx
+                        .audit
+                        .redactor()
+                        .redact(serde_json::to_value(&plan.params).unwrap_or(Value::Null)))
+        {
+            return Ok(Some(
+                "the last run on the record is not of the plan the incident was about to run (the host stopped between saving that plan and starting its run); nothing of that plan acted".to_owned().into(),
+            ));
+        }
         let (started, from) = match resume_point(&records, loaded) {
             Ok(point) => point,
             Err(why) => return Ok(Some(why.into())),

@@ -19,6 +19,18 @@ use themis_core::identity::Identity;
 /// still expires when its alert fires again, and the next start finds it.
 pub(crate) const MAX_EXPIRING: usize = 16_384;
 
+/// Why a proposal whose alert resolved at its source before anyone answered is withdrawn.
+pub(crate) fn resolved_before_answered(incident: &Incident) -> String {
+    format!(
+        "the alert resolved at its source before anyone answered; the proposal {} is withdrawn — if it fires again, a new incident is triaged and proposed afresh",
+        incident
+            .proposal
+            .as_ref()
+            .map(|p| p.id.as_str())
+            .unwrap_or_default()
+    )
+}
+
 impl Worker {
     /// Withdraw `incident`'s pending proposal: `None` when there is none to withdraw (answered
     /// meanwhile, or none waiting).

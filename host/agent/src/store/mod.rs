@@ -18,6 +18,7 @@ pub mod sqlite;
 pub use audit_first::AuditFirst;
 pub use json::JsonStore;
 pub use postgres::{PasswordSource, PgProbe, PgStore, PgTarget};
+pub(crate) use rows::status_name;
 pub use sqlite::SqliteStore;
 
 #[cfg(test)]
@@ -195,6 +196,10 @@ pub enum IncidentStatus {
     /// The runbook failed and was rolled back, or its rollback failed.
     Failed,
     Rejected,
+    /// A human had it (escalated with no plan waiting, or interrupted) and its alert then
+    /// resolved at its source: nothing more waits on this episode, and the alert's next firing
+    /// is a new incident.
+    Closed,
 }
 
 impl IncidentStatus {

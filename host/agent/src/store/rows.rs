@@ -167,7 +167,7 @@ fn sealed_bytes(table: &str, key: &str, body: &str) -> Vec<u8> {
 }
 
 /// A status as its index column holds it: its JSON name.
-pub(super) fn status_name(status: IncidentStatus) -> String {
+pub(crate) fn status_name(status: IncidentStatus) -> String {
     match serde_json::to_value(status) {
         Ok(serde_json::Value::String(s)) => s,
         _ => format!("{status:?}"),
@@ -193,6 +193,7 @@ pub(super) fn open_statuses() -> Vec<String> {
         IncidentStatus::Unverified,
         IncidentStatus::Failed,
         IncidentStatus::Rejected,
+        IncidentStatus::Closed,
     ]
     .into_iter()
     .filter(|s| s.is_open())
