@@ -528,3 +528,85 @@ async fn the_last_alert_of_a_pruned_incident_is_not_replayed_at_start() {
     let (now, _) = store.scan().await.expect("scan");
     assert!(now.is_empty(), "{now:#?}");
 }
+
+/// Review defect: a stop between an alert's `alert-attached` record and its incident's save
+/// left the alert counted as taken, and the incident never knew of it (a `resolved` lost the
+/// same way left a fix judged without it). The start now takes it up again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attached_alert_a_stop_cut_off_before_the_save_is_taken_up_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let world = crate::common::world_file("agent-postgres-lock-waits.yaml");
+    let scenario = themis_testkit::scenario::load(&world).expect("scenario");
+    let mock = Arc::new(themis_testkit::mock::ScenarioMock::new(scenario.mocks).expect("mocks"));
+    let state = dir.path().join("state");
+    let audit_path = dir.path().join("audit.jsonl");
+    let store: Arc<dyn themis_agent::store::IncidentStore> =
+        Arc::new(themis_agent::store::JsonStore::open(&state).expect("store"));
+    let first = postgres_host(dir.path(), store.clone(), mock.clone()).await;
+    first
+        .submit(
+            scenario.alert.to_alert(),
+            themis_agent::AlertStatus::Firing,
+            json!({ "via": "test" }),
+        )
+        .expect("accepted");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let incident = loop {
+        let (open, _) = store.scan().await.expect("scan");
+        if let Some(i) = open
+            .into_iter()
+            .find(|i| i.status == IncidentStatus::PendingApproval)
+        {
+            break i;
+        }
+        assert!(std::time::Instant::now() < deadline, "no proposal");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(incident.attached_alerts, 0);
+    first.stop().await;
+
+    // What a kill leaves: the same alert accepted again and its `alert-attached` record
+    // written, the incident's save not.
+    let accepted = crate::common::records(&audit_path)
+        .into_iter()
+        .find(|r| r["kind"] == "alert-accepted")
+        .expect("the first alert's record");
+    {
+        let audit = themis_agent::audit::AuditLog::open(
+            &audit_path,
+            themis_agent::audit::Redactor::default(),
+        )
+        .expect("audit");
+        let again = audit
+            .append("postgres", None, "alert-accepted", accepted["data"].clone())
+            .expect("append");
+        audit
+            .append(
+                "postgres",
+                Some(&incident.id),
+                "alert-attached",
+                json!({ "alert": accepted["data"]["alert"], "attached_alerts": 1, "intake": again.seq }),
+            )
+            .expect("append");
+    }
+
+    let second = postgres_host(dir.path(), store.clone(), mock.clone()).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let now = store.get(&incident.id).await.expect("incident");
+        if now.attached_alerts == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cut-off alert was never taken up again: {now:#?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    second.stop().await;
+    let attached = crate::common::records(&audit_path)
+        .into_iter()
+        .filter(|r| r["kind"] == "alert-attached")
+        .count();
+    assert_eq!(attached, 2, "recorded again as it was taken up again");
+}

@@ -28,6 +28,7 @@ impl Worker {
         }
         if let Some(mut open) = open {
             open.attached_alerts += 1;
+            open.last_intake = intake.or(open.last_intake);
             ctx.audit.append_deferred(
                 &name,
                 Some(&open.id),
@@ -67,6 +68,7 @@ impl Worker {
         )?;
         let mut incident = Incident::opened(id.clone(), name.clone(), alert, ctx.clock.now());
         incident.opened_seq = Some(opened.seq);
+        incident.last_intake = intake;
         ctx.store.save(&incident).await?;
         self.fsm.fire(&ctx, &id, received).await?;
         self.triage(&mut incident).await?;
@@ -105,6 +107,7 @@ impl Worker {
             return Ok(None);
         };
         incident.source_resolved_at = Some(ctx.clock.now());
+        incident.last_intake = intake.or(incident.last_intake);
         // Escalated with no plan, or interrupted: a human was told and nothing waits on this
         // episode any more. Left open, it would take the alert's next firing — weeks later,
         // perhaps — as one more notification of this one: no triage, nobody told.

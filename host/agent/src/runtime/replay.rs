@@ -55,11 +55,21 @@ pub(crate) struct Scanned {
     /// Accepted alerts the replay's bound made the scan let go of (the oldest) that no later
     /// record took up: how many, and the first and last seq of the range they are in.
     dropped: Option<(u64, u64, u64)>,
-    /// The last alert the agent opened an incident for: (its accepted record, the incident).
-    last_opened: Option<(u64, String)>,
+    /// The last accepted alert the agent took up onto an incident: the only one a stop can
+    /// have cut off between its record and the incident's save (the worker is serial).
+    last_taken: Option<LastTaken>,
     /// Escalations on the record that no delivery record followed (a stop between the two):
     /// incident → the escalation's seq. Bounded: the newest are kept.
     undelivered: BTreeMap<String, u64>,
+}
+
+#[derive(Debug)]
+struct LastTaken {
+    /// Its `alert-accepted` record.
+    intake: u64,
+    incident: String,
+    /// It opened the incident (else it was attached to one, or resolved it).
+    opened: bool,
 }
 
 /// The most undelivered escalations one start's scan keeps per agent.
@@ -144,10 +154,11 @@ pub(crate) fn scan_accepted(
         // after the save) says the incident was saved: a store that no longer holds it pruned
         // it, and its alert is not news to replay.
         if record.kind != "alert"
-            && let Some((_, opened)) = &scanned.last_opened
-            && record.incident.as_deref() == Some(opened.as_str())
+            && let Some(last) = &scanned.last_taken
+            && last.opened
+            && record.incident.as_deref() == Some(last.incident.as_str())
         {
-            scanned.last_opened = None;
+            scanned.last_taken = None;
         }
         match (record.kind.as_str(), &record.incident) {
             ("escalation", Some(incident)) => {
@@ -189,10 +200,15 @@ pub(crate) fn scan_accepted(
                 }
                 return true;
             }
-            scanned.last_opened = if record.kind == "alert" {
-                record.incident.clone().map(|id| (intake, id))
-            } else {
-                None
+            scanned.last_taken = match (record.kind.as_str(), &record.incident) {
+                ("alert" | "alert-attached" | "alert-resolved", Some(incident)) => {
+                    Some(LastTaken {
+                        intake,
+                        incident: incident.clone(),
+                        opened: record.kind == "alert",
+                    })
+                }
+                _ => None,
             };
         }
         true
@@ -216,7 +232,7 @@ impl Worker {
         let Scanned {
             mut untaken,
             dropped,
-            last_opened,
+            last_taken,
             undelivered,
         } = scanned;
         self.deliver_cut_off(undelivered);
@@ -244,14 +260,21 @@ impl Worker {
             )?;
         }
         // The last alert's record is written before its incident is saved: a stop between the
-        // two leaves an alert no incident holds, taken up again. Only a store that knows
-        // nothing of the incident says so; one that cannot be read says nothing either way.
-        if let Some((intake, incident)) = last_opened {
-            match self.ctx.store.get(&incident).await {
-                Err(crate::store::StoreError::UnknownIncident(_)) => {
-                    untaken.insert(intake);
+        // two leaves an alert no incident holds (it opened one), or one the incident does not
+        // know of (it was attached to it, or resolved it) — taken up again. Only a store that
+        // knows nothing of the incident, or an incident whose last alert is an older one, says
+        // so; a store that cannot be read says nothing either way.
+        if let Some(last) = last_taken {
+            match self.ctx.store.get(&last.incident).await {
+                Err(crate::store::StoreError::UnknownIncident(_)) if last.opened => {
+                    untaken.insert(last.intake);
                 }
-                Ok(_) => {}
+                Ok(incident)
+                    if !last.opened && incident.last_intake.is_some_and(|n| n < last.intake) =>
+                {
+                    untaken.insert(last.intake);
+                }
+                Ok(_) | Err(crate::store::StoreError::UnknownIncident(_)) => {}
                 Err(e) => return Err(e.into()),
             }
         }

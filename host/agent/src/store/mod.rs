@@ -294,6 +294,11 @@ pub struct Incident {
     /// there on, not from the start of the audit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub opened_seq: Option<u64>,
+    /// The `alert-accepted` record of the last alert taken up onto it (opened, attached,
+    /// resolved): a start compares it with the audit to find one a stop cut off before this
+    /// incident was saved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_intake: Option<u64>,
 }
 
 impl Incident {
@@ -318,6 +323,7 @@ impl Incident {
             source_resolved_at: None,
             verification: None,
             opened_seq: None,
+            last_intake: None,
         }
     }
 
