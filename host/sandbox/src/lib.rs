@@ -220,6 +220,9 @@ pub struct SandboxStats {
     pub cache_rejected: u64,
 }
 
+/// The most a guest may transfer to the host in one call.
+const HOSTCALL_BYTES: usize = 32 << 20;
+
 /// Bytes of a step's linear memory kept resident between instances: a Rust guest's 1 MiB stack
 /// sits below its data and heap, so what a step touches lies in the first two MiB.
 const KEEP_RESIDENT: usize = 2 << 20;
@@ -231,6 +234,12 @@ impl Sandbox {
             .total_core_instances(config.max_instances * 8)
             .total_memories(config.max_instances * 2)
             .total_tables(config.max_instances * 4)
+            // Per step too: one component defining many modules, memories or tables must not
+            // take the pool's slots from every other step (a Rust step has one memory, a few
+            // core instances and tables).
+            .max_core_instances_per_component(8)
+            .max_memories_per_component(2)
+            .max_tables_per_component(4)
             .max_memory_size(config.memory_limit)
             // madvise calls are batched: each one is a syscall and, with several threads, a TLB
             // shootdown. Measured: 23 µs → 15 µs per fresh-store step call (benches/step_call).
@@ -374,6 +383,10 @@ impl Sandbox {
         );
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
+        // What a guest may hand the host in one call or one verdict (strings, lists) before
+        // any check of ours cuts it: room for a verdict of 20 MiB, which is cut and kept, and
+        // a quarter of wasmtime's default 128 MiB; more traps the step.
+        store.set_hostcall_fuel(HOSTCALL_BYTES);
         store
     }
 

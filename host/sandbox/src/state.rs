@@ -19,6 +19,8 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 pub struct MemoryLimiter {
     pub limit: usize,
     pub hit: Option<usize>,
+    /// Bytes of linear memory the step's memories hold together.
+    pub total: usize,
 }
 
 /// The error a refused `memory.grow` traps with.
@@ -34,17 +36,20 @@ pub struct MemoryLimitHit {
 impl wasmtime::ResourceLimiter for MemoryLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.limit {
-            self.hit = Some(desired);
+        // The limit is the step's, over all its memories: a component may define several.
+        let total = self.total.saturating_sub(current).saturating_add(desired);
+        if desired > self.limit || total > self.limit {
+            self.hit = Some(total.max(desired));
             return Err(wasmtime::Error::new(MemoryLimitHit {
-                desired,
+                desired: total.max(desired),
                 limit: self.limit,
             }));
         }
+        self.total = total;
         Ok(true)
     }
 
@@ -129,6 +134,7 @@ impl StepState {
             limiter: MemoryLimiter {
                 limit: memory_limit,
                 hit: None,
+                total: 0,
             },
             env,
             call_timeout,

@@ -371,6 +371,17 @@ impl Worker {
             self.refused(&incident, id, &by, &e, None)?;
             return Err(e.into());
         }
+        // An expired proposal is answered by nobody, whatever the answer: the tick withdraws
+        // it, and the alert's next firing is triaged afresh.
+        if let Some(request) = &on_table
+            && SystemTime::now() > request.expires_at
+        {
+            let e = themis_core::policy::ApprovalError::Expired {
+                expired_at: humantime::format_rfc3339_seconds(request.expires_at).to_string(),
+            };
+            self.refused(&incident, id, &by, &e, None)?;
+            return Err(e.into());
+        }
         let Some(loaded) = agent.catalog.get(runbook) else {
             return Err(RuntimeError::Agent {
                 agent: name,

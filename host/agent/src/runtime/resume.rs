@@ -457,6 +457,21 @@ impl Worker {
                     .into(),
             );
         };
+        // Other work on the incident after the approval (it was interrupted, adjusted into
+        // another plan, escalated, another run started): the approval is not this incident's
+        // latest word, and starting it now could run a plan a human has since replaced.
+        if let Some(later) = records.iter().find(|r| {
+            r.seq > recorded.seq
+                && matches!(
+                    r.kind.as_str(),
+                    "execution-start" | "interrupted" | "adjustment" | "escalation"
+                )
+        }) {
+            return not_started(format!(
+                "the approval was followed on the record by `{}` (seq {}): it is not started now",
+                later.kind, later.seq
+            ));
+        }
         let Some(request) = proposal.clone().filter(|p| p.id == answer.approval_id) else {
             return not_started("the approved proposal cannot be read back from the audit".into());
         };

@@ -213,6 +213,7 @@ impl PostgresBackend {
         if let Some(wait) = wait {
             query = query.bind(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX));
         }
+        let query = query.bind(self.settings.refuse_superuser_sessions);
         let answered: Option<bool> = self
             .bounded(query.fetch_optional(&self.pool))
             .await

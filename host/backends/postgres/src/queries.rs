@@ -97,26 +97,36 @@ SELECT a.backend_type, a.datname::text, a.application_name,
  WHERE a.pid = $1
 "#;
 
-/// The rows a signal may reach: `$1`, if it still is a client backend of this database and not
-/// a Themis session (repeated in the signalling statement, so a pid that changed hands between
-/// the check and the signal is not touched).
+/// The rows a signal may reach: `$1`, if it still is a client backend of this database, not
+/// a Themis session, and — when the parameter named is true — not a superuser's (repeated in
+/// the signalling statement, so a pid that changed hands between the check and the signal is
+/// not touched).
 macro_rules! signal_target {
-    () => {
-        r#"
+    ($refuse_superuser:literal) => {
+        concat!(
+            r#"
   FROM pg_stat_activity a
  WHERE a.pid = $1
    AND a.backend_type = 'client backend'
    AND a.datname = current_database()
    AND a.application_name NOT LIKE 'themis:%'
+   AND ("#,
+            $refuse_superuser,
+            r#"::boolean = false
+        OR NOT coalesce((SELECT r.rolsuper FROM pg_roles r WHERE r.oid = a.usesysid), false))
 "#
+        )
     };
 }
 
-/// Cancel `$1`'s current query.
-pub const CANCEL: &str = concat!("SELECT pg_cancel_backend(a.pid)", signal_target!());
+/// Cancel `$1`'s current query (`$2`: refuse a superuser's session).
+pub const CANCEL: &str = concat!("SELECT pg_cancel_backend(a.pid)", signal_target!("$2"));
 
-/// Terminate `$1` and wait up to `$2` ms for it to exit.
-pub const TERMINATE: &str = concat!("SELECT pg_terminate_backend(a.pid, $2)", signal_target!());
+/// Terminate `$1` and wait up to `$2` ms for it to exit (`$3`: refuse a superuser's session).
+pub const TERMINATE: &str = concat!(
+    "SELECT pg_terminate_backend(a.pid, $2)",
+    signal_target!("$3")
+);
 
 /// Is `$1` still connected?
 pub const STILL_THERE: &str = "SELECT pid FROM pg_stat_activity WHERE pid = $1";
