@@ -474,8 +474,18 @@ async fn an_approved_run_cut_off_before_it_started_is_started_on_recovery() {
 /// Review defect: at start, the agent's last accepted alert was taken up again whenever the
 /// store did not hold its incident — also when retention had pruned that incident, long closed:
 /// a weeks-old alert triaged (and perhaps acted on) afresh at every restart.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_last_alert_of_a_pruned_incident_is_not_replayed_at_start() {
+/// A host over the lock-wait world whose alert came in through the service's intake (an
+/// `alert-accepted` record, taken up by the backlog reader) and now waits for an answer.
+struct Proposed {
+    dir: tempfile::TempDir,
+    state: std::path::PathBuf,
+    mock: Arc<themis_testkit::mock::ScenarioMock>,
+    store: Arc<dyn themis_agent::store::IncidentStore>,
+    host: themis_agent::Runtime,
+    incident: Incident,
+}
+
+async fn proposed() -> Proposed {
     let dir = tempfile::tempdir().expect("tempdir");
     let world = crate::common::world_file("agent-postgres-lock-waits.yaml");
     let scenario = themis_testkit::scenario::load(&world).expect("scenario");
@@ -483,23 +493,46 @@ async fn the_last_alert_of_a_pruned_incident_is_not_replayed_at_start() {
     let state = dir.path().join("state");
     let store: Arc<dyn themis_agent::store::IncidentStore> =
         Arc::new(themis_agent::store::JsonStore::open(&state).expect("store"));
-    let first = postgres_host(dir.path(), store.clone(), mock.clone()).await;
-    first
-        .submit(
-            scenario.alert.to_alert(),
-            themis_agent::AlertStatus::Firing,
-            json!({ "via": "test" }),
-        )
-        .expect("accepted");
+    let host = postgres_host(dir.path(), store.clone(), mock.clone()).await;
+    host.submit(
+        scenario.alert.to_alert(),
+        themis_agent::AlertStatus::Firing,
+        json!({ "via": "test" }),
+    )
+    .expect("accepted");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let proposal = loop {
+    let incident = loop {
         let (open, _) = store.scan().await.expect("scan");
-        if let Some(p) = open.iter().find_map(|i| i.proposal.clone()) {
-            break p;
+        if let Some(i) = open
+            .into_iter()
+            .find(|i| i.status == IncidentStatus::PendingApproval)
+        {
+            break i;
         }
         assert!(std::time::Instant::now() < deadline, "no proposal");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     };
+    Proposed {
+        dir,
+        state,
+        mock,
+        store,
+        host,
+        incident,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_alert_of_a_pruned_incident_is_not_replayed_at_start() {
+    let Proposed {
+        dir,
+        state,
+        mock,
+        store,
+        host: first,
+        incident,
+    } = proposed().await;
+    let proposal = incident.proposal.clone().expect("a proposal");
     let rejected = first
         .reject(
             &proposal.id,
@@ -534,34 +567,15 @@ async fn the_last_alert_of_a_pruned_incident_is_not_replayed_at_start() {
 /// same way left a fix judged without it). The start now takes it up again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_attached_alert_a_stop_cut_off_before_the_save_is_taken_up_again() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let world = crate::common::world_file("agent-postgres-lock-waits.yaml");
-    let scenario = themis_testkit::scenario::load(&world).expect("scenario");
-    let mock = Arc::new(themis_testkit::mock::ScenarioMock::new(scenario.mocks).expect("mocks"));
-    let state = dir.path().join("state");
+    let Proposed {
+        dir,
+        mock,
+        store,
+        host: first,
+        incident,
+        ..
+    } = proposed().await;
     let audit_path = dir.path().join("audit.jsonl");
-    let store: Arc<dyn themis_agent::store::IncidentStore> =
-        Arc::new(themis_agent::store::JsonStore::open(&state).expect("store"));
-    let first = postgres_host(dir.path(), store.clone(), mock.clone()).await;
-    first
-        .submit(
-            scenario.alert.to_alert(),
-            themis_agent::AlertStatus::Firing,
-            json!({ "via": "test" }),
-        )
-        .expect("accepted");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let incident = loop {
-        let (open, _) = store.scan().await.expect("scan");
-        if let Some(i) = open
-            .into_iter()
-            .find(|i| i.status == IncidentStatus::PendingApproval)
-        {
-            break i;
-        }
-        assert!(std::time::Instant::now() < deadline, "no proposal");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    };
     assert_eq!(incident.attached_alerts, 0);
     first.stop().await;
 

@@ -877,61 +877,6 @@ async fn approvals_over_http_identify_by_token_and_run_the_plan_once() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn one_alert_that_cannot_be_taken_does_not_lose_its_group() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let s = ServeSpec::new(dir.path()).start();
-    let long = "v".repeat(3000);
-    let mut n = notification(
-        "firing",
-        &[
-            ("KafkaConsumerLag", "fp-good", LAG),
-            (
-                "KafkaConsumerLag",
-                "fp-long-label",
-                &[("topic", long.as_str())],
-            ),
-            ("KafkaConsumerLag", "fp-no-name", LAG),
-        ],
-    );
-    n["alerts"][2]["labels"]
-        .as_object_mut()
-        .expect("labels")
-        .remove("alertname");
-    let (status, body) = s.post(AM, INTAKE, &n).await;
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(body["accepted"], 1, "{body}");
-    let refused = body["refused"].as_array().expect("refused");
-    assert_eq!(
-        refused
-            .iter()
-            .map(|r| (r["fingerprint"].as_str(), r["field"].as_str()))
-            .collect::<Vec<_>>(),
-        vec![
-            (Some("fp-long-label"), Some("alerts[1].labels.topic")),
-            (Some("fp-no-name"), Some("alerts[2].labels.alertname")),
-        ],
-        "{body}"
-    );
-    // The refusals are on the record (one record for the notification), the good alert too.
-    let recorded = s.kinds("alert-refused");
-    assert_eq!(recorded.len(), 1, "{recorded:?}");
-    assert_eq!(recorded[0]["data"]["count"], 2);
-    let accepted = s.kinds("alert-accepted");
-    assert_eq!(accepted.len(), 1);
-    assert_eq!(accepted[0]["data"]["alert"]["fingerprint"], "fp-good");
-    // Every alert bad: refused whole, as before.
-    let (status, body) = s
-        .post(
-            AM,
-            INTAKE,
-            &notification("firing", &[("KafkaConsumerLag", "", LAG)]),
-        )
-        .await;
-    assert_eq!(status, 400, "{body}");
-    assert_eq!(body["field"], "alerts[0].fingerprint");
-}
-
-#[tokio::test(flavor = "multi_thread")]
 async fn an_escalation_a_kill_cut_off_before_its_delivery_is_delivered_at_the_next_start() {
     // A Slack that takes the request and never answers: the kill comes while the host waits.
     let hang = tokio::net::TcpListener::bind("127.0.0.1:0")

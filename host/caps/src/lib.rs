@@ -19,6 +19,10 @@ use std::sync::Arc;
 use themis_core::types::Pair;
 pub use types::*;
 
+/// The most rows a list read returns (topics, partitions, backends): a list this long may be
+/// cut, and a decision that needs all of it must not take it as whole.
+pub const MAX_LIST_ROWS: usize = 1000;
+
 #[async_trait]
 pub trait MetricsCaps: Send + Sync {
     async fn query(&self, promql: &str) -> CapResult<Vec<Sample>>;

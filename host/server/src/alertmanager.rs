@@ -253,9 +253,6 @@ fn marker(cut: usize) -> String {
     format!(" …[{cut} more characters cut by Themis]")
 }
 
-/// One alert of a notification that could not be taken: its fingerprint and why.
-pub type Refused = (String, ApiError);
-
 impl Notification {
     /// `truncatedAlerts` as the whole count it was checked to be (`5.0` is 5): recorded as an
     /// integer, never as the float it may have been sent as.
@@ -269,21 +266,17 @@ impl Notification {
     /// Check the notification and turn each alert into an [`Incoming`].
     /// Every alert, or the first reason one of them cannot be taken.
     pub fn into_incoming(self, max_alerts: usize) -> Result<Vec<Incoming>, ApiError> {
-        let (taken, refused) = self.into_each(max_alerts, &Redactor::default())?;
-        match refused.into_iter().next() {
-            Some((_, e)) => Err(e),
-            None => Ok(taken),
-        }
+        self.into_incoming_with(max_alerts, &Redactor::default())
     }
 
-    /// The alerts that can be taken, and each one that cannot with its fingerprint and why;
-    /// `Err` when the notification as a whole cannot be (its version, its group fields). Each
-    /// record is measured as `redactor` will leave it.
-    pub fn into_each(
+    /// Every alert, each record measured as `redactor` will leave it, or the first reason one
+    /// of them cannot be taken: a notification is taken whole or refused whole (400 naming the
+    /// field), never half-applied.
+    pub fn into_incoming_with(
         self,
         max_alerts: usize,
         redactor: &Redactor,
-    ) -> Result<(Vec<Incoming>, Vec<Refused>), ApiError> {
+    ) -> Result<Vec<Incoming>, ApiError> {
         if self.version != "4" {
             return Err(ApiError::bad_request(
                 "version",
@@ -348,9 +341,6 @@ impl Notification {
                 "Alertmanager truncated this notification: alerts it held back are not here; raise the receiver's max_alerts or the body limit"
             );
         }
-        // One alert that cannot be taken is refused alone: refusing its whole group would
-        // lose the others (Alertmanager does not retry a 4xx, and sends the group again
-        // with the same alert in it at every group_interval).
         let one = |i: usize, a: AmAlert| -> Result<Incoming, ApiError> {
             let name = a
                 .labels
@@ -419,16 +409,11 @@ impl Notification {
             incoming.fit(&format!("alerts[{i}]"), redactor)?;
             Ok(incoming)
         };
-        let mut taken = Vec::with_capacity(self.alerts.len());
-        let mut refused = Vec::new();
-        for (i, a) in self.alerts.into_iter().enumerate() {
-            let fingerprint = a.fingerprint.clone();
-            match one(i, a) {
-                Ok(incoming) => taken.push(incoming),
-                Err(e) => refused.push((fingerprint, e)),
-            }
-        }
-        Ok((taken, refused))
+        self.alerts
+            .into_iter()
+            .enumerate()
+            .map(|(i, a)| one(i, a))
+            .collect()
     }
 }
 
@@ -591,8 +576,7 @@ mod tests {
             .expect("json")
             .len();
         assert!(raw < MAX_ALERT_RECORD_BYTES, "{raw}");
-        let (taken, refused) = n.into_each(10, &redactor).expect("taken");
-        assert!(refused.is_empty());
+        let taken = n.into_incoming_with(10, &redactor).expect("taken");
         let written = taken[0].record_bytes(&redactor);
         assert!(written <= MAX_ALERT_RECORD_BYTES, "{written}");
         assert!(

@@ -5,7 +5,7 @@
 //! group again at its next `group_interval`, when deduplication by fingerprint absorbs the
 //! alerts of it that were already taken. Other senders honour `Retry-After`.
 
-use crate::alertmanager::{Incoming, Notification, OwnAlert, Refused};
+use crate::alertmanager::{Incoming, Notification, OwnAlert};
 use crate::app::{AppState, runtime_error};
 use crate::auth;
 use crate::error::{ApiError, parse_json};
@@ -31,23 +31,11 @@ pub struct Taken {
     pub agent: Option<String>,
 }
 
-/// An alert of the notification that could not be taken (the others were): on the record.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct RefusedAlert {
-    pub fingerprint: String,
-    /// The offending field, as a path (`alerts[3].labels.alertname`).
-    pub field: Option<String>,
-    pub message: String,
-}
-
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct IntakeResponse {
     pub accepted: usize,
     pub unrouted: usize,
     pub alerts: Vec<Taken>,
-    /// Alerts refused one by one; the rest of the notification was taken.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub refused: Vec<RefusedAlert>,
 }
 
 /// The body, or the reason it cannot be read (413 over the limit) as a JSON error.
@@ -94,39 +82,18 @@ async fn receive<T: serde::de::DeserializeOwned>(
     via: &'static str,
     headers: &HeaderMap,
     raw: Result<Bytes, BytesRejection>,
-    alerts: impl FnOnce(T) -> Result<(Vec<Incoming>, Vec<Refused>), ApiError>,
+    alerts: impl FnOnce(T) -> Result<Vec<Incoming>, ApiError>,
 ) -> Result<Json<IntakeResponse>, ApiError> {
     auth::intake(state, headers)?;
     open(state)?;
-    let (incoming, each_refused) =
-        match body(raw).and_then(|b| parse_json::<T>(&b)).and_then(alerts) {
-            // Nothing of it can be taken: refused whole, as one that is not JSON is.
-            Ok((incoming, mut each)) if incoming.is_empty() && !each.is_empty() => {
-                let (_, refusal) = each.swap_remove(0);
-                refused(state, via, &refusal).await;
-                return Err(refusal);
-            }
-            Ok(split) => split,
-            Err(refusal) => {
-                refused(state, via, &refusal).await;
-                return Err(refusal);
-            }
-        };
-    let refused_alerts: Vec<RefusedAlert> = each_refused
-        .into_iter()
-        .map(|(fingerprint, refusal)| RefusedAlert {
-            // Too long may be why it was refused: kept to what a fingerprint can be.
-            fingerprint: fingerprint.chars().take(128).collect(),
-            field: refusal.field,
-            message: refusal.message,
-        })
-        .collect();
-    if !refused_alerts.is_empty() {
-        refused_some(state, via, &refused_alerts).await?;
-    }
-    let mut response = take(state, incoming).await?;
-    response.refused = refused_alerts;
-    Ok(Json(response))
+    let incoming = match body(raw).and_then(|b| parse_json::<T>(&b)).and_then(alerts) {
+        Ok(incoming) => incoming,
+        Err(refusal) => {
+            refused(state, via, &refusal).await;
+            return Err(refusal);
+        }
+    };
+    Ok(Json(take(state, incoming).await?))
 }
 
 /// An authenticated sender's notification that could not be taken (over the body limit, not
@@ -154,35 +121,6 @@ async fn refused(state: &AppState, via: &'static str, refusal: &ApiError) {
     }
 }
 
-/// The most refused alerts one record names (the count says how many there were).
-const MAX_NAMED_REFUSALS: usize = 100;
-
-/// Alerts of a notification refused one by one: one record for all of them, durable before
-/// the rest is taken and the sender told — they are lost to it otherwise.
-async fn refused_some(
-    state: &AppState,
-    via: &'static str,
-    alerts: &[RefusedAlert],
-) -> Result<(), ApiError> {
-    for _ in alerts {
-        state.metrics.alert(None, AlertOutcome::Refused);
-    }
-    let audit = state.runtime.audit().clone();
-    let data = serde_json::json!({
-        "via": via,
-        "status": StatusCode::BAD_REQUEST.as_u16(),
-        "error": "bad-request",
-        "count": alerts.len(),
-        "alerts": &alerts[..alerts.len().min(MAX_NAMED_REFUSALS)],
-        "message": "these alerts of the notification were refused; the others were taken",
-    });
-    tokio::task::spawn_blocking(move || audit.append("intake", None, "alert-refused", data))
-        .await
-        .map_err(|_| ApiError::unavailable("the intake task failed; nothing was taken"))?
-        .map_err(|e| ApiError::unavailable(format!("{e}; nothing was taken")))?;
-    Ok(())
-}
-
 async fn take(state: &AppState, incoming: Vec<Incoming>) -> Result<IntakeResponse, ApiError> {
     let runtime = state.runtime.clone();
     let metrics = state.metrics.clone();
@@ -192,7 +130,6 @@ async fn take(state: &AppState, incoming: Vec<Incoming>) -> Result<IntakeRespons
             accepted: 0,
             unrouted: 0,
             alerts: Vec::with_capacity(incoming.len()),
-            refused: Vec::new(),
         };
         let names: Vec<(String, String, AlertStatus)> = incoming
             .iter()
@@ -280,7 +217,7 @@ pub async fn alertmanager(
     // whole would lose all of it (Alertmanager does not retry a 4xx) with nothing on record.
     let redactor = state.runtime.audit().redactor();
     receive(&state, "alertmanager", &headers, raw, |n: Notification| {
-        n.into_each(usize::MAX, redactor)
+        n.into_incoming_with(usize::MAX, redactor)
     })
     .await
 }
@@ -305,7 +242,7 @@ pub async fn own(
 ) -> Result<Json<IntakeResponse>, ApiError> {
     let redactor = state.runtime.audit().redactor();
     receive(&state, "own-json", &headers, raw, |a: OwnAlert| {
-        Ok((vec![a.into_incoming_with(redactor)?], Vec::new()))
+        Ok(vec![a.into_incoming_with(redactor)?])
     })
     .await
 }

@@ -18,7 +18,7 @@ use utoipa::{Modify, OpenApi};
     ),
     components(schemas(
         error::ApiError, alertmanager::Notification, alertmanager::AmAlert, alertmanager::OwnAlert,
-        intake::IntakeResponse, intake::Taken, intake::RefusedAlert, views::IncidentView, views::VerificationView, views::ApprovalView,
+        intake::IntakeResponse, intake::Taken, views::IncidentView, views::VerificationView, views::ApprovalView,
         views::AnswerView, read::AgentStatus, read::IncidentList, read::IncidentDetail, read::Ready,
         read::GuardStatus, read::BusyTarget, read::OpenBreaker, read::RecentRuns,
         approvals::GuardClear, approvals::GuardCleared,

@@ -246,7 +246,7 @@ pub struct Doctor {
 }
 
 /// The most partitions one read returns (a step's result budget is far smaller anyway).
-const MAX_ROWS: usize = 1000;
+const MAX_ROWS: usize = themis_caps::MAX_LIST_ROWS;
 
 fn error(what: &str, e: KafkaError) -> CapError {
     let code = e.rdkafka_error_code();

@@ -207,6 +207,13 @@ impl KafkaCaps for KafkaOnKubernetes {
             )));
         }
         let topics = self.kafka.list_topics().await?;
+        // A list this long may have been cut: the topics past it could be under-replicated.
+        if topics.len() >= themis_caps::MAX_LIST_ROWS {
+            return Err(CapError::Failed(format!(
+                "the cluster has at least {} topics, more than one read returns: whether every partition is fully replicated cannot be told, so broker {broker_id} is not restarted",
+                topics.len()
+            )));
+        }
         let under: i32 = topics.iter().map(|t| t.under_replicated_partitions).sum();
         if under > 0 {
             return Err(CapError::Failed(format!(
