@@ -111,6 +111,18 @@ fn invalid_manifests_are_refused_with_field_and_reason() {
             "the runbook has no steps",
         ),
         (one_step("    retries: 3\n"), "", "unknown field `retries`"),
+        (
+            one_step("    capabilities: [kafka.broker-restart]\n"),
+            "steps[0].mutations",
+            "`kafka.broker-restart` is destructive and its argument(s) broker_id are not bound",
+        ),
+        // Destructive by an argument (to zero): its target is bound all the same, or an
+        // approval of one group's scaling would let the step take any other group to zero.
+        (
+            one_step("    capabilities: [kafka.scale-consumers]\n"),
+            "steps[0].mutations",
+            "`kafka.scale-consumers` is destructive (with replicas = 0) and its argument(s) group are not bound",
+        ),
     ];
     for (manifest, field, problem) in cases {
         let dir = folder(&manifest);
@@ -123,6 +135,11 @@ fn invalid_manifests_are_refused_with_field_and_reason() {
         );
         assert!(!err.fix.is_empty(), "every error says what to do: {err}");
     }
+    // Bound to the plan's group, the count left to the step: accepted.
+    let bound = folder(&format!(
+        "{HEAD}parameters:\n  - {{ name: group, type: string }}\nsteps:\n  - id: a\n    component: components/ok.wasm\n    capabilities: [kafka.scale-consumers]\n    mutations:\n      kafka.scale-consumers: {{ args: {{ group: \"{{params.group}}\" }}, max_calls: 2 }}\n"
+    ));
+    Runbook::load(bound.path()).expect("a bound target with a free count loads");
 }
 
 #[cfg(unix)]

@@ -121,3 +121,135 @@ async fn an_expired_proposal_is_withdrawn_and_the_next_firing_is_triaged_afresh(
     assert_eq!(withdrawn(&host.audit_path, &second.id).len(), 1);
     host.runtime.stop().await;
 }
+
+/// A form on an escalated incident's page names the incident. Sent after a plan was proposed
+/// for that incident, it must not answer the plan its sender never saw: a waiting proposal is
+/// answered by its own id only, and the refusal is on the record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_proposal_is_not_answered_by_its_incidents_id() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let host = host(dir.path(), "15m").await;
+    let incident = host.new_incident(world_alert(WORLD)).await;
+    let proposal = incident.proposal.clone().expect("a destructive plan waits");
+    let adjusted = host
+        .runtime
+        .adjust(
+            &incident.id,
+            Identity::scenario("oncall"),
+            &proposal.plan.runbook_id,
+            &Default::default(),
+        )
+        .await
+        .expect_err("an incident-id answer while a proposal waits")
+        .to_string();
+    assert!(
+        adjusted.contains("proposal waiting") && adjusted.contains(&proposal.id),
+        "{adjusted}"
+    );
+    let rejected = host
+        .runtime
+        .reject(
+            &incident.id,
+            Identity::scenario("oncall"),
+            "from an old form",
+        )
+        .await
+        .expect_err("an incident-id rejection while a proposal waits")
+        .to_string();
+    assert!(rejected.contains("proposal waiting"), "{rejected}");
+    let now = host.store.get(&incident.id).await.expect("incident");
+    assert_eq!(now.status, IncidentStatus::PendingApproval);
+    assert_eq!(now.proposal.as_ref().map(|p| &p.id), Some(&proposal.id));
+    let refusals = records(&host.audit_path)
+        .into_iter()
+        .filter(|r| r["kind"] == "approval-refused" && r["incident"] == incident.id.as_str())
+        .count();
+    assert_eq!(refusals, 2, "each refusal is on the record");
+    // The proposal itself is still answerable by its id.
+    let approved = host
+        .runtime
+        .approve(
+            &proposal.id,
+            Identity::scenario("oncall"),
+            Some(proposal.plan_digest.clone()),
+        )
+        .await
+        .expect("approved by its id");
+    assert_ne!(approved.status, IncidentStatus::PendingApproval);
+    host.runtime.stop().await;
+}
+
+/// Review defect: an expired proposal could still be answered by adjusting it — a plan
+/// nobody approved in time run under a human's name after all. Expired is expired, whatever
+/// the answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_proposal_cannot_be_adjusted_either() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let host = host(dir.path(), "1s").await;
+    let incident = host.new_incident(world_alert(WORLD)).await;
+    let proposal = incident.proposal.clone().expect("a destructive plan waits");
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    let late = host
+        .runtime
+        .adjust(
+            &proposal.id,
+            Identity::scenario("oncall"),
+            &proposal.plan.runbook_id,
+            &Default::default(),
+        )
+        .await
+        .expect_err("an expired proposal is not adjusted")
+        .to_string();
+    assert!(late.contains("expired"), "{late}");
+    let records = records(&host.audit_path);
+    assert!(
+        !records
+            .iter()
+            .any(|r| r["kind"] == "adjustment" || r["kind"] == "execution-start"),
+        "nothing was adjusted or run"
+    );
+    assert!(
+        records
+            .iter()
+            .any(|r| r["kind"] == "approval-refused" && r["incident"] == incident.id.as_str()),
+        "the refusal is on the record"
+    );
+    host.runtime.stop().await;
+}
+
+/// A stop between recording a `resolved` on a waiting proposal and withdrawing it leaves a plan
+/// that could still be approved for an alert that is gone. The next start finds it and
+/// withdraws it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proposal_whose_alert_resolved_before_a_stop_is_withdrawn_at_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = host(dir.path(), "15m").await;
+    let incident = first.new_incident(world_alert(WORLD)).await;
+    let proposal = incident.proposal.clone().expect("a destructive plan waits");
+    // What the stop left: the resolve saved on the incident, the withdrawal never made.
+    let mut left = first.store.get(&incident.id).await.expect("incident");
+    left.source_resolved_at = Some(std::time::SystemTime::now());
+    first.store.save(&left).await.expect("save");
+    let crate::common::TestHost { runtime, store, .. } = first;
+    runtime.stop().await;
+    // The store's lock goes with its last handle: the next host takes the directory over.
+    drop(store);
+
+    let second = host(dir.path(), "15m").await;
+    let now = second.store.get(&incident.id).await.expect("incident");
+    assert_eq!(now.status, IncidentStatus::Rejected, "{now:#?}");
+    assert_eq!(withdrawn(&second.audit_path, &incident.id).len(), 1);
+    let late = second
+        .runtime
+        .approve(
+            &proposal.id,
+            Identity::scenario("oncall"),
+            Some(proposal.plan_digest.clone()),
+        )
+        .await;
+    assert!(
+        late.is_err(),
+        "a withdrawn proposal cannot be approved: {late:?}"
+    );
+    second.runtime.stop().await;
+}

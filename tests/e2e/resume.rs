@@ -306,12 +306,24 @@ fn where_a_run_resumes_is_read_off_its_record() {
 /// the record, the run never started — what a kill between the two leaves behind.
 struct RefusesRunStart {
     inner: Arc<dyn themis_agent::store::IncidentStore>,
+    /// How many such saves are refused before the store works again.
+    refusals: std::sync::atomic::AtomicUsize,
 }
 
 #[async_trait::async_trait]
 impl themis_agent::store::IncidentStore for RefusesRunStart {
     async fn save(&self, incident: &Incident) -> Result<(), StoreError> {
-        if incident.status == IncidentStatus::Executing && incident.executed.is_some() {
+        if incident.status == IncidentStatus::Executing
+            && incident.executed.is_some()
+            && self
+                .refusals
+                .fetch_update(
+                    std::sync::atomic::Ordering::SeqCst,
+                    std::sync::atomic::Ordering::SeqCst,
+                    |n| n.checked_sub(1),
+                )
+                .is_ok()
+        {
             return Err(StoreError::Io {
                 path: "state".into(),
                 source: std::io::Error::other("the host stopped here"),
@@ -402,6 +414,7 @@ async fn an_approved_run_cut_off_before_it_started_is_started_on_recovery() {
         dir.path(),
         Arc::new(RefusesRunStart {
             inner: store.clone(),
+            refusals: usize::MAX.into(),
         }),
         mock.clone(),
     )
@@ -469,6 +482,77 @@ async fn an_approved_run_cut_off_before_it_started_is_started_on_recovery() {
         "the approved run finished"
     );
     second.stop().await;
+}
+
+/// Review defect: a store error between an approval's claim and its run's start left the
+/// incident `executing` with nothing running it until the host restarted — its alert's later
+/// firings absorbed by it, nobody told. The worker now recovers as at start before its next
+/// command: the approved run is started, bound to the approval, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approved_run_a_store_error_cut_off_is_started_before_the_next_command() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let world = crate::common::world_file("agent-postgres-lock-waits.yaml");
+    let scenario = themis_testkit::scenario::load(&world).expect("scenario");
+    let mock = Arc::new(themis_testkit::mock::ScenarioMock::new(scenario.mocks).expect("mocks"));
+    let store: Arc<dyn themis_agent::store::IncidentStore> =
+        Arc::new(themis_agent::store::JsonStore::open(&dir.path().join("state")).expect("store"));
+    let host = postgres_host(
+        dir.path(),
+        Arc::new(RefusesRunStart {
+            inner: store.clone(),
+            refusals: 1.into(),
+        }),
+        mock.clone(),
+    )
+    .await;
+    let incident = match host
+        .handle_alert(scenario.alert.to_alert())
+        .await
+        .expect("handled")
+    {
+        themis_agent::AlertOutcome::Handled(i) => i,
+        other => panic!("a new incident: {other:?}"),
+    };
+    let proposal = incident.proposal.clone().expect("a plan waits for a human");
+    let cut = host
+        .approve(
+            &proposal.id,
+            themis_core::identity::Identity::scenario("oncall"),
+            Some(proposal.plan_digest.clone()),
+        )
+        .await;
+    assert!(cut.is_err(), "the run's start failed: {cut:?}");
+    // The next command — here the service's tick — finds the approved run and starts it.
+    host.verify_due().await.expect("tick");
+    let now = store.get(&incident.id).await.expect("incident");
+    assert!(
+        !matches!(
+            now.status,
+            IncidentStatus::Executing | IncidentStatus::Interrupted
+        ),
+        "{now:#?}"
+    );
+    let records = crate::common::records(&dir.path().join("audit.jsonl"));
+    let bound = records
+        .iter()
+        .find(|r| r["kind"] == "approval")
+        .map(|r| r["data"]["bound_to_execution"].clone())
+        .expect("the approval is on the record");
+    let starts: Vec<_> = records
+        .iter()
+        .filter(|r| {
+            r["kind"] == "execution-start" && r["data"]["runbook_id"] == "terminate-blocker"
+        })
+        .collect();
+    assert_eq!(starts.len(), 1, "the approved plan ran once");
+    assert_eq!(starts[0]["data"]["execution_id"], bound);
+    assert!(
+        records.iter().any(|r| r["kind"] == "result"
+            && r["data"]["execution_id"] == bound
+            && r["data"]["outcome"]["status"] == "succeeded"),
+        "the approved run finished"
+    );
+    host.stop().await;
 }
 
 /// Review defect: at start, the agent's last accepted alert was taken up again whenever the

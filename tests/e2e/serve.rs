@@ -614,9 +614,12 @@ async fn intake_keeps_whole_groups_and_adjust_names_the_parameter_at_fault() {
     assert_eq!(status, 200, "{adjusted}");
     assert_eq!(adjusted["status"], "pending-approval", "{adjusted}");
     let incident = adjusted["id"].as_str().expect("incident id");
+    let waiting = adjusted["approval"]["id"]
+        .as_str()
+        .expect("the new proposal");
     let (status, body) = s
         .post(
-            &format!("/api/v1/approvals/{incident}/adjust"),
+            &format!("/api/v1/approvals/{waiting}/adjust"),
             BOB,
             &json!({ "runbook": "adjust-broker-gc", "params": { "broker_id": "2" } }),
         )
@@ -624,6 +627,22 @@ async fn intake_keeps_whole_groups_and_adjust_names_the_parameter_at_fault() {
     assert_eq!(status, 403, "{body}");
     let message = body["message"].as_str().unwrap_or_default();
     assert!(message.contains("cannot approve or adjust it"), "{body}");
+    // Nor can anyone answer it by the incident's id, which a form sent before it was proposed
+    // would carry: it is answered by its own id only.
+    let (status, body) = s
+        .post(
+            &format!("/api/v1/approvals/{incident}/adjust"),
+            ONCALL,
+            &json!({ "runbook": "adjust-broker-gc", "params": { "broker_id": "2" } }),
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(waiting)),
+        "{body}"
+    );
 }
 
 /// A stop is bounded: a connection that sent half a request's headers (nobody needs a token to

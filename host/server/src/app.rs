@@ -69,7 +69,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(alerts)
         .merge(answers)
         .route("/api/v1/approvals", get(read::approvals))
-        .route("/api/v1/slack/interactions", post(slack::interactions))
+        // Slack's requests are checked by their signature, which needs the whole body: read
+        // no more than an interaction's payload can be before anything is checked.
+        .route(
+            "/api/v1/slack/interactions",
+            post(slack::interactions).layer(DefaultBodyLimit::max(
+                state.config.body_limit.min(crate::slack::MAX_BODY),
+            )),
+        )
         .route("/api/v1/agents", get(read::agents))
         .route("/api/v1/guard", get(read::guard))
         .route("/api/v1/guard/clear", post(approvals::guard_clear))
@@ -202,6 +209,9 @@ pub async fn serve(
 
 /// Serve `app` on `listener` until `shutdown` completes; then stop accepting, let the requests
 /// in flight finish for at most `drain`, and close the connections still open.
+/// Connections served at once; more wait to be accepted.
+pub const MAX_CONNECTIONS: usize = 1024;
+
 pub async fn serve_http(
     listener: TcpListener,
     app: Router,
@@ -220,7 +230,9 @@ pub async fn serve_http(
     loop {
         tokio::select! {
             () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
+            // Past the cap, new connections wait in the kernel's queue until one ends: open
+            // connections cost memory whoever holds them, and most need no token to open.
+            accepted = listener.accept(), if connections.len() < MAX_CONNECTIONS => match accepted {
                 Ok((stream, _)) => {
                     let conn = http.serve_connection(
                         TokioIo::new(stream),

@@ -11,6 +11,7 @@ use crate::session::{self, Session};
 use crate::views::time;
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::DefaultBodyLimit;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -38,13 +39,23 @@ pub struct PageState {
     checking: tokio::sync::Mutex<()>,
 }
 
+/// The largest form the page posts: a token, an answer, an adjusted plan's parameters.
+const MAX_FORM_BYTES: usize = 64 << 10;
+
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/", get(home))
-        .route("/login", post(login))
+        // Their forms are small; the session or the token is checked only once they are read.
+        .route(
+            "/login",
+            post(login).layer(DefaultBodyLimit::max(MAX_FORM_BYTES)),
+        )
         .route("/logout", post(logout))
         .route("/incidents/{id}", get(incident_page))
-        .route("/ui/approvals/{id}/{answer}", post(answer))
+        .route(
+            "/ui/approvals/{id}/{answer}",
+            post(answer).layer(DefaultBodyLimit::max(MAX_FORM_BYTES)),
+        )
 }
 
 const CSS: &str = "
@@ -193,7 +204,15 @@ struct LoginForm {
     token: String,
 }
 
-async fn login(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+async fn login(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+    if session::cross_site(&headers) {
+        return html_response(
+            StatusCode::FORBIDDEN,
+            login_page(Some(
+                "sign in from this page, not from a form on another site",
+            )),
+        );
+    }
     let Ok(form) = serde_urlencoded::from_bytes::<LoginForm>(&body) else {
         return html_response(
             StatusCode::BAD_REQUEST,
@@ -220,16 +239,24 @@ async fn login(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
         );
     };
     let mut response = Redirect::to("/").into_response();
-    if let Ok(v) = HeaderValue::from_str(&session::set_cookie(&id)) {
+    if let Ok(v) = HeaderValue::from_str(&session::set_cookie(&id, &headers)) {
         response.headers_mut().insert(header::SET_COOKIE, v);
     }
     response
 }
 
 async fn logout(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if session::cross_site(&headers) {
+        return html_response(
+            StatusCode::FORBIDDEN,
+            login_page(Some(
+                "sign out from this page, not from a form on another site",
+            )),
+        );
+    }
     state.page.sessions.close(&headers);
     let mut response = Redirect::to("/").into_response();
-    if let Ok(v) = HeaderValue::from_str(&session::set_cookie("")) {
+    if let Ok(v) = HeaderValue::from_str(&session::set_cookie("", &headers)) {
         response.headers_mut().insert(header::SET_COOKIE, v);
     }
     response
@@ -514,12 +541,11 @@ async fn incident_page(
         Err(e) => return error_page(Some(&session), &store_error(e)),
     };
     let audit = state.runtime.audit().clone();
-    let wanted = id.clone();
+    let (wanted, opened) = (id.clone(), incident.opened_seq);
+    // From the record that opened the incident on, as the API reads it: the files before it
+    // are not read at every view.
     let found = tokio::task::spawn_blocking(move || {
-        audit.find(
-            |r| r.incident.as_deref() == Some(wanted.as_str()),
-            crate::read::MAX_TIMELINE,
-        )
+        audit.incident_records(&wanted, opened, crate::read::MAX_TIMELINE)
     })
     .await;
     let (records, altered) = match found {

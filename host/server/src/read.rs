@@ -297,17 +297,11 @@ pub async fn incident(
     let audit = state.runtime.audit().clone();
     let wanted = id.clone();
     let from = incident.opened_seq;
-    let (timeline, altered) = tokio::task::spawn_blocking(move || {
-        let mine = |r: &Record| r.incident.as_deref() == Some(wanted.as_str());
-        match from {
-            Some(seq) => audit.find_from(seq, mine, MAX_TIMELINE),
-            // Opened before incidents kept where their records start: the whole audit.
-            None => audit.find(mine, MAX_TIMELINE),
-        }
-    })
-    .await
-    .map_err(|_| ApiError::unavailable("reading the audit failed"))?
-    .map_err(|e| ApiError::unavailable(format!("reading the audit: {e}")))?;
+    let (timeline, altered) =
+        tokio::task::spawn_blocking(move || audit.incident_records(&wanted, from, MAX_TIMELINE))
+            .await
+            .map_err(|_| ApiError::unavailable("reading the audit failed"))?
+            .map_err(|e| ApiError::unavailable(format!("reading the audit: {e}")))?;
     Ok(Json(IncidentDetail {
         incident: IncidentView::of(&incident),
         timeline,

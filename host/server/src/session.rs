@@ -120,15 +120,66 @@ fn cookie(headers: &HeaderMap) -> Option<String> {
         .filter(|v| v.len() == 64 && v.chars().all(|c| c.is_ascii_hexdigit()))
 }
 
-/// The `Set-Cookie` value that starts a session (or, with an empty id, ends it).
-pub fn set_cookie(id: &str) -> String {
+/// The `Set-Cookie` value that starts a session (or, with an empty id, ends it). `Secure` when
+/// the request reached the proxy in front of the host over HTTPS: the cookie then never
+/// travels in clear. (On plain HTTP — loopback, a private network — a `Secure` cookie would
+/// not be kept at all.)
+pub fn set_cookie(id: &str, headers: &HeaderMap) -> String {
+    let secure = if over_https(headers) { "; Secure" } else { "" };
     if id.is_empty() {
-        format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0")
+        format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0{secure}")
     } else {
         format!(
-            "{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
+            "{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{secure}",
             TTL.as_secs()
         )
+    }
+}
+
+/// Whether a proxy says the request came in over HTTPS (`X-Forwarded-Proto`, `Forwarded`).
+fn over_https(headers: &HeaderMap) -> bool {
+    let says = |name: &str, https: fn(&str) -> bool| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(https)
+    };
+    says("x-forwarded-proto", |v| {
+        v.split(',')
+            .next()
+            .is_some_and(|p| p.trim().eq_ignore_ascii_case("https"))
+    }) || says("forwarded", |v| {
+        v.split([';', ',']).any(|pair| {
+            pair.trim().split_once('=').is_some_and(|(k, v)| {
+                k.eq_ignore_ascii_case("proto") && v.trim_matches('"').eq_ignore_ascii_case("https")
+            })
+        })
+    })
+}
+
+/// A form posted from another site (a page elsewhere making the browser sign in or out here):
+/// the browser says so in `Sec-Fetch-Site`, or its `Origin` names another host than the one
+/// addressed. A client that sends neither (curl, a script) is not a browser's cross-site form.
+pub fn cross_site(headers: &HeaderMap) -> bool {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    // Every current browser sends it, relative to the page that made the request: the
+    // answer that survives a proxy rewriting `Host`.
+    if let Some(site) = text("sec-fetch-site") {
+        return site.eq_ignore_ascii_case("cross-site");
+    }
+    let Some(origin) = text("origin") else {
+        return false;
+    };
+    let origin_host = origin.split_once("://").map(|(_, rest)| rest);
+    let addressed = [text("x-forwarded-host"), text("host")];
+    match origin_host {
+        Some(o) => !addressed
+            .into_iter()
+            .flatten()
+            .any(|h| o.eq_ignore_ascii_case(h.split(',').next().unwrap_or(h).trim())),
+        // `Origin: null`: a sandboxed frame or a redirect chain, never this page's own form.
+        None => true,
     }
 }
 
@@ -175,6 +226,52 @@ mod tests {
             sessions.inner.lock().expect("lock").len(),
             MAX_READER_SESSIONS + MAX_SESSIONS_PER_APPROVER
         );
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, v.parse().expect("header"));
+        }
+        h
+    }
+
+    #[test]
+    fn a_form_from_another_site_is_told_apart() {
+        assert!(cross_site(&headers(&[("sec-fetch-site", "cross-site")])));
+        assert!(!cross_site(&headers(&[
+            ("sec-fetch-site", "same-origin"),
+            ("origin", "https://themis.example.com"),
+            ("host", "127.0.0.1:8080"),
+        ])));
+        assert!(cross_site(&headers(&[
+            ("origin", "https://evil.example"),
+            ("host", "127.0.0.1:8080"),
+        ])));
+        assert!(cross_site(&headers(&[("origin", "null"), ("host", "h:1")])));
+        assert!(!cross_site(&headers(&[
+            ("origin", "http://127.0.0.1:8080"),
+            ("host", "127.0.0.1:8080"),
+        ])));
+        assert!(!cross_site(&headers(&[
+            ("origin", "https://themis.example.com"),
+            ("x-forwarded-host", "themis.example.com"),
+            ("host", "10.0.0.5:8080"),
+        ])));
+        assert!(!cross_site(&headers(&[("host", "127.0.0.1:8080")])));
+    }
+
+    #[test]
+    fn the_cookie_is_secure_behind_https() {
+        assert!(!set_cookie(&"a".repeat(64), &HeaderMap::new()).contains("Secure"));
+        for pairs in [
+            &[("x-forwarded-proto", "https")][..],
+            &[("forwarded", "for=1.2.3.4;proto=https;host=x")][..],
+        ] {
+            let c = set_cookie(&"a".repeat(64), &headers(pairs));
+            assert!(c.ends_with("; Secure") && c.contains("HttpOnly"), "{c}");
+        }
+        assert!(!set_cookie("", &headers(&[("x-forwarded-proto", "http")])).contains("Secure"));
     }
 
     fn with_cookie(id: &str) -> HeaderMap {

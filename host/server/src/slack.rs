@@ -29,6 +29,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// How old a request may be (Slack's own recommendation).
 pub const MAX_AGE_SECS: u64 = 300;
+
+/// The largest interaction body read: Slack's payload carries the message it answers (at most
+/// 50 blocks of 3000 characters), URL-encoded.
+pub const MAX_BODY: usize = 512 << 10;
 /// Requests remembered at most; inside five minutes this is far above what Slack sends.
 pub const MAX_REMEMBERED: usize = 100_000;
 
@@ -299,16 +303,19 @@ pub async fn interactions(
     if let Sighting::Replay { audited } = sighting {
         tracing::warn!(request = %request_id, "Slack request replayed: refused");
         if !audited {
-            let _ = state.runtime.audit().append(
-                "slack",
-                None,
-                "slack-refused",
-                json!({
-                    "reason": "replay",
-                    "request": request_id,
-                    "note": "later replays of this request are refused without a record each",
-                }),
-            );
+            // An fsync, as above.
+            let _ = tokio::task::block_in_place(|| {
+                state.runtime.audit().append(
+                    "slack",
+                    None,
+                    "slack-refused",
+                    json!({
+                        "reason": "replay",
+                        "request": request_id,
+                        "note": "later replays of this request are refused without a record each",
+                    }),
+                )
+            });
         }
         return Err(ApiError::conflict(
             "this Slack request was already received: a replay is refused",
@@ -332,16 +339,15 @@ pub async fn interactions(
     let by = match state.config.approvers.by_slack_user(&user) {
         Ok(by) => by,
         Err(e) => {
-            state
-                .runtime
-                .audit()
-                .append(
+            tokio::task::block_in_place(|| {
+                state.runtime.audit().append(
                     "slack",
                     None,
                     "slack-refused",
                     json!({ "reason": "unknown-user", "slack_user": user, "request": request_id }),
                 )
-                .map_err(|e| ApiError::unavailable(format!("{e}; nothing was done")))?;
+            })
+            .map_err(|e| ApiError::unavailable(format!("{e}; nothing was done")))?;
             if let Some(url) = &response_url {
                 post(
                     &slack.http,

@@ -569,6 +569,22 @@ impl AuditLog {
         Ok((out.into(), altered))
     }
 
+    /// An incident's last `limit` records, as [`AuditLog::find`] returns them, read from the
+    /// record that opened it (`opened`) when the incident knows it — the files before it are
+    /// not read — and from the whole log for one opened before incidents kept it.
+    pub fn incident_records(
+        &self,
+        incident: &str,
+        opened: Option<u64>,
+        limit: usize,
+    ) -> Result<(Vec<Record>, usize), AuditError> {
+        let mine = |r: &Record| r.incident.as_deref() == Some(incident);
+        match opened {
+            Some(seq) => self.find_from(seq, mine, limit),
+            None => self.find(mine, limit),
+        }
+    }
+
     /// The last `limit` records `keep` selects, oldest first, each checked against its own hash
     /// (a record that does not match is left out and counted). Reads without blocking appends:
     /// an unfinished last line is skipped.

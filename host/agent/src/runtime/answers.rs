@@ -17,7 +17,7 @@ use themis_core::identity::Identity;
 use themis_core::policy::{ApprovalError, ApprovalRequest, Verdict};
 
 impl Worker {
-    async fn incident_for(&self, id: &str) -> Result<Incident, RuntimeError> {
+    pub(crate) async fn incident_for(&self, id: &str) -> Result<Incident, RuntimeError> {
         let store = &self.ctx.store;
         if id.starts_with("inc-") {
             return Ok(store.get(id).await?);
@@ -30,14 +30,32 @@ impl Worker {
 
     /// An answer that names a proposal answers that proposal only: one answered already, or
     /// replaced since (an adjusted plan another human must approve has an id of its own), is
-    /// refused — a click on an old message must not answer the plan on the table now.
+    /// refused — a click on an old message must not answer the plan on the table now. An
+    /// answer that names the incident answers it only while no proposal waits: the form on an
+    /// escalated incident's page, sent after a plan was proposed, must not answer a plan its
+    /// sender never saw.
     fn stale_proposal(
         &self,
         incident: &Incident,
         id: &str,
         by: &Identity,
     ) -> Result<(), RuntimeError> {
-        if id.starts_with("inc-") || incident.proposal.as_ref().is_some_and(|p| p.id == id) {
+        if id.starts_with("inc-") {
+            let waiting = incident
+                .proposal
+                .as_ref()
+                .filter(|_| incident.status == IncidentStatus::PendingApproval);
+            let Some(proposal) = waiting else {
+                return Ok(());
+            };
+            let e = crate::store::ClaimError::ProposalWaiting {
+                incident: incident.id.clone(),
+                approval_id: proposal.id.clone(),
+            };
+            self.refused(incident, id, by, &e, None)?;
+            return Err(e.into());
+        }
+        if incident.proposal.as_ref().is_some_and(|p| p.id == id) {
             return Ok(());
         }
         let e =

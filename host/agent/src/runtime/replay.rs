@@ -89,21 +89,33 @@ async fn redeliver(
         Ok(i) if i.status.awaits_human() => {}
         _ => return Ok(()),
     }
-    let mut found = None;
-    let mut superseded = false;
-    ctx.audit.scan_from(seq, |r| {
-        if r.seq == seq {
-            found = Some(r);
-            return true;
-        }
-        if r.incident.as_deref() == Some(incident)
-            && matches!(r.kind.as_str(), "escalation" | "escalation-delivery")
-        {
-            superseded = true;
-            return false;
-        }
-        true
-    })?;
+    // Reading the audit from the escalation on, and the fsync of the record below, are off
+    // the async threads: this runs on the service's runtime while it takes alerts.
+    let off_runtime = |e: tokio::task::JoinError| RuntimeError::Agent {
+        agent: ctx.agent.def.name.clone(),
+        message: format!("reading the audit for a cut-off escalation failed: {e}"),
+    };
+    let (audit, wanted) = (ctx.audit.clone(), incident.to_owned());
+    let (found, superseded) = tokio::task::spawn_blocking(move || {
+        let mut found = None;
+        let mut superseded = false;
+        audit.scan_from(seq, |r| {
+            if r.seq == seq {
+                found = Some(r);
+                return true;
+            }
+            if r.incident.as_deref() == Some(wanted.as_str())
+                && matches!(r.kind.as_str(), "escalation" | "escalation-delivery")
+            {
+                superseded = true;
+                return false;
+            }
+            true
+        })?;
+        Ok::<_, crate::audit::AuditError>((found, superseded))
+    })
+    .await
+    .map_err(off_runtime)??;
     if superseded {
         return Ok(());
     }
@@ -113,12 +125,21 @@ async fn redeliver(
         tracing::warn!(agent = %ctx.agent.def.name, incident, seq, "an undelivered escalation cannot be read back; not sent again");
         return Ok(());
     };
-    ctx.audit.append(
-        &ctx.agent.def.name,
-        Some(incident),
-        "recovered",
-        json!({ "action": "deliver the escalation", "escalation_seq": seq, "reason": "the host stopped after recording this escalation and before delivering it" }),
-    )?;
+    let (audit, agent, wanted) = (
+        ctx.audit.clone(),
+        ctx.agent.def.name.clone(),
+        incident.to_owned(),
+    );
+    tokio::task::spawn_blocking(move || {
+        audit.append(
+            &agent,
+            Some(&wanted),
+            "recovered",
+            json!({ "action": "deliver the escalation", "escalation_seq": seq, "reason": "the host stopped after recording this escalation and before delivering it" }),
+        )
+    })
+    .await
+    .map_err(off_runtime)??;
     super::escalate::deliver(ctx, &escalation, incident).await
 }
 
@@ -336,6 +357,7 @@ impl Worker {
             AlertStatus::Resolved => self.resolved(alert, Some(seq)).await.map(|_| ()),
         };
         if let Err(e) = handled {
+            self.note_failure(&e);
             tracing::error!(agent = %agent, intake = seq, error = %e, "an accepted alert failed");
             ctx.audit.append(
                 &agent,

@@ -286,12 +286,7 @@ impl Worker {
             return Ok(Some(format!("the agent was left `{state}`").into()));
         }
         let audit = ctx.audit.clone();
-        let wanted = incident.id.clone();
-        let mine = |r: &crate::audit::Record| r.incident.as_deref() == Some(wanted.as_str());
-        let found = match incident.opened_seq {
-            Some(seq) => audit.find_from(seq, mine, 100_000),
-            None => audit.find(mine, 100_000),
-        };
+        let found = audit.incident_records(&incident.id, incident.opened_seq, 100_000);
         let (records, altered) = match found {
             Ok(found) => found,
             Err(e) => return Ok(Some(format!("its record cannot be read: {e}").into())),

@@ -65,6 +65,11 @@ pub(crate) struct Worker {
     pub(crate) backlog: Option<(Arc<Backlog>, BacklogReader)>,
     /// When and what closed incidents leave the store (`None`: every one stays).
     pub(crate) retention: Option<super::retention::Retention>,
+    /// A command or an alert failed half-way (a store or audit error): an incident may be
+    /// left `executing` or `triaging` with nothing running it. Between two commands nothing of
+    /// this agent runs, so the start's recovery is run again before the next one (at the
+    /// latest at the next tick) rather than at the next restart.
+    pub(crate) unsettled: bool,
 }
 
 impl Worker {
@@ -115,6 +120,7 @@ impl Worker {
                 expiring: Default::default(),
                 backlog: None,
                 retention: None,
+                unsettled: false,
             },
             rx,
         ))
@@ -177,6 +183,7 @@ impl Worker {
                 return false;
             }
         };
+        self.settle().await;
         if let Err(e) = self.ensure_idle().await {
             tracing::error!(agent = %self.ctx.agent.def.name, error = %e, "the agent could not be made idle for the next alert");
         }
@@ -193,6 +200,7 @@ impl Worker {
             return true;
         }
         if let Err(e) = self.take_accepted(record).await {
+            self.note_failure(&e);
             tracing::error!(agent = %self.ctx.agent.def.name, error = %e, "an accepted alert could not be taken up");
         }
         // The end of an alert's handling is a commit point: nothing it wrote waits for the
@@ -207,7 +215,9 @@ impl Worker {
     async fn command(&mut self, command: Command) {
         {
             // A command that failed half-way (a store or audit error) can leave the agent
-            // mid-move: say so and return to idle before taking the next one. Never wedge.
+            // mid-move: recover as at start, then return to idle before taking the next one.
+            // Never wedge.
+            self.settle().await;
             if let Err(e) = self.ensure_idle().await {
                 reply_error(command, e);
                 return;
@@ -215,11 +225,11 @@ impl Worker {
             match command {
                 Command::Alert { alert, reply } => {
                     let outcome = self.alert(alert, None).await;
-                    let _ = reply.send(self.committed(outcome));
+                    let _ = reply.send(self.settled(outcome));
                 }
                 Command::Resolved { alert, reply } => {
                     let outcome = self.resolved(alert, None).await;
-                    let _ = reply.send(self.committed(outcome));
+                    let _ = reply.send(self.settled(outcome));
                 }
                 Command::Approve {
                     id,
@@ -228,7 +238,8 @@ impl Worker {
                     reply,
                 } => {
                     let outcome = self.approve(&id, by, shown).await;
-                    let _ = reply.send(self.committed(outcome));
+                    let outcome = self.answered(outcome, &id).await;
+                    let _ = reply.send(outcome);
                 }
                 Command::Reject {
                     id,
@@ -237,7 +248,8 @@ impl Worker {
                     reply,
                 } => {
                     let outcome = self.reject(&id, by, &reason).await;
-                    let _ = reply.send(self.committed(outcome));
+                    let outcome = self.answered(outcome, &id).await;
+                    let _ = reply.send(outcome);
                 }
                 Command::Adjust {
                     id,
@@ -247,7 +259,8 @@ impl Worker {
                     reply,
                 } => {
                     let outcome = self.adjust(&id, by, &runbook, &params).await;
-                    let _ = reply.send(self.committed(outcome));
+                    let outcome = self.answered(outcome, &id).await;
+                    let _ = reply.send(outcome);
                 }
                 Command::Verify { reply } => {
                     let outcome = match self.verify_watched().await {
@@ -257,10 +270,77 @@ impl Worker {
                         },
                         Err(e) => Err(e),
                     };
-                    let _ = reply.send(self.committed(outcome));
+                    let _ = reply.send(self.settled(outcome));
                 }
             }
         }
+    }
+
+    /// Run the start's recovery again if a failure may have left work half-done; until it
+    /// succeeds, the next command tries again (the store or the audit may still be failing).
+    async fn settle(&mut self) {
+        if !self.unsettled {
+            return;
+        }
+        match self.recover().await {
+            Ok(()) => self.unsettled = false,
+            Err(e) => {
+                tracing::error!(agent = %self.ctx.agent.def.name, error = %e, "unfinished work could not be recovered yet; trying again before the next command");
+            }
+        }
+    }
+
+    /// Whether `e` may have cut a command off half-way. A refusal (policy, a proposal answered
+    /// already or not waiting) is decided before anything changes.
+    pub(crate) fn note_failure(&mut self, e: &RuntimeError) {
+        use crate::store::ClaimError;
+        let refusal = matches!(
+            e,
+            RuntimeError::Approval(_)
+                | RuntimeError::Claim(
+                    ClaimError::AlreadyAnswered { .. }
+                        | ClaimError::NotPending { .. }
+                        | ClaimError::ProposalWaiting { .. }
+                )
+        );
+        if !refusal {
+            self.unsettled = true;
+        }
+    }
+
+    /// [`Self::committed`] for an answer to `id`: a failed one that left work half-done — the
+    /// agent mid-move, or its incident `executing` or `triaging` with nothing running it — is
+    /// noted for [`Self::settle`]. One refused before it changed anything is not: a stream of
+    /// refused answers must not make the worker reread its whole store before each command.
+    async fn answered<T>(
+        &mut self,
+        outcome: Result<T, RuntimeError>,
+        id: &str,
+    ) -> Result<T, RuntimeError> {
+        let outcome = self.committed(outcome);
+        if outcome.is_err() {
+            let unfinished = self.fsm.state != AgentState::Idle
+                || match self.incident_for(id).await {
+                    Ok(incident) => matches!(
+                        incident.status,
+                        crate::store::IncidentStatus::Triaging
+                            | crate::store::IncidentStatus::Executing
+                    ),
+                    Err(RuntimeError::Store(crate::store::StoreError::UnknownIncident(_))) => false,
+                    Err(_) => true,
+                };
+            self.unsettled |= unfinished;
+        }
+        outcome
+    }
+
+    /// [`Self::committed`], noting a failure for [`Self::settle`].
+    fn settled<T>(&mut self, outcome: Result<T, RuntimeError>) -> Result<T, RuntimeError> {
+        let outcome = self.committed(outcome);
+        if let Err(e) = &outcome {
+            self.note_failure(e);
+        }
+        outcome
     }
 }
 

@@ -55,6 +55,10 @@ impl IncidentStore for AuditFirst {
         self.inner.recent(filter, limit).await
     }
 
+    async fn open_ids(&self) -> Result<std::collections::HashSet<String>, StoreError> {
+        self.inner.open_ids().await
+    }
+
     async fn open_for(
         &self,
         agent: &str,

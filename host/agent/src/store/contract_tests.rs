@@ -138,9 +138,14 @@ async fn incidents_are_found_by_id_fingerprint_and_approval() {
             store.latest_for("kafka", "fp").await.expect("latest"),
             Some(closed)
         );
+        assert!(store.open_ids().await.expect("open ids").is_empty());
         // A newer one for the same fingerprint is both.
         let second = proposed(incident("inc-0b", "fp", 2), "apr-0b-01");
         store.save(&second).await.expect("save");
+        assert_eq!(
+            store.open_ids().await.expect("open ids"),
+            ["inc-0b".to_string()].into_iter().collect()
+        );
         assert_eq!(
             store
                 .open_for("kafka", "fp")

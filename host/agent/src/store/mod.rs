@@ -429,6 +429,15 @@ pub enum ClaimError {
         incident: String,
         status: IncidentStatus,
     },
+    /// An answer that names the incident while a proposal waits: it could answer a plan its
+    /// sender never saw.
+    #[error(
+        "incident {incident} has a proposal waiting ({approval_id}): read it and answer it by its id"
+    )]
+    ProposalWaiting {
+        incident: String,
+        approval_id: String,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -497,6 +506,17 @@ pub trait IncidentStore: Send + Sync {
     /// unanswered, record `answer`, set `next` as its status and return it; else refuse.
     /// Exactly one of any number of concurrent callers wins.
     async fn claim(&self, answer: Answer, next: IncidentStatus) -> Result<Incident, ClaimError>;
+    /// The ids of every open incident: what audit retention must keep the records of. The
+    /// default reads every incident; a database store reads the ids by its status index, as
+    /// `open_for` trusts it (an id too many only keeps more).
+    async fn open_ids(&self) -> Result<std::collections::HashSet<String>, StoreError> {
+        let (incidents, _) = self.scan().await?;
+        Ok(incidents
+            .into_iter()
+            .filter(|i| i.status.is_open())
+            .map(|i| i.id)
+            .collect())
+    }
     /// Retention: remove up to `limit` of `agent`'s closed incidents last written before
     /// `before`, and return their ids. The audit keeps their whole history; the store keeps
     /// what the host acts on, so it does not grow with every incident ever closed.

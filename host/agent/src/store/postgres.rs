@@ -579,6 +579,16 @@ impl IncidentStore for PgStore {
         Ok(self.rows.incidents(rows, |i| filter.keeps(i)))
     }
 
+    async fn open_ids(&self) -> Result<std::collections::HashSet<String>, StoreError> {
+        let ids: Vec<String> =
+            sqlx::query_scalar("SELECT id FROM incidents WHERE status = ANY($1)")
+                .bind(open_statuses())
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| self.rows.fail(e))?;
+        Ok(ids.into_iter().collect())
+    }
+
     async fn open_for(
         &self,
         agent: &str,

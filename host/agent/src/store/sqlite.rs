@@ -256,6 +256,18 @@ impl IncidentStore for SqliteStore {
         Ok(self.rows.incidents(rows, |i| filter.keeps(i)))
     }
 
+    async fn open_ids(&self) -> Result<std::collections::HashSet<String>, StoreError> {
+        let sql = format!(
+            "SELECT id FROM incidents WHERE status IN ({})",
+            open_statuses_sql()
+        );
+        let ids: Vec<String> = sqlx::query_scalar(&sql)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(|e| self.fail(e))?;
+        Ok(ids.into_iter().collect())
+    }
+
     async fn open_for(
         &self,
         agent: &str,

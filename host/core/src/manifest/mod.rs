@@ -762,16 +762,22 @@ fn mutations(
         );
     }
     // A destructive capability must say exactly what it acts on, so an approval covers that.
+    // One destructive by an argument (scale to zero) binds its target the same way — every
+    // other argument — or an approval of one deployment's scaling would let the step take
+    // any other to zero; the count itself stays the step's to choose within its bounds.
     for cap in granted {
         let Some(c) = capability::lookup(cap) else {
             continue;
         };
-        if c.destructive != Destructive::Always {
-            continue;
-        }
+        let free = match c.destructive {
+            Destructive::Always => None,
+            Destructive::WhenZero(arg) => Some(arg),
+            Destructive::No => continue,
+        };
         let unbound: Vec<&str> = capability::args_of(cap)
             .iter()
             .map(|(name, _)| *name)
+            .filter(|name| Some(*name) != free)
             .filter(|name| {
                 !out.get(cap)
                     .is_some_and(|d: &MutationDecl| d.args.contains_key(*name))
@@ -781,7 +787,8 @@ fn mutations(
             return Err((
                 format!("steps[{i}].mutations"),
                 format!(
-                    "`{cap}` is destructive and its argument(s) {} are not bound to the plan",
+                    "`{cap}` is destructive{} and its argument(s) {} are not bound to the plan",
+                    free.map(|a| format!(" (with {a} = 0)")).unwrap_or_default(),
                     unbound.join(", ")
                 ),
                 format!(
@@ -790,7 +797,8 @@ fn mutations(
                 ),
             ));
         }
-        if let Some(decl) = out.get_mut(cap)
+        if free.is_none()
+            && let Some(decl) = out.get_mut(cap)
             && decl.max_calls.is_none()
         {
             decl.max_calls = Some(1);
