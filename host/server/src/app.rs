@@ -139,6 +139,11 @@ pub fn runtime_error(e: RuntimeError) -> ApiError {
         e @ RuntimeError::Approval(_) => ApiError::forbidden(e.to_string()),
         e @ RuntimeError::Illegal { .. } => ApiError::conflict(e.to_string()),
         e @ RuntimeError::Agent { .. } => ApiError::not_found(e.to_string()),
+        e @ RuntimeError::Unfinished { .. } => ApiError::new(
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "answer-unfinished",
+            e.to_string(),
+        ),
         e @ (RuntimeError::Audit(_)
         | RuntimeError::Stopped(_)
         | RuntimeError::Backend(_)

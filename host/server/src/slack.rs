@@ -382,6 +382,9 @@ pub async fn interactions(
                 incident.id,
                 incident.status
             ),
+            Err(e @ themis_agent::RuntimeError::Unfinished { .. }) => {
+                format!("{verb} by <@{user}>: {e}")
+            }
             Err(e) => format!("Refused: {}", runtime_error(e).message),
         };
         if let Some(url) = response_url {

@@ -464,10 +464,18 @@ impl AuditLog {
         })
     }
 
-    /// The sealed segments, oldest first, and the active file's length.
+    /// The sealed segments, oldest first, and the active file's length. The folder is listed
+    /// without the tail's lock (a scrape or a retention pass must not hold up appends): a
+    /// file sealed meanwhile starts at or after the active file's first record as it was
+    /// read, and is left out, so the answer is the log as it stood at that instant.
     pub fn segments(&self) -> Result<(Vec<segments::Segment>, u64), AuditError> {
-        let tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
-        Ok((self.sealed_locked()?, tail.file_len))
+        let (first_seq, file_len) = {
+            let tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
+            (tail.first_seq, tail.file_len)
+        };
+        let mut sealed = self.sealed_locked()?;
+        sealed.retain(|s| s.first_seq < first_seq);
+        Ok((sealed, file_len))
     }
 
     /// Remove the oldest `n` sealed segments (retention), announcing them on the chain first —

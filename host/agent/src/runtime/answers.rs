@@ -252,26 +252,40 @@ impl Worker {
             approved_by: by.clone(),
             plan_digest: request.plan_digest.clone(),
         };
-        ctx.audit.append(&name, Some(&incident.id), "approval", json!({ "approval": approval_id, "approver": by, "plan": request.plan, "plan_digest": request.plan_digest, "shown_digest": shown, "bound_to_execution": execution_id, "provenance": provenance(agent, Some(&runbook)) }))?;
-        let first = agent
-            .catalog
-            .get(&runbook)
-            .map(|l| l.runbook.steps[0].id.clone())
-            .unwrap_or_default();
-        self.fsm
-            .fire(
-                &ctx,
-                &incident.id,
-                Event::ApprovalGranted {
-                    incident: incident.id.clone(),
-                    runbook: runbook.clone(),
-                    step: first,
-                },
-            )
-            .await?;
-        incident.proposal = None;
-        self.resume_plan(&mut incident, request.plan, Some(approval))
-            .await?;
+        // Claimed: from here on a failure is not a refusal. The approval may be on the record
+        // and its run may start (or have acted) when the host recovers the incident; the
+        // approver is told that, never "nothing was done".
+        let ran: Result<(), RuntimeError> = async {
+            ctx.audit.append(&name, Some(&incident.id), "approval", json!({ "approval": approval_id, "approver": by, "plan": request.plan, "plan_digest": request.plan_digest, "shown_digest": shown, "bound_to_execution": execution_id, "dry_run": ctx.backends.is_dry_run(), "provenance": provenance(agent, Some(&runbook)) }))?;
+            let first = agent
+                .catalog
+                .get(&runbook)
+                .map(|l| l.runbook.steps[0].id.clone())
+                .unwrap_or_default();
+            self.fsm
+                .fire(
+                    &ctx,
+                    &incident.id,
+                    Event::ApprovalGranted {
+                        incident: incident.id.clone(),
+                        runbook: runbook.clone(),
+                        step: first,
+                    },
+                )
+                .await?;
+            incident.proposal = None;
+            self.resume_plan(&mut incident, request.plan, Some(approval))
+                .await
+        }
+        .await;
+        ran.map_err(|e| RuntimeError::Unfinished {
+            incident: incident.id.clone(),
+            answered: format!(
+                "{approval_id} was approved by {} (bound to execution {execution_id})",
+                by.name
+            ),
+            source: Box::new(e),
+        })?;
         Ok(incident)
     }
 
@@ -441,6 +455,8 @@ impl Worker {
             }
             None => incident,
         };
+        let claimed = on_table.as_ref().map(|r| r.id.clone());
+        let ran: Result<(), RuntimeError> = async {
         ctx.audit.append(&name, Some(&incident.id), "adjustment", json!({ "answers": on_table.as_ref().map(|r| &r.id), "by": by, "plan": plan, "plan_digest": plan.digest(), "provenance": loaded.provenance(), "verdict": verdict, "reason": verdict.reason() }))?;
         incident.proposal = None;
         match verdict {
@@ -468,10 +484,24 @@ impl Worker {
                     &selection,
                     Vec::new(),
                     Some(plan),
-                    by,
+                    by.clone(),
                 )
                 .await?;
             }
+        }
+        Ok(())
+        }
+        .await;
+        if let Err(e) = ran {
+            return Err(match claimed {
+                // A proposal was claimed by this answer: past the point of "nothing was done".
+                Some(approval_id) => RuntimeError::Unfinished {
+                    incident: incident.id.clone(),
+                    answered: format!("{approval_id} was adjusted by {}", by.name),
+                    source: Box::new(e),
+                },
+                None => e,
+            });
         }
         Ok(incident)
     }

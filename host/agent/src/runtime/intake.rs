@@ -20,6 +20,14 @@ impl Worker {
         let ctx = self.ctx.clone();
         let name = ctx.agent.def.name.clone();
         let mut open = ctx.store.open_for(&name, &alert.fingerprint).await?;
+        // Taken up already (an attempt a store or audit error cut off after the incident knew
+        // it): not counted again.
+        if let Some(known) = &open
+            && intake.is_some()
+            && known.last_intake == intake
+        {
+            return Ok(AlertOutcome::Attached(known.clone()));
+        }
         if let Some(stale) = &open
             && self.expire_if_due(stale).await?.is_some()
         {
@@ -97,6 +105,14 @@ impl Worker {
                 .await?
                 .filter(|i| i.source_resolved_at.is_none()),
         };
+        if let Some(known) = &target
+            && intake.is_some()
+            && known.last_intake == intake
+        {
+            // Recorded on it already by an attempt a failure cut off; recovery withdraws a
+            // proposal that attempt could not.
+            return Ok(target);
+        }
         ctx.audit.append_deferred(
             &name,
             target.as_ref().map(|i| i.id.as_str()),
@@ -106,6 +122,7 @@ impl Worker {
         let Some(mut incident) = target else {
             return Ok(None);
         };
+
         incident.source_resolved_at = Some(ctx.clock.now());
         incident.last_intake = intake.or(incident.last_intake);
         // Escalated with no plan, or interrupted: a human was told and nothing waits on this

@@ -11,6 +11,8 @@ use themis_sandbox::journal::{CallIntent, CallJournal};
 
 pub(crate) struct AuditJournal {
     pub(crate) audit: Arc<AuditLog>,
+    /// Asked before every change whether this host still holds the state.
+    pub(crate) store: Arc<dyn crate::store::IncidentStore>,
     pub(crate) agent: String,
     pub(crate) incident: String,
     /// The agent's destructive opt-outs, named on every record they affect.
@@ -20,6 +22,12 @@ pub(crate) struct AuditJournal {
 #[async_trait]
 impl CallJournal for AuditJournal {
     async fn intent(&self, intent: &CallIntent) -> Result<(), String> {
+        // A host another took the state over from must change nothing: the other resumes or
+        // interrupts this incident from what it knows, and a change made here would be one it
+        // does not.
+        self.store.confirm_held().await.map_err(|e| {
+            format!("this host may no longer hold the state, so it makes no change: {e}")
+        })?;
         let mut data = json!({ "intent": intent });
         if let Some(why) = self.opted_out.get(&intent.capability) {
             data["destructive_opt_out"] = json!({ "capability": intent.capability, "reason": why });

@@ -161,6 +161,16 @@ pub enum RuntimeError {
     Backend(#[from] ProviderError),
     #[error("agent `{0}` has stopped; restart the host")]
     Stopped(String),
+    /// An answer was claimed and is on the record, and what it set going failed after that:
+    /// not "nothing was done" — the host takes the incident up again on its own.
+    #[error(
+        "{answered}, but then: {source}. The host takes incident {incident} up again on its own at its next command or tick (see `themis audit show {incident}`); do not change the system by hand meanwhile"
+    )]
+    Unfinished {
+        incident: String,
+        answered: String,
+        source: Box<RuntimeError>,
+    },
 }
 
 /// What became of an alert.

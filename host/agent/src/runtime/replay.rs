@@ -331,7 +331,7 @@ impl Worker {
     /// Take up one accepted alert as its record holds it: a firing alert opens or joins an
     /// incident, a resolved one is recorded on its incident. A failure is on the record and
     /// the agent is idle again; only a failed audit write is an error.
-    pub(crate) async fn take_accepted(&mut self, accepted: Record) -> Result<(), RuntimeError> {
+    pub(crate) async fn take_accepted(&mut self, accepted: Record) -> Result<Taken, RuntimeError> {
         let ctx = self.ctx.clone();
         let agent = ctx.agent.def.name.clone();
         let seq = accepted.seq;
@@ -350,13 +350,19 @@ impl Worker {
                 "alert-take-failed",
                 json!({ "intake": seq, "error": "the accepted record does not hold an alert and its status" }),
             )?;
-            return Ok(());
+            return Ok(Taken::Done);
         };
         let handled = match status {
             AlertStatus::Firing => self.alert(alert, Some(seq)).await.map(|_| ()),
             AlertStatus::Resolved => self.resolved(alert, Some(seq)).await.map(|_| ()),
         };
         if let Err(e) = handled {
+            // The store or the audit failed: the alert is not on the record as taken, and is
+            // taken up again once recovery has run (an incident it reached meanwhile knows it
+            // by `last_intake`, so it is not counted twice).
+            if passing(&e) {
+                return Ok(Taken::Again(e));
+            }
             self.note_failure(&e);
             tracing::error!(agent = %agent, intake = seq, error = %e, "an accepted alert failed");
             ctx.audit.append(
@@ -367,8 +373,28 @@ impl Worker {
             )?;
             self.ensure_idle().await?;
         }
-        Ok(())
+        Ok(Taken::Done)
     }
+}
+
+/// What became of an accepted alert handed to the worker.
+pub(crate) enum Taken {
+    /// On the record as taken up: handled, or failed in a way trying again would repeat.
+    Done,
+    /// Not taken: the store or the audit failed; take it up again later.
+    Again(RuntimeError),
+}
+
+/// A failure of the store or the audit — it may pass — rather than of the alert itself.
+fn passing(e: &RuntimeError) -> bool {
+    matches!(
+        e,
+        RuntimeError::Store(_)
+            | RuntimeError::Audit(_)
+            | RuntimeError::Claim(crate::store::ClaimError::Store(_))
+            | RuntimeError::Backend(_)
+            | RuntimeError::Stopped(_)
+    )
 }
 
 #[cfg(test)]

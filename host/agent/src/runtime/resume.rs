@@ -467,6 +467,24 @@ impl Worker {
                 later.kind, later.seq
             ));
         }
+        // An approval given to a host in dry-run (shadow) mode approved a rehearsal: it never
+        // starts live on a host restarted with its real backends, nor the other way round.
+        // (Approvals recorded before the mode was kept on them were given live, the default.)
+        let approved_dry = recorded.data["dry_run"].as_bool().unwrap_or(false);
+        if approved_dry != ctx.backends.is_dry_run() {
+            let mode = |dry: bool| {
+                if dry {
+                    "in dry-run (shadow) mode"
+                } else {
+                    "live"
+                }
+            };
+            return not_started(format!(
+                "the approval was given {} and the host is now {}; nothing of the plan ran",
+                mode(approved_dry),
+                mode(ctx.backends.is_dry_run())
+            ));
+        }
         let Some(request) = proposal.clone().filter(|p| p.id == answer.approval_id) else {
             return not_started("the approved proposal cannot be read back from the audit".into());
         };

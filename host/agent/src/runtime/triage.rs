@@ -166,6 +166,7 @@ impl Worker {
             approval,
             journal: Arc::new(AuditJournal {
                 audit: ctx.audit.clone(),
+                store: ctx.store.clone(),
                 agent: ctx.agent.def.name.clone(),
                 incident: incident.id.clone(),
                 opted_out: ctx.destructive.opted_out.clone(),

@@ -70,6 +70,22 @@ pub(crate) struct Worker {
     /// this agent runs, so the start's recovery is run again before the next one (at the
     /// latest at the next tick) rather than at the next restart.
     pub(crate) unsettled: bool,
+    /// An accepted alert whose taking up failed on a store or audit error: taken up again,
+    /// before anything after it, once the failure may have passed. Never dropped: the intake
+    /// answered 200 for it.
+    pub(crate) held: Option<Held>,
+}
+
+/// An accepted alert waiting to be taken up again, and when.
+pub(crate) struct Held {
+    record: crate::audit::Record,
+    attempts: u32,
+    due: std::time::Instant,
+}
+
+/// The wait before a held alert is tried again: a second, doubling to a minute.
+fn hold_for(attempts: u32) -> std::time::Duration {
+    std::time::Duration::from_secs(1u64 << attempts.min(6)).min(std::time::Duration::from_secs(60))
 }
 
 impl Worker {
@@ -121,6 +137,7 @@ impl Worker {
                 backlog: None,
                 retention: None,
                 unsettled: false,
+                held: None,
             },
             rx,
         ))
@@ -153,6 +170,7 @@ impl Worker {
                 return;
             }
             let wake = self.backlog.as_ref().map(|(b, _)| b.clone());
+            let retry = self.held.as_ref().map(|h| h.due);
             tokio::select! {
                 command = queue.recv() => match command {
                     Some(command) => self.command(command).await,
@@ -161,6 +179,12 @@ impl Worker {
                 () = async {
                     match &wake {
                         Some(b) => b.wake.notified().await,
+                        None => std::future::pending().await,
+                    }
+                } => {}
+                () = async {
+                    match retry {
+                        Some(due) => tokio::time::sleep_until(due.into()).await,
                         None => std::future::pending().await,
                     }
                 } => {}
@@ -174,18 +198,29 @@ impl Worker {
             return false;
         };
         let backlog = backlog.clone();
-        let (record, replayed) = match reader.next() {
-            Ok(Some(next)) => next,
-            Ok(None) => return false,
-            Err(e) => {
-                // Unreadable now; the alerts stay on the audit and a restart replays them.
-                tracing::error!(agent = %self.ctx.agent.def.name, error = %e, "the backlog cannot be read");
+        // A held alert goes first, in its time: nothing after it is taken before it.
+        let (record, replayed, attempts) = match self.held.take() {
+            Some(held) if held.due > std::time::Instant::now() => {
+                self.held = Some(held);
                 return false;
             }
+            Some(held) => (held.record, false, held.attempts),
+            None => match reader.next() {
+                Ok(Some((record, replayed))) => (record, replayed, 0),
+                Ok(None) => return false,
+                Err(e) => {
+                    // Unreadable now; the alerts stay on the audit and a restart replays them.
+                    tracing::error!(agent = %self.ctx.agent.def.name, error = %e, "the backlog cannot be read");
+                    return false;
+                }
+            },
         };
         self.settle().await;
         if let Err(e) = self.ensure_idle().await {
-            tracing::error!(agent = %self.ctx.agent.def.name, error = %e, "the agent could not be made idle for the next alert");
+            // Taking the alert up now would only record it refused by the state machine.
+            tracing::error!(agent = %self.ctx.agent.def.name, error = %e, "the agent could not be made idle for the next alert; it waits");
+            self.hold(record, attempts);
+            return true;
         }
         if replayed
             && let Err(e) = self.ctx.audit.append(
@@ -195,13 +230,23 @@ impl Worker {
                 serde_json::json!({ "intake": record.seq, "reason": "accepted before the host stopped and never taken up by the agent" }),
             )
         {
-            // Not on the record, not taken: the next start replays it.
-            tracing::error!(agent = %self.ctx.agent.def.name, error = %e, "a replayed alert could not be recorded");
+            tracing::error!(agent = %self.ctx.agent.def.name, error = %e, "a replayed alert could not be recorded; it waits");
+            self.hold(record, attempts);
             return true;
         }
-        if let Err(e) = self.take_accepted(record).await {
+        let seq = record.seq;
+        let failed = match self.take_accepted(record.clone()).await {
+            Ok(super::replay::Taken::Done) => None,
+            Ok(super::replay::Taken::Again(e)) | Err(e) => Some(e),
+        };
+        if let Some(e) = failed {
             self.note_failure(&e);
-            tracing::error!(agent = %self.ctx.agent.def.name, error = %e, "an accepted alert could not be taken up");
+            tracing::error!(agent = %self.ctx.agent.def.name, intake = seq, error = %e, "an accepted alert could not be taken up; it is taken up again after recovery");
+            if let Err(e) = self.ctx.audit.commit() {
+                tracing::error!(agent = %self.ctx.agent.def.name, error = %e, "the audit could not be made durable");
+            }
+            self.hold(record, attempts);
+            return true;
         }
         // The end of an alert's handling is a commit point: nothing it wrote waits for the
         // next alert to become durable.
@@ -274,6 +319,16 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Keep `record` to be taken up again after a wait.
+    fn hold(&mut self, record: crate::audit::Record, attempts: u32) {
+        self.unsettled = true;
+        self.held = Some(Held {
+            record,
+            attempts: attempts.saturating_add(1),
+            due: std::time::Instant::now() + hold_for(attempts),
+        });
     }
 
     /// Run the start's recovery again if a failure may have left work half-done; until it

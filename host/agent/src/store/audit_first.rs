@@ -34,6 +34,10 @@ impl IncidentStore for AuditFirst {
         self.inner.lost()
     }
 
+    async fn confirm_held(&self) -> Result<(), StoreError> {
+        self.inner.confirm_held().await
+    }
+
     async fn save(&self, incident: &Incident) -> Result<(), StoreError> {
         self.commit()?;
         self.inner.save(incident).await

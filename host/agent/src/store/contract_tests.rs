@@ -497,6 +497,7 @@ async fn a_postgres_store_is_held_by_one_host_and_a_fenced_host_writes_nothing()
     a.save(&incident("inc-22", "fp3", 3))
         .await
         .expect("A writes on: nobody took over");
+    a.confirm_held().await.expect("A still holds the state");
 
     // B waits in the server's lock queue; the moment A's session ends the lock is B's, before
     // A can take it back. B raises the token; from then on A writes nothing, and knows it.
@@ -516,6 +517,13 @@ async fn a_postgres_store_is_held_by_one_host_and_a_fenced_host_writes_nothing()
     tokio::time::sleep(Duration::from_millis(300)).await;
     cut(&mut admin, again[0]).await;
     let b = waiting.await.expect("task").expect("host b takes over");
+    // Asked before a change, the database says A no longer holds it — whether or not A's own
+    // watch has noticed yet.
+    b.confirm_held().await.expect("B holds the state");
+    assert!(
+        matches!(a.confirm_held().await, Err(StoreError::Fenced { .. })),
+        "A is fenced"
+    );
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while a.lost().is_none() {
         assert!(

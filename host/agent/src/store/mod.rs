@@ -449,6 +449,13 @@ pub trait IncidentStore: Send + Sync {
     fn lost(&self) -> Option<String> {
         None
     }
+    /// That this host still holds the store, asked of the store itself (a shared database's
+    /// fencing token): what a mutating capability call checks before it acts, so a host that
+    /// lost the state to another makes no change the other does not know of. A store in the
+    /// state directory is always held.
+    async fn confirm_held(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
     async fn save(&self, incident: &Incident) -> Result<(), StoreError>;
     async fn get(&self, id: &str) -> Result<Incident, StoreError>;
     /// Every incident, oldest first; the first unreadable or tampered one is an error.
