@@ -21,6 +21,20 @@ async fn host(dir: &std::path::Path, ttl: &str) -> TestHost {
     spec.start().await.expect("host")
 }
 
+/// The on-call human approves `proposal` as it was shown.
+async fn approve_as_oncall(
+    host: &TestHost,
+    proposal: &themis_core::policy::ApprovalRequest,
+) -> Result<themis_agent::store::Incident, themis_agent::RuntimeError> {
+    host.runtime
+        .approve(
+            &proposal.id,
+            Identity::scenario("oncall"),
+            Some(proposal.plan_digest.clone()),
+        )
+        .await
+}
+
 fn withdrawn(audit: &std::path::Path, incident: &str) -> Vec<serde_json::Value> {
     records(audit)
         .into_iter()
@@ -51,14 +65,7 @@ async fn a_proposal_whose_alert_resolved_is_withdrawn_and_cannot_be_approved() {
         "{:?}",
         resolved.reason
     );
-    let late = host
-        .runtime
-        .approve(
-            &proposal.id,
-            Identity::scenario("oncall"),
-            Some(proposal.plan_digest.clone()),
-        )
-        .await;
+    let late = approve_as_oncall(&host, &proposal).await;
     let refusal = late
         .expect_err("a withdrawn proposal cannot be approved")
         .to_string();
@@ -166,13 +173,7 @@ async fn a_waiting_proposal_is_not_answered_by_its_incidents_id() {
         .count();
     assert_eq!(refusals, 2, "each refusal is on the record");
     // The proposal itself is still answerable by its id.
-    let approved = host
-        .runtime
-        .approve(
-            &proposal.id,
-            Identity::scenario("oncall"),
-            Some(proposal.plan_digest.clone()),
-        )
+    let approved = approve_as_oncall(&host, &proposal)
         .await
         .expect("approved by its id");
     assert_ne!(approved.status, IncidentStatus::PendingApproval);
@@ -239,14 +240,7 @@ async fn a_proposal_whose_alert_resolved_before_a_stop_is_withdrawn_at_start() {
     let now = second.store.get(&incident.id).await.expect("incident");
     assert_eq!(now.status, IncidentStatus::Rejected, "{now:#?}");
     assert_eq!(withdrawn(&second.audit_path, &incident.id).len(), 1);
-    let late = second
-        .runtime
-        .approve(
-            &proposal.id,
-            Identity::scenario("oncall"),
-            Some(proposal.plan_digest.clone()),
-        )
-        .await;
+    let late = approve_as_oncall(&second, &proposal).await;
     assert!(
         late.is_err(),
         "a withdrawn proposal cannot be approved: {late:?}"

@@ -408,6 +408,25 @@ async fn postgres_host(
     .expect("runtime")
 }
 
+/// The approved plan (terminate-blocker) started once, bound to the approval's execution
+/// `bound`, and finished.
+fn ran_once_as_approved(records: &[Value], bound: &Value) {
+    let starts: Vec<_> = records
+        .iter()
+        .filter(|r| {
+            r["kind"] == "execution-start" && r["data"]["runbook_id"] == "terminate-blocker"
+        })
+        .collect();
+    assert_eq!(starts.len(), 1, "the approved plan ran once");
+    assert_eq!(&starts[0]["data"]["execution_id"], bound);
+    assert!(
+        records.iter().any(|r| r["kind"] == "result"
+            && &r["data"]["execution_id"] == bound
+            && r["data"]["outcome"]["status"] == "succeeded"),
+        "the approved run finished"
+    );
+}
+
 /// Review defect: a stop between an approval's claim and its run's start left the incident
 /// `interrupted`, naming the runbook that ran before, and the approval used up although nothing
 /// of the plan had acted. The next start now runs the approved plan, bound to the approval's
@@ -471,14 +490,7 @@ async fn an_approved_run_cut_off_before_it_started_is_started_on_recovery() {
             && r["data"]["execution_id"] == bound),
         "recovery says it starts the approved run"
     );
-    let starts: Vec<_> = records
-        .iter()
-        .filter(|r| {
-            r["kind"] == "execution-start" && r["data"]["runbook_id"] == "terminate-blocker"
-        })
-        .collect();
-    assert_eq!(starts.len(), 1, "the approved plan ran once");
-    assert_eq!(starts[0]["data"]["execution_id"], bound);
+    ran_once_as_approved(&records, &bound);
     let terminations = records
         .iter()
         .filter(|r| {
@@ -487,12 +499,6 @@ async fn an_approved_run_cut_off_before_it_started_is_started_on_recovery() {
         })
         .count();
     assert_eq!(terminations, 1, "one termination for one approval");
-    assert!(
-        records.iter().any(|r| r["kind"] == "result"
-            && r["data"]["execution_id"] == bound
-            && r["data"]["outcome"]["status"] == "succeeded"),
-        "the approved run finished"
-    );
     second.stop().await;
 }
 
@@ -556,20 +562,7 @@ async fn an_approved_run_a_store_error_cut_off_is_started_before_the_next_comman
         .find(|r| r["kind"] == "approval")
         .map(|r| r["data"]["bound_to_execution"].clone())
         .expect("the approval is on the record");
-    let starts: Vec<_> = records
-        .iter()
-        .filter(|r| {
-            r["kind"] == "execution-start" && r["data"]["runbook_id"] == "terminate-blocker"
-        })
-        .collect();
-    assert_eq!(starts.len(), 1, "the approved plan ran once");
-    assert_eq!(starts[0]["data"]["execution_id"], bound);
-    assert!(
-        records.iter().any(|r| r["kind"] == "result"
-            && r["data"]["execution_id"] == bound
-            && r["data"]["outcome"]["status"] == "succeeded"),
-        "the approved run finished"
-    );
+    ran_once_as_approved(&records, &bound);
     host.stop().await;
 }
 

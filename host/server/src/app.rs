@@ -95,6 +95,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             ApiError::not_found("no such endpoint; the API is under /api/v1 (see the README)")
         })
         .layer(DefaultBodyLimit::max(state.config.body_limit))
+        .layer(axum::middleware::from_fn(crate::deadline::body_deadline))
         .with_state(state)
 }
 

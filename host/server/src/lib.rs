@@ -13,6 +13,7 @@ pub mod app;
 mod approvals;
 mod auth;
 pub mod config;
+mod deadline;
 pub mod error;
 pub mod events;
 mod intake;

@@ -62,7 +62,7 @@ async fn fresh_database() -> Option<PgTarget> {
     })
 }
 
-fn incident(id: &str, fingerprint: &str, opened: u64) -> Incident {
+pub(super) fn incident(id: &str, fingerprint: &str, opened: u64) -> Incident {
     let alert = Alert {
         name: "KafkaConsumerLag".into(),
         fingerprint: fingerprint.into(),

@@ -432,22 +432,9 @@ impl IncidentStore for JsonStore {
 mod tests {
     use super::*;
     use crate::store::IncidentStatus;
-    use themis_core::types::Alert;
 
     fn incident(id: &str) -> Incident {
-        let alert = Alert {
-            name: "KafkaConsumerLag".into(),
-            fingerprint: "fp".into(),
-            labels: vec![],
-            annotations: vec![],
-            source: None,
-        };
-        Incident::opened(
-            id.into(),
-            "kafka".into(),
-            alert,
-            std::time::SystemTime::now(),
-        )
+        super::super::contract_tests::incident(id, "fp", 1)
     }
 
     /// Review defect: a stop between saving an incident closed and removing its open marker
