@@ -502,28 +502,44 @@ async fn an_approved_run_cut_off_before_it_started_is_started_on_recovery() {
     second.stop().await;
 }
 
-/// Review defect: a store error between an approval's claim and its run's start left the
-/// incident `executing` with nothing running it until the host restarted — its alert's later
-/// firings absorbed by it, nobody told. The worker now recovers as at start before its next
-/// command: the approved run is started, bound to the approval, once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_approved_run_a_store_error_cut_off_is_started_before_the_next_command() {
+/// A host over the lock-wait world whose store refuses `refusals` run starts and fails
+/// `lookups_failing` fingerprint lookups, then works: a database that comes and goes.
+async fn failing_host(
+    refusals: usize,
+    lookups_failing: usize,
+) -> (
+    tempfile::TempDir,
+    themis_testkit::scenario::Scenario,
+    Arc<dyn themis_agent::store::IncidentStore>,
+    themis_agent::Runtime,
+) {
     let dir = tempfile::tempdir().expect("tempdir");
     let world = crate::common::world_file("agent-postgres-lock-waits.yaml");
     let scenario = themis_testkit::scenario::load(&world).expect("scenario");
-    let mock = Arc::new(themis_testkit::mock::ScenarioMock::new(scenario.mocks).expect("mocks"));
+    let mock =
+        Arc::new(themis_testkit::mock::ScenarioMock::new(scenario.mocks.clone()).expect("mocks"));
     let store: Arc<dyn themis_agent::store::IncidentStore> =
         Arc::new(themis_agent::store::JsonStore::open(&dir.path().join("state")).expect("store"));
     let host = postgres_host(
         dir.path(),
         Arc::new(RefusesRunStart {
             inner: store.clone(),
-            refusals: 1.into(),
-            lookups_failing: 0.into(),
+            refusals: refusals.into(),
+            lookups_failing: lookups_failing.into(),
         }),
-        mock.clone(),
+        mock,
     )
     .await;
+    (dir, scenario, store, host)
+}
+
+/// Review defect: a store error between an approval's claim and its run's start left the
+/// incident `executing` with nothing running it until the host restarted — its alert's later
+/// firings absorbed by it, nobody told. The worker now recovers as at start before its next
+/// command: the approved run is started, bound to the approval, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approved_run_a_store_error_cut_off_is_started_before_the_next_command() {
+    let (dir, scenario, store, host) = failing_host(1, 0).await;
     let incident = match host
         .handle_alert(scenario.alert.to_alert())
         .await
@@ -571,22 +587,7 @@ async fn an_approved_run_a_store_error_cut_off_is_started_before_the_next_comman
 /// nobody told. It is now held and taken up again once the store answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_accepted_alert_a_store_error_cut_off_is_taken_up_again() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let world = crate::common::world_file("agent-postgres-lock-waits.yaml");
-    let scenario = themis_testkit::scenario::load(&world).expect("scenario");
-    let mock = Arc::new(themis_testkit::mock::ScenarioMock::new(scenario.mocks).expect("mocks"));
-    let store: Arc<dyn themis_agent::store::IncidentStore> =
-        Arc::new(themis_agent::store::JsonStore::open(&dir.path().join("state")).expect("store"));
-    let host = postgres_host(
-        dir.path(),
-        Arc::new(RefusesRunStart {
-            inner: store.clone(),
-            refusals: 0.into(),
-            lookups_failing: 2.into(),
-        }),
-        mock.clone(),
-    )
-    .await;
+    let (dir, scenario, store, host) = failing_host(0, 2).await;
     host.submit(
         scenario.alert.to_alert(),
         themis_agent::AlertStatus::Firing,
