@@ -545,7 +545,7 @@ async fn incident_page(
     // From the record that opened the incident on, as the API reads it: the files before it
     // are not read at every view.
     let found = tokio::task::spawn_blocking(move || {
-        audit.incident_records(&wanted, opened, crate::read::MAX_TIMELINE)
+        audit.incident_records(&wanted, opened, crate::read::TIMELINE)
     })
     .await;
     let (records, altered) = match found {

@@ -26,6 +26,12 @@ pub const MAX_LIST: usize = 1000;
 pub const DEFAULT_LIST: usize = 100;
 pub const MAX_TIMELINE: usize = 2000;
 
+/// What a timeline shows: the newest `MAX_TIMELINE` records within 16 MiB of their data.
+pub const TIMELINE: themis_agent::audit::Newest = themis_agent::audit::Newest {
+    records: MAX_TIMELINE,
+    bytes: 16 << 20,
+};
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AgentStatus {
     pub name: String,
@@ -264,7 +270,8 @@ pub async fn incidents(
 pub struct IncidentDetail {
     #[serde(flatten)]
     pub incident: IncidentView,
-    /// The incident's audit records, oldest first (the last MAX_TIMELINE).
+    /// The incident's audit records, oldest first: the newest MAX_TIMELINE, within 16 MiB of
+    /// their data.
     #[schema(value_type = Vec<Object>)]
     pub timeline: Vec<Record>,
     /// Records of this incident whose hash did not verify: left out, counted.
@@ -298,7 +305,7 @@ pub async fn incident(
     let wanted = id.clone();
     let from = incident.opened_seq;
     let (timeline, altered) =
-        tokio::task::spawn_blocking(move || audit.incident_records(&wanted, from, MAX_TIMELINE))
+        tokio::task::spawn_blocking(move || audit.incident_records(&wanted, from, TIMELINE))
             .await
             .map_err(|_| ApiError::unavailable("reading the audit failed"))?
             .map_err(|e| ApiError::unavailable(format!("reading the audit: {e}")))?;

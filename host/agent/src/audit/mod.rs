@@ -89,6 +89,68 @@ pub enum AuditError {
     },
 }
 
+/// How many of the newest matching records a search keeps: at most `records`, and — for what a
+/// reader is shown — at most `bytes` of their data together, so a long incident's timeline
+/// (each record up to `MAX_RECORD_BYTES`) never costs a request hundreds of megabytes.
+#[derive(Debug, Clone, Copy)]
+pub struct Newest {
+    pub records: usize,
+    pub bytes: usize,
+}
+
+impl Newest {
+    /// Every matching record up to `records`, whatever their size (what recovery reads).
+    pub fn records(records: usize) -> Newest {
+        Newest {
+            records,
+            bytes: usize::MAX,
+        }
+    }
+}
+
+/// The newest records kept so far, oldest first, within a [`Newest`].
+struct Kept {
+    limit: Newest,
+    out: std::collections::VecDeque<(Record, usize)>,
+    bytes: usize,
+}
+
+impl Kept {
+    fn new(limit: Newest) -> Kept {
+        Kept {
+            limit,
+            out: Default::default(),
+            bytes: 0,
+        }
+    }
+
+    fn push(&mut self, record: Record) {
+        let size = if self.limit.bytes == usize::MAX {
+            0
+        } else {
+            serde_json::to_vec(&record.data).map_or(0, |v| v.len())
+        };
+        self.bytes = self.bytes.saturating_add(size);
+        self.out.push_back((record, size));
+        // The newest record stays even alone over the budget: a timeline is never empty.
+        while self.out.len() > 1
+            && (self.out.len() > self.limit.records || self.bytes > self.limit.bytes)
+        {
+            if let Some((_, gone)) = self.out.pop_front() {
+                self.bytes -= gone;
+            }
+        }
+        if self.limit.records == 0 {
+            self.out.clear();
+            self.bytes = 0;
+        }
+    }
+
+    fn into_vec(self) -> Vec<Record> {
+        self.out.into_iter().map(|(r, _)| r).collect()
+    }
+}
+
 /// Where a record sits in the chain: enough to find it again and know it is the same one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecordRef {
@@ -544,13 +606,13 @@ impl AuditLog {
         &self,
         seq: u64,
         keep: impl Fn(&Record) -> bool,
-        limit: usize,
+        limit: Newest,
     ) -> Result<(Vec<Record>, usize), AuditError> {
         let io = |source| AuditError::Io {
             path: self.path.clone(),
             source,
         };
-        let mut out = std::collections::VecDeque::new();
+        let mut out = Kept::new(limit);
         // Only the records `keep` selects are checked and counted, as `find` does.
         let mut altered = 0;
         let mut file = self.file_holding(seq)?;
@@ -560,10 +622,7 @@ impl AuditLog {
                     if record.compute_hash() != record.hash {
                         altered += 1;
                     } else {
-                        if out.len() == limit {
-                            out.pop_front();
-                        }
-                        out.push_back(record);
+                        out.push(record);
                     }
                 }
                 true
@@ -574,7 +633,7 @@ impl AuditLog {
                 None => break,
             }
         }
-        Ok((out.into(), altered))
+        Ok((out.into_vec(), altered))
     }
 
     /// An incident's last `limit` records, as [`AuditLog::find`] returns them, read from the
@@ -584,7 +643,7 @@ impl AuditLog {
         &self,
         incident: &str,
         opened: Option<u64>,
-        limit: usize,
+        limit: Newest,
     ) -> Result<(Vec<Record>, usize), AuditError> {
         let mine = |r: &Record| r.incident.as_deref() == Some(incident);
         match opened {
@@ -599,9 +658,9 @@ impl AuditLog {
     pub fn find(
         &self,
         keep: impl Fn(&Record) -> bool,
-        limit: usize,
+        limit: Newest,
     ) -> Result<(Vec<Record>, usize), AuditError> {
-        let mut out = std::collections::VecDeque::new();
+        let mut out = Kept::new(limit);
         let mut altered = 0;
         each_record(self.files()?, |record| {
             if keep(&record) {
@@ -609,10 +668,7 @@ impl AuditLog {
                     altered += 1;
                     return true;
                 }
-                if out.len() == limit {
-                    out.pop_front();
-                }
-                out.push_back(record);
+                out.push(record);
             }
             true
         })
@@ -620,7 +676,7 @@ impl AuditLog {
             path: self.path.clone(),
             source,
         })?;
-        Ok((out.into(), altered))
+        Ok((out.into_vec(), altered))
     }
 
     /// Visit every record in order, each checked against its own hash (one that does not match
@@ -1246,6 +1302,70 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// An incident's timeline keeps its newest records within the byte budget (never none), and
+    /// recovery's reading keeps every one up to its count.
+    #[test]
+    fn an_incidents_records_are_kept_newest_first_within_the_budget() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log =
+            AuditLog::open(&dir.path().join("audit.jsonl"), Redactor::default()).expect("open");
+        let opened = log
+            .append("kafka", Some("inc-1"), "alert", json!({ "n": 0 }))
+            .expect("append");
+        for n in 1..=20 {
+            let big = "x".repeat(10_000);
+            log.append(
+                "kafka",
+                Some("inc-1"),
+                "alert-attached",
+                json!({ "n": n, "big": big }),
+            )
+            .expect("append");
+            log.append("kafka", Some("inc-2"), "alert", json!({ "n": n }))
+                .expect("append");
+        }
+        let ns = |records: &[Record]| {
+            records
+                .iter()
+                .map(|r| r.data["n"].clone())
+                .collect::<Vec<_>>()
+        };
+        let (all, altered) = log
+            .incident_records("inc-1", Some(opened.seq), Newest::records(100))
+            .expect("read");
+        assert_eq!((all.len(), altered), (21, 0));
+        let (within, _) = log
+            .incident_records(
+                "inc-1",
+                Some(opened.seq),
+                Newest {
+                    records: 100,
+                    bytes: 35_000,
+                },
+            )
+            .expect("read");
+        assert_eq!(ns(&within), vec![json!(18), json!(19), json!(20)]);
+        let (one, _) = log
+            .incident_records(
+                "inc-1",
+                None,
+                Newest {
+                    records: 100,
+                    bytes: 10,
+                },
+            )
+            .expect("read");
+        assert_eq!(
+            ns(&one),
+            vec![json!(20)],
+            "the newest stays even over the budget"
+        );
+        let (counted, _) = log
+            .incident_records("inc-1", None, Newest::records(2))
+            .expect("read");
+        assert_eq!(ns(&counted), vec![json!(19), json!(20)]);
+    }
+
     #[test]
     fn records_chain_and_reopening_continues_the_chain() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -1288,7 +1408,9 @@ mod tests {
         drop(log);
         assert!(verify::verify(&path).expect("reads").is_ok());
         let log = AuditLog::open(&path, Redactor::default()).expect("reopen");
-        let (found, altered) = log.find(|r| r.kind == "sample", 10).expect("find");
+        let (found, altered) = log
+            .find(|r| r.kind == "sample", Newest::records(10))
+            .expect("find");
         assert_eq!(altered, 0);
         let read: Vec<f64> = found
             .iter()
@@ -1499,7 +1621,10 @@ mod tests {
             assert_eq!(&log.record(&r.at()).expect("found"), r);
         }
         let (found, _) = log
-            .find(|r| r.incident.as_deref() == Some("inc-1"), 100)
+            .find(
+                |r| r.incident.as_deref() == Some("inc-1"),
+                Newest::records(100),
+            )
             .expect("find");
         assert_eq!(
             found.iter().map(|r| r.seq).collect::<Vec<_>>(),

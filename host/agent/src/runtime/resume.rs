@@ -286,7 +286,11 @@ impl Worker {
             return Ok(Some(format!("the agent was left `{state}`").into()));
         }
         let audit = ctx.audit.clone();
-        let found = audit.incident_records(&incident.id, incident.opened_seq, 100_000);
+        let found = audit.incident_records(
+            &incident.id,
+            incident.opened_seq,
+            crate::audit::Newest::records(100_000),
+        );
         let (records, altered) = match found {
             Ok(found) => found,
             Err(e) => return Ok(Some(format!("its record cannot be read: {e}").into())),
