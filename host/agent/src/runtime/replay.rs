@@ -331,7 +331,11 @@ impl Worker {
     /// Take up one accepted alert as its record holds it: a firing alert opens or joins an
     /// incident, a resolved one is recorded on its incident. A failure is on the record and
     /// the agent is idle again; only a failed audit write is an error.
-    pub(crate) async fn take_accepted(&mut self, accepted: Record) -> Result<Taken, RuntimeError> {
+    pub(crate) async fn take_accepted(
+        &mut self,
+        accepted: Record,
+        last_try: bool,
+    ) -> Result<Taken, RuntimeError> {
         let ctx = self.ctx.clone();
         let agent = ctx.agent.def.name.clone();
         let seq = accepted.seq;
@@ -360,7 +364,9 @@ impl Worker {
             // The store or the audit failed: the alert is not on the record as taken, and is
             // taken up again once recovery has run (an incident it reached meanwhile knows it
             // by `last_intake`, so it is not counted twice).
-            if passing(&e) {
+            // Not for ever: an alert the store keeps failing on must not hold up every alert
+            // of the agent behind it. The last try is recorded failed like any other.
+            if passing(&e) && !last_try {
                 return Ok(Taken::Again(e));
             }
             self.note_failure(&e);
@@ -385,16 +391,26 @@ pub(crate) enum Taken {
     Again(RuntimeError),
 }
 
-/// A failure of the store or the audit — it may pass — rather than of the alert itself.
+/// A failure of the store or the audit that may pass (a disk, a database away) rather than of
+/// the alert itself or of state that will read the same next time (changed outside Themis, a
+/// store another host took over).
 fn passing(e: &RuntimeError) -> bool {
-    matches!(
-        e,
-        RuntimeError::Store(_)
-            | RuntimeError::Audit(_)
-            | RuntimeError::Claim(crate::store::ClaimError::Store(_))
-            | RuntimeError::Backend(_)
-            | RuntimeError::Stopped(_)
-    )
+    use crate::store::{ClaimError, StoreError};
+    let store = |e: &StoreError| {
+        matches!(
+            e,
+            StoreError::Io { .. }
+                | StoreError::Database { .. }
+                | StoreError::AuditNotDurable(_)
+                | StoreError::Locked(_)
+        )
+    };
+    match e {
+        RuntimeError::Store(e) | RuntimeError::Claim(ClaimError::Store(e)) => store(e),
+        RuntimeError::Audit(crate::audit::AuditError::Io { .. }) => true,
+        RuntimeError::Backend(_) | RuntimeError::Stopped(_) => true,
+        _ => false,
+    }
 }
 
 #[cfg(test)]
@@ -402,6 +418,38 @@ mod tests {
     use super::*;
     use crate::audit::{AuditLog, Entry};
     use themis_core::redact::Redactor;
+
+    /// Only failures that may pass hold an alert back; state that reads the same next time
+    /// (changed outside Themis, taken over by another host) is recorded failed at once.
+    #[test]
+    fn only_a_failure_that_may_pass_holds_an_alert_back() {
+        use crate::store::StoreError;
+        let io = || std::io::Error::other("disk");
+        assert!(passing(&RuntimeError::Store(StoreError::Io {
+            path: "s".into(),
+            source: io(),
+        })));
+        assert!(passing(&RuntimeError::Store(StoreError::Database {
+            path: "s".into(),
+            message: "connection refused".into(),
+        })));
+        assert!(passing(&RuntimeError::Audit(
+            crate::audit::AuditError::Io {
+                path: "a".into(),
+                source: io(),
+            }
+        )));
+        assert!(!passing(&RuntimeError::Store(StoreError::Tampered {
+            path: "s".into(),
+        })));
+        assert!(!passing(&RuntimeError::Store(StoreError::UnknownIncident(
+            "inc-1".into()
+        ))));
+        assert!(!passing(&RuntimeError::Agent {
+            agent: "kafka".into(),
+            message: "probe halted".into(),
+        }));
+    }
 
     fn entry(kind: &str, data: Value) -> Entry {
         Entry {

@@ -83,6 +83,10 @@ pub(crate) struct Held {
     due: std::time::Instant,
 }
 
+/// How many times a held alert is tried in all (about four minutes of waits) before it is
+/// recorded as failed, so one alert the store keeps failing on does not hold up the rest.
+const MAX_HOLDS: u32 = 8;
+
 /// The wait before a held alert is tried again: a second, doubling to a minute.
 fn hold_for(attempts: u32) -> std::time::Duration {
     std::time::Duration::from_secs(1u64 << attempts.min(6)).min(std::time::Duration::from_secs(60))
@@ -235,7 +239,8 @@ impl Worker {
             return true;
         }
         let seq = record.seq;
-        let failed = match self.take_accepted(record.clone()).await {
+        let last_try = attempts + 1 >= MAX_HOLDS;
+        let failed = match self.take_accepted(record.clone(), last_try).await {
             Ok(super::replay::Taken::Done) => None,
             Ok(super::replay::Taken::Again(e)) | Err(e) => Some(e),
         };
