@@ -502,6 +502,26 @@ async fn an_approved_run_cut_off_before_it_started_is_started_on_recovery() {
     second.stop().await;
 }
 
+/// The incident whose plan waits for a human, once the accepted alert has been taken up (at
+/// most 30 s).
+async fn await_proposal(store: &Arc<dyn themis_agent::store::IncidentStore>) -> Incident {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (all, _) = store.scan().await.expect("scan");
+        if let Some(i) = all
+            .into_iter()
+            .find(|i| i.status == IncidentStatus::PendingApproval)
+        {
+            return i;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the accepted alert was never taken up into a proposal"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 /// A host over the lock-wait world whose store refuses `refusals` run starts and fails
 /// `lookups_failing` fingerprint lookups, then works: a database that comes and goes.
 async fn failing_host(
@@ -594,21 +614,7 @@ async fn an_accepted_alert_a_store_error_cut_off_is_taken_up_again() {
         json!({ "via": "test" }),
     )
     .expect("accepted");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let incident = loop {
-        let (all, _) = store.scan().await.expect("scan");
-        if let Some(i) = all
-            .into_iter()
-            .find(|i| i.status == IncidentStatus::PendingApproval)
-        {
-            break i;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the accepted alert was never taken up"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    };
+    let incident = await_proposal(&store).await;
     let records = crate::common::records(&dir.path().join("audit.jsonl"));
     assert!(
         !records.iter().any(|r| r["kind"] == "alert-take-failed"),
@@ -649,18 +655,7 @@ async fn proposed() -> Proposed {
         json!({ "via": "test" }),
     )
     .expect("accepted");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let incident = loop {
-        let (open, _) = store.scan().await.expect("scan");
-        if let Some(i) = open
-            .into_iter()
-            .find(|i| i.status == IncidentStatus::PendingApproval)
-        {
-            break i;
-        }
-        assert!(std::time::Instant::now() < deadline, "no proposal");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    };
+    let incident = await_proposal(&store).await;
     Proposed {
         dir,
         state,

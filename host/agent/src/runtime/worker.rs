@@ -245,7 +245,7 @@ impl Worker {
             Ok(super::replay::Taken::Again(e)) | Err(e) => Some(e),
         };
         if let Some(e) = failed {
-            self.note_failure(&e);
+            // `hold` marks the worker unsettled: recovery runs before the next try.
             tracing::error!(agent = %self.ctx.agent.def.name, intake = seq, error = %e, "an accepted alert could not be taken up; it is taken up again after recovery");
             if let Err(e) = self.ctx.audit.commit() {
                 tracing::error!(agent = %self.ctx.agent.def.name, error = %e, "the audit could not be made durable");
