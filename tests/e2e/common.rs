@@ -164,8 +164,10 @@ pub fn world_alert(name: &str) -> themis_core::types::Alert {
 
 /// Every audit record of a log, as JSON.
 pub fn records(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .expect("audit")
+    let text = std::fs::read_to_string(path).expect("audit");
+    // Complete lines only: a host may be writing the next one as this reads.
+    let end = text.rfind('\n').map_or(0, |i| i + 1);
+    text[..end]
         .lines()
         .map(|l| serde_json::from_str(l).expect("record"))
         .collect()

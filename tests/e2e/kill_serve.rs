@@ -106,17 +106,71 @@ async fn serve_killed_at_random_moments_loses_nothing_and_does_nothing_twice() {
     kill_trials(None, 10).await;
 }
 
-/// The same trials with the state in PostgreSQL (`store: postgres://…`): every restart takes
-/// the database over (a new fencing token) from the killed holder.
+/// The same trials with the state in PostgreSQL (`store: postgres://…`) and three hosts of one
+/// deployment (each its own state folder; the host key, the audit key and the world shared):
+/// after each kill the next host takes the database over (a new fencing token) from the killed
+/// holder, continues its audit chain from the database and resumes what it left.
 #[tokio::test(flavor = "multi_thread")]
 async fn serve_killed_on_the_postgres_store_loses_nothing_and_does_nothing_twice() {
     let Some(db) = TestDb::create("kill").await else {
         return;
     };
-    kill_trials(Some(db.url(APP_ROLE)), 5).await;
+    kill_trials(Some(db.url(APP_ROLE)), 6).await;
 }
 
-/// Kill trials on the state directory's own store, or on the PostgreSQL database `store` names.
+/// The kill world's ledger in a host's folder.
+const LEDGER: &str = "state/world-kafka.ledger.jsonl";
+
+/// `n` hosts' folders under `dir`.
+fn host_dirs(dir: &Path, n: usize) -> Vec<std::path::PathBuf> {
+    (0..n)
+        .map(|n| {
+            let d = dir.join(format!("host-{n}"));
+            std::fs::create_dir_all(d.join("state")).expect("host folder");
+            d
+        })
+        .collect()
+}
+
+/// The hosts of one deployment on the kill world, their state in `store` when given. One
+/// world, whoever acts on it: every host's ledger is the first host's.
+fn deployment<'a>(
+    host_dirs: &'a [std::path::PathBuf],
+    agents: &Path,
+    store: Option<&str>,
+    queue: usize,
+) -> Vec<ServeSpec<'a>> {
+    for d in &host_dirs[1..] {
+        std::os::unix::fs::symlink(host_dirs[0].join(LEDGER), d.join(LEDGER))
+            .expect("shared ledger");
+    }
+    host_dirs
+        .iter()
+        .map(|d| ServeSpec {
+            backends: &[("kafka", "kill-world-kafka.yaml")],
+            agents: Some(agents.to_path_buf()),
+            queue,
+            env: store
+                .iter()
+                .map(|url| ("THEMIS_STORE", url.to_string()))
+                .collect(),
+            ..ServeSpec::new(d)
+        })
+        .collect()
+}
+
+/// One deployment: the other hosts hold the first host's keys (made at its first start).
+fn share_keys(host_dirs: &[std::path::PathBuf]) {
+    for d in &host_dirs[1..] {
+        std::fs::create_dir_all(d.join("keys")).expect("keys");
+        for key in ["keys/audit.key", "keys/audit.pub", "state/host.key"] {
+            std::fs::copy(host_dirs[0].join(key), d.join(key)).expect("shared key");
+        }
+    }
+}
+
+/// Kill trials on the state directory's own store (one host, restarted), or on the PostgreSQL
+/// database `store` names (three hosts, taking over from each other in turn).
 async fn kill_trials(store: Option<String>, default_trials: u64) {
     let trials: u64 = std::env::var("THEMIS_SERVE_KILL_TRIALS")
         .ok()
@@ -148,19 +202,19 @@ async fn kill_trials(store: Option<String>, default_trials: u64) {
             "destructive: [kafka.broker-restart, kafka.restart-consumers]",
         )],
     );
-    let spec = ServeSpec {
-        backends: &[("kafka", "kill-world-kafka.yaml")],
-        agents: Some(agents),
-        queue: 256,
-        env: store.into_iter().map(|url| ("THEMIS_STORE", url)).collect(),
-        ..ServeSpec::new(dir.path())
-    };
-    let audit_file = dir.path().join("state/audit.jsonl");
+    let hosts = if store.is_some() { 3 } else { 1 };
+    let host_dirs = host_dirs(dir.path(), hosts);
+    let specs = deployment(&host_dirs, &agents, store.as_deref(), 256);
+    let audit_of = |host: usize| host_dirs[host].join("state/audit.jsonl");
+    let ledger = host_dirs[0].join(LEDGER);
+    let mut host = 0;
+    let spec = &specs[host];
     let accepted: Arc<Mutex<Vec<String>>> = Arc::default();
     let mut approvals = 0usize;
     let mut points: BTreeMap<String, usize> = BTreeMap::new();
     let mut torn_tails = 0usize;
     let mut served = spec.start();
+    share_keys(&host_dirs);
 
     for trial in 0..trials {
         // What this trial does until the kill: answer what waits, fire one to three alerts.
@@ -199,6 +253,7 @@ async fn kill_trials(store: Option<String>, default_trials: u64) {
         s.child.kill().expect("SIGKILL");
         s.child.wait().expect("reap");
 
+        let audit_file = audit_of(host);
         let (records, complete, torn) = complete_records(&audit_file);
         torn_tails += usize::from(torn);
         *points.entry(kill_point(&records)).or_default() += 1;
@@ -218,7 +273,8 @@ async fn kill_trials(store: Option<String>, default_trials: u64) {
             );
         }
         drop(s);
-        served = spec.start();
+        host = (host + 1) % hosts;
+        served = specs[host].start();
     }
 
     // The end: approve what waits until nothing does, resolve every alert, let the work finish.
@@ -290,9 +346,10 @@ async fn kill_trials(store: Option<String>, default_trials: u64) {
     let mut s = s;
     s.child.wait().expect("stops");
 
+    let audit_file = audit_of(host);
     let (records, _, torn) = complete_records(&audit_file);
     assert!(!torn, "a graceful stop leaves whole records");
-    let key = dir.path().join("keys/audit.key");
+    let key = host_dirs[host].join("keys/audit.key");
     let verify = themis(&[
         "audit",
         "verify",
@@ -311,8 +368,7 @@ async fn kill_trials(store: Option<String>, default_trials: u64) {
 
     // What the world did, against what the audit announced: per (capability, group), never more
     // calls than executions that announced one, and every call announced.
-    let ledger = std::fs::read_to_string(dir.path().join("state/world-kafka.ledger.jsonl"))
-        .unwrap_or_default();
+    let ledger = std::fs::read_to_string(&ledger).unwrap_or_default();
     let mut done: BTreeMap<(String, String), usize> = BTreeMap::new();
     for line in ledger.lines() {
         let call: Value = serde_json::from_str(line).expect("ledger line");
@@ -600,5 +656,192 @@ async fn kills_while_the_audit_is_sealed_lose_no_accepted_alert_and_leave_one_ch
     eprintln!(
         "seal kill trials: {trials} kills, {} alerts accepted, {sealed} segments, 0 lost",
         accepted.len()
+    );
+}
+
+/// High availability on PostgreSQL with three processes: the leader is killed (SIGKILL) in the
+/// middle of an approved runbook — its action done, its postcondition under way; one of the two
+/// hosts standing by takes the state over within the lease, continues the chain, and finishes
+/// the incident — the action done exactly once (the world, shared by all three, counts); the
+/// other keeps standing by and passes reads on to the new leader; the chain verifies with its
+/// signed checkpoints. (A kill inside the action itself is the kill trials' business.)
+#[tokio::test(flavor = "multi_thread")]
+async fn the_leader_killed_mid_runbook_is_taken_over_and_the_incident_finished_once() {
+    let Some(db) = TestDb::create("ha").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agents = dir.path().join("agents");
+    std::fs::create_dir_all(&agents).expect("agents");
+    patched_agent(
+        &agents,
+        "agents/kafka.yaml",
+        &[(
+            "destructive: [kafka.broker-restart]",
+            "destructive: [kafka.broker-restart, kafka.restart-consumers]",
+        )],
+    );
+    let host_dirs = host_dirs(dir.path(), 3);
+    let specs = deployment(&host_dirs, &agents, Some(&db.url(APP_ROLE)), 64);
+    let ledger = host_dirs[0].join(LEDGER);
+    let mut leader = specs[0].start();
+    share_keys(&host_dirs);
+    let standbys: Vec<Served> = specs[1..]
+        .iter()
+        .map(ServeSpec::start_standing_by)
+        .collect();
+
+    // An alert through a standby (stored for the leader), its plan approved through the other
+    // (the answer returns when the run ends: it is sent on its own).
+    assert!(fire(&standbys[0], "firing", "stuck-ha").await);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, waiting) = standbys[1].get("/api/v1/approvals", ONCALL).await;
+        if waiting.as_array().is_some_and(|w| !w.is_empty()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no plan to approve");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let approver = Served {
+        child: std::process::Command::new("sleep")
+            .arg("600")
+            .spawn()
+            .expect("a placeholder process"),
+        url: standbys[1].url.clone(),
+        state: standbys[1].state.clone(),
+        http: standbys[1].http.clone(),
+    };
+    let answering = tokio::spawn(async move { approve_all(&approver).await.len() });
+    // Killed once the action's result is on the chain: the run goes on with its postcondition.
+    let audit = host_dirs[0].join("state/audit.jsonl");
+    while !complete_records(&audit)
+        .0
+        .iter()
+        .any(|r| r["kind"] == "capability-result")
+    {
+        assert!(Instant::now() < deadline, "the approved run never acted");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    leader.child.kill().expect("SIGKILL");
+    leader.child.wait().expect("reap");
+    let killed_at = Instant::now();
+    // On a loaded machine the kill may land after the run ended; only a run it cut off needs
+    // the recovery's decision.
+    let cut_off = !complete_records(&audit)
+        .0
+        .iter()
+        .any(|r| r["kind"] == "result");
+    // The answer in flight was cut off with its host; the approval stands on the chain.
+    let _ = answering.await;
+    // The state is taken over within the lease: a new fencing token.
+    loop {
+        let token: i64 = sqlx::query_scalar("SELECT token FROM holder")
+            .fetch_one(&db.admin)
+            .await
+            .expect("holder");
+        if token >= 2 {
+            break;
+        }
+        assert!(
+            killed_at.elapsed() < themis_agent::store::postgres::LEASE,
+            "no host took the state over within the lease"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("state taken over {:?} after the kill", killed_at.elapsed());
+
+    // One standby holds the state now (its readiness is the whole service's), the other not.
+    // (A request cut off while the host switches its service over is "not yet".)
+    let holds = async |s: &Served| -> bool {
+        let Ok(r) = s.http.get(format!("{}/readyz", s.url)).send().await else {
+            return false;
+        };
+        let status = r.status();
+        let ready: Value = r.json().await.unwrap_or(Value::Null);
+        status == 200 && ready["standing_by"] != true
+    };
+    let (new, other) = loop {
+        if holds(&standbys[0]).await {
+            break (&standbys[0], &standbys[1]);
+        }
+        if holds(&standbys[1]).await {
+            break (&standbys[1], &standbys[0]);
+        }
+        // Recovery runs before the new leader serves the whole API.
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(60),
+            "the new leader never served"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!(
+        "the new leader serves {:?} after the kill",
+        killed_at.elapsed()
+    );
+    let settled = new
+        .incidents_until("the incident's end", |l| {
+            l.iter()
+                .any(|i| i["fingerprint"] == "fp-stuck-ha" && i["status"] != "executing")
+        })
+        .await;
+    let incident = settled
+        .iter()
+        .find(|i| i["fingerprint"] == "fp-stuck-ha")
+        .expect("incident");
+    assert!(
+        matches!(
+            incident["status"].as_str(),
+            Some("verifying" | "resolved" | "interrupted" | "failed" | "escalated")
+        ),
+        "{incident}"
+    );
+    // The recovery's decision is on the chain, after the killed leader's intent.
+    let chain = complete_records(&new.state.join("audit.jsonl")).0;
+    assert!(
+        !cut_off || chain.iter().any(|r| r["kind"] == "recovered"),
+        "no recovery decision: {incident}"
+    );
+    assert!(chain.iter().any(|r| r["kind"] == "capability-intent"));
+    // Done at most once, whoever did it.
+    let done = std::fs::read_to_string(&ledger)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("kafka.restart-consumers") && l.contains("stuck-ha"))
+        .count();
+    assert_eq!(done, 1, "the restart was done {done} times");
+    // The host still standing by passes reads on to the new leader (once it has read where
+    // the new one serves: at most a second).
+    let through = loop {
+        let (status, through) = other.get("/api/v1/agents", ONCALL).await;
+        if status == 200 {
+            break through;
+        }
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(90),
+            "the standby never passed reads on: {through}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        through[0]["led_by"]
+            .as_str()
+            .is_some_and(|h| h.contains(&format!("pid {}", new.child.id()))),
+        "{through}"
+    );
+    // The chain intact, its checkpoints signed by the deployment's key.
+    let key = host_dirs[0].join("keys/audit.pub");
+    let verify = themis(&[
+        "audit",
+        "verify",
+        new.state.join("audit.jsonl").to_str().expect("utf-8"),
+        "--key",
+        key.to_str().expect("utf-8"),
+    ]);
+    assert!(
+        verify.status.success(),
+        "{}{}",
+        text(&verify.stdout),
+        text(&verify.stderr)
     );
 }

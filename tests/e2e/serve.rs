@@ -122,6 +122,16 @@ impl<'a> ServeSpec<'a> {
     }
 
     pub fn start(&self) -> Served {
+        self.start_until("themis serve: listening on ")
+    }
+
+    /// Start a host on a shared state database another holds: returned once it stands by.
+    pub fn start_standing_by(&self) -> Served {
+        self.start_until("themis serve: standing by on ")
+    }
+
+    /// Start, and return once the service prints `prefix` followed by its URL.
+    fn start_until(&self, prefix: &str) -> Served {
         let mut child = self
             .command()
             .stdout(Stdio::piped())
@@ -133,7 +143,7 @@ impl<'a> ServeSpec<'a> {
         let url = loop {
             match lines.next() {
                 Some(Ok(line)) => {
-                    if let Some(url) = line.strip_prefix("themis serve: listening on ") {
+                    if let Some(url) = line.strip_prefix(prefix) {
                         break url.to_owned();
                     }
                 }

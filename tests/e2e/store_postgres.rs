@@ -6,6 +6,45 @@ use crate::serve::{INTAKE, ONCALL, ServeSpec};
 use std::path::Path;
 use themis_testkit::postgres::{APP_ROLE, THEMIS_ROLE, TestDb};
 
+/// A host whose state is in `db`.
+fn on_db<'a>(dir: &'a Path, db: &TestDb) -> ServeSpec<'a> {
+    let mut spec = ServeSpec::new(dir);
+    spec.env.push(("THEMIS_STORE", db.url(APP_ROLE)));
+    spec
+}
+
+/// The folder of a second host of `first`'s deployment: it holds the first's host key.
+fn same_deployment(first: &crate::serve::Served) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).expect("state");
+    std::fs::copy(first.state.join("host.key"), state.join("host.key")).expect("key");
+    dir
+}
+
+/// A first host on `db` with a proposal for `fingerprint` waiting, and a second of the same
+/// deployment waiting for the state in the server's lock queue: its start (which returns once
+/// it holds the state and serves) runs on a thread of its own. The folders live as long as the
+/// first value.
+async fn holder_and_waiting(
+    db: &TestDb,
+    fingerprint: &str,
+) -> (
+    (tempfile::TempDir, tempfile::TempDir),
+    crate::serve::Served,
+    std::thread::JoinHandle<crate::serve::Served>,
+) {
+    let first_dir = tempfile::tempdir().expect("tempdir");
+    let a = on_db(first_dir.path(), db).start();
+    a.proposal(fingerprint).await;
+    let second_dir = same_deployment(&a);
+    // The thread may outlive this borrow's scope as far as the compiler knows.
+    let second_path: &'static Path = Box::leak(second_dir.path().to_path_buf().into_boxed_path());
+    let second = on_db(second_path, db);
+    let waiting = std::thread::spawn(move || second.start());
+    ((first_dir, second_dir), a, waiting)
+}
+
 /// `themis doctor` on `config` with the state database `store`: (exit code, stdout).
 fn doctor(config: &Path, store: &str) -> (Option<i32>, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_themis"))
@@ -110,29 +149,14 @@ async fn the_service_keeps_its_incidents_in_postgres_and_finds_them_after_a_rest
 
 /// Two hosts on one state database: the second waits in the server's lock queue; when the
 /// first loses its session (a cut, a pause past the server's patience) the second holds the
-/// state at once, and the first — fenced — turns alerts away, reports not ready, and stops.
+/// state at once, continues the first's audit chain and answers its proposal, and the first —
+/// fenced — turns alerts away, reports not ready, and stops.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_host_that_lost_the_state_database_to_another_stops_and_the_other_serves() {
     let Some(db) = TestDb::create("takeover").await else {
         return;
     };
-    let first_dir = tempfile::tempdir().expect("tempdir");
-    let mut first = ServeSpec::new(first_dir.path());
-    first.env.push(("THEMIS_STORE", db.url(APP_ROLE)));
-    let mut a = first.start();
-    a.proposal("fp-takeover").await;
-
-    // The second host shares the first's key (one deployment), and waits.
-    let second_dir = tempfile::tempdir().expect("tempdir");
-    let state = second_dir.path().join("state");
-    std::fs::create_dir_all(&state).expect("state");
-    std::fs::copy(a.state.join("host.key"), state.join("host.key")).expect("key");
-    // The start blocks until the host listens, on a thread of its own: the spec borrows its
-    // folder for as long as that thread may run.
-    let second_path: &'static Path = Box::leak(second_dir.path().to_path_buf().into_boxed_path());
-    let mut second = ServeSpec::new(second_path);
-    second.env.push(("THEMIS_STORE", db.url(APP_ROLE)));
-    let waiting = std::thread::spawn(move || second.start());
+    let (_dirs, mut a, waiting) = holder_and_waiting(&db, "fp-takeover").await;
     let advisory = |granted: bool| {
         sqlx::query_scalar::<_, i32>(
             "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted = $1 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
@@ -168,26 +192,54 @@ async fn a_host_that_lost_the_state_database_to_another_stops_and_the_other_serv
         .await
         .expect("holder");
     assert_eq!(token, 2);
-    // Its proposal's record is in the first host's audit, not here: an answer is refused with
-    // what to do (propose again), nothing run — not a 503 to retry forever.
+    // The chain is shared: the second host continued the first's, so it answers the first's
+    // proposal — re-read from its own copy of the chain, checked by its hash — and runs it.
+    let escalated = a.kinds("escalation");
+    assert_eq!(escalated.len(), 1);
+    let copied = b.audit();
+    assert!(
+        copied.iter().any(|r| r == &escalated[0]),
+        "the first host's escalation is not on the second's chain"
+    );
     let (status, approvals) = b.get("/api/v1/approvals", ONCALL).await;
     assert_eq!(status, 200, "{approvals}");
-    let id = approvals[0]["id"].as_str().expect("approval id");
-    let (status, body) = b
-        .post(
-            &format!("/api/v1/approvals/{id}/approve"),
-            ONCALL,
-            &serde_json::json!({ "plan_digest": approvals[0]["plan_digest"] }),
-        )
-        .await;
-    assert_eq!(status, 404, "{body}");
+    b.approve(&approvals[0]).await;
+    b.incidents_until("the run's end", |l| {
+        l.iter()
+            .any(|i| !matches!(i["status"].as_str(), Some("pending-approval" | "executing")))
+    })
+    .await;
+    assert_eq!(b.kinds("approval").len(), 1);
+    let verified = std::process::Command::new(env!("CARGO_BIN_EXE_themis"))
+        .args(["audit", "verify"])
+        .arg(b.state.join("audit.jsonl"))
+        .output()
+        .expect("themis audit verify");
+    assert!(verified.status.success(), "{}", text(&verified.stdout));
+    // And the database holds the same chain, up to the second host's head.
+    let shared: Vec<(i64, String)> = sqlx::query_as("SELECT seq, hash FROM audit ORDER BY seq")
+        .fetch_all(&db.admin)
+        .await
+        .expect("audit rows");
+    let local: Vec<(i64, String)> = b
+        .audit()
+        .iter()
+        .map(|r| {
+            (
+                r["seq"].as_i64().expect("seq"),
+                r["hash"].as_str().expect("hash").to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(shared[..], local[..shared.len()]);
+    let approval = &b.kinds("approval")[0];
     assert!(
-        body["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("propose again") && m.contains("took the state over")),
-        "{body}"
+        shared
+            .iter()
+            .any(|(seq, hash)| Some(*seq) == approval["seq"].as_i64()
+                && Some(hash.as_str()) == approval["hash"].as_str()),
+        "the approval is not on the shared chain"
     );
-    assert!(b.kinds("capability-intent").is_empty());
 
     // The first knows it lost the state, and stops with the reason.
     let status = loop {
@@ -203,4 +255,260 @@ async fn a_host_that_lost_the_state_database_to_another_stops_and_the_other_serv
     assert_eq!(status.code(), Some(1));
     let (ready, _) = b.get("/readyz", ONCALL).await;
     assert_eq!(ready, 200);
+}
+
+/// The holder's lease: a host that stops answering (paused here with SIGSTOP; hung, or cut off
+/// from the database, alike) loses the state within the lease — the server ends its idle
+/// session — and the host standing by takes over; woken, the old holder finds itself fenced and
+/// stops without writing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paused_holder_loses_the_state_to_the_host_standing_by_within_the_lease() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let Some(db) = TestDb::create("lease").await else {
+        return;
+    };
+    let (_dirs, mut a, standing_by) = holder_and_waiting(&db, "fp-lease").await;
+    // The second waits in the lock queue for as long as the first holds the state.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert!(
+        !standing_by.is_finished(),
+        "the second host did not stand by"
+    );
+
+    let pid = Pid::from_raw(i32::try_from(a.child.id()).expect("pid"));
+    kill(pid, Signal::SIGSTOP).expect("SIGSTOP");
+    let paused = std::time::Instant::now();
+    let b =
+        tokio::task::spawn_blocking(move || standing_by.join().expect("the second host starts"))
+            .await
+            .expect("join");
+    let took = paused.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(25),
+        "the takeover took {took:?}"
+    );
+    let token: i64 = sqlx::query_scalar("SELECT token FROM holder")
+        .fetch_one(&db.admin)
+        .await
+        .expect("holder");
+    assert_eq!(token, 2);
+    // The second continues the first's chain: the first's proposal is answerable there.
+    let (status, approvals) = b.get("/api/v1/approvals", ONCALL).await;
+    assert_eq!(status, 200, "{approvals}");
+    assert_eq!(approvals.as_array().map(Vec::len), Some(1), "{approvals}");
+    let shared_before: i64 = sqlx::query_scalar("SELECT count(*) FROM audit")
+        .fetch_one(&db.admin)
+        .await
+        .expect("count");
+
+    // Woken, the first is fenced: it stops (exit 1), and the shared chain took nothing from it.
+    kill(pid, Signal::SIGCONT).expect("SIGCONT");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = a.child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the fenced host kept running"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(status.code(), Some(1));
+    let rows: Vec<String> = sqlx::query_scalar("SELECT line FROM audit ORDER BY seq")
+        .fetch_all(&db.admin)
+        .await
+        .expect("audit rows");
+    assert!(rows.len() as i64 >= shared_before);
+    let b_chain: Vec<serde_json::Value> = b.audit();
+    for line in &rows {
+        let record: serde_json::Value = serde_json::from_str(line).expect("record");
+        assert!(
+            b_chain.contains(&record),
+            "a shared record the holder never wrote: {line}"
+        );
+    }
+    let (ready, _) = b.get("/readyz", ONCALL).await;
+    assert_eq!(ready, 200);
+}
+
+/// Every host of a deployment serves: one standing by checks a notification as the holder
+/// would, stores it in the database's inbox (durable before its 200), and the holder takes it
+/// up onto its chain; answers and reads it passes on to the holder at the address the holder
+/// advertised, and the holder's answer back. The holder names itself as each agent's leader.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_host_standing_by_takes_alerts_for_the_holder() {
+    use crate::serve::{AM, INTAKE, LAG, notification};
+    let Some(db) = TestDb::create("inbox").await else {
+        return;
+    };
+    let first_dir = tempfile::tempdir().expect("tempdir");
+    let first = on_db(first_dir.path(), &db);
+    let a = first.start();
+    let second_dir = same_deployment(&a);
+    let second = on_db(second_dir.path(), &db);
+    let b = second.start_standing_by();
+
+    // Refused as the holder refuses: no token, a malformed body — nothing stored.
+    let (status, _) = b
+        .post(
+            AM,
+            "not-a-token",
+            &notification("firing", &[("KafkaConsumerLag", "fp-x", LAG)]),
+        )
+        .await;
+    assert_eq!(status, 401);
+    let (status, body) = b
+        .post(AM, INTAKE, &serde_json::json!({ "version": "4" }))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    // Refused, and that is on the holder's record (a 4xx is not retried: alerts lost).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !a
+        .kinds("alert-refused")
+        .iter()
+        .any(|r| r["data"]["stored_by"].is_string() && r["data"]["status"] == 400)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the standby's refusal is not on the record"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let (status, body) = b
+        .post(
+            AM,
+            INTAKE,
+            &notification("firing", &[("KafkaConsumerLag", "fp-inbox", LAG)]),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["accepted"], 1);
+    assert_eq!(body["alerts"][0]["outcome"], "stored");
+    // A request another standby passed on is not passed on again.
+    let looped = b
+        .http
+        .get(format!("{}/api/v1/incidents", b.url))
+        .bearer_auth(ONCALL)
+        .header("x-themis-forwarded-by", "standby")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(looped.status(), 503);
+
+    // The holder takes it up: on its chain, its incident opened, the inbox empty.
+    let list = a
+        .incidents_until("the stored alert's incident", |l| {
+            l.iter().any(|i| i["fingerprint"] == "fp-inbox")
+        })
+        .await;
+    assert_eq!(
+        list.iter()
+            .filter(|i| i["fingerprint"] == "fp-inbox")
+            .count(),
+        1
+    );
+    assert!(
+        a.kinds("alert-accepted")
+            .iter()
+            .any(|r| r["data"].to_string().contains("fp-inbox"))
+    );
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM inbox")
+        .fetch_one(&db.admin)
+        .await
+        .expect("inbox");
+    assert_eq!(left, 0);
+    let refused: i64 = sqlx::query_scalar("SELECT count(*) FROM audit WHERE line LIKE '%fp-x%'")
+        .fetch_one(&db.admin)
+        .await
+        .expect("audit");
+    assert_eq!(refused, 0);
+
+    // A row put in the inbox by hand (anyone with the database's credentials) is not an alert:
+    // its seal does not verify, the holder refuses it on the record and takes nothing up.
+    let forged = serde_json::to_string(&notification(
+        "firing",
+        &[("KafkaConsumerLag", "fp-forged", LAG)],
+    ))
+    .expect("json");
+    sqlx::query("INSERT INTO inbox (via, body, mac) VALUES ('alertmanager', $1, 'forged')")
+        .bind(&forged)
+        .execute(&db.admin)
+        .await
+        .expect("insert");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !a
+        .kinds("alert-refused")
+        .iter()
+        .any(|r| r["data"]["error"] == "inbox-row-refused")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the forged row was not refused"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        !a.kinds("alert-accepted")
+            .iter()
+            .any(|r| r["data"].to_string().contains("fp-forged"))
+    );
+
+    // Reads through the standby are the holder's, and name it as each agent's leader.
+    let (status, through_b) = b.get("/api/v1/incidents?limit=1000", ONCALL).await;
+    assert_eq!(status, 200, "{through_b}");
+    let (_, from_a) = a.get("/api/v1/incidents?limit=1000", ONCALL).await;
+    assert_eq!(through_b, from_a);
+    let (status, agents) = b.get("/api/v1/agents", ONCALL).await;
+    assert_eq!(status, 200, "{agents}");
+    let leader = agents[0]["led_by"].as_str().expect("led_by").to_owned();
+    assert!(
+        leader.contains(&format!("pid {}", a.child.id())),
+        "{leader}"
+    );
+    let scrape = async |s: &crate::serve::Served| {
+        s.http
+            .get(format!("{}/metrics", s.url))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text")
+    };
+    let metrics = scrape(&a).await;
+    assert!(
+        metrics.contains(&format!(
+            "themis_agent_leader{{agent=\"kafka\",host=\"{leader}\"}} 1"
+        )),
+        "{metrics}"
+    );
+    // Each host's metrics are its own: scraped from every host, nothing counts twice.
+    let metrics = scrape(&b).await;
+    assert!(metrics.contains("themis_standing_by 1"), "{metrics}");
+    assert!(
+        metrics.contains(&format!("themis_state_holder{{host=\"{leader}\"}} 1")),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("themis_agent_leader"), "{metrics}");
+    let (status, ready) = b.get("/readyz", ONCALL).await;
+    assert_eq!(status, 200, "{ready}");
+    assert_eq!(ready["standing_by"], true);
+    // An answer through the standby is the holder's answer: the approval is on its chain once.
+    a.proposal("fp-answered-via-standby").await;
+    let (status, approvals) = b.get("/api/v1/approvals", ONCALL).await;
+    assert_eq!(status, 200, "{approvals}");
+    b.approve(&approvals[0]).await;
+    assert_eq!(a.kinds("approval").len(), 1);
+    // A replay through either host is refused, as the holder refuses it.
+    let id = approvals[0]["id"].as_str().expect("id");
+    let (status, body) = b
+        .post(
+            &format!("/api/v1/approvals/{id}/approve"),
+            ONCALL,
+            &serde_json::json!({ "plan_digest": approvals[0]["plan_digest"] }),
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
 }

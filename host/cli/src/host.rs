@@ -71,8 +71,9 @@ pub async fn runtime(place: &Place, cache_dir: &Path) -> Result<Runtime, ExitCod
         .map_err(|e| fail(2, e))?;
     let channels = Channels::from_env();
     let redactor = Redactor::with_values(channels.slack_webhook.clone());
-    let audit =
-        AuditLog::open_waiting(&place.audit_path(), redactor, wait).map_err(|e| fail(2, e))?;
+    let replica = store.audit_replica().map_err(|e| fail(2, e))?;
+    let audit = AuditLog::open_replicated(&place.audit_path(), redactor, wait, replica)
+        .map_err(|e| fail(2, e))?;
     Runtime::start(
         RuntimeParts {
             sandbox,

@@ -223,11 +223,41 @@ pub async fn run(args: ServeArgs, cache_dir_flag: Option<PathBuf>) -> ExitCode {
         Ok(s) => s,
         Err(code) => return code,
     };
+    // A shared state database is held by one host; another stands by in the server's lock
+    // queue, for as long as it takes, and holds the state the moment the holder's session (its
+    // lease) ends.
+    // Meanwhile it takes alerts into the database's inbox, for whichever host holds the state.
+    let (wait, shared) = match &config.store {
+        Some(StoreChoice::Postgres(target)) => {
+            outln!(
+                "themis serve: taking the state database {} (standing by while another host holds it)",
+                target.url
+            );
+            let inbox =
+                match themis_agent::store::pg_inbox::PgInbox::connect(target, &config.state_dir) {
+                    Ok(i) => Arc::new(i),
+                    Err(e) => return fail(2, e),
+                };
+            let listener = match listen(&config).await {
+                Ok(l) => l,
+                Err(code) => return code,
+            };
+            (STANDBY_WAIT, Some((inbox, listener)))
+        }
+        _ => (themis_agent::lock::DEFAULT_WAIT, None),
+    };
+    let (shared, standby) = match shared {
+        Some((inbox, listener)) => match stand_by(&config, inbox.clone(), listener) {
+            Ok((listener, stop, serving)) => (Some((inbox, listener)), Some((stop, serving))),
+            Err(code) => return code,
+        },
+        None => (None, None),
+    };
     let store = match themis_agent::store::open(
         &config.state_dir,
         config.store.as_ref(),
         StoreChoice::Sqlite,
-        themis_agent::lock::DEFAULT_WAIT,
+        wait,
     )
     .await
     {
@@ -241,7 +271,17 @@ pub async fn run(args: ServeArgs, cache_dir_flag: Option<PathBuf>) -> ExitCode {
     let mut secrets = config.secret_values();
     secrets.extend(channels.slack_webhook.clone());
     let redactor = Redactor::with_values(secrets);
-    let audit = match AuditLog::open(&config.audit, redactor.clone()) {
+    // A shared store shares the chain too: opened after the store, whose lock this host holds.
+    let replica = match store.audit_replica() {
+        Ok(r) => r,
+        Err(e) => return fail(2, e),
+    };
+    let audit = match AuditLog::open_replicated(
+        &config.audit,
+        redactor.clone(),
+        themis_agent::lock::DEFAULT_WAIT,
+        replica,
+    ) {
         Ok(a) => Arc::new(a),
         Err(e) => return fail(2, e),
     };
@@ -305,25 +345,59 @@ pub async fn run(args: ServeArgs, cache_dir_flag: Option<PathBuf>) -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(2, e),
     };
+    if let Some(host) = runtime.store().holder() {
+        metrics.leading(&names, &host);
+    }
     // Proposals already waiting from before this start count as pending.
     match runtime.store().scan().await {
         Ok((incidents, _)) => metrics.pending_at_start(&incidents),
         Err(e) => tracing::warn!("pending approvals not counted at start: {e}"),
     }
-    let listener = match tokio::net::TcpListener::bind(config.listen).await {
-        Ok(l) => l,
-        Err(e) => {
-            runtime.shutdown().await;
-            return fail(
-                2,
-                format!("cannot listen on {}: {e} (--listen ADDR)", config.listen),
-            );
-        }
+    // Holding the state, recovered: the standby's service — which kept taking alerts while the
+    // runtime started and recovered — ends (its requests in flight finish), and the whole
+    // service takes the same socket.
+    if let Some((stop, serving)) = standby {
+        let _ = stop.send(());
+        let _ = serving.await;
+    }
+    let (inbox, listener) = match shared {
+        Some((inbox, listener)) => (Some(inbox), listener),
+        None => match listen(&config).await {
+            Ok(l) => (None, l),
+            Err(code) => {
+                runtime.shutdown().await;
+                return code;
+            }
+        },
     };
     let addr = listener
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_else(|_| config.listen.to_string());
+    // Where the hosts standing by pass answers and reads on to (a shared state database).
+    if inbox.is_some() {
+        // By default the address listened on; on every address, this machine's name.
+        let advertise = config.advertise.clone().or_else(|| {
+            let a = listener.local_addr().ok()?;
+            if !a.ip().is_unspecified() {
+                return Some(format!("http://{a}"));
+            }
+            let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+            let name = name.trim();
+            (!name.is_empty()).then(|| format!("http://{name}:{}", a.port()))
+        });
+        match advertise {
+            Some(url) => {
+                tracing::info!(%url, "hosts standing by pass answers and reads on to this one at this address (`advertise:` to set another)");
+                if let Err(e) = runtime.store().advertise(&url).await {
+                    tracing::warn!(error = %e, "where this host serves could not be told to the hosts standing by");
+                }
+            }
+            None => tracing::warn!(
+                "listening on every address with no `advertise:`: hosts standing by cannot pass answers and reads on to this one"
+            ),
+        }
+    }
     // Scripts and tests read this line to learn the port when listening on :0.
     crate::output::best_effort(format_args!("themis serve: listening on http://{addr}\n"));
     tracing::info!(%addr, agents = names.len(), "listening");
@@ -351,7 +425,7 @@ pub async fn run(args: ServeArgs, cache_dir_flag: Option<PathBuf>) -> ExitCode {
             }
         }
     };
-    match themis_server::serve(config, runtime, events, metrics, listener, stop).await {
+    match themis_server::serve(config, runtime, events, metrics, listener, inbox, stop).await {
         Ok(()) => {
             // The chain's head as it stands at the end, signed.
             let checkpoint = audit_at_exit.checkpoint_now();
@@ -378,6 +452,73 @@ async fn flush_otel(otel: Option<Arc<themis_otel::Exporter>>) {
         let _ = tokio::task::spawn_blocking(move || exporter.shutdown()).await;
     }
 }
+
+/// The service's socket, bound.
+async fn listen(config: &ServeConfig) -> Result<tokio::net::TcpListener, ExitCode> {
+    tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| {
+            fail(
+                2,
+                format!("cannot listen on {}: {e} (--listen ADDR)", config.listen),
+            )
+        })
+}
+
+/// Serve the standby's API (alerts into the shared inbox) on a second handle of `listener`'s
+/// socket until told to stop: (the socket for the whole service, the stop, the serving task).
+type Standing = (
+    tokio::net::TcpListener,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+);
+
+fn stand_by(
+    config: &ServeConfig,
+    inbox: Arc<themis_agent::store::pg_inbox::PgInbox>,
+    listener: tokio::net::TcpListener,
+) -> Result<Standing, ExitCode> {
+    // Two handles of one socket: the standby's is dropped when it ends, while the other stays
+    // open for the whole service (connections queue in the kernel meanwhile).
+    let (listener, second) = listener
+        .into_std()
+        .and_then(|std| {
+            let second = std.try_clone()?;
+            Ok((
+                tokio::net::TcpListener::from_std(std)?,
+                tokio::net::TcpListener::from_std(second)?,
+            ))
+        })
+        .map_err(|e| fail(2, format!("cannot serve while standing by: {e}")))?;
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| config.listen.to_string());
+    crate::output::best_effort(format_args!("themis serve: standing by on http://{addr}\n"));
+    let state = Arc::new(themis_server::standby::Standby {
+        config: Arc::new(config.clone()),
+        inbox,
+        redactor: Redactor::with_values(config.secret_values()),
+        http: themis_server::standby::Standby::client()
+            .map_err(|e| fail(2, format!("cannot serve while standing by: {e}")))?,
+        holder: Default::default(),
+    });
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(themis_server::app::serve_http(
+        second,
+        themis_server::standby::router(state),
+        async move {
+            let _ = stopped.await;
+        },
+        themis_server::app::DRAIN,
+        themis_server::app::HEADER_READ_TIMEOUT,
+    ));
+    Ok((listener, stop, serving))
+}
+
+/// How long a host stands by for a shared state database another holds: in effect for ever
+/// (the server's longest lock wait); after it the host stops and its supervisor starts it again.
+const STANDBY_WAIT: std::time::Duration = std::time::Duration::from_secs(24 * 24 * 3600);
 
 /// Sign the audit chain's head every 1000 records or minute with the host's key (created on
 /// first use), or say loudly — and on the record — that nothing does.

@@ -159,6 +159,7 @@ pub async fn serve(
     events: Arc<Events>,
     metrics: Arc<crate::metrics::Metrics>,
     listener: TcpListener,
+    inbox: Option<Arc<themis_agent::store::pg_inbox::PgInbox>>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -189,7 +190,13 @@ pub async fn serve(
         on_signal.draining.store(true, Ordering::SeqCst);
         let _ = stop_tx.send(true);
     };
+    // What hosts standing by stored for this one (a shared state database).
+    let draining_inbox = inbox.map(|inbox| tokio::spawn(intake::drain_inbox(state.clone(), inbox)));
     serve_http(listener, app, shutdown, DRAIN, HEADER_READ_TIMEOUT).await;
+    if let Some(task) = draining_inbox {
+        task.abort();
+        let _ = task.await;
+    }
     // The requests in flight are done; answers still running (Slack) hold the runtime a while.
     let runtime = state.runtime.clone();
     drop(state);

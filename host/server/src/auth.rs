@@ -18,8 +18,13 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 
 /// An alert source: one of the intake tokens.
 pub fn intake(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    intake_by(&state.config, headers)
+}
+
+/// An alert source, by `config`'s intake tokens (a host standing by has no runtime yet).
+pub fn intake_by(config: &crate::config::ServeConfig, headers: &HeaderMap) -> Result<(), ApiError> {
     match bearer(headers) {
-        Some(token) if state.config.intake_token_ok(token) => Ok(()),
+        Some(token) if config.intake_token_ok(token) => Ok(()),
         Some(_) => Err(ApiError::unauthorized(
             "the bearer token is not an intake token",
         )),

@@ -3,6 +3,9 @@
 //!
 //! ```yaml
 //! listen: 127.0.0.1:9464              # THEMIS_LISTEN
+//! advertise: http://10.0.0.5:9464     # THEMIS_ADVERTISE: where other hosts of a deployment
+//!                                     # (shared store) reach this one; default the listen
+//!                                     # address, or the machine's name on 0.0.0.0
 //! agents: ../agents                   # THEMIS_AGENTS; paths in the file are relative to it
 //! state_dir: ../.themis/serve         # THEMIS_STATE_DIR
 //! store: sqlite                       # THEMIS_STORE: sqlite (state_dir/themis.db, the default
@@ -422,6 +425,8 @@ struct RawConfig {
     #[serde(default)]
     listen: Option<String>,
     #[serde(default)]
+    advertise: Option<String>,
+    #[serde(default)]
     agents: Option<PathBuf>,
     #[serde(default)]
     state_dir: Option<PathBuf>,
@@ -459,6 +464,9 @@ pub struct SlackConfig {
 pub struct ServeConfig {
     pub file: PathBuf,
     pub listen: SocketAddr,
+    /// Where the other hosts of a deployment reach this one's API (`http(s)://host:port`, no
+    /// path): hosts standing by pass answers and reads on to the holder there.
+    pub advertise: Option<String>,
     pub agents: PathBuf,
     pub state_dir: PathBuf,
     /// The store asked for, if any: a new state directory gets SQLite.
@@ -494,6 +502,26 @@ pub struct Overrides {
     pub state_dir: Option<PathBuf>,
     /// `--dry-run`: every agent in shadow mode, whatever the file says.
     pub dry_run: bool,
+}
+
+/// An `advertise:` address, checked: `http(s)://host[:port]`, nothing after it (other hosts add
+/// the API's paths) and no credentials.
+fn advertised(text: &str) -> Result<String, String> {
+    let url = reqwest::Url::parse(text)
+        .map_err(|e| format!("`{text}` is not a URL ({e}); e.g. http://10.0.0.5:9464"))?;
+    if !matches!(url.scheme(), "http" | "https")
+        || url.host_str().is_none()
+        || !url.username().is_empty()
+        || url.password().is_some()
+        || url.path() != "/"
+        || url.query().is_some()
+        || url.fragment().is_some()
+    {
+        return Err(format!(
+            "`{text}` must be http(s)://host[:port] and nothing more (no path, no credentials)"
+        ));
+    }
+    Ok(text.trim_end_matches('/').to_owned())
 }
 
 /// The environment the configuration is read in (a map, so tests need not touch the process').
@@ -536,6 +564,11 @@ impl ServeConfig {
                 format!("`{listen_text}` is not an address:port (e.g. 127.0.0.1:9464)"),
             )
         })?;
+
+        let advertise = match var("THEMIS_ADVERTISE").or(raw.advertise.clone()) {
+            None => None,
+            Some(text) => Some(advertised(&text).map_err(|problem| err("advertise", problem))?),
+        };
 
         let path_setting = |field: &str, env_name: &str, from_file: Option<&PathBuf>| {
             var(env_name)
@@ -1182,6 +1215,7 @@ impl ServeConfig {
         Ok(ServeConfig {
             file: file.to_path_buf(),
             listen,
+            advertise,
             agents,
             state_dir,
             store,

@@ -23,8 +23,8 @@ use themis_agent::{AlertStatus, Submitted};
 pub struct Taken {
     pub fingerprint: String,
     pub alertname: String,
-    /// `queued` (on the record, in its agent's queue) or `unrouted` (on the record; no agent
-    /// owns it).
+    /// `queued` (on the record, in its agent's queue), `unrouted` (on the record; no agent
+    /// owns it), or `stored` (a host standing by stored it for the host that holds the state).
     #[schema(value_type = String, example = "queued")]
     pub outcome: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -76,6 +76,126 @@ fn open(state: &AppState) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// The alerts of a notification that came in `via` an intake endpoint (`alertmanager`,
+/// `own-json`), parsed and checked as that endpoint does it.
+pub fn incoming_of(
+    via: &str,
+    body: &[u8],
+    redactor: &themis_agent::audit::Redactor,
+) -> Result<Vec<Incoming>, ApiError> {
+    match via {
+        "alertmanager" => {
+            parse_json::<Notification>(body)?.into_incoming_with(usize::MAX, redactor)
+        }
+        "own-json" => Ok(vec![
+            parse_json::<OwnAlert>(body)?.into_incoming_with(redactor)?,
+        ]),
+        other => Err(ApiError::bad_request(
+            "via",
+            format!("no intake endpoint `{other}`"),
+        )),
+    }
+}
+
+/// How often the holder looks at the shared inbox, how many it takes per look, and its longest
+/// pause after a failure.
+const INBOX_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+const INBOX_PAGE: i64 = 64;
+const INBOX_MOST: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The holder's side of the shared inbox (`PgInbox`): what hosts standing by accepted is taken
+/// up here, oldest first, as if it had come in now — onto the audit, into its agent's backlog —
+/// and then removed. A notification that cannot be taken up now (a full backlog, the audit
+/// unwritable) stays for the next look, and nothing after it is taken before it.
+pub async fn drain_inbox(state: Arc<AppState>, inbox: Arc<themis_agent::store::pg_inbox::PgInbox>) {
+    // After a failure (a notification not taken up — a full backlog, the audit unwritable —
+    // or the inbox not read or cleared) each next try waits twice as long, up to a minute,
+    // until a pass goes through clean: each try may record again what it could take.
+    let mut failures = 0u32;
+    let backoff = |failures: u32| (INBOX_EVERY * 2u32.pow(failures.min(7))).min(INBOX_MOST);
+    let mut pause = INBOX_EVERY;
+    loop {
+        tokio::time::sleep(pause).await;
+        if state.draining() || state.runtime.store().lost().is_some() {
+            return;
+        }
+        let waiting = match inbox.waiting(INBOX_PAGE).await {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!(error = %e, "the shared inbox could not be read; looking again");
+                failures += 1;
+                pause = backoff(failures);
+                continue;
+            }
+        };
+        let full = waiting.len() as i64 == INBOX_PAGE;
+        let mut clean = true;
+        for stored in waiting {
+            let redactor = state.runtime.audit().redactor().clone();
+            let checked = inbox.open(&stored).map_err(|e| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "inbox-row-refused",
+                    format!("inbox row {}: {e}", stored.id),
+                )
+            });
+            if stored.via == crate::standby::REFUSED
+                && let Ok(body) = &checked
+            {
+                // A refusal a standby answered: recorded here, nothing to take up.
+                let mut data: serde_json::Value =
+                    serde_json::from_str(body).unwrap_or(serde_json::Value::Null);
+                if let Some(map) = data.as_object_mut() {
+                    map.insert("stored_by".into(), "a host standing by".into());
+                }
+                if !record_refused(&state, data).await {
+                    clean = false;
+                    break;
+                }
+                if let Err(e) = inbox.done(stored.id).await {
+                    tracing::warn!(inbox = stored.id, error = %e, "a refusal recorded could not be removed from the shared inbox");
+                    clean = false;
+                    break;
+                }
+                continue;
+            }
+            let taken = match checked
+                .and_then(|body| incoming_of(&stored.via, body.as_bytes(), &redactor))
+            {
+                // Checked by the host that stored it; a newer check refuses it on the record.
+                Err(refusal) => {
+                    refused(&state, "inbox", &refusal).await;
+                    Ok(())
+                }
+                Ok(incoming) => take(&state, incoming).await.map(|_| ()),
+            };
+            if let Err(e) = taken {
+                tracing::warn!(inbox = stored.id, error = %e.message, "a notification a standing-by host stored was not taken up; tried again");
+                clean = false;
+                break;
+            }
+            if let Err(e) = inbox.done(stored.id).await {
+                // Taken up: a second take is absorbed by deduplication.
+                tracing::warn!(inbox = stored.id, error = %e, "a notification taken up could not be removed from the shared inbox");
+                clean = false;
+                break;
+            }
+        }
+        if clean {
+            failures = 0;
+            // A full page: more wait; look again at once.
+            pause = if full {
+                std::time::Duration::ZERO
+            } else {
+                INBOX_EVERY
+            };
+        } else {
+            failures += 1;
+            pause = backoff(failures);
+        }
+    }
+}
+
 /// Authenticated, open, parsed, checked, taken: every intake endpoint's path.
 async fn receive<T: serde::de::DeserializeOwned>(
     state: &AppState,
@@ -100,8 +220,6 @@ async fn receive<T: serde::de::DeserializeOwned>(
 /// JSON, a wrong version) is alerts lost — Alertmanager does not retry a 4xx — so it is on the
 /// record and counted, never only answered.
 async fn refused(state: &AppState, via: &'static str, refusal: &ApiError) {
-    state.metrics.alert(None, AlertOutcome::Refused);
-    let audit = state.runtime.audit().clone();
     let data = serde_json::json!({
         "via": via,
         "status": refusal.status.as_u16(),
@@ -109,16 +227,23 @@ async fn refused(state: &AppState, via: &'static str, refusal: &ApiError) {
         "field": refusal.field,
         "message": refusal.message,
     });
-    let written =
-        tokio::task::spawn_blocking(move || audit.append("intake", None, "alert-refused", data))
-            .await;
-    if !matches!(written, Ok(Ok(_))) {
+    if !record_refused(state, data).await {
         tracing::error!(
             via,
             error = refusal.error,
             "an authenticated notification was refused and the refusal could not be recorded"
         );
     }
+}
+
+/// An `alert-refused` record with `data`, counted; whether it is on the record.
+async fn record_refused(state: &AppState, data: serde_json::Value) -> bool {
+    state.metrics.alert(None, AlertOutcome::Refused);
+    let audit = state.runtime.audit().clone();
+    let written =
+        tokio::task::spawn_blocking(move || audit.append("intake", None, "alert-refused", data))
+            .await;
+    matches!(written, Ok(Ok(_)))
 }
 
 async fn take(state: &AppState, incoming: Vec<Incoming>) -> Result<IntakeResponse, ApiError> {

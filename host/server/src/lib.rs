@@ -23,6 +23,7 @@ mod page;
 mod read;
 mod session;
 pub mod slack;
+pub mod standby;
 mod views;
 
 pub use app::{serve, signal};

@@ -107,6 +107,12 @@ struct ResultLabel {
     result: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LeaderLabels {
+    agent: String,
+    host: String,
+}
+
 /// What became of an alert at the intake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AlertOutcome {
@@ -140,6 +146,7 @@ pub const NO_AGENT: &str = "none";
 pub struct Metrics {
     registry: Registry,
     agent_state: Family<StateLabels, Gauge>,
+    leader: Family<LeaderLabels, Gauge>,
     state_since: Family<AgentLabel, Gauge<f64, AtomicU64>>,
     alerts: Family<OutcomeLabels, Counter>,
     decisions: Family<DecisionLabels, Counter>,
@@ -190,6 +197,12 @@ impl Metrics {
             "agent_state",
             "1 for the state each agent is in now, 0 for the others",
             agent_state.clone(),
+        );
+        let leader = Family::<LeaderLabels, Gauge>::default();
+        registry.register(
+            "agent_leader",
+            "1 for each agent this host leads (holds the shared state of); absent on a host with state of its own",
+            leader.clone(),
         );
         let state_since = Family::<AgentLabel, Gauge<f64, AtomicU64>>::default();
         registry.register(
@@ -335,6 +348,7 @@ impl Metrics {
         let metrics = Metrics {
             registry,
             agent_state,
+            leader,
             state_since,
             alerts,
             decisions,
@@ -414,6 +428,18 @@ impl Metrics {
             })
             .inc();
         self.audit_append_seconds.observe(took.as_secs_f64());
+    }
+
+    /// This host leads `agents`, as `host` (the shared state's holder).
+    pub fn leading(&self, agents: &[String], host: &str) {
+        for agent in agents {
+            self.leader
+                .get_or_create(&LeaderLabels {
+                    agent: agent.clone(),
+                    host: host.to_owned(),
+                })
+                .set(1);
+        }
     }
 
     /// Proposals already waiting when the service started (read once from the store).

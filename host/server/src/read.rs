@@ -50,6 +50,10 @@ pub struct AgentStatus {
     pub unavailable: BTreeMap<String, String>,
     /// Accepted alerts waiting (on disk) for the agent to take them up.
     pub backlog: u64,
+    /// The host that leads this agent when hosts share the state (host name, pid, state
+    /// directory): this one — a host standing by passes reads on to it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub led_by: Option<String>,
 }
 
 /// Each agent's state now and since when.
@@ -197,6 +201,7 @@ pub async fn agents(
                     since,
                     unavailable,
                     backlog: a.backlog,
+                    led_by: state.runtime.store().holder(),
                 }
             })
             .collect(),

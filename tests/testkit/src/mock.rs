@@ -472,14 +472,25 @@ impl ScenarioMock {
         (delay, result)
     }
 
-    /// Has the world done the rule's `after_call` mutation with these arguments?
+    /// Has the world done the rule's `after_call` mutation with these arguments? A world kept in
+    /// a ledger is read from it, so several processes acting on one world (hosts taking over
+    /// from each other) see what the others did, as they would a real system's state.
     fn after(&self, rule: &MockRule, args: &Value) -> bool {
         let Some(after) = &rule.after_call else {
             return true;
         };
-        lock(&self.done)
-            .iter()
-            .any(|done| done.capability == *after && same_target(&done.args, args))
+        let same = |done: &MockCall| done.capability == *after && same_target(&done.args, args);
+        if lock(&self.done).iter().any(same) {
+            return true;
+        }
+        self.ledger
+            .as_ref()
+            .and_then(|file| std::fs::read_to_string(file).ok())
+            .is_some_and(|text| {
+                text.lines()
+                    .filter_map(|l| serde_json::from_str::<MockCall>(l).ok())
+                    .any(|done| same(&done))
+            })
     }
 
     fn record_done(&self, call: &MockCall) -> std::io::Result<()> {
@@ -488,14 +499,31 @@ impl ScenarioMock {
             line.push(b'\n');
             let mut f = std::fs::OpenOptions::new()
                 .create(true)
+                .read(true)
                 .append(true)
                 .open(file)?;
+            // A line a killed process cut short is ended first, so this one stays whole.
+            if ends_cut_short(&mut f)? {
+                line.insert(0, b'\n');
+            }
             f.write_all(&line)?;
             f.sync_data()?;
         }
         remember(&mut lock(&self.done), call.clone());
         Ok(())
     }
+}
+
+/// Whether `file` ends inside a line (a writer was killed mid-write).
+fn ends_cut_short(file: &mut std::fs::File) -> std::io::Result<bool> {
+    use std::io::{Read, Seek, SeekFrom};
+    if file.metadata()?.len() == 0 {
+        return Ok(false);
+    }
+    file.seek(SeekFrom::End(-1))?;
+    let mut last = [0u8; 1];
+    file.read_exact(&mut last)?;
+    Ok(last[0] != b'\n')
 }
 
 fn remember(list: &mut VecDeque<MockCall>, call: MockCall) {

@@ -8,6 +8,7 @@
 
 pub mod checkpoint;
 pub mod describe;
+pub mod replica;
 pub mod segments;
 pub mod verify;
 
@@ -182,6 +183,10 @@ struct Tail {
     unannounced: std::collections::VecDeque<(u64, Record)>,
 }
 
+/// How long after the replica failed to take records a commit point fails without trying it
+/// again (see `Durable::replica_failed`).
+const REPLICA_RETRY: Duration = Duration::from_secs(1);
+
 /// Deferred records a commit point has not made durable yet are bounded: past either limit the
 /// next append is a commit point of its own.
 const MAX_DEFERRED_RECORDS: usize = 256;
@@ -198,6 +203,23 @@ struct Durable {
     /// An fsync failed: what was written since cannot be known durable, so no later append is
     /// either. The log refuses every append from then on (fail closed) until the host restarts.
     failed: Option<String>,
+    /// Bytes whose records the replica holds (with one): a record is durable once both the
+    /// disk and the replica hold it.
+    replicated: u64,
+    /// When the replica last failed to take records: the appenders waiting then fail at once
+    /// rather than each trying again in turn (each try may take the replica's whole timeout).
+    replica_failed: Option<std::time::Instant>,
+}
+
+impl Durable {
+    /// Where durable ends: on disk, and in the replica when there is one.
+    fn mark(&self, replicated: bool) -> u64 {
+        if replicated {
+            self.synced.min(self.replicated)
+        } else {
+            self.synced
+        }
+    }
 }
 
 /// An open audit log. Appends are serialised; each returns after the record is on disk.
@@ -220,6 +242,9 @@ pub struct AuditLog {
     /// Every record a commit point (no deferral): the behaviour before commit points, kept as
     /// the benchmarks' baseline.
     every_record: std::sync::atomic::AtomicBool,
+    /// The chain's shared home (see `replica`): every commit point makes its records durable
+    /// there too.
+    replica: Option<std::sync::Arc<dyn replica::Replica>>,
     _lock: Held,
 }
 
@@ -244,6 +269,18 @@ impl AuditLog {
         redactor: Redactor,
         wait: Duration,
     ) -> Result<Self, AuditError> {
+        Self::open_replicated(path, redactor, wait, None)
+    }
+
+    /// As [`AuditLog::open_waiting`], with the chain's shared home when the state has one (see
+    /// `replica`): the local files are reconciled with it first, and every commit point makes
+    /// its records durable in both.
+    pub fn open_replicated(
+        path: &Path,
+        redactor: Redactor,
+        wait: Duration,
+        replica: Option<std::sync::Arc<dyn replica::Replica>>,
+    ) -> Result<Self, AuditError> {
         let io = |source| AuditError::Io {
             path: path.to_path_buf(),
             source,
@@ -256,32 +293,80 @@ impl AuditLog {
         if segments::finish_interrupted_seal(path).map_err(io)? {
             tracing::warn!(audit = %path.display(), "a seal of the audit's active file that a stop cut off was finished");
         }
-        let broken = |problem| AuditError::BrokenTail {
-            path: path.to_path_buf(),
-            problem,
-        };
-        let (mut seq, mut prev, torn) = match File::open(path) {
-            Ok(f) => last_link(BufReader::new(f)).map_err(broken)?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (0, GENESIS.to_string(), None),
-            Err(e) => return Err(io(e)),
-        };
-        if seq == 0
-            && let Some(newest) = segments::sealed(path).map_err(io)?.pop()
-        {
-            // The active file holds no record yet: the chain goes on from the newest segment.
-            let (s, p, torn) = last_link(BufReader::new(File::open(&newest.path).map_err(io)?))
-                .map_err(|problem| AuditError::BrokenTail {
-                    path: newest.path.clone(),
-                    problem,
-                })?;
-            if torn.is_some() || s == 0 {
-                return Err(AuditError::BrokenTail {
-                    path: newest.path.clone(),
-                    problem: "a sealed segment ends without a whole record".into(),
-                });
+        let (seq, prev, torn) = local_head(path)?;
+        // A writer killed mid-append leaves a last line with no newline: that record's append
+        // never returned, so nothing acted on it. Move it aside (a file beside the log, for
+        // whoever investigates) and cut it off; the chain says so once the log is open.
+        let torn = match torn {
+            Some(torn) => {
+                let aside = move_aside(path, torn.at).map_err(io)?;
+                let f = crate::private::options()
+                    .write(true)
+                    .open(path)
+                    .map_err(io)?;
+                f.set_len(torn.at).map_err(io)?;
+                f.sync_all().map_err(io)?;
+                Some((torn, aside))
             }
-            (seq, prev) = (s, p);
-        }
+            None => None,
+        };
+        let reconciled = match &replica {
+            Some(replica) => {
+                let done = replica::reconcile(path, (seq, prev.clone()), replica.as_ref())?;
+                if done.changed() {
+                    // The local files changed: the head is read again from them.
+                    return Self::open_reconciled(
+                        path,
+                        redactor,
+                        held,
+                        replica.clone(),
+                        torn,
+                        done,
+                    );
+                }
+                None
+            }
+            None => None,
+        };
+        Self::open_at(path, redactor, held, (seq, prev), replica, torn, reconciled)
+    }
+
+    /// The log after reconciling changed its files: their head, read again.
+    fn open_reconciled(
+        path: &Path,
+        redactor: Redactor,
+        held: Held,
+        replica: std::sync::Arc<dyn replica::Replica>,
+        torn: Option<(Torn, PathBuf)>,
+        done: replica::Reconciled,
+    ) -> Result<Self, AuditError> {
+        let (seq, prev, _) = local_head(path)?;
+        Self::open_at(
+            path,
+            redactor,
+            held,
+            (seq, prev),
+            Some(replica),
+            torn,
+            Some(done),
+        )
+    }
+
+    /// The log continuing the chain at `head`, its files locked (`held`) and whole.
+    fn open_at(
+        path: &Path,
+        redactor: Redactor,
+        held: Held,
+        head: (u64, String),
+        replica: Option<std::sync::Arc<dyn replica::Replica>>,
+        torn: Option<(Torn, PathBuf)>,
+        reconciled: Option<replica::Reconciled>,
+    ) -> Result<Self, AuditError> {
+        let io = |source| AuditError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let (seq, prev) = head;
         let mut file = crate::private::options()
             .read(true)
             .create(true)
@@ -300,6 +385,8 @@ impl AuditLog {
                 synced: len,
                 syncing: false,
                 failed: None,
+                replicated: len,
+                replica_failed: None,
             }),
             synced: Condvar::new(),
             segment_bytes: std::sync::atomic::AtomicU64::new(segments::DEFAULT_SEGMENT_BYTES),
@@ -321,19 +408,24 @@ impl AuditLog {
             on_checkpoint: std::sync::OnceLock::new(),
             on_record: std::sync::OnceLock::new(),
             every_record: std::sync::atomic::AtomicBool::new(false),
+            replica,
             _lock: held,
         };
-        if let Some(torn) = torn {
-            // A writer killed mid-append leaves a last line with no newline: that record's
-            // append never returned, so nothing acted on it. Move it aside (a file beside the
-            // log, for whoever investigates), cut it off, and say so on the chain.
-            let aside = move_aside(path, torn.at).map_err(io)?;
-            let mut tail = log.tail.lock().unwrap_or_else(|p| p.into_inner());
-            tail.file.set_len(torn.at).map_err(io)?;
-            tail.len = torn.at;
-            tail.file_len = torn.at;
-            log.durable.lock().unwrap_or_else(|p| p.into_inner()).synced = torn.at;
-            drop(tail);
+        if let Some(done) = reconciled {
+            log.append(
+                "host",
+                None,
+                "audit-reconciled",
+                serde_json::json!({
+                    "shared": log.replica.as_ref().map(|r| r.place()),
+                    "fetched": done.fetched,
+                    "uploaded": done.uploaded,
+                    "moved_aside": done.moved_aside.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+                    "reason": if done.moved_aside.is_empty() { "the local audit was brought to the shared chain's head" } else { "the local audit held records the shared chain never took (no commit point passed on them): moved aside, the chain rebuilt from the shared one" },
+                }),
+            )?;
+        }
+        if let Some((torn, aside)) = torn {
             log.append(
                 "host",
                 None,
@@ -352,39 +444,93 @@ impl AuditLog {
             .clone()
     }
 
-    /// Return once the file is on disk up to `end`: sync it (everything written so far) or wait
-    /// for the sync another appender started.
+    /// Return once the file is on disk up to `end` — and in the replica, with one: sync it
+    /// (everything written so far) or wait for the sync another appender started.
     fn wait_durable(&self, end: u64) -> std::io::Result<()> {
+        let replicated = self.replica.is_some();
         let mut d = self.durable.lock().unwrap_or_else(|p| p.into_inner());
         loop {
             if let Some(problem) = &d.failed {
                 return Err(std::io::Error::other(problem.clone()));
             }
-            if d.synced >= end {
+            if d.mark(replicated) >= end {
                 return Ok(());
             }
             if d.syncing {
                 d = self.synced.wait(d).unwrap_or_else(|p| p.into_inner());
                 continue;
             }
+            if d.synced >= end
+                && let Some(at) = d.replica_failed
+                && at.elapsed() < REPLICA_RETRY
+            {
+                return Err(std::io::Error::other(
+                    "the shared audit chain did not take the records a moment ago; not durable",
+                ));
+            }
             d.syncing = true;
+            let replicated_to = d.replicated;
             drop(d);
             // Everything written before this point is covered by the fsync below: the bytes of
             // this file, and those of a file sealed before it (a seal syncs what it seals).
-            let (upto, file) = {
+            let (upto, file, lines) = {
                 let tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
-                (tail.len, tail.sync_file.clone())
+                let lines: Vec<replica::Line> = if replicated {
+                    tail.unannounced
+                        .iter()
+                        .filter(|(at, _)| *at > replicated_to && *at <= tail.len)
+                        .map(|(_, r)| replica::Line::of(r))
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                (tail.len, tail.sync_file.clone(), lines)
             };
             let result = file.sync_data();
+            // On disk first, then shared: a record the replica holds is on this host's disk.
+            let shared = match (&result, &self.replica) {
+                (Ok(()), Some(replica)) if !lines.is_empty() => Some(replica.append(&lines)),
+                _ => None,
+            };
             d = self.durable.lock().unwrap_or_else(|p| p.into_inner());
             d.syncing = false;
-            match result {
-                Ok(()) => d.synced = d.synced.max(upto),
+            let outcome = match result {
+                Ok(()) => {
+                    d.synced = d.synced.max(upto);
+                    match shared {
+                        None => {
+                            d.replicated = d.replicated.max(upto);
+                            Ok(())
+                        }
+                        Some(Ok(())) => {
+                            d.replicated = d.replicated.max(upto);
+                            d.replica_failed = None;
+                            Ok(())
+                        }
+                        // Another host holds the state: nothing more is durable here.
+                        Some(Err(replica::ReplicaError::Lost(why))) => {
+                            let problem =
+                                format!("the shared audit chain refused this host: {why}");
+                            d.failed = Some(problem.clone());
+                            Err(std::io::Error::other(problem))
+                        }
+                        // The records stay on disk and pending; the next commit point tries
+                        // again, and nothing waiting on them goes ahead meanwhile.
+                        Some(Err(replica::ReplicaError::Failed(why))) => {
+                            d.replica_failed = Some(std::time::Instant::now());
+                            Err(std::io::Error::other(format!(
+                                "the shared audit chain did not take the records: {why}"
+                            )))
+                        }
+                    }
+                }
                 Err(e) => {
                     d.failed = Some(fsync_failed(&e));
+                    Ok(())
                 }
-            }
+            };
             self.synced.notify_all();
+            outcome?;
         }
     }
 
@@ -588,15 +734,24 @@ impl AuditLog {
             serde_json::to_value(&removed).unwrap_or(Value::Null),
         );
         self.append("host", None, segments::REMOVED_KIND, Value::Object(data))?;
-        let _tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
-        for s in &sealed[..n] {
-            match std::fs::remove_file(&s.path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io(e)),
+        {
+            let _tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
+            for s in &sealed[..n] {
+                match std::fs::remove_file(&s.path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(io(e)),
+                }
             }
+            segments::sync_dir(&segments::dir_of(&self.path)).map_err(io)?;
         }
-        segments::sync_dir(&segments::dir_of(&self.path)).map_err(io)?;
+        // A database call: never under the tail's lock, which every append takes.
+        if let (Some(replica), Some(last)) = (&self.replica, removed.last())
+            && let Err(e) = replica.forget_before(last.last_seq + 1)
+        {
+            // The shared chain keeps them until the next removal asks again.
+            tracing::warn!(shared = %replica.place(), error = %e, "the shared audit chain did not let go of the removed records");
+        }
         Ok(removed)
     }
 
@@ -952,6 +1107,18 @@ impl AuditLog {
             path: self.path.clone(),
             source,
         };
+        if self.replica.is_some() {
+            // Records the replica did not take stay pending in memory until it does: while it
+            // is away, no more are written than a commit point may hold back.
+            let (pending, len) = {
+                let tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
+                (tail.unannounced.len(), tail.len)
+            };
+            if pending >= MAX_DEFERRED_RECORDS {
+                self.wait_durable(len).map_err(io)?;
+                self.announce_durable();
+            }
+        }
         let mut tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(problem) = self.failed() {
             return Err(io(std::io::Error::other(problem)));
@@ -1084,7 +1251,7 @@ impl AuditLog {
             .durable
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .synced;
+            .mark(self.replica.is_some());
         let durable: Vec<Record> = {
             let mut tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
             let n = tail
@@ -1219,6 +1386,43 @@ fn move_aside(path: &Path, at: u64) -> std::io::Result<PathBuf> {
     Err(std::io::Error::other(
         "a thousand torn records were moved aside already: look at them before going on",
     ))
+}
+
+/// The seq and hash of the local log's last whole record — in the active file, or in the newest
+/// sealed segment while the active file holds none — and an unfinished line a crash left at the
+/// active file's end.
+fn local_head(path: &Path) -> Result<(u64, String, Option<Torn>), AuditError> {
+    let io = |source| AuditError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let broken = |problem| AuditError::BrokenTail {
+        path: path.to_path_buf(),
+        problem,
+    };
+    let (mut seq, mut prev, torn) = match File::open(path) {
+        Ok(f) => last_link(BufReader::new(f)).map_err(broken)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => (0, GENESIS.to_string(), None),
+        Err(e) => return Err(io(e)),
+    };
+    if seq == 0
+        && let Some(newest) = segments::sealed(path).map_err(io)?.pop()
+    {
+        // The active file holds no record yet: the chain goes on from the newest segment.
+        let (s, p, torn) = last_link(BufReader::new(File::open(&newest.path).map_err(io)?))
+            .map_err(|problem| AuditError::BrokenTail {
+                path: newest.path.clone(),
+                problem,
+            })?;
+        if torn.is_some() || s == 0 {
+            return Err(AuditError::BrokenTail {
+                path: newest.path.clone(),
+                problem: "a sealed segment ends without a whole record".into(),
+            });
+        }
+        (seq, prev) = (s, p);
+    }
+    Ok((seq, prev, torn))
 }
 
 /// An unfinished last line: where it starts, its size and digest.

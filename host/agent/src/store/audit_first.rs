@@ -38,6 +38,20 @@ impl IncidentStore for AuditFirst {
         self.inner.confirm_held().await
     }
 
+    fn audit_replica(
+        &self,
+    ) -> Result<Option<std::sync::Arc<dyn crate::audit::replica::Replica>>, StoreError> {
+        self.inner.audit_replica()
+    }
+
+    async fn advertise(&self, url: &str) -> Result<(), StoreError> {
+        self.inner.advertise(url).await
+    }
+
+    fn holder(&self) -> Option<String> {
+        self.inner.holder()
+    }
+
     async fn save(&self, incident: &Incident) -> Result<(), StoreError> {
         self.commit()?;
         self.inner.save(incident).await

@@ -37,11 +37,23 @@ pub(crate) const SQLITE: Embedded = Embedded(&[
     ),
 ]);
 
-pub(crate) const POSTGRES: Embedded = Embedded(&[(
-    1,
-    "state",
-    include_str!("../../migrations/postgres/0001_state.sql"),
-)]);
+pub(crate) const POSTGRES: Embedded = Embedded(&[
+    (
+        1,
+        "state",
+        include_str!("../../migrations/postgres/0001_state.sql"),
+    ),
+    (
+        2,
+        "audit",
+        include_str!("../../migrations/postgres/0002_audit.sql"),
+    ),
+    (
+        3,
+        "standby",
+        include_str!("../../migrations/postgres/0003_standby.sql"),
+    ),
+]);
 
 impl Embedded {
     fn migrations(self) -> Vec<Migration> {

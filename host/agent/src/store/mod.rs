@@ -11,6 +11,8 @@ mod audit_first;
 mod json;
 mod mac;
 mod migrations;
+mod pg_audit;
+pub mod pg_inbox;
 pub mod postgres;
 mod rows;
 pub mod sqlite;
@@ -455,6 +457,25 @@ pub trait IncidentStore: Send + Sync {
     /// state directory is always held.
     async fn confirm_held(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+    /// The audit chain's shared home, when the state is shared by hosts (a database): the
+    /// host's audit log makes every commit point durable there too, and a host that takes the
+    /// state over continues that chain (see `audit::replica`). `None` for a store in the state
+    /// directory, whose audit is the directory's alone. Asked once, before the log opens.
+    fn audit_replica(
+        &self,
+    ) -> Result<Option<std::sync::Arc<dyn crate::audit::replica::Replica>>, StoreError> {
+        Ok(None)
+    }
+    /// Tell the hosts standing by where this one serves its API (a shared database), so they
+    /// pass answers and reads on to it. A store in the state directory has none to tell.
+    async fn advertise(&self, _url: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// Which host holds the state, as the store names it (a shared database); `None` for a
+    /// store in the state directory.
+    fn holder(&self) -> Option<String> {
+        None
     }
     async fn save(&self, incident: &Incident) -> Result<(), StoreError>;
     async fn get(&self, id: &str) -> Result<Incident, StoreError>;

@@ -5,9 +5,10 @@
 //! the token in its own transaction, so a host that lost the lock — its connection dropped, the
 //! process paused past a takeover — writes nothing after another host took the state over.
 //!
-//! The audit is still the host's file (`state_dir/audit.jsonl`): the database shares incidents
-//! and approvals, not yet the journal, so a host taking over another's state cannot re-read its
-//! proposals and refuses to act on them (fails closed) until the audit moves into the database.
+//! The audit chain is shared too (`pg_audit`, table `audit`): the holding host's log makes
+//! every commit point durable there as well as in its file, so a host that takes the state over
+//! continues the same chain — it re-reads the proposals it is asked to answer and resumes the
+//! runs it finds interrupted from it, as the host that wrote them would have.
 
 use super::mac::HostKey;
 use super::rows::{Row, Sealer, millis, open_statuses, status_name};
@@ -52,7 +53,7 @@ pub enum PasswordSource {
 }
 
 impl PgTarget {
-    fn options(&self) -> Result<PgConnectOptions, StoreError> {
+    pub(super) fn options(&self) -> Result<PgConnectOptions, StoreError> {
         let fail = |message: String| StoreError::Database {
             path: PathBuf::from(&self.url),
             message,
@@ -193,6 +194,10 @@ impl PgTarget {
 
 /// A pool of `size` sessions; a session not had within 10 s is an error, not a hang.
 async fn pool(options: PgConnectOptions, size: u32) -> Result<PgPool, sqlx::Error> {
+    let options = options.options([(
+        "idle_in_transaction_session_timeout",
+        IDLE_IN_TRANSACTION.as_millis().to_string(),
+    )]);
     PgPoolOptions::new()
         .max_connections(size)
         .acquire_timeout(Duration::from_secs(10))
@@ -203,11 +208,15 @@ async fn pool(options: PgConnectOptions, size: u32) -> Result<PgPool, sqlx::Erro
 pub struct PgStore {
     rows: Sealer,
     pool: PgPool,
+    /// How to reach the database again (the audit's replica connects on its own).
+    options: Option<PgConnectOptions>,
     /// Keeps the connection that holds the advisory lock for the store's life, and takes the
     /// lock again when that connection drops and nobody else took it; `None` when read-only.
     _holding: Option<Holding>,
     /// The fencing token this host raised; `None` when opened read-only.
     token: Option<i64>,
+    /// How this host names itself in `holder` (host name, pid, state directory).
+    host: Option<String>,
     /// Why this host may no longer write, once another host took the database over.
     lost: Arc<Mutex<Option<String>>>,
     _lock: Option<Held>,
@@ -224,6 +233,25 @@ impl Drop for Holding {
 
 /// How often the holding connection is looked at.
 const HOLD_CHECK: Duration = Duration::from_secs(2);
+
+/// The holder's lease: the server ends the holding session when it has been idle this long —
+/// the host paused, hung, or cut off from the database — and with it the lock, so the next host
+/// waiting holds the state within this time (a live holder looks every `HOLD_CHECK`). The old
+/// holder, fenced by the token, writes nothing when it wakes.
+pub const LEASE: Duration = Duration::from_secs(10);
+
+/// A transaction left open this long by a host that stopped (paused, hung) is ended by the
+/// server: its share lock on `holder` would otherwise keep the next host's takeover waiting
+/// for ever. Below the lease, so the takeover is not held up past it.
+pub(super) const IDLE_IN_TRANSACTION: Duration = Duration::from_secs(5);
+
+/// Make `conn`, which holds the lock, a lease (see [`LEASE`]).
+async fn lease(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query(&format!("SET idle_session_timeout = {}", LEASE.as_millis()))
+        .execute(conn)
+        .await
+        .map(|_| ())
+}
 
 /// Keep `conn` (which holds the lock) alive. When it drops — a network cut, a server restart —
 /// the lock went with it: take it again on a new connection if nobody else has, and go on only
@@ -244,6 +272,9 @@ async fn hold(
             // Unreachable: every write fails on its own meanwhile; look again.
             continue;
         };
+        if lease(&mut fresh).await.is_err() {
+            continue;
+        }
         let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
             .bind(LOCK_KEY)
             .fetch_one(&mut fresh)
@@ -285,7 +316,8 @@ impl PgStore {
             source,
         })?;
         let deadline = Instant::now() + wait;
-        let held = lock::acquire(&dir.join("state.lock"), wait)?;
+        // The folder is this host's own: a second process on it is a mistake, said soon.
+        let held = lock::acquire(&dir.join("state.lock"), wait.min(lock::DEFAULT_WAIT))?;
         let rows = Sealer {
             key: HostKey::load_or_create(&dir.join("host.key"))?,
             place: target.url.clone(),
@@ -296,9 +328,14 @@ impl PgStore {
             .map_err(|e| rows.fail(e))?;
         // Queued in the server's lock manager rather than polled: the moment the holder's
         // session ends the lock is this host's, before the holder could take it back.
-        let left = deadline
-            .saturating_duration_since(Instant::now())
-            .max(Duration::from_millis(1));
+        // (The server takes at most i32::MAX ms, some 24 days: a standby waits that long.)
+        let left = deadline.saturating_duration_since(Instant::now()).clamp(
+            Duration::from_millis(1),
+            Duration::from_millis(i32::MAX as u64),
+        );
+        // The lease is set before the wait (it counts idle time only, never the wait): a host
+        // paused or cut off while queued holds the lock, when it is granted, no longer than it.
+        lease(&mut holding).await.map_err(|e| rows.fail(e))?;
         sqlx::query(&format!("SET lock_timeout = {}", left.as_millis()))
             .execute(&mut holding)
             .await
@@ -342,9 +379,10 @@ impl PgStore {
                 "{e} (the schema could not be brought to this version: the role must own the database — `CREATE DATABASE themis OWNER themis` — and the database must not be from a newer Themis)"
             ))
         })?;
-        let token = Self::take_over(&rows, &pool, dir).await?;
+        let (token, host) = Self::take_over(&rows, &pool, dir).await?;
         target.write_to(dir)?;
         let lost = Arc::new(Mutex::new(None));
+        let options_for_replica = options.clone();
         let holding = Holding(tokio::spawn(hold(
             holding,
             options,
@@ -355,8 +393,10 @@ impl PgStore {
         Ok(PgStore {
             rows,
             pool,
+            options: Some(options_for_replica),
             _holding: Some(holding),
             token: Some(token),
+            host: Some(host),
             lost,
             _lock: Some(held),
         })
@@ -364,8 +404,18 @@ impl PgStore {
 
     /// Raise the fencing token (the lock is held): from now on the previous holder's writes
     /// fail. A database sealed under another host key is refused by name.
-    async fn take_over(rows: &Sealer, pool: &PgPool, dir: &Path) -> Result<i64, StoreError> {
+    async fn take_over(
+        rows: &Sealer,
+        pool: &PgPool,
+        dir: &Path,
+    ) -> Result<(i64, String), StoreError> {
         let mut tx = pool.begin().await.map_err(|e| rows.fail(e))?;
+        // A share lock a stopped host still holds ends within IDLE_IN_TRANSACTION; this wait
+        // is bounded all the same, and a host that cannot take over says so and stops.
+        sqlx::query("SET LOCAL lock_timeout = '30s'")
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| rows.fail(e))?;
         let found: Option<(i64, String)> =
             sqlx::query_as("SELECT token, key_id FROM holder WHERE id = 1 FOR UPDATE")
                 .fetch_optional(&mut *tx)
@@ -386,9 +436,12 @@ impl PgStore {
             std::process::id(),
             dir.display()
         );
+        // The previous holder's address goes with it: standing-by hosts forward nothing until
+        // this one says where it serves.
         let token: i64 = sqlx::query_scalar(
             "INSERT INTO holder (id, token, key_id, host) VALUES (1, 1, $1, $2)
-             ON CONFLICT (id) DO UPDATE SET token = holder.token + 1, host = $2, since = now()
+             ON CONFLICT (id) DO UPDATE SET token = holder.token + 1, host = $2, since = now(),
+               url = NULL, url_mac = NULL
              RETURNING token",
         )
         .bind(&key_id)
@@ -397,7 +450,7 @@ impl PgStore {
         .await
         .map_err(|e| rows.fail(e))?;
         tx.commit().await.map_err(|e| rows.fail(e))?;
-        Ok(token)
+        Ok((token, host))
     }
 
     /// Open to read without holding anything (`themis agents` next to a running host): the
@@ -414,8 +467,10 @@ impl PgStore {
         Ok(PgStore {
             rows,
             pool,
+            options: None,
             _holding: None,
             token: None,
+            host: None,
             lost: Arc::default(),
             _lock: None,
         })
@@ -535,6 +590,36 @@ impl PgStore {
 impl IncidentStore for PgStore {
     fn lost(&self) -> Option<String> {
         self.lost.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn audit_replica(&self) -> Result<Option<Arc<dyn crate::audit::replica::Replica>>, StoreError> {
+        let (Some(options), Some(mine)) = (&self.options, self.token) else {
+            return Err(self.rows.fail("the store was opened read-only"));
+        };
+        super::pg_audit::PgReplica::start(
+            options.clone(),
+            self.rows.place.clone(),
+            mine,
+            self.lost.clone(),
+        )
+        .map(|r| Some(Arc::new(r) as Arc<dyn crate::audit::replica::Replica>))
+        .map_err(|e| self.rows.fail(e))
+    }
+
+    async fn advertise(&self, url: &str) -> Result<(), StoreError> {
+        let (body, mac) = self.rows.seal("holder", "url", &url)?;
+        let mut tx = self.fenced().await?;
+        sqlx::query("UPDATE holder SET url = $1, url_mac = $2 WHERE id = 1")
+            .bind(&body)
+            .bind(&mac)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.rows.fail(e))?;
+        tx.commit().await.map_err(|e| self.rows.fail(e))
+    }
+
+    fn holder(&self) -> Option<String> {
+        self.host.clone()
     }
 
     async fn confirm_held(&self) -> Result<(), StoreError> {

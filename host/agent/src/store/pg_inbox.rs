@@ -1,0 +1,152 @@
+//! The shared store's inbox (table `inbox`): alerts a host standing by accepted — it holds no
+//! state and writes no audit of its own — for the host that holds the state to take up. A
+//! notification is stored whole, as it arrived, once its sender and its shape were checked; the
+//! holder takes the oldest first onto its audit chain and then removes them. A crash between
+//! the two takes a notification up twice, which deduplication by fingerprint absorbs as one
+//! more notification of the same alert (Alertmanager repeats notifications anyway): at least
+//! once, never lost.
+
+use super::StoreError;
+use super::mac::HostKey;
+use super::postgres::PgTarget;
+use super::rows::Sealer;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Notifications the inbox holds at most; past it a standby answers 429, as a full backlog does.
+pub const INBOX_LIMIT: i64 = 10_000;
+
+pub struct PgInbox {
+    pool: PgPool,
+    place: String,
+    /// Opens the holder's sealed address (the deployment's host key).
+    rows: Sealer,
+}
+
+/// Who holds the state, as `holder` says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    pub host: String,
+    /// Where it serves its API, when it said so (and the seal verified).
+    pub url: Option<String>,
+}
+
+/// One stored notification.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub id: i64,
+    pub via: String,
+    pub body: String,
+    mac: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InboxError {
+    #[error("the shared inbox holds {INBOX_LIMIT} notifications the holder has not taken up")]
+    Full,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl PgInbox {
+    /// The inbox of the database `target` names, for the host whose state directory is `dir`
+    /// (its host key opens the holder's address); connects when first used.
+    pub fn connect(target: &PgTarget, dir: &std::path::Path) -> Result<PgInbox, StoreError> {
+        crate::private::create_dir_all(dir).map_err(|source| StoreError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let options = target.options()?.options([("statement_timeout", "10000")]);
+        let pool = PgPoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_lazy_with(options);
+        Ok(PgInbox {
+            pool,
+            place: target.url.clone(),
+            rows: Sealer {
+                key: HostKey::load_or_create(&dir.join("host.key"))?,
+                place: target.url.clone(),
+            },
+        })
+    }
+
+    /// Who holds the state now, and where it serves. An address whose seal does not verify
+    /// under this host's key is an error: a row edited by hand, or hosts with different keys.
+    pub async fn holder(&self) -> Result<Option<Holder>, StoreError> {
+        let row: Option<(String, Option<String>, Option<String>)> =
+            sqlx::query_as("SELECT host, url, url_mac FROM holder WHERE id = 1")
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| self.fail(e))?;
+        let Some((host, url, mac)) = row else {
+            return Ok(None);
+        };
+        let url = match (url, mac) {
+            (Some(body), Some(mac)) => {
+                Some(self.rows.open::<String>("holder", "url", &body, &mac)?)
+            }
+            _ => None,
+        };
+        Ok(Some(Holder { host, url }))
+    }
+
+    fn fail(&self, e: impl std::fmt::Display) -> StoreError {
+        StoreError::Database {
+            path: PathBuf::from(&self.place),
+            message: e.to_string(),
+        }
+    }
+
+    /// Store a notification (its JSON, redacted by the caller), sealed under the host key;
+    /// durable when this returns. Its id.
+    pub async fn put(&self, via: &str, body: &serde_json::Value) -> Result<i64, InboxError> {
+        let (body, mac) = self.rows.seal("inbox", via, body)?;
+        let id: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO inbox (via, body, mac) SELECT $1, $2, $3
+             WHERE (SELECT count(*) FROM inbox) < $4 RETURNING id",
+        )
+        .bind(via)
+        .bind(&body)
+        .bind(&mac)
+        .bind(INBOX_LIMIT)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| self.fail(e))?;
+        id.ok_or(InboxError::Full)
+    }
+
+    /// The oldest `limit` notifications waiting.
+    pub async fn waiting(&self, limit: i64) -> Result<Vec<Stored>, StoreError> {
+        let rows: Vec<(i64, String, String, String)> =
+            sqlx::query_as("SELECT id, via, body, mac FROM inbox ORDER BY id LIMIT $1")
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| self.fail(e))?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, via, body, mac)| Stored { id, via, body, mac })
+            .collect())
+    }
+
+    /// A stored notification's body, once its seal verifies under this host's key: a row added
+    /// or changed by hand (or by a host with another key) is refused.
+    pub fn open(&self, stored: &Stored) -> Result<String, StoreError> {
+        let value: serde_json::Value =
+            self.rows
+                .open("inbox", &stored.via, &stored.body, &stored.mac)?;
+        serde_json::to_string(&value).map_err(|e| self.fail(e))
+    }
+
+    /// A notification taken up: out of the inbox.
+    pub async fn done(&self, id: i64) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM inbox WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.fail(e))
+    }
+}
