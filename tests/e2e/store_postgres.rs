@@ -376,6 +376,20 @@ async fn a_host_standing_by_takes_alerts_for_the_holder() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+    // A host whose key is not the deployment's stores nothing the holder would refuse after
+    // its 200: it answers 503, naming the key.
+    let foreign_dir = tempfile::tempdir().expect("tempdir");
+    let c = on_db(foreign_dir.path(), &db).start_standing_by();
+    let (status, body) = c
+        .post(
+            AM,
+            INTAKE,
+            &notification("firing", &[("KafkaConsumerLag", "fp-foreign", LAG)]),
+        )
+        .await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body["message"].to_string().contains("host.key"), "{body}");
+    drop(c);
     let (status, body) = b
         .post(
             AM,
@@ -413,6 +427,53 @@ async fn a_host_standing_by_takes_alerts_for_the_holder() {
         a.kinds("alert-accepted")
             .iter()
             .any(|r| r["data"].to_string().contains("fp-inbox"))
+    );
+    assert!(
+        !a.kinds("alert-accepted")
+            .iter()
+            .any(|r| r["data"].to_string().contains("fp-foreign"))
+    );
+    // An alert with no fingerprint of its own, a secret among its labels: the standby derives
+    // its fingerprint from the labels as they arrived, as the holder does, so the two paths
+    // give one alert one incident.
+    let own = serde_json::json!({ "name": "KafkaConsumerLag", "labels": {
+        "topic": "payments", "group": "payments-consumer", "severity": "critical",
+        "api_token": "s3cret-for-tests" } });
+    let (status, via_b) = b.post("/api/v1/alerts", INTAKE, &own).await;
+    assert_eq!(status, 200, "{via_b}");
+    let (status, via_a) = a.post("/api/v1/alerts", INTAKE, &own).await;
+    assert_eq!(status, 200, "{via_a}");
+    let fingerprint = via_a["alerts"][0]["fingerprint"].clone();
+    assert_eq!(via_b["alerts"][0]["fingerprint"], fingerprint);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while a
+        .kinds("alert-accepted")
+        .iter()
+        .filter(|r| r["data"]["alert"]["fingerprint"] == fingerprint)
+        .count()
+        < 2
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stored alert was not taken up"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let list = a
+        .incidents_until("the unfingerprinted alert's incident", |l| {
+            l.iter().any(|i| i["fingerprint"] == fingerprint)
+        })
+        .await;
+    assert_eq!(
+        list.iter()
+            .filter(|i| i["fingerprint"] == fingerprint)
+            .count(),
+        1
+    );
+    assert!(
+        !a.kinds("alert-accepted")
+            .iter()
+            .any(|r| r["data"].to_string().contains("s3cret-for-tests"))
     );
     let left: i64 = sqlx::query_scalar("SELECT count(*) FROM inbox")
         .fetch_one(&db.admin)

@@ -402,12 +402,21 @@ pub async fn run(args: ServeArgs, cache_dir_flag: Option<PathBuf>) -> ExitCode {
     crate::output::best_effort(format_args!("themis serve: listening on http://{addr}\n"));
     tracing::info!(%addr, agents = names.len(), "listening");
     // A host whose state database another host took over stops (fenced: it could write
-    // nothing more), the way a signal stops it, and says why.
+    // nothing more), the way a signal stops it, and says why. So does a holder of a shared
+    // state whose audit failed closed: it could act on nothing again, and holding on would keep
+    // the hosts standing by from taking over.
     let store = runtime.store().clone();
+    let shared = matches!(store.audit_replica(), Ok(Some(_)));
+    let audit = runtime.audit().clone();
     let lost = async move {
         loop {
             if let Some(why) = store.lost() {
                 return why;
+            }
+            if shared && let Some(why) = audit.closed_by() {
+                return format!(
+                    "the audit failed closed ({why}): the state is let go for a host standing by"
+                );
             }
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
         }
@@ -419,7 +428,7 @@ pub async fn run(args: ServeArgs, cache_dir_flag: Option<PathBuf>) -> ExitCode {
             tokio::select! {
                 () = themis_server::signal() => {}
                 why = lost => {
-                    tracing::error!(reason = %why, "stopping: the state database was taken over");
+                    tracing::error!(reason = %why, "stopping: this host can hold the state no longer");
                     *why_stopped.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
                 }
             }

@@ -159,13 +159,24 @@ pub async fn drain_inbox(state: Arc<AppState>, inbox: Arc<themis_agent::store::p
                 }
                 continue;
             }
-            let taken = match checked
-                .and_then(|body| incoming_of(&stored.via, body.as_bytes(), &redactor))
-            {
+            let taken = match checked.and_then(|body| {
+                if stored.via == crate::standby::CHECKED {
+                    serde_json::from_str::<Vec<Incoming>>(&body).map_err(|e| {
+                        ApiError::bad_request("", format!("inbox row {}: {e}", stored.id))
+                    })
+                } else {
+                    // A notification stored whole (by an earlier version): checked again.
+                    incoming_of(&stored.via, body.as_bytes(), &redactor)
+                }
+            }) {
                 // Checked by the host that stored it; a newer check refuses it on the record.
+                // Removed only once the refusal is on the record: else it is tried again.
                 Err(refusal) => {
-                    refused(&state, "inbox", &refusal).await;
-                    Ok(())
+                    if refused(&state, "inbox", &refusal).await {
+                        Ok(())
+                    } else {
+                        Err(ApiError::unavailable("the refusal could not be recorded"))
+                    }
                 }
                 Ok(incoming) => take(&state, incoming).await.map(|_| ()),
             };
@@ -219,7 +230,8 @@ async fn receive<T: serde::de::DeserializeOwned>(
 /// An authenticated sender's notification that could not be taken (over the body limit, not
 /// JSON, a wrong version) is alerts lost — Alertmanager does not retry a 4xx — so it is on the
 /// record and counted, never only answered.
-async fn refused(state: &AppState, via: &'static str, refusal: &ApiError) {
+/// Whether the refusal is on the record.
+async fn refused(state: &AppState, via: &'static str, refusal: &ApiError) -> bool {
     let data = serde_json::json!({
         "via": via,
         "status": refusal.status.as_u16(),
@@ -227,13 +239,15 @@ async fn refused(state: &AppState, via: &'static str, refusal: &ApiError) {
         "field": refusal.field,
         "message": refusal.message,
     });
-    if !record_refused(state, data).await {
+    let recorded = record_refused(state, data).await;
+    if !recorded {
         tracing::error!(
             via,
             error = refusal.error,
             "an authenticated notification was refused and the refusal could not be recorded"
         );
     }
+    recorded
 }
 
 /// An `alert-refused` record with `data`, counted; whether it is on the record.

@@ -415,7 +415,9 @@ pub struct Ready {
         (status = 503, description = "not ready: see the fields", body = Ready)))]
 pub async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Ready>) {
     let path = state.runtime.audit().path().to_path_buf();
-    let writable = std::fs::OpenOptions::new().append(true).open(&path).is_ok();
+    // A log that failed closed takes no record, whatever its file's permissions.
+    let writable = state.runtime.audit().closed_by().is_none()
+        && std::fs::OpenOptions::new().append(true).open(&path).is_ok();
     let draining = state.draining();
     let store_lost = state.runtime.store().lost();
     let ok = writable && !draining && store_lost.is_none();

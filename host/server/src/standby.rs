@@ -49,6 +49,9 @@ fn connection_named(headers: &HeaderMap) -> Vec<String> {
 /// The inbox's `via` of a refusal a standby stored for the holder's record.
 pub const REFUSED: &str = "refused";
 
+/// The inbox row kind of alerts a host standing by checked and accepted (`Incoming`, as JSON).
+pub const CHECKED: &str = "checked";
+
 /// Marks a request a standby passed on: one never passes it on again (two hosts that advertise
 /// each other's address would otherwise bounce it between them).
 const FORWARDED: &str = "x-themis-forwarded-by";
@@ -97,6 +100,11 @@ pub fn router(state: Arc<Standby>) -> Router {
     Router::new()
         .route("/api/v1/alerts/alertmanager", post(alertmanager))
         .route("/api/v1/alerts", post(own))
+        // The sender is known before a byte of its body is read, as on the holder.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            intake_auth,
+        ))
         .route("/healthz", get(crate::read::healthz))
         // This host's own: a standby is ready for what it serves (alerts, passing requests
         // on), and its metrics are not the holder's (scraped per host, they would count twice).
@@ -106,6 +114,15 @@ pub fn router(state: Arc<Standby>) -> Router {
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn(crate::deadline::body_deadline))
         .with_state(state)
+}
+
+async fn intake_auth(
+    State(state): State<Arc<Standby>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Result<axum::response::Response, ApiError> {
+    crate::auth::intake_by(&state.config, request.headers())?;
+    Ok(next.run(request).await)
 }
 
 async fn ready() -> Json<serde_json::Value> {
@@ -177,19 +194,12 @@ async fn forward(
     };
     let (parts, body) = request.into_parts();
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let bytes = axum::body::to_bytes(body, state.config.body_limit)
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload-too-large",
-                format!("the body is over the configured limit or was cut off: {e}"),
-            )
-        })?;
+    // Streamed, not gathered here: the holder authenticates the request and bounds its body,
+    // and a standby holds no more of it than a chunk in flight.
     let mut out = state
         .http
         .request(parts.method.clone(), format!("{base}{path}"))
-        .body(bytes);
+        .body(reqwest::Body::wrap_stream(body.into_data_stream()));
     let named = connection_named(&parts.headers);
     for (name, value) in &parts.headers {
         if !HOP_BY_HOP.contains(&name.as_str()) && !named.contains(&name.as_str().to_owned()) {
@@ -250,11 +260,13 @@ async fn store(
             return Err(refusal);
         }
     };
-    let (bytes, incoming) = incoming;
-    // Stored redacted, as the holder's audit would keep it: no secret reaches the database.
-    let value: serde_json::Value = serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::bad_request("", format!("malformed JSON body: {e}")))?;
-    match state.inbox.put(via, &state.redactor.redact(value)).await {
+    let (_, incoming) = incoming;
+    // Stored as checked here (a fingerprint a sender left out is derived from the labels as
+    // they arrived, as the holder's own intake derives it) and redacted, as the holder's audit
+    // keeps it: no secret reaches the database.
+    let value = serde_json::to_value(&incoming)
+        .map_err(|e| ApiError::unavailable(format!("the alerts could not be stored: {e}")))?;
+    match state.inbox.put(CHECKED, &state.redactor.redact(value)).await {
         Ok(_) => Ok(Json(IntakeResponse {
             accepted: incoming.len(),
             unrouted: 0,
@@ -274,6 +286,9 @@ async fn store(
             "the shared inbox is full: the host that holds the state has not taken up what waits; retry",
         )
         .retry_after(5)),
+        Err(InboxError::Foreign(why)) => Err(ApiError::unavailable(format!(
+            "{why}; nothing was stored — send to the host that holds the state"
+        ))),
         Err(InboxError::Store(e)) => Err(ApiError::unavailable(format!(
             "{e}; nothing was stored — retry, or send to the host that holds the state"
         ))

@@ -421,7 +421,7 @@ impl AuditLog {
                     "fetched": done.fetched,
                     "uploaded": done.uploaded,
                     "moved_aside": done.moved_aside.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
-                    "reason": if done.moved_aside.is_empty() { "the local audit was brought to the shared chain's head" } else { "the local audit held records the shared chain never took (no commit point passed on them): moved aside, the chain rebuilt from the shared one" },
+                    "reason": if !done.moved_aside.is_empty() { "the local audit held records the shared chain never took (no commit point passed on them) and another host went on from its head: moved aside, the chain rebuilt from the shared one" } else if done.uploaded > 0 { "the local audit continued the shared chain past its head (records written here that a stop kept from reaching it): the shared chain was given them" } else { "the local audit was brought to the shared chain's head" },
                 }),
             )?;
         }
@@ -434,6 +434,12 @@ impl AuditLog {
             )?;
         }
         Ok(log)
+    }
+
+    /// Why the log takes no more records (a write or a sync failed, or the shared chain was
+    /// lost to another host), if it does not: it stays so until the host starts again.
+    pub fn closed_by(&self) -> Option<String> {
+        self.failed()
     }
 
     fn failed(&self) -> Option<String> {

@@ -7,6 +7,9 @@
 //!
 //! At open the local files are reconciled with the shared chain before the first append:
 //! - a local chain the shared one continues is extended with its records, byte for byte;
+//! - a local chain that continues the shared one (a kill after a local write, before the
+//!   replica's commit; an upload cut off part-way) gives it the records it lacks, so nothing
+//!   written here is dropped and nothing is moved aside;
 //! - a local chain that went its own way — records the shared chain never took (a host fenced
 //!   out, or killed between its fsync and the replica's commit: no commit point passed, so
 //!   nothing acted on them) or another host's history altogether — is moved aside whole, for
@@ -123,15 +126,28 @@ pub(super) fn reconcile(
     let mut done = Reconciled::default();
     let Some((head_seq, head_hash)) = replica.head().map_err(shared)? else {
         if seq > 0 {
-            done.uploaded = upload(path, replica).map_err(|e| match e {
+            done.uploaded = upload(path, replica, None).map_err(|e| match e {
                 Upload::Io(e) => io(e),
                 Upload::Replica(e) => shared(e),
+                Upload::NotPrefix => io(std::io::Error::other("an empty shared chain")),
             })?;
         }
         return Ok(done);
     };
     if head_seq == seq && head_hash == prev {
         return Ok(done);
+    }
+    if seq > head_seq {
+        match upload(path, replica, Some((head_seq, head_hash.clone()))) {
+            Ok(uploaded) => {
+                done.uploaded = uploaded;
+                return Ok(done);
+            }
+            // The local record at the shared head is another: this chain went its own way.
+            Err(Upload::NotPrefix) => {}
+            Err(Upload::Io(e)) => return Err(io(e)),
+            Err(Upload::Replica(e)) => return Err(shared(e)),
+        }
     }
     let continues = seq == 0
         || (seq < head_seq && replica.hash_at(seq).map_err(shared)?.as_deref() == Some(&prev));
@@ -186,14 +202,33 @@ pub(super) fn reconcile(
 enum Upload {
     Io(std::io::Error),
     Replica(ReplicaError),
+    /// The local chain does not hold the shared head's record: it does not continue it.
+    NotPrefix,
 }
 
-/// Give an empty shared chain every local record, file by file, exactly as written.
-fn upload(path: &Path, replica: &dyn Replica) -> Result<u64, Upload> {
+/// Give the shared chain every local record after its head `after` (every one when it is
+/// empty), file by file, exactly as written. With a head, the local record at its seq must be
+/// that head's ([`Upload::NotPrefix`] when it is not, or is no longer here).
+fn upload(path: &Path, replica: &dyn Replica, after: Option<(u64, String)>) -> Result<u64, Upload> {
     let mut sent = 0;
     let mut last: Option<(u64, String)> = None;
     let mut page = Vec::with_capacity(PAGE);
-    for (_, file) in segments::open_all(path).map_err(Upload::Io)? {
+    let files = segments::open_all(path).map_err(Upload::Io)?;
+    // A sealed segment whose successor starts at or before the head holds nothing after it.
+    let starts: Vec<Option<u64>> = files
+        .iter()
+        .map(|(p, _)| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .and_then(segments::first_seq_of)
+        })
+        .collect();
+    for (i, (_, file)) in files.into_iter().enumerate() {
+        if let (Some((head, _)), Some(Some(next))) = (&after, starts.get(i + 1))
+            && next <= head
+        {
+            continue;
+        }
         for text in BufReader::new(file).lines() {
             let text = text.map_err(Upload::Io)?;
             if text.trim().is_empty() {
@@ -204,6 +239,18 @@ fn upload(path: &Path, replica: &dyn Replica) -> Result<u64, Upload> {
                     "a local record is unreadable ({e}): run `themis audit verify` first"
                 )))
             })?;
+            if let Some((head, hash)) = &after {
+                if record.seq < *head {
+                    continue;
+                }
+                if last.is_none() {
+                    if record.seq != *head || record.hash != *hash {
+                        return Err(Upload::NotPrefix);
+                    }
+                    last = Some((record.seq, record.hash));
+                    continue;
+                }
+            }
             let line = Line {
                 seq: record.seq,
                 hash: record.hash,
@@ -257,7 +304,64 @@ fn move_aside_all(path: &Path) -> std::io::Result<Vec<PathBuf>> {
         moved.push(to);
     }
     segments::sync_parent(path)?;
+    match prune_diverged(path) {
+        Ok(removed) if !removed.is_empty() => {
+            tracing::warn!(audit = %path.display(), removed = ?removed, "older copies of a local audit moved aside were removed (the newest {KEEP_DIVERGED} are kept)");
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(audit = %path.display(), error = %e, "older copies of a local audit moved aside could not be removed");
+        }
+    }
     Ok(moved)
+}
+
+/// How many moves aside keep their copies beside the log, for whoever investigates: a host
+/// fenced out again and again must not fill its disk with them.
+const KEEP_DIVERGED: usize = 3;
+
+/// Remove the copies of every move aside but the newest [`KEEP_DIVERGED`]; what was removed.
+fn prune_diverged(path: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let prefixes: Vec<String> = [path.to_path_buf(), segments::dir_of(path)]
+        .iter()
+        .filter_map(|p| p.file_name().and_then(|n| n.to_str()))
+        .map(|n| format!("{n}.diverged-"))
+        .collect();
+    let mut copies: Vec<(u128, PathBuf)> = Vec::new();
+    for entry in std::fs::read_dir(&dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let stamp = prefixes
+            .iter()
+            .find_map(|p| name.strip_prefix(p.as_str()))
+            .and_then(|s| s.parse::<u128>().ok());
+        if let Some(stamp) = stamp {
+            copies.push((stamp, entry.path()));
+        }
+    }
+    let mut stamps: Vec<u128> = copies.iter().map(|(s, _)| *s).collect();
+    stamps.sort_unstable();
+    stamps.dedup();
+    let Some(&oldest_kept) = stamps.iter().rev().nth(KEEP_DIVERGED - 1) else {
+        return Ok(Vec::new());
+    };
+    let mut removed = Vec::new();
+    for (stamp, copy) in copies {
+        if stamp < oldest_kept {
+            if copy.is_dir() {
+                std::fs::remove_dir_all(&copy)?;
+            } else {
+                std::fs::remove_file(&copy)?;
+            }
+            removed.push(copy);
+        }
+    }
+    Ok(removed)
 }
 
 /// Records in `lines` the shared head at `head` already holds are dropped (checked to be the
@@ -505,6 +609,126 @@ mod tests {
         assert_eq!(
             local.last().map(|r| r.kind.as_str()),
             Some("audit-reconciled")
+        );
+    }
+
+    #[test]
+    fn local_records_past_the_shared_head_are_given_to_it_not_moved_aside() {
+        let shared = Arc::new(InMemory::default());
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("audit.jsonl");
+        let log = open(&path, &shared).expect("open");
+        log.append("kafka", None, "alert", serde_json::json!({}))
+            .expect("append");
+        // Written here, kept from the shared chain by a stop (the database away, then a kill).
+        shared.down.store(true, Ordering::Relaxed);
+        assert!(
+            log.append("kafka", None, "capability-intent", serde_json::json!({}))
+                .is_err()
+        );
+        drop(log);
+        shared.down.store(false, Ordering::Relaxed);
+
+        drop(open(&path, &shared).expect("open"));
+        assert_eq!(
+            kinds(&path),
+            ["alert", "capability-intent", "audit-reconciled"]
+        );
+        let records = read_all(&path).expect("read").0;
+        let said = &records[2].data;
+        assert_eq!(said["uploaded"], 1, "{said}");
+        assert_eq!(said["moved_aside"], serde_json::json!([]), "{said}");
+        let held: Vec<(u64, String)> = shared
+            .lines
+            .lock()
+            .expect("lines")
+            .iter()
+            .map(|l| (l.seq, l.hash.clone()))
+            .collect();
+        let local: Vec<(u64, String)> = records.iter().map(|r| (r.seq, r.hash.clone())).collect();
+        assert_eq!(held, local);
+        assert!(verify::verify(&path).expect("read").is_ok());
+        let beside: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("dir")
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().contains("diverged"))
+            .collect();
+        assert!(beside.is_empty(), "nothing moved aside: {beside:?}");
+    }
+
+    #[test]
+    fn an_upload_cut_off_part_way_is_finished() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("audit.jsonl");
+        let log = AuditLog::open(&path, Redactor::default()).expect("open");
+        for n in 0..5 {
+            log.append("kafka", None, "alert", serde_json::json!({ "n": n }))
+                .expect("append");
+        }
+        drop(log);
+        // The shared chain took the first two pages of an upload, then the host stopped.
+        let shared = Arc::new(InMemory::default());
+        let text = std::fs::read_to_string(&path).expect("read");
+        let first: Vec<Line> = read_all(&path)
+            .expect("read")
+            .0
+            .iter()
+            .zip(text.lines())
+            .take(2)
+            .map(|(r, line)| Line {
+                seq: r.seq,
+                hash: r.hash.clone(),
+                prev: r.prev.clone(),
+                text: line.to_string(),
+            })
+            .collect();
+        shared.append(&first).expect("prefix");
+
+        drop(open(&path, &shared).expect("open"));
+        let local = read_all(&path).expect("read").0;
+        assert_eq!(local.len(), 6, "five alerts and the reconciliation");
+        let held: Vec<u64> = shared
+            .lines
+            .lock()
+            .expect("lines")
+            .iter()
+            .map(|l| l.seq)
+            .collect();
+        assert_eq!(held, [1, 2, 3, 4, 5, 6]);
+        assert_eq!(local[5].data["uploaded"], 3);
+    }
+
+    #[test]
+    fn only_the_newest_copies_moved_aside_are_kept() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("audit.jsonl");
+        for stamp in 1..=5 {
+            std::fs::write(
+                dir.path().join(format!("audit.jsonl.diverged-{stamp}")),
+                "x",
+            )
+            .expect("copy");
+        }
+        std::fs::create_dir(dir.path().join("audit.segments.diverged-1")).expect("dir");
+        std::fs::create_dir(dir.path().join("audit.segments.diverged-5")).expect("dir");
+        std::fs::write(dir.path().join("audit.jsonl.diverged-notes"), "kept").expect("other");
+        let removed = prune_diverged(&path).expect("prune");
+        assert_eq!(removed.len(), 3, "{removed:?}");
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .expect("dir")
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                "audit.jsonl.diverged-3",
+                "audit.jsonl.diverged-4",
+                "audit.jsonl.diverged-5",
+                "audit.jsonl.diverged-notes",
+                "audit.segments.diverged-5"
+            ]
         );
     }
 

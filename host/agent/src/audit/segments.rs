@@ -39,7 +39,8 @@ pub fn name_of(first_seq: u64) -> String {
     format!("{first_seq:020}.jsonl")
 }
 
-fn first_seq_of(name: &str) -> Option<u64> {
+/// The first seq a segment file's name gives, if the name is a segment's.
+pub(super) fn first_seq_of(name: &str) -> Option<u64> {
     let digits = name.strip_suffix(".jsonl")?;
     (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))
         .then(|| digits.parse().ok())

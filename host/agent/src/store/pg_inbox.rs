@@ -20,6 +20,7 @@ pub const INBOX_LIMIT: i64 = 10_000;
 pub struct PgInbox {
     pool: PgPool,
     place: String,
+    key_file: PathBuf,
     /// Opens the holder's sealed address (the deployment's host key).
     rows: Sealer,
 }
@@ -45,8 +46,18 @@ pub struct Stored {
 pub enum InboxError {
     #[error("the shared inbox holds {INBOX_LIMIT} notifications the holder has not taken up")]
     Full,
+    /// What this host seals the holder could not open (or nobody holds the state yet to take it).
+    #[error("{0}")]
+    Foreign(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// What a holder's address is sealed under: its fencing token, so that the address of an
+/// earlier holder (a host since gone, its address perhaps another machine's now) never
+/// verifies for the one that holds the state.
+pub(super) fn url_key(token: i64) -> String {
+    format!("url@{token}")
 }
 
 impl PgInbox {
@@ -65,6 +76,7 @@ impl PgInbox {
         Ok(PgInbox {
             pool,
             place: target.url.clone(),
+            key_file: dir.join("host.key"),
             rows: Sealer {
                 key: HostKey::load_or_create(&dir.join("host.key"))?,
                 place: target.url.clone(),
@@ -75,17 +87,20 @@ impl PgInbox {
     /// Who holds the state now, and where it serves. An address whose seal does not verify
     /// under this host's key is an error: a row edited by hand, or hosts with different keys.
     pub async fn holder(&self) -> Result<Option<Holder>, StoreError> {
-        let row: Option<(String, Option<String>, Option<String>)> =
-            sqlx::query_as("SELECT host, url, url_mac FROM holder WHERE id = 1")
+        let row: Option<(String, i64, Option<String>, Option<String>)> =
+            sqlx::query_as("SELECT host, token, url, url_mac FROM holder WHERE id = 1")
                 .fetch_optional(&self.pool)
                 .await
                 .map_err(|e| self.fail(e))?;
-        let Some((host, url, mac)) = row else {
+        let Some((host, token, url, mac)) = row else {
             return Ok(None);
         };
         let url = match (url, mac) {
             (Some(body), Some(mac)) => {
-                Some(self.rows.open::<String>("holder", "url", &body, &mac)?)
+                Some(
+                    self.rows
+                        .open::<String>("holder", &url_key(token), &body, &mac)?,
+                )
             }
             _ => None,
         };
@@ -100,21 +115,39 @@ impl PgInbox {
     }
 
     /// Store a notification (its JSON, redacted by the caller), sealed under the host key;
-    /// durable when this returns. Its id.
+    /// durable when this returns. Its id. Stored only while a holder with this host's key holds
+    /// the state: a row sealed under another key would be refused by the holder after this
+    /// host answered 200, and the alerts lost.
     pub async fn put(&self, via: &str, body: &serde_json::Value) -> Result<i64, InboxError> {
         let (body, mac) = self.rows.seal("inbox", via, body)?;
-        let id: Option<i64> = sqlx::query_scalar(
-            "INSERT INTO inbox (via, body, mac) SELECT $1, $2, $3
-             WHERE (SELECT count(*) FROM inbox) < $4 RETURNING id",
+        let ours = self.rows.key_id();
+        let (id, theirs): (Option<i64>, Option<String>) = sqlx::query_as(
+            "WITH h AS (SELECT key_id FROM holder WHERE id = 1),
+                  ins AS (INSERT INTO inbox (via, body, mac) SELECT $1, $2, $3
+                          WHERE (SELECT count(*) FROM inbox) < $4
+                            AND (SELECT key_id FROM h) = $5
+                          RETURNING id)
+             SELECT (SELECT id FROM ins), (SELECT key_id FROM h)",
         )
         .bind(via)
         .bind(&body)
         .bind(&mac)
         .bind(INBOX_LIMIT)
-        .fetch_optional(&self.pool)
+        .bind(&ours)
+        .fetch_one(&self.pool)
         .await
         .map_err(|e| self.fail(e))?;
-        id.ok_or(InboxError::Full)
+        match (id, theirs) {
+            (Some(id), _) => Ok(id),
+            (None, Some(theirs)) if theirs != ours => Err(InboxError::Foreign(format!(
+                "this host's key ({ours}, in {}) is not the key of the host holding the state ({theirs}): the holder would refuse what this host stored. Give every host of the deployment the same host.key",
+                self.key_file.display()
+            ))),
+            (None, None) => Err(InboxError::Foreign(
+                "no host holds the state yet to take up what this host would store".into(),
+            )),
+            (None, Some(_)) => Err(InboxError::Full),
+        }
     }
 
     /// The oldest `limit` notifications waiting.

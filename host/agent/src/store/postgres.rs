@@ -265,7 +265,12 @@ async fn hold(
 ) {
     loop {
         tokio::time::sleep(HOLD_CHECK).await;
-        if sqlx::query("SELECT 1").execute(&mut conn).await.is_ok() {
+        // A connection cut off without a word (a half-open socket) answers nothing: half the
+        // lease is as long as the check waits before it takes the lock as gone.
+        let alive = tokio::time::timeout(LEASE / 2, sqlx::query("SELECT 1").execute(&mut conn))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if alive {
             continue;
         }
         let Ok(mut fresh) = PgConnection::connect_with(&options).await else {
@@ -607,7 +612,14 @@ impl IncidentStore for PgStore {
     }
 
     async fn advertise(&self, url: &str) -> Result<(), StoreError> {
-        let (body, mac) = self.rows.seal("holder", "url", &url)?;
+        let Some(mine) = self.token else {
+            return Err(self.rows.fail("the store was opened read-only"));
+        };
+        // Sealed with this holder's token: an address an earlier holder advertised, put back by
+        // hand, does not verify for this one.
+        let (body, mac) = self
+            .rows
+            .seal("holder", &super::pg_inbox::url_key(mine), &url)?;
         let mut tx = self.fenced().await?;
         sqlx::query("UPDATE holder SET url = $1, url_mac = $2 WHERE id = 1")
             .bind(&body)
