@@ -229,17 +229,9 @@ async fn receive<T: serde::de::DeserializeOwned>(
 
 /// An authenticated sender's notification that could not be taken (over the body limit, not
 /// JSON, a wrong version) is alerts lost — Alertmanager does not retry a 4xx — so it is on the
-/// record and counted, never only answered.
-/// Whether the refusal is on the record.
+/// record and counted, never only answered. Whether it is on the record.
 async fn refused(state: &AppState, via: &'static str, refusal: &ApiError) -> bool {
-    let data = serde_json::json!({
-        "via": via,
-        "status": refusal.status.as_u16(),
-        "error": refusal.error,
-        "field": refusal.field,
-        "message": refusal.message,
-    });
-    let recorded = record_refused(state, data).await;
+    let recorded = record_refused(state, refusal_data(via, refusal)).await;
     if !recorded {
         tracing::error!(
             via,
@@ -248,6 +240,17 @@ async fn refused(state: &AppState, via: &'static str, refusal: &ApiError) -> boo
         );
     }
     recorded
+}
+
+/// What an `alert-refused` record says of a refusal (a standby stores the same for the holder).
+pub(crate) fn refusal_data(via: &str, refusal: &ApiError) -> serde_json::Value {
+    serde_json::json!({
+        "via": via,
+        "status": refusal.status.as_u16(),
+        "error": refusal.error,
+        "field": refusal.field,
+        "message": refusal.message,
+    })
 }
 
 /// An `alert-refused` record with `data`, counted; whether it is on the record.

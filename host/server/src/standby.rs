@@ -240,27 +240,18 @@ async fn store(
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Json<IntakeResponse>, ApiError> {
     crate::auth::intake_by(&state.config, headers)?;
-    let incoming = match body(raw).and_then(|bytes| {
-        incoming_of(via, &bytes, &state.redactor).map(|incoming| (bytes, incoming))
-    }) {
+    let incoming = match body(raw).and_then(|bytes| incoming_of(via, &bytes, &state.redactor)) {
         Ok(taken) => taken,
         Err(refusal) => {
             // An authenticated sender's alerts refused are alerts lost (a 4xx is not retried):
             // on the holder's record too, as its own intake records them.
-            let data = serde_json::json!({
-                "via": via,
-                "status": refusal.status.as_u16(),
-                "error": refusal.error,
-                "field": refusal.field,
-                "message": refusal.message,
-            });
+            let data = crate::intake::refusal_data(via, &refusal);
             if let Err(e) = state.inbox.put(REFUSED, &state.redactor.redact(data)).await {
                 tracing::error!(via, error = %e, "an authenticated notification was refused and the refusal could not be stored for the holder");
             }
             return Err(refusal);
         }
     };
-    let (_, incoming) = incoming;
     // Stored as checked here (a fingerprint a sender left out is derived from the labels as
     // they arrived, as the holder's own intake derives it) and redacted, as the holder's audit
     // keeps it: no secret reaches the database.

@@ -474,6 +474,35 @@ mod tests {
     }
     use std::time::Duration;
 
+    /// The seqs the shared chain holds, oldest first.
+    fn held_seqs(shared: &InMemory) -> Vec<u64> {
+        shared
+            .lines
+            .lock()
+            .expect("lines")
+            .iter()
+            .map(|l| l.seq)
+            .collect()
+    }
+
+    /// A log on `shared` with one record both hold, then a `capability-intent` written locally
+    /// whose commit point fails while `failing` is set (a fenced host's, a database away).
+    fn one_shared_then_one_local(
+        path: &Path,
+        shared: &Arc<InMemory>,
+        failing: &std::sync::atomic::AtomicBool,
+    ) -> AuditLog {
+        let log = open(path, shared).expect("open");
+        log.append("kafka", None, "alert", serde_json::json!({}))
+            .expect("append");
+        failing.store(true, Ordering::Relaxed);
+        assert!(
+            log.append("kafka", None, "capability-intent", serde_json::json!({}))
+                .is_err()
+        );
+        log
+    }
+
     fn kinds(path: &Path) -> Vec<String> {
         read_all(path)
             .expect("read")
@@ -544,15 +573,8 @@ mod tests {
         let shared = Arc::new(InMemory::default());
         let dir = tempfile::tempdir().expect("dir");
         let path = dir.path().join("audit.jsonl");
-        let log = open(&path, &shared).expect("open");
-        log.append("kafka", None, "alert", serde_json::json!({}))
-            .expect("append");
         // Fenced out: the record is written locally, the commit point fails, the log closes.
-        shared.lost.store(true, Ordering::Relaxed);
-        assert!(
-            log.append("kafka", None, "capability-intent", serde_json::json!({}))
-                .is_err()
-        );
+        let log = one_shared_then_one_local(&path, &shared, &shared.lost);
         assert!(
             log.append("kafka", None, "after", serde_json::json!({}))
                 .is_err()
@@ -617,16 +639,8 @@ mod tests {
         let shared = Arc::new(InMemory::default());
         let dir = tempfile::tempdir().expect("dir");
         let path = dir.path().join("audit.jsonl");
-        let log = open(&path, &shared).expect("open");
-        log.append("kafka", None, "alert", serde_json::json!({}))
-            .expect("append");
         // Written here, kept from the shared chain by a stop (the database away, then a kill).
-        shared.down.store(true, Ordering::Relaxed);
-        assert!(
-            log.append("kafka", None, "capability-intent", serde_json::json!({}))
-                .is_err()
-        );
-        drop(log);
+        drop(one_shared_then_one_local(&path, &shared, &shared.down));
         shared.down.store(false, Ordering::Relaxed);
 
         drop(open(&path, &shared).expect("open"));
@@ -687,13 +701,7 @@ mod tests {
         drop(open(&path, &shared).expect("open"));
         let local = read_all(&path).expect("read").0;
         assert_eq!(local.len(), 6, "five alerts and the reconciliation");
-        let held: Vec<u64> = shared
-            .lines
-            .lock()
-            .expect("lines")
-            .iter()
-            .map(|l| l.seq)
-            .collect();
+        let held = held_seqs(&shared);
         assert_eq!(held, [1, 2, 3, 4, 5, 6]);
         assert_eq!(local[5].data["uploaded"], 3);
     }
@@ -769,13 +777,7 @@ mod tests {
         // Back: the pending record goes first, in order, and the log goes on.
         log.append("kafka", None, "capability-call", serde_json::json!({}))
             .expect("append");
-        let held: Vec<u64> = shared
-            .lines
-            .lock()
-            .expect("lines")
-            .iter()
-            .map(|l| l.seq)
-            .collect();
+        let held = held_seqs(&shared);
         assert_eq!(held, [1, 2, 3]);
         drop(log);
         assert!(verify::verify(&path).expect("read").is_ok());
