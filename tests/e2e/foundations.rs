@@ -752,26 +752,44 @@ fn nix_uid() -> u32 {
 /// read) instead of leaving it to a human, and says so on the record.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_alert_cut_off_while_triaging_is_triaged_again_at_start() {
+    triaged_again_at_start(|incident| AgentState::Triaging {
+        incident: incident.into(),
+    })
+    .await;
+}
+
+/// The agent-state hint is written behind the moves, so a kill can leave it naming an incident
+/// that has since finished: it does not turn a re-triage into an interruption.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hint_left_behind_by_a_kill_does_not_stop_the_triaging_alert_being_triaged_again() {
+    triaged_again_at_start(|_| AgentState::ExecutingRunbook {
+        incident: "inc-f1n15hed00000000".into(),
+        runbook: "scale-consumer".into(),
+        step: "scale".into(),
+        phase: Phase::Action,
+    })
+    .await;
+}
+
+async fn triaged_again_at_start(hint: impl Fn(&str) -> AgentState) {
     let dir = tempfile::tempdir().expect("tempdir");
     let world = "agent-kafka-scale.yaml";
     {
-        // What a kill between the incident's save and its probes leaves behind.
+        // What a stop between the incident's save and its probes leaves behind — here after a
+        // power loss that kept the staged incident and not its opening record (the audit is
+        // new: its first record is no alert of this incident).
         let store = themis_agent::store::JsonStore::open(&dir.path().join("state")).expect("store");
         let alert = world_alert(world);
-        let incident = themis_agent::store::Incident::opened(
+        let mut incident = themis_agent::store::Incident::opened(
             "inc-cut0ff0000000001".into(),
             "kafka".into(),
             alert,
             std::time::SystemTime::now(),
         );
+        incident.opened_seq = Some(1);
         store.save(&incident).await.expect("save");
         store
-            .save_agent_state(
-                "kafka",
-                &AgentState::Triaging {
-                    incident: incident.id.clone(),
-                },
-            )
+            .save_agent_state("kafka", &hint(&incident.id))
             .await
             .expect("state");
     }
@@ -797,6 +815,13 @@ async fn an_alert_cut_off_while_triaging_is_triaged_again_at_start() {
         .collect();
     assert_eq!(recovered.len(), 1, "{records:?}");
     assert_eq!(recovered[0]["data"]["action"], "triage again");
+    assert!(
+        recovered[0]["data"]["opening_record"]
+            .as_str()
+            .is_some_and(|o| o.starts_with("lost")),
+        "the record says the chain lacks the incident's opening: {:?}",
+        recovered[0]
+    );
     assert!(records.iter().all(|r| r["kind"] != "interrupted"));
     assert_eq!(host.runtime.states()[0].state, AgentState::Idle);
 }

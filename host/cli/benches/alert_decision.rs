@@ -119,6 +119,37 @@ fn main() {
     let json = start("json", None, false, StoreChoice::Json);
     let every = start("every-record", None, true, StoreChoice::Json);
 
+    // ALERT_DECISION_PROFILE=1: only the SQLite host's decisions, in a loop, for a profiler
+    // (`perf record -g`), with nothing of the other hosts or the service in the samples.
+    if std::env::var("ALERT_DECISION_PROFILE").as_deref() == Ok("1") {
+        let rounds: usize = std::env::var("ALERT_DECISION_ROUNDS")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(2000);
+        let t = Instant::now();
+        for i in 0..rounds {
+            let alert = Alert {
+                name: "PostgresLockWaits".into(),
+                fingerprint: format!("profile-{i}"),
+                labels: vec![Pair {
+                    key: "pid".into(),
+                    value: format!("{}", 1000 + i),
+                }],
+                annotations: vec![],
+                source: None,
+            };
+            let outcome = rt.block_on(runtime.handle_alert(alert)).expect("handled");
+            assert!(
+                matches!(outcome, AlertOutcome::Handled(_)),
+                "a new incident"
+            );
+        }
+        println!(
+            "alert → decision, SQLite host alone: {:.3} ms per decision (mean of {rounds})",
+            t.elapsed().as_secs_f64() * 1000.0 / rounds as f64
+        );
+        return;
+    }
     let cache = dir.path().join("cache");
     // The one-shot CLI first: its first start compiles into the cache the service then finds.
     let cli = cli_rounds(dir.path(), &agents, &world, &cache);

@@ -77,7 +77,9 @@ impl Worker {
         let mut incident = Incident::opened(id.clone(), name.clone(), alert, ctx.clock.now());
         incident.opened_seq = Some(opened.seq);
         incident.last_intake = intake;
-        ctx.store.save(&incident).await?;
+        // Staged, not committed: triage only reads, so nothing acts on this write before the
+        // commit point its escalation or its runbook's first intent brings.
+        ctx.store.stage(&incident).await?;
         self.fsm.fire(&ctx, &id, received).await?;
         self.triage(&mut incident).await?;
         Ok(AlertOutcome::Handled(incident))

@@ -787,6 +787,9 @@ impl Runtime {
         for task in self.tasks {
             let _ = task.await;
         }
+        if let Err(e) = self.store.flush().await {
+            tracing::warn!(error = %e, "the agents' state hints could not be saved at the stop");
+        }
     }
 }
 

@@ -8,6 +8,7 @@
 
 use super::RuntimeError;
 use super::worker::Worker;
+use crate::audit::{AuditLog, Newest};
 use crate::escalation::Escalation;
 use crate::store::{Incident, IncidentStatus};
 use serde_json::json;
@@ -67,17 +68,27 @@ impl Worker {
             })
             .collect();
         let was = self.fsm.state.clone();
+        // The hint is written behind the moves (a kill can leave it a move or two behind): one
+        // naming an incident that is not unfinished says nothing about those that are.
+        let hint_stale = was
+            .incident()
+            .is_some_and(|named| !unfinished.iter().any(|i| i.id == named));
         for incident in unfinished {
             let same = was.incident() == Some(incident.id.as_str());
             let can_retriage = incident.status == IncidentStatus::Triaging
-                && match was.kind() {
-                    StateKind::Idle => true,
-                    // Cut off between deciding to escalate and saving the proposal: nothing
-                    // acted, and triage only reads.
-                    StateKind::Triaging | StateKind::EscalatingHuman => same,
-                    _ => false,
-                };
+                && (hint_stale
+                    || match was.kind() {
+                        StateKind::Idle => true,
+                        // Cut off between deciding to escalate and saving the proposal: nothing
+                        // acted, and triage only reads.
+                        StateKind::Triaging | StateKind::EscalatingHuman => same,
+                        _ => false,
+                    });
             if can_retriage && self.fsm.state == was {
+                if hint_stale {
+                    // Back to idle on the record first, from wherever the hint left it.
+                    self.ensure_idle().await?;
+                }
                 self.retriage(incident).await?;
                 continue;
             }
@@ -108,11 +119,12 @@ impl Worker {
     async fn retriage(&mut self, mut incident: Incident) -> Result<(), RuntimeError> {
         let ctx = self.ctx.clone();
         let agent = ctx.agent.def.name.clone();
+        let opening = opening_record(&ctx.audit, &incident);
         ctx.audit.append(
             &agent,
             Some(&incident.id),
             "recovered",
-            json!({ "status": incident.status, "state": self.fsm.state, "action": "triage again", "reason": "the host stopped while triaging this alert; triage only reads, so it is repeated from the start" }),
+            json!({ "status": incident.status, "state": self.fsm.state, "action": "triage again", "reason": "the host stopped while triaging this alert; triage only reads, so it is repeated from the start", "opening_record": opening }),
         )?;
         if self.fsm.state.kind() == StateKind::EscalatingHuman {
             self.fsm.fire(&ctx, &incident.id, Event::Parked).await?;
@@ -131,7 +143,33 @@ impl Worker {
         incident.selection = None;
         self.triage(&mut incident).await
     }
+}
 
+/// Whether the record that opened a triaging incident is still on the audit. The triaging
+/// incident is staged ahead of the commit point that makes its opening record durable (see
+/// `AuditFirst::stage`), so a power loss can keep the incident and lose the record: recovery
+/// still triages it again (the alert's accepted record, fsynced before its 200, is what
+/// matters), and the record says the chain lacks its opening.
+fn opening_record(audit: &AuditLog, incident: &Incident) -> &'static str {
+    let Some(seq) = incident.opened_seq else {
+        return "not kept (an incident older than the field)";
+    };
+    let found = audit.find_from(
+        seq,
+        |r| r.seq == seq && r.kind == "alert" && r.incident.as_deref() == Some(&incident.id),
+        Newest::records(1),
+    );
+    match found {
+        Ok((records, _)) if !records.is_empty() => "on the audit",
+        Ok(_) => "lost: the host stopped before the commit point that would have made it durable",
+        Err(e) => {
+            tracing::warn!(incident = %incident.id, error = %e, "the audit could not be read for an incident's opening record");
+            "unknown: the audit could not be read"
+        }
+    }
+}
+
+impl Worker {
     /// Before a command: the agent must be idle; if not, the state names the incident a failed
     /// command left behind.
     pub(crate) async fn ensure_idle(&mut self) -> Result<(), RuntimeError> {

@@ -57,6 +57,15 @@ impl IncidentStore for AuditFirst {
         self.inner.save(incident).await
     }
 
+    /// The one state write that is no commit point: the incident opened for the alert in hand,
+    /// staged while it triages. A killed process keeps both it and the records before it (each
+    /// is written at once); a power loss can keep it and lose its opening record, and recovery
+    /// triages it again either way, saying so (`recovery.rs`). Everything that acts or leaves
+    /// the process waits for a commit point that makes both durable.
+    async fn stage(&self, incident: &Incident) -> Result<(), StoreError> {
+        self.inner.stage(incident).await
+    }
+
     async fn get(&self, id: &str) -> Result<Incident, StoreError> {
         self.inner.get(id).await
     }
@@ -118,6 +127,10 @@ impl IncidentStore for AuditFirst {
     /// incidents and the audit over it, so it needs no commit of its own.
     async fn save_agent_state(&self, agent: &str, state: &AgentState) -> Result<(), StoreError> {
         self.inner.save_agent_state(agent, state).await
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        self.inner.flush().await
     }
 
     async fn agent_state(&self, agent: &str) -> Result<AgentState, StoreError> {

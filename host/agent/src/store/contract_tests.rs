@@ -312,6 +312,36 @@ async fn a_read_only_store_reads_next_to_the_writer_and_writes_nothing() {
 }
 
 #[tokio::test]
+async fn a_staged_incident_and_the_newest_hint_reach_the_next_reader() {
+    each_store(async |store, dir| {
+        store
+            .stage(&incident("inc-11", "fp", 1))
+            .await
+            .expect("stage");
+        assert_eq!(store.get("inc-11").await.expect("read").id, "inc-11");
+        // A burst of moves, as a decision makes: the store reads back the newest at once, and
+        // after a flush so does the next process, whatever the writes behind them coalesced.
+        let newest = (0..50)
+            .map(|n| AgentState::Triaging {
+                incident: format!("inc-{n:02x}"),
+            })
+            .collect::<Vec<_>>();
+        for state in &newest {
+            store.save_agent_state("kafka", state).await.expect("hint");
+            assert_eq!(&store.agent_state("kafka").await.expect("hint"), state);
+        }
+        store.flush().await.expect("flush");
+        let reader = open_read_only(dir).await.expect("read only");
+        assert_eq!(
+            Some(reader.agent_state("kafka").await.expect("hint")),
+            newest.last().cloned()
+        );
+        assert_eq!(reader.get("inc-11").await.expect("read").id, "inc-11");
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn a_second_writer_is_refused_and_the_other_kind_is_named() {
     each_store(async |store, dir| {
         let kind = StoreKind::found_in(dir).expect("kind");

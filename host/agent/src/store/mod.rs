@@ -478,6 +478,15 @@ pub trait IncidentStore: Send + Sync {
         None
     }
     async fn save(&self, incident: &Incident) -> Result<(), StoreError>;
+    /// Write `incident` now without waiting for the disk: every read sees it and a killed
+    /// process keeps it, but it is durable only with the store's next durable write, and a
+    /// power loss before that can take it back. For the incident opened for the alert in hand
+    /// while it triages — recovery triages such an incident again whatever it finds — so the
+    /// hot path of a decision pays for one state fsync, not two. A store with no cheaper write
+    /// saves it.
+    async fn stage(&self, incident: &Incident) -> Result<(), StoreError> {
+        self.save(incident).await
+    }
     async fn get(&self, id: &str) -> Result<Incident, StoreError>;
     /// Every incident, oldest first; the first unreadable or tampered one is an error.
     async fn list(&self) -> Result<Vec<Incident>, StoreError> {
@@ -556,6 +565,11 @@ pub trait IncidentStore: Send + Sync {
     ) -> Result<Vec<String>, StoreError>;
     async fn save_agent_state(&self, agent: &str, state: &AgentState) -> Result<(), StoreError>;
     async fn agent_state(&self, agent: &str) -> Result<AgentState, StoreError>;
+    /// Wait until every write handed off behind the caller's back (the agent-state hints) is
+    /// written: a stop calls it, so the next process reads what this one left.
+    async fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// The guard rails' book, shared by every agent of the host: durable before a run starts.
     async fn save_guard(&self, book: &GuardBook) -> Result<(), StoreError>;
     /// The book as last saved (empty when none was).

@@ -22,13 +22,17 @@ use themis_core::guard::GuardBook;
 pub const FILE: &str = "themis.db";
 
 pub struct SqliteStore {
-    rows: Sealer,
+    rows: std::sync::Arc<Sealer>,
     /// Durable writes: one connection (SQLite has one writer), `synchronous = FULL`, so a
     /// commit is on disk when it returns.
     writer: Option<SqlitePool>,
-    /// The agent-state hint, rewritten on every move: `synchronous = NORMAL`, made durable by
-    /// the next durable commit (the WAL is one sequence), never waited for on its own.
+    /// Writes nobody waits on the disk for: the staged incident and the agent-state hints,
+    /// `synchronous = NORMAL`, made durable by the next durable commit (the WAL is one
+    /// sequence).
     hints: Option<SqlitePool>,
+    /// The agent-state hints, rewritten on every move, written behind the moves (see
+    /// [`HintWriter`]).
+    hint_writer: Option<HintWriter>,
     reader: SqlitePool,
     /// Serialises read-modify-write sequences (the claim) within the process.
     claims: tokio::sync::Mutex<()>,
@@ -72,6 +76,7 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .busy_timeout(Duration::from_secs(5));
         let writer = SqlitePoolOptions::new()
+            .test_before_acquire(false)
             .max_connections(1)
             .connect_with(options.clone().synchronous(SqliteSynchronous::Full))
             .await
@@ -88,20 +93,24 @@ impl SqliteStore {
             ))
         })?;
         let hints = SqlitePoolOptions::new()
+            .test_before_acquire(false)
             .max_connections(1)
             .connect_with(options.clone().synchronous(SqliteSynchronous::Normal))
             .await
             .map_err(|e| fail(&e))?;
         let reader = SqlitePoolOptions::new()
+            .test_before_acquire(false)
             .max_connections(2)
             .connect_with(options.read_only(true))
             .await
             .map_err(|e| fail(&e))?;
+        let rows = std::sync::Arc::new(Sealer {
+            key,
+            place: db.display().to_string(),
+        });
         Ok(SqliteStore {
-            rows: Sealer {
-                key,
-                place: db.display().to_string(),
-            },
+            hint_writer: Some(HintWriter::start(hints.clone(), rows.clone())),
+            rows,
             writer: Some(writer),
             hints: Some(hints),
             reader,
@@ -116,6 +125,7 @@ impl SqliteStore {
         let key = HostKey::load_or_create(&dir.join("host.key"))?;
         let db = dir.join(FILE);
         let reader = SqlitePoolOptions::new()
+            .test_before_acquire(false)
             .max_connections(2)
             .connect_with(
                 SqliteConnectOptions::new()
@@ -129,11 +139,12 @@ impl SqliteStore {
                 message: e.to_string(),
             })?;
         Ok(SqliteStore {
-            rows: Sealer {
+            rows: std::sync::Arc::new(Sealer {
                 key,
                 place: db.display().to_string(),
-            },
+            }),
             writer: None,
+            hint_writer: None,
             hints: None,
             reader,
             claims: tokio::sync::Mutex::new(()),
@@ -204,6 +215,128 @@ impl SqliteStore {
     }
 }
 
+/// Writes the agent-state hints in order, newest per agent, behind the moves: what waits is
+/// bounded by the number of agents (a newer move replaces an unwritten one), and a stop flushes
+/// it ([`IncidentStore::flush`]). A kill can leave a hint a move or two behind, as it always
+/// could leave one behind the incidents: recovery trusts the incidents and the audit over it.
+struct HintWriter {
+    shared: std::sync::Arc<HintQueue>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct HintQueue {
+    pending: std::sync::Mutex<Hints>,
+    wake: tokio::sync::Notify,
+    /// How many queued hints are written (or given up on, logged).
+    written: tokio::sync::watch::Sender<u64>,
+}
+
+/// The newest hint per agent (what this process, the directory's only writer, reads back), the
+/// agents whose hint is not written yet, and how many hints were ever queued.
+#[derive(Default)]
+struct Hints {
+    newest: std::collections::BTreeMap<String, AgentState>,
+    unwritten: std::collections::BTreeSet<String>,
+    queued: u64,
+}
+
+impl HintWriter {
+    fn start(pool: SqlitePool, rows: std::sync::Arc<Sealer>) -> HintWriter {
+        let shared = std::sync::Arc::new(HintQueue::default());
+        let queue = shared.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                queue.wake.notified().await;
+                let (hints, upto) = {
+                    let mut pending = queue.pending.lock().unwrap_or_else(|p| p.into_inner());
+                    let unwritten = std::mem::take(&mut pending.unwritten);
+                    let hints: std::collections::BTreeMap<String, AgentState> = unwritten
+                        .into_iter()
+                        .filter_map(|a| pending.newest.get(&a).map(|s| (a, s.clone())))
+                        .collect();
+                    (hints, pending.queued)
+                };
+                if !hints.is_empty()
+                    && let Err(e) = write_hints(&pool, &rows, &hints).await
+                {
+                    // A hint, never the truth: the next move writes it again.
+                    tracing::warn!(error = %e, "the agents' state hints could not be saved");
+                }
+                queue.written.send_replace(upto);
+            }
+        });
+        HintWriter { shared, task }
+    }
+
+    fn queue(&self, agent: &str, state: &AgentState) {
+        {
+            let mut pending = self
+                .shared
+                .pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            pending.newest.insert(agent.to_owned(), state.clone());
+            pending.unwritten.insert(agent.to_owned());
+            pending.queued += 1;
+        }
+        self.shared.wake.notify_one();
+    }
+
+    fn queued(&self, agent: &str) -> Option<AgentState> {
+        let pending = self
+            .shared
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        pending.newest.get(agent).cloned()
+    }
+
+    /// Wait until every hint queued so far is written.
+    async fn flush(&self) {
+        let want = self
+            .shared
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .queued;
+        let mut written = self.shared.written.subscribe();
+        self.shared.wake.notify_one();
+        // The writer's task ends only with the store, which this borrows.
+        let _ = written.wait_for(|done| *done >= want).await;
+    }
+}
+
+impl Drop for HintWriter {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// One transaction for every agent's newest hint.
+async fn write_hints(
+    pool: &SqlitePool,
+    rows: &Sealer,
+    hints: &std::collections::BTreeMap<String, AgentState>,
+) -> Result<(), StoreError> {
+    let mut tx = pool.begin().await.map_err(|e| rows.fail(e))?;
+    for (agent, state) in hints {
+        let (body, mac) = rows.seal("agent_states", agent, state)?;
+        sqlx::query(
+            "INSERT INTO agent_states (agent, body, mac) VALUES (?1, ?2, ?3)
+             ON CONFLICT (agent) DO UPDATE SET body = ?2, mac = ?3",
+        )
+        .bind(agent)
+        .bind(body)
+        .bind(mac)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| rows.fail(e))?;
+    }
+    tx.commit().await.map_err(|e| rows.fail(e))?;
+    Ok(())
+}
+
 /// The statuses that absorb further alerts, as an SQL list (fixed names, nothing from outside).
 fn open_statuses_sql() -> String {
     open_statuses()
@@ -217,6 +350,17 @@ fn open_statuses_sql() -> String {
 impl IncidentStore for SqliteStore {
     async fn save(&self, incident: &Incident) -> Result<(), StoreError> {
         let mut conn = self.writer()?.acquire().await.map_err(|e| self.fail(e))?;
+        self.write_incident(&mut conn, incident).await
+    }
+
+    /// Through the hints' connection (`synchronous = NORMAL`): in the WAL at once, on disk with
+    /// the next durable commit (the WAL is one sequence).
+    async fn stage(&self, incident: &Incident) -> Result<(), StoreError> {
+        let hints = self
+            .hints
+            .as_ref()
+            .ok_or_else(|| self.fail("the store was opened read-only"))?;
+        let mut conn = hints.acquire().await.map_err(|e| self.fail(e))?;
         self.write_incident(&mut conn, incident).await
     }
 
@@ -357,26 +501,28 @@ impl IncidentStore for SqliteStore {
         Ok(pruned)
     }
 
+    /// Handed to the hints' writer: a move never waits on the database (each write is a hop
+    /// to SQLite's thread and back, a third of a decision's time when every move waited).
     async fn save_agent_state(&self, agent: &str, state: &AgentState) -> Result<(), StoreError> {
-        let hints = self
-            .hints
+        let writer = self
+            .hint_writer
             .as_ref()
             .ok_or_else(|| self.fail("the store was opened read-only"))?;
-        let (body, mac) = self.rows.seal("agent_states", agent, state)?;
-        sqlx::query(
-            "INSERT INTO agent_states (agent, body, mac) VALUES (?1, ?2, ?3)
-             ON CONFLICT (agent) DO UPDATE SET body = ?2, mac = ?3",
-        )
-        .bind(agent)
-        .bind(body)
-        .bind(mac)
-        .execute(hints)
-        .await
-        .map_err(|e| self.fail(e))?;
+        writer.queue(agent, state);
+        Ok(())
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        if let Some(writer) = &self.hint_writer {
+            writer.flush().await;
+        }
         Ok(())
     }
 
     async fn agent_state(&self, agent: &str) -> Result<AgentState, StoreError> {
+        if let Some(queued) = self.hint_writer.as_ref().and_then(|w| w.queued(agent)) {
+            return Ok(queued);
+        }
         let row: Option<(String, String)> =
             sqlx::query_as("SELECT body, mac FROM agent_states WHERE agent = ?1")
                 .bind(agent)
