@@ -389,6 +389,11 @@ pub async fn run(args: ServeArgs, cache_dir_flag: Option<PathBuf>) -> ExitCode {
         match advertise {
             Some(url) => {
                 tracing::info!(%url, "hosts standing by pass answers and reads on to this one at this address (`advertise:` to set another)");
+                if listener.local_addr().is_ok_and(|a| a.ip().is_loopback())
+                    && config.advertise.is_none()
+                {
+                    tracing::warn!(%url, "listening on a loopback address with no `advertise:`: only hosts on this machine can pass answers and reads on to this one");
+                }
                 if let Err(e) = runtime.store().advertise(&url).await {
                     tracing::warn!(error = %e, "where this host serves could not be told to the hosts standing by");
                 }

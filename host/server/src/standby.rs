@@ -160,6 +160,32 @@ async fn metrics(
     )
 }
 
+/// This machine's name, as the lease names a holder's (`<machine> pid <pid> (<dir>)`).
+fn this_machine() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// Whether `url`, advertised by the holder `holder` (as the lease names it), is a loopback
+/// address on another machine than `machine`: passed on there, a request would reach this
+/// machine (this host itself, or nothing), never the holder.
+fn loopback_elsewhere(url: &str, holder: &str, machine: &str) -> bool {
+    let Ok(parsed) = reqwest::Url::parse(url) else {
+        return false;
+    };
+    let host = parsed
+        .host_str()
+        .unwrap_or_default()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    loopback && holder.split_whitespace().next() != Some(machine)
+}
+
 fn standing_by(why: impl std::fmt::Display) -> ApiError {
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -192,6 +218,12 @@ async fn forward(
             holder.host
         )));
     };
+    if loopback_elsewhere(&base, &holder.host, &this_machine()) {
+        return Err(standing_by(format!(
+            "the holder, {}, advertised a loopback address ({base}), which from this machine is this machine: set `advertise:` on every host to an address the others reach",
+            holder.host
+        )));
+    }
     let (parts, body) = request.into_parts();
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     // Streamed, not gathered here: the holder authenticates the request and bounds its body,
@@ -271,7 +303,7 @@ async fn store(
                 })
                 .collect(),
         })),
-        Err(InboxError::Full) => Err(ApiError::new(
+        Err(InboxError::Full(_)) => Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "queue-full",
             "the shared inbox is full: the host that holds the state has not taken up what waits; retry",
@@ -301,4 +333,27 @@ async fn own(
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Json<IntakeResponse>, ApiError> {
     store(&state, "own-json", &headers, raw).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::loopback_elsewhere;
+
+    #[test]
+    fn a_loopback_address_is_the_holders_only_on_the_holders_machine() {
+        let holder = "db-1 pid 4242 (/var/lib/themis)";
+        for url in [
+            "http://127.0.0.1:8080",
+            "http://127.3.4.5:8080",
+            "http://[::1]:8080",
+            "http://localhost:8080",
+            "http://LOCALHOST:8080/",
+        ] {
+            assert!(loopback_elsewhere(url, holder, "db-2"), "{url}");
+            assert!(!loopback_elsewhere(url, holder, "db-1"), "{url}");
+        }
+        for url in ["http://10.0.0.7:8080", "http://db-1:8080", "not a url"] {
+            assert!(!loopback_elsewhere(url, holder, "db-2"), "{url}");
+        }
+    }
 }

@@ -455,6 +455,52 @@ fn same_key_dir(from: &std::path::Path) -> tempfile::TempDir {
 }
 
 #[tokio::test]
+async fn the_inbox_holds_no_more_than_its_limit_however_many_hosts_store_at_once() {
+    use super::pg_inbox::{InboxError, PgInbox};
+    let Some(target) = fresh_database().await else {
+        return;
+    };
+    let choice = StoreChoice::Postgres(target.clone());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _holder = open(
+        dir.path(),
+        Some(&choice),
+        StoreChoice::Json,
+        Duration::from_secs(1),
+    )
+    .await
+    .expect("the holder");
+    // Three hosts standing by (each with two connections), ten notifications each, at once.
+    let standbys: Vec<_> = (0..3)
+        .map(|_| {
+            let dir = same_key_dir(dir.path());
+            let inbox = PgInbox::connect(&target, dir.path()).expect("inbox");
+            (dir, Arc::new(inbox.with_limit(12)))
+        })
+        .collect();
+    let tries: Vec<_> = standbys
+        .iter()
+        .flat_map(|(_, inbox)| {
+            (0..10).map(move |n| {
+                let inbox = inbox.clone();
+                async move { inbox.put("checked", &serde_json::json!({ "n": n })).await }
+            })
+        })
+        .collect();
+    let results = futures_join(tries.into_iter()).await;
+    let stored = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(stored, 12, "{results:?}");
+    assert!(
+        results
+            .iter()
+            .filter(|r| r.is_err())
+            .all(|r| matches!(r, Err(InboxError::Full(12)))),
+        "{results:?}"
+    );
+    assert_eq!(standbys[0].1.waiting(100).await.expect("waiting").len(), 12);
+}
+
+#[tokio::test]
 async fn a_postgres_store_is_held_by_one_host_and_a_fenced_host_writes_nothing() {
     use sqlx::Connection;
     let Some(target) = fresh_database().await else {

@@ -23,6 +23,8 @@ pub struct PgInbox {
     key_file: PathBuf,
     /// Opens the holder's sealed address (the deployment's host key).
     rows: Sealer,
+    /// How many notifications may wait ([`INBOX_LIMIT`]; smaller in tests).
+    limit: i64,
 }
 
 /// Who holds the state, as `holder` says.
@@ -44,8 +46,8 @@ pub struct Stored {
 
 #[derive(Debug, thiserror::Error)]
 pub enum InboxError {
-    #[error("the shared inbox holds {INBOX_LIMIT} notifications the holder has not taken up")]
-    Full,
+    #[error("the shared inbox holds {0} notifications the holder has not taken up")]
+    Full(i64),
     /// What this host seals the holder could not open (or nobody holds the state yet to take it).
     #[error("{0}")]
     Foreign(String),
@@ -81,7 +83,14 @@ impl PgInbox {
                 key: HostKey::load_or_create(&dir.join("host.key"))?,
                 place: target.url.clone(),
             },
+            limit: INBOX_LIMIT,
         })
+    }
+
+    /// The same inbox holding at most `limit` (the store tests fill it).
+    #[cfg(test)]
+    pub(crate) fn with_limit(self, limit: i64) -> PgInbox {
+        PgInbox { limit, ..self }
     }
 
     /// Who holds the state now, and where it serves. An address whose seal does not verify
@@ -121,6 +130,13 @@ impl PgInbox {
     pub async fn put(&self, via: &str, body: &serde_json::Value) -> Result<i64, InboxError> {
         let (body, mac) = self.rows.seal("inbox", via, body)?;
         let ours = self.rows.key_id();
+        let mut tx = self.pool.begin().await.map_err(|e| self.fail(e))?;
+        // One store at a time across every host standing by (the holder's reads and removals
+        // go on): counted under the lock, the limit holds exactly however many store at once.
+        sqlx::query("LOCK TABLE inbox IN SHARE ROW EXCLUSIVE MODE")
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.fail(e))?;
         let (id, theirs): (Option<i64>, Option<String>) = sqlx::query_as(
             "WITH h AS (SELECT key_id FROM holder WHERE id = 1),
                   ins AS (INSERT INTO inbox (via, body, mac) SELECT $1, $2, $3
@@ -132,11 +148,12 @@ impl PgInbox {
         .bind(via)
         .bind(&body)
         .bind(&mac)
-        .bind(INBOX_LIMIT)
+        .bind(self.limit)
         .bind(&ours)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await
         .map_err(|e| self.fail(e))?;
+        tx.commit().await.map_err(|e| self.fail(e))?;
         match (id, theirs) {
             (Some(id), _) => Ok(id),
             (None, Some(theirs)) if theirs != ours => Err(InboxError::Foreign(format!(
@@ -146,7 +163,7 @@ impl PgInbox {
             (None, None) => Err(InboxError::Foreign(
                 "no host holds the state yet to take up what this host would store".into(),
             )),
-            (None, Some(_)) => Err(InboxError::Full),
+            (None, Some(_)) => Err(InboxError::Full(self.limit)),
         }
     }
 
