@@ -220,90 +220,93 @@ impl SqliteStore {
 /// it ([`IncidentStore::flush`]). A kill can leave a hint a move or two behind, as it always
 /// could leave one behind the incidents: recovery trusts the incidents and the audit over it.
 struct HintWriter {
-    shared: std::sync::Arc<HintQueue>,
+    queue: std::sync::Arc<HintQueue>,
     task: tokio::task::JoinHandle<()>,
 }
 
-#[derive(Default)]
 struct HintQueue {
     pending: std::sync::Mutex<Hints>,
     wake: tokio::sync::Notify,
-    /// How many queued hints are written (or given up on, logged).
-    written: tokio::sync::watch::Sender<u64>,
+    /// Held while a batch is taken and written, by the task or a flush: a batch taken later
+    /// holds newer hints and is written later, so an older one never lands last.
+    writing: tokio::sync::Mutex<()>,
+    pool: SqlitePool,
+    rows: std::sync::Arc<Sealer>,
 }
 
-/// The newest hint per agent (what this process, the directory's only writer, reads back), the
-/// agents whose hint is not written yet, and how many hints were ever queued.
+/// The newest hint per agent (what this process, the directory's only writer, reads back) and
+/// the agents whose hint is not written yet.
 #[derive(Default)]
 struct Hints {
     newest: std::collections::BTreeMap<String, AgentState>,
     unwritten: std::collections::BTreeSet<String>,
-    queued: u64,
+}
+
+impl HintQueue {
+    /// Write what is unwritten, in one transaction.
+    async fn write_pending(&self) -> Result<(), StoreError> {
+        let _writing = self.writing.lock().await;
+        let hints: std::collections::BTreeMap<String, AgentState> = {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            let unwritten = std::mem::take(&mut pending.unwritten);
+            unwritten
+                .into_iter()
+                .filter_map(|a| pending.newest.get(&a).map(|s| (a, s.clone())))
+                .collect()
+        };
+        if hints.is_empty() {
+            return Ok(());
+        }
+        let written = write_hints(&self.pool, &self.rows, &hints).await;
+        if written.is_err() {
+            // Still unwritten: the next write (or the stop's flush) tries them again.
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            pending.unwritten.extend(hints.into_keys());
+        }
+        written
+    }
 }
 
 impl HintWriter {
     fn start(pool: SqlitePool, rows: std::sync::Arc<Sealer>) -> HintWriter {
-        let shared = std::sync::Arc::new(HintQueue::default());
-        let queue = shared.clone();
+        let queue = std::sync::Arc::new(HintQueue {
+            pending: Default::default(),
+            wake: tokio::sync::Notify::new(),
+            writing: tokio::sync::Mutex::new(()),
+            pool,
+            rows,
+        });
+        let writer = queue.clone();
         let task = tokio::spawn(async move {
             loop {
-                queue.wake.notified().await;
-                let (hints, upto) = {
-                    let mut pending = queue.pending.lock().unwrap_or_else(|p| p.into_inner());
-                    let unwritten = std::mem::take(&mut pending.unwritten);
-                    let hints: std::collections::BTreeMap<String, AgentState> = unwritten
-                        .into_iter()
-                        .filter_map(|a| pending.newest.get(&a).map(|s| (a, s.clone())))
-                        .collect();
-                    (hints, pending.queued)
-                };
-                if !hints.is_empty()
-                    && let Err(e) = write_hints(&pool, &rows, &hints).await
-                {
-                    // A hint, never the truth: the next move writes it again.
+                writer.wake.notified().await;
+                if let Err(e) = writer.write_pending().await {
+                    // A hint, never the truth: the next move or the stop's flush writes it.
                     tracing::warn!(error = %e, "the agents' state hints could not be saved");
                 }
-                queue.written.send_replace(upto);
             }
         });
-        HintWriter { shared, task }
+        HintWriter { queue, task }
     }
 
     fn queue(&self, agent: &str, state: &AgentState) {
         {
-            let mut pending = self
-                .shared
-                .pending
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
+            let mut pending = self.queue.pending.lock().unwrap_or_else(|p| p.into_inner());
             pending.newest.insert(agent.to_owned(), state.clone());
             pending.unwritten.insert(agent.to_owned());
-            pending.queued += 1;
         }
-        self.shared.wake.notify_one();
+        self.queue.wake.notify_one();
     }
 
     fn queued(&self, agent: &str) -> Option<AgentState> {
-        let pending = self
-            .shared
-            .pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let pending = self.queue.pending.lock().unwrap_or_else(|p| p.into_inner());
         pending.newest.get(agent).cloned()
     }
 
-    /// Wait until every hint queued so far is written.
-    async fn flush(&self) {
-        let want = self
-            .shared
-            .pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .queued;
-        let mut written = self.shared.written.subscribe();
-        self.shared.wake.notify_one();
-        // The writer's task ends only with the store, which this borrows.
-        let _ = written.wait_for(|done| *done >= want).await;
+    /// Write every hint queued so far, here: it does not depend on the writer's task still
+    /// running (its runtime may be gone), and waits for a batch the task is writing.
+    async fn flush(&self) -> Result<(), StoreError> {
+        self.queue.write_pending().await
     }
 }
 
@@ -513,10 +516,10 @@ impl IncidentStore for SqliteStore {
     }
 
     async fn flush(&self) -> Result<(), StoreError> {
-        if let Some(writer) = &self.hint_writer {
-            writer.flush().await;
+        match &self.hint_writer {
+            Some(writer) => writer.flush().await,
+            None => Ok(()),
         }
-        Ok(())
     }
 
     async fn agent_state(&self, agent: &str) -> Result<AgentState, StoreError> {
