@@ -36,7 +36,7 @@ use themis_core::trust::keys::read_public_keys;
 use themis_core::types::{Alert, Param, ParamValue, Phase};
 use themis_sandbox::journal::MemoryJournal;
 use themis_sandbox::loaded::LoadedRunbook;
-use themis_sandbox::{PhaseContext, PhaseEnv, Sandbox, SandboxConfig, Verdict};
+use themis_sandbox::{PhaseContext, PhaseEnv, Sandbox, SandboxConfig, StepComponent, Verdict};
 
 /// How many `postgres.activity` reads the longer `pg-reads` action makes.
 const READS: i64 = 9;
@@ -77,6 +77,57 @@ impl themis_caps::PostgresCaps for Instant0 {
     async fn terminate_backend(&self, _: i32) -> themis_caps::CapResult<bool> {
         Ok(false)
     }
+}
+
+/// What a step's action may do here: what its manifest grants it, over `backends`.
+fn env(
+    context: &PhaseContext,
+    capabilities: &std::collections::BTreeSet<String>,
+    backends: &Backends,
+    journal: Arc<MemoryJournal>,
+) -> PhaseEnv {
+    PhaseEnv {
+        grant: Grant {
+            runbook_id: context.runbook_id.clone(),
+            step_id: context.step_id.clone(),
+            execution_id: context.execution_id.clone(),
+            phase: Phase::Action,
+            capabilities: capabilities.clone(),
+            scopes: Default::default(),
+            destructive: Arc::new(DestructiveList::catalogue()),
+            approval: None,
+        },
+        backends: backends.clone(),
+        journal,
+        counts: Arc::default(),
+    }
+}
+
+/// A step's action in the sandbox, timed; it must succeed with no call refused.
+async fn action(
+    sandbox: &Sandbox,
+    component: &StepComponent,
+    context: PhaseContext,
+    env: PhaseEnv,
+) -> Duration {
+    let t = Instant::now();
+    let call = sandbox
+        .call(
+            component,
+            Phase::Action,
+            &context,
+            env,
+            Duration::from_secs(5),
+        )
+        .await;
+    let took = t.elapsed();
+    assert!(
+        matches!(call.result, Ok(Verdict::Action(ref o)) if o.ok),
+        "{:?}",
+        call.result
+    );
+    assert_eq!(call.calls_refused, 0, "{:?}", call.calls);
+    took
 }
 
 fn main() {
@@ -157,21 +208,6 @@ fn main() {
         outputs: vec![],
         dry_run: false,
     };
-    let env = |backends: &Backends| PhaseEnv {
-        grant: Grant {
-            runbook_id: "activity-probe".into(),
-            step_id: "activity".into(),
-            execution_id: "bench".into(),
-            phase: Phase::Action,
-            capabilities: capabilities.clone(),
-            scopes: Default::default(),
-            destructive: Arc::new(DestructiveList::catalogue()),
-            approval: None,
-        },
-        backends: backends.clone(),
-        journal: journal.clone(),
-        counts: Arc::default(),
-    };
 
     // Interleaved rounds, not one series after another: on a shared machine the load drifts
     // between series by more than the effect measured here.
@@ -182,68 +218,14 @@ fn main() {
     let mut times: [Vec<Duration>; 8] = Default::default();
     // The probe's action in the sandbox against `backends`; it must succeed.
     let probe = |backends: &Backends| {
-        let env = env(backends);
-        let (sandbox, component, context) = (&sandbox, &component, &context);
-        async move {
-            let t = Instant::now();
-            let call = sandbox
-                .call(
-                    component,
-                    Phase::Action,
-                    context,
-                    env,
-                    Duration::from_secs(5),
-                )
-                .await;
-            let took = t.elapsed();
-            assert!(
-                matches!(call.result, Ok(Verdict::Action(ref o)) if o.ok),
-                "{:?}",
-                call.result
-            );
-            assert_eq!(call.calls_refused, 0, "{:?}", call.calls);
-            took
-        }
+        let env = env(&context, &capabilities, backends, journal.clone());
+        action(&sandbox, &component, context.clone(), env)
     };
     // `pg-reads` in the sandbox, making `n` reads.
     let reads = |over: &Backends, n: i64| {
-        let env = PhaseEnv {
-            grant: Grant {
-                runbook_id: "pg-reads".into(),
-                step_id: "reads".into(),
-                execution_id: "bench".into(),
-                phase: Phase::Action,
-                capabilities: reads_grant.clone(),
-                scopes: Default::default(),
-                destructive: Arc::new(DestructiveList::catalogue()),
-                approval: None,
-            },
-            backends: over.clone(),
-            journal: journal.clone(),
-            counts: Arc::default(),
-        };
-        let (sandbox, component, make) = (&sandbox, &reads_component, &reads_context);
-        async move {
-            let context = make(n);
-            let t = Instant::now();
-            let call = sandbox
-                .call(
-                    component,
-                    Phase::Action,
-                    &context,
-                    env,
-                    Duration::from_secs(5),
-                )
-                .await;
-            let took = t.elapsed();
-            assert!(
-                matches!(call.result, Ok(Verdict::Action(ref o)) if o.ok),
-                "{:?}",
-                call.result
-            );
-            assert_eq!(call.calls_refused, 0, "{:?}", call.calls);
-            took
-        }
+        let context = reads_context(n);
+        let env = env(&context, &reads_grant, over, journal.clone());
+        action(&sandbox, &reads_component, context, env)
     };
     // The same reads issued directly, `n` of them.
     let activity = |n: i64| {
