@@ -159,7 +159,7 @@ async fn a_host_that_lost_the_state_database_to_another_stops_and_the_other_serv
     let (_dirs, mut a, waiting) = holder_and_waiting(&db, "fp-takeover").await;
     let advisory = |granted: bool| {
         sqlx::query_scalar::<_, i32>(
-            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted = $1 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1 AND granted = $1 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
         )
         .bind(granted)
         .fetch_all(&db.admin)

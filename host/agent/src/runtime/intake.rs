@@ -77,8 +77,8 @@ impl Worker {
         let mut incident = Incident::opened(id.clone(), name.clone(), alert, ctx.clock.now());
         incident.opened_seq = Some(opened.seq);
         incident.last_intake = intake;
-        // Staged, not committed: triage only reads, so nothing acts on this write before the
-        // commit point its escalation or its runbook's first intent brings.
+        // Staged: its records are durable first, the write itself is not waited for (triage
+        // only reads; the escalation's save or the runbook's first intent makes it durable).
         ctx.store.stage(&incident).await?;
         self.fsm.fire(&ctx, &id, received).await?;
         self.triage(&mut incident).await?;

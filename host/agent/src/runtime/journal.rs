@@ -28,6 +28,11 @@ impl CallJournal for AuditJournal {
         self.store.confirm_held().await.map_err(|e| {
             format!("this host may no longer hold the state, so it makes no change: {e}")
         })?;
+        // The agent's state hint, written behind its moves, is written now: a stop during the
+        // change finds it naming this run's step, which is what resuming it asks.
+        if let Err(e) = self.store.flush().await {
+            tracing::warn!(agent = %self.agent, error = %e, "the agent's state hint could not be saved before a change");
+        }
         let mut data = json!({ "intent": intent });
         if let Some(why) = self.opted_out.get(&intent.capability) {
             data["destructive_opt_out"] = json!({ "capability": intent.capability, "reason": why });

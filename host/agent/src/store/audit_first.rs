@@ -57,12 +57,13 @@ impl IncidentStore for AuditFirst {
         self.inner.save(incident).await
     }
 
-    /// The one state write that is no commit point: the incident opened for the alert in hand,
-    /// staged while it triages. A killed process keeps both it and the records before it (each
-    /// is written at once); a power loss can keep it and lose its opening record, and recovery
-    /// triages it again either way, saying so (`recovery.rs`). Everything that acts or leaves
-    /// the process waits for a commit point that makes both durable.
+    /// A commit point like any state write — the records before it (the incident's opening
+    /// record among them) are durable first, so the state is never ahead of the audit, here or
+    /// on a shared chain — but the state write itself is not waited for on the disk. A power
+    /// loss can take it back: then the alert is the last one its agent took up and its incident
+    /// was never saved, which a start replays (`replay.rs`).
     async fn stage(&self, incident: &Incident) -> Result<(), StoreError> {
+        self.commit()?;
         self.inner.stage(incident).await
     }
 

@@ -540,7 +540,7 @@ async fn a_postgres_store_is_held_by_one_host_and_a_fenced_host_writes_nothing()
         .expect("admin");
     let holder_pid = async |admin: &mut sqlx::PgConnection| -> Vec<i32> {
         sqlx::query_scalar(
-            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1 AND granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
         )
         .fetch_all(admin)
         .await

@@ -17,6 +17,9 @@ use std::time::Duration;
 /// Notifications the inbox holds at most; past it a standby answers 429, as a full backlog does.
 pub const INBOX_LIMIT: i64 = 10_000;
 
+/// The advisory lock (two-key form, apart from the lease's one-key lock) storing takes.
+const INBOX_LOCK: (i32, i32) = (0x7468_656d, 0x696e_6278);
+
 pub struct PgInbox {
     pool: PgPool,
     place: String,
@@ -70,7 +73,11 @@ impl PgInbox {
             path: dir.to_path_buf(),
             source,
         })?;
-        let options = target.options()?.options([("statement_timeout", "10000")]);
+        // A host stalled inside a store (holding the inbox's lock) is cut off after 10 s.
+        let options = target.options()?.options([
+            ("statement_timeout", "10000"),
+            ("idle_in_transaction_session_timeout", "10000"),
+        ]);
         let pool = PgPoolOptions::new()
             .max_connections(2)
             .acquire_timeout(Duration::from_secs(5))
@@ -131,9 +138,12 @@ impl PgInbox {
         let (body, mac) = self.rows.seal("inbox", via, body)?;
         let ours = self.rows.key_id();
         let mut tx = self.pool.begin().await.map_err(|e| self.fail(e))?;
-        // One store at a time across every host standing by (the holder's reads and removals
-        // go on): counted under the lock, the limit holds exactly however many store at once.
-        sqlx::query("LOCK TABLE inbox IN SHARE ROW EXCLUSIVE MODE")
+        // One store at a time across every host standing by, counted under the lock: the limit
+        // holds exactly however many store at once. An advisory lock, not a table lock: the
+        // holder's reads and removals (which only lower the count) never wait on it.
+        sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
+            .bind(INBOX_LOCK.0)
+            .bind(INBOX_LOCK.1)
             .execute(&mut *tx)
             .await
             .map_err(|e| self.fail(e))?;

@@ -452,7 +452,12 @@ impl IncidentStore for SqliteStore {
         let writer = self.writer()?;
         // Read and write in one transaction on the only writing connection: nobody writes
         // between the check and the claim, in this process or another.
-        let mut tx = writer.begin().await.map_err(|e| self.fail(e))?;
+        // IMMEDIATE: the write lock from the start. A deferred transaction that read first is
+        // refused at once (no busy wait) when another connection — the hints' — writes.
+        let mut tx = writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(|e| self.fail(e))?;
         let approval_id = answer.approval_id.clone();
         let Some(id) = super::approval_incident(&approval_id) else {
             return Err(StoreError::UnknownIncident(approval_id).into());
@@ -480,7 +485,11 @@ impl IncidentStore for SqliteStore {
              AND status NOT IN ({}) ORDER BY changed_ms LIMIT ?3",
             open_statuses_sql()
         );
-        let mut tx = self.writer()?.begin().await.map_err(|e| self.fail(e))?;
+        let mut tx = self
+            .writer()?
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(|e| self.fail(e))?;
         let rows: Vec<Row> = sqlx::query_as(&sql)
             .bind(agent)
             .bind(millis(before))
