@@ -775,9 +775,9 @@ async fn triaged_again_at_start(hint: impl Fn(&str) -> AgentState) {
     let dir = tempfile::tempdir().expect("tempdir");
     let world = "agent-kafka-scale.yaml";
     {
-        // What a stop between the incident's save and its probes leaves behind — here after a
-        // power loss that kept the staged incident and not its opening record (the audit is
-        // new: its first record is no alert of this incident).
+        // What a stop between the incident's save and its probes leaves behind — here with an
+        // audit that lost the incident's opening record behind it (the audit is new: its first
+        // record is no alert of this incident).
         let store = themis_agent::store::JsonStore::open(&dir.path().join("state")).expect("store");
         let alert = world_alert(world);
         let mut incident = themis_agent::store::Incident::opened(

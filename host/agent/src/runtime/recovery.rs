@@ -145,11 +145,10 @@ impl Worker {
     }
 }
 
-/// Whether the record that opened a triaging incident is still on the audit. The triaging
-/// incident is staged ahead of the commit point that makes its opening record durable (see
-/// `AuditFirst::stage`), so a power loss can keep the incident and lose the record: recovery
-/// still triages it again (the alert's accepted record, fsynced before its 200, is what
-/// matters), and the record says the chain lacks its opening.
+/// Whether the record that opened a triaging incident is still on the audit. Its commit point
+/// comes before the incident is written (`AuditFirst::stage`), so it is there unless the audit
+/// lost its tail behind the state (a log cut or replaced while the host was down): recovery
+/// still triages the incident again, and its record says the chain lacks the opening.
 fn opening_record(audit: &AuditLog, incident: &Incident) -> &'static str {
     let Some(seq) = incident.opened_seq else {
         return "not kept (an incident older than the field)";
@@ -161,7 +160,7 @@ fn opening_record(audit: &AuditLog, incident: &Incident) -> &'static str {
     );
     match found {
         Ok((records, _)) if !records.is_empty() => "on the audit",
-        Ok(_) => "lost: the host stopped before the commit point that would have made it durable",
+        Ok(_) => "lost: the audit no longer holds it (its tail cut or replaced behind the state)",
         Err(e) => {
             tracing::warn!(incident = %incident.id, error = %e, "the audit could not be read for an incident's opening record");
             "unknown: the audit could not be read"
