@@ -400,6 +400,33 @@ async fn a_host_standing_by_takes_alerts_for_the_holder() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["accepted"], 1);
     assert_eq!(body["alerts"][0]["outcome"], "stored");
+    // A firing stored by the standby, then its `resolved` sent to the holder at once (well
+    // inside the holder's half-second look at the inbox): the holder takes what waits first,
+    // so the firing is on its chain before the resolved, never after it.
+    let (status, body) = b
+        .post(
+            AM,
+            INTAKE,
+            &notification("firing", &[("KafkaConsumerLag", "fp-order", LAG)]),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["alerts"][0]["outcome"], "stored");
+    let (status, body) = a
+        .post(
+            AM,
+            INTAKE,
+            &notification("resolved", &[("KafkaConsumerLag", "fp-order", LAG)]),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let order: Vec<String> = a
+        .kinds("alert-accepted")
+        .iter()
+        .filter(|r| r["data"]["alert"]["fingerprint"] == "fp-order")
+        .map(|r| r["data"]["status"].as_str().unwrap_or("?").to_owned())
+        .collect();
+    assert_eq!(order, ["firing", "resolved"], "the holder's chain");
     // A request another standby passed on is not passed on again.
     let looped = b
         .http

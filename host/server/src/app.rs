@@ -39,6 +39,8 @@ pub struct AppState {
     draining: AtomicBool,
     /// Becomes true when the host shuts down: event streams end.
     pub stopping: watch::Receiver<bool>,
+    /// What hosts standing by stored for this one, on a shared state database.
+    pub inbox: Option<Arc<intake::SharedInbox>>,
 }
 
 impl AppState {
@@ -181,6 +183,7 @@ pub async fn serve(
         page: crate::page::PageState::default(),
         draining: AtomicBool::new(false),
         stopping: stop_rx,
+        inbox: inbox.map(|inbox| Arc::new(intake::SharedInbox::new(inbox))),
     });
     let app = router(state.clone());
     let on_signal = state.clone();
@@ -191,7 +194,10 @@ pub async fn serve(
         let _ = stop_tx.send(true);
     };
     // What hosts standing by stored for this one (a shared state database).
-    let draining_inbox = inbox.map(|inbox| tokio::spawn(intake::drain_inbox(state.clone(), inbox)));
+    let draining_inbox = state
+        .inbox
+        .clone()
+        .map(|inbox| tokio::spawn(intake::drain_inbox(state.clone(), inbox)));
     serve_http(listener, app, shutdown, DRAIN, HEADER_READ_TIMEOUT).await;
     if let Some(task) = draining_inbox {
         task.abort();
@@ -217,6 +223,7 @@ pub async fn serve(
         }
     }
     tracing::warn!("an answer still running after 60 s; stopping without waiting for it");
+    runtime.stop_held().await;
     Ok(())
 }
 

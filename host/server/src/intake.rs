@@ -103,14 +103,28 @@ const INBOX_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 const INBOX_PAGE: i64 = 64;
 const INBOX_MOST: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// The holder's side of the shared inbox (`PgInbox`): what hosts standing by accepted is taken
-/// up here, oldest first, as if it had come in now — onto the audit, into its agent's backlog —
-/// and then removed. A notification that cannot be taken up now (a full backlog, the audit
-/// unwritable) stays for the next look, and nothing after it is taken before it.
-pub async fn drain_inbox(state: Arc<AppState>, inbox: Arc<themis_agent::store::pg_inbox::PgInbox>) {
-    // After a failure (a notification not taken up — a full backlog, the audit unwritable —
-    // or the inbox not read or cleared) each next try waits twice as long, up to a minute,
-    // until a pass goes through clean: each try may record again what it could take.
+/// The holder's side of the shared inbox (`PgInbox`): what hosts standing by accepted, and the
+/// turn to take it up — one taker at a time (the look every half second, or an alert that
+/// came in directly), so that what waits is taken in order and once.
+pub struct SharedInbox {
+    inbox: Arc<themis_agent::store::pg_inbox::PgInbox>,
+    turn: tokio::sync::Mutex<()>,
+}
+
+impl SharedInbox {
+    pub fn new(inbox: Arc<themis_agent::store::pg_inbox::PgInbox>) -> SharedInbox {
+        SharedInbox {
+            inbox,
+            turn: tokio::sync::Mutex::new(()),
+        }
+    }
+}
+
+/// Looks at the shared inbox every half second, taking up what waits ([`take_stored`]). After
+/// a failure (a notification not taken up — a full backlog, the audit unwritable — or the
+/// inbox not read or cleared) each next try waits twice as long, up to a minute, until a pass
+/// goes through clean: each try may record again what it could take.
+pub async fn drain_inbox(state: Arc<AppState>, shared: Arc<SharedInbox>) {
     let mut failures = 0u32;
     let backoff = |failures: u32| (INBOX_EVERY * 2u32.pow(failures.min(7))).min(INBOX_MOST);
     let mut pause = INBOX_EVERY;
@@ -119,17 +133,33 @@ pub async fn drain_inbox(state: Arc<AppState>, inbox: Arc<themis_agent::store::p
         if state.draining() || state.runtime.store().lost().is_some() {
             return;
         }
-        let waiting = match inbox.waiting(INBOX_PAGE).await {
-            Ok(w) => w,
+        match take_stored(&state, &shared).await {
+            Ok(()) => {
+                failures = 0;
+                pause = INBOX_EVERY;
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "the shared inbox could not be read; looking again");
+                tracing::warn!(error = %e, "the shared inbox was not taken up whole; looking again");
                 failures += 1;
                 pause = backoff(failures);
-                continue;
             }
-        };
+        }
+    }
+}
+
+/// Take up everything the shared inbox holds, oldest first, as if it had come in now — onto
+/// the audit, into its agent's backlog — removing each once taken. A notification that cannot
+/// be taken up now (a full backlog, the audit unwritable) stays, nothing after it is taken
+/// before it, and the error says why.
+async fn take_stored(state: &AppState, shared: &SharedInbox) -> Result<(), String> {
+    let _turn = shared.turn.lock().await;
+    let inbox = &shared.inbox;
+    loop {
+        let waiting = inbox
+            .waiting(INBOX_PAGE)
+            .await
+            .map_err(|e| format!("the shared inbox could not be read: {e}"))?;
         let full = waiting.len() as i64 == INBOX_PAGE;
-        let mut clean = true;
         for stored in waiting {
             let redactor = state.runtime.audit().redactor().clone();
             let checked = inbox.open(&stored).map_err(|e| {
@@ -148,15 +178,18 @@ pub async fn drain_inbox(state: Arc<AppState>, inbox: Arc<themis_agent::store::p
                 if let Some(map) = data.as_object_mut() {
                     map.insert("stored_by".into(), "a host standing by".into());
                 }
-                if !record_refused(&state, data).await {
-                    clean = false;
-                    break;
+                if !record_refused(state, data).await {
+                    return Err(format!(
+                        "the refusal stored as inbox row {} could not be recorded",
+                        stored.id
+                    ));
                 }
-                if let Err(e) = inbox.done(stored.id).await {
-                    tracing::warn!(inbox = stored.id, error = %e, "a refusal recorded could not be removed from the shared inbox");
-                    clean = false;
-                    break;
-                }
+                inbox.done(stored.id).await.map_err(|e| {
+                    format!(
+                        "inbox row {}, a refusal recorded, could not be removed: {e}",
+                        stored.id
+                    )
+                })?;
                 continue;
             }
             let taken = match checked.and_then(|body| {
@@ -172,37 +205,30 @@ pub async fn drain_inbox(state: Arc<AppState>, inbox: Arc<themis_agent::store::p
                 // Checked by the host that stored it; a newer check refuses it on the record.
                 // Removed only once the refusal is on the record: else it is tried again.
                 Err(refusal) => {
-                    if refused(&state, "inbox", &refusal).await {
+                    if refused(state, "inbox", &refusal).await {
                         Ok(())
                     } else {
                         Err(ApiError::unavailable("the refusal could not be recorded"))
                     }
                 }
-                Ok(incoming) => take(&state, incoming).await.map(|_| ()),
+                Ok(incoming) => take(state, incoming).await.map(|_| ()),
             };
-            if let Err(e) = taken {
-                tracing::warn!(inbox = stored.id, error = %e.message, "a notification a standing-by host stored was not taken up; tried again");
-                clean = false;
-                break;
-            }
-            if let Err(e) = inbox.done(stored.id).await {
-                // Taken up: a second take is absorbed by deduplication.
-                tracing::warn!(inbox = stored.id, error = %e, "a notification taken up could not be removed from the shared inbox");
-                clean = false;
-                break;
-            }
+            taken.map_err(|e| {
+                format!(
+                    "inbox row {}, a notification a host standing by stored, was not taken up: {}",
+                    stored.id, e.message
+                )
+            })?;
+            // Taken up: if the removal fails, a second take is absorbed by deduplication.
+            inbox.done(stored.id).await.map_err(|e| {
+                format!(
+                    "inbox row {}, taken up, could not be removed: {e}",
+                    stored.id
+                )
+            })?;
         }
-        if clean {
-            failures = 0;
-            // A full page: more wait; look again at once.
-            pause = if full {
-                std::time::Duration::ZERO
-            } else {
-                INBOX_EVERY
-            };
-        } else {
-            failures += 1;
-            pause = backoff(failures);
+        if !full {
+            return Ok(());
         }
     }
 }
@@ -224,6 +250,16 @@ async fn receive<T: serde::de::DeserializeOwned>(
             return Err(refusal);
         }
     };
+    if let Some(shared) = &state.inbox {
+        // What hosts standing by stored came in before this: taken first, so that a firing
+        // stored there is never taken up after its own `resolved`, sent here.
+        take_stored(state, shared).await.map_err(|why| {
+            ApiError::unavailable(format!(
+                "alerts a host standing by stored earlier are taken up first, and could not be: {why}; retry"
+            ))
+            .retry_after(1)
+        })?;
+    }
     Ok(Json(take(state, incoming).await?))
 }
 

@@ -174,15 +174,7 @@ fn loopback_elsewhere(url: &str, holder: &str, machine: &str) -> bool {
     let Ok(parsed) = reqwest::Url::parse(url) else {
         return false;
     };
-    let host = parsed
-        .host_str()
-        .unwrap_or_default()
-        .trim_start_matches('[')
-        .trim_end_matches(']');
-    let loopback = host.eq_ignore_ascii_case("localhost")
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback());
+    let loopback = themis_core::loopback::is_loopback(parsed.host_str().unwrap_or_default());
     loopback && holder.split_whitespace().next() != Some(machine)
 }
 
@@ -348,6 +340,8 @@ mod tests {
             "http://[::1]:8080",
             "http://localhost:8080",
             "http://LOCALHOST:8080/",
+            "http://[::ffff:127.0.0.1]:8080",
+            "http://0.0.0.0:8080",
         ] {
             assert!(loopback_elsewhere(url, holder, "db-2"), "{url}");
             assert!(!loopback_elsewhere(url, holder, "db-1"), "{url}");

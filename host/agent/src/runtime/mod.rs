@@ -777,6 +777,22 @@ impl Runtime {
         self.shutdown().await;
     }
 
+    /// The stop of a runtime something still holds (an answer still running when the service
+    /// must go): no agent takes up more of its backlog, and the agents' state hints and the
+    /// audit are made durable. What still runs is cut off with the process; the next start's
+    /// recovery takes it up, as after a kill.
+    pub async fn stop_held(&self) {
+        for handle in &self.handles {
+            handle.backlog.leave();
+        }
+        if let Err(e) = self.store.flush().await {
+            tracing::warn!(error = %e, "the agents' state hints could not be saved at the stop");
+        }
+        if let Err(e) = self.audit.commit() {
+            tracing::error!(error = %e, "the audit's last records could not be made durable at the stop");
+        }
+    }
+
     /// Stop once every agent has finished its commands and taken up its whole backlog (a
     /// one-shot command's alerts are all handled before it exits).
     pub async fn shutdown(self) {
