@@ -500,6 +500,84 @@ async fn the_inbox_holds_no_more_than_its_limit_however_many_hosts_store_at_once
     assert_eq!(standbys[0].1.waiting(100).await.expect("waiting").len(), 12);
 }
 
+/// Anyone with the database's credentials can copy a stored notification's row (its body and
+/// seal) or put one back after it was taken up; neither is taken up twice.
+#[tokio::test]
+async fn an_inbox_row_copied_or_put_back_is_refused() {
+    use super::pg_inbox::PgInbox;
+    use sqlx::Connection;
+    let Some(target) = fresh_database().await else {
+        return;
+    };
+    let choice = StoreChoice::Postgres(target.clone());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _holder = open(
+        dir.path(),
+        Some(&choice),
+        StoreChoice::Json,
+        Duration::from_secs(1),
+    )
+    .await
+    .expect("the holder");
+    let holder = PgInbox::connect(&target, dir.path()).expect("the holder's inbox");
+    let standby_dir = same_key_dir(dir.path());
+    let standby = PgInbox::connect(&target, standby_dir.path()).expect("inbox");
+    let first = standby
+        .put("checked", &serde_json::json!({ "n": 1 }))
+        .await
+        .expect("stored");
+    let mut admin = sqlx::PgConnection::connect(&target.url)
+        .await
+        .expect("admin");
+    let (via, body, mac): (String, String, String) =
+        sqlx::query_as("SELECT via, body, mac FROM inbox WHERE id = $1")
+            .bind(first)
+            .fetch_one(&mut admin)
+            .await
+            .expect("the row");
+    // A copy under a new id, next to the original.
+    sqlx::query("INSERT INTO inbox (via, body, mac) VALUES ($1, $2, $3)")
+        .bind(&via)
+        .bind(&body)
+        .bind(&mac)
+        .execute(&mut admin)
+        .await
+        .expect("copy");
+    let waiting = holder.waiting(10).await.expect("waiting");
+    assert_eq!(waiting.len(), 2);
+    assert_eq!(waiting[0].id, first);
+    assert!(holder.open(&waiting[0]).is_ok());
+    let copy = holder.open(&waiting[1]).expect_err("the copy");
+    assert!(matches!(copy, StoreError::Tampered { .. }), "{copy}");
+    for row in &waiting {
+        holder.done(row.id).await.expect("removed");
+    }
+    // The original put back with its own id after it was taken up.
+    sqlx::query("INSERT INTO inbox (id, via, body, mac) VALUES ($1, $2, $3, $4)")
+        .bind(first)
+        .bind(&via)
+        .bind(&body)
+        .bind(&mac)
+        .execute(&mut admin)
+        .await
+        .expect("put back");
+    let waiting = holder.waiting(10).await.expect("waiting");
+    assert_eq!(waiting.len(), 1);
+    let back = holder.open(&waiting[0]).expect_err("put back");
+    assert!(back.to_string().contains("put back"), "{back}");
+    // A host that takes the state over later finds where the taken ids end at its first look,
+    // and takes a notification stored after them.
+    holder.done(first).await.expect("removed");
+    let next = standby
+        .put("checked", &serde_json::json!({ "n": 2 }))
+        .await
+        .expect("stored");
+    let later = PgInbox::connect(&target, same_key_dir(dir.path()).path()).expect("inbox");
+    let waiting = later.waiting(10).await.expect("waiting");
+    assert_eq!(waiting.iter().map(|r| r.id).collect::<Vec<_>>(), [next]);
+    assert!(later.open(&waiting[0]).is_ok());
+}
+
 #[tokio::test]
 async fn a_postgres_store_is_held_by_one_host_and_a_fenced_host_writes_nothing() {
     use sqlx::Connection;

@@ -5,6 +5,10 @@
 //! the two takes a notification up twice, which deduplication by fingerprint absorbs as one
 //! more notification of the same alert (Alertmanager repeats notifications anyway): at least
 //! once, never lost.
+//!
+//! A row's seal covers its id, and ids are handed out and committed in one order (under the
+//! storers' lock): a copy of a row under another id does not verify, and a row put back with
+//! its own id after it was taken up is at or below what the holder took through, and refused.
 
 use super::StoreError;
 use super::mac::HostKey;
@@ -28,6 +32,9 @@ pub struct PgInbox {
     rows: Sealer,
     /// How many notifications may wait ([`INBOX_LIMIT`]; smaller in tests).
     limit: i64,
+    /// The highest id this host has taken up and removed (found at its first look): a row at
+    /// or below it is one put back.
+    taken_through: std::sync::Mutex<Option<i64>>,
 }
 
 /// Who holds the state, as `holder` says.
@@ -91,6 +98,7 @@ impl PgInbox {
                 place: target.url.clone(),
             },
             limit: INBOX_LIMIT,
+            taken_through: std::sync::Mutex::new(None),
         })
     }
 
@@ -135,7 +143,6 @@ impl PgInbox {
     /// the state: a row sealed under another key would be refused by the holder after this
     /// host answered 200, and the alerts lost.
     pub async fn put(&self, via: &str, body: &serde_json::Value) -> Result<i64, InboxError> {
-        let (body, mac) = self.rows.seal("inbox", via, body)?;
         let ours = self.rows.key_id();
         let mut tx = self.pool.begin().await.map_err(|e| self.fail(e))?;
         // One store at a time across every host standing by, counted under the lock: the limit
@@ -147,9 +154,15 @@ impl PgInbox {
             .execute(&mut *tx)
             .await
             .map_err(|e| self.fail(e))?;
+        // Taken under the lock, so ids are committed in the order they are handed out.
+        let id: i64 = sqlx::query_scalar("SELECT nextval(pg_get_serial_sequence('inbox', 'id'))")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(|e| self.fail(e))?;
+        let (body, mac) = self.rows.seal("inbox", &row_key(id, via), body)?;
         let (id, theirs): (Option<i64>, Option<String>) = sqlx::query_as(
             "WITH h AS (SELECT key_id FROM holder WHERE id = 1),
-                  ins AS (INSERT INTO inbox (via, body, mac) SELECT $1, $2, $3
+                  ins AS (INSERT INTO inbox (id, via, body, mac) SELECT $6, $1, $2, $3
                           WHERE (SELECT count(*) FROM inbox) < $4
                             AND (SELECT key_id FROM h) = $5
                           RETURNING id)
@@ -160,6 +173,7 @@ impl PgInbox {
         .bind(&mac)
         .bind(self.limit)
         .bind(&ours)
+        .bind(id)
         .fetch_one(&mut *tx)
         .await
         .map_err(|e| self.fail(e))?;
@@ -179,6 +193,16 @@ impl PgInbox {
 
     /// The oldest `limit` notifications waiting.
     pub async fn waiting(&self, limit: i64) -> Result<Vec<Stored>, StoreError> {
+        let known = self
+            .taken_through
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some();
+        if !known {
+            let through = self.taken_so_far().await?;
+            let mut taken = self.taken_through.lock().unwrap_or_else(|p| p.into_inner());
+            *taken = Some(taken.unwrap_or(through).max(through));
+        }
         let rows: Vec<(i64, String, String, String)> =
             sqlx::query_as("SELECT id, via, body, mac FROM inbox ORDER BY id LIMIT $1")
                 .bind(limit)
@@ -191,12 +215,54 @@ impl PgInbox {
             .collect())
     }
 
-    /// A stored notification's body, once its seal verifies under this host's key: a row added
-    /// or changed by hand (or by a host with another key) is refused.
+    /// Where the ids taken up so far end, when this host first looks: below the oldest row
+    /// waiting, or, with none waiting, the last id handed out. Read under the storers' lock,
+    /// so no row is being stored with an id handed out but not yet committed.
+    async fn taken_so_far(&self) -> Result<i64, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(|e| self.fail(e))?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
+            .bind(INBOX_LOCK.0)
+            .bind(INBOX_LOCK.1)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.fail(e))?;
+        let (oldest, last): (Option<i64>, Option<i64>) = sqlx::query_as(
+            "SELECT (SELECT min(id) FROM inbox),
+                    pg_sequence_last_value(pg_get_serial_sequence('inbox', 'id')::regclass)",
+        )
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| self.fail(e))?;
+        tx.commit().await.map_err(|e| self.fail(e))?;
+        Ok(oldest.map_or(last.unwrap_or(0), |id| id - 1))
+    }
+
+    /// A stored notification's body, once its seal verifies under this host's key for this
+    /// row: a row added or changed by hand (or by a host with another key), a copy of a row
+    /// under another id, and a row put back after it was taken up are refused.
     pub fn open(&self, stored: &Stored) -> Result<String, StoreError> {
-        let value: serde_json::Value =
-            self.rows
-                .open("inbox", &stored.via, &stored.body, &stored.mac)?;
+        let through = *self.taken_through.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(through) = through.filter(|t| stored.id <= *t) {
+            return Err(self.fail(format!(
+                "inbox row {} was put back: this host took the inbox up through row {through} and removed it; a copy of a notification is refused",
+                stored.id
+            )));
+        }
+        let value: serde_json::Value = self
+            .rows
+            .open("inbox", &row_key(stored.id, &stored.via), &stored.body, &stored.mac)
+            .map_err(|e| {
+                let unbound: Result<serde_json::Value, _> =
+                    self.rows.open("inbox", &stored.via, &stored.body, &stored.mac);
+                if unbound.is_ok() {
+                    self.fail(format!(
+                        "inbox row {} was sealed without its id, by an earlier version of Themis: refused, since a copy of it would verify too; upgrade every host of the deployment",
+                        stored.id
+                    ))
+                } else {
+                    e
+                }
+            })?;
         serde_json::to_string(&value).map_err(|e| self.fail(e))
     }
 
@@ -206,7 +272,14 @@ impl PgInbox {
             .bind(id)
             .execute(&self.pool)
             .await
-            .map(|_| ())
-            .map_err(|e| self.fail(e))
+            .map_err(|e| self.fail(e))?;
+        let mut taken = self.taken_through.lock().unwrap_or_else(|p| p.into_inner());
+        *taken = Some(taken.map_or(id, |t| t.max(id)));
+        Ok(())
     }
+}
+
+/// What a row's seal is over besides its table and body: its id and the way it came in.
+fn row_key(id: i64, via: &str) -> String {
+    format!("{id}/{via}")
 }
