@@ -600,3 +600,90 @@ async fn a_host_standing_by_takes_alerts_for_the_holder() {
         .await;
     assert_eq!(status, 409, "{body}");
 }
+
+/// A notification stored by a host standing by that an agent's full backlog cannot take holds
+/// up its own alerts only: a later one for another agent is taken, and a later notification of
+/// a held alert sent to the holder directly is answered 429, never taken before it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stored_notification_a_full_backlog_cannot_take_holds_up_only_its_own_alerts() {
+    use crate::serve::{AM, INTAKE, LAG, TestAlert, notification};
+    let Some(db) = TestDb::create("inbox_held").await else {
+        return;
+    };
+    let first_dir = tempfile::tempdir().expect("tempdir");
+    let a = ServeSpec {
+        queue: 1,
+        ..on_db(first_dir.path(), &db)
+    }
+    .start();
+    let second_dir = same_deployment(&a);
+    let b = on_db(second_dir.path(), &db).start_standing_by();
+    // More alerts in one notification than the kafka agent's backlog ever holds.
+    let many: Vec<String> = (0..40).map(|i| format!("fp-many-{i}")).collect();
+    let alerts: Vec<TestAlert> = many
+        .iter()
+        .map(|f| ("KafkaConsumerLag", f.as_str(), LAG))
+        .collect();
+    let (status, body) = b.post(AM, INTAKE, &notification("firing", &alerts)).await;
+    assert_eq!(status, 200, "{body}");
+    let deployment: &[(&str, &str)] = &[("namespace", "shop"), ("deployment", "web")];
+    let (status, body) = b
+        .post(
+            AM,
+            INTAKE,
+            &notification(
+                "firing",
+                &[("KubeDeploymentReplicasMismatch", "fp-other", deployment)],
+            ),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["alerts"][0]["outcome"], "stored");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !a
+        .kinds("alert-accepted")
+        .iter()
+        .any(|r| r["data"]["alert"]["fingerprint"] == "fp-other")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the other agent's stored alert waits behind the full backlog's"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // Rows taken after the held one leave it waiting, never refused as a row put back.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert!(
+        !a.kinds("alert-refused")
+            .iter()
+            .any(|r| r["data"]["error"] == "inbox-row-refused"),
+        "{:?}",
+        a.kinds("alert-refused")
+    );
+    let (status, body) = a
+        .post(
+            AM,
+            INTAKE,
+            &notification("resolved", &[("KafkaConsumerLag", "fp-many-39", LAG)]),
+        )
+        .await;
+    assert_eq!(status, 429, "{body}");
+    assert!(
+        !a.kinds("alert-accepted")
+            .iter()
+            .any(|r| r["data"]["alert"]["fingerprint"] == "fp-many-39"
+                && r["data"]["status"] == "resolved"),
+        "a resolved taken before its stored firing"
+    );
+    let (status, body) = a
+        .post(
+            AM,
+            INTAKE,
+            &notification(
+                "firing",
+                &[("KubeDeploymentReplicasMismatch", "fp-direct", deployment)],
+            ),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+}

@@ -120,6 +120,27 @@ impl SharedInbox {
     }
 }
 
+/// Why what waits in the shared inbox was not all taken up.
+pub(crate) enum Stuck {
+    /// The inbox could not be read or cleared, or the audit written: nothing after the row it
+    /// stopped at was taken.
+    Down(String),
+    /// Rows whose agents' backlogs are full wait, with every later row that shares an alert
+    /// with them (an alert's notifications are taken in order); all else was taken.
+    Full {
+        fingerprints: std::collections::HashSet<String>,
+        why: String,
+    },
+}
+
+impl std::fmt::Display for Stuck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Stuck::Down(why) | Stuck::Full { why, .. } => f.write_str(why),
+        }
+    }
+}
+
 /// Looks at the shared inbox every half second, taking up what waits ([`take_stored`]). After
 /// a failure (a notification not taken up — a full backlog, the audit unwritable — or the
 /// inbox not read or cleared) each next try waits twice as long, up to a minute, until a pass
@@ -148,19 +169,23 @@ pub async fn drain_inbox(state: Arc<AppState>, shared: Arc<SharedInbox>) {
 }
 
 /// Take up everything the shared inbox holds, oldest first, as if it had come in now — onto
-/// the audit, into its agent's backlog — removing each once taken. A notification that cannot
-/// be taken up now (a full backlog, the audit unwritable) stays, nothing after it is taken
-/// before it, and the error says why.
-async fn take_stored(state: &AppState, shared: &SharedInbox) -> Result<(), String> {
+/// the audit, into its agent's backlog — removing each once taken. A notification an agent's
+/// full backlog cannot take now stays, and so does every later one sharing an alert with it;
+/// the others are taken. Anything else that fails stops the pass there.
+async fn take_stored(state: &AppState, shared: &SharedInbox) -> Result<(), Stuck> {
     let _turn = shared.turn.lock().await;
     let inbox = &shared.inbox;
+    let mut held = std::collections::HashSet::new();
+    let mut why_held = None;
+    let mut after = 0;
     loop {
         let waiting = inbox
-            .waiting(INBOX_PAGE)
+            .waiting(after, INBOX_PAGE)
             .await
-            .map_err(|e| format!("the shared inbox could not be read: {e}"))?;
+            .map_err(|e| Stuck::Down(format!("the shared inbox could not be read: {e}")))?;
         let full = waiting.len() as i64 == INBOX_PAGE;
         for stored in waiting {
+            after = stored.id;
             let redactor = state.runtime.audit().redactor().clone();
             let checked = inbox.open(&stored).map_err(|e| {
                 ApiError::new(
@@ -179,20 +204,20 @@ async fn take_stored(state: &AppState, shared: &SharedInbox) -> Result<(), Strin
                     map.insert("stored_by".into(), "a host standing by".into());
                 }
                 if !record_refused(state, data).await {
-                    return Err(format!(
+                    return Err(Stuck::Down(format!(
                         "the refusal stored as inbox row {} could not be recorded",
                         stored.id
-                    ));
+                    )));
                 }
                 inbox.done(stored.id).await.map_err(|e| {
-                    format!(
+                    Stuck::Down(format!(
                         "inbox row {}, a refusal recorded, could not be removed: {e}",
                         stored.id
-                    )
+                    ))
                 })?;
                 continue;
             }
-            let taken = match checked.and_then(|body| {
+            let checked = checked.and_then(|body| {
                 if stored.via == crate::standby::CHECKED {
                     serde_json::from_str::<Vec<Incoming>>(&body).map_err(|e| {
                         ApiError::bad_request("", format!("inbox row {}: {e}", stored.id))
@@ -201,7 +226,8 @@ async fn take_stored(state: &AppState, shared: &SharedInbox) -> Result<(), Strin
                     // A notification stored whole (by an earlier version): checked again.
                     incoming_of(&stored.via, body.as_bytes(), &redactor)
                 }
-            }) {
+            });
+            let taken = match checked {
                 // Checked by the host that stored it; a newer check refuses it on the record.
                 // Removed only once the refusal is on the record: else it is tried again.
                 Err(refusal) => {
@@ -211,25 +237,88 @@ async fn take_stored(state: &AppState, shared: &SharedInbox) -> Result<(), Strin
                         Err(ApiError::unavailable("the refusal could not be recorded"))
                     }
                 }
-                Ok(incoming) => take(state, incoming).await.map(|_| ()),
+                Ok(incoming) => {
+                    let alerts: Vec<String> = incoming
+                        .iter()
+                        .map(|i| i.alert.fingerprint.clone())
+                        .collect();
+                    if alerts.iter().any(|f| held.contains(f)) {
+                        // An earlier notification of one of its alerts waits: so does this.
+                        held.extend(alerts);
+                        continue;
+                    }
+                    match take(state, incoming).await {
+                        Err(e) if e.status == StatusCode::TOO_MANY_REQUESTS => {
+                            // The other agents' alerts of it were taken; it is taken again
+                            // whole later, and deduplication absorbs what was.
+                            why_held.get_or_insert_with(|| {
+                                format!(
+                                    "inbox row {}, a notification a host standing by stored, waits: {}",
+                                    stored.id, e.message
+                                )
+                            });
+                            held.extend(alerts);
+                            continue;
+                        }
+                        other => other.map(|_| ()),
+                    }
+                }
             };
             taken.map_err(|e| {
-                format!(
+                Stuck::Down(format!(
                     "inbox row {}, a notification a host standing by stored, was not taken up: {}",
                     stored.id, e.message
-                )
+                ))
             })?;
             // Taken up: if the removal fails, a second take is absorbed by deduplication.
             inbox.done(stored.id).await.map_err(|e| {
-                format!(
+                Stuck::Down(format!(
                     "inbox row {}, taken up, could not be removed: {e}",
                     stored.id
-                )
+                ))
             })?;
         }
         if !full {
-            return Ok(());
+            return match why_held {
+                None => Ok(()),
+                Some(why) => Err(Stuck::Full {
+                    fingerprints: held,
+                    why,
+                }),
+            };
         }
+    }
+}
+
+/// Whether the alerts of a notification sent to the holder directly may be taken now: what
+/// hosts standing by stored before it goes first, so a firing stored there never lands after
+/// its own `resolved` sent here. An alert whose earlier notification waits for a full backlog
+/// is answered 429, as the backlog would answer it.
+async fn stored_first(state: &AppState, incoming: &[Incoming]) -> Result<(), ApiError> {
+    let Some(shared) = &state.inbox else {
+        return Ok(());
+    };
+    match take_stored(state, shared).await {
+        Ok(()) => Ok(()),
+        Err(Stuck::Full { fingerprints, why })
+            if incoming
+                .iter()
+                .any(|i| fingerprints.contains(&i.alert.fingerprint)) =>
+        {
+            Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "queue-full",
+                format!(
+                    "an earlier notification of an alert of this one, stored by a host standing by, waits first ({why}); retry (duplicates are absorbed)"
+                ),
+            )
+            .retry_after(5))
+        }
+        Err(Stuck::Full { .. }) => Ok(()),
+        Err(Stuck::Down(why)) => Err(ApiError::unavailable(format!(
+            "alerts a host standing by stored earlier are taken up first, and could not be: {why}; retry"
+        ))
+        .retry_after(1)),
     }
 }
 
@@ -250,16 +339,7 @@ async fn receive<T: serde::de::DeserializeOwned>(
             return Err(refusal);
         }
     };
-    if let Some(shared) = &state.inbox {
-        // What hosts standing by stored came in before this: taken first, so that a firing
-        // stored there is never taken up after its own `resolved`, sent here.
-        take_stored(state, shared).await.map_err(|why| {
-            ApiError::unavailable(format!(
-                "alerts a host standing by stored earlier are taken up first, and could not be: {why}; retry"
-            ))
-            .retry_after(1)
-        })?;
-    }
+    stored_first(state, &incoming).await?;
     Ok(Json(take(state, incoming).await?))
 }
 

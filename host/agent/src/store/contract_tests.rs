@@ -497,7 +497,10 @@ async fn the_inbox_holds_no_more_than_its_limit_however_many_hosts_store_at_once
             .all(|r| matches!(r, Err(InboxError::Full(12)))),
         "{results:?}"
     );
-    assert_eq!(standbys[0].1.waiting(100).await.expect("waiting").len(), 12);
+    assert_eq!(
+        standbys[0].1.waiting(0, 100).await.expect("waiting").len(),
+        12
+    );
 }
 
 /// Anyone with the database's credentials can copy a stored notification's row (its body and
@@ -543,7 +546,7 @@ async fn an_inbox_row_copied_or_put_back_is_refused() {
         .execute(&mut admin)
         .await
         .expect("copy");
-    let waiting = holder.waiting(10).await.expect("waiting");
+    let waiting = holder.waiting(0, 10).await.expect("waiting");
     assert_eq!(waiting.len(), 2);
     assert_eq!(waiting[0].id, first);
     assert!(holder.open(&waiting[0]).is_ok());
@@ -561,7 +564,7 @@ async fn an_inbox_row_copied_or_put_back_is_refused() {
         .execute(&mut admin)
         .await
         .expect("put back");
-    let waiting = holder.waiting(10).await.expect("waiting");
+    let waiting = holder.waiting(0, 10).await.expect("waiting");
     assert_eq!(waiting.len(), 1);
     let back = holder.open(&waiting[0]).expect_err("put back");
     assert!(back.to_string().contains("put back"), "{back}");
@@ -573,7 +576,7 @@ async fn an_inbox_row_copied_or_put_back_is_refused() {
         .await
         .expect("stored");
     let later = PgInbox::connect(&target, same_key_dir(dir.path()).path()).expect("inbox");
-    let waiting = later.waiting(10).await.expect("waiting");
+    let waiting = later.waiting(0, 10).await.expect("waiting");
     assert_eq!(waiting.iter().map(|r| r.id).collect::<Vec<_>>(), [next]);
     assert!(later.open(&waiting[0]).is_ok());
 }

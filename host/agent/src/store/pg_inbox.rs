@@ -8,7 +8,8 @@
 //!
 //! A row's seal covers its id, and ids are handed out and committed in one order (under the
 //! storers' lock): a copy of a row under another id does not verify, and a row put back with
-//! its own id after it was taken up is at or below what the holder took through, and refused.
+//! its own id after it was taken up is below an id the holder has seen, yet not among the rows
+//! it saw waiting, and is refused.
 
 use super::StoreError;
 use super::mac::HostKey;
@@ -32,9 +33,16 @@ pub struct PgInbox {
     rows: Sealer,
     /// How many notifications may wait ([`INBOX_LIMIT`]; smaller in tests).
     limit: i64,
-    /// The highest id this host has taken up and removed (found at its first look): a row at
-    /// or below it is one put back.
-    taken_through: std::sync::Mutex<Option<i64>>,
+    /// What this host has seen of the inbox (from its first look).
+    seen: std::sync::Mutex<Option<Seen>>,
+}
+
+/// The highest id seen waiting, and the ids at or below it still waiting: a row at or below it
+/// and not among them is one put back. Ids are committed in the order they are handed out, so
+/// once an id is seen every lower one that will ever exist already does.
+struct Seen {
+    through: i64,
+    waiting: std::collections::BTreeSet<i64>,
 }
 
 /// Who holds the state, as `holder` says.
@@ -98,7 +106,7 @@ impl PgInbox {
                 place: target.url.clone(),
             },
             limit: INBOX_LIMIT,
-            taken_through: std::sync::Mutex::new(None),
+            seen: std::sync::Mutex::new(None),
         })
     }
 
@@ -191,24 +199,42 @@ impl PgInbox {
         }
     }
 
-    /// The oldest `limit` notifications waiting.
-    pub async fn waiting(&self, limit: i64) -> Result<Vec<Stored>, StoreError> {
+    /// The oldest `limit` notifications waiting after row `after` (0: from the first).
+    pub async fn waiting(&self, after: i64, limit: i64) -> Result<Vec<Stored>, StoreError> {
         let known = self
-            .taken_through
+            .seen
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .is_some();
         if !known {
             let through = self.taken_so_far().await?;
-            let mut taken = self.taken_through.lock().unwrap_or_else(|p| p.into_inner());
-            *taken = Some(taken.unwrap_or(through).max(through));
+            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            seen.get_or_insert(Seen {
+                through,
+                waiting: Default::default(),
+            });
         }
-        let rows: Vec<(i64, String, String, String)> =
-            sqlx::query_as("SELECT id, via, body, mac FROM inbox ORDER BY id LIMIT $1")
-                .bind(limit)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(|e| self.fail(e))?;
+        let rows: Vec<(i64, String, String, String)> = sqlx::query_as(
+            "SELECT id, via, body, mac FROM inbox WHERE id > $1 ORDER BY id LIMIT $2",
+        )
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.fail(e))?;
+        if let Some(seen) = self.seen.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            if after == 0 {
+                // From the first: what waited below the oldest row left (removed by hand).
+                let oldest = rows.first().map_or(i64::MAX, |r| r.0);
+                seen.waiting.retain(|id| *id >= oldest);
+            }
+            for (id, ..) in &rows {
+                if *id > seen.through {
+                    seen.through = *id;
+                    seen.waiting.insert(*id);
+                }
+            }
+        }
         Ok(rows
             .into_iter()
             .map(|(id, via, body, mac)| Stored { id, via, body, mac })
@@ -241,10 +267,15 @@ impl PgInbox {
     /// row: a row added or changed by hand (or by a host with another key), a copy of a row
     /// under another id, and a row put back after it was taken up are refused.
     pub fn open(&self, stored: &Stored) -> Result<String, StoreError> {
-        let through = *self.taken_through.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(through) = through.filter(|t| stored.id <= *t) {
+        let put_back = self
+            .seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_some_and(|seen| stored.id <= seen.through && !seen.waiting.contains(&stored.id));
+        if put_back {
             return Err(self.fail(format!(
-                "inbox row {} was put back: this host took the inbox up through row {through} and removed it; a copy of a notification is refused",
+                "inbox row {} was put back: it is not among the rows this host saw waiting, and its id is below one it saw; a copy of a notification is refused",
                 stored.id
             )));
         }
@@ -273,8 +304,9 @@ impl PgInbox {
             .execute(&self.pool)
             .await
             .map_err(|e| self.fail(e))?;
-        let mut taken = self.taken_through.lock().unwrap_or_else(|p| p.into_inner());
-        *taken = Some(taken.map_or(id, |t| t.max(id)));
+        if let Some(seen) = self.seen.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            seen.waiting.remove(&id);
+        }
         Ok(())
     }
 }
