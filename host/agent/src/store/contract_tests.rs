@@ -454,22 +454,27 @@ fn same_key_dir(from: &std::path::Path) -> tempfile::TempDir {
     dir
 }
 
+/// A host holding the state in `target`'s database, and its state directory.
+async fn a_holder(target: &PgTarget) -> (tempfile::TempDir, Arc<dyn IncidentStore>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let holder = open(
+        dir.path(),
+        Some(&StoreChoice::Postgres(target.clone())),
+        StoreChoice::Json,
+        Duration::from_secs(1),
+    )
+    .await
+    .expect("the holder");
+    (dir, holder)
+}
+
 #[tokio::test]
 async fn the_inbox_holds_no_more_than_its_limit_however_many_hosts_store_at_once() {
     use super::pg_inbox::{InboxError, PgInbox};
     let Some(target) = fresh_database().await else {
         return;
     };
-    let choice = StoreChoice::Postgres(target.clone());
-    let dir = tempfile::tempdir().expect("tempdir");
-    let _holder = open(
-        dir.path(),
-        Some(&choice),
-        StoreChoice::Json,
-        Duration::from_secs(1),
-    )
-    .await
-    .expect("the holder");
+    let (dir, _holder) = a_holder(&target).await;
     // Three hosts standing by (each with two connections), ten notifications each, at once.
     let standbys: Vec<_> = (0..3)
         .map(|_| {
@@ -512,16 +517,7 @@ async fn an_inbox_row_copied_or_put_back_is_refused() {
     let Some(target) = fresh_database().await else {
         return;
     };
-    let choice = StoreChoice::Postgres(target.clone());
-    let dir = tempfile::tempdir().expect("tempdir");
-    let _holder = open(
-        dir.path(),
-        Some(&choice),
-        StoreChoice::Json,
-        Duration::from_secs(1),
-    )
-    .await
-    .expect("the holder");
+    let (dir, _holder) = a_holder(&target).await;
     let holder = PgInbox::connect(&target, dir.path()).expect("the holder's inbox");
     let standby_dir = same_key_dir(dir.path());
     let standby = PgInbox::connect(&target, standby_dir.path()).expect("inbox");

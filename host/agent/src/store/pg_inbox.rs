@@ -156,12 +156,7 @@ impl PgInbox {
         // One store at a time across every host standing by, counted under the lock: the limit
         // holds exactly however many store at once. An advisory lock, not a table lock: the
         // holder's reads and removals (which only lower the count) never wait on it.
-        sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
-            .bind(INBOX_LOCK.0)
-            .bind(INBOX_LOCK.1)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| self.fail(e))?;
+        self.lock_storers(&mut tx).await?;
         // Taken under the lock, so ids are committed in the order they are handed out.
         let id: i64 = sqlx::query_scalar("SELECT nextval(pg_get_serial_sequence('inbox', 'id'))")
             .fetch_one(&mut *tx)
@@ -241,17 +236,26 @@ impl PgInbox {
             .collect())
     }
 
+    /// One storer at a time across every host, until `tx` ends.
+    async fn lock_storers(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    ) -> Result<(), StoreError> {
+        sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
+            .bind(INBOX_LOCK.0)
+            .bind(INBOX_LOCK.1)
+            .execute(&mut **tx)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.fail(e))
+    }
+
     /// Where the ids taken up so far end, when this host first looks: below the oldest row
     /// waiting, or, with none waiting, the last id handed out. Read under the storers' lock,
     /// so no row is being stored with an id handed out but not yet committed.
     async fn taken_so_far(&self) -> Result<i64, StoreError> {
         let mut tx = self.pool.begin().await.map_err(|e| self.fail(e))?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
-            .bind(INBOX_LOCK.0)
-            .bind(INBOX_LOCK.1)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| self.fail(e))?;
+        self.lock_storers(&mut tx).await?;
         let (oldest, last): (Option<i64>, Option<i64>) = sqlx::query_as(
             "SELECT (SELECT min(id) FROM inbox),
                     pg_sequence_last_value(pg_get_serial_sequence('inbox', 'id')::regclass)",
