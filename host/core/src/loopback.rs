@@ -5,10 +5,9 @@
 ///
 /// An IPv4 address written as IPv6 (`::ffff:127.0.0.1`) is the IPv4 address; the unspecified
 /// address (`0.0.0.0`, `::`) is this machine too, as a destination on Linux. Other names that
-/// only a resolver makes local (`*.localhost`) are not trusted to be.
+/// only a resolver makes local (`*.localhost`, `localhost.`) are not trusted to be.
 pub fn is_loopback(host: &str) -> bool {
-    let name = host.strip_suffix('.').unwrap_or(host);
-    name.eq_ignore_ascii_case("localhost")
+    host.eq_ignore_ascii_case("localhost")
         || host
             .trim_start_matches('[')
             .trim_end_matches(']')
@@ -25,7 +24,7 @@ mod tests {
     fn loopback_is_this_machine_only() {
         for host in [
             "localhost",
-            "LocalHost.",
+            "LocalHost",
             "127.0.0.1",
             "127.3.2.1",
             "[::1]",
@@ -45,6 +44,7 @@ mod tests {
             "[::2]",
             "[::ffff:10.0.0.7]",
             "db.localhost",
+            "localhost.",
         ] {
             assert!(!is_loopback(host), "{host}");
         }

@@ -134,7 +134,7 @@ pub struct AmAlert {
 /// One alert ready for the runtime, with where it came from. A host standing by stores it as
 /// checked (its fingerprint taken from the labels as they arrived), so the holder takes up what
 /// the sender was answered for, not a second reading of a redacted body.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Incoming {
     pub alert: Alert,
     pub status: AlertStatus,

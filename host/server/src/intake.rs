@@ -142,9 +142,9 @@ impl std::fmt::Display for Stuck {
 }
 
 /// Looks at the shared inbox every half second, taking up what waits ([`take_stored`]). After
-/// a failure (a notification not taken up — a full backlog, the audit unwritable — or the
-/// inbox not read or cleared) each next try waits twice as long, up to a minute, until a pass
-/// goes through clean: each try may record again what it could take.
+/// a failure (the audit unwritable, the inbox not read or cleared) each next try waits twice
+/// as long, up to a minute, until a pass goes through: each try may record again what it
+/// could take. Rows waiting for room in a backlog are no failure.
 pub async fn drain_inbox(state: Arc<AppState>, shared: Arc<SharedInbox>) {
     let mut failures = 0u32;
     let backoff = |failures: u32| (INBOX_EVERY * 2u32.pow(failures.min(7))).min(INBOX_MOST);
@@ -155,7 +155,9 @@ pub async fn drain_inbox(state: Arc<AppState>, shared: Arc<SharedInbox>) {
             return;
         }
         match take_stored(&state, &shared).await {
-            Ok(()) => {
+            // Rows waiting for room in a backlog hold up nobody else: the next look comes as
+            // soon as ever.
+            Ok(()) | Err(Stuck::Full { .. }) => {
                 failures = 0;
                 pause = INBOX_EVERY;
             }
@@ -169,16 +171,20 @@ pub async fn drain_inbox(state: Arc<AppState>, shared: Arc<SharedInbox>) {
 }
 
 /// Take up everything the shared inbox holds, oldest first, as if it had come in now — onto
-/// the audit, into its agent's backlog — removing each once taken. A notification an agent's
-/// full backlog cannot take now stays, and so does every later one sharing an alert with it;
-/// the others are taken. Anything else that fails stops the pass there.
+/// the audit, into its agent's backlog — removing each once taken. What of a notification an
+/// agent's full backlog cannot take now stays in its row (rewritten to hold only that), and so
+/// does every later notification sharing an alert with it; the others are taken. Anything
+/// else that fails stops the pass there.
 async fn take_stored(state: &AppState, shared: &SharedInbox) -> Result<(), Stuck> {
     let _turn = shared.turn.lock().await;
     let inbox = &shared.inbox;
     let mut held = std::collections::HashSet::new();
     let mut why_held = None;
     let mut after = 0;
-    loop {
+    // One look covers at most what the inbox can hold: hosts storing faster than this one
+    // takes never keep a look (and an alert sent here, waiting on it) going.
+    let pages = themis_agent::store::pg_inbox::INBOX_LIMIT / INBOX_PAGE + 1;
+    for _ in 0..pages {
         let waiting = inbox
             .waiting(after, INBOX_PAGE)
             .await
@@ -247,17 +253,43 @@ async fn take_stored(state: &AppState, shared: &SharedInbox) -> Result<(), Stuck
                         held.extend(alerts);
                         continue;
                     }
-                    match take(state, incoming).await {
-                        Err(e) if e.status == StatusCode::TOO_MANY_REQUESTS => {
-                            // The other agents' alerts of it were taken; it is taken again
-                            // whole later, and deduplication absorbs what was.
+                    if incoming
+                        .iter()
+                        .any(|i| state.runtime.backlog_room(&i.alert) == Some(0))
+                    {
+                        // Waits for room, without a refusal on the record at every look.
+                        why_held.get_or_insert_with(|| {
+                            format!(
+                                "inbox row {}, a notification a host standing by stored, waits for room in its agent's backlog",
+                                stored.id
+                            )
+                        });
+                        held.extend(alerts);
+                        continue;
+                    }
+                    match take_what_fits(state, incoming).await {
+                        Ok((_, refused)) if !refused.is_empty() => {
+                            // What fitted is taken; the row keeps the rest, in its place.
+                            let rest: Vec<Incoming> = refused.into_iter().map(|(_, i)| i).collect();
+                            let body = serde_json::to_value(&rest).map_err(|e| {
+                                Stuck::Down(format!("inbox row {}: {e}", stored.id))
+                            })?;
+                            inbox
+                                .keep_only(stored.id, crate::standby::CHECKED, &body)
+                                .await
+                                .map_err(|e| {
+                                    Stuck::Down(format!(
+                                        "inbox row {}, partly taken up, could not keep the rest: {e}",
+                                        stored.id
+                                    ))
+                                })?;
                             why_held.get_or_insert_with(|| {
                                 format!(
-                                    "inbox row {}, a notification a host standing by stored, waits: {}",
-                                    stored.id, e.message
+                                    "inbox row {}, a notification a host standing by stored, waits in part for room in its agent's backlog",
+                                    stored.id
                                 )
                             });
-                            held.extend(alerts);
+                            held.extend(rest.into_iter().map(|i| i.alert.fingerprint));
                             continue;
                         }
                         other => other.map(|_| ()),
@@ -279,14 +311,15 @@ async fn take_stored(state: &AppState, shared: &SharedInbox) -> Result<(), Stuck
             })?;
         }
         if !full {
-            return match why_held {
-                None => Ok(()),
-                Some(why) => Err(Stuck::Full {
-                    fingerprints: held,
-                    why,
-                }),
-            };
+            break;
         }
+    }
+    match why_held {
+        None => Ok(()),
+        Some(why) => Err(Stuck::Full {
+            fingerprints: held,
+            why,
+        }),
     }
 }
 
@@ -379,7 +412,12 @@ async fn record_refused(state: &AppState, data: serde_json::Value) -> bool {
     matches!(written, Ok(Ok(_)))
 }
 
-async fn take(state: &AppState, incoming: Vec<Incoming>) -> Result<IntakeResponse, ApiError> {
+/// Take `incoming` onto the record and into the agents' backlogs: what was taken, and the
+/// alerts a full backlog refused (on the record too), in order, each with its agent.
+async fn take_what_fits(
+    state: &AppState,
+    incoming: Vec<Incoming>,
+) -> Result<(IntakeResponse, Vec<(String, Incoming)>), ApiError> {
     let runtime = state.runtime.clone();
     let metrics = state.metrics.clone();
     // The audit fsyncs: off the async threads.
@@ -389,10 +427,7 @@ async fn take(state: &AppState, incoming: Vec<Incoming>) -> Result<IntakeRespons
             unrouted: 0,
             alerts: Vec::with_capacity(incoming.len()),
         };
-        let names: Vec<(String, String, AlertStatus)> = incoming
-            .iter()
-            .map(|i| (i.alert.fingerprint.clone(), i.alert.name.clone(), i.status))
-            .collect();
+        let kept = incoming.clone();
         let submitted = runtime
             .submit_many(
                 incoming
@@ -401,9 +436,9 @@ async fn take(state: &AppState, incoming: Vec<Incoming>) -> Result<IntakeRespons
                     .collect(),
             )
             .map_err(runtime_error)?;
-        let mut full = None;
-        for ((fingerprint, alertname, status), submitted) in names.into_iter().zip(submitted) {
-            let taken = if status == AlertStatus::Resolved {
+        let mut refused = Vec::new();
+        for (one, submitted) in kept.into_iter().zip(submitted) {
+            let taken = if one.status == AlertStatus::Resolved {
                 AlertOutcome::Resolved
             } else {
                 AlertOutcome::Accepted
@@ -413,8 +448,8 @@ async fn take(state: &AppState, incoming: Vec<Incoming>) -> Result<IntakeRespons
                     metrics.alert(Some(&agent), taken);
                     response.accepted += 1;
                     response.alerts.push(Taken {
-                        fingerprint,
-                        alertname,
+                        fingerprint: one.alert.fingerprint,
+                        alertname: one.alert.name,
                         outcome: "queued",
                         agent: Some(agent),
                     });
@@ -423,20 +458,33 @@ async fn take(state: &AppState, incoming: Vec<Incoming>) -> Result<IntakeRespons
                     metrics.alert(None, AlertOutcome::Unrouted);
                     response.unrouted += 1;
                     response.alerts.push(Taken {
-                        fingerprint,
-                        alertname,
+                        fingerprint: one.alert.fingerprint,
+                        alertname: one.alert.name,
                         outcome: "unrouted",
                         agent: None,
                     });
                 }
                 Submitted::QueueFull { agent } => {
                     metrics.alert(Some(&agent), AlertOutcome::QueueFull);
-                    full.get_or_insert(agent);
+                    refused.push((agent, one));
                 }
             }
         }
-        if let Some(agent) = full {
-            return Err(ApiError::new(
+        Ok((response, refused))
+    })
+    .await
+    .map_err(|_| {
+        ApiError::unavailable("the intake task failed; nothing after the failure was taken")
+    })?
+}
+
+/// [`take_what_fits`], a full backlog answered 429 (what fitted was taken).
+async fn take(state: &AppState, incoming: Vec<Incoming>) -> Result<IntakeResponse, ApiError> {
+    let (response, refused) = take_what_fits(state, incoming).await?;
+    match refused.first() {
+        None => Ok(response),
+        Some((agent, _)) => {
+            Err(ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "queue-full",
                 format!(
@@ -444,12 +492,9 @@ async fn take(state: &AppState, incoming: Vec<Incoming>) -> Result<IntakeRespons
                     response.accepted + response.unrouted
                 ),
             )
-            .retry_after(5));
+            .retry_after(5))
         }
-        Ok(response)
-    })
-    .await
-    .map_err(|_| ApiError::unavailable("the intake task failed; nothing after the failure was taken"))?
+    }
 }
 
 /// Alertmanager's webhook (payload version 4). Every alert of the notification is taken,

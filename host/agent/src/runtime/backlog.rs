@@ -69,6 +69,11 @@ impl Backlog {
             .saturating_sub(self.taken.load(Ordering::Acquire))
     }
 
+    /// How many more alerts it takes now.
+    pub(crate) fn room(&self) -> u64 {
+        self.capacity.saturating_sub(self.depth())
+    }
+
     /// Room for up to `want` more: how many were granted (counted as waiting from now on).
     pub(crate) fn reserve(&self, want: usize) -> usize {
         let mut granted = 0;

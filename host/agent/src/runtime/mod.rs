@@ -364,6 +364,12 @@ impl Runtime {
             .collect()
     }
 
+    /// How many more alerts the backlog of the agent `alert` routes to takes now (`None`: no
+    /// agent owns it).
+    pub fn backlog_room(&self, alert: &Alert) -> Option<u64> {
+        self.route(alert).map(|h| h.backlog.room())
+    }
+
     pub fn store(&self) -> &Arc<dyn IncidentStore> {
         &self.store
     }
@@ -782,14 +788,25 @@ impl Runtime {
     /// audit are made durable. What still runs is cut off with the process; the next start's
     /// recovery takes it up, as after a kill.
     pub async fn stop_held(&self) {
+        for ticker in &self.tickers {
+            ticker.abort();
+        }
         for handle in &self.handles {
             handle.backlog.leave();
         }
         if let Err(e) = self.store.flush().await {
             tracing::warn!(error = %e, "the agents' state hints could not be saved at the stop");
         }
-        if let Err(e) = self.audit.commit() {
-            tracing::error!(error = %e, "the audit's last records could not be made durable at the stop");
+        // The commit waits for the disk: off the async threads.
+        let audit = self.audit.clone();
+        match tokio::task::spawn_blocking(move || audit.commit()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "the audit's last records could not be made durable at the stop");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the audit's last records could not be made durable at the stop");
+            }
         }
     }
 

@@ -577,6 +577,126 @@ async fn an_inbox_row_copied_or_put_back_is_refused() {
     assert!(later.open(&waiting[0]).is_ok());
 }
 
+/// What the holder knows of the inbox from its first look: a row put back after an empty
+/// look, an earlier version of a row it rewrote, a row sealed the old way (without its id)
+/// before and after that look, and a sequence that would hand ids out of order.
+#[tokio::test]
+async fn the_inbox_refuses_what_its_first_look_rules_out() {
+    use super::pg_inbox::PgInbox;
+    use sqlx::Connection;
+    let Some(target) = fresh_database().await else {
+        return;
+    };
+    let (dir, _holder) = a_holder(&target).await;
+    let standby_dir = same_key_dir(dir.path());
+    let standby = PgInbox::connect(&target, standby_dir.path()).expect("inbox");
+    let mut admin = sqlx::PgConnection::connect(&target.url)
+        .await
+        .expect("admin");
+    let row = |id: i64| {
+        sqlx::query_as::<_, (String, String, String)>(
+            "SELECT via, body, mac FROM inbox WHERE id = $1",
+        )
+        .bind(id)
+    };
+    let put_back = "INSERT INTO inbox (id, via, body, mac) VALUES ($1, $2, $3, $4)";
+    // A sequence that caches ids per session is refused at the first look, saying what to do.
+    sqlx::query("ALTER SEQUENCE inbox_id_seq CACHE 10")
+        .execute(&mut admin)
+        .await
+        .expect("alter");
+    let cached = PgInbox::connect(&target, dir.path()).expect("inbox");
+    let e = cached.waiting(0, 10).await.expect_err("a caching sequence");
+    assert!(e.to_string().contains("CACHE 1"), "{e}");
+    sqlx::query("ALTER SEQUENCE inbox_id_seq CACHE 1")
+        .execute(&mut admin)
+        .await
+        .expect("alter");
+
+    // Taken and removed, then put back after a look at an empty inbox.
+    let first = standby
+        .put("checked", &serde_json::json!({ "n": 1 }))
+        .await
+        .expect("stored");
+    let (via, body, mac) = row(first).fetch_one(&mut admin).await.expect("row");
+    sqlx::query("DELETE FROM inbox")
+        .execute(&mut admin)
+        .await
+        .expect("taken");
+    let holder = PgInbox::connect(&target, dir.path()).expect("inbox");
+    assert!(holder.waiting(0, 10).await.expect("waiting").is_empty());
+    sqlx::query(put_back)
+        .bind(first)
+        .bind(&via)
+        .bind(&body)
+        .bind(&mac)
+        .execute(&mut admin)
+        .await
+        .expect("put back");
+    let waiting = holder.waiting(0, 10).await.expect("waiting");
+    let e = holder.open(&waiting[0]).expect_err("put back");
+    assert!(e.to_string().contains("put back"), "{e}");
+    holder.done(first).await.expect("removed");
+
+    // Rewritten to keep what is left; the earlier version put back is refused.
+    let second = standby
+        .put("checked", &serde_json::json!([1, 2]))
+        .await
+        .expect("stored");
+    let waiting = holder.waiting(0, 10).await.expect("waiting");
+    assert_eq!(waiting[0].id, second);
+    let (via, body, mac) = row(second).fetch_one(&mut admin).await.expect("row");
+    holder
+        .keep_only(second, "checked", &serde_json::json!([2]))
+        .await
+        .expect("kept");
+    let waiting = holder.waiting(0, 10).await.expect("waiting");
+    assert_eq!(holder.open(&waiting[0]).expect("rewritten"), "[2]");
+    sqlx::query("UPDATE inbox SET via = $2, body = $3, mac = $4 WHERE id = $1")
+        .bind(second)
+        .bind(&via)
+        .bind(&body)
+        .bind(&mac)
+        .execute(&mut admin)
+        .await
+        .expect("rewound");
+    let waiting = holder.waiting(0, 10).await.expect("waiting");
+    let e = holder.open(&waiting[0]).expect_err("rewound");
+    assert!(e.to_string().contains("last wrote"), "{e}");
+    holder.done(second).await.expect("removed");
+
+    // Sealed the old way (over `via` alone): taken when it waited before the host's first
+    // look, refused when it came after.
+    let old_way = super::rows::Sealer {
+        key: super::mac::HostKey::load_or_create(&dir.path().join("host.key")).expect("key"),
+        place: "test".into(),
+    };
+    let (body, mac) = old_way
+        .seal("inbox", "checked", &serde_json::json!({ "n": 3 }))
+        .expect("seal");
+    let insert_old = "INSERT INTO inbox (via, body, mac) VALUES ('checked', $1, $2) RETURNING id";
+    let before: i64 = sqlx::query_scalar(insert_old)
+        .bind(&body)
+        .bind(&mac)
+        .fetch_one(&mut admin)
+        .await
+        .expect("insert");
+    let upgraded = PgInbox::connect(&target, same_key_dir(dir.path()).path()).expect("inbox");
+    let waiting = upgraded.waiting(0, 10).await.expect("waiting");
+    assert_eq!(waiting[0].id, before);
+    assert!(upgraded.open(&waiting[0]).is_ok());
+    let after: i64 = sqlx::query_scalar(insert_old)
+        .bind(&body)
+        .bind(&mac)
+        .fetch_one(&mut admin)
+        .await
+        .expect("insert");
+    let waiting = upgraded.waiting(0, 10).await.expect("waiting");
+    assert_eq!(waiting[1].id, after);
+    let e = upgraded.open(&waiting[1]).expect_err("the old way, later");
+    assert!(e.to_string().contains("earlier version"), "{e}");
+}
+
 #[tokio::test]
 async fn a_postgres_store_is_held_by_one_host_and_a_fenced_host_writes_nothing() {
     use sqlx::Connection;

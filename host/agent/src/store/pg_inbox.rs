@@ -43,6 +43,12 @@ pub struct PgInbox {
 struct Seen {
     through: i64,
     waiting: std::collections::BTreeSet<i64>,
+    /// The last id handed out when this host first looked: a row at or below it may have been
+    /// stored by an earlier version, which sealed rows without their id.
+    legacy_through: i64,
+    /// The seal of each waiting row this host rewrote ([`PgInbox::keep_only`]): an earlier
+    /// version of the row put back is refused.
+    rewritten: std::collections::BTreeMap<i64, String>,
 }
 
 /// Who holds the state, as `holder` says.
@@ -202,11 +208,13 @@ impl PgInbox {
             .unwrap_or_else(|p| p.into_inner())
             .is_some();
         if !known {
-            let through = self.taken_so_far().await?;
+            let (through, legacy_through) = self.taken_so_far().await?;
             let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
             seen.get_or_insert(Seen {
                 through,
+                legacy_through,
                 waiting: Default::default(),
+                rewritten: Default::default(),
             });
         }
         let rows: Vec<(i64, String, String, String)> = sqlx::query_as(
@@ -222,6 +230,7 @@ impl PgInbox {
                 // From the first: what waited below the oldest row left (removed by hand).
                 let oldest = rows.first().map_or(i64::MAX, |r| r.0);
                 seen.waiting.retain(|id| *id >= oldest);
+                seen.rewritten.retain(|id, _| *id >= oldest);
             }
             for (id, ..) in &rows {
                 if *id > seen.through {
@@ -250,33 +259,57 @@ impl PgInbox {
             .map_err(|e| self.fail(e))
     }
 
-    /// Where the ids taken up so far end, when this host first looks: below the oldest row
-    /// waiting, or, with none waiting, the last id handed out. Read under the storers' lock,
-    /// so no row is being stored with an id handed out but not yet committed.
-    async fn taken_so_far(&self) -> Result<i64, StoreError> {
+    /// Where the ids taken up so far end, when this host first looks — below the oldest row
+    /// waiting, or, with none waiting, the last id handed out — and that last id. Read under
+    /// the storers' lock, so no row is being stored with an id handed out but not yet
+    /// committed. Ids commit in the order handed out only if no session caches a block of
+    /// them: a sequence altered to cache more is an error saying so.
+    async fn taken_so_far(&self) -> Result<(i64, i64), StoreError> {
         let mut tx = self.pool.begin().await.map_err(|e| self.fail(e))?;
         self.lock_storers(&mut tx).await?;
-        let (oldest, last): (Option<i64>, Option<i64>) = sqlx::query_as(
+        let (oldest, last, cache): (Option<i64>, Option<i64>, Option<i64>) = sqlx::query_as(
             "SELECT (SELECT min(id) FROM inbox),
-                    pg_sequence_last_value(pg_get_serial_sequence('inbox', 'id')::regclass)",
+                    pg_sequence_last_value(pg_get_serial_sequence('inbox', 'id')::regclass),
+                    (SELECT seqcache FROM pg_sequence
+                     WHERE seqrelid = pg_get_serial_sequence('inbox', 'id')::regclass)",
         )
         .fetch_one(&mut *tx)
         .await
         .map_err(|e| self.fail(e))?;
         tx.commit().await.map_err(|e| self.fail(e))?;
-        Ok(oldest.map_or(last.unwrap_or(0), |id| id - 1))
+        if let Some(cache) = cache.filter(|c| *c > 1) {
+            return Err(self.fail(format!(
+                "the inbox's id sequence caches {cache} ids per session, so ids would not be committed in the order they are handed out and rows stored later could pass for copies: run `ALTER SEQUENCE inbox_id_seq CACHE 1`"
+            )));
+        }
+        let last = last.unwrap_or(0);
+        Ok((oldest.map_or(last, |id| id - 1), last))
     }
 
     /// A stored notification's body, once its seal verifies under this host's key for this
     /// row: a row added or changed by hand (or by a host with another key), a copy of a row
     /// under another id, and a row put back after it was taken up are refused.
     pub fn open(&self, stored: &Stored) -> Result<String, StoreError> {
-        let put_back = self
+        let (put_back, rewound, legacy_through) = self
             .seen
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
-            .is_some_and(|seen| stored.id <= seen.through && !seen.waiting.contains(&stored.id));
+            .map_or((false, false, 0), |seen| {
+                (
+                    stored.id <= seen.through && !seen.waiting.contains(&stored.id),
+                    seen.rewritten
+                        .get(&stored.id)
+                        .is_some_and(|mac| *mac != stored.mac),
+                    seen.legacy_through,
+                )
+            });
+        if rewound {
+            return Err(self.fail(format!(
+                "inbox row {} is not as this host last wrote it (an earlier version put back?): refused",
+                stored.id
+            )));
+        }
         if put_back {
             return Err(self.fail(format!(
                 "inbox row {} was put back: it is not among the rows this host saw waiting, and its id is below one it saw; a copy of a notification is refused",
@@ -286,19 +319,43 @@ impl PgInbox {
         let value: serde_json::Value = self
             .rows
             .open("inbox", &row_key(stored.id, &stored.via), &stored.body, &stored.mac)
-            .map_err(|e| {
+            .or_else(|e| {
                 let unbound: Result<serde_json::Value, _> =
                     self.rows.open("inbox", &stored.via, &stored.body, &stored.mac);
-                if unbound.is_ok() {
-                    self.fail(format!(
-                        "inbox row {} was sealed without its id, by an earlier version of Themis: refused, since a copy of it would verify too; upgrade every host of the deployment",
+                match unbound {
+                    // Stored by an earlier version before this host first looked: taken.
+                    Ok(value) if stored.id <= legacy_through => Ok(value),
+                    Ok(_) => Err(self.fail(format!(
+                        "inbox row {} was sealed without its id, by an earlier version of Themis, after this host first looked: refused, since a copy of such a row verifies too; upgrade every host of the deployment",
                         stored.id
-                    ))
-                } else {
-                    e
+                    ))),
+                    Err(_) => Err(e),
                 }
             })?;
         serde_json::to_string(&value).map_err(|e| self.fail(e))
+    }
+
+    /// Rewrite row `id` to hold only `body` (what of it is still to take up), sealed again for
+    /// the row: the rest was taken, and is not taken again.
+    pub async fn keep_only(
+        &self,
+        id: i64,
+        via: &str,
+        body: &serde_json::Value,
+    ) -> Result<(), StoreError> {
+        let (body, mac) = self.rows.seal("inbox", &row_key(id, via), body)?;
+        sqlx::query("UPDATE inbox SET via = $2, body = $3, mac = $4 WHERE id = $1")
+            .bind(id)
+            .bind(via)
+            .bind(&body)
+            .bind(&mac)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.fail(e))?;
+        if let Some(seen) = self.seen.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            seen.rewritten.insert(id, mac);
+        }
+        Ok(())
     }
 
     /// A notification taken up: out of the inbox.
@@ -310,6 +367,7 @@ impl PgInbox {
             .map_err(|e| self.fail(e))?;
         if let Some(seen) = self.seen.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
             seen.waiting.remove(&id);
+            seen.rewritten.remove(&id);
         }
         Ok(())
     }
