@@ -40,7 +40,7 @@ pub struct AppState {
     /// Becomes true when the host shuts down: event streams end.
     pub stopping: watch::Receiver<bool>,
     /// What hosts standing by stored for this one, on a shared state database.
-    pub inbox: Option<Arc<intake::SharedInbox>>,
+    pub inbox: Option<Arc<crate::inbox::SharedInbox>>,
 }
 
 impl AppState {
@@ -183,7 +183,7 @@ pub async fn serve(
         page: crate::page::PageState::default(),
         draining: AtomicBool::new(false),
         stopping: stop_rx,
-        inbox: inbox.map(|inbox| Arc::new(intake::SharedInbox::new(inbox))),
+        inbox: inbox.map(|inbox| Arc::new(crate::inbox::SharedInbox::new(inbox))),
     });
     let app = router(state.clone());
     let on_signal = state.clone();
@@ -197,7 +197,7 @@ pub async fn serve(
     let draining_inbox = state
         .inbox
         .clone()
-        .map(|inbox| tokio::spawn(intake::drain_inbox(state.clone(), inbox)));
+        .map(|inbox| tokio::spawn(crate::inbox::drain(state.clone(), inbox)));
     serve_http(listener, app, shutdown, DRAIN, HEADER_READ_TIMEOUT).await;
     if let Some(task) = draining_inbox {
         task.abort();

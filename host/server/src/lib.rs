@@ -16,6 +16,7 @@ pub mod config;
 mod deadline;
 pub mod error;
 pub mod events;
+mod inbox;
 mod intake;
 pub mod metrics;
 pub mod openapi;

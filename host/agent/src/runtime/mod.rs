@@ -364,10 +364,11 @@ impl Runtime {
             .collect()
     }
 
-    /// How many more alerts the backlog of the agent `alert` routes to takes now (`None`: no
-    /// agent owns it).
-    pub fn backlog_room(&self, alert: &Alert) -> Option<u64> {
-        self.route(alert).map(|h| h.backlog.room())
+    /// The agent `alert` routes to, and how many more alerts its backlog takes now (`None`:
+    /// no agent owns it).
+    pub fn backlog_room(&self, alert: &Alert) -> Option<(String, u64)> {
+        self.route(alert)
+            .map(|h| (h.def.name.clone(), h.backlog.room()))
     }
 
     pub fn store(&self) -> &Arc<dyn IncidentStore> {

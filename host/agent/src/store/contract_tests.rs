@@ -647,9 +647,16 @@ async fn the_inbox_refuses_what_its_first_look_rules_out() {
     assert_eq!(waiting[0].id, second);
     let (via, body, mac) = row(second).fetch_one(&mut admin).await.expect("row");
     holder
-        .keep_only(second, "checked", &serde_json::json!([2]))
+        .keep_only(&waiting[0], "checked", &serde_json::json!([2]))
         .await
         .expect("kept");
+    // Only as read: the row changed since is not rewritten over.
+    assert!(
+        holder
+            .keep_only(&waiting[0], "checked", &serde_json::json!([3]))
+            .await
+            .is_err()
+    );
     let waiting = holder.waiting(0, 10).await.expect("waiting");
     assert_eq!(holder.open(&waiting[0]).expect("rewritten"), "[2]");
     sqlx::query("UPDATE inbox SET via = $2, body = $3, mac = $4 WHERE id = $1")

@@ -200,6 +200,14 @@ impl PgInbox {
         }
     }
 
+    /// The newest row's id (`None`: the inbox is empty).
+    pub async fn newest(&self) -> Result<Option<i64>, StoreError> {
+        sqlx::query_scalar("SELECT max(id) FROM inbox")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| self.fail(e))
+    }
+
     /// The oldest `limit` notifications waiting after row `after` (0: from the first).
     pub async fn waiting(&self, after: i64, limit: i64) -> Result<Vec<Stored>, StoreError> {
         let known = self
@@ -326,7 +334,7 @@ impl PgInbox {
                     // Stored by an earlier version before this host first looked: taken.
                     Ok(value) if stored.id <= legacy_through => Ok(value),
                     Ok(_) => Err(self.fail(format!(
-                        "inbox row {} was sealed without its id, by an earlier version of Themis, after this host first looked: refused, since a copy of such a row verifies too; upgrade every host of the deployment",
+                        "inbox row {} was sealed without its id, by an earlier version of Themis, after this host first looked: refused, since a copy of such a row verifies too; upgrade the hosts standing by before the holder",
                         stored.id
                     ))),
                     Err(_) => Err(e),
@@ -335,23 +343,33 @@ impl PgInbox {
         serde_json::to_string(&value).map_err(|e| self.fail(e))
     }
 
-    /// Rewrite row `id` to hold only `body` (what of it is still to take up), sealed again for
-    /// the row: the rest was taken, and is not taken again.
+    /// Rewrite the row `stored` to hold only `body` (what of it is still to take up), sealed
+    /// again for the row: the rest was taken, and is not taken again. Only the row as it was
+    /// read is rewritten: one changed since (by another holder) is an error.
     pub async fn keep_only(
         &self,
-        id: i64,
+        stored: &Stored,
         via: &str,
         body: &serde_json::Value,
     ) -> Result<(), StoreError> {
+        let id = stored.id;
         let (body, mac) = self.rows.seal("inbox", &row_key(id, via), body)?;
-        sqlx::query("UPDATE inbox SET via = $2, body = $3, mac = $4 WHERE id = $1")
-            .bind(id)
-            .bind(via)
-            .bind(&body)
-            .bind(&mac)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| self.fail(e))?;
+        let rewritten = sqlx::query(
+            "UPDATE inbox SET via = $2, body = $3, mac = $4 WHERE id = $1 AND mac = $5",
+        )
+        .bind(id)
+        .bind(via)
+        .bind(&body)
+        .bind(&mac)
+        .bind(&stored.mac)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.fail(e))?;
+        if rewritten.rows_affected() != 1 {
+            return Err(self.fail(format!(
+                "inbox row {id} changed or went since it was read; it is read again at the next look"
+            )));
+        }
         if let Some(seen) = self.seen.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
             seen.rewritten.insert(id, mac);
         }
