@@ -29,14 +29,14 @@ const MOST_WAITING: Duration = Duration::from_secs(5);
 /// The shared inbox, and what the last look left waiting (its lock is the turn to look).
 pub struct SharedInbox {
     inbox: Arc<PgInbox>,
-    look: tokio::sync::Mutex<Look>,
+    look: Arc<tokio::sync::Mutex<Look>>,
 }
 
 impl SharedInbox {
     pub fn new(inbox: Arc<PgInbox>) -> SharedInbox {
         SharedInbox {
             inbox,
-            look: tokio::sync::Mutex::new(Look::default()),
+            look: Arc::new(tokio::sync::Mutex::new(Look::default())),
         }
     }
 }
@@ -54,8 +54,8 @@ struct Look {
 
 /// What one look did.
 struct Done {
-    /// Alerts taken up.
-    took: usize,
+    /// Rows taken up, rewritten or removed.
+    moved: usize,
 }
 
 /// Look at the shared inbox every half second, taking up what waits. After a failure (the
@@ -76,7 +76,7 @@ pub async fn drain(state: Arc<AppState>, shared: Arc<SharedInbox>) {
         match take_stored(&state, &shared.inbox, &mut look).await {
             Ok(done) => {
                 failures = 0;
-                idle = if done.took == 0 && !look.held.is_empty() {
+                idle = if done.moved == 0 && !look.held.is_empty() {
                     idle + 1
                 } else {
                     0
@@ -94,35 +94,41 @@ pub async fn drain(state: Arc<AppState>, shared: Arc<SharedInbox>) {
 
 /// Whether the alerts of a notification sent to the holder directly may be taken now: what
 /// hosts standing by stored before it goes first (a look, unless nothing was stored since the
-/// last one went through), so a firing stored there never lands after its own `resolved` sent
-/// here. An alert an earlier stored notification of which still waits is answered 429.
-pub(crate) async fn stored_first(state: &AppState, incoming: &[Incoming]) -> Result<(), ApiError> {
-    let Some(shared) = &state.inbox else {
+/// last whole one and none of these alerts waits in it), so a firing stored there never lands
+/// after its own `resolved` sent here. An alert an earlier stored notification of which still
+/// waits is answered 429. The look runs as a task of its own: a request that goes away does
+/// not cut it off half-way.
+pub(crate) async fn stored_first(
+    state: &Arc<AppState>,
+    incoming: &[Incoming],
+) -> Result<(), ApiError> {
+    let Some(shared) = state.inbox.clone() else {
         return Ok(());
     };
-    let down = |why: String| {
-        ApiError::unavailable(format!(
-            "alerts a host standing by stored earlier are taken up first, and could not be: {why}; retry"
-        ))
-        .retry_after(1)
-    };
-    let mut look = shared.look.lock().await;
-    let newest = shared
-        .inbox
-        .newest()
-        .await
-        .map_err(|e| down(format!("the shared inbox could not be read: {e}")))?;
-    if !look.whole || newest.unwrap_or(0) > look.through {
-        take_stored(state, &shared.inbox, &mut look)
-            .await
-            .map_err(down)?;
-    }
-    match incoming
+    let fingerprints: Vec<String> = incoming
         .iter()
-        .find_map(|i| look.held.get(&i.alert.fingerprint))
-    {
-        None => Ok(()),
-        Some(why) => Err(ApiError::new(
+        .map(|i| i.alert.fingerprint.clone())
+        .collect();
+    let state = state.clone();
+    let decided = tokio::spawn(async move {
+        let mut look = shared.look.clone().lock_owned().await;
+        let newest = shared
+            .inbox
+            .newest()
+            .await
+            .map_err(|e| format!("the shared inbox could not be read: {e}"))?;
+        let touches = |look: &Look| fingerprints.iter().any(|f| look.held.contains_key(f));
+        if !look.whole || newest.unwrap_or(0) > look.through || touches(&look) {
+            take_stored(&state, &shared.inbox, &mut look).await?;
+        }
+        Ok::<_, String>(fingerprints.iter().find_map(|f| look.held.get(f)).cloned())
+    })
+    .await
+    .map_err(|e| format!("the look at the shared inbox failed: {e}"))
+    .and_then(|r| r);
+    match decided {
+        Ok(None) => Ok(()),
+        Ok(Some(why)) => Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "queue-full",
             format!(
@@ -130,6 +136,10 @@ pub(crate) async fn stored_first(state: &AppState, incoming: &[Incoming]) -> Res
             ),
         )
         .retry_after(5)),
+        Err(why) => Err(ApiError::unavailable(format!(
+            "alerts a host standing by stored earlier are taken up first, and could not be: {why}; retry"
+        ))
+        .retry_after(1)),
     }
 }
 
@@ -138,7 +148,7 @@ pub(crate) async fn stored_first(state: &AppState, incoming: &[Incoming]) -> Res
 async fn take_stored(state: &AppState, inbox: &PgInbox, look: &mut Look) -> Result<Done, String> {
     look.whole = false;
     look.held.clear();
-    let mut done = Done { took: 0 };
+    let mut done = Done { moved: 0 };
     let mut after = 0;
     // At most what the inbox can hold: hosts storing faster than this one takes never keep a
     // look (and an alert sent here, waiting on it) going.
@@ -191,6 +201,7 @@ async fn take_row(
                 "the refusal stored as inbox row {id} could not be recorded"
             ));
         }
+        done.moved += 1;
         return remove(inbox, id).await;
     }
     let redactor = state.runtime.audit().redactor().clone();
@@ -210,54 +221,67 @@ async fn take_row(
             if !refused(state, "inbox", &refusal).await {
                 return Err(format!("inbox row {id}: the refusal could not be recorded"));
             }
+            done.moved += 1;
             return remove(inbox, id).await;
         }
     };
-    if let Some(why) = incoming
-        .iter()
-        .find_map(|i| look.held.get(&i.alert.fingerprint))
-        .cloned()
-    {
-        // An earlier notification of one of its alerts waits: so does this one.
-        for i in &incoming {
-            look.held.insert(i.alert.fingerprint.clone(), why.clone());
-        }
-        return Ok(());
-    }
-    let rooms: Vec<Option<(String, u64)>> = incoming
+    // Alerts an earlier notification of which waits wait too; the others go ahead.
+    let (behind, free): (Vec<Incoming>, Vec<Incoming>) = incoming
+        .into_iter()
+        .partition(|i| look.held.contains_key(&i.alert.fingerprint));
+    let rooms: Vec<Option<(String, u64)>> = free
         .iter()
         .map(|i| state.runtime.backlog_room(&i.alert))
         .collect();
-    if let Some(Some((agent, _))) = rooms.first()
-        && rooms.iter().all(|r| matches!(r, Some((_, 0))))
-    {
-        // Nothing of it fits now: it waits, without a refusal on the record at every look.
-        let why = format!("inbox row {id} waits for room in agent `{agent}`'s backlog");
-        for i in &incoming {
-            look.held.insert(i.alert.fingerprint.clone(), why.clone());
-        }
+    let no_room = rooms.iter().all(|r| matches!(r, Some((_, 0))));
+    if free.is_empty() || no_room {
+        // Nothing of it can go now: it waits, without a refusal on the record at every look.
+        let why = rooms.iter().flatten().next().map(|(agent, _)| {
+            format!("inbox row {id} waits for room in agent `{agent}`'s backlog")
+        });
+        hold(look, &free, why);
         return Ok(());
     }
-    let count = incoming.len();
-    let (_, refused) = take_what_fits(state, incoming)
+    let tried = free.len();
+    let (_, refused) = take_what_fits(state, free)
         .await
         .map_err(|e| format!("inbox row {id} was not taken up: {}", e.message))?;
-    done.took += count - refused.len();
-    let Some((agent, _)) = refused.first() else {
+    if refused.len() == tried {
+        // Nothing went after all (the room was taken meanwhile): the row stays as it is.
+        let why = refused.first().map(|(agent, _)| {
+            format!("inbox row {id} waits for room in agent `{agent}`'s backlog")
+        });
+        let refused: Vec<Incoming> = refused.into_iter().map(|(_, i)| i).collect();
+        hold(look, &refused, why);
+        return Ok(());
+    }
+    if behind.is_empty() && refused.is_empty() {
+        done.moved += 1;
         return remove(inbox, id).await;
-    };
-    // What fitted is taken; the row keeps the rest, in its place.
-    let why = format!("inbox row {id} waits in part for room in agent `{agent}`'s backlog");
-    let rest: Vec<Incoming> = refused.into_iter().map(|(_, i)| i).collect();
+    }
+    // What went is taken; the row keeps the rest, in its place.
+    let why = refused.first().map(|(agent, _)| {
+        format!("inbox row {id} waits in part for room in agent `{agent}`'s backlog")
+    });
+    let refused: Vec<Incoming> = refused.into_iter().map(|(_, i)| i).collect();
+    let rest: Vec<&Incoming> = behind.iter().chain(refused.iter()).collect();
     let body = serde_json::to_value(&rest).map_err(|e| format!("inbox row {id}: {e}"))?;
     inbox
         .keep_only(stored, crate::standby::CHECKED, &body)
         .await
         .map_err(|e| format!("inbox row {id}, partly taken up, could not keep the rest: {e}"))?;
-    for i in rest {
-        look.held.insert(i.alert.fingerprint, why.clone());
-    }
+    done.moved += 1;
+    hold(look, &refused, why);
     Ok(())
+}
+
+/// `alerts` wait, for `why`.
+fn hold(look: &mut Look, alerts: &[Incoming], why: Option<String>) {
+    if let Some(why) = why {
+        for i in alerts {
+            look.held.insert(i.alert.fingerprint.clone(), why.clone());
+        }
+    }
 }
 
 /// A row taken up (or refused on the record) leaves the inbox. If the removal fails, the

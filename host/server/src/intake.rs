@@ -99,7 +99,7 @@ pub fn incoming_of(
 
 /// Authenticated, open, parsed, checked, taken: every intake endpoint's path.
 async fn receive<T: serde::de::DeserializeOwned>(
-    state: &AppState,
+    state: &Arc<AppState>,
     via: &'static str,
     headers: &HeaderMap,
     raw: Result<Bytes, BytesRejection>,

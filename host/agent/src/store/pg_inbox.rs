@@ -46,9 +46,10 @@ struct Seen {
     /// The last id handed out when this host first looked: a row at or below it may have been
     /// stored by an earlier version, which sealed rows without their id.
     legacy_through: i64,
-    /// The seal of each waiting row this host rewrote ([`PgInbox::keep_only`]): an earlier
+    /// The seals each waiting row this host rewrote may have ([`PgInbox::keep_only`]): the
+    /// new one, and until the rewrite is known to have landed the one it replaced. An earlier
     /// version of the row put back is refused.
-    rewritten: std::collections::BTreeMap<i64, String>,
+    rewritten: std::collections::BTreeMap<i64, Vec<String>>,
 }
 
 /// Who holds the state, as `holder` says.
@@ -308,7 +309,7 @@ impl PgInbox {
                     stored.id <= seen.through && !seen.waiting.contains(&stored.id),
                     seen.rewritten
                         .get(&stored.id)
-                        .is_some_and(|mac| *mac != stored.mac),
+                        .is_some_and(|macs| !macs.contains(&stored.mac)),
                     seen.legacy_through,
                 )
             });
@@ -354,6 +355,17 @@ impl PgInbox {
     ) -> Result<(), StoreError> {
         let id = stored.id;
         let (body, mac) = self.rows.seal("inbox", &row_key(id, via), body)?;
+        // Either seal until the rewrite is known to have landed: an update committed but its
+        // answer lost must not make the row look put back.
+        let before = self
+            .seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+            .and_then(|seen| {
+                seen.rewritten
+                    .insert(id, vec![stored.mac.clone(), mac.clone()])
+            });
         let rewritten = sqlx::query(
             "UPDATE inbox SET via = $2, body = $3, mac = $4 WHERE id = $1 AND mac = $5",
         )
@@ -366,12 +378,19 @@ impl PgInbox {
         .await
         .map_err(|e| self.fail(e))?;
         if rewritten.rows_affected() != 1 {
+            // Not rewritten: the seals it may have are those it had.
+            if let Some(seen) = self.seen.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+                match before {
+                    Some(macs) => seen.rewritten.insert(id, macs),
+                    None => seen.rewritten.remove(&id),
+                };
+            }
             return Err(self.fail(format!(
                 "inbox row {id} changed or went since it was read; it is read again at the next look"
             )));
         }
         if let Some(seen) = self.seen.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
-            seen.rewritten.insert(id, mac);
+            seen.rewritten.insert(id, vec![mac]);
         }
         Ok(())
     }
