@@ -627,6 +627,9 @@ async fn a_stored_notification_a_full_backlog_cannot_take_holds_up_only_its_own_
         .collect();
     let (status, body) = b.post(AM, INTAKE, &notification("firing", &alerts)).await;
     assert_eq!(status, 200, "{body}");
+    // A notification of no alerts: nothing to take, and it does not stay.
+    let (status, body) = b.post(AM, INTAKE, &notification("firing", &[])).await;
+    assert_eq!(status, 200, "{body}");
     let deployment: &[(&str, &str)] = &[("namespace", "shop"), ("deployment", "web")];
     let (status, body) = b
         .post(
@@ -671,6 +674,32 @@ async fn a_stored_notification_a_full_backlog_cannot_take_holds_up_only_its_own_
             .any(|r| r["data"]["alert"]["fingerprint"] == "fp-many-11"
                 && r["data"]["status"] == "resolved"),
         "a resolved taken before its stored firing"
+    );
+    // A direct notification with one waiting alert and one nobody owns: the other is taken.
+    let (status, body) = a
+        .post(
+            AM,
+            INTAKE,
+            &notification(
+                "firing",
+                &[
+                    ("KafkaConsumerLag", "fp-many-10", LAG),
+                    ("NobodyOwnsThis", "fp-unowned", LAG),
+                ],
+            ),
+        )
+        .await;
+    assert_eq!(status, 429, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("the other 1 were taken")),
+        "{body}"
+    );
+    assert!(
+        a.kinds("alert-unrouted")
+            .iter()
+            .any(|r| r["data"]["alert"]["fingerprint"] == "fp-unowned")
     );
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while !["fp-other", "fp-mixed"].iter().all(|f| {

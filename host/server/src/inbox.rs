@@ -4,10 +4,9 @@
 //! directly, which waits for what was stored before it), so what waits is taken in order.
 //!
 //! A notification an agent's full backlog cannot take whole is taken as far as it fits and its
-//! row rewritten in place to hold the rest; what is left waits, and so does every later
-//! notification that shares an alert with it, while the others are taken: an alert's
-//! notifications are taken in the order they were stored, and nothing waits behind another
-//! agent's full backlog.
+//! row rewritten in place to hold the rest; what is left waits, and so do the same alerts in
+//! later notifications, while everything else is taken: an alert's notifications are taken in
+//! the order they were stored, and nothing waits behind another agent's full backlog.
 
 use crate::alertmanager::Incoming;
 use crate::app::AppState;
@@ -26,10 +25,12 @@ const PAGE: i64 = 64;
 const MOST: Duration = Duration::from_secs(60);
 const MOST_WAITING: Duration = Duration::from_secs(5);
 
-/// The shared inbox, and what the last look left waiting (its lock is the turn to look).
+/// The shared inbox, what the last look left waiting (its lock is the turn to look), and how
+/// many looks have begun.
 pub struct SharedInbox {
     inbox: Arc<PgInbox>,
     look: Arc<tokio::sync::Mutex<Look>>,
+    looks: std::sync::atomic::AtomicU64,
 }
 
 impl SharedInbox {
@@ -37,6 +38,7 @@ impl SharedInbox {
         SharedInbox {
             inbox,
             look: Arc::new(tokio::sync::Mutex::new(Look::default())),
+            looks: std::sync::atomic::AtomicU64::new(0),
         }
     }
 }
@@ -44,6 +46,8 @@ impl SharedInbox {
 /// What a look left waiting.
 #[derive(Default)]
 struct Look {
+    /// Its number among the looks begun.
+    number: u64,
     /// The newest row it saw: a row above it is new since.
     through: i64,
     /// Whether it went through every row (no failure stopped it).
@@ -73,7 +77,7 @@ pub async fn drain(state: Arc<AppState>, shared: Arc<SharedInbox>) {
             return;
         }
         let mut look = shared.look.lock().await;
-        match take_stored(&state, &shared.inbox, &mut look).await {
+        match take_stored(&state, &shared, &mut look).await {
             Ok(done) => {
                 failures = 0;
                 idle = if done.moved == 0 && !look.held.is_empty() {
@@ -92,60 +96,69 @@ pub async fn drain(state: Arc<AppState>, shared: Arc<SharedInbox>) {
     }
 }
 
-/// Whether the alerts of a notification sent to the holder directly may be taken now: what
-/// hosts standing by stored before it goes first (a look, unless nothing was stored since the
-/// last whole one and none of these alerts waits in it), so a firing stored there never lands
-/// after its own `resolved` sent here. An alert an earlier stored notification of which still
-/// waits is answered 429. The look runs as a task of its own: a request that goes away does
-/// not cut it off half-way.
+/// Which alerts of a notification sent to the holder directly must wait, and why: what hosts
+/// standing by stored before it goes first, so a firing stored there never lands after its
+/// own `resolved` sent here. It takes a look, unless one began and went through since this
+/// notification came (requests waiting together share one), or nothing was stored since the
+/// last whole look and none of these alerts waits in it. The look runs as a task of its own:
+/// a request that goes away does not cut it off half-way.
 pub(crate) async fn stored_first(
     state: &Arc<AppState>,
     incoming: &[Incoming],
-) -> Result<(), ApiError> {
+) -> Result<HashMap<String, String>, ApiError> {
     let Some(shared) = state.inbox.clone() else {
-        return Ok(());
+        return Ok(HashMap::new());
     };
     let fingerprints: Vec<String> = incoming
         .iter()
         .map(|i| i.alert.fingerprint.clone())
         .collect();
     let state = state.clone();
+    let arrived = shared.looks.load(std::sync::atomic::Ordering::SeqCst);
     let decided = tokio::spawn(async move {
         let mut look = shared.look.clone().lock_owned().await;
-        let newest = shared
-            .inbox
-            .newest()
-            .await
-            .map_err(|e| format!("the shared inbox could not be read: {e}"))?;
-        let touches = |look: &Look| fingerprints.iter().any(|f| look.held.contains_key(f));
-        if !look.whole || newest.unwrap_or(0) > look.through || touches(&look) {
-            take_stored(&state, &shared.inbox, &mut look).await?;
+        let fresh = look.whole && look.number > arrived;
+        if !fresh {
+            let newest = shared
+                .inbox
+                .newest()
+                .await
+                .map_err(|e| format!("the shared inbox could not be read: {e}"))?;
+            let touches = fingerprints.iter().any(|f| look.held.contains_key(f));
+            if !look.whole || newest.unwrap_or(0) > look.through || touches {
+                take_stored(&state, &shared, &mut look).await?;
+            }
         }
-        Ok::<_, String>(fingerprints.iter().find_map(|f| look.held.get(f)).cloned())
+        Ok::<_, String>(
+            fingerprints
+                .into_iter()
+                .filter_map(|f| look.held.get(&f).cloned().map(|why| (f, why)))
+                .collect::<HashMap<_, _>>(),
+        )
     })
     .await
     .map_err(|e| format!("the look at the shared inbox failed: {e}"))
     .and_then(|r| r);
-    match decided {
-        Ok(None) => Ok(()),
-        Ok(Some(why)) => Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "queue-full",
-            format!(
-                "an earlier notification of an alert of this one, stored by a host standing by, is taken up first: {why}; retry (duplicates are absorbed)"
-            ),
-        )
-        .retry_after(5)),
-        Err(why) => Err(ApiError::unavailable(format!(
+    decided.map_err(|why| {
+        ApiError::unavailable(format!(
             "alerts a host standing by stored earlier are taken up first, and could not be: {why}; retry"
         ))
-        .retry_after(1)),
-    }
+        .retry_after(1)
+    })
 }
 
 /// One look: every row waiting, oldest first, taken up and removed, or left waiting for room
 /// (`look` says which alerts, and why). A failure stops the look at its row.
-async fn take_stored(state: &AppState, inbox: &PgInbox, look: &mut Look) -> Result<Done, String> {
+async fn take_stored(
+    state: &AppState,
+    shared: &SharedInbox,
+    look: &mut Look,
+) -> Result<Done, String> {
+    let inbox = &*shared.inbox;
+    look.number = shared
+        .looks
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        + 1;
     look.whole = false;
     look.held.clear();
     let mut done = Done { moved: 0 };
@@ -215,6 +228,11 @@ async fn take_row(
         }
     });
     let incoming = match incoming {
+        // Nothing in it to take (a notification of no alerts).
+        Ok(incoming) if incoming.is_empty() => {
+            done.moved += 1;
+            return remove(inbox, id).await;
+        }
         Ok(incoming) => incoming,
         // Refused on the record, then removed: else it is tried again.
         Err(refusal) => {

@@ -114,8 +114,34 @@ async fn receive<T: serde::de::DeserializeOwned>(
             return Err(refusal);
         }
     };
-    crate::inbox::stored_first(state, &incoming).await?;
-    Ok(Json(take(state, incoming).await?))
+    let waiting = crate::inbox::stored_first(state, &incoming).await?;
+    let Some(why) = waiting.values().next() else {
+        return Ok(Json(take(state, incoming).await?));
+    };
+    // The alerts an earlier stored notification of which waits are not taken before it; the
+    // others are.
+    let held = incoming
+        .iter()
+        .filter(|i| waiting.contains_key(&i.alert.fingerprint))
+        .count();
+    let free: Vec<Incoming> = incoming
+        .into_iter()
+        .filter(|i| !waiting.contains_key(&i.alert.fingerprint))
+        .collect();
+    let taken = if free.is_empty() {
+        0
+    } else {
+        let taken = take(state, free).await?;
+        taken.accepted + taken.unrouted
+    };
+    Err(ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "queue-full",
+        format!(
+            "{held} alerts of this notification have an earlier notification, stored by a host standing by, that is taken up first ({why}); the other {taken} were taken; retry (duplicates are absorbed)"
+        ),
+    )
+    .retry_after(5))
 }
 
 /// An authenticated sender's notification that could not be taken (over the body limit, not
