@@ -508,6 +508,31 @@ async fn the_inbox_holds_no_more_than_its_limit_however_many_hosts_store_at_once
     );
 }
 
+/// An inbox row as anyone with the database's credentials reads it: its via, body and MAC.
+type RawRow = (String, String, String);
+
+async fn read_row(admin: &mut sqlx::PgConnection, id: i64) -> RawRow {
+    sqlx::query_as("SELECT via, body, mac FROM inbox WHERE id = $1")
+        .bind(id)
+        .fetch_one(admin)
+        .await
+        .expect("the row")
+}
+
+/// Write `row` into the inbox by hand: `sql` binds the id as $1 and the row as $2..$4.
+async fn write_row(admin: &mut sqlx::PgConnection, sql: &str, id: i64, row: &RawRow) {
+    sqlx::query(sql)
+        .bind(id)
+        .bind(&row.0)
+        .bind(&row.1)
+        .bind(&row.2)
+        .execute(admin)
+        .await
+        .expect("written by hand");
+}
+
+const PUT_BACK: &str = "INSERT INTO inbox (id, via, body, mac) VALUES ($1, $2, $3, $4)";
+
 /// Anyone with the database's credentials can copy a stored notification's row (its body and
 /// seal) or put one back after it was taken up; neither is taken up twice.
 #[tokio::test]
@@ -528,20 +553,9 @@ async fn an_inbox_row_copied_or_put_back_is_refused() {
     let mut admin = sqlx::PgConnection::connect(&target.url)
         .await
         .expect("admin");
-    let (via, body, mac): (String, String, String) =
-        sqlx::query_as("SELECT via, body, mac FROM inbox WHERE id = $1")
-            .bind(first)
-            .fetch_one(&mut admin)
-            .await
-            .expect("the row");
-    // A copy under a new id, next to the original.
-    sqlx::query("INSERT INTO inbox (via, body, mac) VALUES ($1, $2, $3)")
-        .bind(&via)
-        .bind(&body)
-        .bind(&mac)
-        .execute(&mut admin)
-        .await
-        .expect("copy");
+    let original = read_row(&mut admin, first).await;
+    // A copy under a made-up id far ahead, next to the original.
+    write_row(&mut admin, PUT_BACK, first + 1000, &original).await;
     let waiting = holder.waiting(0, 10).await.expect("waiting");
     assert_eq!(waiting.len(), 2);
     assert_eq!(waiting[0].id, first);
@@ -552,14 +566,7 @@ async fn an_inbox_row_copied_or_put_back_is_refused() {
         holder.done(row.id).await.expect("removed");
     }
     // The original put back with its own id after it was taken up.
-    sqlx::query("INSERT INTO inbox (id, via, body, mac) VALUES ($1, $2, $3, $4)")
-        .bind(first)
-        .bind(&via)
-        .bind(&body)
-        .bind(&mac)
-        .execute(&mut admin)
-        .await
-        .expect("put back");
+    write_row(&mut admin, PUT_BACK, first, &original).await;
     let waiting = holder.waiting(0, 10).await.expect("waiting");
     assert_eq!(waiting.len(), 1);
     let back = holder.open(&waiting[0]).expect_err("put back");
@@ -575,6 +582,10 @@ async fn an_inbox_row_copied_or_put_back_is_refused() {
     let waiting = later.waiting(0, 10).await.expect("waiting");
     assert_eq!(waiting.iter().map(|r| r.id).collect::<Vec<_>>(), [next]);
     assert!(later.open(&waiting[0]).is_ok());
+    // The copy's id far ahead moved nothing: the holder takes what is stored after it.
+    assert!(next < first + 1000);
+    let waiting = holder.waiting(0, 10).await.expect("waiting");
+    assert!(holder.open(&waiting[0]).is_ok());
 }
 
 /// What the holder knows of the inbox from its first look: a row put back after an empty
@@ -593,13 +604,6 @@ async fn the_inbox_refuses_what_its_first_look_rules_out() {
     let mut admin = sqlx::PgConnection::connect(&target.url)
         .await
         .expect("admin");
-    let row = |id: i64| {
-        sqlx::query_as::<_, (String, String, String)>(
-            "SELECT via, body, mac FROM inbox WHERE id = $1",
-        )
-        .bind(id)
-    };
-    let put_back = "INSERT INTO inbox (id, via, body, mac) VALUES ($1, $2, $3, $4)";
     // A sequence that caches ids per session is refused at the first look, saying what to do.
     sqlx::query("ALTER SEQUENCE inbox_id_seq CACHE 10")
         .execute(&mut admin)
@@ -618,21 +622,14 @@ async fn the_inbox_refuses_what_its_first_look_rules_out() {
         .put("checked", &serde_json::json!({ "n": 1 }))
         .await
         .expect("stored");
-    let (via, body, mac) = row(first).fetch_one(&mut admin).await.expect("row");
+    let taken = read_row(&mut admin, first).await;
     sqlx::query("DELETE FROM inbox")
         .execute(&mut admin)
         .await
         .expect("taken");
     let holder = PgInbox::connect(&target, dir.path()).expect("inbox");
     assert!(holder.waiting(0, 10).await.expect("waiting").is_empty());
-    sqlx::query(put_back)
-        .bind(first)
-        .bind(&via)
-        .bind(&body)
-        .bind(&mac)
-        .execute(&mut admin)
-        .await
-        .expect("put back");
+    write_row(&mut admin, PUT_BACK, first, &taken).await;
     let waiting = holder.waiting(0, 10).await.expect("waiting");
     let e = holder.open(&waiting[0]).expect_err("put back");
     assert!(e.to_string().contains("put back"), "{e}");
@@ -645,7 +642,7 @@ async fn the_inbox_refuses_what_its_first_look_rules_out() {
         .expect("stored");
     let waiting = holder.waiting(0, 10).await.expect("waiting");
     assert_eq!(waiting[0].id, second);
-    let (via, body, mac) = row(second).fetch_one(&mut admin).await.expect("row");
+    let earlier = read_row(&mut admin, second).await;
     holder
         .keep_only(&waiting[0], "checked", &serde_json::json!([2]))
         .await
@@ -659,14 +656,13 @@ async fn the_inbox_refuses_what_its_first_look_rules_out() {
     );
     let waiting = holder.waiting(0, 10).await.expect("waiting");
     assert_eq!(holder.open(&waiting[0]).expect("rewritten"), "[2]");
-    sqlx::query("UPDATE inbox SET via = $2, body = $3, mac = $4 WHERE id = $1")
-        .bind(second)
-        .bind(&via)
-        .bind(&body)
-        .bind(&mac)
-        .execute(&mut admin)
-        .await
-        .expect("rewound");
+    write_row(
+        &mut admin,
+        "UPDATE inbox SET via = $2, body = $3, mac = $4 WHERE id = $1",
+        second,
+        &earlier,
+    )
+    .await;
     let waiting = holder.waiting(0, 10).await.expect("waiting");
     let e = holder.open(&waiting[0]).expect_err("rewound");
     assert!(e.to_string().contains("last wrote"), "{e}");

@@ -37,8 +37,8 @@ pub struct PgInbox {
     seen: std::sync::Mutex<Option<Seen>>,
 }
 
-/// The highest id seen waiting, and the ids at or below it still waiting: a row at or below it
-/// and not among them is one put back. Ids are committed in the order they are handed out, so
+/// The highest id seen waiting whose seal verified, and the ids at or below it still waiting:
+/// a row at or below it and not among them is one put back. Ids are committed in the order they are handed out, so
 /// once an id is seen every lower one that will ever exist already does.
 struct Seen {
     through: i64,
@@ -234,19 +234,13 @@ impl PgInbox {
         .fetch_all(&self.pool)
         .await
         .map_err(|e| self.fail(e))?;
-        if let Some(seen) = self.seen.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
-            if after == 0 {
-                // From the first: what waited below the oldest row left (removed by hand).
-                let oldest = rows.first().map_or(i64::MAX, |r| r.0);
-                seen.waiting.retain(|id| *id >= oldest);
-                seen.rewritten.retain(|id, _| *id >= oldest);
-            }
-            for (id, ..) in &rows {
-                if *id > seen.through {
-                    seen.through = *id;
-                    seen.waiting.insert(*id);
-                }
-            }
+        // From the first: what waited below the oldest row left (removed by hand).
+        if let Some(seen) = self.seen.lock().unwrap_or_else(|p| p.into_inner()).as_mut()
+            && after == 0
+        {
+            let oldest = rows.first().map_or(i64::MAX, |r| r.0);
+            seen.waiting.retain(|id| *id >= oldest);
+            seen.rewritten.retain(|id, _| *id >= oldest);
         }
         Ok(rows
             .into_iter()
@@ -341,6 +335,14 @@ impl PgInbox {
                     Err(_) => Err(e),
                 }
             })?;
+        // Only a row whose seal verifies moves what this host has seen: a row with a made-up
+        // id far ahead cannot make the rows stored after it pass for put back.
+        if let Some(seen) = self.seen.lock().unwrap_or_else(|p| p.into_inner()).as_mut()
+            && stored.id > seen.through
+        {
+            seen.through = stored.id;
+            seen.waiting.insert(stored.id);
+        }
         serde_json::to_string(&value).map_err(|e| self.fail(e))
     }
 
