@@ -88,6 +88,7 @@ fn hostile_steps_leave_the_host_bounded() {
         ("hostile-denied-flood.yaml", Some("capability calls")),
         ("hostile-big-logs.yaml", None),
         ("hostile-big-verdict.yaml", None),
+        ("hostile-many-outputs.yaml", Some("over the host's 32768")),
     ] {
         let (code, json, stderr_bytes, maxrss_kib) = run_measured(scenario);
         assert_eq!(
@@ -128,6 +129,26 @@ fn hostile_steps_leave_the_host_bounded() {
             }
             "hostile-denied-flood.yaml" => {
                 assert!(first["calls_refused"].as_u64().unwrap_or(0) > 0, "{first}");
+            }
+            "hostile-many-outputs.yaml" => {
+                assert_eq!(
+                    first["status"], "refused",
+                    "{scenario}: {}",
+                    first["summary"]
+                );
+                assert!(
+                    first["outputs"].as_array().is_none_or(|o| o.is_empty()),
+                    "{scenario}: no output is kept"
+                );
+                let evidence = first["evidence"].as_array().expect("evidence");
+                assert!(
+                    evidence.len() < 64
+                        && evidence
+                            .last()
+                            .is_some_and(|e| e.to_string().contains("evidence pairs cut")),
+                    "{scenario}: the evidence is cut to its budget, the cut said: {}",
+                    evidence.len()
+                );
             }
             "hostile-big-verdict.yaml" => {
                 let evidence = first["evidence"][0][1].as_str().expect("evidence");

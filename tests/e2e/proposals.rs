@@ -69,7 +69,11 @@ async fn a_proposal_whose_alert_resolved_is_withdrawn_and_cannot_be_approved() {
     let refusal = late
         .expect_err("a withdrawn proposal cannot be approved")
         .to_string();
-    assert!(refusal.contains("already answered"), "{refusal}");
+    // Said as what it is: withdrawn by the host, with the reason — not "answered".
+    assert!(
+        refusal.contains("withdrawn by the host") && refusal.contains("resolved at its source"),
+        "{refusal}"
+    );
     assert_eq!(withdrawn(&host.audit_path, &incident.id).len(), 1);
     let terminated = records(&host.audit_path)
         .iter()
@@ -246,4 +250,177 @@ async fn a_proposal_whose_alert_resolved_before_a_stop_is_withdrawn_at_start() {
         "a withdrawn proposal cannot be approved: {late:?}"
     );
     second.runtime.stop().await;
+}
+
+/// Review defect: an escalation with no plan claims nothing, so an adjustment retried while
+/// the run it asked for was still going (a client that timed out, a form sent twice) ran that
+/// plan again once the run failed and escalated the incident anew. An answer answers only the
+/// escalation it was sent after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_sent_before_the_incident_was_escalated_again_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let host = host(dir.path(), "15m").await;
+    let incident = host.new_incident(world_alert(WORLD)).await;
+    let plan = &incident
+        .proposal
+        .as_ref()
+        .expect("a destructive plan waits")
+        .plan;
+    let runbook = plan.runbook_id.clone();
+    // The same plan, as a human types it.
+    let params: std::collections::BTreeMap<String, String> = serde_json::to_value(&plan.params)
+        .expect("params")
+        .as_object()
+        .expect("a map")
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                v.as_str()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| v.to_string()),
+            )
+        })
+        .collect();
+    // As a failed run leaves it: escalated with no plan — here, after the answer below is sent.
+    let mut escalated = host.store.get(&incident.id).await.expect("incident");
+    escalated.status = IncidentStatus::Escalated;
+    escalated.proposal = None;
+    escalated.escalated_at =
+        Some(std::time::SystemTime::now() + std::time::Duration::from_secs(3600));
+    host.store.save(&escalated).await.expect("save");
+    let late = host
+        .runtime
+        .adjust(
+            &incident.id,
+            Identity::scenario("oncall"),
+            &runbook,
+            &params,
+        )
+        .await
+        .expect_err("an answer sent before the escalation it would answer")
+        .to_string();
+    assert!(late.contains("escalated again"), "{late}");
+    let records = records(&host.audit_path);
+    assert!(
+        !records
+            .iter()
+            .any(|r| r["kind"] == "adjustment" || r["kind"] == "execution-start"),
+        "nothing was adjusted or run"
+    );
+    assert!(
+        records.iter().any(|r| r["kind"] == "approval-refused"
+            && r["incident"] == incident.id.as_str()
+            && r["data"]["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("escalated again"))),
+        "the refusal is on the record"
+    );
+    // Sent now, but for an earlier escalation (a form loaded before the last one, the page's
+    // hidden `escalated_at`): refused too.
+    let last = std::time::SystemTime::now() - std::time::Duration::from_secs(1);
+    escalated.escalated_at = Some(last);
+    host.store.save(&escalated).await.expect("save");
+    let shown = |t: std::time::SystemTime| humantime::format_rfc3339_millis(t).to_string();
+    let stale_form = host
+        .runtime
+        .adjust_seen(
+            &incident.id,
+            Identity::scenario("oncall"),
+            &runbook,
+            &params,
+            Some(shown(last - std::time::Duration::from_secs(60))),
+        )
+        .await
+        .expect_err("an answer to an earlier escalation")
+        .to_string();
+    assert!(stale_form.contains("escalated again"), "{stale_form}");
+    // For the escalation on the table, the same answer is taken.
+    host.runtime
+        .adjust_seen(
+            &incident.id,
+            Identity::scenario("oncall"),
+            &runbook,
+            &params,
+            Some(shown(last)),
+        )
+        .await
+        .expect("an answer to the escalation on the table");
+    assert!(
+        crate::common::records(&host.audit_path)
+            .iter()
+            .any(|r| r["kind"] == "adjustment" && r["incident"] == incident.id.as_str()),
+        "the adjustment is on the record"
+    );
+    host.runtime.stop().await;
+}
+
+/// Review defect: `approval_ttl: 0s` was taken, and every proposal expired before anyone could
+/// read it — an agent nothing could ever be approved for.
+#[test]
+fn an_approval_ttl_too_short_to_answer_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for ttl in ["0s", "500ms"] {
+        let file = patched_agent(
+            dir.path(),
+            "agents/postgres.yaml",
+            &[("approval_ttl: 15m", &format!("approval_ttl: {ttl}"))],
+        );
+        let e = themis_agent::AgentDef::load(&file)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            e.contains("policy.approval_ttl") && e.contains("leaves no time to answer"),
+            "{ttl}: {e}"
+        );
+    }
+}
+
+/// Review defect: a withdrawal (an expired proposal, a resolved alert) that a failure cut off
+/// after its claim left the incident rejected with no `proposal-withdrawn` record, no reason
+/// and nobody told — and recovery did not look at it again. It finishes it, claiming nothing
+/// twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_withdrawal_cut_off_after_its_claim_is_finished_at_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = host(dir.path(), "15m").await;
+    let incident = first.new_incident(world_alert(WORLD)).await;
+    let proposal = incident.proposal.clone().expect("a destructive plan waits");
+    // What the failure left: the host's claim saved, nothing after it.
+    let mut left = first.store.get(&incident.id).await.expect("incident");
+    left.status = IncidentStatus::Rejected;
+    left.answer = Some(themis_agent::store::Answer {
+        approval_id: proposal.id.clone(),
+        kind: themis_agent::store::AnswerKind::Rejected,
+        by: Identity::agent("postgres"),
+        at: std::time::SystemTime::now(),
+        execution_id: None,
+    });
+    first.store.save(&left).await.expect("save");
+    assert!(withdrawn(&first.audit_path, &incident.id).is_empty());
+    let crate::common::TestHost { runtime, store, .. } = first;
+    runtime.stop().await;
+    drop(store);
+
+    let second = host(dir.path(), "15m").await;
+    let now = second.store.get(&incident.id).await.expect("incident");
+    assert_eq!(now.status, IncidentStatus::Rejected, "{now:#?}");
+    assert!(now.proposal.is_none(), "{now:#?}");
+    assert!(
+        now.reason
+            .as_deref()
+            .is_some_and(|r| r.contains("finished now")),
+        "{now:#?}"
+    );
+    assert_eq!(withdrawn(&second.audit_path, &incident.id).len(), 1);
+    let late = approve_as_oncall(&second, &proposal).await;
+    assert!(late.is_err(), "a withdrawn proposal cannot be approved");
+    second.runtime.stop().await;
+    // A second start finds nothing more to finish.
+    let crate::common::TestHost { store, .. } = second;
+    drop(store);
+    let third = host(dir.path(), "15m").await;
+    assert_eq!(withdrawn(&third.audit_path, &incident.id).len(), 1);
+    third.runtime.stop().await;
 }

@@ -264,6 +264,23 @@ fn where_a_run_resumes_is_read_off_its_record() {
     shadow.data["dry_run"] = json!(true);
     let (shadow_started, _) = resume_point(&[shadow, pre.clone()], &loaded).expect("resumable");
     assert!(shadow_started.dry_run);
+    // Review defect: a run declared interrupted, then adjusted into the same plan by a human
+    // whose own run a stop cut off before it started, was resumed from the old run's cut-off
+    // point. A run followed by `interrupted` or `adjustment` is over.
+    for (kind, seq) in [("interrupted", 4), ("adjustment", 5)] {
+        let over = resume_point(
+            &[
+                start.clone(),
+                pre.clone(),
+                intent.clone(),
+                record(seq, kind, json!({})),
+            ],
+            &loaded,
+        )
+        .map(|_| ())
+        .expect_err("an interrupted or answered run is not resumed");
+        assert!(over.contains(&format!("followed by `{kind}`")), "{over}");
+    }
     // A postcondition that did not hold yet (its wait cut short, or its rollback not begun):
     // read again. Once a rollback acted, no.
     let failed = phase(5, "restart-consumers", "postcondition", "failed", json!({}));

@@ -1,7 +1,7 @@
 //! `themis serve` end to end: the real binary, real HTTP on loopback, the real agents and
 //! sandbox over the scenario worlds named in the configuration.
 
-use crate::common::{records, repo, text, themis};
+use crate::common::{patched_agent, records, repo, text, themis};
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
@@ -1465,6 +1465,20 @@ fn check_names_file_field_and_fix() {
         "{}",
         text(&out.stderr)
     );
+    // Nor may two approvers share one: an approval names one person.
+    let out = Command::new(env!("CARGO_BIN_EXE_themis"))
+        .args(["serve", "--config", config, "--check"])
+        .env("TEST_INTAKE_TOKEN", INTAKE)
+        .env("TEST_ONCALL_TOKEN", BOB)
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("the same token as approvers.")
+            && text(&out.stderr).contains("give each approver a token of their own"),
+        "{}",
+        text(&out.stderr)
+    );
 
     // A backend for an agent that does not exist is a typo, not silence.
     std::fs::write(
@@ -1798,4 +1812,52 @@ fn segment_names(state: &Path) -> Vec<String> {
         .unwrap_or_default();
     names.sort();
     names
+}
+
+/// Review defect: `--check` said `ok` for agents whose bundles the start then refused (a key
+/// not trusted): a deploy gate built on it passed a host that could not start. It verifies
+/// every local bundle as a start does.
+#[test]
+fn check_refuses_the_bundles_a_start_refuses() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agents = dir.path().join("agents");
+    std::fs::create_dir(&agents).expect("agents folder");
+    let write_agents = |kafka_key: &str| {
+        patched_agent(
+            &agents,
+            "agents/kafka.yaml",
+            &[("demo-kafka-team.pub", kafka_key)],
+        );
+        patched_agent(&agents, "agents/kubernetes.yaml", &[]);
+        patched_agent(&agents, "agents/postgres.yaml", &[]);
+    };
+    let mut spec = ServeSpec::new(dir.path());
+    spec.agents = Some(agents.clone());
+    let config = spec.config();
+    let config = config.to_str().expect("utf-8");
+    let check = || {
+        Command::new(env!("CARGO_BIN_EXE_themis"))
+            .args(["serve", "--config", config, "--check"])
+            .env("TEST_INTAKE_TOKEN", INTAKE)
+            .env("TEST_ONCALL_TOKEN", ONCALL)
+            .output()
+            .expect("runs")
+    };
+    write_agents("demo-postgres-team.pub");
+    let out = check();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stderr).contains("agent `kafka`") && text(&out.stderr).contains("not trusted"),
+        "{}",
+        text(&out.stderr)
+    );
+    write_agents("demo-kafka-team.pub");
+    let out = check();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("kafka        restart-consumer-group")
+            && text(&out.stdout).contains("signed by key"),
+        "{}",
+        text(&out.stdout)
+    );
 }

@@ -59,6 +59,10 @@ use themis_core::rules::Rule;
 use themis_core::trust::TrustPolicy;
 use themis_registry::BundleRef;
 
+/// The shortest `policy.approval_ttl` taken: a zero one would expire every proposal before
+/// anyone could answer it (tests answer within a second; people take minutes).
+const MIN_APPROVAL_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Route {
@@ -357,6 +361,16 @@ impl AgentDef {
                 )
             })?,
         };
+        if ttl < MIN_APPROVAL_TTL {
+            return Err(err(
+                "policy.approval_ttl",
+                format!(
+                    "{} leaves no time to answer: every proposal would expire before a human could read it; at least {}",
+                    humantime::format_duration(ttl),
+                    humantime::format_duration(MIN_APPROVAL_TTL)
+                ),
+            ));
+        }
         raw.labels
             .check()
             .map_err(|(field, problem)| err(&field, problem))?;

@@ -122,6 +122,15 @@ pub async fn run(args: ServeArgs, cache_dir_flag: Option<PathBuf>) -> ExitCode {
     };
     let cache_dir = cache_dir_flag.unwrap_or_else(|| config.cache_dir.clone());
     if args.check {
+        // Every bundle an agent names is verified against the keys it trusts, as a start
+        // verifies it (not compiled; a registry's are checked when fetched), before `ok`.
+        let mut runbooks = Vec::new();
+        for file in &files {
+            match verify_catalog(file, args.unsigned.allow_unsigned) {
+                Ok(lines) => runbooks.extend(lines),
+                Err(e) => return fail(2, e),
+            }
+        }
         outln!("ok  {}", config.file.display());
         outln!("    listen     {}", config.listen);
         outln!("    state      {}", config.state_dir.display());
@@ -209,6 +218,10 @@ pub async fn run(args: ServeArgs, cache_dir_flag: Option<PathBuf>) -> ExitCode {
                 "off"
             }
         );
+        outln!("    runbooks");
+        for line in runbooks {
+            outln!("      {line}");
+        }
         outln!("    backends");
         // Reported, not fatal: the service starts with a system down and fails its calls closed.
         let mut findings = backends::doctor(&provider, &names).await;
@@ -573,4 +586,32 @@ fn enable_checkpoints(
         return Err("the audit log's checkpoints already have an observer".into());
     }
     Ok(())
+}
+
+/// One agent file's local bundles, verified as a start verifies them: a line per bundle, or
+/// the refusal a start would stop on.
+fn verify_catalog(file: &std::path::Path, allow_unsigned: bool) -> Result<Vec<String>, String> {
+    let mut def = themis_agent::AgentDef::load(file).map_err(|e| e.to_string())?;
+    def.trust.allow_unsigned = allow_unsigned;
+    let mut lines = Vec::new();
+    for dir in def.runbooks.iter().chain(&def.probes) {
+        let (runbook, signer) = themis_sandbox::loaded::LoadedRunbook::verify(dir, &def.trust)
+            .map_err(|e| format!("agent `{}`: {e}", def.name))?;
+        let signed = match signer {
+            themis_core::trust::Signer::Key(id) => format!("signed by key {id}"),
+            themis_core::trust::Signer::Unsigned => "unsigned, allowed by --allow-unsigned".into(),
+        };
+        lines.push(format!(
+            "{:<12} {} {} ({signed})",
+            def.name, runbook.id, runbook.version
+        ));
+    }
+    if !def.oci_runbooks.is_empty() {
+        lines.push(format!(
+            "{:<12} {} from a registry: verified when the start fetches them",
+            def.name,
+            def.oci_runbooks.len()
+        ));
+    }
+    Ok(lines)
 }

@@ -19,10 +19,11 @@
 //! every step that acted is rolled back. A non-idempotent action never runs twice.
 
 use crate::journal::CallJournal;
-use crate::limits::truncate;
+use crate::limits::{EVIDENCE_BYTES, OUTPUT_BYTES, truncate};
 use crate::loaded::LoadedRunbook;
 use crate::{
-    CapabilityCall, ExecutionCounts, Fault, LogLine, PhaseContext, PhaseEnv, Sandbox, Verdict,
+    CallOutcome, CapabilityCall, ExecutionCounts, Fault, LogLine, PhaseContext, PhaseEnv, Sandbox,
+    Verdict,
 };
 use async_trait::async_trait;
 use serde::Serialize;
@@ -59,7 +60,8 @@ pub enum PhaseStatus {
     Failed,
     /// Trapped, hit its deadline or memory limit, or could not be instantiated.
     Fault,
-    /// Returned, but the host refused the result (an undeclared branch label).
+    /// Returned, but the host refused the result (an undeclared branch label, outputs over
+    /// what the record keeps).
     Refused,
 }
 
@@ -229,9 +231,22 @@ struct Walk<'a> {
     request: &'a ExecutionRequest,
     outputs: Vec<StepOutput>,
     phases: Vec<PhaseRecord>,
+    /// What `phases` holds of calls' values, log lines and stderr so far, in bytes.
+    retained: usize,
     counts: Arc<ExecutionCounts>,
     acted: Vec<usize>,
 }
+
+/// What one execution keeps in memory, in all, of its phases' call arguments and results, log
+/// lines and stderr: each phase is bounded, but a runbook of many steps, each reading its
+/// postcondition again and again, is not. Past this the report keeps which capability was
+/// called and how it ended, not what it carried — the phase's audit record, written as it
+/// finished, has what the audit keeps of it.
+pub const RETAINED_BYTES: usize = 8 << 20;
+
+/// Put in place of what a phase past [`RETAINED_BYTES`] is not kept with.
+const SHED: &str =
+    "(not kept in memory: over the execution's budget; see the phase's audit record)";
 
 /// Run `loaded` to its end. Faults in steps are results, not errors: this always reports.
 pub async fn execute(
@@ -274,6 +289,7 @@ pub async fn execute_resumed(
         request,
         outputs: from.outputs,
         phases: Vec::new(),
+        retained: 0,
         counts: Arc::new(ExecutionCounts::starting_at(from.calls)),
         acted: from.acted,
     };
@@ -580,6 +596,26 @@ impl Walk<'_> {
                 record.branch = Some(branch);
             }
         }
+        record.evidence = within_evidence_budget(std::mem::take(&mut record.evidence));
+        // As the record will hold them: JSON, where a control character takes six bytes.
+        let json_len = |s: &str| serde_json::to_string(s).map_or(s.len() * 6, |j| j.len());
+        let output_bytes: usize = record
+            .outputs
+            .iter()
+            .map(|(k, v)| json_len(k) + json_len(v))
+            .sum();
+        if output_bytes > OUTPUT_BYTES && phase == Phase::Rollback {
+            // A rollback's outputs lead nowhere: dropped, never a reason to stop undoing.
+            record.outputs.clear();
+        } else if output_bytes > OUTPUT_BYTES {
+            record.status = PhaseStatus::Refused;
+            record.summary = format!(
+                "step `{}` returned {} outputs of {output_bytes} bytes in all, over the host's {OUTPUT_BYTES}: outputs are kept on the record a resume and a follow-up read back, so the host refuses what it cannot keep; return fewer or shorter outputs",
+                step.id,
+                record.outputs.len()
+            );
+            record.outputs.clear();
+        }
         if record.status == PhaseStatus::Passed {
             self.outputs
                 .extend(record.outputs.iter().map(|(key, value)| StepOutput {
@@ -599,7 +635,14 @@ impl Walk<'_> {
             calls = record.calls.len(),
             "phase finished"
         );
-        self.phases.push(record.clone());
+        let mut kept = record.clone();
+        let bytes = retained_bytes(&kept);
+        if self.retained + bytes > RETAINED_BYTES {
+            shed(&mut kept);
+        } else {
+            self.retained += bytes;
+        }
+        self.phases.push(kept);
         if let Err(halt) = self.observer.phase_finished(&record).await {
             return Err(self.halted(index, phase, halt));
         }
@@ -612,5 +655,128 @@ fn passed_or_failed(ok: bool) -> PhaseStatus {
         PhaseStatus::Passed
     } else {
         PhaseStatus::Failed
+    }
+}
+
+/// `evidence` cut to [`EVIDENCE_BYTES`] in all, the cut said in a last pair.
+fn within_evidence_budget(evidence: Vec<(String, String)>) -> Vec<(String, String)> {
+    let mut used = 0;
+    let total = evidence.len();
+    let mut kept = Vec::with_capacity(total);
+    for (key, value) in evidence {
+        used += key.len() + value.len();
+        if used > EVIDENCE_BYTES {
+            break;
+        }
+        kept.push((key, value));
+    }
+    if kept.len() < total {
+        let cut = total - kept.len();
+        kept.push((
+            "…".into(),
+            format!("{cut} more evidence pairs cut (over {EVIDENCE_BYTES} bytes in all)"),
+        ));
+    }
+    kept
+}
+
+/// The bytes of `record` that [`shed`] would let go of.
+fn retained_bytes(record: &PhaseRecord) -> usize {
+    let value = |v: &serde_json::Value| serde_json::to_vec(v).map_or(0, |b| b.len());
+    let calls: usize = record
+        .calls
+        .iter()
+        .map(|c| {
+            value(&c.args)
+                + match &c.outcome {
+                    CallOutcome::Ok { result } => value(result),
+                    CallOutcome::Error { error } => value(error),
+                    CallOutcome::Denied { reason } => reason.len(),
+                }
+        })
+        .sum();
+    let logs: usize = record
+        .logs
+        .iter()
+        .map(|l| {
+            l.message.len()
+                + l.fields
+                    .iter()
+                    .map(|(k, v)| k.len() + v.len())
+                    .sum::<usize>()
+        })
+        .sum();
+    calls + logs + record.stderr.len()
+}
+
+/// `record` without its calls' values, its log lines and its stderr.
+fn shed(record: &mut PhaseRecord) {
+    let gone = || serde_json::Value::String(SHED.into());
+    for call in &mut record.calls {
+        // What a mutation was asked to do stays: a dry run's report is its list of would-dos.
+        let mutation = themis_core::capability::lookup(&call.capability)
+            .is_some_and(|c| c.effect == themis_core::capability::Effect::Mutate);
+        if !mutation {
+            call.args = gone();
+        }
+        match &mut call.outcome {
+            CallOutcome::Ok { result } => *result = gone(),
+            CallOutcome::Error { error } => *error = gone(),
+            CallOutcome::Denied { .. } => {}
+        }
+    }
+    record.logs_dropped += u64::try_from(record.logs.len()).unwrap_or(u64::MAX);
+    record.logs.clear();
+    if !record.stderr.is_empty() {
+        record.stderr = SHED.into();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::CallMode;
+
+    #[test]
+    fn a_phase_past_the_executions_budget_keeps_its_calls_but_not_their_values() {
+        let big = serde_json::Value::String("x".repeat(16 << 10));
+        let mut record = PhaseRecord {
+            step: "s".into(),
+            phase: Phase::Postcondition,
+            status: PhaseStatus::Passed,
+            summary: "held".into(),
+            evidence: vec![],
+            outputs: vec![("k".into(), "v".into())],
+            branch: None,
+            fault: None,
+            calls: vec![CapabilityCall {
+                capability: "metrics.query".into(),
+                args: big.clone(),
+                outcome: CallOutcome::Ok { result: big },
+                mode: CallMode::Performed,
+                duration_us: 1,
+            }],
+            logs: vec![LogLine {
+                level: "info".into(),
+                message: "y".repeat(100),
+                fields: vec![],
+            }],
+            logs_dropped: 0,
+            logs_truncated: 0,
+            calls_refused: 0,
+            stderr: "z".into(),
+            duration_us: 1,
+        };
+        assert!(retained_bytes(&record) > 32 << 10);
+        shed(&mut record);
+        // What the walk and its report read stays: the call, its capability, how it ended,
+        // the outputs; what it carried goes.
+        assert_eq!(record.calls.len(), 1);
+        assert_eq!(record.calls[0].capability, "metrics.query");
+        assert!(matches!(&record.calls[0].outcome, CallOutcome::Ok { result } if result == SHED));
+        assert_eq!(record.outputs, vec![("k".to_owned(), "v".to_owned())]);
+        assert!(record.logs.is_empty());
+        assert_eq!(record.logs_dropped, 1);
+        assert!(retained_bytes(&record) < 1024);
     }
 }

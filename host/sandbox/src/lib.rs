@@ -558,12 +558,12 @@ fn classify(error: &RunError, state: &StepState, deadline: Duration) -> Fault {
     }
     if let Some(exceeded) = error.downcast_ref::<LimitExceeded>() {
         return Fault::LimitExceeded {
-            message: exceeded.to_string(),
+            message: fault_text(exceeded),
         };
     }
     if let Some(failed) = error.downcast_ref::<JournalFailed>() {
         return Fault::Journal {
-            message: failed.to_string(),
+            message: fault_text(failed),
         };
     }
     if error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
@@ -575,13 +575,21 @@ fn classify(error: &RunError, state: &StepState, deadline: Duration) -> Fault {
         Some(Trap::UnreachableCodeReached) => {
             "wasm `unreachable` executed (a Rust step panicked or aborted)".to_string()
         }
-        _ => format!("{error:#}"),
+        // The cause first (wasmtime puts it last, after the backtrace), then the whole chain
+        // with the backtrace, in what is left — bounded, as its frame names are the
+        // component's to choose.
+        _ => fault_text(&format_args!("{}; {error:#}", error.root_cause())),
     };
     if instantiating {
         Fault::Instantiate { message }
     } else {
         Fault::Trap { message }
     }
+}
+
+/// A fault's message as the host keeps it: at most [`limits::FAULT_MESSAGE_BYTES`].
+fn fault_text(value: &dyn std::fmt::Display) -> String {
+    limits::display_bounded(value, limits::FAULT_MESSAGE_BYTES)
 }
 
 fn millis(d: Duration) -> u64 {

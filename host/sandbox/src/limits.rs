@@ -122,6 +122,58 @@ impl Budget {
     }
 }
 
+/// The most a phase's outputs may take in all (keys and values): they are kept on its audit
+/// record, which a resume and a follow-up read back whole, and which the audit cuts to a
+/// digest past its own bound. A step returning more is refused, not cut: a later step or a
+/// follow-up would read an output that is not there.
+pub const OUTPUT_BYTES: usize = 32 << 10;
+/// The most a phase's evidence may take in all: informational, so what is past it is cut.
+pub const EVIDENCE_BYTES: usize = 32 << 10;
+
+/// The most of a fault's message (a trap, a failed instantiation) the host keeps. A trap's
+/// text carries wasmtime's backtrace, whose frame names come from the component's own name
+/// section: a hostile step could make it hundreds of megabytes.
+pub const FAULT_MESSAGE_BYTES: usize = 4 << 10;
+
+/// `value` displayed into at most `max` bytes (on a character boundary), saying when it was
+/// cut. The text beyond `max` is never built: a `Display` that would write a gigabyte stops at
+/// the first write past the bound.
+pub fn display_bounded(value: &dyn std::fmt::Display, max: usize) -> String {
+    struct Upto {
+        out: String,
+        max: usize,
+        cut: bool,
+    }
+    impl std::fmt::Write for Upto {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            let room = self.max - self.out.len();
+            if s.len() <= room {
+                self.out.push_str(s);
+                return Ok(());
+            }
+            let mut end = room;
+            while end > 0 && !s.is_char_boundary(end) {
+                end -= 1;
+            }
+            self.out.push_str(&s[..end]);
+            self.cut = true;
+            Err(std::fmt::Error)
+        }
+    }
+    let mut upto = Upto {
+        out: String::new(),
+        max,
+        cut: false,
+    };
+    // An error here is the bound (or the value's own Display failing): what was written stays.
+    let _ = std::fmt::write(&mut upto, format_args!("{value}"));
+    if upto.cut {
+        upto.out
+            .push_str(&format!("…[cut: longer than {max} bytes]"));
+    }
+    upto.out
+}
+
 /// `text` cut to at most `max` bytes on a character boundary, saying how much was cut.
 pub fn truncate(text: String, max: usize) -> (String, bool) {
     if text.len() <= max {
@@ -141,6 +193,30 @@ pub fn truncate(text: String, max: usize) -> (String, bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_display_is_cut_at_the_bound_without_building_the_rest() {
+        /// Writes its text in pieces for ever, as a backtrace of endless frames would: only a
+        /// writer that stops at the bound returns.
+        struct Endless;
+        impl std::fmt::Display for Endless {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                loop {
+                    f.write_str("frame é ")?;
+                }
+            }
+        }
+        let text = display_bounded(&Endless, 100);
+        assert!(text.starts_with("frame é frame"), "{text}");
+        assert!(text.ends_with("…[cut: longer than 100 bytes]"), "{text}");
+        assert!(text.len() <= 100 + "…[cut: longer than 100 bytes]".len());
+        assert_eq!(display_bounded(&"short", 100), "short");
+        // Cut inside the two-byte `é`: on the boundary before it.
+        assert_eq!(
+            display_bounded(&"ab é", 4),
+            "ab …[cut: longer than 4 bytes]"
+        );
+    }
 
     #[test]
     fn calls_past_the_phase_budget_are_refused() {

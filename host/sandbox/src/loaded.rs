@@ -38,6 +38,14 @@ impl LoadedRunbook {
         dir: &Path,
         trust: &TrustPolicy,
     ) -> Result<Self, RunbookLoadError> {
+        let (runbook, signer) = Self::verify(dir, trust)?;
+        Self::compile(sandbox, runbook, signer)
+    }
+
+    /// Everything [`LoadedRunbook::load`] checks before it compiles — the signature, the keys
+    /// trusted, every component's digest, the minimum version — and nothing it compiles: what
+    /// `themis serve --check` asks of each bundle an agent names.
+    pub fn verify(dir: &Path, trust: &TrustPolicy) -> Result<(Runbook, Signer), RunbookLoadError> {
         let refused = |reason| RunbookLoadError::Refused {
             bundle: dir.to_path_buf(),
             reason,
@@ -45,7 +53,7 @@ impl LoadedRunbook {
         let signature = trust::check_signature(dir, trust).map_err(refused)?;
         let runbook = Runbook::load(dir)?;
         let signer = trust::check_bundle(&runbook, signature.as_ref(), trust).map_err(refused)?;
-        Self::compile(sandbox, runbook, signer)
+        Ok((runbook, signer))
     }
 
     /// Load without any signature check: for authoring tools (`themis runbook validate`), never

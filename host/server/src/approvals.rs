@@ -38,8 +38,37 @@ pub struct Reject {
 #[serde(deny_unknown_fields)]
 pub struct Adjust {
     runbook: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "param_texts")]
     params: BTreeMap<String, String>,
+    /// The incident's `escalated_at` as the sender saw it: the adjustment answers that
+    /// escalation only, and is refused (409) if the incident was escalated again since.
+    #[serde(default)]
+    escalated_at: Option<String>,
+}
+
+/// Parameters as `GET /api/v1/approvals` shows them: strings, or the numbers and booleans a
+/// typed parameter is shown as — each taken as its text, which the agent types again against
+/// the runbook's declaration (so `1.5` for an integer is still refused there, by name).
+fn param_texts<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, String>, D::Error> {
+    use serde::de::Error;
+    let raw: BTreeMap<String, serde_json::Value> = Deserialize::deserialize(d)?;
+    raw.into_iter()
+        .map(|(key, value)| match value {
+            serde_json::Value::String(s) => Ok((key, s)),
+            serde_json::Value::Number(n) => Ok((key, n.to_string())),
+            serde_json::Value::Bool(b) => Ok((key, b.to_string())),
+            other => Err(D::Error::custom(format!(
+                "params.{key}: a string, a number or a boolean, not {}",
+                match other {
+                    serde_json::Value::Null => "null",
+                    serde_json::Value::Array(_) => "a list",
+                    _ => "an object",
+                }
+            ))),
+        })
+        .collect()
 }
 
 /// Who answers (from the token), which approval (checked), and what (the body).
@@ -164,7 +193,13 @@ pub async fn adjust(
     answered(
         state
             .runtime
-            .adjust(&id, by, &answer.runbook, &answer.params)
+            .adjust_seen(
+                &id,
+                by,
+                &answer.runbook,
+                &answer.params,
+                answer.escalated_at.clone(),
+            )
             .await,
     )
 }
@@ -328,4 +363,27 @@ pub async fn guard_clear(
         target: clear.target,
         breakers: cleared.into_iter().map(|b| b.runbook).collect(),
     }))
+}
+
+#[cfg(test)]
+mod param_tests {
+    use super::Adjust;
+
+    #[test]
+    fn an_adjustment_takes_parameters_as_the_approvals_list_shows_them() {
+        let typed: Adjust = serde_json::from_str(
+            r#"{"runbook":"adjust-broker-gc","params":{"broker_id":2,"force":true,"why":"gc"}}"#,
+        )
+        .expect("typed values as shown");
+        assert_eq!(typed.params["broker_id"], "2");
+        assert_eq!(typed.params["force"], "true");
+        assert_eq!(typed.params["why"], "gc");
+        let e = serde_json::from_str::<Adjust>(r#"{"runbook":"x","params":{"ids":[1,2]}}"#)
+            .expect_err("a list is no parameter")
+            .to_string();
+        assert!(
+            e.contains("params.ids: a string, a number or a boolean, not a list"),
+            "{e}"
+        );
+    }
 }

@@ -640,7 +640,7 @@ impl ServeConfig {
                     err(
                         &field,
                         format!(
-                            "the environment variable {name} is not set (export it before starting)"
+                            "the environment variable {name} is {} (export it, with a value, before starting)", if env.contains_key(name.as_str()) { "set but empty" } else { "not set" }
                         ),
                     )
                 }),
@@ -767,8 +767,23 @@ impl ServeConfig {
             ));
         }
 
+        // Whose token each approver's is, by its hash, and whose Slack user: one token, one
+        // Slack user, one person.
+        let mut approver_tokens: Vec<(TokenHash, String)> = Vec::new();
+        let mut slack_users: Vec<(&str, String)> = Vec::new();
         for (name, approver) in &raw.approvers.0 {
             let field = format!("approvers.{name}");
+            if let Some(user) = approver.slack_user.as_deref() {
+                if let Some((_, other)) = slack_users.iter().find(|(u, _)| *u == user) {
+                    return Err(err(
+                        &format!("{field}.slack_user"),
+                        format!(
+                            "the same Slack user as {other}: a button in Slack would answer as either; give each approver their own"
+                        ),
+                    ));
+                }
+                slack_users.push((user, format!("{field}.slack_user")));
+            }
             if approver.token_sha256.is_none()
                 && approver.token_env.is_none()
                 && approver.slack_user.is_none()
@@ -794,7 +809,12 @@ impl ServeConfig {
                 return Err(err(
                     &format!("{field}.token_env"),
                     format!(
-                        "the environment variable {name} is not set (export it before starting)"
+                        "the environment variable {name} is {} (export it, with a value, before starting)",
+                        if env.contains_key(name.as_str()) {
+                            "set but empty"
+                        } else {
+                            "not set"
+                        }
                     ),
                 ));
             }
@@ -816,15 +836,26 @@ impl ServeConfig {
                 },
                 (None, None) => None,
             };
-            if let Some((hash, at)) = token
+            if let Some((hash, at)) = &token
                 && let Some(i) = intake_tokens.iter().position(|t| t.0 == hash.0)
             {
                 return Err(err(
-                    &at,
+                    at,
                     format!(
                         "the same token as intake.tokens[{i}]: whoever holds an alert source's token could approve plans with it; give the approver a token of their own"
                     ),
                 ));
+            }
+            if let Some((hash, at)) = token {
+                if let Some((_, other)) = approver_tokens.iter().find(|(t, _)| t.0 == hash.0) {
+                    return Err(err(
+                        &at,
+                        format!(
+                            "the same token as {other}: an approval names who gave it, and a second approver must be another person; give each approver a token of their own"
+                        ),
+                    ));
+                }
+                approver_tokens.push((hash, at));
             }
         }
 

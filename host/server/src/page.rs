@@ -401,12 +401,21 @@ fn catalog(state: &AppState, agent: &str) -> Vec<String> {
 
 /// Another runbook or other parameters, for an incident that waits for a human: the adjusted
 /// plan goes through the same policy, the adjuster its requester.
-fn adjust_form(id: &str, current: Option<&str>, runbooks: &[String], session: &Session) -> Markup {
+fn adjust_form(
+    id: &str,
+    current: Option<&str>,
+    escalated_at: Option<std::time::SystemTime>,
+    runbooks: &[String],
+    session: &Session,
+) -> Markup {
     html! {
         details {
             summary { "Adjust the plan" }
             form method="post" action={ "/ui/approvals/" (id) "/adjust" } {
                 input type="hidden" name="form_token" value=(session.form_token);
+                @if let Some(at) = escalated_at {
+                    input type="hidden" name="escalated_at" value=(crate::views::time(at));
+                }
                 p {
                     label for={ "runbook-" (id) } { "Runbook" } " "
                     select id={ "runbook-" (id) } name="runbook" {
@@ -464,7 +473,7 @@ fn approval(i: &Incident, session: &Session, runbooks: &[String]) -> Markup {
                     input id={ "reason-" (p.id) } name="reason" required;
                     button.reject type="submit" { "Reject" }
                 }
-                (adjust_form(&p.id, Some(&p.plan.runbook_id), runbooks, session))
+                (adjust_form(&p.id, Some(&p.plan.runbook_id), None, runbooks, session))
             } @else {
                 p { "Sign in with an approver's token to answer." }
             }
@@ -580,7 +589,7 @@ async fn incident_page(
         }
         @if incident.status.awaits_human() && incident.proposal.is_none() && session.who.is_some() {
             h3 { "Answer" }
-            (adjust_form(&incident.id, None, &catalog(&state, &incident.agent), &session))
+            (adjust_form(&incident.id, None, incident.escalated_at, &catalog(&state, &incident.agent), &session))
         }
         @if altered > 0 {
             p.error role="alert" { (altered) " record(s) of this incident do not match their hash: run " code { "themis audit verify" } }
@@ -625,6 +634,9 @@ struct AdjustForm {
     runbook: String,
     #[serde(default)]
     params: String,
+    /// The escalation the form was shown for (an incident with no plan waiting).
+    #[serde(default)]
+    escalated_at: Option<String>,
     form_token: String,
 }
 
@@ -777,7 +789,13 @@ async fn answer(
                 |form: AdjustForm, who| async move {
                     let params = param_lines(&form.params)?;
                     runtime
-                        .adjust(&id, who, form.runbook.trim(), &params)
+                        .adjust_seen(
+                            &id,
+                            who,
+                            form.runbook.trim(),
+                            &params,
+                            form.escalated_at.filter(|s| !s.is_empty()),
+                        )
                         .await
                         .map_err(runtime_error)
                 },

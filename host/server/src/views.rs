@@ -83,6 +83,10 @@ pub struct IncidentView {
     /// When the source said the alert stopped firing.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source_resolved_at: Option<String>,
+    /// When a human was last told and asked. An adjustment of an incident with no plan waiting
+    /// sends it back (`escalated_at`): one sent for an earlier escalation is refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub escalated_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub approval: Option<ApprovalView>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -158,6 +162,7 @@ impl IncidentView {
             attached_alerts: i.attached_alerts,
             reason: i.reason.clone(),
             source_resolved_at: i.source_resolved_at.map(time),
+            escalated_at: i.escalated_at.map(time),
             approval: ApprovalView::of(i),
             answer: i.answer.as_ref().map(|a| AnswerView {
                 approval_id: a.approval_id.clone(),

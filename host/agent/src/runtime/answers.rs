@@ -100,6 +100,11 @@ impl Worker {
         if record.kind != "escalation" || record.incident.as_deref() != Some(incident.id.as_str()) {
             return Err(unusable("that record is not this incident's escalation"));
         }
+        if record.data["summarised"] == true {
+            return Err(unusable(
+                "the record was too large to keep whole (only its digest is on the audit)",
+            ));
+        }
         let proposal = record.data["escalation"]["proposal"].clone();
         if proposal.is_null() {
             return Ok(None);
@@ -130,7 +135,16 @@ impl Worker {
                 "approval" if r.data["approval"] == approval_id => AnswerKind::Approved,
                 "rejection" if r.data["answers"] == approval_id => AnswerKind::Rejected,
                 "adjustment" if r.data["answers"] == approval_id => AnswerKind::Adjusted,
-                "proposal-withdrawn" if r.data["approval"] == approval_id => AnswerKind::Rejected,
+                "proposal-withdrawn" if r.data["approval"] == approval_id => {
+                    found = Some(crate::store::ClaimError::Withdrawn {
+                        approval_id: approval_id.to_owned(),
+                        why: r.data["reason"]
+                            .as_str()
+                            .unwrap_or("withdrawn by the host")
+                            .to_owned(),
+                    });
+                    return false;
+                }
                 _ => return true,
             };
             let by = ["approver", "by"]
@@ -379,20 +393,46 @@ impl Worker {
         by: Identity,
         runbook: &str,
         params: &BTreeMap<String, String>,
+        sent: SystemTime,
+        seen: Option<&str>,
     ) -> Result<Incident, RuntimeError> {
         let ctx = self.ctx.clone();
         let agent = &ctx.agent;
         let name = agent.def.name.clone();
         let incident = self.incident_for(id).await?;
         self.stale_proposal(&incident, id, &by)?;
+        // An escalation with no plan claims nothing an answer could use up: what binds the
+        // answer to the escalation it saw is the escalation it names (`seen`: the page and an
+        // API client that sends it back), else when it was sent — one that waited behind the
+        // run it asked for (a retry) finds the incident escalated again since. Either way it is
+        // refused, and cannot run a plan a second time unseen.
+        let current = incident
+            .escalated_at
+            .map(|t| humantime::format_rfc3339_millis(t).to_string());
+        let stale = match seen {
+            Some(seen) => current.as_deref() != Some(seen),
+            None => incident
+                .escalated_at
+                .is_some_and(|escalated| sent < escalated),
+        };
+        if let Some(escalated) = incident.escalated_at
+            && stale
+        {
+            let e = crate::store::ClaimError::SentBefore {
+                incident: incident.id.clone(),
+                escalated: humantime::format_rfc3339_millis(escalated).to_string(),
+            };
+            self.refused(&incident, id, &by, &e, None)?;
+            return Err(e.into());
+        }
         if !incident.status.awaits_human() {
-            return Err(RuntimeError::Agent {
-                agent: name,
-                message: format!(
-                    "incident {} is {:?}, not waiting for a human",
-                    incident.id, incident.status
-                ),
-            });
+            // A conflict with the incident's state, as for an answered proposal: not a 404.
+            return Err(crate::store::ClaimError::NotPending {
+                approval_id: id.into(),
+                incident: incident.id.clone(),
+                status: incident.status,
+            }
+            .into());
         }
         let on_table = if incident.status == IncidentStatus::PendingApproval {
             self.recorded_proposal(&incident)?

@@ -101,6 +101,7 @@ impl Worker {
         incident.proposal = proposal;
         incident.reason = Some(reason.into());
         incident.proposed_at = Some(now);
+        incident.escalated_at = Some(now);
         ctx.store.save(incident).await?;
         self.track_expiry(incident);
         self.deliver(&escalation, &incident.id).await

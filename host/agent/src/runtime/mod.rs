@@ -697,12 +697,28 @@ impl Runtime {
         runbook: &str,
         params: &BTreeMap<String, String>,
     ) -> Result<Incident, RuntimeError> {
+        self.adjust_seen(id, by, runbook, params, None).await
+    }
+
+    /// [`Runtime::adjust`] sent for the escalation the sender saw (`escalated_at`, as the
+    /// read API shows it): refused if the incident was escalated again since.
+    pub async fn adjust_seen(
+        &self,
+        id: &str,
+        by: Identity,
+        runbook: &str,
+        params: &BTreeMap<String, String>,
+        seen: Option<String>,
+    ) -> Result<Incident, RuntimeError> {
+        let sent = std::time::SystemTime::now();
         let handle = self.owner(id).await?;
         self.ask(handle, |reply| Command::Adjust {
             id: id.into(),
             by,
             runbook: runbook.into(),
             params: params.clone(),
+            sent,
+            seen,
             reply,
         })
         .await

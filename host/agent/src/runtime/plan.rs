@@ -124,7 +124,20 @@ impl Worker {
             Verdict::ConfidenceTooLow { .. }
             | Verdict::SelectorEscalated { .. }
             | Verdict::NeedsApproval { .. } => {
-                let reason = verdict.reason();
+                let mut reason = verdict.reason();
+                // A human decides, but not blind: a rail that would hold this run back were it
+                // automatic (the same target changed moments ago by another incident's run, a
+                // breaker open) is said in the proposal, so N alerts of one outage do not get
+                // the same fix approved N times unknowingly.
+                if let Some(key) = super::execute::run_key(name, incident, &plan, loaded)
+                    && let Err(blocked) = ctx.guard.check(&agent.def.guard, &key).await
+                {
+                    reason = format!(
+                        "{reason}. Note — a guard rail ({}) would hold this run back were it automatic: {}",
+                        blocked.rail.as_str(),
+                        blocked.why
+                    );
+                }
                 let event = if matches!(verdict, Verdict::NeedsApproval { .. }) {
                     Event::ApprovalRequired {
                         reason: reason.clone(),

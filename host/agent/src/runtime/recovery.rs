@@ -57,6 +57,13 @@ impl Worker {
             })
             .cloned()
             .collect();
+        // A withdrawal a failure cut off after its claim: the proposal is used up, but nobody
+        // was told and its record is missing. Finished now (the claim is not made again).
+        let half_withdrawn: Vec<Incident> = incidents
+            .iter()
+            .filter(|i| &i.agent == agent && super::withdraw::half_withdrawn(i))
+            .cloned()
+            .collect();
         let unfinished: Vec<Incident> = incidents
             .into_iter()
             .filter(|i| &i.agent == agent)
@@ -107,6 +114,10 @@ impl Worker {
         self.ensure_idle().await?;
         for incident in resolved_pending {
             let why = super::withdraw::resolved_before_answered(&incident);
+            self.withdraw(&incident, why).await?;
+        }
+        for incident in half_withdrawn {
+            let why = "the host withdrew this proposal (its alert resolved, or it expired unanswered) and a failure cut the withdrawal off before it was recorded and told; finished now".to_owned();
             self.withdraw(&incident, why).await?;
         }
         // What recovery decided is durable before the host takes anything new.
@@ -253,6 +264,7 @@ impl Worker {
         incident.status = IncidentStatus::Interrupted;
         incident.reason = Some(reason.clone());
         incident.proposal = None;
+        incident.escalated_at = Some(std::time::SystemTime::now());
         ctx.store.save(&incident).await?;
         let escalation = Escalation {
             agent: agent.clone(),

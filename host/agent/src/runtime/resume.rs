@@ -48,6 +48,17 @@ pub fn resume_point(
     if after.iter().any(|r| r.kind == "result") {
         return Err("the run had ended (its result is on the record)".into());
     }
+    // Declared interrupted (a human was told it would not be resumed), or answered since by an
+    // adjustment whose own run never started: that run is over, whatever plan is saved now.
+    if let Some(closed) = after
+        .iter()
+        .find(|r| matches!(r.kind.as_str(), "interrupted" | "adjustment"))
+    {
+        return Err(format!(
+            "the last run on the record was followed by `{}` (seq {}): it is over, and nothing of a later plan acted",
+            closed.kind, closed.seq
+        ));
+    }
     if start["runbook_digest"].as_str() != Some(rb.digest.as_str()) {
         return Err(format!(
             "{} is not the bundle that was running (its digest changed)",

@@ -51,17 +51,33 @@ impl Worker {
             at: SystemTime::now(),
             execution_id: None,
         };
-        let mut incident = match self.claim(incident, answer, IncidentStatus::Rejected).await {
-            Ok(i) => i,
-            Err(ClaimError::Store(e)) => return Err(e.into()),
-            Err(_) => return Ok(None),
+        let finishing = half_withdrawn(incident);
+        // An earlier try may have recorded the withdrawal before the failure: its record, and
+        // its reason (expired, resolved), stand; it is not recorded twice.
+        let recorded = if finishing {
+            recorded_withdrawal(&ctx, incident, &proposal.id)?
+        } else {
+            None
         };
-        ctx.audit.append(
-            &name,
-            Some(&incident.id),
-            "proposal-withdrawn",
-            json!({ "approval": proposal.id, "runbook_id": proposal.plan.runbook_id, "plan_digest": proposal.plan_digest, "reason": why }),
-        )?;
+        let why = recorded.clone().unwrap_or(why);
+        let mut incident = if finishing {
+            // Claimed by an earlier try that a failure cut off: never claimed twice.
+            incident.clone()
+        } else {
+            match self.claim(incident, answer, IncidentStatus::Rejected).await {
+                Ok(i) => i,
+                Err(ClaimError::Store(e)) => return Err(e.into()),
+                Err(_) => return Ok(None),
+            }
+        };
+        if recorded.is_none() {
+            ctx.audit.append(
+                &name,
+                Some(&incident.id),
+                "proposal-withdrawn",
+                json!({ "approval": proposal.id, "runbook_id": proposal.plan.runbook_id, "plan_digest": proposal.plan_digest, "reason": why }),
+            )?;
+        }
         self.fsm
             .fire(
                 &ctx,
@@ -151,4 +167,46 @@ impl Worker {
         }
         Ok(withdrawn)
     }
+}
+
+/// Claimed by the host's own withdrawal, which a failure cut off before it was finished: the
+/// finished one clears the proposal in the same write that records the reason.
+pub(crate) fn half_withdrawn(incident: &Incident) -> bool {
+    incident.status == IncidentStatus::Rejected
+        && incident.answer.as_ref().is_some_and(|a| {
+            a.by.via == themis_core::identity::Via::Agent
+                && incident
+                    .proposal
+                    .as_ref()
+                    .is_some_and(|p| p.id == a.approval_id)
+        })
+}
+
+/// The reason of the `proposal-withdrawn` record of `approval_id`, if one is on the audit after
+/// the proposal's own record.
+fn recorded_withdrawal(
+    ctx: &super::ctx::AgentCtx,
+    incident: &Incident,
+    approval_id: &str,
+) -> Result<Option<String>, RuntimeError> {
+    let Some(at) = &incident.proposal_record else {
+        return Ok(None);
+    };
+    let mut found = None;
+    ctx.audit.scan_from(at.seq, |r| {
+        if r.kind == "proposal-withdrawn"
+            && r.incident.as_deref() == Some(incident.id.as_str())
+            && r.data["approval"] == approval_id
+        {
+            found = Some(
+                r.data["reason"]
+                    .as_str()
+                    .unwrap_or("withdrawn by the host")
+                    .to_owned(),
+            );
+            return false;
+        }
+        true
+    })?;
+    Ok(found)
 }

@@ -47,6 +47,10 @@ pub(crate) enum Command {
         by: Identity,
         runbook: String,
         params: BTreeMap<String, String>,
+        /// When the host received it, before it waited in the queue.
+        sent: std::time::SystemTime,
+        /// The incident's `escalated_at` as its sender saw it, if it said.
+        seen: Option<String>,
         reply: Reply<Incident>,
     },
     /// Look at the fixes being verified: read metrics, close windows. Replies with the number
@@ -306,9 +310,13 @@ impl Worker {
                     by,
                     runbook,
                     params,
+                    sent,
+                    seen,
                     reply,
                 } => {
-                    let outcome = self.adjust(&id, by, &runbook, &params).await;
+                    let outcome = self
+                        .adjust(&id, by, &runbook, &params, sent, seen.as_deref())
+                        .await;
                     let outcome = self.answered(outcome, &id).await;
                     let _ = reply.send(outcome);
                 }
@@ -359,8 +367,10 @@ impl Worker {
             RuntimeError::Approval(_)
                 | RuntimeError::Claim(
                     ClaimError::AlreadyAnswered { .. }
+                        | ClaimError::Withdrawn { .. }
                         | ClaimError::NotPending { .. }
                         | ClaimError::ProposalWaiting { .. }
+                        | ClaimError::SentBefore { .. }
                 )
         );
         if !refusal {

@@ -285,6 +285,10 @@ pub struct Incident {
     /// When the proposal was made, for alert→proposal time.
     #[serde(default)]
     pub proposed_at: Option<SystemTime>,
+    /// When a human was last told and asked (an escalation, with or without a plan, or an
+    /// interruption): an answer sent before it did not see what it would answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalated_at: Option<SystemTime>,
     /// When the alert source said the alert stopped firing (Alertmanager's `resolved`), if it
     /// did: recorded only, never a reason to act.
     #[serde(default)]
@@ -322,6 +326,7 @@ impl Incident {
             executed: None,
             reason: None,
             proposed_at: None,
+            escalated_at: None,
             source_resolved_at: None,
             verification: None,
             opened_seq: None,
@@ -346,6 +351,19 @@ impl Incident {
             .as_ref()
             .filter(|a| a.approval_id == approval_id)
         {
+            // Claimed by the host itself: withdrawn (its alert resolved, it expired), which
+            // the human answering should read as such, with the reason.
+            if previous.by.via == themis_core::identity::Via::Agent {
+                // The reason is saved with the finished withdrawal (which clears the proposal).
+                let why = match (&self.proposal, &self.reason) {
+                    (None, Some(reason)) => reason.clone(),
+                    _ => "withdrawn by the host (its alert resolved, or it expired)".into(),
+                };
+                return Some(ClaimError::Withdrawn {
+                    approval_id: approval_id.into(),
+                    why,
+                });
+            }
             return Some(ClaimError::AlreadyAnswered {
                 approval_id: approval_id.into(),
                 kind: previous.kind,
@@ -419,6 +437,8 @@ pub enum StoreError {
 /// Why an answer could not claim a proposal.
 #[derive(Debug, thiserror::Error)]
 pub enum ClaimError {
+    #[error("{approval_id} was withdrawn by the host, not answered by anyone: {why}")]
+    Withdrawn { approval_id: String, why: String },
     #[error("{approval_id} was already answered ({kind:?} by {by}); an approval is used once")]
     AlreadyAnswered {
         approval_id: String,
@@ -440,6 +460,12 @@ pub enum ClaimError {
         incident: String,
         approval_id: String,
     },
+    /// An answer sent before the escalation it would answer: a retried request, or a form
+    /// resubmitted after the plan it chose ran and failed, must not run it again unseen.
+    #[error(
+        "incident {incident} was escalated again at {escalated}, after the escalation this answer was sent for: look at it again and answer what it shows now"
+    )]
+    SentBefore { incident: String, escalated: String },
     #[error(transparent)]
     Store(#[from] StoreError),
 }

@@ -6,6 +6,8 @@
 //! - `denied-flood`: call an ungranted capability (`kafka.list-topics`) in a loop;
 //! - `big-logs`: log 200 lines of 1 MiB, then pass;
 //! - `big-verdict`: pass with 10 MiB of evidence and outputs;
+//! - `many-outputs`: pass with 64 outputs (and evidence) of 4 KiB each, each within the verdict
+//!   limits, 256 KiB in all;
 //! - `mutate-in-checks`: in precondition and postcondition, restart the consumers, scale them to
 //!   1000, change a broker's config and restart brokers 1 to 10;
 //! - `restart-all`: in action and rollback, restart brokers 1 to 10 (and broker 1 twice).
@@ -55,6 +57,11 @@ fn attack(ctx: &Context, kafka: &dyn Kafka, phase: &str) -> (bool, Vec<(String, 
         "big-verdict" => {
             let big = "z".repeat(10 << 20);
             evidence.push(("big".into(), big));
+        }
+        "many-outputs" => {
+            for i in 0..64 {
+                evidence.push((format!("out{i}"), "w".repeat(4000)));
+            }
         }
         "mutate-in-checks" | "restart-all" => {
             let mut done = Vec::new();
