@@ -35,6 +35,24 @@ async fn approve_as_oncall(
         .await
 }
 
+/// An answer to `incident` was refused on the record, saying `why`, and nothing was adjusted
+/// or run.
+fn refused_and_nothing_ran(audit: &std::path::Path, incident: &str, why: &str) {
+    let records = records(audit);
+    assert!(
+        !records
+            .iter()
+            .any(|r| r["kind"] == "adjustment" || r["kind"] == "execution-start"),
+        "nothing was adjusted or run"
+    );
+    assert!(
+        records.iter().any(|r| r["kind"] == "approval-refused"
+            && r["incident"] == incident
+            && r["data"]["error"].as_str().is_some_and(|e| e.contains(why))),
+        "the refusal is on the record, saying {why:?}"
+    );
+}
+
 fn withdrawn(audit: &std::path::Path, incident: &str) -> Vec<serde_json::Value> {
     records(audit)
         .into_iter()
@@ -206,19 +224,7 @@ async fn an_expired_proposal_cannot_be_adjusted_either() {
         .expect_err("an expired proposal is not adjusted")
         .to_string();
     assert!(late.contains("expired"), "{late}");
-    let records = records(&host.audit_path);
-    assert!(
-        !records
-            .iter()
-            .any(|r| r["kind"] == "adjustment" || r["kind"] == "execution-start"),
-        "nothing was adjusted or run"
-    );
-    assert!(
-        records
-            .iter()
-            .any(|r| r["kind"] == "approval-refused" && r["incident"] == incident.id.as_str()),
-        "the refusal is on the record"
-    );
+    refused_and_nothing_ran(&host.audit_path, &incident.id, "expired");
     host.runtime.stop().await;
 }
 
@@ -268,20 +274,7 @@ async fn an_answer_sent_before_the_incident_was_escalated_again_is_refused() {
         .plan;
     let runbook = plan.runbook_id.clone();
     // The same plan, as a human types it.
-    let params: std::collections::BTreeMap<String, String> = serde_json::to_value(&plan.params)
-        .expect("params")
-        .as_object()
-        .expect("a map")
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.clone(),
-                v.as_str()
-                    .map(str::to_owned)
-                    .unwrap_or_else(|| v.to_string()),
-            )
-        })
-        .collect();
+    let params = plan.params_as_text();
     // As a failed run leaves it: escalated with no plan — here, after the answer below is sent.
     let mut escalated = host.store.get(&incident.id).await.expect("incident");
     escalated.status = IncidentStatus::Escalated;
@@ -301,21 +294,7 @@ async fn an_answer_sent_before_the_incident_was_escalated_again_is_refused() {
         .expect_err("an answer sent before the escalation it would answer")
         .to_string();
     assert!(late.contains("escalated again"), "{late}");
-    let records = records(&host.audit_path);
-    assert!(
-        !records
-            .iter()
-            .any(|r| r["kind"] == "adjustment" || r["kind"] == "execution-start"),
-        "nothing was adjusted or run"
-    );
-    assert!(
-        records.iter().any(|r| r["kind"] == "approval-refused"
-            && r["incident"] == incident.id.as_str()
-            && r["data"]["error"]
-                .as_str()
-                .is_some_and(|e| e.contains("escalated again"))),
-        "the refusal is on the record"
-    );
+    refused_and_nothing_ran(&host.audit_path, &incident.id, "escalated again");
     // Sent now, but for an earlier escalation (a form loaded before the last one, the page's
     // hidden `escalated_at`): refused too.
     let last = std::time::SystemTime::now() - std::time::Duration::from_secs(1);

@@ -276,11 +276,21 @@ pub struct AgentDef {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("{file}: {field}: {problem}")]
+#[error("{}: {}{}", .file.display(), field_prefix(.field), .problem)]
 pub struct AgentDefError {
     pub file: PathBuf,
+    /// Empty when the problem is the whole file (unreadable, not YAML).
     pub field: String,
     pub problem: String,
+}
+
+/// `field: `, or nothing for a problem of the whole file.
+fn field_prefix(field: &str) -> String {
+    if field.is_empty() {
+        String::new()
+    } else {
+        format!("{field}: ")
+    }
 }
 
 impl AgentDef {

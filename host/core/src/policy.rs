@@ -113,6 +113,22 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// The parameters as a human types them (`--param key=value`, the page's form, a scenario's
+    /// `proposal_params`): a string as it is, any other value as its JSON.
+    pub fn params_as_text(&self) -> BTreeMap<String, String> {
+        self.params
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    v.as_str()
+                        .map(str::to_owned)
+                        .unwrap_or_else(|| v.to_string()),
+                )
+            })
+            .collect()
+    }
+
     /// sha256 over the plan's canonical JSON: changing any of it invalidates an approval.
     pub fn digest(&self) -> String {
         let bytes = serde_json::to_vec(self).unwrap_or_default();

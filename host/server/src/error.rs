@@ -94,6 +94,14 @@ impl IntoResponse for ApiError {
 
 /// A JSON body, parsed with the path of the first field that does not fit.
 pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    // Every body the API takes is one object; serde's "expected a string at [0]" for a list
+    // says nothing of that.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        return Err(ApiError::bad_request(
+            "",
+            "the body is a JSON list; send one JSON object per request (one alert, one notification, one answer)",
+        ));
+    }
     let mut de = serde_json::Deserializer::from_slice(body);
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
@@ -108,4 +116,22 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiE
     de.end()
         .map_err(|e| ApiError::bad_request("", format!("malformed JSON body: {e}")))?;
     Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_json;
+
+    #[test]
+    fn a_list_where_one_object_goes_is_named_as_such() {
+        let e = parse_json::<serde_json::Map<String, serde_json::Value>>(b"  [{\"name\":\"X\"}]")
+            .expect_err("a list");
+        assert!(
+            e.message.contains("send one JSON object per request"),
+            "{e:?}"
+        );
+        assert!(
+            parse_json::<serde_json::Map<String, serde_json::Value>>(b"{\"name\":\"X\"}").is_ok()
+        );
+    }
 }

@@ -424,20 +424,7 @@ pub async fn run(
         let got: BTreeMap<String, String> = escalations
             .iter()
             .find_map(|e| e.proposal.as_ref())
-            .map(|p| {
-                p.plan
-                    .params
-                    .iter()
-                    .map(|(k, v)| {
-                        (
-                            k.clone(),
-                            v.as_str()
-                                .map(str::to_owned)
-                                .unwrap_or_else(|| v.to_string()),
-                        )
-                    })
-                    .collect()
-            })
+            .map(|p| p.plan.params_as_text())
             .unwrap_or_default();
         if got != expect.proposal_params {
             failures.push(format!(
