@@ -341,3 +341,44 @@ fn the_architecture_doc_shows_the_fsm_table_as_the_code_has_it() {
         "docs/ARCHITECTURE.md is out of date: paste the output of `themis fsm` into it"
     );
 }
+
+/// Two bundles of one runbook id in an agent's catalog: which would run must never depend on
+/// the load order, so the agent is refused, naming both.
+#[tokio::test]
+async fn a_catalog_with_one_runbook_id_twice_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let copy = dir.path().join("scale-consumer-again");
+    let status = Command::new("cp")
+        .arg("-r")
+        .arg(repo().join("runbooks/kafka/scale-consumer"))
+        .arg(&copy)
+        .status()
+        .expect("cp");
+    assert!(status.success());
+    let agent = crate::common::patched_agent(
+        dir.path(),
+        "agents/kafka.yaml",
+        &[(
+            &format!("  - {}/runbooks/kafka/scale-consumer\n", repo().display()),
+            &format!(
+                "  - {}/runbooks/kafka/scale-consumer\n  - {}\n",
+                repo().display(),
+                copy.display()
+            ),
+        )],
+    );
+    let err = HostSpec {
+        agents: vec![agent],
+        ..HostSpec::new(dir.path(), "agents/kafka.yaml", "agent-kafka-scale.yaml")
+    }
+    .start()
+    .await
+    .err()
+    .expect("refused");
+    let err = err.to_string();
+    assert!(
+        err.contains("runbook `scale-consumer` is in the catalog twice")
+            && err.contains("scale-consumer-again"),
+        "{err}"
+    );
+}

@@ -129,7 +129,33 @@ fn failures() -> Vec<(&'static str, Answer)> {
             "truncated",
             Answer::Truncated(r#"{"reasoning":"the lag is high and the group is sta"#.into()),
         ),
+        (
+            // An answer longer than the host reads: not read whole, whatever the server sends.
+            "protocol-error",
+            Answer::choose(
+                "scale-consumer",
+                json!({ "group": "orders-consumer", "topic": "orders", "replicas": 6, "pad": "x".repeat(300 << 10) }),
+                0.9,
+            ),
+        ),
     ]
+}
+
+#[tokio::test]
+async fn an_answer_past_the_hosts_bound_is_not_read_and_the_reason_is_named() {
+    let huge = Answer::choose(
+        "scale-consumer",
+        json!({ "group": "orders-consumer", "topic": "orders", "replicas": 6, "pad": "x".repeat(1 << 20) }),
+        0.9,
+    );
+    let (selection, _server) = select(vec![huge.clone(), huge], OnUnavailable::Escalate).await;
+    assert_eq!(selection.runbook, None, "escalated, never used");
+    let error = selection.attempts[0].error.as_deref().unwrap_or_default();
+    assert!(error.contains("longer than the host reads"), "{error}");
+    assert!(
+        selection.attempts.iter().all(|a| a.raw_output.is_none()),
+        "nothing of an answer past the bound is kept"
+    );
 }
 
 #[tokio::test]
@@ -385,16 +411,26 @@ async fn an_instruction_planted_in_an_annotation_cannot_make_anything_destructiv
 
 #[tokio::test]
 async fn a_plan_the_model_invents_or_barely_believes_is_only_a_suggestion() {
-    // A pid no probe reported, stated with full confidence; then the right pid, stated at 0.3
-    // (below the floor, half the agent's 0.8). Neither is offered for approval: the human gets a
-    // plain escalation with the model's suggestion marked as one.
-    for (pid, confidence, why) in [
+    // A pid no probe reported, stated with full confidence; the same pid when it is the value
+    // of a label the agent's map does not name (an alert's `ticket: "31337"` says nothing about
+    // which backend to end); then the right pid, stated at 0.3 (below the floor, half the
+    // agent's 0.8). None is offered for approval: the human gets a plain escalation with the
+    // model's suggestion marked as one.
+    let ungrounded = "the value of `pid` is neither what the agent's label map found for it nor what the probes read";
+    for (world, pid, confidence, why) in [
+        ("agent-postgres-lock-waits.yaml", 31337, 0.99, ungrounded),
         (
+            "agent-postgres-lock-waits-stray-label.yaml",
             31337,
             0.99,
-            "the value of `pid` was found neither in the alert nor in what the probes read",
+            ungrounded,
         ),
-        (4242, 0.3, "its confidence 0.30 is below the floor 0.40"),
+        (
+            "agent-postgres-lock-waits.yaml",
+            4242,
+            0.3,
+            "its confidence 0.30 is below the floor 0.40",
+        ),
     ] {
         let server = MockLlm::start(vec![Answer::choose(
             "terminate-blocker",
@@ -402,11 +438,12 @@ async fn a_plan_the_model_invents_or_barely_believes_is_only_a_suggestion() {
             confidence,
         )])
         .await;
-        let observed = observe("agent-postgres-lock-waits.yaml", &server.base_url, false).await;
+        let observed = observe(world, &server.base_url, false).await;
         let incident = observed.incident.clone().expect("routed");
         assert_eq!(
             serde_json::to_value(incident.status).expect("status"),
-            "escalated"
+            "escalated",
+            "{world}"
         );
         assert!(incident.proposal.is_none(), "nothing to approve");
         let escalations = observed.recorder.escalations.lock().expect("lock").clone();

@@ -105,6 +105,55 @@ fn invalid_manifests_are_refused_with_field_and_reason() {
             "steps[0].on",
             "declares no branch",
         ),
+        // A pattern is compiled before the bundle's components are checked against its
+        // signature: one that would take megabytes is refused, not built.
+        (
+            format!(
+                "{HEAD}parameters:\n  - {{ name: n, type: string, pattern: '\\w{{150}}|a' }}\nsteps:\n  - {{ id: a, component: components/ok.wasm }}\n"
+            ),
+            "parameters[0].pattern",
+            "not a usable pattern",
+        ),
+        (
+            format!(
+                "{HEAD}parameters:\n  - {{ name: n, type: string, pattern: '{}' }}\nsteps:\n  - {{ id: a, component: components/ok.wasm }}\n",
+                "a".repeat(513)
+            ),
+            "parameters[0].pattern",
+            "513 bytes long, over the host's 512",
+        ),
+        (
+            format!(
+                "{HEAD}parameters:\n{}steps:\n  - {{ id: a, component: components/ok.wasm }}\n",
+                (0..33)
+                    .map(|i| format!(
+                        "  - {{ name: p{i}, type: string, required: false, default: x }}\n"
+                    ))
+                    .collect::<String>()
+            ),
+            "parameters",
+            "33 parameters, over the host's 32",
+        ),
+        (
+            format!("{HEAD}timeout: 3h\nsteps:\n  - {{ id: a, component: components/ok.wasm }}\n"),
+            "timeout",
+            "`3h` is not a duration between 1ms and 2h",
+        ),
+        (
+            format!("{HEAD}timeout: 0s\nsteps:\n  - {{ id: a, component: components/ok.wasm }}\n"),
+            "timeout",
+            "`0s` is not a duration between 1ms and 2h",
+        ),
+        (
+            format!(
+                "{HEAD}steps:\n{}",
+                (0..=themis_core::manifest::MAX_STEPS)
+                    .map(|i| format!("  - {{ id: s{i}, component: components/ok.wasm }}\n"))
+                    .collect::<String>()
+            ),
+            "steps",
+            "65 steps, over the host's 64",
+        ),
         (
             format!("{HEAD}steps: []\n"),
             "steps",
@@ -140,6 +189,53 @@ fn invalid_manifests_are_refused_with_field_and_reason() {
         "{HEAD}parameters:\n  - {{ name: group, type: string }}\nsteps:\n  - id: a\n    component: components/ok.wasm\n    capabilities: [kafka.scale-consumers]\n    mutations:\n      kafka.scale-consumers: {{ args: {{ group: \"{{params.group}}\" }}, max_calls: 2 }}\n"
     ));
     Runbook::load(bound.path()).expect("a bound target with a free count loads");
+}
+
+/// What an unverified manifest can make the host read before the signature is checked (it
+/// covers every component's digest) is bounded: each distinct file once, and all of them
+/// together at most `MAX_COMPONENT_BYTES`.
+#[test]
+fn a_manifest_cannot_make_the_host_read_unbounded_component_bytes() {
+    use themis_core::manifest::{MAX_COMPONENT_BYTES, MAX_STEPS};
+    // As many steps as allowed, all naming one component: read once, shared by every step.
+    let chain: String = (0..MAX_STEPS)
+        .map(|i| {
+            let next = if i + 1 == MAX_STEPS {
+                "end".to_owned()
+            } else {
+                format!("s{}", i + 1)
+            };
+            format!("  - {{ id: s{i}, component: components/ok.wasm, on: {{ next: {next} }} }}\n")
+        })
+        .collect();
+    let dir = folder(&format!("{HEAD}steps:\n{chain}"));
+    let runbook = Runbook::load(dir.path()).expect("64 steps load");
+    assert_eq!(runbook.steps.len(), MAX_STEPS);
+    assert!(
+        runbook
+            .steps
+            .iter()
+            .all(|s| std::sync::Arc::ptr_eq(&s.component_bytes, &runbook.steps[0].component_bytes)),
+        "one file named by every step is held once"
+    );
+    assert_eq!(
+        runbook.timeout,
+        themis_core::manifest::DEFAULT_RUN_TIMEOUT,
+        "a manifest without `timeout` gets the default run budget"
+    );
+    // Three distinct files, each under the per-file limit, over the total.
+    let each = MAX_COMPONENT_BYTES / 3 + 1;
+    let big = folder(&format!(
+        "{HEAD}steps:\n  - {{ id: a, component: components/a.wasm, on: {{ next: b }} }}\n  - {{ id: b, component: components/b.wasm, on: {{ next: c }} }}\n  - {{ id: c, component: components/c.wasm }}\n"
+    ));
+    for name in ["a", "b", "c"] {
+        std::fs::File::create(big.path().join(format!("components/{name}.wasm")))
+            .and_then(|f| f.set_len(each))
+            .expect("a large file");
+    }
+    let err = Runbook::load(big.path()).expect_err("over the total");
+    assert_eq!(err.field, "steps[2].component", "{err}");
+    assert!(err.problem.contains("more than 64 MiB in all"), "{err}");
 }
 
 #[cfg(unix)]

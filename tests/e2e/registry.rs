@@ -154,24 +154,6 @@ async fn a_tampered_blob_or_an_untrusted_signer_is_refused_and_nothing_is_left()
     push(&registry, &[]);
     let reference = format!("oci://{}/sre/scale-consumer:1.2.0", host_of(&registry));
     let work = tempfile::tempdir().expect("tempdir");
-
-    // Signed by the Kafka team, trusted only as the Postgres team's: refused after the pull.
-    let dest = work.path().join("untrusted");
-    let out = pull(
-        &reference,
-        &dest,
-        &["--trust", "keys/demo/demo-postgres-team.pub"],
-        &[],
-    );
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
-    assert!(
-        text(&out.stderr).contains("not trusted"),
-        "{}",
-        text(&out.stderr)
-    );
-    nothing_left(work.path(), &dest);
-
-    // Alter the component's blob where the registry stores it: its digest no longer holds.
     let component =
         std::fs::read(repo().join(BUNDLE).join("components/scale-out.wasm")).expect("wasm");
     let hex = themis_core::digest(&component)
@@ -184,6 +166,29 @@ async fn a_tampered_blob_or_an_untrusted_signer_is_refused_and_nothing_is_left()
         .join(&hex[..2])
         .join(&hex)
         .join("data");
+
+    // Signed by the Kafka team, trusted only as the Postgres team's: refused from the
+    // signature alone, before any component is fetched — the component's blob is taken out of
+    // the registry meanwhile, and its absence is never noticed.
+    let aside = blob.with_extension("aside");
+    std::fs::rename(&blob, &aside).expect("take the component's blob out");
+    let dest = work.path().join("untrusted");
+    let out = pull(
+        &reference,
+        &dest,
+        &["--trust", "keys/demo/demo-postgres-team.pub"],
+        &[],
+    );
+    std::fs::rename(&aside, &blob).expect("put the blob back");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stderr).contains("not trusted"),
+        "refused for the signer, not for the missing blob: {}",
+        text(&out.stderr)
+    );
+    nothing_left(work.path(), &dest);
+
+    // Alter the component's blob where the registry stores it: its digest no longer holds.
     let mut bytes = std::fs::read(&blob).expect("the blob is where distribution keeps it");
     bytes[4000] ^= 0xff;
     std::fs::write(&blob, bytes).expect("tamper");
@@ -263,6 +268,70 @@ async fn a_registry_that_is_down_is_a_clear_error_and_leaves_nothing() {
         "{}",
         text(&out.stderr)
     );
+}
+
+/// A registry that answers every request with `status` and `body`, for as long as the test
+/// runs: its address.
+fn answering(status: &'static str, body: &'static str) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut stream = stream;
+            let mut request = [0u8; 8192];
+            let _ = stream.read(&mut request);
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    addr
+}
+
+/// A registry down behind a proxy (a 5xx) could not be asked, as one that cannot be reached:
+/// not a refusal of the bundle. And what a registry says reaches the terminal and the audit
+/// bounded, on one line.
+#[test]
+fn a_registry_answering_5xx_is_unreachable_and_its_words_are_bounded() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let down = answering("503 Service Unavailable", "upstream connect error");
+    let dest = work.path().join("down");
+    let out = pull(
+        &format!("oci://{down}/sre/scale-consumer:1.2.0"),
+        &dest,
+        &["--trust", KAFKA_KEY],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("cannot reach the registry") && stderr.contains("HTTP 503"),
+        "{stderr}"
+    );
+    nothing_left(work.path(), &dest);
+
+    static LONG: std::sync::LazyLock<&'static str> = std::sync::LazyLock::new(|| {
+        Box::leak(format!("bad\u{1b}[31m{}", "x".repeat(300_000)).into_boxed_str())
+    });
+    let odd = answering("418 I'm a teapot", &LONG);
+    let dest = work.path().join("odd");
+    let out = pull(
+        &format!("oci://{odd}/sre/scale-consumer:1.2.0"),
+        &dest,
+        &["--trust", KAFKA_KEY],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.len() < 4096, "{} bytes of error", stderr.len());
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "a control character reached the terminal"
+    );
+    nothing_left(work.path(), &dest);
 }
 
 /// The Kafka agent with scale-consumer named by `reference` instead of its folder.
@@ -353,20 +422,48 @@ async fn an_agent_catalog_pinned_by_digest_is_pulled_once_and_survives_the_regis
             .any(|r| r["kind"] == "bundle-pulled")
     );
 
-    // A cached bundle altered on disk is refused like a local one: the agent does not start.
     let cached = std::fs::read_dir(cache.join("oci"))
         .expect("cache")
         .next()
         .expect("one")
         .expect("entry")
         .path();
+    // A bundle cached by a version that did not keep the registry's manifest: with the
+    // registry down it is used as it is (still verified against the trust when it loads).
+    let kept = cached.join(themis_registry::client::OCI_MANIFEST_FILE);
+    let manifest = std::fs::read(&kept).expect("the pull keeps the registry's manifest");
+    std::fs::remove_file(&kept).expect("as an older version left it");
+    let legacy = work.path().join("legacy");
+    std::fs::create_dir_all(&legacy).expect("mkdir");
+    let host = start(&legacy, &agent, &cache)
+        .await
+        .expect("starts from the older cache");
+    runs_the_alert(&host).await;
+    host.runtime.shutdown().await;
+    std::fs::write(&kept, manifest).expect("put back");
+
+    // A cached bundle altered on disk is not what its pin names: it is removed, never loaded,
+    // and pulled again — here the registry is down, so the runbook is unavailable, the host
+    // starts, and the record says why.
     std::fs::write(cached.join("manifest.yaml"), "id: scale-consumer\n").expect("tamper");
     let run3 = work.path().join("run3");
     std::fs::create_dir_all(&run3).expect("mkdir");
-    let err = start(&run3, &agent, &cache).await.err().expect("refused");
+    let host = start(&run3, &agent, &cache)
+        .await
+        .expect("starts without the altered runbook");
+    host.runtime.shutdown().await;
+    assert!(!cached.exists(), "the altered bundle is removed");
+    let unavailable: Vec<Value> = records(&run3.join("audit.jsonl"))
+        .into_iter()
+        .filter(|r| r["kind"] == "bundle-unavailable")
+        .collect();
+    assert_eq!(unavailable.len(), 1, "{unavailable:?}");
+    let reason = unavailable[0]["data"]["reason"]
+        .as_str()
+        .unwrap_or_default();
     assert!(
-        err.contains("scale-consumer") || err.contains("manifest"),
-        "{err}"
+        reason.contains("not what its pin names") && reason.contains("manifest.yaml"),
+        "{reason}"
     );
 
     // Nothing cached and no registry: the host starts, the runbook is unavailable (audited), and

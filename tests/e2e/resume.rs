@@ -128,6 +128,41 @@ async fn an_action_that_had_not_acted_is_rolled_back_when_not_idempotent() {
     assert!(report.phases.iter().any(|p| p.phase == Phase::Rollback));
 }
 
+/// The run's budget holds on a resumed run too: an idempotent action whose postcondition was
+/// read until the budget ended the wait is not run again after it — what acted is rolled back,
+/// the budget named.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_resumed_run_past_its_budget_does_not_act_again() {
+    let mut loaded = runbook(RESTART);
+    // Shorter than the step's two-minute postcondition wait, which the hand-moved clock runs.
+    loaded.runbook.timeout = std::time::Duration::from_secs(20);
+    let world = mock(&world("7"));
+    let mut from = cut_in_the_action();
+    from.at = Resume::ActionUnknown {
+        step: 0,
+        branch: "next".into(),
+        idempotent: true,
+    };
+    let report =
+        executor::execute_resumed(sandbox(), &loaded, &request(&world), &mut Unobserved, from)
+            .await;
+    let restarted = world
+        .calls()
+        .iter()
+        .any(|c| c.capability == "kafka.restart-consumers");
+    assert!(
+        !restarted,
+        "the action ran again past the budget: {report:?}"
+    );
+    match &report.outcome {
+        Outcome::RolledBack { step, reason, .. } => {
+            assert_eq!(step, "restart-consumers");
+            assert!(reason.contains("time budget of 20s is spent"), "{reason}");
+        }
+        other => panic!("expected a rollback for the spent budget, got {other:?}"),
+    }
+}
+
 /// `max_calls` spans the whole execution, resumes included: a run resumed at the restart's
 /// precondition after its one granted restart was journalled may not restart again.
 #[tokio::test(flavor = "multi_thread")]

@@ -652,3 +652,76 @@ async fn the_phase_backstop_never_cuts_off_a_change_before_its_result_is_recorde
         other => panic!("{other:?}"),
     }
 }
+
+/// A run's budget (the manifest's `timeout`) bounds the whole walk: a step that would wait its
+/// own ten minutes is cut at what is left, no step starts after it, and what acted is rolled
+/// back, the budget named as the reason.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_past_its_budget_is_cut_and_rolled_back() {
+    use themis_sandbox::executor::{self, ExecutionRequest, Outcome};
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("components")).expect("mkdir");
+    for name in ["trivial", "infinite-loop"] {
+        std::fs::copy(
+            crate::common::repo()
+                .join(format!("tests/runbooks/misbehaving/components/{name}.wasm")),
+            dir.path().join(format!("components/{name}.wasm")),
+        )
+        .expect("copy a test component (run scripts/build-runbooks first)");
+    }
+    std::fs::write(
+        dir.path().join("manifest.yaml"),
+        "id: budget\nversion: 0.1.0\ndomain: kafka\ndescription: a run whose budget ends in its second step\ntimeout: 500ms\nsteps:\n  - { id: first, component: components/trivial.wasm, on: { next: stuck } }\n  - { id: stuck, component: components/infinite-loop.wasm, timeout: 10m, on: { next: never } }\n  - { id: never, component: components/trivial.wasm }\n",
+    )
+    .expect("manifest");
+    let loaded = LoadedRunbook::load_unverified(sandbox(), dir.path()).expect("loads");
+    let world = mock("{}");
+    let request = ExecutionRequest {
+        execution_id: "exe-budget".into(),
+        alert: Alert::named("KafkaConsumerLag", "f"),
+        params: Vec::new(),
+        backends: backends(&world),
+        destructive: Arc::new(DestructiveList::default()),
+        approval: None,
+        journal: Arc::new(MemoryJournal::default()),
+        clock: themis_core::clock::Clock::system(),
+    };
+    let started = std::time::Instant::now();
+    let report = executor::execute(sandbox(), &loaded, &request).await;
+    let took = started.elapsed();
+    match &report.outcome {
+        Outcome::RolledBack {
+            step,
+            phase,
+            reason,
+        } => {
+            assert_eq!(step, "stuck");
+            assert_eq!(*phase, Phase::Precondition);
+            assert!(
+                reason.contains("time budget of 500ms is spent"),
+                "the budget is the reason: {reason}"
+            );
+        }
+        other => panic!("expected a rollback for the spent budget, got {other:?}"),
+    }
+    let walked: Vec<(&str, Phase)> = report
+        .phases
+        .iter()
+        .map(|p| (p.step.as_str(), p.phase))
+        .collect();
+    assert_eq!(
+        walked,
+        [
+            ("first", Phase::Precondition),
+            ("first", Phase::Action),
+            ("first", Phase::Postcondition),
+            ("stuck", Phase::Precondition),
+            ("first", Phase::Rollback),
+        ],
+        "the stuck step was cut, nothing started after it, and the step that acted was undone"
+    );
+    assert!(
+        took < Duration::from_secs(60),
+        "cut at the budget, not the step's ten minutes: {took:?}"
+    );
+}

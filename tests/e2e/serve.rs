@@ -424,7 +424,26 @@ async fn intake_authenticates_checks_by_field_and_records_before_the_200() {
     );
     assert_eq!(refused[1]["data"]["field"], "version");
     assert_eq!(refused[4]["data"]["via"], "alertmanager");
+    // A notification refused for one alert loses all of them: the record names each.
+    assert_eq!(
+        refused[2]["data"]["lost"],
+        json!({ "count": 1, "alerts": [ { "alertname": null, "fingerprint": "fp-1" } ] }),
+        "{refused:?}"
+    );
+    assert_eq!(
+        refused[3]["data"]["lost"]["alerts"][0],
+        json!({ "alertname": "KafkaConsumerLag", "fingerprint": "fp-1" })
+    );
     assert_eq!(s.audit().len(), before + refused.len());
+
+    // Alerts Alertmanager held back are never sent: the notification saying so is recorded.
+    let mut held_back = notification("firing", &[]);
+    held_back["truncatedAlerts"] = json!(7);
+    let (status, body) = s.post(AM, INTAKE, &held_back).await;
+    assert_eq!(status, 200, "{body}");
+    let truncated = s.kinds("alerts-truncated");
+    assert_eq!(truncated.len(), 1);
+    assert_eq!(truncated[0]["data"]["count"], 7);
 
     // Accepted: on the record by the time the 200 arrives; an unowned alert is recorded too.
     let both = notification(
@@ -1859,5 +1878,19 @@ fn check_refuses_the_bundles_a_start_refuses() {
             && text(&out.stdout).contains("signed by key"),
         "{}",
         text(&out.stdout)
+    );
+    // The catalog as a whole, as a start judges it: a rule naming a runbook the agent does not
+    // have is refused by the check too, not first at the start.
+    patched_agent(
+        &agents,
+        "agents/kafka.yaml",
+        &[("runbook: scale-consumer", "runbook: scale-consumers")],
+    );
+    let out = check();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stderr).contains("a rule names runbook `scale-consumers`"),
+        "{}",
+        text(&out.stderr)
     );
 }

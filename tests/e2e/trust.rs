@@ -529,6 +529,38 @@ fn keygen_sign_and_verify_from_the_command_line() {
         text(&tampered.stderr)
     );
 
+    // A `runbook.sig` that is a symlink is replaced, never written through.
+    let elsewhere = tempfile::tempdir().expect("tempdir");
+    let victim = elsewhere.path().join("victim.txt");
+    std::fs::write(&victim, "not a signature").expect("victim");
+    let sig = bundle.path().join(SIGNATURE_FILE);
+    std::fs::remove_file(&sig).expect("rm runbook.sig");
+    std::os::unix::fs::symlink(&victim, &sig).expect("symlink");
+    let resign = themis(&[
+        "runbook",
+        "sign",
+        &dir,
+        "--key",
+        &secret.display().to_string(),
+    ]);
+    assert!(resign.status.success(), "{}", text(&resign.stderr));
+    assert_eq!(
+        std::fs::read_to_string(&victim).expect("victim"),
+        "not a signature",
+        "signing wrote through the symlink"
+    );
+    assert!(
+        !std::fs::symlink_metadata(&sig)
+            .expect("runbook.sig")
+            .file_type()
+            .is_symlink(),
+        "runbook.sig is a file of its own now"
+    );
+    assert!(
+        verify(&public).status.success(),
+        "the re-signed bundle verifies"
+    );
+
     // A private key others can read is refused, with the fix.
     {
         use std::os::unix::fs::PermissionsExt;

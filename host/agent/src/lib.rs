@@ -22,5 +22,5 @@ pub use def::AgentDef;
 pub use observe::{Fanout, Quiet, RuntimeObserver};
 pub use runtime::{
     AlertOutcome, AlertStatus, Runtime, RuntimeError, RuntimeOptions, RuntimeParts, SelectorChoice,
-    Submitted,
+    Submitted, check_catalog,
 };

@@ -594,6 +594,7 @@ fn verify_catalog(file: &std::path::Path, allow_unsigned: bool) -> Result<Vec<St
     let mut def = themis_agent::AgentDef::load(file).map_err(|e| e.to_string())?;
     def.trust.allow_unsigned = allow_unsigned;
     let mut lines = Vec::new();
+    let mut verified = Vec::new();
     for dir in def.runbooks.iter().chain(&def.probes) {
         let (runbook, signer) = themis_sandbox::loaded::LoadedRunbook::verify(dir, &def.trust)
             .map_err(|e| format!("agent `{}`: {e}", def.name))?;
@@ -605,7 +606,17 @@ fn verify_catalog(file: &std::path::Path, allow_unsigned: bool) -> Result<Vec<St
             "{:<12} {} {} ({signed})",
             def.name, runbook.id, runbook.version
         ));
+        verified.push(runbook);
     }
+    // What a start refuses of the catalog as a whole (domains, probes read-only, rules naming
+    // its runbooks, one id once, …), asked the same way.
+    let (runbooks, probes) = verified.split_at(def.runbooks.len());
+    themis_agent::check_catalog(
+        &def,
+        &runbooks.iter().collect::<Vec<_>>(),
+        &probes.iter().collect::<Vec<_>>(),
+    )
+    .map_err(|e| format!("agent `{}`: {e}", def.name))?;
     if !def.oci_runbooks.is_empty() {
         lines.push(format!(
             "{:<12} {} from a registry: verified when the start fetches them",

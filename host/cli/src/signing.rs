@@ -52,7 +52,7 @@ pub fn sign(dirs: &[PathBuf], key: &Path) -> ExitCode {
         };
         let signature = SignatureFile::sign(&runbook, &key);
         let path = dir.join(SIGNATURE_FILE);
-        match std::fs::write(&path, signature.to_json()) {
+        match write_replacing(dir, &path, signature.to_json().as_bytes()) {
             Ok(()) => outln!(
                 "signed   {} {} with key {} -> {}",
                 runbook.id,
@@ -71,6 +71,23 @@ pub fn sign(dirs: &[PathBuf], key: &Path) -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// Write `bytes` as `path` by a new file renamed over it: a `runbook.sig` that is a symlink is
+/// replaced, never written through (it could lead anywhere the signer may write).
+fn write_replacing(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut file = tempfile::NamedTempFile::new_in(dir)?;
+    file.write_all(bytes)?;
+    // A signature is public, as the file it replaces was (the new file starts owner-only).
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        file.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    }
+    file.as_file().sync_all()?;
+    file.persist(path).map(|_| ()).map_err(|e| e.error)
 }
 
 pub fn verify(dirs: &[PathBuf], trust_paths: &[PathBuf]) -> ExitCode {

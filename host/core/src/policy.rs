@@ -186,12 +186,23 @@ pub fn default_suggestion_floor(min_confidence: f64) -> f64 {
     min_confidence / 2.0
 }
 
-/// The parameters of a plan whose values the agent never saw: not a label value, not a value the
-/// agent's label map or probes found, not the parameter's default. Compared as text, exactly; a
-/// model that invents a pid or a deployment name is caught here.
+/// What a model's parameter values may be grounded in.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Grounds {
+    /// Values any parameter may take: what the agent's probes found.
+    pub any: BTreeSet<String>,
+    /// Values one parameter may take: what the agent's label map found for it. A label the map
+    /// does not name grounds nothing — an alert's `hint: "50"` must not make `replicas: 50` a
+    /// value the agent saw.
+    pub by_param: BTreeMap<String, BTreeSet<String>>,
+}
+
+/// The parameters of a plan whose values the agent never saw for them: not what the label map
+/// found for that parameter, not a probe's output, not the parameter's default. Compared as
+/// text, exactly; a model that invents a pid or a deployment name is caught here.
 pub fn ungrounded(
     params: &BTreeMap<String, Value>,
-    known: &BTreeSet<String>,
+    grounds: &Grounds,
     defaults: &BTreeMap<String, Value>,
 ) -> Vec<String> {
     let text = |v: &Value| match v {
@@ -201,7 +212,13 @@ pub fn ungrounded(
     params
         .iter()
         .filter(|(name, value)| {
-            !known.contains(&text(value)) && defaults.get(*name) != Some(*value)
+            let value_text = text(value);
+            let seen = grounds.any.contains(&value_text)
+                || grounds
+                    .by_param
+                    .get(*name)
+                    .is_some_and(|values| values.contains(&value_text));
+            !seen && defaults.get(*name) != Some(*value)
         })
         .map(|(name, _)| name.clone())
         .collect()
@@ -230,7 +247,7 @@ impl Policy {
         if !ungrounded.is_empty() {
             return Verdict::SuggestionOnly {
                 why: format!(
-                    "the value of {} was found neither in the alert nor in what the probes read",
+                    "the value of {} is neither what the agent's label map found for it nor what the probes read",
                     ungrounded
                         .iter()
                         .map(|p| format!("`{p}`"))
@@ -400,7 +417,10 @@ mod tests {
                 Verdict::SuggestionOnly { .. }
             ));
         }
-        let known: BTreeSet<String> = ["orders".to_string(), "4".to_string()].into();
+        let known = Grounds {
+            any: ["4".to_string()].into(),
+            by_param: BTreeMap::from([("group".to_string(), ["orders".to_string()].into())]),
+        };
         let defaults = BTreeMap::from([("max_lag".to_string(), json!(1000))]);
         let grounded = BTreeMap::from([
             ("group".to_string(), json!("orders")),
@@ -414,6 +434,12 @@ mod tests {
         ]);
         let missing = ungrounded(&invented, &known, &defaults);
         assert_eq!(missing, vec!["group".to_string(), "replicas".to_string()]);
+        // What the label map found for one parameter grounds that parameter only.
+        let crossed = BTreeMap::from([("replicas".to_string(), json!("orders"))]);
+        assert_eq!(
+            ungrounded(&crossed, &known, &defaults),
+            vec!["replicas".to_string()]
+        );
         let Verdict::SuggestionOnly { why } = p.judge_model(0.99, &reads, &missing) else {
             panic!("an invented value must not be offered");
         };

@@ -44,21 +44,31 @@ pub enum PackError {
     StaleSignature { dir: String, why: String },
     #[error("{path}: cannot read: {why}")]
     Read { path: String, why: String },
+    #[error(
+        "component `{path}` could not be pulled: a bundle's components are `components/NAME.wasm` (letters, digits, `-`, `_`, `.`); move it there, update the manifest and sign again"
+    )]
+    BadPath { path: String },
 }
 
 /// The layers, config and manifest of the bundle in `dir`, and the runbook they carry.
 pub fn pack(dir: &Path) -> Result<(Vec<ImageLayer>, Config, OciImageManifest, Runbook), PackError> {
     let shown = dir.display().to_string();
     let runbook = Runbook::load(dir).map_err(|e| PackError::Manifest(e.to_string()))?;
-    let read = |name: &str| {
-        std::fs::read(dir.join(name)).map_err(|e| PackError::Read {
-            path: dir.join(name).display().to_string(),
-            why: e.to_string(),
-        })
-    };
-    let sig_bytes = match std::fs::read(dir.join(SIGNATURE_FILE)) {
+    // Read as the host reads a bundle: bounded, inside the folder, never through a symlink out.
+    let root =
+        cap_std::fs::Dir::open_ambient_dir(dir, cap_std::ambient_authority()).map_err(|e| {
+            PackError::Read {
+                path: shown.clone(),
+                why: e.to_string(),
+            }
+        })?;
+    let sig_bytes = match themis_core::files::read_in(
+        &root,
+        Path::new(SIGNATURE_FILE),
+        themis_core::files::limits::SIGNATURE,
+    ) {
         Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        Err(themis_core::files::FileError::NotFound) => {
             return Err(PackError::Unsigned { dir: shown });
         }
         Err(e) => {
@@ -101,9 +111,19 @@ pub fn pack(dir: &Path) -> Result<(Vec<ImageLayer>, Config, OciImageManifest, Ru
         MANIFEST_MEDIA_TYPE.into(),
         titled(MANIFEST_FILE),
     )];
+    // The very bytes the manifest's load hashed and the signature covers, not a second read.
     for path in components.keys() {
+        if expected_for(path).is_none() {
+            return Err(PackError::BadPath { path: path.clone() });
+        }
+        let bytes = runbook
+            .steps
+            .iter()
+            .find(|s| &s.component == path)
+            .map(|s| s.component_bytes.to_vec())
+            .unwrap_or_default();
         layers.push(ImageLayer::new(
-            read(path)?,
+            bytes,
             COMPONENT_MEDIA_TYPE.into(),
             titled(path),
         ));

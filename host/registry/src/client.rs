@@ -11,13 +11,36 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use themis_core::manifest::Runbook;
+use themis_core::manifest::{MANIFEST_FILE, Runbook};
+use themis_core::trust::bundle::SIGNATURE_FILE;
 use themis_core::trust::{self, Refusal, TrustPolicy};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// A manifest bigger than this is not one of ours (a bundle's is a few KiB).
 const MAX_MANIFEST: usize = 256 << 10;
+/// A whole pull's bound: `READ_TIMEOUT` starts again with every read, so a registry that
+/// drips its bytes would otherwise hold an agent's start for ever.
+pub const PULL_DEADLINE: Duration = Duration::from_secs(300);
+/// What of a registry's own words an error keeps: they reach the audit and the terminal.
+const REGISTRY_TEXT: usize = 512;
+
+/// A registry's text as an error shows it: bounded, one line, control characters escaped.
+fn registry_text(text: &str) -> String {
+    let mut out = String::new();
+    for c in text.chars() {
+        if out.len() >= REGISTRY_TEXT {
+            out.push_str("… (cut)");
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
 
 /// What a registry said, in the words an operator acts on.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +87,14 @@ fn registry_error(e: OciDistributionError, r: &BundleRef, creds: &Credentials) -
         OciDistributionError::ServerError {
             code: 401 | 403, ..
         } => unauthorized(),
+        // A registry down behind a proxy, or overloaded: it could not be asked, as when it
+        // cannot be reached (the runbook is unavailable, the host still starts).
+        OciDistributionError::ServerError { code, .. } if (500..600).contains(&code) => {
+            RegistryError::Unreachable {
+                registry,
+                why: format!("it answered HTTP {code}"),
+            }
+        }
         OciDistributionError::ImageManifestNotFoundError(_) => RegistryError::NotFound {
             reference: r.to_string(),
         },
@@ -91,14 +122,14 @@ fn registry_error(e: OciDistributionError, r: &BundleRef, creds: &Credentials) -
             } else {
                 RegistryError::Other {
                     registry,
-                    why: envelope.to_string(),
+                    why: registry_text(&envelope.to_string()),
                 }
             }
         }
         OciDistributionError::DigestError(d) => RegistryError::Tampered(d.to_string()),
         other => RegistryError::Other {
             registry,
-            why: other.to_string(),
+            why: registry_text(&other.to_string()),
         },
     }
 }
@@ -217,10 +248,29 @@ pub struct Pulled {
     pub dir: PathBuf,
 }
 
-/// Pull `r` into the new folder `dest`: the manifest checked against its pin, every blob against
-/// its digest and the layout, then the unpacked bundle against `policy` (signature by a trusted
-/// key, minimum versions) — all before `dest` exists. On any error nothing is left behind.
+/// Pull `r` into the new folder `dest`: the manifest checked against its pin, the signature
+/// and the bundle's manifest against `policy` before any component is fetched, every blob
+/// against its digest and the layout, then the unpacked bundle as the host checks a local one
+/// (signature by a trusted key, minimum versions) — all before `dest` exists, and within
+/// [`PULL_DEADLINE`]. On any error nothing is left behind.
 pub async fn pull(r: &BundleRef, dest: &Path, policy: &TrustPolicy) -> Result<Pulled, PullError> {
+    match tokio::time::timeout(PULL_DEADLINE, pull_within(r, dest, policy)).await {
+        Ok(pulled) => pulled,
+        Err(_) => Err(PullError::Registry(RegistryError::Unreachable {
+            registry: r.registry().to_owned(),
+            why: format!(
+                "the pull did not finish within {} s",
+                PULL_DEADLINE.as_secs()
+            ),
+        })),
+    }
+}
+
+async fn pull_within(
+    r: &BundleRef,
+    dest: &Path,
+    policy: &TrustPolicy,
+) -> Result<Pulled, PullError> {
     if dest.exists() {
         return Err(PullError::DestExists(dest.display().to_string()));
     }
@@ -262,25 +312,83 @@ pub async fn pull(r: &BundleRef, dest: &Path, policy: &TrustPolicy) -> Result<Pu
     let layers = artifact::check_layout(&manifest)
         .map_err(|e: LayoutError| PullError::Layout(e.to_string()))?;
 
+    remove_stale_pulls(&parent);
     let staging = tempfile::Builder::new()
-        .prefix(".themis-pull-")
+        .prefix(STAGING_PREFIX)
         .tempdir_in(&parent)
         .map_err(|e| local(e.to_string()))?;
-    for (path, layer) in &layers {
-        let mut sink = Capped::new(layer.size as usize);
-        client
-            .pull_blob(r.oci(), layer, &mut sink)
-            .await
-            .map_err(fail)?;
-        let file = staging.path().join(path);
-        if let Some(dir) = file.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| local(e.to_string()))?;
+    let fetch = |path: String, layer: oci_client::manifest::OciDescriptor| {
+        let staging = staging.path().to_path_buf();
+        let client = &client;
+        let fail = &fail;
+        let local = &local;
+        async move {
+            let mut sink = Capped::new(layer.size as usize);
+            client
+                .pull_blob(r.oci(), &layer, &mut sink)
+                .await
+                .map_err(fail)?;
+            let file = staging.join(&path);
+            if let Some(dir) = file.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| local(e.to_string()))?;
+            }
+            std::fs::write(&file, sink.buf).map_err(|e| local(e.to_string()))
         }
-        std::fs::write(&file, sink.buf).map_err(|e| local(e.to_string()))?;
+    };
+    // The signature and the bundle's manifest first: nothing else is fetched for a bundle no
+    // trusted key signed, and only the components the signature names, by their signed digest.
+    let (head, components): (Vec<_>, Vec<_>) = layers
+        .into_iter()
+        .partition(|(path, _)| path == SIGNATURE_FILE || path == MANIFEST_FILE);
+    for (path, layer) in head {
+        fetch(path, layer).await?;
     }
+    let signature = trust::check_signature(staging.path(), policy)?;
+    if let Some(signed) = &signature {
+        // What the signature says of the runbook, before anything else is fetched for it: the
+        // same checks the unpacked bundle gets after.
+        if signed.runbook != r.runbook_id() {
+            return Err(PullError::NameMismatch {
+                expected: r.runbook_id().to_owned(),
+                found: signed.runbook.clone(),
+            });
+        }
+        if let (Some(minimum), Ok(version)) = (
+            policy.min_versions.get(&signed.runbook),
+            semver::Version::parse(&signed.version),
+        ) && version < *minimum
+        {
+            return Err(PullError::Refused(Refusal::Downgrade {
+                runbook: signed.runbook.clone(),
+                version: signed.version.clone(),
+                minimum: minimum.to_string(),
+            }));
+        }
+        for (path, layer) in &components {
+            match signed.components.get(path) {
+                Some(digest) if *digest == layer.digest => {}
+                Some(_) => {
+                    return Err(PullError::Layout(format!(
+                        "layer `{path}` is not the component that was signed (its digest is {}); nothing was fetched of it",
+                        layer.digest
+                    )));
+                }
+                None => {
+                    return Err(PullError::Layout(format!(
+                        "layer `{path}` is not a component the signature names; a bundle carries only what was signed"
+                    )));
+                }
+            }
+        }
+    }
+    for (path, layer) in components {
+        fetch(path, layer).await?;
+    }
+    // Kept with the bundle: a cached copy is checked against its pin again at every start.
+    std::fs::write(staging.path().join(OCI_MANIFEST_FILE), &bytes)
+        .map_err(|e| local(e.to_string()))?;
 
     // Exactly what the host does with a local bundle before compiling it.
-    let signature = trust::check_signature(staging.path(), policy)?;
     let runbook = Runbook::load(staging.path()).map_err(|e| PullError::Manifest(e.to_string()))?;
     let signer = trust::check_bundle(&runbook, signature.as_ref(), policy)?;
     if runbook.id != r.runbook_id() {
@@ -298,6 +406,76 @@ pub async fn pull(r: &BundleRef, dest: &Path, policy: &TrustPolicy) -> Result<Pu
         signer: signer.to_string(),
         dir: dest.to_path_buf(),
     })
+}
+
+/// The registry's manifest of a pulled bundle, kept in its folder: what its pin is the digest of.
+pub const OCI_MANIFEST_FILE: &str = ".oci-manifest.json";
+
+/// Whether the bundle in `dir` is still what `r`'s pin names: the kept registry manifest has
+/// the pinned digest, every file it lists has its layer's digest, and the runbook is the one
+/// the reference names. `Err` says what differs.
+pub fn check_pulled(r: &BundleRef, dir: &Path) -> Result<(), String> {
+    use themis_core::files;
+    let root = cap_std::fs::Dir::open_ambient_dir(dir, cap_std::ambient_authority())
+        .map_err(|e| format!("cannot open it: {e}"))?;
+    let bytes = files::read_in(&root, Path::new(OCI_MANIFEST_FILE), MAX_MANIFEST as u64)
+        .map_err(|e| format!("its {OCI_MANIFEST_FILE} cannot be read: {e}"))?;
+    let digest = themis_core::digest(&bytes);
+    if let Some(pinned) = r.digest()
+        && pinned != digest
+    {
+        return Err(format!(
+            "its registry manifest's digest is {digest}, not the pinned {pinned}"
+        ));
+    }
+    let manifest: OciImageManifest =
+        serde_json::from_slice(&bytes).map_err(|e| format!("{OCI_MANIFEST_FILE}: {e}"))?;
+    let layers = artifact::check_layout(&manifest).map_err(|e| e.to_string())?;
+    for (path, layer) in &layers {
+        let held = files::read_in(&root, Path::new(path), layer.size.max(0) as u64)
+            .map_err(|e| format!("`{path}` cannot be read: {e}"))?;
+        if themis_core::digest(&held) != layer.digest {
+            return Err(format!("`{path}` is not the file that was pulled"));
+        }
+    }
+    let id = Runbook::load(dir).map_err(|e| e.to_string())?.id;
+    if id != r.runbook_id() {
+        return Err(format!(
+            "it holds runbook `{id}`, but the reference names `{}`",
+            r.runbook_id()
+        ));
+    }
+    Ok(())
+}
+
+/// The name a pull's staging folder starts with, next to its destination.
+const STAGING_PREFIX: &str = ".themis-pull-";
+
+/// Staging folders a killed pull left next to `parent`'s bundles: no live pull is older than
+/// its deadline, so one older than twice that is removed (unverified content, never loaded).
+fn remove_stale_pulls(parent: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        // A pull's staging folder, or a cached bundle's replacement or predecessor
+        // (`cache.rs`) that a kill left behind.
+        let ours = name.starts_with(STAGING_PREFIX)
+            || (name.starts_with('.') && (name.contains(".new-") || name.contains(".stale-")));
+        let stale = ours
+            && entry
+                .metadata()
+                .ok()
+                .filter(|m| m.is_dir())
+                .and_then(|m| m.modified().ok())
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > PULL_DEADLINE * 2);
+        if stale && let Err(e) = std::fs::remove_dir_all(entry.path()) {
+            tracing::warn!(dir = %entry.path().display(), error = %e, "a killed pull's staging folder could not be removed");
+        }
+    }
 }
 
 /// A blob sink that refuses more bytes than the descriptor declared, so a registry cannot make a

@@ -235,6 +235,14 @@ struct Walk<'a> {
     retained: usize,
     counts: Arc<ExecutionCounts>,
     acted: Vec<usize>,
+    /// When the run's budget (`timeout` in the manifest) is spent: no step starts a forward
+    /// phase after it, and each forward phase's timeout is cut to what is left. A rollback is
+    /// never cut: leaving a system half-changed is worse than a late run.
+    deadline: std::time::SystemTime,
+    /// The budget ended a phase or a wait before the clock says it is spent: a phase whose
+    /// timeout was cut to what was left and ran out (the sandbox's epoch ticks may stop it a
+    /// tick early), or a postcondition's wait that would have run past it.
+    budget_ended: bool,
 }
 
 /// What one execution keeps in memory, in all, of its phases' call arguments and results, log
@@ -292,6 +300,8 @@ pub async fn execute_resumed(
         retained: 0,
         counts: Arc::new(ExecutionCounts::starting_at(from.calls)),
         acted: from.acted,
+        deadline: request.clock.now() + loaded.runbook.timeout,
+        budget_ended: false,
     };
     let outcome = walk.run(from.at).await;
     report(walk, loaded, request, outcome)
@@ -343,6 +353,15 @@ impl Walk<'_> {
         };
         loop {
             let step_id = self.loaded.runbook.steps[current].id.clone();
+            if let Some(spent) = self.budget_spent() {
+                let phase = match &from {
+                    Some(Resume::Postcondition { .. } | Resume::ActionUnknown { .. }) => {
+                        Phase::Postcondition
+                    }
+                    _ => Phase::Precondition,
+                };
+                return self.roll_back(step_id, phase, spent).await;
+            }
             let next = match from.take() {
                 Some(Resume::Postcondition { branch, .. }) => {
                     self.loaded.runbook.graph.next(current, &branch).cloned()
@@ -376,12 +395,24 @@ impl Walk<'_> {
                         );
                         return self.roll_back(step_id, Phase::Action, reason).await;
                     }
+                    if let Some(spent) = self.budget_spent() {
+                        return self.roll_back(step_id, Phase::Action, spent).await;
+                    }
                     self.act(current).await?
                 }
                 None | Some(Resume::Precondition(_)) => {
                     let pre = self.phase(current, Phase::Precondition).await?;
                     if pre.status != PhaseStatus::Passed {
+                        // Cut off by the run's budget, not judged by the step: what acted
+                        // before it is undone.
+                        if let Some(spent) = self.budget_spent() {
+                            let reason = format!("{spent}: {}", pre.summary);
+                            return self.roll_back(step_id, Phase::Precondition, reason).await;
+                        }
                         return Ok(Outcome::PreconditionFailed { step: step_id });
+                    }
+                    if let Some(spent) = self.budget_spent() {
+                        return self.roll_back(step_id, Phase::Action, spent).await;
                     }
                     self.act(current).await?
                 }
@@ -394,12 +425,16 @@ impl Walk<'_> {
                     .find(|p| p.step == step_id && p.phase == Phase::Action)
                     .map(|p| p.summary.clone())
                     .unwrap_or_else(|| "the action did not pass".into());
+                let reason = self.with_budget(reason);
                 return self.roll_back(step_id, Phase::Action, reason).await;
             };
 
+            if let Some(spent) = self.budget_spent() {
+                return self.roll_back(step_id, Phase::Postcondition, spent).await;
+            }
             let post = self.postcondition(current).await?;
             if post.status != PhaseStatus::Passed {
-                let reason = post.summary.clone();
+                let reason = self.with_budget(post.summary.clone());
                 return self.roll_back(step_id, Phase::Postcondition, reason).await;
             }
 
@@ -431,7 +466,13 @@ impl Walk<'_> {
             };
             every = every.min(Duration::from_secs(10));
             let waited = clock.now().duration_since(started).unwrap_or_default();
+            // The run's budget ends the wait too: the reading that does not hold stands.
+            let past_budget = clock.now() + every >= self.deadline;
             if post.status == PhaseStatus::Passed || waited + every > wait {
+                return Ok(post);
+            }
+            if past_budget {
+                self.budget_ended = true;
                 return Ok(post);
             }
             if clock.is_manual() {
@@ -483,6 +524,40 @@ impl Walk<'_> {
         })
     }
 
+    /// Why no forward phase may start: the run's budget is spent.
+    fn budget_spent(&self) -> Option<String> {
+        let now = self.request.clock.now();
+        (self.budget_ended || now >= self.deadline).then(|| {
+            format!(
+                "the run's time budget of {} is spent (the manifest's `timeout`); no further step starts, and what acted is rolled back",
+                humantime::format_duration(self.loaded.runbook.timeout)
+            )
+        })
+    }
+
+    /// A phase's failure as the rollback reports it: led by the spent budget when that is what
+    /// cut it short.
+    fn with_budget(&self, reason: String) -> String {
+        match self.budget_spent() {
+            Some(spent) => format!("{spent}: {reason}"),
+            None => reason,
+        }
+    }
+
+    /// A forward phase's timeout: its step's, cut to what is left of the run's budget. A
+    /// rollback gets its step's whole timeout.
+    fn phase_timeout(&self, index: usize, phase: Phase) -> Duration {
+        let timeout = self.loaded.runbook.steps[index].timeout;
+        if phase == Phase::Rollback {
+            return timeout;
+        }
+        let left = self
+            .deadline
+            .duration_since(self.request.clock.now())
+            .unwrap_or_default();
+        timeout.min(left.max(Duration::from_millis(1)))
+    }
+
     fn halted(&self, index: usize, phase: Phase, halt: Halt) -> Outcome {
         Outcome::Halted {
             step: self.loaded.runbook.steps[index].id.clone(),
@@ -531,16 +606,14 @@ impl Walk<'_> {
             journal: self.request.journal.clone(),
             counts: self.counts.clone(),
         };
+        let timeout = self.phase_timeout(index, phase);
         let call = self
             .sandbox
-            .call(
-                &self.loaded.components[index],
-                phase,
-                &ctx,
-                env,
-                step.timeout,
-            )
+            .call(&self.loaded.components[index], phase, &ctx, env, timeout)
             .await;
+        if timeout < step.timeout && matches!(call.result, Err(Fault::DeadlineExceeded { .. })) {
+            self.budget_ended = true;
+        }
         let limits = self.sandbox.config().limits;
         let text = |s: String| truncate(s, limits.verdict_text_bytes).0;
         let pairs = |list: Vec<Pair>| -> Vec<(String, String)> {

@@ -258,7 +258,7 @@ fn marker(cut: usize) -> String {
 impl Notification {
     /// `truncatedAlerts` as the whole count it was checked to be (`5.0` is 5): recorded as an
     /// integer, never as the float it may have been sent as.
-    fn truncated(&self) -> u64 {
+    pub(crate) fn truncated(&self) -> u64 {
         let n = &self.truncated_alerts;
         n.as_u64()
             .or_else(|| n.as_f64().map(|f| f as u64))

@@ -39,11 +39,28 @@ pub struct Reject {
 pub struct Adjust {
     runbook: String,
     #[serde(default, deserialize_with = "param_texts")]
+    #[schema(schema_with = params_schema)]
     params: BTreeMap<String, String>,
     /// The incident's `escalated_at` as the sender saw it: the adjustment answers that
     /// escalation only, and is refused (409) if the incident was escalated again since.
     #[serde(default)]
     escalated_at: Option<String>,
+}
+
+/// The documented shape of an adjustment's parameters: what [`param_texts`] takes.
+fn params_schema() -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+    let value = OneOfBuilder::new()
+        .item(ObjectBuilder::new().schema_type(Type::String))
+        .item(ObjectBuilder::new().schema_type(Type::Number))
+        .item(ObjectBuilder::new().schema_type(Type::Boolean));
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .description(Some(
+            "the runbook's parameters by name: a string, or a number or boolean as `GET /api/v1/approvals` shows a typed one; each is typed again against the runbook's declaration",
+        ))
+        .additional_properties(Some(utoipa::openapi::schema::Schema::OneOf(value.build())))
+        .build()
 }
 
 /// Parameters as `GET /api/v1/approvals` shows them: strings, or the numbers and booleans a

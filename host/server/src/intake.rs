@@ -107,10 +107,24 @@ async fn receive<T: serde::de::DeserializeOwned>(
 ) -> Result<Json<IntakeResponse>, ApiError> {
     auth::intake(state, headers)?;
     open(state)?;
-    let incoming = match body(raw).and_then(|b| parse_json::<T>(&b)).and_then(alerts) {
-        Ok(incoming) => incoming,
+    let bytes = match body(raw) {
+        Ok(bytes) => bytes,
         Err(refusal) => {
             refused(state, via, &refusal).await;
+            return Err(refusal);
+        }
+    };
+    let incoming = match parse_json::<T>(&bytes).and_then(alerts) {
+        Ok(incoming) => incoming,
+        Err(refusal) => {
+            let recorded = record_refused(state, refusal_data_of(via, &refusal, &bytes)).await;
+            if !recorded {
+                tracing::error!(
+                    via,
+                    error = refusal.error,
+                    "an authenticated notification was refused and the refusal could not be recorded"
+                );
+            }
             return Err(refusal);
         }
     };
@@ -168,6 +182,43 @@ pub(crate) fn refusal_data(via: &str, refusal: &ApiError) -> serde_json::Value {
         "field": refusal.field,
         "message": refusal.message,
     })
+}
+
+/// The most alerts a refusal's record names one by one.
+const MAX_LOST_NAMED: usize = 100;
+
+/// [`refusal_data`] naming the alerts the refused notification `body` held (its alertname and
+/// fingerprint, each bounded; the first [`MAX_LOST_NAMED`] and how many in all): a notification
+/// refused whole for one bad alert loses its good ones too, and the record says which.
+pub(crate) fn refusal_data_of(via: &str, refusal: &ApiError, body: &[u8]) -> serde_json::Value {
+    let mut data = refusal_data(via, refusal);
+    let alerts = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| match v {
+            serde_json::Value::Object(mut map) => match map.remove("alerts") {
+                Some(serde_json::Value::Array(alerts)) => Some(alerts),
+                // Themis' own JSON: the one alert is the body.
+                _ if via == "own-json" => Some(vec![serde_json::Value::Object(map)]),
+                _ => None,
+            },
+            _ => None,
+        });
+    if let Some(alerts) = alerts {
+        let text = |v: Option<&serde_json::Value>, max: usize| {
+            v.and_then(|v| v.as_str())
+                .map(|s| s.chars().take(max).collect::<String>())
+        };
+        let named: Vec<serde_json::Value> = alerts
+            .iter()
+            .take(MAX_LOST_NAMED)
+            .map(|a| {
+                let name = text(a.pointer("/labels/alertname"), 256).or_else(|| text(a.get("name"), 256));
+                serde_json::json!({ "alertname": name, "fingerprint": text(a.get("fingerprint"), 128) })
+            })
+            .collect();
+        data["lost"] = serde_json::json!({ "count": alerts.len(), "alerts": named });
+    }
+    data
 }
 
 /// An `alert-refused` record with `data`, counted; whether it is on the record.
@@ -287,10 +338,36 @@ pub async fn alertmanager(
     // No count of alerts of its own: the body limit bounds it, and refusing a large group
     // whole would lose all of it (Alertmanager does not retry a 4xx) with nothing on record.
     let redactor = state.runtime.audit().redactor();
-    receive(&state, "alertmanager", &headers, raw, |n: Notification| {
+    let truncated = std::sync::atomic::AtomicU64::new(0);
+    let answer = receive(&state, "alertmanager", &headers, raw, |n: Notification| {
+        truncated.store(n.truncated(), std::sync::atomic::Ordering::Relaxed);
         n.into_incoming_with(usize::MAX, redactor)
     })
-    .await
+    .await;
+    // Alerts Alertmanager held back (its receiver's `max_alerts`) never reach any record of
+    // their own: the notification that says so is on the record, or nobody would know.
+    // Only for a notification taken (its count checked; a refused or retried one is not
+    // recorded twice).
+    let held_back = truncated.load(std::sync::atomic::Ordering::Relaxed);
+    if held_back > 0 && answer.is_ok() {
+        let audit = state.runtime.audit().clone();
+        let data = serde_json::json!({
+            "via": "alertmanager",
+            "count": held_back,
+            "message": "Alertmanager held these alerts back from the notification (the receiver's max_alerts); they were never sent here: raise max_alerts or lower the group's size",
+        });
+        let written = tokio::task::spawn_blocking(move || {
+            audit.append("intake", None, "alerts-truncated", data)
+        })
+        .await;
+        if !matches!(written, Ok(Ok(_))) {
+            tracing::error!(
+                held_back,
+                "a notification's held-back alerts could not be recorded"
+            );
+        }
+    }
+    answer
 }
 
 /// One alert in Themis' own JSON. It is routed by its `name`; a `labels.alertname` that says

@@ -264,12 +264,19 @@ async fn store(
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Json<IntakeResponse>, ApiError> {
     crate::auth::intake_by(&state.config, headers)?;
-    let incoming = match body(raw).and_then(|bytes| incoming_of(via, &bytes, &state.redactor)) {
+    let bytes = body(raw);
+    let incoming = match bytes
+        .clone()
+        .and_then(|bytes| incoming_of(via, &bytes, &state.redactor))
+    {
         Ok(taken) => taken,
         Err(refusal) => {
             // An authenticated sender's alerts refused are alerts lost (a 4xx is not retried):
             // on the holder's record too, as its own intake records them.
-            let data = crate::intake::refusal_data(via, &refusal);
+            let data = match &bytes {
+                Ok(bytes) => crate::intake::refusal_data_of(via, &refusal, bytes),
+                Err(_) => crate::intake::refusal_data(via, &refusal),
+            };
             if let Err(e) = state.inbox.put(REFUSED, &state.redactor.redact(data)).await {
                 tracing::error!(via, error = %e, "an authenticated notification was refused and the refusal could not be stored for the holder");
             }

@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use themis_core::capability;
+use themis_core::manifest::Runbook;
 use themis_core::manifest::bind_params;
 use themis_core::rules::Rule;
 use themis_core::trust::Provenance;
@@ -119,68 +120,26 @@ pub(super) async fn load_agents(
         };
         let (fetched, unavailable) =
             fetch_oci_runbooks(&def, options.bundle_cache.as_deref(), audit).await?;
-        let mut catalog = BTreeMap::new();
+        let mut runbooks = Vec::new();
         for dir in def.runbooks.iter().chain(&fetched) {
-            let rb = load(dir)?;
-            if rb.runbook.domain != def.domain {
-                return Err(fail(format!(
-                    "runbook `{}` is a {} runbook; a {} agent can only run its own domain's",
-                    rb.runbook.id, rb.runbook.domain, def.domain
-                )));
-            }
-            check_destructive_targets(&def, &rb).map_err(fail)?;
-            catalog.insert(rb.runbook.id.clone(), rb);
+            runbooks.push(load(dir)?);
         }
         let mut probes = Vec::new();
         for dir in &def.probes {
-            let rb = load(dir)?;
-            let mutating = mutating_grants(&rb.runbook);
-            if !mutating.is_empty() {
-                return Err(fail(format!(
-                    "probe `{}` is granted {}: probes must be read-only",
-                    rb.runbook.id,
-                    mutating.join(", ")
-                )));
-            }
-            check_probe_params(&def, &rb).map_err(fail)?;
-            probes.push(rb);
+            probes.push(load(dir)?);
         }
-        if let Some(id) = def
-            .probe_params
-            .keys()
-            .find(|id| !probes.iter().any(|p: &LoadedRunbook| &p.runbook.id == *id))
-        {
-            return Err(fail(format!(
-                "probe_params.{id}: no probe of this agent is `{id}`"
-            )));
-        }
-        // A pin on a name the agent does not load protects nothing: most likely a typo.
-        if let Some(pinned) = def.trust.min_versions.keys().find(|id| {
-            !catalog.contains_key(*id)
-                && !unavailable.contains_key(*id)
-                && !probes.iter().any(|p| &p.runbook.id == *id)
-        }) {
-            return Err(fail(format!(
-                "trust.min_versions pins `{pinned}`, which is none of the agent's runbooks or probes"
-            )));
-        }
+        check_catalog(
+            &def,
+            &runbooks.iter().map(|r| &r.runbook).collect::<Vec<_>>(),
+            &probes.iter().map(|r| &r.runbook).collect::<Vec<_>>(),
+        )
+        .map_err(fail)?;
+        let catalog: BTreeMap<String, LoadedRunbook> = runbooks
+            .into_iter()
+            .map(|rb| (rb.runbook.id.clone(), rb))
+            .collect();
         warn_demo_keys(&def, audit)?;
         warn_opt_outs(&def, audit)?;
-        let rules: Vec<&Rule> = def
-            .rules
-            .iter()
-            .chain(def.follow_ups.iter().map(|f| &f.rule))
-            .collect();
-        if let Some(r) = rules
-            .iter()
-            .find(|r| !catalog.contains_key(&r.runbook) && !unavailable.contains_key(&r.runbook))
-        {
-            return Err(fail(format!(
-                "a rule names runbook `{}`, which is not in the agent's runbooks",
-                r.runbook
-            )));
-        }
-        check_param_facts(&def, &rules).map_err(fail)?;
         let selector = build_selector(&def, &options.selector)?;
         agents.push(Agent {
             def,
@@ -217,17 +176,28 @@ async fn fetch_oci_runbooks(
     for r in &def.oci_runbooks {
         match themis_registry::fetch_pinned(r, cache, &def.trust).await {
             Ok(fetch) => {
-                if let themis_registry::CatalogFetch::Pulled(dir) = &fetch {
-                    audit.append(
-                        &def.name,
-                        None,
-                        "bundle-pulled",
-                        json!({ "reference": r.to_string(), "dir": dir }),
-                    )?;
+                match &fetch {
+                    themis_registry::CatalogFetch::Pulled(dir) => {
+                        audit.append(
+                            &def.name,
+                            None,
+                            "bundle-pulled",
+                            json!({ "reference": r.to_string(), "dir": dir }),
+                        )?;
+                    }
+                    themis_registry::CatalogFetch::Replaced { dir, why } => {
+                        audit.append(
+                            &def.name,
+                            None,
+                            "bundle-pulled",
+                            json!({ "reference": r.to_string(), "dir": dir, "replaced_cached": why }),
+                        )?;
+                    }
+                    themis_registry::CatalogFetch::Cached(_) => {}
                 }
                 dirs.push(fetch.dir().to_path_buf());
             }
-            Err(themis_registry::FetchError::Pull(e)) if e.is_unreachable() => {
+            Err(e) if e.is_unreachable() => {
                 let why = e.to_string();
                 tracing::warn!(agent = %def.name, reference = %r, %why, "catalog runbook unavailable: the registry cannot be reached and the bundle is not cached");
                 audit.append(
@@ -257,25 +227,114 @@ async fn fetch_oci_runbooks(
     Ok((dirs, unavailable))
 }
 
+/// Every check the start makes of an agent's catalog and probes beyond each bundle's own
+/// verification (signature, trust, digests, minimum versions), on the runbooks as loaded: pure,
+/// so `themis serve --check` asks exactly what a start refuses. The agent's registry entries
+/// count by the id their reference names, fetched or not.
+pub fn check_catalog(
+    def: &AgentDef,
+    runbooks: &[&Runbook],
+    probes: &[&Runbook],
+) -> Result<(), String> {
+    // One id once, whether the registry is up or not: the references name theirs.
+    let mut ids: BTreeMap<&str, String> = BTreeMap::new();
+    for r in &def.oci_runbooks {
+        if let Some(first) = ids.insert(r.runbook_id(), r.to_string()) {
+            return Err(format!(
+                "runbook `{}` is in the catalog twice ({first} and {r}): name one bundle per runbook id",
+                r.runbook_id()
+            ));
+        }
+    }
+    for rb in runbooks {
+        if rb.domain != def.domain {
+            return Err(format!(
+                "runbook `{}` is a {} runbook; a {} agent can only run its own domain's",
+                rb.id, rb.domain, def.domain
+            ));
+        }
+        check_destructive_targets(def, rb)?;
+        // Which of two bundles of one id would run must never depend on the load order. A
+        // fetched bundle is the one its reference names (the pull checked it): not a second.
+        let fetched = def
+            .oci_runbooks
+            .iter()
+            .any(|r| r.runbook_id() == rb.id && !def.runbooks.contains(&rb.dir));
+        if fetched {
+            continue;
+        }
+        if let Some(first) = ids.insert(&rb.id, rb.dir.display().to_string()) {
+            return Err(format!(
+                "runbook `{}` is in the catalog twice ({first} and {}): name one bundle per runbook id",
+                rb.id,
+                rb.dir.display()
+            ));
+        }
+    }
+    for probe in probes {
+        let mutating = mutating_grants(probe);
+        if !mutating.is_empty() {
+            return Err(format!(
+                "probe `{}` is granted {}: probes must be read-only",
+                probe.id,
+                mutating.join(", ")
+            ));
+        }
+        check_probe_params(def, probe)?;
+    }
+    if let Some(id) = def
+        .probe_params
+        .keys()
+        .find(|id| !probes.iter().any(|p| &p.id == *id))
+    {
+        return Err(format!(
+            "probe_params.{id}: no probe of this agent is `{id}`"
+        ));
+    }
+    // A pin on a name the agent does not load protects nothing: most likely a typo.
+    if let Some(pinned) = def
+        .trust
+        .min_versions
+        .keys()
+        .find(|id| !ids.contains_key(id.as_str()) && !probes.iter().any(|p| &p.id == *id))
+    {
+        return Err(format!(
+            "trust.min_versions pins `{pinned}`, which is none of the agent's runbooks or probes"
+        ));
+    }
+    let rules: Vec<&Rule> = def
+        .rules
+        .iter()
+        .chain(def.follow_ups.iter().map(|f| &f.rule))
+        .collect();
+    if let Some(r) = rules.iter().find(|r| !ids.contains_key(r.runbook.as_str())) {
+        return Err(format!(
+            "a rule names runbook `{}`, which is not in the agent's runbooks",
+            r.runbook
+        ));
+    }
+    check_param_facts(def, &rules)
+}
+
 /// A probe is given its parameters from the alert's labels through the agent's `labels:` map, and
 /// an alert may lack any label: so each parameter must come from the map or a default, and one
 /// the map gives must be optional (the probe then says why it cannot look, rather than the alert
 /// failing to bind).
-fn check_probe_params(def: &AgentDef, probe: &LoadedRunbook) -> Result<(), String> {
-    let fixed = def.probe_params.get(&probe.runbook.id);
+fn check_probe_params(def: &AgentDef, probe: &Runbook) -> Result<(), String> {
+    let fixed = def.probe_params.get(&probe.id);
     for (name, value) in fixed.into_iter().flatten() {
-        let Some(decl) = probe.runbook.parameters.iter().find(|p| &p.name == name) else {
+        let Some(decl) = probe.parameters.iter().find(|p| &p.name == name) else {
             return Err(format!(
                 "probe_params.{}.{name}: probe `{}` has no parameter `{name}`",
-                probe.runbook.id, probe.runbook.id
+                probe.id, probe.id
             ));
         };
         let one = BTreeMap::from([(name.clone(), value.clone())]);
         if let Err(e) = bind_params(std::slice::from_ref(decl), &one) {
-            return Err(format!("probe_params.{}.{name}: {e}", probe.runbook.id));
+            return Err(format!("probe_params.{}.{name}: {e}", probe.id));
         }
     }
-    for p in &probe.runbook.parameters {
+    for p in &probe.parameters {
         if fixed.is_some_and(|f| f.contains_key(&p.name)) {
             continue;
         }
@@ -283,13 +342,13 @@ fn check_probe_params(def: &AgentDef, probe: &LoadedRunbook) -> Result<(), Strin
         if p.default.is_none() && !mapped {
             return Err(format!(
                 "probe `{}` takes parameter `{}`, which has no default and no `labels:` entry of the agent gives it: add `labels: {{ {}: [<label>, ...] }}`",
-                probe.runbook.id, p.name, p.name
+                probe.id, p.name, p.name
             ));
         }
         if mapped && p.required && p.default.is_none() {
             return Err(format!(
                 "probe `{}` requires parameter `{}`, but an alert may lack its labels: declare it `required: false` and let the probe's precondition say what is missing",
-                probe.runbook.id, p.name
+                probe.id, p.name
             ));
         }
     }
@@ -328,8 +387,8 @@ fn check_param_facts(def: &AgentDef, rules: &[&Rule]) -> Result<(), String> {
 /// A capability the agent adds to the destructive list must, like the catalogue's own, be
 /// declared with its target in every runbook that is granted it: an approval then covers
 /// exactly that target.
-fn check_destructive_targets(def: &AgentDef, rb: &LoadedRunbook) -> Result<(), String> {
-    for step in &rb.runbook.steps {
+fn check_destructive_targets(def: &AgentDef, rb: &Runbook) -> Result<(), String> {
+    for step in &rb.steps {
         for cap in step
             .capabilities
             .intersection(&def.policy.destructive.added)
@@ -349,7 +408,7 @@ fn check_destructive_targets(def: &AgentDef, rb: &LoadedRunbook) -> Result<(), S
             if !targets.is_empty() {
                 return Err(format!(
                     "runbook `{}` step `{}` is granted {cap}, which this agent marks destructive, without binding {} under `mutations:`; an approval could not say what it covers",
-                    rb.runbook.id,
+                    rb.id,
                     step.id,
                     targets.join(", ")
                 ));

@@ -34,7 +34,7 @@ mod verify;
 mod withdraw;
 mod worker;
 
-pub use load::{Agent, SelectorChoice};
+pub use load::{Agent, SelectorChoice, check_catalog};
 pub use resume::{Started, resume_point};
 
 use crate::audit::{self, AuditError, AuditLog};

@@ -15,7 +15,7 @@ use themis_core::conditions::Facts;
 use themis_core::fsm::Event;
 use themis_core::guard::RunKey;
 use themis_core::manifest::{bind_params, parse_param_text};
-use themis_core::policy::{Plan, Verdict, ungrounded};
+use themis_core::policy::{Grounds, Plan, Verdict, ungrounded};
 use themis_sandbox::loaded::LoadedRunbook;
 
 impl Worker {
@@ -155,14 +155,24 @@ impl Worker {
     }
 }
 
-/// The values a model's parameters may be grounded in: the alert's labels, what the label map
-/// and the probes found. Not annotations: free text is where an injected value would hide.
-fn grounding(facts: &Facts) -> BTreeSet<String> {
-    facts
-        .iter()
-        .filter(|(k, _)| !k.starts_with("annotations."))
-        .map(|(_, v)| v.clone())
-        .collect()
+/// The values a model's parameters may be grounded in: what the agent's label map found for
+/// each parameter, and what its probes found. Not any label's value, the alert's name or a
+/// history count (a label the map does not name says nothing about which parameter it is),
+/// and not annotations: free text is where an injected value would hide.
+fn grounding(facts: &Facts) -> Grounds {
+    let mut grounds = Grounds::default();
+    for (key, value) in facts {
+        if let Some(param) = key.strip_prefix("param.") {
+            grounds
+                .by_param
+                .entry(param.to_owned())
+                .or_default()
+                .insert(value.clone());
+        } else if key.starts_with("probe.") {
+            grounds.any.insert(value.clone());
+        }
+    }
+    grounds
 }
 
 /// The runbook's parameter defaults.

@@ -68,6 +68,19 @@ pub const MANIFEST_FILE: &str = "manifest.yaml";
 pub const DEFAULT_BRANCH: &str = "next";
 pub const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_STEP_TIMEOUT: Duration = Duration::from_secs(600);
+/// A whole run's wall-clock budget unless the manifest declares one: every step may wait its
+/// timeout in every phase, so steps × phases × timeout alone bounds nothing a human would wait
+/// for.
+pub const DEFAULT_RUN_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// The longest run budget a manifest may declare.
+pub const MAX_RUN_TIMEOUT: Duration = Duration::from_secs(2 * 60 * 60);
+/// The most steps one runbook may have. Every step is loaded, compiled and kept before the
+/// bundle's signature can be checked (the signature covers every component's digest), so an
+/// unverified manifest must not be able to name an unbounded number of them.
+pub const MAX_STEPS: usize = 64;
+/// The most component bytes one runbook may hold in all (each distinct file read once, each
+/// at most `files::limits::COMPONENT`).
+pub const MAX_COMPONENT_BYTES: u64 = 64 << 20;
 
 /// A manifest problem: which file, which field, what is wrong and what to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,6 +117,9 @@ struct RawManifest {
     #[serde(default)]
     parameters: Vec<params::RawParameter>,
     steps: Vec<RawStep>,
+    /// The whole run's wall-clock budget.
+    #[serde(default)]
+    timeout: Option<String>,
     #[serde(default)]
     verify: Option<RawVerify>,
 }
@@ -276,6 +292,9 @@ pub struct Runbook {
     pub manifest_bytes: Arc<[u8]>,
     /// How the host tells whether a success fixed the alert (defaults when not declared).
     pub verify: VerifySpec,
+    /// The whole run's wall-clock budget: past it no step starts a new phase, and what acted
+    /// is rolled back.
+    pub timeout: Duration,
     /// `sha256:` over the manifest bytes and every step's id and component digest: what an
     /// approval and the audit bind to.
     pub digest: String,
@@ -394,8 +413,32 @@ impl Runbook {
         let parameters = params::validate(&raw.parameters)
             .map_err(|(field, problem, fix)| err(field, problem, fix))?;
 
+        if raw.steps.len() > MAX_STEPS {
+            return Err(err(
+                "steps".into(),
+                format!("{} steps, over the host's {MAX_STEPS}", raw.steps.len()),
+                "split the work into runbooks of fewer steps".into(),
+            ));
+        }
+        let run_timeout = match &raw.timeout {
+            None => DEFAULT_RUN_TIMEOUT,
+            Some(text) => humantime::parse_duration(text)
+                .ok()
+                .filter(|d| *d >= Duration::from_millis(1) && *d <= MAX_RUN_TIMEOUT)
+                .ok_or_else(|| {
+                    err(
+                        "timeout".into(),
+                        format!("`{text}` is not a duration between 1ms and 2h"),
+                        "write e.g. 15m: the whole run's budget (a rollback is never cut short, so it may end after it)"
+                            .into(),
+                    )
+                })?,
+        };
         let mut steps = Vec::with_capacity(raw.steps.len());
         let mut shape = Vec::with_capacity(raw.steps.len());
+        // Each distinct component file is read once, and all of them together are bounded.
+        let mut components: BTreeMap<&str, (String, Arc<[u8]>)> = BTreeMap::new();
+        let mut component_bytes_total: u64 = 0;
         for (i, step) in raw.steps.iter().enumerate() {
             let field = |name: &str| format!("steps[{i}].{name}");
             if !is_identifier(&step.id) {
@@ -442,14 +485,34 @@ impl Runbook {
                         )
                     })?,
             };
-            let component_bytes = read_component(root, &step.component).map_err(|problem| {
-                err(
-                    field("component"),
-                    problem,
-                    "name a .wasm file inside this runbook's folder (build it with scripts/build-runbooks)"
-                        .into(),
-                )
-            })?;
+            let (component_digest, component_bytes) = match components.get(step.component.as_str())
+            {
+                Some(read) => read.clone(),
+                None => {
+                    let bytes = read_component(root, &step.component).map_err(|problem| {
+                        err(
+                            field("component"),
+                            problem,
+                            "name a .wasm file inside this runbook's folder (build it with scripts/build-runbooks)"
+                                .into(),
+                        )
+                    })?;
+                    component_bytes_total += bytes.len() as u64;
+                    if component_bytes_total > MAX_COMPONENT_BYTES {
+                        return Err(err(
+                            field("component"),
+                            format!(
+                                "the runbook's components come to more than {} MiB in all",
+                                MAX_COMPONENT_BYTES >> 20
+                            ),
+                            "build the components in release mode, or share one component between steps".into(),
+                        ));
+                    }
+                    let read = (crate::digest(&bytes), Arc::<[u8]>::from(bytes));
+                    components.insert(step.component.as_str(), read.clone());
+                    read
+                }
+            };
             let branches = match &step.on {
                 Some(on) if on.is_empty() => {
                     return Err(err(
@@ -484,8 +547,8 @@ impl Runbook {
                 id: step.id.clone(),
                 description: step.description.clone(),
                 component: step.component.clone(),
-                component_digest: crate::digest(&component_bytes),
-                component_bytes: Arc::from(component_bytes),
+                component_digest,
+                component_bytes,
                 capabilities,
                 timeout,
                 mutations,
@@ -515,6 +578,7 @@ impl Runbook {
             dir: dir.to_path_buf(),
             manifest_bytes,
             verify,
+            timeout: run_timeout,
             digest,
         })
     }

@@ -58,9 +58,28 @@ pub struct Pattern {
     anchored: regex::Regex,
 }
 
+/// The most parameters one runbook may declare.
+pub const MAX_PARAMETERS: usize = 32;
+/// The longest `pattern:` a parameter may declare, in bytes.
+pub const MAX_PATTERN_LEN: usize = 512;
+/// What one pattern's compiled program and its lazy DFA may take: a manifest is read (and its
+/// patterns compiled) before its signature is checked against the components, and every agent's
+/// bundles at start — a pattern such as `\w{150}` must not cost the host megabytes each.
+const PATTERN_SIZE_LIMIT: usize = 1 << 20;
+
 impl Pattern {
     pub fn new(source: &str) -> Result<Pattern, String> {
-        let anchored = regex::Regex::new(&format!("^(?:{source})$")).map_err(|e| e.to_string())?;
+        if source.len() > MAX_PATTERN_LEN {
+            return Err(format!(
+                "{} bytes long, over the host's {MAX_PATTERN_LEN}",
+                source.len()
+            ));
+        }
+        let anchored = regex::RegexBuilder::new(&format!("^(?:{source})$"))
+            .size_limit(PATTERN_SIZE_LIMIT)
+            .dfa_size_limit(PATTERN_SIZE_LIMIT)
+            .build()
+            .map_err(|e| e.to_string())?;
         Ok(Pattern {
             source: source.to_owned(),
             anchored,
@@ -158,6 +177,13 @@ pub enum ParameterError {
 type FieldError = (String, String, String);
 
 pub(super) fn validate(raw: &[RawParameter]) -> Result<Vec<Parameter>, FieldError> {
+    if raw.len() > MAX_PARAMETERS {
+        return Err((
+            "parameters".into(),
+            format!("{} parameters, over the host's {MAX_PARAMETERS}", raw.len()),
+            "a runbook takes the few values a plan binds; split the work into runbooks".into(),
+        ));
+    }
     let mut out: Vec<Parameter> = Vec::with_capacity(raw.len());
     for (i, p) in raw.iter().enumerate() {
         let field = |name: &str| format!("parameters[{i}].{name}");
@@ -198,8 +224,8 @@ pub(super) fn validate(raw: &[RawParameter]) -> Result<Vec<Parameter>, FieldErro
             (Some(source), ParamType::String) => Some(Pattern::new(source).map_err(|e| {
                 (
                     field("pattern"),
-                    format!("not a regular expression: {e}"),
-                    "write e.g. ^[a-z0-9-]{1,63}$".into(),
+                    format!("not a usable pattern: {e}"),
+                    "write e.g. ^[a-z0-9-]{1,63}$ (an ASCII class such as [A-Za-z0-9_] compiles far smaller than \\w)".into(),
                 )
             })?),
             (Some(_), other) => {

@@ -7,7 +7,7 @@ use super::config::LlmConfig;
 use super::prompt::Message;
 use async_openai::config::OpenAIConfig;
 use async_openai::error::OpenAIError;
-use async_openai::middleware::ReqwestService;
+use async_openai::middleware::HttpRequestFactory;
 use async_openai::types::chat::{
     ChatCompletionRequestAssistantMessage, ChatCompletionRequestMessage,
     ChatCompletionRequestSystemMessage, ChatCompletionRequestUserMessage,
@@ -69,13 +69,18 @@ impl LlmClient {
     pub fn new(config: LlmConfig, api_key: Option<String>) -> Result<LlmClient, String> {
         let http = reqwest::Client::builder()
             .connect_timeout(config.timeout.min(Duration::from_secs(10)))
+            // A redirect could lead an https endpoint to plain http or another host, past the
+            // rule `config.rs` enforces on the configured URL: none is followed.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
         let mut openai = OpenAIConfig::new().with_api_base(config.base_url.clone());
         // Local servers take no key; async-openai would otherwise read OPENAI_API_KEY itself.
         openai = openai.with_api_key(api_key.unwrap_or_default());
-        let client =
-            async_openai::Client::with_config(openai).with_http_service(ReqwestService::new(http));
+        let client = async_openai::Client::with_config(openai).with_http_service(Bounded {
+            client: http,
+            limit: MAX_RESPONSE_BYTES,
+        });
         Ok(LlmClient { client, config })
     }
 
@@ -140,6 +145,68 @@ fn to_openai(m: &Message) -> ChatCompletionRequestMessage {
         .into(),
         "assistant" => ChatCompletionRequestAssistantMessage::from(m.content.clone()).into(),
         _ => ChatCompletionRequestUserMessage::from(m.content.as_str()).into(),
+    }
+}
+
+/// The most of an endpoint's answer the host reads. `max_tokens` binds only an honest server;
+/// a triage answer is a runbook id, a few parameters and a short reasoning.
+pub const MAX_RESPONSE_BYTES: usize = 256 << 10;
+
+/// The transport under async-openai: reqwest, with the response body read here, bounded, and
+/// handed on whole — a server cannot make the host hold more than [`MAX_RESPONSE_BYTES`] of an
+/// answer however it streams it.
+#[derive(Clone)]
+struct Bounded {
+    client: reqwest::Client,
+    limit: usize,
+}
+
+/// An answer over the bound: a protocol error (the selector retries once, then escalates).
+#[derive(Debug, thiserror::Error)]
+#[error("the answer is longer than the host reads ({0} bytes)")]
+struct TooLong(usize);
+
+impl tower::Service<HttpRequestFactory> for Bounded {
+    type Response = reqwest::Response;
+    type Error = OpenAIError;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<reqwest::Response, OpenAIError>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: HttpRequestFactory) -> Self::Future {
+        let client = self.client.clone();
+        let limit = self.limit;
+        Box::pin(async move {
+            let request = request.build().await?;
+            let mut response = client.execute(request).await?;
+            if response.content_length().is_some_and(|n| n > limit as u64) {
+                return Err(OpenAIError::Boxed(Box::new(TooLong(limit))));
+            }
+            let mut body = Vec::new();
+            while let Some(chunk) = response.chunk().await? {
+                if body.len() + chunk.len() > limit {
+                    return Err(OpenAIError::Boxed(Box::new(TooLong(limit))));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            let mut whole = http::Response::builder()
+                .status(response.status())
+                .version(response.version());
+            if let Some(headers) = whole.headers_mut() {
+                *headers = response.headers().clone();
+            }
+            let whole = whole
+                .body(body)
+                .map_err(|e| OpenAIError::Boxed(Box::new(e)))?;
+            Ok(reqwest::Response::from(whole))
+        })
     }
 }
 

@@ -65,6 +65,22 @@ impl LlmConfig {
                 format!("`{base_url}` is not an http(s) URL (e.g. http://127.0.0.1:11434/v1)"),
             ));
         }
+        // In clear text the key could be read and the answers forged by anyone on the path: plain
+        // http only to this machine, as every other secret the host sends.
+        if url.starts_with("http://") {
+            let host = reqwest::Url::parse(url)
+                .ok()
+                .and_then(|u| u.host_str().map(str::to_owned))
+                .unwrap_or_default();
+            if !themis_core::loopback::is_loopback(&host) {
+                return Err((
+                    "llm.base_url".into(),
+                    format!(
+                        "`{base_url}` is plain http to another machine: the API key and the model's answers would cross the network in clear text; use https://, or run the model on this machine (http://127.0.0.1:…)"
+                    ),
+                ));
+            }
+        }
         if model.trim().is_empty() {
             return Err(("llm.model".into(), "is empty".into()));
         }
@@ -108,5 +124,31 @@ impl LlmConfig {
         config.api_key_env = raw.api_key_env.filter(|v| !v.is_empty());
         config.on_unavailable = raw.on_unavailable;
         Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LlmConfig;
+
+    #[test]
+    fn plain_http_reaches_only_this_machine() {
+        for ok in [
+            "http://127.0.0.1:11434/v1",
+            "http://localhost:8000/v1",
+            "http://[::1]:8000/v1",
+            "https://llm.example/v1",
+            "https://203.0.113.9/v1",
+        ] {
+            assert!(LlmConfig::new(ok, "m").is_ok(), "{ok}");
+        }
+        for refused in [
+            "http://203.0.113.9/v1",
+            "http://llm.svc.cluster.local:8000/v1",
+        ] {
+            let (field, problem) = LlmConfig::new(refused, "m").expect_err(refused);
+            assert_eq!(field, "llm.base_url");
+            assert!(problem.contains("use https://"), "{problem}");
+        }
     }
 }

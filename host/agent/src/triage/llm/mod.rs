@@ -28,6 +28,24 @@ use std::time::Instant;
 pub const ESCALATE: &str = "escalate";
 /// Requests per selection: the first and one bounded retry.
 pub const MAX_ATTEMPTS: usize = 2;
+/// What the selection's audit record keeps of the prompt sent and of each raw answer: the
+/// record must stay whole (an audit record past its bound keeps only a digest), so the choice,
+/// its parameters and its reasoning are always on it, however large an alert or an answer.
+pub const PROMPT_KEPT: usize = 64 << 10;
+pub const RAW_KEPT: usize = 8 << 10;
+/// What a record keeps of why an answer was not used (it can quote the answer).
+pub const ERROR_KEPT: usize = 1 << 10;
+
+/// `text` as a record keeps it: whole when short, else its head and the digest of the whole.
+fn kept(text: String, max: usize) -> String {
+    if text.len() <= max {
+        return text;
+    }
+    let whole = themis_core::digest(text.as_bytes());
+    let (mut head, _) = themis_sandbox::limits::truncate(text, max);
+    head.push_str(&format!(" [the whole is {whole}]"));
+    head
+}
 
 /// One request and what came of it, for the audit.
 #[derive(Debug, Clone, Serialize)]
@@ -124,8 +142,11 @@ impl Selector for LlmSelector {
                 *tokens.get_or_insert(0) += u.prompt_tokens + u.completion_tokens;
             }
             attempts.push(Attempt {
-                raw_output: raw.clone(),
-                error: outcome.as_ref().err().map(Failure::message),
+                raw_output: raw.clone().map(|r| kept(r, RAW_KEPT)),
+                error: outcome
+                    .as_ref()
+                    .err()
+                    .map(|f| kept(f.message(), ERROR_KEPT)),
                 error_code: outcome.as_ref().err().map(Failure::code),
                 latency_ms,
                 usage,
@@ -138,8 +159,8 @@ impl Selector for LlmSelector {
                         confidence: answer.confidence,
                         reasoning: answer.reasoning,
                         selector: "llm".into(),
-                        prompt: Some(prompt::transcript(&messages)),
-                        raw_output: raw,
+                        prompt: Some(kept(prompt::transcript(&messages), PROMPT_KEPT)),
+                        raw_output: raw.map(|r| kept(r, RAW_KEPT)),
                         attempts,
                         tokens,
                         model: Some(self.client.model().to_owned()),
@@ -166,7 +187,7 @@ impl Selector for LlmSelector {
             |a| matches!(a.error_code, Some(code) if code == "unreachable" || code == "timeout"),
         );
         // Everything sent, the retry's correction included: what the audit keeps.
-        let prompt_text = prompt::transcript(&messages);
+        let prompt_text = kept(prompt::transcript(&messages), PROMPT_KEPT);
         if unreachable && let Some(rules) = &self.fallback {
             let mut selection = rules.select(input).await?;
             selection.reasoning = format!(
@@ -191,7 +212,7 @@ impl Selector for LlmSelector {
                 format!(
                     "the LLM gave no usable answer after {MAX_ATTEMPTS} attempts ({}: {}); a human decides",
                     failure.code(),
-                    failure.message()
+                    kept(failure.message(), ERROR_KEPT)
                 ),
             )
         })

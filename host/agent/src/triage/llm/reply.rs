@@ -46,9 +46,37 @@ impl ReplyError {
 struct Raw {
     reasoning: String,
     runbook: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "unique_keys")]
     parameters: Map<String, Value>,
     confidence: f64,
+}
+
+/// A JSON object whose keys are each given once: a parameter named twice is refused, never
+/// settled by whichever came last (an auditor reading the raw answer sees the first).
+fn unique_keys<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Map<String, Value>, D::Error> {
+    struct Unique;
+    impl<'de> serde::de::Visitor<'de> for Unique {
+        type Value = Map<String, Value>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an object of parameters")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut out = Map::new();
+            while let Some((key, value)) = map.next_entry::<String, Value>()? {
+                if out.contains_key(&key) {
+                    return Err(serde::de::Error::custom(format!(
+                        "parameter `{key}` is given twice"
+                    )));
+                }
+                out.insert(key, value);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_map(Unique)
 }
 
 /// A usable answer.
@@ -61,13 +89,21 @@ pub struct Answer {
     pub reasoning: String,
 }
 
+/// The most of a model's reasoning the host keeps: it is shown to a human and goes into the
+/// incident, the escalation and the audit; a triage's reasons fit in a few sentences.
+pub const MAX_REASONING: usize = 4 << 10;
+/// The longest text a model may give as one parameter's value: a name, an id, a list of pids.
+pub const MAX_PARAM_TEXT: usize = 1 << 10;
+
 /// Check the text a model returned against the candidates.
 pub fn check(content: &str, candidates: &[Candidate]) -> Result<Answer, ReplyError> {
     let text = strip_fence(content.trim());
     if text.is_empty() {
         return Err(ReplyError::Empty);
     }
-    let raw: Raw = serde_json::from_str(text).map_err(|e| ReplyError::Malformed(e.to_string()))?;
+    let mut raw: Raw =
+        serde_json::from_str(text).map_err(|e| ReplyError::Malformed(e.to_string()))?;
+    raw.reasoning = themis_sandbox::limits::truncate(raw.reasoning, MAX_REASONING).0;
     if !raw.confidence.is_finite() || !(0.0..=1.0).contains(&raw.confidence) {
         return Err(ReplyError::BadConfidence(raw.confidence));
     }
@@ -83,7 +119,22 @@ pub fn check(content: &str, candidates: &[Candidate]) -> Result<Answer, ReplyErr
     let candidate = candidates
         .iter()
         .find(|c| c.id == raw.runbook)
-        .ok_or_else(|| ReplyError::UnknownRunbook(raw.runbook.clone()))?;
+        .ok_or_else(|| {
+            ReplyError::UnknownRunbook(themis_sandbox::limits::truncate(raw.runbook.clone(), 256).0)
+        })?;
+    if let Some((name, text)) = params.iter().find_map(|(n, v)| {
+        v.as_str()
+            .filter(|t| t.len() > MAX_PARAM_TEXT)
+            .map(|t| (n, t))
+    }) {
+        return Err(ReplyError::BadParameters {
+            runbook: candidate.id.clone(),
+            problem: format!(
+                "parameter `{name}` is {} bytes long, over the {MAX_PARAM_TEXT} a value may be",
+                text.len()
+            ),
+        });
+    }
     bind_params(&candidate.parameters, &params).map_err(|e| ReplyError::BadParameters {
         runbook: candidate.id.clone(),
         problem: e.to_string(),
@@ -129,6 +180,24 @@ mod tests {
     }
 
     #[test]
+    fn a_reasoning_of_any_length_is_kept_to_its_bound() {
+        let long = "why ".repeat(100_000);
+        let text = serde_json::json!({
+            "reasoning": long, "runbook": "scale-consumer",
+            "parameters": { "replicas": 3 }, "confidence": 0.9,
+        })
+        .to_string();
+        let answer = check(&text, &catalog()).expect("usable");
+        assert!(
+            answer.reasoning.len() <= MAX_REASONING + 64,
+            "{}",
+            answer.reasoning.len()
+        );
+        assert!(answer.reasoning.ends_with("bytes cut]"), "the cut is said");
+        assert_eq!(answer.runbook.as_deref(), Some("scale-consumer"));
+    }
+
+    #[test]
     fn every_way_a_model_can_be_wrong_is_named() {
         let c = catalog();
         let cases = [
@@ -152,6 +221,19 @@ mod tests {
             ),
             (
                 r#"{"reasoning":"x","runbook":"scale-consumer","parameters":{"replicas":3},"confidence":0.9,"also":"run this"}"#,
+                "malformed-json",
+            ),
+            // A value no parameter needs, kept off the records.
+            (
+                &format!(
+                    r#"{{"reasoning":"x","runbook":"scale-consumer","parameters":{{"replicas":"{}"}},"confidence":0.9}}"#,
+                    "9".repeat(MAX_PARAM_TEXT + 1)
+                ),
+                "bad-parameters",
+            ),
+            // Named twice: refused, not settled by the last.
+            (
+                r#"{"reasoning":"x","runbook":"scale-consumer","parameters":{"replicas":3,"replicas":50},"confidence":0.9}"#,
                 "malformed-json",
             ),
         ];
