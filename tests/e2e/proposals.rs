@@ -356,6 +356,32 @@ fn an_approval_ttl_too_short_to_answer_is_refused() {
     }
 }
 
+/// A host in `dir` with a proposal waiting, and what a failure right after a rejecting claim
+/// by `by` leaves: the claim saved, nothing after it.
+async fn cut_off_after_a_claim(
+    dir: &std::path::Path,
+    by: Identity,
+) -> (
+    TestHost,
+    themis_agent::store::Incident,
+    themis_core::policy::ApprovalRequest,
+) {
+    let first = host(dir, "15m").await;
+    let incident = first.new_incident(world_alert(WORLD)).await;
+    let proposal = incident.proposal.clone().expect("a destructive plan waits");
+    let mut left = first.store.get(&incident.id).await.expect("incident");
+    left.status = IncidentStatus::Rejected;
+    left.answer = Some(themis_agent::store::Answer {
+        approval_id: proposal.id.clone(),
+        kind: themis_agent::store::AnswerKind::Rejected,
+        by,
+        at: std::time::SystemTime::now(),
+        execution_id: None,
+    });
+    first.store.save(&left).await.expect("save");
+    (first, incident, proposal)
+}
+
 /// Review defect: a withdrawal (an expired proposal, a resolved alert) that a failure cut off
 /// after its claim left the incident rejected with no `proposal-withdrawn` record, no reason
 /// and nobody told — and recovery did not look at it again. It finishes it, claiming nothing
@@ -363,20 +389,8 @@ fn an_approval_ttl_too_short_to_answer_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_withdrawal_cut_off_after_its_claim_is_finished_at_start() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let first = host(dir.path(), "15m").await;
-    let incident = first.new_incident(world_alert(WORLD)).await;
-    let proposal = incident.proposal.clone().expect("a destructive plan waits");
-    // What the failure left: the host's claim saved, nothing after it.
-    let mut left = first.store.get(&incident.id).await.expect("incident");
-    left.status = IncidentStatus::Rejected;
-    left.answer = Some(themis_agent::store::Answer {
-        approval_id: proposal.id.clone(),
-        kind: themis_agent::store::AnswerKind::Rejected,
-        by: Identity::agent("postgres"),
-        at: std::time::SystemTime::now(),
-        execution_id: None,
-    });
-    first.store.save(&left).await.expect("save");
+    let (first, incident, proposal) =
+        cut_off_after_a_claim(dir.path(), Identity::agent("postgres")).await;
     assert!(withdrawn(&first.audit_path, &incident.id).is_empty());
     let crate::common::TestHost { runtime, store, .. } = first;
     runtime.stop().await;
@@ -401,5 +415,47 @@ async fn a_withdrawal_cut_off_after_its_claim_is_finished_at_start() {
     drop(store);
     let third = host(dir.path(), "15m").await;
     assert_eq!(withdrawn(&third.audit_path, &incident.id).len(), 1);
+    third.runtime.stop().await;
+}
+
+/// Review defect: a human's rejection that a failure (a kill) cut off after its claim left the
+/// store rejected with the proposal still on the incident and no `rejection` on the audit. A
+/// start finishes it: the record (once), the proposal cleared, and nothing claimed again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejection_cut_off_after_its_claim_is_finished_at_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (first, incident, proposal) =
+        cut_off_after_a_claim(dir.path(), Identity::scenario("oncall")).await;
+    let rejections = |audit: &std::path::Path| {
+        records(audit)
+            .into_iter()
+            .filter(|r| r["kind"] == "rejection" && r["incident"] == incident.id.as_str())
+            .count()
+    };
+    assert_eq!(rejections(&first.audit_path), 0);
+    let crate::common::TestHost { runtime, store, .. } = first;
+    runtime.stop().await;
+    drop(store);
+
+    let second = host(dir.path(), "15m").await;
+    let now = second.store.get(&incident.id).await.expect("incident");
+    assert_eq!(now.status, IncidentStatus::Rejected, "{now:#?}");
+    assert!(now.proposal.is_none(), "{now:#?}");
+    assert!(
+        now.reason
+            .as_deref()
+            .is_some_and(|r| r.contains("rejected by oncall") && r.contains("finished at start")),
+        "{now:#?}"
+    );
+    assert_eq!(rejections(&second.audit_path), 1);
+    assert!(
+        approve_as_oncall(&second, &proposal).await.is_err(),
+        "a rejected proposal cannot be approved"
+    );
+    second.runtime.stop().await;
+    let crate::common::TestHost { store, .. } = second;
+    drop(store);
+    let third = host(dir.path(), "15m").await;
+    assert_eq!(rejections(&third.audit_path), 1, "finished once");
     third.runtime.stop().await;
 }

@@ -128,6 +128,24 @@ async fn an_action_that_had_not_acted_is_rolled_back_when_not_idempotent() {
     assert!(report.phases.iter().any(|p| p.phase == Phase::Rollback));
 }
 
+/// `loaded`, cut off in the restart's action, resumed `at` in a world whose consumers still
+/// show revision 7: its report, and whether the restart was called again.
+async fn resumed_at(
+    loaded: &themis_sandbox::loaded::LoadedRunbook,
+    at: Resume,
+) -> (executor::ExecutionReport, bool) {
+    let world = mock(&world("7"));
+    let mut from = cut_in_the_action();
+    from.at = at;
+    let report =
+        executor::execute_resumed(sandbox(), loaded, &request(&world), &mut Unobserved, from).await;
+    let restarted = world
+        .calls()
+        .iter()
+        .any(|c| c.capability == "kafka.restart-consumers");
+    (report, restarted)
+}
+
 /// The run's budget holds on a resumed run too: an idempotent action whose postcondition was
 /// read until the budget ended the wait is not run again after it — what acted is rolled back,
 /// the budget named.
@@ -136,20 +154,12 @@ async fn a_resumed_run_past_its_budget_does_not_act_again() {
     let mut loaded = runbook(RESTART);
     // Shorter than the step's two-minute postcondition wait, which the hand-moved clock runs.
     loaded.runbook.timeout = std::time::Duration::from_secs(20);
-    let world = mock(&world("7"));
-    let mut from = cut_in_the_action();
-    from.at = Resume::ActionUnknown {
+    let at = Resume::ActionUnknown {
         step: 0,
         branch: "next".into(),
         idempotent: true,
     };
-    let report =
-        executor::execute_resumed(sandbox(), &loaded, &request(&world), &mut Unobserved, from)
-            .await;
-    let restarted = world
-        .calls()
-        .iter()
-        .any(|c| c.capability == "kafka.restart-consumers");
+    let (report, restarted) = resumed_at(&loaded, at).await;
     assert!(
         !restarted,
         "the action ran again past the budget: {report:?}"
@@ -167,17 +177,7 @@ async fn a_resumed_run_past_its_budget_does_not_act_again() {
 /// precondition after its one granted restart was journalled may not restart again.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_resumed_run_counts_the_calls_its_cut_off_part_made() {
-    let loaded = runbook(RESTART);
-    let world = mock(&world("7"));
-    let mut from = cut_in_the_action();
-    from.at = Resume::Precondition(0);
-    let report =
-        executor::execute_resumed(sandbox(), &loaded, &request(&world), &mut Unobserved, from)
-            .await;
-    let restarted = world
-        .calls()
-        .iter()
-        .any(|c| c.capability == "kafka.restart-consumers");
+    let (report, restarted) = resumed_at(&runbook(RESTART), Resume::Precondition(0)).await;
     assert!(
         !restarted,
         "the cap of one restart was spent before the stop: {report:?}"

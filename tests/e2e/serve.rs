@@ -407,10 +407,10 @@ async fn intake_authenticates_checks_by_field_and_records_before_the_200() {
     // Without a token the body is never read: 401, whatever its size, and nothing recorded.
     let (status, _) = s.post(AM, "not-a-token", &big).await;
     assert_eq!(status, 401);
-    let (status, _) = s
-        .post("/api/v1/approvals/apr-0/approve", "not-a-token", &big)
-        .await;
-    assert_eq!(status, 401);
+    for answer in ["/api/v1/approvals/apr-0/approve", "/api/v1/guard/clear"] {
+        let (status, _) = s.post(answer, "not-a-token", &big).await;
+        assert_eq!(status, 401, "{answer}: the token before the body");
+    }
     // The sender was authenticated: what it sent is lost (Alertmanager does not retry a 4xx),
     // so each refusal is on the record — and nothing else is.
     let refused = s.kinds("alert-refused");

@@ -63,6 +63,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/approvals/{id}/approve", post(approvals::approve))
         .route("/api/v1/approvals/{id}/reject", post(approvals::reject))
         .route("/api/v1/approvals/{id}/adjust", post(approvals::adjust))
+        // Its body, too, is read only for a request whose approver token is known.
+        .route("/api/v1/guard/clear", post(approvals::guard_clear))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             approver_token_first,
@@ -81,7 +83,6 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/api/v1/agents", get(read::agents))
         .route("/api/v1/guard", get(read::guard))
-        .route("/api/v1/guard/clear", post(approvals::guard_clear))
         .route("/api/v1/incidents", get(read::incidents))
         .route("/api/v1/incidents/{id}", get(read::incident))
         .route("/api/v1/events", get(read::events))
@@ -231,6 +232,50 @@ pub async fn serve(
 /// in flight finish for at most `drain`, and close the connections still open.
 /// Connections served at once; more wait to be accepted.
 pub const MAX_CONNECTIONS: usize = 1024;
+/// Connections one address may hold at once: one client (or one that never reads) cannot take
+/// every slot. A reverse proxy in front is one address: it pools its connections.
+pub const MAX_PER_PEER: usize = 256;
+/// How long a response may make no progress (its client not reading) before the connection is
+/// closed: header and body reads have their deadlines; a write needs one too, or a client that
+/// sends requests and never reads the answers holds its slot for ever.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Connections held per address, and the release of one when its task ends.
+#[derive(Clone, Default)]
+struct Peers(Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>);
+
+struct PeerSlot {
+    peers: Peers,
+    ip: std::net::IpAddr,
+}
+
+impl Peers {
+    /// A slot for `ip`, or none when it holds [`MAX_PER_PEER`] already.
+    fn take(&self, ip: std::net::IpAddr) -> Option<PeerSlot> {
+        let mut held = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = held.entry(ip).or_insert(0);
+        if *n >= MAX_PER_PEER {
+            return None;
+        }
+        *n += 1;
+        Some(PeerSlot {
+            peers: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut held = self.peers.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = held.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                held.remove(&self.ip);
+            }
+        }
+    }
+}
 
 pub async fn serve_http(
     listener: TcpListener,
@@ -246,6 +291,7 @@ pub async fn serve_http(
         .header_read_timeout(header_timeout);
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut connections = JoinSet::new();
+    let peers = Peers::default();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         tokio::select! {
@@ -253,13 +299,21 @@ pub async fn serve_http(
             // Past the cap, new connections wait in the kernel's queue until one ends: open
             // connections cost memory whoever holds them, and most need no token to open.
             accepted = listener.accept(), if connections.len() < MAX_CONNECTIONS => match accepted {
-                Ok((stream, _)) => {
+                Ok((stream, peer)) => {
+                    let Some(slot) = peers.take(peer.ip()) else {
+                        // Closed at once: waiting in the queue it would hold up everyone else.
+                        tracing::debug!(peer = %peer.ip(), "a connection over the per-address cap is closed");
+                        continue;
+                    };
+                    let mut stream = tokio_io_timeout::TimeoutStream::new(stream);
+                    stream.set_write_timeout(Some(WRITE_TIMEOUT));
                     let conn = http.serve_connection(
-                        TokioIo::new(stream),
+                        TokioIo::new(Box::pin(stream)),
                         TowerToHyperService::new(app.clone()),
                     );
                     let mut stop = stop_rx.clone();
                     connections.spawn(async move {
+                        let _slot = slot;
                         let mut conn = std::pin::pin!(conn);
                         tokio::select! {
                             _ = conn.as_mut() => return,
@@ -377,6 +431,51 @@ mod tests {
             "{:?}",
             asked.elapsed()
         );
+    }
+
+    /// One address holds at most `MAX_PER_PEER` connections: one more is closed at once (not
+    /// queued behind the others), and a slot given back is taken again.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn one_address_cannot_take_every_connection() {
+        let (addr, _stop, _served) =
+            started(Duration::from_millis(500), Duration::from_secs(600)).await;
+        let held: Vec<std::net::TcpStream> = (0..MAX_PER_PEER)
+            .map(|_| std::net::TcpStream::connect(addr).expect("connect"))
+            .collect();
+        // Each is accepted before the next is judged: give the loop time to take them all.
+        let ask = |addr| {
+            tokio::task::spawn_blocking(move || {
+                let mut c = std::net::TcpStream::connect(addr).expect("connect");
+                c.set_read_timeout(Some(Duration::from_secs(5)))
+                    .expect("timeout");
+                let _ = c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+                let mut all = Vec::new();
+                let _ = c.read_to_end(&mut all);
+                String::from_utf8_lossy(&all).into_owned()
+            })
+        };
+        let mut refused = String::from("HTTP/1.1 200");
+        for _ in 0..50 {
+            refused = ask(addr).await.expect("asked");
+            if refused.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(
+            refused, "",
+            "one connection over the cap is closed unanswered"
+        );
+        drop(held);
+        let mut served = String::new();
+        for _ in 0..50 {
+            served = ask(addr).await.expect("asked");
+            if served.starts_with("HTTP/1.1 200") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(served.starts_with("HTTP/1.1 200"), "{served:?}");
     }
 
     #[tokio::test(flavor = "multi_thread")]

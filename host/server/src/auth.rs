@@ -49,16 +49,30 @@ pub fn approver(state: &AppState, headers: &HeaderMap) -> Result<Identity, ApiEr
 /// A reader of the read API: an approver or an alert source — by bearer token, or by the
 /// operator page's session cookie (a browser's event stream cannot send a token).
 pub fn reader(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    if bearer(headers).is_none() && state.page.sessions.get(headers).is_some() {
-        return Ok(());
+    reader_kind(state, headers).map(|_| ())
+}
+
+/// Who reads: an approver, or only a reader (an intake token, or a reader's page session).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReaderKind {
+    Approver,
+    Reader,
+}
+
+/// [`reader`], saying which kind: what is kept for approvers (event streams) is not for
+/// the lowest-trust credential to take.
+pub fn reader_kind(state: &AppState, headers: &HeaderMap) -> Result<ReaderKind, ApiError> {
+    if bearer(headers).is_none()
+        && let Some(session) = state.page.sessions.get(headers)
+    {
+        return Ok(match session.who {
+            Some(_) => ReaderKind::Approver,
+            None => ReaderKind::Reader,
+        });
     }
     match bearer(headers) {
-        Some(token)
-            if state.config.intake_token_ok(token)
-                || state.config.approvers.identify(token).is_ok() =>
-        {
-            Ok(())
-        }
+        Some(token) if state.config.approvers.identify(token).is_ok() => Ok(ReaderKind::Approver),
+        Some(token) if state.config.intake_token_ok(token) => Ok(ReaderKind::Reader),
         Some(_) => Err(ApiError::unauthorized(
             "the bearer token is neither an approver's nor an intake token",
         )),

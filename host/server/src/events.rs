@@ -21,12 +21,16 @@ pub const EVENT_BUFFER: usize = 1024;
 /// Event streams open at once: each holds a connection and a place in the broadcast, so
 /// watchers past this are turned away (429) rather than let grow without a bound.
 pub const MAX_STREAMS: usize = 256;
+/// Of [`MAX_STREAMS`], what only approvers may take: an intake token (the credential an alert
+/// source stores) must not be able to shut on-call out of the page's live view.
+pub const APPROVER_STREAMS: usize = 64;
 
 /// One open event stream: its receiver and its place among [`MAX_STREAMS`], given back when
 /// the stream ends.
 pub struct Subscription {
     pub rx: broadcast::Receiver<StreamEvent>,
     _place: tokio::sync::OwnedSemaphorePermit,
+    _reader_place: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -51,6 +55,8 @@ pub struct Events {
     since: Mutex<BTreeMap<String, Since>>,
     redactor: Redactor,
     streams: std::sync::Arc<tokio::sync::Semaphore>,
+    /// The places readers may take: all but [`APPROVER_STREAMS`].
+    reader_streams: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 fn now_text() -> String {
@@ -65,15 +71,24 @@ impl Events {
             since: Mutex::new(BTreeMap::new()),
             redactor,
             streams: std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_STREAMS)),
+            reader_streams: std::sync::Arc::new(tokio::sync::Semaphore::new(
+                MAX_STREAMS - APPROVER_STREAMS,
+            )),
         }
     }
 
     /// A new stream of events, or `None` when [`MAX_STREAMS`] are open already.
-    pub fn subscribe(&self) -> Option<Subscription> {
+    pub fn subscribe(&self, approver: bool) -> Option<Subscription> {
+        let reader_place = if approver {
+            None
+        } else {
+            Some(self.reader_streams.clone().try_acquire_owned().ok()?)
+        };
         let place = self.streams.clone().try_acquire_owned().ok()?;
         Some(Subscription {
             rx: self.tx.subscribe(),
             _place: place,
+            _reader_place: reader_place,
         })
     }
 
@@ -150,13 +165,22 @@ mod tests {
     #[test]
     fn streams_past_the_bound_are_turned_away_until_one_ends() {
         let events = Events::new(Redactor::with_values(None));
-        let mut open: Vec<Subscription> = (0..MAX_STREAMS)
-            .map(|_| events.subscribe().expect("within the bound"))
+        // Readers fill what is theirs; approvers still get the rest.
+        let mut open: Vec<Subscription> = (0..MAX_STREAMS - APPROVER_STREAMS)
+            .map(|_| events.subscribe(false).expect("within the readers' bound"))
             .collect();
-        assert!(events.subscribe().is_none(), "one past the bound");
+        assert!(events.subscribe(false).is_none(), "a reader past theirs");
+        open.extend(
+            (0..APPROVER_STREAMS).map(|_| events.subscribe(true).expect("kept for approvers")),
+        );
+        assert!(events.subscribe(true).is_none(), "one past the bound");
         open.pop();
-        let mut again = events.subscribe().expect("a place was given back");
-        assert!(events.subscribe().is_none(), "and only one");
+        assert!(
+            events.subscribe(false).is_none(),
+            "an approver's place is not a reader's"
+        );
+        let mut again = events.subscribe(true).expect("a place was given back");
+        assert!(events.subscribe(true).is_none(), "and only one");
         events.send("transition", "kafka", json!({ "n": 1 }));
         assert_eq!(again.rx.try_recv().expect("delivered").agent, "kafka");
     }

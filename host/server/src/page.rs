@@ -549,28 +549,11 @@ async fn incident_page(
         Ok(i) => i,
         Err(e) => return error_page(Some(&session), &store_error(e)),
     };
-    let audit = state.runtime.audit().clone();
-    let (wanted, opened) = (id.clone(), incident.opened_seq);
     // From the record that opened the incident on, as the API reads it: the files before it
     // are not read at every view.
-    let found = tokio::task::spawn_blocking(move || {
-        audit.incident_records(&wanted, opened, crate::read::TIMELINE)
-    })
-    .await;
-    let (records, altered) = match found {
-        Ok(Ok(found)) => found,
-        Ok(Err(e)) => {
-            return error_page(
-                Some(&session),
-                &ApiError::unavailable(format!("reading the audit: {e}")),
-            );
-        }
-        Err(_) => {
-            return error_page(
-                Some(&session),
-                &ApiError::unavailable("reading the audit failed"),
-            );
-        }
+    let (records, altered) = match crate::read::timeline(&state, &incident).await {
+        Ok(found) => found,
+        Err(e) => return error_page(Some(&session), &e),
     };
     let body = html! {
         h2 { "Incident " code { (incident.id) } }

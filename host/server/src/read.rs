@@ -290,6 +290,7 @@ pub struct IncidentDetail {
     responses((status = 200, body = IncidentDetail), (status = 401, description = "no or unknown token", body = ApiError),
         (status = 404, description = "no such incident", body = ApiError),
         (status = 409, description = "the incident's state file was changed outside Themis", body = ApiError),
+        (status = 429, description = "other incidents' records are being read; retry after `Retry-After` seconds", body = ApiError),
         (status = 503, description = "the store or the audit could not be read", body = ApiError)))]
 pub async fn incident(
     State(state): State<Arc<AppState>>,
@@ -306,19 +307,39 @@ pub async fn incident(
         )));
     }
     let incident = state.runtime.store().get(&id).await.map_err(store_error)?;
-    let audit = state.runtime.audit().clone();
-    let wanted = id.clone();
-    let from = incident.opened_seq;
-    let (timeline, altered) =
-        tokio::task::spawn_blocking(move || audit.incident_records(&wanted, from, TIMELINE))
-            .await
-            .map_err(|_| ApiError::unavailable("reading the audit failed"))?
-            .map_err(|e| ApiError::unavailable(format!("reading the audit: {e}")))?;
+    let (timeline, altered) = timeline(&state, &incident).await?;
     Ok(Json(IncidentDetail {
         incident: IncidentView::of(&incident),
         timeline,
         altered_records: altered,
     }))
+}
+
+/// Timelines read at once: each reads and checks the audit from the incident's opening on,
+/// which on a large audit is seconds of CPU; any client with a token may ask, and the agents
+/// share the cores.
+static TIMELINES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
+/// An incident's records from the audit (the newest [`TIMELINE`]) and how many were altered;
+/// a 429 while [`TIMELINES`] are being read already.
+pub(crate) async fn timeline(
+    state: &AppState,
+    incident: &themis_agent::store::Incident,
+) -> Result<(Vec<themis_agent::audit::Record>, usize), ApiError> {
+    let Ok(_reading) = TIMELINES.try_acquire() else {
+        return Err(ApiError::new(
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            "busy",
+            "other incidents' records are being read from the audit; retry in a moment",
+        )
+        .retry_after(1));
+    };
+    let audit = state.runtime.audit().clone();
+    let (wanted, from) = (incident.id.clone(), incident.opened_seq);
+    tokio::task::spawn_blocking(move || audit.incident_records(&wanted, from, TIMELINE))
+        .await
+        .map_err(|_| ApiError::unavailable("reading the audit failed"))?
+        .map_err(|e| ApiError::unavailable(format!("reading the audit: {e}")))
 }
 
 /// Plans waiting for a human, with the digest to approve.
@@ -352,15 +373,22 @@ pub async fn events(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    auth::reader(&state, &headers)?;
-    let Some(subscription) = state.events.subscribe() else {
+    let kind = auth::reader_kind(&state, &headers)?;
+    let Some(subscription) = state.events.subscribe(kind == auth::ReaderKind::Approver) else {
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "too-many-streams",
-            format!(
-                "{} event streams are open already, the most this host serves; close one, or retry",
-                crate::events::MAX_STREAMS
-            ),
+            match kind {
+                auth::ReaderKind::Approver => format!(
+                    "{} event streams are open already, the most this host serves; close one, or retry",
+                    crate::events::MAX_STREAMS
+                ),
+                auth::ReaderKind::Reader => format!(
+                    "{} event streams are open to readers already, the most this host serves them ({} more are kept for approvers); close one, or retry",
+                    crate::events::MAX_STREAMS - crate::events::APPROVER_STREAMS,
+                    crate::events::APPROVER_STREAMS
+                ),
+            },
         )
         .retry_after(5));
     };

@@ -1854,6 +1854,29 @@ mod tests {
         assert_eq!((intact.first, intact.records), (1, 41));
     }
 
+    /// A record moved from the end of one sealed segment to the start of the next keeps the
+    /// chain, but the host would no longer find it where the names say: a break.
+    #[test]
+    fn a_record_moved_between_segments_is_caught() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.jsonl");
+        let (log, _) = sealed_log(&path, 40);
+        let (sealed, _) = log.segments().expect("segments");
+        drop(log);
+        let (from, to) = (&sealed[0].path, &sealed[1].path);
+        let text = std::fs::read_to_string(from).expect("read");
+        let mut lines: Vec<&str> = text.lines().collect();
+        let moved = lines.pop().expect("a record");
+        std::fs::write(from, lines.join("\n") + "\n").expect("write");
+        let next = std::fs::read_to_string(to).expect("read");
+        std::fs::write(to, format!("{moved}\n{next}")).expect("write");
+        let broken = verify::verify(&path).expect("reads").expect_err("caught");
+        assert!(
+            broken.problem.contains("records were moved between files"),
+            "{broken}"
+        );
+    }
+
     #[test]
     fn a_seal_cut_off_between_its_link_and_its_rename_is_finished_at_open() {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -168,6 +168,22 @@ pub fn verify_with(path: &Path, options: &Options) -> std::io::Result<Result<Int
                     problem,
                 }))
             };
+            // A sealed segment is named by its first record: the host finds a record by that
+            // name (an approval re-reads its proposal there), so one moved across files is a
+            // break even where the chain still holds.
+            if line_no == 1
+                && let Some(named) = file_name
+                    .as_deref()
+                    .and_then(|f| f.file_name())
+                    .and_then(|n| n.to_str())
+                    .and_then(segments::first_seq_of)
+                && named != record.seq
+            {
+                return fail(format!(
+                    "the segment is named for record {named} but starts with record {}: records were moved between files",
+                    record.seq
+                ));
+            }
             if !first_seen {
                 first_seen = true;
                 if record.seq > 1 {
@@ -286,6 +302,23 @@ pub fn verify_with(path: &Path, options: &Options) -> std::io::Result<Result<Int
         }));
     }
     let first = anchor.as_ref().map_or(1, |a| a.0);
+    // The record the host checkpointed must be in the log: one that starts after it did not
+    // lose its oldest records to retention (which never reaches the newest checkpoint), it was
+    // replaced — whatever record at its start claims retention removed the rest.
+    if let Some(head) = &options.head
+        && first > head.seq
+        && let Some((_, _, _, file, line)) = &anchor
+    {
+        return Ok(Err(Break {
+            file: file.clone(),
+            line: *line,
+            seq: Some(first),
+            problem: format!(
+                "the log starts at record {first}, after record {} that the host checkpointed at {}: the log was replaced",
+                head.seq, head.at
+            ),
+        }));
+    }
     let records = expected_seq - 1;
     if let Some(head) = &options.head
         && records < head.seq
@@ -534,6 +567,36 @@ mod tests {
             .expect("io")
             .expect_err("caught");
         assert!(broken.problem.contains("cut from the end"), "{broken}");
+
+        // The whole log replaced by one that starts after the checkpointed record, its first
+        // record claiming retention removed everything before it: the chain holds, and so does
+        // that claim, but the record the host checkpointed is nowhere.
+        let last: Record =
+            serde_json::from_str(text.lines().last().expect("a record")).expect("record");
+        let start = last.seq + 1;
+        let claim = Record {
+            seq: start,
+            ts: last.ts.clone(),
+            agent: "host".into(),
+            incident: None,
+            kind: REMOVED_KIND.into(),
+            data: json!({ "segments": [ { "first_seq": 1, "last_seq": last.seq, "last_hash": last.hash, "bytes": 1 } ] }),
+            mode: None,
+            prev: last.hash.clone(),
+            hash: String::new(),
+        };
+        let mut claim = claim;
+        claim.hash = claim.compute_hash();
+        std::fs::write(&path, serde_json::to_string(&claim).expect("json") + "\n")
+            .expect("replace");
+        assert!(
+            verify(&path).expect("io").is_ok(),
+            "the claim alone vouches"
+        );
+        let broken = verify_with(&path, &options)
+            .expect("io")
+            .expect_err("caught");
+        assert!(broken.problem.contains("the log was replaced"), "{broken}");
     }
 
     #[test]

@@ -216,7 +216,16 @@ impl Worker {
             self.refused(&incident, approval_id, &by, &e, None)?;
             return Err(e.into());
         }
-        let request = match self.recorded_proposal(&incident)? {
+        let recorded = match self.recorded_proposal(&incident) {
+            Ok(recorded) => recorded,
+            // The proposal cannot be read back (its record cut, moved or summarised): refused,
+            // and on the record like any refusal.
+            Err(e) => {
+                self.refused(&incident, approval_id, &by, &e, None)?;
+                return Err(e);
+            }
+        };
+        let request = match recorded {
             Some(r) if r.id == approval_id => r,
             _ => {
                 let e = RuntimeError::Approval(ApprovalError::PlanChanged);

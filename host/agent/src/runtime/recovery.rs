@@ -64,6 +64,12 @@ impl Worker {
             .filter(|i| &i.agent == agent && super::withdraw::half_withdrawn(i))
             .cloned()
             .collect();
+        // A human's rejection cut off after its claim: finished on the record.
+        let half_rejected: Vec<Incident> = incidents
+            .iter()
+            .filter(|i| &i.agent == agent && super::withdraw::half_rejected(i))
+            .cloned()
+            .collect();
         let unfinished: Vec<Incident> = incidents
             .into_iter()
             .filter(|i| &i.agent == agent)
@@ -119,6 +125,9 @@ impl Worker {
         for incident in half_withdrawn {
             let why = "the host withdrew this proposal (its alert resolved, or it expired unanswered) and a failure cut the withdrawal off before it was recorded and told; finished now".to_owned();
             self.withdraw(&incident, why).await?;
+        }
+        for incident in half_rejected {
+            self.finish_rejection(incident).await?;
         }
         // What recovery decided is durable before the host takes anything new.
         self.ctx.audit.commit()?;

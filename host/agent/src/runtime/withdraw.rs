@@ -210,3 +210,61 @@ fn recorded_withdrawal(
     })?;
     Ok(found)
 }
+
+/// A human's rejection a failure cut off after its claim: the store says rejected, by a human,
+/// the proposal still on the incident, and the audit may lack the `rejection` record.
+pub(crate) fn half_rejected(incident: &Incident) -> bool {
+    incident.status == IncidentStatus::Rejected
+        && incident.answer.as_ref().is_some_and(|a| {
+            a.by.via != themis_core::identity::Via::Agent
+                && incident
+                    .proposal
+                    .as_ref()
+                    .is_some_and(|p| p.id == a.approval_id)
+        })
+}
+
+impl Worker {
+    /// Finish a rejection [`half_rejected`] found: its record (unless one is on the audit
+    /// already; the reason the human gave was in the cut-off request and is not kept), the
+    /// proposal cleared, saved. Nothing is claimed again: the claim holds.
+    pub(crate) async fn finish_rejection(
+        &mut self,
+        mut incident: Incident,
+    ) -> Result<(), RuntimeError> {
+        let ctx = self.ctx.clone();
+        let (Some(answer), Some(proposal)) = (incident.answer.clone(), incident.proposal.clone())
+        else {
+            return Ok(());
+        };
+        let mut recorded = false;
+        if let Some(at) = &incident.proposal_record {
+            ctx.audit.scan_from(at.seq, |r| {
+                recorded = r.kind == "rejection"
+                    && r.incident.as_deref() == Some(incident.id.as_str())
+                    && r.data["answers"] == proposal.id.as_str();
+                !recorded
+            })?;
+        }
+        if !recorded {
+            ctx.audit.append(
+                &ctx.agent.def.name,
+                Some(&incident.id),
+                "rejection",
+                serde_json::json!({
+                    "approval": proposal.id, "answers": proposal.id, "by": answer.by,
+                    "reason": null,
+                    "recovered": "the host stopped between claiming this rejection and recording it; finished at start (the reason given was not kept)",
+                    "provenance": super::provenance(&ctx.agent, Some(&proposal.plan.runbook_id)),
+                }),
+            )?;
+        }
+        incident.reason = Some(format!(
+            "rejected by {} (the host stopped before the rejection was recorded; finished at start)",
+            answer.by.name
+        ));
+        incident.proposal = None;
+        ctx.store.save(&incident).await?;
+        Ok(())
+    }
+}

@@ -213,8 +213,20 @@ impl JsonStore {
     }
 
     fn get_sync(&self, id: &str) -> Result<Incident, StoreError> {
-        self.read(&self.incident_path(id)?)?
+        let path = self.incident_path(id)?;
+        self.read_incident(&path, id)?
             .ok_or_else(|| StoreError::UnknownIncident(id.into()))
+    }
+
+    /// The incident in `path`, which must be the one named `id`: the MAC covers a file's data,
+    /// not its name, so a file copied over another's name verifies — and is refused here.
+    fn read_incident(&self, path: &Path, id: &str) -> Result<Option<Incident>, StoreError> {
+        match self.read::<Incident>(path)? {
+            Some(incident) if incident.id != id => Err(StoreError::Tampered {
+                path: path.to_path_buf(),
+            }),
+            found => Ok(found),
+        }
     }
 
     fn by_approval_sync(&self, approval_id: &str) -> Result<Option<Incident>, StoreError> {
@@ -261,7 +273,11 @@ impl IncidentStore for JsonStore {
         for entry in entries.flatten() {
             let path = entry.path();
             if path.extension().is_some_and(|e| e == "json") {
-                match self.read::<Incident>(&path) {
+                let id = path
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                match self.read_incident(&path, &id) {
                     Ok(Some(i)) => out.push(i),
                     Ok(None) => {}
                     Err(e) => problems.push(e),
@@ -435,6 +451,30 @@ mod tests {
 
     fn incident(id: &str) -> Incident {
         super::super::contract_tests::incident(id, "fp", 1)
+    }
+
+    /// A file copied over another incident's name carries a valid MAC (it covers the data, not
+    /// the name): refused, by `get` and by the scan, never read as the other incident.
+    #[tokio::test]
+    async fn an_incident_file_copied_over_another_name_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = JsonStore::open(dir.path()).expect("store");
+        store.save(&incident("inc-a")).await.expect("save");
+        std::fs::copy(
+            store.incident_path("inc-a").expect("path"),
+            store.incident_path("inc-b").expect("path"),
+        )
+        .expect("copy");
+        assert!(matches!(
+            store.get("inc-b").await,
+            Err(StoreError::Tampered { .. })
+        ));
+        let (found, problems) = store.scan().await.expect("scan");
+        assert_eq!(
+            found.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(),
+            ["inc-a"]
+        );
+        assert_eq!(problems.len(), 1, "{problems:?}");
     }
 
     /// Review defect: a stop between saving an incident closed and removing its open marker
