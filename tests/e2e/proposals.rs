@@ -186,6 +186,21 @@ async fn a_waiting_proposal_is_not_answered_by_its_incidents_id() {
         .expect_err("an incident-id rejection while a proposal waits")
         .to_string();
     assert!(rejected.contains("proposal waiting"), "{rejected}");
+    // An approval by the incident's id names the proposal to approve, not a contradiction.
+    let approved = host
+        .runtime
+        .approve(
+            &incident.id,
+            Identity::scenario("oncall"),
+            Some(proposal.plan_digest.clone()),
+        )
+        .await
+        .expect_err("an incident-id approval while a proposal waits")
+        .to_string();
+    assert!(
+        approved.contains("proposal waiting") && approved.contains(&proposal.id),
+        "{approved}"
+    );
     let now = host.store.get(&incident.id).await.expect("incident");
     assert_eq!(now.status, IncidentStatus::PendingApproval);
     assert_eq!(now.proposal.as_ref().map(|p| &p.id), Some(&proposal.id));
@@ -193,7 +208,7 @@ async fn a_waiting_proposal_is_not_answered_by_its_incidents_id() {
         .into_iter()
         .filter(|r| r["kind"] == "approval-refused" && r["incident"] == incident.id.as_str())
         .count();
-    assert_eq!(refusals, 2, "each refusal is on the record");
+    assert_eq!(refusals, 3, "each refusal is on the record");
     // The proposal itself is still answerable by its id.
     let approved = approve_as_oncall(&host, &proposal)
         .await
@@ -388,10 +403,27 @@ async fn cut_off_after_a_claim(
 /// twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_withdrawal_cut_off_after_its_claim_is_finished_at_start() {
+    finished_at_start(
+        Identity::agent("postgres"),
+        "proposal-withdrawn",
+        &["finished now"],
+    )
+    .await;
+}
+
+/// A claim by `by` cut off before its record (`kind`): the next start finishes it — the
+/// proposal cleared, a reason saying so (`reason_has`), `kind` recorded once, the proposal no
+/// longer approvable — and a start after it finds nothing more to do.
+async fn finished_at_start(by: Identity, kind: &str, reason_has: &[&str]) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (first, incident, proposal) =
-        cut_off_after_a_claim(dir.path(), Identity::agent("postgres")).await;
-    assert!(withdrawn(&first.audit_path, &incident.id).is_empty());
+    let (first, incident, proposal) = cut_off_after_a_claim(dir.path(), by).await;
+    let recorded = |audit: &std::path::Path| {
+        records(audit)
+            .into_iter()
+            .filter(|r| r["kind"] == kind && r["incident"] == incident.id.as_str())
+            .count()
+    };
+    assert_eq!(recorded(&first.audit_path), 0);
     let crate::common::TestHost { runtime, store, .. } = first;
     runtime.stop().await;
     drop(store);
@@ -403,18 +435,19 @@ async fn a_withdrawal_cut_off_after_its_claim_is_finished_at_start() {
     assert!(
         now.reason
             .as_deref()
-            .is_some_and(|r| r.contains("finished now")),
+            .is_some_and(|r| reason_has.iter().all(|part| r.contains(part))),
         "{now:#?}"
     );
-    assert_eq!(withdrawn(&second.audit_path, &incident.id).len(), 1);
-    let late = approve_as_oncall(&second, &proposal).await;
-    assert!(late.is_err(), "a withdrawn proposal cannot be approved");
+    assert_eq!(recorded(&second.audit_path), 1);
+    assert!(
+        approve_as_oncall(&second, &proposal).await.is_err(),
+        "a proposal answered already cannot be approved"
+    );
     second.runtime.stop().await;
-    // A second start finds nothing more to finish.
     let crate::common::TestHost { store, .. } = second;
     drop(store);
     let third = host(dir.path(), "15m").await;
-    assert_eq!(withdrawn(&third.audit_path, &incident.id).len(), 1);
+    assert_eq!(recorded(&third.audit_path), 1, "finished once");
     third.runtime.stop().await;
 }
 
@@ -423,39 +456,10 @@ async fn a_withdrawal_cut_off_after_its_claim_is_finished_at_start() {
 /// start finishes it: the record (once), the proposal cleared, and nothing claimed again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rejection_cut_off_after_its_claim_is_finished_at_start() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (first, incident, proposal) =
-        cut_off_after_a_claim(dir.path(), Identity::scenario("oncall")).await;
-    let rejections = |audit: &std::path::Path| {
-        records(audit)
-            .into_iter()
-            .filter(|r| r["kind"] == "rejection" && r["incident"] == incident.id.as_str())
-            .count()
-    };
-    assert_eq!(rejections(&first.audit_path), 0);
-    let crate::common::TestHost { runtime, store, .. } = first;
-    runtime.stop().await;
-    drop(store);
-
-    let second = host(dir.path(), "15m").await;
-    let now = second.store.get(&incident.id).await.expect("incident");
-    assert_eq!(now.status, IncidentStatus::Rejected, "{now:#?}");
-    assert!(now.proposal.is_none(), "{now:#?}");
-    assert!(
-        now.reason
-            .as_deref()
-            .is_some_and(|r| r.contains("rejected by oncall") && r.contains("finished at start")),
-        "{now:#?}"
-    );
-    assert_eq!(rejections(&second.audit_path), 1);
-    assert!(
-        approve_as_oncall(&second, &proposal).await.is_err(),
-        "a rejected proposal cannot be approved"
-    );
-    second.runtime.stop().await;
-    let crate::common::TestHost { store, .. } = second;
-    drop(store);
-    let third = host(dir.path(), "15m").await;
-    assert_eq!(rejections(&third.audit_path), 1, "finished once");
-    third.runtime.stop().await;
+    finished_at_start(
+        Identity::scenario("oncall"),
+        "rejection",
+        &["rejected by oncall", "finished at start"],
+    )
+    .await;
 }

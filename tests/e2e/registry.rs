@@ -516,3 +516,51 @@ fn an_unpinned_catalog_entry_is_refused_at_load() {
         "{err}"
     );
 }
+
+/// A bundle whose component lives where a pull refuses it (not `components/NAME.wasm`) loads
+/// locally but could never be pulled: it is not pushed, and the author is told where to move
+/// it — before anything is sent (the registry here is not even listening).
+#[test]
+fn a_bundle_a_pull_would_refuse_is_not_pushed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bundle = dir.path().join("scale-consumer");
+    std::fs::create_dir_all(bundle.join("bin")).expect("mkdir");
+    std::fs::copy(
+        repo().join(BUNDLE).join("components/scale-out.wasm"),
+        bundle.join("bin/scale-out.wasm"),
+    )
+    .expect("copy component (run scripts/build-runbooks)");
+    let manifest = std::fs::read_to_string(repo().join(BUNDLE).join("manifest.yaml"))
+        .expect("manifest")
+        .replace("components/scale-out.wasm", "bin/scale-out.wasm");
+    std::fs::write(bundle.join("manifest.yaml"), manifest).expect("write");
+    let dir_arg = bundle.display().to_string();
+    let key = repo().join("keys/demo/demo-test-fixtures.key");
+    let signed = themis(
+        &[
+            "runbook",
+            "sign",
+            &dir_arg,
+            "--key",
+            &key.display().to_string(),
+        ],
+        &[],
+    );
+    assert!(signed.status.success(), "{}", text(&signed.stderr));
+    let out = themis(
+        &[
+            "runbook",
+            "push",
+            &dir_arg,
+            "oci://127.0.0.1:1/sre/scale-consumer:1.3.0",
+        ],
+        &[],
+    );
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("component `bin/scale-out.wasm` could not be pulled")
+            && !stderr.contains("cannot reach the registry"),
+        "{stderr}"
+    );
+}

@@ -212,6 +212,11 @@ impl Worker {
         let agent = &ctx.agent;
         let name = agent.def.name.clone();
         let incident = self.incident_for(approval_id).await?;
+        // Named by its incident: the refusal names the proposal that waits, as reject's and
+        // adjust's do (an approval is always of one proposal, by its id).
+        if approval_id.starts_with("inc-") {
+            self.stale_proposal(&incident, approval_id, &by)?;
+        }
         if let Some(e) = incident.refuses_answer(approval_id) {
             self.refused(&incident, approval_id, &by, &e, None)?;
             return Err(e.into());
