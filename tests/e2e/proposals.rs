@@ -22,6 +22,15 @@ async fn host(dir: &std::path::Path, ttl: &str) -> TestHost {
 }
 
 /// The on-call human approves `proposal` as it was shown.
+/// `host` stopped and a new one started on its directory, as after a restart.
+async fn restarted(host_before: TestHost, dir: &std::path::Path) -> TestHost {
+    let TestHost { runtime, store, .. } = host_before;
+    runtime.stop().await;
+    // The store's lock goes with its last handle: the next host takes the directory over.
+    drop(store);
+    host(dir, "15m").await
+}
+
 async fn approve_as_oncall(
     host: &TestHost,
     proposal: &themis_core::policy::ApprovalRequest,
@@ -256,12 +265,7 @@ async fn a_proposal_whose_alert_resolved_before_a_stop_is_withdrawn_at_start() {
     let mut left = first.store.get(&incident.id).await.expect("incident");
     left.source_resolved_at = Some(std::time::SystemTime::now());
     first.store.save(&left).await.expect("save");
-    let crate::common::TestHost { runtime, store, .. } = first;
-    runtime.stop().await;
-    // The store's lock goes with its last handle: the next host takes the directory over.
-    drop(store);
-
-    let second = host(dir.path(), "15m").await;
+    let second = restarted(first, dir.path()).await;
     let now = second.store.get(&incident.id).await.expect("incident");
     assert_eq!(now.status, IncidentStatus::Rejected, "{now:#?}");
     assert_eq!(withdrawn(&second.audit_path, &incident.id).len(), 1);
@@ -424,11 +428,7 @@ async fn finished_at_start(by: Identity, kind: &str, reason_has: &[&str]) {
             .count()
     };
     assert_eq!(recorded(&first.audit_path), 0);
-    let crate::common::TestHost { runtime, store, .. } = first;
-    runtime.stop().await;
-    drop(store);
-
-    let second = host(dir.path(), "15m").await;
+    let second = restarted(first, dir.path()).await;
     let now = second.store.get(&incident.id).await.expect("incident");
     assert_eq!(now.status, IncidentStatus::Rejected, "{now:#?}");
     assert!(now.proposal.is_none(), "{now:#?}");
@@ -443,10 +443,7 @@ async fn finished_at_start(by: Identity, kind: &str, reason_has: &[&str]) {
         approve_as_oncall(&second, &proposal).await.is_err(),
         "a proposal answered already cannot be approved"
     );
-    second.runtime.stop().await;
-    let crate::common::TestHost { store, .. } = second;
-    drop(store);
-    let third = host(dir.path(), "15m").await;
+    let third = restarted(second, dir.path()).await;
     assert_eq!(recorded(&third.audit_path), 1, "finished once");
     third.runtime.stop().await;
 }
