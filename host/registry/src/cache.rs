@@ -126,7 +126,10 @@ fn sibling(dir: &Path, what: &str) -> PathBuf {
             .map(|d| d.as_nanos())
             .unwrap_or_default()
     );
-    dir.with_file_name(format!(".{name}.{what}-{unique}"))
+    dir.with_file_name(format!(
+        "{}{what}-{name}-{unique}",
+        crate::client::REPLACING_PREFIX
+    ))
 }
 
 /// Move `dir` out of the way and remove it; one another process moved first is gone already.

@@ -448,6 +448,10 @@ pub fn check_pulled(r: &BundleRef, dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// The name a cached bundle's replacement (`new`) or predecessor (`stale`) starts with while
+/// `cache.rs` swaps them.
+pub(crate) const REPLACING_PREFIX: &str = ".themis-replacing-";
+
 /// The name a pull's staging folder starts with, next to its destination.
 const STAGING_PREFIX: &str = ".themis-pull-";
 
@@ -462,8 +466,8 @@ fn remove_stale_pulls(parent: &Path) {
         let name = name.to_string_lossy();
         // A pull's staging folder, or a cached bundle's replacement or predecessor
         // (`cache.rs`) that a kill left behind.
-        let ours = name.starts_with(STAGING_PREFIX)
-            || (name.starts_with('.') && (name.contains(".new-") || name.contains(".stale-")));
+        // Only names Themis makes: the folder may be a user's own (`runbook pull` into `.`).
+        let ours = name.starts_with(STAGING_PREFIX) || name.starts_with(REPLACING_PREFIX);
         let stale = ours
             && entry
                 .metadata()
@@ -516,5 +520,39 @@ impl tokio::io::AsyncWrite for Capped {
 
     fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod stale_tests {
+    use super::*;
+
+    /// What a killed pull or cache swap left is removed once old; a folder of the user's own,
+    /// beside a `runbook pull` destination, never is, whatever its name looks like.
+    #[test]
+    fn only_what_themis_left_is_removed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let names = [
+            ".themis-pull-abc",
+            ".themis-replacing-new-scale-consumer-1",
+            ".config.new-backup",
+            ".notes.stale-2024",
+        ];
+        let old = std::time::SystemTime::now() - PULL_DEADLINE * 3;
+        for name in names {
+            let path = dir.path().join(name);
+            std::fs::create_dir(&path).expect("mkdir");
+            std::fs::File::open(&path)
+                .and_then(|f| f.set_modified(old))
+                .expect("age it");
+        }
+        remove_stale_pulls(dir.path());
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .expect("list")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, [".config.new-backup", ".notes.stale-2024"]);
     }
 }
