@@ -22,6 +22,7 @@ mod page;
 mod playbook;
 mod proposals;
 mod registry;
+mod restore;
 mod resume;
 mod sandbox;
 mod scenarios;

@@ -7,6 +7,11 @@ use super::ctx::AgentCtx;
 use super::worker::Worker;
 use super::{RuntimeError, new_id};
 
+/// The most escalations in a row whose incident is staged rather than saved durably; the next
+/// is saved durably. A start restores staged incidents from the newest `2 * STAGED_RUN`
+/// escalation records of each agent (`restore.rs`).
+pub(crate) const STAGED_RUN: usize = 32;
+
 /// `apr-<incident>-<random>`: an approval names its incident, so the store finds it without an
 /// index of its own, and no two proposals share an id.
 fn approval_id(incident: &str) -> String {
@@ -86,12 +91,30 @@ impl Worker {
                 _ => None,
             },
         };
-        let record = ctx.audit.append(
-            &agent.def.name,
-            Some(&incident.id),
-            "escalation",
-            json!({ "escalation": escalation, "message": escalation.to_text(), "provenance": super::provenance(agent, escalation.proposal.as_ref().map(|p| p.plan.runbook_id.as_str())) }),
-        )?;
+        // Straight out of triage this is the incident's first state, and this record, durable
+        // before any human hears of it, holds all of it with where the incident opened: a
+        // start that finds no state written after it restores the incident from it
+        // (`restore.rs`). So the state write need not be waited for — the decision pays one
+        // fsync, not the audit's and then the store's — and is staged; every `STAGED_RUN`th is
+        // saved durably, so a start looks back a bounded way.
+        let first = incident
+            .opened_seq
+            .filter(|_| incident.status == IncidentStatus::Triaging);
+        let staged = first.is_some() && self.staged_run < STAGED_RUN;
+        let mut data = json!({ "escalation": escalation, "message": escalation.to_text(), "provenance": super::provenance(agent, escalation.proposal.as_ref().map(|p| p.plan.runbook_id.as_str())) });
+        if let Some(opened) = first {
+            data["first_state"] = json!({ "opened_seq": opened, "staged": staged });
+        }
+        let record = ctx
+            .audit
+            .append(&agent.def.name, Some(&incident.id), "escalation", data)?;
+        if let Some(opened_seq) = first {
+            self.first_states.push(super::restore::FirstState {
+                incident: incident.id.clone(),
+                seq: record.seq,
+                opened_seq,
+            });
+        }
         incident.status = if proposal.is_some() {
             IncidentStatus::PendingApproval
         } else {
@@ -102,7 +125,15 @@ impl Worker {
         incident.reason = Some(reason.into());
         incident.proposed_at = Some(now);
         incident.escalated_at = Some(now);
-        ctx.store.save(incident).await?;
+        if staged {
+            ctx.store.stage(incident).await?;
+            self.staged_run += 1;
+        } else {
+            ctx.store.save(incident).await?;
+            // Durable: so is every staged write before it (the store's writes are one
+            // sequence), and the next start need look back no further than this.
+            self.staged_run = 0;
+        }
         self.track_expiry(incident);
         self.deliver(&escalation, &incident.id).await
     }

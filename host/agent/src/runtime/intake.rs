@@ -77,9 +77,9 @@ impl Worker {
         let mut incident = Incident::opened(id.clone(), name.clone(), alert, ctx.clock.now());
         incident.opened_seq = Some(opened.seq);
         incident.last_intake = intake;
-        // Staged: its records are durable first, the write itself is not waited for (triage
-        // only reads; the escalation's save or the runbook's first intent makes it durable).
-        ctx.store.stage(&incident).await?;
+        // Not written yet: a triage that waits (probes, a model) stages it first so readers
+        // see it meanwhile; one that decides at once writes it with its decision. A stop
+        // before either leaves the alert on the record and no incident, which a start replays.
         self.fsm.fire(&ctx, &id, received).await?;
         self.triage(&mut incident).await?;
         Ok(AlertOutcome::Handled(incident))

@@ -26,6 +26,7 @@ mod load;
 mod plan;
 mod recovery;
 pub(crate) mod replay;
+mod restore;
 mod resume;
 mod retention;
 mod triage;
@@ -283,14 +284,12 @@ impl Runtime {
             )
             .await?;
             worker.retention = options.keep_closed.map(retention::Retention::new);
+            let mut scan = scanned.remove(&agent.def.name).unwrap_or_default();
+            worker.first_states = std::mem::take(&mut scan.first_states);
+            // Before recovery, which then sees restored incidents as any waiting one.
+            worker.restore_first_states().await?;
             worker.recover().await?;
-            let replay = worker
-                .replay_accepted(
-                    scanned.remove(&agent.def.name).unwrap_or_default(),
-                    through,
-                    end,
-                )
-                .await?;
+            let replay = worker.replay_accepted(scan, through, end).await?;
             let backlog = Arc::new(backlog::Backlog::new(options.queue_capacity));
             backlog.preload(replay.untaken.len());
             let reader = backlog::BacklogReader::new(

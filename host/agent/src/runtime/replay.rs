@@ -61,6 +61,8 @@ pub(crate) struct Scanned {
     /// Escalations on the record that no delivery record followed (a stop between the two):
     /// incident → the escalation's seq. Bounded: the newest are kept.
     undelivered: BTreeMap<String, u64>,
+    /// The newest first-state escalations, for the start to check against the store.
+    pub(crate) first_states: super::restore::FirstStates,
 }
 
 #[derive(Debug)]
@@ -171,13 +173,25 @@ pub(crate) fn scan_accepted(
         let Some(scanned) = found.get_mut(&record.agent) else {
             return true;
         };
-        // Any later record of the incident the last alert opened (its first transition comes
-        // after the save) says the incident was saved: a store that no longer holds it pruned
-        // it, and its alert is not news to replay.
-        if record.kind != "alert"
-            && let Some(last) = &scanned.last_taken
+        scanned.first_states.see(&record);
+        // The incident the last alert opened is first written with its decision, so a stop
+        // before it leaves an alert no incident holds, replayed at start. Its decision on the
+        // record — an escalation (whose state a start restores if the store lacks it) or a
+        // run's start (which follows a durable save) — or its removal since says it was
+        // decided: one the store no longer holds is not news to replay.
+        if let Some(last) = &scanned.last_taken
             && last.opened
-            && record.incident.as_deref() == Some(last.incident.as_str())
+            && ((matches!(record.kind.as_str(), "escalation" | "execution-start")
+                && record.incident.as_deref() == Some(last.incident.as_str()))
+                || (record.kind == "incidents-pruned"
+                    && record
+                        .data
+                        .get("incidents")
+                        .and_then(Value::as_array)
+                        .is_some_and(|gone| {
+                            gone.iter()
+                                .any(|g| g.as_str() == Some(last.incident.as_str()))
+                        })))
         {
             scanned.last_taken = None;
         }
@@ -255,6 +269,7 @@ impl Worker {
             dropped,
             last_taken,
             undelivered,
+            first_states: _,
         } = scanned;
         self.deliver_cut_off(undelivered);
         if let Some((count, first, last)) = dropped {

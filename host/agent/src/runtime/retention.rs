@@ -45,6 +45,7 @@ impl Worker {
             .unwrap_or(SystemTime::UNIX_EPOCH);
         let agent = self.ctx.agent.def.name.clone();
         let pruned = self.ctx.store.prune_closed(&agent, before, BATCH).await?;
+        self.first_states.forget(&pruned);
         if pruned.len() == BATCH {
             // More may be due: the next tick goes on.
             retention.next = now;

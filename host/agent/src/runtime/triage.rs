@@ -20,6 +20,11 @@ impl Worker {
         let ctx = self.ctx.clone();
         let agent = &ctx.agent;
         let name = agent.def.name.clone();
+        if !agent.probes.is_empty() || !agent.selector.answers_at_once() {
+            // It will wait on probes or a model: shown meanwhile. Its records are durable
+            // first; the write itself is not waited for (triage only reads).
+            ctx.store.stage(incident).await?;
+        }
         let mapped = agent.def.labels.resolve(&incident.alert);
         let mut probes = Vec::new();
         // Labels present but holding a value their parameter refuses (a path, SQL, control

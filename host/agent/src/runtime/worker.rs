@@ -78,6 +78,12 @@ pub(crate) struct Worker {
     /// before anything after it, once the failure may have passed. Never dropped: the intake
     /// answered 200 for it.
     pub(crate) held: Option<Held>,
+    /// Escalations since this worker's last durable escalation save whose incident was only
+    /// staged (see `escalate::STAGED_RUN`).
+    pub(crate) staged_run: usize,
+    /// The newest first-state escalations on the record, which a start or a settle checks
+    /// against the store (`restore.rs`).
+    pub(crate) first_states: super::restore::FirstStates,
 }
 
 /// An accepted alert waiting to be taken up again, and when.
@@ -146,6 +152,8 @@ impl Worker {
                 retention: None,
                 unsettled: false,
                 held: None,
+                staged_run: 0,
+                first_states: Default::default(),
             },
             rx,
         ))
@@ -350,7 +358,12 @@ impl Worker {
         if !self.unsettled {
             return;
         }
-        match self.recover().await {
+        // A first state whose write the failure cut off is restored before recovery looks.
+        let settled = match self.restore_first_states().await {
+            Ok(_) => self.recover().await,
+            Err(e) => Err(e),
+        };
+        match settled {
             Ok(()) => self.unsettled = false,
             Err(e) => {
                 tracing::error!(agent = %self.ctx.agent.def.name, error = %e, "unfinished work could not be recovered yet; trying again before the next command");

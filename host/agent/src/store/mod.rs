@@ -506,9 +506,11 @@ pub trait IncidentStore: Send + Sync {
     async fn save(&self, incident: &Incident) -> Result<(), StoreError>;
     /// Write `incident` now without waiting for the disk: every read sees it and a killed
     /// process keeps it, but it is durable only with the store's next durable write, and a
-    /// power loss before that can take it back (then it is as if never saved). For the incident
-    /// opened for the alert in hand while it triages, so the hot path of a decision pays for
-    /// one state fsync, not two. A store with no cheaper write saves it.
+    /// power loss before that can take it back (then it is as if never saved). For what a start
+    /// can do without: the incident opened for the alert in hand while its triage waits (a
+    /// start replays the alert), and an incident's first state (a start restores it from its
+    /// escalation record), so a decision's hot path waits on no state fsync. A store with no
+    /// cheaper write saves it.
     async fn stage(&self, incident: &Incident) -> Result<(), StoreError> {
         self.save(incident).await
     }

@@ -33,6 +33,8 @@ pub struct SqliteStore {
     /// The agent-state hints, rewritten on every move, written behind the moves (see
     /// [`HintWriter`]).
     hint_writer: Option<HintWriter>,
+    /// Moves the WAL into the database behind the writes (see [`Checkpointer`]).
+    _checkpointer: Option<Checkpointer>,
     reader: SqlitePool,
     /// Serialises read-modify-write sequences (the claim) within the process.
     claims: tokio::sync::Mutex<()>,
@@ -75,10 +77,17 @@ impl SqliteStore {
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .busy_timeout(Duration::from_secs(5));
+        // A writer's commit checkpoints the WAL into the database when it holds 1000 pages —
+        // two fsyncs and the pages' writes inside whichever write crossed the line, the tail of
+        // a decision's time. `Checkpointer` does it behind the writes instead; this only stops
+        // a WAL growing without a bound if that falls behind.
+        let writing = options
+            .clone()
+            .pragma("wal_autocheckpoint", WAL_BACKSTOP_PAGES.to_string());
         let writer = SqlitePoolOptions::new()
             .test_before_acquire(false)
             .max_connections(1)
-            .connect_with(options.clone().synchronous(SqliteSynchronous::Full))
+            .connect_with(writing.clone().synchronous(SqliteSynchronous::Full))
             .await
             .map_err(|e| fail(&e))?;
         super::migrations::SQLITE
@@ -95,7 +104,13 @@ impl SqliteStore {
         let hints = SqlitePoolOptions::new()
             .test_before_acquire(false)
             .max_connections(1)
-            .connect_with(options.clone().synchronous(SqliteSynchronous::Normal))
+            .connect_with(writing.synchronous(SqliteSynchronous::Normal))
+            .await
+            .map_err(|e| fail(&e))?;
+        let checkpoints = SqlitePoolOptions::new()
+            .test_before_acquire(false)
+            .max_connections(1)
+            .connect_with(options.clone())
             .await
             .map_err(|e| fail(&e))?;
         let reader = SqlitePoolOptions::new()
@@ -110,6 +125,7 @@ impl SqliteStore {
         });
         Ok(SqliteStore {
             hint_writer: Some(HintWriter::start(hints.clone(), rows.clone())),
+            _checkpointer: Some(Checkpointer::start(checkpoints)),
             rows,
             writer: Some(writer),
             hints: Some(hints),
@@ -145,6 +161,7 @@ impl SqliteStore {
             }),
             writer: None,
             hint_writer: None,
+            _checkpointer: None,
             hints: None,
             reader,
             claims: tokio::sync::Mutex::new(()),
@@ -215,6 +232,46 @@ impl SqliteStore {
     }
 }
 
+/// The WAL size, in pages, at which a writer's own commit checkpoints it: a backstop, far past
+/// what [`Checkpointer`] lets it reach (4 KiB pages: 64 MiB).
+const WAL_BACKSTOP_PAGES: u32 = 16_384;
+
+/// How often the WAL is checkpointed behind the writes.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+
+/// Checkpoints the WAL into the database on a connection of its own, every
+/// [`CHECKPOINT_EVERY`]: `PASSIVE`, so it never waits for a writer or makes one wait, and its
+/// fsyncs are on its own thread rather than inside a decision's write.
+struct Checkpointer {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Checkpointer {
+    fn start(pool: SqlitePool) -> Checkpointer {
+        let task = tokio::spawn(async move {
+            let mut every = tokio::time::interval(CHECKPOINT_EVERY);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                    .execute(&pool)
+                    .await
+                {
+                    // The writers' own checkpoint (`WAL_BACKSTOP_PAGES`) still bounds the WAL.
+                    tracing::warn!(error = %e, "the store's WAL could not be checkpointed");
+                }
+            }
+        });
+        Checkpointer { task }
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// Writes the agent-state hints in order, newest per agent, behind the moves: what waits is
 /// bounded by the number of agents (a newer move replaces an unwritten one), and a stop flushes
 /// it ([`IncidentStore::flush`]). A kill can leave a hint a move or two behind, as it always
@@ -280,6 +337,9 @@ impl HintWriter {
         let task = tokio::spawn(async move {
             loop {
                 writer.wake.notified().await;
+                // A decision makes three moves in a millisecond: written once, after them,
+                // rather than a transaction per move competing with the decision's own writes.
+                tokio::time::sleep(HINT_DELAY).await;
                 if let Err(e) = writer.write_pending().await {
                     // A hint, never the truth: the next move or the stop's flush writes it.
                     tracing::warn!(error = %e, "the agents' state hints could not be saved");
@@ -315,6 +375,9 @@ impl Drop for HintWriter {
         self.task.abort();
     }
 }
+
+/// How long the writer lets moves gather before writing them.
+const HINT_DELAY: Duration = Duration::from_millis(20);
 
 /// One transaction for every agent's newest hint.
 async fn write_hints(

@@ -139,5 +139,11 @@ pub enum SelectorError {
 #[async_trait]
 pub trait Selector: Send + Sync {
     fn name(&self) -> &str;
+    /// Whether it answers from what it is given, waiting on nothing (no model, no network):
+    /// then a triage with no probes never waits, and its incident is first written with the
+    /// decision rather than staged while it triages.
+    fn answers_at_once(&self) -> bool {
+        false
+    }
     async fn select(&self, input: &SelectionInput) -> Result<Selection, SelectorError>;
 }

@@ -36,6 +36,10 @@ impl Selector for RuleSelector {
         "rules"
     }
 
+    fn answers_at_once(&self) -> bool {
+        true
+    }
+
     async fn select(&self, input: &SelectionInput) -> Result<Selection, SelectorError> {
         Ok(Self::choose(&self.rules, &input.facts()))
     }
