@@ -111,6 +111,26 @@ async fn a_first_state_the_store_lost_is_restored_from_its_escalation() {
         let proposal = incident.proposal.clone().expect("a destructive plan waits");
         let held = store.get(&incident.id).await.expect("the staged state");
         assert_eq!(held.status, IncidentStatus::PendingApproval);
+        // A later record of the incident that writes no state (an answer refused for a digest
+        // the human was not shown) does not make the staged state durable.
+        assert!(
+            runtime
+                .approve(
+                    &proposal.id,
+                    Identity::scenario("oncall"),
+                    Some("sha256:not-what-was-shown".into()),
+                )
+                .await
+                .is_err()
+        );
+        assert_eq!(
+            of_kind(
+                &dir.path().join("audit.jsonl"),
+                &incident.id,
+                "approval-refused"
+            ),
+            1
+        );
         stopped(runtime, store).await;
         lose_row(dir.path(), &incident.id).await;
 

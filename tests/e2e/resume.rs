@@ -417,8 +417,11 @@ impl themis_agent::store::IncidentStore for RefusesRunStart {
         agent: &str,
         before: std::time::SystemTime,
         limit: usize,
+        announce: themis_agent::store::Announce<'_>,
     ) -> Result<Vec<String>, StoreError> {
-        self.inner.prune_closed(agent, before, limit).await
+        self.inner
+            .prune_closed(agent, before, limit, announce)
+            .await
     }
     async fn save_agent_state(&self, agent: &str, state: &AgentState) -> Result<(), StoreError> {
         self.inner.save_agent_state(agent, state).await
@@ -742,10 +745,28 @@ async fn the_last_alert_of_a_pruned_incident_is_not_replayed_at_start() {
     let store: Arc<dyn themis_agent::store::IncidentStore> =
         Arc::new(themis_agent::store::JsonStore::open(&state).expect("store"));
     let later = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
+    // As retention prunes: the intent durably on the record before anything goes.
+    let audit = themis_agent::audit::AuditLog::open(
+        &dir.path().join("audit.jsonl"),
+        themis_agent::audit::Redactor::default(),
+    )
+    .expect("audit");
+    let announce = |ids: &[String]| {
+        audit
+            .append(
+                "postgres",
+                None,
+                "incidents-pruning",
+                json!({ "incidents": ids }),
+            )
+            .map(|_| ())
+            .map_err(|e| themis_agent::store::StoreError::AuditNotDurable(e.to_string()))
+    };
     let pruned = store
-        .prune_closed("postgres", later, 10)
+        .prune_closed("postgres", later, 10, &announce)
         .await
         .expect("prune");
+    drop(audit);
     assert_eq!(pruned, vec![rejected.id.clone()]);
 
     let second = postgres_host(dir.path(), store.clone(), mock.clone()).await;

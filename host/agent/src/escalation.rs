@@ -234,6 +234,10 @@ impl Channels {
     /// Deliver to every configured channel. A failed delivery is reported, never fatal: the
     /// console and the audit always have the message.
     pub async fn deliver(&self, escalation: &Escalation) -> Vec<Delivery> {
+        if self.slack_webhook.is_none() {
+            // Nowhere to post: the message is not rendered on every decision for nothing.
+            return Vec::new();
+        }
         self.post(&escalation.to_slack()).await
     }
 

@@ -100,20 +100,24 @@ impl Worker {
         let first = incident
             .opened_seq
             .filter(|_| incident.status == IncidentStatus::Triaging);
-        let staged = first.is_some() && self.staged_run < STAGED_RUN;
+        let mut staged = first.is_some() && self.staged_run < STAGED_RUN;
         let mut data = json!({ "escalation": escalation, "message": escalation.to_text(), "provenance": super::provenance(agent, escalation.proposal.as_ref().map(|p| p.plan.runbook_id.as_str())) });
         if let Some(opened) = first {
-            data["first_state"] = json!({ "opened_seq": opened, "staged": staged });
+            data["first_state"] = json!({ "opened_seq": opened, "opened_at": incident.opened_at, "escalated_at": now, "staged": staged });
         }
         let record = ctx
             .audit
             .append(&agent.def.name, Some(&incident.id), "escalation", data)?;
-        if let Some(opened_seq) = first {
-            self.first_states.push(super::restore::FirstState {
+        match first {
+            // A record too large for the audit is kept as its digest: then it cannot restore
+            // anything, and the state is saved durably.
+            Some(_) if record.data.get("first_state").is_none() => staged = false,
+            Some(opened_seq) => self.first_states.push(super::restore::FirstState {
                 incident: incident.id.clone(),
                 seq: record.seq,
                 opened_seq,
-            });
+            }),
+            None => {}
         }
         incident.status = if proposal.is_some() {
             IncidentStatus::PendingApproval

@@ -287,7 +287,7 @@ impl Runtime {
             let mut scan = scanned.remove(&agent.def.name).unwrap_or_default();
             worker.first_states = std::mem::take(&mut scan.first_states);
             // Before recovery, which then sees restored incidents as any waiting one.
-            worker.restore_first_states().await?;
+            worker.restore_first_states(false).await?;
             worker.recover().await?;
             let replay = worker.replay_accepted(scan, through, end).await?;
             let backlog = Arc::new(backlog::Backlog::new(options.queue_capacity));

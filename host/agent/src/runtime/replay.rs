@@ -176,22 +176,27 @@ pub(crate) fn scan_accepted(
         scanned.first_states.see(&record);
         // The incident the last alert opened is first written with its decision, so a stop
         // before it leaves an alert no incident holds, replayed at start. Its decision on the
-        // record — an escalation (whose state a start restores if the store lacks it) or a
-        // run's start (which follows a durable save) — or its removal since says it was
-        // decided: one the store no longer holds is not news to replay.
+        // record — an escalation holding its first state (which a start restores if the store
+        // lacks it) or a run's start (which follows a durable save) — its removal since, or
+        // the alert recorded as failed says there is nothing to replay.
         if let Some(last) = &scanned.last_taken
             && last.opened
-            && ((matches!(record.kind.as_str(), "escalation" | "execution-start")
-                && record.incident.as_deref() == Some(last.incident.as_str()))
-                || (record.kind == "incidents-pruned"
-                    && record
-                        .data
-                        .get("incidents")
-                        .and_then(Value::as_array)
-                        .is_some_and(|gone| {
-                            gone.iter()
-                                .any(|g| g.as_str() == Some(last.incident.as_str()))
-                        })))
+            && ((record.incident.as_deref() == Some(last.incident.as_str())
+                && (record.kind == "execution-start"
+                    || (record.kind == "escalation" && record.data.get("first_state").is_some())))
+                || (record.kind == "alert-take-failed"
+                    && record.data.get("intake").and_then(Value::as_u64) == Some(last.intake))
+                || (matches!(
+                    record.kind.as_str(),
+                    "incidents-pruning" | "incidents-pruned"
+                ) && record
+                    .data
+                    .get("incidents")
+                    .and_then(Value::as_array)
+                    .is_some_and(|gone| {
+                        gone.iter()
+                            .any(|g| g.as_str() == Some(last.incident.as_str()))
+                    })))
         {
             scanned.last_taken = None;
         }

@@ -57,20 +57,17 @@ impl FirstStates {
                     });
                 }
             }
-            // Removed on purpose, closed long ago: not missing.
-            ("incidents-pruned", _) => {
+            // Removed on purpose, closed long ago: not missing. The first record is written
+            // durably before anything is removed.
+            ("incidents-pruning" | "incidents-pruned", _) => {
                 if let Some(gone) = record.data.get("incidents").and_then(Value::as_array) {
                     let gone: Vec<&str> = gone.iter().filter_map(Value::as_str).collect();
                     self.forget(&gone);
                 }
             }
-            // What the escalation's own command writes after it, and a restore's record: the
-            // first state may still be all there is.
-            ("escalation-delivery" | "transition" | "recovered", _) => {}
-            // A later command took the incident up (an answer, an attached alert, a
-            // withdrawal): its durable write made the staged one durable, so a store without
-            // the incident removed it on purpose — even if a stop cut off the removal's record.
-            (_, Some(incident)) => self.forget(&[incident]),
+            // Any other record leaves it looked for: a later command's record (a refused
+            // answer, an attached alert) may precede its write or have none, and a power loss
+            // can take the staged state back under it.
             _ => {}
         }
     }
@@ -93,31 +90,37 @@ impl FirstStates {
 impl Worker {
     /// Every first state on the record the store does not hold (it knows nothing of the
     /// incident, or only that it was triaging): rebuilt from the audit and saved durably. At
-    /// start, and again after a failure that may have cut a first state's write off. Returns
-    /// how many were restored.
-    pub(crate) async fn restore_first_states(&mut self) -> Result<usize, RuntimeError> {
+    /// start, and again after a failure that may have cut a first state's write off (`deliver`:
+    /// then nobody was told yet, as the escalation is delivered after its state is written; a
+    /// start sends cut-off escalations again itself). Returns how many were restored.
+    pub(crate) async fn restore_first_states(
+        &mut self,
+        deliver: bool,
+    ) -> Result<usize, RuntimeError> {
         let mut restored = 0;
         let newest: Vec<FirstState> = self.first_states.newest.iter().cloned().collect();
         for first in &newest {
             match self.ctx.store.get(&first.incident).await {
                 Ok(held) if held.status != IncidentStatus::Triaging => continue,
                 Ok(_) | Err(StoreError::UnknownIncident(_)) => {}
-                // Held but unreadable or changed outside Themis: never written over; recovery
-                // reports it (a store that cannot be read at all fails recovery's scan).
-                Err(_) => continue,
+                // Held but changed outside Themis or unreadable: never written over; recovery
+                // reports it.
+                Err(StoreError::Tampered { .. } | StoreError::Corrupt { .. }) => continue,
+                // The store failing: tried again at the next settle or start.
+                Err(e) => return Err(e.into()),
             }
-            if self.restore(first).await? {
+            if self.restore(first, deliver).await? {
                 restored += 1;
             }
         }
         Ok(restored)
     }
 
-    async fn restore(&mut self, first: &FirstState) -> Result<bool, RuntimeError> {
+    async fn restore(&mut self, first: &FirstState, deliver: bool) -> Result<bool, RuntimeError> {
         let ctx = self.ctx.clone();
         let agent = ctx.agent.def.name.clone();
         let records = read_first_state(&ctx.audit, &agent, first).await?;
-        let Some(incident) = rebuild(&agent, first, &records) else {
+        let Some((incident, escalation)) = rebuild(&agent, first, &records) else {
             tracing::error!(agent = %agent, incident = %first.incident, seq = first.seq, "a first-state escalation cannot be read back; its incident is not restored");
             ctx.audit.append(
                 &agent,
@@ -125,6 +128,8 @@ impl Worker {
                 "recovery-failed",
                 json!({ "escalation_seq": first.seq, "reason": "the incident's state was not on disk at start and its escalation record cannot be read back: it is not restored; see the escalation on the record" }),
             )?;
+            // Said once: reading it again will not go better.
+            self.first_states.forget(&[&first.incident]);
             return Ok(false);
         };
         ctx.audit.append_deferred(
@@ -139,6 +144,10 @@ impl Worker {
             }),
         )?;
         ctx.store.save(&incident).await?;
+        self.track_expiry(&incident);
+        if deliver {
+            super::escalate::deliver(&ctx, &escalation, &incident.id).await?;
+        }
         Ok(true)
     }
 }
@@ -174,10 +183,10 @@ async fn read_first_state(
     Ok(read)
 }
 
-/// The incident as its first escalation left it. The alert record gives when and how it
-/// opened; without it (the audit's oldest segments removed) the escalation's own copy of the
-/// alert and its time stand in.
-fn rebuild(agent: &str, first: &FirstState, records: &[Record]) -> Option<Incident> {
+/// The incident as its first escalation left it, and the escalation. The alert record gives the
+/// intake it came from; without it (the audit's oldest segments removed) the escalation's
+/// copy of the alert stands in.
+fn rebuild(agent: &str, first: &FirstState, records: &[Record]) -> Option<(Incident, Escalation)> {
     let escalation_record = records
         .iter()
         .find(|r| r.seq == first.seq && r.kind == "escalation")?;
@@ -186,11 +195,17 @@ fn rebuild(agent: &str, first: &FirstState, records: &[Record]) -> Option<Incide
     if escalation.incident != first.incident || escalation.agent != agent {
         return None;
     }
-    let escalated_at = time(&escalation_record.ts)?;
+    // As `propose` held them: the page and an adjustment compare `escalated_at` exactly.
+    let at = |key: &str| -> Option<SystemTime> {
+        serde_json::from_value(escalation_record.data.get("first_state")?.get(key)?.clone()).ok()
+    };
+    let escalated_at = at("escalated_at").or_else(|| time(&escalation_record.ts))?;
     let opening = records
         .iter()
         .find(|r| r.kind == "alert" && r.seq == first.opened_seq);
-    let opened_at = opening.and_then(|r| time(&r.ts)).unwrap_or(escalated_at);
+    let opened_at = at("opened_at")
+        .or_else(|| opening.and_then(|r| time(&r.ts)))
+        .unwrap_or(escalated_at);
     let mut incident = Incident::opened(
         first.incident.clone(),
         agent.to_owned(),
@@ -208,18 +223,12 @@ fn rebuild(agent: &str, first: &FirstState, records: &[Record]) -> Option<Incide
     } else {
         IncidentStatus::Escalated
     };
-    incident.proposed_at = Some(
-        escalation
-            .proposal
-            .as_ref()
-            .map(|p| p.requested_at)
-            .unwrap_or(escalated_at),
-    );
-    incident.escalated_at = incident.proposed_at;
+    incident.proposed_at = Some(escalated_at);
+    incident.escalated_at = Some(escalated_at);
     incident.proposal_record = escalation.proposal.as_ref().map(|_| escalation_record.at());
-    incident.proposal = escalation.proposal;
-    incident.reason = Some(escalation.reason);
-    Some(incident)
+    incident.proposal = escalation.proposal.clone();
+    incident.reason = Some(escalation.reason.clone());
+    Some((incident, escalation))
 }
 
 fn time(ts: &str) -> Option<SystemTime> {
@@ -275,8 +284,14 @@ mod tests {
                 .iter()
                 .any(|f| f.incident == "inc-3" || f.incident == "inc-10")
         );
-        // Its own command's later records leave it looked for; a later command's do not.
-        for kind in ["escalation-delivery", "transition", "recovered"] {
+        // Later records of the incident leave it looked for (a refused answer writes no state;
+        // an attached alert's record comes before its write); the pruning's intent does not.
+        for kind in [
+            "escalation-delivery",
+            "transition",
+            "approval-refused",
+            "alert-attached",
+        ] {
             found.see(
                 &audit
                     .append("kafka", Some("inc-20"), kind, json!({}))
@@ -286,7 +301,12 @@ mod tests {
         assert!(found.newest.iter().any(|f| f.incident == "inc-20"));
         found.see(
             &audit
-                .append("kafka", Some("inc-20"), "rejection", json!({}))
+                .append(
+                    "kafka",
+                    None,
+                    "incidents-pruning",
+                    json!({ "incidents": ["inc-20"] }),
+                )
                 .expect("append"),
         );
         assert!(!found.newest.iter().any(|f| f.incident == "inc-20"));

@@ -44,7 +44,25 @@ impl Worker {
             .checked_sub(retention.keep)
             .unwrap_or(SystemTime::UNIX_EPOCH);
         let agent = self.ctx.agent.def.name.clone();
-        let pruned = self.ctx.store.prune_closed(&agent, before, BATCH).await?;
+        // Durable before anything goes: a start then knows an incident the store lacks was
+        // removed on purpose, even if a stop cuts the removal off before its outcome's record.
+        let audit = self.ctx.audit.clone();
+        let announce = |ids: &[String]| {
+            audit
+                .append(
+                    &agent,
+                    None,
+                    "incidents-pruning",
+                    json!({ "incidents": ids, "unchanged_since_before": humantime::format_rfc3339_millis(before).to_string() }),
+                )
+                .map(|_| ())
+                .map_err(|e| crate::store::StoreError::AuditNotDurable(e.to_string()))
+        };
+        let pruned = self
+            .ctx
+            .store
+            .prune_closed(&agent, before, BATCH, &announce)
+            .await?;
         self.first_states.forget(&pruned);
         if pruned.len() == BATCH {
             // More may be due: the next tick goes on.

@@ -359,7 +359,7 @@ impl Worker {
             return;
         }
         // A first state whose write the failure cut off is restored before recovery looks.
-        let settled = match self.restore_first_states().await {
+        let settled = match self.restore_first_states(true).await {
             Ok(_) => self.recover().await,
             Err(e) => Err(e),
         };

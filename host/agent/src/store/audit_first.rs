@@ -120,8 +120,11 @@ impl IncidentStore for AuditFirst {
         agent: &str,
         before: std::time::SystemTime,
         limit: usize,
+        announce: super::Announce<'_>,
     ) -> Result<Vec<String>, StoreError> {
-        self.inner.prune_closed(agent, before, limit).await
+        self.inner
+            .prune_closed(agent, before, limit, announce)
+            .await
     }
 
     /// A hint, rewritten in place on every move and never fsynced: recovery trusts the

@@ -880,7 +880,10 @@ async fn an_open_incident_whose_columns_were_edited_to_closed_is_not_pruned() {
         .await
         .expect("edit");
     let due = SystemTime::now() + Duration::from_secs(2);
-    let pruned = store.prune_closed("kafka", due, 10).await.expect("prune");
+    let pruned = store
+        .prune_closed("kafka", due, 10, &|_| Ok(()))
+        .await
+        .expect("prune");
     assert_eq!(pruned, vec!["inc-41"]);
     assert_eq!(
         store.get("inc-40").await.expect("kept").status,
@@ -914,24 +917,53 @@ async fn closed_incidents_leave_the_store_when_retention_says_so_and_nothing_els
         store.save(&elsewhere).await.expect("save");
 
         let an_hour_ago = SystemTime::now() - Duration::from_secs(3600);
+        let told = std::sync::Mutex::new(Vec::<String>::new());
+        let announce = |ids: &[String]| {
+            told.lock().expect("told").extend(ids.iter().cloned());
+            Ok(())
+        };
         assert!(
             store
-                .prune_closed("kafka", an_hour_ago, 10)
+                .prune_closed("kafka", an_hour_ago, 10, &announce)
                 .await
                 .expect("prune")
                 .is_empty(),
             "nothing has been closed that long"
         );
-        // Due now: a bounded batch at a time, only the agent's closed incidents.
+        assert!(told.lock().expect("told").is_empty(), "nothing announced");
         let due = SystemTime::now() + Duration::from_secs(2);
-        let mut pruned = store.prune_closed("kafka", due, 1).await.expect("prune");
+        // An announcement that fails (its record not durable) removes nothing.
+        let refused = store
+            .prune_closed("kafka", due, 10, &|_| {
+                Err(StoreError::AuditNotDurable("disk full".into()))
+            })
+            .await;
+        assert!(
+            matches!(refused, Err(StoreError::AuditNotDurable(_))),
+            "{refused:?}"
+        );
+        assert_eq!(store.get("inc-30").await.expect("kept").id, "inc-30");
+        // Due now: a bounded batch at a time, only the agent's closed incidents, each
+        // announced before it went.
+        let mut pruned = store
+            .prune_closed("kafka", due, 1, &announce)
+            .await
+            .expect("prune");
         assert_eq!(pruned.len(), 1);
-        pruned.extend(store.prune_closed("kafka", due, 10).await.expect("prune"));
+        pruned.extend(
+            store
+                .prune_closed("kafka", due, 10, &announce)
+                .await
+                .expect("prune"),
+        );
         pruned.sort();
         assert_eq!(pruned, vec!["inc-30", "inc-33"]);
+        let mut announced = told.lock().expect("told").clone();
+        announced.sort();
+        assert_eq!(announced, pruned);
         assert!(
             store
-                .prune_closed("kafka", due, 10)
+                .prune_closed("kafka", due, 10, &announce)
                 .await
                 .expect("prune")
                 .is_empty()

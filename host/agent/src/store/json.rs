@@ -346,12 +346,13 @@ impl IncidentStore for JsonStore {
         agent: &str,
         before: SystemTime,
         limit: usize,
+        announce: super::Announce<'_>,
     ) -> Result<Vec<String>, StoreError> {
         let (candidates, _) = self.scan().await?;
         let _w = self.writes.lock().unwrap_or_else(|p| p.into_inner());
-        let mut pruned = Vec::new();
+        let mut due = Vec::new();
         for candidate in candidates {
-            if pruned.len() >= limit {
+            if due.len() >= limit {
                 break;
             }
             if candidate.agent != agent || candidate.status.is_open() {
@@ -375,6 +376,18 @@ impl IncidentStore for JsonStore {
             if changed >= before {
                 continue;
             }
+            due.push((incident, path));
+        }
+        if due.is_empty() {
+            return Ok(Vec::new());
+        }
+        announce(&due.iter().map(|(i, _)| i.id.clone()).collect::<Vec<_>>())?;
+        let mut pruned = Vec::new();
+        for (incident, path) in due {
+            let io = |source| StoreError::Io {
+                path: path.clone(),
+                source,
+            };
             // The fingerprint's newest-incident marker must not name a file that is gone.
             let latest = self.latest_marker(&incident.agent, &incident.fingerprint);
             if self.read::<String>(&latest)?.as_deref() == Some(incident.id.as_str()) {

@@ -111,6 +111,12 @@ impl StoreKind {
 /// Open the state directory's store to write, waiting up to `wait` for another process that
 /// holds it: the kind already there, else `wanted`, else `default`. A directory that holds the
 /// other kind than `wanted` is refused: two stores of one host would disagree.
+/// Told which incidents a pruning is about to remove, before any is gone: the caller records
+/// them durably there, so a store without an incident the audit named can tell a removal —
+/// even one a stop cut off before its outcome's record — from a write a power loss took back
+/// (`runtime/restore.rs`).
+pub type Announce<'a> = &'a (dyn Fn(&[String]) -> Result<(), StoreError> + Send + Sync);
+
 pub async fn open(
     dir: &std::path::Path,
     wanted: Option<&StoreChoice>,
@@ -583,12 +589,14 @@ pub trait IncidentStore: Send + Sync {
     }
     /// Retention: remove up to `limit` of `agent`'s closed incidents last written before
     /// `before`, and return their ids. The audit keeps their whole history; the store keeps
-    /// what the host acts on, so it does not grow with every incident ever closed.
+    /// what the host acts on, so it does not grow with every incident ever closed. `announce`
+    /// is told which it is about to remove before any is, and an error from it removes none.
     async fn prune_closed(
         &self,
         agent: &str,
         before: SystemTime,
         limit: usize,
+        announce: Announce<'_>,
     ) -> Result<Vec<String>, StoreError>;
     async fn save_agent_state(&self, agent: &str, state: &AgentState) -> Result<(), StoreError>;
     async fn agent_state(&self, agent: &str) -> Result<AgentState, StoreError>;

@@ -736,6 +736,7 @@ impl IncidentStore for PgStore {
         agent: &str,
         before: SystemTime,
         limit: usize,
+        announce: super::Announce<'_>,
     ) -> Result<Vec<String>, StoreError> {
         let mut tx = self.fenced().await?;
         let rows: Vec<Row> = sqlx::query_as(
@@ -751,6 +752,10 @@ impl IncidentStore for PgStore {
         .map_err(|e| self.rows.fail(e))?;
         let (ids, macs): (Vec<String>, Vec<String>) =
             self.rows.prunable(agent, rows).into_iter().unzip();
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        announce(&ids)?;
         let pruned: Vec<String> = sqlx::query_scalar(
             "DELETE FROM incidents i USING unnest($1::text[], $2::text[]) AS c(id, mac)
              WHERE i.id = c.id AND i.mac = c.mac RETURNING i.id",

@@ -542,6 +542,7 @@ impl IncidentStore for SqliteStore {
         agent: &str,
         before: SystemTime,
         limit: usize,
+        announce: super::Announce<'_>,
     ) -> Result<Vec<String>, StoreError> {
         let sql = format!(
             "SELECT id, body, mac FROM incidents WHERE agent = ?1 AND changed_ms < ?2
@@ -560,8 +561,13 @@ impl IncidentStore for SqliteStore {
             .fetch_all(&mut *tx)
             .await
             .map_err(|e| self.fail(e))?;
+        let due = self.rows.prunable(agent, rows);
+        let ids: Vec<String> = due.iter().map(|(id, _)| id.clone()).collect();
+        if !ids.is_empty() {
+            announce(&ids)?;
+        }
         let mut pruned = Vec::new();
-        for (id, mac) in self.rows.prunable(agent, rows) {
+        for (id, mac) in due {
             let gone = sqlx::query("DELETE FROM incidents WHERE id = ?1 AND mac = ?2")
                 .bind(&id)
                 .bind(&mac)
