@@ -286,6 +286,9 @@ impl Runtime {
             worker.retention = options.keep_closed.map(retention::Retention::new);
             let mut scan = scanned.remove(&agent.def.name).unwrap_or_default();
             worker.first_states = std::mem::take(&mut scan.first_states);
+            // A process killed again and again must not stage without end: the count of
+            // staged first states in a row goes on from the record's.
+            worker.staged_run = worker.first_states.staged_run;
             // Before recovery, which then sees restored incidents as any waiting one.
             worker.restore_first_states(false).await?;
             worker.recover().await?;

@@ -231,7 +231,13 @@ pub(crate) fn scan_accepted(
         } else if TAKEN_BY.contains(&record.kind.as_str())
             && let Some(intake) = record.data.get("intake").and_then(Value::as_u64)
         {
-            if !scanned.untaken.remove(&intake) {
+            // Taken up again (a retry after a failure, a replay): the newer record is the one a
+            // start goes by.
+            let again = scanned
+                .last_taken
+                .as_ref()
+                .is_some_and(|last| last.intake == intake);
+            if !scanned.untaken.remove(&intake) && !again {
                 // One the bound made the scan let go of was taken up after all.
                 if let Some((count, first, last)) = &mut scanned.dropped
                     && (*first..=*last).contains(&intake)
@@ -525,6 +531,43 @@ mod tests {
         }
         let (found, ..) = scan_accepted(&audit, &agents, 3).expect("scan");
         assert_eq!(found["kafka"].dropped, None);
+
+        // An alert taken up twice (a retry after a failure cut the first try off before its
+        // decision): the second try, decided, is what a start goes by, not the first.
+        let again = audit
+            .append("kafka", None, "alert-accepted", json!({ "n": 9 }))
+            .expect("append")
+            .seq;
+        let taken = |incident: &str| Entry {
+            incident: Some(incident.into()),
+            ..entry("alert", json!({ "intake": again }))
+        };
+        audit.append_many(vec![taken("inc-first")]).expect("append");
+        let (found, ..) = scan_accepted(&audit, &agents, 10).expect("scan");
+        assert_eq!(
+            found["kafka"]
+                .last_taken
+                .as_ref()
+                .map(|l| l.incident.as_str()),
+            Some("inc-first"),
+            "cut off before its decision: replayed unless the store holds it"
+        );
+        audit
+            .append_many(vec![taken("inc-second")])
+            .expect("append");
+        audit
+            .append(
+                "kafka",
+                Some("inc-second"),
+                "escalation",
+                json!({ "first_state": { "opened_seq": again } }),
+            )
+            .expect("append");
+        let (found, ..) = scan_accepted(&audit, &agents, 10).expect("scan");
+        assert!(
+            found["kafka"].last_taken.is_none(),
+            "decided on the second try"
+        );
 
         // The bound is never below what the backlog holds.
         assert_eq!(replay_bound(100_000), 100_000);

@@ -38,6 +38,9 @@ pub(crate) struct FirstState {
 #[derive(Debug, Default)]
 pub(crate) struct FirstStates {
     newest: VecDeque<FirstState>,
+    /// How many of the newest were staged since the last saved durably: where a new worker's
+    /// count of staged first states in a row (`Worker::staged_run`) starts.
+    pub(crate) staged_run: usize,
 }
 
 impl FirstStates {
@@ -50,6 +53,9 @@ impl FirstStates {
                     .pointer("/first_state/opened_seq")
                     .and_then(Value::as_u64)
                 {
+                    let staged =
+                        record.data.pointer("/first_state/staged") == Some(&Value::Bool(true));
+                    self.staged_run = if staged { self.staged_run + 1 } else { 0 };
                     self.push(FirstState {
                         incident: incident.clone(),
                         seq: record.seq,
@@ -57,6 +63,8 @@ impl FirstStates {
                     });
                 }
             }
+            // Said already: not tried at every start.
+            ("recovery-failed", Some(incident)) => self.forget(&[incident]),
             // Removed on purpose, closed long ago: not missing. The first record is written
             // durably before anything is removed.
             ("incidents-pruning" | "incidents-pruned", _) => {
@@ -311,5 +319,19 @@ mod tests {
         );
         assert!(!found.newest.iter().any(|f| f.incident == "inc-20"));
         assert_eq!(found.newest.len(), WINDOW - 3);
+        // One that could not be read back is said once, not at every start.
+        found.see(
+            &audit
+                .append("kafka", Some("inc-21"), "recovery-failed", json!({}))
+                .expect("append"),
+        );
+        assert!(!found.newest.iter().any(|f| f.incident == "inc-21"));
+        // The staged ones since the last saved durably are counted on from the record.
+        assert_eq!(found.staged_run, WINDOW + 3);
+        let mut durable = escalation(&audit, "inc-d", Some(1));
+        durable.data["first_state"]["staged"] = json!(false);
+        found.see(&durable);
+        found.see(&escalation(&audit, "inc-e", Some(2)));
+        assert_eq!(found.staged_run, 1);
     }
 }

@@ -47,7 +47,12 @@ impl Worker {
         // Durable before anything goes: a start then knows an incident the store lacks was
         // removed on purpose, even if a stop cuts the removal off before its outcome's record.
         let audit = self.ctx.audit.clone();
+        let announced = std::sync::Mutex::new(Vec::<String>::new());
         let announce = |ids: &[String]| {
+            announced
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(ids.iter().cloned());
             audit
                 .append(
                     &agent,
@@ -62,8 +67,13 @@ impl Worker {
             .ctx
             .store
             .prune_closed(&agent, before, BATCH, &announce)
-            .await?;
-        self.first_states.forget(&pruned);
+            .await;
+        // Announced is as good as gone, whatever the outcome: a pruning that failed part-way
+        // (or whose commit's answer was lost) may have removed some, and a restore must not
+        // bring those back as open.
+        let announced = announced.into_inner().unwrap_or_else(|p| p.into_inner());
+        self.first_states.forget(&announced);
+        let pruned = pruned?;
         if pruned.len() == BATCH {
             // More may be due: the next tick goes on.
             retention.next = now;
