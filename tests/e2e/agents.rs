@@ -290,6 +290,13 @@ async fn escalations_reach_slack_over_http_and_the_webhook_never_reaches_the_aud
         .handle_alert(world_alert(world))
         .await
         .expect("handled");
+    // Sent once the reply is out, then recorded.
+    let audit_path = dir.path().join("audit.jsonl");
+    crate::common::eventually("the delivery is recorded", || {
+        std::fs::read_to_string(&audit_path)
+            .is_ok_and(|a| a.contains("\"kind\":\"escalation-delivery\""))
+    })
+    .await;
 
     let posts = received.lock().expect("lock").clone();
     assert_eq!(posts.len(), 1);

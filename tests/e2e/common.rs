@@ -163,6 +163,19 @@ pub fn world_alert(name: &str) -> themis_core::types::Alert {
 }
 
 /// Every audit record of a log, as JSON.
+/// Wait (up to ten seconds) until `done` holds: for what a worker does after its reply, such
+/// as sending an escalation to Slack.
+pub async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never happened: {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
 pub fn records(path: &Path) -> Vec<serde_json::Value> {
     let text = std::fs::read_to_string(path).expect("audit");
     // Complete lines only: a host may be writing the next one as this reads.

@@ -549,6 +549,12 @@ async fn secrets_never_leave_the_host() {
         "connect with postgres://app:pw98765@db:5432/x, header Authorization: Bearer tok-abcdef123456",
     ));
     host.runtime.handle_alert(alert).await.expect("handled");
+    // Slack is sent to once the reply is out, then the delivery recorded.
+    crate::common::eventually("the delivery is recorded", || {
+        std::fs::read_to_string(&host.audit_path)
+            .is_ok_and(|a| a.contains("\"kind\":\"escalation-delivery\""))
+    })
+    .await;
     let secrets = ["hunter2hunter2", "pw98765", "tok-abcdef123456"];
     let audit = std::fs::read_to_string(&host.audit_path).expect("audit");
     let slack = serde_json::to_string(&*posted.lock().expect("lock")).expect("json");

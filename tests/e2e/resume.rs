@@ -362,6 +362,9 @@ struct RefusesRunStart {
     refusals: std::sync::atomic::AtomicUsize,
     /// How many fingerprint lookups fail (the database away) before they work again.
     lookups_failing: std::sync::atomic::AtomicUsize,
+    /// How many fingerprint lookups find a row changed outside Themis: a failure trying
+    /// again would repeat.
+    lookups_tampered: std::sync::atomic::AtomicUsize,
 }
 
 /// Take one from `n` if it is not zero: whether it was.
@@ -399,6 +402,11 @@ impl themis_agent::store::IncidentStore for RefusesRunStart {
             return Err(StoreError::Io {
                 path: "state".into(),
                 source: std::io::Error::other("the database is away"),
+            });
+        }
+        if take_one(&self.lookups_tampered) {
+            return Err(StoreError::Tampered {
+                path: "state/incidents".into(),
             });
         }
         self.inner.open_for(agent, fp).await
@@ -442,6 +450,15 @@ async fn postgres_host(
     store: Arc<dyn themis_agent::store::IncidentStore>,
     mock: Arc<themis_testkit::mock::ScenarioMock>,
 ) -> themis_agent::Runtime {
+    postgres_host_telling(dir, store, mock, Default::default()).await
+}
+
+async fn postgres_host_telling(
+    dir: &std::path::Path,
+    store: Arc<dyn themis_agent::store::IncidentStore>,
+    mock: Arc<themis_testkit::mock::ScenarioMock>,
+    channels: themis_agent::escalation::Channels,
+) -> themis_agent::Runtime {
     let audit = themis_agent::audit::AuditLog::open(
         &dir.join("audit.jsonl"),
         themis_agent::audit::Redactor::default(),
@@ -453,7 +470,7 @@ async fn postgres_host(
             agent_files: vec![crate::common::repo().join("agents/postgres.yaml")],
             audit: Arc::new(audit),
             store,
-            channels: Default::default(),
+            channels,
             observer: Arc::new(themis_testkit::scenario_agent::Recorder::default()),
             provider: Arc::new(themis_testkit::provider::ScenarioProvider::new(mock, false)),
         },
@@ -501,6 +518,7 @@ async fn an_approved_run_cut_off_before_it_started_is_started_on_recovery() {
             inner: store.clone(),
             refusals: usize::MAX.into(),
             lookups_failing: 0.into(),
+            lookups_tampered: 0.into(),
         }),
         mock.clone(),
     )
@@ -601,6 +619,7 @@ async fn failing_host(
             inner: store.clone(),
             refusals: refusals.into(),
             lookups_failing: lookups_failing.into(),
+            lookups_tampered: 0.into(),
         }),
         mock,
     )
@@ -678,6 +697,91 @@ async fn an_accepted_alert_a_store_error_cut_off_is_taken_up_again() {
     let opened: Vec<_> = records.iter().filter(|r| r["kind"] == "alert").collect();
     assert_eq!(opened.len(), 1, "one incident for one alert");
     assert_eq!(opened[0]["incident"], incident.id.as_str());
+    host.stop().await;
+}
+
+/// An accepted alert its agent gave up on (here a row changed outside Themis: trying again
+/// would repeat the failure) was only recorded: the intake had answered 200, so its sender
+/// paged nobody, and neither did Themis. A human is now told, over Slack's HTTP, after the
+/// record, and the delivery is on the record too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_accepted_alert_its_agent_gives_up_on_is_told_to_a_human() {
+    use axum::{Json, Router, extract::State, routing::post};
+    let received: Arc<std::sync::Mutex<Vec<Value>>> = Arc::default();
+    let app =
+        Router::new()
+            .route(
+                "/services/T000/B000/HOOK",
+                post(
+                    |State(r): State<Arc<std::sync::Mutex<Vec<Value>>>>,
+                     Json(body): Json<Value>| async move {
+                        r.lock().expect("lock").push(body);
+                        "ok"
+                    },
+                ),
+            )
+            .with_state(received.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let world = crate::common::world_file("agent-postgres-lock-waits.yaml");
+    let scenario = themis_testkit::scenario::load(&world).expect("scenario");
+    let mock = Arc::new(themis_testkit::mock::ScenarioMock::new(scenario.mocks).expect("mocks"));
+    let store: Arc<dyn themis_agent::store::IncidentStore> =
+        Arc::new(themis_agent::store::JsonStore::open(&dir.path().join("state")).expect("store"));
+    let host = postgres_host_telling(
+        dir.path(),
+        Arc::new(RefusesRunStart {
+            inner: store.clone(),
+            refusals: 0.into(),
+            lookups_failing: 0.into(),
+            lookups_tampered: 1.into(),
+        }),
+        mock,
+        themis_agent::escalation::Channels {
+            slack_webhook: Some(format!("http://{addr}/services/T000/B000/HOOK")),
+        },
+    )
+    .await;
+    let alert = scenario.alert.to_alert();
+    host.submit(
+        alert.clone(),
+        themis_agent::AlertStatus::Firing,
+        json!({ "via": "test" }),
+    )
+    .expect("accepted");
+    let audit = dir.path().join("audit.jsonl");
+    crate::common::eventually("the notice's delivery is recorded", || {
+        std::fs::read_to_string(&audit)
+            .is_ok_and(|a| a.contains("\"kind\":\"alert-take-failed-escalated\""))
+    })
+    .await;
+    let records = crate::common::records(&audit);
+    let at = |kind: &str| {
+        records
+            .iter()
+            .position(|r| r["kind"] == kind)
+            .unwrap_or_else(|| panic!("no {kind} record"))
+    };
+    assert!(at("alert-take-failed") < at("alert-take-failed-escalated"));
+    let told = &records[at("alert-take-failed-escalated")]["data"]["deliveries"];
+    assert_eq!(told[0]["channel"], "slack");
+    assert_eq!(told[0]["ok"], true, "{told}");
+    let posts = received.lock().expect("lock").clone();
+    assert_eq!(posts.len(), 1, "one message for one alert: {posts:?}");
+    let text = posts[0].to_string();
+    assert!(
+        text.contains("not handled")
+            && text.contains(&alert.name)
+            && text.contains("changed outside Themis"),
+        "{text}"
+    );
+    // Given up on, not held: nothing was opened for it and the agent takes the next one.
+    assert!(!records.iter().any(|r| r["kind"] == "alert"), "no incident");
     host.stop().await;
 }
 

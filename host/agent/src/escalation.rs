@@ -246,6 +246,12 @@ impl Channels {
         self.post(&unowned_to_slack(alert)).await
     }
 
+    /// Tell the humans that `agent` gave up on a firing alert the service accepted: nothing
+    /// was done about it, and nobody else will be told. `why` is already redacted.
+    pub async fn deliver_unhandled(&self, agent: &str, alert: &Alert, why: &str) -> Vec<Delivery> {
+        self.post(&unhandled_to_slack(agent, alert, why)).await
+    }
+
     async fn post(&self, payload: &Value) -> Vec<Delivery> {
         let mut out = Vec::new();
         if let Some(url) = &self.slack_webhook {
@@ -287,17 +293,33 @@ impl Channels {
 
 /// The message for an alert no agent owns: what it is, and that nobody acts on it.
 pub fn unowned_to_text(alert: &Alert) -> String {
-    let labels: Vec<String> = alert
-        .labels
-        .iter()
-        .map(|p| format!("{}={}", one_line(&p.key), one_line(&p.value)))
-        .collect();
     format!(
         "UNOWNED ALERT  {} ({})\n  no agent owns it: nothing will be done about it here. Route it to a team, or give an agent a route for it.\n  labels: {}\n",
         one_line(&alert.name),
         one_line(&alert.fingerprint),
-        labels.join(", ")
+        labels_text(alert)
     )
+}
+
+/// The message for a firing alert its agent gave up on: which, why, and that it is the humans'.
+pub fn unhandled_to_text(agent: &str, alert: &Alert, why: &str) -> String {
+    format!(
+        "ALERT NOT HANDLED  {} ({})\n  the {} agent gave up on it: nothing was done. Look at it by hand.\n  why: {}\n  labels: {}\n",
+        one_line(&alert.name),
+        one_line(&alert.fingerprint),
+        one_line(agent),
+        one_line(why),
+        labels_text(alert)
+    )
+}
+
+fn labels_text(alert: &Alert) -> String {
+    alert
+        .labels
+        .iter()
+        .map(|p| format!("{}={}", one_line(&p.key), one_line(&p.value)))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// `s` on one line as it was sent: a line break, a carriage return or any other control
@@ -336,13 +358,33 @@ fn source_line(alert: &Alert) -> Option<String> {
 }
 
 /// The Slack form of [`unowned_to_text`], every alert-supplied string escaped.
-pub fn unowned_to_slack(alert: &Alert) -> Value {
-    let e = |s: &str| mrkdwn_escape(s);
-    let labels: Vec<String> = alert
+/// An alert's labels for Slack, each as code.
+fn labels_mrkdwn(alert: &Alert) -> Vec<String> {
+    alert
         .labels
         .iter()
-        .map(|p| format!("`{}={}`", e(&p.key), e(&p.value)))
-        .collect();
+        .map(|p| format!("`{}={}`", mrkdwn_escape(&p.key), mrkdwn_escape(&p.value)))
+        .collect()
+}
+
+/// [`unhandled_to_text`] for Slack; nothing in it can mention or link (`mrkdwn_escape`).
+pub fn unhandled_to_slack(agent: &str, alert: &Alert, why: &str) -> Value {
+    let e = |s: &str| mrkdwn_escape(s);
+    json!({
+        "text": format!("Themis: an alert was not handled: {}", e(&alert.name)),
+        "blocks": [
+            { "type": "header", "text": { "type": "plain_text", "text": "Themis: an alert was not handled" } },
+            { "type": "section", "text": { "type": "mrkdwn", "text": format!(
+                "*{}* (fingerprint `{}`)\nThe {} agent gave up on it: nothing was done. Look at it by hand.\nWhy: {}\n{}",
+                e(&alert.name), e(&alert.fingerprint), e(agent), e(why), labels_mrkdwn(alert).join(" ")
+            ) } }
+        ]
+    })
+}
+
+pub fn unowned_to_slack(alert: &Alert) -> Value {
+    let e = |s: &str| mrkdwn_escape(s);
+    let labels = labels_mrkdwn(alert);
     json!({
         "text": format!("Themis: an alert no agent owns: {}", e(&alert.name)),
         "blocks": [

@@ -12,6 +12,13 @@
 //! and the event stream on top of the runtime's path, interleaved with it. And the one-shot CLI,
 //! `themis alert --alertmanager` (a process per alert: start, load the agents, decide), for
 //! fewer rounds. Target: the service's p99 no worse than the CLI's.
+//!
+//! A worker finishes a decision's work after its reply (the escalation's delivery and its
+//! record's fsync): each measurement starts with every host of the run quiet — a host's worker
+//! is drained through its queue, and the service given a few milliseconds — so no host's
+//! decision is timed against another's leftover fsync, which one sidecar never sees. Alerts to
+//! one agent back to back, each waiting behind the last one's after-reply work, are the
+//! profile mode's mean (`ALERT_DECISION_PROFILE=1`).
 
 mod common;
 
@@ -209,6 +216,8 @@ fn main() {
                 .block_on(host.handle_alert(alert.clone()))
                 .expect("handled");
             times.push(t.elapsed());
+            // Through the worker's queue: its after-reply work is done once this answers.
+            rt.block_on(host.verify_due()).expect("the worker drained");
             let AlertOutcome::Handled(incident) = outcome else {
                 panic!("a new incident")
             };
@@ -235,6 +244,9 @@ fn main() {
             next_escalation(&mut events, &mut unread).await;
         });
         through_service.push(t.elapsed());
+        // The service's worker finishes its after-reply work (about an fsync) before the next
+        // round's first measurement.
+        std::thread::sleep(Duration::from_millis(5));
     }
     through_service.sort();
     with_metrics.sort();

@@ -55,6 +55,19 @@ pub enum RegistryError {
         auth::PASSWORD_ENV
     )]
     Unauthorized { registry: String, from: String },
+    /// The token service answered anything but a token, and the client keeps only its words
+    /// (not its status): bad credentials and a token service that is down read the same, so
+    /// both are named rather than one guessed.
+    #[error(
+        "the registry {registry}'s token service gave no token ({why}): if it says the credentials from {from} are wrong, log in (`docker login {registry}`) or set {}/{}; otherwise the token service is failing — try again once it answers",
+        auth::USERNAME_ENV,
+        auth::PASSWORD_ENV
+    )]
+    NoToken {
+        registry: String,
+        from: String,
+        why: String,
+    },
     #[error("{reference} does not exist in the registry")]
     NotFound { reference: String },
     #[error(
@@ -82,8 +95,16 @@ fn registry_error(e: OciDistributionError, r: &BundleRef, creds: &Credentials) -
                 },
             }
         }
-        OciDistributionError::AuthenticationFailure(_)
-        | OciDistributionError::UnauthorizedError { .. } => unauthorized(),
+        OciDistributionError::AuthenticationFailure(why) => RegistryError::NoToken {
+            registry,
+            from: creds.source.clone(),
+            why: if why.trim().is_empty() {
+                "it said nothing".into()
+            } else {
+                registry_text(why.trim())
+            },
+        },
+        OciDistributionError::UnauthorizedError { .. } => unauthorized(),
         OciDistributionError::ServerError {
             code: 401 | 403, ..
         } => unauthorized(),
@@ -554,5 +575,36 @@ mod stale_tests {
             .collect();
         left.sort();
         assert_eq!(left, [".config.new-backup", ".notes.stale-2024"]);
+    }
+
+    /// A token service that failed is not called a refusal of the credentials: its words are
+    /// passed on, with both readings, and an empty answer still says something.
+    #[test]
+    fn a_token_service_that_gave_no_token_is_named_with_its_words() {
+        let r = BundleRef::parse("oci://registry.example:5000/sre/scale-consumer:1.2.0")
+            .expect("reference");
+        let creds = Credentials {
+            auth: oci_client::secrets::RegistryAuth::Anonymous,
+            source: "no credentials".into(),
+        };
+        let said = registry_error(
+            OciDistributionError::AuthenticationFailure("upstream connect error\n".into()),
+            &r,
+            &creds,
+        )
+        .to_string();
+        assert!(
+            said.contains("token service gave no token (upstream connect error)"),
+            "{said}"
+        );
+        assert!(said.contains("the token service is failing"), "{said}");
+        assert!(!said.contains("refused the credentials"), "{said}");
+        let said = registry_error(
+            OciDistributionError::AuthenticationFailure(" ".into()),
+            &r,
+            &creds,
+        )
+        .to_string();
+        assert!(said.contains("(it said nothing)"), "{said}");
     }
 }

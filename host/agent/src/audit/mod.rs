@@ -53,19 +53,45 @@ pub struct Record {
 
 impl Record {
     /// sha256 over `prev` and the record's canonical JSON without its `hash`.
+    ///
+    /// The canonical JSON is the record as a JSON object without `hash`, its keys (and every
+    /// key of `data`, a serde_json map ordered by key) in sorted order: written straight from
+    /// the fields, in that order, into the digest — every record is hashed once on its way
+    /// out and once more by every reader that checks it, so no copy of it is built.
     pub fn compute_hash(&self) -> String {
-        let mut body = serde_json::to_value(self).unwrap_or(Value::Null);
-        if let Value::Object(map) = &mut body {
-            map.remove("hash");
-        }
-        // serde_json's map is ordered by key, so this rendering is canonical.
-        let bytes = serde_json::to_vec(&body).unwrap_or_default();
         let mut h = Sha256::new();
         h.update(self.prev.as_bytes());
         h.update(b"\n");
-        h.update(&bytes);
+        let canonical = Canonical {
+            agent: &self.agent,
+            data: &self.data,
+            incident: self.incident.as_deref(),
+            kind: &self.kind,
+            mode: self.mode.as_deref(),
+            prev: &self.prev,
+            seq: self.seq,
+            ts: &self.ts,
+        };
+        // Writing into a digest cannot fail, and a `Value` always serialises.
+        let _ = serde_json::to_writer(&mut h, &canonical);
         hex::encode(h.finalize())
     }
+}
+
+/// A record as hashed: every field but `hash`, in sorted key order (see
+/// [`Record::compute_hash`]). A field added to [`Record`] goes here in its sorted place.
+#[derive(Serialize)]
+struct Canonical<'a> {
+    agent: &'a str,
+    data: &'a Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    incident: Option<&'a str>,
+    kind: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mode: Option<&'a str>,
+    prev: &'a str,
+    seq: u64,
+    ts: &'a str,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -1509,6 +1535,51 @@ pub fn read_all(path: &Path) -> Result<(Vec<Record>, usize), std::io::Error> {
 
 #[cfg(test)]
 mod tests {
+    /// The hash as first defined: the record made a JSON value (keys sorted), `hash` taken
+    /// out, rendered. Every chain written before must verify the same.
+    fn hash_as_defined(record: &Record) -> String {
+        let mut body = serde_json::to_value(record).expect("a record is JSON");
+        body.as_object_mut().expect("an object").remove("hash");
+        let mut h = Sha256::new();
+        h.update(record.prev.as_bytes());
+        h.update(b"\n");
+        h.update(serde_json::to_vec(&body).expect("render"));
+        hex::encode(h.finalize())
+    }
+
+    #[test]
+    fn the_hash_written_from_the_fields_is_the_hash_as_defined() {
+        let datas = [
+            json!(null),
+            json!({}),
+            json!({ "z": 1, "a": [1.5, -2, 18446744073709551615u64, "é\n\"\u{1}"], "m": { "y": null, "b": true } }),
+            json!(["x", { "k": "v" }]),
+            json!("just text"),
+        ];
+        for (n, data) in datas.into_iter().enumerate() {
+            for incident in [None, Some("inc-1".to_owned())] {
+                for mode in [None, Some("allow-unsigned".to_owned())] {
+                    let record = Record {
+                        seq: n as u64 * 1_000_003,
+                        ts: "2026-12-04T03:10:00.123Z".into(),
+                        agent: "kafka".into(),
+                        incident: incident.clone(),
+                        kind: "escalation".into(),
+                        data: data.clone(),
+                        mode,
+                        prev: GENESIS.into(),
+                        hash: "not hashed".into(),
+                    };
+                    assert_eq!(
+                        record.compute_hash(),
+                        hash_as_defined(&record),
+                        "{record:?}"
+                    );
+                }
+            }
+        }
+    }
+
     use super::*;
     use serde_json::json;
 

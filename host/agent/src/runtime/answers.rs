@@ -539,6 +539,7 @@ impl Worker {
                     Vec::new(),
                     Some(plan),
                     by.clone(),
+                    None,
                 )
                 .await?;
             }

@@ -25,27 +25,35 @@ impl Fsm {
         incident: &str,
         event: Event,
     ) -> Result<AgentState, RuntimeError> {
+        let planned = self.record(ctx, incident, event)?;
+        Ok(self.apply(ctx, planned).await)
+    }
+
+    /// The first half of [`Fsm::fire`]: check the move and put it on the record (deferred: it
+    /// leaves the process only through the next commit point — a state write, an intent, an
+    /// escalation, the end of the command), not yet made. For a move recorded under the same
+    /// commit point as what comes before it (an escalation and the agent's return to idle),
+    /// made once that is shown; nothing else may move the machine in between.
+    pub(crate) fn record(
+        &self,
+        ctx: &AgentCtx,
+        incident: &str,
+        event: Event,
+    ) -> Result<Planned, RuntimeError> {
         let agent = &ctx.agent.def.name;
         match fsm::transition(&self.state, &event) {
             Ok(next) => {
-                // Deferred: the move leaves the process only through the next commit point
-                // (a state write, an intent, an escalation, the end of the command).
                 ctx.audit.append_deferred(
                     agent,
                     Some(incident),
                     "transition",
                     json!({ "from": self.state, "event": event, "to": next }),
                 )?;
-                // A hint for the next start, not the truth (the audit and the incidents are):
-                // a failed write must not leave the machine in memory behind the move just
-                // recorded — that would wedge the agent in a state no work is in.
-                if let Err(e) = ctx.store.save_agent_state(agent, &next).await {
-                    tracing::warn!(agent = %agent, error = %e, "the agent's state hint could not be saved");
-                }
-                ctx.observer.transition(agent, &self.state, &event, &next);
-                self.state = next.clone();
-                self.tx.send_replace(next.clone());
-                Ok(next)
+                Ok(Planned {
+                    from: self.state.clone(),
+                    event,
+                    next,
+                })
             }
             Err(illegal) => {
                 ctx.audit.append(
@@ -61,4 +69,33 @@ impl Fsm {
             }
         }
     }
+
+    /// The second half of [`Fsm::fire`]: make a recorded move — saved as a hint, shown,
+    /// published.
+    pub(crate) async fn apply(&mut self, ctx: &AgentCtx, planned: Planned) -> AgentState {
+        let agent = &ctx.agent.def.name;
+        let Planned { from, event, next } = planned;
+        debug_assert_eq!(
+            from, self.state,
+            "the machine moved between record and apply"
+        );
+        // A hint for the next start, not the truth (the audit and the incidents are): a failed
+        // write must not leave the machine in memory behind the move just recorded — that
+        // would wedge the agent in a state no work is in.
+        if let Err(e) = ctx.store.save_agent_state(agent, &next).await {
+            tracing::warn!(agent = %agent, error = %e, "the agent's state hint could not be saved");
+        }
+        ctx.observer.transition(agent, &from, &event, &next);
+        self.state = next.clone();
+        self.tx.send_replace(next.clone());
+        next
+    }
+}
+
+/// A move on the record and not yet made ([`Fsm::record`]).
+#[must_use = "a recorded move is made with Fsm::apply"]
+pub(crate) struct Planned {
+    from: AgentState,
+    event: Event,
+    next: AgentState,
 }

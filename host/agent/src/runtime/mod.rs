@@ -267,6 +267,16 @@ impl Runtime {
         let guard = Arc::new(
             guard::Guard::open(parts.store.clone(), &parts.audit, options.clock.clone()).await?,
         );
+        // Whatever an earlier process staged (a kill leaves it in the OS's cache, a power
+        // loss can still take it) is made durable before anything new is staged, so a crash
+        // loop never adds up more than one run at risk per worker (`escalate::STAGED_RUN`).
+        let staged_run = match parts.store.sync().await {
+            Ok(()) => 0,
+            Err(e) => {
+                tracing::warn!(error = %e, "the store could not be made durable at start: each agent's next first state is saved durably");
+                escalate::STAGED_RUN
+            }
+        };
         let mut handles = Vec::new();
         let mut tasks = Vec::new();
         let mut tickers = Vec::new();
@@ -286,9 +296,7 @@ impl Runtime {
             worker.retention = options.keep_closed.map(retention::Retention::new);
             let mut scan = scanned.remove(&agent.def.name).unwrap_or_default();
             worker.first_states = std::mem::take(&mut scan.first_states);
-            // A process killed again and again must not stage without end: the count of
-            // staged first states in a row goes on from the record's.
-            worker.staged_run = worker.first_states.staged_run;
+            worker.staged_run = staged_run;
             // Before recovery, which then sees restored incidents as any waiting one.
             worker.restore_first_states(false).await?;
             worker.recover().await?;

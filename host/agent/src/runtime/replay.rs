@@ -382,6 +382,8 @@ impl Worker {
             )?;
             return Ok(Taken::Done);
         };
+        // Kept for telling a human should the agent give up on it.
+        let firing = (status == AlertStatus::Firing).then(|| alert.clone());
         let handled = match status {
             AlertStatus::Firing => self.alert(alert, Some(seq)).await.map(|_| ()),
             AlertStatus::Resolved => self.resolved(alert, Some(seq)).await.map(|_| ()),
@@ -403,6 +405,24 @@ impl Worker {
                 "alert-take-failed",
                 json!({ "intake": seq, "error": e.to_string() }),
             )?;
+            // The service answered 200 for it, so its sender will not page anyone either:
+            // the humans are told here, after the record (the write-ahead rule).
+            if let Some(alert) = firing {
+                let why = ctx.audit.redactor().redact_text(&e.to_string());
+                tracing::error!(
+                    "{}",
+                    crate::escalation::unhandled_to_text(&agent, &alert, &why).trim_end()
+                );
+                let deliveries = ctx.channels.deliver_unhandled(&agent, &alert, &why).await;
+                if !deliveries.is_empty() {
+                    ctx.audit.append_deferred(
+                        &agent,
+                        None,
+                        "alert-take-failed-escalated",
+                        json!({ "intake": seq, "deliveries": deliveries }),
+                    )?;
+                }
+            }
             self.ensure_idle().await?;
         }
         Ok(Taken::Done)

@@ -7,9 +7,10 @@
 //! proposal a human was sent would name nothing, and the alert would be triaged again into a
 //! second one.
 //!
-//! Only the newest [`WINDOW`] such escalations of each agent are looked at: a worker saves
-//! every `STAGED_RUN`th durably, and a durable write makes every staged one before it durable
-//! (the store's writes are one sequence), so none older can be missing.
+//! Only the newest [`WINDOW`] such escalations of each agent are looked at: a worker makes the
+//! store durable after every `STAGED_RUN` staged (and a start before any), and a durable write
+//! makes every staged one before it durable (the store's writes are one sequence), so none
+//! older can be missing.
 
 use super::RuntimeError;
 use super::escalate::STAGED_RUN;
@@ -38,9 +39,6 @@ pub(crate) struct FirstState {
 #[derive(Debug, Default)]
 pub(crate) struct FirstStates {
     newest: VecDeque<FirstState>,
-    /// How many of the newest were staged since the last saved durably: where a new worker's
-    /// count of staged first states in a row (`Worker::staged_run`) starts.
-    pub(crate) staged_run: usize,
 }
 
 impl FirstStates {
@@ -53,9 +51,6 @@ impl FirstStates {
                     .pointer("/first_state/opened_seq")
                     .and_then(Value::as_u64)
                 {
-                    let staged =
-                        record.data.pointer("/first_state/staged") == Some(&Value::Bool(true));
-                    self.staged_run = if staged { self.staged_run + 1 } else { 0 };
                     self.push(FirstState {
                         incident: incident.clone(),
                         seq: record.seq,
@@ -326,12 +321,5 @@ mod tests {
                 .expect("append"),
         );
         assert!(!found.newest.iter().any(|f| f.incident == "inc-21"));
-        // The staged ones since the last saved durably are counted on from the record.
-        assert_eq!(found.staged_run, WINDOW + 3);
-        let mut durable = escalation(&audit, "inc-d", Some(1));
-        durable.data["first_state"]["staged"] = json!(false);
-        found.see(&durable);
-        found.see(&escalation(&audit, "inc-e", Some(2)));
-        assert_eq!(found.staged_run, 1);
     }
 }

@@ -78,12 +78,15 @@ pub(crate) struct Worker {
     /// before anything after it, once the failure may have passed. Never dropped: the intake
     /// answered 200 for it.
     pub(crate) held: Option<Held>,
-    /// Escalations since this worker's last durable escalation save whose incident was only
-    /// staged (see `escalate::STAGED_RUN`).
+    /// Escalations whose incident was only staged since the store was last made durable by
+    /// this worker (a save or a sync; see `escalate::STAGED_RUN`).
     pub(crate) staged_run: usize,
     /// The newest first-state escalations on the record, which a start or a settle checks
     /// against the store (`restore.rs`).
     pub(crate) first_states: super::restore::FirstStates,
+    /// Escalations of the command in hand, shown but not yet sent to the channels: sent once
+    /// its reply is out (`escalate::Worker::deliver_queued`), so never more than one command's.
+    pub(crate) undelivered: Vec<(crate::escalation::Escalation, String)>,
 }
 
 /// An accepted alert waiting to be taken up again, and when.
@@ -154,6 +157,7 @@ impl Worker {
                 held: None,
                 staged_run: 0,
                 first_states: Default::default(),
+                undelivered: Vec::new(),
             },
             rx,
         ))
@@ -165,11 +169,14 @@ impl Worker {
     /// unless the host stops leaving it on disk ([`Runtime::stop`]).
     pub(crate) async fn run(mut self, mut queue: mpsc::Receiver<Command>) {
         let mut open = true;
+        // What the start's recovery escalated.
+        self.after_reply().await;
         loop {
             if open {
                 match queue.try_recv() {
                     Ok(command) => {
                         self.command(command).await;
+                        self.after_reply().await;
                         continue;
                     }
                     Err(mpsc::error::TryRecvError::Disconnected) => open = false,
@@ -189,7 +196,10 @@ impl Worker {
             let retry = self.held.as_ref().map(|h| h.due);
             tokio::select! {
                 command = queue.recv() => match command {
-                    Some(command) => self.command(command).await,
+                    Some(command) => {
+                        self.command(command).await;
+                        self.after_reply().await;
+                    }
                     None => open = false,
                 },
                 () = async {
@@ -259,17 +269,13 @@ impl Worker {
         if let Some(e) = failed {
             // `hold` marks the worker unsettled: recovery runs before the next try.
             tracing::error!(agent = %self.ctx.agent.def.name, intake = seq, error = %e, "an accepted alert could not be taken up; it is taken up again after recovery");
-            if let Err(e) = self.ctx.audit.commit() {
-                tracing::error!(agent = %self.ctx.agent.def.name, error = %e, "the audit could not be made durable");
-            }
+            self.after_reply().await;
             self.hold(record, attempts);
             return true;
         }
         // The end of an alert's handling is a commit point: nothing it wrote waits for the
         // next alert to become durable.
-        if let Err(e) = self.ctx.audit.commit() {
-            tracing::error!(agent = %self.ctx.agent.def.name, error = %e, "the audit could not be made durable");
-        }
+        self.after_reply().await;
         backlog.took_one();
         true
     }
@@ -337,6 +343,25 @@ impl Worker {
                         Err(e) => Err(e),
                     };
                     let _ = reply.send(self.settled(outcome));
+                }
+            }
+        }
+    }
+
+    /// Once a command's reply is out (or an alert of the backlog is handled): its escalations
+    /// go to the channels, and what it wrote is made durable — nothing waits for the next
+    /// command to become so. After a full run of staged first states the store is made
+    /// durable too; should that fail, the next first state is saved durably instead.
+    pub(crate) async fn after_reply(&mut self) {
+        self.deliver_queued().await;
+        if let Err(e) = self.ctx.audit.commit() {
+            tracing::error!(agent = %self.ctx.agent.def.name, error = %e, "the audit could not be made durable");
+        }
+        if self.staged_run >= super::escalate::STAGED_RUN {
+            match self.ctx.store.sync().await {
+                Ok(()) => self.staged_run = 0,
+                Err(e) => {
+                    tracing::warn!(agent = %self.ctx.agent.def.name, error = %e, "the store could not be made durable: the next first state is saved durably")
                 }
             }
         }

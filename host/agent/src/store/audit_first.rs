@@ -137,6 +137,11 @@ impl IncidentStore for AuditFirst {
         self.inner.flush().await
     }
 
+    /// Writes no incident, so it needs no commit of the audit first.
+    async fn sync(&self) -> Result<(), StoreError> {
+        self.inner.sync().await
+    }
+
     async fn agent_state(&self, agent: &str) -> Result<AgentState, StoreError> {
         self.inner.agent_state(agent).await
     }

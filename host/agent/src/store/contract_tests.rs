@@ -319,6 +319,10 @@ async fn a_staged_incident_and_the_newest_hint_reach_the_next_reader() {
             .await
             .expect("stage");
         assert_eq!(store.get("inc-11").await.expect("read").id, "inc-11");
+        // Made durable without writing it again, as often as asked (the first and the later
+        // marks take different paths through the SQL).
+        store.sync().await.expect("sync");
+        store.sync().await.expect("sync again");
         // A burst of moves, as a decision makes: the store reads back the newest at once, and
         // after a flush so does the next process, whatever the writes behind them coalesced.
         let newest = (0..50)

@@ -35,6 +35,11 @@ pub(crate) const SQLITE: Embedded = Embedded(&[
         "retention",
         include_str!("../../migrations/sqlite/0003_retention.sql"),
     ),
+    (
+        4,
+        "sync marks",
+        include_str!("../../migrations/sqlite/0004_sync_marks.sql"),
+    ),
 ]);
 
 pub(crate) const POSTGRES: Embedded = Embedded(&[

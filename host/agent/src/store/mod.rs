@@ -520,6 +520,13 @@ pub trait IncidentStore: Send + Sync {
     async fn stage(&self, incident: &Incident) -> Result<(), StoreError> {
         self.save(incident).await
     }
+    /// Make every write [`stage`](Self::stage)d before it durable, writing no incident: a
+    /// worker calls it after its reply once it has staged a run of first states, and a start
+    /// once, so no more than a run is ever at risk. A store whose `stage` saves has nothing to
+    /// do.
+    async fn sync(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
     async fn get(&self, id: &str) -> Result<Incident, StoreError>;
     /// Every incident, oldest first; the first unreadable or tampered one is an error.
     async fn list(&self) -> Result<Vec<Incident>, StoreError> {

@@ -11,8 +11,10 @@ use super::{Answer, ClaimError, Incident, IncidentStatus, IncidentStore, StoreEr
 use crate::lock::{self, Held};
 use async_trait::async_trait;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
 };
+use sqlx::{ConnectOptions, Connection};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
@@ -26,11 +28,11 @@ pub struct SqliteStore {
     rows: std::sync::Arc<Sealer>,
     /// Durable writes: one connection (SQLite has one writer), `synchronous = FULL`, so a
     /// commit is on disk when it returns.
-    writer: Option<SqlitePool>,
+    writer: Option<Kept>,
     /// Writes nobody waits on the disk for: the staged incident and the agent-state hints,
     /// `synchronous = NORMAL`, made durable by the next durable commit (the WAL is one
     /// sequence).
-    hints: Option<SqlitePool>,
+    hints: Option<std::sync::Arc<Kept>>,
     /// The agent-state hints, rewritten on every move, written behind the moves (see
     /// [`HintWriter`]).
     hint_writer: Option<HintWriter>,
@@ -38,7 +40,7 @@ pub struct SqliteStore {
     _checkpointer: Option<Checkpointer>,
     /// Incident and hint writes so far: the checkpointer's measure of what the WAL holds.
     written: std::sync::Arc<AtomicU64>,
-    reader: SqlitePool,
+    reader: Readers,
     /// Serialises read-modify-write sequences (the claim) within the process.
     claims: tokio::sync::Mutex<()>,
     _lock: Option<Held>,
@@ -87,8 +89,9 @@ impl SqliteStore {
         let writing = options
             .clone()
             .pragma("wal_autocheckpoint", WAL_BACKSTOP_PAGES.to_string());
-        let writer = SqlitePoolOptions::new()
-            .test_before_acquire(false)
+        // The migrator takes a pool (its `Acquire` over a borrowed connection is not `Send` in
+        // every caller's future); one connection, closed before the writer's opens.
+        let migrating = SqlitePoolOptions::new()
             .max_connections(1)
             .connect_with(writing.clone().synchronous(SqliteSynchronous::Full))
             .await
@@ -97,29 +100,29 @@ impl SqliteStore {
             .migrator()
             .await
             .map_err(|e| fail(&e))?
-            .run(&writer)
+            .run(&migrating)
             .await
             .map_err(|e| {
             fail(&format!(
                 "{e} (the schema could not be brought to this version; is the database from a newer Themis?)"
             ))
         })?;
-        let hints = SqlitePoolOptions::new()
-            .test_before_acquire(false)
-            .max_connections(1)
-            .connect_with(writing.synchronous(SqliteSynchronous::Normal))
+        migrating.close().await;
+        let writer = Kept::open(writing.clone().synchronous(SqliteSynchronous::Full))
             .await
             .map_err(|e| fail(&e))?;
+        let hints = std::sync::Arc::new(
+            Kept::open(writing.synchronous(SqliteSynchronous::Normal))
+                .await
+                .map_err(|e| fail(&e))?,
+        );
         let checkpoints = SqlitePoolOptions::new()
             .test_before_acquire(false)
             .max_connections(1)
             .connect_with(options.clone())
             .await
             .map_err(|e| fail(&e))?;
-        let reader = SqlitePoolOptions::new()
-            .test_before_acquire(false)
-            .max_connections(2)
-            .connect_with(options.read_only(true))
+        let reader = Readers::open(options.read_only(true))
             .await
             .map_err(|e| fail(&e))?;
         let written = std::sync::Arc::new(AtomicU64::new(0));
@@ -149,20 +152,17 @@ impl SqliteStore {
     pub async fn open_read_only(dir: &Path) -> Result<SqliteStore, StoreError> {
         let key = HostKey::load_or_create(&dir.join("host.key"))?;
         let db = dir.join(FILE);
-        let reader = SqlitePoolOptions::new()
-            .test_before_acquire(false)
-            .max_connections(2)
-            .connect_with(
-                SqliteConnectOptions::new()
-                    .filename(&db)
-                    .read_only(true)
-                    .busy_timeout(Duration::from_secs(5)),
-            )
-            .await
-            .map_err(|e| StoreError::Database {
-                path: db.clone(),
-                message: e.to_string(),
-            })?;
+        let reader = Readers::open(
+            SqliteConnectOptions::new()
+                .filename(&db)
+                .read_only(true)
+                .busy_timeout(Duration::from_secs(5)),
+        )
+        .await
+        .map_err(|e| StoreError::Database {
+            path: db.clone(),
+            message: e.to_string(),
+        })?;
         Ok(SqliteStore {
             rows: std::sync::Arc::new(Sealer {
                 key,
@@ -183,7 +183,7 @@ impl SqliteStore {
         self.rows.fail(e)
     }
 
-    fn writer(&self) -> Result<&SqlitePool, StoreError> {
+    fn writer(&self) -> Result<&Kept, StoreError> {
         self.writer
             .as_ref()
             .ok_or_else(|| self.fail("the store was opened read-only"))
@@ -224,7 +224,7 @@ impl SqliteStore {
         let row: Option<(String, String, String)> = sqlx::query_as(sql)
             .bind(agent)
             .bind(fingerprint)
-            .fetch_optional(&self.reader)
+            .fetch_optional(&mut *self.reader.lend().await)
             .await
             .map_err(|e| self.fail(e))?;
         row.map(|(id, body, mac)| self.rows.incident(&id, &body, &mac))
@@ -235,11 +235,51 @@ impl SqliteStore {
         let row: Option<(String, String)> =
             sqlx::query_as("SELECT body, mac FROM incidents WHERE id = ?1")
                 .bind(id)
-                .fetch_optional(&self.reader)
+                .fetch_optional(&mut *self.reader.lend().await)
                 .await
                 .map_err(|e| self.fail(e))?;
         row.map(|(body, mac)| self.rows.incident(id, &body, &mac))
             .transpose()
+    }
+}
+
+/// A connection kept for one role while the store is open, lent under a lock. Not sqlx's pool:
+/// a pool takes a connection back through a task it spawns, which pings the connection first —
+/// a task on the runtime and a round trip to SQLite's thread after every statement, three of
+/// them on a decision's path. A statement cut off half-way leaves nothing behind: SQLite's
+/// thread runs each to its end, and a transaction dropped unfinished is rolled back before
+/// the connection's next statement.
+struct Kept(tokio::sync::Mutex<SqliteConnection>);
+
+impl Kept {
+    async fn open(options: SqliteConnectOptions) -> Result<Kept, sqlx::Error> {
+        Ok(Kept(tokio::sync::Mutex::new(options.connect().await?)))
+    }
+
+    async fn lend(&self) -> tokio::sync::MutexGuard<'_, SqliteConnection> {
+        self.0.lock().await
+    }
+}
+
+/// Two reading connections, so the API's reads go on beside a worker's.
+struct Readers([Kept; 2]);
+
+impl Readers {
+    async fn open(options: SqliteConnectOptions) -> Result<Readers, sqlx::Error> {
+        Ok(Readers([
+            Kept::open(options.clone()).await?,
+            Kept::open(options).await?,
+        ]))
+    }
+
+    /// A free one if there is; else the first, once free.
+    async fn lend(&self) -> tokio::sync::MutexGuard<'_, SqliteConnection> {
+        for kept in &self.0 {
+            if let Ok(conn) = kept.0.try_lock() {
+                return conn;
+            }
+        }
+        self.0[0].lend().await
     }
 }
 
@@ -314,7 +354,7 @@ struct HintQueue {
     /// Held while a batch is taken and written, by the task or a flush: a batch taken later
     /// holds newer hints and is written later, so an older one never lands last.
     writing: tokio::sync::Mutex<()>,
-    pool: SqlitePool,
+    conn: std::sync::Arc<Kept>,
     rows: std::sync::Arc<Sealer>,
     written: std::sync::Arc<AtomicU64>,
 }
@@ -343,7 +383,7 @@ impl HintQueue {
             return Ok(());
         }
         self.written.fetch_add(1, Ordering::Relaxed);
-        let written = write_hints(&self.pool, &self.rows, &hints).await;
+        let written = write_hints(&mut *self.conn.lend().await, &self.rows, &hints).await;
         if written.is_err() {
             // Still unwritten: the next write (or the stop's flush) tries them again.
             let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
@@ -355,7 +395,7 @@ impl HintQueue {
 
 impl HintWriter {
     fn start(
-        pool: SqlitePool,
+        conn: std::sync::Arc<Kept>,
         rows: std::sync::Arc<Sealer>,
         written: std::sync::Arc<AtomicU64>,
     ) -> HintWriter {
@@ -363,7 +403,7 @@ impl HintWriter {
             pending: Default::default(),
             wake: tokio::sync::Notify::new(),
             writing: tokio::sync::Mutex::new(()),
-            pool,
+            conn,
             rows,
             written,
         });
@@ -415,11 +455,11 @@ const HINT_DELAY: Duration = Duration::from_millis(20);
 
 /// One transaction for every agent's newest hint.
 async fn write_hints(
-    pool: &SqlitePool,
+    conn: &mut SqliteConnection,
     rows: &Sealer,
     hints: &std::collections::BTreeMap<String, AgentState>,
 ) -> Result<(), StoreError> {
-    let mut tx = pool.begin().await.map_err(|e| rows.fail(e))?;
+    let mut tx = conn.begin().await.map_err(|e| rows.fail(e))?;
     for (agent, state) in hints {
         let (body, mac) = rows.seal("agent_states", agent, state)?;
         sqlx::query(
@@ -449,7 +489,7 @@ fn open_statuses_sql() -> String {
 #[async_trait]
 impl IncidentStore for SqliteStore {
     async fn save(&self, incident: &Incident) -> Result<(), StoreError> {
-        let mut conn = self.writer()?.acquire().await.map_err(|e| self.fail(e))?;
+        let mut conn = self.writer()?.lend().await;
         self.write_incident(&mut conn, incident).await
     }
 
@@ -460,8 +500,20 @@ impl IncidentStore for SqliteStore {
             .hints
             .as_ref()
             .ok_or_else(|| self.fail("the store was opened read-only"))?;
-        let mut conn = hints.acquire().await.map_err(|e| self.fail(e))?;
+        let mut conn = hints.lend().await;
         self.write_incident(&mut conn, incident).await
+    }
+
+    /// One durable commit through the writer (`synchronous = FULL`): the WAL is one sequence,
+    /// so its fsync covers every staged write before it.
+    async fn sync(&self) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO sync_marks (id, n) VALUES (1, 1) ON CONFLICT (id) DO UPDATE SET n = n + 1",
+        )
+        .execute(&mut *self.writer()?.lend().await)
+        .await
+        .map_err(|e| self.fail(e))?;
+        Ok(())
     }
 
     async fn get(&self, id: &str) -> Result<Incident, StoreError> {
@@ -473,7 +525,7 @@ impl IncidentStore for SqliteStore {
     async fn scan(&self) -> Result<(Vec<Incident>, Vec<StoreError>), StoreError> {
         let rows: Vec<(String, String, String)> =
             sqlx::query_as("SELECT id, body, mac FROM incidents ORDER BY opened_ms, id")
-                .fetch_all(&self.reader)
+                .fetch_all(&mut *self.reader.lend().await)
                 .await
                 .map_err(|e| self.fail(e))?;
         let (mut out, problems) = self.rows.incidents(rows, |_| true);
@@ -494,7 +546,7 @@ impl IncidentStore for SqliteStore {
         .bind(filter.status.map(status_name))
         .bind(filter.agent.as_deref())
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&self.reader)
+        .fetch_all(&mut *self.reader.lend().await)
         .await
         .map_err(|e| self.fail(e))?;
         Ok(self.rows.incidents(rows, |i| filter.keeps(i)))
@@ -506,7 +558,7 @@ impl IncidentStore for SqliteStore {
             open_statuses_sql()
         );
         let ids: Vec<String> = sqlx::query_scalar(&sql)
-            .fetch_all(&self.reader)
+            .fetch_all(&mut *self.reader.lend().await)
             .await
             .map_err(|e| self.fail(e))?;
         Ok(ids.into_iter().collect())
@@ -546,7 +598,7 @@ impl IncidentStore for SqliteStore {
 
     async fn claim(&self, answer: Answer, next: IncidentStatus) -> Result<Incident, ClaimError> {
         let _one = self.claims.lock().await;
-        let writer = self.writer()?;
+        let mut writer = self.writer()?.lend().await;
         // Read and write in one transaction on the only writing connection: nobody writes
         // between the check and the claim, in this process or another.
         // IMMEDIATE: the write lock from the start. A deferred transaction that read first is
@@ -583,8 +635,8 @@ impl IncidentStore for SqliteStore {
              AND status NOT IN ({}) ORDER BY changed_ms LIMIT ?3",
             open_statuses_sql()
         );
-        let mut tx = self
-            .writer()?
+        let mut writer = self.writer()?.lend().await;
+        let mut tx = writer
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(|e| self.fail(e))?;
@@ -641,7 +693,7 @@ impl IncidentStore for SqliteStore {
         let row: Option<(String, String)> =
             sqlx::query_as("SELECT body, mac FROM agent_states WHERE agent = ?1")
                 .bind(agent)
-                .fetch_optional(&self.reader)
+                .fetch_optional(&mut *self.reader.lend().await)
                 .await
                 .map_err(|e| self.fail(e))?;
         Ok(self
@@ -658,7 +710,7 @@ impl IncidentStore for SqliteStore {
         )
         .bind(body)
         .bind(mac)
-        .execute(self.writer()?)
+        .execute(&mut *self.writer()?.lend().await)
         .await
         .map_err(|e| self.fail(e))?;
         Ok(())
@@ -667,7 +719,7 @@ impl IncidentStore for SqliteStore {
     async fn guard(&self) -> Result<GuardBook, StoreError> {
         let row: Option<(String, String)> =
             sqlx::query_as("SELECT body, mac FROM guard WHERE id = 1")
-                .fetch_optional(&self.reader)
+                .fetch_optional(&mut *self.reader.lend().await)
                 .await
                 .map_err(|e| self.fail(e))?;
         Ok(self.rows.optional("guard", "1", row)?.unwrap_or_default())
