@@ -3,7 +3,6 @@
 
 use crate::common::{HostSpec, repo, text, themis, world_alert};
 use std::process::Command;
-use std::sync::{Arc, Mutex};
 use themis_agent::AlertOutcome;
 use themis_agent::escalation::Channels;
 use themis_agent::store::IncidentStore;
@@ -254,26 +253,8 @@ async fn a_second_alert_with_the_same_fingerprint_attaches_to_the_open_incident(
 
 #[tokio::test]
 async fn escalations_reach_slack_over_http_and_the_webhook_never_reaches_the_audit() {
-    use axum::{Json, Router, extract::State, routing::post};
-    let received: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
-    let app = Router::new()
-        .route(
-            "/services/T000/B000/SECRETTOKEN",
-            post(
-                |State(r): State<Arc<Mutex<Vec<serde_json::Value>>>>,
-                 Json(body): Json<serde_json::Value>| async move {
-                    r.lock().expect("lock").push(body);
-                    "ok"
-                },
-            ),
-        )
-        .with_state(received.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind loopback");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    let url = format!("http://{addr}/services/T000/B000/SECRETTOKEN");
+    let (base, received) = crate::common::webhook("/services/T000/B000/SECRETTOKEN").await;
+    let url = format!("{base}/services/T000/B000/SECRETTOKEN");
 
     let dir = tempfile::tempdir().expect("tempdir");
     let world = "agent-postgres-lock-waits.yaml";

@@ -241,3 +241,30 @@ pub fn approvers_config(dir: &Path) -> PathBuf {
     .expect("config");
     config
 }
+
+/// What a [`webhook`] was sent: every JSON body, in order.
+pub type Posted = Arc<std::sync::Mutex<Vec<serde_json::Value>>>;
+
+/// A webhook (Slack's, a response URL) over real HTTP on loopback, keeping every JSON body
+/// POSTed to `route` (an axum route: `{n}` segments allowed): its base URL and what it got.
+pub async fn webhook(route: &str) -> (String, Posted) {
+    use axum::{Json, Router, extract::State, routing::post};
+    let got: Posted = Arc::default();
+    let app = Router::new()
+        .route(
+            route,
+            post(
+                |State(got): State<Posted>, Json(body): Json<serde_json::Value>| async move {
+                    got.lock().expect("lock").push(body);
+                    "ok"
+                },
+            ),
+        )
+        .with_state(got.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}"), got)
+}

@@ -11,7 +11,6 @@ use crate::common::{
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
 use std::time::Duration;
 use themis_sandbox::loaded::{LoadedRunbook, RunbookLoadError};
 
@@ -496,25 +495,7 @@ fn integer_parameters_are_never_truncated() {
 #[tokio::test]
 async fn secrets_never_leave_the_host() {
     use crate::openai_mock::{Answer, MockLlm};
-    use axum::{Json, Router, extract::State, routing::post};
-    use std::sync::Mutex;
-    let posted: Arc<Mutex<Vec<Value>>> = Arc::default();
-    let app = Router::new()
-        .route(
-            "/hook",
-            post(
-                |State(r): State<Arc<Mutex<Vec<Value>>>>, Json(body): Json<Value>| async move {
-                    r.lock().expect("lock").push(body);
-                    "ok"
-                },
-            ),
-        )
-        .with_state(posted.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let (base, posted) = crate::common::webhook("/hook").await;
     let llm = MockLlm::start(vec![Answer::Content(
         json!({ "reasoning": "unsure", "runbook": "escalate", "parameters": {}, "confidence": 0.1 })
             .to_string(),
@@ -528,7 +509,7 @@ async fn secrets_never_leave_the_host() {
     let world = "agent-postgres-lock-waits.yaml";
     let host = HostSpec {
         channels: themis_agent::escalation::Channels {
-            slack_webhook: Some(format!("http://{addr}/hook")),
+            slack_webhook: Some(format!("{base}/hook")),
         },
         options: themis_agent::RuntimeOptions {
             selector: themis_agent::SelectorChoice::Llm(Some(config)),

@@ -703,29 +703,11 @@ async fn an_accepted_alert_a_store_error_cut_off_is_taken_up_again() {
 /// An accepted alert its agent gave up on (here a row changed outside Themis: trying again
 /// would repeat the failure) was only recorded: the intake had answered 200, so its sender
 /// paged nobody, and neither did Themis. A human is now told, over Slack's HTTP, after the
-/// record, and the delivery is on the record too.
+/// record, and the delivery is on the record too. The same alert given up on again within the
+/// hour is recorded, not told again (a store failing every alert must not flood the channel).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_accepted_alert_its_agent_gives_up_on_is_told_to_a_human() {
-    use axum::{Json, Router, extract::State, routing::post};
-    let received: Arc<std::sync::Mutex<Vec<Value>>> = Arc::default();
-    let app =
-        Router::new()
-            .route(
-                "/services/T000/B000/HOOK",
-                post(
-                    |State(r): State<Arc<std::sync::Mutex<Vec<Value>>>>,
-                     Json(body): Json<Value>| async move {
-                        r.lock().expect("lock").push(body);
-                        "ok"
-                    },
-                ),
-            )
-            .with_state(received.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind loopback");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let (base, received) = crate::common::webhook("/services/T000/B000/HOOK").await;
 
     let dir = tempfile::tempdir().expect("tempdir");
     let world = crate::common::world_file("agent-postgres-lock-waits.yaml");
@@ -739,11 +721,11 @@ async fn an_accepted_alert_its_agent_gives_up_on_is_told_to_a_human() {
             inner: store.clone(),
             refusals: 0.into(),
             lookups_failing: 0.into(),
-            lookups_tampered: 1.into(),
+            lookups_tampered: 2.into(),
         }),
         mock,
         themis_agent::escalation::Channels {
-            slack_webhook: Some(format!("http://{addr}/services/T000/B000/HOOK")),
+            slack_webhook: Some(format!("{base}/services/T000/B000/HOOK")),
         },
     )
     .await;
@@ -775,14 +757,41 @@ async fn an_accepted_alert_its_agent_gives_up_on_is_told_to_a_human() {
     assert_eq!(posts.len(), 1, "one message for one alert: {posts:?}");
     let text = posts[0].to_string();
     assert!(
-        text.contains("not handled")
+        text.contains("may not have been handled")
             && text.contains(&alert.name)
             && text.contains("changed outside Themis"),
         "{text}"
     );
+    assert_eq!(records[at("alert-take-failed")]["data"]["notice"], "told");
     // Given up on, not held: nothing was opened for it and the agent takes the next one.
     assert!(!records.iter().any(|r| r["kind"] == "alert"), "no incident");
+
+    host.submit(
+        alert.clone(),
+        themis_agent::AlertStatus::Firing,
+        json!({ "via": "test" }),
+    )
+    .expect("accepted again");
+    let failed = || {
+        crate::common::records(&audit)
+            .into_iter()
+            .filter(|r| r["kind"] == "alert-take-failed")
+            .collect::<Vec<_>>()
+    };
+    crate::common::eventually("the second failure is recorded", || failed().len() == 2).await;
+    assert_eq!(
+        failed()[1]["data"]["notice"],
+        "told already within the hour"
+    );
     host.stop().await;
+    assert_eq!(received.lock().expect("lock").len(), 1, "told once");
+    assert_eq!(
+        crate::common::records(&audit)
+            .iter()
+            .filter(|r| r["kind"] == "alert-take-failed-escalated")
+            .count(),
+        1
+    );
 }
 
 /// Review defect: at start, the agent's last accepted alert was taken up again whenever the

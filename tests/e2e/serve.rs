@@ -8,7 +8,6 @@ use sha2::Sha256;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use themis_testkit::services::{self, Service};
 
@@ -1076,26 +1075,9 @@ async fn the_cli_answers_through_the_server() {
 }
 
 /// A loopback stand-in for Slack's response_url: records what the host posts.
-async fn response_url_recorder() -> (String, Arc<Mutex<Vec<Value>>>) {
-    use axum::{Json, Router, extract::State, routing::post};
-    let got: Arc<Mutex<Vec<Value>>> = Arc::default();
-    let app = Router::new()
-        .route(
-            "/response/{n}",
-            post(
-                |State(got): State<Arc<Mutex<Vec<Value>>>>, Json(body): Json<Value>| async move {
-                    got.lock().expect("lock").push(body);
-                    "ok"
-                },
-            ),
-        )
-        .with_state(got.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (format!("http://{addr}/response/"), got)
+async fn response_url_recorder() -> (String, crate::common::Posted) {
+    let (base, got) = crate::common::webhook("/response/{n}").await;
+    (format!("{base}/response/"), got)
 }
 
 /// A request signed as Slack signs it: `v0=` HMAC-SHA256 over `v0:<ts>:<body>`.

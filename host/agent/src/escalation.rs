@@ -246,8 +246,8 @@ impl Channels {
         self.post(&unowned_to_slack(alert)).await
     }
 
-    /// Tell the humans that `agent` gave up on a firing alert the service accepted: nothing
-    /// was done about it, and nobody else will be told. `why` is already redacted.
+    /// Tell the humans that `agent` gave up on a firing alert the service accepted: it may
+    /// not have been handled, and nobody else will be told. `why` is already redacted.
     pub async fn deliver_unhandled(&self, agent: &str, alert: &Alert, why: &str) -> Vec<Delivery> {
         self.post(&unhandled_to_slack(agent, alert, why)).await
     }
@@ -302,9 +302,10 @@ pub fn unowned_to_text(alert: &Alert) -> String {
 }
 
 /// The message for a firing alert its agent gave up on: which, why, and that it is the humans'.
+/// "May not": the failure can come after the agent began (an incident opened, a probe run).
 pub fn unhandled_to_text(agent: &str, alert: &Alert, why: &str) -> String {
     format!(
-        "ALERT NOT HANDLED  {} ({})\n  the {} agent gave up on it: nothing was done. Look at it by hand.\n  why: {}\n  labels: {}\n",
+        "ALERT MAY NOT HAVE BEEN HANDLED  {} ({})\n  the {} agent gave up on it part-way: it may not have been handled. Look at it by hand; the audit has what was done (records after `alert-accepted`, then `alert-take-failed`).\n  why: {}\n  labels: {}\n",
         one_line(&alert.name),
         one_line(&alert.fingerprint),
         one_line(agent),
@@ -357,7 +358,6 @@ fn source_line(alert: &Alert) -> Option<String> {
     (!parts.is_empty()).then(|| parts.join(" · "))
 }
 
-/// The Slack form of [`unowned_to_text`], every alert-supplied string escaped.
 /// An alert's labels for Slack, each as code.
 fn labels_mrkdwn(alert: &Alert) -> Vec<String> {
     alert
@@ -371,17 +371,18 @@ fn labels_mrkdwn(alert: &Alert) -> Vec<String> {
 pub fn unhandled_to_slack(agent: &str, alert: &Alert, why: &str) -> Value {
     let e = |s: &str| mrkdwn_escape(s);
     json!({
-        "text": format!("Themis: an alert was not handled: {}", e(&alert.name)),
+        "text": format!("Themis: an alert may not have been handled: {}", e(&alert.name)),
         "blocks": [
-            { "type": "header", "text": { "type": "plain_text", "text": "Themis: an alert was not handled" } },
+            { "type": "header", "text": { "type": "plain_text", "text": "Themis: an alert may not have been handled" } },
             { "type": "section", "text": { "type": "mrkdwn", "text": format!(
-                "*{}* (fingerprint `{}`)\nThe {} agent gave up on it: nothing was done. Look at it by hand.\nWhy: {}\n{}",
+                "*{}* (fingerprint `{}`)\nThe {} agent gave up on it part-way: it may not have been handled. Look at it by hand; the audit has what was done (records after `alert-accepted`, then `alert-take-failed`).\nWhy: {}\n{}",
                 e(&alert.name), e(&alert.fingerprint), e(agent), e(why), labels_mrkdwn(alert).join(" ")
             ) } }
         ]
     })
 }
 
+/// The Slack form of [`unowned_to_text`], every alert-supplied string escaped.
 pub fn unowned_to_slack(alert: &Alert) -> Value {
     let e = |s: &str| mrkdwn_escape(s);
     let labels = labels_mrkdwn(alert);

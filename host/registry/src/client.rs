@@ -255,8 +255,14 @@ pub enum PullError {
 
 impl PullError {
     /// The registry could not be asked (as opposed to: it answered with something refused).
+    /// A token service that gave no token counts: without one the registry cannot be asked,
+    /// and its words cannot tell a failing service from refused credentials — so the runbook
+    /// is unavailable (recorded, with both readings) rather than the host refused at start.
     pub fn is_unreachable(&self) -> bool {
-        matches!(self, PullError::Registry(RegistryError::Unreachable { .. }))
+        matches!(
+            self,
+            PullError::Registry(RegistryError::Unreachable { .. } | RegistryError::NoToken { .. })
+        )
     }
 }
 
@@ -587,12 +593,18 @@ mod stale_tests {
             auth: oci_client::secrets::RegistryAuth::Anonymous,
             source: "no credentials".into(),
         };
-        let said = registry_error(
+        let error = registry_error(
             OciDistributionError::AuthenticationFailure("upstream connect error\n".into()),
             &r,
             &creds,
-        )
-        .to_string();
+        );
+        let said = error.to_string();
+        assert!(PullError::Registry(error).is_unreachable(), "{said}");
+        let refused = RegistryError::Unauthorized {
+            registry: "registry.example:5000".into(),
+            from: "no credentials".into(),
+        };
+        assert!(!PullError::Registry(refused).is_unreachable());
         assert!(
             said.contains("token service gave no token (upstream connect error)"),
             "{said}"

@@ -23,6 +23,7 @@ mod guard;
 mod intake;
 mod journal;
 mod load;
+mod notices;
 mod plan;
 mod recovery;
 pub(crate) mod replay;
@@ -30,7 +31,6 @@ mod restore;
 mod resume;
 mod retention;
 mod triage;
-mod unowned;
 mod verify;
 mod withdraw;
 mod worker;
@@ -239,7 +239,7 @@ pub struct Runtime {
     tickers: Vec<tokio::task::JoinHandle<()>>,
     channels: Channels,
     observer: Arc<dyn RuntimeObserver>,
-    unowned: unowned::Unowned,
+    unowned: notices::Notices,
     guard: Arc<guard::Guard>,
     audit_retention: Option<audit_retention::AuditRetention>,
 }
@@ -277,6 +277,7 @@ impl Runtime {
                 escalate::STAGED_RUN
             }
         };
+        let unhandled = Arc::new(notices::Notices::default());
         let mut handles = Vec::new();
         let mut tasks = Vec::new();
         let mut tickers = Vec::new();
@@ -290,6 +291,7 @@ impl Runtime {
                 agent.clone(),
                 backends,
                 guard.clone(),
+                unhandled.clone(),
                 options.clock.clone(),
             )
             .await?;
@@ -351,7 +353,7 @@ impl Runtime {
             tickers,
             channels: parts.channels,
             observer: parts.observer,
-            unowned: unowned::Unowned::default(),
+            unowned: notices::Notices::default(),
             guard,
         })
     }
@@ -462,8 +464,8 @@ impl Runtime {
                 .judge(&alert.name, &alert.fingerprint, std::time::Instant::now());
         let record = |deliveries: Value, verdict: &str| json!({ "alertname": alert.name, "fingerprint": alert.fingerprint, "verdict": verdict, "deliveries": deliveries });
         match verdict {
-            unowned::Verdict::Repeat => {}
-            unowned::Verdict::Suppressed => {
+            notices::Verdict::Repeat => {}
+            notices::Verdict::Suppressed => {
                 // Not a commit point: nothing leaves the process for it, and a storm of unowned
                 // alerts must not cost one fsync each inside the intake's request.
                 if let Err(e) = self.audit.append_deferred(
@@ -478,7 +480,7 @@ impl Runtime {
                     tracing::warn!("unowned alert not recorded: {e}");
                 }
             }
-            unowned::Verdict::Tell => {
+            notices::Verdict::Tell => {
                 tracing::warn!("{}", crate::escalation::unowned_to_text(&alert).trim_end());
                 self.observer.unowned(&alert);
                 let audit = self.audit.clone();

@@ -399,15 +399,24 @@ impl Worker {
             }
             self.note_failure(&e);
             tracing::error!(agent = %agent, intake = seq, error = %e, "an accepted alert failed");
-            ctx.audit.append(
-                &agent,
-                None,
-                "alert-take-failed",
-                json!({ "intake": seq, "error": e.to_string() }),
-            )?;
             // The service answered 200 for it, so its sender will not page anyone either:
-            // the humans are told here, after the record (the write-ahead rule).
-            if let Some(alert) = firing {
+            // the humans are told, after the record (the write-ahead rule) — once per alert
+            // and window, within a budget, as a store that fails every alert would fail them all.
+            let notice = firing.as_ref().map(|a| {
+                ctx.unhandled
+                    .judge(&a.name, &a.fingerprint, std::time::Instant::now())
+            });
+            let mut data = json!({ "intake": seq, "error": e.to_string() });
+            if let Some(notice) = notice {
+                data["notice"] = json!(match notice {
+                    super::notices::Verdict::Tell => "told",
+                    super::notices::Verdict::Repeat => "told already within the hour",
+                    super::notices::Verdict::Suppressed =>
+                        "over this hour's budget of not-handled messages",
+                });
+            }
+            ctx.audit.append(&agent, None, "alert-take-failed", data)?;
+            if let Some(alert) = firing.filter(|_| notice == Some(super::notices::Verdict::Tell)) {
                 let why = ctx.audit.redactor().redact_text(&e.to_string());
                 tracing::error!(
                     "{}",

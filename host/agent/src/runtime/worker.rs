@@ -111,6 +111,7 @@ impl Worker {
         agent: Arc<Agent>,
         backends: Backends,
         guard: Arc<super::guard::Guard>,
+        unhandled: Arc<super::notices::Notices>,
         clock: themis_core::clock::Clock,
     ) -> Result<(Worker, watch::Receiver<AgentState>), RuntimeError> {
         // The saved state is a hint for recovery; a tampered or unreadable one counts as
@@ -143,6 +144,7 @@ impl Worker {
             backends,
             destructive,
             guard,
+            unhandled,
             clock,
         };
         Ok((
@@ -184,13 +186,13 @@ impl Worker {
                 }
             }
             if self.backlog.as_ref().is_some_and(|(b, _)| b.left()) {
-                return;
+                break;
             }
             if self.next_from_backlog().await {
                 continue;
             }
             if !open {
-                return;
+                break;
             }
             let wake = self.backlog.as_ref().map(|(b, _)| b.clone());
             let retry = self.held.as_ref().map(|h| h.due);
@@ -216,6 +218,8 @@ impl Worker {
                 } => {}
             }
         }
+        // Whatever the last turn left queued goes out before the worker ends.
+        self.after_reply().await;
     }
 
     /// Take up the next accepted alert of the backlog, if there is one.
@@ -241,12 +245,30 @@ impl Worker {
                 }
             },
         };
+        // Whatever way the turn ends, it ends at a commit point: what it wrote, and any
+        // escalation the settle's recovery made, do not wait for the next turn.
+        let taken = self.take_up(record, replayed, attempts).await;
+        self.after_reply().await;
+        if taken {
+            backlog.took_one();
+        }
+        true
+    }
+
+    /// Settle, then take `record` up; false (the alert held for a later try) when it could
+    /// not be.
+    async fn take_up(
+        &mut self,
+        record: crate::audit::Record,
+        replayed: bool,
+        attempts: u32,
+    ) -> bool {
         self.settle().await;
         if let Err(e) = self.ensure_idle().await {
             // Taking the alert up now would only record it refused by the state machine.
             tracing::error!(agent = %self.ctx.agent.def.name, error = %e, "the agent could not be made idle for the next alert; it waits");
             self.hold(record, attempts);
-            return true;
+            return false;
         }
         if replayed
             && let Err(e) = self.ctx.audit.append(
@@ -258,7 +280,7 @@ impl Worker {
         {
             tracing::error!(agent = %self.ctx.agent.def.name, error = %e, "a replayed alert could not be recorded; it waits");
             self.hold(record, attempts);
-            return true;
+            return false;
         }
         let seq = record.seq;
         let last_try = attempts + 1 >= MAX_HOLDS;
@@ -269,14 +291,9 @@ impl Worker {
         if let Some(e) = failed {
             // `hold` marks the worker unsettled: recovery runs before the next try.
             tracing::error!(agent = %self.ctx.agent.def.name, intake = seq, error = %e, "an accepted alert could not be taken up; it is taken up again after recovery");
-            self.after_reply().await;
             self.hold(record, attempts);
-            return true;
+            return false;
         }
-        // The end of an alert's handling is a commit point: nothing it wrote waits for the
-        // next alert to become durable.
-        self.after_reply().await;
-        backlog.took_one();
         true
     }
 

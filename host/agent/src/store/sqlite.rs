@@ -41,6 +41,8 @@ pub struct SqliteStore {
     /// Incident and hint writes so far: the checkpointer's measure of what the WAL holds.
     written: std::sync::Arc<AtomicU64>,
     reader: Readers,
+    /// Statements that met a connection whose thread had ended (see [`Kept`]).
+    crashes: Crashes,
     /// Serialises read-modify-write sequences (the claim) within the process.
     claims: tokio::sync::Mutex<()>,
     _lock: Option<Held>,
@@ -108,11 +110,15 @@ impl SqliteStore {
             ))
         })?;
         migrating.close().await;
-        let writer = Kept::open(writing.clone().synchronous(SqliteSynchronous::Full))
-            .await
-            .map_err(|e| fail(&e))?;
+        let crashes = Crashes::default();
+        let writer = Kept::open(
+            writing.clone().synchronous(SqliteSynchronous::Full),
+            &crashes,
+        )
+        .await
+        .map_err(|e| fail(&e))?;
         let hints = std::sync::Arc::new(
-            Kept::open(writing.synchronous(SqliteSynchronous::Normal))
+            Kept::open(writing.synchronous(SqliteSynchronous::Normal), &crashes)
                 .await
                 .map_err(|e| fail(&e))?,
         );
@@ -122,7 +128,7 @@ impl SqliteStore {
             .connect_with(options.clone())
             .await
             .map_err(|e| fail(&e))?;
-        let reader = Readers::open(options.read_only(true))
+        let reader = Readers::open(options.read_only(true), &crashes)
             .await
             .map_err(|e| fail(&e))?;
         let written = std::sync::Arc::new(AtomicU64::new(0));
@@ -142,6 +148,7 @@ impl SqliteStore {
             writer: Some(writer),
             hints: Some(hints),
             reader,
+            crashes,
             claims: tokio::sync::Mutex::new(()),
             _lock: Some(held),
         })
@@ -152,11 +159,13 @@ impl SqliteStore {
     pub async fn open_read_only(dir: &Path) -> Result<SqliteStore, StoreError> {
         let key = HostKey::load_or_create(&dir.join("host.key"))?;
         let db = dir.join(FILE);
+        let crashes = Crashes::default();
         let reader = Readers::open(
             SqliteConnectOptions::new()
                 .filename(&db)
                 .read_only(true)
                 .busy_timeout(Duration::from_secs(5)),
+            &crashes,
         )
         .await
         .map_err(|e| StoreError::Database {
@@ -174,6 +183,7 @@ impl SqliteStore {
             written: Default::default(),
             hints: None,
             reader,
+            crashes,
             claims: tokio::sync::Mutex::new(()),
             _lock: None,
         })
@@ -181,6 +191,11 @@ impl SqliteStore {
 
     fn fail(&self, e: impl std::fmt::Display) -> StoreError {
         self.rows.fail(e)
+    }
+
+    /// A database error, counted first if its connection's thread had ended.
+    fn sql(&self, e: sqlx::Error) -> StoreError {
+        self.rows.fail(self.crashes.note(e))
     }
 
     fn writer(&self) -> Result<&Kept, StoreError> {
@@ -211,7 +226,7 @@ impl SqliteStore {
         .bind(millis(SystemTime::now()))
         .execute(conn)
         .await
-        .map_err(|e| self.fail(e))?;
+        .map_err(|e| self.sql(e))?;
         Ok(())
     }
 
@@ -224,9 +239,9 @@ impl SqliteStore {
         let row: Option<(String, String, String)> = sqlx::query_as(sql)
             .bind(agent)
             .bind(fingerprint)
-            .fetch_optional(&mut *self.reader.lend().await)
+            .fetch_optional(&mut *self.reader.lend().await.map_err(|e| self.sql(e))?)
             .await
-            .map_err(|e| self.fail(e))?;
+            .map_err(|e| self.sql(e))?;
         row.map(|(id, body, mac)| self.rows.incident(&id, &body, &mac))
             .transpose()
     }
@@ -235,9 +250,9 @@ impl SqliteStore {
         let row: Option<(String, String)> =
             sqlx::query_as("SELECT body, mac FROM incidents WHERE id = ?1")
                 .bind(id)
-                .fetch_optional(&mut *self.reader.lend().await)
+                .fetch_optional(&mut *self.reader.lend().await.map_err(|e| self.sql(e))?)
                 .await
-                .map_err(|e| self.fail(e))?;
+                .map_err(|e| self.sql(e))?;
         row.map(|(body, mac)| self.rows.incident(id, &body, &mac))
             .transpose()
     }
@@ -249,15 +264,97 @@ impl SqliteStore {
 /// them on a decision's path. A statement cut off half-way leaves nothing behind: SQLite's
 /// thread runs each to its end, and a transaction dropped unfinished is rolled back before
 /// the connection's next statement.
-struct Kept(tokio::sync::Mutex<SqliteConnection>);
+///
+/// A connection whose SQLite thread has ended is replaced rather than kept failing: once any
+/// statement of the store meets one ([`Crashes`]), each kept connection is pinged at its next
+/// lending and connected again if it does not answer.
+struct Kept {
+    options: SqliteConnectOptions,
+    slot: tokio::sync::Mutex<Slot>,
+    crashes: Crashes,
+}
 
-impl Kept {
-    async fn open(options: SqliteConnectOptions) -> Result<Kept, sqlx::Error> {
-        Ok(Kept(tokio::sync::Mutex::new(options.connect().await?)))
+struct Slot {
+    /// None once found dead and not yet connected again.
+    conn: Option<SqliteConnection>,
+    /// The [`Crashes`] count this connection was last known alive at.
+    seen: u64,
+}
+
+type Lent<'a> = tokio::sync::MappedMutexGuard<'a, SqliteConnection>;
+
+/// How many times a statement of the store met a connection whose SQLite thread had ended
+/// (`sqlx::Error::WorkerCrashed`): a change tells every kept connection to check its own.
+#[derive(Clone, Default)]
+struct Crashes(std::sync::Arc<AtomicU64>);
+
+impl Crashes {
+    /// Count `e` if it is a crashed connection's; `e` itself, to be reported.
+    fn note(&self, e: sqlx::Error) -> sqlx::Error {
+        if matches!(e, sqlx::Error::WorkerCrashed) {
+            self.0.fetch_add(1, Ordering::AcqRel);
+        }
+        e
     }
 
-    async fn lend(&self) -> tokio::sync::MutexGuard<'_, SqliteConnection> {
-        self.0.lock().await
+    fn count(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+impl Kept {
+    async fn open(options: SqliteConnectOptions, crashes: &Crashes) -> Result<Kept, sqlx::Error> {
+        let seen = crashes.count();
+        let conn = options.connect().await?;
+        Ok(Kept {
+            options,
+            slot: tokio::sync::Mutex::new(Slot {
+                conn: Some(conn),
+                seen,
+            }),
+            crashes: crashes.clone(),
+        })
+    }
+
+    async fn lend(&self) -> Result<Lent<'_>, sqlx::Error> {
+        let slot = self.slot.lock().await;
+        self.ready(slot).await
+    }
+
+    /// Lent at once, or None when it is lent already.
+    async fn try_lend(&self) -> Option<Result<Lent<'_>, sqlx::Error>> {
+        let slot = self.slot.try_lock().ok()?;
+        Some(self.ready(slot).await)
+    }
+
+    /// The connection, checked after a crash was met and connected again if it is gone.
+    async fn ready<'a>(
+        &self,
+        mut slot: tokio::sync::MutexGuard<'a, Slot>,
+    ) -> Result<Lent<'a>, sqlx::Error> {
+        let crashes = self.crashes.count();
+        if slot.seen != crashes {
+            if let Some(conn) = slot.conn.as_mut()
+                && conn.ping().await.is_err()
+            {
+                slot.conn = None;
+            }
+            slot.seen = crashes;
+        }
+        if slot.conn.is_none() {
+            slot.conn = Some(self.options.connect().await?);
+            tracing::warn!(
+                "a database connection whose SQLite thread had ended was connected again"
+            );
+        }
+        tokio::sync::MutexGuard::try_map(slot, |s| s.conn.as_mut())
+            .map_err(|_| sqlx::Error::WorkerCrashed)
+    }
+
+    /// Forget the connection, as if its thread had ended: the next lending connects again.
+    #[cfg(test)]
+    async fn lose(&self) {
+        self.slot.lock().await.conn = None;
     }
 }
 
@@ -265,18 +362,21 @@ impl Kept {
 struct Readers([Kept; 2]);
 
 impl Readers {
-    async fn open(options: SqliteConnectOptions) -> Result<Readers, sqlx::Error> {
+    async fn open(
+        options: SqliteConnectOptions,
+        crashes: &Crashes,
+    ) -> Result<Readers, sqlx::Error> {
         Ok(Readers([
-            Kept::open(options.clone()).await?,
-            Kept::open(options).await?,
+            Kept::open(options.clone(), crashes).await?,
+            Kept::open(options, crashes).await?,
         ]))
     }
 
     /// A free one if there is; else the first, once free.
-    async fn lend(&self) -> tokio::sync::MutexGuard<'_, SqliteConnection> {
+    async fn lend(&self) -> Result<Lent<'_>, sqlx::Error> {
         for kept in &self.0 {
-            if let Ok(conn) = kept.0.try_lock() {
-                return conn;
+            if let Some(lent) = kept.try_lend().await {
+                return lent;
             }
         }
         self.0[0].lend().await
@@ -383,7 +483,10 @@ impl HintQueue {
             return Ok(());
         }
         self.written.fetch_add(1, Ordering::Relaxed);
-        let written = write_hints(&mut *self.conn.lend().await, &self.rows, &hints).await;
+        let written = match self.conn.lend().await {
+            Ok(mut conn) => write_hints(&mut conn, &self.rows, &self.conn.crashes, &hints).await,
+            Err(e) => Err(self.rows.fail(self.conn.crashes.note(e))),
+        };
         if written.is_err() {
             // Still unwritten: the next write (or the stop's flush) tries them again.
             let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
@@ -457,9 +560,10 @@ const HINT_DELAY: Duration = Duration::from_millis(20);
 async fn write_hints(
     conn: &mut SqliteConnection,
     rows: &Sealer,
+    crashes: &Crashes,
     hints: &std::collections::BTreeMap<String, AgentState>,
 ) -> Result<(), StoreError> {
-    let mut tx = conn.begin().await.map_err(|e| rows.fail(e))?;
+    let mut tx = conn.begin().await.map_err(|e| rows.fail(crashes.note(e)))?;
     for (agent, state) in hints {
         let (body, mac) = rows.seal("agent_states", agent, state)?;
         sqlx::query(
@@ -471,9 +575,9 @@ async fn write_hints(
         .bind(mac)
         .execute(&mut *tx)
         .await
-        .map_err(|e| rows.fail(e))?;
+        .map_err(|e| rows.fail(crashes.note(e)))?;
     }
-    tx.commit().await.map_err(|e| rows.fail(e))?;
+    tx.commit().await.map_err(|e| rows.fail(crashes.note(e)))?;
     Ok(())
 }
 
@@ -489,7 +593,7 @@ fn open_statuses_sql() -> String {
 #[async_trait]
 impl IncidentStore for SqliteStore {
     async fn save(&self, incident: &Incident) -> Result<(), StoreError> {
-        let mut conn = self.writer()?.lend().await;
+        let mut conn = self.writer()?.lend().await.map_err(|e| self.sql(e))?;
         self.write_incident(&mut conn, incident).await
     }
 
@@ -500,7 +604,7 @@ impl IncidentStore for SqliteStore {
             .hints
             .as_ref()
             .ok_or_else(|| self.fail("the store was opened read-only"))?;
-        let mut conn = hints.lend().await;
+        let mut conn = hints.lend().await.map_err(|e| self.sql(e))?;
         self.write_incident(&mut conn, incident).await
     }
 
@@ -510,9 +614,9 @@ impl IncidentStore for SqliteStore {
         sqlx::query(
             "INSERT INTO sync_marks (id, n) VALUES (1, 1) ON CONFLICT (id) DO UPDATE SET n = n + 1",
         )
-        .execute(&mut *self.writer()?.lend().await)
+        .execute(&mut *self.writer()?.lend().await.map_err(|e| self.sql(e))?)
         .await
-        .map_err(|e| self.fail(e))?;
+        .map_err(|e| self.sql(e))?;
         Ok(())
     }
 
@@ -525,9 +629,9 @@ impl IncidentStore for SqliteStore {
     async fn scan(&self) -> Result<(Vec<Incident>, Vec<StoreError>), StoreError> {
         let rows: Vec<(String, String, String)> =
             sqlx::query_as("SELECT id, body, mac FROM incidents ORDER BY opened_ms, id")
-                .fetch_all(&mut *self.reader.lend().await)
+                .fetch_all(&mut *self.reader.lend().await.map_err(|e| self.sql(e))?)
                 .await
-                .map_err(|e| self.fail(e))?;
+                .map_err(|e| self.sql(e))?;
         let (mut out, problems) = self.rows.incidents(rows, |_| true);
         out.sort_by_key(|i| i.opened_at);
         Ok((out, problems))
@@ -546,9 +650,9 @@ impl IncidentStore for SqliteStore {
         .bind(filter.status.map(status_name))
         .bind(filter.agent.as_deref())
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&mut *self.reader.lend().await)
+        .fetch_all(&mut *self.reader.lend().await.map_err(|e| self.sql(e))?)
         .await
-        .map_err(|e| self.fail(e))?;
+        .map_err(|e| self.sql(e))?;
         Ok(self.rows.incidents(rows, |i| filter.keeps(i)))
     }
 
@@ -558,9 +662,9 @@ impl IncidentStore for SqliteStore {
             open_statuses_sql()
         );
         let ids: Vec<String> = sqlx::query_scalar(&sql)
-            .fetch_all(&mut *self.reader.lend().await)
+            .fetch_all(&mut *self.reader.lend().await.map_err(|e| self.sql(e))?)
             .await
-            .map_err(|e| self.fail(e))?;
+            .map_err(|e| self.sql(e))?;
         Ok(ids.into_iter().collect())
     }
 
@@ -598,7 +702,7 @@ impl IncidentStore for SqliteStore {
 
     async fn claim(&self, answer: Answer, next: IncidentStatus) -> Result<Incident, ClaimError> {
         let _one = self.claims.lock().await;
-        let mut writer = self.writer()?.lend().await;
+        let mut writer = self.writer()?.lend().await.map_err(|e| self.sql(e))?;
         // Read and write in one transaction on the only writing connection: nobody writes
         // between the check and the claim, in this process or another.
         // IMMEDIATE: the write lock from the start. A deferred transaction that read first is
@@ -606,7 +710,7 @@ impl IncidentStore for SqliteStore {
         let mut tx = writer
             .begin_with("BEGIN IMMEDIATE")
             .await
-            .map_err(|e| self.fail(e))?;
+            .map_err(|e| self.sql(e))?;
         let approval_id = answer.approval_id.clone();
         let Some(id) = super::approval_incident(&approval_id) else {
             return Err(StoreError::UnknownIncident(approval_id).into());
@@ -616,10 +720,10 @@ impl IncidentStore for SqliteStore {
                 .bind(&id)
                 .fetch_optional(&mut *tx)
                 .await
-                .map_err(|e| self.fail(e))?;
+                .map_err(|e| self.sql(e))?;
         let incident = self.rows.claimed(&id, row, answer, next)?;
         self.write_incident(&mut tx, &incident).await?;
-        tx.commit().await.map_err(|e| self.fail(e))?;
+        tx.commit().await.map_err(|e| self.sql(e))?;
         Ok(incident)
     }
 
@@ -635,18 +739,18 @@ impl IncidentStore for SqliteStore {
              AND status NOT IN ({}) ORDER BY changed_ms LIMIT ?3",
             open_statuses_sql()
         );
-        let mut writer = self.writer()?.lend().await;
+        let mut writer = self.writer()?.lend().await.map_err(|e| self.sql(e))?;
         let mut tx = writer
             .begin_with("BEGIN IMMEDIATE")
             .await
-            .map_err(|e| self.fail(e))?;
+            .map_err(|e| self.sql(e))?;
         let rows: Vec<Row> = sqlx::query_as(&sql)
             .bind(agent)
             .bind(millis(before))
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .fetch_all(&mut *tx)
             .await
-            .map_err(|e| self.fail(e))?;
+            .map_err(|e| self.sql(e))?;
         let due = self.rows.prunable(agent, rows);
         let ids: Vec<String> = due.iter().map(|(id, _)| id.clone()).collect();
         if !ids.is_empty() {
@@ -659,12 +763,12 @@ impl IncidentStore for SqliteStore {
                 .bind(&mac)
                 .execute(&mut *tx)
                 .await
-                .map_err(|e| self.fail(e))?;
+                .map_err(|e| self.sql(e))?;
             if gone.rows_affected() == 1 {
                 pruned.push(id);
             }
         }
-        tx.commit().await.map_err(|e| self.fail(e))?;
+        tx.commit().await.map_err(|e| self.sql(e))?;
         Ok(pruned)
     }
 
@@ -693,9 +797,9 @@ impl IncidentStore for SqliteStore {
         let row: Option<(String, String)> =
             sqlx::query_as("SELECT body, mac FROM agent_states WHERE agent = ?1")
                 .bind(agent)
-                .fetch_optional(&mut *self.reader.lend().await)
+                .fetch_optional(&mut *self.reader.lend().await.map_err(|e| self.sql(e))?)
                 .await
-                .map_err(|e| self.fail(e))?;
+                .map_err(|e| self.sql(e))?;
         Ok(self
             .rows
             .optional("agent_states", agent, row)?
@@ -710,18 +814,65 @@ impl IncidentStore for SqliteStore {
         )
         .bind(body)
         .bind(mac)
-        .execute(&mut *self.writer()?.lend().await)
+        .execute(&mut *self.writer()?.lend().await.map_err(|e| self.sql(e))?)
         .await
-        .map_err(|e| self.fail(e))?;
+        .map_err(|e| self.sql(e))?;
         Ok(())
     }
 
     async fn guard(&self) -> Result<GuardBook, StoreError> {
         let row: Option<(String, String)> =
             sqlx::query_as("SELECT body, mac FROM guard WHERE id = 1")
-                .fetch_optional(&mut *self.reader.lend().await)
+                .fetch_optional(&mut *self.reader.lend().await.map_err(|e| self.sql(e))?)
                 .await
-                .map_err(|e| self.fail(e))?;
+                .map_err(|e| self.sql(e))?;
         Ok(self.rows.optional("guard", "1", row)?.unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether `kept` still lends the connection that made `temp.marker` (temporary tables
+    /// belong to one connection).
+    async fn same_connection(kept: &Kept) -> bool {
+        let mut conn = kept.lend().await.expect("lent");
+        sqlx::query("SELECT count(*) FROM temp.marker")
+            .execute(&mut *conn)
+            .await
+            .is_ok()
+    }
+
+    #[tokio::test]
+    async fn a_kept_connection_found_gone_is_connected_again_and_a_live_one_is_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open_waiting(dir.path(), Duration::from_secs(1))
+            .await
+            .expect("open");
+        let writer = store.writer().expect("writer");
+        sqlx::query("CREATE TEMP TABLE marker (x)")
+            .execute(&mut *writer.lend().await.expect("lent"))
+            .await
+            .expect("marker");
+
+        // A crash met elsewhere: this connection answers its ping and is kept.
+        let _ = store.sql(sqlx::Error::WorkerCrashed);
+        assert_eq!(store.crashes.count(), 1);
+        assert!(same_connection(writer).await);
+        // Any other error leaves the connections unchecked.
+        let _ = store.sql(sqlx::Error::RowNotFound);
+        assert_eq!(store.crashes.count(), 1);
+
+        // Gone: the next lending connects again, and the store writes through it.
+        writer.lose().await;
+        assert!(!same_connection(writer).await);
+        store.sync().await.expect("sync through the new connection");
+        let mut conn = store.reader.lend().await.expect("reader");
+        let (n,): (i64,) = sqlx::query_as("SELECT n FROM sync_marks WHERE id = 1")
+            .fetch_one(&mut *conn)
+            .await
+            .expect("mark");
+        assert_eq!(n, 1);
     }
 }

@@ -1,20 +1,21 @@
-//! Alerts no agent owns are not dropped: each firing one reaches the humans (the log, Slack when
-//! configured, the observer's event stream) — once per alert and window, and at most
-//! [`MAX_PER_WINDOW`] of them per window, so a flood of unowned alerts cannot flood a channel.
+//! Firing alerts nobody acts on are not dropped: each one an agent does not own, or gave up on,
+//! reaches the humans (the log, Slack when configured) — once per alert and window, and at most
+//! [`MAX_PER_WINDOW`] messages of a kind per window, so a flood of them (every alert failing
+//! while a database is away) cannot flood a channel.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// How long one unowned alert (name + fingerprint) is not told again. Alertmanager repeats a
+/// How long one alert (name + fingerprint) is not told again. Alertmanager repeats a
 /// firing alert every `repeat_interval` (4 h by default).
 pub const WINDOW: Duration = Duration::from_secs(3600);
-/// The most unowned-alert messages per window; beyond it they are audited as suppressed.
+/// The most messages of one kind per window; beyond it they are audited as suppressed.
 pub const MAX_PER_WINDOW: usize = 60;
 /// The most alerts remembered at once (bounded memory whatever arrives).
 const MAX_REMEMBERED: usize = 10_000;
 
-/// What to do about one unowned firing alert.
+/// What to do about one firing alert nobody acts on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     /// First time in the window: tell the humans.
@@ -25,8 +26,9 @@ pub enum Verdict {
     Suppressed,
 }
 
+/// The budget of messages of one kind: alerts no agent owns, or alerts an agent gave up on.
 #[derive(Default)]
-pub struct Unowned {
+pub struct Notices {
     state: Mutex<State>,
 }
 
@@ -37,7 +39,7 @@ struct State {
     told_in_window: usize,
 }
 
-impl Unowned {
+impl Notices {
     pub fn judge(&self, name: &str, fingerprint: &str, now: Instant) -> Verdict {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if s.window_start
@@ -74,7 +76,7 @@ mod tests {
 
     #[test]
     fn told_once_per_window_and_never_more_than_the_budget() {
-        let u = Unowned::default();
+        let u = Notices::default();
         let t0 = Instant::now();
         assert_eq!(u.judge("A", "f1", t0), Verdict::Tell);
         assert_eq!(
