@@ -484,7 +484,7 @@ async fn an_agent_catalog_pinned_by_digest_is_pulled_once_and_survives_the_regis
         kafka
             .unavailable
             .get("scale-consumer")
-            .is_some_and(|why| why.contains("cannot be reached")),
+            .is_some_and(|why| why.contains("could not be pulled: cannot reach the registry")),
         "{:?}",
         kafka.unavailable
     );

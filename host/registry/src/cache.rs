@@ -43,10 +43,13 @@ pub enum FetchError {
 }
 
 impl FetchError {
-    /// The registry could not be asked: the runbook is unavailable, the host still starts.
-    pub fn is_unreachable(&self) -> bool {
+    /// The registry could not be asked: the runbook is unavailable, the host still starts
+    /// ([`PullError::leaves_unavailable`]).
+    pub fn leaves_unavailable(&self) -> bool {
         match self {
-            FetchError::Pull(e) | FetchError::CacheReplaced { pull: e, .. } => e.is_unreachable(),
+            FetchError::Pull(e) | FetchError::CacheReplaced { pull: e, .. } => {
+                e.leaves_unavailable()
+            }
             FetchError::NotPinned(_) => false,
         }
     }

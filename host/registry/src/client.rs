@@ -78,6 +78,26 @@ pub enum RegistryError {
     Other { registry: String, why: String },
 }
 
+/// Whether a token service's answer refuses the credentials. The client keeps its body, not its
+/// status, so the words decide: the distribution spec's error codes (`UNAUTHORIZED`, `DENIED`,
+/// in an error envelope) and the phrases registries and proxies in front of them use. Anything
+/// else — a proxy's "upstream connect error", an empty 503 — is a failing service.
+fn refuses_credentials(body: &str) -> bool {
+    const SAID: [&str; 9] = [
+        "unauthorized",
+        "denied",
+        "authentication required",
+        "authorization required",
+        "incorrect username",
+        "invalid username",
+        "invalid credentials",
+        "bad credentials",
+        "password",
+    ];
+    let body = body.to_ascii_lowercase();
+    SAID.iter().any(|s| body.contains(s))
+}
+
 fn registry_error(e: OciDistributionError, r: &BundleRef, creds: &Credentials) -> RegistryError {
     let registry = r.registry().to_owned();
     let unauthorized = || RegistryError::Unauthorized {
@@ -94,6 +114,9 @@ fn registry_error(e: OciDistributionError, r: &BundleRef, creds: &Credentials) -
                     "connection refused or failed".into()
                 },
             }
+        }
+        OciDistributionError::AuthenticationFailure(why) if refuses_credentials(&why) => {
+            unauthorized()
         }
         OciDistributionError::AuthenticationFailure(why) => RegistryError::NoToken {
             registry,
@@ -254,15 +277,18 @@ pub enum PullError {
 }
 
 impl PullError {
-    /// The registry could not be asked (as opposed to: it answered with something refused).
-    /// A token service that gave no token counts: without one the registry cannot be asked,
-    /// and its words cannot tell a failing service from refused credentials — so the runbook
-    /// is unavailable (recorded, with both readings) rather than the host refused at start.
+    /// The registry could not be reached at all (as opposed to: it, or its token service,
+    /// answered).
     pub fn is_unreachable(&self) -> bool {
-        matches!(
-            self,
-            PullError::Registry(RegistryError::Unreachable { .. } | RegistryError::NoToken { .. })
-        )
+        matches!(self, PullError::Registry(RegistryError::Unreachable { .. }))
+    }
+
+    /// The registry could not be asked, so the runbook is unavailable (recorded, alerts that
+    /// need it escalate) rather than the host refused at start: it cannot be reached, or its
+    /// token service failed without refusing the credentials (refused ones are
+    /// [`RegistryError::Unauthorized`] and stop the start, as a wrong login will not pass).
+    pub fn leaves_unavailable(&self) -> bool {
+        self.is_unreachable() || matches!(self, PullError::Registry(RegistryError::NoToken { .. }))
     }
 }
 
@@ -599,12 +625,16 @@ mod stale_tests {
             &creds,
         );
         let said = error.to_string();
-        assert!(PullError::Registry(error).is_unreachable(), "{said}");
+        let error = PullError::Registry(error);
+        assert!(error.leaves_unavailable(), "{said}");
+        // Not "unreachable": a cached bundle that cannot be shown to be its pin is not used
+        // on the strength of a token service that answered.
+        assert!(!error.is_unreachable(), "{said}");
         let refused = RegistryError::Unauthorized {
             registry: "registry.example:5000".into(),
             from: "no credentials".into(),
         };
-        assert!(!PullError::Registry(refused).is_unreachable());
+        assert!(!PullError::Registry(refused).leaves_unavailable());
         assert!(
             said.contains("token service gave no token (upstream connect error)"),
             "{said}"
@@ -618,5 +648,45 @@ mod stale_tests {
         )
         .to_string();
         assert!(said.contains("(it said nothing)"), "{said}");
+    }
+
+    /// A token service that says the credentials are wrong — in the spec's error envelope or
+    /// in the words registries use — refuses them, and the start with them.
+    #[test]
+    fn a_token_service_refusing_the_credentials_is_a_refusal() {
+        let r = BundleRef::parse("oci://registry.example:5000/sre/scale-consumer:1.2.0")
+            .expect("reference");
+        let creds = Credentials {
+            auth: oci_client::secrets::RegistryAuth::Anonymous,
+            source: "THEMIS_REGISTRY_USERNAME".into(),
+        };
+        for body in [
+            r#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required","detail":null}]}"#,
+            r#"{"errors":[{"code":"DENIED","message":"requested access to the resource is denied"}]}"#,
+            r#"{"details":"incorrect username or password"}"#,
+            "<html><head><title>401 Authorization Required</title></head></html>",
+        ] {
+            let error = registry_error(
+                OciDistributionError::AuthenticationFailure(body.into()),
+                &r,
+                &creds,
+            );
+            assert!(
+                matches!(error, RegistryError::Unauthorized { .. }),
+                "{body}: {error}"
+            );
+            assert!(!PullError::Registry(error).leaves_unavailable(), "{body}");
+        }
+        for body in ["no healthy upstream", "<html>502 Bad Gateway</html>", ""] {
+            let error = registry_error(
+                OciDistributionError::AuthenticationFailure(body.into()),
+                &r,
+                &creds,
+            );
+            assert!(
+                matches!(error, RegistryError::NoToken { .. }),
+                "{body}: {error}"
+            );
+        }
     }
 }

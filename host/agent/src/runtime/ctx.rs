@@ -22,7 +22,8 @@ pub(crate) struct AgentCtx {
     pub(crate) destructive: Arc<DestructiveList>,
     /// The host's guard rails, shared by every agent.
     pub(crate) guard: Arc<super::guard::Guard>,
-    /// The budget of messages about alerts an agent gave up on, shared by every agent.
-    pub(crate) unhandled: Arc<super::notices::Notices>,
+    /// The agent's own budget of messages about alerts it gave up on: one agent failing every
+    /// alert cannot use up another's.
+    pub(crate) unhandled: super::notices::Notices,
     pub(crate) clock: themis_core::clock::Clock,
 }

@@ -197,9 +197,9 @@ async fn fetch_oci_runbooks(
                 }
                 dirs.push(fetch.dir().to_path_buf());
             }
-            Err(e) if e.is_unreachable() => {
+            Err(e) if e.leaves_unavailable() => {
                 let why = e.to_string();
-                tracing::warn!(agent = %def.name, reference = %r, %why, "catalog runbook unavailable: the registry cannot be reached and the bundle is not cached");
+                tracing::warn!(agent = %def.name, reference = %r, %why, "catalog runbook unavailable: the registry could not be asked and the bundle is not cached");
                 audit.append(
                     &def.name,
                     None,
@@ -208,9 +208,7 @@ async fn fetch_oci_runbooks(
                 )?;
                 unavailable.insert(
                     r.runbook_id().to_owned(),
-                    format!(
-                        "its bundle {r} is not cached and the registry cannot be reached: {why}"
-                    ),
+                    format!("its bundle {r} is not cached and could not be pulled: {why}"),
                 );
             }
             Err(e) => {

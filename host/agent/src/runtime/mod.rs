@@ -277,7 +277,6 @@ impl Runtime {
                 escalate::STAGED_RUN
             }
         };
-        let unhandled = Arc::new(notices::Notices::default());
         let mut handles = Vec::new();
         let mut tasks = Vec::new();
         let mut tickers = Vec::new();
@@ -291,7 +290,6 @@ impl Runtime {
                 agent.clone(),
                 backends,
                 guard.clone(),
-                unhandled.clone(),
                 options.clock.clone(),
             )
             .await?;

@@ -26,7 +26,8 @@ pub enum Verdict {
     Suppressed,
 }
 
-/// The budget of messages of one kind: alerts no agent owns, or alerts an agent gave up on.
+/// One budget of messages: the runtime's for alerts no agent owns, each agent's own for the
+/// alerts it gave up on.
 #[derive(Default)]
 pub struct Notices {
     state: Mutex<State>,
@@ -68,6 +69,15 @@ impl Notices {
         s.told_in_window += 1;
         Verdict::Tell
     }
+
+    /// Takes back a [`Verdict::Tell`] whose message never left (its record failed): the alert
+    /// is told when next judged, and the budget gets its place back.
+    pub fn forget(&self, name: &str, fingerprint: &str) {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if s.told.remove(&format!("{name}\0{fingerprint}")).is_some() {
+            s.told_in_window = s.told_in_window.saturating_sub(1);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -93,5 +103,23 @@ mod tests {
             .count();
         assert_eq!(told, MAX_PER_WINDOW);
         assert_eq!(u.judge("C", "x", later), Verdict::Suppressed);
+    }
+
+    #[test]
+    fn a_tell_taken_back_is_told_again_and_gives_its_place_back() {
+        let u = Notices::default();
+        let t0 = Instant::now();
+        for i in 0..MAX_PER_WINDOW {
+            assert_eq!(u.judge("A", &format!("f{i}"), t0), Verdict::Tell);
+        }
+        assert_eq!(u.judge("A", "late", t0), Verdict::Suppressed);
+        u.forget("A", "f0");
+        // Forgetting what was never told changes nothing.
+        u.forget("A", "never");
+        assert_eq!(u.judge("A", "late", t0), Verdict::Tell);
+        assert_eq!(u.judge("A", "f0", t0), Verdict::Suppressed);
+        u.forget("A", "late");
+        assert_eq!(u.judge("A", "f0", t0), Verdict::Tell);
+        assert_eq!(u.judge("A", "f0", t0), Verdict::Repeat);
     }
 }

@@ -415,7 +415,13 @@ impl Worker {
                         "over this hour's budget of not-handled messages",
                 });
             }
-            ctx.audit.append(&agent, None, "alert-take-failed", data)?;
+            if let Err(e) = ctx.audit.append(&agent, None, "alert-take-failed", data) {
+                // Not on the record, so not told: the next try judges it afresh.
+                if let (Some(a), Some(super::notices::Verdict::Tell)) = (&firing, notice) {
+                    ctx.unhandled.forget(&a.name, &a.fingerprint);
+                }
+                return Err(e.into());
+            }
             if let Some(alert) = firing.filter(|_| notice == Some(super::notices::Verdict::Tell)) {
                 let why = ctx.audit.redactor().redact_text(&e.to_string());
                 tracing::error!(

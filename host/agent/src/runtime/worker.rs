@@ -111,7 +111,6 @@ impl Worker {
         agent: Arc<Agent>,
         backends: Backends,
         guard: Arc<super::guard::Guard>,
-        unhandled: Arc<super::notices::Notices>,
         clock: themis_core::clock::Clock,
     ) -> Result<(Worker, watch::Receiver<AgentState>), RuntimeError> {
         // The saved state is a hint for recovery; a tampered or unreadable one counts as
@@ -144,7 +143,7 @@ impl Worker {
             backends,
             destructive,
             guard,
-            unhandled,
+            unhandled: super::notices::Notices::default(),
             clock,
         };
         Ok((

@@ -375,8 +375,14 @@ impl Readers {
     /// A free one if there is; else the first, once free.
     async fn lend(&self) -> Result<Lent<'_>, sqlx::Error> {
         for kept in &self.0 {
-            if let Some(lent) = kept.try_lend().await {
-                return lent;
+            match kept.try_lend().await {
+                Some(Ok(lent)) => return Ok(lent),
+                // Free but its thread ended and connecting again failed: the next is tried,
+                // and the first waited on (connecting again) only when none is ready.
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "a reading connection could not be readied")
+                }
+                None => {}
             }
         }
         self.0[0].lend().await
