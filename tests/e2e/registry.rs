@@ -298,40 +298,231 @@ fn answering(status: &'static str, body: &'static str) -> String {
 fn a_registry_answering_5xx_is_unreachable_and_its_words_are_bounded() {
     let work = tempfile::tempdir().expect("tempdir");
     let down = answering("503 Service Unavailable", "upstream connect error");
-    let dest = work.path().join("down");
-    let out = pull(
-        &format!("oci://{down}/sre/scale-consumer:1.2.0"),
-        &dest,
-        &["--trust", KAFKA_KEY],
-        &[],
-    );
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = text(&out.stderr);
+    let stderr = refused_pull(&down, work.path(), "down", &[]);
     assert!(
         stderr.contains("cannot reach the registry") && stderr.contains("HTTP 503"),
         "{stderr}"
     );
-    nothing_left(work.path(), &dest);
 
     static LONG: std::sync::LazyLock<&'static str> = std::sync::LazyLock::new(|| {
         Box::leak(format!("bad\u{1b}[31m{}", "x".repeat(300_000)).into_boxed_str())
     });
     let odd = answering("418 I'm a teapot", &LONG);
-    let dest = work.path().join("odd");
-    let out = pull(
-        &format!("oci://{odd}/sre/scale-consumer:1.2.0"),
-        &dest,
-        &["--trust", KAFKA_KEY],
-        &[],
-    );
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = text(&out.stderr);
+    let stderr = refused_pull(&odd, work.path(), "odd", &[]);
     assert!(stderr.len() < 4096, "{} bytes of error", stderr.len());
     assert!(
         !stderr.contains('\u{1b}'),
         "a control character reached the terminal"
     );
-    nothing_left(work.path(), &dest);
+}
+
+/// Pulls the Kafka bundle from the registry at `addr` expecting a refusal: nothing is left in
+/// `work`, and what the pull said is returned.
+fn refused_pull(addr: &str, work: &Path, name: &str, env: &[(&str, &str)]) -> String {
+    let dest = work.join(name);
+    let out = pull(
+        &format!("oci://{addr}/sre/scale-consumer:1.2.0"),
+        &dest,
+        &["--trust", KAFKA_KEY],
+        env,
+    );
+    assert_eq!(out.status.code(), Some(1), "{name}: {}", text(&out.stdout));
+    nothing_left(work, &dest);
+    text(&out.stderr)
+}
+
+/// How a scripted registry answers a request (its request line and headers).
+type Script = Box<dyn Fn(&str) -> Answer + Send + Sync>;
+
+/// What a scripted registry answers one request with.
+struct Answer {
+    status: &'static str,
+    headers: String,
+    /// `None`: a body without end (no length, written until the client hangs up).
+    body: Option<String>,
+}
+
+/// A registry that answers each request as `script` says from its request line and headers;
+/// its address, and the bytes of body it got to send (a client that stops reading hangs up).
+fn scripted(
+    script: impl Fn(&str) -> Answer + Send + Sync + 'static,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    use std::io::{Read, Write};
+    use std::sync::atomic::Ordering;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = sent.clone();
+    let script = std::sync::Arc::new(script);
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let (script, sent) = (script.clone(), counted.clone());
+            std::thread::spawn(move || {
+                let mut stream = stream;
+                let mut request = [0u8; 8192];
+                let n = stream.read(&mut request).unwrap_or(0);
+                let answer = script(&String::from_utf8_lossy(&request[..n]));
+                let length = answer
+                    .body
+                    .as_ref()
+                    .map(|b| format!("content-length: {}\r\n", b.len()))
+                    .unwrap_or_default();
+                let head = format!(
+                    "HTTP/1.1 {}\r\n{}{length}connection: close\r\n\r\n",
+                    answer.status, answer.headers
+                );
+                if stream.write_all(head.as_bytes()).is_err() {
+                    return;
+                }
+                match answer.body {
+                    Some(body) => {
+                        let _ = stream.write_all(body.as_bytes());
+                    }
+                    // A GiB on offer: far past any bound, and written only as fast as read.
+                    None => {
+                        let chunk = vec![b'{'; 64 << 10];
+                        for _ in 0..(1u64 << 30) / chunk.len() as u64 {
+                            if stream.write_all(&chunk).is_err() {
+                                break;
+                            }
+                            sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, sent)
+}
+
+/// A registry (or what answers in its place) that sends a manifest, a token or an error
+/// without end does not make the pull hold it: each is read within its bound, the rest never
+/// read, and the error says which bound. The bearer flow goes through a token service as the
+/// distribution spec has it: the token it gives is the one the manifest is asked with.
+#[test]
+fn what_a_registry_sends_without_end_is_read_within_a_bound() {
+    use std::sync::atomic::Ordering;
+    // Far less than the GiB on offer: what the client read, plus what the kernel buffered.
+    const READ_AT_MOST: u64 = 64 << 20;
+    let work = tempfile::tempdir().expect("tempdir");
+    let endless = |status| Answer {
+        status,
+        headers: String::new(),
+        body: None,
+    };
+    let cases: [(&str, Script, &str); 3] = [
+        (
+            "manifest",
+            Box::new(move |_| endless("200 OK")),
+            "longer than 262144 bytes",
+        ),
+        (
+            "error",
+            Box::new(move |_| endless("400 Bad Request")),
+            "answered: HTTP 400",
+        ),
+        (
+            "token",
+            Box::new(move |request: &str| {
+                if request.starts_with("GET /token") {
+                    endless("200 OK")
+                } else {
+                    let realm = request
+                        .lines()
+                        .find_map(|l| l.strip_prefix("host: ").or(l.strip_prefix("Host: ")))
+                        .unwrap_or_default()
+                        .trim()
+                        .to_owned();
+                    Answer {
+                        status: "401 Unauthorized",
+                        headers: format!(
+                            "www-authenticate: Bearer realm=\"http://{realm}/token\",service=\"registry\"\r\n"
+                        ),
+                        body: Some(String::new()),
+                    }
+                }
+            }),
+            "answer ran past 65536 bytes",
+        ),
+    ];
+    for (what, script, says) in cases {
+        let (addr, sent) = scripted(script);
+        let stderr = refused_pull(&addr, work.path(), what, &[]);
+        assert!(stderr.contains(says), "{what}: {stderr}");
+        assert!(
+            stderr.len() < 4096,
+            "{what}: {} bytes of error",
+            stderr.len()
+        );
+        let sent = sent.load(Ordering::Relaxed);
+        assert!(sent < READ_AT_MOST, "{what}: {sent} bytes were taken in");
+    }
+
+    // The token the service gives is the one the manifest is asked with; asked without it,
+    // the registry challenges, and a manifest it does not have is named as such.
+    let (addr, _) = scripted(|request: &str| {
+        let host = request
+            .lines()
+            .find_map(|l| l.strip_prefix("host: ").or(l.strip_prefix("Host: ")))
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
+        let lower = request.to_ascii_lowercase();
+        if request.starts_with("GET /token") {
+            assert!(
+                lower.contains("scope=repository%3asre%2fscale-consumer%3apull"),
+                "{request}"
+            );
+            Answer {
+                status: "200 OK",
+                headers: String::new(),
+                body: Some(r#"{"token":"t0k3n"}"#.into()),
+            }
+        } else if lower.contains("authorization: bearer t0k3n") {
+            Answer {
+                status: "404 Not Found",
+                headers: String::new(),
+                body: Some(
+                    r#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}"#
+                        .into(),
+                ),
+            }
+        } else {
+            Answer {
+                status: "401 Unauthorized",
+                headers: format!(
+                    "www-authenticate: Bearer realm=\"http://{host}/token\",service=\"registry\"\r\n"
+                ),
+                body: Some(String::new()),
+            }
+        }
+    });
+    let stderr = refused_pull(&addr, work.path(), "bearer", &[]);
+    assert!(
+        stderr.contains("does not exist in the registry"),
+        "{stderr}"
+    );
+
+    // A realm on another machine over plain HTTP is not sent the credentials.
+    let (addr, _) = scripted(|_: &str| Answer {
+        status: "401 Unauthorized",
+        headers: "www-authenticate: Bearer realm=\"http://auth.example.invalid/token\"\r\n".into(),
+        body: Some(String::new()),
+    });
+    let stderr = refused_pull(
+        &addr,
+        work.path(),
+        "clear",
+        &[
+            ("THEMIS_REGISTRY_USERNAME", "themis"),
+            ("THEMIS_REGISTRY_PASSWORD", "never-sent"),
+        ],
+    );
+    assert!(
+        stderr.contains("is not HTTPS; credentials are not sent in the clear"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("never-sent"), "{stderr}");
 }
 
 /// The Kafka agent with scale-consumer named by `reference` instead of its folder.

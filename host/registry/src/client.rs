@@ -3,13 +3,12 @@
 use crate::artifact::{self, LayoutError, PackError};
 use crate::auth::{self, Credentials};
 use crate::reference::BundleRef;
+use crate::session::{Fetched, Session};
 use oci_client::Client;
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::manifest::{OCI_IMAGE_MEDIA_TYPE, OciImageManifest};
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 use themis_core::manifest::{MANIFEST_FILE, Runbook};
 use themis_core::trust::bundle::SIGNATURE_FILE;
@@ -26,7 +25,7 @@ pub const PULL_DEADLINE: Duration = Duration::from_secs(300);
 const REGISTRY_TEXT: usize = 512;
 
 /// A registry's text as an error shows it: bounded, one line, control characters escaped.
-fn registry_text(text: &str) -> String {
+pub(crate) fn registry_text(text: &str) -> String {
     let mut out = String::new();
     for c in text.chars() {
         if out.len() >= REGISTRY_TEXT {
@@ -82,7 +81,7 @@ pub enum RegistryError {
 /// status, so the words decide: the distribution spec's error codes (`UNAUTHORIZED`, `DENIED`,
 /// in an error envelope) and the phrases registries and proxies in front of them use. Anything
 /// else — a proxy's "upstream connect error", an empty 503 — is a failing service.
-fn refuses_credentials(body: &str) -> bool {
+pub(crate) fn refuses_credentials(body: &str) -> bool {
     const SAID: [&str; 9] = [
         "unauthorized",
         "denied",
@@ -98,6 +97,18 @@ fn refuses_credentials(body: &str) -> bool {
     SAID.iter().any(|s| body.contains(s))
 }
 
+/// A request that could not be made, or got no answer in time.
+pub(crate) fn not_asked(registry: String, e: &reqwest::Error) -> RegistryError {
+    RegistryError::Unreachable {
+        registry,
+        why: if e.is_timeout() {
+            "timed out".into()
+        } else {
+            "connection refused or failed".into()
+        },
+    }
+}
+
 fn registry_error(e: OciDistributionError, r: &BundleRef, creds: &Credentials) -> RegistryError {
     let registry = r.registry().to_owned();
     let unauthorized = || RegistryError::Unauthorized {
@@ -106,14 +117,7 @@ fn registry_error(e: OciDistributionError, r: &BundleRef, creds: &Credentials) -
     };
     match e {
         OciDistributionError::RequestError(e) if e.is_connect() || e.is_timeout() => {
-            RegistryError::Unreachable {
-                registry,
-                why: if e.is_timeout() {
-                    "timed out".into()
-                } else {
-                    "connection refused or failed".into()
-                },
-            }
+            not_asked(registry, &e)
         }
         OciDistributionError::AuthenticationFailure(why) if refuses_credentials(&why) => {
             unauthorized()
@@ -337,19 +341,21 @@ async fn pull_within(
     };
     std::fs::create_dir_all(&parent).map_err(|e| local(e.to_string()))?;
     let creds = auth::for_registry(r.registry()).map_err(PullError::Credentials)?;
-    let client = client_for(r);
-    let fail = |e| PullError::Registry(registry_error(e, r, &creds));
+    let mut session = Session::new(r, &creds, CONNECT_TIMEOUT, READ_TIMEOUT)?;
 
-    let (bytes, _) = client
-        .pull_manifest_raw(r.oci(), &creds.auth, &[OCI_IMAGE_MEDIA_TYPE])
+    let named = r.digest().or(r.oci().tag()).unwrap_or("latest");
+    let bytes = match session
+        .manifest(named, OCI_IMAGE_MEDIA_TYPE, MAX_MANIFEST)
         .await
-        .map_err(fail)?;
-    if bytes.len() > MAX_MANIFEST {
-        return Err(PullError::Layout(format!(
-            "its manifest is {} bytes; a bundle's is at most {MAX_MANIFEST}",
-            bytes.len()
-        )));
-    }
+    {
+        Ok(bytes) => bytes,
+        Err(Fetched::Registry(e)) => return Err(e.into()),
+        Err(Fetched::TooLong { cap }) => {
+            return Err(PullError::Layout(format!(
+                "its manifest is longer than {cap} bytes, the most a bundle's is; the rest was not read"
+            )));
+        }
+    };
     // The digest of the bytes received, not the one the registry claims in a header.
     let digest = themis_core::digest(&bytes);
     if let Some(pinned) = r.digest()
@@ -370,31 +376,49 @@ async fn pull_within(
         .prefix(STAGING_PREFIX)
         .tempdir_in(&parent)
         .map_err(|e| local(e.to_string()))?;
-    let fetch = |path: String, layer: oci_client::manifest::OciDescriptor| {
-        let staging = staging.path().to_path_buf();
-        let client = &client;
-        let fail = &fail;
-        let local = &local;
-        async move {
-            let mut sink = Capped::new(layer.size as usize);
-            client
-                .pull_blob(r.oci(), &layer, &mut sink)
-                .await
-                .map_err(fail)?;
-            let file = staging.join(&path);
-            if let Some(dir) = file.parent() {
-                std::fs::create_dir_all(dir).map_err(|e| local(e.to_string()))?;
+    async fn fetch(
+        session: &mut Session<'_>,
+        staging: &Path,
+        path: &str,
+        layer: &oci_client::manifest::OciDescriptor,
+    ) -> Result<(), PullError> {
+        let declared = usize::try_from(layer.size).unwrap_or(usize::MAX);
+        let bytes = match session.blob(&layer.digest, declared).await {
+            Ok(bytes) => bytes,
+            Err(Fetched::Registry(e)) => return Err(e.into()),
+            Err(Fetched::TooLong { cap }) => {
+                return Err(RegistryError::Tampered(format!(
+                    "{}: longer than its declared {cap} bytes",
+                    layer.digest
+                ))
+                .into());
             }
-            std::fs::write(&file, sink.buf).map_err(|e| local(e.to_string()))
+        };
+        // The digest of the bytes received: nothing of a blob that is not what the manifest
+        // names reaches the staging folder.
+        let found = themis_core::digest(&bytes);
+        if found != layer.digest {
+            return Err(
+                RegistryError::Tampered(format!("{} received as {found}", layer.digest)).into(),
+            );
         }
-    };
+        let file = staging.join(path);
+        let local = |e: std::io::Error| PullError::Local {
+            dir: staging.display().to_string(),
+            why: e.to_string(),
+        };
+        if let Some(dir) = file.parent() {
+            std::fs::create_dir_all(dir).map_err(local)?;
+        }
+        std::fs::write(&file, bytes).map_err(local)
+    }
     // The signature and the bundle's manifest first: nothing else is fetched for a bundle no
     // trusted key signed, and only the components the signature names, by their signed digest.
     let (head, components): (Vec<_>, Vec<_>) = layers
         .into_iter()
         .partition(|(path, _)| path == SIGNATURE_FILE || path == MANIFEST_FILE);
     for (path, layer) in head {
-        fetch(path, layer).await?;
+        fetch(&mut session, staging.path(), &path, &layer).await?;
     }
     let signature = trust::check_signature(staging.path(), policy)?;
     if let Some(signed) = &signature {
@@ -435,7 +459,7 @@ async fn pull_within(
         }
     }
     for (path, layer) in components {
-        fetch(path, layer).await?;
+        fetch(&mut session, staging.path(), &path, &layer).await?;
     }
     // Kept with the bundle: a cached copy is checked against its pin again at every start.
     std::fs::write(staging.path().join(OCI_MANIFEST_FILE), &bytes)
@@ -532,47 +556,6 @@ fn remove_stale_pulls(parent: &Path) {
         if stale && let Err(e) = std::fs::remove_dir_all(entry.path()) {
             tracing::warn!(dir = %entry.path().display(), error = %e, "a killed pull's staging folder could not be removed");
         }
-    }
-}
-
-/// A blob sink that refuses more bytes than the descriptor declared, so a registry cannot make a
-/// pull hold more than the layout's limits.
-struct Capped {
-    buf: Vec<u8>,
-    cap: usize,
-}
-
-impl Capped {
-    fn new(cap: usize) -> Capped {
-        Capped {
-            buf: Vec::with_capacity(cap.min(1 << 20)),
-            cap,
-        }
-    }
-}
-
-impl tokio::io::AsyncWrite for Capped {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        if self.buf.len() + data.len() > self.cap {
-            return Poll::Ready(Err(std::io::Error::other(format!(
-                "the blob is longer than its declared {} bytes",
-                self.cap
-            ))));
-        }
-        self.buf.extend_from_slice(data);
-        Poll::Ready(Ok(data.len()))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
     }
 }
 

@@ -18,6 +18,7 @@ pub mod auth;
 pub mod cache;
 pub mod client;
 pub mod reference;
+mod session;
 
 pub use cache::{CatalogFetch, FetchError, fetch_pinned};
 pub use client::{PullError, Pulled, PushError, Pushed, pull, push};
