@@ -297,12 +297,20 @@ fn answering(status: &'static str, body: &'static str) -> String {
 #[test]
 fn a_registry_answering_5xx_is_unreachable_and_its_words_are_bounded() {
     let work = tempfile::tempdir().expect("tempdir");
-    let down = answering("503 Service Unavailable", "upstream connect error");
-    let stderr = refused_pull(&down, work.path(), "down", &[]);
-    assert!(
-        stderr.contains("cannot reach the registry") && stderr.contains("HTTP 503"),
-        "{stderr}"
-    );
+    for (status, name) in [
+        ("503 Service Unavailable", "down"),
+        // Rate-limited (Docker Hub's TOOMANYREQUESTS): not asked now, not refused.
+        ("429 Too Many Requests", "limited"),
+    ] {
+        let code = &status[..3];
+        let down = answering(status, "upstream connect error");
+        let stderr = refused_pull(&down, work.path(), name, &[]);
+        assert!(
+            stderr.contains("cannot reach the registry")
+                && stderr.contains(&format!("HTTP {code}")),
+            "{stderr}"
+        );
+    }
 
     static LONG: std::sync::LazyLock<&'static str> = std::sync::LazyLock::new(|| {
         Box::leak(format!("bad\u{1b}[31m{}", "x".repeat(300_000)).into_boxed_str())

@@ -190,6 +190,8 @@ pub enum LayoutError {
     Missing(&'static str),
     #[error("layer `{path}` declares {size} bytes; the limit is {limit}")]
     TooLarge { path: String, size: i64, limit: u64 },
+    #[error("layer `{path}` names its content `{digest}`, not sha256:<64 lowercase hex digits>")]
+    BadDigest { path: String, digest: String },
 }
 
 /// Check a pulled manifest's layout before any blob is fetched: its type, each layer's path and
@@ -232,6 +234,13 @@ pub fn check_layout(
                 limit,
             });
         }
+        // The digest names the blob in the URL asked for it: nothing but a digest goes there.
+        if !is_sha256(&layer.digest) {
+            return Err(LayoutError::BadDigest {
+                path,
+                digest: layer.digest.clone(),
+            });
+        }
         if !seen.insert(path.clone()) {
             return Err(LayoutError::Duplicate(path));
         }
@@ -243,6 +252,12 @@ pub fn check_layout(
         }
     }
     Ok(out)
+}
+
+fn is_sha256(digest: &str) -> bool {
+    digest.strip_prefix("sha256:").is_some_and(|hex| {
+        hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    })
 }
 
 /// The media type and size limit a bundle path may have; `None` for a path outside the layout
@@ -283,6 +298,21 @@ mod tests {
             "components/.wasm",
         ] {
             assert!(expected_for(bad).is_none(), "{bad} was accepted");
+        }
+    }
+
+    #[test]
+    fn only_a_sha256_digest_names_a_blob() {
+        assert!(is_sha256(&format!("sha256:{}", "0a".repeat(32))));
+        for bad in [
+            format!("sha256:{}", "0A".repeat(32)),
+            format!("sha256:{}", "0".repeat(63)),
+            format!("sha256:{}/../../x", "0".repeat(64)),
+            format!("sha512:{}", "0".repeat(64)),
+            format!("sha256:{}?x", "0".repeat(63)),
+            String::new(),
+        ] {
+            assert!(!is_sha256(&bad), "{bad} was accepted");
         }
     }
 }

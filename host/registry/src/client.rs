@@ -368,8 +368,9 @@ async fn pull_within(
     }
     let manifest: OciImageManifest =
         serde_json::from_slice(&bytes).map_err(|e| PullError::Layout(e.to_string()))?;
+    // Its words are the registry's (paths, media types, digests): bounded like any it says.
     let layers = artifact::check_layout(&manifest)
-        .map_err(|e: LayoutError| PullError::Layout(e.to_string()))?;
+        .map_err(|e: LayoutError| PullError::Layout(registry_text(&e.to_string())))?;
 
     remove_stale_pulls(&parent);
     let staging = tempfile::Builder::new()

@@ -49,8 +49,9 @@ pub(crate) struct Session<'a> {
     r: &'a BundleRef,
     creds: &'a Credentials,
     authorization: Authorization,
-    /// A `401` is answered once: a second one after authorizing is a refusal.
-    authorized: bool,
+    /// Whether a `401` is answered (once per request; a second is a refusal): not with an
+    /// identity token, which is the authorization itself.
+    answers_challenges: bool,
 }
 
 impl<'a> Session<'a> {
@@ -71,17 +72,22 @@ impl<'a> Session<'a> {
             })?;
         let scheme = if r.is_loopback() { "http" } else { "https" };
         // An identity token from the Docker config is a bearer token already.
-        let (authorization, authorized) = match &creds.auth {
-            RegistryAuth::Bearer(token) => (Authorization::Bearer(token.clone()), true),
-            _ => (Authorization::None, false),
+        let (authorization, answers_challenges) = match &creds.auth {
+            RegistryAuth::Bearer(token) => (Authorization::Bearer(token.clone()), false),
+            _ => (Authorization::None, true),
         };
         Ok(Session {
             http,
-            base: format!("{scheme}://{}/v2/{}", r.registry(), r.repository()),
+            // `docker.io` is served at `index.docker.io`, as the push's client resolves it.
+            base: format!(
+                "{scheme}://{}/v2/{}",
+                r.oci().resolve_registry(),
+                r.repository()
+            ),
             r,
             creds,
             authorization,
-            authorized,
+            answers_challenges,
         })
     }
 
@@ -108,6 +114,8 @@ impl<'a> Session<'a> {
         accept: Option<&str>,
         cap: usize,
     ) -> Result<Vec<u8>, Fetched> {
+        // A token can expire within a pull: each request answers a 401 once.
+        let mut answered = !self.answers_challenges;
         loop {
             let mut request = self.http.get(url);
             if let Some(accept) = accept {
@@ -120,16 +128,18 @@ impl<'a> Session<'a> {
             };
             let response = request.send().await.map_err(|e| self.transport(e))?;
             let status = response.status();
-            if status == StatusCode::UNAUTHORIZED && !self.authorized {
+            if status == StatusCode::UNAUTHORIZED && !answered {
+                answered = true;
                 let challenge = challenge(response.headers());
                 self.authorize(challenge.as_deref()).await?;
                 continue;
             }
             if !status.is_success() {
+                // The status says what it is; a body that cannot be read leaves only it.
                 let body = read_capped(response, MAX_ERROR_ANSWER)
                     .await
                     .map(|b| b.bytes)
-                    .map_err(|e| self.transport(e))?;
+                    .unwrap_or_default();
                 return Err(self.refused(status, &body).into());
             }
             let read = read_capped(response, cap)
@@ -146,7 +156,6 @@ impl<'a> Session<'a> {
     /// Answers a `401`'s challenge: the credentials for `Basic`, a token from the realm for
     /// `Bearer`. No credentials for a registry that asks for them is its refusal.
     async fn authorize(&mut self, challenge: Option<&str>) -> Result<(), RegistryError> {
-        self.authorized = true;
         let refused = || RegistryError::Unauthorized {
             registry: self.r.registry().to_owned(),
             from: self.creds.source.clone(),
@@ -154,16 +163,26 @@ impl<'a> Session<'a> {
         let Some(challenge) = challenge else {
             return Err(refused());
         };
-        let challenges = http_auth::parse_challenges(challenge).unwrap_or_default();
-        let bearer = challenges
-            .iter()
-            .find(|c| c.scheme.eq_ignore_ascii_case("Bearer"));
-        let Some(bearer) = bearer else {
-            return match &self.creds.auth {
-                RegistryAuth::Basic(user, password) => {
+        let challenges = http_auth::parse_challenges(challenge).map_err(|e| {
+            self.other(&format!(
+                "its 401 challenge `{challenge}` cannot be read ({e})"
+            ))
+        })?;
+        let scheme = |name: &str| {
+            challenges
+                .iter()
+                .find(|c| c.scheme.eq_ignore_ascii_case(name))
+        };
+        let Some(bearer) = scheme("Bearer") else {
+            // The credentials themselves go only where they are asked for as such.
+            return match (&self.creds.auth, scheme("Basic")) {
+                (RegistryAuth::Basic(user, password), Some(_)) => {
                     self.authorization = Authorization::Basic(user.clone(), password.clone());
                     Ok(())
                 }
+                (RegistryAuth::Basic(..), None) => Err(self.other(&format!(
+                    "it asks for an authorization Themis does not give (`{challenge}`)"
+                ))),
                 _ => Err(refused()),
             };
         };
@@ -189,7 +208,10 @@ impl<'a> Session<'a> {
                 "its token realm {realm} is not HTTPS; credentials are not sent in the clear"
             )));
         }
-        let mut query = vec![("scope", format!("repository:{}:pull", self.r.repository()))];
+        // The scope the registry names, else the pull's own (as the Docker client does).
+        let scope =
+            param("scope").unwrap_or_else(|| format!("repository:{}:pull", self.r.repository()));
+        let mut query = vec![("scope", scope)];
         if let Some(service) = param("service") {
             query.push(("service", service));
         }
@@ -199,14 +221,22 @@ impl<'a> Session<'a> {
         }
         let response = request.send().await.map_err(|e| self.transport(e))?;
         let status = response.status();
-        let read = read_capped(response, MAX_TOKEN_ANSWER)
-            .await
-            .map_err(|e| self.transport(e))?;
+        let read = match read_capped(response, MAX_TOKEN_ANSWER).await {
+            Ok(read) => read,
+            // An answer that says no is a refusal whether or not its words arrive.
+            Err(_) if status.is_client_error() => Read {
+                bytes: Vec::new(),
+                cut: false,
+            },
+            Err(e) => return Err(self.transport(e)),
+        };
         let text = String::from_utf8_lossy(&read.bytes);
         if !status.is_success() {
-            if refuses_credentials(&text)
-                || status == StatusCode::UNAUTHORIZED
-                || status == StatusCode::FORBIDDEN
+            // Words decide only on a 4xx: a proxy's 502 page may well say "denied".
+            if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN)
+                || (status.is_client_error()
+                    && status != StatusCode::TOO_MANY_REQUESTS
+                    && refuses_credentials(&text))
             {
                 return Err(refused());
             }
@@ -269,8 +299,9 @@ impl<'a> Session<'a> {
             RegistryError::NotFound {
                 reference: self.r.to_string(),
             }
-        } else if status.is_server_error() {
-            // Down behind a proxy, or overloaded: it could not be asked.
+        } else if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+            // Down behind a proxy, overloaded, or rate-limiting this host: it could not be
+            // asked now, as when it cannot be reached.
             RegistryError::Unreachable {
                 registry,
                 why: format!("it answered HTTP {}", status.as_u16()),
@@ -292,9 +323,17 @@ impl<'a> Session<'a> {
         if e.is_connect() || e.is_timeout() {
             not_asked(registry, &e)
         } else {
+            // Without the URL: after a redirect it may be a signed object-storage address.
+            let e = e.without_url();
+            let mut why = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(cause) = source {
+                why.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
             RegistryError::Other {
                 registry,
-                why: registry_text(&e.to_string()),
+                why: registry_text(&why),
             }
         }
     }

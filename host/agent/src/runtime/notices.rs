@@ -1,7 +1,9 @@
 //! Firing alerts nobody acts on are not dropped: each one an agent does not own, or gave up on,
 //! reaches the humans (the log, Slack when configured) — once per alert and window, and at most
-//! [`MAX_PER_WINDOW`] messages of a kind per window, so a flood of them (every alert failing
-//! while a database is away) cannot flood a channel.
+//! [`MAX_PER_WINDOW`] messages per budget and window: one budget for alerts no agent owns, one
+//! per agent for those it gave up on (one agent failing every alert cannot silence another's),
+//! so a flood of them (every alert failing while a database is away) reaches a channel as at
+//! most 60 messages an hour per agent, and the rest are audited as suppressed.
 
 use std::collections::HashMap;
 use std::sync::Mutex;

@@ -372,20 +372,21 @@ impl Readers {
         ]))
     }
 
-    /// A free one if there is; else the first, once free.
+    /// A free one if there is; else the first busy one, once free (a free one that could not
+    /// be readied — its thread ended, connecting again failed — is waited on only when every
+    /// one failed, and then tried again).
     async fn lend(&self) -> Result<Lent<'_>, sqlx::Error> {
+        let mut busy = None;
         for kept in &self.0 {
             match kept.try_lend().await {
                 Some(Ok(lent)) => return Ok(lent),
-                // Free but its thread ended and connecting again failed: the next is tried,
-                // and the first waited on (connecting again) only when none is ready.
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "a reading connection could not be readied")
                 }
-                None => {}
+                None => busy = busy.or(Some(kept)),
             }
         }
-        self.0[0].lend().await
+        busy.unwrap_or(&self.0[0]).lend().await
     }
 }
 
