@@ -109,6 +109,55 @@ pub(crate) fn not_asked(registry: String, e: &reqwest::Error) -> RegistryError {
     }
 }
 
+/// What a registry's answer other than a success means, whichever client got it (the push's
+/// `oci-client`, the pull's [`Session`]): its HTTP status when known, the codes of the spec's
+/// error envelope when it sent one, and `said` — its words, bounded — when neither decides.
+pub(crate) fn answered(
+    r: &BundleRef,
+    creds: &Credentials,
+    status: Option<u16>,
+    codes: &[OciErrorCode],
+    said: impl FnOnce() -> String,
+) -> RegistryError {
+    use OciErrorCode as Code;
+    let has = |wanted: &[Code]| codes.iter().any(|c| wanted.contains(c));
+    let registry = r.registry().to_owned();
+    if matches!(status, Some(401 | 403)) || has(&[Code::Unauthorized, Code::Denied]) {
+        RegistryError::Unauthorized {
+            registry,
+            from: creds.source.clone(),
+        }
+    } else if status == Some(404)
+        || has(&[
+            Code::ManifestUnknown,
+            Code::NameUnknown,
+            Code::BlobUnknown,
+            Code::NotFound,
+        ])
+    {
+        RegistryError::NotFound {
+            reference: r.to_string(),
+        }
+    } else if status.is_some_and(|s| (500..600).contains(&s) || s == 429)
+        || has(&[Code::Toomanyrequests])
+    {
+        // Down behind a proxy, overloaded, or rate-limiting this host: it could not be asked
+        // now, as when it cannot be reached (the runbook is unavailable, the host still starts).
+        RegistryError::Unreachable {
+            registry,
+            why: match status {
+                Some(s) => format!("it answered HTTP {s}"),
+                None => "it answered TOOMANYREQUESTS".into(),
+            },
+        }
+    } else {
+        RegistryError::Other {
+            registry,
+            why: said(),
+        }
+    }
+}
+
 fn registry_error(e: OciDistributionError, r: &BundleRef, creds: &Credentials) -> RegistryError {
     let registry = r.registry().to_owned();
     let unauthorized = || RegistryError::Unauthorized {
@@ -132,47 +181,17 @@ fn registry_error(e: OciDistributionError, r: &BundleRef, creds: &Credentials) -
             },
         },
         OciDistributionError::UnauthorizedError { .. } => unauthorized(),
-        OciDistributionError::ServerError {
-            code: 401 | 403, ..
-        } => unauthorized(),
-        // A registry down behind a proxy, or overloaded: it could not be asked, as when it
-        // cannot be reached (the runbook is unavailable, the host still starts).
-        OciDistributionError::ServerError { code, .. } if (500..600).contains(&code) => {
-            RegistryError::Unreachable {
-                registry,
-                why: format!("it answered HTTP {code}"),
-            }
-        }
         OciDistributionError::ImageManifestNotFoundError(_) => RegistryError::NotFound {
             reference: r.to_string(),
         },
-        OciDistributionError::ServerError { code: 404, .. } => RegistryError::NotFound {
-            reference: r.to_string(),
-        },
+        OciDistributionError::ServerError { code, .. } => {
+            let why = registry_text(&e.to_string());
+            answered(r, creds, Some(code), &[], || why)
+        }
         OciDistributionError::RegistryError { envelope, .. } => {
-            let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|e| &e.code).collect();
-            if codes
-                .iter()
-                .any(|c| matches!(c, OciErrorCode::Unauthorized | OciErrorCode::Denied))
-            {
-                unauthorized()
-            } else if codes.iter().any(|c| {
-                matches!(
-                    c,
-                    OciErrorCode::ManifestUnknown
-                        | OciErrorCode::NameUnknown
-                        | OciErrorCode::NotFound
-                )
-            }) {
-                RegistryError::NotFound {
-                    reference: r.to_string(),
-                }
-            } else {
-                RegistryError::Other {
-                    registry,
-                    why: registry_text(&envelope.to_string()),
-                }
-            }
+            let why = registry_text(&envelope.to_string());
+            let codes: Vec<OciErrorCode> = envelope.errors.into_iter().map(|e| e.code).collect();
+            answered(r, creds, None, &codes, || why)
         }
         OciDistributionError::DigestError(d) => RegistryError::Tampered(d.to_string()),
         other => RegistryError::Other {

@@ -9,8 +9,9 @@
 //! the request is made once more with it.
 
 use crate::auth::Credentials;
-use crate::client::{RegistryError, not_asked, refuses_credentials, registry_text};
+use crate::client::{RegistryError, answered, not_asked, refuses_credentials, registry_text};
 use crate::reference::BundleRef;
+use oci_client::errors::{OciEnvelope, OciErrorCode};
 use oci_client::secrets::RegistryAuth;
 use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, HeaderMap, WWW_AUTHENTICATE};
@@ -276,46 +277,16 @@ impl<'a> Session<'a> {
 
     /// What a non-2xx answer means, from its status and the spec's error envelope if any.
     fn refused(&self, status: StatusCode, body: &[u8]) -> RegistryError {
-        let registry = self.r.registry().to_owned();
-        let codes: Vec<String> = serde_json::from_slice::<Envelope>(body)
+        let codes: Vec<OciErrorCode> = serde_json::from_slice::<OciEnvelope>(body)
             .map(|e| e.errors.into_iter().map(|e| e.code).collect())
             .unwrap_or_default();
-        let has = |wanted: &[&str]| codes.iter().any(|c| wanted.contains(&c.as_str()));
-        if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN)
-            || has(&["UNAUTHORIZED", "DENIED"])
-        {
-            RegistryError::Unauthorized {
-                registry,
-                from: self.creds.source.clone(),
-            }
-        } else if status == StatusCode::NOT_FOUND
-            || has(&[
-                "MANIFEST_UNKNOWN",
-                "NAME_UNKNOWN",
-                "BLOB_UNKNOWN",
-                "NOT_FOUND",
-            ])
-        {
-            RegistryError::NotFound {
-                reference: self.r.to_string(),
-            }
-        } else if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
-            // Down behind a proxy, overloaded, or rate-limiting this host: it could not be
-            // asked now, as when it cannot be reached.
-            RegistryError::Unreachable {
-                registry,
-                why: format!("it answered HTTP {}", status.as_u16()),
-            }
-        } else {
-            RegistryError::Other {
-                registry,
-                why: format!(
-                    "HTTP {}: {}",
-                    status.as_u16(),
-                    said(&String::from_utf8_lossy(body))
-                ),
-            }
-        }
+        answered(self.r, self.creds, Some(status.as_u16()), &codes, || {
+            format!(
+                "HTTP {}: {}",
+                status.as_u16(),
+                said(&String::from_utf8_lossy(body))
+            )
+        })
     }
 
     fn transport(&self, e: reqwest::Error) -> RegistryError {
@@ -344,17 +315,6 @@ impl<'a> Session<'a> {
             why: registry_text(why),
         }
     }
-}
-
-/// The spec's error envelope: `{"errors": [{"code": "…", "message": "…"}]}`.
-#[derive(serde::Deserialize)]
-struct Envelope {
-    errors: Vec<EnvelopeError>,
-}
-
-#[derive(serde::Deserialize)]
-struct EnvelopeError {
-    code: String,
 }
 
 fn challenge(headers: &HeaderMap) -> Option<String> {
